@@ -1,0 +1,25 @@
+//! Wire types of the Waypost v1 contract (`shared/design/API.md`).
+//!
+//! Everything a client and the server exchange lives here as plain serde
+//! types: HTTP request and response bodies, WebSocket frames in both
+//! directions, channel names, JWT claims and close codes. The server and the
+//! SDK both depend on this crate so the two can never drift apart; it has no
+//! I/O and no async.
+
+mod channel;
+mod close;
+mod fix;
+mod frames;
+mod http;
+mod ids;
+
+pub use channel::{Channel, ChannelError, ChannelKind};
+pub use close::{close_code, should_reconnect, CloseDisposition};
+pub use fix::{Fix, FixError, MAX_FUTURE_SKEW_MS};
+pub use frames::{ChatMessage, ClientFrame, ServerFrame};
+pub use http::{
+    ChatPost, Claims, ErrorBody, ErrorDetail, IngestRequest, IngestResponse, LocationResponse,
+    MessagesResponse, NotificationAccepted, NotificationPost, PolicyHint, PolicyMode, Role,
+    TrailResponse, MAX_BATCH_BYTES, MAX_BATCH_FIXES,
+};
+pub use ids::{validate_id, IdError, MAX_ID_LEN};

@@ -1,0 +1,132 @@
+//! Shared state, the router, and serving with graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::AuthKeys;
+use crate::config::Limits;
+use crate::engine::Engine;
+use crate::hub::Hub;
+use crate::limits::{ConnectionCounter, KeyedLimiter};
+use crate::metrics::Metrics;
+use crate::routes;
+
+/// Most distinct drivers whose ingest rate is tracked at once.
+const MAX_RATE_KEYS: usize = 100_000;
+
+/// Everything handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<dyn Engine>,
+    pub hub: Arc<Hub>,
+    pub keys: AuthKeys,
+    pub limits: Arc<Limits>,
+    pub metrics: Metrics,
+    pub connections: Arc<ConnectionCounter>,
+    pub ingest_limiter: Arc<KeyedLimiter>,
+    /// Cancelled when the server starts shutting down.
+    pub shutdown: CancellationToken,
+    /// Tracks connection tasks (WebSocket, SSE) so shutdown can wait for them.
+    pub tasks: TaskTracker,
+}
+
+impl AppState {
+    pub fn new(
+        engine: Arc<dyn Engine>,
+        hub: Arc<Hub>,
+        keys: AuthKeys,
+        limits: Limits,
+        metrics: Metrics,
+    ) -> Self {
+        let ingest_limiter = Arc::new(KeyedLimiter::new(
+            limits.ingest_requests_per_s,
+            limits.ingest_requests_per_s.saturating_mul(2),
+            MAX_RATE_KEYS,
+        ));
+        Self {
+            engine,
+            hub,
+            keys,
+            limits: Arc::new(limits),
+            metrics,
+            connections: Arc::new(ConnectionCounter::default()),
+            ingest_limiter,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        }
+    }
+}
+
+/// The whole HTTP surface.
+pub fn build_router(state: AppState) -> Router {
+    routes::router(state)
+}
+
+/// Serves until `state.shutdown` is cancelled, then stops accepting, lets
+/// WebSockets close with 4100, finishes in-flight requests (bounded by the
+/// drain timeout) and shuts the engine down.
+pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
+    let router = build_router(state.clone());
+    let token = state.shutdown.clone();
+    let server = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { token.cancelled().await });
+    let drain = state.limits.drain_timeout;
+    let served = tokio::select! {
+        r = server => r,
+        () = async {
+            state.shutdown.cancelled().await;
+            tokio::time::sleep(drain).await;
+        } => {
+            tracing::warn!(?drain, "drain timeout: closing remaining HTTP connections");
+            Ok(())
+        }
+    };
+    state.tasks.close();
+    if tokio::time::timeout(drain, state.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connection tasks still running after the drain timeout");
+    }
+    state.engine.shutdown().await;
+    tracing::info!("server stopped");
+    served
+}
+
+/// Cancels `token` on SIGTERM or ctrl-c.
+pub async fn shutdown_on_signal(token: CancellationToken) {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received: draining");
+    token.cancel();
+}

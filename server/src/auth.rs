@@ -1,0 +1,204 @@
+//! JWT (HS256) verification and minting, the `Authed` extractor, and the
+//! authorization rules of the contract.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use waypost_protocol::{Channel, ChannelKind, Claims, Role};
+
+use crate::app::AppState;
+use crate::error::AppError;
+
+/// The secret `--dev` uses. Never use it in production.
+pub const DEV_SECRET: &str = "dev-secret";
+
+/// Keys for one HS256 secret.
+#[derive(Clone)]
+pub struct AuthKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for AuthKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuthKeys(..)")
+    }
+}
+
+/// Why a token was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing bearer token")]
+    Missing,
+    #[error("token expired")]
+    Expired,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+}
+
+impl AuthKeys {
+    pub fn new(secret: &[u8]) -> Self {
+        // Only HS256: `alg: none` and every other algorithm are refused.
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 5;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+        }
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        match decode::<Claims>(token, &self.decoding, &self.validation) {
+            Ok(data) => Ok(data.claims),
+            Err(e) => match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => Err(AuthError::Expired),
+                _ => Err(AuthError::Invalid(e.to_string())),
+            },
+        }
+    }
+
+    pub fn mint(&self, claims: &Claims) -> Result<String, AuthError> {
+        encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
+            .map_err(|e| AuthError::Invalid(e.to_string()))
+    }
+}
+
+/// Takes the token from `Authorization: Bearer …` or, for WebSocket and SSE
+/// clients that cannot set headers, from `?token=…`.
+pub fn token_from_parts(parts: &Parts) -> Option<String> {
+    if let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) {
+        if let Ok(s) = value.to_str() {
+            if let Some(t) = s.strip_prefix("Bearer ") {
+                return Some(t.trim().to_owned());
+            }
+        }
+    }
+    parts.uri.query().and_then(|q| {
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == "token")
+            .map(|(_, v)| v.to_owned())
+    })
+}
+
+/// A verified caller. Handlers that take `Authed` answer 401 without a valid
+/// token.
+#[derive(Debug, Clone)]
+pub struct Authed(pub Claims);
+
+impl FromRequestParts<AppState> for Authed {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let token = token_from_parts(parts)
+            .ok_or(AppError::Unauthorized(AuthError::Missing.to_string()))?;
+        state
+            .keys
+            .verify(&token)
+            .map(Authed)
+            .map_err(|e| AppError::Unauthorized(e.to_string()))
+    }
+}
+
+/// Whether the token lists `channel` (or its holder is `service`). A driver
+/// may always watch its own tracking channel.
+pub fn may_subscribe(claims: &Claims, channel: &Channel) -> bool {
+    if claims.role == Role::Service {
+        return true;
+    }
+    if claims.role == Role::Driver
+        && channel.kind == ChannelKind::Tracking
+        && channel.id == claims.sub
+    {
+        return true;
+    }
+    let name = channel.to_string();
+    claims
+        .channels
+        .as_ref()
+        .is_some_and(|list| list.contains(&name))
+}
+
+/// Whether the caller may post fixes for `driver_id`.
+pub fn may_post_locations(claims: &Claims, driver_id: &str) -> bool {
+    match claims.role {
+        Role::Driver => claims.sub == driver_id,
+        Role::Service => true,
+        Role::Buyer | Role::Vendor => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(role: Role, sub: &str, channels: Option<Vec<&str>>) -> Claims {
+        Claims {
+            sub: sub.into(),
+            role,
+            exp: 4_000_000_000,
+            channels: channels.map(|v| v.into_iter().map(String::from).collect()),
+        }
+    }
+
+    #[test]
+    fn round_trip_and_wrong_secret() {
+        let keys = AuthKeys::new(b"s1");
+        let c = claims(Role::Buyer, "b-1", Some(vec!["tracking:d-1"]));
+        let t = keys.mint(&c).unwrap();
+        assert_eq!(keys.verify(&t).unwrap(), c);
+        assert!(matches!(
+            AuthKeys::new(b"s2").verify(&t),
+            Err(AuthError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn expired_and_alg_none_refused() {
+        let keys = AuthKeys::new(b"s1");
+        let mut c = claims(Role::Driver, "d-1", None);
+        c.exp = 1000;
+        let t = keys.mint(&c).unwrap();
+        assert!(matches!(keys.verify(&t), Err(AuthError::Expired)));
+        // header {"alg":"none","typ":"JWT"}, same claims, empty signature
+        let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJkLTEiLCJyb2xlIjoiZHJpdmVyIiwiZXhwIjo0MDAwMDAwMDAwfQ.";
+        assert!(matches!(keys.verify(none), Err(AuthError::Invalid(_))));
+    }
+
+    #[test]
+    fn subscribe_rules() {
+        let t = Channel::tracking("d-1");
+        assert!(may_subscribe(&claims(Role::Service, "svc", None), &t));
+        assert!(may_subscribe(&claims(Role::Driver, "d-1", None), &t));
+        assert!(!may_subscribe(&claims(Role::Driver, "d-2", None), &t));
+        assert!(may_subscribe(
+            &claims(Role::Buyer, "b", Some(vec!["tracking:d-1"])),
+            &t
+        ));
+        assert!(!may_subscribe(
+            &claims(Role::Buyer, "b", Some(vec!["chat:d-1"])),
+            &t
+        ));
+        assert!(!may_subscribe(&claims(Role::Vendor, "v", None), &t));
+    }
+
+    #[test]
+    fn post_rules() {
+        assert!(may_post_locations(
+            &claims(Role::Driver, "d-1", None),
+            "d-1"
+        ));
+        assert!(!may_post_locations(
+            &claims(Role::Driver, "d-1", None),
+            "d-2"
+        ));
+        assert!(!may_post_locations(
+            &claims(Role::Buyer, "d-1", None),
+            "d-1"
+        ));
+        assert!(may_post_locations(&claims(Role::Service, "s", None), "d-1"));
+    }
+}

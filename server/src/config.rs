@@ -1,0 +1,61 @@
+//! Server settings with production defaults. Every limit on something that
+//! grows lives here so operators can see and tune them in one place.
+
+use std::time::Duration;
+
+/// Limits and timings. `Default` gives the documented defaults.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest HTTP body accepted (after gzip decompression).
+    pub max_body_bytes: usize,
+    /// Most fixes in one ingest batch.
+    pub max_batch_fixes: usize,
+    /// Largest WebSocket message a client may send.
+    pub max_frame_bytes: usize,
+    /// Connections one user (`sub`) may hold at once on this process.
+    pub max_connections_per_user: u32,
+    /// Messages per second a connection may send (burst: twice this).
+    pub ws_messages_per_s: u32,
+    /// Channels one connection may subscribe to.
+    pub max_channels_per_connection: usize,
+    /// Frames queued for one connection before it counts as too slow (4101).
+    pub ws_queue_frames: usize,
+    /// Ingest requests per second per driver (burst: twice this).
+    pub ingest_requests_per_s: u32,
+    /// How often the server pings each WebSocket; two missed intervals drop it.
+    pub ws_ping_interval: Duration,
+    /// A driver's latest position counts as online for this long.
+    pub online_ttl: Duration,
+    /// Fixes kept per driver trail.
+    pub trail_len: usize,
+    /// Seqs remembered per (driver, device) for de-duplication.
+    pub dedup_window: usize,
+    /// Upload interval hinted to watched drivers.
+    pub watched_upload_interval_s: u32,
+    /// Upload interval hinted to unwatched drivers.
+    pub unwatched_upload_interval_s: u32,
+    /// How long shutdown waits for connections to finish.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: waypost_protocol::MAX_BATCH_BYTES,
+            max_batch_fixes: waypost_protocol::MAX_BATCH_FIXES,
+            max_frame_bytes: 64 * 1024,
+            max_connections_per_user: 16,
+            ws_messages_per_s: 50,
+            max_channels_per_connection: 64,
+            ws_queue_frames: 256,
+            ingest_requests_per_s: 20,
+            ws_ping_interval: Duration::from_secs(25),
+            online_ttl: Duration::from_secs(30),
+            trail_len: 1000,
+            dedup_window: 4096,
+            watched_upload_interval_s: 5,
+            unwatched_upload_interval_s: 120,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}

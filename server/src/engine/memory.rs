@@ -1,0 +1,208 @@
+//! The in-memory engine: one process, nothing to install. State lives in
+//! sharded maps; publishing hands the frame straight to the local hub.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use axum::extract::ws::Utf8Bytes;
+use parking_lot::Mutex;
+use waypost_protocol::Fix;
+
+use super::{Engine, EngineError, IngestOutcome, StoredFix};
+use crate::config::Limits;
+use crate::hub::Hub;
+
+const SHARDS: usize = 16;
+/// Devices remembered per driver for de-duplication (oldest forgotten).
+const MAX_DEVICES_PER_DRIVER: usize = 8;
+
+/// Remembers the last `cap` seqs of one device; anything at or below the
+/// oldest forgotten seq counts as seen.
+#[derive(Debug, Default)]
+struct DedupWindow {
+    seen: BTreeSet<u64>,
+    floor: Option<u64>,
+    last_used_ms: i64,
+}
+
+impl DedupWindow {
+    /// Records `seq`; false when it was seen before.
+    fn insert(&mut self, seq: u64, cap: usize) -> bool {
+        if self.floor.is_some_and(|f| seq <= f) || !self.seen.insert(seq) {
+            return false;
+        }
+        while self.seen.len() > cap.max(1) {
+            self.floor = self.seen.pop_first();
+        }
+        true
+    }
+}
+
+#[derive(Debug, Default)]
+struct DriverState {
+    latest: Option<StoredFix>,
+    /// Sorted by seq, bounded by `trail_len`.
+    trail: VecDeque<Fix>,
+    devices: HashMap<String, DedupWindow>,
+}
+
+/// In-process engine.
+pub struct MemoryEngine {
+    shards: Vec<Mutex<HashMap<String, DriverState>>>,
+    hasher: RandomState,
+    hub: Arc<Hub>,
+    limits: Limits,
+}
+
+impl MemoryEngine {
+    pub fn new(hub: Arc<Hub>, limits: Limits) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            hub,
+            limits,
+        }
+    }
+
+    fn shard(&self, driver_id: &str) -> &Mutex<HashMap<String, DriverState>> {
+        let i = (self.hasher.hash_one(driver_id) as usize) % SHARDS;
+        &self.shards[i]
+    }
+
+    fn ttl_ms(&self) -> i64 {
+        self.limits.online_ttl.as_millis() as i64
+    }
+}
+
+#[async_trait]
+impl Engine for MemoryEngine {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn ingest(
+        &self,
+        driver_id: &str,
+        device_id: &str,
+        fixes: &[Fix],
+        now_ms: i64,
+    ) -> Result<IngestOutcome, EngineError> {
+        let ttl = self.ttl_ms();
+        let (accepted, duplicates, new_latest) = {
+            let mut shard = self.shard(driver_id).lock();
+            let state = shard.entry(driver_id.to_owned()).or_default();
+            if !state.devices.contains_key(device_id)
+                && state.devices.len() >= MAX_DEVICES_PER_DRIVER
+            {
+                if let Some(oldest) = state
+                    .devices
+                    .iter()
+                    .min_by_key(|(_, w)| w.last_used_ms)
+                    .map(|(k, _)| k.clone())
+                {
+                    state.devices.remove(&oldest);
+                }
+            }
+            let window = state.devices.entry(device_id.to_owned()).or_default();
+            window.last_used_ms = now_ms;
+            let mut accepted = 0u32;
+            let mut newest: Option<&Fix> = None;
+            for fix in fixes {
+                if !window.insert(fix.seq, self.limits.dedup_window) {
+                    continue;
+                }
+                accepted += 1;
+                let pos = state.trail.partition_point(|f| f.seq <= fix.seq);
+                state.trail.insert(pos, fix.clone());
+                if newest.is_none_or(|n| fix.ts >= n.ts) {
+                    newest = Some(fix);
+                }
+            }
+            while state.trail.len() > self.limits.trail_len {
+                state.trail.pop_front();
+            }
+            let mut new_latest = None;
+            if let Some(n) = newest {
+                let replace = match &state.latest {
+                    Some(cur) => now_ms - cur.received_ms > ttl || n.ts >= cur.fix.ts,
+                    None => true,
+                };
+                if replace {
+                    state.latest = Some(StoredFix {
+                        fix: n.clone(),
+                        device_id: device_id.to_owned(),
+                        received_ms: now_ms,
+                    });
+                    new_latest = Some(n.clone());
+                }
+            }
+            (accepted, fixes.len() as u32 - accepted, new_latest)
+        };
+        let watchers = self.hub.local_count(&format!("tracking:{driver_id}")) as u64;
+        Ok(IngestOutcome {
+            accepted,
+            duplicates,
+            watchers,
+            new_latest,
+        })
+    }
+
+    async fn latest(&self, driver_id: &str, now_ms: i64) -> Result<Option<StoredFix>, EngineError> {
+        let shard = self.shard(driver_id).lock();
+        Ok(shard
+            .get(driver_id)
+            .and_then(|s| s.latest.clone())
+            .filter(|l| now_ms - l.received_ms <= self.ttl_ms()))
+    }
+
+    async fn trail(
+        &self,
+        driver_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Fix>, EngineError> {
+        let shard = self.shard(driver_id).lock();
+        Ok(shard.get(driver_id).map_or_else(Vec::new, |s| {
+            let start = s.trail.partition_point(|f| f.seq <= after_seq);
+            s.trail.iter().skip(start).take(limit).cloned().collect()
+        }))
+    }
+
+    async fn publish(&self, channel: &str, frame: Utf8Bytes) -> Result<(), EngineError> {
+        self.hub.dispatch(channel, &frame);
+        Ok(())
+    }
+
+    async fn sync_subscription(&self, _channel: &str) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    async fn watchers(&self, channel: &str) -> Result<u64, EngineError> {
+        Ok(self.hub.local_count(channel) as u64)
+    }
+
+    async fn ready(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    async fn shutdown(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedup_window_forgets_oldest_but_refuses_below_floor() {
+        let mut w = DedupWindow::default();
+        for s in 1..=5 {
+            assert!(w.insert(s, 3));
+        }
+        assert!(!w.insert(5, 3));
+        assert!(!w.insert(1, 3), "below the floor counts as seen");
+        assert!(w.insert(7, 3));
+        assert!(w.insert(6, 3), "a late seq above the floor is new");
+    }
+}

@@ -1,0 +1,23 @@
+//! The Waypost server as a library: [`app::build_router`] gives the axum
+//! router, [`app::serve`] runs it until shutdown. `main.rs` only parses the
+//! command line. Tests bind port 0 and drive the router directly or spawn the
+//! `waypost` binary.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod hub;
+pub mod limits;
+pub mod metrics;
+pub mod routes;
+
+/// Wall clock in Unix epoch milliseconds.
+pub fn now_ms() -> i64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,221 @@
+//! `waypost`: run the server (`serve`) or mint a development token (`token`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use waypost_protocol::{Claims, Role};
+use waypost_server::app::{serve, shutdown_on_signal, AppState};
+use waypost_server::auth::{AuthKeys, DEV_SECRET};
+use waypost_server::config::Limits;
+use waypost_server::engine::{memory::MemoryEngine, Engine};
+use waypost_server::hub::Hub;
+use waypost_server::metrics::Metrics;
+
+#[derive(Parser)]
+#[command(name = "waypost", version, about = "Waypost real-time server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum EngineKind {
+    Memory,
+    Redis,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Driver,
+    Buyer,
+    Vendor,
+    Service,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Driver => Role::Driver,
+            RoleArg::Buyer => Role::Buyer,
+            RoleArg::Vendor => Role::Vendor,
+            RoleArg::Service => Role::Service,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Mint a token (HS256) for development and tests.
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Storage and fan-out engine.
+    #[arg(long, value_enum, default_value = "memory", env = "WAYPOST_ENGINE")]
+    engine: EngineKind,
+    /// Redis URL for `--engine redis`.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// Address to listen on.
+    #[arg(long, env = "WAYPOST_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Use the well-known development secret when WAYPOST_JWT_SECRET is unset.
+    #[arg(long, env = "WAYPOST_DEV")]
+    dev: bool,
+    #[command(flatten)]
+    secret: SecretArg,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text", env = "WAYPOST_LOG_FORMAT")]
+    log_format: LogFormat,
+    /// Server WebSocket ping interval.
+    #[arg(long, env = "WAYPOST_PING_INTERVAL", default_value = "25s", value_parser = humantime::parse_duration)]
+    ping_interval: Duration,
+    /// Connections one user may hold at once.
+    #[arg(long, env = "WAYPOST_MAX_CONNECTIONS_PER_USER", default_value_t = 16)]
+    max_connections_per_user: u32,
+    /// Messages per second one WebSocket may send.
+    #[arg(long, env = "WAYPOST_WS_MESSAGES_PER_S", default_value_t = 50)]
+    ws_messages_per_s: u32,
+    /// Ingest requests per second per driver.
+    #[arg(long, env = "WAYPOST_INGEST_REQUESTS_PER_S", default_value_t = 20)]
+    ingest_requests_per_s: u32,
+    /// Frames queued per connection before it is closed as too slow (4101).
+    #[arg(long, env = "WAYPOST_WS_QUEUE", default_value_t = 256)]
+    ws_queue: usize,
+    /// How long shutdown waits for in-flight work.
+    #[arg(long, env = "WAYPOST_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
+}
+
+#[derive(clap::Args)]
+struct SecretArg {
+    /// HS256 secret for tokens (required unless --dev).
+    #[arg(
+        long = "jwt-secret",
+        env = "WAYPOST_JWT_SECRET",
+        hide_env_values = true
+    )]
+    jwt_secret: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// Subject: driver id, buyer id, vendor id or service name.
+    #[arg(long)]
+    sub: String,
+    #[arg(long, value_enum)]
+    role: RoleArg,
+    /// Channels the holder may subscribe to (comma separated or repeated).
+    #[arg(long, value_delimiter = ',')]
+    channels: Vec<String>,
+    /// Lifetime, e.g. 1h, 30m.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// Use the development secret.
+    #[arg(long)]
+    dev: bool,
+    #[command(flatten)]
+    secret: SecretArg,
+}
+
+fn secret(arg: &SecretArg, dev: bool) -> anyhow::Result<String> {
+    match (&arg.jwt_secret, dev) {
+        (Some(s), _) if !s.is_empty() => Ok(s.clone()),
+        (_, true) => Ok(DEV_SECRET.to_owned()),
+        _ => anyhow::bail!(
+            "WAYPOST_JWT_SECRET is not set. Set it (or --jwt-secret) in production, or pass --dev to use the well-known development secret"
+        ),
+    }
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Token(args) => {
+            let keys = AuthKeys::new(secret(&args.secret, args.dev)?.as_bytes());
+            let exp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .context("system clock before 1970")?
+                + args.ttl;
+            let claims = Claims {
+                sub: args.sub,
+                role: args.role.into(),
+                exp: exp.as_secs(),
+                channels: (!args.channels.is_empty()).then_some(args.channels),
+            };
+            println!("{}", keys.mint(&claims)?);
+            Ok(())
+        }
+        Command::Serve(args) => run_server(args).await,
+    }
+}
+
+async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
+    init_logs(args.log_format);
+    let secret = secret(&args.secret, args.dev)?;
+    if secret == DEV_SECRET {
+        tracing::warn!("DEV MODE: tokens use the public development secret {DEV_SECRET:?}; never expose this server");
+    }
+    let limits = Limits {
+        ws_ping_interval: args.ping_interval,
+        max_connections_per_user: args.max_connections_per_user,
+        ws_messages_per_s: args.ws_messages_per_s,
+        ingest_requests_per_s: args.ingest_requests_per_s,
+        ws_queue_frames: args.ws_queue,
+        drain_timeout: args.drain_timeout,
+        ..Limits::default()
+    };
+    let metrics = Metrics::new();
+    let hub = Arc::new(Hub::new(metrics.clone()));
+    let engine: Arc<dyn Engine> = match args.engine {
+        EngineKind::Memory => Arc::new(MemoryEngine::new(Arc::clone(&hub), limits.clone())),
+        EngineKind::Redis => waypost_server::engine::redis::connect(
+            &args.redis_url,
+            Arc::clone(&hub),
+            limits.clone(),
+            metrics.clone(),
+        )
+        .await
+        .with_context(|| format!("connecting to Redis at {}", args.redis_url))?,
+    };
+    let state = AppState::new(
+        engine,
+        hub,
+        AuthKeys::new(secret.as_bytes()),
+        limits,
+        metrics,
+    );
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, engine = state.engine.name(), "waypost listening");
+    // Machine-readable line for test harnesses that bind port 0.
+    println!("listening on {addr}");
+    tokio::spawn(shutdown_on_signal(state.shutdown.clone()));
+    serve(listener, state).await?;
+    Ok(())
+}

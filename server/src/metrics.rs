@@ -1,0 +1,163 @@
+//! Prometheus metrics of one server process, exposed on `GET /metrics`.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric the server records. Cheap to clone handles live inside.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Open connections by kind (`ws`, `sse`, `poll`).
+    pub connections: IntGaugeVec,
+    /// Channel subscriptions held by local connections.
+    pub subscriptions: IntGauge,
+    pub fixes_ingested: IntCounter,
+    pub fixes_duplicate: IntCounter,
+    pub ingest_requests: IntCounterVec,
+    /// Frames written to sockets, by kind (`location`, `message`, ...).
+    pub deliveries: IntCounterVec,
+    /// From the hub receiving a frame to writing it to the socket.
+    pub delivery_latency: Histogram,
+    pub slow_consumers: IntCounter,
+    pub engine_errors: IntCounter,
+    pub redis_reconnects: IntCounter,
+    /// Limit hits by kind (`ingest`, `ws_rate`, `connections`, ...).
+    pub limit_hits: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry =
+            Registry::new_custom(Some("waypost".into()), None).unwrap_or_else(|_| Registry::new());
+        let m = Self {
+            connections: IntGaugeVec::new(
+                Opts::new("connections", "Open client connections by kind"),
+                &["kind"],
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
+            subscriptions: IntGauge::new(
+                "subscriptions",
+                "Channel subscriptions of local connections",
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
+            fixes_ingested: IntCounter::new("fixes_ingested_total", "Fixes accepted and stored")
+                .unwrap_or_else(|_| unreachable_metric()),
+            fixes_duplicate: IntCounter::new(
+                "fixes_duplicate_total",
+                "Fixes dropped as duplicates",
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
+            ingest_requests: IntCounterVec::new(
+                Opts::new("ingest_requests_total", "Ingest requests by status code"),
+                &["status"],
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
+            deliveries: IntCounterVec::new(
+                Opts::new(
+                    "deliveries_total",
+                    "Frames written to client sockets by kind",
+                ),
+                &["kind"],
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
+            delivery_latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "delivery_latency_seconds",
+                    "Time from fan-out to the write on the client socket",
+                )
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 2.5,
+                ]),
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
+            slow_consumers: IntCounter::new(
+                "slow_consumers_total",
+                "Connections closed with 4101 because their queue overflowed",
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
+            engine_errors: IntCounter::new("engine_errors_total", "Failed engine operations")
+                .unwrap_or_else(|_| unreachable_metric()),
+            redis_reconnects: IntCounter::new("redis_reconnects_total", "Redis pub/sub reconnects")
+                .unwrap_or_else(|_| unreachable_metric()),
+            limit_hits: IntCounterVec::new(
+                Opts::new(
+                    "limit_hits_total",
+                    "Requests or frames refused by a limit, by kind",
+                ),
+                &["kind"],
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
+            registry,
+        };
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.connections.clone()),
+            Box::new(m.subscriptions.clone()),
+            Box::new(m.fixes_ingested.clone()),
+            Box::new(m.fixes_duplicate.clone()),
+            Box::new(m.ingest_requests.clone()),
+            Box::new(m.deliveries.clone()),
+            Box::new(m.delivery_latency.clone()),
+            Box::new(m.slow_consumers.clone()),
+            Box::new(m.engine_errors.clone()),
+            Box::new(m.redis_reconnects.clone()),
+            Box::new(m.limit_hits.clone()),
+        ];
+        for c in collectors {
+            if let Err(e) = m.registry.register(c) {
+                tracing::error!(error = %e, "metric registration failed");
+            }
+        }
+        m
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "metrics encoding failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Metric constructors only fail on invalid names, which are constants here.
+fn unreachable_metric<T>() -> T {
+    panic!("invalid metric definition (a programming error caught by the unit test)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_all_families() {
+        let m = Metrics::new();
+        m.fixes_ingested.inc();
+        m.connections.with_label_values(&["ws"]).inc();
+        m.deliveries.with_label_values(&["location"]).inc();
+        m.limit_hits.with_label_values(&["ingest"]).inc();
+        m.ingest_requests.with_label_values(&["200"]).inc();
+        let text = m.render();
+        for name in [
+            "waypost_connections",
+            "waypost_subscriptions",
+            "waypost_fixes_ingested_total 1",
+            "waypost_delivery_latency_seconds_bucket",
+            "waypost_slow_consumers_total",
+            "waypost_engine_errors_total",
+            "waypost_redis_reconnects_total",
+            "waypost_limit_hits_total",
+        ] {
+            assert!(text.contains(name), "{name} missing from\n{text}");
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! Driver location ingest and position reads.
+
+use std::io::Read;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::Json;
+use serde::Deserialize;
+use waypost_protocol::{
+    validate_id, Channel, Fix, IngestRequest, IngestResponse, LocationResponse, PolicyHint,
+    PolicyMode, ServerFrame, TrailResponse,
+};
+
+use crate::app::AppState;
+use crate::auth::{may_post_locations, may_subscribe, Authed};
+use crate::error::AppError;
+use crate::now_ms;
+
+/// `POST /v1/drivers/{driver_id}/locations`
+pub async fn post_locations(
+    State(state): State<AppState>,
+    Path(driver_id): Path<String>,
+    Authed(claims): Authed,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<IngestResponse>, AppError> {
+    let result = ingest(&state, &driver_id, &claims, &headers, body).await;
+    let status = match &result {
+        Ok(_) => StatusCode::OK,
+        Err(e) => e.status(),
+    };
+    state
+        .metrics
+        .ingest_requests
+        .with_label_values(&[status.as_str()])
+        .inc();
+    result.map(Json)
+}
+
+async fn ingest(
+    state: &AppState,
+    driver_id: &str,
+    claims: &waypost_protocol::Claims,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<IngestResponse, AppError> {
+    validate_id("driver_id", driver_id).map_err(|e| AppError::bad("bad_id", e.to_string()))?;
+    if !may_post_locations(claims, driver_id) {
+        return Err(AppError::Forbidden(format!(
+            "a token for {:?} may not post locations of {driver_id:?}",
+            claims.sub
+        )));
+    }
+    if let Err(wait) = state.ingest_limiter.check(driver_id) {
+        state
+            .metrics
+            .limit_hits
+            .with_label_values(&["ingest"])
+            .inc();
+        return Err(AppError::RateLimited {
+            retry_after_s: wait.as_secs().max(1),
+        });
+    }
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            AppError::TooLarge(format!(
+                "body larger than {} bytes",
+                state.limits.max_body_bytes
+            ))
+        } else {
+            AppError::bad("bad_body", e.body_text())
+        }
+    })?;
+    let raw = decode_body(headers, body, state.limits.max_body_bytes)?;
+    let req: IngestRequest =
+        serde_json::from_slice(&raw).map_err(|e| AppError::bad("bad_json", e.to_string()))?;
+    validate_id("device_id", &req.device_id).map_err(|e| AppError::bad("bad_id", e.to_string()))?;
+    if req.fixes.is_empty() {
+        return Err(AppError::bad("empty_batch", "fixes is empty"));
+    }
+    if req.fixes.len() > state.limits.max_batch_fixes {
+        return Err(AppError::TooLarge(format!(
+            "batch of {} fixes; at most {} per request",
+            req.fixes.len(),
+            state.limits.max_batch_fixes
+        )));
+    }
+    let now = now_ms();
+    let mut prev: Option<u64> = None;
+    for (index, fix) in req.fixes.iter().enumerate() {
+        fix.validate(now).map_err(|e| AppError::BadFix {
+            index,
+            seq: fix.seq,
+            message: e.to_string(),
+        })?;
+        if prev.is_some_and(|p| fix.seq <= p) {
+            return Err(AppError::BadFix {
+                index,
+                seq: fix.seq,
+                message: "seqs within a batch must strictly increase".into(),
+            });
+        }
+        prev = Some(fix.seq);
+    }
+    let high_seq = prev.unwrap_or(0);
+    let outcome = state
+        .engine
+        .ingest(driver_id, &req.device_id, &req.fixes, now)
+        .await
+        .inspect_err(|_| state.metrics.engine_errors.inc())?;
+    state
+        .metrics
+        .fixes_ingested
+        .inc_by(u64::from(outcome.accepted));
+    state
+        .metrics
+        .fixes_duplicate
+        .inc_by(u64::from(outcome.duplicates));
+    if let Some(fix) = outcome.new_latest {
+        publish_location(state, driver_id, fix).await?;
+    }
+    let (mode, upload_interval_s) = if outcome.watchers > 0 {
+        (PolicyMode::Watched, state.limits.watched_upload_interval_s)
+    } else {
+        (
+            PolicyMode::Unwatched,
+            state.limits.unwatched_upload_interval_s,
+        )
+    };
+    Ok(IngestResponse {
+        accepted: outcome.accepted,
+        duplicates: outcome.duplicates,
+        high_seq,
+        watchers: outcome.watchers,
+        policy: PolicyHint {
+            mode,
+            upload_interval_s,
+        },
+    })
+}
+
+/// Serializes the `location` frame once and publishes it on
+/// `tracking:{driver}`.
+async fn publish_location(state: &AppState, driver_id: &str, fix: Fix) -> Result<(), AppError> {
+    let channel = Channel::tracking(driver_id).to_string();
+    let frame = ServerFrame::Location {
+        channel: channel.clone(),
+        driver_id: driver_id.to_owned(),
+        fix,
+    };
+    state
+        .engine
+        .publish(&channel, frame.to_json().into())
+        .await
+        .inspect_err(|_| state.metrics.engine_errors.inc())?;
+    Ok(())
+}
+
+/// Gunzips the body when `Content-Encoding: gzip`, refusing to inflate past
+/// `max` bytes.
+fn decode_body(headers: &HeaderMap, body: Bytes, max: usize) -> Result<Bytes, AppError> {
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("identity");
+    match encoding {
+        "identity" => Ok(body),
+        "gzip" => {
+            let mut out = Vec::new();
+            let mut reader = flate2::read::GzDecoder::new(&body[..]).take(max as u64 + 1);
+            reader
+                .read_to_end(&mut out)
+                .map_err(|e| AppError::bad("bad_body", format!("invalid gzip body: {e}")))?;
+            if out.len() > max {
+                return Err(AppError::TooLarge(format!(
+                    "decompressed body larger than {max} bytes"
+                )));
+            }
+            Ok(Bytes::from(out))
+        }
+        other => Err(AppError::bad(
+            "bad_body",
+            format!("unsupported Content-Encoding {other:?}; use gzip or none"),
+        )),
+    }
+}
+
+/// Readers of a driver's position need `tracking:{driver}` in their token
+/// (or to be the driver, or `service`).
+fn authorize_read(claims: &waypost_protocol::Claims, driver_id: &str) -> Result<(), AppError> {
+    validate_id("driver_id", driver_id).map_err(|e| AppError::bad("bad_id", e.to_string()))?;
+    if may_subscribe(claims, &Channel::tracking(driver_id)) {
+        Ok(())
+    } else {
+        Err(AppError::Forbidden(format!(
+            "token does not grant tracking:{driver_id}"
+        )))
+    }
+}
+
+/// `GET /v1/drivers/{driver_id}/location`
+pub async fn get_location(
+    State(state): State<AppState>,
+    Path(driver_id): Path<String>,
+    Authed(claims): Authed,
+) -> Result<Json<LocationResponse>, AppError> {
+    authorize_read(&claims, &driver_id)?;
+    let now = now_ms();
+    let latest = state.engine.latest(&driver_id, now).await?;
+    let stored =
+        latest.ok_or_else(|| AppError::NotFound(format!("no recent location for {driver_id}")))?;
+    Ok(Json(LocationResponse {
+        driver_id,
+        age_ms: (now - stored.received_ms).max(0),
+        online: true,
+        fix: stored.fix,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TrailQuery {
+    #[serde(default)]
+    after_seq: u64,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/drivers/{driver_id}/trail?after_seq=N&limit=M`
+pub async fn get_trail(
+    State(state): State<AppState>,
+    Path(driver_id): Path<String>,
+    Authed(claims): Authed,
+    query: Result<Query<TrailQuery>, QueryRejection>,
+) -> Result<Json<TrailResponse>, AppError> {
+    authorize_read(&claims, &driver_id)?;
+    let Query(q) = query.map_err(|e| AppError::bad("bad_query", e.body_text()))?;
+    let limit = q
+        .limit
+        .unwrap_or(state.limits.trail_len)
+        .min(state.limits.trail_len);
+    let fixes = state.engine.trail(&driver_id, q.after_seq, limit).await?;
+    Ok(Json(TrailResponse { fixes }))
+}

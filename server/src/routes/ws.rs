@@ -1,0 +1,450 @@
+//! The WebSocket endpoint `/v1/ws`: authentication, subscriptions, the
+//! per-connection writer with its bounded queue, heartbeats and limits.
+//!
+//! One task per connection selects over: the kill switch (4101 from the
+//! hub), server shutdown (4100), the outgoing queue, incoming frames and the
+//! ping timer. Frames from the hub are written in batches (`feed` then one
+//! `flush`) so a busy connection costs one syscall per batch.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use futures_util::SinkExt;
+use tokio::sync::mpsc;
+use waypost_protocol::{close_code, Channel, ChannelKind, Claims, ClientFrame, ServerFrame};
+
+use crate::app::AppState;
+use crate::auth::{may_subscribe, token_from_parts};
+use crate::hub::{connection, ConnHandle, Outbound};
+use crate::limits::{ConnectionPermit, TokenBucket};
+use crate::now_ms;
+
+/// Frames written per flush when the queue has a backlog.
+const WRITE_BATCH: usize = 64;
+/// Consecutive rate-limit violations after which the connection is closed.
+const MAX_RATE_VIOLATIONS: u32 = 100;
+/// How long a close handshake may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Small read/write buffers keep idle connections cheap; messages are small.
+const READ_BUFFER: usize = 4 * 1024;
+const WRITE_BUFFER: usize = 4 * 1024;
+
+/// Why a connection was refused before its loop started.
+enum Refusal {
+    Unauthorized(String),
+    TooManyConnections(u32),
+}
+
+/// `GET /v1/ws`
+pub async fn upgrade(State(state): State<AppState>, parts: Parts) -> Response {
+    if state.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    let mut parts = parts;
+    let ws =
+        match <WebSocketUpgrade as axum::extract::FromRequestParts<AppState>>::from_request_parts(
+            &mut parts, &state,
+        )
+        .await
+        {
+            Ok(ws) => ws,
+            Err(rejection) => return rejection.into_response(),
+        };
+    let verdict = match token_from_parts(&parts) {
+        None => Err(Refusal::Unauthorized("missing token".into())),
+        Some(t) => match state.keys.verify(&t) {
+            Err(e) => Err(Refusal::Unauthorized(e.to_string())),
+            Ok(claims) => {
+                let max = state.limits.max_connections_per_user;
+                match state.connections.acquire(&claims.sub, max) {
+                    Some(permit) => Ok((claims, permit)),
+                    None => Err(Refusal::TooManyConnections(max)),
+                }
+            }
+        },
+    };
+    let ws = ws
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_message_size(state.limits.max_frame_bytes)
+        .max_frame_size(state.limits.max_frame_bytes);
+    ws.on_upgrade(move |socket| async move {
+        match verdict {
+            Ok((claims, permit)) => {
+                let tasks = state.tasks.clone();
+                tasks.track_future(run(socket, state, claims, permit)).await;
+            }
+            Err(refusal) => refuse(socket, &state, refusal).await,
+        }
+    })
+}
+
+async fn refuse(mut socket: WebSocket, state: &AppState, refusal: Refusal) {
+    let (code, err, message) = match refusal {
+        Refusal::Unauthorized(m) => (close_code::UNAUTHORIZED, "unauthorized", m),
+        Refusal::TooManyConnections(max) => {
+            state
+                .metrics
+                .limit_hits
+                .with_label_values(&["connections"])
+                .inc();
+            (
+                close_code::RATE_LIMITED,
+                "too_many_connections",
+                format!("at most {max} connections per user"),
+            )
+        }
+    };
+    let frame = ServerFrame::error(err, message, None).to_json();
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        let _ = socket.send(Message::Text(frame.into())).await;
+        let _ = socket.send(close_message(code, err)).await;
+    })
+    .await;
+}
+
+fn close_message(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from(reason),
+    }))
+}
+
+/// State of one live connection.
+struct Conn {
+    state: AppState,
+    claims: Claims,
+    handle: ConnHandle,
+    subscriptions: HashSet<String>,
+    bucket: TokenBucket,
+    rate_violations: u32,
+}
+
+/// What the reader asks the loop to do next.
+enum Next {
+    Continue,
+    Close(u16, &'static str),
+}
+
+async fn run(mut socket: WebSocket, state: AppState, claims: Claims, permit: ConnectionPermit) {
+    let conn_id = state.hub.next_conn_id();
+    let (handle, mut rx) = connection(conn_id, state.limits.ws_queue_frames);
+    let gauge = state.metrics.connections.with_label_values(&["ws"]);
+    gauge.inc();
+    tracing::debug!(conn_id, sub = %claims.sub, "websocket connected");
+    let rate = state.limits.ws_messages_per_s;
+    let mut conn = Conn {
+        bucket: TokenBucket::new(rate, rate.saturating_mul(2), Instant::now()),
+        state: state.clone(),
+        claims,
+        handle,
+        subscriptions: HashSet::new(),
+        rate_violations: 0,
+    };
+    let ping_every = state.limits.ws_ping_interval;
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_seen = Instant::now();
+    let kill = std::sync::Arc::clone(&conn.handle.kill);
+
+    let close: Option<(u16, &'static str)> = loop {
+        tokio::select! {
+            biased;
+            code = kill.triggered() => break Some((code, "too slow to read")),
+            () = state.shutdown.cancelled() => break Some((close_code::SHUTTING_DOWN, "server shutting down")),
+            out = rx.recv() => {
+                let Some(first) = out else { break None };
+                if write_batch(&mut socket, &state, first, &mut rx).await.is_err() {
+                    break None;
+                }
+            }
+            incoming = socket.recv() => {
+                match incoming {
+                    None => break None,
+                    Some(Err(e)) => {
+                        tracing::debug!(conn_id, error = %e, "websocket read error");
+                        if is_capacity_error(&e) {
+                            break Some((close_code::BAD_FRAME, "frame too large"));
+                        }
+                        break None;
+                    }
+                    Some(Ok(msg)) => {
+                        last_seen = Instant::now();
+                        match conn.on_message(&mut socket, msg).await {
+                            Ok(Next::Continue) => {}
+                            Ok(Next::Close(code, reason)) => break Some((code, reason)),
+                            Err(()) => break None,
+                        }
+                    }
+                }
+            }
+            _ = ping.tick() => {
+                if last_seen.elapsed() > ping_every * 2 {
+                    tracing::debug!(conn_id, "no pong within two ping intervals: dropping");
+                    break None;
+                }
+                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                    break None;
+                }
+            }
+        }
+    };
+
+    for channel in std::mem::take(&mut conn.subscriptions) {
+        conn.leave(&channel).await;
+    }
+    if let Some((code, reason)) = close {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.send(close_message(code, reason))).await;
+    }
+    gauge.dec();
+    drop(permit);
+    tracing::debug!(conn_id, ?close, "websocket closed");
+}
+
+fn is_capacity_error(e: &axum::Error) -> bool {
+    e.to_string().to_ascii_lowercase().contains("too long")
+        || e.to_string().to_ascii_lowercase().contains("capacity")
+}
+
+/// Writes `first` and whatever else is queued (up to a batch) with one flush.
+async fn write_batch(
+    socket: &mut WebSocket,
+    state: &AppState,
+    first: Outbound,
+    rx: &mut mpsc::Receiver<Outbound>,
+) -> Result<(), axum::Error> {
+    let mut next = Some(first);
+    let mut n = 0;
+    while let Some(out) = next.take() {
+        state
+            .metrics
+            .delivery_latency
+            .observe(out.queued_at.elapsed().as_secs_f64());
+        state
+            .metrics
+            .deliveries
+            .with_label_values(&[out.kind])
+            .inc();
+        socket.feed(Message::Text(out.text)).await?;
+        n += 1;
+        if n < WRITE_BATCH {
+            next = rx.try_recv().ok();
+        }
+    }
+    socket.flush().await
+}
+
+impl Conn {
+    async fn reply(&self, socket: &mut WebSocket, frame: &ServerFrame) -> Result<(), ()> {
+        socket
+            .send(Message::Text(frame.to_json().into()))
+            .await
+            .map_err(|_| ())
+    }
+
+    async fn error(
+        &self,
+        socket: &mut WebSocket,
+        code: &str,
+        message: impl Into<String>,
+        reference: Option<String>,
+    ) -> Result<(), ()> {
+        self.reply(socket, &ServerFrame::error(code, message, reference))
+            .await
+    }
+
+    async fn on_message(&mut self, socket: &mut WebSocket, msg: Message) -> Result<Next, ()> {
+        let text = match msg {
+            Message::Text(t) => t,
+            Message::Binary(_) => {
+                self.error(socket, "bad_frame", "binary frames are not supported", None)
+                    .await?;
+                return Ok(Next::Close(close_code::BAD_FRAME, "binary frame"));
+            }
+            Message::Close(_) => return Err(()),
+            Message::Ping(_) | Message::Pong(_) => return Ok(Next::Continue),
+        };
+        if self.bucket.take(Instant::now()).is_err() {
+            self.rate_violations += 1;
+            self.state
+                .metrics
+                .limit_hits
+                .with_label_values(&["ws_rate"])
+                .inc();
+            if self.rate_violations >= MAX_RATE_VIOLATIONS {
+                return Ok(Next::Close(
+                    close_code::RATE_LIMITED,
+                    "message rate exceeded",
+                ));
+            }
+            self.error(
+                socket,
+                "rate_limited",
+                format!(
+                    "more than {} messages per second; message dropped",
+                    self.state.limits.ws_messages_per_s
+                ),
+                None,
+            )
+            .await?;
+            return Ok(Next::Continue);
+        }
+        self.rate_violations = 0;
+        let value: serde_json::Value = match serde_json::from_str(&text) {
+            Ok(v @ serde_json::Value::Object(_)) => v,
+            _ => {
+                self.error(socket, "bad_frame", "frames must be JSON objects", None)
+                    .await?;
+                return Ok(Next::Close(close_code::BAD_FRAME, "invalid JSON"));
+            }
+        };
+        let frame: ClientFrame = match serde_json::from_value(value) {
+            Ok(f) => f,
+            Err(e) => {
+                self.error(socket, "bad_frame", e.to_string(), None).await?;
+                return Ok(Next::Continue);
+            }
+        };
+        match frame {
+            ClientFrame::Subscribe { channel, after } => {
+                self.subscribe(socket, channel, after).await?
+            }
+            ClientFrame::Unsubscribe { channel } => {
+                if self.subscriptions.remove(&channel) {
+                    self.leave(&channel).await;
+                }
+                self.reply(socket, &ServerFrame::Unsubscribed { channel })
+                    .await?;
+            }
+            ClientFrame::Ping { id } => self.reply(socket, &ServerFrame::Pong { id }).await?,
+            ClientFrame::Send { room, .. }
+            | ClientFrame::Sync { room, .. }
+            | ClientFrame::Typing { room } => {
+                self.error(
+                    socket,
+                    "unsupported",
+                    "chat is not available on this server yet",
+                    Some(room),
+                )
+                .await?
+            }
+        }
+        Ok(Next::Continue)
+    }
+
+    async fn subscribe(
+        &mut self,
+        socket: &mut WebSocket,
+        name: String,
+        after: Option<u64>,
+    ) -> Result<(), ()> {
+        let channel = match Channel::parse(&name) {
+            Ok(c) => c,
+            Err(e) => {
+                return self
+                    .error(socket, "bad_channel", e.to_string(), Some(name))
+                    .await
+            }
+        };
+        if !may_subscribe(&self.claims, &channel) {
+            return self
+                .error(
+                    socket,
+                    "forbidden",
+                    format!("token does not grant {name}"),
+                    Some(name),
+                )
+                .await;
+        }
+        if channel.kind == ChannelKind::Chat {
+            return self
+                .error(
+                    socket,
+                    "unsupported",
+                    "chat is not available on this server yet",
+                    Some(name),
+                )
+                .await;
+        }
+        if !self.subscriptions.contains(&name)
+            && self.subscriptions.len() >= self.state.limits.max_channels_per_connection
+        {
+            self.state
+                .metrics
+                .limit_hits
+                .with_label_values(&["channels"])
+                .inc();
+            return self
+                .error(
+                    socket,
+                    "too_many_channels",
+                    format!(
+                        "at most {} channels per connection",
+                        self.state.limits.max_channels_per_connection
+                    ),
+                    Some(name),
+                )
+                .await;
+        }
+        self.state.hub.add(&name, self.handle.clone());
+        self.subscriptions.insert(name.clone());
+        if let Err(e) = self.state.engine.sync_subscription(&name).await {
+            tracing::warn!(error = %e, channel = %name, "subscribe failed");
+            self.state.metrics.engine_errors.inc();
+            self.subscriptions.remove(&name);
+            self.leave(&name).await;
+            return self
+                .error(
+                    socket,
+                    "engine_unavailable",
+                    "subscription failed, retry later",
+                    Some(name),
+                )
+                .await;
+        }
+        let latest = match self.state.engine.latest(&channel.id, now_ms()).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(error = %e, "latest position unavailable at subscribe");
+                None
+            }
+        };
+        let high_seq = latest.as_ref().map(|l| l.fix.seq);
+        self.reply(
+            socket,
+            &ServerFrame::Subscribed {
+                channel: name.clone(),
+                recovered: true,
+                high_seq,
+            },
+        )
+        .await?;
+        // Replay: the current position, unless the client already has it.
+        if let Some(l) = latest {
+            if after.is_none_or(|a| l.fix.seq > a) {
+                let frame = ServerFrame::Location {
+                    channel: name,
+                    driver_id: channel.id,
+                    fix: l.fix,
+                };
+                self.reply(socket, &frame).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes this connection from `channel` in the hub and lets the engine
+    /// drop its subscription when it was the last local one.
+    async fn leave(&self, channel: &str) {
+        if self.state.hub.remove(channel, self.handle.id) {
+            if let Err(e) = self.state.engine.sync_subscription(channel).await {
+                tracing::debug!(error = %e, channel, "unsubscribe failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Test support: spawn the server binary, Redis helpers, the fault proxy.
