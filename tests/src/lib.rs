@@ -1,1 +1,470 @@
-//! Test support: spawn the server binary, Redis helpers, the fault proxy.
+//! Test support for the end-to-end suites: spawn the real `waypost` binary
+//! on an ephemeral port (memory or Redis engine), start throwaway Redis
+//! servers, mint tokens, and talk WebSocket.
+//!
+//! Every spawned process is killed when its handle drops; a failing test
+//! prints the tail of the server's log.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use waypost_protocol::{Claims, Role};
+
+/// The secret `waypost serve --dev` uses.
+pub const DEV_SECRET: &str = "dev-secret";
+
+/// Which engine a spawned server runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineChoice {
+    Memory,
+    Redis(String),
+}
+
+impl EngineChoice {
+    pub fn name(&self) -> &'static str {
+        match self {
+            EngineChoice::Memory => "memory",
+            EngineChoice::Redis(_) => "redis",
+        }
+    }
+}
+
+/// Path of the `waypost` binary next to the running test executable
+/// (`target/<profile>/waypost`); built with cargo when missing.
+pub fn server_binary() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("WAYPOST_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> -> target/<profile>/waypost
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| anyhow!("unexpected test executable path {exe:?}"))?;
+    let bin = profile_dir.join("waypost");
+    if !bin.exists() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-p", "waypost-server", "--bin", "waypost"])
+            .status()
+            .context("running cargo build for the server binary")?;
+        if !status.success() || !bin.exists() {
+            bail!("could not build the waypost binary at {bin:?}");
+        }
+    }
+    Ok(bin)
+}
+
+/// Knobs for a spawned server.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub engine: EngineChoice,
+    /// Fixed listen address (e.g. to restart on the same port); port 0 when `None`.
+    pub listen: Option<SocketAddr>,
+    /// Extra command-line arguments after `serve`.
+    pub args: Vec<String>,
+}
+
+impl ServerOptions {
+    pub fn new(engine: EngineChoice) -> Self {
+        Self {
+            engine,
+            listen: None,
+            args: Vec::new(),
+        }
+    }
+
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+}
+
+/// A running `waypost serve` process.
+pub struct Server {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub options: ServerOptions,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Starts the server with the development secret on an ephemeral port.
+    pub async fn start(engine: EngineChoice) -> Result<Self> {
+        Self::start_with(ServerOptions::new(engine)).await
+    }
+
+    pub async fn start_with(options: ServerOptions) -> Result<Self> {
+        let bin = server_binary()?;
+        let listen = options
+            .listen
+            .map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string());
+        let log = std::env::temp_dir().join(format!(
+            "waypost-e2e-{}-{}.log",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let log_file = std::fs::File::create(&log)?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("serve")
+            .arg("--dev")
+            .arg("--listen")
+            .arg(&listen)
+            .arg("--engine")
+            .arg(options.engine.name())
+            .env_remove("WAYPOST_JWT_SECRET")
+            .env(
+                "RUST_LOG",
+                std::env::var("WAYPOST_TEST_LOG").unwrap_or("info".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file))
+            .kill_on_drop(true);
+        if let EngineChoice::Redis(url) = &options.engine {
+            cmd.arg("--redis-url").arg(url);
+        }
+        cmd.args(&options.args);
+        let mut child = cmd.spawn().context("spawning waypost")?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(a) = line.strip_prefix("listening on ") {
+                    return Ok::<_, anyhow::Error>(a.trim().parse::<SocketAddr>()?);
+                }
+            }
+            bail!("server exited before listening")
+        })
+        .await
+        .map_err(|_| anyhow!("server did not start within 30 s"))
+        .and_then(|r| r)
+        .with_context(|| format!("server log:\n{}", tail(&log)))?;
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Self {
+            child: Some(child),
+            addr,
+            options,
+            log,
+        })
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn ws_url(&self, token: &str) -> String {
+        format!("ws://{}/v1/ws?token={}", self.addr, token)
+    }
+
+    /// Sends SIGTERM and waits for the exit (at most `within`); returns
+    /// whether it exited in time with success.
+    pub async fn terminate(&mut self, within: Duration) -> Result<bool> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(true);
+        };
+        if let Some(pid) = child.id() {
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()?;
+        }
+        match tokio::time::timeout(within, child.wait()).await {
+            Ok(status) => Ok(status?.success()),
+            Err(_) => {
+                child.start_kill()?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Kills the process at once (SIGKILL).
+    pub async fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.start_kill()?;
+            child.wait().await?;
+        }
+        Ok(())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    pub fn log_tail(&self) -> String {
+        tail(&self.log)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- waypost server log ({}) ----\n{}",
+                self.addr,
+                tail(&self.log)
+            );
+        }
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+    }
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// A free TCP port on loopback (racy by nature; fine for tests).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A throwaway `redis-server` owned by the test (killed on drop).
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl RedisServer {
+    /// Starts redis-server (`$REDIS_SERVER_BIN` or from PATH) on a free port.
+    pub async fn start() -> Result<Self> {
+        Self::start_on(free_port()?).await
+    }
+
+    pub async fn start_on(port: u16) -> Result<Self> {
+        let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
+        let dir = std::env::temp_dir().join(format!("waypost-redis-{port}"));
+        std::fs::create_dir_all(&dir)?;
+        let child = Command::new(&bin)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("spawning {bin} (install redis-server)"))?;
+        let me = Self {
+            child: Some(child),
+            port,
+            dir,
+        };
+        for _ in 0..100 {
+            if redis_ping(port).await {
+                return Ok(me);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("redis-server on port {port} did not answer")
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn kill(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.start_kill()?;
+            c.wait().await?;
+        }
+        Ok(())
+    }
+
+    /// Kills and starts again on the same port (empty data).
+    pub async fn restart(&mut self) -> Result<()> {
+        self.kill().await?;
+        let fresh = Self::start_on(self.port).await?;
+        *self = fresh;
+        Ok(())
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn redis_ping(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    if s.write_all(b"PING\r\n").await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await,
+        Ok(Ok(n)) if buf[..n].starts_with(b"+PONG")
+    )
+}
+
+/// The Redis URL the suite should use: `WAYPOST_TEST_REDIS_URL` (set by
+/// scripts/test), else a fresh redis-server started here, else `None` (the
+/// caller prints why it skips).
+pub async fn shared_redis() -> Option<(String, Option<RedisServer>)> {
+    if let Ok(url) = std::env::var("WAYPOST_TEST_REDIS_URL") {
+        return Some((url, None));
+    }
+    match RedisServer::start().await {
+        Ok(r) => Some((r.url(), Some(r))),
+        Err(e) => {
+            eprintln!("SKIP redis cases: {e:#} (scripts/test installs and starts Redis)");
+            None
+        }
+    }
+}
+
+/// A token signed with the development secret.
+pub fn token(sub: &str, role: Role, channels: &[&str]) -> String {
+    token_with_exp(sub, role, channels, now_s() + 3600)
+}
+
+pub fn token_with_exp(sub: &str, role: Role, channels: &[&str], exp: u64) -> String {
+    let claims = Claims {
+        sub: sub.into(),
+        role,
+        exp,
+        channels: (!channels.is_empty()).then(|| channels.iter().map(|c| c.to_string()).collect()),
+    };
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(DEV_SECRET.as_bytes()),
+    )
+    .unwrap_or_default()
+}
+
+pub fn now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A unique id for this test run (ids must match `[A-Za-z0-9_.:-]{1,64}`).
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", rand::random::<u32>())
+}
+
+/// A minimal JSON WebSocket client for tests.
+pub struct WsClient {
+    stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// How a WebSocket ended, as seen by the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Closed {
+    Code(u16, String),
+    NoFrame,
+}
+
+impl WsClient {
+    pub async fn connect(url: &str) -> Result<Self> {
+        let (stream, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .with_context(|| format!("connecting {url}"))?;
+        Ok(Self { stream })
+    }
+
+    pub async fn send_json(&mut self, v: &Value) -> Result<()> {
+        self.stream
+            .send(Message::Text(v.to_string().into()))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn send_raw(&mut self, m: Message) -> Result<()> {
+        self.stream.send(m).await?;
+        Ok(())
+    }
+
+    /// Next JSON text frame within `within`; errors on close or timeout.
+    pub async fn next_json(&mut self, within: Duration) -> Result<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.stream.next())
+                .await
+                .map_err(|_| anyhow!("no frame within {within:?}"))?;
+            match msg {
+                Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t)?),
+                Some(Ok(Message::Close(f))) => bail!("closed: {f:?}"),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => bail!("websocket error: {e}"),
+                None => bail!("stream ended"),
+            }
+        }
+    }
+
+    /// Next frame whose `type` is `ty`, skipping others.
+    pub async fn next_of_type(&mut self, ty: &str, within: Duration) -> Result<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let v = self.next_json(left).await?;
+            if v["type"] == ty {
+                return Ok(v);
+            }
+        }
+    }
+
+    /// Subscribes and waits for `subscribed` (or fails on `error`).
+    pub async fn subscribe(&mut self, channel: &str, after: Option<u64>) -> Result<Value> {
+        let mut frame = serde_json::json!({"type": "subscribe", "channel": channel});
+        if let Some(a) = after {
+            frame["after"] = a.into();
+        }
+        self.send_json(&frame).await?;
+        loop {
+            let v = self.next_json(Duration::from_secs(10)).await?;
+            match v["type"].as_str() {
+                Some("subscribed") if v["channel"] == channel => return Ok(v),
+                Some("error") => bail!("subscribe {channel} refused: {v}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the close code, skipping frames.
+    pub async fn closed(&mut self, within: Duration) -> Result<Closed> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.stream.next())
+                .await
+                .map_err(|_| anyhow!("not closed within {within:?}"))?;
+            match msg {
+                Some(Ok(Message::Close(Some(f)))) => {
+                    return Ok(Closed::Code(f.code.into(), f.reason.to_string()))
+                }
+                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => return Ok(Closed::NoFrame),
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+}

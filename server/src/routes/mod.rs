@@ -1,5 +1,6 @@
 //! HTTP routes, one file per surface.
 
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 
@@ -25,5 +26,6 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .fallback(ops::not_found)
+        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .with_state(state)
 }
