@@ -1,6 +1,58 @@
 //! `waypost-bench`: load generator and benchmarks (see BENCHMARKS.md).
+//!
+//! One binary, one module per subcommand. Every run is bounded in time and
+//! count, talks only to loopback addresses, prints a human summary and, with
+//! `--json`, one JSON object on stdout.
 
-fn main() {
-    eprintln!("waypost-bench: no subcommands yet");
-    std::process::exit(2);
+use clap::{Parser, Subcommand};
+
+mod common;
+mod connections;
+mod fanout;
+mod ingest;
+mod storm;
+mod worker;
+// Slot for the SDK replay benchmark: `mod replay;` and a `SdkReplay` variant.
+
+#[derive(Parser)]
+#[command(
+    name = "waypost-bench",
+    version,
+    about = "Waypost load generator: fan-out, idle connections, ingest, reconnect storms"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// N WebSocket watchers over D drivers, R location posts/s; end-to-end latency.
+    Fanout(fanout::Args),
+    /// Open N idle WebSockets, hold them, report server RSS per connection.
+    Connections(connections::Args),
+    /// Batched location ingest throughput (fixes/s) and request latency.
+    Ingest(ingest::Args),
+    /// Restart the server under N connected subscribers; time until all are back.
+    Storm(storm::Args),
+    /// Internal: a subscriber process forked by the other subcommands.
+    #[command(hide = true)]
+    Worker(worker::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    common::raise_nofile_limit();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Fanout(args) => fanout::run(args).await,
+            Command::Connections(args) => connections::run(args).await,
+            Command::Ingest(args) => ingest::run(args).await,
+            Command::Storm(args) => storm::run(args).await,
+            Command::Worker(args) => worker::run(args).await,
+        }
+    })
 }
