@@ -139,6 +139,31 @@ mod tests {
         assert!(b.take(t0 + Duration::from_millis(100)).is_ok());
     }
 
+    proptest::proptest! {
+        /// Over any schedule of requests, a bucket never grants more than
+        /// `burst + rate * elapsed` tokens.
+        #[test]
+        fn bucket_never_exceeds_rate(
+            rate in 1u32..100,
+            burst in 1u32..200,
+            gaps_ms in proptest::collection::vec(0u64..200, 1..300),
+        ) {
+            let t0 = Instant::now();
+            let mut b = TokenBucket::new(rate, burst, t0);
+            let mut now = t0;
+            let mut granted = 0u64;
+            for g in gaps_ms {
+                now += Duration::from_millis(g);
+                if b.take(now).is_ok() {
+                    granted += 1;
+                }
+                let elapsed = now.duration_since(t0).as_secs_f64();
+                let bound = f64::from(burst) + f64::from(rate) * elapsed;
+                proptest::prop_assert!(granted as f64 <= bound + 1e-9);
+            }
+        }
+    }
+
     #[test]
     fn permits_are_counted_and_returned() {
         let c = Arc::new(ConnectionCounter::default());

@@ -205,4 +205,31 @@ mod tests {
         assert!(w.insert(7, 3));
         assert!(w.insert(6, 3), "a late seq above the floor is new");
     }
+
+    proptest::proptest! {
+        /// Whatever order and repetition seqs arrive in: a seq is accepted at
+        /// most once (no duplicates), and a seq above everything seen so far
+        /// is always accepted (nothing new is lost).
+        #[test]
+        fn dedup_never_duplicates_and_never_drops_new(
+            seqs in proptest::collection::vec(0u64..200, 0..400),
+            cap in 1usize..50,
+        ) {
+            let mut w = DedupWindow::default();
+            let mut accepted = std::collections::HashSet::new();
+            let mut max_seen: Option<u64> = None;
+            for s in seqs {
+                let is_new_max = max_seen.is_none_or(|m| s > m);
+                let took = w.insert(s, cap);
+                if took {
+                    proptest::prop_assert!(accepted.insert(s), "seq {} accepted twice", s);
+                }
+                if is_new_max {
+                    proptest::prop_assert!(took, "new highest seq {} refused", s);
+                }
+                max_seen = Some(max_seen.map_or(s, |m| m.max(s)));
+                proptest::prop_assert!(w.seen.len() <= cap);
+            }
+        }
+    }
 }
