@@ -36,6 +36,40 @@ pub struct Limits {
     pub unwatched_upload_interval_s: u32,
     /// How long shutdown waits for connections to finish.
     pub drain_timeout: Duration,
+    /// Largest chat message body in bytes.
+    pub max_chat_body_bytes: usize,
+    /// Messages kept per chat room (oldest trimmed).
+    pub chat_history_len: usize,
+    /// Most messages replayed on `subscribe` with `after`; more missing
+    /// means `recovered: false` and the client pages with `sync`.
+    pub chat_replay_limit: usize,
+    /// Most messages per `sync` or `GET .../messages` page.
+    pub chat_sync_limit: usize,
+    /// An idle room's history expires after this (its seqs then restart).
+    pub chat_room_ttl: Duration,
+    /// Rooms (and presence rooms) the memory engine keeps at once.
+    pub max_chat_rooms: usize,
+    /// A device counts as present this long after its last heartbeat.
+    pub presence_ttl: Duration,
+    /// Presence entries (devices) kept per room.
+    pub max_presence_per_room: usize,
+    /// Least time between two `typing` frames of one connection in a room;
+    /// faster ones are dropped.
+    pub typing_interval: Duration,
+    /// Notifications kept per vendor for `Last-Event-ID` replay.
+    pub notification_history_len: usize,
+    /// An idle vendor's notification history expires after this.
+    pub notification_ttl: Duration,
+    /// Largest notification body (`{"event","data"}`) in bytes.
+    pub max_notification_bytes: usize,
+    /// Vendors the memory engine keeps notification history for at once.
+    pub max_vendors: usize,
+    /// Notification streams one vendor may hold open on this process.
+    pub max_sse_per_vendor: u32,
+    /// Interval of the `: keepalive` comment on SSE streams.
+    pub sse_keepalive: Duration,
+    /// Longest `timeout_s` a long poll may ask for.
+    pub max_poll_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -56,6 +90,22 @@ impl Default for Limits {
             watched_upload_interval_s: 5,
             unwatched_upload_interval_s: 120,
             drain_timeout: Duration::from_secs(10),
+            max_chat_body_bytes: 4 * 1024,
+            chat_history_len: 1000,
+            chat_replay_limit: 500,
+            chat_sync_limit: 200,
+            chat_room_ttl: Duration::from_secs(7 * 24 * 3600),
+            max_chat_rooms: 100_000,
+            presence_ttl: Duration::from_secs(60),
+            max_presence_per_room: 1000,
+            typing_interval: Duration::from_secs(1),
+            notification_history_len: 1000,
+            notification_ttl: Duration::from_secs(24 * 3600),
+            max_notification_bytes: 16 * 1024,
+            max_vendors: 100_000,
+            max_sse_per_vendor: 8,
+            sse_keepalive: Duration::from_secs(25),
+            max_poll_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -10,9 +10,14 @@ use axum::extract::ws::Utf8Bytes;
 use serde::{Deserialize, Serialize};
 use waypost_protocol::Fix;
 
+pub mod chat;
+pub mod chat_memory;
+pub mod chat_redis;
 pub mod memory;
 pub mod redis;
 
+#[cfg(test)]
+mod chat_tests;
 #[cfg(test)]
 mod tests;
 

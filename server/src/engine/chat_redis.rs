@@ -1,0 +1,425 @@
+//! Chat, presence and notification stores on Redis, shared by every server
+//! process. Each write is one Lua script, so seq assignment, storage,
+//! idempotency and trimming are atomic.
+//!
+//! Keys (the `{…}` hash tag keeps one room's keys in one cluster slot):
+//! - `wp:chat:{room}:seq` (counter), `:log` (sorted set, score = seq, member
+//!   = message JSON), `:cid` (hash `from\x1fclient_id` → seq, only for
+//!   retained messages). Trimmed to the history length; all three expire
+//!   together after the room TTL of inactivity.
+//! - `wp:presence:{room}` (sorted set conn → expiry ms), `:u` (hash conn →
+//!   user), `:n` (hash user → live conns). Expired entries are swept by the
+//!   next join or leave in the room, which reports their users offline.
+//! - `wp:notify:{vendor}:seq` and `:log`, like chat without `:cid`.
+
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+use redis::Script;
+use waypost_protocol::ChatMessage;
+
+use super::chat::{
+    Appended, ChatStore, History, NewMessage, Notification, NotificationHistory, NotificationStore,
+    PresenceChanges, PresenceStore,
+};
+use super::EngineError;
+use crate::config::Limits;
+
+fn redis_err(e: redis::RedisError) -> EngineError {
+    EngineError::Redis(e.to_string())
+}
+
+fn corrupt(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Corrupt(e.to_string())
+}
+
+/// Opens a connection manager (reconnects by itself) to `url`.
+pub async fn connect(url: &str) -> Result<ConnectionManager, EngineError> {
+    let client = redis::Client::open(url).map_err(redis_err)?;
+    ConnectionManager::new(client).await.map_err(redis_err)
+}
+
+const APPEND_CHAT: &str = r#"
+local known = redis.call('HGET', KEYS[3], ARGV[1])
+if known then
+  local orig = redis.call('ZRANGEBYSCORE', KEYS[2], known, known)
+  if orig[1] then return {0, orig[1]} end
+end
+local seq = redis.call('INCR', KEYS[1])
+local msg = ARGV[2] .. seq .. ARGV[3]
+redis.call('ZADD', KEYS[2], seq, msg)
+redis.call('HSET', KEYS[3], ARGV[1], seq)
+local excess = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[4])
+if excess > 0 then
+  local old = redis.call('ZRANGE', KEYS[2], 0, excess - 1)
+  for _, m in ipairs(old) do
+    local d = cjson.decode(m)
+    redis.call('HDEL', KEYS[3], d['from'] .. '\31' .. d['client_id'])
+  end
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, excess - 1)
+end
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[5]) end
+return {1, msg}
+"#;
+
+const READ_AFTER: &str = r#"
+local high = tonumber(redis.call('GET', KEYS[1]) or '0')
+local items = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf', 'LIMIT', 0, ARGV[2])
+return {high, items}
+"#;
+
+/// Splits `json` (an object whose first field is `"seq":0` after
+/// `prefix_fields`) around the 0, so Lua can splice in the seq it assigns.
+fn split_at_seq(json: &str, prefix: &str) -> Result<(String, String), EngineError> {
+    json.strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('0'))
+        .map(|rest| (prefix.to_owned(), rest.to_owned()))
+        .ok_or_else(|| corrupt(format!("unexpected record layout: {json:.80}")))
+}
+
+/// Chat history on Redis.
+pub struct RedisChatStore {
+    conn: ConnectionManager,
+    append: Script,
+    read: Script,
+    history: usize,
+    ttl_ms: u64,
+}
+
+impl RedisChatStore {
+    pub fn new(conn: ConnectionManager, limits: &Limits) -> Self {
+        Self {
+            conn,
+            append: Script::new(APPEND_CHAT),
+            read: Script::new(READ_AFTER),
+            history: limits.chat_history_len.max(1),
+            ttl_ms: limits.chat_room_ttl.as_millis().max(1) as u64,
+        }
+    }
+
+    fn keys(room: &str) -> [String; 3] {
+        [
+            format!("wp:chat:{{{room}}}:seq"),
+            format!("wp:chat:{{{room}}}:log"),
+            format!("wp:chat:{{{room}}}:cid"),
+        ]
+    }
+}
+
+#[async_trait]
+impl ChatStore for RedisChatStore {
+    async fn append(&self, m: NewMessage) -> Result<Appended, EngineError> {
+        let template = ChatMessage {
+            room: m.room.clone(),
+            seq: 0,
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            from: m.from.clone(),
+            client_id: m.client_id.clone(),
+            body: m.body,
+            ts: m.ts,
+        };
+        let json = serde_json::to_string(&template).map_err(corrupt)?;
+        let prefix = format!(
+            "{{\"room\":{},\"seq\":",
+            serde_json::to_string(&m.room).map_err(corrupt)?
+        );
+        let (head, tail) = split_at_seq(&json, &prefix)?;
+        let [k_seq, k_log, k_cid] = Self::keys(&m.room);
+        let (fresh, stored): (u8, String) = self
+            .append
+            .key(k_seq)
+            .key(k_log)
+            .key(k_cid)
+            .arg(format!("{}\u{1f}{}", m.from, m.client_id))
+            .arg(head)
+            .arg(tail)
+            .arg(self.history)
+            .arg(self.ttl_ms)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(redis_err)?;
+        let msg: ChatMessage = serde_json::from_str(&stored).map_err(corrupt)?;
+        Ok(if fresh == 1 {
+            Appended::New(msg)
+        } else {
+            Appended::Duplicate(msg)
+        })
+    }
+
+    async fn after(&self, room: &str, after: u64, limit: usize) -> Result<History, EngineError> {
+        let [k_seq, k_log, _] = Self::keys(room);
+        let (high_seq, items): (u64, Vec<String>) = self
+            .read
+            .key(k_seq)
+            .key(k_log)
+            .arg(after)
+            .arg(limit)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(redis_err)?;
+        let messages = items
+            .iter()
+            .map(|s| serde_json::from_str(s).map_err(corrupt))
+            .collect::<Result<Vec<ChatMessage>, _>>()?;
+        Ok(History { messages, high_seq })
+    }
+}
+
+/// Shared by the presence scripts: drops expired entries, appending users
+/// left with no entry to `offline`.
+const PRESENCE_EXPIRE: &str = r#"
+local offline = {}
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+for _, c in ipairs(expired) do
+  local u = redis.call('HGET', KEYS[2], c)
+  redis.call('ZREM', KEYS[1], c)
+  redis.call('HDEL', KEYS[2], c)
+  if u then
+    if redis.call('HINCRBY', KEYS[3], u, -1) <= 0 then
+      redis.call('HDEL', KEYS[3], u)
+      table.insert(offline, u)
+    end
+  end
+end
+"#;
+
+const PRESENCE_JOIN: &str = r#"
+local online = {}
+if redis.call('ZSCORE', KEYS[1], ARGV[3]) then
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+elseif redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[5]) then
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+  redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+  if redis.call('HINCRBY', KEYS[3], ARGV[4], 1) == 1 then
+    table.insert(online, ARGV[4])
+  end
+end
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[6]) end
+return {online, offline}
+"#;
+
+const PRESENCE_LEAVE: &str = r#"
+local u = redis.call('HGET', KEYS[2], ARGV[3])
+if u then
+  redis.call('ZREM', KEYS[1], ARGV[3])
+  redis.call('HDEL', KEYS[2], ARGV[3])
+  if redis.call('HINCRBY', KEYS[3], u, -1) <= 0 then
+    redis.call('HDEL', KEYS[3], u)
+    table.insert(offline, u)
+  end
+end
+return {{}, offline}
+"#;
+
+const PRESENCE_ONLINE: &str = r#"
+local conns = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf')
+if #conns == 0 then return {} end
+return redis.call('HMGET', KEYS[2], unpack(conns))
+"#;
+
+/// Presence on Redis.
+pub struct RedisPresenceStore {
+    conn: ConnectionManager,
+    join: Script,
+    leave: Script,
+    online: Script,
+    ttl_ms: i64,
+    max_entries: usize,
+}
+
+impl RedisPresenceStore {
+    pub fn new(conn: ConnectionManager, limits: &Limits) -> Self {
+        Self {
+            conn,
+            join: Script::new(&format!("{PRESENCE_EXPIRE}{PRESENCE_JOIN}")),
+            leave: Script::new(&format!("{PRESENCE_EXPIRE}{PRESENCE_LEAVE}")),
+            online: Script::new(PRESENCE_ONLINE),
+            ttl_ms: limits.presence_ttl.as_millis().max(1) as i64,
+            max_entries: limits.max_presence_per_room,
+        }
+    }
+
+    fn keys(room: &str) -> [String; 3] {
+        [
+            format!("wp:presence:{{{room}}}"),
+            format!("wp:presence:{{{room}}}:u"),
+            format!("wp:presence:{{{room}}}:n"),
+        ]
+    }
+
+    async fn run(
+        &self,
+        script: &Script,
+        room: &str,
+        user: &str,
+        conn: &str,
+        now_ms: i64,
+    ) -> Result<PresenceChanges, EngineError> {
+        let [a, b, c] = Self::keys(room);
+        let (online, offline): (Vec<String>, Vec<String>) = script
+            .key(a)
+            .key(b)
+            .key(c)
+            .arg(now_ms)
+            .arg(now_ms + self.ttl_ms)
+            .arg(conn)
+            .arg(user)
+            .arg(self.max_entries)
+            // Keys outlive the longest entry a little.
+            .arg(self.ttl_ms * 2)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(redis_err)?;
+        Ok(PresenceChanges { online, offline })
+    }
+}
+
+#[async_trait]
+impl PresenceStore for RedisPresenceStore {
+    async fn join(
+        &self,
+        room: &str,
+        user: &str,
+        conn: &str,
+        now_ms: i64,
+    ) -> Result<PresenceChanges, EngineError> {
+        self.run(&self.join, room, user, conn, now_ms).await
+    }
+
+    async fn leave(
+        &self,
+        room: &str,
+        user: &str,
+        conn: &str,
+        now_ms: i64,
+    ) -> Result<PresenceChanges, EngineError> {
+        self.run(&self.leave, room, user, conn, now_ms).await
+    }
+
+    async fn online(
+        &self,
+        room: &str,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<String>, EngineError> {
+        let [a, b, _] = Self::keys(room);
+        let users: Vec<Option<String>> = self
+            .online
+            .key(a)
+            .key(b)
+            .arg(now_ms)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(redis_err)?;
+        let mut users: Vec<String> = users.into_iter().flatten().collect();
+        users.sort();
+        users.dedup();
+        users.truncate(limit);
+        Ok(users)
+    }
+}
+
+const APPEND_NOTIFICATION: &str = r#"
+local seq = redis.call('INCR', KEYS[1])
+local item = ARGV[1] .. seq .. ARGV[2]
+redis.call('ZADD', KEYS[2], seq, item)
+redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -1 - tonumber(ARGV[3]))
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return item
+"#;
+
+/// Vendor notifications on Redis.
+pub struct RedisNotificationStore {
+    conn: ConnectionManager,
+    append: Script,
+    read: Script,
+    history: usize,
+    ttl_ms: u64,
+}
+
+impl RedisNotificationStore {
+    pub fn new(conn: ConnectionManager, limits: &Limits) -> Self {
+        Self {
+            conn,
+            append: Script::new(APPEND_NOTIFICATION),
+            read: Script::new(READ_AFTER),
+            history: limits.notification_history_len.max(1),
+            ttl_ms: limits.notification_ttl.as_millis().max(1) as u64,
+        }
+    }
+
+    fn keys(vendor: &str) -> [String; 2] {
+        [
+            format!("wp:notify:{{{vendor}}}:seq"),
+            format!("wp:notify:{{{vendor}}}:log"),
+        ]
+    }
+}
+
+#[async_trait]
+impl NotificationStore for RedisNotificationStore {
+    async fn append(
+        &self,
+        vendor: &str,
+        event: &str,
+        data: serde_json::Value,
+        now_ms: i64,
+    ) -> Result<Notification, EngineError> {
+        let template = Notification {
+            seq: 0,
+            event: event.to_owned(),
+            data,
+            ts: now_ms,
+        };
+        let json = serde_json::to_string(&template).map_err(corrupt)?;
+        let (head, tail) = split_at_seq(&json, "{\"seq\":")?;
+        let [k_seq, k_log] = Self::keys(vendor);
+        let stored: String = self
+            .append
+            .key(k_seq)
+            .key(k_log)
+            .arg(head)
+            .arg(tail)
+            .arg(self.history)
+            .arg(self.ttl_ms)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(redis_err)?;
+        serde_json::from_str(&stored).map_err(corrupt)
+    }
+
+    async fn after(
+        &self,
+        vendor: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<NotificationHistory, EngineError> {
+        let [k_seq, k_log] = Self::keys(vendor);
+        let (high_seq, items): (u64, Vec<String>) = self
+            .read
+            .key(k_seq)
+            .key(k_log)
+            .arg(after)
+            .arg(limit)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(redis_err)?;
+        let items = items
+            .iter()
+            .map(|s| serde_json::from_str(s).map_err(corrupt))
+            .collect::<Result<Vec<Notification>, _>>()?;
+        Ok(NotificationHistory { items, high_seq })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seq_splice_layout() {
+        let (h, t) = split_at_seq(r#"{"seq":0,"event":"x"}"#, "{\"seq\":").unwrap();
+        assert_eq!(format!("{h}12{t}"), r#"{"seq":12,"event":"x"}"#);
+        assert!(split_at_seq(r#"{"event":"x","seq":0}"#, "{\"seq\":").is_err());
+    }
+}
