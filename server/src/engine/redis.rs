@@ -1,21 +1,466 @@
-//! The Redis engine (several processes on one Redis). Being written; until
-//! then `connect` refuses clearly.
+//! The Redis engine: several server processes share one Redis.
+//!
+//! Storage (one driver's keys share the hash tag `{driver}`):
+//! - `waypost:{d}:trail`: ZSET, every score 0, member
+//!   `<seq zero-padded to 20 digits>|<StoredFix JSON>`, so the lexicographic
+//!   order is the seq order, exact for every u64; trimmed to `trail_len`.
+//! - `waypost:{d}:latest`: the StoredFix JSON, `SET ... PX online_ttl`.
+//! - `waypost:{d}:seen:{device}` / `waypost:{d}:floor:{device}`: the dedup
+//!   window of one device (the last `dedup_window` seqs; at or below the
+//!   floor everything counts as seen), `waypost:{d}:devices` bounds the
+//!   devices remembered per driver. These keys live 24 h after the last
+//!   ingest.
+//!
+//! An ingest batch is one Lua script (`redis/ingest.lua`): dedup, trail,
+//! latest and the watcher count in one atomic round trip.
+//!
+//! Fan-out: `publish` is a `PUBLISH waypost:ch:{channel}`; one pub/sub
+//! connection per process holds one `SUBSCRIBE` per channel with local
+//! subscribers (see [`pubsub`]). Watcher counts across processes live in
+//! per-channel hashes (see [`watchers`]).
+//!
+//! Every Redis call has a timeout; failures map to [`EngineError::Redis`].
+//! Redis Cluster is not supported (one standalone primary).
 
+mod pubsub;
+mod watchers;
+
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
-use super::{Engine, EngineError};
+use async_trait::async_trait;
+use axum::extract::ws::Utf8Bytes;
+use parking_lot::Mutex;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::io::tcp::{socket2::TcpKeepalive, TcpSettings};
+use redis::{RedisResult, Script};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use waypost_protocol::Fix;
+
+use super::{Engine, EngineError, IngestOutcome, StoredFix};
 use crate::config::Limits;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 
-/// Connects to Redis at `url`.
+/// Devices remembered per driver for de-duplication (oldest forgotten), as
+/// in the memory engine.
+const MAX_DEVICES_PER_DRIVER: usize = 8;
+const REQUEST_QUEUE: usize = 4096;
+
+const WATCH_PRELUDE: &str = include_str!("redis/watch_sum.lua");
+
+/// Timings and naming of the Redis engine. `Default` is what production
+/// uses; tests shorten some of them.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// Bound on every Redis call.
+    pub op_timeout: Duration,
+    /// How often the pub/sub probe is published; one that has not come back
+    /// by the next probe forces a reconnect.
+    pub probe_interval: Duration,
+    /// Reconnect backoff: full jitter, doubling from `backoff_base`, capped.
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    /// A process's watcher count expires this long after its last refresh.
+    pub watcher_ttl: Duration,
+    /// How often every watcher count is rewritten.
+    pub watcher_refresh: Duration,
+    /// How often the hub is checked for changed local counts.
+    pub watcher_scan: Duration,
+    /// Lifetime of trail and dedup keys after a driver's last ingest.
+    pub data_ttl: Duration,
+    /// Prefix of every key and channel name.
+    pub key_prefix: String,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        Self {
+            op_timeout: Duration::from_secs(2),
+            probe_interval: Duration::from_secs(5),
+            backoff_base: Duration::from_millis(100),
+            backoff_cap: Duration::from_secs(2),
+            watcher_ttl: Duration::from_secs(30),
+            watcher_refresh: Duration::from_secs(10),
+            watcher_scan: Duration::from_secs(1),
+            data_ttl: Duration::from_secs(24 * 3600),
+            key_prefix: "waypost".into(),
+        }
+    }
+}
+
+/// Connects to Redis at `url` with the default options.
 pub async fn connect(
-    _url: &str,
-    _hub: Arc<Hub>,
-    _limits: Limits,
-    _metrics: Metrics,
+    url: &str,
+    hub: Arc<Hub>,
+    limits: Limits,
+    metrics: Metrics,
 ) -> Result<Arc<dyn Engine>, EngineError> {
-    Err(EngineError::Redis(
-        "the redis engine is not built yet".into(),
-    ))
+    let engine = RedisEngine::connect(url, hub, limits, metrics, RedisOptions::default()).await?;
+    Ok(Arc::new(engine))
+}
+
+/// Key and channel names.
+#[derive(Debug, Clone)]
+struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    fn driver(&self, driver_id: &str, part: &str) -> String {
+        format!("{}:{{{driver_id}}}:{part}", self.prefix)
+    }
+    fn channel_prefix(&self) -> String {
+        format!("{}:ch:", self.prefix)
+    }
+    fn watchers_prefix(&self) -> String {
+        format!("{}:watchers:", self.prefix)
+    }
+    fn watchers(&self, channel: &str) -> String {
+        format!("{}{channel}", self.watchers_prefix())
+    }
+    fn channel(&self, channel: &str) -> String {
+        format!("{}{channel}", self.channel_prefix())
+    }
+    fn probe(&self, instance: &str) -> String {
+        format!("{}:probe:{instance}", self.prefix)
+    }
+}
+
+/// The same JSON as [`StoredFix`], without copying the fix.
+#[derive(Serialize)]
+struct StoredFixRef<'a> {
+    fix: &'a Fix,
+    device_id: &'a str,
+    received_ms: i64,
+}
+
+/// Storage and fan-out on Redis.
+pub struct RedisEngine {
+    conn: ConnectionManager,
+    limits: Limits,
+    opts: RedisOptions,
+    keys: Keys,
+    ingest_script: Script,
+    watchers_script: Script,
+    subs: mpsc::Sender<pubsub::SyncRequest>,
+    watch: mpsc::Sender<watchers::WatchRequest>,
+    pubsub_up: watch::Receiver<bool>,
+    instance: String,
+    cancel: CancellationToken,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl RedisEngine {
+    /// Connects (commands and pub/sub) and starts the background tasks.
+    /// Fails when Redis does not answer within a few seconds.
+    pub async fn connect(
+        url: &str,
+        hub: Arc<Hub>,
+        limits: Limits,
+        metrics: Metrics,
+        opts: RedisOptions,
+    ) -> Result<Self, EngineError> {
+        let client = redis::Client::open(url).map_err(redis_err)?;
+        let tcp = TcpSettings::default()
+            .set_nodelay(true)
+            .set_keepalive(
+                TcpKeepalive::new()
+                    .with_time(Duration::from_secs(10))
+                    .with_interval(Duration::from_secs(5))
+                    .with_retries(3),
+            )
+            .set_user_timeout(Duration::from_secs(10));
+        // The manager's own retries (backon: 1 s doubling, capped at 1 s)
+        // bound how long a command waits while it reconnects; our
+        // `op_timeout` bounds every call anyway.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(opts.op_timeout)
+            .set_response_timeout(opts.op_timeout)
+            .set_number_of_retries(2)
+            .set_factor(2)
+            .set_max_delay(1000)
+            .set_tcp_settings(tcp);
+        let conn = with_timeout(
+            opts.op_timeout * 4,
+            ConnectionManager::new_with_config(client.clone(), config),
+        )
+        .await?;
+
+        let keys = Keys {
+            prefix: opts.key_prefix.clone(),
+        };
+        let instance = uuid::Uuid::new_v4().simple().to_string();
+        let cancel = CancellationToken::new();
+        let (subs, subs_rx) = mpsc::channel(REQUEST_QUEUE);
+        let (watch_tx, watch_rx) = mpsc::channel(REQUEST_QUEUE);
+        let (up_tx, mut up_rx) = watch::channel(false);
+
+        let manager = pubsub::Manager {
+            client,
+            conn: conn.clone(),
+            hub: Arc::clone(&hub),
+            metrics,
+            opts: opts.clone(),
+            channel_prefix: keys.channel_prefix(),
+            probe_channel: keys.probe(&instance),
+            up: up_tx,
+            cancel: cancel.clone(),
+        };
+        let writer = watchers::Writer {
+            conn: conn.clone(),
+            hub: Arc::clone(&hub),
+            script: Script::new(&format!(
+                "{WATCH_PRELUDE}\n{}",
+                include_str!("redis/watch_set.lua")
+            )),
+            instance: instance.clone(),
+            key_prefix: keys.watchers_prefix(),
+            opts: opts.clone(),
+            cancel: cancel.clone(),
+        };
+        let tasks = vec![
+            tokio::spawn(manager.run(subs_rx)),
+            tokio::spawn(writer.run(watch_rx)),
+        ];
+        let engine = Self {
+            conn,
+            limits,
+            keys,
+            ingest_script: Script::new(&format!(
+                "{WATCH_PRELUDE}\n{}",
+                include_str!("redis/ingest.lua")
+            )),
+            watchers_script: Script::new(&format!(
+                "{WATCH_PRELUDE}\n{}",
+                include_str!("redis/watchers.lua")
+            )),
+            subs,
+            watch: watch_tx,
+            pubsub_up: up_rx.clone(),
+            instance,
+            cancel,
+            tasks: Mutex::new(tasks),
+            opts,
+        };
+        let first =
+            tokio::time::timeout(engine.opts.op_timeout * 2, up_rx.wait_for(|up| *up)).await;
+        if !matches!(first, Ok(Ok(_))) {
+            engine.shutdown().await;
+            return Err(EngineError::Redis(
+                "pub/sub connection did not come up".into(),
+            ));
+        }
+        tracing::info!(instance = %engine.instance, "redis engine connected");
+        Ok(engine)
+    }
+
+    /// This process's id in watcher hashes.
+    pub fn instance_id(&self) -> &str {
+        &self.instance
+    }
+
+    fn ttl_ms(&self) -> i64 {
+        self.limits.online_ttl.as_millis() as i64
+    }
+}
+
+impl Drop for RedisEngine {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+#[async_trait]
+impl Engine for RedisEngine {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn ingest(
+        &self,
+        driver_id: &str,
+        device_id: &str,
+        fixes: &[Fix],
+        now_ms: i64,
+    ) -> Result<IngestOutcome, EngineError> {
+        let mut inv = self.ingest_script.prepare_invoke();
+        inv.key(self.keys.driver(driver_id, "trail"))
+            .key(self.keys.driver(driver_id, "latest"))
+            .key(self.keys.driver(driver_id, "devices"))
+            .key(self.keys.driver(driver_id, &format!("seen:{device_id}")))
+            .key(self.keys.driver(driver_id, &format!("floor:{device_id}")))
+            .key(self.keys.watchers(&format!("tracking:{driver_id}")));
+        inv.arg(device_id)
+            .arg(now_ms)
+            .arg(self.ttl_ms())
+            .arg(self.limits.trail_len)
+            .arg(self.limits.dedup_window)
+            .arg(self.opts.data_ttl.as_millis() as u64)
+            .arg(MAX_DEVICES_PER_DRIVER)
+            .arg(self.keys.driver(driver_id, ""));
+        for fix in fixes {
+            let stored = StoredFixRef {
+                fix,
+                device_id,
+                received_ms: now_ms,
+            };
+            let json = serde_json::to_string(&stored)
+                .map_err(|e| EngineError::Corrupt(format!("unserializable fix: {e}")))?;
+            inv.arg(fix.ts).arg(format!("{:020}|{json}", fix.seq));
+        }
+        let mut conn = self.conn.clone();
+        let (accepted, latest_index, watchers): (u32, usize, u64) =
+            with_timeout(self.opts.op_timeout, inv.invoke_async(&mut conn)).await?;
+        let new_latest = latest_index
+            .checked_sub(1)
+            .and_then(|i| fixes.get(i))
+            .cloned();
+        Ok(IngestOutcome {
+            accepted,
+            duplicates: (fixes.len() as u32).saturating_sub(accepted),
+            watchers,
+            new_latest,
+        })
+    }
+
+    async fn latest(&self, driver_id: &str, now_ms: i64) -> Result<Option<StoredFix>, EngineError> {
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("GET")
+            .arg(self.keys.driver(driver_id, "latest"))
+            .to_owned();
+        let raw: Option<String> =
+            with_timeout(self.opts.op_timeout, cmd.query_async(&mut conn)).await?;
+        let Some(raw) = raw else {
+            return Ok(None);
+        };
+        let stored: StoredFix = serde_json::from_str(&raw)
+            .map_err(|e| EngineError::Corrupt(format!("latest of {driver_id}: {e}")))?;
+        Ok(Some(stored).filter(|l| now_ms - l.received_ms <= self.ttl_ms()))
+    }
+
+    async fn trail(
+        &self,
+        driver_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Fix>, EngineError> {
+        let Some(from) = after_seq.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("ZRANGEBYLEX")
+            .arg(self.keys.driver(driver_id, "trail"))
+            .arg(format!("[{from:020}"))
+            .arg("+")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit.min(i64::MAX as usize))
+            .to_owned();
+        let members: Vec<String> =
+            with_timeout(self.opts.op_timeout, cmd.query_async(&mut conn)).await?;
+        members
+            .iter()
+            .map(|m| {
+                let json = m.get(21..).unwrap_or_default();
+                serde_json::from_str::<StoredFix>(json)
+                    .map(|s| s.fix)
+                    .map_err(|e| EngineError::Corrupt(format!("trail of {driver_id}: {e}")))
+            })
+            .collect()
+    }
+
+    async fn publish(&self, channel: &str, frame: Utf8Bytes) -> Result<(), EngineError> {
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("PUBLISH")
+            .arg(self.keys.channel(channel))
+            .arg(frame.as_str())
+            .to_owned();
+        with_timeout(self.opts.op_timeout, cmd.query_async::<u64>(&mut conn)).await?;
+        Ok(())
+    }
+
+    async fn sync_subscription(&self, channel: &str) -> Result<(), EngineError> {
+        pubsub::request(&self.subs, channel, self.opts.op_timeout * 2).await?;
+        // Watcher counts are advisory: the subscription stands even if
+        // recording the count fails (the periodic refresh retries).
+        let (done, ack) = tokio::sync::oneshot::channel();
+        let req = watchers::WatchRequest {
+            channel: channel.to_owned(),
+            done,
+        };
+        let recorded = tokio::time::timeout(self.opts.op_timeout * 2, async {
+            self.watch.send(req).await.ok()?;
+            ack.await.ok()
+        })
+        .await;
+        if !matches!(recorded, Ok(Some(()))) {
+            tracing::debug!(channel, "watcher count not recorded in time");
+        }
+        Ok(())
+    }
+
+    async fn watchers(&self, channel: &str) -> Result<u64, EngineError> {
+        let mut conn = self.conn.clone();
+        let mut inv = self.watchers_script.prepare_invoke();
+        inv.key(self.keys.watchers(channel));
+        with_timeout(self.opts.op_timeout, inv.invoke_async(&mut conn)).await
+    }
+
+    async fn ready(&self) -> Result<(), EngineError> {
+        if !*self.pubsub_up.borrow() {
+            return Err(EngineError::Redis("pub/sub connection is down".into()));
+        }
+        let mut conn = self.conn.clone();
+        let pong: String = with_timeout(
+            self.opts.op_timeout,
+            redis::cmd("PING").query_async(&mut conn),
+        )
+        .await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(EngineError::Redis(format!(
+                "unexpected PING reply {pong:?}"
+            )))
+        }
+    }
+
+    async fn shutdown(&self) {
+        self.cancel.cancel();
+        let tasks = std::mem::take(&mut *self.tasks.lock());
+        for task in tasks {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(self.opts.op_timeout * 3, task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("redis engine task did not stop in time; aborted");
+                abort.abort();
+            }
+        }
+    }
+}
+
+fn redis_err(e: redis::RedisError) -> EngineError {
+    EngineError::Redis(e.to_string())
+}
+
+/// Runs one Redis call with a deadline.
+async fn with_timeout<T>(
+    limit: Duration,
+    call: impl Future<Output = RedisResult<T>>,
+) -> Result<T, EngineError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(redis_err(e)),
+        Err(_) => Err(EngineError::Redis(format!("timed out after {limit:?}"))),
+    }
 }

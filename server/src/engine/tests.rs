@@ -95,3 +95,513 @@ async fn memory_conformance() {
     let ttl = Limits::default().online_ttl.as_millis() as i64;
     assert!(engine.latest(&d, NOW + ttl + 1).await.unwrap().is_none());
 }
+
+/// Every bound holds: the dedup window forgets its oldest seqs but refuses
+/// anything at or below the floor, and the trail keeps the highest seqs.
+pub(crate) async fn windows_and_trail_are_bounded(engine: &dyn Engine) {
+    // Needs `dedup_window: 3, trail_len: 4`.
+    let d = unique("d");
+    let batch: Vec<Fix> = (1..=5).map(|s| fix(s, NOW + s as i64)).collect();
+    let out = engine.ingest(&d, "dev", &batch, NOW).await.unwrap();
+    assert_eq!(out.accepted, 5);
+    let again = engine.ingest(&d, "dev", &batch, NOW).await.unwrap();
+    assert_eq!(
+        (again.accepted, again.duplicates),
+        (0, 5),
+        "below the floor counts as seen"
+    );
+    let late = engine
+        .ingest(&d, "dev", &[fix(7, NOW + 7), fix(6, NOW + 6)], NOW)
+        .await
+        .unwrap();
+    assert_eq!(late.accepted, 2, "a late seq above the floor is new");
+    let seqs: Vec<u64> = engine
+        .trail(&d, 0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|f| f.seq)
+        .collect();
+    assert_eq!(seqs, vec![4, 5, 6, 7], "trail keeps the highest seqs");
+    assert_eq!(engine.trail(&d, 5, 1).await.unwrap()[0].seq, 6);
+    assert!(engine.trail(&d, u64::MAX, 10).await.unwrap().is_empty());
+    // Seqs beyond 2^53 stay exact.
+    let big = [fix(u64::MAX - 1, NOW + 8), fix(u64::MAX, NOW + 9)];
+    let e = unique("d");
+    assert_eq!(
+        engine.ingest(&e, "dev", &big, NOW).await.unwrap().accepted,
+        2
+    );
+    assert_eq!(
+        engine.ingest(&e, "dev", &big, NOW).await.unwrap().accepted,
+        0
+    );
+    let tail = engine.trail(&e, u64::MAX - 1, 10).await.unwrap();
+    assert_eq!(
+        tail.iter().map(|f| f.seq).collect::<Vec<_>>(),
+        vec![u64::MAX]
+    );
+}
+
+fn bounded_limits() -> Limits {
+    Limits {
+        dedup_window: 3,
+        trail_len: 4,
+        ..Limits::default()
+    }
+}
+
+#[tokio::test]
+async fn memory_bounds() {
+    let hub = Arc::new(Hub::new(Metrics::new()));
+    windows_and_trail_are_bounded(&MemoryEngine::new(hub, bounded_limits())).await;
+}
+
+mod redis_engine {
+    //! The Redis engine against a real Redis: the shared conformance checks,
+    //! two engines as two processes, and survival of a Redis restart.
+
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::engine::redis::{RedisEngine, RedisOptions};
+    use crate::hub::ConnHandle;
+    use tokio::sync::mpsc;
+
+    fn url() -> Option<String> {
+        let url = std::env::var("WAYPOST_TEST_REDIS_URL").ok()?;
+        (!url.is_empty()).then_some(url)
+    }
+
+    fn opts() -> RedisOptions {
+        RedisOptions {
+            probe_interval: Duration::from_millis(500),
+            backoff_cap: Duration::from_millis(500),
+            watcher_scan: Duration::from_millis(100),
+            ..RedisOptions::default()
+        }
+    }
+
+    async fn engine(url: &str, hub: &Arc<Hub>, limits: Limits, metrics: Metrics) -> RedisEngine {
+        RedisEngine::connect(url, Arc::clone(hub), limits, metrics, opts())
+            .await
+            .unwrap()
+    }
+
+    async fn command(url: &str) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    async fn numsub(conn: &mut redis::aio::MultiplexedConnection, channel: &str) -> u64 {
+        let name = format!("waypost:ch:{channel}");
+        let reply: Vec<(String, u64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&name)
+            .query_async(conn)
+            .await
+            .unwrap();
+        reply[0].1
+    }
+
+    async fn recv(rx: &mut mpsc::Receiver<crate::hub::Outbound>) -> String {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("delivered within 5 s")
+            .unwrap()
+            .text
+            .to_string()
+    }
+
+    /// Polls `check` until it holds or 3 s pass.
+    async fn eventually<F, Fut>(what: &str, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !check().await {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn redis_conformance() {
+        let Some(url) = url() else {
+            eprintln!("skipping redis_conformance: WAYPOST_TEST_REDIS_URL is not set");
+            return;
+        };
+        let hub = Arc::new(Hub::new(Metrics::new()));
+        let e = engine(&url, &hub, Limits::default(), Metrics::new()).await;
+        ingest_is_idempotent(&e).await;
+        latest_keeps_newest_and_expires(&e).await;
+        publish_reaches_local_subscriber(&e, &hub).await;
+        let d = unique("d");
+        e.ingest(&d, "dev", &[fix(1, NOW)], NOW).await.unwrap();
+        let ttl = Limits::default().online_ttl.as_millis() as i64;
+        assert!(e.latest(&d, NOW + ttl + 1).await.unwrap().is_none());
+        e.ready().await.unwrap();
+        e.shutdown().await;
+        e.shutdown().await;
+
+        let bounded = engine(&url, &hub, bounded_limits(), Metrics::new()).await;
+        windows_and_trail_are_bounded(&bounded).await;
+        bounded.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn redis_two_processes_share_fanout_and_watchers() {
+        let Some(url) = url() else {
+            eprintln!("skipping redis_two_processes: WAYPOST_TEST_REDIS_URL is not set");
+            return;
+        };
+        let (hub_a, hub_b) = (
+            Arc::new(Hub::new(Metrics::new())),
+            Arc::new(Hub::new(Metrics::new())),
+        );
+        let a = engine(&url, &hub_a, Limits::default(), Metrics::new()).await;
+        let b = engine(&url, &hub_b, Limits::default(), Metrics::new()).await;
+        let mut redis = command(&url).await;
+        let driver = unique("d");
+        let ch = format!("tracking:{driver}");
+
+        // Three local watchers on A: still one SUBSCRIBE.
+        let mut on_a: Vec<(ConnHandle, mpsc::Receiver<crate::hub::Outbound>)> = (0..3)
+            .map(|_| connection(hub_a.next_conn_id(), 8))
+            .collect();
+        for (h, _) in &on_a {
+            hub_a.add(&ch, h.clone());
+            a.sync_subscription(&ch).await.unwrap();
+        }
+        assert_eq!(numsub(&mut redis, &ch).await, 1);
+        let (hb, mut rb) = connection(hub_b.next_conn_id(), 8);
+        hub_b.add(&ch, hb.clone());
+        b.sync_subscription(&ch).await.unwrap();
+        assert_eq!(numsub(&mut redis, &ch).await, 2);
+        assert_eq!(a.watchers(&ch).await.unwrap(), 4);
+        assert_eq!(b.watchers(&ch).await.unwrap(), 4);
+        let out = b.ingest(&driver, "dev", &[fix(1, NOW)], NOW).await.unwrap();
+        assert_eq!(out.watchers, 4, "ingest counts watchers of every process");
+
+        // Published through B, received by every watcher on A (and B).
+        b.publish(&ch, "from-b".into()).await.unwrap();
+        for (_, rx) in &mut on_a {
+            assert_eq!(recv(rx).await, "from-b");
+        }
+        assert_eq!(recv(&mut rb).await, "from-b");
+
+        // A watcher leaving (not the last) is noticed by the periodic scan.
+        let (h0, _) = on_a.remove(0);
+        assert!(!hub_a.remove(&ch, h0.id));
+        eventually("watchers drop to 3", || async {
+            a.watchers(&ch).await.unwrap() == 3
+        })
+        .await;
+        // The last local watcher leaving unsubscribes A.
+        for (h, _) in &on_a {
+            if hub_a.remove(&ch, h.id) {
+                a.sync_subscription(&ch).await.unwrap();
+            }
+        }
+        assert_eq!(numsub(&mut redis, &ch).await, 1);
+        assert_eq!(b.watchers(&ch).await.unwrap(), 1);
+        // A join and a leave racing: the sync resolves to the hub's truth.
+        let (h, _rh) = connection(hub_a.next_conn_id(), 8);
+        hub_a.add(&ch, h.clone());
+        hub_a.remove(&ch, h.id);
+        a.sync_subscription(&ch).await.unwrap();
+        assert_eq!(numsub(&mut redis, &ch).await, 1);
+        assert!(hub_b.remove(&ch, hb.id));
+        b.sync_subscription(&ch).await.unwrap();
+        assert_eq!(numsub(&mut redis, &ch).await, 0);
+        assert_eq!(a.watchers(&ch).await.unwrap(), 0);
+
+        // Shutdown removes the instance's watcher fields.
+        let other = format!("tracking:{}", unique("d"));
+        let (h, _r) = connection(hub_a.next_conn_id(), 8);
+        hub_a.add(&other, h);
+        a.sync_subscription(&other).await.unwrap();
+        assert_eq!(b.watchers(&other).await.unwrap(), 1);
+        a.shutdown().await;
+        let fields: Vec<String> = redis::cmd("HKEYS")
+            .arg(format!("waypost:watchers:{other}"))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert!(fields.is_empty(), "left behind: {fields:?}");
+        assert_eq!(numsub(&mut redis, &other).await, 0);
+        b.shutdown().await;
+    }
+
+    /// A TCP proxy in front of Redis that can silently stall every pub/sub
+    /// connection open so far: bytes stop flowing both ways but the sockets
+    /// stay open, like a NAT that forgot the flow.
+    struct StallProxy {
+        port: u16,
+        /// Connections with an id below this, once seen sending SUBSCRIBE,
+        /// are stalled.
+        stall_below: Arc<std::sync::atomic::AtomicU64>,
+        /// Id of the next accepted connection.
+        next_id: Arc<std::sync::atomic::AtomicU64>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl StallProxy {
+        async fn start(upstream: std::net::SocketAddr) -> Self {
+            use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let stall_below = Arc::new(AtomicU64::new(0));
+            let stall = Arc::clone(&stall_below);
+            let next_id = Arc::new(AtomicU64::new(0));
+            let ids = Arc::clone(&next_id);
+            let task = tokio::spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                        continue;
+                    };
+                    let id = ids.fetch_add(1, Ordering::AcqRel);
+                    let is_pubsub = Arc::new(AtomicBool::new(false));
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let stalled = {
+                        let (stall, is_pubsub) = (Arc::clone(&stall), Arc::clone(&is_pubsub));
+                        move || {
+                            id < stall.load(Ordering::Acquire) && is_pubsub.load(Ordering::Acquire)
+                        }
+                    };
+                    let up_stalled = stalled.clone();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        while let Ok(n) = cr.read(&mut buf).await {
+                            if n == 0 {
+                                break;
+                            }
+                            if buf[..n]
+                                .windows(9)
+                                .any(|w| w.eq_ignore_ascii_case(b"SUBSCRIBE"))
+                            {
+                                is_pubsub.store(true, Ordering::Release);
+                            }
+                            if !up_stalled() && sw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        while let Ok(n) = sr.read(&mut buf).await {
+                            if n == 0 {
+                                break;
+                            }
+                            if !stalled() && cw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+            });
+            Self {
+                port,
+                stall_below,
+                next_id,
+                task,
+            }
+        }
+
+        /// Stalls every pub/sub connection opened so far.
+        fn stall(&self) {
+            let next = self.next_id.load(std::sync::atomic::Ordering::Acquire);
+            self.stall_below
+                .store(next, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    impl Drop for StallProxy {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    #[tokio::test]
+    async fn redis_probe_recovers_a_silently_stalled_subscription() {
+        let Some(url) = url() else {
+            eprintln!("skipping redis_probe_recovers: WAYPOST_TEST_REDIS_URL is not set");
+            return;
+        };
+        let info = redis::Client::open(url.as_str()).unwrap();
+        let redis::ConnectionAddr::Tcp(host, port) = info.get_connection_info().addr.clone() else {
+            eprintln!("skipping redis_probe_recovers: not a TCP Redis URL");
+            return;
+        };
+        let upstream = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .unwrap()
+            .next()
+            .unwrap();
+        let proxy = StallProxy::start(upstream).await;
+        let hub = Arc::new(Hub::new(Metrics::new()));
+        let metrics = Metrics::new();
+        let proxied = format!("redis://127.0.0.1:{}", proxy.port);
+        let e = engine(&proxied, &hub, Limits::default(), metrics.clone()).await;
+        let ch = format!("tracking:{}", unique("d"));
+        let (h, mut rx) = connection(hub.next_conn_id(), 64);
+        hub.add(&ch, h);
+        e.sync_subscription(&ch).await.unwrap();
+        e.publish(&ch, "before".into()).await.unwrap();
+        assert_eq!(recv(&mut rx).await, "before");
+
+        // Connections opened from here on pass; the current pub/sub one is
+        // stalled (not closed), so only the probe can notice.
+        let stalled_at = Instant::now();
+        proxy.stall();
+        e.publish(&ch, "vanishes".into()).await.unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), rx.recv())
+                .await
+                .is_err(),
+            "the stall should swallow the message"
+        );
+        let mut got = None;
+        while stalled_at.elapsed() < Duration::from_secs(5) {
+            e.publish(&ch, "after".into()).await.unwrap();
+            if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(100), rx.recv()).await {
+                got = Some(m.text.to_string());
+                break;
+            }
+        }
+        assert_eq!(
+            got.as_deref(),
+            Some("after"),
+            "probe did not recover within 5 s"
+        );
+        eprintln!(
+            "stalled subscription recovered after {:?}",
+            stalled_at.elapsed()
+        );
+        assert!(metrics.redis_reconnects.get() >= 1);
+        e.shutdown().await;
+    }
+
+    /// A redis-server this test owns, killed on drop.
+    struct OwnRedis {
+        child: Child,
+        port: u16,
+    }
+
+    impl OwnRedis {
+        fn bin() -> String {
+            std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into())
+        }
+
+        async fn start(port: u16) -> Option<Self> {
+            let child = Command::new(Self::bin())
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .ok()?;
+            let me = Self { child, port };
+            let client = redis::Client::open(me.url()).ok()?;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+                    if redis::cmd("PING")
+                        .query_async::<String>(&mut c)
+                        .await
+                        .is_ok()
+                    {
+                        return Some(me);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            None
+        }
+
+        fn url(&self) -> String {
+            format!("redis://127.0.0.1:{}", self.port)
+        }
+
+        fn kill(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    impl Drop for OwnRedis {
+        fn drop(&mut self) {
+            self.kill();
+        }
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    #[tokio::test]
+    async fn redis_subscription_survives_restart() {
+        let port = free_port();
+        let Some(mut server) = OwnRedis::start(port).await else {
+            eprintln!(
+                "skipping redis_subscription_survives_restart: cannot run {}",
+                OwnRedis::bin()
+            );
+            return;
+        };
+        let hub = Arc::new(Hub::new(Metrics::new()));
+        let metrics = Metrics::new();
+        let e = engine(&server.url(), &hub, Limits::default(), metrics.clone()).await;
+        let ch = format!("tracking:{}", unique("d"));
+        let (h, mut rx) = connection(hub.next_conn_id(), 64);
+        hub.add(&ch, h);
+        e.sync_subscription(&ch).await.unwrap();
+        e.publish(&ch, "before".into()).await.unwrap();
+        assert_eq!(recv(&mut rx).await, "before");
+
+        server.kill();
+        assert!(e.publish(&ch, "lost".into()).await.is_err());
+        eventually("ready() reports the outage", || async {
+            e.ready().await.is_err()
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let _server = OwnRedis::start(port)
+            .await
+            .expect("redis restarts on the same port");
+
+        // Nobody re-subscribes by hand: the engine must do it.
+        let back = Instant::now();
+        let mut got = None;
+        while back.elapsed() < Duration::from_secs(5) {
+            let _ = e.publish(&ch, "after".into()).await;
+            if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(100), rx.recv()).await {
+                got = Some(m.text.to_string());
+                break;
+            }
+        }
+        assert_eq!(
+            got.as_deref(),
+            Some("after"),
+            "no delivery within 5 s of restart"
+        );
+        eprintln!(
+            "delivery resumed {:?} after redis came back",
+            back.elapsed()
+        );
+        assert!(metrics.redis_reconnects.get() >= 1);
+        eventually("ready() again", || async { e.ready().await.is_ok() }).await;
+        e.shutdown().await;
+    }
+}

@@ -1,0 +1,2 @@
+-- watchers(channel): KEYS[1] = the channel's watcher hash.
+return watcher_sum(KEYS[1])

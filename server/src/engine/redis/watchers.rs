@@ -1,0 +1,151 @@
+//! Watcher counts across processes. Each process writes its local subscriber
+//! count of every channel into the channel's hash
+//! (`waypost:watchers:{channel}`, field = instance id, value =
+//! `count|expiry_ms` on the Redis clock); readers sum the fields that have
+//! not expired, so a crashed process stops counting after the TTL.
+//!
+//! One task is the only writer, which keeps writes in order: it writes at
+//! once when `sync_subscription` asks, checks the hub for changed counts
+//! every `watcher_scan`, rewrites everything every `watcher_refresh` (to
+//! extend the expiry), and removes this instance's fields on shutdown.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use redis::aio::ConnectionManager;
+use redis::Script;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{timeout, Instant};
+use tokio_util::sync::CancellationToken;
+
+use super::{with_timeout, RedisOptions};
+use crate::engine::EngineError;
+use crate::hub::Hub;
+
+/// Channels written per script call.
+const WRITE_CHUNK: usize = 256;
+/// Most queued requests taken per round.
+const REQUEST_BATCH: usize = 1024;
+
+/// Asks the writer to record one channel's local count now.
+pub(super) struct WatchRequest {
+    pub channel: String,
+    pub done: oneshot::Sender<()>,
+}
+
+pub(super) struct Writer {
+    pub conn: ConnectionManager,
+    pub hub: Arc<Hub>,
+    pub script: Script,
+    pub instance: String,
+    /// `waypost:watchers:`
+    pub key_prefix: String,
+    pub opts: RedisOptions,
+    pub cancel: CancellationToken,
+}
+
+impl Writer {
+    pub async fn run(self, mut requests: mpsc::Receiver<WatchRequest>) {
+        // What this process last wrote, by channel (absent = 0).
+        let mut written: HashMap<String, u32> = HashMap::new();
+        let mut scan = tokio::time::interval(self.opts.watcher_scan);
+        scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_full = Instant::now();
+        loop {
+            tokio::select! {
+                () = self.cancel.cancelled() => break,
+                Some(first) = requests.recv() => {
+                    let mut batch = vec![first];
+                    while batch.len() < REQUEST_BATCH {
+                        match requests.try_recv() {
+                            Ok(r) => batch.push(r),
+                            Err(_) => break,
+                        }
+                    }
+                    let channels: HashSet<&str> = batch.iter().map(|r| r.channel.as_str()).collect();
+                    let changes: Vec<(String, u32)> = channels
+                        .into_iter()
+                        .map(|ch| (ch.to_owned(), self.local(ch)))
+                        .filter(|(ch, n)| written.get(ch).copied().unwrap_or(0) != *n)
+                        .collect();
+                    if let Err(e) = self.write(&mut written, changes).await {
+                        tracing::warn!(error = %e, "recording watcher counts failed");
+                    }
+                    for r in batch {
+                        let _ = r.done.send(());
+                    }
+                }
+                _ = scan.tick() => {
+                    let full = last_full.elapsed() >= self.opts.watcher_refresh;
+                    let current: HashMap<String, u32> = self
+                        .hub
+                        .channels()
+                        .into_iter()
+                        .map(|ch| {
+                            let n = self.local(&ch);
+                            (ch, n)
+                        })
+                        .collect();
+                    let mut changes: Vec<(String, u32)> = current
+                        .iter()
+                        .filter(|(ch, n)| full || written.get(*ch) != Some(*n))
+                        .map(|(ch, n)| (ch.clone(), *n))
+                        .collect();
+                    changes.extend(
+                        written
+                            .keys()
+                            .filter(|ch| !current.contains_key(*ch))
+                            .map(|ch| (ch.clone(), 0)),
+                    );
+                    match self.write(&mut written, changes).await {
+                        Ok(()) if full => last_full = Instant::now(),
+                        Ok(()) => {}
+                        Err(e) => tracing::warn!(error = %e, "refreshing watcher counts failed"),
+                    }
+                }
+            }
+        }
+        // Shutdown: this instance stops counting everywhere.
+        let gone: Vec<(String, u32)> = written.keys().map(|ch| (ch.clone(), 0)).collect();
+        let cleanup = self.write(&mut written, gone);
+        match timeout(self.opts.op_timeout * 2, cleanup).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "removing watcher counts at shutdown failed"),
+            Err(_) => tracing::warn!("removing watcher counts at shutdown timed out"),
+        }
+    }
+
+    fn local(&self, channel: &str) -> u32 {
+        u32::try_from(self.hub.local_count(channel)).unwrap_or(u32::MAX)
+    }
+
+    /// Writes `changes` (count 0 removes the field); `written` follows what
+    /// made it to Redis.
+    async fn write(
+        &self,
+        written: &mut HashMap<String, u32>,
+        changes: Vec<(String, u32)>,
+    ) -> Result<(), EngineError> {
+        let ttl_ms = self.opts.watcher_ttl.as_millis() as u64;
+        for chunk in changes.chunks(WRITE_CHUNK) {
+            let mut inv = self.script.prepare_invoke();
+            for (ch, _) in chunk {
+                inv.key(format!("{}{ch}", self.key_prefix));
+            }
+            inv.arg(&self.instance).arg(ttl_ms);
+            for (_, n) in chunk {
+                inv.arg(*n);
+            }
+            let mut conn = self.conn.clone();
+            with_timeout(self.opts.op_timeout, inv.invoke_async::<i64>(&mut conn)).await?;
+            for (ch, n) in chunk {
+                if *n == 0 {
+                    written.remove(ch);
+                } else {
+                    written.insert(ch.clone(), *n);
+                }
+            }
+        }
+        Ok(())
+    }
+}
