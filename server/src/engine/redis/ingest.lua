@@ -37,32 +37,47 @@ redis.call('ZADD', KEYS[3], now, device)
 redis.call('PEXPIRE', KEYS[3], data_ttl)
 
 local floor = redis.call('GET', KEYS[5])
-local floor_moved = false
 local accepted = 0
+local members = {}
 local newest, newest_ts = 0, nil
 for i = 9, #ARGV, 2 do
   local ts = tonumber(ARGV[i])
   local member = ARGV[i + 1]
   local seq = string.sub(member, 1, 20)
   if not (floor and seq <= floor) and redis.call('ZADD', KEYS[4], 'NX', 0, seq) == 1 then
-    local n = redis.call('ZCARD', KEYS[4])
-    if n > cap then
-      local popped = redis.call('ZPOPMIN', KEYS[4], n - cap)
-      floor = popped[#popped - 1]
-      floor_moved = true
-    end
     accepted = accepted + 1
-    redis.call('ZADD', KEYS[1], 0, member)
+    members[#members + 1] = member
     if newest_ts == nil or ts >= newest_ts then
       newest, newest_ts = i, ts
     end
   end
 end
+-- Forget the oldest seqs beyond the window once per batch; the highest
+-- forgotten one becomes the floor. For a batch in seq order this equals
+-- trimming after every insert (as the memory engine does): a seq popped
+-- mid-batch is never above the fix being inserted, so no later fix of the
+-- batch could fall at or below it.
+if accepted > 0 then
+  local n = redis.call('ZCARD', KEYS[4])
+  if n > cap then
+    local popped = redis.call('ZPOPMIN', KEYS[4], n - cap)
+    floor = popped[#popped - 1]
+    redis.call('SET', KEYS[5], floor, 'PX', data_ttl)
+  elseif floor then
+    redis.call('PEXPIRE', KEYS[5], data_ttl)
+  end
+end
 redis.call('PEXPIRE', KEYS[4], data_ttl)
-if floor_moved then
-  redis.call('SET', KEYS[5], floor, 'PX', data_ttl)
-elseif floor then
-  redis.call('PEXPIRE', KEYS[5], data_ttl)
+
+-- Trail: ZADD in chunks (Lua's unpack has a stack limit).
+local chunk = {}
+for j = 1, #members do
+  chunk[#chunk + 1] = 0
+  chunk[#chunk + 1] = members[j]
+  if #chunk >= 512 or j == #members then
+    redis.call('ZADD', KEYS[1], unpack(chunk))
+    chunk = {}
+  end
 end
 
 local new_latest = 0
