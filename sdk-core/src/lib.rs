@@ -1,4 +1,36 @@
-//! Waypost client SDK core (driver and buyer sides). Filled in by the driver
-//! and buyer SDK work; see README.md.
+//! Waypost client SDK core.
+//!
+//! The driver side ([`driver`]) records GPS fixes into a crash-safe SQLite
+//! buffer and uploads them in batches at a cadence that follows motion,
+//! battery, network and whether anybody is watching. The shared primitives
+//! ([`clock`], [`backoff`], [`env`], [`transport`], [`error`]) keep every
+//! I/O edge behind a small trait so the whole SDK runs deterministically in
+//! simulated time in tests; the buyer side reuses them.
+//!
+//! The public surface is bindings-friendly (plain records, `Arc` objects,
+//! callback traits, no generics) so the uniffi layer in `bindings/` stays a
+//! thin wrapper. See `README.md` for usage.
+
+pub mod backoff;
+pub mod buyer;
+pub mod clock;
+pub mod driver;
+pub mod env;
+pub mod error;
+pub mod transport;
+
+#[cfg(test)]
+mod test_util;
 
 pub use waypost_protocol as protocol;
+
+pub use driver::filter::{DropReason, FilterConfig, Location};
+pub use driver::policy::{
+    Accuracy, LocationPolicy, ModeSettings, MotionState, PolicyConfig, PolicyPreset,
+    SamplingRequest,
+};
+pub use driver::{
+    Driver, DriverConfig, DriverDeps, DriverEvent, DriverListener, DriverStats, RecordOutcome,
+    StaticToken, TokenProvider, UploadPoll,
+};
+pub use error::WaypostError;

@@ -1,0 +1,795 @@
+//! [`BuyerClient`]: the object a buyer app holds. It owns one background
+//! task that runs the connection manager with the buyer [`Core`] on top:
+//! tracking state, chat rooms, the outbox and the local store. App calls
+//! become commands to that task (bounded queue), so all state changes and
+//! all listener calls happen on it, one at a time and in order.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use waypost_protocol::{validate_id, Channel, ChannelKind, ChatMessage, ClientFrame, ServerFrame};
+
+use super::chat::{fetch_page, Filling, Offer, Room, MAX_HTTP_PAGES};
+use super::connection::{self, ConnectionConfig, Control, Deps, Session};
+use super::outbox::{Outbox, Verdict};
+use super::store::Store;
+use super::tracking::Tracking;
+use super::transport::{TungsteniteConnector, WsConnector};
+use super::types::{
+    BuyerError, BuyerListener, ChatEntry, ConnectionState, LocationUpdate, PresenceUpdate,
+    TypingUpdate,
+};
+use crate::backoff::{BackoffPolicy, RandomSource, SeededRandom};
+use crate::clock::{Clock, SystemClock};
+use crate::driver::TokenProvider;
+use crate::env::Environment;
+
+/// Commands queued per client at most (app calls beyond this get `Busy`).
+const COMMAND_QUEUE: usize = 1_024;
+/// Chat rooms one client may join at once.
+pub const MAX_ROOMS: usize = 64;
+/// At most one `typing` per room in this period.
+const TYPING_EVERY_MS: u64 = 2_000;
+
+/// Settings of a buyer client (plain data).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuyerConfig {
+    /// `http(s)://host:port` of the Waypost server; the WebSocket URL is
+    /// derived from it (`ws(s)://host:port/v1/ws`).
+    pub base_url: String,
+    /// This user's id (the token's `sub`), to recognise own messages.
+    pub user_id: String,
+    /// SQLite file for the message store and outbox; `None` keeps them in
+    /// memory (nothing survives a restart).
+    pub db_path: Option<String>,
+    /// Application ping period; a connection silent for two periods is
+    /// dropped. The server pings every 25 s on its own.
+    pub ping_interval_ms: u64,
+    pub connect_timeout_ms: u64,
+    /// Full-jitter backoff: first window and cap.
+    pub backoff_base_ms: u64,
+    pub backoff_cap_ms: u64,
+    /// A chat message unacknowledged this long is sent again.
+    pub ack_timeout_ms: u64,
+    /// Unanswered or refused sends after which a message is failed.
+    pub max_send_attempts: u32,
+}
+
+impl BuyerConfig {
+    pub fn new(base_url: impl Into<String>, user_id: impl Into<String>) -> Self {
+        Self {
+            base_url: base_url.into(),
+            user_id: user_id.into(),
+            db_path: None,
+            ping_interval_ms: 15_000,
+            connect_timeout_ms: 10_000,
+            backoff_base_ms: 500,
+            backoff_cap_ms: 30_000,
+            ack_timeout_ms: 10_000,
+            max_send_attempts: 10,
+        }
+    }
+
+    fn ws_url(&self) -> Result<String, BuyerError> {
+        let base = self.base_url.trim_end_matches('/');
+        let ws = if let Some(rest) = base.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else if let Some(rest) = base.strip_prefix("http://") {
+            format!("ws://{rest}")
+        } else {
+            return Err(BuyerError::InvalidArgument {
+                message: format!("base_url must start with http:// or https://: {base}"),
+            });
+        };
+        Ok(format!("{ws}/v1/ws"))
+    }
+}
+
+/// Replaceable edges, for tests and embedders (Rust only; the bindings use
+/// [`BuyerClient::start`]).
+#[derive(Clone)]
+pub struct BuyerDeps {
+    pub connector: Arc<dyn WsConnector>,
+    pub clock: Arc<dyn Clock>,
+    pub rng: Arc<dyn RandomSource>,
+    /// Network state; `None` means always online (the app then calls
+    /// `reconnect` when it knows better).
+    pub env: Option<Arc<dyn Environment>>,
+    pub http: reqwest::Client,
+}
+
+impl Default for BuyerDeps {
+    fn default() -> Self {
+        Self {
+            connector: Arc::new(TungsteniteConnector::default()),
+            clock: Arc::new(SystemClock::new()),
+            rng: Arc::new(SeededRandom::from_entropy()),
+            env: None,
+            http: reqwest::Client::new(),
+        }
+    }
+}
+
+/// App commands and internal events, processed by the client task.
+pub enum Command {
+    Track(String),
+    Untrack(String),
+    Join(String),
+    Leave(String),
+    Queued(ChatEntry),
+    Retry {
+        room: String,
+        client_id: String,
+    },
+    Typing(String),
+    EnvironmentChanged,
+    Reconnect,
+    /// A page of HTTP history for a room that could not be recovered.
+    HttpPage {
+        room: String,
+        result: Result<(Vec<ChatMessage>, bool), String>,
+    },
+}
+
+/// What the app may read without going through the task.
+#[derive(Default)]
+struct Snapshot {
+    state: Option<ConnectionState>,
+    locations: HashMap<String, LocationUpdate>,
+}
+
+/// A buyer's connection to Waypost: live tracking and chat.
+pub struct BuyerClient {
+    config: BuyerConfig,
+    cmd: mpsc::Sender<Command>,
+    cancel: CancellationToken,
+    store: Arc<Store>,
+    clock: Arc<dyn Clock>,
+    snapshot: Arc<Mutex<Snapshot>>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl BuyerClient {
+    /// Starts a client on the current tokio runtime with the real network,
+    /// clock and randomness.
+    pub fn start(
+        config: BuyerConfig,
+        listener: Arc<dyn BuyerListener>,
+        tokens: Arc<dyn TokenProvider>,
+    ) -> Result<Arc<Self>, BuyerError> {
+        Self::start_with(config, listener, tokens, BuyerDeps::default())
+    }
+
+    /// Like [`start`](Self::start) with replaceable edges.
+    pub fn start_with(
+        config: BuyerConfig,
+        listener: Arc<dyn BuyerListener>,
+        tokens: Arc<dyn TokenProvider>,
+        deps: BuyerDeps,
+    ) -> Result<Arc<Self>, BuyerError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| BuyerError::Runtime {
+            message: e.to_string(),
+        })?;
+        validate_id("user_id", &config.user_id).map_err(|e| BuyerError::InvalidArgument {
+            message: e.to_string(),
+        })?;
+        let ws_url = config.ws_url()?;
+        let store = Arc::new(Store::open(config.db_path.as_deref())?);
+        let (tx, mut rx) = mpsc::channel(COMMAND_QUEUE);
+        let cancel = CancellationToken::new();
+        let snapshot = Arc::new(Mutex::new(Snapshot::default()));
+        let token_slot = Arc::new(Mutex::new(None));
+        let conn_cfg = ConnectionConfig {
+            ws_url,
+            ping_interval: Duration::from_millis(config.ping_interval_ms),
+            connect_timeout: Duration::from_millis(config.connect_timeout_ms),
+            backoff: BackoffPolicy {
+                base: Duration::from_millis(config.backoff_base_ms.max(1)),
+                cap: Duration::from_millis(config.backoff_cap_ms.max(config.backoff_base_ms)),
+                max_elapsed: None,
+            },
+            tick: Duration::from_millis(500),
+        };
+        let conn_deps = Deps {
+            connector: Arc::clone(&deps.connector),
+            tokens: Arc::new(SlotTokens {
+                inner: tokens,
+                slot: Arc::clone(&token_slot),
+            }),
+            clock: Arc::clone(&deps.clock),
+            rng: Arc::clone(&deps.rng),
+            env: deps.env.clone(),
+        };
+        let mut core = Core {
+            me: config.user_id.clone(),
+            base_url: config.base_url.trim_end_matches('/').to_owned(),
+            listener,
+            store: Arc::clone(&store),
+            clock: Arc::clone(&deps.clock),
+            http: deps.http.clone(),
+            token: token_slot,
+            cmd: tx.downgrade(),
+            snapshot: Arc::clone(&snapshot),
+            connected: false,
+            tracking: Tracking::default(),
+            rooms: HashMap::new(),
+            outbox: Outbox::new(config.ack_timeout_ms, config.max_send_attempts),
+            http_tasks: HashMap::new(),
+            last_typing: HashMap::new(),
+        };
+        let task_cancel = cancel.clone();
+        let task = runtime.spawn(async move {
+            connection::run(conn_cfg, conn_deps, &mut core, &mut rx, task_cancel).await;
+            core.stop();
+        });
+        Ok(Arc::new(Self {
+            config,
+            cmd: tx,
+            cancel,
+            store,
+            clock: deps.clock,
+            snapshot,
+            task: Mutex::new(Some(task)),
+        }))
+    }
+
+    fn send(&self, cmd: Command) -> Result<(), BuyerError> {
+        self.cmd.try_send(cmd).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => BuyerError::Busy,
+            mpsc::error::TrySendError::Closed(_) => BuyerError::ShutDown,
+        })
+    }
+
+    /// Watches a driver: `on_location` gets its position now (if known)
+    /// and every newer one, across reconnects.
+    pub fn track_driver(&self, driver_id: String) -> Result<(), BuyerError> {
+        check_id("driver_id", &driver_id)?;
+        self.send(Command::Track(driver_id))
+    }
+
+    pub fn untrack_driver(&self, driver_id: String) -> Result<(), BuyerError> {
+        self.send(Command::Untrack(driver_id))
+    }
+
+    /// Joins a chat room: its timeline resumes after the last stored seq.
+    pub fn join_chat(&self, room: String) -> Result<(), BuyerError> {
+        check_id("room", &room)?;
+        self.send(Command::Join(room))
+    }
+
+    pub fn leave_chat(&self, room: String) -> Result<(), BuyerError> {
+        self.send(Command::Leave(room))
+    }
+
+    /// Writes a message: stored in the outbox at once (works offline) and
+    /// sent when connected. Returns the pending entry.
+    pub fn send_message(&self, room: String, body: String) -> Result<ChatEntry, BuyerError> {
+        check_id("room", &room)?;
+        if self.cancel.is_cancelled() {
+            return Err(BuyerError::ShutDown);
+        }
+        let client_id = uuid::Uuid::new_v4().to_string();
+        let entry = self.store.enqueue(
+            &room,
+            &self.config.user_id,
+            &client_id,
+            &body,
+            self.clock.now_ms(),
+        )?;
+        // The entry is durable; if the queue is full the next pump sends it.
+        let _ = self.send(Command::Queued(entry.clone()));
+        Ok(entry)
+    }
+
+    /// Puts a failed message back in the outbox.
+    pub fn retry_message(&self, room: String, client_id: String) -> Result<(), BuyerError> {
+        self.send(Command::Retry { room, client_id })
+    }
+
+    /// Tells the room this user is typing (rate-limited; dropped offline).
+    pub fn send_typing(&self, room: String) -> Result<(), BuyerError> {
+        self.send(Command::Typing(room))
+    }
+
+    /// The room's timeline from the local store (works offline): the
+    /// newest `limit` messages in seq order, then pending and failed ones.
+    pub fn messages(&self, room: String, limit: u32) -> Result<Vec<ChatEntry>, BuyerError> {
+        self.store.messages(&room, limit)
+    }
+
+    /// The newest position seen for a tracked driver.
+    pub fn latest_location(&self, driver_id: String) -> Option<LocationUpdate> {
+        self.snapshot.lock().locations.get(&driver_id).cloned()
+    }
+
+    pub fn connection_state(&self) -> ConnectionState {
+        self.snapshot
+            .lock()
+            .state
+            .clone()
+            .unwrap_or(ConnectionState::Connecting { attempt: 0 })
+    }
+
+    /// The platform's network (or battery) changed: re-read the
+    /// [`Environment`]. Network back means reconnect now, skipping backoff.
+    pub fn environment_changed(&self) -> Result<(), BuyerError> {
+        self.send(Command::EnvironmentChanged)
+    }
+
+    /// Reconnects now: after `Closed` (e.g. the app has a new token), or to
+    /// skip a backoff wait.
+    pub fn reconnect(&self) -> Result<(), BuyerError> {
+        self.send(Command::Reconnect)
+    }
+
+    /// Closes the connection and stops the background task; waits for it.
+    /// The store keeps the outbox for the next start.
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        let task = self.task.lock().take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for BuyerClient {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+fn check_id(what: &'static str, id: &str) -> Result<(), BuyerError> {
+    validate_id(what, id).map_err(|e| BuyerError::InvalidArgument {
+        message: e.to_string(),
+    })
+}
+
+/// Remembers the last token handed to the connection so HTTP reads can use
+/// it too.
+struct SlotTokens {
+    inner: Arc<dyn TokenProvider>,
+    slot: Arc<Mutex<Option<String>>>,
+}
+
+impl TokenProvider for SlotTokens {
+    fn token(&self) -> Option<String> {
+        let t = self.inner.token()?;
+        *self.slot.lock() = Some(t.clone());
+        Some(t)
+    }
+
+    fn refresh_token(&self) -> Option<String> {
+        let t = self.inner.refresh_token()?;
+        *self.slot.lock() = Some(t.clone());
+        Some(t)
+    }
+}
+
+/// Aborts its task when dropped.
+struct Owned(JoinHandle<()>);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The buyer's state, driven by the connection manager.
+struct Core {
+    me: String,
+    base_url: String,
+    listener: Arc<dyn BuyerListener>,
+    store: Arc<Store>,
+    clock: Arc<dyn Clock>,
+    http: reqwest::Client,
+    token: Arc<Mutex<Option<String>>>,
+    cmd: mpsc::WeakSender<Command>,
+    snapshot: Arc<Mutex<Snapshot>>,
+    connected: bool,
+    tracking: Tracking,
+    rooms: HashMap<String, Room>,
+    outbox: Outbox,
+    http_tasks: HashMap<String, Owned>,
+    last_typing: HashMap<String, u64>,
+}
+
+impl Core {
+    fn stop(&mut self) {
+        self.http_tasks.clear();
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.monotonic_ms()
+    }
+
+    fn pump(&mut self, out: &mut Vec<ClientFrame>) {
+        if !self.connected {
+            return;
+        }
+        let now = self.now();
+        if let Err(e) = self.outbox.pump(&self.store, now, out) {
+            tracing::warn!(error = %e, "outbox read failed");
+        }
+    }
+
+    fn verdict(&mut self, v: Option<Verdict>) {
+        if let Some(Verdict::Fail { room, client_id }) = v {
+            match self.store.fail(&room, &self.me, &client_id) {
+                Ok(Some(entry)) => self.listener.on_outgoing(entry),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "could not mark message failed"),
+            }
+        }
+    }
+
+    /// Delivers whatever is ready in `room`, then asks for a sync when a
+    /// gap remains.
+    fn drain(&mut self, room: &str, out: &mut Vec<ClientFrame>) {
+        let Some(r) = self.rooms.get_mut(room) else {
+            return;
+        };
+        while let Some(msg) = r.next_ready() {
+            match self.store.apply(&msg, &self.me) {
+                Ok((entry, was_unsent)) => {
+                    r.mark_delivered(msg.seq);
+                    if was_unsent {
+                        self.outbox.forget(&msg.client_id);
+                        self.listener.on_outgoing(entry.clone());
+                    }
+                    self.listener.on_message(entry);
+                }
+                Err(e) => {
+                    // Put it back and stop; the next event retries.
+                    tracing::warn!(error = %e, room, "could not store message");
+                    r.offer(msg);
+                    return;
+                }
+            }
+        }
+        if r.has_gap() && r.filling == Filling::No && self.connected {
+            r.filling = Filling::Ws;
+            out.push(r.sync_frame());
+        }
+    }
+
+    fn offer(&mut self, msg: ChatMessage, out: &mut Vec<ClientFrame>) {
+        let room = msg.room.clone();
+        let Some(r) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        if r.offer(msg) == Offer::Dropped {
+            tracing::debug!(room, "chat buffer full; message dropped until synced");
+        }
+        self.drain(&room, out);
+    }
+
+    /// Fills `room` from HTTP history (after `recovered: false`).
+    fn start_http_fill(&mut self, room: &str) {
+        let Some(r) = self.rooms.get_mut(room) else {
+            return;
+        };
+        let Some(token) = self.token.lock().clone() else {
+            return;
+        };
+        r.filling = Filling::Http;
+        let (http, base, name, mut after) = (
+            self.http.clone(),
+            self.base_url.clone(),
+            room.to_owned(),
+            r.delivered,
+        );
+        let cmd = self.cmd.clone();
+        let task = tokio::spawn(async move {
+            for _ in 0..MAX_HTTP_PAGES {
+                let result = fetch_page(&http, &base, &token, &name, after)
+                    .await
+                    .map(|p| {
+                        let more = p.more && !p.messages.is_empty();
+                        (p.messages, more)
+                    });
+                let more = match &result {
+                    Ok((m, more)) => {
+                        after = m.last().map_or(after, |l| l.seq);
+                        *more
+                    }
+                    Err(_) => false,
+                };
+                let Some(tx) = cmd.upgrade() else { return };
+                let page = Command::HttpPage {
+                    room: name.clone(),
+                    result,
+                };
+                if tx.send(page).await.is_err() || !more {
+                    return;
+                }
+            }
+        });
+        self.http_tasks.insert(room.to_owned(), Owned(task));
+    }
+
+    fn on_page(
+        &mut self,
+        room: String,
+        result: Result<(Vec<ChatMessage>, bool), String>,
+        out: &mut Vec<ClientFrame>,
+    ) {
+        let Some(r) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        match result {
+            Err(e) => {
+                tracing::info!(room, error = %e, "HTTP history failed; syncing over the WebSocket");
+                r.filling = Filling::No;
+                self.http_tasks.remove(&room);
+            }
+            Ok((messages, more)) => {
+                if let Some(first) = messages.first() {
+                    r.skip_to(first.seq);
+                }
+                if !more {
+                    r.filling = Filling::No;
+                    self.http_tasks.remove(&room);
+                }
+                for m in messages {
+                    if m.room == room {
+                        self.offer(m, out);
+                    }
+                }
+            }
+        }
+        self.drain(&room, out);
+    }
+
+    fn join(&mut self, room: String, out: &mut Vec<ClientFrame>) {
+        if self.rooms.contains_key(&room) {
+            return;
+        }
+        if self.rooms.len() >= MAX_ROOMS {
+            tracing::warn!(room, "too many chat rooms joined; ignoring");
+            return;
+        }
+        let delivered = match self.store.last_seq(&room) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, room, "could not read room position; starting at 0");
+                0
+            }
+        };
+        let r = Room::new(&room, delivered);
+        if self.connected {
+            out.push(r.subscribe_frame());
+        }
+        self.rooms.insert(room, r);
+    }
+
+    fn on_location(&mut self, driver_id: String, fix: waypost_protocol::Fix) {
+        if let Some(update) = self.tracking.on_location(&driver_id, fix) {
+            self.snapshot
+                .lock()
+                .locations
+                .insert(driver_id, update.clone());
+            self.listener.on_location(update);
+        }
+    }
+}
+
+impl Session for Core {
+    type Command = Command;
+
+    fn state_changed(&mut self, state: &ConnectionState) {
+        self.snapshot.lock().state = Some(state.clone());
+        self.listener.on_connection_state(state.clone());
+    }
+
+    fn opened(&mut self, out: &mut Vec<ClientFrame>) {
+        self.connected = true;
+        self.tracking.resubscribe(out);
+        for r in self.rooms.values_mut() {
+            r.filling = Filling::No;
+            out.push(r.subscribe_frame());
+        }
+        self.pump(out);
+    }
+
+    fn frame(&mut self, frame: ServerFrame, out: &mut Vec<ClientFrame>) {
+        match frame {
+            ServerFrame::Location { driver_id, fix, .. } => self.on_location(driver_id, fix),
+            ServerFrame::Message(m) => self.offer(m, out),
+            ServerFrame::Sent {
+                client_id,
+                room,
+                seq,
+                id,
+            } => {
+                self.outbox.on_ack(&client_id);
+                match self.store.ack(&room, &self.me, &client_id, seq, &id) {
+                    Ok(Some(entry)) => {
+                        self.listener.on_outgoing(entry.clone());
+                        if self.rooms.contains_key(&room) {
+                            self.offer(
+                                ChatMessage {
+                                    room: room.clone(),
+                                    seq,
+                                    id,
+                                    from: self.me.clone(),
+                                    client_id,
+                                    body: entry.body,
+                                    ts: entry.ts,
+                                },
+                                out,
+                            );
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "could not record ack"),
+                }
+                self.pump(out);
+            }
+            ServerFrame::Synced {
+                room,
+                messages,
+                more,
+            } => {
+                if let Some(r) = self.rooms.get_mut(&room) {
+                    if r.filling == Filling::Ws {
+                        r.filling = Filling::No;
+                    }
+                    if let Some(first) = messages.first() {
+                        r.skip_to(first.seq);
+                    } else if !more {
+                        // Nothing between what we have and what is
+                        // buffered: the server no longer has it.
+                        r.skip_to_buffered();
+                    }
+                }
+                for m in messages {
+                    if m.room == room {
+                        self.offer(m, out);
+                    }
+                }
+                self.drain(&room, out);
+            }
+            ServerFrame::Subscribed {
+                channel,
+                recovered,
+                high_seq,
+            } => {
+                let Ok(ch) = Channel::parse(&channel) else {
+                    return;
+                };
+                if ch.kind != ChannelKind::Chat {
+                    return;
+                }
+                let Some(r) = self.rooms.get_mut(&ch.id) else {
+                    return;
+                };
+                if let Some(high) = high_seq {
+                    if high < r.delivered {
+                        r.restart();
+                        if let Err(e) = self.store.set_last_seq(&ch.id, 0) {
+                            tracing::warn!(error = %e, "could not reset room position");
+                        }
+                    }
+                }
+                if !recovered {
+                    self.start_http_fill(&ch.id);
+                }
+                self.drain(&ch.id, out);
+            }
+            ServerFrame::Presence { room, user, online } => {
+                self.listener
+                    .on_presence(PresenceUpdate { room, user, online });
+            }
+            ServerFrame::Typing { room, user } => {
+                if user != self.me {
+                    self.listener.on_typing(TypingUpdate { room, user });
+                }
+            }
+            ServerFrame::Error {
+                code,
+                message,
+                reference,
+            } => {
+                tracing::info!(%code, %message, ?reference, "server error frame");
+                let now = self.now();
+                match self
+                    .outbox
+                    .on_error(&self.store, &self.me, &code, reference.as_deref(), now)
+                {
+                    Ok(v) => self.verdict(v),
+                    Err(e) => tracing::warn!(error = %e, "outbox error handling failed"),
+                }
+                if let Some(r) = reference {
+                    self.listener.on_error(r, code, message);
+                }
+                self.pump(out);
+            }
+            ServerFrame::Unsubscribed { .. } | ServerFrame::Pong { .. } => {}
+        }
+    }
+
+    fn command(&mut self, cmd: Command, connected: bool, out: &mut Vec<ClientFrame>) -> Control {
+        debug_assert_eq!(connected, self.connected);
+        match cmd {
+            Command::Track(d) => {
+                if !self.tracking.add(&d) {
+                    tracing::warn!(driver = %d, "too many tracked drivers; ignoring");
+                } else if self.connected {
+                    out.push(self.tracking.subscribe_frame(&d));
+                }
+            }
+            Command::Untrack(d) => {
+                if self.tracking.remove(&d) {
+                    self.snapshot.lock().locations.remove(&d);
+                    if self.connected {
+                        out.push(ClientFrame::Unsubscribe {
+                            channel: Tracking::channel(&d),
+                        });
+                    }
+                }
+            }
+            Command::Join(room) => self.join(room, out),
+            Command::Leave(room) => {
+                if self.rooms.remove(&room).is_some() {
+                    self.http_tasks.remove(&room);
+                    if self.connected {
+                        out.push(ClientFrame::Unsubscribe {
+                            channel: Room::channel(&room),
+                        });
+                    }
+                }
+            }
+            Command::Queued(entry) => {
+                self.listener.on_outgoing(entry);
+                self.pump(out);
+            }
+            Command::Retry { room, client_id } => {
+                match self.store.retry(&room, &self.me, &client_id) {
+                    Ok(Some(entry)) => self.listener.on_outgoing(entry),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "retry failed"),
+                }
+                self.pump(out);
+            }
+            Command::Typing(room) => {
+                let now = self.now();
+                let last = self.last_typing.get(&room).copied();
+                if self.connected && last.is_none_or(|t| now >= t + TYPING_EVERY_MS) {
+                    if self.last_typing.len() >= MAX_ROOMS && last.is_none() {
+                        self.last_typing.clear();
+                    }
+                    self.last_typing.insert(room.clone(), now);
+                    out.push(ClientFrame::Typing { room });
+                }
+            }
+            Command::EnvironmentChanged => return Control::EnvironmentChanged,
+            Command::Reconnect => return Control::Reconnect,
+            Command::HttpPage { room, result } => self.on_page(room, result, out),
+        }
+        Control::Continue
+    }
+
+    fn tick(&mut self, _connected: bool, out: &mut Vec<ClientFrame>) {
+        let now = self.now();
+        match self.outbox.on_tick(&self.store, &self.me, now) {
+            Ok(v) => self.verdict(v),
+            Err(e) => tracing::warn!(error = %e, "outbox tick failed"),
+        }
+        self.pump(out);
+    }
+
+    fn closed(&mut self) {
+        self.connected = false;
+        self.outbox.on_closed();
+        self.http_tasks.clear();
+        for r in self.rooms.values_mut() {
+            r.filling = Filling::No;
+        }
+    }
+}

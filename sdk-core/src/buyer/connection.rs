@@ -1,0 +1,521 @@
+//! The connection manager: one WebSocket to `/v1/ws`, kept open for as long
+//! as the app wants it, with explicit states the app can see.
+//!
+//! ```text
+//!            ┌──────── network gone ───────┐
+//!            ▼                             │
+//!   Offline ──network back──▶ Connecting ──open──▶ Connected
+//!                              ▲     │                 │
+//!            timer / network back    │ failed          │ closed 4100–4199, transport
+//!                              │     ▼                 │ error, heartbeat missed
+//!                          BackingOff ◀────────────────┘
+//!   Connected ──4000–4099──▶ Closed (4001: fetch a fresh token once, reconnect)
+//! ```
+//!
+//! What the connection carries is not its business: a [`Session`] (the
+//! buyer's tracking and chat state) is told when the connection opens (to
+//! resubscribe and flush the outbox), gets every server frame, every app
+//! command and a periodic tick, and answers with frames to send.
+//!
+//! Liveness: the manager sends an application `ping` every
+//! `ping_interval` and counts *anything* received (pong, data, the server's
+//! WebSocket pings) as a sign of life; nothing for two intervals means the
+//! connection is half-open and it is dropped. Time comes from a
+//! [`Clock`], randomness for the full-jitter backoff from a
+//! [`RandomSource`], so tests run the whole state machine in simulated time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use waypost_protocol::{close_code, should_reconnect, ClientFrame, CloseDisposition, ServerFrame};
+
+use super::transport::{WsConnector, WsEvent, WsTransport};
+use super::types::{CloseReason, ConnectionState};
+use crate::backoff::{Backoff, BackoffPolicy, RandomSource, RetryDecision};
+use crate::clock::Clock;
+use crate::driver::TokenProvider;
+use crate::env::{Environment, NetworkType};
+
+/// How long one frame write may take before the connection counts as dead.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the close handshake may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Knobs of the manager (plain data).
+#[derive(Debug, Clone)]
+pub struct ConnectionConfig {
+    /// `ws://host:port/v1/ws` or `wss://…`; the token is appended.
+    pub ws_url: String,
+    /// Application ping period; two silent periods drop the connection.
+    pub ping_interval: Duration,
+    /// Bound on opening a connection.
+    pub connect_timeout: Duration,
+    /// Full-jitter backoff between attempts.
+    pub backoff: BackoffPolicy,
+    /// Period of [`Session::tick`].
+    pub tick: Duration,
+}
+
+/// What an app command asks of the manager.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Nothing for the manager.
+    Continue,
+    /// The environment changed: re-read the network (gone → Offline, back →
+    /// connect at once).
+    EnvironmentChanged,
+    /// Connect again now (from Closed or BackingOff; a live connection stays).
+    Reconnect,
+}
+
+/// The traffic on top of the connection (see the module docs).
+pub trait Session: Send {
+    type Command: Send + 'static;
+    fn state_changed(&mut self, state: &ConnectionState);
+    /// A connection opened: queue subscribes and pending sends.
+    fn opened(&mut self, out: &mut Vec<ClientFrame>);
+    fn frame(&mut self, frame: ServerFrame, out: &mut Vec<ClientFrame>);
+    /// An app command; `out` is discarded unless `connected`.
+    fn command(
+        &mut self,
+        cmd: Self::Command,
+        connected: bool,
+        out: &mut Vec<ClientFrame>,
+    ) -> Control;
+    /// Periodic; `out` is discarded unless `connected`.
+    fn tick(&mut self, connected: bool, out: &mut Vec<ClientFrame>);
+    /// The connection is gone (anything in flight is unanswered).
+    fn closed(&mut self);
+}
+
+/// What the manager needs from outside.
+#[derive(Clone)]
+pub struct Deps {
+    pub connector: Arc<dyn WsConnector>,
+    pub tokens: Arc<dyn TokenProvider>,
+    pub clock: Arc<dyn Clock>,
+    pub rng: Arc<dyn RandomSource>,
+    pub env: Option<Arc<dyn Environment>>,
+}
+
+impl Deps {
+    fn network_up(&self) -> bool {
+        self.env
+            .as_ref()
+            .is_none_or(|e| e.network() != NetworkType::None)
+    }
+}
+
+/// How one connection ended.
+#[derive(Debug)]
+enum Ended {
+    Cancelled,
+    /// 4000–4099.
+    Stop {
+        code: u16,
+        reason: String,
+    },
+    /// Reconnect with backoff; `healthy` when the server answered at least
+    /// once (then the backoff starts over).
+    Retry {
+        healthy: bool,
+        why: String,
+    },
+    NetworkLost,
+    /// The app asked for a new connection.
+    Reconnect,
+}
+
+/// Result of waiting for something while processing commands.
+enum Waited<T> {
+    Done(T),
+    Cancelled,
+    Control(Control),
+}
+
+/// The manager's loop. Returns when `cancel` fires or the command channel
+/// closes (the client was dropped); the final state is `Closed{Shutdown}`.
+pub async fn run<S: Session>(
+    cfg: ConnectionConfig,
+    deps: Deps,
+    session: &mut S,
+    rx: &mut mpsc::Receiver<S::Command>,
+    cancel: CancellationToken,
+) {
+    let mut m = Manager {
+        cfg,
+        deps,
+        rx,
+        cancel,
+        state: None,
+    };
+    m.run(session).await;
+    m.set_state(
+        session,
+        ConnectionState::Closed {
+            reason: CloseReason::Shutdown,
+        },
+    );
+}
+
+struct Manager<'a, C> {
+    cfg: ConnectionConfig,
+    deps: Deps,
+    rx: &'a mut mpsc::Receiver<C>,
+    cancel: CancellationToken,
+    state: Option<ConnectionState>,
+}
+
+impl<C: Send + 'static> Manager<'_, C> {
+    fn set_state<S: Session<Command = C>>(&mut self, session: &mut S, state: ConnectionState) {
+        if self.state.as_ref() != Some(&state) {
+            tracing::debug!(?state, "buyer connection state");
+            session.state_changed(&state);
+            self.state = Some(state);
+        }
+    }
+
+    /// Awaits `fut` while handing commands to the session; stops early on
+    /// cancel or when a command returns a control for the manager.
+    async fn wait<S, T>(
+        &mut self,
+        session: &mut S,
+        fut: impl std::future::Future<Output = T>,
+    ) -> Waited<T>
+    where
+        S: Session<Command = C>,
+    {
+        tokio::pin!(fut);
+        let mut discard = Vec::new();
+        loop {
+            tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => return Waited::Cancelled,
+                cmd = self.rx.recv() => {
+                    let Some(cmd) = cmd else { return Waited::Cancelled };
+                    let control = session.command(cmd, false, &mut discard);
+                    discard.clear();
+                    if control != Control::Continue {
+                        return Waited::Control(control);
+                    }
+                }
+                v = &mut fut => return Waited::Done(v),
+            }
+        }
+    }
+
+    async fn run<S: Session<Command = C>>(&mut self, session: &mut S) {
+        let mut token: Option<String> = None;
+        let mut backoff = Backoff::new(self.cfg.backoff);
+        // A fresh token was fetched after a 4001 and has not yet been
+        // accepted; a second 4001 then stops for good.
+        let mut token_refreshed = false;
+        let mut attempt: u32 = 0;
+        loop {
+            if !self.deps.network_up() {
+                self.set_state(session, ConnectionState::Offline);
+                match self.wait(session, std::future::pending::<()>()).await {
+                    Waited::Cancelled => return,
+                    Waited::Done(()) | Waited::Control(_) => {
+                        backoff.reset();
+                        attempt = 0;
+                        continue;
+                    }
+                }
+            }
+            attempt = attempt.saturating_add(1);
+            self.set_state(session, ConnectionState::Connecting { attempt });
+
+            let tok = match token.clone() {
+                Some(t) => t,
+                None => {
+                    let tokens = Arc::clone(&self.deps.tokens);
+                    let refresh = token_refreshed;
+                    let fetch = tokio::task::spawn_blocking(move || {
+                        if refresh {
+                            tokens.refresh_token()
+                        } else {
+                            tokens.token()
+                        }
+                    });
+                    let failure = match self.wait(session, fetch).await {
+                        Waited::Cancelled => return,
+                        Waited::Control(_) => continue,
+                        Waited::Done(Ok(Some(t))) => {
+                            token = Some(t.clone());
+                            None
+                        }
+                        Waited::Done(Ok(None)) => {
+                            Some("the token provider has no token".to_owned())
+                        }
+                        Waited::Done(Err(join)) => {
+                            Some(format!("the token provider failed: {join}"))
+                        }
+                    };
+                    match (failure, token.clone()) {
+                        (None, Some(t)) => t,
+                        (failure, _) => {
+                            let message = failure.unwrap_or_default();
+                            if !self
+                                .closed(session, CloseReason::Unauthorized { message })
+                                .await
+                            {
+                                return;
+                            }
+                            (attempt, token_refreshed) = (0, false);
+                            backoff.reset();
+                            continue;
+                        }
+                    }
+                }
+            };
+
+            let url = with_token(&self.cfg.ws_url, &tok);
+            let connector = Arc::clone(&self.deps.connector);
+            let timeout = self.deps.clock.sleep(self.cfg.connect_timeout);
+            let connect = async move {
+                tokio::select! {
+                    r = connector.connect(&url) => r.map_err(|e| e.to_string()),
+                    () = timeout => Err("connect timed out".to_owned()),
+                }
+            };
+            let connected = self.wait(session, connect).await;
+            let ended = match connected {
+                Waited::Cancelled => return,
+                Waited::Control(Control::Reconnect) => continue,
+                Waited::Control(_) => {
+                    if self.deps.network_up() {
+                        // Network (still) up: the attempt in flight was
+                        // dropped; try again at once.
+                        continue;
+                    }
+                    Ended::NetworkLost
+                }
+                Waited::Done(Err(why)) => Ended::Retry {
+                    healthy: false,
+                    why,
+                },
+                Waited::Done(Ok(transport)) => {
+                    self.set_state(session, ConnectionState::Connected);
+                    let ended = self.connected(session, transport).await;
+                    session.closed();
+                    ended
+                }
+            };
+            tracing::debug!(?ended, "buyer connection ended");
+            match ended {
+                Ended::Cancelled => return,
+                Ended::NetworkLost => continue,
+                Ended::Reconnect => {
+                    backoff.reset();
+                    attempt = 0;
+                    continue;
+                }
+                Ended::Stop { code, reason } => {
+                    if code == close_code::UNAUTHORIZED && !token_refreshed {
+                        // The token expired: ask the app for a fresh one and
+                        // reconnect right away.
+                        token = None;
+                        token_refreshed = true;
+                        continue;
+                    }
+                    let reason = if code == close_code::UNAUTHORIZED {
+                        CloseReason::Unauthorized { message: reason }
+                    } else {
+                        CloseReason::Refused {
+                            code,
+                            message: reason,
+                        }
+                    };
+                    if !self.closed(session, reason).await {
+                        return;
+                    }
+                    (attempt, token_refreshed, token) = (0, false, None);
+                    backoff.reset();
+                }
+                Ended::Retry { healthy, why } => {
+                    if healthy {
+                        backoff.reset();
+                        attempt = 1;
+                        token_refreshed = false;
+                    }
+                    tracing::debug!(%why, attempt, "buyer connection lost; backing off");
+                    if !self.deps.network_up() {
+                        continue;
+                    }
+                    let delay =
+                        match backoff.fail(self.deps.clock.monotonic_ms(), None, &*self.deps.rng) {
+                            RetryDecision::RetryAfter(d) => d,
+                            // `max_elapsed` spent: keep trying at the cap rather
+                            // than give up on a buyer who is still waiting.
+                            RetryDecision::GiveUp => self.cfg.backoff.cap,
+                        };
+                    self.set_state(
+                        session,
+                        ConnectionState::BackingOff {
+                            attempt,
+                            retry_in_ms: delay.as_millis() as u64,
+                        },
+                    );
+                    let sleep = self.deps.clock.sleep(delay);
+                    match self.wait(session, sleep).await {
+                        Waited::Cancelled => return,
+                        Waited::Done(()) => {}
+                        Waited::Control(_) => {
+                            // Network back (or the app asked): no reason to
+                            // wait out the jitter.
+                            backoff.reset();
+                            attempt = 0;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Shows `Closed{reason}` and waits for `Reconnect`. False when
+    /// cancelled instead.
+    async fn closed<S: Session<Command = C>>(
+        &mut self,
+        session: &mut S,
+        reason: CloseReason,
+    ) -> bool {
+        tracing::info!(?reason, "buyer connection closed; waiting for the app");
+        self.set_state(session, ConnectionState::Closed { reason });
+        loop {
+            match self.wait(session, std::future::pending::<()>()).await {
+                Waited::Cancelled => return false,
+                Waited::Control(Control::Reconnect) => return true,
+                Waited::Control(_) | Waited::Done(()) => {}
+            }
+        }
+    }
+
+    /// Runs one open connection until it ends.
+    async fn connected<S: Session<Command = C>>(
+        &mut self,
+        session: &mut S,
+        mut ws: Box<dyn WsTransport>,
+    ) -> Ended {
+        let clock = Arc::clone(&self.deps.clock);
+        let ping_every = self.cfg.ping_interval.max(Duration::from_millis(10));
+        let ping_ms = ping_every.as_millis() as u64;
+        let tick_ms = self.cfg.tick.max(Duration::from_millis(10)).as_millis() as u64;
+        let mut out = Vec::new();
+        let mut healthy = false;
+        let mut ping_id: u64 = 0;
+        // The first ping goes out at once so a healthy server answers
+        // immediately (resetting the backoff).
+        out.push(ClientFrame::Ping {
+            id: Some(ping_id.into()),
+        });
+        session.opened(&mut out);
+        let now = clock.monotonic_ms();
+        let mut last_rx = now;
+        let mut next_ping = now + ping_ms;
+        let mut next_tick = now + tick_ms;
+        loop {
+            for frame in out.drain(..) {
+                let text = match serde_json::to_string(&frame) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "unserializable frame dropped");
+                        continue;
+                    }
+                };
+                let sent = tokio::select! {
+                    r = ws.send(text) => r.map_err(|e| e.to_string()),
+                    () = clock.sleep(SEND_TIMEOUT) => Err("send timed out".to_owned()),
+                };
+                if let Err(why) = sent {
+                    return Ended::Retry { healthy, why };
+                }
+            }
+            let now = clock.monotonic_ms();
+            let dead_at = last_rx + 2 * ping_ms;
+            let wake = next_ping.min(next_tick).min(dead_at);
+            let timer = clock.sleep(Duration::from_millis(wake.saturating_sub(now)));
+            tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => {
+                    close(&mut *ws, &*clock, 1000, "client shutdown").await;
+                    return Ended::Cancelled;
+                }
+                cmd = self.rx.recv() => {
+                    let Some(cmd) = cmd else {
+                        close(&mut *ws, &*clock, 1000, "client dropped").await;
+                        return Ended::Cancelled;
+                    };
+                    match session.command(cmd, true, &mut out) {
+                        Control::Continue => {}
+                        Control::Reconnect => {
+                            close(&mut *ws, &*clock, 1000, "reconnecting").await;
+                            return Ended::Reconnect;
+                        }
+                        Control::EnvironmentChanged => {
+                            if !self.deps.network_up() {
+                                return Ended::NetworkLost;
+                            }
+                        }
+                    }
+                }
+                ev = ws.recv() => {
+                    last_rx = clock.monotonic_ms();
+                    match ev {
+                        Err(e) => return Ended::Retry { healthy, why: e.to_string() },
+                        Ok(WsEvent::Alive) => {}
+                        Ok(WsEvent::Closed { code, reason }) => {
+                            return match (code, should_reconnect(code)) {
+                                (Some(code), CloseDisposition::Stop) => Ended::Stop { code, reason },
+                                _ => Ended::Retry {
+                                    healthy,
+                                    why: format!("closed by server ({code:?} {reason})"),
+                                },
+                            };
+                        }
+                        Ok(WsEvent::Text(text)) => match serde_json::from_str::<ServerFrame>(&text) {
+                            Ok(frame) => {
+                                healthy = true;
+                                session.frame(frame, &mut out);
+                            }
+                            // Newer servers may add frame types: skip them.
+                            Err(e) => tracing::debug!(error = %e, "unknown server frame skipped"),
+                        },
+                    }
+                }
+                () = timer => {
+                    let now = clock.monotonic_ms();
+                    if now >= last_rx + 2 * ping_ms {
+                        tracing::info!(silent_ms = now - last_rx, "no sign of life for two ping intervals: dropping the connection");
+                        close(&mut *ws, &*clock, 1000, "heartbeat missed").await;
+                        return Ended::Retry { healthy, why: "heartbeat missed".into() };
+                    }
+                    if now >= next_ping {
+                        ping_id += 1;
+                        out.push(ClientFrame::Ping { id: Some(ping_id.into()) });
+                        next_ping = now + ping_ms;
+                    }
+                    if now >= next_tick {
+                        session.tick(true, &mut out);
+                        next_tick = now + tick_ms;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn close(ws: &mut dyn WsTransport, clock: &dyn Clock, code: u16, reason: &str) {
+    tokio::select! {
+        () = ws.close(code, reason) => {}
+        () = clock.sleep(CLOSE_TIMEOUT) => {}
+    }
+}
+
+/// Appends `token=` to the WebSocket URL.
+fn with_token(url: &str, token: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}token={token}")
+}

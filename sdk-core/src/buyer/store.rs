@@ -1,0 +1,518 @@
+//! The buyer's local SQLite store: the chat timeline of every joined room
+//! (so the app renders history offline) and the outbox of messages written
+//! here that the server has not acknowledged yet. Both live in one table,
+//! `messages`: a row is pending or failed (no seq yet) or stored (with the
+//! room's seq). `rooms.last_seq` is the highest seq delivered to the app in
+//! gap-free order; everything at or below it is in the table (up to the
+//! per-room trim bound).
+//!
+//! One connection behind a mutex: the SDK task writes, app threads read.
+//! WAL mode, schema versioned with `PRAGMA user_version`.
+
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use waypost_protocol::ChatMessage;
+
+use super::types::{BuyerError, ChatEntry, MessageStatus};
+
+/// Stored messages kept per room (oldest trimmed beyond this).
+pub const MAX_MESSAGES_PER_ROOM: u64 = 2_000;
+/// Pending + failed messages allowed at once (all rooms).
+pub const MAX_OUTBOX: usize = 1_000;
+/// Longest message body accepted locally (the server has its own limit).
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+const SCHEMA_VERSION: i64 = 1;
+
+/// A message waiting in the outbox, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    pub room: String,
+    pub client_id: String,
+    pub body: String,
+    pub attempts: u32,
+}
+
+/// The store. Cheap to share behind an `Arc`.
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+impl Store {
+    /// Opens (creating and migrating) the database at `path`; `None` keeps
+    /// it in memory (nothing survives the process).
+    pub fn open(path: Option<&str>) -> Result<Self, BuyerError> {
+        let conn = match path {
+            Some(p) => Connection::open(p)?,
+            None => Connection::open_in_memory()?,
+        };
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(BuyerError::Store {
+                message: format!(
+                    "database schema {version} is newer than this SDK ({SCHEMA_VERSION})"
+                ),
+            });
+        }
+        if version < 1 {
+            conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE IF NOT EXISTS messages (
+                     pk INTEGER PRIMARY KEY AUTOINCREMENT,
+                     room TEXT NOT NULL,
+                     seq INTEGER,
+                     id TEXT,
+                     sender TEXT NOT NULL,
+                     client_id TEXT NOT NULL,
+                     body TEXT NOT NULL,
+                     ts INTEGER NOT NULL,
+                     status TEXT NOT NULL,
+                     attempts INTEGER NOT NULL DEFAULT 0
+                 );
+                 CREATE UNIQUE INDEX IF NOT EXISTS messages_room_seq
+                     ON messages(room, seq) WHERE seq IS NOT NULL;
+                 CREATE UNIQUE INDEX IF NOT EXISTS messages_room_client
+                     ON messages(room, sender, client_id);
+                 CREATE INDEX IF NOT EXISTS messages_outbox ON messages(status, pk);
+                 CREATE TABLE IF NOT EXISTS rooms (
+                     room TEXT PRIMARY KEY,
+                     last_seq INTEGER NOT NULL
+                 );
+                 PRAGMA user_version = 1;
+                 COMMIT;",
+            )?;
+        }
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn tx<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, BuyerError> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Highest seq delivered in order for `room` (0 when none).
+    pub fn last_seq(&self, room: &str) -> Result<u64, BuyerError> {
+        let conn = self.conn.lock();
+        let v: Option<i64> = conn
+            .query_row("SELECT last_seq FROM rooms WHERE room = ?1", [room], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(v.unwrap_or(0).max(0) as u64)
+    }
+
+    /// Moves `room`'s delivery point without storing messages (history was
+    /// trimmed on the server, or the room started over).
+    pub fn set_last_seq(&self, room: &str, seq: u64) -> Result<(), BuyerError> {
+        self.tx(|tx| set_last_seq(tx, room, seq))
+    }
+
+    /// Puts a message written here in the outbox.
+    pub fn enqueue(
+        &self,
+        room: &str,
+        me: &str,
+        client_id: &str,
+        body: &str,
+        ts: i64,
+    ) -> Result<ChatEntry, BuyerError> {
+        if body.len() > MAX_BODY_BYTES {
+            return Err(BuyerError::InvalidArgument {
+                message: format!("message body over {MAX_BODY_BYTES} bytes"),
+            });
+        }
+        self.tx(|tx| {
+            let queued: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM messages WHERE status IN ('pending','failed')",
+                [],
+                |r| r.get(0),
+            )?;
+            if queued as usize >= MAX_OUTBOX {
+                return Ok(None);
+            }
+            tx.execute(
+                "INSERT INTO messages (room, sender, client_id, body, ts, status)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending')",
+                params![room, me, client_id, body, ts],
+            )?;
+            Ok(Some(()))
+        })?
+        .ok_or(BuyerError::Busy)?;
+        Ok(ChatEntry {
+            room: room.to_owned(),
+            seq: None,
+            id: None,
+            from: me.to_owned(),
+            client_id: client_id.to_owned(),
+            body: body.to_owned(),
+            ts,
+            status: MessageStatus::Pending,
+        })
+    }
+
+    /// Pending messages in the order they were written, at most `limit`.
+    pub fn outbox(&self, limit: usize) -> Result<Vec<Outgoing>, BuyerError> {
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT room, client_id, body, attempts FROM messages
+             WHERE status = 'pending' ORDER BY pk LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit as i64], |r| {
+            Ok(Outgoing {
+                room: r.get(0)?,
+                client_id: r.get(1)?,
+                body: r.get(2)?,
+                attempts: r.get::<_, i64>(3)?.max(0) as u32,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Counts one more send of `client_id`; returns the new count.
+    pub fn count_attempt(&self, room: &str, me: &str, client_id: &str) -> Result<u32, BuyerError> {
+        self.tx(|tx| {
+            tx.execute(
+                "UPDATE messages SET attempts = attempts + 1
+                 WHERE room = ?1 AND sender = ?2 AND client_id = ?3",
+                params![room, me, client_id],
+            )?;
+            let n: Option<i64> = tx
+                .query_row(
+                    "SELECT attempts FROM messages WHERE room = ?1 AND sender = ?2 AND client_id = ?3",
+                    params![room, me, client_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(n.unwrap_or(0).max(0) as u32)
+        })
+    }
+
+    /// Records the server's ack of a message written here. Returns the entry
+    /// when this changed its status (pending or failed → sent).
+    pub fn ack(
+        &self,
+        room: &str,
+        me: &str,
+        client_id: &str,
+        seq: u64,
+        id: &str,
+    ) -> Result<Option<ChatEntry>, BuyerError> {
+        self.tx(|tx| {
+            let Some(mut entry) = entry_by_client(tx, room, me, client_id)? else {
+                return Ok(None);
+            };
+            if entry.status == MessageStatus::Sent {
+                return Ok(None);
+            }
+            // A different row may hold this seq only if the room started
+            // over on the server; the ack is authoritative.
+            tx.execute(
+                "DELETE FROM messages WHERE room = ?1 AND seq = ?2 AND NOT (sender = ?3 AND client_id = ?4)",
+                params![room, seq as i64, me, client_id],
+            )?;
+            tx.execute(
+                "UPDATE messages SET seq = ?4, id = ?5, status = 'sent'
+                 WHERE room = ?1 AND sender = ?2 AND client_id = ?3",
+                params![room, me, client_id, seq as i64, id],
+            )?;
+            entry.seq = Some(seq);
+            entry.id = Some(id.to_owned());
+            entry.status = MessageStatus::Sent;
+            Ok(Some(entry))
+        })
+    }
+
+    /// Stores `msg` as the next message of its room's timeline and moves
+    /// `last_seq` to its seq. Returns the entry to show and whether it was
+    /// one of this user's pending (or failed) messages that is now sent.
+    pub fn apply(&self, msg: &ChatMessage, me: &str) -> Result<(ChatEntry, bool), BuyerError> {
+        self.tx(|tx| {
+            let before = entry_by_client(tx, &msg.room, &msg.from, &msg.client_id)?;
+            let was_unsent = before.as_ref().is_some_and(|e| {
+                matches!(e.status, MessageStatus::Pending | MessageStatus::Failed)
+            });
+            let mut entry = ChatEntry::from_wire(msg, me);
+            if let Some(b) = before.as_ref().filter(|b| b.from == me) {
+                // Keep the text as written; the server stored the same.
+                entry.body = b.body.clone();
+                entry.status = MessageStatus::Sent;
+            }
+            tx.execute(
+                "DELETE FROM messages WHERE room = ?1 AND seq = ?2 AND NOT (sender = ?3 AND client_id = ?4)",
+                params![msg.room, msg.seq as i64, msg.from, msg.client_id],
+            )?;
+            tx.execute(
+                "INSERT INTO messages (room, seq, id, sender, client_id, body, ts, status)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT(room, sender, client_id) DO UPDATE SET
+                     seq = excluded.seq, id = excluded.id, ts = excluded.ts,
+                     status = excluded.status",
+                params![
+                    msg.room,
+                    msg.seq as i64,
+                    msg.id,
+                    msg.from,
+                    msg.client_id,
+                    entry.body,
+                    msg.ts,
+                    entry.status.as_str()
+                ],
+            )?;
+            set_last_seq(tx, &msg.room, msg.seq)?;
+            if msg.seq > MAX_MESSAGES_PER_ROOM {
+                tx.execute(
+                    "DELETE FROM messages WHERE room = ?1 AND seq IS NOT NULL AND seq <= ?2",
+                    params![msg.room, (msg.seq - MAX_MESSAGES_PER_ROOM) as i64],
+                )?;
+            }
+            Ok((entry, was_unsent))
+        })
+    }
+
+    /// Marks a pending message failed; returns the entry when it changed.
+    pub fn fail(
+        &self,
+        room: &str,
+        me: &str,
+        client_id: &str,
+    ) -> Result<Option<ChatEntry>, BuyerError> {
+        self.set_unsent_status(
+            room,
+            me,
+            client_id,
+            MessageStatus::Pending,
+            MessageStatus::Failed,
+        )
+    }
+
+    /// Puts a failed message back in the outbox (attempts start over).
+    pub fn retry(
+        &self,
+        room: &str,
+        me: &str,
+        client_id: &str,
+    ) -> Result<Option<ChatEntry>, BuyerError> {
+        self.set_unsent_status(
+            room,
+            me,
+            client_id,
+            MessageStatus::Failed,
+            MessageStatus::Pending,
+        )
+    }
+
+    fn set_unsent_status(
+        &self,
+        room: &str,
+        me: &str,
+        client_id: &str,
+        from: MessageStatus,
+        to: MessageStatus,
+    ) -> Result<Option<ChatEntry>, BuyerError> {
+        self.tx(|tx| {
+            let n = tx.execute(
+                "UPDATE messages SET status = ?5, attempts = CASE WHEN ?5 = 'pending' THEN 0 ELSE attempts END
+                 WHERE room = ?1 AND sender = ?2 AND client_id = ?3 AND status = ?4",
+                params![room, me, client_id, from.as_str(), to.as_str()],
+            )?;
+            if n == 0 {
+                return Ok(None);
+            }
+            entry_by_client(tx, room, me, client_id)
+        })
+    }
+
+    /// The room's timeline for rendering: the newest `limit` stored messages
+    /// in seq order, then this user's pending and failed ones in the order
+    /// they were written.
+    pub fn messages(&self, room: &str, limit: u32) -> Result<Vec<ChatEntry>, BuyerError> {
+        let conn = self.conn.lock();
+        let mut out = Vec::new();
+        let mut stmt = conn.prepare_cached(
+            "SELECT room, seq, id, sender, client_id, body, ts, status FROM (
+                 SELECT * FROM messages WHERE room = ?1 AND seq IS NOT NULL
+                 ORDER BY seq DESC LIMIT ?2
+             ) ORDER BY seq",
+        )?;
+        for row in stmt.query_map(params![room, limit as i64], row_to_entry)? {
+            out.push(row?);
+        }
+        let mut stmt = conn.prepare_cached(
+            "SELECT room, seq, id, sender, client_id, body, ts, status FROM messages
+             WHERE room = ?1 AND seq IS NULL ORDER BY pk",
+        )?;
+        for row in stmt.query_map([room], row_to_entry)? {
+            out.push(row?);
+        }
+        Ok(out)
+    }
+}
+
+fn set_last_seq(tx: &Transaction<'_>, room: &str, seq: u64) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO rooms (room, last_seq) VALUES (?1, ?2)
+         ON CONFLICT(room) DO UPDATE SET last_seq = excluded.last_seq",
+        params![room, seq as i64],
+    )?;
+    Ok(())
+}
+
+fn entry_by_client(
+    tx: &Transaction<'_>,
+    room: &str,
+    sender: &str,
+    client_id: &str,
+) -> rusqlite::Result<Option<ChatEntry>> {
+    tx.query_row(
+        "SELECT room, seq, id, sender, client_id, body, ts, status FROM messages
+         WHERE room = ?1 AND sender = ?2 AND client_id = ?3",
+        params![room, sender, client_id],
+        row_to_entry,
+    )
+    .optional()
+}
+
+fn row_to_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChatEntry> {
+    Ok(ChatEntry {
+        room: r.get(0)?,
+        seq: r.get::<_, Option<i64>>(1)?.map(|s| s.max(0) as u64),
+        id: r.get(2)?,
+        from: r.get(3)?,
+        client_id: r.get(4)?,
+        body: r.get(5)?,
+        ts: r.get(6)?,
+        status: MessageStatus::parse(&r.get::<_, String>(7)?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(room: &str, seq: u64, from: &str, cid: &str) -> ChatMessage {
+        ChatMessage {
+            room: room.into(),
+            seq,
+            id: format!("{room}-{seq}"),
+            from: from.into(),
+            client_id: cid.into(),
+            body: format!("body {seq}"),
+            ts: 1000 + seq as i64,
+        }
+    }
+
+    #[test]
+    fn outbox_ack_and_timeline() {
+        let s = Store::open(None).unwrap();
+        let e = s.enqueue("r", "me", "c1", "hello", 5).unwrap();
+        assert_eq!(e.status, MessageStatus::Pending);
+        s.enqueue("r", "me", "c2", "again", 6).unwrap();
+        let ob = s.outbox(10).unwrap();
+        assert_eq!(
+            ob.iter().map(|o| o.client_id.as_str()).collect::<Vec<_>>(),
+            ["c1", "c2"]
+        );
+        assert_eq!(s.count_attempt("r", "me", "c1").unwrap(), 1);
+        assert_eq!(s.count_attempt("r", "me", "c1").unwrap(), 2);
+
+        // Someone else's message, then our ack, then the echo of ours.
+        let (e, own) = s.apply(&wire("r", 1, "vendor", "v1"), "me").unwrap();
+        assert_eq!((e.status, own), (MessageStatus::Received, false));
+        let acked = s.ack("r", "me", "c1", 2, "r-2").unwrap().unwrap();
+        assert_eq!(acked.status, MessageStatus::Sent);
+        assert!(
+            s.ack("r", "me", "c1", 2, "r-2").unwrap().is_none(),
+            "second ack is a no-op"
+        );
+        let (e, own) = s.apply(&wire("r", 2, "me", "c1"), "me").unwrap();
+        assert_eq!(e.body, "hello");
+        assert_eq!(e.status, MessageStatus::Sent);
+        assert!(!own, "already sent by the ack");
+        assert_eq!(s.last_seq("r").unwrap(), 2);
+        assert_eq!(s.outbox(10).unwrap().len(), 1);
+
+        let all = s.messages("r", 100).unwrap();
+        let seqs: Vec<_> = all.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [Some(1), Some(2), None]);
+        assert_eq!(all[2].client_id, "c2");
+    }
+
+    #[test]
+    fn echo_before_ack_marks_sent_once() {
+        let s = Store::open(None).unwrap();
+        s.enqueue("r", "me", "c1", "hi", 5).unwrap();
+        let (e, own) = s.apply(&wire("r", 1, "me", "c1"), "me").unwrap();
+        assert!(own);
+        assert_eq!(e.status, MessageStatus::Sent);
+        assert!(s.ack("r", "me", "c1", 1, "r-1").unwrap().is_none());
+        assert!(s.outbox(10).unwrap().is_empty());
+        assert_eq!(s.messages("r", 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn fail_and_retry() {
+        let s = Store::open(None).unwrap();
+        s.enqueue("r", "me", "c1", "hi", 5).unwrap();
+        s.count_attempt("r", "me", "c1").unwrap();
+        let f = s.fail("r", "me", "c1").unwrap().unwrap();
+        assert_eq!(f.status, MessageStatus::Failed);
+        assert!(s.outbox(10).unwrap().is_empty());
+        assert!(s.fail("r", "me", "c1").unwrap().is_none());
+        let p = s.retry("r", "me", "c1").unwrap().unwrap();
+        assert_eq!(p.status, MessageStatus::Pending);
+        assert_eq!(s.outbox(10).unwrap()[0].attempts, 0);
+    }
+
+    #[test]
+    fn limits_and_trim() {
+        let s = Store::open(None).unwrap();
+        assert!(matches!(
+            s.enqueue("r", "me", "big", &"x".repeat(MAX_BODY_BYTES + 1), 1),
+            Err(BuyerError::InvalidArgument { .. })
+        ));
+        for i in 0..MAX_OUTBOX {
+            s.enqueue("r", "me", &format!("c{i}"), "x", 1).unwrap();
+        }
+        assert_eq!(
+            s.enqueue("r", "me", "one-more", "x", 1),
+            Err(BuyerError::Busy)
+        );
+
+        for seq in 1..=MAX_MESSAGES_PER_ROOM + 5 {
+            s.apply(&wire("t", seq, "v", &format!("v{seq}")), "me")
+                .unwrap();
+        }
+        let all = s.messages("t", u32::MAX).unwrap();
+        assert_eq!(all.len() as u64, MAX_MESSAGES_PER_ROOM);
+        assert_eq!(all[0].seq, Some(6));
+    }
+
+    #[test]
+    fn survives_reopen() {
+        let dir = std::env::temp_dir().join(format!("waypost-buyer-store-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("chat.db");
+        let path = path.to_str().unwrap();
+        {
+            let s = Store::open(Some(path)).unwrap();
+            s.enqueue("r", "me", "c1", "offline", 1).unwrap();
+            s.apply(&wire("r", 1, "v", "v1"), "me").unwrap();
+        }
+        let s = Store::open(Some(path)).unwrap();
+        assert_eq!(s.last_seq("r").unwrap(), 1);
+        assert_eq!(s.outbox(10).unwrap()[0].body, "offline");
+        drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

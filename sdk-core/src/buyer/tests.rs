@@ -1,0 +1,834 @@
+//! Unit tests of the whole buyer client against an in-process fake server,
+//! in simulated time (`tokio::time::pause`): each connection attempt is
+//! handed to the test, which plays the server (accept, refuse, answer,
+//! close with a code, go silent) deterministically.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use waypost_protocol::{ClientFrame, Fix, ServerFrame};
+
+use super::*;
+use crate::backoff::SeededRandom;
+use crate::clock::{Clock, Sleep};
+use crate::env::{ManualEnvironment, NetworkType};
+
+/// Simulated time: tokio's paused clock, so sleeps auto-advance when every
+/// task is idle.
+struct TokioClock {
+    origin: tokio::time::Instant,
+}
+
+impl Clock for TokioClock {
+    fn now_ms(&self) -> i64 {
+        1_700_000_000_000 + self.monotonic_ms() as i64
+    }
+    fn monotonic_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+    fn sleep(&self, d: Duration) -> Sleep {
+        Box::pin(tokio::time::sleep(d))
+    }
+}
+
+/// What the fake server does with the next connection attempt.
+enum Attempt {
+    Refuse,
+    Accept(mpsc::Sender<ServerSide>),
+}
+
+/// The server side of one accepted connection.
+struct ServerSide {
+    url: String,
+    from_client: mpsc::UnboundedReceiver<String>,
+    to_client: mpsc::UnboundedSender<Result<WsEvent, TransportError>>,
+}
+
+impl ServerSide {
+    fn send(&self, f: &ServerFrame) {
+        let _ = self.to_client.send(Ok(WsEvent::Text(f.to_json())));
+    }
+    fn close(&self, code: u16) {
+        let _ = self.to_client.send(Ok(WsEvent::Closed {
+            code: Some(code),
+            reason: format!("test {code}"),
+        }));
+    }
+    /// Next client frame, answering pings on the way (unless told not to).
+    async fn next(&mut self) -> Option<ClientFrame> {
+        loop {
+            let text = self.from_client.recv().await?;
+            let f: ClientFrame = serde_json::from_str(&text).ok()?;
+            if let ClientFrame::Ping { id } = &f {
+                self.send(&ServerFrame::Pong { id: id.clone() });
+                continue;
+            }
+            return Some(f);
+        }
+    }
+}
+
+struct FakeConnector {
+    plan: Mutex<VecDeque<Attempt>>,
+    attempts: Mutex<Vec<(u64, String)>>,
+    clock: Arc<TokioClock>,
+}
+
+#[async_trait]
+impl WsConnector for FakeConnector {
+    async fn connect(&self, url: &str) -> Result<Box<dyn WsTransport>, TransportError> {
+        self.attempts
+            .lock()
+            .push((self.clock.monotonic_ms(), url.to_owned()));
+        let next = self.plan.lock().pop_front();
+        match next {
+            None | Some(Attempt::Refuse) => Err(TransportError::Io("refused".into())),
+            Some(Attempt::Accept(tx)) => {
+                let (c2s, from_client) = mpsc::unbounded_channel();
+                let (to_client, s2c) = mpsc::unbounded_channel();
+                let _ = tx
+                    .send(ServerSide {
+                        url: url.to_owned(),
+                        from_client,
+                        to_client,
+                    })
+                    .await;
+                Ok(Box::new(FakeTransport { c2s, s2c }))
+            }
+        }
+    }
+}
+
+struct FakeTransport {
+    c2s: mpsc::UnboundedSender<String>,
+    s2c: mpsc::UnboundedReceiver<Result<WsEvent, TransportError>>,
+}
+
+#[async_trait]
+impl WsTransport for FakeTransport {
+    async fn send(&mut self, text: String) -> Result<(), TransportError> {
+        self.c2s
+            .send(text)
+            .map_err(|_| TransportError::Io("server gone".into()))
+    }
+    async fn recv(&mut self) -> Result<WsEvent, TransportError> {
+        match self.s2c.recv().await {
+            Some(ev) => ev,
+            // The test dropped the server side without a close frame: a
+            // half-open connection (nothing arrives any more).
+            None => std::future::pending().await,
+        }
+    }
+    async fn close(&mut self, _code: u16, _reason: &str) {}
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Ev {
+    State(ConnectionState),
+    Location(u64),
+    Message(Option<u64>, String, MessageStatus),
+    Outgoing(String, MessageStatus),
+    Presence(String, bool),
+    Typing(String),
+    Error(String, String),
+}
+
+#[derive(Default)]
+struct Recorder {
+    events: Mutex<Vec<Ev>>,
+}
+
+impl Recorder {
+    fn states(&self) -> Vec<ConnectionState> {
+        self.events
+            .lock()
+            .iter()
+            .filter_map(|e| match e {
+                Ev::State(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+    fn messages(&self) -> Vec<(u64, String)> {
+        self.events
+            .lock()
+            .iter()
+            .filter_map(|e| match e {
+                Ev::Message(Some(s), body, _) => Some((*s, body.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+    fn has(&self, ev: &Ev) -> bool {
+        self.events.lock().contains(ev)
+    }
+}
+
+impl BuyerListener for Recorder {
+    fn on_connection_state(&self, state: ConnectionState) {
+        self.events.lock().push(Ev::State(state));
+    }
+    fn on_location(&self, u: LocationUpdate) {
+        self.events.lock().push(Ev::Location(u.seq));
+    }
+    fn on_message(&self, m: ChatEntry) {
+        self.events
+            .lock()
+            .push(Ev::Message(m.seq, m.body, m.status));
+    }
+    fn on_outgoing(&self, m: ChatEntry) {
+        self.events.lock().push(Ev::Outgoing(m.body, m.status));
+    }
+    fn on_presence(&self, u: PresenceUpdate) {
+        self.events.lock().push(Ev::Presence(u.user, u.online));
+    }
+    fn on_typing(&self, u: TypingUpdate) {
+        self.events.lock().push(Ev::Typing(u.user));
+    }
+    fn on_error(&self, reference: String, code: String, _message: String) {
+        self.events.lock().push(Ev::Error(reference, code));
+    }
+}
+
+struct Tokens {
+    n: Mutex<u32>,
+    fail: Mutex<bool>,
+}
+
+impl TokenProvider for Tokens {
+    fn token(&self) -> Option<String> {
+        self.refresh_token()
+    }
+    fn refresh_token(&self) -> Option<String> {
+        if *self.fail.lock() {
+            return None;
+        }
+        let mut n = self.n.lock();
+        *n += 1;
+        Some(format!("tok{n}"))
+    }
+}
+
+struct Harness {
+    client: Arc<BuyerClient>,
+    rec: Arc<Recorder>,
+    connector: Arc<FakeConnector>,
+    tokens: Arc<Tokens>,
+    env: ManualEnvironment,
+    accepted: mpsc::Receiver<ServerSide>,
+    accept_tx: mpsc::Sender<ServerSide>,
+}
+
+impl Harness {
+    fn new(config: impl FnOnce(&mut BuyerConfig)) -> Self {
+        let clock = Arc::new(TokioClock {
+            origin: tokio::time::Instant::now(),
+        });
+        let connector = Arc::new(FakeConnector {
+            plan: Mutex::new(VecDeque::new()),
+            attempts: Mutex::new(Vec::new()),
+            clock: Arc::clone(&clock),
+        });
+        let rec = Arc::new(Recorder::default());
+        let tokens = Arc::new(Tokens {
+            n: Mutex::new(0),
+            fail: Mutex::new(false),
+        });
+        let env = ManualEnvironment::default();
+        let mut cfg = BuyerConfig::new("http://127.0.0.1:9", "buyer-1");
+        cfg.ping_interval_ms = 10_000;
+        cfg.backoff_base_ms = 1_000;
+        cfg.backoff_cap_ms = 8_000;
+        config(&mut cfg);
+        let (accept_tx, accepted) = mpsc::channel(16);
+        let deps = BuyerDeps {
+            connector: connector.clone(),
+            clock,
+            rng: Arc::new(SeededRandom::new(7)),
+            env: Some(Arc::new(env.clone())),
+            http: reqwest::Client::new(),
+        };
+        let client =
+            BuyerClient::start_with(cfg, rec.clone(), tokens.clone(), deps).expect("start");
+        Self {
+            client,
+            rec,
+            connector,
+            tokens,
+            env,
+            accepted,
+            accept_tx,
+        }
+    }
+
+    fn plan(&self, n_refuse: usize) {
+        let mut p = self.connector.plan.lock();
+        for _ in 0..n_refuse {
+            p.push_back(Attempt::Refuse);
+        }
+        p.push_back(Attempt::Accept(self.accept_tx.clone()));
+    }
+
+    async fn accept(&mut self) -> ServerSide {
+        tokio::time::timeout(Duration::from_secs(600), self.accepted.recv())
+            .await
+            .expect("a connection within 10 simulated minutes")
+            .expect("connector alive")
+    }
+
+    fn now(&self) -> u64 {
+        self.connector.clock.monotonic_ms()
+    }
+}
+
+/// Lets every runnable task run (simulated time does not move).
+async fn settle() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+}
+
+fn chat(room: &str, seq: u64, from: &str, body: &str) -> ServerFrame {
+    ServerFrame::Message(waypost_protocol::ChatMessage {
+        room: room.into(),
+        seq,
+        id: format!("{room}-{seq}"),
+        from: from.into(),
+        client_id: format!("{from}-{seq}"),
+        body: body.into(),
+        ts: seq as i64,
+    })
+}
+
+fn subscribed(channel: &str, recovered: bool) -> ServerFrame {
+    ServerFrame::Subscribed {
+        channel: channel.into(),
+        recovered,
+        high_seq: None,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn tracking_resumes_after_last_seq_across_reconnect() {
+    let mut h = Harness::new(|_| {});
+    h.plan(0);
+    h.client.track_driver("d1".into()).unwrap();
+    let mut s = h.accept().await;
+    assert!(s.url.ends_with("/v1/ws?token=tok1"), "{}", s.url);
+    assert_eq!(
+        s.next().await,
+        Some(ClientFrame::Subscribe {
+            channel: "tracking:d1".into(),
+            after: None
+        })
+    );
+    for seq in [3, 4, 4, 2] {
+        s.send(&ServerFrame::Location {
+            channel: "tracking:d1".into(),
+            driver_id: "d1".into(),
+            fix: Fix::new(seq, seq as i64, 1.0, 2.0),
+        });
+    }
+    settle().await;
+    // Server restarts (4100): reconnect with backoff, resubscribe after 4.
+    h.plan(0);
+    s.close(4100);
+    let mut s = h.accept().await;
+    assert_eq!(
+        s.next().await,
+        Some(ClientFrame::Subscribe {
+            channel: "tracking:d1".into(),
+            after: Some(4)
+        })
+    );
+    s.send(&ServerFrame::Location {
+        channel: "tracking:d1".into(),
+        driver_id: "d1".into(),
+        fix: Fix::new(5, 5, 1.0, 2.0),
+    });
+    settle().await;
+    let locs: Vec<_> = h
+        .rec
+        .events
+        .lock()
+        .iter()
+        .filter_map(|e| match e {
+            Ev::Location(s) => Some(*s),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        locs,
+        [3, 4, 5],
+        "each newer fix once, stale/duplicates dropped"
+    );
+    assert_eq!(
+        h.client.latest_location("d1".into()).map(|l| l.seq),
+        Some(5)
+    );
+    let states = h.rec.states();
+    assert!(states.contains(&ConnectionState::Connected));
+    assert!(states
+        .iter()
+        .any(|s| matches!(s, ConnectionState::BackingOff { attempt: 1, .. })));
+}
+
+#[tokio::test(start_paused = true)]
+async fn backoff_is_full_jitter_and_grows_to_the_cap() {
+    let mut h = Harness::new(|_| {});
+    h.plan(8);
+    let _s = h.accept().await;
+    let attempts = h.connector.attempts.lock().clone();
+    assert_eq!(attempts.len(), 9);
+    let gaps: Vec<u64> = attempts.windows(2).map(|w| w[1].0 - w[0].0).collect();
+    // Window n is min(8 s, 1 s * 2^n); every wait lies inside its window.
+    for (n, g) in gaps.iter().enumerate() {
+        let window = (1_000u64 << n.min(3)).min(8_000);
+        assert!(*g <= window, "wait {n} = {g} ms > window {window}");
+    }
+    // Jitter: waits are not simply the windows.
+    assert!(gaps
+        .iter()
+        .any(|&g| g != 1_000 && g != 2_000 && g != 4_000 && g != 8_000));
+    let backing: Vec<_> = h
+        .rec
+        .states()
+        .into_iter()
+        .filter_map(|s| match s {
+            ConnectionState::BackingOff {
+                attempt,
+                retry_in_ms,
+            } => Some((attempt, retry_in_ms)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(backing.len(), 8);
+    assert_eq!(
+        backing.iter().map(|b| b.1).collect::<Vec<_>>(),
+        gaps,
+        "the state shows the delay actually waited"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn network_back_reconnects_at_once() {
+    let mut h = Harness::new(|c| {
+        c.backoff_base_ms = 60_000;
+        c.backoff_cap_ms = 60_000;
+    });
+    h.plan(3);
+    // Let the first refusals happen, then the network goes away.
+    while h.connector.attempts.lock().len() < 2 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    h.env.set_network(NetworkType::None);
+    h.client.environment_changed().unwrap();
+    settle().await;
+    assert_eq!(h.client.connection_state(), ConnectionState::Offline);
+    let before = h.connector.attempts.lock().len();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(
+        h.connector.attempts.lock().len(),
+        before,
+        "no attempts while offline"
+    );
+    let back_at = h.now();
+    h.env.set_network(NetworkType::Cellular);
+    h.client.environment_changed().unwrap();
+    settle().await;
+    let attempts = h.connector.attempts.lock().clone();
+    assert_eq!(attempts.len(), before + 1);
+    assert_eq!(
+        attempts[before].0, back_at,
+        "no backoff wait after network back"
+    );
+
+    // While backing off (60 s window), network back skips the wait too.
+    h.client.environment_changed().unwrap();
+    settle().await;
+    assert_eq!(h.connector.attempts.lock().len(), before + 2);
+    assert_eq!(h.connector.attempts.lock()[before + 1].0, back_at);
+    let _s = h.accept().await;
+    assert!(h.now() - back_at < 60_000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn half_open_connection_is_dropped_within_two_intervals() {
+    let mut h = Harness::new(|c| c.ping_interval_ms = 10_000);
+    h.plan(0);
+    let s = h.accept().await;
+    // The server vanishes without a close (no FIN, no frames).
+    let t0 = h.now();
+    let ServerSide {
+        from_client,
+        to_client,
+        ..
+    } = s;
+    drop(to_client);
+    h.plan(0);
+    let _s2 = h.accept().await;
+    drop(from_client);
+    let silent_until = h
+        .rec
+        .events
+        .lock()
+        .iter()
+        .position(|e| matches!(e, Ev::State(ConnectionState::BackingOff { .. })));
+    assert!(silent_until.is_some());
+    let detected = h.connector.attempts.lock()[1].0;
+    // Detection at 2 intervals after the last sign of life (t0), plus the
+    // first backoff wait (at most 1 s).
+    assert!(
+        detected - t0 >= 20_000 && detected - t0 <= 21_000,
+        "detected after {} ms",
+        detected - t0
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn healthy_connection_survives_pings() {
+    let mut h = Harness::new(|c| c.ping_interval_ms = 10_000);
+    h.plan(0);
+    let mut s = h.accept().await;
+    let pump = tokio::spawn(async move { while s.next().await.is_some() {} });
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    assert_eq!(h.connector.attempts.lock().len(), 1, "never reconnected");
+    assert_eq!(h.client.connection_state(), ConnectionState::Connected);
+    pump.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn code_4001_refreshes_the_token_once_then_stops() {
+    let mut h = Harness::new(|_| {});
+    h.plan(0);
+    let s = h.accept().await;
+    assert!(s.url.ends_with("token=tok1"));
+    let t = h.now();
+    h.plan(0);
+    s.close(4001);
+    let s = h.accept().await;
+    assert!(s.url.ends_with("token=tok2"), "fresh token: {}", s.url);
+    assert_eq!(h.now(), t, "reconnects at once with the new token");
+    // The fresh token is refused as well: stop and say why.
+    s.close(4001);
+    settle().await;
+    assert!(matches!(
+        h.client.connection_state(),
+        ConnectionState::Closed {
+            reason: CloseReason::Unauthorized { .. }
+        }
+    ));
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(
+        h.connector.attempts.lock().len(),
+        2,
+        "no reconnect after Closed"
+    );
+    // The app logs in again and asks to reconnect.
+    h.plan(0);
+    h.client.reconnect().unwrap();
+    let s = h.accept().await;
+    assert!(s.url.ends_with("token=tok3"));
+    // A provider without a token closes as unauthorized.
+    *h.tokens.fail.lock() = true;
+    s.close(4001);
+    for _ in 0..100 {
+        if matches!(h.client.connection_state(), ConnectionState::Closed { .. }) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(matches!(
+        h.client.connection_state(),
+        ConnectionState::Closed {
+            reason: CloseReason::Unauthorized { .. }
+        }
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn codes_4000_4099_stop_4100_4199_reconnect() {
+    let mut h = Harness::new(|_| {});
+    for code in [4100u16, 4101, 4102, 1006] {
+        h.plan(0);
+        let s = h.accept().await;
+        s.close(code);
+    }
+    h.plan(0);
+    let s = h.accept().await;
+    s.close(4003);
+    settle().await;
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(
+        h.client.connection_state(),
+        ConnectionState::Closed {
+            reason: CloseReason::Refused {
+                code: 4003,
+                message: "test 4003".into()
+            }
+        }
+    );
+    assert_eq!(h.connector.attempts.lock().len(), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn chat_outbox_written_offline_goes_out_in_order_once_acked() {
+    let mut h = Harness::new(|_| {});
+    h.env.set_network(NetworkType::None);
+    h.client.environment_changed().unwrap();
+    h.client.join_chat("r".into()).unwrap();
+    let a = h.client.send_message("r".into(), "one".into()).unwrap();
+    let b = h.client.send_message("r".into(), "two".into()).unwrap();
+    settle().await;
+    assert_eq!(
+        h.client
+            .messages("r".into(), 50)
+            .unwrap()
+            .iter()
+            .map(|m| (m.body.as_str(), m.status))
+            .collect::<Vec<_>>(),
+        [
+            ("one", MessageStatus::Pending),
+            ("two", MessageStatus::Pending)
+        ],
+        "offline: rendered from the store as pending"
+    );
+    h.plan(0);
+    h.env.set_network(NetworkType::Wifi);
+    h.client.environment_changed().unwrap();
+    let mut s = h.accept().await;
+    assert_eq!(
+        s.next().await,
+        Some(ClientFrame::Subscribe {
+            channel: "chat:r".into(),
+            after: Some(0)
+        })
+    );
+    let Some(ClientFrame::Send {
+        client_id, body, ..
+    }) = s.next().await
+    else {
+        panic!("expected the first send")
+    };
+    assert_eq!(
+        (client_id.as_str(), body.as_str()),
+        (a.client_id.as_str(), "one")
+    );
+    s.send(&subscribed("chat:r", true));
+    s.send(&chat("r", 1, "vendor", "hello"));
+    // The connection drops before the ack: the same client_id goes again.
+    h.plan(0);
+    s.close(4100);
+    let mut s = h.accept().await;
+    assert_eq!(
+        s.next().await,
+        Some(ClientFrame::Subscribe {
+            channel: "chat:r".into(),
+            after: Some(1)
+        })
+    );
+    let Some(ClientFrame::Send { client_id, .. }) = s.next().await else {
+        panic!("expected the resend")
+    };
+    assert_eq!(client_id, a.client_id);
+    s.send(&subscribed("chat:r", true));
+    s.send(&ServerFrame::Sent {
+        client_id: a.client_id.clone(),
+        room: "r".into(),
+        seq: 2,
+        id: "r-2".into(),
+    });
+    let Some(ClientFrame::Send { client_id, .. }) = s.next().await else {
+        panic!("expected the second message")
+    };
+    assert_eq!(client_id, b.client_id);
+    // Its echo comes before its ack; then a late echo of message 2.
+    s.send(&ServerFrame::Message(waypost_protocol::ChatMessage {
+        room: "r".into(),
+        seq: 3,
+        id: "r-3".into(),
+        from: "buyer-1".into(),
+        client_id: b.client_id.clone(),
+        body: "two".into(),
+        ts: 9,
+    }));
+    s.send(&ServerFrame::Sent {
+        client_id: b.client_id.clone(),
+        room: "r".into(),
+        seq: 3,
+        id: "r-3".into(),
+    });
+    s.send(&chat("r", 2, "buyer-1", "one"));
+    settle().await;
+    assert_eq!(
+        h.rec.messages(),
+        [(1, "hello".into()), (2, "one".into()), (3, "two".into())]
+    );
+    let outgoing: Vec<_> = h
+        .rec
+        .events
+        .lock()
+        .iter()
+        .filter(|e| matches!(e, Ev::Outgoing(..)))
+        .cloned()
+        .collect();
+    assert_eq!(
+        outgoing,
+        [
+            Ev::Outgoing("one".into(), MessageStatus::Pending),
+            Ev::Outgoing("two".into(), MessageStatus::Pending),
+            Ev::Outgoing("one".into(), MessageStatus::Sent),
+            Ev::Outgoing("two".into(), MessageStatus::Sent),
+        ]
+    );
+    let stored = h.client.messages("r".into(), 50).unwrap();
+    assert_eq!(
+        stored.iter().map(|m| (m.seq, m.status)).collect::<Vec<_>>(),
+        [
+            (Some(1), MessageStatus::Received),
+            (Some(2), MessageStatus::Sent),
+            (Some(3), MessageStatus::Sent)
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn chat_gap_is_filled_by_sync_in_order() {
+    let mut h = Harness::new(|_| {});
+    h.plan(0);
+    h.client.join_chat("r".into()).unwrap();
+    let mut s = h.accept().await;
+    s.next().await;
+    s.send(&subscribed("chat:r", true));
+    s.send(&chat("r", 1, "v", "a"));
+    s.send(&chat("r", 4, "v", "d"));
+    s.send(&chat("r", 3, "v", "c"));
+    assert_eq!(
+        s.next().await,
+        Some(ClientFrame::Sync {
+            room: "r".into(),
+            after_seq: 1,
+            limit: Some(chat::SYNC_PAGE)
+        })
+    );
+    s.send(&ServerFrame::Synced {
+        room: "r".into(),
+        messages: vec![
+            match chat("r", 2, "v", "b") {
+                ServerFrame::Message(m) => m,
+                _ => unreachable!(),
+            },
+            match chat("r", 3, "v", "c") {
+                ServerFrame::Message(m) => m,
+                _ => unreachable!(),
+            },
+        ],
+        more: false,
+    });
+    s.send(&chat("r", 5, "v", "e"));
+    s.send(&chat("r", 5, "v", "e"));
+    settle().await;
+    assert_eq!(
+        h.rec.messages().iter().map(|m| m.0).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn unacked_message_is_resent_then_failed_and_can_be_retried() {
+    let mut h = Harness::new(|c| {
+        c.ack_timeout_ms = 5_000;
+        c.max_send_attempts = 2;
+    });
+    h.plan(0);
+    let mut s = h.accept().await;
+    let m = h.client.send_message("r".into(), "hi".into()).unwrap();
+    let mut sends = 0;
+    while let Ok(Some(f)) = tokio::time::timeout(Duration::from_secs(30), s.next()).await {
+        if let ClientFrame::Send { client_id, .. } = f {
+            assert_eq!(client_id, m.client_id);
+            sends += 1;
+        }
+    }
+    assert_eq!(sends, 2, "resent once after the ack timeout, then given up");
+    assert!(h.rec.has(&Ev::Outgoing("hi".into(), MessageStatus::Failed)));
+    assert_eq!(
+        h.client.messages("r".into(), 10).unwrap()[0].status,
+        MessageStatus::Failed
+    );
+    h.client
+        .retry_message("r".into(), m.client_id.clone())
+        .unwrap();
+    let Some(ClientFrame::Send { client_id, .. }) = s.next().await else {
+        panic!("expected the retried send")
+    };
+    assert_eq!(client_id, m.client_id);
+    s.send(&ServerFrame::error(
+        "bad_message",
+        "too long",
+        Some(m.client_id.clone()),
+    ));
+    settle().await;
+    assert_eq!(
+        h.client.messages("r".into(), 10).unwrap()[0].status,
+        MessageStatus::Failed
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn presence_typing_and_errors_reach_the_listener() {
+    let mut h = Harness::new(|_| {});
+    h.plan(0);
+    h.client.join_chat("r".into()).unwrap();
+    let mut s = h.accept().await;
+    s.next().await;
+    s.send(&ServerFrame::Presence {
+        room: "r".into(),
+        user: "vendor-1".into(),
+        online: true,
+    });
+    s.send(&ServerFrame::Typing {
+        room: "r".into(),
+        user: "vendor-1".into(),
+    });
+    s.send(&ServerFrame::error(
+        "forbidden",
+        "no",
+        Some("chat:r".into()),
+    ));
+    h.client.send_typing("r".into()).unwrap();
+    h.client.send_typing("r".into()).unwrap();
+    assert_eq!(
+        s.next().await,
+        Some(ClientFrame::Typing { room: "r".into() })
+    );
+    settle().await;
+    assert!(h.rec.has(&Ev::Presence("vendor-1".into(), true)));
+    assert!(h.rec.has(&Ev::Typing("vendor-1".into())));
+    assert!(h.rec.has(&Ev::Error("chat:r".into(), "forbidden".into())));
+    // The second typing within 2 s was not sent.
+    assert!(tokio::time::timeout(Duration::from_millis(1_500), s.next())
+        .await
+        .is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_closes_and_reports() {
+    let mut h = Harness::new(|_| {});
+    h.plan(0);
+    let _s = h.accept().await;
+    h.client.shutdown().await;
+    assert_eq!(
+        h.client.connection_state(),
+        ConnectionState::Closed {
+            reason: CloseReason::Shutdown
+        }
+    );
+    assert_eq!(h.client.track_driver("d".into()), Err(BuyerError::ShutDown));
+    let _ = json!(null) == Value::Null;
+}

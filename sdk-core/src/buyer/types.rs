@@ -1,0 +1,191 @@
+//! The buyer SDK's public surface as plain data: records and enums the app
+//! receives, the listener and token-provider callback traits it implements,
+//! and the one error type. No generics, no lifetimes, no futures, so each
+//! item maps one to one onto a uniffi record, enum, error or callback
+//! interface when the bindings are generated.
+
+use waypost_protocol::{ChatMessage, Fix};
+
+/// The connection as the app sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionState {
+    /// Opening a WebSocket (attempt counts from 1 since the last success).
+    Connecting { attempt: u32 },
+    /// Open and subscribed.
+    Connected,
+    /// Waiting before the next attempt; `retry_in_ms` is the drawn delay.
+    BackingOff { attempt: u32, retry_in_ms: u64 },
+    /// The app said the network is gone; reconnects as soon as it is back.
+    Offline,
+    /// Stopped for good until the app calls `reconnect()` (or it was shut
+    /// down). `reason` says why.
+    Closed { reason: CloseReason },
+}
+
+/// Why the connection stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The app called `shutdown()`.
+    Shutdown,
+    /// 4001 and a fresh token from the token provider was refused as well,
+    /// or the provider could not give one.
+    Unauthorized { message: String },
+    /// Another 4000–4099 close code (4003 forbidden, 4008 bad frame, 4029
+    /// too many connections or messages): do not reconnect as is.
+    Refused { code: u16, message: String },
+}
+
+/// A driver's position, as delivered live or replayed at (re)subscribe.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocationUpdate {
+    pub driver_id: String,
+    pub seq: u64,
+    pub ts: i64,
+    pub lat: f64,
+    pub lon: f64,
+    pub accuracy_m: Option<f64>,
+    pub speed_mps: Option<f64>,
+    pub heading_deg: Option<f64>,
+}
+
+impl LocationUpdate {
+    pub(crate) fn from_fix(driver_id: &str, fix: &Fix) -> Self {
+        Self {
+            driver_id: driver_id.to_owned(),
+            seq: fix.seq,
+            ts: fix.ts,
+            lat: fix.lat,
+            lon: fix.lon,
+            accuracy_m: fix.accuracy_m,
+            speed_mps: fix.speed_mps,
+            heading_deg: fix.heading_deg,
+        }
+    }
+}
+
+/// Where a chat message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MessageStatus {
+    /// Written here, not yet acknowledged by the server (kept in the outbox).
+    Pending,
+    /// Written here and acknowledged: it has its seq.
+    Sent,
+    /// Written here and given up on (refused by the server, or too many
+    /// attempts); `retry_message` puts it back in the outbox.
+    Failed,
+    /// Written by someone else (or by this user on another device).
+    Received,
+}
+
+impl MessageStatus {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            MessageStatus::Pending => "pending",
+            MessageStatus::Sent => "sent",
+            MessageStatus::Failed => "failed",
+            MessageStatus::Received => "received",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Self {
+        match s {
+            "pending" => MessageStatus::Pending,
+            "sent" => MessageStatus::Sent,
+            "failed" => MessageStatus::Failed,
+            _ => MessageStatus::Received,
+        }
+    }
+}
+
+/// One chat message as the app renders it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatEntry {
+    pub room: String,
+    /// The room's gap-free seq; `None` while pending or failed.
+    pub seq: Option<u64>,
+    /// Server id; `None` while pending or failed.
+    pub id: Option<String>,
+    pub from: String,
+    pub client_id: String,
+    pub body: String,
+    /// Server time once stored, local time of writing before.
+    pub ts: i64,
+    pub status: MessageStatus,
+}
+
+impl ChatEntry {
+    pub(crate) fn from_wire(m: &ChatMessage, me: &str) -> Self {
+        Self {
+            room: m.room.clone(),
+            seq: Some(m.seq),
+            id: Some(m.id.clone()),
+            from: m.from.clone(),
+            client_id: m.client_id.clone(),
+            body: m.body.clone(),
+            ts: m.ts,
+            status: if m.from == me {
+                MessageStatus::Sent
+            } else {
+                MessageStatus::Received
+            },
+        }
+    }
+}
+
+/// Someone came online or went offline in a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceUpdate {
+    pub room: String,
+    pub user: String,
+    pub online: bool,
+}
+
+/// Someone is typing in a room (ephemeral; show for a few seconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypingUpdate {
+    pub room: String,
+    pub user: String,
+}
+
+/// What the app implements to hear from the SDK. Called from SDK tasks, one
+/// call at a time and in order; keep the work short (post to the UI thread).
+pub trait BuyerListener: Send + Sync + 'static {
+    fn on_connection_state(&self, state: ConnectionState);
+    /// A tracked driver moved (only newer fixes are reported).
+    fn on_location(&self, update: LocationUpdate);
+    /// A message entered a room's timeline: called once per seq, in seq
+    /// order, with no gaps (own messages too, once acknowledged).
+    fn on_message(&self, message: ChatEntry);
+    /// One of this user's own messages was queued or changed status
+    /// (pending → sent, pending → failed, failed → pending).
+    fn on_outgoing(&self, message: ChatEntry);
+    fn on_presence(&self, update: PresenceUpdate);
+    fn on_typing(&self, update: TypingUpdate);
+    /// The server refused something: `reference` is the channel of a
+    /// refused subscribe (e.g. `forbidden` for `tracking:d-9`), or the
+    /// client id or room of a refused message.
+    fn on_error(&self, reference: String, code: String, message: String);
+}
+
+/// Errors of the buyer API.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuyerError {
+    #[error("invalid argument: {message}")]
+    InvalidArgument { message: String },
+    #[error("local store: {message}")]
+    Store { message: String },
+    #[error("the client is shut down")]
+    ShutDown,
+    #[error("too many queued requests; try again")]
+    Busy,
+    #[error("no tokio runtime: {message}")]
+    Runtime { message: String },
+}
+
+impl From<rusqlite::Error> for BuyerError {
+    fn from(e: rusqlite::Error) -> Self {
+        BuyerError::Store {
+            message: e.to_string(),
+        }
+    }
+}

@@ -1,0 +1,391 @@
+//! The driver side: record fixes into a crash-safe buffer and upload them
+//! in batches at the cadence the [`LocationPolicy`] picks.
+//!
+//! ```text
+//! platform ──record()──► FixFilter ─► policy (throttle) ─► Buffer (SQLite, commit)
+//!                                                             │
+//!            background task: poll_uploads() ◄── wake ────────┘
+//!              decide (policy, hint, backoff, network) ─► batch ─► HttpTransport
+//!              2xx: ack (delete seq ≤ high_seq) · 400 bad_fix: quarantine
+//!              413: split · 401: refresh token, retry once · else: full-jitter backoff
+//! ```
+//!
+//! [`Driver`] is the handle apps hold (an `Arc` object for the bindings).
+//! Everything it touches outside the process — time, randomness, network and
+//! battery, HTTP, tokens — comes in through [`DriverDeps`], so tests and the
+//! replay benchmark run it in simulated time.
+
+pub mod buffer;
+mod config;
+pub mod filter;
+pub mod policy;
+mod uploader;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use waypost_protocol::Fix;
+
+use self::buffer::Buffer;
+pub use self::config::{
+    DriverConfig, DriverDeps, DriverEvent, DriverListener, DriverStats, RecordOutcome, StaticToken,
+    TokenProvider,
+};
+use self::filter::{DropReason, FixFilter, Location};
+use self::policy::{haversine_m, LocationPolicy, MotionTracker, SamplingRequest, Situation};
+use self::uploader::Sched;
+pub use self::uploader::UploadPoll;
+use crate::backoff::SeededRandom;
+use crate::clock::SystemClock;
+use crate::env::Environment;
+use crate::error::WaypostError;
+use crate::transport::ReqwestTransport;
+
+/// Recording state: cloned, changed, and written back only when the buffer
+/// committed, so a failed commit leaves it untouched.
+#[derive(Debug, Clone)]
+struct Recorder {
+    filter: FixFilter,
+    motion: MotionTracker,
+    /// (ts, lat, lon) of the last recorded fix, for the throttle.
+    last_recorded: Option<(i64, f64, f64)>,
+    sampling: Option<SamplingRequest>,
+}
+
+/// State shared by the handle and the background task.
+pub(crate) struct Inner {
+    config: DriverConfig,
+    policy: LocationPolicy,
+    deps: DriverDeps,
+    ingest_url: String,
+    buffer: Mutex<Buffer>,
+    recorder: Mutex<Recorder>,
+    sched: Mutex<Sched>,
+    watched: AtomicBool,
+    /// Server hint, ms (0: none yet).
+    hint_ms: AtomicU64,
+    /// Serializes upload cycles: never more than one upload in flight.
+    upload_lock: tokio::sync::Mutex<()>,
+    wake: Notify,
+    requests: AtomicU64,
+    uploads_ok: AtomicU64,
+    bytes_sent: AtomicU64,
+}
+
+/// A recording, uploading driver. Create with [`Driver::open`] (real I/O)
+/// or [`Driver::open_with`] (injected I/O), feed it with
+/// [`record`](Self::record), run the uploader with [`start`](Self::start),
+/// stop it with [`shutdown`](Self::shutdown).
+pub struct Driver {
+    inner: Arc<Inner>,
+    cancel: CancellationToken,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("driver_id", &self.inner.config.driver_id)
+            .field("device_id", &self.inner.config.device_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Driver {
+    /// Opens the buffer and prepares the uploader with the real clock,
+    /// reqwest (rustls) and an entropy-seeded jitter source. `environment`
+    /// reports network and battery (a
+    /// [`ManualEnvironment`](crate::env::ManualEnvironment) the app updates
+    /// works). Call [`start`](Self::start) to begin uploading.
+    pub fn open(
+        config: DriverConfig,
+        tokens: Arc<dyn TokenProvider>,
+        listener: Option<Arc<dyn DriverListener>>,
+        environment: Arc<dyn Environment>,
+    ) -> Result<Arc<Self>, WaypostError> {
+        let transport = ReqwestTransport::new(config.request_timeout)?;
+        Self::open_with(
+            config,
+            DriverDeps {
+                clock: Arc::new(SystemClock::new()),
+                random: Arc::new(SeededRandom::from_entropy()),
+                environment,
+                transport: Arc::new(transport),
+                tokens,
+                listener,
+            },
+        )
+    }
+
+    /// Like [`open`](Self::open) with every I/O edge injected.
+    pub fn open_with(config: DriverConfig, deps: DriverDeps) -> Result<Arc<Self>, WaypostError> {
+        config.validate()?;
+        let now = deps.clock.now_ms();
+        let buffer = Buffer::open(Path::new(&config.buffer_path), config.buffer.clone(), now)?;
+        let recreated = buffer.recreated().map(str::to_owned);
+        let last = buffer.last_fix().cloned();
+        let recorder = Recorder {
+            filter: FixFilter::new(config.filter, last.as_ref()),
+            motion: MotionTracker::default(),
+            last_recorded: last.as_ref().map(|f| (f.ts, f.lat, f.lon)),
+            sampling: None,
+        };
+        let policy = LocationPolicy::new(config.policy);
+        let sched = Sched::new(config.backoff, config.max_batch_fixes as usize);
+        let inner = Arc::new(Inner {
+            ingest_url: config.ingest_url(),
+            policy,
+            buffer: Mutex::new(buffer),
+            recorder: Mutex::new(recorder),
+            sched: Mutex::new(sched),
+            watched: AtomicBool::new(false),
+            hint_ms: AtomicU64::new(0),
+            upload_lock: tokio::sync::Mutex::new(()),
+            wake: Notify::new(),
+            requests: AtomicU64::new(0),
+            uploads_ok: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+            config,
+            deps,
+        });
+        if let Some(message) = recreated {
+            inner.emit(DriverEvent::BufferRecreated { message });
+        }
+        Ok(Arc::new(Self {
+            inner,
+            cancel: CancellationToken::new(),
+            task: Mutex::new(None),
+        }))
+    }
+
+    /// Validates `location`, assigns its seq and commits it to the buffer.
+    /// `Ok(Recorded)` means it is on disk; it will reach the server unless
+    /// the server refuses it or the buffer bounds evict it.
+    pub fn record(&self, location: Location) -> Result<RecordOutcome, WaypostError> {
+        let mut out = self.record_many(vec![location])?;
+        Ok(out.pop().unwrap_or(RecordOutcome::Dropped {
+            reason: DropReason::Stale,
+        }))
+    }
+
+    /// Records several locations (e.g. a batch the OS delivered) in one
+    /// transaction; one outcome per location, in order.
+    pub fn record_many(
+        &self,
+        locations: Vec<Location>,
+    ) -> Result<Vec<RecordOutcome>, WaypostError> {
+        self.inner.record_many(locations)
+    }
+
+    /// Starts the background uploader on the current tokio runtime. Calling
+    /// it again while it runs does nothing.
+    pub fn start(&self) -> Result<(), WaypostError> {
+        if self.cancel.is_cancelled() {
+            return Err(WaypostError::ShutDown);
+        }
+        let handle =
+            tokio::runtime::Handle::try_current().map_err(|e| WaypostError::NoRuntime {
+                message: e.to_string(),
+            })?;
+        let mut task = self.task.lock();
+        if task.as_ref().is_some_and(|t| !t.is_finished()) {
+            return Ok(());
+        }
+        let inner = Arc::clone(&self.inner);
+        let cancel = self.cancel.clone();
+        *task = Some(handle.spawn(uploader::run(inner, cancel)));
+        Ok(())
+    }
+
+    /// Asks for an upload now (still only one in flight, and a server's
+    /// `Retry-After` is still honoured).
+    pub fn flush(&self) {
+        self.inner.sched.lock().flush = true;
+        self.inner.wake.notify_one();
+    }
+
+    /// Tells the driver the network or battery changed; it re-reads the
+    /// [`Environment`] and uploads at once when the network came back or
+    /// charging started.
+    pub fn environment_changed(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Runs the upload logic once in the caller's task: uploads whatever is
+    /// due (draining the backlog) and says when it next needs to run. The
+    /// background task is a loop around this; simulations call it directly
+    /// to stay deterministic.
+    pub async fn poll_uploads(&self) -> Result<UploadPoll, WaypostError> {
+        self.inner.poll_uploads().await
+    }
+
+    /// Stops the background task and waits for it (an upload in flight is
+    /// abandoned; its fixes stay in the buffer and are resent next time).
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        let task = self.task.lock().take();
+        if let Some(task) = task {
+            if let Err(e) = task.await {
+                if e.is_panic() {
+                    tracing::error!("driver uploader task panicked");
+                }
+            }
+        }
+    }
+
+    /// What the SDK wants from the OS location service right now.
+    pub fn desired_sampling(&self) -> SamplingRequest {
+        let battery = self.inner.deps.environment.battery();
+        let rec = self.inner.recorder.lock();
+        self.inner
+            .policy
+            .sampling(&self.inner.situation(&rec.motion, battery))
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Result<DriverStats, WaypostError> {
+        let b = self.inner.buffer.lock().stats()?;
+        let failures = self.inner.sched.lock().backoff.failures();
+        Ok(DriverStats {
+            pending: b.pending,
+            next_seq: b.next_seq,
+            acked_total: b.acked_total,
+            evicted_total: b.evicted_total,
+            quarantined_total: b.quarantined_total,
+            requests: self.inner.requests.load(Ordering::Relaxed),
+            uploads_ok: self.inner.uploads_ok.load(Ordering::Relaxed),
+            bytes_sent: self.inner.bytes_sent.load(Ordering::Relaxed),
+            consecutive_failures: failures,
+            watched: self.inner.watched.load(Ordering::Relaxed),
+        })
+    }
+
+    /// The last fix ever recorded on this buffer (survives restarts), so an
+    /// app can tell where it left off.
+    pub fn last_recorded(&self) -> Option<Fix> {
+        self.inner.buffer.lock().last_fix().cloned()
+    }
+
+    /// Quarantined fixes with the server's reasons, newest first.
+    pub fn quarantined(&self, limit: u32) -> Result<Vec<(Fix, String)>, WaypostError> {
+        Ok(self.inner.buffer.lock().quarantined(limit as usize)?)
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // The task holds only `Inner`; cancelling lets it end on its own.
+        self.cancel.cancel();
+    }
+}
+
+impl Inner {
+    fn emit(&self, event: DriverEvent) {
+        tracing::debug!(?event, "driver event");
+        if let Some(l) = &self.deps.listener {
+            l.on_event(event);
+        }
+    }
+
+    fn situation(&self, motion: &MotionTracker, battery: crate::env::BatteryState) -> Situation {
+        let hint = self.hint_ms.load(Ordering::Relaxed);
+        Situation {
+            watched: self.watched.load(Ordering::Relaxed),
+            hint_interval: (hint > 0).then(|| Duration::from_millis(hint)),
+            motion: motion.state(),
+            speed_mps: motion.speed_mps(),
+            battery,
+        }
+    }
+
+    fn record_many(&self, locations: Vec<Location>) -> Result<Vec<RecordOutcome>, WaypostError> {
+        let now = self.deps.clock.now_ms();
+        let battery = self.deps.environment.battery();
+        let mut events = Vec::new();
+        let mut outcomes = Vec::with_capacity(locations.len());
+        let mut fixes = Vec::new();
+        let mut slots = Vec::new();
+        {
+            let mut guard = self.recorder.lock();
+            let mut rec = guard.clone();
+            for loc in &locations {
+                if let Err(reason) = rec.filter.check(loc, now) {
+                    outcomes.push(RecordOutcome::Dropped { reason });
+                    continue;
+                }
+                rec.motion.update(
+                    self.policy.config(),
+                    loc.lat,
+                    loc.lon,
+                    loc.ts_ms,
+                    loc.speed_mps,
+                );
+                let sampling = self.policy.sampling(&self.situation(&rec.motion, battery));
+                if rec.sampling != Some(sampling) {
+                    rec.sampling = Some(sampling);
+                    events.push(DriverEvent::SamplingChanged { sampling });
+                }
+                if let Some((ts, lat, lon)) = rec.last_recorded {
+                    let distance = haversine_m(lat, lon, loc.lat, loc.lon);
+                    if !self.policy.wants(&sampling, loc.ts_ms - ts, distance) {
+                        outcomes.push(RecordOutcome::Dropped {
+                            reason: DropReason::Throttled,
+                        });
+                        continue;
+                    }
+                }
+                let mut fix = loc.to_fix();
+                fix.battery = Some(battery.level.clamp(0.0, 1.0));
+                fix.charging = Some(battery.charging);
+                rec.last_recorded = Some((loc.ts_ms, loc.lat, loc.lon));
+                slots.push(outcomes.len());
+                outcomes.push(RecordOutcome::Recorded { seq: 0 });
+                fixes.push(fix);
+            }
+            if !fixes.is_empty() {
+                let (seqs, evicted) = self.buffer.lock().append(&fixes, now)?;
+                for (slot, seq) in slots.iter().zip(seqs) {
+                    outcomes[*slot] = RecordOutcome::Recorded { seq };
+                }
+                if evicted > 0 {
+                    events.push(DriverEvent::Evicted { count: evicted });
+                }
+            }
+            *guard = rec;
+        }
+        for e in events {
+            self.emit(e);
+        }
+        if !fixes.is_empty() {
+            self.wake.notify_one();
+        }
+        Ok(outcomes)
+    }
+
+    /// Recomputes the sampling request after the watch mode changed.
+    fn refresh_sampling(&self) {
+        let battery = self.deps.environment.battery();
+        let event = {
+            let mut rec = self.recorder.lock();
+            let sampling = self.policy.sampling(&self.situation(&rec.motion, battery));
+            if rec.sampling != Some(sampling) {
+                rec.sampling = Some(sampling);
+                Some(DriverEvent::SamplingChanged { sampling })
+            } else {
+                None
+            }
+        };
+        if let Some(e) = event {
+            self.emit(e);
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! HTTP behind a small trait, so the uploader runs over reqwest in apps,
+//! over an in-process router in the replay benchmark, and over a scripted
+//! fake in unit tests (or, later, over the platform's own HTTP stack through
+//! the bindings).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+/// An HTTP request (plain data, FFI-friendly).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpRequest {
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// Absolute URL.
+    pub url: String,
+    /// Header name/value pairs.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes (already encoded, e.g. gzipped).
+    pub body: Vec<u8>,
+}
+
+/// An HTTP response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// Header name/value pairs (names in any case).
+    pub headers: Vec<(String, String)>,
+    /// Body bytes (decoded).
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// The first header named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Why a request got no HTTP response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// Could not connect (refused, unreachable, DNS).
+    #[error("connect failed: {message}")]
+    Connect {
+        /// Details.
+        message: String,
+    },
+    /// No complete answer in time.
+    #[error("timed out: {message}")]
+    Timeout {
+        /// Details.
+        message: String,
+    },
+    /// The connection broke mid-request or mid-response: the server may or
+    /// may not have processed the request.
+    #[error("connection broken: {message}")]
+    Broken {
+        /// Details.
+        message: String,
+    },
+    /// The request could not even be built (bad URL, ...).
+    #[error("invalid request: {message}")]
+    Invalid {
+        /// Details.
+        message: String,
+    },
+}
+
+/// Sends one HTTP request. Implementations must time out on their own.
+#[async_trait]
+pub trait HttpTransport: Send + Sync + 'static {
+    /// Sends `request` and returns the full response.
+    async fn send(&self, request: HttpRequest) -> Result<HttpResponse, TransportError>;
+}
+
+/// [`HttpTransport`] over reqwest with rustls.
+#[derive(Debug, Clone)]
+pub struct ReqwestTransport {
+    client: reqwest::Client,
+}
+
+impl ReqwestTransport {
+    /// A client with a connect timeout of 10 s and a whole-request timeout
+    /// of `timeout`.
+    pub fn new(timeout: Duration) -> Result<Self, TransportError> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10).min(timeout))
+            .timeout(timeout)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| TransportError::Invalid {
+                message: e.to_string(),
+            })?;
+        Ok(Self { client })
+    }
+}
+
+#[async_trait]
+impl HttpTransport for ReqwestTransport {
+    async fn send(&self, request: HttpRequest) -> Result<HttpResponse, TransportError> {
+        let method = reqwest::Method::from_bytes(request.method.as_bytes()).map_err(|e| {
+            TransportError::Invalid {
+                message: e.to_string(),
+            }
+        })?;
+        let mut builder = self.client.request(method, &request.url);
+        for (k, v) in &request.headers {
+            builder = builder.header(k, v);
+        }
+        let classify = |e: reqwest::Error| {
+            let message = format!("{e:#}");
+            if e.is_timeout() {
+                TransportError::Timeout { message }
+            } else if e.is_connect() {
+                TransportError::Connect { message }
+            } else if e.is_builder() {
+                TransportError::Invalid { message }
+            } else {
+                TransportError::Broken { message }
+            }
+        };
+        let response = builder.body(request.body).send().await.map_err(classify)?;
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect();
+        let body = response.bytes().await.map_err(classify)?.to_vec();
+        Ok(HttpResponse {
+            status,
+            headers,
+            body,
+        })
+    }
+}
