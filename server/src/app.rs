@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::activity::Activity;
 use crate::auth::AuthKeys;
 use crate::config::Limits;
 use crate::engine::Engine;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Tracks connection tasks (WebSocket, SSE) so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// Recently seen drivers and notifications, for the dashboard.
+    pub activity: Arc<Activity>,
 }
 
 impl AppState {
@@ -58,6 +61,7 @@ impl AppState {
             ingest_limiter,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            activity: Arc::new(Activity::new()),
         }
     }
 }

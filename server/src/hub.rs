@@ -22,6 +22,19 @@ use crate::metrics::Metrics;
 /// Identifies one client connection within this process.
 pub type ConnId = u64;
 
+tokio::task_local! {
+    /// When the request that produced the frames being published arrived
+    /// (set by ingest), so the delivery latency histogram measures ingest →
+    /// socket write. Frames dispatched from another task (e.g. the Redis
+    /// subscriber) fall back to the time of dispatch.
+    static ORIGIN: Instant;
+}
+
+/// Runs `f` with `origin` as the start time of frames it dispatches.
+pub async fn with_origin<F: std::future::Future>(origin: Instant, f: F) -> F::Output {
+    ORIGIN.scope(origin, f).await
+}
+
 /// A frame queued for one connection.
 #[derive(Debug, Clone)]
 pub struct Outbound {
@@ -147,7 +160,7 @@ impl Hub {
     /// Queues `text` for every local subscriber of `channel`; returns how
     /// many queues took it. Full queues get their connection closed (4101).
     pub fn dispatch(&self, channel: &str, text: &Utf8Bytes) -> usize {
-        let queued_at = Instant::now();
+        let queued_at = ORIGIN.try_with(|o| *o).unwrap_or_else(|_| Instant::now());
         let kind = channel_kind(channel);
         let map = self.channels.read();
         let Some(subs) = map.get(channel) else {

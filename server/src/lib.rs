@@ -3,6 +3,7 @@
 //! command line. Tests bind port 0 and drive the router directly or spawn the
 //! `waypost` binary.
 
+pub mod activity;
 pub mod app;
 pub mod auth;
 pub mod config;

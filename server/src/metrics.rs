@@ -1,9 +1,13 @@
 //! Prometheus metrics of one server process, exposed on `GET /metrics`.
 
+use std::collections::BTreeMap;
+
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
+use serde::Serialize;
 
 /// Every metric the server records. Cheap to clone handles live inside.
 #[derive(Clone)]
@@ -113,6 +117,36 @@ impl Metrics {
         m
     }
 
+    /// Current values summed over labels (connections kept by kind), for
+    /// the dashboard.
+    pub fn totals(&self) -> Totals {
+        let mut connections = BTreeMap::new();
+        for mf in self.connections.collect() {
+            for m in mf.get_metric() {
+                let kind = m
+                    .get_label()
+                    .iter()
+                    .find(|l| l.name() == "kind")
+                    .map_or("", |l| l.value());
+                connections.insert(kind.to_owned(), m.get_gauge().get_value() as i64);
+            }
+        }
+        Totals {
+            connections,
+            subscriptions: self.subscriptions.get(),
+            fixes_ingested: self.fixes_ingested.get(),
+            fixes_duplicate: self.fixes_duplicate.get(),
+            ingest_requests: sum_counters(&self.ingest_requests),
+            deliveries: sum_counters(&self.deliveries),
+            delivery_latency_count: self.delivery_latency.get_sample_count(),
+            delivery_latency_sum_s: self.delivery_latency.get_sample_sum(),
+            slow_consumers: self.slow_consumers.get(),
+            engine_errors: self.engine_errors.get(),
+            redis_reconnects: self.redis_reconnects.get(),
+            limit_hits: sum_counters(&self.limit_hits),
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -121,6 +155,32 @@ impl Metrics {
         }
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+/// A point-in-time summary of [`Metrics`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Totals {
+    /// Open connections by kind.
+    pub connections: BTreeMap<String, i64>,
+    pub subscriptions: i64,
+    pub fixes_ingested: u64,
+    pub fixes_duplicate: u64,
+    pub ingest_requests: u64,
+    pub deliveries: u64,
+    pub delivery_latency_count: u64,
+    pub delivery_latency_sum_s: f64,
+    pub slow_consumers: u64,
+    pub engine_errors: u64,
+    pub redis_reconnects: u64,
+    pub limit_hits: u64,
+}
+
+fn sum_counters(vec: &IntCounterVec) -> u64 {
+    vec.collect()
+        .iter()
+        .flat_map(|mf| mf.get_metric())
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum()
 }
 
 impl Default for Metrics {
@@ -159,5 +219,23 @@ mod tests {
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }
+    }
+
+    #[test]
+    fn totals_sum_over_labels() {
+        let m = Metrics::new();
+        m.connections.with_label_values(&["ws"]).add(2);
+        m.connections.with_label_values(&["sse"]).inc();
+        m.deliveries.with_label_values(&["tracking"]).inc_by(3);
+        m.deliveries.with_label_values(&["chat"]).inc_by(4);
+        m.limit_hits.with_label_values(&["ingest"]).inc();
+        m.delivery_latency.observe(0.5);
+        let t = m.totals();
+        assert_eq!(t.connections.get("ws"), Some(&2));
+        assert_eq!(t.connections.get("sse"), Some(&1));
+        assert_eq!(t.deliveries, 7);
+        assert_eq!(t.limit_hits, 1);
+        assert_eq!(t.delivery_latency_count, 1);
+        assert!((t.delivery_latency_sum_s - 0.5).abs() < 1e-9);
     }
 }

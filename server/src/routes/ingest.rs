@@ -26,7 +26,12 @@ pub async fn post_locations(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<IngestResponse>, AppError> {
-    let result = ingest(&state, &driver_id, &claims, &headers, body).await;
+    let received = std::time::Instant::now();
+    let result = crate::hub::with_origin(
+        received,
+        ingest(&state, &driver_id, &claims, &headers, body),
+    )
+    .await;
     let status = match &result {
         Ok(_) => StatusCode::OK,
         Err(e) => e.status(),
@@ -119,6 +124,9 @@ async fn ingest(
         .fixes_duplicate
         .inc_by(u64::from(outcome.duplicates));
     if let Some(fix) = outcome.new_latest {
+        state
+            .activity
+            .driver_seen(driver_id, &req.device_id, &fix, outcome.watchers, now);
         publish_location(state, driver_id, fix).await?;
     }
     let (mode, upload_interval_s) = if outcome.watchers > 0 {
@@ -208,7 +216,11 @@ pub async fn get_location(
 ) -> Result<Json<LocationResponse>, AppError> {
     authorize_read(&claims, &driver_id)?;
     let now = now_ms();
-    let latest = state.engine.latest(&driver_id, now).await?;
+    let latest = state
+        .engine
+        .latest(&driver_id, now)
+        .await
+        .inspect_err(|_| state.metrics.engine_errors.inc())?;
     let stored =
         latest.ok_or_else(|| AppError::NotFound(format!("no recent location for {driver_id}")))?;
     Ok(Json(LocationResponse {
@@ -239,6 +251,10 @@ pub async fn get_trail(
         .limit
         .unwrap_or(state.limits.trail_len)
         .min(state.limits.trail_len);
-    let fixes = state.engine.trail(&driver_id, q.after_seq, limit).await?;
+    let fixes = state
+        .engine
+        .trail(&driver_id, q.after_seq, limit)
+        .await
+        .inspect_err(|_| state.metrics.engine_errors.inc())?;
     Ok(Json(TrailResponse { fixes }))
 }

@@ -6,7 +6,9 @@ use axum::Router;
 
 use crate::app::AppState;
 
+pub mod dashboard;
 pub mod ingest;
+pub mod openapi;
 pub mod ops;
 pub mod ws;
 
@@ -25,6 +27,10 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(openapi::openapi))
+        .route("/", get(dashboard::page))
+        .route("/v1/dashboard/stream", get(dashboard::stream))
+        .route("/v1/dashboard/snapshot", get(dashboard::get_snapshot))
         .fallback(ops::not_found)
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .with_state(state)

@@ -22,7 +22,11 @@ pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, 
             Json(json!({"ok": false, "reason": "shutting down"})),
         ));
     }
-    state.engine.ready().await?;
+    state
+        .engine
+        .ready()
+        .await
+        .inspect_err(|_| state.metrics.engine_errors.inc())?;
     Ok((
         StatusCode::OK,
         Json(json!({"ok": true, "engine": state.engine.name()})),

@@ -1,0 +1,355 @@
+//! The live operations dashboard: `GET /` serves one static page (embedded,
+//! no build step) that follows `GET /v1/dashboard/stream`, an SSE stream of
+//! snapshots: drivers online with the age of their last position and their
+//! watcher count, open connections, message rates and recent vendor
+//! notifications. `GET /v1/dashboard/snapshot` answers one snapshot as JSON.
+//!
+//! Everything here needs a `service` token (`?token=` for the page and the
+//! stream, since browsers cannot set headers on `EventSource`).
+
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::Json;
+use prometheus::IntGauge;
+use serde::Serialize;
+use waypost_protocol::{Channel, Claims, Role};
+
+use crate::activity::{DriverSeen, NotificationSeen};
+use crate::app::AppState;
+use crate::auth::{token_from_parts, Authed};
+use crate::error::AppError;
+use crate::metrics::Totals;
+use crate::now_ms;
+
+/// The page, embedded at compile time.
+const PAGE: &str = include_str!("dashboard.html");
+/// How often the stream sends a snapshot.
+pub const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
+/// Drivers listed per snapshot (the total count is always given).
+const MAX_LISTED_DRIVERS: usize = 50;
+/// Time budget for refreshing watcher counts from the engine per snapshot.
+const WATCHERS_BUDGET: Duration = Duration::from_millis(300);
+
+/// One driver row.
+#[derive(Debug, Clone, Serialize)]
+pub struct DriverRow {
+    #[serde(flatten)]
+    pub seen: DriverSeen,
+    /// Age of the last upload at snapshot time.
+    pub age_ms: i64,
+}
+
+/// Per-second rates since the previous snapshot of the same stream.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Rates {
+    pub fixes_per_s: f64,
+    pub ingest_requests_per_s: f64,
+    pub deliveries_per_s: f64,
+    /// Mean ingest → socket latency of the deliveries in the interval.
+    pub mean_delivery_latency_ms: Option<f64>,
+}
+
+/// What the dashboard shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub now_ms: i64,
+    pub engine: &'static str,
+    pub drivers_online: usize,
+    pub drivers: Vec<DriverRow>,
+    pub totals: Totals,
+    pub rates: Rates,
+    pub notifications: Vec<NotificationSeen>,
+}
+
+/// The previous totals of one stream, for rates.
+struct Previous {
+    at: Instant,
+    totals: Totals,
+}
+
+async fn snapshot(state: &AppState, prev: &mut Option<Previous>) -> Snapshot {
+    let now = now_ms();
+    let ttl_ms = i64::try_from(state.limits.online_ttl.as_millis()).unwrap_or(i64::MAX);
+    let (drivers_online, seen) = state
+        .activity
+        .drivers_online(now, ttl_ms, MAX_LISTED_DRIVERS);
+    let deadline = tokio::time::Instant::now() + WATCHERS_BUDGET;
+    let mut drivers = Vec::with_capacity(seen.len());
+    for mut d in seen {
+        // Current watchers across every process; keep the count from the
+        // last upload when the engine is slow or down.
+        let channel = Channel::tracking(d.driver_id.clone()).to_string();
+        if let Ok(Ok(n)) = tokio::time::timeout_at(deadline, state.engine.watchers(&channel)).await
+        {
+            d.watchers = n;
+        }
+        drivers.push(DriverRow {
+            age_ms: (now - d.seen_ms).max(0),
+            seen: d,
+        });
+    }
+    let totals = state.metrics.totals();
+    let at = Instant::now();
+    let rates = match prev.as_ref() {
+        Some(p) => rates(&p.totals, &totals, at.duration_since(p.at)),
+        None => Rates::default(),
+    };
+    *prev = Some(Previous {
+        at,
+        totals: totals.clone(),
+    });
+    Snapshot {
+        now_ms: now,
+        engine: state.engine.name(),
+        drivers_online,
+        drivers,
+        totals,
+        rates,
+        notifications: state.activity.recent_notifications(),
+    }
+}
+
+fn rates(before: &Totals, after: &Totals, elapsed: Duration) -> Rates {
+    let secs = elapsed.as_secs_f64().max(1e-3);
+    let per_s = |a: u64, b: u64| b.saturating_sub(a) as f64 / secs;
+    let n = after
+        .delivery_latency_count
+        .saturating_sub(before.delivery_latency_count);
+    Rates {
+        fixes_per_s: per_s(before.fixes_ingested, after.fixes_ingested),
+        ingest_requests_per_s: per_s(before.ingest_requests, after.ingest_requests),
+        deliveries_per_s: per_s(before.deliveries, after.deliveries),
+        mean_delivery_latency_ms: (n > 0).then(|| {
+            (after.delivery_latency_sum_s - before.delivery_latency_sum_s) / n as f64 * 1000.0
+        }),
+    }
+}
+
+fn require_service(claims: &Claims) -> Result<(), AppError> {
+    if claims.role == Role::Service {
+        Ok(())
+    } else {
+        Err(AppError::Forbidden(
+            "the dashboard needs a token with role service".into(),
+        ))
+    }
+}
+
+/// `GET /?token=…` — the page. Refuses without a valid service token so the
+/// page itself tells nobody anything.
+pub async fn page(State(state): State<AppState>, parts: Parts) -> Response {
+    let verdict = match token_from_parts(&parts) {
+        None => Err((
+            StatusCode::UNAUTHORIZED,
+            "Waypost dashboard: open this page as /?token=SERVICE_TOKEN (mint one with `waypost token --role service --sub ops`).",
+        )),
+        Some(t) => match state.keys.verify(&t) {
+            Err(_) => Err((StatusCode::UNAUTHORIZED, "Waypost dashboard: invalid or expired token.")),
+            Ok(claims) if claims.role != Role::Service => Err((
+                StatusCode::FORBIDDEN,
+                "Waypost dashboard: the token needs role service.",
+            )),
+            Ok(_) => Ok(()),
+        },
+    };
+    match verdict {
+        Ok(()) => (
+            [
+                (header::CACHE_CONTROL, "no-store"),
+                (header::REFERRER_POLICY, "no-referrer"),
+            ],
+            Html(PAGE),
+        )
+            .into_response(),
+        Err((status, text)) => {
+            (status, [(header::CACHE_CONTROL, "no-store")], text).into_response()
+        }
+    }
+}
+
+/// `GET /v1/dashboard/snapshot` — one snapshot as JSON (rates are zero: they
+/// need two samples).
+pub async fn get_snapshot(
+    State(state): State<AppState>,
+    Authed(claims): Authed,
+) -> Result<Json<Snapshot>, AppError> {
+    require_service(&claims)?;
+    Ok(Json(snapshot(&state, &mut None).await))
+}
+
+/// Decrements the `dashboard` connection gauge when the stream is dropped.
+struct GaugeGuard(IntGauge);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// `GET /v1/dashboard/stream` — `event: snapshot` every second until the
+/// client goes away or the server shuts down.
+pub async fn stream(
+    State(state): State<AppState>,
+    Authed(claims): Authed,
+) -> Result<impl IntoResponse, AppError> {
+    require_service(&claims)?;
+    if state.shutdown.is_cancelled() {
+        return Err(AppError::Engine(crate::engine::EngineError::Closed));
+    }
+    let gauge = state.metrics.connections.with_label_values(&["dashboard"]);
+    gauge.inc();
+    let guard = GaugeGuard(gauge);
+    let mut ticker = tokio::time::interval(SNAPSHOT_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let events = futures_util::stream::unfold(
+        (state, ticker, None::<Previous>, guard),
+        |(state, mut ticker, mut prev, guard)| async move {
+            tokio::select! {
+                () = state.shutdown.cancelled() => None,
+                _ = ticker.tick() => {
+                    let snap = snapshot(&state, &mut prev).await;
+                    let event = Event::default()
+                        .event("snapshot")
+                        .json_data(&snap)
+                        .unwrap_or_else(|e| Event::default().event("error").data(e.to_string()));
+                    Some((Ok::<_, Infallible>(event), (state, ticker, prev, guard)))
+                }
+            }
+        },
+    );
+    Ok((
+        [
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        Sse::new(events).keep_alive(KeepAlive::default()),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_from_two_totals() {
+        let a = Totals {
+            fixes_ingested: 10,
+            deliveries: 100,
+            delivery_latency_count: 100,
+            delivery_latency_sum_s: 1.0,
+            ..Totals::default()
+        };
+        let b = Totals {
+            fixes_ingested: 30,
+            deliveries: 300,
+            delivery_latency_count: 300,
+            delivery_latency_sum_s: 1.4,
+            ..Totals::default()
+        };
+        let r = rates(&a, &b, Duration::from_secs(2));
+        assert!((r.fixes_per_s - 10.0).abs() < 1e-9);
+        assert!((r.deliveries_per_s - 100.0).abs() < 1e-9);
+        let mean = r.mean_delivery_latency_ms.unwrap_or(f64::NAN);
+        assert!((mean - 2.0).abs() < 1e-6, "{mean}");
+        assert!(rates(&b, &b, Duration::from_secs(1))
+            .mean_delivery_latency_ms
+            .is_none());
+    }
+
+    fn token(keys: &crate::auth::AuthKeys, role: Role, sub: &str) -> String {
+        keys.mint(&Claims {
+            sub: sub.into(),
+            role,
+            exp: 4_000_000_000,
+            channels: None,
+        })
+        .expect("mint")
+    }
+
+    async fn call(router: &axum::Router, uri: &str, body: Option<String>) -> (StatusCode, String) {
+        use tower::ServiceExt;
+        let req = axum::http::Request::builder()
+            .method(if body.is_some() { "POST" } else { "GET" })
+            .uri(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(axum::body::Body::from(body.unwrap_or_default()))
+            .expect("request");
+        let resp = router.clone().oneshot(req).await.expect("infallible");
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test]
+    async fn snapshot_shows_a_driver_after_ingest_and_needs_service() {
+        use std::sync::Arc;
+        let metrics = crate::metrics::Metrics::new();
+        let hub = Arc::new(crate::hub::Hub::new(metrics.clone()));
+        let limits = crate::config::Limits::default();
+        let engine = Arc::new(crate::engine::memory::MemoryEngine::new(
+            Arc::clone(&hub),
+            limits.clone(),
+        ));
+        let keys = crate::auth::AuthKeys::new(b"k");
+        let state = AppState::new(engine, hub, keys.clone(), limits, metrics);
+        let router = crate::app::build_router(state);
+        let service = token(&keys, Role::Service, "ops");
+        let driver = token(&keys, Role::Driver, "d-7");
+
+        let (status, _) = call(&router, "/", None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, _) = call(&router, &format!("/?token={driver}"), None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, html) = call(&router, &format!("/?token={service}"), None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(html.contains("Waypost"));
+        let (status, _) = call(
+            &router,
+            &format!("/v1/dashboard/snapshot?token={driver}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+
+        let now = now_ms();
+        let body = format!(
+            r#"{{"device_id":"dev-1","fixes":[{{"seq":3,"ts":{now},"lat":52.5,"lon":13.4}}]}}"#
+        );
+        let (status, text) = call(
+            &router,
+            &format!("/v1/drivers/d-7/locations?token={driver}"),
+            Some(body),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        let (status, text) = call(
+            &router,
+            &format!("/v1/dashboard/snapshot?token={service}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        let snap: serde_json::Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(snap["drivers_online"], 1);
+        assert_eq!(snap["drivers"][0]["driver_id"], "d-7");
+        assert_eq!(snap["drivers"][0]["seq"], 3);
+        assert_eq!(snap["drivers"][0]["watchers"], 0);
+        assert_eq!(snap["totals"]["fixes_ingested"], 1);
+        assert_eq!(snap["engine"], "memory");
+    }
+
+    #[test]
+    fn page_reads_the_stream_with_the_token() {
+        let html = PAGE;
+        assert!(html.contains("/v1/dashboard/stream?token="));
+        assert!(html.contains("EventSource"));
+    }
+}
