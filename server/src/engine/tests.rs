@@ -338,6 +338,85 @@ mod redis_engine {
         b.shutdown().await;
     }
 
+    /// Differential check: the same random ingest history (resends,
+    /// overlapping batches, late fixes, more devices than remembered, an
+    /// expired latest) gives the same outcomes, trail and latest position on
+    /// Redis as on the memory engine.
+    #[tokio::test]
+    async fn redis_matches_memory_on_random_ingests() {
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+        let Some(url) = url() else {
+            eprintln!("skipping redis_matches_memory: WAYPOST_TEST_REDIS_URL is not set");
+            return;
+        };
+        let limits = Limits {
+            dedup_window: 6,
+            trail_len: 9,
+            ..Limits::default()
+        };
+        let ttl = limits.online_ttl.as_millis() as i64;
+        let hub = Arc::new(Hub::new(Metrics::new()));
+        let memory = MemoryEngine::new(Arc::clone(&hub), limits.clone());
+        let redis = engine(&url, &hub, limits, Metrics::new()).await;
+        for seed in 0..8u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let d = unique("d");
+            let mut now = NOW;
+            // Next fresh seq per device; devices use disjoint seq ranges so
+            // the trail order is fully determined.
+            let mut next = [0u64; 11];
+            for step in 0..60 {
+                now += if rng.random_ratio(1, 20) {
+                    ttl + 1
+                } else {
+                    100
+                };
+                let dev = rng.random_range(0..11usize);
+                let base = dev as u64 * 1_000_000;
+                let len = rng.random_range(1..6u64);
+                // Mostly fresh seqs, sometimes a resend or an older range.
+                let start = match rng.random_range(0..4) {
+                    0 => next[dev].saturating_sub(rng.random_range(0..12)),
+                    _ => next[dev],
+                };
+                // Coordinates as a GPS prints them (few digits): those
+                // round-trip exactly through JSON.
+                let batch: Vec<Fix> = (start..start + len)
+                    .map(|s| {
+                        let lat: f64 = format!("52.{:06}", s % 1_000_000).parse().unwrap();
+                        // Sometimes much older than the latest position.
+                        let age = if rng.random_ratio(1, 5) {
+                            rng.random_range(40_000..50_000)
+                        } else {
+                            rng.random_range(0..5_000)
+                        };
+                        Fix::new(base + s, now - age, lat, 13.4)
+                    })
+                    .collect();
+                next[dev] = next[dev].max(start + len);
+                let device = format!("dev-{dev}");
+                let m = memory.ingest(&d, &device, &batch, now).await.unwrap();
+                let r = redis.ingest(&d, &device, &batch, now).await.unwrap();
+                let ctx = format!("seed {seed} step {step} device {device} batch {start}..+{len}");
+                assert_eq!(m.accepted, r.accepted, "{ctx}");
+                assert_eq!(m.duplicates, r.duplicates, "{ctx}");
+                assert_eq!(m.new_latest, r.new_latest, "{ctx}");
+                assert_eq!(
+                    memory.trail(&d, 0, 100).await.unwrap(),
+                    redis.trail(&d, 0, 100).await.unwrap(),
+                    "{ctx}"
+                );
+                assert_eq!(
+                    memory.latest(&d, now).await.unwrap(),
+                    redis.latest(&d, now).await.unwrap(),
+                    "{ctx}"
+                );
+            }
+        }
+        redis.shutdown().await;
+    }
+
     /// A TCP proxy in front of Redis that can silently stall every pub/sub
     /// connection open so far: bytes stop flowing both ways but the sockets
     /// stay open, like a NAT that forgot the flow.
