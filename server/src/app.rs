@@ -11,6 +11,8 @@ use tokio_util::task::TaskTracker;
 use crate::activity::Activity;
 use crate::auth::AuthKeys;
 use crate::config::Limits;
+use crate::engine::chat::ChatStores;
+use crate::engine::chat_memory::{MemoryChatStore, MemoryNotificationStore, MemoryPresenceStore};
 use crate::engine::Engine;
 use crate::hub::Hub;
 use crate::limits::{ConnectionCounter, KeyedLimiter};
@@ -34,6 +36,15 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Tracks connection tasks (WebSocket, SSE) so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// Chat history, presence and vendor notifications (memory by default;
+    /// `with_stores` plugs in Redis).
+    pub stores: ChatStores,
+    /// Identifies this process in presence entries (`{node_id}:{conn}`).
+    pub node_id: Arc<str>,
+    /// Open notification streams per vendor on this process.
+    pub sse_per_vendor: Arc<ConnectionCounter>,
+    /// Chat posts over HTTP per user.
+    pub chat_post_limiter: Arc<KeyedLimiter>,
     /// Recently seen drivers and notifications, for the dashboard.
     pub activity: Arc<Activity>,
 }
@@ -55,14 +66,35 @@ impl AppState {
             engine,
             hub,
             keys,
-            limits: Arc::new(limits),
+            limits: Arc::new(limits.clone()),
             metrics,
             connections: Arc::new(ConnectionCounter::default()),
             ingest_limiter,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            stores: ChatStores {
+                chat: Arc::new(MemoryChatStore::new(&limits)),
+                presence: Arc::new(MemoryPresenceStore::new(&limits)),
+                notifications: Arc::new(MemoryNotificationStore::new(&limits)),
+            },
+            node_id: uuid::Uuid::new_v4().simple().to_string().into(),
+            sse_per_vendor: Arc::new(ConnectionCounter::default()),
+            chat_post_limiter: Arc::new(KeyedLimiter::new(
+                limits.ws_messages_per_s,
+                limits.ws_messages_per_s.saturating_mul(2),
+                MAX_RATE_KEYS,
+            )),
             activity: Arc::new(Activity::new()),
         }
+    }
+}
+
+impl AppState {
+    /// Replaces the chat, presence and notification stores (e.g. with the
+    /// Redis ones when the engine is Redis).
+    pub fn with_stores(mut self, stores: ChatStores) -> Self {
+        self.stores = stores;
+        self
     }
 }
 

@@ -97,6 +97,24 @@ struct ServeArgs {
     /// How long shutdown waits for in-flight work.
     #[arg(long, env = "WAYPOST_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+    /// Interval of the `: keepalive` comment on SSE streams.
+    #[arg(long, env = "WAYPOST_SSE_KEEPALIVE", default_value = "25s", value_parser = humantime::parse_duration)]
+    sse_keepalive: Duration,
+    /// Chat messages kept per room.
+    #[arg(long, env = "WAYPOST_CHAT_HISTORY", default_value_t = 1000)]
+    chat_history: usize,
+    /// Vendor notifications kept per vendor for Last-Event-ID replay.
+    #[arg(long, env = "WAYPOST_NOTIFICATION_HISTORY", default_value_t = 1000)]
+    notification_history: usize,
+    /// A device counts as present in a chat room this long after its last heartbeat.
+    #[arg(long, env = "WAYPOST_PRESENCE_TTL", default_value = "60s", value_parser = humantime::parse_duration)]
+    presence_ttl: Duration,
+    /// Least time between two `typing` frames of one connection in a room.
+    #[arg(long, env = "WAYPOST_TYPING_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    typing_interval: Duration,
+    /// Notification streams one vendor may hold open on this process.
+    #[arg(long, env = "WAYPOST_MAX_SSE_PER_VENDOR", default_value_t = 8)]
+    max_sse_per_vendor: u32,
 }
 
 #[derive(clap::Args)]
@@ -195,6 +213,12 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
         ingest_requests_per_s: args.ingest_requests_per_s,
         ws_queue_frames: args.ws_queue,
         drain_timeout: args.drain_timeout,
+        sse_keepalive: args.sse_keepalive,
+        chat_history_len: args.chat_history,
+        notification_history_len: args.notification_history,
+        presence_ttl: args.presence_ttl,
+        typing_interval: args.typing_interval,
+        max_sse_per_vendor: args.max_sse_per_vendor,
         ..Limits::default()
     };
     let metrics = Metrics::new();
@@ -210,13 +234,30 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("connecting to Redis at {}", args.redis_url))?,
     };
-    let state = AppState::new(
+    let stores = match args.engine {
+        EngineKind::Memory => None,
+        EngineKind::Redis => {
+            use waypost_server::engine::chat_redis as cr;
+            let conn = cr::connect(&args.redis_url)
+                .await
+                .with_context(|| format!("connecting to Redis at {}", args.redis_url))?;
+            Some(waypost_server::engine::chat::ChatStores {
+                chat: Arc::new(cr::RedisChatStore::new(conn.clone(), &limits)),
+                presence: Arc::new(cr::RedisPresenceStore::new(conn.clone(), &limits)),
+                notifications: Arc::new(cr::RedisNotificationStore::new(conn, &limits)),
+            })
+        }
+    };
+    let mut state = AppState::new(
         engine,
         hub,
         AuthKeys::new(secret.as_bytes()),
         limits,
         metrics,
     );
+    if let Some(stores) = stores {
+        state = state.with_stores(stores);
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

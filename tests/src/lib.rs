@@ -5,6 +5,8 @@
 //! Every spawned process is killed when its handle drops; a failing test
 //! prints the tail of the server's log.
 
+pub mod chat;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

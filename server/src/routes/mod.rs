@@ -6,10 +6,13 @@ use axum::Router;
 
 use crate::app::AppState;
 
+pub mod chat;
 pub mod dashboard;
 pub mod ingest;
 pub mod openapi;
 pub mod ops;
+pub mod poll;
+pub mod sse;
 pub mod ws;
 
 pub fn router(state: AppState) -> Router {
@@ -24,6 +27,26 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/drivers/{driver_id}/trail", get(ingest::get_trail))
         .route("/v1/ws", get(ws::upgrade))
+        .route(
+            "/v1/chats/{room}/messages",
+            get(chat::get_messages).post(chat::post_messages),
+        )
+        .route(
+            "/v1/vendors/{vendor_id}/notifications",
+            post(sse::post_notification),
+        )
+        .route(
+            "/v1/vendors/{vendor_id}/notifications/stream",
+            get(sse::vendor_stream),
+        )
+        .route(
+            "/v1/drivers/{driver_id}/location/stream",
+            get(sse::location_stream),
+        )
+        .route(
+            "/v1/drivers/{driver_id}/location/poll",
+            get(poll::poll_location),
+        )
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

@@ -6,7 +6,7 @@
 //! ping timer. Frames from the hub are written in batches (`feed` then one
 //! `flush`) so a busy connection costs one syscall per batch.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -20,9 +20,11 @@ use waypost_protocol::{close_code, Channel, ChannelKind, Claims, ClientFrame, Se
 
 use crate::app::AppState;
 use crate::auth::{may_subscribe, token_from_parts};
+use crate::engine::chat::{SeqCursor, SeqStep};
 use crate::hub::{connection, ConnHandle, Outbound};
 use crate::limits::{ConnectionPermit, TokenBucket};
 use crate::now_ms;
+use crate::routes::chat as chat_ops;
 
 /// Frames written per flush when the queue has a backlog.
 const WRITE_BATCH: usize = 64;
@@ -123,6 +125,15 @@ struct Conn {
     subscriptions: HashSet<String>,
     bucket: TokenBucket,
     rate_violations: u32,
+    /// Subscribed chat rooms: the highest seq delivered on this connection,
+    /// so live messages go out in order and once (see `deliver`).
+    rooms: HashMap<String, SeqCursor>,
+    /// Last `typing` published per room, for its rate limit.
+    typing_at: HashMap<String, Instant>,
+    /// This connection in presence entries: `{node}:{conn}`.
+    presence_key: String,
+    /// `user:{sub}`: the user's own messages from any device.
+    user_channel: String,
 }
 
 /// What the reader asks the loop to do next.
@@ -145,7 +156,23 @@ async fn run(mut socket: WebSocket, state: AppState, claims: Claims, permit: Con
         handle,
         subscriptions: HashSet::new(),
         rate_violations: 0,
+        rooms: HashMap::new(),
+        typing_at: HashMap::new(),
+        presence_key: format!("{}:{conn_id}", state.node_id),
+        user_channel: String::new(),
     };
+    conn.user_channel = chat_ops::user_channel(&conn.claims.sub);
+    state.hub.add(&conn.user_channel, conn.handle.clone());
+    if let Err(e) = state.engine.sync_subscription(&conn.user_channel).await {
+        // Only this user's cross-device copies are affected; rooms work.
+        tracing::warn!(error = %e, "user channel subscribe failed");
+    }
+    let heartbeat_every = (state.limits.presence_ttl / 3).max(Duration::from_millis(100));
+    let mut heartbeat = tokio::time::interval_at(
+        tokio::time::Instant::now() + heartbeat_every,
+        heartbeat_every,
+    );
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let ping_every = state.limits.ws_ping_interval;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -159,7 +186,7 @@ async fn run(mut socket: WebSocket, state: AppState, claims: Claims, permit: Con
             () = state.shutdown.cancelled() => break Some((close_code::SHUTTING_DOWN, "server shutting down")),
             out = rx.recv() => {
                 let Some(first) = out else { break None };
-                if write_batch(&mut socket, &state, first, &mut rx).await.is_err() {
+                if conn.deliver(&mut socket, first, &mut rx).await.is_err() {
                     break None;
                 }
             }
@@ -192,11 +219,17 @@ async fn run(mut socket: WebSocket, state: AppState, claims: Claims, permit: Con
                     break None;
                 }
             }
+            _ = heartbeat.tick() => conn.presence_heartbeat().await,
         }
     };
 
     for channel in std::mem::take(&mut conn.subscriptions) {
         conn.leave(&channel).await;
+    }
+    if state.hub.remove(&conn.user_channel, conn_id) {
+        if let Err(e) = state.engine.sync_subscription(&conn.user_channel).await {
+            tracing::debug!(error = %e, "user channel unsubscribe failed");
+        }
     }
     if let Some((code, reason)) = close {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.send(close_message(code, reason))).await;
@@ -209,34 +242,6 @@ async fn run(mut socket: WebSocket, state: AppState, claims: Claims, permit: Con
 fn is_capacity_error(e: &axum::Error) -> bool {
     e.to_string().to_ascii_lowercase().contains("too long")
         || e.to_string().to_ascii_lowercase().contains("capacity")
-}
-
-/// Writes `first` and whatever else is queued (up to a batch) with one flush.
-async fn write_batch(
-    socket: &mut WebSocket,
-    state: &AppState,
-    first: Outbound,
-    rx: &mut mpsc::Receiver<Outbound>,
-) -> Result<(), axum::Error> {
-    let mut next = Some(first);
-    let mut n = 0;
-    while let Some(out) = next.take() {
-        state
-            .metrics
-            .delivery_latency
-            .observe(out.queued_at.elapsed().as_secs_f64());
-        state
-            .metrics
-            .deliveries
-            .with_label_values(&[out.kind])
-            .inc();
-        socket.feed(Message::Text(out.text)).await?;
-        n += 1;
-        if n < WRITE_BATCH {
-            next = rx.try_recv().ok();
-        }
-    }
-    socket.flush().await
 }
 
 impl Conn {
@@ -322,17 +327,17 @@ impl Conn {
                     .await?;
             }
             ClientFrame::Ping { id } => self.reply(socket, &ServerFrame::Pong { id }).await?,
-            ClientFrame::Send { room, .. }
-            | ClientFrame::Sync { room, .. }
-            | ClientFrame::Typing { room } => {
-                self.error(
-                    socket,
-                    "unsupported",
-                    "chat is not available on this server yet",
-                    Some(room),
-                )
-                .await?
-            }
+            ClientFrame::Send {
+                room,
+                client_id,
+                body,
+            } => self.send_message(socket, room, client_id, body).await?,
+            ClientFrame::Sync {
+                room,
+                after_seq,
+                limit,
+            } => self.sync(socket, room, after_seq, limit).await?,
+            ClientFrame::Typing { room } => self.typing(socket, room).await?,
         }
         Ok(Next::Continue)
     }
@@ -357,16 +362,6 @@ impl Conn {
                     socket,
                     "forbidden",
                     format!("token does not grant {name}"),
-                    Some(name),
-                )
-                .await;
-        }
-        if channel.kind == ChannelKind::Chat {
-            return self
-                .error(
-                    socket,
-                    "unsupported",
-                    "chat is not available on this server yet",
                     Some(name),
                 )
                 .await;
@@ -407,6 +402,9 @@ impl Conn {
                 )
                 .await;
         }
+        if channel.kind == ChannelKind::Chat {
+            return self.subscribe_chat(socket, name, channel.id, after).await;
+        }
         let latest = match self.state.engine.latest(&channel.id, now_ms()).await {
             Ok(l) => l,
             Err(e) => {
@@ -439,11 +437,330 @@ impl Conn {
     }
 
     /// Removes this connection from `channel` in the hub and lets the engine
-    /// drop its subscription when it was the last local one.
-    async fn leave(&self, channel: &str) {
+    /// drop its subscription when it was the last local one. Leaving a chat
+    /// room also ends this device's presence there.
+    async fn leave(&mut self, channel: &str) {
+        if let Some(room) = channel.strip_prefix("chat:") {
+            if self.rooms.remove(room).is_some() {
+                match self
+                    .state
+                    .stores
+                    .presence
+                    .leave(room, &self.claims.sub, &self.presence_key, now_ms())
+                    .await
+                {
+                    Ok(changes) => chat_ops::publish_presence(&self.state, room, changes).await,
+                    Err(e) => {
+                        self.state.metrics.engine_errors.inc();
+                        tracing::debug!(error = %e, room, "presence leave failed");
+                    }
+                }
+            }
+        }
         if self.state.hub.remove(channel, self.handle.id) {
             if let Err(e) = self.state.engine.sync_subscription(channel).await {
                 tracing::debug!(error = %e, channel, "unsubscribe failed");
+            }
+        }
+    }
+}
+
+/// The fields of a chat-channel frame the writer needs to order, dedupe or
+/// filter it.
+#[derive(serde::Deserialize)]
+struct ChatPeek<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(default)]
+    room: Option<&'a str>,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(default)]
+    user: Option<&'a str>,
+}
+
+/// Chat over the WebSocket: send, sync, typing, subscribe with replay, and
+/// the writer that keeps each room's live messages in seq order.
+impl Conn {
+    /// Writes `first` and whatever else is queued (up to a batch) with one
+    /// flush. Chat frames pass [`Conn::chat_frames`] first.
+    async fn deliver(
+        &mut self,
+        socket: &mut WebSocket,
+        first: Outbound,
+        rx: &mut mpsc::Receiver<Outbound>,
+    ) -> Result<(), axum::Error> {
+        let mut next = Some(first);
+        let mut n = 0;
+        while let Some(out) = next.take() {
+            let metrics = &self.state.metrics;
+            metrics
+                .delivery_latency
+                .observe(out.queued_at.elapsed().as_secs_f64());
+            metrics.deliveries.with_label_values(&[out.kind]).inc();
+            if matches!(out.kind, "chat" | "user") {
+                for text in self.chat_frames(out.text).await {
+                    socket.feed(Message::Text(text)).await?;
+                    n += 1;
+                }
+            } else {
+                socket.feed(Message::Text(out.text)).await?;
+                n += 1;
+            }
+            if n < WRITE_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        socket.flush().await
+    }
+
+    /// What to write for one live frame of a `chat:` or `user:` channel:
+    /// nothing for a message already delivered (replayed, or the user-channel
+    /// copy of a room message) or for the user's own typing; the missing
+    /// messages from history first when it skips ahead (publishes from
+    /// several processes can arrive out of order, but a seq exists only
+    /// once everything below it is stored).
+    async fn chat_frames(&mut self, text: Utf8Bytes) -> Vec<Utf8Bytes> {
+        let Ok(peek) = serde_json::from_str::<ChatPeek>(&text) else {
+            return vec![text];
+        };
+        match (peek.kind, peek.room, peek.seq) {
+            ("typing", _, _) if peek.user == Some(self.claims.sub.as_str()) => Vec::new(),
+            ("message", Some(room), Some(seq)) => {
+                let Some(cursor) = self.rooms.get(room).copied() else {
+                    // Not subscribed: the user-channel copy of this user's
+                    // own message, delivered as is.
+                    return vec![text];
+                };
+                let room = room.to_owned();
+                let mut frames = Vec::new();
+                let mut delivered = cursor;
+                match cursor.step(seq) {
+                    SeqStep::Duplicate => return frames,
+                    SeqStep::Next => {}
+                    SeqStep::Gap { from, to } => {
+                        let limit = (to - from + 1) as usize;
+                        match self.state.stores.chat.after(&room, from - 1, limit).await {
+                            Ok(h) => {
+                                for m in h.messages.into_iter().filter(|m| m.seq <= to) {
+                                    delivered.advance(m.seq);
+                                    frames.push(ServerFrame::Message(m).to_json().into());
+                                }
+                            }
+                            Err(e) => {
+                                self.state.metrics.engine_errors.inc();
+                                tracing::warn!(error = %e, room, "chat gap fill failed");
+                            }
+                        }
+                    }
+                }
+                delivered.advance(seq);
+                self.rooms.insert(room, delivered);
+                frames.push(text);
+                frames
+            }
+            _ => vec![text],
+        }
+    }
+
+    /// Answers an operation's error with an `error` frame.
+    async fn op_error(
+        &self,
+        socket: &mut WebSocket,
+        e: &crate::error::AppError,
+        reference: String,
+    ) -> Result<(), ()> {
+        let (code, message) = chat_ops::frame_error(e);
+        self.error(socket, code, message, Some(reference)).await
+    }
+
+    async fn send_message(
+        &mut self,
+        socket: &mut WebSocket,
+        room: String,
+        client_id: String,
+        body: String,
+    ) -> Result<(), ()> {
+        if let Err(e) = chat_ops::authorize_room(&self.claims, &room) {
+            return self.op_error(socket, &e, client_id).await;
+        }
+        let sub = self.claims.sub.clone();
+        match chat_ops::post_message(&self.state, &room, &sub, client_id.clone(), body).await {
+            Ok(appended) => {
+                let m = appended.message();
+                let ack = ServerFrame::Sent {
+                    client_id: m.client_id.clone(),
+                    room: m.room.clone(),
+                    seq: m.seq,
+                    id: m.id.clone(),
+                };
+                self.reply(socket, &ack).await
+            }
+            Err(e) => self.op_error(socket, &e, client_id).await,
+        }
+    }
+
+    async fn sync(
+        &mut self,
+        socket: &mut WebSocket,
+        room: String,
+        after_seq: u64,
+        limit: Option<u32>,
+    ) -> Result<(), ()> {
+        if let Err(e) = chat_ops::authorize_room(&self.claims, &room) {
+            return self.op_error(socket, &e, room).await;
+        }
+        let limit = limit.map(|l| l as usize);
+        match chat_ops::history(&self.state, &room, after_seq, limit).await {
+            Ok(h) => {
+                let more = h.more();
+                let frame = ServerFrame::Synced {
+                    room,
+                    messages: h.messages,
+                    more,
+                };
+                self.reply(socket, &frame).await
+            }
+            Err(e) => self.op_error(socket, &e, room).await,
+        }
+    }
+
+    /// Publishes `typing` unless this connection did so for the room within
+    /// the typing interval (then it is dropped silently: it is ephemeral).
+    async fn typing(&mut self, socket: &mut WebSocket, room: String) -> Result<(), ()> {
+        if let Err(e) = chat_ops::authorize_room(&self.claims, &room) {
+            return self.op_error(socket, &e, room).await;
+        }
+        let now = Instant::now();
+        let interval = self.state.limits.typing_interval;
+        if self
+            .typing_at
+            .get(&room)
+            .is_some_and(|t| now.duration_since(*t) < interval)
+        {
+            self.state
+                .metrics
+                .limit_hits
+                .with_label_values(&["typing"])
+                .inc();
+            return Ok(());
+        }
+        if self.typing_at.len() >= self.state.limits.max_channels_per_connection {
+            self.typing_at
+                .retain(|_, t| now.duration_since(*t) < interval);
+        }
+        if self.typing_at.len() < self.state.limits.max_channels_per_connection {
+            self.typing_at.insert(room.clone(), now);
+        }
+        let sub = self.claims.sub.clone();
+        if let Err(e) = chat_ops::publish_typing(&self.state, &room, &sub).await {
+            return self.op_error(socket, &e, room).await;
+        }
+        Ok(())
+    }
+
+    /// The chat half of `subscribe` (the hub subscription is in place, so
+    /// live messages are queued while history is read): `subscribed` with
+    /// `recovered` and `high_seq`, the replay when complete, this device's
+    /// presence, and who is online.
+    async fn subscribe_chat(
+        &mut self,
+        socket: &mut WebSocket,
+        name: String,
+        room: String,
+        after: Option<u64>,
+    ) -> Result<(), ()> {
+        let limit = if after.is_some() {
+            self.state.limits.chat_replay_limit
+        } else {
+            0
+        };
+        let history = match self
+            .state
+            .stores
+            .chat
+            .after(&room, after.unwrap_or(0), limit)
+            .await
+        {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, room, "chat history unavailable at subscribe");
+                self.state.metrics.engine_errors.inc();
+                self.subscriptions.remove(&name);
+                self.leave(&name).await;
+                return self
+                    .error(
+                        socket,
+                        "engine_unavailable",
+                        "subscription failed, retry later",
+                        Some(name),
+                    )
+                    .await;
+            }
+        };
+        let recovered = after.is_none_or(|a| history.complete_after(a));
+        // Live messages up to high_seq were either replayed now or are the
+        // client's to fetch with `sync` (not recovered); later ones follow.
+        self.rooms
+            .insert(room.clone(), SeqCursor::new(history.high_seq));
+        self.reply(
+            socket,
+            &ServerFrame::Subscribed {
+                channel: name,
+                recovered,
+                high_seq: Some(history.high_seq),
+            },
+        )
+        .await?;
+        if after.is_some() && recovered {
+            for m in history.messages {
+                self.reply(socket, &ServerFrame::Message(m)).await?;
+            }
+        }
+        let presence = &self.state.stores.presence;
+        let now = now_ms();
+        match presence
+            .join(&room, &self.claims.sub, &self.presence_key, now)
+            .await
+        {
+            Ok(changes) => chat_ops::publish_presence(&self.state, &room, changes).await,
+            Err(e) => {
+                self.state.metrics.engine_errors.inc();
+                tracing::debug!(error = %e, room, "presence join failed");
+            }
+        }
+        let online = presence
+            .online(&room, now, self.state.limits.max_presence_per_room)
+            .await
+            .unwrap_or_default();
+        for user in online {
+            let frame = ServerFrame::Presence {
+                room: room.clone(),
+                user,
+                online: true,
+            };
+            self.reply(socket, &frame).await?;
+        }
+        Ok(())
+    }
+
+    /// Refreshes this device's presence in every subscribed room; reports
+    /// users whose devices expired meanwhile as offline.
+    async fn presence_heartbeat(&self) {
+        let now = now_ms();
+        for room in self.rooms.keys() {
+            match self
+                .state
+                .stores
+                .presence
+                .join(room, &self.claims.sub, &self.presence_key, now)
+                .await
+            {
+                Ok(changes) => chat_ops::publish_presence(&self.state, room, changes).await,
+                Err(e) => {
+                    self.state.metrics.engine_errors.inc();
+                    tracing::debug!(error = %e, room, "presence heartbeat failed");
+                }
             }
         }
     }

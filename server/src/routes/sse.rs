@@ -1,0 +1,485 @@
+//! Server-Sent Events: vendor notifications
+//! (`GET /v1/vendors/{id}/notifications/stream`, posted with
+//! `POST /v1/vendors/{id}/notifications`) and a driver's position
+//! (`GET /v1/drivers/{id}/location/stream`) for browsers that only watch.
+//!
+//! Each stream is one task tracked in `state.tasks`: it joins the hub
+//! channel (`vendor:{id}` or `tracking:{id}`) before reading history, so
+//! nothing published in between is lost, then writes replayed and live
+//! events in seq order without duplicates ([`SeqCursor`]), a `: keepalive`
+//! comment every interval, and ends on shutdown, when the client goes away
+//! or when it reads too slowly.
+
+use std::convert::Infallible;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use waypost_protocol::{
+    validate_id, Channel, Claims, NotificationAccepted, NotificationPost, Role,
+};
+
+use crate::app::AppState;
+use crate::auth::{may_subscribe, Authed};
+use crate::engine::chat::{SeqCursor, SeqStep};
+use crate::error::AppError;
+use crate::hub::{connection, ConnHandle, Outbound};
+use crate::limits::ConnectionPermit;
+use crate::now_ms;
+
+/// Chunks buffered between a stream task and the HTTP body.
+const BODY_QUEUE: usize = 32;
+/// Reconnect delay suggested to EventSource clients.
+const RETRY_MS: u32 = 2000;
+
+/// The hub channel of a vendor's notifications.
+pub fn vendor_channel(vendor: &str) -> String {
+    format!("vendor:{vendor}")
+}
+
+/// `?last_event_id=N` for clients that cannot set the header, and `token`
+/// (read by the auth extractor).
+#[derive(Debug, Default, Deserialize)]
+pub struct StreamQuery {
+    last_event_id: Option<String>,
+}
+
+/// The resume point: `Last-Event-ID` header, else `?last_event_id=`.
+fn last_event_id(headers: &HeaderMap, query: &StreamQuery) -> Result<Option<u64>, AppError> {
+    let raw = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .or(query.last_event_id.as_deref());
+    raw.map(|s| {
+        s.parse::<u64>().map_err(|_| {
+            AppError::bad(
+                "bad_last_event_id",
+                format!("Last-Event-ID must be a decimal id, got {:.40?}", s),
+            )
+        })
+    })
+    .transpose()
+}
+
+fn may_stream_vendor(claims: &Claims, vendor: &str) -> bool {
+    match claims.role {
+        Role::Service => true,
+        Role::Vendor => claims.sub == vendor,
+        Role::Buyer | Role::Driver => false,
+    }
+}
+
+/// `POST /v1/vendors/{vendor_id}/notifications` (role `service`).
+pub async fn post_notification(
+    State(state): State<AppState>,
+    Path(vendor): Path<String>,
+    Authed(claims): Authed,
+    body: Result<Json<NotificationPost>, JsonRejection>,
+) -> Result<(StatusCode, Json<NotificationAccepted>), AppError> {
+    validate_id("vendor_id", &vendor).map_err(|e| AppError::bad("bad_id", e.to_string()))?;
+    if claims.role != Role::Service {
+        return Err(AppError::Forbidden(
+            "only the service role may post notifications".into(),
+        ));
+    }
+    let Json(post) = body.map_err(|e| AppError::bad("bad_json", e.body_text()))?;
+    validate_id("event", &post.event).map_err(|e| AppError::bad("bad_event", e.to_string()))?;
+    let size = serde_json::to_string(&post.data).map_or(0, |s| s.len());
+    if size > state.limits.max_notification_bytes {
+        return Err(AppError::TooLarge(format!(
+            "data larger than {} bytes",
+            state.limits.max_notification_bytes
+        )));
+    }
+    let n = state
+        .stores
+        .notifications
+        .append(&vendor, &post.event, post.data, now_ms())
+        .await
+        .inspect_err(|_| state.metrics.engine_errors.inc())?;
+    state
+        .activity
+        .notification(&vendor, &n.event, &n.seq.to_string(), n.ts);
+    // Stored first: a stream that misses the publish fills the gap from
+    // history when the next one arrives, or on reconnect.
+    if let Err(e) = state
+        .engine
+        .publish(&vendor_channel(&vendor), n.to_sse().into())
+        .await
+    {
+        state.metrics.engine_errors.inc();
+        tracing::warn!(error = %e, vendor, "publishing a notification failed");
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(NotificationAccepted {
+            id: n.seq.to_string(),
+        }),
+    ))
+}
+
+/// What a stream serves.
+enum Feed {
+    Vendor(String),
+    Location(String),
+}
+
+/// `GET /v1/vendors/{vendor_id}/notifications/stream`
+pub async fn vendor_stream(
+    State(state): State<AppState>,
+    Path(vendor): Path<String>,
+    Authed(claims): Authed,
+    headers: HeaderMap,
+    query: Result<Query<StreamQuery>, QueryRejection>,
+) -> Result<Response, AppError> {
+    validate_id("vendor_id", &vendor).map_err(|e| AppError::bad("bad_id", e.to_string()))?;
+    if !may_stream_vendor(&claims, &vendor) {
+        return Err(AppError::Forbidden(format!(
+            "a token for {:?} may not stream the notifications of {vendor:?}",
+            claims.sub
+        )));
+    }
+    let Query(query) = query.map_err(|e| AppError::bad("bad_query", e.body_text()))?;
+    let after = last_event_id(&headers, &query)?;
+    let max = state.limits.max_sse_per_vendor;
+    let vendor_permit = state
+        .sse_per_vendor
+        .acquire(&vendor, max)
+        .ok_or_else(|| too_many(&state, &format!("at most {max} streams per vendor")))?;
+    let user_permit = user_permit(&state, &claims)?;
+    Ok(start(
+        state,
+        Feed::Vendor(vendor),
+        after,
+        [user_permit, vendor_permit],
+    ))
+}
+
+/// `GET /v1/drivers/{driver_id}/location/stream`
+pub async fn location_stream(
+    State(state): State<AppState>,
+    Path(driver): Path<String>,
+    Authed(claims): Authed,
+    headers: HeaderMap,
+    query: Result<Query<StreamQuery>, QueryRejection>,
+) -> Result<Response, AppError> {
+    validate_id("driver_id", &driver).map_err(|e| AppError::bad("bad_id", e.to_string()))?;
+    if !may_subscribe(&claims, &Channel::tracking(&driver)) {
+        return Err(AppError::Forbidden(format!(
+            "token does not grant tracking:{driver}"
+        )));
+    }
+    let Query(query) = query.map_err(|e| AppError::bad("bad_query", e.body_text()))?;
+    let after = last_event_id(&headers, &query)?;
+    let permit = user_permit(&state, &claims)?;
+    Ok(start(state, Feed::Location(driver), after, [permit]))
+}
+
+fn too_many(state: &AppState, message: &str) -> AppError {
+    state
+        .metrics
+        .limit_hits
+        .with_label_values(&["connections"])
+        .inc();
+    tracing::debug!(message, "stream refused");
+    AppError::RateLimited { retry_after_s: 5 }
+}
+
+/// One of the user's connection slots (shared with WebSockets).
+pub fn user_permit(state: &AppState, claims: &Claims) -> Result<ConnectionPermit, AppError> {
+    let max = state.limits.max_connections_per_user;
+    state
+        .connections
+        .acquire(&claims.sub, max)
+        .ok_or_else(|| too_many(state, &format!("at most {max} connections per user")))
+}
+
+fn start<const N: usize>(
+    state: AppState,
+    feed: Feed,
+    after: Option<u64>,
+    permits: [ConnectionPermit; N],
+) -> Response {
+    let (tx, rx) = mpsc::channel::<Bytes>(BODY_QUEUE);
+    let tasks = state.tasks.clone();
+    tasks.spawn(async move {
+        let gauge = state.metrics.connections.with_label_values(&["sse"]);
+        gauge.inc();
+        let mut stream = Stream::open(state, feed, tx);
+        stream.run(after).await;
+        stream.close().await;
+        gauge.dec();
+        drop(permits);
+    });
+    let body = Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|chunk| (Ok::<_, Infallible>(chunk), rx))
+    }));
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            (
+                header::HeaderName::from_static("x-accel-buffering"),
+                HeaderValue::from_static("no"),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// One open stream.
+struct Stream {
+    state: AppState,
+    feed: Feed,
+    channel: String,
+    handle: ConnHandle,
+    rx: mpsc::Receiver<Outbound>,
+    tx: mpsc::Sender<Bytes>,
+}
+
+/// Why writing stopped.
+struct Gone;
+
+impl Stream {
+    fn open(state: AppState, feed: Feed, tx: mpsc::Sender<Bytes>) -> Self {
+        let channel = match &feed {
+            Feed::Vendor(v) => vendor_channel(v),
+            Feed::Location(d) => Channel::tracking(d).to_string(),
+        };
+        let (handle, rx) = connection(state.hub.next_conn_id(), state.limits.ws_queue_frames);
+        Self {
+            state,
+            feed,
+            channel,
+            handle,
+            rx,
+            tx,
+        }
+    }
+
+    async fn send(&self, chunk: impl Into<Bytes>) -> Result<(), Gone> {
+        tokio::select! {
+            r = self.tx.send(chunk.into()) => r.map_err(|_| Gone),
+            () = self.state.shutdown.cancelled() => Err(Gone),
+        }
+    }
+
+    async fn run(&mut self, after: Option<u64>) {
+        self.state.hub.add(&self.channel, self.handle.clone());
+        if let Err(e) = self.state.engine.sync_subscription(&self.channel).await {
+            self.state.metrics.engine_errors.inc();
+            tracing::warn!(error = %e, channel = %self.channel, "stream subscribe failed");
+            // Ends the stream; the client reconnects after `retry`.
+            let _ = self.send(format!("retry: {RETRY_MS}\n\n")).await;
+            return;
+        }
+        if self.send(format!("retry: {RETRY_MS}\n\n")).await.is_err() {
+            return;
+        }
+        let mut cursor = match self.replay(after).await {
+            Ok(c) => c,
+            Err(Gone) => return,
+        };
+        let every = self.state.limits.sse_keepalive;
+        let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let kill = std::sync::Arc::clone(&self.handle.kill);
+        loop {
+            let step = tokio::select! {
+                biased;
+                () = self.state.shutdown.cancelled() => break,
+                _ = kill.triggered() => {
+                    tracing::debug!(channel = %self.channel, "stream too slow: closing");
+                    break;
+                }
+                () = self.tx.closed() => break,
+                out = self.rx.recv() => match out {
+                    Some(out) => self.live(out, &mut cursor).await,
+                    None => break,
+                },
+                _ = keepalive.tick() => self.send(": keepalive\n\n").await,
+            };
+            if step.is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Writes what came after `after` and returns the cursor live events
+    /// continue from.
+    async fn replay(&mut self, after: Option<u64>) -> Result<SeqCursor, Gone> {
+        match &self.feed {
+            Feed::Vendor(vendor) => {
+                let limit = if after.is_some() {
+                    self.state.limits.notification_history_len
+                } else {
+                    0
+                };
+                let h = match self
+                    .state
+                    .stores
+                    .notifications
+                    .after(vendor, after.unwrap_or(0), limit)
+                    .await
+                {
+                    Ok(h) => h,
+                    Err(e) => {
+                        self.state.metrics.engine_errors.inc();
+                        tracing::warn!(error = %e, "notification history unavailable");
+                        return Err(Gone);
+                    }
+                };
+                for n in &h.items {
+                    self.send(n.to_sse()).await?;
+                }
+                // Without Last-Event-ID a stream starts with what comes next;
+                // with one it resumes right after it (a trimmed history
+                // cannot give back more than it has).
+                let start = after.map_or(h.high_seq, |a| h.high_seq.max(a));
+                Ok(SeqCursor::new(start))
+            }
+            Feed::Location(driver) => {
+                let latest = match self.state.engine.latest(driver, now_ms()).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "latest position unavailable");
+                        None
+                    }
+                };
+                if let Some(l) = latest {
+                    if after.is_none_or(|a| l.fix.seq > a) {
+                        let frame = waypost_protocol::ServerFrame::Location {
+                            channel: self.channel.clone(),
+                            driver_id: driver.clone(),
+                            fix: l.fix.clone(),
+                        };
+                        self.send(location_event(l.fix.seq, &frame.to_json()))
+                            .await?;
+                        return Ok(SeqCursor::new(l.fix.seq));
+                    }
+                }
+                Ok(SeqCursor::new(after.unwrap_or(0)))
+            }
+        }
+    }
+
+    async fn live(&mut self, out: Outbound, cursor: &mut SeqCursor) -> Result<(), Gone> {
+        self.state
+            .metrics
+            .delivery_latency
+            .observe(out.queued_at.elapsed().as_secs_f64());
+        self.state
+            .metrics
+            .deliveries
+            .with_label_values(&[out.kind])
+            .inc();
+        match &self.feed {
+            Feed::Vendor(vendor) => {
+                let Some(seq) = sse_id(&out.text) else {
+                    return self.send(Bytes::from(out.text)).await;
+                };
+                match cursor.step(seq) {
+                    SeqStep::Duplicate => return Ok(()),
+                    SeqStep::Next => {}
+                    SeqStep::Gap { from, to } => {
+                        // Published out of order (several processes): the
+                        // missing ones are stored already.
+                        let limit = (to - from + 1) as usize;
+                        match self
+                            .state
+                            .stores
+                            .notifications
+                            .after(vendor, from - 1, limit)
+                            .await
+                        {
+                            Ok(h) => {
+                                for n in h.items.iter().filter(|n| n.seq <= to) {
+                                    self.send(n.to_sse()).await?;
+                                    cursor.advance(n.seq);
+                                }
+                            }
+                            Err(e) => {
+                                self.state.metrics.engine_errors.inc();
+                                tracing::warn!(error = %e, "gap fill failed");
+                            }
+                        }
+                    }
+                }
+                cursor.advance(seq);
+                self.send(Bytes::from(out.text)).await
+            }
+            Feed::Location(_) => {
+                let seq = serde_json::from_str::<LocationPeek>(&out.text)
+                    .map(|p| p.fix.seq)
+                    .unwrap_or(0);
+                // The position read at start may come again live; fixes are
+                // per device so only an exact repeat is skipped.
+                if seq == cursor.delivered && seq != 0 {
+                    return Ok(());
+                }
+                *cursor = SeqCursor::new(seq);
+                self.send(location_event(seq, &out.text)).await
+            }
+        }
+    }
+
+    async fn close(&mut self) {
+        if self.state.hub.remove(&self.channel, self.handle.id) {
+            if let Err(e) = self.state.engine.sync_subscription(&self.channel).await {
+                tracing::debug!(error = %e, channel = %self.channel, "unsubscribe failed");
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct LocationPeek {
+    fix: SeqPeek,
+}
+
+#[derive(Deserialize)]
+struct SeqPeek {
+    seq: u64,
+}
+
+fn location_event(seq: u64, json: &str) -> String {
+    format!("id: {seq}\nevent: location\ndata: {json}\n\n")
+}
+
+/// The seq of a preformatted notification event (`id: N` first line).
+fn sse_id(text: &str) -> Option<u64> {
+    text.strip_prefix("id: ")?.split('\n').next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ids() {
+        assert_eq!(sse_id("id: 42\nevent: x\ndata: {}\n\n"), Some(42));
+        assert_eq!(sse_id("event: x\n"), None);
+        let mut h = HeaderMap::new();
+        assert_eq!(last_event_id(&h, &StreamQuery::default()).unwrap(), None);
+        let q = StreamQuery {
+            last_event_id: Some("7".into()),
+        };
+        assert_eq!(last_event_id(&h, &q).unwrap(), Some(7));
+        h.insert("last-event-id", HeaderValue::from_static(" 9 "));
+        assert_eq!(last_event_id(&h, &q).unwrap(), Some(9), "header wins");
+        h.insert("last-event-id", HeaderValue::from_static("abc"));
+        assert!(last_event_id(&h, &q).is_err());
+    }
+}
