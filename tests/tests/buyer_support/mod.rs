@@ -1,0 +1,165 @@
+//! Shared by the `buyer_*` suites: a recording listener for the buyer SDK,
+//! a buyer started against a spawned server, and a simulated driver that
+//! posts a moving position over HTTP.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use serde_json::json;
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
+use waypost_e2e::now_ms;
+use waypost_sdk::buyer::{
+    BuyerClient, BuyerConfig, BuyerListener, ChatEntry, ConnectionState, LocationUpdate,
+    PresenceUpdate, StaticToken, TypingUpdate,
+};
+
+/// Everything a buyer's listener heard.
+#[derive(Default)]
+pub struct Recorder {
+    pub states: Mutex<Vec<ConnectionState>>,
+    pub locations: Mutex<Vec<LocationUpdate>>,
+    pub messages: Mutex<Vec<ChatEntry>>,
+    pub outgoing: Mutex<Vec<ChatEntry>>,
+    pub presence: Mutex<Vec<PresenceUpdate>>,
+    pub errors: Mutex<Vec<(String, String, String)>>,
+    pub changed: Notify,
+}
+
+impl Recorder {
+    /// Waits (real time) until `cond` holds, up to `within`.
+    pub async fn until(
+        &self,
+        within: Duration,
+        what: &str,
+        cond: impl Fn(&Self) -> bool,
+    ) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if cond(self) {
+                return Ok(());
+            }
+            let notified = self.changed.notified();
+            if tokio::time::timeout_at(deadline, notified).await.is_err() && !cond(self) {
+                bail!("timed out after {within:?} waiting for {what}");
+            }
+        }
+    }
+
+    pub fn last_location_seq(&self) -> Option<u64> {
+        self.locations.lock().unwrap().last().map(|l| l.seq)
+    }
+
+    pub fn message_seqs(&self, room: &str) -> Vec<u64> {
+        self.messages
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m.room == room)
+            .filter_map(|m| m.seq)
+            .collect()
+    }
+
+    pub fn count_states(&self, f: impl Fn(&ConnectionState) -> bool) -> usize {
+        self.states.lock().unwrap().iter().filter(|s| f(s)).count()
+    }
+}
+
+impl BuyerListener for Recorder {
+    fn on_connection_state(&self, state: ConnectionState) {
+        self.states.lock().unwrap().push(state);
+        self.changed.notify_waiters();
+    }
+    fn on_location(&self, update: LocationUpdate) {
+        self.locations.lock().unwrap().push(update);
+        self.changed.notify_waiters();
+    }
+    fn on_message(&self, message: ChatEntry) {
+        self.messages.lock().unwrap().push(message);
+        self.changed.notify_waiters();
+    }
+    fn on_outgoing(&self, message: ChatEntry) {
+        self.outgoing.lock().unwrap().push(message);
+        self.changed.notify_waiters();
+    }
+    fn on_presence(&self, update: PresenceUpdate) {
+        self.presence.lock().unwrap().push(update);
+        self.changed.notify_waiters();
+    }
+    fn on_typing(&self, _update: TypingUpdate) {}
+    fn on_error(&self, reference: String, code: String, message: String) {
+        self.errors.lock().unwrap().push((reference, code, message));
+        self.changed.notify_waiters();
+    }
+}
+
+/// Test settings: short pings and backoff so faults heal in seconds.
+pub fn fast_config(base_url: String, user: &str) -> BuyerConfig {
+    let mut c = BuyerConfig::new(base_url, user);
+    c.ping_interval_ms = 1_000;
+    c.connect_timeout_ms = 2_000;
+    c.backoff_base_ms = 100;
+    c.backoff_cap_ms = 1_000;
+    c.ack_timeout_ms = 2_000;
+    c.max_send_attempts = 1_000;
+    c
+}
+
+pub struct Buyer {
+    pub client: Arc<BuyerClient>,
+    pub rec: Arc<Recorder>,
+}
+
+impl Buyer {
+    pub fn start(config: BuyerConfig, token: String) -> Result<Self> {
+        let rec = Arc::new(Recorder::default());
+        let client = BuyerClient::start(config, rec.clone(), Arc::new(StaticToken(token)))?;
+        Ok(Self { client, rec })
+    }
+}
+
+/// A driver posting a moving position, one fix per call, retrying each fix
+/// until the server takes it.
+pub struct MovingDriver {
+    pub id: String,
+    token: String,
+    http: reqwest::Client,
+    pub seq: u64,
+}
+
+impl MovingDriver {
+    pub fn new(id: &str, token: String) -> Self {
+        Self {
+            id: id.to_owned(),
+            token,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .unwrap_or_default(),
+            seq: 0,
+        }
+    }
+
+    /// Posts the next fix to `base` (`http://host:port`); true when stored.
+    pub async fn step(&mut self, base: &str) -> bool {
+        let seq = self.seq + 1;
+        let body = json!({"device_id": "phone", "fixes": [{
+            "seq": seq, "ts": now_ms(),
+            "lat": 52.52 + seq as f64 * 1e-4, "lon": 13.405 + seq as f64 * 5e-5
+        }]});
+        let ok = self
+            .http
+            .post(format!("{base}/v1/drivers/{}/locations", self.id))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ok {
+            self.seq = seq;
+        }
+        ok
+    }
+}
