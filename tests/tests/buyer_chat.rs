@@ -1,0 +1,270 @@
+//! End to end: buyer–vendor chat through the buyer SDK against the real
+//! `waypost` binary (memory engine and Redis). Messages written offline wait
+//! in the SQLite outbox and go out in order when the network is back; a
+//! participant that missed more than the server replays at subscribe
+//! (`recovered: false`) fills its timeline from HTTP history; everyone ends
+//! with every message exactly once, in seq order, in the listener and in
+//! the local store.
+
+mod buyer_support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use buyer_support::{fast_config, Recorder};
+use serde_json::json;
+use waypost_e2e::{token, unique, EngineChoice, Server, ServerOptions};
+use waypost_protocol::Role;
+use waypost_sdk::buyer::{BuyerClient, BuyerDeps, ConnectionState, MessageStatus, StaticToken};
+use waypost_sdk::env::{ManualEnvironment, NetworkType};
+
+const T: Duration = Duration::from_secs(30);
+
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() -> anyhow::Result<()> {
+                super::$name(waypost_e2e::EngineChoice::Memory).await
+            })*
+        }
+        mod redis {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() -> anyhow::Result<()> {
+                let Some((url, _guard)) = waypost_e2e::shared_redis().await else { return Ok(()) };
+                super::$name(waypost_e2e::EngineChoice::Redis(url)).await
+            })*
+        }
+    };
+}
+
+on_both_engines!(offline_outbox_and_history_recovery);
+
+struct Participant {
+    user: String,
+    client: Arc<BuyerClient>,
+    rec: Arc<Recorder>,
+    env: ManualEnvironment,
+}
+
+impl Participant {
+    fn start(base: &str, user: &str, role: Role, room: &str, db: Option<String>) -> Result<Self> {
+        let env = ManualEnvironment::default();
+        let rec = Arc::new(Recorder::default());
+        let mut cfg = fast_config(base.to_owned(), user);
+        cfg.db_path = db;
+        let tokens = Arc::new(StaticToken(token(user, role, &[&format!("chat:{room}")])));
+        let deps = BuyerDeps {
+            env: Some(Arc::new(env.clone())),
+            ..BuyerDeps::default()
+        };
+        let client = BuyerClient::start_with(cfg, rec.clone(), tokens, deps)?;
+        client.join_chat(room.to_owned())?;
+        Ok(Self {
+            user: user.to_owned(),
+            client,
+            rec,
+            env,
+        })
+    }
+
+    async fn set_online(&self, online: bool) -> Result<()> {
+        self.env.set_network(if online {
+            NetworkType::Wifi
+        } else {
+            NetworkType::None
+        });
+        self.client.environment_changed()?;
+        let want = if online {
+            ConnectionState::Connected
+        } else {
+            ConnectionState::Offline
+        };
+        self.rec
+            .until(T, "network state", |r| {
+                r.states.lock().unwrap().last() == Some(&want)
+            })
+            .await
+    }
+
+    async fn has(&self, room: &str, n: u64) -> Result<()> {
+        self.rec
+            .until(T, &format!("{} has {n} messages", self.user), |r| {
+                r.message_seqs(room).len() as u64 >= n
+            })
+            .await
+    }
+
+    /// Every seq 1..=n exactly once, in order, in the listener and in the
+    /// local store; nothing left pending.
+    fn check_timeline(&self, room: &str, n: u64) -> Result<()> {
+        let want: Vec<u64> = (1..=n).collect();
+        let heard = self.rec.message_seqs(room);
+        ensure!(heard == want, "{} heard {:?}", self.user, summary(&heard));
+        let stored = self.client.messages(room.to_owned(), u32::MAX)?;
+        let stored_seqs: Vec<u64> = stored.iter().filter_map(|m| m.seq).collect();
+        ensure!(
+            stored_seqs == want,
+            "{} stored {:?}",
+            self.user,
+            summary(&stored_seqs)
+        );
+        ensure!(
+            stored
+                .iter()
+                .all(|m| m.status != MessageStatus::Pending && m.status != MessageStatus::Failed),
+            "{} has unsent messages",
+            self.user
+        );
+        for m in &stored {
+            let own = m.from == self.user;
+            ensure!(
+                (m.status == MessageStatus::Sent) == own,
+                "{}: status {:?} for a message from {}",
+                self.user,
+                m.status,
+                m.from
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Short form of a long seq list for failure messages.
+fn summary(seqs: &[u64]) -> String {
+    if seqs.len() <= 20 {
+        return format!("{seqs:?}");
+    }
+    format!(
+        "{} items: {:?} … {:?}",
+        seqs.len(),
+        &seqs[..10],
+        &seqs[seqs.len() - 10..]
+    )
+}
+
+async fn offline_outbox_and_history_recovery(engine: EngineChoice) -> Result<()> {
+    let server = Server::start_with(
+        ServerOptions::new(engine)
+            .arg("--ws-messages-per-s")
+            .arg("5000"),
+    )
+    .await?;
+    let base = server.http("");
+    let room = unique("order");
+    let dir = std::env::temp_dir().join(unique("buyer-chat"));
+    std::fs::create_dir_all(&dir)?;
+    let b1_db = dir.join("b1.db").to_string_lossy().into_owned();
+    let b1 = Participant::start(&base, "buyer-1", Role::Buyer, &room, Some(b1_db))?;
+    let b2 = Participant::start(&base, "buyer-2", Role::Buyer, &room, None)?;
+    let v = Participant::start(&base, "vendor-1", Role::Vendor, &room, None)?;
+    for p in [&b1, &b2, &v] {
+        p.rec
+            .until(T, "connected", |r| {
+                r.states
+                    .lock()
+                    .unwrap()
+                    .contains(&ConnectionState::Connected)
+            })
+            .await?;
+    }
+
+    // buyer-1 writes while offline: kept as pending, rendered from the store.
+    b1.set_online(false).await?;
+    for i in 1..=3 {
+        b1.client.send_message(room.clone(), format!("b1-{i}"))?;
+    }
+    let pending = b1.client.messages(room.clone(), 100)?;
+    ensure!(
+        pending
+            .iter()
+            .map(|m| (m.body.as_str(), m.status))
+            .collect::<Vec<_>>()
+            == [
+                ("b1-1", MessageStatus::Pending),
+                ("b1-2", MessageStatus::Pending),
+                ("b1-3", MessageStatus::Pending)
+            ],
+        "offline messages rendered as pending: {pending:?}"
+    );
+    v.client.send_message(room.clone(), "v-1".into())?;
+    v.client.send_message(room.clone(), "v-2".into())?;
+    b2.client.send_message(room.clone(), "b2-1".into())?;
+    v.has(&room, 3).await?;
+    b2.has(&room, 3).await?;
+
+    b1.set_online(true).await?;
+    for p in [&b1, &b2, &v] {
+        p.has(&room, 6).await?;
+    }
+    for p in [&b1, &b2, &v] {
+        p.check_timeline(&room, 6)?;
+    }
+    let mine: Vec<(String, u64)> = b1
+        .client
+        .messages(room.clone(), 100)?
+        .into_iter()
+        .filter(|m| m.from == "buyer-1")
+        .map(|m| (m.body, m.seq.unwrap_or(0)))
+        .collect();
+    ensure!(
+        mine.iter().map(|m| m.0.as_str()).collect::<Vec<_>>() == ["b1-1", "b1-2", "b1-3"]
+            && mine.windows(2).all(|w| w[0].1 < w[1].1),
+        "sent in the order written: {mine:?}"
+    );
+    let sent = b1
+        .rec
+        .outgoing
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|m| m.status == MessageStatus::Sent)
+        .count();
+    ensure!(sent == 3, "each own message reported sent once ({sent})");
+
+    // buyer-2 misses more than the server replays at subscribe (500): it
+    // is told `recovered: false` and reads the rest over HTTP.
+    b2.set_online(false).await?;
+    let http = reqwest::Client::new();
+    let vtok = token("vendor-1", Role::Vendor, &[&format!("chat:{room}")]);
+    for i in 0..600 {
+        let resp = http
+            .post(format!("{base}/v1/chats/{room}/messages"))
+            .bearer_auth(&vtok)
+            .json(&json!({"client_id": format!("bulk-{i}"), "body": format!("bulk {i}")}))
+            .send()
+            .await?;
+        ensure!(
+            resp.status().is_success(),
+            "bulk post {i}: {}",
+            resp.status()
+        );
+    }
+    b2.set_online(true).await?;
+    for p in [&b1, &b2, &v] {
+        p.has(&room, 606).await?;
+    }
+    for p in [&b1, &b2, &v] {
+        p.check_timeline(&room, 606)?;
+    }
+
+    // The store survives a restart of the app: history renders offline.
+    b1.client.shutdown().await;
+    drop(b1);
+    let again = Participant::start(
+        "http://127.0.0.1:9",
+        "buyer-1",
+        Role::Buyer,
+        &room,
+        Some(dir.join("b1.db").to_string_lossy().into_owned()),
+    )?;
+    let history = again.client.messages(room.clone(), 10_000)?;
+    ensure!(history.len() == 606, "offline history: {}", history.len());
+    again.client.shutdown().await;
+    for p in [&b2, &v] {
+        p.client.shutdown().await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
