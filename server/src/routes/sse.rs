@@ -27,6 +27,7 @@ use waypost_protocol::{
 use crate::app::AppState;
 use crate::auth::{may_subscribe, Authed};
 use crate::engine::chat::{SeqCursor, SeqStep};
+use crate::engine::EngineError;
 use crate::error::AppError;
 use crate::hub::{connection, ConnHandle, Outbound};
 use crate::limits::ConnectionPermit;
@@ -154,12 +155,13 @@ pub async fn vendor_stream(
         .acquire(&vendor, max)
         .ok_or_else(|| too_many(&state, &format!("at most {max} streams per vendor")))?;
     let user_permit = user_permit(&state, &claims)?;
-    Ok(start(
+    start(
         state,
         Feed::Vendor(vendor),
         after,
         [user_permit, vendor_permit],
-    ))
+    )
+    .await
 }
 
 /// `GET /v1/drivers/{driver_id}/location/stream`
@@ -179,7 +181,7 @@ pub async fn location_stream(
     let Query(query) = query.map_err(|e| AppError::bad("bad_query", e.body_text()))?;
     let after = last_event_id(&headers, &query)?;
     let permit = user_permit(&state, &claims)?;
-    Ok(start(state, Feed::Location(driver), after, [permit]))
+    start(state, Feed::Location(driver), after, [permit]).await
 }
 
 fn too_many(state: &AppState, message: &str) -> AppError {
@@ -201,19 +203,33 @@ pub fn user_permit(state: &AppState, claims: &Claims) -> Result<ConnectionPermit
         .ok_or_else(|| too_many(state, &format!("at most {max} connections per user")))
 }
 
-fn start<const N: usize>(
+/// Subscribes and reads the replay before answering, so that once the
+/// response headers are out the stream misses nothing published later;
+/// then hands the stream to a task tracked in `state.tasks`.
+async fn start<const N: usize>(
     state: AppState,
     feed: Feed,
     after: Option<u64>,
     permits: [ConnectionPermit; N],
-) -> Response {
+) -> Result<Response, AppError> {
     let (tx, rx) = mpsc::channel::<Bytes>(BODY_QUEUE);
-    let tasks = state.tasks.clone();
-    tasks.spawn(async move {
-        let gauge = state.metrics.connections.with_label_values(&["sse"]);
-        gauge.inc();
-        let mut stream = Stream::open(state, feed, tx);
-        stream.run(after).await;
+    let mut stream = Stream::open(state.clone(), feed, tx);
+    let prepared = match stream.subscribe().await {
+        Ok(()) => stream.prepare(after).await,
+        Err(e) => Err(e),
+    };
+    let (replay, cursor) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            state.metrics.engine_errors.inc();
+            stream.close().await;
+            return Err(AppError::Engine(e));
+        }
+    };
+    let gauge = state.metrics.connections.with_label_values(&["sse"]);
+    gauge.inc();
+    state.tasks.spawn(async move {
+        stream.run(replay, cursor).await;
         stream.close().await;
         gauge.dec();
         drop(permits);
@@ -223,7 +239,7 @@ fn start<const N: usize>(
             .await
             .map(|chunk| (Ok::<_, Infallible>(chunk), rx))
     }));
-    (
+    Ok((
         [
             (
                 header::CONTENT_TYPE,
@@ -237,7 +253,7 @@ fn start<const N: usize>(
         ],
         body,
     )
-        .into_response()
+        .into_response())
 }
 
 /// One open stream.
@@ -277,22 +293,20 @@ impl Stream {
         }
     }
 
-    async fn run(&mut self, after: Option<u64>) {
+    async fn subscribe(&self) -> Result<(), EngineError> {
         self.state.hub.add(&self.channel, self.handle.clone());
-        if let Err(e) = self.state.engine.sync_subscription(&self.channel).await {
-            self.state.metrics.engine_errors.inc();
-            tracing::warn!(error = %e, channel = %self.channel, "stream subscribe failed");
-            // Ends the stream; the client reconnects after `retry`.
-            let _ = self.send(format!("retry: {RETRY_MS}\n\n")).await;
-            return;
-        }
+        self.state.engine.sync_subscription(&self.channel).await
+    }
+
+    async fn run(&mut self, replay: Vec<String>, mut cursor: SeqCursor) {
         if self.send(format!("retry: {RETRY_MS}\n\n")).await.is_err() {
             return;
         }
-        let mut cursor = match self.replay(after).await {
-            Ok(c) => c,
-            Err(Gone) => return,
-        };
+        for chunk in replay {
+            if self.send(chunk).await.is_err() {
+                return;
+            }
+        }
         let every = self.state.limits.sse_keepalive;
         let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let kill = std::sync::Arc::clone(&self.handle.kill);
@@ -317,38 +331,27 @@ impl Stream {
         }
     }
 
-    /// Writes what came after `after` and returns the cursor live events
+    /// The events to replay after `after` and the cursor live events
     /// continue from.
-    async fn replay(&mut self, after: Option<u64>) -> Result<SeqCursor, Gone> {
+    async fn prepare(&self, after: Option<u64>) -> Result<(Vec<String>, SeqCursor), EngineError> {
         match &self.feed {
             Feed::Vendor(vendor) => {
-                let limit = if after.is_some() {
-                    self.state.limits.notification_history_len
-                } else {
-                    0
+                let store = &self.state.stores.notifications;
+                let limit = self.state.limits.notification_history_len;
+                // Without Last-Event-ID a stream starts with what comes next.
+                let Some(a) = after else {
+                    let h = store.after(vendor, 0, 0).await?;
+                    return Ok((Vec::new(), SeqCursor::new(h.high_seq)));
                 };
-                let h = match self
-                    .state
-                    .stores
-                    .notifications
-                    .after(vendor, after.unwrap_or(0), limit)
-                    .await
-                {
-                    Ok(h) => h,
-                    Err(e) => {
-                        self.state.metrics.engine_errors.inc();
-                        tracing::warn!(error = %e, "notification history unavailable");
-                        return Err(Gone);
-                    }
-                };
-                for n in &h.items {
-                    self.send(n.to_sse()).await?;
+                let mut h = store.after(vendor, a, limit).await?;
+                if a > h.high_seq {
+                    // The id is from before the history expired or was lost
+                    // (seqs started over): everything retained is new to it.
+                    h = store.after(vendor, 0, limit).await?;
                 }
-                // Without Last-Event-ID a stream starts with what comes next;
-                // with one it resumes right after it (a trimmed history
-                // cannot give back more than it has).
-                let start = after.map_or(h.high_seq, |a| h.high_seq.max(a));
-                Ok(SeqCursor::new(start))
+                // A trimmed history cannot give back more than it has.
+                let replay = h.items.iter().map(|n| n.to_sse()).collect();
+                Ok((replay, SeqCursor::new(h.high_seq)))
             }
             Feed::Location(driver) => {
                 let latest = match self.state.engine.latest(driver, now_ms()).await {
@@ -359,18 +362,17 @@ impl Stream {
                     }
                 };
                 if let Some(l) = latest {
-                    if after.is_none_or(|a| l.fix.seq > a) {
+                    if after.is_none_or(|a| l.fix.seq != a) {
                         let frame = waypost_protocol::ServerFrame::Location {
                             channel: self.channel.clone(),
                             driver_id: driver.clone(),
                             fix: l.fix.clone(),
                         };
-                        self.send(location_event(l.fix.seq, &frame.to_json()))
-                            .await?;
-                        return Ok(SeqCursor::new(l.fix.seq));
+                        let event = location_event(l.fix.seq, &frame.to_json());
+                        return Ok((vec![event], SeqCursor::new(l.fix.seq)));
                     }
                 }
-                Ok(SeqCursor::new(after.unwrap_or(0)))
+                Ok((Vec::new(), SeqCursor::new(after.unwrap_or(0))))
             }
         }
     }
