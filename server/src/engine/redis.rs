@@ -5,11 +5,11 @@
 //!   `<seq zero-padded to 20 digits>|<StoredFix JSON>`, so the lexicographic
 //!   order is the seq order, exact for every u64; trimmed to `trail_len`.
 //! - `waypost:{d}:latest`: the StoredFix JSON, `SET ... PX online_ttl`.
-//! - `waypost:{d}:seen:{device}` / `waypost:{d}:floor:{device}`: the dedup
-//!   window of one device (the last `dedup_window` seqs; at or below the
-//!   floor everything counts as seen), `waypost:{d}:devices` bounds the
-//!   devices remembered per driver. These keys live 24 h after the last
-//!   ingest.
+//! - `waypost:{d}:seen:{device}` / `waypost:{d}:span:{device}`: the dedup
+//!   window of one device (the last `dedup_window` seqs, kept as runs of
+//!   consecutive seqs; at or below the floor everything counts as seen);
+//!   `waypost:{d}:devices` bounds the devices remembered per driver. These
+//!   keys live 24 h after the last ingest.
 //!
 //! An ingest batch is one Lua script (`redis/ingest.lua`): dedup, trail,
 //! latest and the watcher count in one atomic round trip.
@@ -131,12 +131,15 @@ impl Keys {
     }
 }
 
-/// The same JSON as [`StoredFix`], without copying the fix.
+/// The same JSON as [`StoredFix`], without copying the fix. `received_ms`
+/// comes first so that trail members with the same seq (possible only after
+/// a device's dedup window was forgotten) sort by arrival, as in the memory
+/// engine (13-digit Unix ms compare lexicographically = numerically).
 #[derive(Serialize)]
 struct StoredFixRef<'a> {
-    fix: &'a Fix,
-    device_id: &'a str,
     received_ms: i64,
+    device_id: &'a str,
+    fix: &'a Fix,
 }
 
 /// Storage and fan-out on Redis.
@@ -293,7 +296,7 @@ impl Engine for RedisEngine {
             .key(self.keys.driver(driver_id, "latest"))
             .key(self.keys.driver(driver_id, "devices"))
             .key(self.keys.driver(driver_id, &format!("seen:{device_id}")))
-            .key(self.keys.driver(driver_id, &format!("floor:{device_id}")))
+            .key(self.keys.driver(driver_id, &format!("span:{device_id}")))
             .key(self.keys.watchers(&format!("tracking:{driver_id}")));
         inv.arg(device_id)
             .arg(now_ms)
@@ -305,9 +308,9 @@ impl Engine for RedisEngine {
             .arg(self.keys.driver(driver_id, ""));
         for fix in fixes {
             let stored = StoredFixRef {
-                fix,
-                device_id,
                 received_ms: now_ms,
+                device_id,
+                fix,
             };
             let json = serde_json::to_string(&stored)
                 .map_err(|e| EngineError::Corrupt(format!("unserializable fix: {e}")))?;

@@ -125,6 +125,21 @@ pub(crate) async fn windows_and_trail_are_bounded(engine: &dyn Engine) {
     assert_eq!(seqs, vec![4, 5, 6, 7], "trail keeps the highest seqs");
     assert_eq!(engine.trail(&d, 5, 1).await.unwrap()[0].seq, 6);
     assert!(engine.trail(&d, u64::MAX, 10).await.unwrap().is_empty());
+    // A run of seqs crossing 10^15 (a digit carry in the Redis script's
+    // arithmetic) and one more above a gap; trimming takes exactly the three
+    // lowest, so the gap stays open.
+    let c = unique("d");
+    let t = 1_000_000_000_000_000u64;
+    let mut run: Vec<Fix> = (t - 2..=t + 2).map(|s| fix(s, NOW)).collect();
+    run.push(fix(t + 10, NOW));
+    assert_eq!(
+        engine.ingest(&c, "dev", &run, NOW).await.unwrap().accepted,
+        6
+    );
+    for (s, new) in [(t, false), (t + 1, false), (t + 5, true), (t + 10, false)] {
+        let out = engine.ingest(&c, "dev", &[fix(s, NOW)], NOW).await.unwrap();
+        assert_eq!(out.accepted == 1, new, "seq {s}");
+    }
     // Seqs beyond 2^53 stay exact.
     let big = [fix(u64::MAX - 1, NOW + 8), fix(u64::MAX, NOW + 9)];
     let e = unique("d");
@@ -376,8 +391,9 @@ mod redis_engine {
                 let base = dev as u64 * 1_000_000;
                 let len = rng.random_range(1..6u64);
                 // Mostly fresh seqs, sometimes a resend or an older range.
-                let start = match rng.random_range(0..4) {
-                    0 => next[dev].saturating_sub(rng.random_range(0..12)),
+                let start = match rng.random_range(0..6) {
+                    0 | 1 => next[dev].saturating_sub(rng.random_range(0..12)),
+                    2 => next[dev] + rng.random_range(1..4),
                     _ => next[dev],
                 };
                 // Coordinates as a GPS prints them (few digits): those
@@ -413,6 +429,24 @@ mod redis_engine {
                     "{ctx}"
                 );
             }
+        }
+        // Single fixes with random seqs in a small range: runs split, merge
+        // and are trimmed partly, checked against the memory engine's
+        // per-insert window.
+        for seed in 0..4u64 {
+            let mut rng = StdRng::seed_from_u64(100 + seed);
+            let d = unique("d");
+            for step in 0..300 {
+                let s = rng.random_range(0..40u64);
+                let f = [Fix::new(s, NOW + step, 52.5, 13.4)];
+                let m = memory.ingest(&d, "dev", &f, NOW).await.unwrap();
+                let r = redis.ingest(&d, "dev", &f, NOW).await.unwrap();
+                assert_eq!(m.accepted, r.accepted, "seed {seed} step {step} seq {s}");
+            }
+            assert_eq!(
+                memory.trail(&d, 0, 100).await.unwrap(),
+                redis.trail(&d, 0, 100).await.unwrap()
+            );
         }
         redis.shutdown().await;
     }
