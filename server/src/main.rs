@@ -58,6 +58,22 @@ enum Command {
     Serve(ServeArgs),
     /// Mint a token (HS256) for development and tests.
     Token(TokenArgs),
+    /// Probe a running server's /healthz (for container HEALTHCHECKs).
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(clap::Args)]
+struct HealthcheckArgs {
+    /// URL to GET; healthy on 200.
+    #[arg(
+        long,
+        env = "WAYPOST_HEALTHCHECK_URL",
+        default_value = "http://127.0.0.1:8080/healthz"
+    )]
+    url: String,
+    /// Connect and read timeout.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
 }
 
 #[derive(clap::Args)]
@@ -197,6 +213,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(args) => run_server(args).await,
+        Command::Healthcheck(args) => {
+            waypost_server::healthcheck::probe(&args.url, args.timeout)?;
+            Ok(())
+        }
     }
 }
 
