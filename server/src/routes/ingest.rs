@@ -15,6 +15,7 @@ use waypost_protocol::{
 
 use crate::app::AppState;
 use crate::auth::{may_post_locations, may_subscribe, Authed};
+use crate::config::Limits;
 use crate::error::AppError;
 use crate::now_ms;
 
@@ -78,38 +79,11 @@ async fn ingest(
             AppError::bad("bad_body", e.body_text())
         }
     })?;
-    let raw = decode_body(headers, body, state.limits.max_body_bytes)?;
-    let req: IngestRequest =
-        serde_json::from_slice(&raw).map_err(|e| AppError::bad("bad_json", e.to_string()))?;
-    validate_id("device_id", &req.device_id).map_err(|e| AppError::bad("bad_id", e.to_string()))?;
-    if req.fixes.is_empty() {
-        return Err(AppError::bad("empty_batch", "fixes is empty"));
-    }
-    if req.fixes.len() > state.limits.max_batch_fixes {
-        return Err(AppError::TooLarge(format!(
-            "batch of {} fixes; at most {} per request",
-            req.fixes.len(),
-            state.limits.max_batch_fixes
-        )));
-    }
     let now = now_ms();
-    let mut prev: Option<u64> = None;
-    for (index, fix) in req.fixes.iter().enumerate() {
-        fix.validate(now).map_err(|e| AppError::BadFix {
-            index,
-            seq: fix.seq,
-            message: e.to_string(),
-        })?;
-        if prev.is_some_and(|p| fix.seq <= p) {
-            return Err(AppError::BadFix {
-                index,
-                seq: fix.seq,
-                message: "seqs within a batch must strictly increase".into(),
-            });
-        }
-        prev = Some(fix.seq);
-    }
-    let high_seq = prev.unwrap_or(0);
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok());
+    let (req, high_seq) = parse_batch(encoding, body, &state.limits, now)?;
     let outcome = state
         .engine
         .ingest(driver_id, &req.device_id, &req.fixes, now)
@@ -166,14 +140,54 @@ async fn publish_location(state: &AppState, driver_id: &str, fix: Fix) -> Result
     Ok(())
 }
 
+/// Decodes, parses and validates an ingest body without touching any state:
+/// gzip (bounded inflation), JSON, ids, batch size, every fix's ranges and
+/// strictly increasing seqs. Returns the request and its highest seq. Pure,
+/// so it is unit-tested and fuzzed (`fuzz/fuzz_targets/ingest_body.rs`).
+pub fn parse_batch(
+    content_encoding: Option<&str>,
+    body: Bytes,
+    limits: &Limits,
+    now_ms: i64,
+) -> Result<(IngestRequest, u64), AppError> {
+    let raw = decode_body(content_encoding, body, limits.max_body_bytes)?;
+    let req: IngestRequest =
+        serde_json::from_slice(&raw).map_err(|e| AppError::bad("bad_json", e.to_string()))?;
+    validate_id("device_id", &req.device_id).map_err(|e| AppError::bad("bad_id", e.to_string()))?;
+    if req.fixes.is_empty() {
+        return Err(AppError::bad("empty_batch", "fixes is empty"));
+    }
+    if req.fixes.len() > limits.max_batch_fixes {
+        return Err(AppError::TooLarge(format!(
+            "batch of {} fixes; at most {} per request",
+            req.fixes.len(),
+            limits.max_batch_fixes
+        )));
+    }
+    let mut prev: Option<u64> = None;
+    for (index, fix) in req.fixes.iter().enumerate() {
+        fix.validate(now_ms).map_err(|e| AppError::BadFix {
+            index,
+            seq: fix.seq,
+            message: e.to_string(),
+        })?;
+        if prev.is_some_and(|p| fix.seq <= p) {
+            return Err(AppError::BadFix {
+                index,
+                seq: fix.seq,
+                message: "seqs within a batch must strictly increase".into(),
+            });
+        }
+        prev = Some(fix.seq);
+    }
+    let high_seq = prev.unwrap_or(0);
+    Ok((req, high_seq))
+}
+
 /// Gunzips the body when `Content-Encoding: gzip`, refusing to inflate past
 /// `max` bytes.
-fn decode_body(headers: &HeaderMap, body: Bytes, max: usize) -> Result<Bytes, AppError> {
-    let encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("identity");
-    match encoding {
+fn decode_body(encoding: Option<&str>, body: Bytes, max: usize) -> Result<Bytes, AppError> {
+    match encoding.unwrap_or("identity") {
         "identity" => Ok(body),
         "gzip" => {
             let mut out = Vec::new();
@@ -257,4 +271,56 @@ pub async fn get_trail(
         .await
         .inspect_err(|_| state.metrics.engine_errors.inc())?;
     Ok(Json(TrailResponse { fixes }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    fn parse(enc: Option<&str>, body: &[u8]) -> Result<(IngestRequest, u64), AppError> {
+        parse_batch(enc, Bytes::copy_from_slice(body), &Limits::default(), NOW)
+    }
+
+    #[test]
+    fn gzip_bodies_are_accepted_and_bounded() {
+        let json = br#"{"device_id":"d","fixes":[{"seq":3,"ts":1700000000000,"lat":1,"lon":2}]}"#;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(json).unwrap();
+        let (req, high) = parse(Some("gzip"), &gz.finish().unwrap()).unwrap();
+        assert_eq!((req.fixes.len(), high), (1, 3));
+
+        // A gzip bomb inflating past the body limit is refused with 413.
+        let mut bomb = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        bomb.write_all(&vec![b' '; 2 * 1024 * 1024]).unwrap();
+        let err = parse(Some("gzip"), &bomb.finish().unwrap()).unwrap_err();
+        assert_eq!(err.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+        assert_eq!(
+            parse(Some("gzip"), b"not gzip").unwrap_err().status(),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            parse(Some("br"), json).unwrap_err().status(),
+            StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[test]
+    fn refusals_name_the_fix() {
+        let body = br#"{"device_id":"d","fixes":[{"seq":1,"ts":1700000000000,"lat":1,"lon":2},{"seq":2,"ts":1700000000000,"lat":1,"lon":200}]}"#;
+        match parse(None, body) {
+            Err(AppError::BadFix { index, seq, .. }) => assert_eq!((index, seq), (1, 2)),
+            other => panic!("expected BadFix, got {other:?}"),
+        }
+        let bad_device =
+            br#"{"device_id":"a b","fixes":[{"seq":1,"ts":1700000000000,"lat":1,"lon":2}]}"#;
+        assert_eq!(
+            parse(None, bad_device).unwrap_err().status(),
+            StatusCode::BAD_REQUEST
+        );
+    }
 }
