@@ -161,11 +161,20 @@ async fn run(mut socket: WebSocket, state: AppState, claims: Claims, permit: Con
         presence_key: format!("{}:{conn_id}", state.node_id),
         user_channel: String::new(),
     };
-    conn.user_channel = chat_ops::user_channel(&conn.claims.sub);
-    state.hub.add(&conn.user_channel, conn.handle.clone());
-    if let Err(e) = state.engine.sync_subscription(&conn.user_channel).await {
-        // Only this user's cross-device copies are affected; rooms work.
-        tracing::warn!(error = %e, "user channel subscribe failed");
+    // Only chat participants listen on their user channel (a Redis
+    // subscription per user per process): drivers and services skip it.
+    if conn
+        .claims
+        .channels
+        .as_ref()
+        .is_some_and(|list| list.iter().any(|c| c.starts_with("chat:")))
+    {
+        conn.user_channel = chat_ops::user_channel(&conn.claims.sub);
+        state.hub.add(&conn.user_channel, conn.handle.clone());
+        if let Err(e) = state.engine.sync_subscription(&conn.user_channel).await {
+            // Only this user's cross-device copies are affected; rooms work.
+            tracing::warn!(error = %e, "user channel subscribe failed");
+        }
     }
     let heartbeat_every = (state.limits.presence_ttl / 3).max(Duration::from_millis(100));
     let mut heartbeat = tokio::time::interval_at(
@@ -226,7 +235,7 @@ async fn run(mut socket: WebSocket, state: AppState, claims: Claims, permit: Con
     for channel in std::mem::take(&mut conn.subscriptions) {
         conn.leave(&channel).await;
     }
-    if state.hub.remove(&conn.user_channel, conn_id) {
+    if !conn.user_channel.is_empty() && state.hub.remove(&conn.user_channel, conn_id) {
         if let Err(e) = state.engine.sync_subscription(&conn.user_channel).await {
             tracing::debug!(error = %e, "user channel unsubscribe failed");
         }
@@ -540,6 +549,12 @@ impl Conn {
                     SeqStep::Next => {}
                     SeqStep::Gap { from, to } => {
                         let limit = (to - from + 1) as usize;
+                        tracing::debug!(
+                            room,
+                            from,
+                            to,
+                            "live message ahead: filling the gap from history"
+                        );
                         match self.state.stores.chat.after(&room, from - 1, limit).await {
                             Ok(h) => {
                                 for m in h.messages.into_iter().filter(|m| m.seq <= to) {
@@ -763,5 +778,115 @@ impl Conn {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use waypost_protocol::Role;
+
+    use super::*;
+    use crate::auth::AuthKeys;
+    use crate::config::Limits;
+    use crate::engine::chat::NewMessage;
+    use crate::engine::memory::MemoryEngine;
+    use crate::hub::Hub;
+    use crate::metrics::Metrics;
+
+    fn state() -> AppState {
+        let metrics = Metrics::new();
+        let hub = Arc::new(Hub::new(metrics.clone()));
+        let engine = Arc::new(MemoryEngine::new(Arc::clone(&hub), Limits::default()));
+        AppState::new(engine, hub, AuthKeys::new(b"k"), Limits::default(), metrics)
+    }
+
+    fn conn(state: &AppState, sub: &str) -> Conn {
+        let (handle, _rx) = connection(1, 8);
+        Conn {
+            state: state.clone(),
+            claims: Claims {
+                sub: sub.into(),
+                role: Role::Buyer,
+                exp: u64::MAX,
+                channels: None,
+            },
+            handle,
+            subscriptions: HashSet::new(),
+            bucket: TokenBucket::new(10, 10, Instant::now()),
+            rate_violations: 0,
+            rooms: HashMap::new(),
+            typing_at: HashMap::new(),
+            presence_key: "n:1".into(),
+            user_channel: String::new(),
+        }
+    }
+
+    async fn post(state: &AppState, room: &str, cid: &str) -> Utf8Bytes {
+        let m = state
+            .stores
+            .chat
+            .append(NewMessage {
+                room: room.into(),
+                from: "u".into(),
+                client_id: cid.into(),
+                body: "b".into(),
+                ts: 0,
+            })
+            .await
+            .unwrap();
+        ServerFrame::Message(m.message().clone()).to_json().into()
+    }
+
+    fn seqs(frames: &[Utf8Bytes]) -> Vec<u64> {
+        frames
+            .iter()
+            .map(|f| {
+                serde_json::from_str::<serde_json::Value>(f).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    /// Live copies arriving out of order (two processes) or twice (room
+    /// and user channel) come out gap-free, in order, once.
+    #[tokio::test]
+    async fn writer_orders_fills_gaps_and_dedupes() {
+        let state = state();
+        let mut c = conn(&state, "me");
+        let f1 = post(&state, "r", "a").await;
+        let f2 = post(&state, "r", "b").await;
+        let f3 = post(&state, "r", "c").await;
+        let f4 = post(&state, "r", "d").await;
+        c.rooms.insert("r".into(), SeqCursor::new(1));
+        assert!(c.chat_frames(f1).await.is_empty(), "at or below the cursor");
+        assert_eq!(seqs(&c.chat_frames(f3).await), vec![2, 3], "gap filled");
+        assert!(
+            c.chat_frames(f2.clone()).await.is_empty(),
+            "late copy dropped"
+        );
+        assert!(c.chat_frames(f2).await.is_empty());
+        assert_eq!(seqs(&c.chat_frames(f4).await), vec![4]);
+        // Not subscribed (the user-channel copy): passed through as is.
+        let other = post(&state, "elsewhere", "e").await;
+        assert_eq!(c.chat_frames(other.clone()).await, vec![other]);
+    }
+
+    #[tokio::test]
+    async fn own_typing_is_not_echoed() {
+        let state = state();
+        let mut c = conn(&state, "me");
+        let mine = ServerFrame::Typing {
+            room: "r".into(),
+            user: "me".into(),
+        };
+        let theirs = ServerFrame::Typing {
+            room: "r".into(),
+            user: "you".into(),
+        };
+        assert!(c.chat_frames(mine.to_json().into()).await.is_empty());
+        assert_eq!(c.chat_frames(theirs.to_json().into()).await.len(), 1);
     }
 }
