@@ -8,16 +8,14 @@
 
 mod buyer_support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use buyer_support::{fast_config, Recorder};
+use buyer_support::Participant;
 use serde_json::json;
 use waypost_e2e::{token, unique, EngineChoice, Server, ServerOptions};
 use waypost_protocol::Role;
-use waypost_sdk::buyer::{BuyerClient, BuyerDeps, ConnectionState, MessageStatus, StaticToken};
-use waypost_sdk::env::{ManualEnvironment, NetworkType};
+use waypost_sdk::buyer::{ConnectionState, MessageStatus};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -41,109 +39,6 @@ macro_rules! on_both_engines {
 
 on_both_engines!(offline_outbox_and_history_recovery);
 
-struct Participant {
-    user: String,
-    client: Arc<BuyerClient>,
-    rec: Arc<Recorder>,
-    env: ManualEnvironment,
-}
-
-impl Participant {
-    fn start(base: &str, user: &str, role: Role, room: &str, db: Option<String>) -> Result<Self> {
-        let env = ManualEnvironment::default();
-        let rec = Arc::new(Recorder::default());
-        let mut cfg = fast_config(base.to_owned(), user);
-        cfg.db_path = db;
-        let tokens = Arc::new(StaticToken(token(user, role, &[&format!("chat:{room}")])));
-        let deps = BuyerDeps {
-            env: Some(Arc::new(env.clone())),
-            ..BuyerDeps::default()
-        };
-        let client = BuyerClient::start_with(cfg, rec.clone(), tokens, deps)?;
-        client.join_chat(room.to_owned())?;
-        Ok(Self {
-            user: user.to_owned(),
-            client,
-            rec,
-            env,
-        })
-    }
-
-    async fn set_online(&self, online: bool) -> Result<()> {
-        self.env.set_network(if online {
-            NetworkType::Wifi
-        } else {
-            NetworkType::None
-        });
-        self.client.environment_changed()?;
-        let want = if online {
-            ConnectionState::Connected
-        } else {
-            ConnectionState::Offline
-        };
-        self.rec
-            .until(T, "network state", |r| {
-                r.states.lock().unwrap().last() == Some(&want)
-            })
-            .await
-    }
-
-    async fn has(&self, room: &str, n: u64) -> Result<()> {
-        self.rec
-            .until(T, &format!("{} has {n} messages", self.user), |r| {
-                r.message_seqs(room).len() as u64 >= n
-            })
-            .await
-    }
-
-    /// Every seq 1..=n exactly once, in order, in the listener and in the
-    /// local store; nothing left pending.
-    fn check_timeline(&self, room: &str, n: u64) -> Result<()> {
-        let want: Vec<u64> = (1..=n).collect();
-        let heard = self.rec.message_seqs(room);
-        ensure!(heard == want, "{} heard {:?}", self.user, summary(&heard));
-        let stored = self.client.messages(room.to_owned(), u32::MAX)?;
-        let stored_seqs: Vec<u64> = stored.iter().filter_map(|m| m.seq).collect();
-        ensure!(
-            stored_seqs == want,
-            "{} stored {:?}",
-            self.user,
-            summary(&stored_seqs)
-        );
-        ensure!(
-            stored
-                .iter()
-                .all(|m| m.status != MessageStatus::Pending && m.status != MessageStatus::Failed),
-            "{} has unsent messages",
-            self.user
-        );
-        for m in &stored {
-            let own = m.from == self.user;
-            ensure!(
-                (m.status == MessageStatus::Sent) == own,
-                "{}: status {:?} for a message from {}",
-                self.user,
-                m.status,
-                m.from
-            );
-        }
-        Ok(())
-    }
-}
-
-/// Short form of a long seq list for failure messages.
-fn summary(seqs: &[u64]) -> String {
-    if seqs.len() <= 20 {
-        return format!("{seqs:?}");
-    }
-    format!(
-        "{} items: {:?} … {:?}",
-        seqs.len(),
-        &seqs[..10],
-        &seqs[seqs.len() - 10..]
-    )
-}
-
 async fn offline_outbox_and_history_recovery(engine: EngineChoice) -> Result<()> {
     let server = Server::start_with(
         ServerOptions::new(engine)
@@ -156,9 +51,9 @@ async fn offline_outbox_and_history_recovery(engine: EngineChoice) -> Result<()>
     let dir = std::env::temp_dir().join(unique("buyer-chat"));
     std::fs::create_dir_all(&dir)?;
     let b1_db = dir.join("b1.db").to_string_lossy().into_owned();
-    let b1 = Participant::start(&base, "buyer-1", Role::Buyer, &room, Some(b1_db))?;
-    let b2 = Participant::start(&base, "buyer-2", Role::Buyer, &room, None)?;
-    let v = Participant::start(&base, "vendor-1", Role::Vendor, &room, None)?;
+    let b1 = Participant::start(&base, "buyer-1", Role::Buyer, &room, &[], Some(b1_db))?;
+    let b2 = Participant::start(&base, "buyer-2", Role::Buyer, &room, &[], None)?;
+    let v = Participant::start(&base, "vendor-1", Role::Vendor, &room, &[], None)?;
     for p in [&b1, &b2, &v] {
         p.rec
             .until(T, "connected", |r| {
@@ -257,6 +152,7 @@ async fn offline_outbox_and_history_recovery(engine: EngineChoice) -> Result<()>
         "buyer-1",
         Role::Buyer,
         &room,
+        &[],
         Some(dir.join("b1.db").to_string_lossy().into_owned()),
     )?;
     let history = again.client.messages(room.clone(), 10_000)?;

@@ -33,6 +33,8 @@ use crate::env::Environment;
 const COMMAND_QUEUE: usize = 1_024;
 /// Chat rooms one client may join at once.
 pub const MAX_ROOMS: usize = 64;
+/// Presence entries remembered for deduplication (all rooms).
+const MAX_PRESENCE: usize = 10_000;
 /// At most one `typing` per room in this period.
 const TYPING_EVERY_MS: u64 = 2_000;
 
@@ -221,6 +223,7 @@ impl BuyerClient {
             outbox: Outbox::new(config.ack_timeout_ms, config.max_send_attempts),
             http_tasks: HashMap::new(),
             last_typing: HashMap::new(),
+            presence: HashMap::new(),
         };
         let task_cancel = cancel.clone();
         let task = runtime.spawn(async move {
@@ -397,6 +400,9 @@ struct Core {
     outbox: Outbox,
     http_tasks: HashMap<String, Owned>,
     last_typing: HashMap<String, u64>,
+    /// Last presence reported per (room, user): the server repeats who is
+    /// online at every (re)subscribe; the app hears only changes.
+    presence: HashMap<(String, String), bool>,
 }
 
 impl Core {
@@ -683,6 +689,18 @@ impl Session for Core {
                 self.drain(&ch.id, out);
             }
             ServerFrame::Presence { room, user, online } => {
+                if !self.rooms.contains_key(&room) {
+                    return;
+                }
+                let key = (room, user);
+                if self.presence.get(&key) == Some(&online) {
+                    return;
+                }
+                if self.presence.len() >= MAX_PRESENCE && !self.presence.contains_key(&key) {
+                    self.presence.clear();
+                }
+                self.presence.insert(key.clone(), online);
+                let (room, user) = key;
                 self.listener
                     .on_presence(PresenceUpdate { room, user, online });
             }
@@ -738,6 +756,7 @@ impl Session for Core {
             Command::Leave(room) => {
                 if self.rooms.remove(&room).is_some() {
                     self.http_tasks.remove(&room);
+                    self.presence.retain(|(r, _), _| *r != room);
                     if self.connected {
                         out.push(ClientFrame::Unsubscribe {
                             channel: Room::channel(&room),

@@ -792,6 +792,12 @@ async fn presence_typing_and_errors_reach_the_listener() {
         user: "vendor-1".into(),
         online: true,
     });
+    // Repeated at every (re)subscribe: reported once.
+    s.send(&ServerFrame::Presence {
+        room: "r".into(),
+        user: "vendor-1".into(),
+        online: true,
+    });
     s.send(&ServerFrame::Typing {
         room: "r".into(),
         user: "vendor-1".into(),
@@ -808,6 +814,15 @@ async fn presence_typing_and_errors_reach_the_listener() {
         Some(ClientFrame::Typing { room: "r".into() })
     );
     settle().await;
+    assert_eq!(
+        h.rec
+            .events
+            .lock()
+            .iter()
+            .filter(|e| matches!(e, Ev::Presence(..)))
+            .count(),
+        1
+    );
     assert!(h.rec.has(&Ev::Presence("vendor-1".into(), true)));
     assert!(h.rec.has(&Ev::Typing("vendor-1".into())));
     assert!(h.rec.has(&Ev::Error("chat:r".into(), "forbidden".into())));

@@ -6,15 +6,20 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
-use waypost_e2e::now_ms;
+use waypost_e2e::{now_ms, token};
+use waypost_protocol::Role;
 use waypost_sdk::buyer::{
-    BuyerClient, BuyerConfig, BuyerListener, ChatEntry, ConnectionState, LocationUpdate,
-    PresenceUpdate, StaticToken, TypingUpdate,
+    BuyerClient, BuyerConfig, BuyerDeps, BuyerListener, ChatEntry, ConnectionState, LocationUpdate,
+    MessageStatus, PresenceUpdate, StaticToken, TypingUpdate,
 };
+use waypost_sdk::env::{ManualEnvironment, NetworkType};
+
+/// How long the helpers wait for a state to be reached.
+const T: Duration = Duration::from_secs(30);
 
 /// Everything a buyer's listener heard.
 #[derive(Default)]
@@ -162,4 +167,119 @@ impl MovingDriver {
         }
         ok
     }
+}
+
+pub struct Participant {
+    pub user: String,
+    pub client: Arc<BuyerClient>,
+    pub rec: Arc<Recorder>,
+    pub env: ManualEnvironment,
+}
+
+impl Participant {
+    /// A client for `user` that joined `room`; its token also grants
+    /// `extra` channels.
+    pub fn start(
+        base: &str,
+        user: &str,
+        role: Role,
+        room: &str,
+        extra: &[&str],
+        db: Option<String>,
+    ) -> Result<Self> {
+        let env = ManualEnvironment::default();
+        let rec = Arc::new(Recorder::default());
+        let mut cfg = fast_config(base.to_owned(), user);
+        cfg.db_path = db;
+        let chat = format!("chat:{room}");
+        let mut channels = vec![chat.as_str()];
+        channels.extend_from_slice(extra);
+        let tokens = Arc::new(StaticToken(token(user, role, &channels)));
+        let deps = BuyerDeps {
+            env: Some(Arc::new(env.clone())),
+            ..BuyerDeps::default()
+        };
+        let client = BuyerClient::start_with(cfg, rec.clone(), tokens, deps)?;
+        client.join_chat(room.to_owned())?;
+        Ok(Self {
+            user: user.to_owned(),
+            client,
+            rec,
+            env,
+        })
+    }
+
+    pub async fn set_online(&self, online: bool) -> Result<()> {
+        self.env.set_network(if online {
+            NetworkType::Wifi
+        } else {
+            NetworkType::None
+        });
+        self.client.environment_changed()?;
+        let want = if online {
+            ConnectionState::Connected
+        } else {
+            ConnectionState::Offline
+        };
+        self.rec
+            .until(T, "network state", |r| {
+                r.states.lock().unwrap().last() == Some(&want)
+            })
+            .await
+    }
+
+    pub async fn has(&self, room: &str, n: u64) -> Result<()> {
+        self.rec
+            .until(T, &format!("{} has {n} messages", self.user), |r| {
+                r.message_seqs(room).len() as u64 >= n
+            })
+            .await
+    }
+
+    /// Every seq 1..=n exactly once, in order, in the listener and in the
+    /// local store; nothing left pending.
+    pub fn check_timeline(&self, room: &str, n: u64) -> Result<()> {
+        let want: Vec<u64> = (1..=n).collect();
+        let heard = self.rec.message_seqs(room);
+        ensure!(heard == want, "{} heard {:?}", self.user, summary(&heard));
+        let stored = self.client.messages(room.to_owned(), u32::MAX)?;
+        let stored_seqs: Vec<u64> = stored.iter().filter_map(|m| m.seq).collect();
+        ensure!(
+            stored_seqs == want,
+            "{} stored {:?}",
+            self.user,
+            summary(&stored_seqs)
+        );
+        ensure!(
+            stored
+                .iter()
+                .all(|m| m.status != MessageStatus::Pending && m.status != MessageStatus::Failed),
+            "{} has unsent messages",
+            self.user
+        );
+        for m in &stored {
+            let own = m.from == self.user;
+            ensure!(
+                (m.status == MessageStatus::Sent) == own,
+                "{}: status {:?} for a message from {}",
+                self.user,
+                m.status,
+                m.from
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Short form of a long seq list for failure messages.
+pub fn summary(seqs: &[u64]) -> String {
+    if seqs.len() <= 20 {
+        return format!("{seqs:?}");
+    }
+    format!(
+        "{} items: {:?} … {:?}",
+        seqs.len(),
+        &seqs[..10],
+        &seqs[seqs.len() - 10..]
+    )
 }
