@@ -233,12 +233,20 @@ mod redis_engine {
     }
 
     /// Polls `check` until it holds or 3 s pass.
-    async fn eventually<F, Fut>(what: &str, mut check: F)
+    async fn eventually<F, Fut>(what: &str, check: F)
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        let deadline = Instant::now() + Duration::from_secs(3);
+        eventually_within(Duration::from_secs(3), what, check).await;
+    }
+
+    async fn eventually_within<F, Fut>(limit: Duration, what: &str, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + limit;
         while !check().await {
             assert!(Instant::now() < deadline, "timed out waiting until {what}");
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -351,6 +359,38 @@ mod redis_engine {
         assert!(fields.is_empty(), "left behind: {fields:?}");
         assert_eq!(numsub(&mut redis, &other).await, 0);
         b.shutdown().await;
+    }
+
+    /// A subscription the hub no longer backs (a leave whose sync got lost)
+    /// is dropped by the periodic reconcile; a hub channel the engine missed
+    /// gets subscribed.
+    #[tokio::test]
+    async fn redis_reconcile_fixes_drift() {
+        let Some(url) = url() else {
+            eprintln!("skipping redis_reconcile_fixes_drift: WAYPOST_TEST_REDIS_URL is not set");
+            return;
+        };
+        let hub = Arc::new(Hub::new(Metrics::new()));
+        let e = engine(&url, &hub, Limits::default(), Metrics::new()).await;
+        let mut redis = command(&url).await;
+        let (gone, missed) = (
+            format!("tracking:{}", unique("d")),
+            format!("tracking:{}", unique("d")),
+        );
+        let (h, _r) = connection(hub.next_conn_id(), 8);
+        hub.add(&gone, h.clone());
+        e.sync_subscription(&gone).await.unwrap();
+        assert_eq!(numsub(&mut redis, &gone).await, 1);
+        hub.remove(&gone, h.id); // no sync: drift
+        let (m, _rm) = connection(hub.next_conn_id(), 8);
+        hub.add(&missed, m); // no sync: drift
+                             // Reconcile runs every 6 probes (500 ms in these tests).
+        eventually_within(Duration::from_secs(6), "drift is fixed", || async {
+            let mut c = redis.clone();
+            numsub(&mut c, &gone).await == 0 && numsub(&mut c, &missed).await == 1
+        })
+        .await;
+        e.shutdown().await;
     }
 
     /// Differential check: the same random ingest history (resends,

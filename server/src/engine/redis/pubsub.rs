@@ -36,6 +36,8 @@ use crate::metrics::Metrics;
 const SUBSCRIBE_CHUNK: usize = 512;
 /// Most queued requests the manager takes per round.
 const REQUEST_BATCH: usize = 1024;
+/// Every this many probes the subscriptions are reconciled with the hub.
+const RECONCILE_EVERY_PROBES: u64 = 6;
 
 /// Asks the manager to bring one channel in line with the hub.
 pub(super) struct SyncRequest {
@@ -113,6 +115,9 @@ impl Manager {
             } else {
                 backoff.delay(attempt, &mut rand::rng())
             };
+            // Channels asked about while connecting: the snapshot `open`
+            // subscribes may predate them, so they are checked again.
+            let mut recheck = Vec::new();
             let opened = {
                 let open = async {
                     tokio::time::sleep(delay).await;
@@ -123,15 +128,28 @@ impl Manager {
                     tokio::select! {
                         () = self.cancel.cancelled() => return,
                         r = &mut open => break r,
-                        Some(req) = requests.recv() => self.answer_disconnected(req),
+                        Some(req) = requests.recv() => {
+                            recheck.push(req.channel.clone());
+                            self.answer_disconnected(req);
+                        }
                     }
                 }
+            };
+            let opened = match opened {
+                Ok(mut s) => self.apply(&mut s, recheck, false).await.map(|()| s),
+                Err(e) => Err(e),
             };
             let session = match opened {
                 Ok(s) => s,
                 Err(e) => {
                     attempt = attempt.saturating_add(1);
-                    tracing::warn!(error = %e, attempt, "redis pub/sub connect failed");
+                    // Every attempt at debug level; warnings thin out during
+                    // a long outage.
+                    if attempt.is_power_of_two() {
+                        tracing::warn!(error = %e, attempt, "redis pub/sub connect failed");
+                    } else {
+                        tracing::debug!(error = %e, attempt, "redis pub/sub connect failed");
+                    }
                     continue;
                 }
             };
@@ -201,6 +219,7 @@ impl Manager {
         );
         probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut token = 0u64;
+        let mut until_reconcile = RECONCILE_EVERY_PROBES;
         let mut outstanding: Option<u64> = None;
         loop {
             tokio::select! {
@@ -219,6 +238,13 @@ impl Manager {
                     }
                 }
                 _ = probe.tick() => {
+                    until_reconcile -= 1;
+                    if until_reconcile == 0 {
+                        until_reconcile = RECONCILE_EVERY_PROBES;
+                        if let Err(e) = self.reconcile(&mut session).await {
+                            return End::Lost(e.to_string());
+                        }
+                    }
                     if let Some(t) = outstanding {
                         if session.probe_seen.load(Ordering::Acquire) < t {
                             return End::Lost(format!(
@@ -241,6 +267,15 @@ impl Manager {
                 }
             }
         }
+    }
+
+    /// Safety net: compares every subscribed channel and every hub channel
+    /// with the hub, fixing any drift.
+    async fn reconcile(&self, session: &mut Session) -> Result<(), EngineError> {
+        let mut channels: HashSet<String> = self.hub.channels().into_iter().collect();
+        channels.extend(session.subscribed.iter().cloned());
+        self.apply(session, channels.into_iter().collect(), false)
+            .await
     }
 
     async fn send_probe(&self, token: u64) -> Result<u64, EngineError> {
@@ -385,8 +420,8 @@ async fn read(
     }
 }
 
-/// Per-request bookkeeping the engine side uses: resolves once the manager
-/// answered, bounded by `limit`.
+/// Asks the manager to sync `channel`; resolves with its answer (after
+/// Redis confirmed any `SUBSCRIBE`), bounded by `limit`.
 pub(super) async fn request(
     tx: &mpsc::Sender<SyncRequest>,
     channel: &str,
