@@ -31,7 +31,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use waypost_protocol::{close_code, should_reconnect, ClientFrame, CloseDisposition, ServerFrame};
 
-use super::transport::{WsConnector, WsEvent, WsTransport};
+use super::transport::{TransportError, WsConnector, WsEvent, WsTransport};
 use super::types::{CloseReason, ConnectionState};
 use crate::backoff::{Backoff, BackoffPolicy, RandomSource, RetryDecision};
 use crate::clock::Clock;
@@ -277,8 +277,8 @@ impl<C: Send + 'static> Manager<'_, C> {
             let timeout = self.deps.clock.sleep(self.cfg.connect_timeout);
             let connect = async move {
                 tokio::select! {
-                    r = connector.connect(&url) => r.map_err(|e| e.to_string()),
-                    () = timeout => Err("connect timed out".to_owned()),
+                    r = connector.connect(&url) => r,
+                    () = timeout => Err(TransportError::Io("connect timed out".to_owned())),
                 }
             };
             let connected = self.wait(session, connect).await;
@@ -293,9 +293,19 @@ impl<C: Send + 'static> Manager<'_, C> {
                     }
                     Ended::NetworkLost
                 }
-                Waited::Done(Err(why)) => Ended::Retry {
+                // A refusal before the upgrade means the same as its close
+                // code would.
+                Waited::Done(Err(TransportError::Http(401))) => Ended::Stop {
+                    code: close_code::UNAUTHORIZED,
+                    reason: "HTTP 401 at the handshake".into(),
+                },
+                Waited::Done(Err(TransportError::Http(403))) => Ended::Stop {
+                    code: close_code::FORBIDDEN,
+                    reason: "HTTP 403 at the handshake".into(),
+                },
+                Waited::Done(Err(e)) => Ended::Retry {
                     healthy: false,
-                    why,
+                    why: e.to_string(),
                 },
                 Waited::Done(Ok(transport)) => {
                     self.set_state(session, ConnectionState::Connected);

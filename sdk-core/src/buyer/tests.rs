@@ -39,6 +39,7 @@ impl Clock for TokioClock {
 /// What the fake server does with the next connection attempt.
 enum Attempt {
     Refuse,
+    Http(u16),
     Accept(mpsc::Sender<ServerSide>),
 }
 
@@ -88,6 +89,7 @@ impl WsConnector for FakeConnector {
         let next = self.plan.lock().pop_front();
         match next {
             None | Some(Attempt::Refuse) => Err(TransportError::Io("refused".into())),
+            Some(Attempt::Http(status)) => Err(TransportError::Http(status)),
             Some(Attempt::Accept(tx)) => {
                 let (c2s, from_client) = mpsc::unbounded_channel();
                 let (to_client, s2c) = mpsc::unbounded_channel();
@@ -846,4 +848,37 @@ async fn shutdown_closes_and_reports() {
     );
     assert_eq!(h.client.track_driver("d".into()), Err(BuyerError::ShutDown));
     let _ = json!(null) == Value::Null;
+}
+
+#[tokio::test(start_paused = true)]
+async fn handshake_401_refreshes_the_token_and_403_stops() {
+    let mut h = Harness::new(|_| {});
+    h.connector.plan.lock().push_back(Attempt::Http(401));
+    h.plan(0);
+    let s = h.accept().await;
+    assert!(
+        s.url.ends_with("token=tok2"),
+        "refreshed after HTTP 401: {}",
+        s.url
+    );
+    h.connector.plan.lock().push_back(Attempt::Http(403));
+    s.close(4100);
+    for _ in 0..100 {
+        if matches!(h.client.connection_state(), ConnectionState::Closed { .. }) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(matches!(
+        h.client.connection_state(),
+        ConnectionState::Closed {
+            reason: CloseReason::Refused { code: 4003, .. }
+        }
+    ));
+    // 503 while the server shuts down is retried.
+    h.connector.plan.lock().push_back(Attempt::Http(503));
+    h.plan(0);
+    h.client.reconnect().unwrap();
+    let _s = h.accept().await;
+    assert_eq!(h.connector.attempts.lock().len(), 5);
 }
