@@ -361,6 +361,60 @@ mod redis_engine {
         b.shutdown().await;
     }
 
+    /// Joins and leaves racing on a few channels from many tasks (syncing as
+    /// the WebSocket handler does: after every join, after a last leave)
+    /// end with one SUBSCRIBE for the channel that still has local
+    /// subscribers and none for the channels everybody left.
+    #[tokio::test]
+    async fn redis_racing_joins_and_leaves_end_at_the_truth() {
+        use rand::{Rng, SeedableRng};
+        let Some(url) = url() else {
+            eprintln!("skipping redis_racing_joins_and_leaves: WAYPOST_TEST_REDIS_URL is not set");
+            return;
+        };
+        let hub = Arc::new(Hub::new(Metrics::new()));
+        let e = Arc::new(engine(&url, &hub, Limits::default(), Metrics::new()).await);
+        let channels: Vec<String> = (0..4)
+            .map(|_| format!("tracking:{}", unique("d")))
+            .collect();
+        let mut tasks = Vec::new();
+        for t in 0..24u64 {
+            let (hub, e, channels) = (Arc::clone(&hub), Arc::clone(&e), channels.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(t);
+                let (h, _rx) = connection(hub.next_conn_id(), 8);
+                for _ in 0..40 {
+                    let ch = &channels[rng.random_range(0..channels.len())];
+                    hub.add(ch, h.clone());
+                    e.sync_subscription(ch).await.unwrap();
+                    if rng.random_ratio(3, 4) && hub.remove(ch, h.id) {
+                        e.sync_subscription(ch).await.unwrap();
+                    }
+                }
+                // Finally everybody leaves the first three channels; even
+                // tasks stay on (or join) the last one.
+                for (i, ch) in channels.iter().enumerate() {
+                    if i == 3 && t % 2 == 0 {
+                        hub.add(ch, h.clone());
+                        e.sync_subscription(ch).await.unwrap();
+                    } else if hub.remove(ch, h.id) {
+                        e.sync_subscription(ch).await.unwrap();
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let mut redis = command(&url).await;
+        for (i, ch) in channels.iter().enumerate() {
+            let want = u64::from(i == 3);
+            assert_eq!(hub.local_count(ch) > 0, i == 3);
+            assert_eq!(numsub(&mut redis, ch).await, want, "{ch}");
+        }
+        e.shutdown().await;
+    }
+
     /// A subscription the hub no longer backs (a leave whose sync got lost)
     /// is dropped by the periodic reconcile; a hub channel the engine missed
     /// gets subscribed.
