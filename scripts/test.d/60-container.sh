@@ -71,8 +71,17 @@ print(f"{len(lines)} JSON log lines")'
 log "health, readiness, HEALTHCHECK, uid, JSON logs: ok"
 
 "$PY" tests/deploy/client.py track --base "$BASE" --secret "$SECRET" --rounds 5 --max-latency 1.0
-curl -fsS "$BASE/metrics" | grep -q '^waypost_fixes_ingested_total 5$' || {
-  echo "metrics do not count the 5 fixes" >&2; curl -fsS "$BASE/metrics" | grep fixes >&2; exit 1; }
+# The traffic above shows in /metrics: 5 fixes in, 5 tracking frames written
+# to the watcher's socket, 5 latency samples, and the WebSocket gone again.
+METRICS="$(curl -fsS "$BASE/metrics")"
+for want in '^waypost_fixes_ingested_total 5$' \
+            '^waypost_deliveries_total{kind="tracking"} 5$' \
+            '^waypost_delivery_latency_seconds_count 5$' \
+            '^waypost_ingest_requests_total{status="200"} 5$' \
+            '^waypost_connections{kind="ws"} 0$' \
+            '^waypost_subscriptions 0$'; do
+  grep -q "$want" <<<"$METRICS" || { echo "/metrics lacks $want:" >&2; grep '^waypost_' <<<"$METRICS" >&2; exit 1; }
+done
 log "driver post -> WebSocket watcher through the published port: ok"
 
 # SIGTERM drain: a connected watcher must be told 4100 and the process must

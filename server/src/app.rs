@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -109,6 +110,13 @@ pub fn build_router(state: AppState) -> Router {
 pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
     let router = build_router(state.clone());
     let token = state.shutdown.clone();
+    // No Nagle: frames are small and latency-bound; a second frame must not
+    // wait for the ACK of the first (up to 40 ms of delayed ACK).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let server = axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
