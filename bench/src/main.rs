@@ -6,6 +6,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod chat;
 mod common;
 mod connections;
 mod fanout;
@@ -35,6 +36,8 @@ enum Command {
     Ingest(ingest::Args),
     /// Restart the server under N connected subscribers; time until all are back.
     Storm(storm::Args),
+    /// Chat rooms: members, one sender per room; ack/delivery latency, order and loss checks.
+    Chat(chat::Args),
     /// Internal: a subscriber process forked by the other subcommands.
     #[command(hide = true)]
     Worker(worker::Args),
@@ -52,6 +55,7 @@ fn main() -> anyhow::Result<()> {
             Command::Connections(args) => connections::run(args).await,
             Command::Ingest(args) => ingest::run(args).await,
             Command::Storm(args) => storm::run(args).await,
+            Command::Chat(args) => chat::run(args).await,
             Command::Worker(args) => worker::run(args).await,
         }
     })
