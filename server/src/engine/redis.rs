@@ -20,7 +20,13 @@
 //! per-channel hashes (see [`watchers`]).
 //!
 //! Every Redis call has a timeout; failures map to [`EngineError::Redis`].
-//! Redis Cluster is not supported (one standalone primary).
+//! Needs Redis 5 or newer (tested on 7.0); Redis Cluster is not supported
+//! (one standalone primary).
+//!
+//! Memory per driver, measured on Redis 7.0: a full trail of 1,000 fixes is
+//! about 250 KB; the dedup window of a device sending seqs in order is about
+//! 300 B (one run), and at worst (every other seq missing) about 500 KB at the
+//! default window of 4,096 seqs.
 
 mod pubsub;
 mod watchers;
@@ -178,9 +184,10 @@ impl RedisEngine {
                     .with_retries(3),
             )
             .set_user_timeout(Duration::from_secs(10));
-        // The manager's own retries (backon: 1 s doubling, capped at 1 s)
-        // bound how long a command waits while it reconnects; our
-        // `op_timeout` bounds every call anyway.
+        // The command connection reconnects by itself: up to 3 attempts
+        // about 1 s apart per loss (then the next command starts over); our
+        // `op_timeout` bounds every call meanwhile. Keepalive and
+        // TCP_USER_TIMEOUT make a silently dead connection fail in ~25 s.
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(opts.op_timeout)
             .set_response_timeout(opts.op_timeout)
