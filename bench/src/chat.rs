@@ -32,7 +32,11 @@ pub struct Args {
     /// Subscribed members per room.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub members: u32,
-    /// Messages per second per room.
+    /// Senders per room, each on the next server URL (two senders on two
+    /// processes make their publishes race, which the server must reorder).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub senders: u32,
+    /// Messages per second per sender.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub rate: u32,
     /// Measured seconds of sending.
@@ -110,17 +114,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut senders = Vec::new();
     for (i, room) in rooms.iter().enumerate() {
-        // Senders sit on the next server over from the room's first member.
-        let server = servers[(i * args.members as usize + 1) % servers.len()].clone();
-        senders.push(tokio::spawn(sender(
-            server,
-            room.clone(),
-            common.jwt_secret.clone(),
-            args.rate,
-            Duration::from_secs(u64::from(args.duration)),
-            Arc::clone(&acks),
-            Arc::clone(&sent),
-        )));
+        for k in 0..args.senders as usize {
+            // Senders sit on the servers after the room's first member's.
+            let server = servers[(i * args.members as usize + 1 + k) % servers.len()].clone();
+            senders.push(tokio::spawn(sender(
+                server,
+                room.clone(),
+                format!("sender-{k}-{room}"),
+                common.jwt_secret.clone(),
+                args.rate,
+                Duration::from_secs(u64::from(args.duration)),
+                Arc::clone(&acks),
+                Arc::clone(&sent),
+            )));
+        }
     }
     let mut send_errors = 0u64;
     for s in senders {
@@ -151,7 +158,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "target": common.target.name(),
         "label": common.label,
         "servers": servers.len(),
-        "params": {"rooms": args.rooms, "members": args.members, "rate_per_room": args.rate, "duration_s": args.duration},
+        "params": {"rooms": args.rooms, "members": args.members, "senders_per_room": args.senders, "rate_per_sender": args.rate, "duration_s": args.duration},
         "connect_s": round1(connect_s),
         "messages": {"sent": sent_n, "per_s": round1(sent_n as f64 / elapsed), "sender_errors": send_errors},
         "deliveries": {
@@ -172,10 +179,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         let d = &report["deliveries"];
         println!(
-            "chat {}: {} rooms x {} members, {} msg/s per room, {} s, {} server(s)",
+            "chat {}: {} rooms x {} members, {} sender(s) x {} msg/s per room, {} s, {} server(s)",
             common.label,
             args.rooms,
             args.members,
+            args.senders,
             args.rate,
             args.duration,
             servers.len()
@@ -249,21 +257,18 @@ async fn member(
 
 /// Sends at `rate`/s for `duration` (open loop on a schedule; a send waits
 /// for its ack before the next, so a slow server shows as ack latency).
+#[allow(clippy::too_many_arguments)]
 async fn sender(
     server: Server,
     room: String,
+    user: String,
     secret: String,
     rate: u32,
     duration: Duration,
     acks: Arc<Histogram>,
     sent: Arc<AtomicU64>,
 ) -> anyhow::Result<()> {
-    let tok = token(
-        &secret,
-        &format!("sender-{room}"),
-        "vendor",
-        Some(vec![format!("chat:{room}")]),
-    );
+    let tok = token(&secret, &user, "vendor", Some(vec![format!("chat:{room}")]));
     let mut ws = ws_connect(
         &server,
         Ipv4Addr::new(127, 0, 0, 1),
