@@ -70,7 +70,7 @@ container_build_image() {
   # --format docker keeps HEALTHCHECK (the OCI format has no such field).
   podman build --pull=never --format docker -q \
     -f "$WAYPOST_ROOT/server/Dockerfile" \
-    --build-arg BINARY=prebuilt --build-arg PREBUILT=waypost \
+    --target prebuilt --build-arg PREBUILT=waypost \
     -t "$tag" "$ctx"
 }
 

@@ -6,7 +6,7 @@
 # a WebSocket watcher, and a SIGTERM drain (watchers told 4100, exit 0)
 # within the grace period.
 #
-# The binary is built on the host and copied in (BINARY=prebuilt): compiling
+# The binary is built on the host and copied in (--target prebuilt): compiling
 # inside the builder stage would need the rust image (no pulls here) or the
 # host toolchain mounted in, and a second full compile. Set
 # WAYPOST_CONTAINER_PROFILE=release to ship a release build (default: the
