@@ -12,8 +12,11 @@
 //!   next join or leave in the room, which reports their users offline.
 //! - `wp:notify:{vendor}:seq` and `:log`, like chat without `:cid`.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::io::tcp::{socket2::TcpKeepalive, TcpSettings};
 use redis::Script;
 use waypost_protocol::ChatMessage;
 
@@ -32,11 +35,31 @@ fn corrupt(e: impl std::fmt::Display) -> EngineError {
     EngineError::Corrupt(e.to_string())
 }
 
-/// Opens a connection manager (reconnects by itself) to `url`.
+/// Opens a connection manager (reconnects by itself) to `url`. Commands
+/// from many connections share it, so TCP_NODELAY matters: with Nagle a
+/// command written while the previous one is unacknowledged waits for a
+/// delayed ACK (tens of ms). Every call is bounded by `OP_TIMEOUT`.
 pub async fn connect(url: &str) -> Result<ConnectionManager, EngineError> {
     let client = redis::Client::open(url).map_err(redis_err)?;
-    ConnectionManager::new(client).await.map_err(redis_err)
+    let tcp = TcpSettings::default().set_nodelay(true).set_keepalive(
+        TcpKeepalive::new()
+            .with_time(Duration::from_secs(10))
+            .with_interval(Duration::from_secs(5))
+            .with_retries(3),
+    );
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(OP_TIMEOUT)
+        .set_response_timeout(OP_TIMEOUT)
+        .set_number_of_retries(2)
+        .set_max_delay(1000)
+        .set_tcp_settings(tcp);
+    ConnectionManager::new_with_config(client, config)
+        .await
+        .map_err(redis_err)
 }
+
+/// Longest a store call waits for Redis before failing (503 upstream).
+const OP_TIMEOUT: Duration = Duration::from_secs(2);
 
 const APPEND_CHAT: &str = r#"
 local known = redis.call('HGET', KEYS[3], ARGV[1])
