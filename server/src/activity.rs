@@ -11,6 +11,7 @@ use std::collections::{HashMap, VecDeque};
 
 use parking_lot::Mutex;
 use serde::Serialize;
+use tokio::sync::Notify;
 use waypost_protocol::Fix;
 
 /// Most drivers remembered at once; the least recently seen go first.
@@ -48,6 +49,8 @@ pub struct NotificationSeen {
 pub struct Activity {
     drivers: Mutex<HashMap<String, DriverSeen>>,
     notifications: Mutex<VecDeque<NotificationSeen>>,
+    /// Wakes dashboard streams waiting in [`Activity::changed`].
+    changed: Notify,
 }
 
 impl Activity {
@@ -87,6 +90,8 @@ impl Activity {
             }
         }
         map.insert(driver_id.to_owned(), seen);
+        drop(map);
+        self.changed.notify_waiters();
     }
 
     /// Drivers seen within `ttl_ms` of `now_ms`, most recent first, at most
@@ -124,6 +129,13 @@ impl Activity {
             id: id.to_owned(),
             at_ms: now_ms,
         });
+        drop(q);
+        self.changed.notify_waiters();
+    }
+
+    /// Resolves at the next recorded upload or notification.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
     }
 
     /// The latest notifications, newest first.

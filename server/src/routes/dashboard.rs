@@ -29,8 +29,11 @@ use crate::now_ms;
 
 /// The page, embedded at compile time.
 const PAGE: &str = include_str!("dashboard.html");
-/// How often the stream sends a snapshot.
+/// How often the stream sends a snapshot when nothing happens.
 pub const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
+/// Snapshots triggered by activity (an upload, a notification) are at least
+/// this far apart, so a busy server costs a stream at most a few per second.
+pub const MIN_SNAPSHOT_GAP: Duration = Duration::from_millis(250);
 /// Drivers listed per snapshot (the total count is always given).
 const MAX_LISTED_DRIVERS: usize = 50;
 /// Time budget for refreshing watcher counts from the engine per snapshot.
@@ -210,17 +213,31 @@ pub async fn stream(
     let events = futures_util::stream::unfold(
         (state, ticker, None::<Previous>, guard),
         |(state, mut ticker, mut prev, guard)| async move {
-            tokio::select! {
-                () = state.shutdown.cancelled() => None,
-                _ = ticker.tick() => {
-                    let snap = snapshot(&state, &mut prev).await;
-                    let event = Event::default()
-                        .event("snapshot")
-                        .json_data(&snap)
-                        .unwrap_or_else(|e| Event::default().event("error").data(e.to_string()));
-                    Some((Ok::<_, Infallible>(event), (state, ticker, prev, guard)))
+            let woke = tokio::select! {
+                () = state.shutdown.cancelled() => false,
+                _ = ticker.tick() => true,
+                () = state.activity.changed() => {
+                    // Debounce: at most one snapshot per MIN_SNAPSHOT_GAP.
+                    if let Some(p) = prev.as_ref() {
+                        let next = p.at + MIN_SNAPSHOT_GAP;
+                        tokio::select! {
+                            () = state.shutdown.cancelled() => return None,
+                            () = tokio::time::sleep_until(next.into()) => {}
+                        }
+                    }
+                    ticker.reset();
+                    true
                 }
+            };
+            if !woke {
+                return None;
             }
+            let snap = snapshot(&state, &mut prev).await;
+            let event = Event::default()
+                .event("snapshot")
+                .json_data(&snap)
+                .unwrap_or_else(|e| Event::default().event("error").data(e.to_string()));
+            Some((Ok::<_, Infallible>(event), (state, ticker, prev, guard)))
         },
     );
     Ok((
