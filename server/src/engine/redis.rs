@@ -28,6 +28,7 @@
 //! 300 B (one run), and at worst (every other seq missing) about 500 KB at the
 //! default window of 4,096 seqs.
 
+mod commands;
 mod pubsub;
 mod watchers;
 
@@ -38,7 +39,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
 use parking_lot::Mutex;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use redis::io::tcp::{socket2::TcpKeepalive, TcpSettings};
 use redis::{RedisResult, Script};
 use serde::Serialize;
@@ -150,7 +151,7 @@ struct StoredFixRef<'a> {
 
 /// Storage and fan-out on Redis.
 pub struct RedisEngine {
-    conn: ConnectionManager,
+    cmd: Arc<commands::Commands>,
     limits: Limits,
     opts: RedisOptions,
     keys: Keys,
@@ -195,11 +196,8 @@ impl RedisEngine {
             .set_factor(2)
             .set_max_delay(1000)
             .set_tcp_settings(tcp);
-        let conn = with_timeout(
-            opts.op_timeout * 4,
-            ConnectionManager::new_with_config(client.clone(), config),
-        )
-        .await?;
+        let cmd =
+            Arc::new(commands::Commands::connect(client.clone(), config, opts.op_timeout).await?);
 
         let keys = Keys {
             prefix: opts.key_prefix.clone(),
@@ -212,7 +210,7 @@ impl RedisEngine {
 
         let manager = pubsub::Manager {
             client,
-            conn: conn.clone(),
+            cmd: Arc::clone(&cmd),
             hub: Arc::clone(&hub),
             metrics,
             opts: opts.clone(),
@@ -222,7 +220,7 @@ impl RedisEngine {
             cancel: cancel.clone(),
         };
         let writer = watchers::Writer {
-            conn: conn.clone(),
+            cmd: Arc::clone(&cmd),
             hub: Arc::clone(&hub),
             script: Script::new(&format!(
                 "{WATCH_PRELUDE}\n{}",
@@ -238,7 +236,7 @@ impl RedisEngine {
             tokio::spawn(writer.run(watch_rx)),
         ];
         let engine = Self {
-            conn,
+            cmd,
             limits,
             keys,
             ingest_script: Script::new(&format!(
@@ -323,9 +321,9 @@ impl Engine for RedisEngine {
                 .map_err(|e| EngineError::Corrupt(format!("unserializable fix: {e}")))?;
             inv.arg(fix.ts).arg(format!("{:020}|{json}", fix.seq));
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.cmd.conn();
         let (accepted, latest_index, watchers): (u32, usize, u64) =
-            with_timeout(self.opts.op_timeout, inv.invoke_async(&mut conn)).await?;
+            self.cmd.run(inv.invoke_async(&mut conn)).await?;
         let new_latest = latest_index
             .checked_sub(1)
             .and_then(|i| fixes.get(i))
@@ -339,12 +337,11 @@ impl Engine for RedisEngine {
     }
 
     async fn latest(&self, driver_id: &str, now_ms: i64) -> Result<Option<StoredFix>, EngineError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.cmd.conn();
         let cmd = redis::cmd("GET")
             .arg(self.keys.driver(driver_id, "latest"))
             .to_owned();
-        let raw: Option<String> =
-            with_timeout(self.opts.op_timeout, cmd.query_async(&mut conn)).await?;
+        let raw: Option<String> = self.cmd.run(cmd.query_async(&mut conn)).await?;
         let Some(raw) = raw else {
             return Ok(None);
         };
@@ -365,7 +362,7 @@ impl Engine for RedisEngine {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.cmd.conn();
         let cmd = redis::cmd("ZRANGEBYLEX")
             .arg(self.keys.driver(driver_id, "trail"))
             .arg(format!("[{from:020}"))
@@ -374,8 +371,7 @@ impl Engine for RedisEngine {
             .arg(0)
             .arg(limit.min(i64::MAX as usize))
             .to_owned();
-        let members: Vec<String> =
-            with_timeout(self.opts.op_timeout, cmd.query_async(&mut conn)).await?;
+        let members: Vec<String> = self.cmd.run(cmd.query_async(&mut conn)).await?;
         members
             .iter()
             .map(|m| {
@@ -388,12 +384,12 @@ impl Engine for RedisEngine {
     }
 
     async fn publish(&self, channel: &str, frame: Utf8Bytes) -> Result<(), EngineError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.cmd.conn();
         let cmd = redis::cmd("PUBLISH")
             .arg(self.keys.channel(channel))
             .arg(frame.as_str())
             .to_owned();
-        with_timeout(self.opts.op_timeout, cmd.query_async::<u64>(&mut conn)).await?;
+        self.cmd.run(cmd.query_async::<u64>(&mut conn)).await?;
         Ok(())
     }
 
@@ -418,22 +414,21 @@ impl Engine for RedisEngine {
     }
 
     async fn watchers(&self, channel: &str) -> Result<u64, EngineError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.cmd.conn();
         let mut inv = self.watchers_script.prepare_invoke();
         inv.key(self.keys.watchers(channel));
-        with_timeout(self.opts.op_timeout, inv.invoke_async(&mut conn)).await
+        self.cmd.run(inv.invoke_async(&mut conn)).await
     }
 
     async fn ready(&self) -> Result<(), EngineError> {
         if !*self.pubsub_up.borrow() {
             return Err(EngineError::Redis("pub/sub connection is down".into()));
         }
-        let mut conn = self.conn.clone();
-        let pong: String = with_timeout(
-            self.opts.op_timeout,
-            redis::cmd("PING").query_async(&mut conn),
-        )
-        .await?;
+        let mut conn = self.cmd.conn();
+        let pong: String = self
+            .cmd
+            .run(redis::cmd("PING").query_async(&mut conn))
+            .await?;
         if pong == "PONG" {
             Ok(())
         } else {

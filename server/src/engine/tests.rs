@@ -553,6 +553,8 @@ mod redis_engine {
         /// Connections with an id below this, once seen sending SUBSCRIBE,
         /// are stalled.
         stall_below: Arc<std::sync::atomic::AtomicU64>,
+        /// Stall those connections whatever they carry, not only pub/sub.
+        stall_all: Arc<std::sync::atomic::AtomicBool>,
         /// Id of the next accepted connection.
         next_id: Arc<std::sync::atomic::AtomicU64>,
         task: tokio::task::JoinHandle<()>,
@@ -566,6 +568,8 @@ mod redis_engine {
             let port = listener.local_addr().unwrap().port();
             let stall_below = Arc::new(AtomicU64::new(0));
             let stall = Arc::clone(&stall_below);
+            let stall_all = Arc::new(AtomicBool::new(false));
+            let all = Arc::clone(&stall_all);
             let next_id = Arc::new(AtomicU64::new(0));
             let ids = Arc::clone(&next_id);
             let task = tokio::spawn(async move {
@@ -578,9 +582,12 @@ mod redis_engine {
                     let (mut cr, mut cw) = client.into_split();
                     let (mut sr, mut sw) = server.into_split();
                     let stalled = {
-                        let (stall, is_pubsub) = (Arc::clone(&stall), Arc::clone(&is_pubsub));
+                        let (stall, all, is_pubsub) =
+                            (Arc::clone(&stall), Arc::clone(&all), Arc::clone(&is_pubsub));
                         move || {
-                            id < stall.load(Ordering::Acquire) && is_pubsub.load(Ordering::Acquire)
+                            id < stall.load(Ordering::Acquire)
+                                && (all.load(Ordering::Acquire)
+                                    || is_pubsub.load(Ordering::Acquire))
                         }
                     };
                     let up_stalled = stalled.clone();
@@ -617,13 +624,17 @@ mod redis_engine {
             Self {
                 port,
                 stall_below,
+                stall_all,
                 next_id,
                 task,
             }
         }
 
-        /// Stalls every pub/sub connection opened so far.
-        fn stall(&self) {
+        /// Stalls every pub/sub connection opened so far (with `all`, every
+        /// connection).
+        fn stall(&self, all: bool) {
+            self.stall_all
+                .store(all, std::sync::atomic::Ordering::Release);
             let next = self.next_id.load(std::sync::atomic::Ordering::Acquire);
             self.stall_below
                 .store(next, std::sync::atomic::Ordering::Release);
@@ -642,17 +653,7 @@ mod redis_engine {
             eprintln!("skipping redis_probe_recovers: WAYPOST_TEST_REDIS_URL is not set");
             return;
         };
-        let info = redis::Client::open(url.as_str()).unwrap();
-        let redis::ConnectionAddr::Tcp(host, port) = info.get_connection_info().addr.clone() else {
-            eprintln!("skipping redis_probe_recovers: not a TCP Redis URL");
-            return;
-        };
-        let upstream = tokio::net::lookup_host((host.as_str(), port))
-            .await
-            .unwrap()
-            .next()
-            .unwrap();
-        let proxy = StallProxy::start(upstream).await;
+        let proxy = StallProxy::start(upstream(&url).await).await;
         let hub = Arc::new(Hub::new(Metrics::new()));
         let metrics = Metrics::new();
         let proxied = format!("redis://127.0.0.1:{}", proxy.port);
@@ -667,7 +668,7 @@ mod redis_engine {
         // Connections opened from here on pass; the current pub/sub one is
         // stalled (not closed), so only the probe can notice.
         let stalled_at = Instant::now();
-        proxy.stall();
+        proxy.stall(false);
         e.publish(&ch, "vanishes".into()).await.unwrap();
         assert!(
             tokio::time::timeout(Duration::from_millis(300), rx.recv())
@@ -690,6 +691,79 @@ mod redis_engine {
         );
         eprintln!(
             "stalled subscription recovered after {:?}",
+            stalled_at.elapsed()
+        );
+        assert!(metrics.redis_reconnects.get() >= 1);
+        e.shutdown().await;
+    }
+
+    async fn upstream(url: &str) -> std::net::SocketAddr {
+        let info = redis::Client::open(url).unwrap();
+        let redis::ConnectionAddr::Tcp(host, port) = info.get_connection_info().addr.clone() else {
+            panic!("WAYPOST_TEST_REDIS_URL must be a redis:// TCP URL");
+        };
+        let addr = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .unwrap()
+            .next()
+            .unwrap();
+        addr
+    }
+
+    /// Every connection stalls, the command connection included: commands
+    /// time out until the engine replaces that connection, then the probe
+    /// notices the stalled subscription and delivery resumes.
+    #[tokio::test]
+    async fn redis_recovers_when_every_connection_stalls() {
+        let Some(url) = url() else {
+            eprintln!("skipping redis_recovers_when_every_connection_stalls: WAYPOST_TEST_REDIS_URL is not set");
+            return;
+        };
+        let proxy = StallProxy::start(upstream(&url).await).await;
+        let hub = Arc::new(Hub::new(Metrics::new()));
+        let metrics = Metrics::new();
+        let fast = RedisOptions {
+            op_timeout: Duration::from_millis(300),
+            ..opts()
+        };
+        let proxied = format!("redis://127.0.0.1:{}", proxy.port);
+        let e = RedisEngine::connect(
+            &proxied,
+            Arc::clone(&hub),
+            Limits::default(),
+            metrics.clone(),
+            fast,
+        )
+        .await
+        .unwrap();
+        let ch = format!("tracking:{}", unique("d"));
+        let (h, mut rx) = connection(hub.next_conn_id(), 64);
+        hub.add(&ch, h);
+        e.sync_subscription(&ch).await.unwrap();
+        e.publish(&ch, "before".into()).await.unwrap();
+        assert_eq!(recv(&mut rx).await, "before");
+
+        let stalled_at = Instant::now();
+        proxy.stall(true);
+        let mut timeouts = 0;
+        let mut got = None;
+        while stalled_at.elapsed() < Duration::from_secs(8) {
+            match e.publish(&ch, "after".into()).await {
+                Err(_) => timeouts += 1,
+                Ok(()) => {
+                    if let Ok(Some(m)) =
+                        tokio::time::timeout(Duration::from_millis(100), rx.recv()).await
+                    {
+                        got = Some(m.text.to_string());
+                        break;
+                    }
+                }
+            }
+        }
+        assert!(timeouts >= 1, "the stall should make commands time out");
+        assert_eq!(got.as_deref(), Some("after"), "no recovery within 8 s");
+        eprintln!(
+            "recovered from a full stall after {:?} ({timeouts} failed publishes)",
             stalled_at.elapsed()
         );
         assert!(metrics.redis_reconnects.get() >= 1);

@@ -21,12 +21,13 @@ use std::time::Duration;
 use axum::extract::ws::Utf8Bytes;
 use futures_util::StreamExt;
 use rand::Rng;
-use redis::aio::{ConnectionManager, PubSubSink, PubSubStream};
+use redis::aio::{PubSubSink, PubSubStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
+use super::commands::Commands;
 use super::{redis_err, with_timeout, RedisOptions};
 use crate::engine::EngineError;
 use crate::hub::Hub;
@@ -66,7 +67,7 @@ impl Backoff {
 /// What the manager needs; moved into its task.
 pub(super) struct Manager {
     pub client: redis::Client,
-    pub conn: ConnectionManager,
+    pub cmd: Arc<Commands>,
     pub hub: Arc<Hub>,
     pub metrics: Metrics,
     pub opts: RedisOptions,
@@ -279,12 +280,12 @@ impl Manager {
     }
 
     async fn send_probe(&self, token: u64) -> Result<u64, EngineError> {
-        let mut conn = self.conn.clone();
-        let cmd = redis::cmd("PUBLISH")
+        let mut conn = self.cmd.conn();
+        let publish = redis::cmd("PUBLISH")
             .arg(&self.probe_channel)
             .arg(token)
             .to_owned();
-        with_timeout(self.opts.op_timeout, cmd.query_async::<u64>(&mut conn)).await
+        self.cmd.run(publish.query_async::<u64>(&mut conn)).await
     }
 
     /// Applies a batch of requests and answers each. An error means the

@@ -12,13 +12,13 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use redis::aio::ConnectionManager;
 use redis::Script;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::{with_timeout, RedisOptions};
+use super::commands::Commands;
+use super::RedisOptions;
 use crate::engine::EngineError;
 use crate::hub::Hub;
 
@@ -34,7 +34,7 @@ pub(super) struct WatchRequest {
 }
 
 pub(super) struct Writer {
-    pub conn: ConnectionManager,
+    pub cmd: Arc<Commands>,
     pub hub: Arc<Hub>,
     pub script: Script,
     pub instance: String,
@@ -136,8 +136,8 @@ impl Writer {
             for (_, n) in chunk {
                 inv.arg(*n);
             }
-            let mut conn = self.conn.clone();
-            with_timeout(self.opts.op_timeout, inv.invoke_async::<i64>(&mut conn)).await?;
+            let mut conn = self.cmd.conn();
+            self.cmd.run(inv.invoke_async::<i64>(&mut conn)).await?;
             for (ch, n) in chunk {
                 if *n == 0 {
                     written.remove(ch);
