@@ -16,8 +16,8 @@
 //!
 //! Fan-out: `publish` is a `PUBLISH waypost:ch:{channel}`; one pub/sub
 //! connection per process holds one `SUBSCRIBE` per channel with local
-//! subscribers (see [`pubsub`]). Watcher counts across processes live in
-//! per-channel hashes (see [`watchers`]).
+//! subscribers (see `redis/pubsub.rs`). Watcher counts across processes live in
+//! per-channel hashes (see `redis/watchers.rs`).
 //!
 //! Every Redis call has a timeout; failures map to [`EngineError::Redis`].
 //! Needs Redis 5 or newer (tested on 7.0); Redis Cluster is not supported
