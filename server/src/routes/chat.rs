@@ -90,8 +90,15 @@ pub async fn post_message(
             ServerFrame::Message(msg.clone()).to_json().into();
         // The message is stored: a failed publish is healed by receivers
         // filling the gap from history at the next message, or by `sync`.
-        for channel in [Channel::chat(room).to_string(), user_channel(from)] {
-            if let Err(e) = state.engine.publish(&channel, frame.clone()).await {
+        let room_channel = Channel::chat(room).to_string();
+        let user = user_channel(from);
+        let (to_room, to_user) = futures_util::future::join(
+            state.engine.publish(&room_channel, frame.clone()),
+            state.engine.publish(&user, frame),
+        )
+        .await;
+        for (channel, result) in [(room_channel, to_room), (user, to_user)] {
+            if let Err(e) = result {
                 state.metrics.engine_errors.inc();
                 tracing::warn!(error = %e, %channel, "publishing a chat message failed");
             }
