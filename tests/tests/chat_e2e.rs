@@ -485,3 +485,68 @@ async fn wait_presence(c: &mut WsClient, user: &str, online: bool) -> Result<Val
         }
     }
 }
+
+/// Redis loses its data (restart without persistence): the stores
+/// reconnect, a room's seqs start over, a client resuming from an old seq
+/// is told `recovered: false`, and a vendor stream resuming from an old
+/// Last-Event-ID gets the notifications posted since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_data_loss_is_reported_not_hidden() -> Result<()> {
+    let mut redis = match waypost_e2e::RedisServer::start().await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("SKIP: no redis-server to restart: {e:#}");
+            return Ok(());
+        }
+    };
+    let server = Server::start(EngineChoice::Redis(redis.url())).await?;
+    let room = unique("order");
+    let ch = format!("chat:{room}");
+    let mut buyer = connect(&server, "b-1", Role::Buyer, &room).await?;
+    for i in 1..=5 {
+        buyer.send_chat(&room, &format!("c-{i}"), "before").await?;
+    }
+    redis.restart().await?;
+    // The first calls may fail while the connections come back.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let ack = loop {
+        match buyer.send_chat(&room, "c-after", "after").await {
+            Ok(ack) => break ack,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                eprintln!("retrying send after the Redis restart: {e:#}");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    assert_eq!(ack["seq"], 1, "the room's history is gone: seqs start over");
+    let mut vendor = connect(&server, "v-1", Role::Vendor, &room).await?;
+    vendor
+        .send_json(&json!({"type":"subscribe","channel":ch,"after":5}))
+        .await?;
+    let sub = vendor.next_of_type("subscribed", T).await?;
+    assert_eq!(sub["recovered"], false);
+    assert_eq!(sub["high_seq"], 1);
+
+    let vendor_id = unique("v");
+    let post = reqwest::Client::new()
+        .post(server.http(&format!("/v1/vendors/{vendor_id}/notifications")))
+        .bearer_auth(token("orders", Role::Service, &[]))
+        .json(&json!({"event":"new-order","data":{"n":1}}))
+        .send()
+        .await?;
+    assert_eq!(post.status(), StatusCode::ACCEPTED);
+    let mut sse = waypost_e2e::chat::SseClient::connect(
+        &server.http(&format!("/v1/vendors/{vendor_id}/notifications/stream")),
+        &token(&vendor_id, Role::Vendor, &[]),
+        Some("40"),
+    )
+    .await?;
+    let ev = sse.next_event(T).await?;
+    assert_eq!(
+        ev.id.as_deref(),
+        Some("1"),
+        "an id from before the loss replays all"
+    );
+    Ok(())
+}
