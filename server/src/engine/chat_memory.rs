@@ -114,7 +114,10 @@ impl ChatStore for MemoryChatStore {
             let key = client_key(&m.from, &m.client_id);
             if let Some(&seq) = room.by_client.get(&key) {
                 let first = room.log.front().map_or(0, |f| f.seq);
-                if let Some(orig) = room.log.get((seq - first) as usize) {
+                let orig = seq
+                    .checked_sub(first)
+                    .and_then(|i| room.log.get(i as usize));
+                if let Some(orig) = orig {
                     return Appended::Duplicate(orig.clone());
                 }
             }
