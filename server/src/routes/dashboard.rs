@@ -186,7 +186,8 @@ pub async fn get_snapshot(
     Ok(Json(snapshot(&state, &mut None).await))
 }
 
-/// Decrements the `dashboard` connection gauge when the stream is dropped.
+/// Decrements the `dashboard` connection gauge when the stream is dropped
+/// (the connection permit beside it is released at the same time).
 struct GaugeGuard(IntGauge);
 
 impl Drop for GaugeGuard {
@@ -205,9 +206,11 @@ pub async fn stream(
     if state.shutdown.is_cancelled() {
         return Err(AppError::Engine(crate::engine::EngineError::Closed));
     }
+    // Counts against the caller's connection limit, like any stream.
+    let permit = crate::routes::sse::user_permit(&state, &claims)?;
     let gauge = state.metrics.connections.with_label_values(&["dashboard"]);
     gauge.inc();
-    let guard = GaugeGuard(gauge);
+    let guard = (GaugeGuard(gauge), permit);
     let mut ticker = tokio::time::interval(SNAPSHOT_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let events = futures_util::stream::unfold(
@@ -361,6 +364,74 @@ mod tests {
         assert_eq!(snap["drivers"][0]["watchers"], 0);
         assert_eq!(snap["totals"]["fixes_ingested"], 1);
         assert_eq!(snap["engine"], "memory");
+    }
+
+    #[tokio::test]
+    async fn streams_count_against_the_connection_limit() {
+        use std::sync::Arc;
+        use tower::ServiceExt;
+        let metrics = crate::metrics::Metrics::new();
+        let hub = Arc::new(crate::hub::Hub::new(metrics.clone()));
+        let limits = crate::config::Limits {
+            max_connections_per_user: 2,
+            ..crate::config::Limits::default()
+        };
+        let engine = Arc::new(crate::engine::memory::MemoryEngine::new(
+            Arc::clone(&hub),
+            limits.clone(),
+        ));
+        let keys = crate::auth::AuthKeys::new(b"k");
+        let state = AppState::new(engine, hub, keys.clone(), limits, metrics.clone());
+        let router = crate::app::build_router(state.clone());
+        let uri = format!(
+            "/v1/dashboard/stream?token={}",
+            token(&keys, Role::Service, "ops")
+        );
+        let open = || {
+            let req = axum::http::Request::builder()
+                .uri(uri.as_str())
+                .body(axum::body::Body::empty())
+                .expect("request");
+            router.clone().oneshot(req)
+        };
+        let a = open().await.expect("infallible");
+        let b = open().await.expect("infallible");
+        assert_eq!(a.status(), StatusCode::OK);
+        assert_eq!(b.status(), StatusCode::OK);
+        assert_eq!(
+            metrics.connections.with_label_values(&["dashboard"]).get(),
+            2
+        );
+        assert_eq!(
+            open().await.expect("infallible").status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        drop(a);
+        assert_eq!(
+            metrics.connections.with_label_values(&["dashboard"]).get(),
+            1
+        );
+        assert_eq!(open().await.expect("infallible").status(), StatusCode::OK);
+        // The first event arrives at once.
+        let mut body = b.into_body().into_data_stream();
+        let first = tokio::time::timeout(
+            Duration::from_secs(2),
+            futures_util::StreamExt::next(&mut body),
+        )
+        .await
+        .expect("an event within 2 s")
+        .expect("stream open")
+        .expect("bytes");
+        assert!(String::from_utf8_lossy(&first).starts_with("event: snapshot\n"));
+        // Shutdown ends the stream (so the server can drain).
+        state.shutdown.cancel();
+        let end = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(chunk) = futures_util::StreamExt::next(&mut body).await {
+                chunk.expect("bytes");
+            }
+        })
+        .await;
+        assert!(end.is_ok(), "stream still open after shutdown");
     }
 
     #[test]
