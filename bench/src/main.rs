@@ -11,9 +11,9 @@ mod common;
 mod connections;
 mod fanout;
 mod ingest;
+mod replay;
 mod storm;
 mod worker;
-// Slot for the SDK replay benchmark: `mod replay;` and a `SdkReplay` variant.
 
 #[derive(Parser)]
 #[command(
@@ -38,6 +38,10 @@ enum Command {
     Storm(storm::Args),
     /// Chat rooms: members, one sender per room; ack/delivery latency, order and loss checks.
     Chat(chat::Args),
+    /// Replay a GPS trace through the driver SDK in simulated time (vs. the seed's 5 s POSTs).
+    SdkReplay(replay::Args),
+    /// Insert rate of the driver SDK's SQLite buffer (batched transactions).
+    SdkBuffer(replay::BufferArgs),
     /// Internal: a subscriber process forked by the other subcommands.
     #[command(hide = true)]
     Worker(worker::Args),
@@ -56,6 +60,8 @@ fn main() -> anyhow::Result<()> {
             Command::Ingest(args) => ingest::run(args).await,
             Command::Storm(args) => storm::run(args).await,
             Command::Chat(args) => chat::run(args).await,
+            Command::SdkReplay(args) => replay::run(args).await,
+            Command::SdkBuffer(args) => replay::run_buffer(args).await,
             Command::Worker(args) => worker::run(args).await,
         }
     })

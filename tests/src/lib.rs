@@ -6,6 +6,7 @@
 //! prints the tail of the server's log.
 
 pub mod chat;
+pub mod proxy;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,778 @@
+//! `sdk-replay`: replays a GPS trace through the real driver SDK in
+//! simulated time against an in-process server, and compares it with the
+//! seed architecture (one single-fix POST every 5 s). `sdk-buffer`: the
+//! SQLite buffer's insert rate.
+//!
+//! Simulation: a [`ManualClock`] runs on the trace's own timestamps. Each
+//! trace row is handed to `Driver::record` at its timestamp; the uploader is
+//! polled exactly when it says it is due. Requests go through the real
+//! server router (`waypost_server::app::build_router`, memory engine) with
+//! `tower::ServiceExt::oneshot` — real JSON, gzip, auth, validation and
+//! de-duplication; only the network is instantaneous (so staleness below
+//! excludes network latency; add one RTT). `--watched` keeps a subscriber on
+//! `tracking:{driver}` for the whole trace, so the server hints "watched".
+//!
+//! Staleness, sampled every second of the trace once the server has a
+//! position: `staleness` is how far the server's latest position lags the
+//! newest fix the phone had (`newest input ts − server latest ts`; what the
+//! SDK controls); `position_age` is `now − server latest ts` (also counts
+//! gaps in the trace itself, which no SDK can fix).
+//!
+//! Radio energy model (LTE, after Huang et al., "A Close Examination of
+//! Performance and Power Characteristics of 4G LTE Networks", MobiSys 2012):
+//! waking the radio costs a promotion of 0.3 J; after each transfer the radio
+//! stays in the high-power tail for 11 s at 0.95 W (10.45 J) unless the next
+//! transfer starts earlier, which cuts the tail short and skips the next
+//! promotion; sending costs 1.2 W over `bytes·8 / 2 Mbit/s`. An isolated
+//! upload therefore costs ≈ 10.8 J; uploads every 5 s keep the radio in the
+//! tail all the time (≈ 4.8 J each).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use async_trait::async_trait;
+use axum::body::Body;
+use parking_lot::Mutex;
+use serde::Serialize;
+use tower::ServiceExt;
+use waypost_protocol::{Claims, Fix, IngestRequest, Role};
+use waypost_sdk::backoff::SeededRandom;
+use waypost_sdk::clock::{Clock, ManualClock};
+use waypost_sdk::driver::buffer::{Buffer, BufferOptions};
+use waypost_sdk::env::{BatteryState, ManualEnvironment, NetworkType};
+use waypost_sdk::transport::{HttpRequest, HttpResponse, HttpTransport, TransportError};
+use waypost_sdk::{
+    Driver, DriverConfig, DriverDeps, DropReason, Location, PolicyConfig, PolicyPreset,
+    RecordOutcome, StaticToken,
+};
+use waypost_server::app::{build_router, AppState};
+use waypost_server::auth::AuthKeys;
+use waypost_server::config::Limits;
+use waypost_server::engine::memory::MemoryEngine;
+use waypost_server::engine::Engine;
+use waypost_server::hub::{self, Hub};
+use waypost_server::metrics::Metrics;
+
+const SECRET: &[u8] = b"bench-replay-secret";
+const DRIVER: &str = "d-replay";
+const BASELINE_DRIVER: &str = "d-baseline";
+const BASELINE_PERIOD_MS: i64 = 5_000;
+
+// Radio model constants (see module docs).
+const PROMOTION_J: f64 = 0.3;
+const TAIL_S: f64 = 11.0;
+const TAIL_W: f64 = 0.95;
+const TX_W: f64 = 1.2;
+const UPLINK_BPS: f64 = 2_000_000.0;
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum PresetArg {
+    Realtime,
+    Balanced,
+    Saver,
+}
+
+impl From<PresetArg> for PolicyPreset {
+    fn from(p: PresetArg) -> Self {
+        match p {
+            PresetArg::Realtime => PolicyPreset::Realtime,
+            PresetArg::Balanced => PolicyPreset::Balanced,
+            PresetArg::Saver => PolicyPreset::Saver,
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Trace CSV: ts_ms,lat,lon,alt_m,speed_mps,accuracy_m.
+    #[arg(long)]
+    trace: PathBuf,
+    /// Somebody watches the driver for the whole trace.
+    #[arg(long, conflicts_with = "unwatched")]
+    watched: bool,
+    /// Nobody watches (the default).
+    #[arg(long)]
+    unwatched: bool,
+    /// Policy preset.
+    #[arg(long, value_enum, default_value = "balanced")]
+    preset: PresetArg,
+    /// Seed of the backoff jitter.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Battery level the simulated phone reports (0–1).
+    #[arg(long, default_value_t = 0.8)]
+    battery: f64,
+    /// Print one JSON object instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One trace row.
+#[derive(Debug, Clone, Copy)]
+struct Row {
+    ts: i64,
+    lat: f64,
+    lon: f64,
+    alt: Option<f64>,
+    speed: Option<f64>,
+    acc: Option<f64>,
+}
+
+fn parse_trace(path: &PathBuf) -> anyhow::Result<Vec<Row>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path:?}"))?;
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if i == 0 || line.trim().is_empty() {
+            if i == 0 && !line.starts_with("ts_ms,") {
+                bail!("{path:?}: header must start with ts_ms,");
+            }
+            continue;
+        }
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() < 6 {
+            bail!("{path:?}:{}: expected 6 columns", i + 1);
+        }
+        let opt = |s: &str| -> anyhow::Result<Option<f64>> {
+            if s.trim().is_empty() {
+                Ok(None)
+            } else {
+                Ok(Some(s.trim().parse()?))
+            }
+        };
+        rows.push(Row {
+            ts: f[0]
+                .trim()
+                .parse()
+                .with_context(|| format!("line {}", i + 1))?,
+            lat: f[1]
+                .trim()
+                .parse()
+                .with_context(|| format!("line {}", i + 1))?,
+            lon: f[2]
+                .trim()
+                .parse()
+                .with_context(|| format!("line {}", i + 1))?,
+            alt: opt(f[3])?,
+            speed: opt(f[4])?,
+            acc: opt(f[5])?,
+        });
+    }
+    if rows.is_empty() {
+        bail!("{path:?} has no rows");
+    }
+    Ok(rows)
+}
+
+/// One request as the transport saw it.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    wall_ms: i64,
+    bytes: usize,
+}
+
+/// [`HttpTransport`] straight into the axum router.
+struct RouterTransport {
+    router: axum::Router,
+    clock: ManualClock,
+    log: Mutex<Vec<Sent>>,
+}
+
+#[async_trait]
+impl HttpTransport for RouterTransport {
+    async fn send(&self, request: HttpRequest) -> Result<HttpResponse, TransportError> {
+        let invalid = |e: String| TransportError::Invalid { message: e };
+        let path = request
+            .url
+            .find("/v1/")
+            .map(|i| request.url[i..].to_owned())
+            .ok_or_else(|| invalid(format!("no /v1/ path in {}", request.url)))?;
+        self.log.lock().push(Sent {
+            wall_ms: self.clock.now_ms(),
+            bytes: request.body.len(),
+        });
+        let mut builder = axum::http::Request::builder()
+            .method(request.method.as_str())
+            .uri(path);
+        for (k, v) in &request.headers {
+            builder = builder.header(k, v);
+        }
+        let req = builder
+            .body(Body::from(request.body))
+            .map_err(|e| invalid(e.to_string()))?;
+        let resp = self
+            .router
+            .clone()
+            .oneshot(req)
+            .await
+            .map_err(|e| TransportError::Broken {
+                message: e.to_string(),
+            })?;
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_owned())))
+            .collect();
+        let body = axum::body::to_bytes(resp.into_body(), 16 << 20)
+            .await
+            .map_err(|e| TransportError::Broken {
+                message: e.to_string(),
+            })?
+            .to_vec();
+        Ok(HttpResponse {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+struct Server {
+    router: axum::Router,
+    engine: Arc<dyn Engine>,
+    hub: Arc<Hub>,
+    keys: AuthKeys,
+}
+
+fn server() -> Server {
+    let limits = Limits {
+        trail_len: 1_000_000,
+        dedup_window: 1_000_000,
+        // Simulated hours pass in real milliseconds: no real-time rate limit.
+        ingest_requests_per_s: 1_000_000,
+        online_ttl: Duration::from_secs(24 * 3600),
+        ..Limits::default()
+    };
+    let metrics = Metrics::new();
+    let hub = Arc::new(Hub::new(metrics.clone()));
+    let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new(Arc::clone(&hub), limits.clone()));
+    let keys = AuthKeys::new(SECRET);
+    let state = AppState::new(
+        Arc::clone(&engine),
+        Arc::clone(&hub),
+        keys.clone(),
+        limits,
+        metrics,
+    );
+    Server {
+        router: build_router(state),
+        engine,
+        hub,
+        keys,
+    }
+}
+
+fn token(keys: &AuthKeys, sub: &str, role: Role) -> anyhow::Result<String> {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + 24 * 3600;
+    Ok(keys.mint(&Claims {
+        sub: sub.into(),
+        role,
+        exp,
+        channels: None,
+    })?)
+}
+
+/// Figures of one run (SDK or baseline).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Figures {
+    fixes_in: usize,
+    fixes_recorded: usize,
+    fixes_uploaded: usize,
+    uploads: usize,
+    uploads_per_hour: f64,
+    staleness_p50_s: Option<f64>,
+    staleness_p95_s: Option<f64>,
+    position_age_p50_s: Option<f64>,
+    position_age_p95_s: Option<f64>,
+    bytes_up: usize,
+    radio_energy_j: f64,
+    lost: usize,
+    duplicated: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    trace: String,
+    mode: &'static str,
+    preset: String,
+    seed: u64,
+    duration_h: f64,
+    #[serde(flatten)]
+    sdk: Figures,
+    dropped: std::collections::BTreeMap<String, usize>,
+    baseline: Figures,
+    wall_time_s: f64,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let idx = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    Some(sorted[idx.min(sorted.len() - 1)])
+}
+
+/// Radio energy of a sequence of transfers (module docs).
+fn radio_energy_j(sent: &[Sent]) -> f64 {
+    let mut e = 0.0;
+    let mut prev_end: Option<f64> = None;
+    for s in sent {
+        let t = s.wall_ms as f64 / 1000.0;
+        let tx_s = s.bytes as f64 * 8.0 / UPLINK_BPS;
+        match prev_end {
+            Some(end) if t - end < TAIL_S => {
+                // Still in the tail: pay the tail up to now, no promotion.
+                e += TAIL_W * (t - end).max(0.0);
+            }
+            Some(_) => e += TAIL_W * TAIL_S + PROMOTION_J,
+            None => e += PROMOTION_J,
+        }
+        e += TX_W * tx_s;
+        prev_end = Some(t + tx_s);
+    }
+    if prev_end.is_some() {
+        e += TAIL_W * TAIL_S;
+    }
+    e
+}
+
+/// Samples of (staleness, position age) in seconds, once per trace second.
+struct Sampler {
+    staleness: Vec<f64>,
+    age: Vec<f64>,
+}
+
+impl Sampler {
+    fn new() -> Self {
+        Self {
+            staleness: Vec::new(),
+            age: Vec::new(),
+        }
+    }
+
+    fn sample(&mut self, now: i64, newest_input: i64, server_latest: Option<i64>) {
+        if let Some(latest) = server_latest {
+            self.staleness
+                .push((newest_input - latest).max(0) as f64 / 1000.0);
+            self.age.push((now - latest).max(0) as f64 / 1000.0);
+        }
+    }
+
+    fn finish(mut self, f: &mut Figures) {
+        self.staleness.sort_by(f64::total_cmp);
+        self.age.sort_by(f64::total_cmp);
+        f.staleness_p50_s = percentile(&self.staleness, 50.0);
+        f.staleness_p95_s = percentile(&self.staleness, 95.0);
+        f.position_age_p50_s = percentile(&self.age, 50.0);
+        f.position_age_p95_s = percentile(&self.age, 95.0);
+    }
+}
+
+async fn server_latest_ts(engine: &Arc<dyn Engine>, driver: &str) -> anyhow::Result<Option<i64>> {
+    Ok(engine
+        .latest(driver, waypost_server::now_ms())
+        .await?
+        .map(|s| s.fix.ts))
+}
+
+fn location(r: &Row) -> Location {
+    Location {
+        ts_ms: r.ts,
+        lat: r.lat,
+        lon: r.lon,
+        accuracy_m: r.acc,
+        speed_mps: r.speed,
+        heading_deg: None,
+        altitude_m: r.alt,
+    }
+}
+
+fn drop_name(reason: &DropReason) -> &'static str {
+    match reason {
+        DropReason::Invalid { .. } => "invalid",
+        DropReason::FromTheFuture { .. } => "future",
+        DropReason::Inaccurate { .. } => "inaccurate",
+        DropReason::Jump { .. } => "jump",
+        DropReason::Stale => "stale",
+        DropReason::Throttled => "throttled",
+    }
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let rows = parse_trace(&args.trace)?;
+    let first = rows[0].ts;
+    let last = rows[rows.len() - 1].ts;
+    let duration_h = ((last - first) as f64 / 3_600_000.0).max(1.0 / 3600.0);
+    let srv = server();
+    let _watcher = if args.watched {
+        // A subscriber on the driver's channel, as a WebSocket would add.
+        let (handle, rx) = hub::connection(srv.hub.next_conn_id(), 1 << 20);
+        srv.hub.add(&format!("tracking:{DRIVER}"), handle.clone());
+        srv.hub.add(&format!("tracking:{BASELINE_DRIVER}"), handle);
+        Some(rx)
+    } else {
+        None
+    };
+    let mut watcher = _watcher;
+
+    let dir = std::env::temp_dir().join(format!("waypost-replay-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let buffer_path = dir.join("buffer.db");
+    let _ = std::fs::remove_file(&buffer_path);
+
+    // ---- the SDK ----
+    let clock = ManualClock::new(first - 1_000);
+    let wall0 = clock.now_ms();
+    let env = ManualEnvironment::new(
+        NetworkType::Cellular,
+        BatteryState {
+            level: args.battery,
+            charging: false,
+            low_power_mode: false,
+        },
+    );
+    let transport = Arc::new(RouterTransport {
+        router: srv.router.clone(),
+        clock: clock.clone(),
+        log: Mutex::new(Vec::new()),
+    });
+    let mut config = DriverConfig::new(
+        "http://replay.invalid",
+        DRIVER,
+        "phone-1",
+        buffer_path.to_string_lossy(),
+    );
+    config.policy = PolicyConfig::preset(args.preset.into());
+    let driver = Driver::open_with(
+        config,
+        DriverDeps {
+            clock: Arc::new(clock.clone()),
+            random: Arc::new(SeededRandom::new(args.seed)),
+            environment: Arc::new(env),
+            transport: transport.clone(),
+            tokens: Arc::new(StaticToken(token(&srv.keys, DRIVER, Role::Driver)?)),
+            listener: None,
+        },
+    )?;
+
+    let mut recorded: Vec<(u64, i64)> = Vec::new();
+    let mut dropped = std::collections::BTreeMap::<String, usize>::new();
+    let mut sampler = Sampler::new();
+    let mut next_row = 0usize;
+    let mut due_mono: Option<u64> = None;
+    let mut next_sample = first;
+    let end = last;
+    loop {
+        let due_wall = due_mono.map(|m| wall0 + m as i64);
+        let row_ts = rows.get(next_row).map(|r| r.ts);
+        let candidates = [
+            row_ts,
+            due_wall,
+            (next_sample <= end).then_some(next_sample),
+        ];
+        let Some(t) = candidates.into_iter().flatten().min() else {
+            break;
+        };
+        clock.set_wall_ms(t);
+        let mut poll = due_wall.is_some_and(|d| d <= t);
+        while rows.get(next_row).is_some_and(|r| r.ts <= t) {
+            match driver.record(location(&rows[next_row]))? {
+                RecordOutcome::Recorded { seq } => {
+                    recorded.push((seq, rows[next_row].ts));
+                    poll = true;
+                }
+                RecordOutcome::Dropped { reason } => {
+                    *dropped.entry(drop_name(&reason).into()).or_default() += 1;
+                }
+            }
+            next_row += 1;
+        }
+        if poll {
+            due_mono = driver.poll_uploads().await?.next_due_ms;
+        }
+        if t == next_sample {
+            let newest_input = rows[next_row.saturating_sub(1)].ts;
+            sampler.sample(
+                t,
+                newest_input,
+                server_latest_ts(&srv.engine, DRIVER).await?,
+            );
+            next_sample += 1_000;
+        }
+        if let Some(rx) = watcher.as_mut() {
+            while rx.try_recv().is_ok() {}
+        }
+        if next_row >= rows.len() && next_sample > end {
+            break;
+        }
+    }
+    // End of shift: the app flushes; drain what is left.
+    driver.flush();
+    for _ in 0..1_000 {
+        if driver.stats()?.pending == 0 {
+            break;
+        }
+        let p = driver.poll_uploads().await?;
+        let now = clock.monotonic_ms();
+        let next = p.next_due_ms.unwrap_or(now + 1_000).max(now + 1);
+        clock.advance(Duration::from_millis(next - now));
+    }
+    let trail = srv.engine.trail(DRIVER, 0, usize::MAX).await?;
+    let mut sdk = Figures {
+        fixes_in: rows.len(),
+        fixes_recorded: recorded.len(),
+        ..Figures::default()
+    };
+    let on_server: HashSet<u64> = trail.iter().map(|f| f.seq).collect();
+    sdk.fixes_uploaded = on_server.len();
+    sdk.lost = recorded
+        .iter()
+        .filter(|(seq, _)| !on_server.contains(seq))
+        .count();
+    sdk.duplicated = duplicates(&trail);
+    let sent = transport.log.lock().clone();
+    sdk.uploads = sent.len();
+    sdk.uploads_per_hour = sent.len() as f64 / duration_h;
+    sdk.bytes_up = sent.iter().map(|s| s.bytes).sum();
+    sdk.radio_energy_j = radio_energy_j(&sent);
+    sampler.finish(&mut sdk);
+    driver.shutdown().await;
+    drop(driver);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let baseline = baseline(&srv, &rows).await?;
+    let report = Report {
+        trace: args
+            .trace
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        mode: if args.watched { "watched" } else { "unwatched" },
+        preset: format!("{:?}", args.preset).to_lowercase(),
+        seed: args.seed,
+        duration_h,
+        sdk,
+        dropped,
+        baseline,
+        wall_time_s: started.elapsed().as_secs_f64(),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
+}
+
+/// Trail entries that repeat a seq or repeat a fix (same ts and position
+/// under another seq: a fix recorded twice).
+fn duplicates(trail: &[Fix]) -> usize {
+    let mut seqs = HashSet::new();
+    let mut fixes = HashSet::new();
+    trail
+        .iter()
+        .filter(|f| {
+            let fresh_seq = seqs.insert(f.seq);
+            let fresh_fix = fixes.insert((f.ts, f.lat.to_bits(), f.lon.to_bits()));
+            !(fresh_seq && fresh_fix)
+        })
+        .count()
+}
+
+/// The seed architecture: every 5 s, POST the newest position as a
+/// single-fix batch (no buffer, no batching, no retry).
+async fn baseline(srv: &Server, rows: &[Row]) -> anyhow::Result<Figures> {
+    let clock = ManualClock::new(rows[0].ts);
+    let transport = RouterTransport {
+        router: srv.router.clone(),
+        clock: clock.clone(),
+        log: Mutex::new(Vec::new()),
+    };
+    let token = token(&srv.keys, BASELINE_DRIVER, Role::Driver)?;
+    let first = rows[0].ts;
+    let last = rows[rows.len() - 1].ts;
+    let mut sampler = Sampler::new();
+    let mut next_row = 0usize;
+    let mut seq = 0u64;
+    let mut sent_rows = HashSet::new();
+    let mut t = first;
+    while t <= last {
+        clock.set_wall_ms(t);
+        while rows.get(next_row + 1).is_some_and(|r| r.ts <= t) {
+            next_row += 1;
+        }
+        if (t - first) % BASELINE_PERIOD_MS == 0 {
+            let r = rows[next_row];
+            seq += 1;
+            let mut fix = Fix::new(seq, r.ts, r.lat, r.lon);
+            fix.speed_mps = r.speed;
+            fix.altitude_m = r.alt;
+            fix.accuracy_m = r.acc;
+            let body = serde_json::to_vec(&IngestRequest {
+                device_id: "phone-1".into(),
+                fixes: vec![fix],
+            })?;
+            let resp = transport
+                .send(HttpRequest {
+                    method: "POST".into(),
+                    url: format!("http://replay.invalid/v1/drivers/{BASELINE_DRIVER}/locations"),
+                    headers: vec![
+                        ("content-type".into(), "application/json".into()),
+                        ("authorization".into(), format!("Bearer {token}")),
+                    ],
+                    body,
+                })
+                .await?;
+            if resp.status != 200 {
+                bail!(
+                    "baseline POST refused: {} {}",
+                    resp.status,
+                    String::from_utf8_lossy(&resp.body)
+                );
+            }
+            sent_rows.insert(next_row);
+        }
+        sampler.sample(
+            t,
+            rows[next_row].ts,
+            server_latest_ts(&srv.engine, BASELINE_DRIVER).await?,
+        );
+        t += 1_000;
+    }
+    let sent = transport.log.lock().clone();
+    let duration_h = ((last - first) as f64 / 3_600_000.0).max(1.0 / 3600.0);
+    let mut f = Figures {
+        fixes_in: rows.len(),
+        fixes_recorded: seq as usize,
+        // Distinct trace rows that ever reached the server.
+        fixes_uploaded: sent_rows.len(),
+        uploads: sent.len(),
+        uploads_per_hour: sent.len() as f64 / duration_h,
+        bytes_up: sent.iter().map(|s| s.bytes).sum(),
+        radio_energy_j: radio_energy_j(&sent),
+        lost: 0,
+        duplicated: 0,
+        ..Figures::default()
+    };
+    sampler.finish(&mut f);
+    Ok(f)
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BufferArgs {
+    /// Fixes to insert.
+    #[arg(long, default_value_t = 200_000)]
+    fixes: usize,
+    /// Fixes per transaction.
+    #[arg(long, default_value_t = 1_000)]
+    batch: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct BufferReport {
+    fixes: usize,
+    batch: usize,
+    seconds: f64,
+    fixes_per_s: f64,
+    single_commit_fixes_per_s: f64,
+    path: String,
+}
+
+/// Inserts fixes into a fresh buffer in batched transactions (the same
+/// `Buffer::append` the driver uses; WAL, synchronous=NORMAL), then measures
+/// one-commit-per-fix for context.
+pub async fn run_buffer(args: BufferArgs) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("waypost-bufbench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("buffer.db");
+    let _ = std::fs::remove_file(&path);
+    let now = waypost_server::now_ms();
+    let opts = BufferOptions {
+        max_fixes: (args.fixes as u64).max(1) * 2,
+        ..BufferOptions::default()
+    };
+    let mut buffer = Buffer::open(&path, opts.clone(), now)?;
+    let make = |i: usize| {
+        let mut f = Fix::new(0, now + i as i64, 52.0 + i as f64 * 1e-6, 13.0);
+        f.accuracy_m = Some(5.0);
+        f.speed_mps = Some(10.0);
+        f.battery = Some(0.8);
+        f.charging = Some(false);
+        f
+    };
+    let batch = args.batch.max(1);
+    let t0 = Instant::now();
+    let mut i = 0;
+    while i < args.fixes {
+        let n = batch.min(args.fixes - i);
+        let fixes: Vec<Fix> = (i..i + n).map(make).collect();
+        buffer.append(&fixes, now)?;
+        i += n;
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    let single = 2_000usize;
+    let t1 = Instant::now();
+    for j in 0..single {
+        buffer.append(&[make(args.fixes + j)], now)?;
+    }
+    let single_s = t1.elapsed().as_secs_f64();
+    drop(buffer);
+    let report = BufferReport {
+        fixes: args.fixes,
+        batch,
+        seconds,
+        fixes_per_s: args.fixes as f64 / seconds,
+        single_commit_fixes_per_s: single as f64 / single_s,
+        path: dir.display().to_string(),
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn isolated_upload_costs_about_eleven_joules() {
+        let one = radio_energy_j(&[Sent {
+            wall_ms: 0,
+            bytes: 200,
+        }]);
+        assert!((10.5..11.0).contains(&one), "{one}");
+        let close: Vec<Sent> = (0..10)
+            .map(|i| Sent {
+                wall_ms: i * 5_000,
+                bytes: 200,
+            })
+            .collect();
+        let e = radio_energy_j(&close);
+        // 0.3 J + 9 × 5 s + 11 s of tail at 0.95 W.
+        assert!((e - (0.3 + 0.95 * 56.0)).abs() < 0.1, "{e}");
+    }
+
+    #[test]
+    fn duplicates_count_repeated_seqs_and_repeated_fixes() {
+        let a = Fix::new(1, 10, 1.0, 2.0);
+        let b = Fix::new(2, 20, 1.0, 2.0);
+        let a_again = Fix::new(3, 10, 1.0, 2.0);
+        assert_eq!(duplicates(&[a.clone(), b.clone()]), 0);
+        assert_eq!(duplicates(&[a.clone(), b, a_again]), 1);
+        assert_eq!(duplicates(&[a.clone(), a]), 1);
+    }
+}
