@@ -43,7 +43,9 @@ use waypost_sdk::backoff::SeededRandom;
 use waypost_sdk::clock::{Clock, ManualClock};
 use waypost_sdk::driver::buffer::{Buffer, BufferOptions};
 use waypost_sdk::env::{BatteryState, ManualEnvironment, NetworkType};
-use waypost_sdk::transport::{HttpRequest, HttpResponse, HttpTransport, TransportError};
+use waypost_sdk::transport::{
+    HttpHeader, HttpRequest, HttpResponse, HttpTransport, TransportError,
+};
 use waypost_sdk::{
     Driver, DriverConfig, DriverDeps, DropReason, Location, PolicyConfig, PolicyPreset,
     RecordOutcome, StaticToken,
@@ -196,8 +198,8 @@ impl HttpTransport for RouterTransport {
         let mut builder = axum::http::Request::builder()
             .method(request.method.as_str())
             .uri(path);
-        for (k, v) in &request.headers {
-            builder = builder.header(k, v);
+        for h in &request.headers {
+            builder = builder.header(&h.name, &h.value);
         }
         let req = builder
             .body(Body::from(request.body))
@@ -214,7 +216,7 @@ impl HttpTransport for RouterTransport {
         let headers = resp
             .headers()
             .iter()
-            .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_owned())))
+            .filter_map(|(k, v)| Some(HttpHeader::new(k.as_str(), v.to_str().ok()?)))
             .collect();
         let body = axum::body::to_bytes(resp.into_body(), 16 << 20)
             .await
@@ -624,8 +626,8 @@ async fn baseline(srv: &Server, rows: &[Row]) -> anyhow::Result<Figures> {
                     method: "POST".into(),
                     url: format!("http://replay.invalid/v1/drivers/{BASELINE_DRIVER}/locations"),
                     headers: vec![
-                        ("content-type".into(), "application/json".into()),
-                        ("authorization".into(), format!("Bearer {token}")),
+                        HttpHeader::new("content-type", "application/json"),
+                        HttpHeader::new("authorization", format!("Bearer {token}")),
                     ],
                     body,
                 })

@@ -24,6 +24,7 @@ mod test_util;
 
 pub use waypost_protocol as protocol;
 
+pub use driver::buffer::{BufferOptions, Durability, QuarantinedFix};
 pub use driver::filter::{DropReason, FilterConfig, Location};
 pub use driver::policy::{
     Accuracy, LocationPolicy, ModeSettings, MotionState, PolicyConfig, PolicyPreset,
@@ -34,3 +35,4 @@ pub use driver::{
     StaticToken, TokenProvider, UploadPoll,
 };
 pub use error::WaypostError;
+pub use transport::{HttpHeader, HttpRequest, HttpResponse, HttpTransport, TransportError};

@@ -7,6 +7,25 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+/// One header (a record rather than a tuple, for the bindings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpHeader {
+    /// Header name (any case).
+    pub name: String,
+    /// Header value.
+    pub value: String,
+}
+
+impl HttpHeader {
+    /// A header.
+    pub fn new(name: impl Into<String>, value: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+}
+
 /// An HTTP request (plain data, FFI-friendly).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpRequest {
@@ -14,8 +33,8 @@ pub struct HttpRequest {
     pub method: String,
     /// Absolute URL.
     pub url: String,
-    /// Header name/value pairs.
-    pub headers: Vec<(String, String)>,
+    /// Headers.
+    pub headers: Vec<HttpHeader>,
     /// Body bytes (already encoded, e.g. gzipped).
     pub body: Vec<u8>,
 }
@@ -25,8 +44,8 @@ pub struct HttpRequest {
 pub struct HttpResponse {
     /// Status code.
     pub status: u16,
-    /// Header name/value pairs (names in any case).
-    pub headers: Vec<(String, String)>,
+    /// Headers.
+    pub headers: Vec<HttpHeader>,
     /// Body bytes (decoded).
     pub body: Vec<u8>,
 }
@@ -36,8 +55,8 @@ impl HttpResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value.as_str())
     }
 }
 
@@ -109,8 +128,8 @@ impl HttpTransport for ReqwestTransport {
             }
         })?;
         let mut builder = self.client.request(method, &request.url);
-        for (k, v) in &request.headers {
-            builder = builder.header(k, v);
+        for h in &request.headers {
+            builder = builder.header(&h.name, &h.value);
         }
         let classify = |e: reqwest::Error| {
             let message = format!("{e:#}");
@@ -129,7 +148,7 @@ impl HttpTransport for ReqwestTransport {
         let headers = response
             .headers()
             .iter()
-            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .filter_map(|(k, v)| Some(HttpHeader::new(k.as_str(), v.to_str().ok()?)))
             .collect();
         let body = response.bytes().await.map_err(classify)?.to_vec();
         Ok(HttpResponse {

@@ -105,6 +105,17 @@ impl Batch {
     }
 }
 
+/// A fix the server refused for good, kept aside.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuarantinedFix {
+    /// The fix.
+    pub fix: Fix,
+    /// The server's reason.
+    pub reason: String,
+    /// When it was quarantined, Unix epoch ms.
+    pub quarantined_at_ms: i64,
+}
+
 /// Counters of the buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct BufferStats {
@@ -503,25 +514,30 @@ impl Buffer {
     }
 
     /// Quarantined fixes with their reasons, newest first.
-    pub fn quarantined(&self, limit: usize) -> Result<Vec<(Fix, String)>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT seq, body, reason FROM quarantine ORDER BY seq DESC LIMIT ?1")?;
+    pub fn quarantined(&self, limit: usize) -> Result<Vec<QuarantinedFix>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT seq, body, reason, at_ms FROM quarantine ORDER BY seq DESC LIMIT ?1",
+        )?;
         let rows = stmt.query_map([limit as i64], |r| {
             Ok((
                 to_u64(r.get(0)?),
                 r.get::<_, String>(1)?,
                 r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (seq, body, reason) = row?;
+            let (seq, body, reason, at) = row?;
             let fix = serde_json::from_str(&body).map_err(|e| StoreError::BadRow {
                 seq,
                 detail: e.to_string(),
             })?;
-            out.push((fix, reason));
+            out.push(QuarantinedFix {
+                fix,
+                reason,
+                quarantined_at_ms: at,
+            });
         }
         Ok(out)
     }
@@ -694,7 +710,7 @@ mod tests {
         assert_eq!(got, vec![seqs[0], seqs[2]]);
         let q = b.quarantined(10).unwrap();
         assert_eq!(q.len(), 1);
-        assert_eq!(q[0].1, "lat out of range");
+        assert_eq!(q[0].reason, "lat out of range");
         assert_eq!(b.stats().unwrap().quarantined_total, 1);
     }
 

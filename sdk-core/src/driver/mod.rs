@@ -35,7 +35,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use waypost_protocol::Fix;
 
-use self::buffer::Buffer;
+use self::buffer::{Buffer, QuarantinedFix};
 pub use self::config::{
     DriverConfig, DriverDeps, DriverEvent, DriverListener, DriverStats, RecordOutcome, StaticToken,
     TokenProvider,
@@ -276,7 +276,7 @@ impl Driver {
     }
 
     /// Quarantined fixes with the server's reasons, newest first.
-    pub fn quarantined(&self, limit: u32) -> Result<Vec<(Fix, String)>, WaypostError> {
+    pub fn quarantined(&self, limit: u32) -> Result<Vec<QuarantinedFix>, WaypostError> {
         Ok(self.inner.buffer.lock().quarantined(limit as usize)?)
     }
 }

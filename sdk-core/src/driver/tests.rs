@@ -17,7 +17,7 @@ use crate::backoff::{BackoffPolicy, RandomSource, SeededRandom};
 use crate::clock::{Clock, ManualClock};
 use crate::env::{BatteryState, ManualEnvironment, NetworkType};
 use crate::test_util::TempDir;
-use crate::transport::{HttpRequest, HttpResponse, HttpTransport, TransportError};
+use crate::transport::{HttpHeader, HttpRequest, HttpResponse, HttpTransport, TransportError};
 
 const T0: i64 = 1_700_000_000_000;
 
@@ -81,9 +81,9 @@ impl FakeServer {
     }
 
     fn reply(status: u16, body: String, retry_after: Option<u64>) -> HttpResponse {
-        let mut headers = vec![("content-type".into(), "application/json".into())];
+        let mut headers = vec![HttpHeader::new("content-type", "application/json")];
         if let Some(s) = retry_after {
-            headers.push(("Retry-After".into(), s.to_string()));
+            headers.push(HttpHeader::new("Retry-After", s.to_string()));
         }
         HttpResponse {
             status,
@@ -134,8 +134,8 @@ impl FakeServer {
             request
                 .headers
                 .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(n))
-                .map(|(_, v)| v.clone())
+                .find(|h| h.name.eq_ignore_ascii_case(n))
+                .map(|h| h.value.clone())
         };
         if let Some(valid) = &s.valid_token {
             if header("authorization") != Some(format!("Bearer {valid}")) {
@@ -510,7 +510,8 @@ async fn refused_fix_is_quarantined_not_retried() {
     assert_eq!(sim.server.seqs(), seqs);
     let q = d.quarantined(10).unwrap();
     assert_eq!(q.len(), 1);
-    assert_eq!(q[0].0.seq, bad_seq);
+    assert_eq!(q[0].fix.seq, bad_seq);
+    assert_eq!(q[0].reason, "bad_fix (test)");
     assert_eq!(d.stats().unwrap().quarantined_total, 1);
 }
 

@@ -18,7 +18,7 @@ use super::{DriverEvent, Inner};
 use crate::backoff::{Backoff, BackoffPolicy, RetryDecision};
 use crate::env::NetworkType;
 use crate::error::{UploadError, WaypostError};
-use crate::transport::{HttpRequest, HttpResponse};
+use crate::transport::{HttpHeader, HttpRequest, HttpResponse};
 
 /// Most requests one [`poll_uploads`](super::Driver::poll_uploads) sends
 /// before yielding (bounds a drain of a huge backlog).
@@ -335,12 +335,12 @@ impl Inner {
         }
         json.extend_from_slice(b"]}");
         let mut headers = vec![
-            ("content-type".to_owned(), "application/json".to_owned()),
-            ("authorization".to_owned(), format!("Bearer {token}")),
+            HttpHeader::new("content-type", "application/json"),
+            HttpHeader::new("authorization", format!("Bearer {token}")),
         ];
         let body = match gzip_if_it_pays(&json, self.config.gzip_min_bytes as usize) {
             Some(gz) => {
-                headers.push(("content-encoding".to_owned(), "gzip".to_owned()));
+                headers.push(HttpHeader::new("content-encoding", "gzip"));
                 gz
             }
             None => json,
