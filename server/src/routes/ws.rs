@@ -195,8 +195,16 @@ async fn run(mut socket: WebSocket, state: AppState, claims: Claims, permit: Con
             () = state.shutdown.cancelled() => break Some((close_code::SHUTTING_DOWN, "server shutting down")),
             out = rx.recv() => {
                 let Some(first) = out else { break None };
-                if conn.deliver(&mut socket, first, &mut rx).await.is_err() {
-                    break None;
+                // A client that stops reading blocks this write for good:
+                // the kill switch (queue full, 4101) must still end it.
+                tokio::select! {
+                    biased;
+                    code = kill.triggered() => break Some((code, "too slow to read")),
+                    written = conn.deliver(&mut socket, first, &mut rx) => {
+                        if written.is_err() {
+                            break None;
+                        }
+                    }
                 }
             }
             incoming = socket.recv() => {
