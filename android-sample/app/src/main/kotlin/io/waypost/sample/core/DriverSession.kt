@@ -1,0 +1,105 @@
+package io.waypost.sample.core
+
+import io.waypost.sdk.Driver
+import io.waypost.sdk.DriverConfig
+import io.waypost.sdk.DriverEvent
+import io.waypost.sdk.DriverListener
+import io.waypost.sdk.DriverStats
+import io.waypost.sdk.Location
+import io.waypost.sdk.RecordOutcome
+import io.waypost.sdk.TokenProvider
+import java.util.ArrayDeque
+
+/**
+ * The driver side of the sample, without Android: owns the SDK [Driver],
+ * feeds it the fixes the foreground service receives, tells the service
+ * how to configure the location provider, and keeps a short log for the
+ * status screen.
+ *
+ * Threads: [record] is called from the location callback's thread;
+ * [onSamplingChanged] runs on that thread (sampling changes are decided
+ * while recording) or on an SDK thread (`waypost-rt`, after an upload told
+ * the SDK somebody watches). Post to the main thread for UI work.
+ */
+class DriverSession(
+    config: DriverConfig,
+    tokens: TokenProvider,
+    val platform: PlatformState,
+    /** Reconfigure the fused location provider with this. */
+    private val onSamplingChanged: (LocationRequestSpec) -> Unit = {},
+) : DriverListener, AutoCloseable {
+    private val log = ArrayDeque<String>()
+    private val platformListener: () -> Unit = { driver.environmentChanged() }
+
+    @Volatile var recorded = 0L
+        private set
+
+    @Volatile var dropped = 0L
+        private set
+
+    val driver: Driver = Driver(config, tokens, this, platform)
+
+    init {
+        platform.addChangeListener(platformListener)
+        driver.start()
+    }
+
+    /** The request to start location updates with. */
+    fun initialRequest(): LocationRequestSpec = LocationRequestSpec.from(driver.desiredSampling())
+
+    /** Records what the OS delivered (one `LocationResult` may hold several fixes). */
+    fun record(locations: List<Location>): List<RecordOutcome> {
+        val outcomes = driver.recordMany(locations)
+        for (o in outcomes) {
+            when (o) {
+                is RecordOutcome.Recorded -> recorded++
+                is RecordOutcome.Dropped -> dropped++
+            }
+        }
+        return outcomes
+    }
+
+    fun stats(): DriverStats = driver.stats()
+
+    /** One line for the status screen. */
+    fun statusText(): String {
+        val s = driver.stats()
+        val watched = if (s.watched) "watched" else "not watched"
+        return "recorded $recorded · dropped $dropped · pending ${s.pending} · uploaded ${s.ackedTotal} · $watched"
+    }
+
+    /** The newest events, newest first (at most 50). */
+    fun recentEvents(): List<String> = synchronized(log) { log.toList() }
+
+    override fun onEvent(event: DriverEvent) {
+        val line = when (event) {
+            is DriverEvent.SamplingChanged -> {
+                onSamplingChanged(LocationRequestSpec.from(event.sampling))
+                "sampling: ${event.sampling.accuracy} every ${event.sampling.intervalMs} ms"
+            }
+            is DriverEvent.WatchedChanged -> if (event.watched) "a buyer is watching" else "nobody watches"
+            is DriverEvent.Uploaded -> "uploaded ${event.fixes} fixes (up to #${event.highSeq})"
+            is DriverEvent.UploadFailed -> "upload failed: ${event.message}; retry in ${event.retryInMs} ms"
+            is DriverEvent.AuthFailed -> "sign-in needed: ${event.message}"
+            is DriverEvent.Quarantined -> "server refused fix #${event.seq}: ${event.reason}"
+            is DriverEvent.Evicted -> "buffer full: dropped ${event.count} old fixes"
+            is DriverEvent.BufferRecreated -> "buffer was corrupt and was reset"
+        }
+        synchronized(log) {
+            log.addFirst(line)
+            while (log.size > 50) log.removeLast()
+        }
+    }
+
+    /** Stops uploading (unsent fixes stay in the buffer for next time). Idempotent. */
+    suspend fun stop() {
+        platform.removeChangeListener(platformListener)
+        driver.shutdown()
+    }
+
+    /** Releases the native handle; call after [stop]. */
+    override fun close() {
+        platform.removeChangeListener(platformListener)
+        driver.close()
+    }
+}

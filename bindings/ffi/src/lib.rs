@@ -1,0 +1,29 @@
+//! `waypost-ffi`: the Waypost SDK ([`waypost_sdk`]) exported through uniffi
+//! to Kotlin, Swift and Python.
+//!
+//! Wrappers only, one file per exposed concept: [`driver`] (record and
+//! upload fixes), [`buyer`] (live tracking and chat), [`platform`] (network
+//! and battery, implemented by the app), [`tokens`] (bearer tokens,
+//! implemented by the app), [`task_handle`] (subscriptions that end when
+//! dropped), [`error`] (the one exception type), [`runtime`] (the tokio
+//! runtime the SDK owns) and [`diagnostics`]. Records and enums here mirror
+//! the SDK's so `waypost-sdk` stays free of uniffi; the `From` impls are the
+//! whole of the glue.
+//!
+//! Threads: every method may be called from any thread. The SDK runs its
+//! background work on its own runtime (threads named `waypost-rt`); app
+//! callbacks arrive there, except the driver events that `record()` itself
+//! raises, which arrive on the thread that called `record()`.
+
+uniffi::setup_scaffolding!("waypost");
+
+pub mod buyer;
+pub mod diagnostics;
+pub mod driver;
+pub mod error;
+pub mod platform;
+pub mod runtime;
+pub mod task_handle;
+pub mod tokens;
+
+pub use error::WaypostError;

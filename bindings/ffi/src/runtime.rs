@@ -1,0 +1,47 @@
+//! The tokio runtime the SDK owns: created on first use, shared by every
+//! driver and buyer client of the process, never tied to a foreign thread.
+//! Apps do not see it; Kotlin coroutines, Swift tasks and Python asyncio
+//! await our futures through uniffi's polling, whatever thread they run on.
+
+use std::future::Future;
+use std::sync::OnceLock;
+
+use tokio::runtime::Runtime;
+
+use crate::error::WaypostError;
+
+/// Name of the runtime's threads (callbacks from background work arrive on
+/// these).
+pub const THREAD_NAME: &str = "waypost-rt";
+
+static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+
+/// The SDK runtime (two worker threads: the SDK is I/O bound and phones
+/// have better uses for their cores).
+pub(crate) fn get() -> Result<&'static Runtime, WaypostError> {
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(THREAD_NAME)
+        .enable_all()
+        .build()
+        .map_err(|e| WaypostError::Internal {
+            message: format!("cannot start the SDK runtime: {e}"),
+        })?;
+    // Two threads may race here; the loser's runtime is dropped unused.
+    Ok(RUNTIME.get_or_init(|| rt))
+}
+
+/// Runs `fut` on the SDK runtime and waits for it from whatever executor
+/// polls the returned future (uniffi's foreign future polling included).
+pub(crate) async fn run<F>(fut: F) -> Result<F::Output, WaypostError>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    get()?.spawn(fut).await.map_err(|e| WaypostError::Internal {
+        message: format!("SDK task failed: {e}"),
+    })
+}

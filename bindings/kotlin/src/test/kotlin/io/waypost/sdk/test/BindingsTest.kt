@@ -1,0 +1,280 @@
+package io.waypost.sdk.test
+
+import io.waypost.sample.core.BuyerSession
+import io.waypost.sample.core.CallbackTokenProvider
+import io.waypost.sample.core.DriverSession
+import io.waypost.sample.core.Fixes
+import io.waypost.sample.core.PlatformState
+import io.waypost.sdk.BuyerClient
+import io.waypost.sdk.BuyerConfig
+import io.waypost.sdk.BuyerListener
+import io.waypost.sdk.ChatEntry
+import io.waypost.sdk.CloseReason
+import io.waypost.sdk.ConnectionState
+import io.waypost.sdk.Driver
+import io.waypost.sdk.DriverConfig
+import io.waypost.sdk.DriverEvent
+import io.waypost.sdk.DriverListener
+import io.waypost.sdk.LocationUpdate
+import io.waypost.sdk.MessageStatus
+import io.waypost.sdk.PresenceUpdate
+import io.waypost.sdk.RecordOutcome
+import io.waypost.sdk.staticToken
+import io.waypost.sdk.TypingUpdate
+import io.waypost.sdk.WaypostException
+import io.waypost.sdk.nativeThreadName
+import io.waypost.sdk.sdkVersion
+import kotlinx.coroutines.runBlocking
+import org.junit.jupiter.api.Assertions.assertEquals
+import org.junit.jupiter.api.Assertions.assertNotEquals
+import org.junit.jupiter.api.Assertions.assertNotNull
+import org.junit.jupiter.api.Assertions.assertTrue
+import org.junit.jupiter.api.Test
+import org.junit.jupiter.api.assertThrows
+import java.util.concurrent.CopyOnWriteArrayList
+
+/**
+ * The Kotlin bindings on the JVM against the real native library and a
+ * real server, driven through the Android sample's platform-free classes
+ * where the sample has them.
+ */
+class BindingsTest {
+    private fun driverConfig(driverId: String, buffer: String, baseUrl: String = TestEnv.url) = DriverConfig(
+        baseUrl = baseUrl,
+        driverId = driverId,
+        deviceId = "jvm-1",
+        bufferPath = buffer,
+    )
+
+    /** Fixes 6 s and ~110 m apart, ending a few seconds ago: none is throttled or a jump. */
+    private fun route(n: Int, lat0: Double = 52.52) = (0 until n).map { i ->
+        Fixes.location(
+            timeMs = System.currentTimeMillis() - 5_000 - (n - 1 - i) * 6_000L,
+            lat = lat0 + i * 0.001,
+            lon = 13.405,
+            accuracyM = 8f,
+            speedMps = 18f,
+        )
+    }
+
+    @Test
+    fun `a driver records fixes and they arrive on the server`() {
+        val driverId = TestEnv.uniqueId("d")
+        val token = TestEnv.token(driverId, "driver")
+        val session = DriverSession(
+            driverConfig(driverId, TestEnv.tempDir().resolve("buffer.db").toString()),
+            CallbackTokenProvider { token },
+            PlatformState(),
+        )
+        try {
+            val outcomes = session.record(route(5))
+            val seqs = outcomes.map { (it as? RecordOutcome.Recorded)?.seq?.toLong() ?: error("not recorded: $it") }
+            assertEquals(5, seqs.size)
+            assertEquals(seqs.sorted(), seqs, "seqs increase")
+
+            val result = runBlocking { session.driver.uploadNow() }
+            assertEquals(0uL, result.pending, "everything uploaded: $result")
+
+            val trail = TestEnv.trail(driverId)
+            assertEquals(seqs, trail.map { it.first }, "the server's trail holds exactly the recorded seqs")
+            assertEquals(52.524, trail.last().second, 1e-9)
+            val stats = session.stats()
+            assertEquals(5uL, stats.ackedTotal)
+            TestEnv.await("the Uploaded event") { session.recentEvents().any { it.startsWith("uploaded") } }
+            assertTrue(session.statusText().contains("uploaded 5"), session.statusText())
+        } finally {
+            runBlocking { session.stop() }
+            session.close()
+        }
+    }
+
+    /** Records every callback with the thread it arrived on. */
+    private class RecordingListener : BuyerListener {
+        val threads = CopyOnWriteArrayList<Pair<Thread, String?>>()
+        val messages = CopyOnWriteArrayList<ChatEntry>()
+        val states = CopyOnWriteArrayList<ConnectionState>()
+
+        private fun seen() {
+            threads += Thread.currentThread() to nativeThreadName()
+        }
+
+        override fun onConnectionState(state: ConnectionState) { seen(); states += state }
+        override fun onLocation(update: LocationUpdate) { seen() }
+        override fun onMessage(message: ChatEntry) { seen(); messages += message }
+        override fun onOutgoing(message: ChatEntry) { seen() }
+        override fun onPresence(update: PresenceUpdate) { seen() }
+        override fun onTyping(update: TypingUpdate) { seen() }
+        override fun onError(reference: String, code: String, message: String) { seen() }
+    }
+
+    @Test
+    fun `a buyer receives the courier's location and chat messages, on SDK threads`() {
+        val driverId = TestEnv.uniqueId("d")
+        val room = TestEnv.uniqueId("order")
+        val buyerId = TestEnv.uniqueId("b")
+        val vendorId = TestEnv.uniqueId("v")
+        val buyerToken = TestEnv.token(buyerId, "buyer", listOf("tracking:$driverId", "chat:$room"))
+        val vendorToken = TestEnv.token(vendorId, "buyer", listOf("chat:$room"))
+        val driverToken = TestEnv.token(driverId, "driver")
+        val testThread = Thread.currentThread()
+
+        val platform = PlatformState()
+        val buyer = BuyerSession(
+            BuyerConfig(baseUrl = TestEnv.url, userId = buyerId),
+            CallbackTokenProvider { buyerToken },
+            platform,
+            driverId,
+            room,
+        )
+        val vendorListener = RecordingListener()
+        val vendor = BuyerClient(
+            BuyerConfig(baseUrl = TestEnv.url, userId = vendorId),
+            vendorListener,
+            staticToken(vendorToken),
+            null,
+        )
+        val vendorChat = vendor.joinChat(room)
+        val driver = Driver(
+            driverConfig(driverId, TestEnv.tempDir().resolve("b.db").toString()),
+            staticToken(driverToken),
+            null,
+            platform,
+        )
+        try {
+            TestEnv.await("buyer connected") { buyer.state().connection == "live" }
+            TestEnv.await("vendor connected") { vendor.connectionState() is ConnectionState.Connected }
+
+            // Location: driver → server → buyer.
+            val outcome = driver.record(route(1, lat0 = 48.137)[0])
+            assertTrue(outcome is RecordOutcome.Recorded, "$outcome")
+            runBlocking { driver.uploadNow() }
+            TestEnv.await("the buyer sees the courier") { buyer.state().latest != null }
+            val seen = buyer.state().latest!!
+            assertEquals(driverId, seen.driverId)
+            assertEquals(48.137, seen.lat, 1e-9)
+            assertTrue(buyer.state().tracking.startsWith("Courier at 48.13700, 13.40500"), buyer.state().tracking)
+            assertEquals(seen, buyer.client.latestLocation(driverId))
+
+            // Chat: vendor → buyer, and buyer → vendor.
+            val pending = vendor.sendMessage(room, "Your order is on its way")
+            assertEquals(MessageStatus.PENDING, pending.status)
+            TestEnv.await("the buyer receives the vendor's message") {
+                buyer.state().messages.any { it.body == "Your order is on its way" && it.status == MessageStatus.RECEIVED }
+            }
+            val received = buyer.state().messages.first { it.body == "Your order is on its way" }
+            assertEquals(vendorId, received.sender)
+            assertNotNull(received.seq)
+
+            buyer.send("Thanks!")
+            TestEnv.await("the vendor receives the buyer's reply") { vendorListener.messages.any { it.body == "Thanks!" } }
+            TestEnv.await("the buyer's own message is acknowledged") {
+                buyer.state().messages.any { it.body == "Thanks!" && it.status == MessageStatus.SENT && it.seq != null }
+            }
+            val timeline = vendor.messages(room, 10u).map { it.body }
+            assertEquals(listOf("Your order is on its way", "Thanks!"), timeline)
+
+            // Threads: every callback ran on the SDK's runtime, never on the caller's thread.
+            assertTrue(vendorListener.threads.isNotEmpty())
+            for ((thread, nativeName) in vendorListener.threads) {
+                assertNotEquals(testThread, thread)
+                assertEquals("waypost-rt", nativeName, "callback on native thread $nativeName (JVM ${thread.name})")
+            }
+            assertEquals(null, nativeThreadName(), "the test thread has no native name")
+        } finally {
+            runBlocking {
+                driver.shutdown()
+                buyer.stop()
+                vendor.shutdown()
+            }
+            vendorChat.close()
+            vendor.close()
+            driver.close()
+            buyer.close()
+        }
+    }
+
+    @Test
+    fun `errors surface as typed exceptions`() {
+        val dir = TestEnv.tempDir()
+        val e = assertThrows<WaypostException.InvalidArgument> {
+            Driver(driverConfig("d-1", dir.resolve("x.db").toString(), baseUrl = "ftp://nope"), staticToken("t"), null, PlatformState())
+        }
+        assertTrue(e.message!!.contains("base_url"), e.message)
+        assertThrows<WaypostException.InvalidArgument> {
+            Driver(driverConfig("not a valid id", dir.resolve("y.db").toString()), staticToken("t"), null, PlatformState())
+        }
+
+        // A corrupt or foreign buffer file is a storage error, not a crash.
+        val foreign = dir.resolve("foreign.db")
+        java.nio.file.Files.writeString(foreign, "this is not a database ".repeat(100))
+        assertThrows<WaypostException.Storage> {
+            Driver(driverConfig("d-1", foreign.toString()), staticToken("t"), null, PlatformState())
+        }
+
+        // Shutdown is idempotent; starting afterwards is refused.
+        val driver = Driver(driverConfig("d-1", dir.resolve("z.db").toString()), staticToken("t"), null, PlatformState())
+        runBlocking {
+            driver.shutdown()
+            driver.shutdown()
+        }
+        assertThrows<WaypostException.ShutDown> { driver.start() }
+        driver.close()
+
+        val buyer = BuyerClient(BuyerConfig(baseUrl = TestEnv.url, userId = "b-1"), RecordingListener(), staticToken("t"), null)
+        assertThrows<WaypostException.InvalidArgument> { buyer.trackDriver("spaces are not allowed") }
+        runBlocking { buyer.shutdown() }
+        assertThrows<WaypostException.ShutDown> { buyer.sendMessage("room-1", "hi") }
+        buyer.close()
+        assertTrue(sdkVersion().isNotEmpty())
+    }
+
+    @Test
+    fun `a refused token closes the connection with a reason`() {
+        val listener = RecordingListener()
+        val buyer = BuyerClient(
+            BuyerConfig(baseUrl = TestEnv.url, userId = "b-bad"),
+            listener,
+            staticToken("not-a-jwt"),
+            null,
+        )
+        try {
+            TestEnv.await("Closed(Unauthorized)") {
+                val s = buyer.connectionState()
+                s is ConnectionState.Closed && s.reason is CloseReason.Unauthorized
+            }
+            assertTrue(listener.states.any { it is ConnectionState.Closed })
+        } finally {
+            runBlocking { buyer.shutdown() }
+            buyer.close()
+        }
+    }
+
+    @Test
+    fun `driver events from the uploader arrive on an SDK thread`() {
+        val driverId = TestEnv.uniqueId("d")
+        val token = TestEnv.token(driverId, "driver")
+        val events = CopyOnWriteArrayList<Pair<DriverEvent, String?>>()
+        val driver = Driver(
+            driverConfig(driverId, TestEnv.tempDir().resolve("e.db").toString()),
+            staticToken(token),
+            object : DriverListener {
+                override fun onEvent(event: DriverEvent) {
+                    events += event to nativeThreadName()
+                }
+            },
+            PlatformState(),
+        )
+        try {
+            driver.start()
+            driver.recordMany(route(3))
+            driver.flush()
+            TestEnv.await("an Uploaded event from the background uploader") { events.any { it.first is DriverEvent.Uploaded } }
+            val (uploaded, thread) = events.first { it.first is DriverEvent.Uploaded }
+            assertEquals("waypost-rt", thread)
+            assertEquals(3uL, (uploaded as DriverEvent.Uploaded).fixes)
+        } finally {
+            runBlocking { driver.shutdown() }
+            driver.close()
+        }
+    }
+}

@@ -1,0 +1,66 @@
+package io.waypost.sdk.test
+
+import java.net.URI
+import java.net.http.HttpClient
+import java.net.http.HttpRequest
+import java.net.http.HttpResponse
+import java.nio.file.Files
+import java.nio.file.Path
+import java.util.UUID
+import java.util.concurrent.TimeUnit
+
+/**
+ * The running server the tests talk to, started by
+ * scripts/test.d/40-bindings.sh: `WAYPOST_URL` is its base URL,
+ * `WAYPOST_BIN` the `waypost` binary (its `token --dev` subcommand mints
+ * the JWTs).
+ */
+object TestEnv {
+    val url: String = System.getenv("WAYPOST_URL")
+        ?: error("WAYPOST_URL is not set: run scripts/test.d/40-bindings.sh (it starts a server)")
+    private val bin: String = System.getenv("WAYPOST_BIN")
+        ?: error("WAYPOST_BIN is not set: run scripts/test.d/40-bindings.sh")
+    private val http: HttpClient = HttpClient.newHttpClient()
+
+    /** An id no other test (nor an earlier run against the same server) uses. */
+    fun uniqueId(prefix: String): String = "$prefix-kt-${UUID.randomUUID().toString().take(8)}"
+
+    fun tempDir(): Path = Files.createTempDirectory("waypost-kt")
+
+    /** Mints a development token (the server runs with --dev). */
+    fun token(sub: String, role: String, channels: List<String> = emptyList()): String {
+        val cmd = mutableListOf(bin, "token", "--dev", "--sub", sub, "--role", role, "--ttl", "10m")
+        if (channels.isNotEmpty()) cmd += listOf("--channels", channels.joinToString(","))
+        val p = ProcessBuilder(cmd).redirectErrorStream(true).start()
+        val out = p.inputStream.bufferedReader().readText().trim()
+        check(p.waitFor(30, TimeUnit.SECONDS) && p.exitValue() == 0) { "token minting failed: $out" }
+        return out.lines().last()
+    }
+
+    /** GET with a service token; returns (status, body). */
+    fun get(path: String): Pair<Int, String> {
+        val req = HttpRequest.newBuilder(URI.create(url + path))
+            .header("Authorization", "Bearer ${token("kt-tests", "service")}")
+            .GET().build()
+        val resp = http.send(req, HttpResponse.BodyHandlers.ofString())
+        return resp.statusCode() to resp.body()
+    }
+
+    /** (seq, lat) of every fix in a driver's trail on the server. */
+    fun trail(driverId: String): List<Pair<Long, Double>> {
+        val (status, body) = get("/v1/drivers/$driverId/trail?limit=1000")
+        check(status == 200) { "trail: HTTP $status $body" }
+        // Each fix object holds "seq" before "lat"; no JSON library needed.
+        val fix = Regex("\"seq\":(\\d+)[^}]*?\"lat\":(-?[0-9.eE+-]+)")
+        return fix.findAll(body).map { it.groupValues[1].toLong() to it.groupValues[2].toDouble() }.toList()
+    }
+
+    /** Polls [cond] every 20 ms until it holds or [timeoutMs] passes. */
+    fun await(what: String, timeoutMs: Long = 10_000, cond: () -> Boolean) {
+        val deadline = System.nanoTime() + timeoutMs * 1_000_000
+        while (!cond()) {
+            if (System.nanoTime() > deadline) throw AssertionError("timed out after $timeoutMs ms waiting for: $what")
+            Thread.sleep(20)
+        }
+    }
+}

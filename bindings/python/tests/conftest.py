@@ -1,0 +1,61 @@
+"""Shared fixtures: the running server (started by
+scripts/test.d/40-bindings.sh, which exports WAYPOST_URL and WAYPOST_BIN),
+token minting through `waypost token --dev`, trail reads, and polling."""
+
+import json
+import os
+import subprocess
+import time
+import urllib.request
+import uuid
+
+import pytest
+
+
+def _env(name):
+    value = os.environ.get(name)
+    if not value:
+        pytest.fail(f"{name} is not set: run scripts/test.d/40-bindings.sh (it starts a server)")
+    return value
+
+
+class Server:
+    def __init__(self):
+        self.url = _env("WAYPOST_URL")
+        self.bin = _env("WAYPOST_BIN")
+
+    def token(self, sub, role, channels=()):
+        cmd = [self.bin, "token", "--dev", "--sub", sub, "--role", role, "--ttl", "10m"]
+        if channels:
+            cmd += ["--channels", ",".join(channels)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=30)
+        return out.stdout.strip().splitlines()[-1]
+
+    def get_json(self, path):
+        req = urllib.request.Request(
+            self.url + path, headers={"Authorization": "Bearer " + self.token("py-tests", "service")}
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.load(resp)
+
+    def trail(self, driver_id):
+        return self.get_json(f"/v1/drivers/{driver_id}/trail?limit=1000")["fixes"]
+
+
+@pytest.fixture(scope="session")
+def server():
+    return Server()
+
+
+@pytest.fixture
+def unique():
+    """unique("d") -> an id no other test (or earlier run) uses."""
+    return lambda prefix: f"{prefix}-py-{uuid.uuid4().hex[:8]}"
+
+
+def wait_for(what, cond, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for: {what}")
+        time.sleep(0.02)

@@ -1,0 +1,90 @@
+"""Test-side implementations of the SDK's callback interfaces."""
+
+import threading
+import time
+
+import waypost
+
+
+class Platform(waypost.PlatformInfo):
+    def __init__(self, network=waypost.NetworkType.WIFI):
+        self.net = network
+
+    def network(self):
+        return self.net
+
+    def battery(self):
+        return waypost.BatteryState(level=0.8, charging=False, low_power_mode=False)
+
+
+class Tokens(waypost.TokenProvider):
+    def __init__(self, token):
+        self._token = token
+
+    def token(self):
+        return self._token
+
+    def refresh_token(self):
+        return self._token
+
+
+class Recorder(waypost.BuyerListener):
+    """Keeps every callback with the Python and native thread it ran on."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.threads = []
+        self.states = []
+        self.locations = []
+        self.messages = []
+        self.outgoing = []
+        self.errors = []
+
+    def _seen(self, bucket, item):
+        with self.lock:
+            self.threads.append((threading.get_ident(), waypost.native_thread_name()))
+            bucket.append(item)
+
+    def on_connection_state(self, state):
+        self._seen(self.states, state)
+
+    def on_location(self, update):
+        self._seen(self.locations, update)
+
+    def on_message(self, message):
+        self._seen(self.messages, message)
+
+    def on_outgoing(self, message):
+        self._seen(self.outgoing, message)
+
+    def on_presence(self, update):
+        self._seen([], update)
+
+    def on_typing(self, update):
+        self._seen([], update)
+
+    def on_error(self, reference, code, message):
+        self._seen(self.errors, (reference, code, message))
+
+
+class Events(waypost.DriverListener):
+    def __init__(self):
+        self.events = []
+
+    def on_event(self, event):
+        self.events.append((event, waypost.native_thread_name()))
+
+
+def route(n, lat0=52.52):
+    """n fixes 6 s and ~110 m apart, ending 5 s ago (none throttled, none a jump)."""
+    now = int(time.time() * 1000)
+    return [
+        waypost.Location(
+            ts_ms=now - 5_000 - (n - 1 - i) * 6_000,
+            lat=lat0 + i * 0.001,
+            lon=13.405,
+            accuracy_m=8.0,
+            speed_mps=18.0,
+        )
+        for i in range(n)
+    ]

@@ -1,0 +1,86 @@
+"""Buyer flows (tracking, chat) through the Python bindings against a real server."""
+
+import asyncio
+import threading
+
+import waypost
+from conftest import wait_for
+from helpers import Platform, Recorder, Tokens, route
+
+
+def test_buyer_receives_location_and_chat_on_sdk_threads(server, unique, tmp_path):
+    driver_id, room = unique("d"), unique("order")
+    buyer_id, vendor_id = unique("b"), unique("v")
+    buyer_l, vendor_l = Recorder(), Recorder()
+    buyer = waypost.BuyerClient(
+        waypost.BuyerConfig(base_url=server.url, user_id=buyer_id, db_path=str(tmp_path / "buyer.db")),
+        buyer_l,
+        Tokens(server.token(buyer_id, "buyer", [f"tracking:{driver_id}", f"chat:{room}"])),
+        Platform(),
+    )
+    vendor = waypost.BuyerClient(
+        waypost.BuyerConfig(base_url=server.url, user_id=vendor_id),
+        vendor_l,
+        waypost.static_token(server.token(vendor_id, "buyer", [f"chat:{room}"])),
+        None,
+    )
+    driver = waypost.Driver(
+        waypost.DriverConfig(base_url=server.url, driver_id=driver_id, device_id="py-2", buffer_path=str(tmp_path / "d.db")),
+        Tokens(server.token(driver_id, "driver")),
+        None,
+        Platform(),
+    )
+    # Subscriptions end when dropped: keep them referenced.
+    tracking = buyer.track_driver(driver_id)
+    chats = [buyer.join_chat(room), vendor.join_chat(room)]
+    try:
+        wait_for("both connected", lambda: buyer.connection_state().is_connected() and vendor.connection_state().is_connected())
+
+        assert driver.record(route(1, lat0=45.4642)[0]).is_recorded()
+        asyncio.run(driver.upload_now())
+        wait_for("the buyer sees the courier", lambda: buyer_l.locations)
+        update = buyer_l.locations[-1]
+        assert update.driver_id == driver_id and abs(update.lat - 45.4642) < 1e-9
+        assert buyer.latest_location(driver_id) == update
+
+        pending = vendor.send_message(room, "Rider picked up your order")
+        assert pending.status == waypost.MessageStatus.PENDING and pending.seq is None
+        wait_for("the buyer receives it", lambda: any(m.body == "Rider picked up your order" for m in buyer_l.messages))
+        got = next(m for m in buyer_l.messages if m.body == "Rider picked up your order")
+        assert got.status == waypost.MessageStatus.RECEIVED and got.sender == vendor_id and got.seq is not None
+
+        buyer.send_message(room, "Grazie!")
+        wait_for("the vendor receives the reply", lambda: any(m.body == "Grazie!" for m in vendor_l.messages))
+        wait_for("the reply is acknowledged", lambda: any(
+            m.body == "Grazie!" and m.status == waypost.MessageStatus.SENT for m in buyer_l.outgoing + buyer_l.messages))
+        assert [m.body for m in buyer.messages(room, 10)] == ["Rider picked up your order", "Grazie!"]
+
+        main = threading.get_ident()
+        assert buyer_l.threads and vendor_l.threads
+        for ident, native in buyer_l.threads + vendor_l.threads:
+            assert ident != main
+            assert native == "waypost-rt"
+
+        # Cancelling stops the updates for that driver.
+        tracking.cancel()
+        assert tracking.is_cancelled()
+    finally:
+        async def stop():
+            await driver.shutdown()
+            await buyer.shutdown()
+            await vendor.shutdown()
+        asyncio.run(stop())
+        del chats
+
+
+def test_refused_token_closes_with_unauthorized(server):
+    rec = Recorder()
+    client = waypost.BuyerClient(waypost.BuyerConfig(base_url=server.url, user_id="b-bad"), rec, Tokens("not-a-jwt"), None)
+    try:
+        def closed_unauthorized():
+            s = client.connection_state()
+            return s.is_closed() and s.reason.is_unauthorized()
+        wait_for("Closed(Unauthorized)", closed_unauthorized)
+        assert any(s.is_closed() for s in rec.states)
+    finally:
+        asyncio.run(client.shutdown())
