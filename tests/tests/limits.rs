@@ -246,7 +246,7 @@ async fn slow_consumer_is_closed_with_4101(engine: EngineChoice) -> Result<()> {
     let mut seqs = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(90);
     let posted = loop {
-        if poster.is_finished() && seqs.len() >= 1 {
+        if poster.is_finished() && !seqs.is_empty() {
             let posted = poster.await??;
             if seqs.len() >= posted {
                 break posted;
