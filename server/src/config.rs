@@ -49,6 +49,13 @@ pub struct Limits {
     pub chat_room_ttl: Duration,
     /// Rooms (and presence rooms) the memory engine keeps at once.
     pub max_chat_rooms: usize,
+    /// Bytes of chat history the memory engine keeps (least recently used
+    /// rooms are dropped beyond it).
+    pub chat_memory_bytes: usize,
+    /// Bytes of presence entries the memory engine keeps.
+    pub presence_memory_bytes: usize,
+    /// Bytes of notification history the memory engine keeps.
+    pub notification_memory_bytes: usize,
     /// A device counts as present this long after its last heartbeat.
     pub presence_ttl: Duration,
     /// Presence entries (devices) kept per room.
@@ -96,6 +103,9 @@ impl Default for Limits {
             chat_sync_limit: 200,
             chat_room_ttl: Duration::from_secs(7 * 24 * 3600),
             max_chat_rooms: 100_000,
+            chat_memory_bytes: 256 * 1024 * 1024,
+            presence_memory_bytes: 32 * 1024 * 1024,
+            notification_memory_bytes: 64 * 1024 * 1024,
             presence_ttl: Duration::from_secs(60),
             max_presence_per_room: 1000,
             typing_interval: Duration::from_secs(1),

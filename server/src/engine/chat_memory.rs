@@ -1,7 +1,9 @@
 //! In-process chat, presence and notification stores (the memory engine).
-//! Each keeps a bounded map of rooms (or vendors); when it is full, entries
-//! idle longer than the TTL are dropped, and if none is, the least recently
-//! used one goes, so memory stays bounded.
+//! Each keeps a map of rooms (or vendors) bounded in count and in bytes:
+//! when either bound is reached, entries idle longer than the TTL go first,
+//! then the least recently used, so memory stays bounded. An evicted room
+//! starts over like an expired Redis key (resuming clients are told
+//! `recovered: false`).
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
@@ -19,20 +21,42 @@ use crate::config::Limits;
 
 const SHARDS: usize = 16;
 
+/// Approximate heap bytes of a stored value (kept O(1) by a counter).
+trait Weigh {
+    fn weight(&self) -> usize;
+}
+
+/// Per-entry overhead counted on top of the payload (map slot, key, times).
+const ENTRY_OVERHEAD: usize = 128;
+
+#[derive(Default)]
+struct Shard<V> {
+    map: HashMap<String, (i64, V)>,
+    /// Sum of `weight() + key + ENTRY_OVERHEAD` over `map`.
+    bytes: usize,
+}
+
+fn entry_bytes<V: Weigh>(key: &str, v: &V) -> usize {
+    key.len() + ENTRY_OVERHEAD + v.weight()
+}
+
 /// A bounded, sharded map whose values know when they were last used.
 struct Shards<V> {
-    shards: Vec<Mutex<HashMap<String, (i64, V)>>>,
+    shards: Vec<Mutex<Shard<V>>>,
     hasher: RandomState,
     /// Most keys per shard.
     cap: usize,
+    /// Most bytes per shard.
+    budget: usize,
 }
 
-impl<V: Default> Shards<V> {
-    fn new(total: usize) -> Self {
+impl<V: Default + Weigh> Shards<V> {
+    fn new(total: usize, bytes: usize) -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: RandomState::new(),
             cap: total.div_ceil(SHARDS).max(1),
+            budget: bytes.div_ceil(SHARDS).max(1),
         }
     }
 
@@ -40,29 +64,63 @@ impl<V: Default> Shards<V> {
     /// at `now`; `idle_ms` decides which entries may be evicted to make room.
     fn with<R>(&self, key: &str, now: i64, idle_ms: i64, f: impl FnOnce(&mut V) -> R) -> R {
         let i = (self.hasher.hash_one(key) as usize) % SHARDS;
-        let mut shard = self.shards[i].lock();
-        if let Some((used, v)) = shard.get_mut(key) {
-            if now - *used > idle_ms {
-                // Expired while idle: start over, like a Redis key TTL.
-                *v = V::default();
-            }
-            *used = now;
-            return f(v);
+        let mut guard = self.shards[i].lock();
+        let shard = &mut *guard;
+        let existed = shard.map.contains_key(key);
+        if !existed && shard.map.len() >= self.cap {
+            Self::evict(shard, key, now, idle_ms, |s| s.map.len() >= self.cap);
         }
-        if shard.len() >= self.cap {
-            shard.retain(|_, (used, _)| now - *used <= idle_ms);
-            if shard.len() >= self.cap {
-                if let Some(oldest) = shard
-                    .iter()
-                    .min_by_key(|(_, (used, _))| *used)
-                    .map(|(k, _)| k.clone())
-                {
-                    shard.remove(&oldest);
-                }
+        let (used, v) = shard
+            .map
+            .entry(key.to_owned())
+            .or_insert_with(|| (now, V::default()));
+        let before = if existed { entry_bytes(key, v) } else { 0 };
+        if now - *used > idle_ms {
+            // Expired while idle: start over, like a Redis key TTL.
+            *v = V::default();
+        }
+        *used = now;
+        let out = f(v);
+        let after = entry_bytes(key, v);
+        shard.bytes = (shard.bytes + after).saturating_sub(before);
+        if shard.bytes > self.budget {
+            Self::evict(shard, key, now, idle_ms, |s| s.bytes > self.budget);
+        }
+        out
+    }
+
+    /// Drops idle entries, then least recently used ones, never `keep`,
+    /// while `over` holds.
+    fn evict(
+        shard: &mut Shard<V>,
+        keep: &str,
+        now: i64,
+        idle_ms: i64,
+        over: impl Fn(&Shard<V>) -> bool,
+    ) {
+        let mut freed = 0;
+        shard.map.retain(|k, (used, v)| {
+            let drop = k != keep && now - *used > idle_ms;
+            if drop {
+                freed += entry_bytes(k, v);
+            }
+            !drop
+        });
+        shard.bytes = shard.bytes.saturating_sub(freed);
+        while over(shard) {
+            let Some(oldest) = shard
+                .map
+                .iter()
+                .filter(|(k, _)| k.as_str() != keep)
+                .min_by_key(|(_, (used, _))| *used)
+                .map(|(k, _)| k.clone())
+            else {
+                return;
+            };
+            if let Some((_, v)) = shard.map.remove(&oldest) {
+                shard.bytes = shard.bytes.saturating_sub(entry_bytes(&oldest, &v));
             }
         }
-        let (_, v) = shard.entry(key.to_owned()).or_insert((now, V::default()));
-        f(v)
     }
 
     /// Runs `f` on an existing, unexpired value without marking it used.
@@ -70,9 +128,15 @@ impl<V: Default> Shards<V> {
         let i = (self.hasher.hash_one(key) as usize) % SHARDS;
         let shard = self.shards[i].lock();
         f(shard
+            .map
             .get(key)
             .filter(|(used, _)| now - *used <= idle_ms)
             .map(|(_, v)| v))
+    }
+
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().bytes).sum()
     }
 }
 
@@ -83,6 +147,19 @@ struct Room {
     log: VecDeque<ChatMessage>,
     /// `from \u{1f} client_id` → seq, for retained messages only.
     by_client: HashMap<String, u64>,
+    /// Weight of `log` and `by_client`.
+    bytes: usize,
+}
+
+impl Weigh for Room {
+    fn weight(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// Approximate bytes one message costs in a room (message, index entry).
+fn message_bytes(m: &ChatMessage) -> usize {
+    m.room.len() + m.id.len() + m.body.len() + 2 * (m.from.len() + m.client_id.len()) + 96
 }
 
 fn client_key(from: &str, client_id: &str) -> String {
@@ -99,10 +176,18 @@ pub struct MemoryChatStore {
 impl MemoryChatStore {
     pub fn new(limits: &Limits) -> Self {
         Self {
-            rooms: Shards::new(limits.max_chat_rooms),
+            rooms: Shards::new(limits.max_chat_rooms, limits.chat_memory_bytes),
             history: limits.chat_history_len.max(1),
             ttl_ms: limits.chat_room_ttl.as_millis() as i64,
         }
+    }
+}
+
+#[cfg(test)]
+impl MemoryChatStore {
+    /// Bytes currently accounted for.
+    pub(super) fn stored_bytes(&self) -> usize {
+        self.rooms.bytes()
     }
 }
 
@@ -132,11 +217,13 @@ impl ChatStore for MemoryChatStore {
                 ts: m.ts,
             };
             room.by_client.insert(key, msg.seq);
+            room.bytes += message_bytes(&msg);
             room.log.push_back(msg.clone());
             while room.log.len() > self.history {
                 if let Some(old) = room.log.pop_front() {
                     room.by_client
                         .remove(&client_key(&old.from, &old.client_id));
+                    room.bytes = room.bytes.saturating_sub(message_bytes(&old));
                 }
             }
             Appended::New(msg)
@@ -161,6 +248,13 @@ impl ChatStore for MemoryChatStore {
 struct PresenceRoom {
     /// conn → (user, expires_ms)
     entries: HashMap<String, (String, i64)>,
+}
+
+impl Weigh for PresenceRoom {
+    fn weight(&self) -> usize {
+        // conn key, user and the map slot, approximately.
+        self.entries.len() * 160
+    }
 }
 
 impl PresenceRoom {
@@ -199,7 +293,7 @@ pub struct MemoryPresenceStore {
 impl MemoryPresenceStore {
     pub fn new(limits: &Limits) -> Self {
         Self {
-            rooms: Shards::new(limits.max_chat_rooms),
+            rooms: Shards::new(limits.max_chat_rooms, limits.presence_memory_bytes),
             ttl_ms: limits.presence_ttl.as_millis() as i64,
             max_entries: limits.max_presence_per_room,
         }
@@ -278,6 +372,17 @@ impl PresenceStore for MemoryPresenceStore {
 struct Feed {
     high_seq: u64,
     log: VecDeque<Notification>,
+    bytes: usize,
+}
+
+impl Weigh for Feed {
+    fn weight(&self) -> usize {
+        self.bytes
+    }
+}
+
+fn notification_bytes(n: &Notification) -> usize {
+    n.event.len() + serde_json::to_string(&n.data).map_or(0, |s| s.len()) + 96
 }
 
 /// Vendor notifications in memory.
@@ -290,7 +395,7 @@ pub struct MemoryNotificationStore {
 impl MemoryNotificationStore {
     pub fn new(limits: &Limits) -> Self {
         Self {
-            vendors: Shards::new(limits.max_vendors),
+            vendors: Shards::new(limits.max_vendors, limits.notification_memory_bytes),
             history: limits.notification_history_len.max(1),
             ttl_ms: limits.notification_ttl.as_millis() as i64,
         }
@@ -318,9 +423,12 @@ impl NotificationStore for MemoryNotificationStore {
                     data,
                     ts: now_ms,
                 };
+                f.bytes += notification_bytes(&n);
                 f.log.push_back(n.clone());
                 while f.log.len() > self.history {
-                    f.log.pop_front();
+                    if let Some(old) = f.log.pop_front() {
+                        f.bytes = f.bytes.saturating_sub(notification_bytes(&old));
+                    }
                 }
                 n
             }))

@@ -206,6 +206,39 @@ async fn memory_rooms_are_bounded() {
     assert!(kept > 0);
 }
 
+#[tokio::test]
+async fn memory_history_is_bounded_in_bytes() {
+    // 16 shards of 256 KiB; a room holds at most 50 messages of ~1.2 KiB.
+    let budget = 4 * 1024 * 1024;
+    let room_max = 50 * 1300;
+    let l = Limits {
+        chat_history_len: 50,
+        chat_memory_bytes: budget,
+        ..small_limits()
+    };
+    let store = MemoryChatStore::new(&l);
+    let body = "x".repeat(1024);
+    for i in 0..10_000 {
+        let room = format!("r{}", i % 200);
+        let mut m = new_msg(&room, "u", &format!("c{i}"));
+        m.body = body.clone();
+        store.append(m).await.unwrap();
+        // Each shard may overshoot by the room being written (never evicted).
+        assert!(
+            store.stored_bytes() <= budget + 16 * room_max,
+            "{} bytes held after {i} appends",
+            store.stored_bytes()
+        );
+    }
+    assert!(store.stored_bytes() > budget / 2, "the budget is used");
+    // The room just written to keeps what it has (others are evicted
+    // first); rooms evicted earlier started over, so fewer than 50.
+    let h = store.after("r199", 0, 1000).await.unwrap();
+    assert!(h.high_seq < 50, "r199 was evicted at least once");
+    assert_eq!(h.messages.len() as u64, h.high_seq);
+    assert!(h.complete_after(0));
+}
+
 impl MemoryChatStore {
     async fn after_owned(&self, room: String) -> super::chat::History {
         self.after(&room, 0, 1).await.unwrap()
