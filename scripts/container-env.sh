@@ -91,3 +91,25 @@ deploy_venv() {
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
+
+# container_build_from_source TAG : builds the Dockerfile's default target
+# (compiling in the builder stage). No rust image can be pulled here, so the
+# builder is the local Debian base plus gcc, with the host's Rust toolchain
+# and CA bundle mounted read-only; crates come from crates.io. Slow (a full
+# release compile): opt-in via WAYPOST_CONTAINER_BUILD=source in 60-container.sh.
+container_build_from_source() {
+  local tag="$1" ctx="$CONTAINER_WORK/rust-local"
+  mkdir -p "$ctx"
+  cat >"$ctx/Containerfile" <<'EOC'
+FROM docker.io/library/debian:bookworm-slim
+RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gcc libc6-dev ca-certificates >/dev/null && rm -rf /var/lib/apt/lists/*
+ENV RUSTUP_HOME=/usr/local/rustup CARGO_HOME=/usr/local/cargo PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+EOC
+  podman build --pull=never -q -t localhost/rust-local:bookworm "$ctx" >/dev/null
+  local rustup_home="${RUSTUP_HOME:-$HOME/.rustup}" cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
+  podman build --pull=never --format docker -f "$WAYPOST_ROOT/server/Dockerfile" \
+    --build-arg RUST_IMAGE=localhost/rust-local:bookworm \
+    -v "$rustup_home:/usr/local/rustup:ro" -v "$cargo_bin:/usr/local/cargo/bin:ro" \
+    -v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro \
+    -t "$tag" "$WAYPOST_ROOT"
+}

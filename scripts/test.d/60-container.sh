@@ -10,7 +10,9 @@
 # inside the builder stage would need the rust image (no pulls here) or the
 # host toolchain mounted in, and a second full compile. Set
 # WAYPOST_CONTAINER_PROFILE=release to ship a release build (default: the
-# debug build scripts/test already made).
+# debug build scripts/test already made). WAYPOST_CONTAINER_BUILD=source
+# builds the Dockerfile's default target instead (a full release compile in
+# the builder stage; slow, so not the default).
 set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
 source "$WAYPOST_ROOT/scripts/container-env.sh"
@@ -26,19 +28,21 @@ container_env
 PY="$(deploy_venv)"
 
 t0=$SECONDS
-if [ "$PROFILE" = release ]; then
-  cargo build --locked --release -p waypost-server --bin waypost
-else
-  cargo build --locked -p waypost-server --bin waypost
-fi
-BIN="${CARGO_TARGET_DIR:-$WAYPOST_ROOT/target}/$PROFILE/waypost"
-log "binary ready ($((SECONDS - t0)) s)"
-
-t0=$SECONDS
 container_base
 log "base image ready ($((SECONDS - t0)) s)"
 t0=$SECONDS
-container_build_image "$IMAGE" "$BIN" >/dev/null
+if [ "${WAYPOST_CONTAINER_BUILD:-prebuilt}" = source ]; then
+  # The Dockerfile's default target: compiled in the builder stage.
+  container_build_from_source "$IMAGE"
+else
+  if [ "$PROFILE" = release ]; then
+    cargo build --locked --release -p waypost-server --bin waypost
+  else
+    cargo build --locked -p waypost-server --bin waypost
+  fi
+  BIN="${CARGO_TARGET_DIR:-$WAYPOST_ROOT/target}/$PROFILE/waypost"
+  container_build_image "$IMAGE" "$BIN" >/dev/null
+fi
 log "image built ($((SECONDS - t0)) s)"
 
 cleanup() {
