@@ -1,0 +1,43 @@
+import SwiftUI
+
+/// Entry point: one platform monitor for the whole app, a driver screen and
+/// a buyer screen.
+@main
+struct WaypostSampleApp: App {
+    @StateObject private var settings = Settings()
+    private let platform = PlatformMonitor()
+
+    var body: some Scene {
+        WindowGroup {
+            TabView {
+                DriverView(model: DriverModel(platform: platform))
+                    .tabItem { Label("Drive", systemImage: "car") }
+                BuyerView(platform: platform)
+                    .tabItem { Label("Order", systemImage: "bag") }
+            }
+            .environmentObject(settings)
+        }
+    }
+}
+
+/// Server, ids and token, kept in UserDefaults. Mint a development token
+/// with `waypost token --dev --sub d-1 --role driver`.
+final class Settings: ObservableObject {
+    private static let defaults = UserDefaults.standard
+
+    @Published var url = defaults.string(forKey: "url") ?? "http://localhost:8080" { didSet { save("url", url) } }
+    @Published var userId = defaults.string(forKey: "userId") ?? "" { didSet { save("userId", userId) } }
+    @Published var token = defaults.string(forKey: "token") ?? "" { didSet { save("token", token) } }
+    @Published var trackDriverId = defaults.string(forKey: "trackDriverId") ?? "" { didSet { save("trackDriverId", trackDriverId) } }
+    @Published var room = defaults.string(forKey: "room") ?? "" { didSet { save("room", room) } }
+
+    /// Stable per install: the SDK numbers fixes per device.
+    var deviceId: String {
+        if let id = Self.defaults.string(forKey: "deviceId") { return id }
+        let id = "ios-" + UUID().uuidString.prefix(12).lowercased()
+        Self.defaults.set(id, forKey: "deviceId")
+        return id
+    }
+
+    private func save(_ key: String, _ value: String) { Self.defaults.set(value, forKey: key) }
+}
