@@ -9,6 +9,8 @@
 //! Randomness comes through [`RandomSource`] so tests and the replay
 //! benchmark are reproducible from a seed ([`SeededRandom`]).
 
+#![warn(missing_docs)]
+
 use std::time::Duration;
 
 use parking_lot::Mutex;

@@ -8,6 +8,8 @@
 //! clock). [`SystemClock`] reads the real clocks and sleeps with tokio;
 //! [`ManualClock`] only moves when a test calls [`ManualClock::advance`].
 
+#![warn(missing_docs)]
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;

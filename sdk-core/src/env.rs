@@ -6,6 +6,8 @@
 //! decision and reacts to transitions (network back, charging started) when
 //! told through `Driver::environment_changed`.
 
+#![warn(missing_docs)]
+
 use std::sync::Arc;
 
 use parking_lot::Mutex;

@@ -3,6 +3,8 @@
 //! internal errors ([`StoreError`], [`TransportError`], [`UploadError`]) are
 //! converted into it here, in one place.
 
+#![warn(missing_docs)]
+
 use crate::driver::buffer::StoreError;
 use crate::transport::TransportError;
 
@@ -60,17 +62,30 @@ pub enum WaypostError {
 /// Why one upload attempt failed (internal; drives the retry decision).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UploadError {
+    /// No HTTP answer.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// An HTTP error status.
     #[error("HTTP {status}: {message}")]
     Status {
+        /// The status code.
         status: u16,
+        /// The contract's error code, when the body had one.
         code: Option<String>,
+        /// The server's message (or the start of the body).
         message: String,
+        /// `Retry-After`, seconds.
         retry_after_s: Option<u64>,
     },
+    /// A 2xx whose body is not an ingest reply.
     #[error("unreadable reply (HTTP {status}): {message}")]
-    BadReply { status: u16, message: String },
+    BadReply {
+        /// The status code.
+        status: u16,
+        /// The parse error.
+        message: String,
+    },
+    /// The token provider returned nothing.
     #[error("token provider gave no token")]
     NoToken,
 }

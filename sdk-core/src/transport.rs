@@ -3,6 +3,8 @@
 //! fake in unit tests (or, later, over the platform's own HTTP stack through
 //! the bindings).
 
+#![warn(missing_docs)]
+
 use std::time::Duration;
 
 use async_trait::async_trait;

@@ -69,20 +69,46 @@ impl Default for BufferOptions {
 /// Why the buffer failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// SQLite says the file is not a database or is damaged.
     #[error("buffer file {path} is corrupt: {detail}")]
-    Corrupt { path: PathBuf, detail: String },
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// SQLite's words.
+        detail: String,
+    },
+    /// A SQLite file of another application (never touched).
     #[error("{path} is not a Waypost driver buffer: {detail}")]
-    Foreign { path: PathBuf, detail: String },
+    Foreign {
+        /// The file.
+        path: PathBuf,
+        /// What was found instead.
+        detail: String,
+    },
+    /// Written by a newer SDK.
     #[error(
         "buffer file {path} has schema version {found}, newer than this SDK's {SCHEMA_VERSION}"
     )]
-    TooNew { path: PathBuf, found: i32 },
+    TooNew {
+        /// The file.
+        path: PathBuf,
+        /// Its `user_version`.
+        found: i32,
+    },
+    /// Any other SQLite failure (disk full, I/O error, ...).
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// Moving a corrupt file aside failed.
     #[error("moving the corrupt buffer aside: {0}")]
     Io(#[from] std::io::Error),
+    /// A stored row does not parse.
     #[error("stored fix seq {seq} is unreadable: {detail}")]
-    BadRow { seq: u64, detail: String },
+    BadRow {
+        /// The row's seq.
+        seq: u64,
+        /// The parse error.
+        detail: String,
+    },
 }
 
 /// A batch taken for upload: fixes in seq order, marked in flight.

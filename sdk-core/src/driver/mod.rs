@@ -15,6 +15,8 @@
 //! battery, HTTP, tokens — comes in through [`DriverDeps`], so tests and the
 //! replay benchmark run it in simulated time.
 
+#![warn(missing_docs)]
+
 pub mod buffer;
 mod config;
 pub mod filter;
