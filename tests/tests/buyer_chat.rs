@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{ensure, Result};
 use buyer_support::Participant;
 use serde_json::json;
-use waypost_e2e::{token, unique, EngineChoice, Server, ServerOptions};
+use waypost_e2e::{free_port, token, unique, EngineChoice, Server, ServerOptions};
 use waypost_protocol::Role;
 use waypost_sdk::buyer::{ConnectionState, MessageStatus};
 
@@ -38,6 +38,11 @@ macro_rules! on_both_engines {
 }
 
 on_both_engines!(offline_outbox_and_history_recovery);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_restart_starts_rooms_over_and_clients_follow() -> Result<()> {
+    room_started_over(EngineChoice::Memory).await
+}
 
 async fn offline_outbox_and_history_recovery(engine: EngineChoice) -> Result<()> {
     let server = Server::start_with(
@@ -162,5 +167,56 @@ async fn offline_outbox_and_history_recovery(engine: EngineChoice) -> Result<()>
         p.client.shutdown().await;
     }
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// The memory engine keeps chat history in the process: after a restart
+/// every room starts over at seq 1. Clients notice (`high_seq` below what
+/// they hold), reset their position and show the new messages instead of
+/// dropping them as duplicates.
+async fn room_started_over(engine: EngineChoice) -> Result<()> {
+    let mut options = ServerOptions::new(engine);
+    options.listen = Some(format!("127.0.0.1:{}", free_port()?).parse()?);
+    let mut server = Server::start_with(options.clone()).await?;
+    let base = server.http("");
+    let room = unique("order");
+    let b = Participant::start(&base, "buyer-1", Role::Buyer, &room, &[], None)?;
+    let v = Participant::start(&base, "vendor-1", Role::Vendor, &room, &[], None)?;
+    for i in 1..=3 {
+        v.client.send_message(room.clone(), format!("before-{i}"))?;
+    }
+    b.has(&room, 3).await?;
+    v.has(&room, 3).await?;
+
+    server.kill().await?;
+    let _server = Server::start_with(options).await?;
+    for p in [&b, &v] {
+        p.rec
+            .until(Duration::from_secs(30), "reconnected", |r| {
+                r.count_states(|s| *s == ConnectionState::Connected) >= 2
+            })
+            .await?;
+    }
+    v.client.send_message(room.clone(), "after-1".into())?;
+    v.client.send_message(room.clone(), "after-2".into())?;
+    for p in [&b, &v] {
+        p.has(&room, 5).await?;
+        let heard: Vec<(u64, String)> = p
+            .rec
+            .messages
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|m| (m.seq.unwrap_or(0), m.body.clone()))
+            .collect();
+        ensure!(
+            heard[3..] == [(1, "after-1".to_owned()), (2, "after-2".to_owned())],
+            "{} heard {heard:?}",
+            p.user
+        );
+    }
+    for p in [&b, &v] {
+        p.client.shutdown().await;
+    }
     Ok(())
 }
