@@ -18,7 +18,7 @@ final class PlatformMonitor: PlatformInfo, @unchecked Sendable {
         pathMonitor.pathUpdateHandler = { [weak self] path in
             let network: NetworkType
             if path.status != .satisfied {
-                network = .none
+                network = .offline
             } else if path.usesInterfaceType(.cellular) && !path.usesInterfaceType(.wifi) {
                 network = .cellular
             } else {

@@ -8,6 +8,7 @@
 #
 #   scripts/test.d/40-bindings.sh            everything
 #   SKIP_KOTLIN=1 / SKIP_PYTHON=1            leave one language out
+#   WAYPOST_BINDINGS_ONLY=1                  build only the packages needed
 #
 # Generated sources land in bindings/kotlin/target/generated-sources/uniffi,
 # bindings/python/waypost/ and bindings/swift/Generated/ (all ignored by
@@ -23,7 +24,15 @@ WAYPOST_BIN="$TARGET/debug/waypost"
 
 t0=$SECONDS
 log "bindings: cargo build (waypost-ffi cdylib, uniffi-bindgen, waypost)"
-cargo build --locked -p waypost-ffi -p uniffi-bindgen -p waypost-server
+# Same package selection and features as scripts/test's `cargo build
+# --workspace --bins`, so nothing it built is rebuilt: only the cdylib is new.
+# WAYPOST_BINDINGS_ONLY=1 builds just the three packages needed (handy while
+# other crates of the workspace are mid-edit).
+if [ -n "${WAYPOST_BINDINGS_ONLY:-}" ]; then
+  cargo build --locked -p waypost-ffi -p uniffi-bindgen -p waypost-server
+else
+  cargo build --locked --workspace --bins --lib
+fi
 echo "build: $((SECONDS - t0)) s"
 
 t0=$SECONDS

@@ -16,8 +16,9 @@ pub enum NetworkType {
     Wifi,
     /// A cellular radio.
     Cellular,
-    /// No connectivity.
-    None,
+    /// No connectivity. (Not `None`, which would read as `Optional.none`
+    /// in Swift.)
+    Offline,
 }
 
 /// Battery and power state.
@@ -47,7 +48,7 @@ impl From<NetworkType> for sdk::NetworkType {
         match n {
             NetworkType::Wifi => Self::Wifi,
             NetworkType::Cellular => Self::Cellular,
-            NetworkType::None => Self::None,
+            NetworkType::Offline => Self::None,
         }
     }
 }

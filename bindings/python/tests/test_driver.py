@@ -58,7 +58,7 @@ def test_background_uploader_reports_on_an_sdk_thread(server, unique, tmp_path):
 def test_offline_fixes_wait_in_the_buffer(server, unique, tmp_path):
     """No network: nothing is sent; network back + environment_changed: it all arrives."""
     driver_id = unique("d")
-    platform = Platform(network=waypost.NetworkType.NONE)
+    platform = Platform(network=waypost.NetworkType.OFFLINE)
     driver = waypost.Driver(config(server, driver_id, tmp_path), Tokens(server.token(driver_id, "driver")), None, platform)
     try:
         driver.start()

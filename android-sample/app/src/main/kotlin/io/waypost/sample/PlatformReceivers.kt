@@ -47,7 +47,7 @@ class PlatformReceivers(private val context: Context, private val platform: Plat
         }
 
         override fun onLost(network: Network) {
-            platform.updateNetwork(NetworkType.NONE)
+            platform.updateNetwork(NetworkType.OFFLINE)
         }
     }
 
@@ -59,7 +59,7 @@ class PlatformReceivers(private val context: Context, private val platform: Plat
         // ACTION_BATTERY_CHANGED is sticky: the current state arrives at once.
         ContextCompat.registerReceiver(context, batteryReceiver, filter, ContextCompat.RECEIVER_NOT_EXPORTED)
         connectivity.registerDefaultNetworkCallback(networkCallback)
-        if (connectivity.activeNetwork == null) platform.updateNetwork(NetworkType.NONE)
+        if (connectivity.activeNetwork == null) platform.updateNetwork(NetworkType.OFFLINE)
     }
 
     fun unregister() {

@@ -78,7 +78,7 @@ class PlatformState(
          */
         fun networkFrom(hasInternet: Boolean, wifi: Boolean, cellular: Boolean, ethernet: Boolean): NetworkType =
             when {
-                !hasInternet -> NetworkType.NONE
+                !hasInternet -> NetworkType.OFFLINE
                 wifi || ethernet -> NetworkType.WIFI
                 cellular -> NetworkType.CELLULAR
                 else -> NetworkType.WIFI // VPN or other transport with internet: treat as unmetered.

@@ -19,7 +19,7 @@ class SampleCoreTest {
     fun `battery and network readings map onto the SDK's types`() {
         assertEquals(BatteryState(0.5, true, false), PlatformState.batteryFrom(50, 100, 2, false))
         assertEquals(BatteryState(1.0, false, true), PlatformState.batteryFrom(-1, -1, 0, true))
-        assertEquals(NetworkType.NONE, PlatformState.networkFrom(false, true, false, false))
+        assertEquals(NetworkType.OFFLINE, PlatformState.networkFrom(false, true, false, false))
         assertEquals(NetworkType.WIFI, PlatformState.networkFrom(true, false, true, true))
         assertEquals(NetworkType.CELLULAR, PlatformState.networkFrom(true, false, true, false))
     }
@@ -30,8 +30,8 @@ class SampleCoreTest {
         var calls = 0
         p.addChangeListener { calls++ }
         assertFalse(p.updateNetwork(NetworkType.WIFI))
-        assertTrue(p.updateNetwork(NetworkType.NONE))
-        assertEquals(NetworkType.NONE, p.network())
+        assertTrue(p.updateNetwork(NetworkType.OFFLINE))
+        assertEquals(NetworkType.OFFLINE, p.network())
         assertFalse(p.updateBattery(BatteryState(0.995, false, false)), "sub-1 % level change ignored")
         assertTrue(p.updateBattery(BatteryState(0.995, true, false)))
         assertEquals(2, calls)
