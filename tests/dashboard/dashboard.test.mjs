@@ -42,9 +42,18 @@ test("dashboard shows drivers, watchers, rates and notifications live", { timeou
     const refused = await page.goto(`${BASE}/`);
     assert.equal(refused.status(), 401);
 
+    // Script errors and failed requests of the page (Chromium may still ask
+    // for /favicon.ico on behalf of the refused page above: not ours).
     const consoleErrors = [];
-    page.on("console", (m) => m.type() === "error" && consoleErrors.push(m.text()));
+    page.on("console", (m) => {
+      if (m.type() === "error" && !m.text().startsWith("Failed to load resource")) consoleErrors.push(m.text());
+    });
     page.on("pageerror", (e) => consoleErrors.push(String(e)));
+    page.on("response", (r) => {
+      if (r.status() >= 400 && new URL(r.url()).pathname !== "/favicon.ico") {
+        consoleErrors.push(`${r.status()} ${r.url()}`);
+      }
+    });
 
     const resp = await page.goto(`${BASE}/?token=${env("SERVICE_TOKEN")}`);
     assert.equal(resp.status(), 200);
