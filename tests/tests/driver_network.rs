@@ -197,3 +197,22 @@ async fn flapping_and_cut_responses_deliver_every_fix_exactly_once() {
     };
     tokio::join!(flapping, cut);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fault_schedule_on_the_redis_engine_delivers_every_fix_exactly_once() {
+    let Some((url, _guard)) = waypost_e2e::shared_redis().await else {
+        return;
+    };
+    let server = Server::start(EngineChoice::Redis(url)).await.unwrap();
+    let schedule = random_schedule(11, 12, Duration::from_millis(800));
+    let (recorded, id, driver, proxy) =
+        run_case(&server, schedule, 200, Duration::from_millis(25), true).await;
+    assert_exactly_once_in_order(&recorded, &trail(&server, &id).await, "redis");
+    let s = proxy.stats();
+    assert!(
+        s.refused.load(Ordering::Relaxed) + s.cut.load(Ordering::Relaxed) > 0,
+        "schedule hit no request"
+    );
+    driver.shutdown().await;
+    proxy.stop().await;
+}
