@@ -28,7 +28,9 @@ const MAX_RATE_KEYS: usize = 100_000;
 pub struct AppState {
     pub engine: Arc<dyn Engine>,
     pub hub: Arc<Hub>,
-    pub keys: AuthKeys,
+    /// Behind an `Arc`: the state is cloned per request and per connection,
+    /// and the keys are the bulk of it (300 bytes plus two heap sets).
+    pub keys: Arc<AuthKeys>,
     pub limits: Arc<Limits>,
     pub metrics: Metrics,
     pub connections: Arc<ConnectionCounter>,
@@ -66,7 +68,7 @@ impl AppState {
         Self {
             engine,
             hub,
-            keys,
+            keys: Arc::new(keys),
             limits: Arc::new(limits.clone()),
             metrics,
             connections: Arc::new(ConnectionCounter::default()),

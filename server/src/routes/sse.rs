@@ -390,7 +390,7 @@ impl Stream {
         match &self.feed {
             Feed::Vendor(vendor) => {
                 let Some(seq) = sse_id(&out.text) else {
-                    return self.send(Bytes::from(out.text)).await;
+                    return self.send(Bytes::from(out.text.clone())).await;
                 };
                 match cursor.step(seq) {
                     SeqStep::Duplicate => return Ok(()),
@@ -420,7 +420,7 @@ impl Stream {
                     }
                 }
                 cursor.advance(seq);
-                self.send(Bytes::from(out.text)).await
+                self.send(Bytes::from(out.text.clone())).await
             }
             Feed::Location(_) => {
                 let seq = serde_json::from_str::<LocationPeek>(&out.text)
@@ -484,11 +484,7 @@ mod tests {
     }
 
     fn outbound(text: String) -> Outbound {
-        Outbound {
-            text: text.into(),
-            queued_at: std::time::Instant::now(),
-            kind: "vendor",
-        }
+        Outbound::new(text.into(), std::time::Instant::now(), "vendor")
     }
 
     /// Notifications published out of order (two processes) or twice come

@@ -33,7 +33,11 @@ const MAX_RATE_VIOLATIONS: u32 = 100;
 /// How long a close handshake may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Small read/write buffers keep idle connections cheap; messages are small.
-const READ_BUFFER: usize = 4 * 1024;
+/// tungstenite zero-fills the whole read buffer on every read, so its size is
+/// resident memory per connection: 512 bytes hold any client frame but a
+/// long chat message (those take a few reads). Measured with
+/// `waypost-bench connections` (BENCHMARKS.md).
+const READ_BUFFER: usize = 512;
 const WRITE_BUFFER: usize = 4 * 1024;
 
 /// Why a connection was refused before its loop started.
@@ -219,7 +223,10 @@ async fn run(mut socket: WebSocket, state: AppState, claims: Claims, permit: Con
                     }
                     Some(Ok(msg)) => {
                         last_seen = Instant::now();
-                        match conn.on_message(&mut socket, msg).await {
+                        // Boxed: the handler's future is large and only
+                        // lives while a client frame is handled; inline it
+                        // would be part of every idle connection's task.
+                        match Box::pin(conn.on_message(&mut socket, msg)).await {
                             Ok(Next::Continue) => {}
                             Ok(Next::Close(code, reason)) => break Some((code, reason)),
                             Err(()) => break None,
@@ -236,7 +243,7 @@ async fn run(mut socket: WebSocket, state: AppState, claims: Claims, permit: Con
                     break None;
                 }
             }
-            _ = heartbeat.tick() => conn.presence_heartbeat().await,
+            _ = heartbeat.tick() => Box::pin(conn.presence_heartbeat()).await,
         }
     };
 
@@ -516,12 +523,12 @@ impl Conn {
                 .observe(out.queued_at.elapsed().as_secs_f64());
             metrics.deliveries.with_label_values(&[out.kind]).inc();
             if matches!(out.kind, "chat" | "user") {
-                for text in self.chat_frames(out.text).await {
+                for text in Box::pin(self.chat_frames(out.text.clone())).await {
                     socket.feed(Message::Text(text)).await?;
                     n += 1;
                 }
             } else {
-                socket.feed(Message::Text(out.text)).await?;
+                socket.feed(Message::Text(out.text.clone())).await?;
                 n += 1;
             }
             if n < WRITE_BATCH {
