@@ -183,6 +183,12 @@ async fn expired_token_is_refreshed_after_4001(engine: EngineChoice) -> Result<(
         0,
         "a refreshable 4001 is not shown as closed"
     );
+    assert_eq!(
+        rec.count_states(|s| *s == ConnectionState::Connected),
+        1,
+        "the refused connection never counted as connected: {:?}",
+        rec.states.lock().unwrap()
+    );
     client.shutdown().await;
     Ok(())
 }

@@ -308,7 +308,6 @@ impl<C: Send + 'static> Manager<'_, C> {
                     why: e.to_string(),
                 },
                 Waited::Done(Ok(transport)) => {
-                    self.set_state(session, ConnectionState::Connected);
                     let ended = self.connected(session, transport).await;
                     session.closed();
                     ended
@@ -487,7 +486,13 @@ impl<C: Send + 'static> Manager<'_, C> {
                         }
                         Ok(WsEvent::Text(text)) => match serde_json::from_str::<ServerFrame>(&text) {
                             Ok(frame) => {
-                                healthy = true;
+                                // Connected once the server answered with
+                                // something other than a refusal (a refused
+                                // token gets an `error` frame, then 4001).
+                                if !healthy && !matches!(frame, ServerFrame::Error { .. }) {
+                                    healthy = true;
+                                    self.set_state(session, ConnectionState::Connected);
+                                }
                                 session.frame(frame, &mut out);
                             }
                             // Newer servers may add frame types: skip them.

@@ -11,7 +11,7 @@ use waypost_protocol::{ChatMessage, Fix};
 pub enum ConnectionState {
     /// Opening a WebSocket (attempt counts from 1 since the last success).
     Connecting { attempt: u32 },
-    /// Open and subscribed.
+    /// Open, and the server has answered (pong or any other frame).
     Connected,
     /// Waiting before the next attempt; `retry_in_ms` is the drawn delay.
     BackingOff { attempt: u32, retry_in_ms: u64 },
