@@ -632,3 +632,84 @@ async fn restart_resumes_seqs_and_filter_state() {
     let all: Vec<u64> = first.into_iter().chain(second).collect();
     assert_eq!(sim.server.seqs(), all);
 }
+
+#[tokio::test]
+async fn full_buffer_evicts_oldest_and_reports_it() {
+    let mut sim = Sim::new(10);
+    sim.config.buffer.max_fixes = 10;
+    sim.config.policy.unwatched.sample_interval_ms = 1_000;
+    sim.config.policy.unwatched.distance_base_m = 0.0;
+    sim.config.policy.unwatched.distance_max_m = 0.0;
+    sim.env.set_network(NetworkType::None);
+    let d = sim.open();
+    let seqs = sim.drive(&d, 0, 30).await;
+    assert_eq!(seqs.len(), 30);
+    let evicted: u64 = sim
+        .events
+        .0
+        .lock()
+        .iter()
+        .map(|e| match e {
+            DriverEvent::Evicted { count } => *count,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(evicted, 20);
+    assert_eq!(d.stats().unwrap().evicted_total, 20);
+    sim.env.set_network(NetworkType::Wifi);
+    d.environment_changed();
+    sim.settle(&d).await;
+    assert_eq!(
+        sim.server.seqs(),
+        seqs[20..].to_vec(),
+        "the newest 10 survive"
+    );
+}
+
+#[tokio::test]
+async fn unreadable_buffer_files_are_clear_errors() {
+    let mut sim = Sim::new(11);
+    std::fs::write(&sim.path, vec![7u8; 4096]).unwrap();
+    let open = |sim: &Sim| {
+        let mut config = sim.config.clone();
+        config.buffer_path = sim.path.clone();
+        Driver::open_with(
+            config,
+            DriverDeps {
+                clock: Arc::new(sim.clock.clone()),
+                random: Arc::new(SeededRandom::new(1)),
+                environment: Arc::new(sim.env.clone()),
+                transport: Arc::new(sim.server.clone()),
+                tokens: Arc::clone(&sim.tokens),
+                listener: Some(sim.events.clone()),
+            },
+        )
+    };
+    assert!(matches!(
+        open(&sim).unwrap_err(),
+        WaypostError::BufferCorrupt { .. }
+    ));
+    sim.config.buffer.recreate_if_corrupt = true;
+    let d = open(&sim).unwrap();
+    assert_eq!(
+        sim.events
+            .count(|e| matches!(e, DriverEvent::BufferRecreated { .. })),
+        1
+    );
+    // The new buffer's seqs start at the clock, above anything used before.
+    let RecordOutcome::Recorded { seq } = d.record(Sim::loc(0)).unwrap() else {
+        panic!("not recorded");
+    };
+    assert!(seq >= T0 as u64);
+    drop(d);
+    let other = sim.path.replace("buffer.db", "app.db");
+    rusqlite::Connection::open(&other)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (x)")
+        .unwrap();
+    sim.path = other;
+    assert!(matches!(
+        open(&sim).unwrap_err(),
+        WaypostError::BufferForeign { .. }
+    ));
+}
