@@ -3,7 +3,7 @@
 //! The driver side ([`driver`]) records GPS fixes into a crash-safe SQLite
 //! buffer and uploads them in batches at a cadence that follows motion,
 //! battery, network and whether anybody is watching. The shared primitives
-//! ([`clock`], [`backoff`], [`env`], [`transport`], [`error`]) keep every
+//! ([`clock`], [`backoff`], [`env`](mod@env), [`transport`], [`error`]) keep every
 //! I/O edge behind a small trait so the whole SDK runs deterministically in
 //! simulated time in tests; the buyer side reuses them.
 //!
