@@ -11,11 +11,13 @@ use std::time::Duration;
 
 use anyhow::Result;
 use buyer_support::{fast_config, Buyer, MovingDriver, Recorder};
+use waypost_e2e::proxy::{Fault, FaultProxy};
 use waypost_e2e::{
     free_port, now_s, token, token_with_exp, unique, EngineChoice, Server, ServerOptions,
 };
 use waypost_protocol::Role;
-use waypost_sdk::buyer::{BuyerClient, ConnectionState, TokenProvider};
+use waypost_sdk::buyer::{BuyerClient, BuyerDeps, ConnectionState, StaticToken, TokenProvider};
+use waypost_sdk::env::{ManualEnvironment, NetworkType};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -41,6 +43,8 @@ on_both_engines!(
     tracks_a_moving_driver_across_server_restart,
     expired_token_is_refreshed_after_4001,
     forbidden_channel_is_reported,
+    half_open_through_a_blackhole_is_detected_and_tracking_resumes,
+    network_back_skips_the_backoff_wait,
 );
 
 async fn tracks_a_moving_driver_across_server_restart(engine: EngineChoice) -> Result<()> {
@@ -210,5 +214,117 @@ async fn forbidden_channel_is_reported(engine: EngineChoice) -> Result<()> {
         .await?;
     assert_eq!(buyer.client.connection_state(), ConnectionState::Connected);
     buyer.client.shutdown().await;
+    Ok(())
+}
+
+/// A blackhole between buyer and server (no FIN, no RST, no bytes): the
+/// SDK notices within two ping intervals, reconnects once the path heals,
+/// and tracking continues from the last fix it had.
+async fn half_open_through_a_blackhole_is_detected_and_tracking_resumes(
+    engine: EngineChoice,
+) -> Result<()> {
+    let server =
+        Server::start_with(ServerOptions::new(engine).arg("--ping-interval").arg("1s")).await?;
+    let base = server.http("");
+    let proxy = FaultProxy::start(server.addr).await?;
+    let driver_id = unique("d");
+    let channel = format!("tracking:{driver_id}");
+    let mut config = fast_config(proxy.url(), "buyer-1");
+    config.ping_interval_ms = 1_000;
+    let buyer = Buyer::start(config, token("buyer-1", Role::Buyer, &[&channel]))?;
+    buyer.client.track_driver(driver_id.clone())?;
+    let mut driver = MovingDriver::new(&driver_id, token(&driver_id, Role::Driver, &[]));
+    assert!(driver.step(&base).await);
+    buyer
+        .rec
+        .until(T, "fix 1", |r| r.last_location_seq() == Some(1))
+        .await?;
+
+    proxy.set(Fault::Blackhole);
+    let cut = std::time::Instant::now();
+    buyer
+        .rec
+        .until(T, "the half-open connection dropped", |r| {
+            !matches!(
+                r.states.lock().unwrap().last(),
+                Some(ConnectionState::Connected)
+            )
+        })
+        .await?;
+    let detected = cut.elapsed();
+    eprintln!("half-open detected after {detected:?} (ping interval 1 s)");
+    assert!(
+        detected <= Duration::from_millis(2_600),
+        "detected after {detected:?}, more than ~2 ping intervals"
+    );
+    for _ in 0..5 {
+        assert!(driver.step(&base).await);
+    }
+    proxy.set(Fault::Pass);
+    buyer
+        .rec
+        .until(T, "the latest fix after healing", |r| {
+            r.last_location_seq() == Some(6)
+        })
+        .await?;
+    let seqs: Vec<u64> = buyer
+        .rec
+        .locations
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|l| l.seq)
+        .collect();
+    assert_eq!(
+        seqs,
+        [1, 6],
+        "only the newest fix is replayed at resubscribe"
+    );
+    buyer.client.shutdown().await;
+    Ok(())
+}
+
+/// After failures have grown the backoff window, the platform reporting the
+/// network back reconnects at once instead of waiting out the jitter.
+async fn network_back_skips_the_backoff_wait(engine: EngineChoice) -> Result<()> {
+    let server = Server::start(engine).await?;
+    let proxy = FaultProxy::start(server.addr).await?;
+    proxy.set(Fault::Refuse);
+    let env = ManualEnvironment::default();
+    let rec = Arc::new(Recorder::default());
+    let mut config = fast_config(proxy.url(), "buyer-1");
+    config.backoff_base_ms = 2_000;
+    config.backoff_cap_ms = 60_000;
+    let client = BuyerClient::start_with(
+        config,
+        rec.clone(),
+        Arc::new(StaticToken(token("buyer-1", Role::Buyer, &[]))),
+        BuyerDeps {
+            env: Some(Arc::new(env.clone())),
+            ..BuyerDeps::default()
+        },
+    )?;
+    rec.until(T, "third backoff", |r| {
+        r.count_states(|s| matches!(s, ConnectionState::BackingOff { .. })) >= 3
+    })
+    .await?;
+    env.set_network(NetworkType::None);
+    client.environment_changed()?;
+    rec.until(T, "offline", |r| {
+        r.states.lock().unwrap().last() == Some(&ConnectionState::Offline)
+    })
+    .await?;
+    proxy.set(Fault::Pass);
+    env.set_network(NetworkType::Cellular);
+    let back = std::time::Instant::now();
+    client.environment_changed()?;
+    rec.until(T, "connected", |r| {
+        r.states.lock().unwrap().last() == Some(&ConnectionState::Connected)
+    })
+    .await?;
+    let took = back.elapsed();
+    eprintln!("connected {took:?} after the network came back");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    client.shutdown().await;
     Ok(())
 }
