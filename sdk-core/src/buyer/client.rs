@@ -466,13 +466,21 @@ impl Core {
 
     fn offer(&mut self, msg: ChatMessage, out: &mut Vec<ClientFrame>) {
         let room = msg.room.clone();
-        let Some(r) = self.rooms.get_mut(&room) else {
+        self.offer_all(&room, vec![msg], out);
+    }
+
+    /// Buffers a batch (a sync page) and delivers once, so a page is not
+    /// mistaken for a gap halfway through.
+    fn offer_all(&mut self, room: &str, msgs: Vec<ChatMessage>, out: &mut Vec<ClientFrame>) {
+        let Some(r) = self.rooms.get_mut(room) else {
             return;
         };
-        if r.offer(msg) == Offer::Dropped {
-            tracing::debug!(room, "chat buffer full; message dropped until synced");
+        for msg in msgs {
+            if msg.room == room && r.offer(msg) == Offer::Dropped {
+                tracing::debug!(room, "chat buffer full; message dropped until synced");
+            }
         }
-        self.drain(&room, out);
+        self.drain(room, out);
     }
 
     /// Fills `room` from HTTP history (after `recovered: false`).
@@ -531,8 +539,12 @@ impl Core {
         match result {
             Err(e) => {
                 tracing::info!(room, error = %e, "HTTP history failed; syncing over the WebSocket");
-                r.filling = Filling::No;
                 self.http_tasks.remove(&room);
+                r.filling = Filling::No;
+                if self.connected {
+                    r.filling = Filling::Ws;
+                    out.push(r.sync_frame());
+                }
             }
             Ok((messages, more)) => {
                 if let Some(first) = messages.first() {
@@ -542,11 +554,7 @@ impl Core {
                     r.filling = Filling::No;
                     self.http_tasks.remove(&room);
                 }
-                for m in messages {
-                    if m.room == room {
-                        self.offer(m, out);
-                    }
-                }
+                self.offer_all(&room, messages, out);
             }
         }
         self.drain(&room, out);
@@ -654,12 +662,14 @@ impl Session for Core {
                         r.skip_to_buffered();
                     }
                 }
-                for m in messages {
-                    if m.room == room {
-                        self.offer(m, out);
+                self.offer_all(&room, messages, out);
+                // More history than one page: keep reading.
+                if let Some(r) = self.rooms.get_mut(&room) {
+                    if more && r.filling == Filling::No && self.connected {
+                        r.filling = Filling::Ws;
+                        out.push(r.sync_frame());
                     }
                 }
-                self.drain(&room, out);
             }
             ServerFrame::Subscribed {
                 channel,

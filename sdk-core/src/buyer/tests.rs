@@ -882,3 +882,79 @@ async fn handshake_401_refreshes_the_token_and_403_stops() {
     let _s = h.accept().await;
     assert_eq!(h.connector.attempts.lock().len(), 5);
 }
+
+fn wire(room: &str, seq: u64) -> waypost_protocol::ChatMessage {
+    match chat(room, seq, "v", &format!("m{seq}")) {
+        ServerFrame::Message(m) => m,
+        _ => unreachable!(),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn unrecovered_room_falls_back_to_paged_sync_when_http_fails() {
+    // The harness base URL (127.0.0.1:9) refuses HTTP: history comes over
+    // the WebSocket instead, page by page.
+    let mut h = Harness::new(|_| {});
+    h.plan(0);
+    h.client.join_chat("r".into()).unwrap();
+    let mut s = h.accept().await;
+    s.next().await;
+    s.send(&ServerFrame::Subscribed {
+        channel: "chat:r".into(),
+        recovered: false,
+        high_seq: Some(5),
+    });
+    s.send(&chat("r", 6, "v", "m6"));
+    let mut next = 0;
+    for (after, page, more) in [(0, 1..=3, true), (3, 4..=5, false)] {
+        let f = tokio::time::timeout(Duration::from_secs(30), s.next())
+            .await
+            .expect("a sync request");
+        assert_eq!(
+            f,
+            Some(ClientFrame::Sync {
+                room: "r".into(),
+                after_seq: after,
+                limit: Some(chat::SYNC_PAGE)
+            })
+        );
+        s.send(&ServerFrame::Synced {
+            room: "r".into(),
+            messages: page.map(|q| wire("r", q)).collect(),
+            more,
+        });
+        next += 1;
+    }
+    assert_eq!(next, 2);
+    settle().await;
+    assert_eq!(
+        h.rec.messages().iter().map(|m| m.0).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5, 6]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn trimmed_history_is_skipped_instead_of_waited_for() {
+    let mut h = Harness::new(|_| {});
+    h.plan(0);
+    h.client.join_chat("r".into()).unwrap();
+    let mut s = h.accept().await;
+    s.next().await;
+    s.send(&subscribed("chat:r", true));
+    s.send(&chat("r", 1, "v", "m1"));
+    s.send(&chat("r", 50, "v", "m50"));
+    assert!(matches!(
+        s.next().await,
+        Some(ClientFrame::Sync { after_seq: 1, .. })
+    ));
+    // The server kept only 40..: the page starts above the gap.
+    s.send(&ServerFrame::Synced {
+        room: "r".into(),
+        messages: (40..=49).map(|q| wire("r", q)).collect(),
+        more: false,
+    });
+    s.send(&chat("r", 51, "v", "m51"));
+    settle().await;
+    let seqs: Vec<u64> = h.rec.messages().iter().map(|m| m.0).collect();
+    assert_eq!(seqs, [1].into_iter().chain(40..=51).collect::<Vec<_>>());
+}
