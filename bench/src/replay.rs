@@ -407,6 +407,17 @@ fn drop_name(reason: &DropReason) -> &'static str {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let report = simulate(&args).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
+}
+
+/// Runs one replay (SDK and baseline) and returns the figures.
+async fn simulate(args: &Args) -> anyhow::Result<Report> {
     let started = Instant::now();
     let rows = parse_trace(&args.trace)?;
     let first = rows[0].ts;
@@ -424,7 +435,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut watcher = _watcher;
 
-    let dir = std::env::temp_dir().join(format!("waypost-replay-{}", std::process::id()));
+    static RUN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "waypost-replay-{}-{}",
+        std::process::id(),
+        RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     std::fs::create_dir_all(&dir)?;
     let buffer_path = dir.join("buffer.db");
     let _ = std::fs::remove_file(&buffer_path);
@@ -550,7 +566,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
 
     let baseline = baseline(&srv, &rows).await?;
-    let report = Report {
+    Ok(Report {
         trace: args
             .trace
             .file_name()
@@ -564,13 +580,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         dropped,
         baseline,
         wall_time_s: started.elapsed().as_secs_f64(),
-    };
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    }
-    Ok(())
+    })
 }
 
 /// Trail entries that repeat a seq or repeat a fix (same ts and position
@@ -749,6 +759,59 @@ pub async fn run_buffer(args: BufferArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A synthetic 20-minute ride at ~8 m/s, 1 Hz, with a 3-minute stop.
+    fn synthetic_trace() -> PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("waypost-replay-test-{}.csv", std::process::id()));
+        let mut csv = String::from("ts_ms,lat,lon,alt_m,speed_mps,accuracy_m\n");
+        let mut lat = 52.0;
+        for i in 0..1200i64 {
+            let moving = !(600..780).contains(&i);
+            if moving {
+                lat += 8.0 / 111_195.0;
+            }
+            let speed = if moving { "8.0" } else { "0.0" };
+            csv.push_str(&format!(
+                "{},{lat:.8},13.0,,{speed},\n",
+                1_600_000_000_000 + i * 1000
+            ));
+        }
+        std::fs::write(&path, csv).unwrap();
+        path
+    }
+
+    fn args(trace: &std::path::Path, watched: bool) -> Args {
+        Args {
+            trace: trace.to_owned(),
+            watched,
+            unwatched: !watched,
+            preset: PresetArg::Balanced,
+            seed: 1,
+            battery: 0.8,
+            json: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn replay_meets_the_targets_on_a_synthetic_ride() {
+        let trace = synthetic_trace();
+        let u = simulate(&args(&trace, false)).await.unwrap();
+        let w = simulate(&args(&trace, true)).await.unwrap();
+        let _ = std::fs::remove_file(&trace);
+        for r in [&u, &w] {
+            assert_eq!((r.sdk.lost, r.sdk.duplicated), (0, 0));
+            assert_eq!(r.sdk.fixes_uploaded, r.sdk.fixes_recorded);
+            assert_eq!(r.baseline.uploads, 240, "one POST every 5 s for 20 min");
+        }
+        // Unwatched: first upload, one every 120 s, the final flush.
+        assert!(u.sdk.uploads <= 12, "{} uploads", u.sdk.uploads);
+        assert!(u.sdk.radio_energy_j * 5.0 < u.baseline.radio_energy_j);
+        assert!(u.dropped.get("throttled").copied().unwrap_or(0) > 600);
+        // Watched: every 5 s, staleness within the target.
+        assert!(w.sdk.staleness_p95_s.unwrap() <= 6.0, "{:?}", w.sdk);
+        assert!(w.sdk.fixes_recorded > 1000);
+    }
 
     #[test]
     fn isolated_upload_costs_about_eleven_joules() {
