@@ -250,6 +250,45 @@ class BindingsTest {
     }
 
     @Test
+    fun `calls from many threads at once are safe`() {
+        val driverId = TestEnv.uniqueId("d")
+        val token = TestEnv.token(driverId, "driver")
+        val driver = Driver(
+            driverConfig(driverId, TestEnv.tempDir().resolve("mt.db").toString()),
+            staticToken(token),
+            null,
+            PlatformState(),
+        )
+        try {
+            driver.start()
+            val threads = 8
+            val perThread = 25
+            val base = System.currentTimeMillis() - 600_000
+            val seqs = java.util.concurrent.ConcurrentLinkedQueue<Long>()
+            val workers = (0 until threads).map { t ->
+                Thread {
+                    repeat(perThread) { i ->
+                        // Distinct timestamps; same position, so the policy may throttle some.
+                        val loc = Fixes.location(base + (i * threads + t) * 1_000L, 52.52, 13.405, 5f)
+                        (driver.record(loc) as? RecordOutcome.Recorded)?.let { seqs += it.seq.toLong() }
+                        driver.flush()
+                        driver.stats()
+                    }
+                }.also { it.start() }
+            }
+            workers.forEach { it.join(30_000) }
+            assertTrue(seqs.isNotEmpty())
+            assertEquals(seqs.size, seqs.toSet().size, "every recorded fix got its own seq")
+            runBlocking { driver.uploadNow() }
+            TestEnv.await("everything uploaded") { driver.stats().pending == 0uL }
+            assertEquals(seqs.sorted(), TestEnv.trail(driverId).map { it.first })
+        } finally {
+            runBlocking { driver.shutdown() }
+            driver.close()
+        }
+    }
+
+    @Test
     fun `driver events from the uploader arrive on an SDK thread`() {
         val driverId = TestEnv.uniqueId("d")
         val token = TestEnv.token(driverId, "driver")
