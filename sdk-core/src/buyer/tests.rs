@@ -958,3 +958,41 @@ async fn trimmed_history_is_skipped_instead_of_waited_for() {
     let seqs: Vec<u64> = h.rec.messages().iter().map(|m| m.0).collect();
     assert_eq!(seqs, [1].into_iter().chain(40..=51).collect::<Vec<_>>());
 }
+
+#[tokio::test(start_paused = true)]
+async fn outbox_survives_an_app_restart() {
+    let dir = crate::test_util::TempDir::new("buyer-outbox");
+    let db = dir.path().join("chat.db").to_string_lossy().into_owned();
+    let h = Harness::new(|c| c.db_path = Some(db.clone()));
+    h.env.set_network(NetworkType::None);
+    h.client.environment_changed().unwrap();
+    let written = h.client.send_message("r".into(), "kept".into()).unwrap();
+    h.client.shutdown().await;
+    drop(h);
+
+    // The app starts again, online: the message goes out first thing.
+    let mut h = Harness::new(|c| c.db_path = Some(db.clone()));
+    h.plan(0);
+    let mut s = h.accept().await;
+    let Some(ClientFrame::Send {
+        client_id, body, ..
+    }) = s.next().await
+    else {
+        panic!("expected the stored message to be sent")
+    };
+    assert_eq!(
+        (client_id.as_str(), body.as_str()),
+        (written.client_id.as_str(), "kept")
+    );
+    s.send(&ServerFrame::Sent {
+        client_id,
+        room: "r".into(),
+        seq: 1,
+        id: "r-1".into(),
+    });
+    settle().await;
+    assert_eq!(
+        h.client.messages("r".into(), 10).unwrap()[0].status,
+        MessageStatus::Sent
+    );
+}
