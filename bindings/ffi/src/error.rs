@@ -65,3 +65,74 @@ impl From<BuyerError> for WaypostError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sdk_errors_map_onto_few_variants_and_keep_their_text() {
+        use waypost_sdk::WaypostError as E;
+        let cases = [
+            (
+                E::InvalidConfig {
+                    message: "bad url".into(),
+                },
+                "InvalidArgument",
+            ),
+            (
+                E::BufferCorrupt {
+                    message: "x".into(),
+                },
+                "Storage",
+            ),
+            (
+                E::BufferForeign {
+                    message: "x".into(),
+                },
+                "Storage",
+            ),
+            (
+                E::Buffer {
+                    message: "disk full".into(),
+                },
+                "Storage",
+            ),
+            (
+                E::Upload {
+                    message: "refused".into(),
+                },
+                "Network",
+            ),
+            (
+                E::Unauthorized {
+                    message: "401".into(),
+                },
+                "Unauthorized",
+            ),
+            (
+                E::NoRuntime {
+                    message: "x".into(),
+                },
+                "Internal",
+            ),
+            (E::ShutDown, "ShutDown"),
+        ];
+        for (sdk, variant) in cases {
+            let text = sdk.to_string();
+            let ffi = WaypostError::from(sdk);
+            assert!(
+                format!("{ffi:?}").starts_with(variant),
+                "{ffi:?} is not {variant}"
+            );
+            assert!(ffi.to_string().contains(&text), "{ffi} lost {text:?}");
+        }
+        let busy = WaypostError::from(BuyerError::Busy);
+        assert!(matches!(busy, WaypostError::Busy { .. }));
+        let store = WaypostError::from(BuyerError::Store {
+            message: "locked".into(),
+        });
+        assert!(matches!(store, WaypostError::Storage { .. }));
+        assert!(store.to_string().contains("locked"));
+    }
+}

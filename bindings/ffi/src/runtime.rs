@@ -14,24 +14,26 @@ use crate::error::WaypostError;
 /// these).
 pub const THREAD_NAME: &str = "waypost-rt";
 
-static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+/// Built once; a failure is remembered (and reported by every call) rather
+/// than retried, so two threads can never race to build two runtimes.
+static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
 
 /// The SDK runtime (two worker threads: the SDK is I/O bound and phones
 /// have better uses for their cores).
 pub(crate) fn get() -> Result<&'static Runtime, WaypostError> {
-    if let Some(rt) = RUNTIME.get() {
-        return Ok(rt);
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name(THREAD_NAME)
-        .enable_all()
-        .build()
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name(THREAD_NAME)
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
         .map_err(|e| WaypostError::Internal {
             message: format!("cannot start the SDK runtime: {e}"),
-        })?;
-    // Two threads may race here; the loser's runtime is dropped unused.
-    Ok(RUNTIME.get_or_init(|| rt))
+        })
 }
 
 /// Runs `fut` on the SDK runtime and waits for it from whatever executor

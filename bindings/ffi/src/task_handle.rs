@@ -49,3 +49,32 @@ impl Drop for Subscription {
         self.cancel();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn cancels_once_whether_cancelled_or_dropped() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let counted = |calls: &Arc<AtomicU32>| {
+            let calls = Arc::clone(calls);
+            move || {
+                calls.fetch_add(1, Ordering::SeqCst);
+            }
+        };
+        let sub = Subscription::new(counted(&calls));
+        assert!(!sub.is_cancelled());
+        sub.cancel();
+        sub.cancel();
+        assert!(sub.is_cancelled());
+        drop(sub);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+        drop(Subscription::new(counted(&calls)));
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "dropping cancels");
+    }
+}

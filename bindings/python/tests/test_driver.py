@@ -73,3 +73,21 @@ def test_offline_fixes_wait_in_the_buffer(server, unique, tmp_path):
         assert len(server.trail(driver_id)) == 4
     finally:
         asyncio.run(driver.shutdown())
+
+
+def test_concurrent_awaits_share_one_upload(server, unique, tmp_path):
+    """Two upload_now() awaited together: one upload in flight at a time, nothing sent twice."""
+    driver_id = unique("d")
+    driver = waypost.Driver(config(server, driver_id, tmp_path), Tokens(server.token(driver_id, "driver")), None, Platform())
+
+    async def both():
+        return await asyncio.gather(driver.upload_now(), driver.upload_now())
+
+    try:
+        driver.record_many(route(6))
+        first, second = asyncio.run(both())
+        assert first.pending == 0 and second.pending == 0
+        assert first.requests + second.requests == 1, (first, second)
+        assert [f["seq"] for f in server.trail(driver_id)] == list(range(driver.stats().next_seq - 6, driver.stats().next_seq))
+    finally:
+        asyncio.run(driver.shutdown())
