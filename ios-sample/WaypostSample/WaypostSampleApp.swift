@@ -1,3 +1,4 @@
+import os
 import SwiftUI
 
 /// Entry point: one platform monitor for the whole app, a driver screen and
@@ -6,6 +7,11 @@ import SwiftUI
 struct WaypostSampleApp: App {
     @StateObject private var settings = Settings()
     private let platform = PlatformMonitor()
+
+    init() {
+        // SDK logs into the unified log (Console.app, subsystem io.waypost.sdk).
+        _ = try? initLogging(filter: "info,waypost_sdk=debug", sink: OSLogSink())
+    }
 
     var body: some Scene {
         WindowGroup {
@@ -40,4 +46,20 @@ final class Settings: ObservableObject {
     }
 
     private func save(_ key: String, _ value: String) { Self.defaults.set(value, forKey: key) }
+}
+
+/// Forwards SDK log lines to `os_log`.
+final class OSLogSink: LogSink, @unchecked Sendable {
+    private let logger = Logger(subsystem: "io.waypost.sdk", category: "sdk")
+
+    func log(level: LogLevel, target: String, message: String) {
+        let type: OSLogType
+        switch level {
+        case .error: type = .error
+        case .warn: type = .default
+        case .info: type = .info
+        case .debug, .trace: type = .debug
+        }
+        logger.log(level: type, "\(target, privacy: .public): \(message, privacy: .public)")
+    }
 }

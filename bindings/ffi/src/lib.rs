@@ -6,7 +6,8 @@
 //! and battery, implemented by the app), [`tokens`] (bearer tokens,
 //! implemented by the app), [`task_handle`] (subscriptions that end when
 //! dropped), [`error`] (the one exception type), [`runtime`] (the tokio
-//! runtime the SDK owns) and [`diagnostics`]. Records and enums here mirror
+//! runtime the SDK owns), [`logging`] (SDK logs into the app's logger) and
+//! [`diagnostics`]. Records and enums here mirror
 //! the SDK's so `waypost-sdk` stays free of uniffi; the `From` impls are the
 //! whole of the glue.
 //!
@@ -21,6 +22,7 @@ pub mod buyer;
 pub mod diagnostics;
 pub mod driver;
 pub mod error;
+pub mod logging;
 pub mod platform;
 pub mod runtime;
 pub mod task_handle;
