@@ -170,8 +170,18 @@ class BindingsTest {
             TestEnv.await("the buyer's own message is acknowledged") {
                 buyer.state().messages.any { it.body == "Thanks!" && it.status == MessageStatus.SENT && it.seq != null }
             }
+
+            // The platform reports the network gone, then back (what the broadcast receivers do).
+            platform.updateNetwork(io.waypost.sdk.NetworkType.OFFLINE)
+            TestEnv.await("the buyer goes offline") { buyer.state().connection == "offline: waiting for the network" }
+            buyer.send("written offline")
+            assertEquals(MessageStatus.PENDING, buyer.state().messages.last().status)
+            platform.updateNetwork(io.waypost.sdk.NetworkType.WIFI)
+            TestEnv.await("back live") { buyer.state().connection == "live" }
+            TestEnv.await("the offline message is delivered") { vendorListener.messages.any { it.body == "written offline" } }
+
             val timeline = vendor.messages(room, 10u).map { it.body }
-            assertEquals(listOf("Your order is on its way", "Thanks!"), timeline)
+            assertEquals(listOf("Your order is on its way", "Thanks!", "written offline"), timeline)
 
             // Threads: every callback ran on the SDK's runtime, never on the caller's thread.
             assertTrue(vendorListener.threads.isNotEmpty())
