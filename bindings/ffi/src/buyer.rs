@@ -129,14 +129,21 @@ impl From<sdk::ConnectionState> for ConnectionState {
 /// A driver's position (live, or replayed when tracking starts).
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct LocationUpdate {
+    /// The driver this position belongs to.
     pub driver_id: String,
+    /// The fix's seq (per device, increasing).
     pub seq: u64,
     /// When the fix was taken, Unix epoch ms.
     pub ts_ms: i64,
+    /// Latitude, degrees.
     pub lat: f64,
+    /// Longitude, degrees.
     pub lon: f64,
+    /// Horizontal accuracy radius, metres.
     pub accuracy_m: Option<f64>,
+    /// Speed over ground, m/s.
     pub speed_mps: Option<f64>,
+    /// Course, degrees clockwise from north.
     pub heading_deg: Option<f64>,
 }
 
@@ -183,6 +190,7 @@ impl From<sdk::MessageStatus> for MessageStatus {
 /// One chat message as the app renders it.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct ChatEntry {
+    /// The chat room.
     pub room: String,
     /// The room's gap-free seq; `None` while pending or failed.
     pub seq: Option<u64>,
@@ -193,9 +201,11 @@ pub struct ChatEntry {
     pub sender: String,
     /// Idempotency key chosen when the message was written.
     pub client_id: String,
+    /// The text.
     pub body: String,
     /// Server time once stored, local time of writing before (epoch ms).
     pub ts_ms: i64,
+    /// Where the message stands (pending, sent, failed, received).
     pub status: MessageStatus,
 }
 
@@ -217,15 +227,20 @@ impl From<sdk::ChatEntry> for ChatEntry {
 /// Someone came online or went offline in a room.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct PresenceUpdate {
+    /// The chat room.
     pub room: String,
+    /// Who.
     pub user: String,
+    /// Whether they are online now.
     pub online: bool,
 }
 
 /// Someone is typing in a room (show it for a few seconds).
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct TypingUpdate {
+    /// The chat room.
     pub room: String,
+    /// Who is typing.
     pub user: String,
 }
 
@@ -234,6 +249,7 @@ pub struct TypingUpdate {
 /// return quickly and post to the UI thread. Must not throw.
 #[uniffi::export(with_foreign)]
 pub trait BuyerListener: Send + Sync {
+    /// The connection changed state (show it, e.g. "reconnecting…").
     fn on_connection_state(&self, state: ConnectionState);
     /// A tracked driver moved (only newer fixes are reported).
     fn on_location(&self, update: LocationUpdate);
@@ -242,7 +258,9 @@ pub trait BuyerListener: Send + Sync {
     fn on_message(&self, message: ChatEntry);
     /// One of this user's messages was queued or changed status.
     fn on_outgoing(&self, message: ChatEntry);
+    /// Someone came online or went offline in a joined room.
     fn on_presence(&self, update: PresenceUpdate);
+    /// Someone is typing in a joined room.
     fn on_typing(&self, update: TypingUpdate);
     /// The server refused something: `reference` is the channel of a
     /// refused subscription, or the client id or room of a refused message.

@@ -125,15 +125,25 @@ impl From<Location> for sdk::Location {
 /// A fix as stored in the buffer (with its seq and the battery reading).
 #[derive(Debug, Clone, Copy, PartialEq, uniffi::Record)]
 pub struct RecordedFix {
+    /// Seq assigned when recorded (per device, increasing).
     pub seq: u64,
+    /// When the fix was taken, Unix epoch ms.
     pub ts_ms: i64,
+    /// Latitude, degrees.
     pub lat: f64,
+    /// Longitude, degrees.
     pub lon: f64,
+    /// Horizontal accuracy radius, metres.
     pub accuracy_m: Option<f64>,
+    /// Speed over ground, m/s.
     pub speed_mps: Option<f64>,
+    /// Course, degrees clockwise from north.
     pub heading_deg: Option<f64>,
+    /// Altitude, metres.
     pub altitude_m: Option<f64>,
+    /// Battery level 0.0–1.0 when recorded.
     pub battery: Option<f64>,
+    /// Whether the phone was charging when recorded.
     pub charging: Option<bool>,
 }
 
@@ -157,7 +167,9 @@ impl From<sdk::protocol::Fix> for RecordedFix {
 /// A fix the server refused for good, with its reason.
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct QuarantinedFix {
+    /// The fix.
     pub fix: RecordedFix,
+    /// The server's reason.
     pub reason: String,
     /// When it was quarantined, Unix epoch ms.
     pub quarantined_at_ms: i64,
@@ -333,6 +345,7 @@ impl From<sdk::DriverEvent> for DriverEvent {
 /// your UI thread for UI work. Must not throw.
 #[uniffi::export(with_foreign)]
 pub trait DriverListener: Send + Sync {
+    /// Called for every event.
     fn on_event(&self, event: DriverEvent);
 }
 
