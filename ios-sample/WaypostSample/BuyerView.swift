@@ -2,9 +2,9 @@ import SwiftUI
 
 /// Order screen: settings until "Track" is tapped, then tracking + chat.
 struct BuyerView: View {
-    @EnvironmentObject private var settings: Settings
+    @EnvironmentObject var settings: Settings
     let platform: PlatformMonitor
-    @State private var model: BuyerModel?
+    @State var model: BuyerModel? = nil
 
     var body: some View {
         NavigationStack {

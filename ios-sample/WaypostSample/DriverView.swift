@@ -1,7 +1,7 @@
 import SwiftUI
 
 struct DriverView: View {
-    @EnvironmentObject private var settings: Settings
+    @EnvironmentObject var settings: Settings
     @StateObject var model: DriverModel
 
     var body: some View {

@@ -30,12 +30,12 @@ class MainActivity : AppCompatActivity() {
         val prefs = getSharedPreferences("waypost", MODE_PRIVATE)
         val fields = mapOf(
             "url" to findViewById<EditText>(R.id.server_url),
-            "user" to findViewById(R.id.user_id),
-            "token" to findViewById(R.id.token),
-            "track" to findViewById(R.id.track_driver_id),
-            "room" to findViewById(R.id.room),
+            "user" to findViewById<EditText>(R.id.user_id),
+            "token" to findViewById<EditText>(R.id.token),
+            "track" to findViewById<EditText>(R.id.track_driver_id),
+            "room" to findViewById<EditText>(R.id.room),
         )
-        fields.forEach { (key, view) -> prefs.getString(key, null)?.let(view::setText) }
+        fields.forEach { (key, view) -> prefs.getString(key, null)?.let { view.setText(it) } }
         fun save() = prefs.edit().apply { fields.forEach { (k, v) -> putString(k, v.text.toString()) } }.apply()
 
         findViewById<Button>(R.id.start_driving).setOnClickListener {

@@ -29,7 +29,7 @@ class PlatformReceivers(private val context: Context, private val platform: Plat
                 Intent.ACTION_BATTERY_CHANGED -> updateBattery(intent)
                 // The sticky battery intent carries no power-save flag: re-read it.
                 PowerManager.ACTION_POWER_SAVE_MODE_CHANGED ->
-                    context.registerReceiver(null, IntentFilter(Intent.ACTION_BATTERY_CHANGED))?.let(::updateBattery)
+                    context.registerReceiver(null, IntentFilter(Intent.ACTION_BATTERY_CHANGED))?.let { updateBattery(it) }
             }
         }
     }
