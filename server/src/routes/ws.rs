@@ -114,6 +114,15 @@ async fn refuse(mut socket: WebSocket, state: &AppState, refusal: Refusal) {
     .await;
 }
 
+/// Reason sent with a close the kill switch asked for.
+fn kill_reason(code: u16) -> &'static str {
+    if code == close_code::TOO_SLOW {
+        "too slow to read"
+    } else {
+        "engine unavailable, reconnect later"
+    }
+}
+
 fn close_message(code: u16, reason: &str) -> Message {
     Message::Close(Some(CloseFrame {
         code,
@@ -195,7 +204,7 @@ async fn run(mut socket: WebSocket, state: AppState, claims: Claims, permit: Con
     let close: Option<(u16, &'static str)> = loop {
         tokio::select! {
             biased;
-            code = kill.triggered() => break Some((code, "too slow to read")),
+            code = kill.triggered() => break Some((code, kill_reason(code))),
             () = state.shutdown.cancelled() => break Some((close_code::SHUTTING_DOWN, "server shutting down")),
             out = rx.recv() => {
                 let Some(first) = out else { break None };
@@ -203,7 +212,7 @@ async fn run(mut socket: WebSocket, state: AppState, claims: Claims, permit: Con
                 // the kill switch (queue full, 4101) must still end it.
                 tokio::select! {
                     biased;
-                    code = kill.triggered() => break Some((code, "too slow to read")),
+                    code = kill.triggered() => break Some((code, kill_reason(code))),
                     written = conn.deliver(&mut socket, first, &mut rx) => {
                         if written.is_err() {
                             break None;
@@ -417,6 +426,9 @@ impl Conn {
             self.state.metrics.engine_errors.inc();
             self.subscriptions.remove(&name);
             self.leave(&name).await;
+            // Told, then closed with 4102: the client reconnects with
+            // backoff and subscribes again (nothing else would retry it).
+            self.handle.kill.trigger(close_code::OVERLOADED);
             return self
                 .error(
                     socket,
@@ -718,6 +730,7 @@ impl Conn {
                 self.state.metrics.engine_errors.inc();
                 self.subscriptions.remove(&name);
                 self.leave(&name).await;
+                self.handle.kill.trigger(close_code::OVERLOADED);
                 return self
                     .error(
                         socket,
