@@ -618,7 +618,8 @@ async fn run_schedule(
         totals.tail_gaps += 1;
         println!("seed {seed}: buyer 1 missed the last fix {last} live; one more fix heals it");
         let ts = now_ms();
-        match driver.record(Location::new(ts, 48.5, 2.0))? {
+        let lat = 48.0 + recorded.len() as f64 * 1e-6;
+        match driver.record(Location::new(ts, lat, 2.0))? {
             RecordOutcome::Recorded { seq } => recorded.push(seq),
             other => bail!("sentinel fix not recorded: {other:?}"),
         }
