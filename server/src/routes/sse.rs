@@ -413,8 +413,13 @@ impl Stream {
                                 }
                             }
                             Err(e) => {
+                                // Skipping the gap would lose those events
+                                // for good (the client's Last-Event-ID moves
+                                // past them): end the stream instead; the
+                                // client resumes from the last id it has.
                                 self.state.metrics.engine_errors.inc();
-                                tracing::warn!(error = %e, "gap fill failed");
+                                tracing::warn!(error = %e, "gap fill failed: ending the stream");
+                                return Err(Gone);
                             }
                         }
                     }

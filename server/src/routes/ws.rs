@@ -590,8 +590,13 @@ impl Conn {
                                 }
                             }
                             Err(e) => {
+                                // Delivering past the gap would skip those
+                                // messages: reconnect (4102) instead, the
+                                // client resubscribes with `after`.
                                 self.state.metrics.engine_errors.inc();
-                                tracing::warn!(error = %e, room, "chat gap fill failed");
+                                tracing::warn!(error = %e, room, "chat gap fill failed: closing");
+                                self.handle.kill.trigger(close_code::OVERLOADED);
+                                return Vec::new();
                             }
                         }
                     }
