@@ -220,6 +220,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Pending connections the kernel queues before `accept`: a reconnect storm
+/// (thousands of clients within a second after a restart) overflows the
+/// usual 1,024 and the dropped SYNs come back only after 1 s, 3 s, 7 s.
+/// Linux caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 8192;
+
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
     init_logs(args.log_format);
     let secret = secret(&args.secret, args.dev)?;
@@ -278,9 +295,7 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(stores) = stores {
         state = state.with_stores(stores);
     }
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
+    let listener = listen(args.listen).with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, engine = state.engine.name(), "waypost listening");
     // Machine-readable line for test harnesses that bind port 0.
