@@ -10,6 +10,8 @@
 #                               peer, checks the reports, writes nothing to
 #                               BENCHMARKS.md (run by scripts/test.d/50-bench-smoke.sh)
 #   bench/compare.sh --only waypost-memory,ws-x2   a subset of the matrix
+#   bench/compare.sh --scenarios connections,storm --out DIR   some scenarios only,
+#                               into an earlier results directory (re-renders it)
 #
 # Starts its own Redis (port 6399), the servers and the Node peers (a copy of
 # ../shared/peers, or $WAYPOST_PEERS, under .work/peers with `npm ci`).
@@ -21,12 +23,16 @@ cd "$WAYPOST_ROOT"
 SMOKE=""
 ONLY=""
 WRITE=1
+SCENARIOS="heavy,fanout,broadcast,max,connections,ingest,storm"
+OUT_DIR=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) SMOKE=1; WRITE="" ;;
     --only) ONLY="$2"; shift ;;
+    --scenarios) SCENARIOS="$2"; shift ;;
+    --out) OUT_DIR="$2"; shift ;;
     --no-write) WRITE="" ;;
-    *) sed -n '2,17p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,19p' "$0" >&2; exit 2 ;;
   esac
   shift
 done
@@ -44,7 +50,7 @@ fi
 WAYPOST="$TARGET_DIR/$PROFILE/waypost"
 BENCH="$TARGET_DIR/$PROFILE/waypost-bench"
 STAMP="$(date -u +%Y%m%d-%H%M%S)"
-OUT="$WAYPOST_WORK/bench-results/$STAMP${SMOKE:+-smoke}"
+OUT="${OUT_DIR:-$WAYPOST_WORK/bench-results/$STAMP${SMOKE:+-smoke}}"
 mkdir -p "$OUT/logs"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
@@ -130,9 +136,12 @@ start_servers() { # NAME -> sets PIDS, URLS, TARGET
 }
 
 pids_csv() { local IFS=,; echo "${PIDS[*]}"; }
+want() { [[ ",$SCENARIOS," == *",$1,"* ]]; }
 
-bench() { # FILE SUBCOMMAND ARGS...
+bench() { # FILE SUBCOMMAND ARGS...   (skipped unless the scenario is wanted)
   local file="$1"; shift
+  local scen="${file#*.}"; scen="${scen%.json}"; scen="${scen%%-*}"
+  [ -n "$SMOKE" ] || want "$scen" || return 0
   log "$(basename "$file" .json): waypost-bench $*"
   local sub="$1"; shift
   if "$BENCH" "$sub" --json "$@" >"$OUT/$file.tmp" 2>>"$OUT/logs/bench.log"; then
@@ -173,8 +182,8 @@ run_entry() {
   bench "$name.broadcast.json" fanout "${common[@]}" --subscribers 10000 --drivers 1 --rate 100 \
     --duration 10 --warmup 2 --drain 5 || FAILED+=("$name broadcast")
   # 3. Maximum sustained deliveries/s with p99 < 50 ms and no loss: 100 watchers
-  #    per driver, doubling the post rate until a step misses.
-  for rate in 1000 2000 4000 8000; do
+  #    per driver, raising the post rate until a step misses (MAX_RATES).
+  want max && for rate in ${MAX_RATES:-100 200 300 500 1000 2000 4000 8000}; do
     bench "$name.max-$rate.json" fanout "${common[@]}" --subscribers 10000 --drivers 100 --rate "$rate" \
       --duration 10 --warmup 2 --drain 5 || { FAILED+=("$name max-$rate"); break; }
     python3 - "$OUT/$name.max-$rate.json" <<'EOF' || break
@@ -184,20 +193,26 @@ ok = r["latency_ms"]["p99"] < 50 and r["deliveries"]["lost"] == 0
 sys.exit(0 if ok else 1)
 EOF
   done
-  # 4. Idle connections: ~18,000 per server process (hard limit 20,000 files).
-  bench "$name.connections.json" connections "${common[@]}" --count $((18000 * n_proc)) --drivers 1000 \
+  # 4. Idle connections: ~18,000 per server process (hard limit 20,000 files),
+  #    on fresh server processes (RSS before = a server that never held any).
+  if want connections; then
+    stop_servers
+    start_servers "$name"
+    common=(--target "$TARGET" --url "$URLS" --server-pid "$(pids_csv)" --label "$name")
+    bench "$name.connections.json" connections "${common[@]}" --count $((18000 * n_proc)) --drivers 1000 \
     --hold 10 --source-ips 8 || FAILED+=("$name connections")
+  fi
   # 5. Ingest (Waypost only): batches of 100.
-  if [ "$TARGET" = waypost ]; then
+  if [ "$TARGET" = waypost ] && want ingest; then
     bench "$name.ingest.json" ingest "${common[@]}" --drivers 50 --batch 100 --concurrency 64 \
       --duration 10 || FAILED+=("$name ingest")
   fi
   stop_servers
   # 6. Reconnect storm: 20,000 clients (two server processes; memory and
   #    single-process Redis entries skip it, see waypost-redis-x2).
-  if [ "$n_proc" -ge 2 ]; then
+  if [ "$n_proc" -ge 2 ] && want storm; then
     bench "$name.storm.json" storm --target "$TARGET" --url "$URLS_SAVED" --label "$name" --clients 20000 \
-      --deadline 90 --log-dir "$OUT/logs" "${SERVER_CMDS[@]}" || FAILED+=("$name storm")
+      --connect-timeout 10 --deadline 90 --log-dir "$OUT/logs" "${SERVER_CMDS[@]}" || FAILED+=("$name storm")
   fi
 }
 

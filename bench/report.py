@@ -56,6 +56,16 @@ def cpu_list(r):
     return " + ".join(f"{x:.0f}" for x in c["server"]) or "–"
 
 
+def lost_cell(d):
+    cell = f"{fmt(d['lost'])}/{fmt(d['expected'])}"
+    nb = d.get("updates_never_delivered")
+    if nb:
+        cell += f" ({fmt(nb)} posts sent to nobody)"
+    if d.get("reordered"):
+        cell += f", {fmt(d['reordered'])} out of order"
+    return cell
+
+
 def fanout_row(entry, scen, r):
     p, u, d, l = r["params"], r["updates"], r["deliveries"], r["latency_ms"]
     c = r["cpu_pct_of_one_core"]
@@ -63,7 +73,7 @@ def fanout_row(entry, scen, r):
         f"| {entry} | {scen} | {fmt(r['connections']['subscribed'])}/{fmt(p['subscribers'])} | {fmt(p['drivers'])} "
         f"| {fmt(p['rate'])} ({fmt(u['achieved_rate_per_s'])}) | {fmt(d['per_s'], 0)} "
         f"| {l['p50']:.2f} | {l['p90']:.2f} | {l['p99']:.2f} | {l['p999']:.1f} | {l['max']:.1f} "
-        f"| {fmt(d['lost'])}/{fmt(d['expected'])} | {cpu_list(r)} | {c['client']:.0f} | {c['host_busy_pct_of_all_cores']:.0f} "
+        f"| {lost_cell(d)} | {cpu_list(r)} | {c['client']:.0f} | {c['host_busy_pct_of_all_cores']:.0f} "
         f"| {r['rss_mb']['server_connected']} | {u['post_latency_ms']['p99']:.1f} |"
     )
 
@@ -82,10 +92,11 @@ def max_sustained(res, entry):
             best = (rate, r)
         elif first_fail is None:
             first_fail = (rate, r)
-    # The broadcast run counts too when it passes.
-    b = res.get((entry, "broadcast"))
-    if b is not None and ok_step(b) and (best is None or b["deliveries"]["per_s"] > best[1]["deliveries"]["per_s"]):
-        best = ("broadcast", b)
+    # The fanout and broadcast runs count too when they pass.
+    for scen in ["fanout", "broadcast"]:
+        b = res.get((entry, scen))
+        if b is not None and ok_step(b) and (best is None or b["deliveries"]["per_s"] > best[1]["deliveries"]["per_s"]):
+            best = (scen, b)
     return best, first_fail, steps
 
 
@@ -137,8 +148,9 @@ def render(d):
     out.append("### Maximum sustained deliveries/s (p99 < 50 ms, no loss)")
     out.append("")
     out.append(
-        "10,000 watchers on 100 drivers, post rate doubled from 1,000/s until a 10 s step misses p99 < 50 ms "
-        "or loses a delivery; the broadcast run counts when it passes."
+        "10,000 watchers on 100 drivers, post rate raised step by step (100, 200, 300, 500, 1,000, 2,000 ... "
+        "posts/s = 10k, 20k, 30k, 50k, 100k, 200k ... deliveries/s) until a 10 s step misses p99 < 50 ms "
+        "or loses a delivery; the `fanout` and `broadcast` runs count when they pass."
     )
     out.append("")
     out.append("| entry | best passing step | deliveries/s | p99 ms | server CPU % | first failing step |")
@@ -149,7 +161,7 @@ def render(d):
         if best:
             best_of[x] = best[1]["deliveries"]["per_s"]
         b = (
-            f"{best[0]}{' posts/s' if best[0] != 'broadcast' else ''} | {fmt(best[1]['deliveries']['per_s'], 0)} "
+            f"{best[0]}{' posts/s' if isinstance(best[0], int) else ''} | {fmt(best[1]['deliveries']['per_s'], 0)} "
             f"| {best[1]['latency_ms']['p99']:.2f} | {cpu_list(best[1])}"
             if best
             else "none | – | – | –"
@@ -211,7 +223,8 @@ def render(d):
         out.append(
             "20,000 subscribers on two server processes; both are restarted at once (SIGTERM, wait for exit, "
             "start again). Times from the SIGTERM. Waypost clients use the SDK's full-jitter policy "
-            "(attempt n waits uniform(0, min(30 s, 1 s x 2^n))); Socket.IO clients emulate socket.io-client "
+            "(`waypost_sdk::backoff::BackoffPolicy` with the buyer defaults: attempt n waits uniform(0, min(30 s, 0.5 s x 2^n)), "
+            "10 s connect timeout); Socket.IO clients emulate socket.io-client "
             "defaults (1 s x 2^n +-50 %, max 5 s); ws clients emulate reconnecting-websocket defaults (first "
             "delay uniform 1-5 s, x1.3, max 10 s) since plain `ws` does not reconnect."
         )

@@ -271,6 +271,23 @@ async fn measure(args: &Args) -> anyhow::Result<Value> {
     let expected = sum("expected");
     let received = sum("received");
     let lost = expected.saturating_sub(received);
+    // Updates that reached no watcher in any worker: the server never
+    // broadcast them (Waypost broadcasts only a driver's newest fix, so a
+    // POST overtaken by a newer one of the same driver is not sent live).
+    let mut silent: Option<std::collections::BTreeSet<u64>> = None;
+    for r in &reports {
+        let mine: std::collections::BTreeSet<u64> = r["silent_updates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_u64)
+            .collect();
+        silent = Some(match silent {
+            None => mine,
+            Some(prev) => prev.intersection(&mine).copied().collect(),
+        });
+    }
+    let not_broadcast = silent.map_or(0, |s| s.len());
     let latency = worker::merge_latency(&reports);
     let cpu_of = |pids: &[u32]| -> f64 {
         cpu.iter()
@@ -307,6 +324,8 @@ async fn measure(args: &Args) -> anyhow::Result<Value> {
             "lost": lost,
             "loss_pct": if expected == 0 { 0.0 } else { (lost as f64 / expected as f64 * 1e4).round() / 100.0 },
             "duplicates": sum("duplicates") + sum("extra"),
+            "reordered": sum("reordered"),
+            "updates_never_delivered": not_broadcast,
             "unexpected": sum("unexpected"),
             "disconnects": sum("disconnects"),
             "per_s": round1(received as f64 / publish_secs.max(1e-3)),
@@ -370,12 +389,14 @@ fn print_report(common: &CommonArgs, r: &Value) {
         u["max_schedule_lag_ms"], u["post_latency_ms"]["p99"]
     );
     println!(
-        "  deliveries: expected {} received {} lost {} ({} %) dup {} unexpected {} -> {}/s",
+        "  deliveries: expected {} received {} lost {} ({} %; {} posts reached nobody) dup {} reordered {} unexpected {} -> {}/s",
         d["expected"],
         d["received"],
         d["lost"],
         d["loss_pct"],
+        d["updates_never_delivered"],
         d["duplicates"],
+        d["reordered"],
         d["unexpected"],
         d["per_s"]
     );

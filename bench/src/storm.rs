@@ -5,8 +5,9 @@
 //! peak CPU during the storm.
 //!
 //! Clients reconnect the way their library would:
-//! * Waypost: full jitter, attempt n waits uniform(0, min(cap, base * 2^n))
-//!   (`--backoff-base-ms`, `--backoff-cap-ms`; the SDK's policy).
+//! * Waypost: the buyer SDK's policy, `waypost_sdk::backoff::BackoffPolicy`
+//!   with its defaults (base 500 ms, cap 30 s, connect timeout 10 s): attempt
+//!   n waits uniform(0, min(cap, base * 2^n)).
 //! * Socket.IO: socket.io-client defaults (1 s * 2^n, +-50 % jitter, max 5 s).
 //! * ws: reconnecting-websocket defaults (first delay uniform 1-5 s per
 //!   client, x1.3 per failed attempt, max 10 s); plain `ws` has no reconnect.
@@ -45,8 +46,8 @@ pub struct Args {
     /// Seconds to wait for everyone to come back.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=600))]
     pub deadline: u32,
-    /// Waypost full-jitter base delay, ms.
-    #[arg(long, default_value_t = 1000)]
+    /// Waypost full-jitter base delay, ms (the buyer SDK's default).
+    #[arg(long, default_value_t = 500)]
     pub backoff_base_ms: u64,
     /// Waypost full-jitter cap, ms.
     #[arg(long, default_value_t = 30_000)]

@@ -107,7 +107,8 @@ pub fn driver_prefix(run_id: &str) -> String {
 /// How a disconnected client comes back (storm mode).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub enum Reconnect {
-    /// Waypost SDK policy: attempt n waits uniform(0, min(cap, base * 2^n)).
+    /// Waypost SDK policy (`waypost_sdk::backoff::BackoffPolicy`, full
+    /// jitter): attempt n waits uniform(0, min(cap, base * 2^n)).
     FullJitter { base_ms: u64, cap_ms: u64 },
     /// socket.io-client defaults: 1000 ms * 2^n, +-50 % jitter, at most 5000 ms.
     SocketIoClient,
@@ -122,7 +123,12 @@ impl Reconnect {
     pub fn delay_ms(self, n: u32, min_ms: f64, rng: &mut impl Rng) -> u64 {
         match self {
             Reconnect::FullJitter { base_ms, cap_ms } => {
-                let ceil = base_ms.saturating_mul(1u64 << n.min(30)).min(cap_ms);
+                let policy = waypost_sdk::backoff::BackoffPolicy {
+                    base: Duration::from_millis(base_ms),
+                    cap: Duration::from_millis(cap_ms),
+                    max_elapsed: None,
+                };
+                let ceil = policy.window(n).as_millis() as u64;
                 rng.random_range(0..=ceil)
             }
             Reconnect::SocketIoClient => {
@@ -180,6 +186,7 @@ struct Shared {
     failed: AtomicU64,
     disconnects: AtomicU64,
     duplicates: AtomicU64,
+    reordered: AtomicU64,
     unexpected: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
     /// Storm: (monotonic ns when resubscribed, attempts) per client.
@@ -198,7 +205,7 @@ impl Shared {
         driver: &str,
         seq: u64,
         my_driver: usize,
-        last_seq: &mut u64,
+        seen: &mut SeqWindow,
         recv_ns: u64,
     ) {
         let idx = driver
@@ -208,11 +215,16 @@ impl Shared {
             self.unexpected.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        if seq <= *last_seq {
-            self.duplicates.fetch_add(1, Ordering::Relaxed);
-            return;
+        match seen.insert(seq) {
+            Seen::New => {}
+            Seen::Late => {
+                self.reordered.fetch_add(1, Ordering::Relaxed);
+            }
+            Seen::Duplicate => {
+                self.duplicates.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
         }
-        *last_seq = seq;
         let k = (seq as usize - 1) * self.cfg.drivers + idx;
         if k >= self.send_ns.len() {
             self.unexpected.fetch_add(1, Ordering::Relaxed);
@@ -232,6 +244,44 @@ impl Shared {
         } else {
             self.hist.record_us(recv_ns.saturating_sub(sent) / 1000);
         }
+    }
+}
+
+/// The seqs one connection saw recently: tells duplicates from frames that
+/// arrived out of order (both happen when a server dispatches concurrently).
+#[derive(Default)]
+pub struct SeqWindow {
+    last: u64,
+    /// Bit i set: seq `last - i` was seen.
+    mask: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Seen {
+    New,
+    /// Older than the newest seen but not seen before (or beyond the window).
+    Late,
+    Duplicate,
+}
+
+impl SeqWindow {
+    pub fn insert(&mut self, seq: u64) -> Seen {
+        if seq > self.last {
+            let shift = seq - self.last;
+            self.mask = if shift >= 64 { 0 } else { self.mask << shift };
+            self.mask |= 1;
+            self.last = seq;
+            return Seen::New;
+        }
+        let d = self.last - seq;
+        if d >= 64 {
+            return Seen::Late;
+        }
+        if self.mask & (1 << d) != 0 {
+            return Seen::Duplicate;
+        }
+        self.mask |= 1 << d;
+        Seen::Late
     }
 }
 
@@ -292,7 +342,7 @@ async fn read_loop(sh: &Shared, i: usize, ws: &mut Ws, stop: &mut watch::Receive
     let my_driver = i % cfg.drivers;
     let user = format!("{}{i}", cfg.user_prefix);
     let driver = format!("{}{my_driver}", cfg.driver_prefix);
-    let mut last_seq = 0u64;
+    let mut seen = SeqWindow::default();
     loop {
         tokio::select! {
             msg = ws.next() => {
@@ -300,7 +350,7 @@ async fn read_loop(sh: &Shared, i: usize, ws: &mut Ws, stop: &mut watch::Receive
                 match msg {
                     Some(Ok(Message::Text(t))) => match classify(cfg.target, &t, &user, &driver) {
                         Frame::Location { driver: d, seq } => {
-                            sh.on_location(d, seq, my_driver, &mut last_seq, now);
+                            sh.on_location(d, seq, my_driver, &mut seen, now);
                         }
                         Frame::Reply(r) => {
                             if ws.send(Message::text(r)).await.is_err() {
@@ -407,6 +457,7 @@ pub async fn run(_args: Args) -> anyhow::Result<()> {
         failed: AtomicU64::new(0),
         disconnects: AtomicU64::new(0),
         duplicates: AtomicU64::new(0),
+        reordered: AtomicU64::new(0),
         unexpected: AtomicU64::new(0),
         errors: Mutex::new(BTreeMap::new()),
         resubscribed: Mutex::new(Vec::new()),
@@ -493,6 +544,9 @@ fn report(sh: &Shared, failed: &std::collections::HashSet<usize>) -> Value {
     }
     let d = sh.cfg.drivers;
     let (mut expected, mut received, mut extra, mut late_failed) = (0u64, 0u64, 0u64, 0u64);
+    // Updates nobody here received although someone here follows the driver:
+    // the coordinator intersects these over workers (never broadcast).
+    let mut silent: Vec<usize> = Vec::new();
     for k in sh.cfg.measured_from..sh.send_ns.len() {
         if sh.send_ns[k].load(Ordering::Acquire) == 0 {
             continue;
@@ -503,6 +557,9 @@ fn report(sh: &Shared, failed: &std::collections::HashSet<usize>) -> Value {
             continue;
         }
         let want = u64::from(sh.subs_per_driver[k % d].load(Ordering::Relaxed));
+        if want > 0 && got == 0 && silent.len() < 1_000_000 {
+            silent.push(k);
+        }
         expected += want;
         received += got.min(want);
         extra += got.saturating_sub(want);
@@ -516,6 +573,8 @@ fn report(sh: &Shared, failed: &std::collections::HashSet<usize>) -> Value {
         "extra": extra,
         "received_for_failed_posts": late_failed,
         "duplicates": sh.duplicates.load(Ordering::Relaxed),
+        "reordered": sh.reordered.load(Ordering::Relaxed),
+        "silent_updates": silent,
         "unexpected": sh.unexpected.load(Ordering::Relaxed) + unresolved,
         "disconnects": sh.disconnects.load(Ordering::Relaxed),
         "latency": sh.hist.snapshot(),
@@ -714,6 +773,18 @@ pub fn merge_latency(reports: &[Value]) -> HistogramSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seq_window_tells_late_frames_from_duplicates() {
+        let mut w = SeqWindow::default();
+        assert_eq!(w.insert(1), Seen::New);
+        assert_eq!(w.insert(3), Seen::New);
+        assert_eq!(w.insert(2), Seen::Late);
+        assert_eq!(w.insert(2), Seen::Duplicate);
+        assert_eq!(w.insert(3), Seen::Duplicate);
+        assert_eq!(w.insert(200), Seen::New);
+        assert_eq!(w.insert(100), Seen::Late);
+    }
 
     #[test]
     fn split_covers_every_subscriber_once() {
