@@ -55,6 +55,12 @@ pub fn server_binary() -> Result<PathBuf> {
         .and_then(Path::parent)
         .ok_or_else(|| anyhow!("unexpected test executable path {exe:?}"))?;
     let bin = profile_dir.join("waypost");
+    if bin.exists() && is_stale(&bin) {
+        eprintln!(
+            "WARNING: {bin:?} is older than the server sources; run `cargo build -p waypost-server` \
+             (scripts/test does) or these tests exercise an old server"
+        );
+    }
     if !bin.exists() {
         let status = std::process::Command::new(env!("CARGO"))
             .args(["build", "-p", "waypost-server", "--bin", "waypost"])
@@ -65,6 +71,27 @@ pub fn server_binary() -> Result<PathBuf> {
         }
     }
     Ok(bin)
+}
+
+/// Whether any file under server/src or protocol/src is newer than `bin`.
+fn is_stale(bin: &Path) -> bool {
+    fn newest(dir: &Path) -> Option<SystemTime> {
+        let mut best: Option<SystemTime> = None;
+        for entry in std::fs::read_dir(dir).ok()?.flatten() {
+            let path = entry.path();
+            let t = if path.is_dir() {
+                newest(&path)
+            } else {
+                entry.metadata().ok().and_then(|m| m.modified().ok())
+            };
+            best = best.max(t);
+        }
+        best
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let built = std::fs::metadata(bin).and_then(|m| m.modified()).ok();
+    let src = newest(&root.join("server/src")).max(newest(&root.join("protocol/src")));
+    matches!((built, src), (Some(b), Some(s)) if s > b)
 }
 
 /// Knobs for a spawned server.
@@ -470,4 +497,27 @@ impl WsClient {
             }
         }
     }
+}
+
+/// Defines `memory::<case>` and `redis::<case>` tests for each named
+/// `async fn <case>(EngineChoice) -> anyhow::Result<()>` of the calling
+/// file. The Redis variant uses [`shared_redis`] and skips (with a printed
+/// reason) when no Redis can be started.
+#[macro_export]
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() -> anyhow::Result<()> {
+                super::$name(waypost_e2e::EngineChoice::Memory).await
+            })*
+        }
+        mod redis {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() -> anyhow::Result<()> {
+                let Some((url, _guard)) = waypost_e2e::shared_redis().await else { return Ok(()) };
+                super::$name(waypost_e2e::EngineChoice::Redis(url)).await
+            })*
+        }
+    };
 }

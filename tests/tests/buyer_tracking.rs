@@ -21,23 +21,7 @@ use waypost_sdk::env::{ManualEnvironment, NetworkType};
 
 const T: Duration = Duration::from_secs(20);
 
-macro_rules! on_both_engines {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() -> anyhow::Result<()> {
-                super::$name(waypost_e2e::EngineChoice::Memory).await
-            })*
-        }
-        mod redis {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() -> anyhow::Result<()> {
-                let Some((url, _guard)) = waypost_e2e::shared_redis().await else { return Ok(()) };
-                super::$name(waypost_e2e::EngineChoice::Redis(url)).await
-            })*
-        }
-    };
-}
+use waypost_e2e::on_both_engines;
 
 on_both_engines!(
     tracks_a_moving_driver_across_server_restart,

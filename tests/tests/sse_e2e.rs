@@ -15,23 +15,7 @@ use waypost_protocol::Role;
 
 const T: Duration = Duration::from_secs(10);
 
-macro_rules! on_both_engines {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() -> anyhow::Result<()> {
-                super::$name(waypost_e2e::EngineChoice::Memory).await
-            })*
-        }
-        mod redis {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() -> anyhow::Result<()> {
-                let Some((url, _guard)) = waypost_e2e::shared_redis().await else { return Ok(()) };
-                super::$name(waypost_e2e::EngineChoice::Redis(url)).await
-            })*
-        }
-    };
-}
+use waypost_e2e::on_both_engines;
 
 on_both_engines!(
     notification_stream_replays_after_last_event_id,
