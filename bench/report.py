@@ -153,8 +153,8 @@ def render(d):
         "or loses a delivery; the `fanout` and `broadcast` runs count when they pass."
     )
     out.append("")
-    out.append("| entry | best passing step | deliveries/s | p99 ms | server CPU % | first failing step |")
-    out.append("|---|---|---|---|---|---|")
+    out.append("| entry | best passing step | deliveries/s | p99 ms | server CPU % | host busy % | first failing step |")
+    out.append("|---|---|---|---|---|---|---|")
     best_of = {}
     for x in entries:
         best, fail, _ = max_sustained(res, x)
@@ -162,13 +162,15 @@ def render(d):
             best_of[x] = best[1]["deliveries"]["per_s"]
         b = (
             f"{best[0]}{' posts/s' if isinstance(best[0], int) else ''} | {fmt(best[1]['deliveries']['per_s'], 0)} "
-            f"| {best[1]['latency_ms']['p99']:.2f} | {cpu_list(best[1])}"
+            f"| {best[1]['latency_ms']['p99']:.2f} | {cpu_list(best[1])} "
+            f"| {best[1]['cpu_pct_of_one_core']['host_busy_pct_of_all_cores']:.0f}"
             if best
-            else "none | – | – | –"
+            else "none | – | – | – | –"
         )
         f = (
             f"{fail[0]} posts/s: p99 {fail[1]['latency_ms']['p99']:.1f} ms, lost {fmt(fail[1]['deliveries']['lost'])}, "
-            f"{fmt(fail[1]['deliveries']['per_s'], 0)} deliveries/s"
+            f"{fmt(fail[1]['deliveries']['per_s'], 0)} deliveries/s, host busy "
+            f"{fail[1]['cpu_pct_of_one_core']['host_busy_pct_of_all_cores']:.0f} %"
             if fail
             else "none failed"
         )
