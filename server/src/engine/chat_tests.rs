@@ -231,12 +231,24 @@ async fn memory_history_is_bounded_in_bytes() {
         );
     }
     assert!(store.stored_bytes() > budget / 2, "the budget is used");
-    // The room just written to keeps what it has (others are evicted
-    // first); rooms evicted earlier started over, so fewer than 50.
-    let h = store.after("r199", 0, 1000).await.unwrap();
-    assert!(h.high_seq < 50, "r199 was evicted at least once");
-    assert_eq!(h.messages.len() as u64, h.high_seq);
-    assert!(h.complete_after(0));
+    // 200 rooms x 50 messages of ~1.2 KiB is three times the budget, so
+    // rooms were evicted and started over (fewer than 50 messages since);
+    // which ones depends on hashing and on ties in the LRU clock, so the
+    // check covers every room: each holds a complete history since its
+    // (re)start, and some restarted.
+    let mut restarted = 0;
+    for r in 0..200 {
+        let h = store.after(&format!("r{r}"), 0, 1000).await.unwrap();
+        assert_eq!(h.messages.len() as u64, h.high_seq, "room r{r}");
+        assert!(h.complete_after(0), "room r{r}");
+        if h.high_seq < 50 {
+            restarted += 1;
+        }
+    }
+    assert!(
+        restarted > 0,
+        "no room was evicted although 3x the budget was written"
+    );
 }
 
 impl MemoryChatStore {
