@@ -31,6 +31,31 @@ fn redis_err(e: redis::RedisError) -> EngineError {
     EngineError::Redis(e.to_string())
 }
 
+/// Runs the `READ_AFTER` script on a seq counter and its log (chat rooms
+/// and vendor notifications share the layout) and decodes the JSON entries.
+async fn read_after<T: serde::de::DeserializeOwned>(
+    script: &Script,
+    conn: &ConnectionManager,
+    k_seq: &str,
+    k_log: &str,
+    after: u64,
+    limit: usize,
+) -> Result<(u64, Vec<T>), EngineError> {
+    let (high_seq, items): (u64, Vec<String>) = script
+        .key(k_seq)
+        .key(k_log)
+        .arg(after)
+        .arg(limit)
+        .invoke_async(&mut conn.clone())
+        .await
+        .map_err(redis_err)?;
+    let items = items
+        .iter()
+        .map(|s| serde_json::from_str(s).map_err(corrupt))
+        .collect::<Result<Vec<T>, _>>()?;
+    Ok((high_seq, items))
+}
+
 fn corrupt(e: impl std::fmt::Display) -> EngineError {
     EngineError::Corrupt(e.to_string())
 }
@@ -170,19 +195,8 @@ impl ChatStore for RedisChatStore {
 
     async fn after(&self, room: &str, after: u64, limit: usize) -> Result<History, EngineError> {
         let [k_seq, k_log, _] = Self::keys(room);
-        let (high_seq, items): (u64, Vec<String>) = self
-            .read
-            .key(k_seq)
-            .key(k_log)
-            .arg(after)
-            .arg(limit)
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(redis_err)?;
-        let messages = items
-            .iter()
-            .map(|s| serde_json::from_str(s).map_err(corrupt))
-            .collect::<Result<Vec<ChatMessage>, _>>()?;
+        let (high_seq, messages) =
+            read_after(&self.read, &self.conn, &k_seq, &k_log, after, limit).await?;
         Ok(History { messages, high_seq })
     }
 }
@@ -418,19 +432,8 @@ impl NotificationStore for RedisNotificationStore {
         limit: usize,
     ) -> Result<NotificationHistory, EngineError> {
         let [k_seq, k_log] = Self::keys(vendor);
-        let (high_seq, items): (u64, Vec<String>) = self
-            .read
-            .key(k_seq)
-            .key(k_log)
-            .arg(after)
-            .arg(limit)
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(redis_err)?;
-        let items = items
-            .iter()
-            .map(|s| serde_json::from_str(s).map_err(corrupt))
-            .collect::<Result<Vec<Notification>, _>>()?;
+        let (high_seq, items) =
+            read_after(&self.read, &self.conn, &k_seq, &k_log, after, limit).await?;
         Ok(NotificationHistory { items, high_seq })
     }
 }
