@@ -525,7 +525,7 @@ async fn simulate(args: &Args) -> anyhow::Result<Report> {
             next_sample += 1_000;
         }
         if let Some(rx) = watcher.as_mut() {
-            while rx.try_recv().is_ok() {}
+            while rx.try_frame().is_some() {}
         }
         if next_row >= rows.len() && next_sample > end {
             break;

@@ -23,9 +23,23 @@ use crate::routes;
 /// Most distinct drivers whose ingest rate is tracked at once.
 const MAX_RATE_KEYS: usize = 100_000;
 
-/// Everything handlers share. Cheap to clone.
+/// Everything handlers share: one pointer, cloned per request and per
+/// connection (a connection task holds it for its whole life, so its size
+/// is per-connection memory).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] points to.
+#[derive(Clone)]
+pub struct Shared {
     pub engine: Arc<dyn Engine>,
     pub hub: Arc<Hub>,
     /// Behind an `Arc`: the state is cloned per request and per connection,
@@ -50,6 +64,9 @@ pub struct AppState {
     pub chat_post_limiter: Arc<KeyedLimiter>,
     /// Recently seen drivers and notifications, for the dashboard.
     pub activity: Arc<Activity>,
+    /// Starts the process-wide WebSocket ticker once (on the first
+    /// connection; see `routes::ws::ticker`).
+    pub ws_ticker: Arc<std::sync::Once>,
 }
 
 impl AppState {
@@ -65,7 +82,7 @@ impl AppState {
             limits.ingest_requests_per_s.saturating_mul(2),
             MAX_RATE_KEYS,
         ));
-        Self {
+        Self(Arc::new(Shared {
             engine,
             hub,
             keys: Arc::new(keys),
@@ -88,16 +105,18 @@ impl AppState {
                 MAX_RATE_KEYS,
             )),
             activity: Arc::new(Activity::new()),
-        }
+            ws_ticker: Arc::new(std::sync::Once::new()),
+        }))
     }
 }
 
 impl AppState {
     /// Replaces the chat, presence and notification stores (e.g. with the
     /// Redis ones when the engine is Redis).
-    pub fn with_stores(mut self, stores: ChatStores) -> Self {
-        self.stores = stores;
-        self
+    pub fn with_stores(self, stores: ChatStores) -> Self {
+        let mut shared = Arc::unwrap_or_clone(self.0);
+        shared.stores = stores;
+        Self(Arc::new(shared))
     }
 }
 

@@ -1,20 +1,29 @@
 //! The local fan-out hub: which connections of this process listen on which
 //! channel, and delivery of one serialized frame to all of them.
 //!
-//! A frame is serialized once and shared: every subscriber's queue gets a
-//! clone of the same reference-counted bytes. Queues are bounded; a
-//! connection whose queue is full is told to close with 4101 instead of
+//! A frame is serialized once and shared: every subscriber's mailbox gets a
+//! clone of the same reference-counted bytes. Mailboxes are bounded; a
+//! connection whose mailbox is full is told to close with 4101 instead of
 //! letting memory grow. No lock is held across an await: `dispatch` only
-//! does `try_send` under a read lock.
+//! pushes under short locks.
+//!
+//! Each connection has one [`Mailbox`]: its queued frames, its kill code and
+//! a tick flag behind one small mutex, with one `Notify` to wake its task.
+//! That is the connection's whole wake-up surface, so a WebSocket task waits
+//! on two things (its mailbox and its socket) instead of a channel, a kill
+//! switch, the shutdown token and two timers: the process-wide ticker
+//! ([`Hub::tick_slice`]) replaces per-connection ping and presence timers,
+//! and [`Hub::kill_all`] replaces per-connection shutdown futures. This
+//! keeps an idle connection small (BENCHMARKS.md, idle connections).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
-use parking_lot::RwLock;
-use tokio::sync::{mpsc, Notify};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::Notify;
 use waypost_protocol::close_code;
 
 use crate::metrics::Metrics;
@@ -36,9 +45,7 @@ pub async fn with_origin<F: std::future::Future>(origin: Instant, f: F) -> F::Ou
 }
 
 /// A frame queued for connections: one allocation per dispatch, shared by
-/// every subscriber's queue. A queue slot is then one pointer, which keeps
-/// each connection's channel small (tokio allocates its first block of 32
-/// slots up front: 256 bytes instead of 2 KiB per idle connection).
+/// every subscriber's mailbox (a queue slot is one pointer).
 #[derive(Debug, Clone)]
 pub struct Outbound(Arc<OutboundFrame>);
 
@@ -70,61 +77,186 @@ impl std::ops::Deref for Outbound {
     }
 }
 
-/// Asks a connection task to close with a code (e.g. 4101 too slow). The
-/// first code wins.
-#[derive(Debug, Default)]
-pub struct KillSwitch {
-    code: AtomicU16,
+/// What wakes a connection's task, most urgent first.
+#[derive(Debug)]
+pub enum Event {
+    /// Close with this code (4101 too slow, 4102 overloaded, 4100 shutdown).
+    /// Once killed, a mailbox reports this forever.
+    Killed(u16),
+    /// A frame to write.
+    Frame(Outbound),
+    /// The process-wide ticker: time for pings and presence heartbeats.
+    Tick,
+}
+
+#[derive(Debug)]
+struct MailboxState {
+    frames: VecDeque<Outbound>,
+    capacity: usize,
+    /// 0 while alive; the first kill code wins.
+    kill: u16,
+    tick: bool,
+}
+
+/// One connection's bounded queue, kill code and tick flag.
+#[derive(Debug)]
+struct Mailbox {
+    state: Mutex<MailboxState>,
     notify: Notify,
 }
 
-impl KillSwitch {
-    pub fn trigger(&self, code: u16) {
-        if self
-            .code
-            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            self.notify.notify_one();
-        }
-    }
-
-    /// Resolves with the code once triggered.
-    pub async fn triggered(&self) -> u16 {
-        loop {
-            let code = self.code.load(Ordering::Acquire);
-            if code != 0 {
-                return code;
-            }
-            self.notify.notified().await;
-        }
-    }
+/// What [`ConnHandle::offer`] did with a frame.
+enum Offer {
+    Queued,
+    Full,
+    Dead,
 }
 
-/// The hub's handle on one connection.
+/// The hub's handle on one connection (cheap to clone).
 #[derive(Debug, Clone)]
 pub struct ConnHandle {
     pub id: ConnId,
-    pub tx: mpsc::Sender<Outbound>,
-    pub kill: Arc<KillSwitch>,
+    mailbox: Arc<Mailbox>,
 }
 
-/// Creates a connection's bounded queue and its handle.
-pub fn connection(id: ConnId, queue: usize) -> (ConnHandle, mpsc::Receiver<Outbound>) {
-    let (tx, rx) = mpsc::channel(queue.max(1));
+impl ConnHandle {
+    /// Asks the connection to close with `code`; the first code wins.
+    pub fn kill(&self, code: u16) {
+        let mut s = self.mailbox.state.lock();
+        if s.kill == 0 {
+            s.kill = code;
+            // Frames queued for a connection that is closing are dropped.
+            s.frames = VecDeque::new();
+            drop(s);
+            self.mailbox.notify.notify_one();
+        }
+    }
+
+    fn offer(&self, frame: &Outbound) -> Offer {
+        let mut s = self.mailbox.state.lock();
+        if s.kill != 0 {
+            return Offer::Dead;
+        }
+        if s.frames.len() >= s.capacity {
+            return Offer::Full;
+        }
+        let was_empty = s.frames.is_empty();
+        s.frames.push_back(frame.clone());
+        drop(s);
+        // The task drains the whole queue before it waits again, so only
+        // the first frame of a backlog needs to wake it.
+        if was_empty {
+            self.mailbox.notify.notify_one();
+        }
+        Offer::Queued
+    }
+
+    fn tick(&self) {
+        let mut s = self.mailbox.state.lock();
+        if !s.tick && s.kill == 0 {
+            s.tick = true;
+            drop(s);
+            self.mailbox.notify.notify_one();
+        }
+    }
+}
+
+/// The connection task's end of its mailbox. Only one task waits on it.
+#[derive(Debug)]
+pub struct Receiver {
+    mailbox: Arc<Mailbox>,
+}
+
+impl Receiver {
+    /// Waits for the next event: a kill first, then queued frames in order,
+    /// then a tick.
+    pub async fn next(&self) -> Event {
+        loop {
+            if let Some(event) = self.poll_event() {
+                return event;
+            }
+            // A notification sent between the check and this wait is kept
+            // as a permit by `Notify`, so nothing is missed.
+            self.mailbox.notify.notified().await;
+        }
+    }
+
+    fn poll_event(&self) -> Option<Event> {
+        let mut s = self.mailbox.state.lock();
+        if s.kill != 0 {
+            return Some(Event::Killed(s.kill));
+        }
+        if let Some(f) = s.frames.pop_front() {
+            return Some(Event::Frame(f));
+        }
+        if std::mem::take(&mut s.tick) {
+            return Some(Event::Tick);
+        }
+        None
+    }
+
+    /// The next queued frame, without waiting (None when killed).
+    pub fn try_frame(&self) -> Option<Outbound> {
+        let mut s = self.mailbox.state.lock();
+        if s.kill != 0 {
+            return None;
+        }
+        let f = s.frames.pop_front();
+        if s.frames.is_empty() && s.frames.capacity() > s.capacity.min(64) {
+            // A burst grew the queue: give the memory back once drained.
+            s.frames = VecDeque::new();
+        }
+        f
+    }
+
+    /// Resolves with the kill code once the connection is killed.
+    pub async fn killed(&self) -> u16 {
+        loop {
+            let code = self.mailbox.state.lock().kill;
+            if code != 0 {
+                return code;
+            }
+            self.mailbox.notify.notified().await;
+        }
+    }
+
+    /// The next frame, skipping ticks; None once killed.
+    pub async fn recv(&mut self) -> Option<Outbound> {
+        loop {
+            match self.next().await {
+                Event::Frame(f) => return Some(f),
+                Event::Killed(_) => return None,
+                Event::Tick => {}
+            }
+        }
+    }
+}
+
+/// Creates a connection's bounded mailbox and its handle.
+pub fn connection(id: ConnId, queue: usize) -> (ConnHandle, Receiver) {
+    let mailbox = Arc::new(Mailbox {
+        state: Mutex::new(MailboxState {
+            frames: VecDeque::new(),
+            capacity: queue.max(1),
+            kill: 0,
+            tick: false,
+        }),
+        notify: Notify::new(),
+    });
     (
         ConnHandle {
             id,
-            tx,
-            kill: Arc::new(KillSwitch::default()),
+            mailbox: Arc::clone(&mailbox),
         },
-        rx,
+        Receiver { mailbox },
     )
 }
 
-/// Local subscribers by channel name.
+/// Local subscribers by channel name, and the WebSocket connections of this
+/// process (for the ticker and shutdown).
 pub struct Hub {
     channels: RwLock<HashMap<String, HashMap<ConnId, ConnHandle>>>,
+    sockets: Mutex<HashMap<ConnId, ConnHandle>>,
     next_id: AtomicU64,
     metrics: Metrics,
 }
@@ -133,6 +265,7 @@ impl Hub {
     pub fn new(metrics: Metrics) -> Self {
         Self {
             channels: RwLock::new(HashMap::new()),
+            sockets: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             metrics,
         }
@@ -140,6 +273,42 @@ impl Hub {
 
     pub fn next_conn_id(&self) -> ConnId {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers a WebSocket connection for ticks and [`Hub::kill_all`].
+    pub fn register(&self, handle: &ConnHandle) {
+        self.sockets.lock().insert(handle.id, handle.clone());
+    }
+
+    pub fn unregister(&self, id: ConnId) {
+        self.sockets.lock().remove(&id);
+    }
+
+    /// Ticks the registered connections whose id falls in `slot` of
+    /// `slots` (the ticker spreads one round over several slots so the
+    /// wake-ups do not come all at once). Returns how many were ticked.
+    pub fn tick_slice(&self, slot: u64, slots: u64) -> usize {
+        let slots = slots.max(1);
+        let due: Vec<ConnHandle> = self
+            .sockets
+            .lock()
+            .values()
+            .filter(|h| h.id % slots == slot % slots)
+            .cloned()
+            .collect();
+        for h in &due {
+            h.tick();
+        }
+        due.len()
+    }
+
+    /// Kills every registered connection with `code` (shutdown: 4100).
+    pub fn kill_all(&self, code: u16) -> usize {
+        let all: Vec<ConnHandle> = self.sockets.lock().values().cloned().collect();
+        for h in &all {
+            h.kill(code);
+        }
+        all.len()
     }
 
     /// Adds a subscriber; returns true when it is the channel's first local
@@ -194,13 +363,13 @@ impl Hub {
         let mut delivered = 0;
         let frame = Outbound::new(text.clone(), queued_at, kind);
         for handle in subs.values() {
-            match handle.tx.try_send(frame.clone()) {
-                Ok(()) => delivered += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => {
+            match handle.offer(&frame) {
+                Offer::Queued => delivered += 1,
+                Offer::Full => {
                     self.metrics.slow_consumers.inc();
-                    handle.kill.trigger(close_code::TOO_SLOW);
+                    handle.kill(close_code::TOO_SLOW);
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Offer::Dead => {}
             }
         }
         delivered
@@ -243,12 +412,44 @@ mod tests {
     #[tokio::test]
     async fn full_queue_kills_with_4101() {
         let hub = Hub::new(Metrics::new());
-        let (a, _ra) = connection(1, 1);
-        let kill = Arc::clone(&a.kill);
+        let (a, ra) = connection(1, 1);
         hub.add("c", a);
         let f = Utf8Bytes::from("x");
         assert_eq!(hub.dispatch("c", &f), 1);
         assert_eq!(hub.dispatch("c", &f), 0);
-        assert_eq!(kill.triggered().await, close_code::TOO_SLOW);
+        assert_eq!(ra.killed().await, close_code::TOO_SLOW);
+        assert!(matches!(ra.next().await, Event::Killed(close_code::TOO_SLOW)));
+        // Dead: neither queued nor counted as slow again.
+        assert_eq!(hub.dispatch("c", &f), 0);
+        assert!(ra.try_frame().is_none());
+    }
+
+    #[tokio::test]
+    async fn events_come_kill_first_then_frames_then_tick() {
+        let hub = Hub::new(Metrics::new());
+        let (a, ra) = connection(7, 8);
+        hub.register(&a);
+        hub.add("c", a.clone());
+        assert_eq!(hub.tick_slice(7, 4), 0, "slot 3 of 4 holds id 7");
+        assert_eq!(hub.tick_slice(3, 4), 1);
+        hub.dispatch("c", &Utf8Bytes::from("1"));
+        hub.dispatch("c", &Utf8Bytes::from("2"));
+        match ra.next().await {
+            Event::Frame(f) => assert_eq!(f.text.as_str(), "1"),
+            other => panic!("expected a frame, got {other:?}"),
+        }
+        assert_eq!(ra.try_frame().map(|f| f.text.to_string()), Some("2".into()));
+        assert!(matches!(ra.next().await, Event::Tick));
+        // Wakes a waiting task.
+        let waiter = tokio::spawn(async move { ra.next().await });
+        tokio::task::yield_now().await;
+        assert_eq!(hub.kill_all(close_code::SHUTTING_DOWN), 1);
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(got, Event::Killed(close_code::SHUTTING_DOWN)));
+        hub.unregister(7);
+        assert_eq!(hub.kill_all(close_code::SHUTTING_DOWN), 0);
     }
 }

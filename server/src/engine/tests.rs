@@ -9,7 +9,7 @@ use waypost_protocol::Fix;
 use super::memory::MemoryEngine;
 use super::Engine;
 use crate::config::Limits;
-use crate::hub::{connection, Hub};
+use crate::hub::{connection, Hub, Receiver};
 use crate::metrics::Metrics;
 
 const NOW: i64 = 1_700_000_000_000;
@@ -182,7 +182,6 @@ mod redis_engine {
     use super::*;
     use crate::engine::redis::{RedisEngine, RedisOptions};
     use crate::hub::ConnHandle;
-    use tokio::sync::mpsc;
 
     fn url() -> Option<String> {
         let url = std::env::var("WAYPOST_TEST_REDIS_URL").ok()?;
@@ -223,7 +222,7 @@ mod redis_engine {
         reply[0].1
     }
 
-    async fn recv(rx: &mut mpsc::Receiver<crate::hub::Outbound>) -> String {
+    async fn recv(rx: &mut Receiver) -> String {
         tokio::time::timeout(Duration::from_secs(5), rx.recv())
             .await
             .expect("delivered within 5 s")
@@ -294,7 +293,7 @@ mod redis_engine {
         let ch = format!("tracking:{driver}");
 
         // Three local watchers on A: still one SUBSCRIBE.
-        let mut on_a: Vec<(ConnHandle, mpsc::Receiver<crate::hub::Outbound>)> = (0..3)
+        let mut on_a: Vec<(ConnHandle, Receiver)> = (0..3)
             .map(|_| connection(hub_a.next_conn_id(), 8))
             .collect();
         for (h, _) in &on_a {

@@ -29,7 +29,7 @@ use crate::auth::{may_subscribe, Authed};
 use crate::engine::chat::{SeqCursor, SeqStep};
 use crate::engine::EngineError;
 use crate::error::AppError;
-use crate::hub::{connection, ConnHandle, Outbound};
+use crate::hub::{connection, ConnHandle, Event, Outbound, Receiver};
 use crate::limits::ConnectionPermit;
 use crate::now_ms;
 
@@ -262,7 +262,7 @@ struct Stream {
     feed: Feed,
     channel: String,
     handle: ConnHandle,
-    rx: mpsc::Receiver<Outbound>,
+    rx: Receiver,
     tx: mpsc::Sender<Bytes>,
 }
 
@@ -309,19 +309,18 @@ impl Stream {
         }
         let every = self.state.limits.sse_keepalive;
         let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        let kill = std::sync::Arc::clone(&self.handle.kill);
         loop {
             let step = tokio::select! {
                 biased;
                 () = self.state.shutdown.cancelled() => break,
-                _ = kill.triggered() => {
-                    tracing::debug!(channel = %self.channel, "stream too slow: closing");
-                    break;
-                }
                 () = self.tx.closed() => break,
-                out = self.rx.recv() => match out {
-                    Some(out) => self.live(out, &mut cursor).await,
-                    None => break,
+                event = self.rx.next() => match event {
+                    Event::Frame(out) => self.live(out, &mut cursor).await,
+                    Event::Killed(_) => {
+                        tracing::debug!(channel = %self.channel, "stream too slow: closing");
+                        break;
+                    }
+                    Event::Tick => Ok(()),
                 },
                 _ = keepalive.tick() => self.send(": keepalive\n\n").await,
             };

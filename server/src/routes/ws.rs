@@ -14,14 +14,19 @@ use axum::extract::State;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use std::future::Future;
+use std::pin::Pin;
+
+use futures_util::future::Either;
 use futures_util::SinkExt;
-use tokio::sync::mpsc;
+use prometheus::IntGauge;
+use tokio_util::task::task_tracker::TrackedFuture;
 use waypost_protocol::{close_code, Channel, ChannelKind, Claims, ClientFrame, ServerFrame};
 
 use crate::app::AppState;
 use crate::auth::{may_subscribe, token_from_parts};
 use crate::engine::chat::{SeqCursor, SeqStep};
-use crate::hub::{connection, ConnHandle, Outbound};
+use crate::hub::{connection, ConnHandle, Event, Outbound, Receiver};
 use crate::limits::{ConnectionPermit, TokenBucket};
 use crate::now_ms;
 use crate::routes::chat as chat_ops;
@@ -46,6 +51,10 @@ enum Refusal {
     TooManyConnections(u32),
 }
 
+/// The outcome of the handshake checks, boxed so the upgrade callback that
+/// carries it while the HTTP upgrade completes stays small.
+type Verdict = Box<Result<(Claims, ConnectionPermit), Refusal>>;
+
 /// `GET /v1/ws`
 pub async fn upgrade(State(state): State<AppState>, parts: Parts) -> Response {
     if state.shutdown.is_cancelled() {
@@ -61,7 +70,7 @@ pub async fn upgrade(State(state): State<AppState>, parts: Parts) -> Response {
             Ok(ws) => ws,
             Err(rejection) => return rejection.into_response(),
         };
-    let verdict = match token_from_parts(&parts) {
+    let verdict: Verdict = Box::new(match token_from_parts(&parts) {
         None => Err(Refusal::Unauthorized("missing token".into())),
         Some(t) => match state.keys.verify(&t) {
             Err(e) => Err(Refusal::Unauthorized(e.to_string())),
@@ -73,21 +82,36 @@ pub async fn upgrade(State(state): State<AppState>, parts: Parts) -> Response {
                 }
             }
         },
-    };
+    });
     let ws = ws
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(state.limits.max_frame_bytes)
         .max_frame_size(state.limits.max_frame_bytes);
-    ws.on_upgrade(move |socket| async move {
-        match verdict {
-            Ok((claims, permit)) => {
-                let tasks = state.tasks.clone();
-                tasks.track_future(run(socket, state, claims, permit)).await;
-            }
-            Err(refusal) => refuse(socket, &state, refusal).await,
+    ws.on_upgrade(move |socket| connected(socket, state, verdict))
+}
+
+/// The task of an upgraded socket: the connection, or its refusal. A plain
+/// function returning the future (no `async fn` wrapper) so the arguments
+/// are stored once in the task, not twice (rust-lang/rust#62958).
+#[allow(clippy::boxed_local)] // boxed on purpose: see `Verdict`
+fn connected(
+    socket: WebSocket,
+    state: AppState,
+    verdict: Verdict,
+) -> Either<
+    Pin<Box<dyn Future<Output = ()> + Send>>,
+    TrackedFuture<impl Future<Output = ()> + Send>,
+> {
+    match *verdict {
+        Ok((claims, permit)) => {
+            let tasks = state.tasks.clone();
+            Either::Right(tasks.track_future(run(socket, state, claims, permit)))
         }
-    })
+        Err(refusal) => Either::Left(Box::pin(async move {
+            refuse(socket, &state, refusal).await;
+        })),
+    }
 }
 
 async fn refuse(mut socket: WebSocket, state: &AppState, refusal: Refusal) {
@@ -114,12 +138,12 @@ async fn refuse(mut socket: WebSocket, state: &AppState, refusal: Refusal) {
     .await;
 }
 
-/// Reason sent with a close the kill switch asked for.
+/// Reason sent with a close the hub asked for.
 fn kill_reason(code: u16) -> &'static str {
-    if code == close_code::TOO_SLOW {
-        "too slow to read"
-    } else {
-        "engine unavailable, reconnect later"
+    match code {
+        close_code::TOO_SLOW => "too slow to read",
+        close_code::SHUTTING_DOWN => "server shutting down",
+        _ => "engine unavailable, reconnect later",
     }
 }
 
@@ -128,6 +152,47 @@ fn close_message(code: u16, reason: &str) -> Message {
         code,
         reason: Utf8Bytes::from(reason),
     }))
+}
+
+/// How many slots one ticker round is spread over: each connection is
+/// ticked once per round, an eighth of them at a time.
+const TICK_SLOTS: u64 = 8;
+
+/// How often each connection is ticked: often enough for both its pings and
+/// its presence heartbeats.
+fn tick_round(limits: &crate::config::Limits) -> Duration {
+    let heartbeat = (limits.presence_ttl / 3).max(Duration::from_millis(100));
+    heartbeat
+        .min(limits.ws_ping_interval)
+        .max(Duration::from_millis(TICK_SLOTS))
+}
+
+/// Starts the process-wide ticker on the first connection.
+fn start_ticker(state: &AppState) {
+    state.ws_ticker.call_once(|| {
+        state.tasks.spawn(ticker(state.clone()));
+    });
+}
+
+/// One task for the whole process drives pings, liveness checks and
+/// presence heartbeats of every WebSocket (one timer instead of two per
+/// connection), and on shutdown asks every connection to close with 4100.
+async fn ticker(state: AppState) {
+    let round = tick_round(&state.limits);
+    let mut every = tokio::time::interval(round / TICK_SLOTS as u32);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut slot = 0;
+    loop {
+        tokio::select! {
+            () = state.shutdown.cancelled() => break,
+            _ = every.tick() => {
+                state.hub.tick_slice(slot, TICK_SLOTS);
+                slot = (slot + 1) % TICK_SLOTS;
+            }
+        }
+    }
+    let n = state.hub.kill_all(close_code::SHUTTING_DOWN);
+    tracing::debug!(connections = n, "asked WebSocket connections to close: shutdown");
 }
 
 /// State of one live connection.
@@ -147,6 +212,12 @@ struct Conn {
     presence_key: String,
     /// `user:{sub}`: the user's own messages from any device.
     user_channel: String,
+    /// Last frame of any kind from the client (pongs included).
+    last_seen: Instant,
+    last_ping: Instant,
+    last_heartbeat: Instant,
+    gauge: IntGauge,
+    _permit: Option<ConnectionPermit>,
 }
 
 /// What the reader asks the loop to do next.
@@ -155,126 +226,184 @@ enum Next {
     Close(u16, &'static str),
 }
 
-async fn run(mut socket: WebSocket, state: AppState, claims: Claims, permit: ConnectionPermit) {
+/// A connection: set up synchronously, then one `async move` block that
+/// owns the socket, the state and the mailbox and uses them in place.
+fn run(
+    mut socket: WebSocket,
+    state: AppState,
+    claims: Claims,
+    permit: ConnectionPermit,
+) -> impl Future<Output = ()> + Send {
     let conn_id = state.hub.next_conn_id();
-    let (handle, mut rx) = connection(conn_id, state.limits.ws_queue_frames);
+    let (handle, rx) = connection(conn_id, state.limits.ws_queue_frames);
+    start_ticker(&state);
+    state.hub.register(&handle);
+    // Registered first, then checked: either the ticker's `kill_all` sees
+    // this connection or this check sees the shutdown.
+    if state.shutdown.is_cancelled() {
+        handle.kill(close_code::SHUTTING_DOWN);
+    }
     let gauge = state.metrics.connections.with_label_values(&["ws"]);
     gauge.inc();
     tracing::debug!(conn_id, sub = %claims.sub, "websocket connected");
     let rate = state.limits.ws_messages_per_s;
+    let now = Instant::now();
     let mut conn = Conn {
-        bucket: TokenBucket::new(rate, rate.saturating_mul(2), Instant::now()),
-        state: state.clone(),
+        bucket: TokenBucket::new(rate, rate.saturating_mul(2), now),
+        presence_key: format!("{}:{conn_id}", state.node_id),
+        state,
         claims,
         handle,
         subscriptions: HashSet::new(),
         rate_violations: 0,
         rooms: HashMap::new(),
         typing_at: HashMap::new(),
-        presence_key: format!("{}:{conn_id}", state.node_id),
         user_channel: String::new(),
+        last_seen: now,
+        last_ping: now,
+        last_heartbeat: now,
+        gauge,
+        _permit: Some(permit),
     };
-    // Only chat participants listen on their user channel (a Redis
-    // subscription per user per process): drivers and services skip it.
-    if conn
-        .claims
-        .channels
-        .as_ref()
-        .is_some_and(|list| list.iter().any(|c| c.starts_with("chat:")))
-    {
-        conn.user_channel = chat_ops::user_channel(&conn.claims.sub);
-        state.hub.add(&conn.user_channel, conn.handle.clone());
-        if let Err(e) = state.engine.sync_subscription(&conn.user_channel).await {
-            // Only this user's cross-device copies are affected; rooms work.
-            tracing::warn!(error = %e, "user channel subscribe failed");
-        }
+    async move {
+        conn.join_user_channel().await;
+        let close = conn.serve(&mut socket, &rx).await;
+        conn.finish(&mut socket, close).await;
     }
-    let heartbeat_every = (state.limits.presence_ttl / 3).max(Duration::from_millis(100));
-    let mut heartbeat = tokio::time::interval_at(
-        tokio::time::Instant::now() + heartbeat_every,
-        heartbeat_every,
-    );
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let ping_every = state.limits.ws_ping_interval;
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_seen = Instant::now();
-    let kill = std::sync::Arc::clone(&conn.handle.kill);
-
-    let close: Option<(u16, &'static str)> = loop {
-        tokio::select! {
-            biased;
-            code = kill.triggered() => break Some((code, kill_reason(code))),
-            () = state.shutdown.cancelled() => break Some((close_code::SHUTTING_DOWN, "server shutting down")),
-            out = rx.recv() => {
-                let Some(first) = out else { break None };
-                // A client that stops reading blocks this write for good:
-                // the kill switch (queue full, 4101) must still end it.
-                tokio::select! {
-                    biased;
-                    code = kill.triggered() => break Some((code, kill_reason(code))),
-                    written = conn.deliver(&mut socket, first, &mut rx) => {
-                        if written.is_err() {
-                            break None;
-                        }
-                    }
-                }
-            }
-            incoming = socket.recv() => {
-                match incoming {
-                    None => break None,
-                    Some(Err(e)) => {
-                        tracing::debug!(conn_id, error = %e, "websocket read error");
-                        if is_capacity_error(&e) {
-                            break Some((close_code::BAD_FRAME, "frame too large"));
-                        }
-                        break None;
-                    }
-                    Some(Ok(msg)) => {
-                        last_seen = Instant::now();
-                        // Boxed: the handler's future is large and only
-                        // lives while a client frame is handled; inline it
-                        // would be part of every idle connection's task.
-                        match Box::pin(conn.on_message(&mut socket, msg)).await {
-                            Ok(Next::Continue) => {}
-                            Ok(Next::Close(code, reason)) => break Some((code, reason)),
-                            Err(()) => break None,
-                        }
-                    }
-                }
-            }
-            _ = ping.tick() => {
-                if last_seen.elapsed() > ping_every * 2 {
-                    tracing::debug!(conn_id, "no pong within two ping intervals: dropping");
-                    break None;
-                }
-                if socket.send(Message::Ping(Default::default())).await.is_err() {
-                    break None;
-                }
-            }
-            _ = heartbeat.tick() => Box::pin(conn.presence_heartbeat()).await,
-        }
-    };
-
-    for channel in std::mem::take(&mut conn.subscriptions) {
-        conn.leave(&channel).await;
-    }
-    if !conn.user_channel.is_empty() && state.hub.remove(&conn.user_channel, conn_id) {
-        if let Err(e) = state.engine.sync_subscription(&conn.user_channel).await {
-            tracing::debug!(error = %e, "user channel unsubscribe failed");
-        }
-    }
-    if let Some((code, reason)) = close {
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.send(close_message(code, reason))).await;
-    }
-    gauge.dec();
-    drop(permit);
-    tracing::debug!(conn_id, ?close, "websocket closed");
 }
 
 fn is_capacity_error(e: &axum::Error) -> bool {
     e.to_string().to_ascii_lowercase().contains("too long")
         || e.to_string().to_ascii_lowercase().contains("capacity")
+}
+
+/// The connection's life: joining, the event loop, leaving.
+impl Conn {
+    /// Only chat participants listen on their user channel (a Redis
+    /// subscription per user per process): drivers and services skip it.
+    async fn join_user_channel(&mut self) {
+        let chat = self
+            .claims
+            .channels
+            .as_ref()
+            .is_some_and(|list| list.iter().any(|c| c.starts_with("chat:")));
+        if !chat {
+            return;
+        }
+        self.user_channel = chat_ops::user_channel(&self.claims.sub);
+        self.state.hub.add(&self.user_channel, self.handle.clone());
+        if let Err(e) = self.state.engine.sync_subscription(&self.user_channel).await {
+            // Only this user's cross-device copies are affected; rooms work.
+            tracing::warn!(error = %e, "user channel subscribe failed");
+        }
+    }
+
+    /// Selects over the mailbox (kill, frames, ticks) and the socket until
+    /// the connection ends; returns the close to send, if any.
+    async fn serve(&mut self, socket: &mut WebSocket, rx: &Receiver) -> Option<(u16, &'static str)> {
+        let conn_id = self.handle.id;
+        loop {
+            let event = tokio::select! {
+                biased;
+                event = rx.next() => event,
+                incoming = socket.recv() => {
+                    match incoming {
+                        None => return None,
+                        Some(Err(e)) => {
+                            tracing::debug!(conn_id, error = %e, "websocket read error");
+                            if is_capacity_error(&e) {
+                                return Some((close_code::BAD_FRAME, "frame too large"));
+                            }
+                            return None;
+                        }
+                        Some(Ok(msg)) => {
+                            self.last_seen = Instant::now();
+                            // Boxed: the handler's future is large and only
+                            // lives while a client frame is handled; inline
+                            // it would be part of every idle connection.
+                            match Box::pin(self.on_message(socket, msg)).await {
+                                Ok(Next::Continue) => continue,
+                                Ok(Next::Close(code, reason)) => return Some((code, reason)),
+                                Err(()) => return None,
+                            }
+                        }
+                    }
+                }
+            };
+            match event {
+                Event::Killed(code) => return Some((code, kill_reason(code))),
+                Event::Frame(first) => {
+                    // A client that stops reading blocks this write for
+                    // good: a kill (queue full, 4101) must still end it.
+                    tokio::select! {
+                        biased;
+                        code = rx.killed() => return Some((code, kill_reason(code))),
+                        written = self.deliver(socket, first, rx) => {
+                            if written.is_err() {
+                                return None;
+                            }
+                        }
+                    }
+                }
+                Event::Tick => {
+                    if self.on_tick(socket).await.is_err() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Pings (dropping a client silent for two ping intervals) and presence
+    /// heartbeats, when due.
+    async fn on_tick(&mut self, socket: &mut WebSocket) -> Result<(), ()> {
+        let limits = &self.state.limits;
+        let now = Instant::now();
+        // Ticks come once per round; half a round of slack keeps a due
+        // action from slipping to the next round.
+        let slack = tick_round(limits) / 2;
+        let ping_every = limits.ws_ping_interval;
+        if now.duration_since(self.last_ping) + slack >= ping_every {
+            if now.duration_since(self.last_seen) > ping_every * 2 {
+                tracing::debug!(conn_id = self.handle.id, "no pong within two ping intervals: dropping");
+                return Err(());
+            }
+            self.last_ping = now;
+            socket
+                .send(Message::Ping(Default::default()))
+                .await
+                .map_err(|_| ())?;
+        }
+        let heartbeat_every = (limits.presence_ttl / 3).max(Duration::from_millis(100));
+        if now.duration_since(self.last_heartbeat) + slack >= heartbeat_every {
+            self.last_heartbeat = now;
+            if !self.rooms.is_empty() {
+                Box::pin(self.presence_heartbeat()).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Leaves every channel, unregisters and sends the close frame.
+    async fn finish(&mut self, socket: &mut WebSocket, close: Option<(u16, &'static str)>) {
+        let conn_id = self.handle.id;
+        self.state.hub.unregister(conn_id);
+        for channel in std::mem::take(&mut self.subscriptions) {
+            self.leave(&channel).await;
+        }
+        if !self.user_channel.is_empty() && self.state.hub.remove(&self.user_channel, conn_id) {
+            if let Err(e) = self.state.engine.sync_subscription(&self.user_channel).await {
+                tracing::debug!(error = %e, "user channel unsubscribe failed");
+            }
+        }
+        if let Some((code, reason)) = close {
+            let _ =
+                tokio::time::timeout(CLOSE_TIMEOUT, socket.send(close_message(code, reason))).await;
+        }
+        self.gauge.dec();
+        self._permit = None;
+        tracing::debug!(conn_id, ?close, "websocket closed");
+    }
 }
 
 impl Conn {
@@ -428,7 +557,7 @@ impl Conn {
             self.leave(&name).await;
             // Told, then closed with 4102: the client reconnects with
             // backoff and subscribes again (nothing else would retry it).
-            self.handle.kill.trigger(close_code::OVERLOADED);
+            self.handle.kill(close_code::OVERLOADED);
             return self
                 .error(
                     socket,
@@ -501,6 +630,16 @@ impl Conn {
     }
 }
 
+fn first_kind(next: &Option<Outbound>) -> &'static str {
+    next.as_ref().map_or("other", |o| o.kind)
+}
+
+fn count_deliveries(metrics: &crate::metrics::Metrics, (kind, n): (&'static str, u64)) {
+    if n > 0 {
+        metrics.deliveries.with_label_values(&[kind]).inc_by(n);
+    }
+}
+
 /// The fields of a chat-channel frame the writer needs to order, dedupe or
 /// filter it.
 #[derive(serde::Deserialize)]
@@ -524,16 +663,23 @@ impl Conn {
         &mut self,
         socket: &mut WebSocket,
         first: Outbound,
-        rx: &mut mpsc::Receiver<Outbound>,
+        rx: &Receiver,
     ) -> Result<(), axum::Error> {
         let mut next = Some(first);
         let mut n = 0;
+        // Deliveries are counted per run of one kind (one label lookup per
+        // batch instead of one per frame).
+        let mut counted: (&'static str, u64) = (first_kind(&next), 0);
         while let Some(out) = next.take() {
             let metrics = &self.state.metrics;
             metrics
                 .delivery_latency
                 .observe(out.queued_at.elapsed().as_secs_f64());
-            metrics.deliveries.with_label_values(&[out.kind]).inc();
+            if out.kind != counted.0 {
+                count_deliveries(metrics, counted);
+                counted = (out.kind, 0);
+            }
+            counted.1 += 1;
             if matches!(out.kind, "chat" | "user") {
                 for text in Box::pin(self.chat_frames(out.text.clone())).await {
                     socket.feed(Message::Text(text)).await?;
@@ -544,9 +690,10 @@ impl Conn {
                 n += 1;
             }
             if n < WRITE_BATCH {
-                next = rx.try_recv().ok();
+                next = rx.try_frame();
             }
         }
+        count_deliveries(&self.state.metrics, counted);
         socket.flush().await
     }
 
@@ -595,7 +742,7 @@ impl Conn {
                                 // client resubscribes with `after`.
                                 self.state.metrics.engine_errors.inc();
                                 tracing::warn!(error = %e, room, "chat gap fill failed: closing");
-                                self.handle.kill.trigger(close_code::OVERLOADED);
+                                self.handle.kill(close_code::OVERLOADED);
                                 return Vec::new();
                             }
                         }
@@ -735,7 +882,7 @@ impl Conn {
                 self.state.metrics.engine_errors.inc();
                 self.subscriptions.remove(&name);
                 self.leave(&name).await;
-                self.handle.kill.trigger(close_code::OVERLOADED);
+                self.handle.kill(close_code::OVERLOADED);
                 return self
                     .error(
                         socket,
@@ -853,6 +1000,11 @@ mod tests {
             typing_at: HashMap::new(),
             presence_key: "n:1".into(),
             user_channel: String::new(),
+            last_seen: Instant::now(),
+            last_ping: Instant::now(),
+            last_heartbeat: Instant::now(),
+            gauge: IntGauge::new("g", "g").unwrap(),
+            _permit: None,
         }
     }
 
