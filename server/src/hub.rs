@@ -418,7 +418,10 @@ mod tests {
         assert_eq!(hub.dispatch("c", &f), 1);
         assert_eq!(hub.dispatch("c", &f), 0);
         assert_eq!(ra.killed().await, close_code::TOO_SLOW);
-        assert!(matches!(ra.next().await, Event::Killed(close_code::TOO_SLOW)));
+        assert!(matches!(
+            ra.next().await,
+            Event::Killed(close_code::TOO_SLOW)
+        ));
         // Dead: neither queued nor counted as slow again.
         assert_eq!(hub.dispatch("c", &f), 0);
         assert!(ra.try_frame().is_none());
@@ -430,7 +433,7 @@ mod tests {
         let (a, ra) = connection(7, 8);
         hub.register(&a);
         hub.add("c", a.clone());
-        assert_eq!(hub.tick_slice(7, 4), 0, "slot 3 of 4 holds id 7");
+        assert_eq!(hub.tick_slice(0, 4), 0, "id 7 is in slot 3 of 4");
         assert_eq!(hub.tick_slice(3, 4), 1);
         hub.dispatch("c", &Utf8Bytes::from("1"));
         hub.dispatch("c", &Utf8Bytes::from("2"));

@@ -90,6 +90,7 @@ impl Engine for MemoryEngine {
         now_ms: i64,
     ) -> Result<IngestOutcome, EngineError> {
         let ttl = self.ttl_ms();
+        let channel = format!("tracking:{driver_id}");
         let (accepted, duplicates, new_latest) = {
             let mut shard = self.shard(driver_id).lock();
             let state = shard.entry(driver_id.to_owned()).or_default();
@@ -136,16 +137,24 @@ impl Engine for MemoryEngine {
                         received_ms: now_ms,
                     });
                     new_latest = Some(n.clone());
+                    // Broadcast under the shard lock: two concurrent batches
+                    // of one driver go out in the order they became latest
+                    // (dispatch only queues, it never waits).
+                    if self.hub.local_count(&channel) > 0 {
+                        self.hub
+                            .dispatch(&channel, &super::location_frame(driver_id, n));
+                    }
                 }
             }
             (accepted, fixes.len() as u32 - accepted, new_latest)
         };
-        let watchers = self.hub.local_count(&format!("tracking:{driver_id}")) as u64;
+        let watchers = self.hub.local_count(&channel) as u64;
         Ok(IngestOutcome {
             accepted,
             duplicates,
             watchers,
             new_latest,
+            published: true,
         })
     }
 

@@ -51,6 +51,25 @@ pub struct IngestOutcome {
     /// The newest accepted fix, when it became the driver's latest position
     /// (only that one is broadcast live).
     pub new_latest: Option<Fix>,
+    /// Whether the engine already broadcast `new_latest` (its `location`
+    /// frame, [`location_frame`]) as part of the ingest. Engines do so when
+    /// they can make storing and broadcasting one step, so live frames of a
+    /// driver go out in the order its latest position changed; otherwise the
+    /// caller publishes.
+    pub published: bool,
+}
+
+/// The `location` frame of `tracking:{driver}`, serialized once for every
+/// subscriber.
+pub fn location_frame(driver_id: &str, fix: &Fix) -> Utf8Bytes {
+    let channel = waypost_protocol::Channel::tracking(driver_id).to_string();
+    waypost_protocol::ServerFrame::Location {
+        channel,
+        driver_id: driver_id.to_owned(),
+        fix: fix.clone(),
+    }
+    .to_json()
+    .into()
 }
 
 /// Storage and fan-out. Implementations are shared (`Arc<dyn Engine>`) by
@@ -66,7 +85,8 @@ pub trait Engine: Send + Sync + 'static {
     /// batch stores and broadcasts each fix once. Accepted fixes go to the
     /// trail (bounded); the newest becomes the latest position unless a newer
     /// one (by `ts`) is already there. The latest position expires after the
-    /// online TTL.
+    /// online TTL. A new latest position is broadcast on `tracking:{driver}`
+    /// by the engine itself when it reports `published`.
     async fn ingest(
         &self,
         driver_id: &str,

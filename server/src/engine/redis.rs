@@ -311,6 +311,23 @@ impl Engine for RedisEngine {
             .arg(self.opts.data_ttl.as_millis() as u64)
             .arg(MAX_DEVICES_PER_DRIVER)
             .arg(self.keys.driver(driver_id, ""));
+        // The live frame of the fix that will most likely become latest (the
+        // newest by ts, the last of equals, as the script picks it): the
+        // script publishes it in the same step that stores it, so frames
+        // leave in the order the latest position changed and the ingest
+        // costs one round trip.
+        let candidate = fixes
+            .iter()
+            .enumerate()
+            .fold(None::<(usize, &Fix)>, |best, (i, f)| match best {
+                Some((_, b)) if f.ts < b.ts => best,
+                _ => Some((i, f)),
+            });
+        inv.arg(self.keys.channel(&format!("tracking:{driver_id}")))
+            .arg(candidate.map_or(0, |(i, _)| i + 1))
+            .arg(candidate.map_or_else(String::new, |(_, f)| {
+                super::location_frame(driver_id, f).to_string()
+            }));
         for fix in fixes {
             let stored = StoredFixRef {
                 received_ms: now_ms,
@@ -322,7 +339,7 @@ impl Engine for RedisEngine {
             inv.arg(fix.ts).arg(format!("{:020}|{json}", fix.seq));
         }
         let mut conn = self.cmd.conn();
-        let (accepted, latest_index, watchers): (u32, usize, u64) =
+        let (accepted, latest_index, watchers, published): (u32, usize, u64, u8) =
             self.cmd.run(inv.invoke_async(&mut conn)).await?;
         let new_latest = latest_index
             .checked_sub(1)
@@ -333,6 +350,7 @@ impl Engine for RedisEngine {
             duplicates: (fixes.len() as u32).saturating_sub(accepted),
             watchers,
             new_latest,
+            published: published == 1,
         })
     }
 

@@ -309,6 +309,12 @@ mod redis_engine {
         assert_eq!(b.watchers(&ch).await.unwrap(), 4);
         let out = b.ingest(&driver, "dev", &[fix(1, NOW)], NOW).await.unwrap();
         assert_eq!(out.watchers, 4, "ingest counts watchers of every process");
+        // The ingest script published the location frame itself.
+        assert!(out.published);
+        for (_, rx) in &mut on_a {
+            assert!(recv(rx).await.contains(r#""type":"location""#));
+        }
+        assert!(recv(&mut rb).await.contains(r#""type":"location""#));
 
         // Published through B, received by every watcher on A (and B).
         b.publish(&ch, "from-b".into()).await.unwrap();

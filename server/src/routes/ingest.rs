@@ -10,7 +10,7 @@ use axum::Json;
 use serde::Deserialize;
 use waypost_protocol::{
     validate_id, Channel, Fix, IngestRequest, IngestResponse, LocationResponse, PolicyHint,
-    PolicyMode, ServerFrame, TrailResponse,
+    PolicyMode, TrailResponse,
 };
 
 use crate::app::AppState;
@@ -101,7 +101,9 @@ async fn ingest(
         state
             .activity
             .driver_seen(driver_id, &req.device_id, &fix, outcome.watchers, now);
-        publish_location(state, driver_id, fix).await?;
+        if !outcome.published {
+            publish_location(state, driver_id, &fix).await?;
+        }
     }
     let (mode, upload_interval_s) = if outcome.watchers > 0 {
         (PolicyMode::Watched, state.limits.watched_upload_interval_s)
@@ -123,18 +125,13 @@ async fn ingest(
     })
 }
 
-/// Serializes the `location` frame once and publishes it on
-/// `tracking:{driver}`.
-async fn publish_location(state: &AppState, driver_id: &str, fix: Fix) -> Result<(), AppError> {
+/// Publishes the `location` frame of `fix` on `tracking:{driver}` (when
+/// the engine did not do it as part of the ingest).
+async fn publish_location(state: &AppState, driver_id: &str, fix: &Fix) -> Result<(), AppError> {
     let channel = Channel::tracking(driver_id).to_string();
-    let frame = ServerFrame::Location {
-        channel: channel.clone(),
-        driver_id: driver_id.to_owned(),
-        fix,
-    };
     state
         .engine
-        .publish(&channel, frame.to_json().into())
+        .publish(&channel, crate::engine::location_frame(driver_id, fix))
         .await
         .inspect_err(|_| state.metrics.engine_errors.inc())?;
     Ok(())

@@ -99,10 +99,8 @@ fn connected(
     socket: WebSocket,
     state: AppState,
     verdict: Verdict,
-) -> Either<
-    Pin<Box<dyn Future<Output = ()> + Send>>,
-    TrackedFuture<impl Future<Output = ()> + Send>,
-> {
+) -> Either<Pin<Box<dyn Future<Output = ()> + Send>>, TrackedFuture<impl Future<Output = ()> + Send>>
+{
     match *verdict {
         Ok((claims, permit)) => {
             let tasks = state.tasks.clone();
@@ -192,7 +190,10 @@ async fn ticker(state: AppState) {
         }
     }
     let n = state.hub.kill_all(close_code::SHUTTING_DOWN);
-    tracing::debug!(connections = n, "asked WebSocket connections to close: shutdown");
+    tracing::debug!(
+        connections = n,
+        "asked WebSocket connections to close: shutdown"
+    );
 }
 
 /// State of one live connection.
@@ -292,7 +293,12 @@ impl Conn {
         }
         self.user_channel = chat_ops::user_channel(&self.claims.sub);
         self.state.hub.add(&self.user_channel, self.handle.clone());
-        if let Err(e) = self.state.engine.sync_subscription(&self.user_channel).await {
+        if let Err(e) = self
+            .state
+            .engine
+            .sync_subscription(&self.user_channel)
+            .await
+        {
             // Only this user's cross-device copies are affected; rooms work.
             tracing::warn!(error = %e, "user channel subscribe failed");
         }
@@ -300,7 +306,11 @@ impl Conn {
 
     /// Selects over the mailbox (kill, frames, ticks) and the socket until
     /// the connection ends; returns the close to send, if any.
-    async fn serve(&mut self, socket: &mut WebSocket, rx: &Receiver) -> Option<(u16, &'static str)> {
+    async fn serve(
+        &mut self,
+        socket: &mut WebSocket,
+        rx: &Receiver,
+    ) -> Option<(u16, &'static str)> {
         let conn_id = self.handle.id;
         loop {
             let event = tokio::select! {
@@ -365,7 +375,10 @@ impl Conn {
         let ping_every = limits.ws_ping_interval;
         if now.duration_since(self.last_ping) + slack >= ping_every {
             if now.duration_since(self.last_seen) > ping_every * 2 {
-                tracing::debug!(conn_id = self.handle.id, "no pong within two ping intervals: dropping");
+                tracing::debug!(
+                    conn_id = self.handle.id,
+                    "no pong within two ping intervals: dropping"
+                );
                 return Err(());
             }
             self.last_ping = now;
@@ -392,7 +405,12 @@ impl Conn {
             self.leave(&channel).await;
         }
         if !self.user_channel.is_empty() && self.state.hub.remove(&self.user_channel, conn_id) {
-            if let Err(e) = self.state.engine.sync_subscription(&self.user_channel).await {
+            if let Err(e) = self
+                .state
+                .engine
+                .sync_subscription(&self.user_channel)
+                .await
+            {
                 tracing::debug!(error = %e, "user channel unsubscribe failed");
             }
         }

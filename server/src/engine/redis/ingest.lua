@@ -14,14 +14,20 @@
 -- ARGV[1] device id, ARGV[2] now ms, ARGV[3] online ttl ms,
 -- ARGV[4] trail length, ARGV[5] dedup window, ARGV[6] data ttl ms,
 -- ARGV[7] max devices per driver, ARGV[8] key prefix of per-device keys,
+-- ARGV[9] pub/sub channel of the driver, ARGV[10] index (1-based) of the fix
+-- whose live frame ARGV[11] is (0: none),
 -- then per fix (in seq order): ts, trail member.
 --
 -- The dedup window holds the last `dedup window` seqs (by seq order) like
 -- the memory engine, stored as runs: a device counting up one by one costs
 -- one run (a few hundred bytes) instead of one entry per seq.
 --
+-- When the fix that became latest is the one ARGV[11] was built for, the
+-- frame is published here, in the same atomic step that made it latest, so
+-- live frames of a driver leave in the order its latest position changed.
+--
 -- Returns {accepted, index of the fix that became latest (1-based, 0 for
--- none), watchers}.
+-- none), watchers, 1 if published here else 0}.
 local device = ARGV[1]
 local now = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
@@ -30,6 +36,10 @@ local cap = math.max(tonumber(ARGV[5]), 1)
 local data_ttl = tonumber(ARGV[6])
 local max_devices = math.max(tonumber(ARGV[7]), 1)
 local prefix = ARGV[8]
+local live_channel = ARGV[9]
+local live_index = tonumber(ARGV[10])
+local live_frame = ARGV[11]
+local FIRST = 12
 
 if not redis.call('ZSCORE', KEYS[3], device) then
   local n = redis.call('ZCARD', KEYS[3])
@@ -89,7 +99,7 @@ end
 local accepted = 0
 local members = {}
 local newest, newest_ts = 0, nil
-for i = 9, #ARGV, 2 do
+for i = FIRST, #ARGV, 2 do
   local ts = tonumber(ARGV[i])
   local member = ARGV[i + 1]
   local seq = string.sub(member, 1, 20)
@@ -192,6 +202,7 @@ for j = 1, #members do
 end
 
 local new_latest = 0
+local published = 0
 if accepted > 0 then
   local n = redis.call('ZCARD', KEYS[1])
   if n > trail_len then
@@ -210,8 +221,12 @@ if accepted > 0 then
   end
   if replace then
     redis.call('SET', KEYS[2], string.sub(ARGV[newest + 1], 22), 'PX', ttl)
-    new_latest = (newest - 9) / 2 + 1
+    new_latest = (newest - FIRST) / 2 + 1
+    if new_latest == live_index then
+      redis.call('PUBLISH', live_channel, live_frame)
+      published = 1
+    end
   end
 end
 
-return {accepted, new_latest, watcher_sum(KEYS[6])}
+return {accepted, new_latest, watcher_sum(KEYS[6]), published}
