@@ -356,8 +356,16 @@ impl Conn {
                     }
                 }
                 Event::Tick => {
-                    if self.on_tick(socket).await.is_err() {
-                        return None;
+                    // The ping write can block on a client that stopped
+                    // reading, too: race it against a kill as well.
+                    tokio::select! {
+                        biased;
+                        code = rx.killed() => return Some((code, kill_reason(code))),
+                        ticked = self.on_tick(socket) => {
+                            if ticked.is_err() {
+                                return None;
+                            }
+                        }
                     }
                 }
             }
