@@ -159,10 +159,14 @@ const TICK_SLOTS: u64 = 8;
 /// How often each connection is ticked: often enough for both its pings and
 /// its presence heartbeats.
 fn tick_round(limits: &crate::config::Limits) -> Duration {
-    let heartbeat = (limits.presence_ttl / 3).max(Duration::from_millis(100));
-    heartbeat
+    heartbeat_every(limits)
         .min(limits.ws_ping_interval)
         .max(Duration::from_millis(TICK_SLOTS))
+}
+
+/// How often a connection in chat rooms refreshes its presence.
+fn heartbeat_every(limits: &crate::config::Limits) -> Duration {
+    (limits.presence_ttl / 3).max(Duration::from_millis(100))
 }
 
 /// Starts the process-wide ticker on the first connection.
@@ -395,8 +399,7 @@ impl Conn {
                 .await
                 .map_err(|_| ())?;
         }
-        let heartbeat_every = (limits.presence_ttl / 3).max(Duration::from_millis(100));
-        if now.duration_since(self.last_heartbeat) + slack >= heartbeat_every {
+        if now.duration_since(self.last_heartbeat) + slack >= heartbeat_every(limits) {
             self.last_heartbeat = now;
             if !self.rooms.is_empty() {
                 Box::pin(self.presence_heartbeat()).await;
@@ -656,10 +659,6 @@ impl Conn {
     }
 }
 
-fn first_kind(next: &Option<Outbound>) -> &'static str {
-    next.as_ref().map_or("other", |o| o.kind)
-}
-
 fn count_deliveries(metrics: &crate::metrics::Metrics, (kind, n): (&'static str, u64)) {
     if n > 0 {
         metrics.deliveries.with_label_values(&[kind]).inc_by(n);
@@ -691,11 +690,11 @@ impl Conn {
         first: Outbound,
         rx: &Receiver,
     ) -> Result<(), axum::Error> {
-        let mut next = Some(first);
-        let mut n = 0;
         // Deliveries are counted per run of one kind (one label lookup per
         // batch instead of one per frame).
-        let mut counted: (&'static str, u64) = (first_kind(&next), 0);
+        let mut counted: (&'static str, u64) = (first.kind, 0);
+        let mut next = Some(first);
+        let mut n = 0;
         while let Some(out) = next.take() {
             let metrics = &self.state.metrics;
             metrics
