@@ -186,6 +186,36 @@ fn client_config() -> WebSocketConfig {
         .max_write_buffer_size(1 << 20)
 }
 
+/// Lets `connect` pick the source port instead of `bind`
+/// (`IP_BIND_ADDRESS_NO_PORT`). A plain `bind(addr, 0)` must find a port
+/// free for every destination: it skips ports held by TIME_WAIT sockets and
+/// scans the ephemeral range under a lock, in the calling (async) thread.
+/// After a storm of closes (20,000 client-side TIME_WAITs on four source
+/// addresses) those scans stalled the worker threads, so in one run of three
+/// clients sent their handshake up to 30 s late while the server idled:
+/// the storm measured the load generator, not the server.
+/// `connect` only needs the 4-tuple to be unique and may reuse TIME_WAIT
+/// ports (`tcp_tw_reuse`).
+fn defer_port_choice(socket: &TcpSocket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: a valid socket fd, a pointer to a live c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            std::ptr::from_ref(&one).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Opens a WebSocket from `source` to `server` at `path_and_query`.
 pub async fn ws_connect(
     server: &Server,
@@ -193,6 +223,7 @@ pub async fn ws_connect(
     path_and_query: &str,
 ) -> anyhow::Result<Ws> {
     let socket = TcpSocket::new_v4()?;
+    defer_port_choice(&socket)?;
     socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
     let stream = socket.connect(server.addr).await?;
     stream.set_nodelay(true)?;
