@@ -88,7 +88,7 @@ impl AppState {
             keys: Arc::new(keys),
             limits: Arc::new(limits.clone()),
             metrics,
-            connections: Arc::new(ConnectionCounter::default()),
+            connections: Arc::new(ConnectionCounter::with_total_cap(limits.max_connections)),
             ingest_limiter,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),

@@ -14,6 +14,10 @@ pub struct Limits {
     pub max_frame_bytes: usize,
     /// Connections one user (`sub`) may hold at once on this process.
     pub max_connections_per_user: u32,
+    /// WebSockets and SSE streams this process holds at once, all users
+    /// together; beyond it WebSockets close with 4102 and streams get 503.
+    /// Kept below the open-file limit so `accept` never fails.
+    pub max_connections: usize,
     /// Messages per second a connection may send (burst: twice this).
     pub ws_messages_per_s: u32,
     /// Channels one connection may subscribe to.
@@ -86,6 +90,7 @@ impl Default for Limits {
             max_batch_fixes: waypost_protocol::MAX_BATCH_FIXES,
             max_frame_bytes: 64 * 1024,
             max_connections_per_user: 16,
+            max_connections: usize::MAX,
             ws_messages_per_s: 50,
             max_channels_per_connection: 64,
             ws_queue_frames: 256,

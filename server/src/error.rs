@@ -31,6 +31,10 @@ pub enum AppError {
     TooLarge(String),
     #[error("rate limit exceeded")]
     RateLimited { retry_after_s: u64 },
+    /// This process is at its connection cap; another instance (or this one,
+    /// later) can serve the request.
+    #[error("this server is at its connection limit, retry later")]
+    Overloaded { retry_after_s: u64 },
     #[error("engine unavailable")]
     Engine(#[from] EngineError),
 }
@@ -60,6 +64,11 @@ impl AppError {
                 "rate_limited",
                 Some(*retry_after_s),
             ),
+            AppError::Overloaded { retry_after_s } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                Some(*retry_after_s),
+            ),
             AppError::Engine(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "engine_unavailable",
@@ -70,6 +79,12 @@ impl AppError {
 
     pub fn status(&self) -> StatusCode {
         self.parts().0
+    }
+
+    /// The contract's error code (`error.code`, and the `code` of an
+    /// `error` frame).
+    pub fn code(&self) -> &'static str {
+        self.parts().1
     }
 }
 

@@ -1,4 +1,5 @@
-//! Rate limiting (token buckets) and per-user connection counting.
+//! Rate limiting (token buckets) and connection counting (per user, and for
+//! the whole process).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -78,30 +79,75 @@ impl KeyedLimiter {
     }
 }
 
-/// Counts open connections per user; a [`ConnectionPermit`] gives its slot
-/// back when dropped.
-#[derive(Debug, Default)]
+/// Counts open connections per user, and in total against a cap for the
+/// whole process; a [`ConnectionPermit`] gives its slot back when dropped.
+#[derive(Debug)]
 pub struct ConnectionCounter {
-    counts: Mutex<HashMap<String, u32>>,
+    counts: Mutex<Counts>,
+    max_total: usize,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    by_user: HashMap<String, u32>,
+    total: usize,
+}
+
+/// Why [`ConnectionCounter::acquire`] said no.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    /// The user already holds this many.
+    User(u32),
+    /// The process already holds this many (its cap).
+    Process(usize),
+}
+
+impl Default for ConnectionCounter {
+    /// No cap on the total.
+    fn default() -> Self {
+        Self::with_total_cap(usize::MAX)
+    }
 }
 
 impl ConnectionCounter {
-    /// Takes a slot for `user` unless it already holds `max`.
-    pub fn acquire(self: &Arc<Self>, user: &str, max: u32) -> Option<ConnectionPermit> {
+    /// A counter that refuses beyond `max_total` connections in all.
+    pub fn with_total_cap(max_total: usize) -> Self {
+        Self {
+            counts: Mutex::new(Counts::default()),
+            max_total,
+        }
+    }
+
+    /// Takes a slot for `user` unless it already holds `max` or the process
+    /// is at its cap.
+    pub fn acquire(self: &Arc<Self>, user: &str, max: u32) -> Result<ConnectionPermit, Full> {
         let mut counts = self.counts.lock();
-        let n = counts.entry(user.to_owned()).or_insert(0);
+        if counts.total >= self.max_total {
+            return Err(Full::Process(self.max_total));
+        }
+        let n = counts.by_user.entry(user.to_owned()).or_insert(0);
         if *n >= max {
-            return None;
+            // Leave no zero entry behind.
+            if *n == 0 {
+                counts.by_user.remove(user);
+            }
+            return Err(Full::User(max));
         }
         *n += 1;
-        Some(ConnectionPermit {
+        counts.total += 1;
+        Ok(ConnectionPermit {
             counter: Arc::clone(self),
             user: user.to_owned(),
         })
     }
 
     pub fn count(&self, user: &str) -> u32 {
-        self.counts.lock().get(user).copied().unwrap_or(0)
+        self.counts.lock().by_user.get(user).copied().unwrap_or(0)
+    }
+
+    /// Connections held in all.
+    pub fn total(&self) -> usize {
+        self.counts.lock().total
     }
 }
 
@@ -115,10 +161,11 @@ pub struct ConnectionPermit {
 impl Drop for ConnectionPermit {
     fn drop(&mut self) {
         let mut counts = self.counter.counts.lock();
-        if let Some(n) = counts.get_mut(&self.user) {
+        counts.total = counts.total.saturating_sub(1);
+        if let Some(n) = counts.by_user.get_mut(&self.user) {
             *n -= 1;
             if *n == 0 {
-                counts.remove(&self.user);
+                counts.by_user.remove(&self.user);
             }
         }
     }
@@ -169,11 +216,34 @@ mod tests {
         let c = Arc::new(ConnectionCounter::default());
         let a = c.acquire("u", 2).unwrap();
         let _b = c.acquire("u", 2).unwrap();
-        assert!(c.acquire("u", 2).is_none());
-        assert!(c.acquire("other", 2).is_some());
+        assert_eq!(c.acquire("u", 2).err(), Some(Full::User(2)));
+        assert!(c.acquire("other", 2).is_ok());
         drop(a);
         assert_eq!(c.count("u"), 1);
-        assert!(c.acquire("u", 2).is_some());
+        assert!(c.acquire("u", 2).is_ok());
+    }
+
+    #[test]
+    fn the_process_cap_counts_every_user_and_frees_on_drop() {
+        let c = Arc::new(ConnectionCounter::with_total_cap(3));
+        let a = c.acquire("u", 16).unwrap();
+        let _b = c.acquire("v", 16).unwrap();
+        let _c = c.acquire("w", 16).unwrap();
+        assert_eq!(c.total(), 3);
+        assert_eq!(c.acquire("x", 16).err(), Some(Full::Process(3)));
+        // A refused user leaves no entry behind.
+        assert_eq!(c.count("x"), 0);
+        drop(a);
+        assert_eq!(c.total(), 2);
+        assert!(c.acquire("x", 16).is_ok());
+    }
+
+    #[test]
+    fn a_user_at_max_zero_is_refused_without_an_entry() {
+        let c = Arc::new(ConnectionCounter::default());
+        assert_eq!(c.acquire("u", 0).err(), Some(Full::User(0)));
+        assert_eq!(c.count("u"), 0);
+        assert_eq!(c.total(), 0);
     }
 
     #[test]

@@ -101,6 +101,11 @@ struct ServeArgs {
     /// Connections one user may hold at once.
     #[arg(long, env = "WAYPOST_MAX_CONNECTIONS_PER_USER", default_value_t = 16)]
     max_connections_per_user: u32,
+    /// WebSockets and SSE streams this process holds at once (default: the
+    /// open-file limit minus a tenth, at least 512, kept for HTTP requests,
+    /// Redis and the listener).
+    #[arg(long, env = "WAYPOST_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
     /// Messages per second one WebSocket may send.
     #[arg(long, env = "WAYPOST_WS_MESSAGES_PER_S", default_value_t = 50)]
     ws_messages_per_s: u32,
@@ -237,6 +242,46 @@ fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// Raises the soft open-file limit to the hard one (each connection is a
+/// file) and returns the limit now in force, if it can be read.
+fn raise_open_file_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot read the open-file limit");
+        return None;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: a valid rlimit that only raises the soft limit to the hard one.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        } else {
+            tracing::warn!(error = %std::io::Error::last_os_error(), soft = lim.rlim_cur, "cannot raise the open-file limit");
+        }
+    }
+    Some(lim.rlim_cur)
+}
+
+/// The default connection cap for an open-file limit: a tenth (at least 512)
+/// stays free for short HTTP requests, Redis and the listener, so `accept`
+/// keeps working at the cap (axum pauses accepting for a second on EMFILE).
+fn connection_cap(open_files: Option<u64>) -> usize {
+    match open_files {
+        Some(n) if n != libc::RLIM_INFINITY => {
+            let n = usize::try_from(n).unwrap_or(usize::MAX);
+            n.saturating_sub((n / 10).max(512)).max(64)
+        }
+        _ => usize::MAX,
+    }
+}
+
 async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
     init_logs(args.log_format);
     let secret = secret(&args.secret, args.dev)?;
@@ -246,6 +291,9 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
     let limits = Limits {
         ws_ping_interval: args.ping_interval,
         max_connections_per_user: args.max_connections_per_user,
+        max_connections: args
+            .max_connections
+            .unwrap_or_else(|| connection_cap(raise_open_file_limit())),
         ws_messages_per_s: args.ws_messages_per_s,
         ingest_requests_per_s: args.ingest_requests_per_s,
         ws_queue_frames: args.ws_queue,
@@ -297,10 +345,31 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
     }
     let listener = listen(args.listen).with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, engine = state.engine.name(), "waypost listening");
+    tracing::info!(
+        %addr,
+        engine = state.engine.name(),
+        max_connections = state.limits.max_connections,
+        "waypost listening"
+    );
     // Machine-readable line for test harnesses that bind port 0.
     println!("listening on {addr}");
     tokio::spawn(shutdown_on_signal(state.shutdown.clone()));
     serve(listener, state).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connection_cap;
+
+    #[test]
+    fn the_connection_cap_leaves_a_tenth_of_the_files_free() {
+        assert_eq!(connection_cap(Some(20_000)), 18_000);
+        assert_eq!(connection_cap(Some(1_048_576)), 943_719);
+        // Small limits keep 512 free, but never cap below 64.
+        assert_eq!(connection_cap(Some(1_024)), 512);
+        assert_eq!(connection_cap(Some(256)), 64);
+        assert_eq!(connection_cap(None), usize::MAX);
+        assert_eq!(connection_cap(Some(libc::RLIM_INFINITY)), usize::MAX);
+    }
 }

@@ -48,6 +48,7 @@ on_both_engines!(
     location_and_trail_reads,
     websocket_errors_and_close_codes,
     connection_cap_per_user,
+    connection_cap_per_process,
 );
 
 async fn driver_posts_watcher_receives(engine: EngineChoice) -> Result<()> {
@@ -400,6 +401,45 @@ async fn connection_cap_per_user(engine: EngineChoice) -> Result<()> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut d = WsClient::connect(&server.ws_url(&tok)).await?;
     d.send_json(&json!({"type":"ping","id":2})).await?;
+    assert_eq!(d.next_json(T).await?["type"], "pong");
+    Ok(())
+}
+
+/// `--max-connections` counts WebSockets and SSE streams of all users: the
+/// next WebSocket is told `overloaded` and closed with 4102 (come back with
+/// backoff), the next stream gets 503 with `Retry-After`; a slot frees when
+/// a connection ends.
+async fn connection_cap_per_process(engine: EngineChoice) -> Result<()> {
+    let server =
+        Server::start_with(ServerOptions::new(engine).arg("--max-connections").arg("2")).await?;
+    let driver = unique("d");
+    let channel = format!("tracking:{driver}");
+    let ws_of = |user: &str| server.ws_url(&token(user, Role::Buyer, &[&channel]));
+    let mut a = WsClient::connect(&ws_of("cap-a")).await?;
+    let mut b = WsClient::connect(&ws_of("cap-b")).await?;
+    for (ws, id) in [(&mut a, 1), (&mut b, 2)] {
+        ws.send_json(&json!({"type":"ping","id":id})).await?;
+        ws.next_of_type("pong", T).await?;
+    }
+    let mut c = WsClient::connect(&ws_of("cap-c")).await?;
+    assert_eq!(c.next_json(T).await?["code"], "overloaded");
+    assert!(matches!(c.closed(T).await?, Closed::Code(4102, _)));
+
+    let stream = server.http(&format!("/v1/drivers/{driver}/location/stream"));
+    let refused = reqwest::Client::new()
+        .get(&stream)
+        .bearer_auth(token("cap-d", Role::Buyer, &[&channel]))
+        .send()
+        .await?;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.headers()["retry-after"], "5");
+    let body: Value = refused.json().await?;
+    assert_eq!(body["error"]["code"], "overloaded");
+
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut d = WsClient::connect(&ws_of("cap-d")).await?;
+    d.send_json(&json!({"type":"ping","id":3})).await?;
     assert_eq!(d.next_json(T).await?["type"], "pong");
     Ok(())
 }

@@ -22,24 +22,14 @@ pub fn user_channel(sub: &str) -> String {
 
 /// The error code and message of `e` for an `error` frame.
 pub fn frame_error(e: &AppError) -> (&'static str, String) {
-    let code = match e {
-        AppError::BadRequest { code, .. } => code,
-        AppError::BadFix { .. } => "bad_fix",
-        AppError::Unauthorized(_) => "unauthorized",
-        AppError::Forbidden(_) => "forbidden",
-        AppError::NotFound(_) => "not_found",
-        AppError::Conflict(_) => "conflict",
-        AppError::TooLarge(_) => "too_large",
-        AppError::RateLimited { .. } => "rate_limited",
-        AppError::Engine(err) => {
-            tracing::warn!(error = %err, "engine error on a chat frame");
-            return (
-                "engine_unavailable",
-                "the storage engine is unavailable, retry later".into(),
-            );
-        }
-    };
-    (code, e.to_string())
+    if let AppError::Engine(err) = e {
+        tracing::warn!(error = %err, "engine error on a chat frame");
+        return (
+            e.code(),
+            "the storage engine is unavailable, retry later".into(),
+        );
+    }
+    (e.code(), e.to_string())
 }
 
 /// Checks the room id and that the caller's token grants `chat:{room}`.

@@ -30,7 +30,7 @@ use crate::engine::chat::{SeqCursor, SeqStep};
 use crate::engine::EngineError;
 use crate::error::AppError;
 use crate::hub::{connection, ConnHandle, Event, Outbound, Receiver};
-use crate::limits::ConnectionPermit;
+use crate::limits::{ConnectionPermit, Full};
 use crate::now_ms;
 
 /// Chunks buffered between a stream task and the HTTP body.
@@ -153,7 +153,7 @@ pub async fn vendor_stream(
     let vendor_permit = state
         .sse_per_vendor
         .acquire(&vendor, max)
-        .ok_or_else(|| too_many(&state, &format!("at most {max} streams per vendor")))?;
+        .map_err(|_| too_many(&state, &format!("at most {max} streams per vendor")))?;
     let user_permit = user_permit(&state, &claims)?;
     start(
         state,
@@ -200,7 +200,21 @@ pub fn user_permit(state: &AppState, claims: &Claims) -> Result<ConnectionPermit
     state
         .connections
         .acquire(&claims.sub, max)
-        .ok_or_else(|| too_many(state, &format!("at most {max} connections per user")))
+        .map_err(|full| match full {
+            Full::User(max) => too_many(state, &format!("at most {max} connections per user")),
+            Full::Process(max) => {
+                state
+                    .metrics
+                    .limit_hits
+                    .with_label_values(&["server_connections"])
+                    .inc();
+                tracing::debug!(
+                    max,
+                    "connection cap of this process reached; refusing a stream"
+                );
+                AppError::Overloaded { retry_after_s: 5 }
+            }
+        })
 }
 
 /// Subscribes and reads the replay before answering, so that once the

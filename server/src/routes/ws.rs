@@ -27,7 +27,7 @@ use crate::app::AppState;
 use crate::auth::{may_subscribe, token_from_parts};
 use crate::engine::chat::{SeqCursor, SeqStep};
 use crate::hub::{connection, ConnHandle, Event, Outbound, Receiver};
-use crate::limits::{ConnectionPermit, TokenBucket};
+use crate::limits::{ConnectionPermit, Full, TokenBucket};
 use crate::now_ms;
 use crate::routes::chat as chat_ops;
 
@@ -48,7 +48,7 @@ const WRITE_BUFFER: usize = 4 * 1024;
 /// Why a connection was refused before its loop started.
 enum Refusal {
     Unauthorized(String),
-    TooManyConnections(u32),
+    Full(Full),
 }
 
 /// The outcome of the handshake checks, boxed so the upgrade callback that
@@ -77,8 +77,8 @@ pub async fn upgrade(State(state): State<AppState>, parts: Parts) -> Response {
             Ok(claims) => {
                 let max = state.limits.max_connections_per_user;
                 match state.connections.acquire(&claims.sub, max) {
-                    Some(permit) => Ok((claims, permit)),
-                    None => Err(Refusal::TooManyConnections(max)),
+                    Ok(permit) => Ok((claims, permit)),
+                    Err(full) => Err(Refusal::Full(full)),
                 }
             }
         },
@@ -115,7 +115,7 @@ fn connected(
 async fn refuse(mut socket: WebSocket, state: &AppState, refusal: Refusal) {
     let (code, err, message) = match refusal {
         Refusal::Unauthorized(m) => (close_code::UNAUTHORIZED, "unauthorized", m),
-        Refusal::TooManyConnections(max) => {
+        Refusal::Full(Full::User(max)) => {
             state
                 .metrics
                 .limit_hits
@@ -125,6 +125,24 @@ async fn refuse(mut socket: WebSocket, state: &AppState, refusal: Refusal) {
                 close_code::RATE_LIMITED,
                 "too_many_connections",
                 format!("at most {max} connections per user"),
+            )
+        }
+        // Another process (or this one, later) can take the client: 4102
+        // tells it to come back with backoff and jitter.
+        Refusal::Full(Full::Process(max)) => {
+            state
+                .metrics
+                .limit_hits
+                .with_label_values(&["server_connections"])
+                .inc();
+            tracing::debug!(
+                max,
+                "connection cap of this process reached; refusing a WebSocket"
+            );
+            (
+                close_code::OVERLOADED,
+                "overloaded",
+                format!("this server holds its maximum of {max} connections; retry later"),
             )
         }
     };
