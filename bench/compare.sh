@@ -183,7 +183,7 @@ run_entry() {
     --duration 10 --warmup 2 --drain 5 || FAILED+=("$name broadcast")
   # 3. Maximum sustained deliveries/s with p99 < 50 ms and no loss: 100 watchers
   #    per driver, raising the post rate until a step misses (MAX_RATES).
-  want max && for rate in ${MAX_RATES:-100 200 300 500 1000 2000 4000 8000}; do
+  want max && for rate in ${MAX_RATES:-100 200 300 500 700 1000 1400 2000 4000 8000}; do
     bench "$name.max-$rate.json" fanout "${common[@]}" --subscribers 10000 --drivers 100 --rate "$rate" \
       --duration 10 --warmup 2 --drain 5 || { FAILED+=("$name max-$rate"); break; }
     python3 - "$OUT/$name.max-$rate.json" <<'EOF' || break
