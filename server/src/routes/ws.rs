@@ -295,6 +295,21 @@ fn run(
     }
 }
 
+/// Runs a write (frames or a ping) unless the connection is killed first: a
+/// client that stops reading blocks the write for good, and a kill (queue
+/// full 4101, shutdown 4100) must still end it. `Err` carries the close to
+/// send (`None`: the socket already failed).
+async fn unless_killed<E>(
+    rx: &Receiver,
+    write: impl Future<Output = Result<(), E>>,
+) -> Result<(), Option<(u16, &'static str)>> {
+    tokio::select! {
+        biased;
+        code = rx.killed() => Err(Some((code, kill_reason(code)))),
+        written = write => written.map_err(|_| None),
+    }
+}
+
 fn is_capacity_error(e: &axum::Error) -> bool {
     e.to_string().to_ascii_lowercase().contains("too long")
         || e.to_string().to_ascii_lowercase().contains("capacity")
@@ -362,34 +377,13 @@ impl Conn {
                     }
                 }
             };
-            match event {
+            let written = match event {
                 Event::Killed(code) => return Some((code, kill_reason(code))),
-                Event::Frame(first) => {
-                    // A client that stops reading blocks this write for
-                    // good: a kill (queue full, 4101) must still end it.
-                    tokio::select! {
-                        biased;
-                        code = rx.killed() => return Some((code, kill_reason(code))),
-                        written = self.deliver(socket, first, rx) => {
-                            if written.is_err() {
-                                return None;
-                            }
-                        }
-                    }
-                }
-                Event::Tick => {
-                    // The ping write can block on a client that stopped
-                    // reading, too: race it against a kill as well.
-                    tokio::select! {
-                        biased;
-                        code = rx.killed() => return Some((code, kill_reason(code))),
-                        ticked = self.on_tick(socket) => {
-                            if ticked.is_err() {
-                                return None;
-                            }
-                        }
-                    }
-                }
+                Event::Frame(first) => unless_killed(rx, self.deliver(socket, first, rx)).await,
+                Event::Tick => unless_killed(rx, self.on_tick(socket)).await,
+            };
+            if let Err(close) = written {
+                return close;
             }
         }
     }
