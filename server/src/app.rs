@@ -16,7 +16,7 @@ use crate::engine::chat::ChatStores;
 use crate::engine::chat_memory::{MemoryChatStore, MemoryNotificationStore, MemoryPresenceStore};
 use crate::engine::Engine;
 use crate::hub::Hub;
-use crate::limits::{ConnectionCounter, KeyedLimiter};
+use crate::limits::{ConnectionCounter, ConnectionPermit, Full, KeyedLimiter};
 use crate::metrics::Metrics;
 use crate::routes;
 
@@ -117,6 +117,25 @@ impl AppState {
         let mut shared = Arc::unwrap_or_clone(self.0);
         shared.stores = stores;
         Self(Arc::new(shared))
+    }
+
+    /// One of `user`'s connection slots: WebSockets, SSE streams and long
+    /// polls share them, within the per-user limit and the process cap. A
+    /// refusal is counted in `limit_hits` (`connections` for the user's
+    /// limit, `server_connections` for the process cap).
+    pub fn connection_slot(&self, user: &str) -> Result<ConnectionPermit, Full> {
+        let slot = self
+            .connections
+            .acquire(user, self.limits.max_connections_per_user);
+        if let Err(full) = slot {
+            let kind = match full {
+                Full::User(_) => "connections",
+                Full::Process(_) => "server_connections",
+            };
+            self.metrics.limit_hits.with_label_values(&[kind]).inc();
+            tracing::debug!(user, ?full, "connection refused");
+        }
+        slot
     }
 }
 

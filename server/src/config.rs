@@ -14,8 +14,9 @@ pub struct Limits {
     pub max_frame_bytes: usize,
     /// Connections one user (`sub`) may hold at once on this process.
     pub max_connections_per_user: u32,
-    /// WebSockets and SSE streams this process holds at once, all users
-    /// together; beyond it WebSockets close with 4102 and streams get 503.
+    /// WebSockets, SSE streams and long polls this process holds at once, all
+    /// users together; beyond it WebSockets close with 4102, streams and
+    /// polls get 503.
     /// Kept below the open-file limit so `accept` never fails.
     pub max_connections: usize,
     /// Messages per second a connection may send (burst: twice this).

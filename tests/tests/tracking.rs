@@ -405,10 +405,10 @@ async fn connection_cap_per_user(engine: EngineChoice) -> Result<()> {
     Ok(())
 }
 
-/// `--max-connections` counts WebSockets and SSE streams of all users: the
-/// next WebSocket is told `overloaded` and closed with 4102 (come back with
-/// backoff), the next stream gets 503 with `Retry-After`; a slot frees when
-/// a connection ends.
+/// `--max-connections` counts WebSockets, SSE streams and long polls of all
+/// users: the next WebSocket is told `overloaded` and closed with 4102 (come
+/// back with backoff), the next stream gets 503 with `Retry-After`; a slot
+/// frees when a connection ends.
 async fn connection_cap_per_process(engine: EngineChoice) -> Result<()> {
     let server =
         Server::start_with(ServerOptions::new(engine).arg("--max-connections").arg("2")).await?;

@@ -194,26 +194,14 @@ fn too_many(state: &AppState, message: &str) -> AppError {
     AppError::RateLimited { retry_after_s: 5 }
 }
 
-/// One of the user's connection slots (shared with WebSockets).
+/// One of the user's connection slots (shared with WebSockets), as an
+/// HTTP error when refused.
 pub fn user_permit(state: &AppState, claims: &Claims) -> Result<ConnectionPermit, AppError> {
-    let max = state.limits.max_connections_per_user;
     state
-        .connections
-        .acquire(&claims.sub, max)
+        .connection_slot(&claims.sub)
         .map_err(|full| match full {
-            Full::User(max) => too_many(state, &format!("at most {max} connections per user")),
-            Full::Process(max) => {
-                state
-                    .metrics
-                    .limit_hits
-                    .with_label_values(&["server_connections"])
-                    .inc();
-                tracing::debug!(
-                    max,
-                    "connection cap of this process reached; refusing a stream"
-                );
-                AppError::Overloaded { retry_after_s: 5 }
-            }
+            Full::User(_) => AppError::RateLimited { retry_after_s: 5 },
+            Full::Process(_) => AppError::Overloaded { retry_after_s: 5 },
         })
 }
 

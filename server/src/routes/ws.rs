@@ -74,13 +74,10 @@ pub async fn upgrade(State(state): State<AppState>, parts: Parts) -> Response {
         None => Err(Refusal::Unauthorized("missing token".into())),
         Some(t) => match state.keys.verify(&t) {
             Err(e) => Err(Refusal::Unauthorized(e.to_string())),
-            Ok(claims) => {
-                let max = state.limits.max_connections_per_user;
-                match state.connections.acquire(&claims.sub, max) {
-                    Ok(permit) => Ok((claims, permit)),
-                    Err(full) => Err(Refusal::Full(full)),
-                }
-            }
+            Ok(claims) => match state.connection_slot(&claims.sub) {
+                Ok(permit) => Ok((claims, permit)),
+                Err(full) => Err(Refusal::Full(full)),
+            },
         },
     });
     let ws = ws
@@ -107,44 +104,26 @@ fn connected(
             Either::Right(tasks.track_future(run(socket, state, claims, permit)))
         }
         Err(refusal) => Either::Left(Box::pin(async move {
-            refuse(socket, &state, refusal).await;
+            refuse(socket, refusal).await;
         })),
     }
 }
 
-async fn refuse(mut socket: WebSocket, state: &AppState, refusal: Refusal) {
+async fn refuse(mut socket: WebSocket, refusal: Refusal) {
     let (code, err, message) = match refusal {
         Refusal::Unauthorized(m) => (close_code::UNAUTHORIZED, "unauthorized", m),
-        Refusal::Full(Full::User(max)) => {
-            state
-                .metrics
-                .limit_hits
-                .with_label_values(&["connections"])
-                .inc();
-            (
-                close_code::RATE_LIMITED,
-                "too_many_connections",
-                format!("at most {max} connections per user"),
-            )
-        }
+        Refusal::Full(Full::User(max)) => (
+            close_code::RATE_LIMITED,
+            "too_many_connections",
+            format!("at most {max} connections per user"),
+        ),
         // Another process (or this one, later) can take the client: 4102
         // tells it to come back with backoff and jitter.
-        Refusal::Full(Full::Process(max)) => {
-            state
-                .metrics
-                .limit_hits
-                .with_label_values(&["server_connections"])
-                .inc();
-            tracing::debug!(
-                max,
-                "connection cap of this process reached; refusing a WebSocket"
-            );
-            (
-                close_code::OVERLOADED,
-                "overloaded",
-                format!("this server holds its maximum of {max} connections; retry later"),
-            )
-        }
+        Refusal::Full(Full::Process(max)) => (
+            close_code::OVERLOADED,
+            "overloaded",
+            format!("this server holds its maximum of {max} connections; retry later"),
+        ),
     };
     let frame = ServerFrame::error(err, message, None).to_json();
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
