@@ -211,7 +211,7 @@ async fn measure(args: &Args) -> anyhow::Result<Value> {
     let last_sent_ns = Arc::new(AtomicU64::new(0));
     // Per driver: answered when the driver's latest POST so far is answered.
     let mut lanes: Vec<Option<oneshot::Receiver<()>>> = (0..drivers).map(|_| None).collect();
-    let measured_from_ns = Arc::new(AtomicU64::new(u64::MAX));
+    let mut measured_from_ns: Option<u64> = None;
     let mut tasks = tokio::task::JoinSet::new();
     let start = tokio::time::Instant::now();
     for k in 0..total {
@@ -221,7 +221,7 @@ async fn measure(args: &Args) -> anyhow::Result<Value> {
         if k == warmup_k {
             window = Some(CpuWindow::start(&watched));
             measured_started = Instant::now();
-            measured_from_ns.store(mono_ns(), Ordering::Relaxed);
+            measured_from_ns = Some(mono_ns());
         }
         let measured = k >= warmup_k;
         let (done, lane_done) = oneshot::channel();
@@ -279,11 +279,9 @@ async fn measure(args: &Args) -> anyhow::Result<Value> {
     let scheduled_secs = measured_started.elapsed().as_secs_f64();
     while tasks.join_next().await.is_some() {}
     // Until the last POST was sent: later than scheduled when drivers queue.
-    let publish_secs = match measured_from_ns.load(Ordering::Relaxed) {
-        u64::MAX => scheduled_secs,
-        from => (last_sent_ns.load(Ordering::Relaxed).saturating_sub(from) as f64 / 1e9)
-            .max(scheduled_secs),
-    };
+    let publish_secs = measured_from_ns.map_or(scheduled_secs, |from| {
+        (last_sent_ns.load(Ordering::Relaxed).saturating_sub(from) as f64 / 1e9).max(scheduled_secs)
+    });
     let cpu = window.as_ref().map(CpuWindow::finish).unwrap_or_default();
     let host_busy = window.as_ref().map_or(0.0, CpuWindow::host_busy_pct);
     tokio::time::sleep(Duration::from_secs(u64::from(args.drain))).await;

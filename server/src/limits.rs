@@ -125,15 +125,10 @@ impl ConnectionCounter {
         if counts.total >= self.max_total {
             return Err(Full::Process(self.max_total));
         }
-        let n = counts.by_user.entry(user.to_owned()).or_insert(0);
-        if *n >= max {
-            // Leave no zero entry behind.
-            if *n == 0 {
-                counts.by_user.remove(user);
-            }
+        if counts.by_user.get(user).copied().unwrap_or(0) >= max {
             return Err(Full::User(max));
         }
-        *n += 1;
+        *counts.by_user.entry(user.to_owned()).or_insert(0) += 1;
         counts.total += 1;
         Ok(ConnectionPermit {
             counter: Arc::clone(self),

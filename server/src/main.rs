@@ -101,9 +101,9 @@ struct ServeArgs {
     /// Connections one user may hold at once.
     #[arg(long, env = "WAYPOST_MAX_CONNECTIONS_PER_USER", default_value_t = 16)]
     max_connections_per_user: u32,
-    /// WebSockets and SSE streams this process holds at once (default: the
-    /// open-file limit minus a tenth, at least 512, kept for HTTP requests,
-    /// Redis and the listener).
+    /// WebSockets, SSE streams and long polls this process holds at once
+    /// (default: the open-file limit minus a tenth, at least 512, kept for
+    /// HTTP requests, Redis and the listener).
     #[arg(long, env = "WAYPOST_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
     /// Messages per second one WebSocket may send.
@@ -288,12 +288,14 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
     if secret == DEV_SECRET {
         tracing::warn!("DEV MODE: tokens use the public development secret {DEV_SECRET:?}; never expose this server");
     }
+    // Raised whether or not the cap is given: every connection is a file.
+    let open_files = raise_open_file_limit();
     let limits = Limits {
         ws_ping_interval: args.ping_interval,
         max_connections_per_user: args.max_connections_per_user,
         max_connections: args
             .max_connections
-            .unwrap_or_else(|| connection_cap(raise_open_file_limit())),
+            .unwrap_or_else(|| connection_cap(open_files)),
         ws_messages_per_s: args.ws_messages_per_s,
         ingest_requests_per_s: args.ingest_requests_per_s,
         ws_queue_frames: args.ws_queue,
