@@ -1,12 +1,13 @@
 //! JWT (HS256) verification and minting, the `Authed` extractor, and the
 //! authorization rules of the contract.
 
-use axum::extract::FromRequestParts;
+use std::sync::Arc;
+
+use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use waypost_protocol::{Channel, ChannelKind, Claims, Role};
 
-use crate::app::AppState;
 use crate::error::AppError;
 
 /// The secret `--dev` uses. Never use it in production.
@@ -85,18 +86,21 @@ pub fn token_from_parts(parts: &Parts) -> Option<String> {
 }
 
 /// A verified caller. Handlers that take `Authed` answer 401 without a valid
-/// token.
+/// token. Works with any router state the keys can be taken from.
 #[derive(Debug, Clone)]
 pub struct Authed(pub Claims);
 
-impl FromRequestParts<AppState> for Authed {
+impl<S> FromRequestParts<S> for Authed
+where
+    S: Send + Sync,
+    Arc<AuthKeys>: FromRef<S>,
+{
     type Rejection = AppError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
         let token = token_from_parts(parts)
             .ok_or(AppError::Unauthorized(AuthError::Missing.to_string()))?;
-        state
-            .keys
+        Arc::<AuthKeys>::from_ref(state)
             .verify(&token)
             .map(Authed)
             .map_err(|e| AppError::Unauthorized(e.to_string()))

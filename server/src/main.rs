@@ -7,12 +7,13 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use waypost_protocol::{Claims, Role};
-use waypost_server::app::{serve, shutdown_on_signal, AppState};
+use waypost_server::app::{serve, shutdown_on_signal};
 use waypost_server::auth::{AuthKeys, DEV_SECRET};
 use waypost_server::config::Limits;
 use waypost_server::engine::{memory::MemoryEngine, Engine};
 use waypost_server::hub::Hub;
 use waypost_server::metrics::Metrics;
+use waypost_server::state::AppState;
 
 #[derive(Parser)]
 #[command(name = "waypost", version, about = "Waypost real-time server")]

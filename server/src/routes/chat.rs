@@ -9,11 +9,11 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use waypost_protocol::{validate_id, Channel, ChatPost, Claims, MessagesResponse, ServerFrame};
 
-use crate::app::AppState;
 use crate::auth::{may_subscribe, Authed};
 use crate::engine::chat::{Appended, History, NewMessage, PresenceChanges};
 use crate::error::AppError;
 use crate::now_ms;
+use crate::state::AppState;
 
 /// The hub channel every connection of user `sub` listens on.
 pub fn user_channel(sub: &str) -> String {

@@ -13,11 +13,11 @@ use waypost_protocol::{
     PolicyMode, TrailResponse,
 };
 
-use crate::app::AppState;
 use crate::auth::{may_post_locations, may_subscribe, Authed};
 use crate::config::Limits;
 use crate::error::AppError;
 use crate::now_ms;
+use crate::state::AppState;
 
 /// `POST /v1/drivers/{driver_id}/locations`
 pub async fn post_locations(
