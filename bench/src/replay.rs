@@ -428,8 +428,12 @@ async fn simulate(args: &Args) -> anyhow::Result<Report> {
     let _watcher = if args.watched {
         // A subscriber on the driver's channel, as a WebSocket would add.
         let (handle, rx) = hub::connection(srv.hub.next_conn_id(), 1 << 20);
-        srv.hub.add(&format!("tracking:{DRIVER}"), handle.clone());
-        srv.hub.add(&format!("tracking:{BASELINE_DRIVER}"), handle);
+        srv.hub
+            .add(&waypost_protocol::Channel::tracking(DRIVER), handle.clone());
+        srv.hub.add(
+            &waypost_protocol::Channel::tracking(BASELINE_DRIVER),
+            handle,
+        );
         Some(rx)
     } else {
         None
