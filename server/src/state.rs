@@ -67,7 +67,7 @@ pub struct Shared {
     /// Recently seen drivers and notifications, for the dashboard.
     pub activity: Arc<Activity>,
     /// Starts the process-wide WebSocket ticker once (on the first
-    /// connection; see `routes::ws::ticker`).
+    /// connection; see `routes::ws::conn::ticker`).
     pub ws_ticker: Arc<std::sync::Once>,
 }
 

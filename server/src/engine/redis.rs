@@ -14,7 +14,8 @@
 //! An ingest batch is one Lua script (`redis/ingest.lua`): dedup, trail,
 //! latest and the watcher count in one atomic round trip.
 //!
-//! Fan-out: `publish` is a `PUBLISH waypost:ch:{channel}`; one pub/sub
+//! Fan-out: `publish` is a `PUBLISH waypost:ch2:{channel}` of the frame's
+//! envelope (`frame.rs`: meta line, newline, frame); one pub/sub
 //! connection per process holds one `SUBSCRIBE` per channel with local
 //! subscribers (see `redis/pubsub.rs`). Watcher counts across processes live in
 //! per-channel hashes (see `redis/watchers.rs`).
@@ -86,7 +87,11 @@ impl Keys {
         format!("{}:{{{driver_id}}}:{part}", self.prefix)
     }
     fn channel_prefix(&self) -> String {
-        format!("{}:ch:", self.prefix)
+        // `ch2`: payloads are frame envelopes (issue 16); versions that
+        // published bare frames (on `ch`) never see them, and mixed
+        // processes during a rolling update stay apart instead of
+        // forwarding payloads they cannot read.
+        format!("{}:ch2:", self.prefix)
     }
     fn watchers_prefix(&self) -> String {
         format!("{}:watchers:", self.prefix)

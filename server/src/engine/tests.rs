@@ -233,7 +233,7 @@ mod redis_engine {
     }
 
     async fn numsub(conn: &mut redis::aio::MultiplexedConnection, channel: &Channel) -> u64 {
-        let name = format!("waypost:ch:{channel}");
+        let name = format!("waypost:ch2:{channel}");
         let reply: Vec<(String, u64)> = redis::cmd("PUBSUB")
             .arg("NUMSUB")
             .arg(&name)

@@ -73,7 +73,7 @@ pub(super) struct Manager {
     pub hub: Arc<Hub>,
     pub metrics: Metrics,
     pub opts: RedisOptions,
-    /// Prefix of the Redis channel names (`waypost:ch:`).
+    /// Prefix of the Redis channel names (`waypost:ch2:`).
     pub channel_prefix: String,
     /// This process's private probe channel.
     pub probe_channel: String,
@@ -402,7 +402,7 @@ async fn read(
             }
             continue;
         }
-        // `waypost:ch:` is our key namespace, not part of the channel name.
+        // `waypost:ch2:` is our key namespace, not part of the channel name.
         let Some(channel) = name
             .strip_prefix(prefix.as_str())
             .and_then(Channel::from_name)
