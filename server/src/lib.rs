@@ -12,6 +12,7 @@ pub mod engine;
 pub mod error;
 pub mod healthcheck;
 pub mod hub;
+pub mod keys;
 pub mod metrics;
 pub mod routes;
 pub mod state;
