@@ -51,7 +51,10 @@ REPORT="$WAYPOST_WORK/schemathesis"
 rm -rf "$REPORT"
 log "schemathesis against http://$ADDR/openapi.json"
 # --max-time bounds the whole run (about 2 minutes on a shared 2-core box).
-timeout 300 "$VENV/bin/st" --config-file tests/contract/schemathesis.toml run \
+# Run from the work directory: Schemathesis keeps its cache in ./.schemathesis.
+CONFIG="$WAYPOST_ROOT/tests/contract/schemathesis.toml"
+cd "$WAYPOST_WORK"
+timeout 300 "$VENV/bin/st" --config-file "$CONFIG" run \
   "http://$ADDR/openapi.json" \
   --header "Authorization: Bearer $TOKEN" \
   --exclude-path-regex '^/v1/ws$|/stream$|/poll$' \
