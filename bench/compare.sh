@@ -260,7 +260,8 @@ passes() { # REPORT.json
   python3 - "$1" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
-ok = (r["latency_ms"]["p99"] < 50 and r["deliveries"]["lost"] == 0
+d = r["deliveries"]
+ok = (r["latency_ms"]["p99"] < 50 and d.get("lost_net", d["lost"]) == 0
       and r["updates"]["achieved_rate_per_s"] >= 0.95 * r["params"]["rate"])
 sys.exit(0 if ok else 1)
 EOF

@@ -61,7 +61,7 @@ def cpu_list(r):
 
 def lost_cell(d):
     sup = d.get("superseded") or 0
-    cell = f"{fmt(d['lost'] - sup)}/{fmt(d['expected'])}"
+    cell = f"{fmt(lost_net(d))}/{fmt(d['expected'])}"
     if sup:
         cell += f" (+{fmt(sup)} superseded)"
     nb = d.get("updates_never_delivered")
@@ -70,6 +70,11 @@ def lost_cell(d):
     if d.get("reordered"):
         cell += f", {fmt(d['reordered'])} out of order"
     return cell
+
+
+def lost_net(d):
+    """Deliveries lost, not counting those of superseded fixes (not broadcast by contract)."""
+    return d.get("lost_net", d["lost"])
 
 
 def fanout_row(entry, scen, r):
@@ -139,7 +144,7 @@ def ladder(res, entry, prefix):
 
 
 def ok_step(r):
-    return r["latency_ms"]["p99"] < 50 and r["deliveries"]["lost"] == 0
+    return r["latency_ms"]["p99"] < 50 and lost_net(r["deliveries"]) == 0
 
 
 def max_sustained(res, entry):
@@ -497,8 +502,8 @@ def check(d):
                 problems.append(f"{name}: {c['subscribed']} of {r['params']['subscribers']} subscribed ({c['errors']})")
             if dl["expected"] == 0 or dl["received"] == 0:
                 problems.append(f"{name}: nothing delivered")
-            if dl["lost"] != 0 or dl["unexpected"] != 0:
-                problems.append(f"{name}: lost {dl['lost']}, unexpected {dl['unexpected']} ({dl['errors']})")
+            if lost_net(dl) != 0 or dl["unexpected"] != 0:
+                problems.append(f"{name}: lost {lost_net(dl)}, unexpected {dl['unexpected']} ({dl['errors']})")
             if r["latency_ms"]["count"] != dl["received"]:
                 problems.append(f"{name}: latency samples {r['latency_ms']['count']} != received {dl['received']}")
         elif kind == "node-fanout":
