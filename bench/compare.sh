@@ -58,7 +58,9 @@ else
   log "building release binaries"
   cargo build -q --release -p waypost-server -p waypost-bench
 fi
-WAYPOST="$TARGET_DIR/$PROFILE/waypost"
+# WAYPOST_BIN: another server binary (e.g. a build of an earlier commit, to
+# compare before and after a change back to back).
+WAYPOST="${WAYPOST_BIN:-$TARGET_DIR/$PROFILE/waypost}"
 BENCH="$TARGET_DIR/$PROFILE/waypost-bench"
 STAMP="$(date -u +%Y%m%d-%H%M%S)"
 OUT="${OUT_DIR:-$WAYPOST_WORK/bench-results/$STAMP${SMOKE:+-smoke}}"
