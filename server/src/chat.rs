@@ -73,10 +73,12 @@ impl Chat<'_> {
         if body.is_empty() {
             return Err(ChatError::EmptyBody);
         }
-        if body.len() > self.limits.max_chat_body_bytes {
+        // Characters (Unicode scalar values), as the schema's `maxLength`
+        // counts.
+        if body.chars().count() > self.limits.max_chat_body_chars {
             return Err(ChatError::TooLarge(format!(
-                "body longer than {} bytes",
-                self.limits.max_chat_body_bytes
+                "body longer than {} characters",
+                self.limits.max_chat_body_chars
             )));
         }
         let appended = self

@@ -14,6 +14,7 @@ pub mod error;
 pub mod frame;
 pub mod healthcheck;
 pub mod hub;
+pub mod keys;
 pub mod metrics;
 pub mod routes;
 pub mod state;

@@ -13,11 +13,24 @@ use crate::engine::chat::Appended;
 use crate::error::AppError;
 use crate::state::AppState;
 
+/// A `limit` query parameter within `1..=max` (the documented range), or
+/// `400 bad_query`.
+pub fn checked_limit(limit: Option<u64>, max: usize) -> Result<Option<usize>, AppError> {
+    match limit {
+        None => Ok(None),
+        Some(n) if n >= 1 && n <= max as u64 => Ok(Some(n as usize)),
+        Some(n) => Err(AppError::bad(
+            "bad_query",
+            format!("limit {n} is outside 1..={max}"),
+        )),
+    }
+}
+
 #[derive(Debug, Deserialize)]
 pub struct MessagesQuery {
     #[serde(default)]
     after_seq: u64,
-    limit: Option<usize>,
+    limit: Option<u64>,
 }
 
 /// `GET /v1/chats/{room}/messages?after_seq=N&limit=M`
@@ -29,7 +42,9 @@ pub async fn get_messages(
 ) -> Result<Json<MessagesResponse>, AppError> {
     authorize_room(&claims, &room)?;
     let Query(q) = query.map_err(|e| AppError::bad("bad_query", e.body_text()))?;
-    let h = state.chat().history(&room, q.after_seq, q.limit).await?;
+    // HTTP refuses what the schema refuses; the WebSocket `sync` caps instead.
+    let limit = checked_limit(q.limit, state.limits.chat_sync_limit)?;
+    let h = state.chat().history(&room, q.after_seq, limit).await?;
     Ok(Json(MessagesResponse {
         more: h.more(),
         messages: h.messages,

@@ -228,7 +228,7 @@ pub async fn get_location(
 pub struct TrailQuery {
     #[serde(default)]
     after_seq: u64,
-    limit: Option<usize>,
+    limit: Option<u64>,
 }
 
 /// `GET /v1/drivers/{driver_id}/trail?after_seq=N&limit=M`
@@ -240,10 +240,8 @@ pub async fn get_trail(
 ) -> Result<Json<TrailResponse>, AppError> {
     authorize_tracking(&claims, &driver_id)?;
     let Query(q) = query.map_err(|e| AppError::bad("bad_query", e.body_text()))?;
-    let limit = q
-        .limit
-        .unwrap_or(state.limits.trail_len)
-        .min(state.limits.trail_len);
+    let limit = crate::routes::chat::checked_limit(q.limit, state.limits.trail_len)?
+        .unwrap_or(state.limits.trail_len);
     let fixes = state.engine.trail(&driver_id, q.after_seq, limit).await?;
     Ok(Json(TrailResponse { fixes }))
 }
