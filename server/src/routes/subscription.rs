@@ -55,6 +55,18 @@ impl Subscription {
         channel: Channel,
         handle: &ConnHandle,
     ) -> Result<Self, EngineError> {
+        let (sub, synced) = Self::join_keeping(state, channel, handle).await;
+        synced.map(|()| sub)
+    }
+
+    /// Like [`Subscription::join`], but an engine error leaves the hub
+    /// membership in place: local publishes still arrive, and the engine's
+    /// periodic reconciliation subscribes the channel once it can.
+    pub async fn join_keeping(
+        state: &AppState,
+        channel: Channel,
+        handle: &ConnHandle,
+    ) -> (Self, Result<(), EngineError>) {
         state.hub.add(&channel, handle.clone());
         let sub = Self {
             state: state.clone(),
@@ -62,8 +74,8 @@ impl Subscription {
             conn: handle.id,
             joined: true,
         };
-        state.engine.sync_subscription(&sub.channel).await?;
-        Ok(sub)
+        let synced = state.engine.sync_subscription(&sub.channel).await;
+        (sub, synced)
     }
 
     pub fn channel(&self) -> &Channel {

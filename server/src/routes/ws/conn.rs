@@ -173,13 +173,12 @@ impl Conn {
             return;
         }
         let channel = Channel::user(&self.claims.sub);
-        match Subscription::join(&self.state, channel, &self.handle).await {
-            Ok(sub) => self.user_channel = Some(sub),
+        let (sub, synced) = Subscription::join_keeping(&self.state, channel, &self.handle).await;
+        if let Err(e) = synced {
             // Only this user's cross-device copies are affected; rooms work.
-            // The hub membership stays, as before: a later publish from this
-            // process still reaches it, and reconciliation retries Redis.
-            Err(e) => tracing::warn!(error = %e, "user channel subscribe failed"),
+            tracing::warn!(error = %e, "user channel subscribe failed");
         }
+        self.user_channel = Some(sub);
     }
 
     /// Selects over the mailbox (kill, frames, ticks) and the socket until
