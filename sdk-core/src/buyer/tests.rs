@@ -936,10 +936,9 @@ fn wire(room: &str, seq: u64) -> waypost_protocol::ChatMessage {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn unrecovered_room_is_filled_from_http_history() {
-    let mut h = Harness::new(|_| {});
-    *h.http.history.lock() = Some((1..=5).map(|q| wire("r", q)).collect());
+/// Joins room `r`; the server cannot replay it (`recovered: false`, 5
+/// messages) and sends message 6 live.
+async fn join_unrecovered_room_at_6(h: &mut Harness) -> ServerSide {
     h.plan(0);
     h.client.join_chat("r".into()).unwrap();
     let mut s = h.accept().await;
@@ -950,6 +949,14 @@ async fn unrecovered_room_is_filled_from_http_history() {
         high_seq: Some(5),
     });
     s.send(&chat("r", 6, "v", "m6"));
+    s
+}
+
+#[tokio::test(start_paused = true)]
+async fn unrecovered_room_is_filled_from_http_history() {
+    let mut h = Harness::new(|_| {});
+    *h.http.history.lock() = Some((1..=5).map(|q| wire("r", q)).collect());
+    let _s = join_unrecovered_room_at_6(&mut h).await;
     settle().await;
     assert_eq!(
         h.rec.messages().iter().map(|m| m.0).collect::<Vec<_>>(),
@@ -976,16 +983,7 @@ async fn unrecovered_room_falls_back_to_paged_sync_when_http_fails() {
     // The fake HTTP side refuses: history comes over the WebSocket
     // instead, page by page.
     let mut h = Harness::new(|_| {});
-    h.plan(0);
-    h.client.join_chat("r".into()).unwrap();
-    let mut s = h.accept().await;
-    s.next().await;
-    s.send(&ServerFrame::Subscribed {
-        channel: "chat:r".into(),
-        recovered: false,
-        high_seq: Some(5),
-    });
-    s.send(&chat("r", 6, "v", "m6"));
+    let mut s = join_unrecovered_room_at_6(&mut h).await;
     let mut next = 0;
     for (after, page, more) in [(0, 1..=3, true), (3, 4..=5, false)] {
         let f = tokio::time::timeout(Duration::from_secs(30), s.next())
