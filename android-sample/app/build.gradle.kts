@@ -42,4 +42,7 @@ dependencies {
     implementation("androidx.core:core-ktx:1.15.0")
     implementation("androidx.appcompat:appcompat:1.7.0")
     implementation("androidx.lifecycle:lifecycle-runtime-ktx:2.8.7")
+    implementation("androidx.lifecycle:lifecycle-process:2.8.7")
+    // DrainWorker: uploads a shift's leftovers once a network is up, app open or not.
+    implementation("androidx.work:work-runtime-ktx:2.10.0")
 }
