@@ -50,13 +50,14 @@ use waypost_sdk::{
     Driver, DriverConfig, DriverDeps, DropReason, Location, PolicyConfig, PolicyPreset,
     RecordOutcome, StaticToken,
 };
-use waypost_server::app::{build_router, AppState};
+use waypost_server::app::build_router;
 use waypost_server::auth::AuthKeys;
 use waypost_server::config::Limits;
 use waypost_server::engine::memory::MemoryEngine;
 use waypost_server::engine::Engine;
 use waypost_server::hub::{self, Hub};
 use waypost_server::metrics::Metrics;
+use waypost_server::state::AppState;
 
 const SECRET: &[u8] = b"bench-replay-secret";
 const DRIVER: &str = "d-replay";

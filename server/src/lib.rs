@@ -4,6 +4,7 @@
 //! `waypost` binary.
 
 pub mod activity;
+pub mod admission;
 pub mod app;
 pub mod auth;
 pub mod config;
@@ -11,9 +12,10 @@ pub mod engine;
 pub mod error;
 pub mod healthcheck;
 pub mod hub;
-pub mod limits;
+pub mod keys;
 pub mod metrics;
 pub mod routes;
+pub mod state;
 
 /// Wall clock in Unix epoch milliseconds.
 pub fn now_ms() -> i64 {

@@ -29,10 +29,14 @@
 //! default window of 4,096 seqs.
 
 mod commands;
+mod options;
 mod pubsub;
 mod watchers;
 
-use std::future::Future;
+pub use options::RedisOptions;
+
+use commands::redis_err;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,7 +45,7 @@ use axum::extract::ws::Utf8Bytes;
 use parking_lot::Mutex;
 use redis::aio::ConnectionManagerConfig;
 use redis::io::tcp::{socket2::TcpKeepalive, TcpSettings};
-use redis::{RedisResult, Script};
+use redis::Script;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -59,46 +63,6 @@ const MAX_DEVICES_PER_DRIVER: usize = 8;
 const REQUEST_QUEUE: usize = 4096;
 
 const WATCH_PRELUDE: &str = include_str!("redis/watch_sum.lua");
-
-/// Timings and naming of the Redis engine. `Default` is what production
-/// uses; tests shorten some of them.
-#[derive(Debug, Clone)]
-pub struct RedisOptions {
-    /// Bound on every Redis call.
-    pub op_timeout: Duration,
-    /// How often the pub/sub probe is published; one that has not come back
-    /// by the next probe forces a reconnect.
-    pub probe_interval: Duration,
-    /// Reconnect backoff: full jitter, doubling from `backoff_base`, capped.
-    pub backoff_base: Duration,
-    pub backoff_cap: Duration,
-    /// A process's watcher count expires this long after its last refresh.
-    pub watcher_ttl: Duration,
-    /// How often every watcher count is rewritten.
-    pub watcher_refresh: Duration,
-    /// How often the hub is checked for changed local counts.
-    pub watcher_scan: Duration,
-    /// Lifetime of trail and dedup keys after a driver's last ingest.
-    pub data_ttl: Duration,
-    /// Prefix of every key and channel name.
-    pub key_prefix: String,
-}
-
-impl Default for RedisOptions {
-    fn default() -> Self {
-        Self {
-            op_timeout: Duration::from_secs(2),
-            probe_interval: Duration::from_secs(5),
-            backoff_base: Duration::from_millis(100),
-            backoff_cap: Duration::from_secs(2),
-            watcher_ttl: Duration::from_secs(30),
-            watcher_refresh: Duration::from_secs(10),
-            watcher_scan: Duration::from_secs(1),
-            data_ttl: Duration::from_secs(24 * 3600),
-            key_prefix: "waypost".into(),
-        }
-    }
-}
 
 /// Connects to Redis at `url` with the default options.
 pub async fn connect(
@@ -469,21 +433,5 @@ impl Engine for RedisEngine {
                 abort.abort();
             }
         }
-    }
-}
-
-fn redis_err(e: redis::RedisError) -> EngineError {
-    EngineError::Redis(e.to_string())
-}
-
-/// Runs one Redis call with a deadline.
-async fn with_timeout<T>(
-    limit: Duration,
-    call: impl Future<Output = RedisResult<T>>,
-) -> Result<T, EngineError> {
-    match tokio::time::timeout(limit, call).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(redis_err(e)),
-        Err(_) => Err(EngineError::Redis(format!("timed out after {limit:?}"))),
     }
 }

@@ -9,11 +9,11 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use waypost_protocol::{validate_id, Channel, ChatPost, Claims, MessagesResponse, ServerFrame};
 
-use crate::app::AppState;
 use crate::auth::{may_subscribe, Authed};
 use crate::engine::chat::{Appended, History, NewMessage, PresenceChanges};
 use crate::error::AppError;
 use crate::now_ms;
+use crate::state::AppState;
 
 /// The hub channel every connection of user `sub` listens on.
 pub fn user_channel(sub: &str) -> String {
@@ -57,10 +57,11 @@ pub async fn post_message(
     if body.is_empty() {
         return Err(AppError::bad("empty_body", "body is empty"));
     }
-    if body.len() > state.limits.max_chat_body_bytes {
+    // Characters (Unicode scalar values), as the schema's `maxLength` counts.
+    if body.chars().count() > state.limits.max_chat_body_chars {
         return Err(AppError::TooLarge(format!(
-            "body longer than {} bytes",
-            state.limits.max_chat_body_bytes
+            "body longer than {} characters",
+            state.limits.max_chat_body_chars
         )));
     }
     let appended = state
@@ -114,6 +115,19 @@ pub async fn history(
         .inspect_err(|_| state.metrics.engine_errors.inc())?)
 }
 
+/// A `limit` query parameter within `1..=max` (the documented range), or
+/// `400 bad_query`.
+pub fn checked_limit(limit: Option<u64>, max: usize) -> Result<Option<usize>, AppError> {
+    match limit {
+        None => Ok(None),
+        Some(n) if n >= 1 && n <= max as u64 => Ok(Some(n as usize)),
+        Some(n) => Err(AppError::bad(
+            "bad_query",
+            format!("limit {n} is outside 1..={max}"),
+        )),
+    }
+}
+
 /// Publishes `presence` frames for what a presence call changed.
 pub async fn publish_presence(state: &AppState, room: &str, changes: PresenceChanges) {
     let channel = Channel::chat(room).to_string();
@@ -153,7 +167,7 @@ pub async fn publish_typing(state: &AppState, room: &str, user: &str) -> Result<
 pub struct MessagesQuery {
     #[serde(default)]
     after_seq: u64,
-    limit: Option<usize>,
+    limit: Option<u64>,
 }
 
 /// `GET /v1/chats/{room}/messages?after_seq=N&limit=M`
@@ -165,7 +179,9 @@ pub async fn get_messages(
 ) -> Result<Json<MessagesResponse>, AppError> {
     authorize_room(&claims, &room)?;
     let Query(q) = query.map_err(|e| AppError::bad("bad_query", e.body_text()))?;
-    let h = history(&state, &room, q.after_seq, q.limit).await?;
+    // HTTP refuses what the schema refuses; the WebSocket `sync` caps instead.
+    let limit = checked_limit(q.limit, state.limits.chat_sync_limit)?;
+    let h = history(&state, &room, q.after_seq, limit).await?;
     Ok(Json(MessagesResponse {
         more: h.more(),
         messages: h.messages,

@@ -21,11 +21,11 @@ use serde::Serialize;
 use waypost_protocol::{Channel, Claims, Role};
 
 use crate::activity::{DriverSeen, NotificationSeen};
-use crate::app::AppState;
 use crate::auth::{token_from_parts, Authed};
 use crate::error::AppError;
 use crate::metrics::Totals;
 use crate::now_ms;
+use crate::state::AppState;
 
 /// The page, embedded at compile time.
 const PAGE: &str = include_str!("dashboard.html");
@@ -207,7 +207,7 @@ pub async fn stream(
         return Err(AppError::Engine(crate::engine::EngineError::Closed));
     }
     // Counts against the caller's connection limit, like any stream.
-    let permit = crate::routes::sse::user_permit(&state, &claims)?;
+    let permit = state.user_permit(&claims.sub)?;
     let gauge = state.metrics.connections.with_label_values(&["dashboard"]);
     gauge.inc();
     let guard = (GaugeGuard(gauge), permit);

@@ -13,11 +13,11 @@ use waypost_protocol::{
     PolicyMode, TrailResponse,
 };
 
-use crate::app::AppState;
 use crate::auth::{may_post_locations, may_subscribe, Authed};
 use crate::config::Limits;
 use crate::error::AppError;
 use crate::now_ms;
+use crate::state::AppState;
 
 /// `POST /v1/drivers/{driver_id}/locations`
 pub async fn post_locations(
@@ -246,7 +246,7 @@ pub async fn get_location(
 pub struct TrailQuery {
     #[serde(default)]
     after_seq: u64,
-    limit: Option<usize>,
+    limit: Option<u64>,
 }
 
 /// `GET /v1/drivers/{driver_id}/trail?after_seq=N&limit=M`
@@ -258,10 +258,8 @@ pub async fn get_trail(
 ) -> Result<Json<TrailResponse>, AppError> {
     authorize_read(&claims, &driver_id)?;
     let Query(q) = query.map_err(|e| AppError::bad("bad_query", e.body_text()))?;
-    let limit = q
-        .limit
-        .unwrap_or(state.limits.trail_len)
-        .min(state.limits.trail_len);
+    let limit = crate::routes::chat::checked_limit(q.limit, state.limits.trail_len)?
+        .unwrap_or(state.limits.trail_len);
     let fixes = state
         .engine
         .trail(&driver_id, q.after_seq, limit)

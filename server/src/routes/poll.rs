@@ -15,12 +15,11 @@ use axum::Json;
 use serde::Deserialize;
 use waypost_protocol::{validate_id, Channel, Fix, LocationResponse};
 
-use crate::app::AppState;
 use crate::auth::{may_subscribe, Authed};
 use crate::error::AppError;
 use crate::hub::{connection, ConnHandle};
 use crate::now_ms;
-use crate::routes::sse::user_permit;
+use crate::state::AppState;
 
 /// Default wait when `timeout_s` is absent.
 const DEFAULT_TIMEOUT_S: u64 = 25;
@@ -56,7 +55,7 @@ pub async fn poll_location(
     if let Some(found) = newer(&state, &driver, q.after_seq).await? {
         return Ok(Json(found).into_response());
     }
-    let permit = user_permit(&state, &claims)?;
+    let permit = state.user_permit(&claims.sub)?;
     let tasks = state.tasks.clone();
     let result = tasks
         .track_future(wait(state.clone(), driver, q.after_seq, timeout))

@@ -24,14 +24,14 @@ use waypost_protocol::{
     validate_id, Channel, Claims, NotificationAccepted, NotificationPost, Role,
 };
 
-use crate::app::AppState;
+use crate::admission::ConnectionPermit;
 use crate::auth::{may_subscribe, Authed};
 use crate::engine::chat::{SeqCursor, SeqStep};
 use crate::engine::EngineError;
 use crate::error::AppError;
 use crate::hub::{connection, ConnHandle, Event, Outbound, Receiver};
-use crate::limits::{ConnectionPermit, Full};
 use crate::now_ms;
+use crate::state::AppState;
 
 /// Chunks buffered between a stream task and the HTTP body.
 const BODY_QUEUE: usize = 32;
@@ -154,7 +154,7 @@ pub async fn vendor_stream(
         .sse_per_vendor
         .acquire(&vendor, max)
         .map_err(|_| too_many(&state, &format!("at most {max} streams per vendor")))?;
-    let user_permit = user_permit(&state, &claims)?;
+    let user_permit = state.user_permit(&claims.sub)?;
     start(
         state,
         Feed::Vendor(vendor),
@@ -180,7 +180,7 @@ pub async fn location_stream(
     }
     let Query(query) = query.map_err(|e| AppError::bad("bad_query", e.body_text()))?;
     let after = last_event_id(&headers, &query)?;
-    let permit = user_permit(&state, &claims)?;
+    let permit = state.user_permit(&claims.sub)?;
     start(state, Feed::Location(driver), after, [permit]).await
 }
 
@@ -192,17 +192,6 @@ fn too_many(state: &AppState, message: &str) -> AppError {
         .inc();
     tracing::debug!(message, "stream refused");
     AppError::RateLimited { retry_after_s: 5 }
-}
-
-/// One of the user's connection slots (shared with WebSockets), as an
-/// HTTP error when refused.
-pub fn user_permit(state: &AppState, claims: &Claims) -> Result<ConnectionPermit, AppError> {
-    state
-        .connection_slot(&claims.sub)
-        .map_err(|full| match full {
-            Full::User(_) => AppError::RateLimited { retry_after_s: 5 },
-            Full::Process(_) => AppError::Overloaded { retry_after_s: 5 },
-        })
 }
 
 /// Subscribes and reads the replay before answering, so that once the

@@ -23,13 +23,13 @@ use prometheus::IntGauge;
 use tokio_util::task::task_tracker::TrackedFuture;
 use waypost_protocol::{close_code, Channel, ChannelKind, Claims, ClientFrame, ServerFrame};
 
-use crate::app::AppState;
+use crate::admission::{ConnectionPermit, Full, TokenBucket};
 use crate::auth::{may_subscribe, token_from_parts};
 use crate::engine::chat::{SeqCursor, SeqStep};
 use crate::hub::{connection, ConnHandle, Event, Outbound, Receiver};
-use crate::limits::{ConnectionPermit, Full, TokenBucket};
 use crate::now_ms;
 use crate::routes::chat as chat_ops;
+use crate::state::AppState;
 
 /// Frames written per flush when the queue has a backlog.
 const WRITE_BATCH: usize = 64;

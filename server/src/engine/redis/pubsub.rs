@@ -28,7 +28,8 @@ use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::commands::Commands;
-use super::{redis_err, with_timeout, RedisOptions};
+use super::commands::{redis_err, with_timeout};
+use super::options::RedisOptions;
 use crate::engine::EngineError;
 use crate::hub::Hub;
 use crate::metrics::Metrics;

@@ -18,7 +18,7 @@ use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::commands::Commands;
-use super::RedisOptions;
+use super::options::RedisOptions;
 use crate::engine::EngineError;
 use crate::hub::Hub;
 
