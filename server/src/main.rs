@@ -11,6 +11,7 @@ use waypost_protocol::{Claims, Role};
 use waypost_server::app::{serve, shutdown_on_signal};
 use waypost_server::auth::{AuthKeys, DEV_SECRET};
 use waypost_server::config::Limits;
+use waypost_server::engine::redis::{RedisOptions, RedisTls};
 use waypost_server::engine::{memory::MemoryEngine, Engine};
 use waypost_server::hub::Hub;
 use waypost_server::keys::{self, KeySource, KeyStore};
@@ -88,6 +89,17 @@ struct ServeArgs {
     /// Redis URL for `--engine redis`.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
+    /// CA certificate (PEM) that signs the Redis server's certificate, for a
+    /// `rediss://` URL (default: the system's trust store).
+    #[arg(long, env = "WAYPOST_REDIS_CA")]
+    redis_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for Redis with mutual TLS; needs
+    /// --redis-client-key.
+    #[arg(long, env = "WAYPOST_REDIS_CLIENT_CERT", requires = "redis_client_key")]
+    redis_client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --redis-client-cert.
+    #[arg(long, env = "WAYPOST_REDIS_CLIENT_KEY", requires = "redis_client_cert")]
+    redis_client_key: Option<PathBuf>,
     /// Address to listen on.
     #[arg(long, env = "WAYPOST_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -366,29 +378,30 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
     let keys = AuthKeys::from_store(store);
     let metrics = Metrics::new();
     let hub = Arc::new(Hub::new(metrics.clone()));
-    let engine: Arc<dyn Engine> = match args.engine {
-        EngineKind::Memory => Arc::new(MemoryEngine::new(Arc::clone(&hub), limits.clone())),
-        EngineKind::Redis => waypost_server::engine::redis::connect(
-            &args.redis_url,
-            Arc::clone(&hub),
-            limits.clone(),
-            metrics.clone(),
-        )
-        .await
-        .with_context(|| format!("connecting to Redis at {}", args.redis_url))?,
-    };
-    let stores = match args.engine {
-        EngineKind::Memory => None,
+    let (engine, stores): (Arc<dyn Engine>, _) = match args.engine {
+        EngineKind::Memory => (
+            Arc::new(MemoryEngine::new(Arc::clone(&hub), limits.clone())),
+            None,
+        ),
         EngineKind::Redis => {
-            use waypost_server::engine::chat_redis as cr;
-            let conn = cr::connect(&args.redis_url)
-                .await
-                .with_context(|| format!("connecting to Redis at {}", args.redis_url))?;
-            Some(waypost_server::engine::chat::ChatStores {
-                chat: Arc::new(cr::RedisChatStore::new(conn.clone(), &limits)),
-                presence: Arc::new(cr::RedisPresenceStore::new(conn.clone(), &limits)),
-                notifications: Arc::new(cr::RedisNotificationStore::new(conn, &limits)),
-            })
+            let opts = RedisOptions {
+                tls: RedisTls {
+                    ca: args.redis_ca.clone(),
+                    client_cert: args.redis_client_cert.clone(),
+                    client_key: args.redis_client_key.clone(),
+                },
+                ..RedisOptions::default()
+            };
+            let (engine, stores) = waypost_server::engine::redis::connect(
+                &args.redis_url,
+                Arc::clone(&hub),
+                limits.clone(),
+                metrics.clone(),
+                opts,
+            )
+            .await
+            .with_context(|| format!("connecting to Redis at {}", redacted(&args.redis_url)))?;
+            (engine, Some(stores))
         }
     };
     let mut state = AppState::new(engine, hub, keys, limits, metrics);
@@ -414,9 +427,32 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `url` without its credentials (`rediss://user:secret@host` ->
+/// `rediss://***@host`), for messages.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::connection_cap;
+
+    #[test]
+    fn redis_urls_lose_their_credentials_in_messages() {
+        assert_eq!(
+            super::redacted("rediss://default:s3cret@redis.example:6380/0"),
+            "rediss://***@redis.example:6380/0"
+        );
+        assert_eq!(
+            super::redacted("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+    }
 
     #[test]
     fn the_connection_cap_leaves_a_tenth_of_the_files_free() {

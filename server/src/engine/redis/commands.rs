@@ -18,7 +18,7 @@ use crate::engine::EngineError;
 /// Consecutive timeouts that make the connection suspect.
 pub(super) const TIMEOUTS_BEFORE_REPLACING: u32 = 3;
 
-pub(super) struct Commands {
+pub(crate) struct Commands {
     current: RwLock<ConnectionManager>,
     client: redis::Client,
     config: ConnectionManagerConfig,
