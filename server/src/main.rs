@@ -11,7 +11,7 @@ use waypost_protocol::{Claims, Role};
 use waypost_server::app::{serve, shutdown_on_signal};
 use waypost_server::auth::{AuthKeys, DEV_SECRET};
 use waypost_server::config::Limits;
-use waypost_server::engine::redis::{RedisOptions, RedisTls};
+use waypost_server::engine::redis::{RedisOptions, RedisTls, SentinelConfig};
 use waypost_server::engine::{memory::MemoryEngine, Engine};
 use waypost_server::hub::Hub;
 use waypost_server::keys::{self, KeySource, KeyStore};
@@ -59,7 +59,7 @@ impl From<RoleArg> for Role {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Mint a token for development and tests (HS256 with a secret or a
     /// --jwt-keys key; RS256/ES256 with --private-key).
     Token(TokenArgs),
@@ -100,6 +100,26 @@ struct ServeArgs {
     /// Private key (PEM) of --redis-client-cert.
     #[arg(long, env = "WAYPOST_REDIS_CLIENT_KEY", requires = "redis_client_cert")]
     redis_client_key: Option<PathBuf>,
+    /// Sentinels (`host:port,...`) that find the Redis primary (with
+    /// --redis-master); --redis-url then gives only scheme, credentials and
+    /// database.
+    #[arg(
+        long,
+        env = "WAYPOST_REDIS_SENTINEL",
+        value_delimiter = ',',
+        requires = "redis_master"
+    )]
+    redis_sentinel: Vec<String>,
+    /// Name of the master the sentinels monitor.
+    #[arg(long, env = "WAYPOST_REDIS_MASTER", requires = "redis_sentinel")]
+    redis_master: Option<String>,
+    /// Acknowledged writes (ingest, chat, notifications) wait until this
+    /// many replicas have them (`WAIT`); 0 = no waiting.
+    #[arg(long, env = "WAYPOST_REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    redis_wait_replicas: u32,
+    /// Longest such a wait; fewer replicas by then answers 503 (retried).
+    #[arg(long, env = "WAYPOST_REDIS_WAIT_TIMEOUT", default_value = "500ms", value_parser = humantime::parse_duration)]
+    redis_wait_timeout: Duration,
     /// Address to listen on.
     #[arg(long, env = "WAYPOST_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -282,7 +302,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
-        Command::Serve(args) => run_server(args).await,
+        Command::Serve(args) => run_server(*args).await,
         Command::Healthcheck(args) => {
             waypost_server::healthcheck::probe(&args.url, args.timeout)?;
             Ok(())
@@ -390,6 +410,12 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
                     client_cert: args.redis_client_cert.clone(),
                     client_key: args.redis_client_key.clone(),
                 },
+                sentinel: args.redis_master.clone().map(|master| SentinelConfig {
+                    addrs: args.redis_sentinel.clone(),
+                    master,
+                }),
+                wait_replicas: args.redis_wait_replicas,
+                wait_timeout: args.redis_wait_timeout,
                 ..RedisOptions::default()
             };
             let (engine, stores) = waypost_server::engine::redis::connect(

@@ -7,6 +7,7 @@
 
 pub mod chat;
 pub mod proxy;
+pub mod sentinel;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -300,7 +301,11 @@ impl RedisServer {
     /// check) with `extra` arguments (e.g. a `--tls-port`).
     pub async fn start_with_args(port: u16, extra: Vec<String>) -> Result<Self> {
         let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
-        let dir = std::env::temp_dir().join(format!("waypost-redis-{port}"));
+        // Unique per start: `restart` drops the old handle (removing its
+        // directory) after the new process runs, and a replica needs its
+        // directory for the sync file.
+        let dir =
+            std::env::temp_dir().join(format!("waypost-redis-{port}-{}", rand::random::<u32>()));
         std::fs::create_dir_all(&dir)?;
         let child = Command::new(&bin)
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])

@@ -52,12 +52,7 @@ impl StoreConn {
     /// A connection of its own, set up as the engine's (for the stores
     /// without an engine, as in tests).
     pub async fn connect(url: &str, opts: &RedisOptions) -> Result<Self, EngineError> {
-        let cmd = Commands::connect(
-            super::redis::client(url, &opts.tls)?,
-            super::redis::manager_config(opts),
-            opts.op_timeout,
-        )
-        .await?;
+        let (_, cmd) = super::redis::commands(url, opts).await?;
         Ok(Self::new(Arc::new(cmd), &opts.key_prefix))
     }
 
@@ -72,6 +67,17 @@ impl StoreConn {
     ) -> Result<T, EngineError> {
         let mut conn = self.cmd.conn();
         self.cmd.run(inv.invoke_async(&mut conn)).await
+    }
+
+    /// [`StoreConn::invoke`] for a write the caller acknowledges (waits for
+    /// replicas when configured).
+    async fn invoke_acked<T: FromRedisValue>(
+        &self,
+        inv: &ScriptInvocation<'_>,
+    ) -> Result<T, EngineError> {
+        let mut conn = self.cmd.conn();
+        let same = conn.clone();
+        self.cmd.run_acked(same, inv.invoke_async(&mut conn)).await
     }
 }
 
@@ -187,7 +193,7 @@ impl ChatStore for RedisChatStore {
         let [k_seq, k_log, k_cid] = self.keys(&m.room);
         let (fresh, stored): (u8, String) = self
             .conn
-            .invoke(
+            .invoke_acked(
                 self.append
                     .key(k_seq)
                     .key(k_log)
@@ -425,7 +431,7 @@ impl NotificationStore for RedisNotificationStore {
         let [k_seq, k_log] = self.keys(vendor);
         let stored: String = self
             .conn
-            .invoke(
+            .invoke_acked(
                 self.append
                     .key(k_seq)
                     .key(k_log)

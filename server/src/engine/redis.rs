@@ -36,9 +36,9 @@ mod setup;
 mod watchers;
 
 pub(crate) use commands::Commands;
-pub use options::{RedisOptions, RedisTls};
+pub use options::{RedisOptions, RedisTls, SentinelConfig};
 pub use setup::client;
-pub(crate) use setup::manager_config;
+pub(crate) use setup::commands;
 
 use std::sync::Arc;
 
@@ -149,10 +149,8 @@ impl RedisEngine {
         metrics: Metrics,
         opts: RedisOptions,
     ) -> Result<Self, EngineError> {
-        let client = setup::client(url, &opts.tls)?;
-        let config = setup::manager_config(&opts);
-        let cmd =
-            Arc::new(commands::Commands::connect(client.clone(), config, opts.op_timeout).await?);
+        let (target, cmd) = setup::commands(url, &opts).await?;
+        let cmd = Arc::new(cmd);
 
         let keys = Keys {
             prefix: opts.key_prefix.clone(),
@@ -164,7 +162,7 @@ impl RedisEngine {
         let (up_tx, mut up_rx) = watch::channel(false);
 
         let manager = pubsub::Manager {
-            client,
+            target,
             cmd: Arc::clone(&cmd),
             hub: Arc::clone(&hub),
             metrics,
@@ -307,8 +305,11 @@ impl Engine for RedisEngine {
             inv.arg(fix.ts).arg(format!("{:020}|{json}", fix.seq));
         }
         let mut conn = self.cmd.conn();
-        let (accepted, latest_index, watchers, published): (u32, usize, u64, u8) =
-            self.cmd.run(inv.invoke_async(&mut conn)).await?;
+        let same = conn.clone();
+        let (accepted, latest_index, watchers, published): (u32, usize, u64, u8) = self
+            .cmd
+            .run_acked(same, inv.invoke_async(&mut conn))
+            .await?;
         let new_latest = latest_index
             .checked_sub(1)
             .and_then(|i| fixes.get(i))

@@ -28,6 +28,23 @@ pub struct RedisOptions {
     pub key_prefix: String,
     /// TLS material for `rediss://` URLs.
     pub tls: RedisTls,
+    /// Find the primary through Sentinel instead of the URL's host.
+    pub sentinel: Option<SentinelConfig>,
+    /// Acknowledged writes wait until this many replicas have them
+    /// (`WAIT n timeout`); 0 = no waiting.
+    pub wait_replicas: u32,
+    /// Longest such a wait; fewer replicas by then fails the write (503,
+    /// retried by the client; ingest and chat sends are idempotent).
+    pub wait_timeout: Duration,
+}
+
+/// `--redis-sentinel host:port,... --redis-master NAME`.
+#[derive(Debug, Clone)]
+pub struct SentinelConfig {
+    /// `host:port` of each sentinel.
+    pub addrs: Vec<String>,
+    /// The monitored master's name.
+    pub master: String,
 }
 
 /// TLS material for a `rediss://` URL, as PEM files. Without `ca` the
@@ -61,6 +78,9 @@ impl Default for RedisOptions {
             data_ttl: Duration::from_secs(24 * 3600),
             key_prefix: "waypost".into(),
             tls: RedisTls::default(),
+            sentinel: None,
+            wait_replicas: 0,
+            wait_timeout: Duration::from_millis(500),
         }
     }
 }
