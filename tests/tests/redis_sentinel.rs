@@ -166,6 +166,13 @@ async fn sentinel_failover_keeps_sockets_and_acknowledged_writes() -> Result<()>
     let acked_again_after = killed.elapsed();
     location_at_least(&mut ws, target, Duration::from_secs(5)).await?;
     let delivered_after = killed.elapsed();
+    // Ready again: pub/sub up and the command connection on the new primary.
+    let ready = reqwest::Client::new()
+        .get(server.http("/readyz"))
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await?;
+    assert_eq!(ready.status(), StatusCode::OK, "readyz after the failover");
 
     // Chat reaches the same socket: another participant sends (on a new
     // connection, so the watcher's frames are not consumed by an ack wait).

@@ -407,22 +407,15 @@ impl Engine for RedisEngine {
         self.cmd.run(inv.invoke_async(&mut conn)).await
     }
 
+    /// Ready when the bus (the pub/sub connection) is up and the stores
+    /// (the command connection) reach a writable primary.
     async fn ready(&self) -> Result<(), EngineError> {
         if !*self.pubsub_up.borrow() {
             return Err(EngineError::Redis("pub/sub connection is down".into()));
         }
-        let mut conn = self.cmd.conn();
-        let pong: String = self
-            .cmd
-            .run(redis::cmd("PING").query_async(&mut conn))
-            .await?;
-        if pong == "PONG" {
-            Ok(())
-        } else {
-            Err(EngineError::Redis(format!(
-                "unexpected PING reply {pong:?}"
-            )))
-        }
+        // The chat, presence and notification stores share this command
+        // connection, so this covers them too.
+        self.cmd.check_primary().await
     }
 
     async fn shutdown(&self) {

@@ -131,6 +131,33 @@ impl Commands {
         Ok(v)
     }
 
+    /// Whether the command connection reaches a writable primary: `PING`,
+    /// and behind Sentinel `ROLE` (a demoted node still answers PING); a
+    /// node that is not the primary makes the connection re-resolve.
+    pub async fn check_primary(&self) -> Result<(), EngineError> {
+        let mut conn = self.conn();
+        if !self.target.is_sentinel() {
+            let pong: String = self.run(redis::cmd("PING").query_async(&mut conn)).await?;
+            return if pong == "PONG" {
+                Ok(())
+            } else {
+                Err(EngineError::Redis(format!(
+                    "unexpected PING reply {pong:?}"
+                )))
+            };
+        }
+        let role: Vec<redis::Value> = self.run(redis::cmd("ROLE").query_async(&mut conn)).await?;
+        let first: Option<String> = role.first().and_then(|v| redis::from_redis_value(v).ok());
+        if first.as_deref() == Some("master") {
+            return Ok(());
+        }
+        self.replace("the node is no longer the primary").await;
+        Err(EngineError::Redis(format!(
+            "the command connection reaches a {} instead of the primary",
+            first.as_deref().unwrap_or("node of unknown role")
+        )))
+    }
+
     async fn timed_out(&self) -> EngineError {
         let n = self.timeouts.fetch_add(1, Ordering::AcqRel) + 1;
         if n >= TIMEOUTS_BEFORE_REPLACING {
