@@ -13,6 +13,7 @@ pub mod openapi;
 pub mod ops;
 pub mod poll;
 pub mod sse;
+pub mod subscription;
 pub mod ws;
 
 pub fn router(state: AppState) -> Router {
