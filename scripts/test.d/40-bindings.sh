@@ -108,11 +108,13 @@ if [ -z "${SKIP_PYTHON:-}" ]; then
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$WHEELS"/waypost-*.whl
   # The tests must see the installed wheel, nothing from the repository.
   (cd "$WAYPOST_WORK" && "$VENV/bin/python" - "$VENV" <<'PY'
-import os, sys, waypost
+import importlib.metadata, os, sys, waypost
 where = os.path.realpath(waypost.__file__)
 venv = os.path.realpath(sys.argv[1])
 assert where.startswith(venv + os.sep), f"waypost imported from {where}, not the virtualenv {venv}"
-print(f"waypost {waypost.sdk_version()} from {where}")
+wheel = importlib.metadata.version("waypost")
+assert wheel == waypost.sdk_version(), f"wheel {wheel} carries library {waypost.sdk_version()}"
+print(f"waypost {wheel} from {where}")
 PY
   )
   (cd bindings/python/tests && env -u PYTHONPATH "$VENV/bin/python" -m pytest -q -p no:cacheprovider .)
