@@ -14,6 +14,7 @@ pub mod healthcheck;
 pub mod hub;
 pub mod keys;
 pub mod metrics;
+pub mod orders;
 pub mod routes;
 pub mod state;
 
