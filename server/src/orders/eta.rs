@@ -8,7 +8,8 @@
 //!   previous state was outside; **departure** when a later fix lies
 //!   outside `radius + hysteresis` (so GPS jitter at the edge of the circle
 //!   does not flap).
-//! - **ETA** = straight-line distance × a road-circuity factor ÷ the
+//! - **ETA** = straight-line distance to the edge of the radius × a
+//!   road-circuity factor ÷ the
 //!   driver's recent speed, where the speed is a time-weighted exponential
 //!   average (half-life [`EtaConfig::speed_half_life_s`]) of the speed
 //!   between consecutive fixes — stops and slow stretches are part of it,
@@ -46,7 +47,7 @@ pub struct EtaConfig {
 impl Default for EtaConfig {
     fn default() -> Self {
         Self {
-            circuity: 1.3,
+            circuity: 1.15,
             speed_half_life_s: 120.0,
             min_speed_mps: 1.0,
             max_speed_mps: 70.0,
@@ -102,7 +103,8 @@ impl TrackerState {
         }
         let (_, lat, lon) = self.last?;
         let speed = self.speed_mps?.max(cfg.min_speed_mps);
-        let d = distance_m(lat, lon, dest.lat, dest.lon);
+        // Arrival is entering the radius, so the way left ends at its edge.
+        let d = (distance_m(lat, lon, dest.lat, dest.lon) - dest.radius_m).max(0.0);
         Some((d * cfg.circuity / speed).round() as u64)
     }
 
@@ -233,9 +235,9 @@ mod tests {
         let Some((EntryBody::Eta { eta_s, .. }, ts)) = all.first().cloned() else {
             panic!("first entry is an ETA: {all:?}")
         };
-        // 2975 m left at 10 m/s with circuity 1.3.
+        // 2975 m left, 2875 m to the radius, at 10 m/s with circuity 1.15.
         assert_eq!(ts, south(5, 0.0).ts);
-        assert!(eta_s.abs_diff(387) <= 1, "{eta_s}");
+        assert!(eta_s.abs_diff(331) <= 1, "{eta_s}");
         let arrivals: Vec<i64> = all
             .iter()
             .filter(|(e, _)| matches!(e, EntryBody::Arrival { .. }))
