@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
-use std::sync::Arc;
 
 use waypost_protocol::{Channel, ChannelKind, Claims, Role};
 
