@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod orders;
 pub mod routes;
 pub mod state;
+pub mod webhooks;
 
 /// Wall clock in Unix epoch milliseconds.
 pub fn now_ms() -> i64 {
