@@ -25,7 +25,7 @@ pub use http::{
 };
 pub use ids::{validate_id, IdError, MAX_ID_LEN};
 pub use order::{
-    Destination, EntryBody, OrderEvent, OrderEventAccepted, OrderEventError, OrderStatus,
-    OrderView, TimelineEntry, TimelineResponse, DEFAULT_ARRIVAL_RADIUS_M, MAX_ORDER_BUYERS,
-    MAX_ORDER_DATA_BYTES,
+    ActiveOrder, Destination, EntryBody, FrameEntry, OrderEvent, OrderEventAccepted,
+    OrderEventError, OrderFrame, OrderFrameType, OrderStatus, OrderView, TimelineEntry,
+    TimelineResponse, DEFAULT_ARRIVAL_RADIUS_M, MAX_ORDER_BUYERS, MAX_ORDER_DATA_BYTES,
 };

@@ -239,6 +239,55 @@ pub struct TimelineResponse {
     pub more: bool,
 }
 
+/// One of the driver's active orders, listed in the ingest reply (`orders`)
+/// so the driver SDK knows where it is going.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActiveOrder {
+    pub order_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<Destination>,
+}
+
+/// The `order` frame on channel `order:{order_id}`:
+/// `{"type":"order","channel","seq","entry":{"kind",...,"ts"}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderFrame {
+    #[serde(rename = "type")]
+    pub frame_type: OrderFrameType,
+    pub channel: String,
+    pub seq: u64,
+    pub entry: FrameEntry,
+}
+
+/// The only value of [`OrderFrame::frame_type`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderFrameType {
+    Order,
+}
+
+/// A timeline entry inside a frame (its seq is the frame's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FrameEntry {
+    #[serde(flatten)]
+    pub body: EntryBody,
+    pub ts: i64,
+}
+
+impl OrderFrame {
+    pub fn new(order_id: &str, entry: &TimelineEntry) -> Self {
+        Self {
+            frame_type: OrderFrameType::Order,
+            channel: format!("order:{order_id}"),
+            seq: entry.seq,
+            entry: FrameEntry {
+                body: entry.body.clone(),
+                ts: entry.ts,
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

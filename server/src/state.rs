@@ -19,6 +19,9 @@ use crate::engine::Engine;
 use crate::error::AppError;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::orders::live::OrderService;
+use crate::orders::memory::MemoryOrderStore;
+use crate::orders::{OrderLimits, Orders};
 
 /// Most distinct drivers whose ingest rate is tracked at once.
 const MAX_RATE_KEYS: usize = 100_000;
@@ -67,6 +70,9 @@ pub struct Shared {
     /// Starts the process-wide WebSocket ticker once (on the first
     /// connection; see `routes::ws::ticker`).
     pub ws_ticker: Arc<std::sync::Once>,
+    /// Orders with their fan-out (memory store by default; `with_orders`
+    /// plugs in Redis and webhooks).
+    pub orders: OrderService,
 }
 
 impl AppState {
@@ -82,7 +88,13 @@ impl AppState {
             limits.ingest_requests_per_s.saturating_mul(2),
             MAX_RATE_KEYS,
         ));
+        let orders = OrderService::new(
+            Orders::new(Arc::new(MemoryOrderStore::new(OrderLimits::default()))),
+            Arc::clone(&engine),
+            None,
+        );
         Self(Arc::new(Shared {
+            orders,
             engine,
             hub,
             keys: Arc::new(keys),
@@ -116,6 +128,13 @@ impl AppState {
     pub fn with_stores(self, stores: ChatStores) -> Self {
         let mut shared = Arc::unwrap_or_clone(self.0);
         shared.stores = stores;
+        Self(Arc::new(shared))
+    }
+
+    /// Replaces the order service (Redis store, webhooks).
+    pub fn with_orders(self, orders: OrderService) -> Self {
+        let mut shared = Arc::unwrap_or_clone(self.0);
+        shared.orders = orders;
         Self(Arc::new(shared))
     }
 

@@ -13,9 +13,11 @@
 
 pub mod domain;
 pub mod eta;
+pub mod live;
 pub mod memory;
 pub mod redis;
 pub mod store;
+pub mod stream;
 
 #[cfg(test)]
 mod tests;
@@ -23,7 +25,7 @@ mod tests;
 use std::sync::Arc;
 use std::time::Duration;
 
-use waypost_protocol::{OrderEvent, TimelineEntry};
+use waypost_protocol::{validate_id, OrderEvent, TimelineEntry};
 
 use crate::engine::EngineError;
 pub use domain::Order;
@@ -53,6 +55,18 @@ impl Default for OrderLimits {
             max_orders_per_driver: 32,
         }
     }
+}
+
+/// Checks an event for `order_id` before it is applied (ids, bounds, and
+/// that a body's `order_id`, when present, names the same order); the
+/// message is the 400's.
+pub fn check_event(order_id: &str, ev: &OrderEvent) -> Result<(), String> {
+    validate_id("order_id", order_id).map_err(|e| e.to_string())?;
+    ev.validate().map_err(|e| e.to_string())?;
+    if ev.order_id.as_deref().is_some_and(|id| id != order_id) {
+        return Err("order_id in the body differs from the path".into());
+    }
+    Ok(())
 }
 
 /// Why an order operation failed.

@@ -7,10 +7,10 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use waypost_protocol::{
-    validate_id, Channel, Fix, IngestRequest, IngestResponse, LocationResponse, PolicyHint,
-    PolicyMode, TrailResponse,
+    validate_id, ActiveOrder, Channel, Fix, IngestRequest, IngestResponse, LocationResponse,
+    PolicyHint, PolicyMode, TrailResponse,
 };
 
 use crate::auth::{may_post_locations, may_subscribe, Authed};
@@ -26,7 +26,7 @@ pub async fn post_locations(
     Authed(claims): Authed,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<IngestResponse>, AppError> {
+) -> Result<Json<IngestReply>, AppError> {
     let received = std::time::Instant::now();
     let result = crate::hub::with_origin(
         received,
@@ -45,13 +45,23 @@ pub async fn post_locations(
     result.map(Json)
 }
 
+/// The ingest answer: the contract's [`IngestResponse`] plus `orders`, the
+/// driver's active orders (omitted when none; docs/API-EXTENSIONS.md).
+#[derive(Debug, Serialize)]
+pub struct IngestReply {
+    #[serde(flatten)]
+    pub response: IngestResponse,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub orders: Vec<ActiveOrder>,
+}
+
 async fn ingest(
     state: &AppState,
     driver_id: &str,
     claims: &waypost_protocol::Claims,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<IngestResponse, AppError> {
+) -> Result<IngestReply, AppError> {
     validate_id("driver_id", driver_id).map_err(|e| AppError::bad("bad_id", e.to_string()))?;
     if !may_post_locations(claims, driver_id) {
         return Err(AppError::Forbidden(format!(
@@ -97,14 +107,27 @@ async fn ingest(
         .metrics
         .fixes_duplicate
         .inc_by(u64::from(outcome.duplicates));
-    if let Some(fix) = outcome.new_latest {
+    if let Some(fix) = &outcome.new_latest {
         state
             .activity
-            .driver_seen(driver_id, &req.device_id, &fix, outcome.watchers, now);
+            .driver_seen(driver_id, &req.device_id, fix, outcome.watchers, now);
         if !outcome.published {
-            publish_location(state, driver_id, &fix).await?;
+            publish_location(state, driver_id, fix).await?;
         }
     }
+    // Every fix of the batch, duplicates included: the arrival/ETA tracker
+    // ignores fixes it has seen (by ts), and a resent batch after a failure
+    // here feeds them again.
+    let orders = state
+        .orders
+        .on_fixes(driver_id, &req.fixes, outcome.new_latest.as_ref(), now)
+        .await?
+        .into_iter()
+        .map(|o| ActiveOrder {
+            order_id: o.order_id,
+            destination: o.destination,
+        })
+        .collect();
     let (mode, upload_interval_s) = if outcome.watchers > 0 {
         (PolicyMode::Watched, state.limits.watched_upload_interval_s)
     } else {
@@ -113,15 +136,18 @@ async fn ingest(
             state.limits.unwatched_upload_interval_s,
         )
     };
-    Ok(IngestResponse {
-        accepted: outcome.accepted,
-        duplicates: outcome.duplicates,
-        high_seq,
-        watchers: outcome.watchers,
-        policy: PolicyHint {
-            mode,
-            upload_interval_s,
+    Ok(IngestReply {
+        response: IngestResponse {
+            accepted: outcome.accepted,
+            duplicates: outcome.duplicates,
+            high_seq,
+            watchers: outcome.watchers,
+            policy: PolicyHint {
+                mode,
+                upload_interval_s,
+            },
         },
+        orders,
     })
 }
 
