@@ -392,7 +392,7 @@ def render(d):
         out.append(
             "20,000 subscribers on two server processes; both are restarted at once (SIGTERM, wait for exit, "
             "start again). Times from the SIGTERM. Waypost clients use the SDK's full-jitter policy "
-            "(`waypost_sdk::backoff::BackoffPolicy` with the buyer defaults: attempt n waits uniform(0, min(30 s, 0.5 s x 2^n)), "
+            "(`waypost_protocol::backoff::BackoffPolicy` with the buyer defaults: attempt n waits uniform(0, min(30 s, 0.5 s x 2^n)), "
             "10 s connect timeout); Socket.IO clients emulate socket.io-client "
             "defaults (1 s x 2^n +-50 %, max 5 s); ws clients emulate reconnecting-websocket defaults (first "
             "delay uniform 1-5 s, x1.3, max 10 s) since plain `ws` does not reconnect."

@@ -109,7 +109,7 @@ async fn ingest(
         let channel = format!("tracking:{driver_id}");
         let map = floor.channels.read();
         if let Some(subs) = map.get(&channel) {
-            let frame = waypost_server::engine::location_frame(&driver_id, fix);
+            let frame = waypost_server::frame::Frame::location(&driver_id, fix, 0).text;
             for tx in subs.values() {
                 if tx.try_send(frame.clone()).is_err() {
                     floor.dropped.fetch_add(1, Ordering::Relaxed);
@@ -227,7 +227,7 @@ mod tests {
         let got = ws.next().await.unwrap().unwrap().into_text().unwrap();
         let fix: waypost_protocol::Fix =
             serde_json::from_str(r#"{"seq":2,"ts":20,"lat":1.0,"lon":2.0}"#).unwrap();
-        let want = waypost_server::engine::location_frame("d1", &fix);
+        let want = waypost_server::frame::Frame::location("d1", &fix, 0).text;
         assert_eq!(got.as_str(), want.as_str());
         server.abort();
     }

@@ -38,8 +38,8 @@ use axum::body::Body;
 use parking_lot::Mutex;
 use serde::Serialize;
 use tower::ServiceExt;
+use waypost_protocol::backoff::SeededRandom;
 use waypost_protocol::{Claims, Fix, IngestRequest, Role};
-use waypost_sdk::backoff::SeededRandom;
 use waypost_sdk::clock::{Clock, ManualClock};
 use waypost_sdk::driver::buffer::{Buffer, BufferOptions};
 use waypost_sdk::env::{BatteryState, ManualEnvironment, NetworkType};
@@ -428,8 +428,12 @@ async fn simulate(args: &Args) -> anyhow::Result<Report> {
     let _watcher = if args.watched {
         // A subscriber on the driver's channel, as a WebSocket would add.
         let (handle, rx) = hub::connection(srv.hub.next_conn_id(), 1 << 20);
-        srv.hub.add(&format!("tracking:{DRIVER}"), handle.clone());
-        srv.hub.add(&format!("tracking:{BASELINE_DRIVER}"), handle);
+        srv.hub
+            .add(&waypost_protocol::Channel::tracking(DRIVER), handle.clone());
+        srv.hub.add(
+            &waypost_protocol::Channel::tracking(BASELINE_DRIVER),
+            handle,
+        );
         Some(rx)
     } else {
         None

@@ -5,7 +5,7 @@
 //! peak CPU during the storm.
 //!
 //! Clients reconnect the way their library would:
-//! * Waypost: the buyer SDK's policy, `waypost_sdk::backoff::BackoffPolicy`
+//! * Waypost: the buyer SDK's policy, `waypost_protocol::backoff::BackoffPolicy`
 //!   with its defaults (base 500 ms, cap 30 s, connect timeout 10 s): attempt
 //!   n waits uniform(0, min(cap, base * 2^n)).
 //! * Socket.IO: socket.io-client defaults (1 s * 2^n, +-50 % jitter, max 5 s).

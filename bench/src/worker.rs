@@ -107,8 +107,9 @@ pub fn driver_prefix(run_id: &str) -> String {
 /// How a disconnected client comes back (storm mode).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub enum Reconnect {
-    /// Waypost SDK policy (`waypost_sdk::backoff::BackoffPolicy`, full
-    /// jitter): attempt n waits uniform(0, min(cap, base * 2^n)).
+    /// Waypost's policy (`waypost_protocol::backoff::BackoffPolicy`, full
+    /// jitter, shared by the SDK and the server): attempt n waits
+    /// uniform(0, min(cap, base * 2^n)).
     FullJitter { base_ms: u64, cap_ms: u64 },
     /// socket.io-client defaults: 1000 ms * 2^n, +-50 % jitter, at most 5000 ms.
     SocketIoClient,
@@ -123,13 +124,12 @@ impl Reconnect {
     pub fn delay_ms(self, n: u32, min_ms: f64, rng: &mut impl Rng) -> u64 {
         match self {
             Reconnect::FullJitter { base_ms, cap_ms } => {
-                let policy = waypost_sdk::backoff::BackoffPolicy {
+                let policy = waypost_protocol::backoff::BackoffPolicy {
                     base: Duration::from_millis(base_ms),
                     cap: Duration::from_millis(cap_ms),
                     max_elapsed: None,
                 };
-                let ceil = policy.window(n).as_millis() as u64;
-                rng.random_range(0..=ceil)
+                policy.jittered(n, rng.random()).as_millis() as u64
             }
             Reconnect::SocketIoClient => {
                 let ms = 1000.0 * 2f64.powi(n.min(30) as i32);

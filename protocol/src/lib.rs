@@ -6,6 +6,7 @@
 //! SDK both depend on this crate so the two can never drift apart; it has no
 //! I/O and no async.
 
+pub mod backoff;
 mod channel;
 mod close;
 mod fix;

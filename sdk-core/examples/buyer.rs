@@ -15,8 +15,9 @@ use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use waypost_sdk::buyer::{
     BuyerClient, BuyerConfig, BuyerListener, ChatEntry, ConnectionState, LocationUpdate,
-    PresenceUpdate, StaticToken, TypingUpdate,
+    PresenceUpdate, TypingUpdate,
 };
+use waypost_sdk::StaticToken;
 
 /// Prints what the SDK tells the app; a real app posts these to its UI
 /// thread (map marker, chat list, "typing…", connection banner).

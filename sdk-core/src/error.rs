@@ -1,12 +1,12 @@
 //! The public error type, [`WaypostError`]: few variants, each with a
 //! message, so it maps one-to-one onto a Kotlin/Swift exception. Rich
-//! internal errors ([`StoreError`], [`TransportError`], [`UploadError`]) are
+//! internal errors ([`StoreError`], [`TransportError`], [`HttpError`]) are
 //! converted into it here, in one place.
 
 #![warn(missing_docs)]
 
 use crate::driver::buffer::StoreError;
-use crate::transport::TransportError;
+use crate::transport::{HttpError, StatusError, TransportError};
 
 /// An error the SDK reports to the app.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,37 +59,6 @@ pub enum WaypostError {
     ShutDown,
 }
 
-/// Why one upload attempt failed (internal; drives the retry decision).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum UploadError {
-    /// No HTTP answer.
-    #[error(transparent)]
-    Transport(#[from] TransportError),
-    /// An HTTP error status.
-    #[error("HTTP {status}: {message}")]
-    Status {
-        /// The status code.
-        status: u16,
-        /// The contract's error code, when the body had one.
-        code: Option<String>,
-        /// The server's message (or the start of the body).
-        message: String,
-        /// `Retry-After`, seconds.
-        retry_after_s: Option<u64>,
-    },
-    /// A 2xx whose body is not an ingest reply.
-    #[error("unreadable reply (HTTP {status}): {message}")]
-    BadReply {
-        /// The status code.
-        status: u16,
-        /// The parse error.
-        message: String,
-    },
-    /// The token provider returned nothing.
-    #[error("token provider gave no token")]
-    NoToken,
-}
-
 impl From<StoreError> for WaypostError {
     fn from(e: StoreError) -> Self {
         let message = e.to_string();
@@ -105,11 +74,11 @@ impl From<StoreError> for WaypostError {
     }
 }
 
-impl From<UploadError> for WaypostError {
-    fn from(e: UploadError) -> Self {
+impl From<HttpError> for WaypostError {
+    fn from(e: HttpError) -> Self {
         let message = e.to_string();
         match e {
-            UploadError::Status { status: 401, .. } | UploadError::NoToken => {
+            HttpError::Status(StatusError { status: 401, .. }) | HttpError::NoToken => {
                 WaypostError::Unauthorized { message }
             }
             _ => WaypostError::Upload { message },
@@ -119,6 +88,6 @@ impl From<UploadError> for WaypostError {
 
 impl From<TransportError> for WaypostError {
     fn from(e: TransportError) -> Self {
-        UploadError::from(e).into()
+        HttpError::from(e).into()
     }
 }

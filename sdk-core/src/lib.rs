@@ -11,18 +11,20 @@
 //! callback traits, no generics) so the uniffi layer in `bindings/` stays a
 //! thin wrapper. See `README.md` for usage.
 
-pub mod backoff;
 pub mod buyer;
 pub mod clock;
 pub mod driver;
 pub mod env;
 pub mod error;
+pub mod tokens;
 pub mod transport;
 
 #[cfg(test)]
 mod test_util;
 
 pub use waypost_protocol as protocol;
+/// Full-jitter backoff, shared with the server and the bench.
+pub use waypost_protocol::backoff;
 
 pub use driver::buffer::{BufferOptions, Durability, QuarantinedFix};
 pub use driver::filter::{DropReason, FilterConfig, Location};
@@ -32,7 +34,11 @@ pub use driver::policy::{
 };
 pub use driver::{
     Driver, DriverConfig, DriverDeps, DriverEvent, DriverListener, DriverStats, RecordOutcome,
-    StaticToken, TokenProvider, UploadPoll,
+    UploadPoll,
 };
 pub use error::WaypostError;
-pub use transport::{HttpHeader, HttpRequest, HttpResponse, HttpTransport, TransportError};
+pub use tokens::{StaticToken, TokenProvider};
+pub use transport::{
+    HttpError, HttpHeader, HttpRequest, HttpResponse, HttpTransport, ReqwestTransport, StatusError,
+    TransportError,
+};

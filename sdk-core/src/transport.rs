@@ -8,6 +8,8 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use waypost_protocol::ErrorBody;
 
 /// One header (a record rather than a tuple, for the bindings).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +92,79 @@ pub enum TransportError {
         /// Details.
         message: String,
     },
+}
+
+/// Why an HTTP exchange failed: no answer, an error status, or an answer
+/// the SDK cannot read. Drives the retry decisions of the uploader and of
+/// the buyer's history reads.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HttpError {
+    /// No HTTP answer.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// An HTTP error status.
+    #[error(transparent)]
+    Status(#[from] StatusError),
+    /// A 2xx whose body is not the expected reply.
+    #[error("unreadable reply (HTTP {status}): {message}")]
+    BadReply {
+        /// The status code.
+        status: u16,
+        /// The parse error.
+        message: String,
+    },
+    /// The token provider returned nothing.
+    #[error("token provider gave no token")]
+    NoToken,
+}
+
+/// An HTTP error status with what the server said about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("HTTP {status}: {message}")]
+pub struct StatusError {
+    /// The status code.
+    pub status: u16,
+    /// The contract's error code, when the body had one.
+    pub code: Option<String>,
+    /// The server's message (or the start of the body).
+    pub message: String,
+    /// `Retry-After`, seconds.
+    pub retry_after_s: Option<u64>,
+}
+
+impl StatusError {
+    /// The error of a non-2xx `response` whose body parsed (or not) as the
+    /// contract's error body `body`.
+    pub fn new(response: &HttpResponse, body: Option<&ErrorBody>) -> Self {
+        let message = body.map(|e| e.error.message.clone()).unwrap_or_else(|| {
+            String::from_utf8_lossy(&response.body)
+                .chars()
+                .take(200)
+                .collect()
+        });
+        Self {
+            status: response.status,
+            code: body.map(|e| e.error.code.clone()),
+            message,
+            retry_after_s: response
+                .header("retry-after")
+                .and_then(|v| v.trim().parse::<u64>().ok()),
+        }
+    }
+}
+
+impl HttpError {
+    /// The JSON body of a 2xx `response` as `T`, or the error it means.
+    pub fn json<T: DeserializeOwned>(response: &HttpResponse) -> Result<T, HttpError> {
+        if !(200..300).contains(&response.status) {
+            let body: Option<ErrorBody> = serde_json::from_slice(&response.body).ok();
+            return Err(StatusError::new(response, body.as_ref()).into());
+        }
+        serde_json::from_slice(&response.body).map_err(|e| HttpError::BadReply {
+            status: response.status,
+            message: e.to_string(),
+        })
+    }
 }
 
 /// Sends one HTTP request. Implementations must time out on their own.

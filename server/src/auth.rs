@@ -5,8 +5,7 @@ use std::sync::Arc;
 
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
-
-use waypost_protocol::{Channel, ChannelKind, Claims, Role};
+use waypost_protocol::{validate_id, Channel, ChannelKind, Claims, Role};
 
 use crate::error::AppError;
 use crate::keys::{KeySet, KeyStore, VerifyError};
@@ -134,6 +133,19 @@ pub fn may_subscribe(claims: &Claims, channel: &Channel) -> bool {
         .channels
         .as_ref()
         .is_some_and(|list| list.contains(&name))
+}
+
+/// Readers of a driver's position need `tracking:{driver}` in their token
+/// (or to be the driver, or `service`).
+pub fn authorize_tracking(claims: &Claims, driver_id: &str) -> Result<(), AppError> {
+    validate_id("driver_id", driver_id).map_err(|e| AppError::bad("bad_id", e.to_string()))?;
+    if may_subscribe(claims, &Channel::tracking(driver_id)) {
+        Ok(())
+    } else {
+        Err(AppError::Forbidden(format!(
+            "token does not grant tracking:{driver_id}"
+        )))
+    }
 }
 
 /// Whether the caller may post fixes for `driver_id`.

@@ -12,9 +12,11 @@ use tokio_util::task::TaskTracker;
 use crate::activity::Activity;
 use crate::admission::{ConnectionCounter, ConnectionPermit, Full, KeyedLimiter};
 use crate::auth::AuthKeys;
+use crate::chat::Chat;
 use crate::config::Limits;
 use crate::engine::chat::ChatStores;
 use crate::engine::chat_memory::{MemoryChatStore, MemoryNotificationStore, MemoryPresenceStore};
+use crate::engine::counted;
 use crate::engine::Engine;
 use crate::error::AppError;
 use crate::hub::Hub;
@@ -68,7 +70,7 @@ pub struct Shared {
     /// Recently seen drivers and notifications, for the dashboard.
     pub activity: Arc<Activity>,
     /// Starts the process-wide WebSocket ticker once (on the first
-    /// connection; see `routes::ws::ticker`).
+    /// connection; see `routes::ws::conn::ticker`).
     pub ws_ticker: Arc<std::sync::Once>,
     /// Orders with their fan-out (memory store by default; `with_orders`
     /// plugs in Redis and webhooks).
@@ -88,6 +90,14 @@ impl AppState {
             limits.ingest_requests_per_s.saturating_mul(2),
             MAX_RATE_KEYS,
         ));
+        let stores = ChatStores {
+            chat: Arc::new(MemoryChatStore::new(&limits)),
+            presence: Arc::new(MemoryPresenceStore::new(&limits)),
+            notifications: Arc::new(MemoryNotificationStore::new(&limits)),
+        };
+        // Every engine and store error is counted here, once.
+        let engine = counted::engine(engine, &metrics);
+        let stores = counted::stores(stores, &metrics);
         let orders = OrderService::new(
             Orders::new(Arc::new(MemoryOrderStore::new(OrderLimits::default()))),
             Arc::clone(&engine),
@@ -104,11 +114,7 @@ impl AppState {
             ingest_limiter,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            stores: ChatStores {
-                chat: Arc::new(MemoryChatStore::new(&limits)),
-                presence: Arc::new(MemoryPresenceStore::new(&limits)),
-                notifications: Arc::new(MemoryNotificationStore::new(&limits)),
-            },
+            stores,
             node_id: uuid::Uuid::new_v4().simple().to_string().into(),
             sse_per_vendor: Arc::new(ConnectionCounter::default()),
             chat_post_limiter: Arc::new(KeyedLimiter::new(
@@ -127,7 +133,7 @@ impl AppState {
     /// Redis ones when the engine is Redis).
     pub fn with_stores(self, stores: ChatStores) -> Self {
         let mut shared = Arc::unwrap_or_clone(self.0);
-        shared.stores = stores;
+        shared.stores = counted::stores(stores, &shared.metrics);
         Self(Arc::new(shared))
     }
 
@@ -165,6 +171,17 @@ impl AppState {
             Full::User(_) => AppError::RateLimited { retry_after_s: 5 },
             Full::Process(_) => AppError::Overloaded { retry_after_s: 5 },
         })
+    }
+}
+
+impl AppState {
+    /// The chat, presence and notification operations.
+    pub fn chat(&self) -> Chat<'_> {
+        Chat {
+            engine: &*self.engine,
+            stores: &self.stores,
+            limits: &self.limits,
+        }
     }
 }
 

@@ -16,8 +16,9 @@ use waypost_e2e::{
     free_port, now_s, token, token_with_exp, unique, EngineChoice, Server, ServerOptions,
 };
 use waypost_protocol::Role;
-use waypost_sdk::buyer::{BuyerClient, BuyerDeps, ConnectionState, StaticToken, TokenProvider};
+use waypost_sdk::buyer::{BuyerClient, BuyerDeps, ConnectionState};
 use waypost_sdk::env::{ManualEnvironment, NetworkType};
+use waypost_sdk::{StaticToken, TokenProvider};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -279,14 +280,15 @@ async fn network_back_skips_the_backoff_wait(engine: EngineChoice) -> Result<()>
     let mut config = fast_config(proxy.url(), "buyer-1");
     config.backoff_base_ms = 2_000;
     config.backoff_cap_ms = 60_000;
+    let deps = BuyerDeps {
+        environment: Arc::new(env.clone()),
+        ..BuyerDeps::real(&config)?
+    };
     let client = BuyerClient::start_with(
         config,
         rec.clone(),
         Arc::new(StaticToken(token("buyer-1", Role::Buyer, &[]))),
-        BuyerDeps {
-            env: Some(Arc::new(env.clone())),
-            ..BuyerDeps::default()
-        },
+        deps,
     )?;
     rec.until(T, "third backoff", |r| {
         r.count_states(|s| matches!(s, ConnectionState::BackingOff { .. })) >= 3

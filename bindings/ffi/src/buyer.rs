@@ -31,6 +31,10 @@ pub struct BuyerConfig {
     /// Timeout of one connection attempt, ms (default 10,000).
     #[uniffi(default = None)]
     pub connect_timeout_ms: Option<u64>,
+    /// Timeout of one HTTP request (chat history reads), ms (default
+    /// 15,000).
+    #[uniffi(default = None)]
+    pub request_timeout_ms: Option<u64>,
     /// First reconnect backoff window, ms (default 500).
     #[uniffi(default = None)]
     pub backoff_base_ms: Option<u64>,
@@ -58,6 +62,7 @@ impl From<BuyerConfig> for sdk::BuyerConfig {
         };
         set(&mut out.ping_interval_ms, c.ping_interval_ms);
         set(&mut out.connect_timeout_ms, c.connect_timeout_ms);
+        set(&mut out.request_timeout_ms, c.request_timeout_ms);
         set(&mut out.backoff_base_ms, c.backoff_base_ms);
         set(&mut out.backoff_cap_ms, c.backoff_cap_ms);
         set(&mut out.ack_timeout_ms, c.ack_timeout_ms);
@@ -334,13 +339,13 @@ impl BuyerClient {
         platform: Option<Arc<dyn PlatformInfo>>,
     ) -> Result<Arc<Self>, WaypostError> {
         let _guard = runtime::get()?.enter();
-        let deps = sdk::BuyerDeps {
-            env: platform
-                .map(|p| Arc::new(platform::Adapter(p)) as Arc<dyn waypost_sdk::env::Environment>),
-            ..sdk::BuyerDeps::default()
-        };
+        let config: sdk::BuyerConfig = config.into();
+        let mut deps = sdk::BuyerDeps::real(&config)?;
+        if let Some(p) = platform {
+            deps.environment = Arc::new(platform::Adapter(p));
+        }
         let inner = sdk::BuyerClient::start_with(
-            config.into(),
+            config,
             Arc::new(ListenerAdapter(listener)),
             Arc::new(tokens::Adapter(tokens)),
             deps,

@@ -11,9 +11,10 @@
 //! `GET /v1/chats/{room}/messages` before anything newer is shown.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use waypost_protocol::{Channel, ChatMessage, ClientFrame, MessagesResponse};
+
+use crate::transport::{HttpError, HttpHeader, HttpRequest, HttpTransport};
 
 /// Messages waiting above a gap, per room.
 pub const MAX_BUFFERED: usize = 1_000;
@@ -148,14 +149,15 @@ impl Room {
     }
 }
 
-/// Reads one page of a room's history over HTTP.
+/// Reads one page of a room's history over HTTP
+/// (`GET /v1/chats/{room}/messages`); the transport times out on its own.
 pub async fn fetch_page(
-    http: &reqwest::Client,
+    transport: &dyn HttpTransport,
     base_url: &str,
     token: &str,
     room: &str,
     after_seq: u64,
-) -> Result<MessagesResponse, String> {
+) -> Result<MessagesResponse, HttpError> {
     let url = format!(
         "{}/v1/chats/{}/messages?after_seq={}&limit={}",
         base_url.trim_end_matches('/'),
@@ -163,20 +165,15 @@ pub async fn fetch_page(
         after_seq,
         SYNC_PAGE
     );
-    let resp = http
-        .get(&url)
-        .bearer_auth(token)
-        .timeout(Duration::from_secs(15))
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = resp.status();
-    if !status.is_success() {
-        return Err(format!("GET {url}: HTTP {status}"));
-    }
-    resp.json::<MessagesResponse>()
-        .await
-        .map_err(|e| e.to_string())
+    let response = transport
+        .send(HttpRequest {
+            method: "GET".to_owned(),
+            url,
+            headers: vec![HttpHeader::new("authorization", format!("Bearer {token}"))],
+            body: Vec::new(),
+        })
+        .await?;
+    HttpError::json(&response)
 }
 
 #[cfg(test)]

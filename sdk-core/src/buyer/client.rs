@@ -26,8 +26,9 @@ use super::types::{
 };
 use crate::backoff::{BackoffPolicy, RandomSource, SeededRandom};
 use crate::clock::{Clock, SystemClock};
-use crate::driver::TokenProvider;
-use crate::env::Environment;
+use crate::env::{Environment, ManualEnvironment};
+use crate::tokens::TokenProvider;
+use crate::transport::{HttpError, HttpTransport, ReqwestTransport};
 
 /// Commands queued per client at most (app calls beyond this get `Busy`).
 const COMMAND_QUEUE: usize = 1_024;
@@ -53,6 +54,8 @@ pub struct BuyerConfig {
     /// dropped. The server pings every 25 s on its own.
     pub ping_interval_ms: u64,
     pub connect_timeout_ms: u64,
+    /// Timeout of one HTTP request (chat history reads).
+    pub request_timeout_ms: u64,
     /// Full-jitter backoff: first window and cap.
     pub backoff_base_ms: u64,
     pub backoff_cap_ms: u64,
@@ -70,6 +73,7 @@ impl BuyerConfig {
             db_path: None,
             ping_interval_ms: 15_000,
             connect_timeout_ms: 10_000,
+            request_timeout_ms: 15_000,
             backoff_base_ms: 500,
             backoff_cap_ms: 30_000,
             ack_timeout_ms: 10_000,
@@ -92,28 +96,41 @@ impl BuyerConfig {
     }
 }
 
-/// Replaceable edges, for tests and embedders (Rust only; the bindings use
-/// [`BuyerClient::start`]).
+/// The I/O edges of a buyer client, named as in
+/// [`DriverDeps`](crate::DriverDeps), for tests and embedders (Rust only;
+/// [`BuyerClient::start`] fills in the real ones with [`BuyerDeps::real`]).
 #[derive(Clone)]
 pub struct BuyerDeps {
-    pub connector: Arc<dyn WsConnector>,
+    /// Time.
     pub clock: Arc<dyn Clock>,
-    pub rng: Arc<dyn RandomSource>,
-    /// Network state; `None` means always online (the app then calls
-    /// `reconnect` when it knows better).
-    pub env: Option<Arc<dyn Environment>>,
-    pub http: reqwest::Client,
+    /// Randomness for backoff jitter.
+    pub random: Arc<dyn RandomSource>,
+    /// Network state (a [`ManualEnvironment`] that always says Wi-Fi means
+    /// "always online": the app then calls `reconnect` when it knows
+    /// better).
+    pub environment: Arc<dyn Environment>,
+    /// HTTP (chat history reads).
+    pub transport: Arc<dyn HttpTransport>,
+    /// WebSockets.
+    pub connector: Arc<dyn WsConnector>,
 }
 
-impl Default for BuyerDeps {
-    fn default() -> Self {
-        Self {
-            connector: Arc::new(TungsteniteConnector::default()),
+impl BuyerDeps {
+    /// The real clock, entropy-seeded jitter, reqwest with the config's
+    /// request timeout and tokio-tungstenite; always online.
+    pub fn real(config: &BuyerConfig) -> Result<Self, BuyerError> {
+        let transport =
+            ReqwestTransport::new(Duration::from_millis(config.request_timeout_ms.max(1)))
+                .map_err(|e| BuyerError::InvalidArgument {
+                    message: e.to_string(),
+                })?;
+        Ok(Self {
             clock: Arc::new(SystemClock::new()),
-            rng: Arc::new(SeededRandom::from_entropy()),
-            env: None,
-            http: reqwest::Client::new(),
-        }
+            random: Arc::new(SeededRandom::from_entropy()),
+            environment: Arc::new(ManualEnvironment::default()),
+            transport: Arc::new(transport),
+            connector: Arc::new(TungsteniteConnector::default()),
+        })
     }
 }
 
@@ -134,7 +151,7 @@ pub enum Command {
     /// A page of HTTP history for a room that could not be recovered.
     HttpPage {
         room: String,
-        result: Result<(Vec<ChatMessage>, bool), String>,
+        result: Result<(Vec<ChatMessage>, bool), HttpError>,
     },
 }
 
@@ -164,7 +181,8 @@ impl BuyerClient {
         listener: Arc<dyn BuyerListener>,
         tokens: Arc<dyn TokenProvider>,
     ) -> Result<Arc<Self>, BuyerError> {
-        Self::start_with(config, listener, tokens, BuyerDeps::default())
+        let deps = BuyerDeps::real(&config)?;
+        Self::start_with(config, listener, tokens, deps)
     }
 
     /// Like [`start`](Self::start) with replaceable edges.
@@ -204,8 +222,8 @@ impl BuyerClient {
                 slot: Arc::clone(&token_slot),
             }),
             clock: Arc::clone(&deps.clock),
-            rng: Arc::clone(&deps.rng),
-            env: deps.env.clone(),
+            random: Arc::clone(&deps.random),
+            environment: Arc::clone(&deps.environment),
         };
         let mut core = Core {
             me: config.user_id.clone(),
@@ -213,7 +231,7 @@ impl BuyerClient {
             listener,
             store: Arc::clone(&store),
             clock: Arc::clone(&deps.clock),
-            http: deps.http.clone(),
+            transport: Arc::clone(&deps.transport),
             token: token_slot,
             cmd: tx.downgrade(),
             snapshot: Arc::clone(&snapshot),
@@ -390,7 +408,7 @@ struct Core {
     listener: Arc<dyn BuyerListener>,
     store: Arc<Store>,
     clock: Arc<dyn Clock>,
-    http: reqwest::Client,
+    transport: Arc<dyn HttpTransport>,
     token: Arc<Mutex<Option<String>>>,
     cmd: mpsc::WeakSender<Command>,
     snapshot: Arc<Mutex<Snapshot>>,
@@ -492,8 +510,8 @@ impl Core {
             return;
         };
         r.filling = Filling::Http;
-        let (http, base, name, mut after) = (
-            self.http.clone(),
+        let (transport, base, name, mut after) = (
+            Arc::clone(&self.transport),
             self.base_url.clone(),
             room.to_owned(),
             r.delivered,
@@ -501,7 +519,7 @@ impl Core {
         let cmd = self.cmd.clone();
         let task = tokio::spawn(async move {
             for _ in 0..MAX_HTTP_PAGES {
-                let result = fetch_page(&http, &base, &token, &name, after)
+                let result = fetch_page(&*transport, &base, &token, &name, after)
                     .await
                     .map(|p| {
                         let more = p.more && !p.messages.is_empty();
@@ -530,7 +548,7 @@ impl Core {
     fn on_page(
         &mut self,
         room: String,
-        result: Result<(Vec<ChatMessage>, bool), String>,
+        result: Result<(Vec<ChatMessage>, bool), HttpError>,
         out: &mut Vec<ClientFrame>,
     ) {
         let Some(r) = self.rooms.get_mut(&room) else {

@@ -35,8 +35,8 @@ use super::transport::{TransportError, WsConnector, WsEvent, WsTransport};
 use super::types::{CloseReason, ConnectionState};
 use crate::backoff::{Backoff, BackoffPolicy, RandomSource, RetryDecision};
 use crate::clock::Clock;
-use crate::driver::TokenProvider;
 use crate::env::{Environment, NetworkType};
+use crate::tokens::TokenProvider;
 
 /// How long one frame write may take before the connection counts as dead.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -96,15 +96,13 @@ pub struct Deps {
     pub connector: Arc<dyn WsConnector>,
     pub tokens: Arc<dyn TokenProvider>,
     pub clock: Arc<dyn Clock>,
-    pub rng: Arc<dyn RandomSource>,
-    pub env: Option<Arc<dyn Environment>>,
+    pub random: Arc<dyn RandomSource>,
+    pub environment: Arc<dyn Environment>,
 }
 
 impl Deps {
     fn network_up(&self) -> bool {
-        self.env
-            .as_ref()
-            .is_none_or(|e| e.network() != NetworkType::None)
+        self.environment.network() != NetworkType::None
     }
 }
 
@@ -354,13 +352,16 @@ impl<C: Send + 'static> Manager<'_, C> {
                     if !self.deps.network_up() {
                         continue;
                     }
-                    let delay =
-                        match backoff.fail(self.deps.clock.monotonic_ms(), None, &*self.deps.rng) {
-                            RetryDecision::RetryAfter(d) => d,
-                            // `max_elapsed` spent: keep trying at the cap rather
-                            // than give up on a buyer who is still waiting.
-                            RetryDecision::GiveUp => self.cfg.backoff.cap,
-                        };
+                    let delay = match backoff.fail(
+                        self.deps.clock.monotonic_ms(),
+                        None,
+                        &*self.deps.random,
+                    ) {
+                        RetryDecision::RetryAfter(d) => d,
+                        // `max_elapsed` spent: keep trying at the cap rather
+                        // than give up on a buyer who is still waiting.
+                        RetryDecision::GiveUp => self.cfg.backoff.cap,
+                    };
                     self.set_state(
                         session,
                         ConnectionState::BackingOff {

@@ -30,7 +30,6 @@ pub mod types;
 #[cfg(test)]
 mod tests;
 
-pub use crate::driver::{StaticToken, TokenProvider};
 pub use client::{BuyerClient, BuyerConfig, BuyerDeps};
 pub use transport::{TransportError, TungsteniteConnector, WsConnector, WsEvent, WsTransport};
 pub use types::{

@@ -17,6 +17,7 @@ use super::*;
 use crate::backoff::SeededRandom;
 use crate::clock::{Clock, Sleep};
 use crate::env::{ManualEnvironment, NetworkType};
+use crate::tokens::TokenProvider;
 
 /// Simulated time: tokio's paused clock, so sleeps auto-advance when every
 /// task is idle.
@@ -216,8 +217,51 @@ impl TokenProvider for Tokens {
     }
 }
 
+/// The HTTP side of the fake server: serves room history pages from
+/// `history` (refuses to connect while it is `None`) and records every
+/// request.
+#[derive(Default)]
+struct FakeHttp {
+    history: Mutex<Option<Vec<waypost_protocol::ChatMessage>>>,
+    requests: Mutex<Vec<crate::transport::HttpRequest>>,
+}
+
+#[async_trait]
+impl crate::transport::HttpTransport for FakeHttp {
+    async fn send(
+        &self,
+        request: crate::transport::HttpRequest,
+    ) -> Result<crate::transport::HttpResponse, crate::transport::TransportError> {
+        self.requests.lock().push(request.clone());
+        let Some(history) = self.history.lock().clone() else {
+            return Err(crate::transport::TransportError::Connect {
+                message: "refused (test)".into(),
+            });
+        };
+        let after: u64 = request
+            .url
+            .split("after_seq=")
+            .nth(1)
+            .and_then(|r| r.split('&').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let page: Vec<_> = history.into_iter().filter(|m| m.seq > after).collect();
+        let body = serde_json::to_vec(&waypost_protocol::MessagesResponse {
+            messages: page,
+            more: false,
+        })
+        .unwrap();
+        Ok(crate::transport::HttpResponse {
+            status: 200,
+            headers: Vec::new(),
+            body,
+        })
+    }
+}
+
 struct Harness {
     client: Arc<BuyerClient>,
+    http: Arc<FakeHttp>,
     rec: Arc<Recorder>,
     connector: Arc<FakeConnector>,
     tokens: Arc<Tokens>,
@@ -248,17 +292,19 @@ impl Harness {
         cfg.backoff_cap_ms = 8_000;
         config(&mut cfg);
         let (accept_tx, accepted) = mpsc::channel(16);
+        let http = Arc::new(FakeHttp::default());
         let deps = BuyerDeps {
-            connector: connector.clone(),
             clock,
-            rng: Arc::new(SeededRandom::new(7)),
-            env: Some(Arc::new(env.clone())),
-            http: reqwest::Client::new(),
+            random: Arc::new(SeededRandom::new(7)),
+            environment: Arc::new(env.clone()),
+            transport: http.clone(),
+            connector: connector.clone(),
         };
         let client =
             BuyerClient::start_with(cfg, rec.clone(), tokens.clone(), deps).expect("start");
         Self {
             client,
+            http,
             rec,
             connector,
             tokens,
@@ -890,11 +936,9 @@ fn wire(room: &str, seq: u64) -> waypost_protocol::ChatMessage {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn unrecovered_room_falls_back_to_paged_sync_when_http_fails() {
-    // The harness base URL (127.0.0.1:9) refuses HTTP: history comes over
-    // the WebSocket instead, page by page.
-    let mut h = Harness::new(|_| {});
+/// Joins room `r`; the server cannot replay it (`recovered: false`, 5
+/// messages) and sends message 6 live.
+async fn join_unrecovered_room_at_6(h: &mut Harness) -> ServerSide {
     h.plan(0);
     h.client.join_chat("r".into()).unwrap();
     let mut s = h.accept().await;
@@ -905,6 +949,41 @@ async fn unrecovered_room_falls_back_to_paged_sync_when_http_fails() {
         high_seq: Some(5),
     });
     s.send(&chat("r", 6, "v", "m6"));
+    s
+}
+
+#[tokio::test(start_paused = true)]
+async fn unrecovered_room_is_filled_from_http_history() {
+    let mut h = Harness::new(|_| {});
+    *h.http.history.lock() = Some((1..=5).map(|q| wire("r", q)).collect());
+    let _s = join_unrecovered_room_at_6(&mut h).await;
+    settle().await;
+    assert_eq!(
+        h.rec.messages().iter().map(|m| m.0).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5, 6]
+    );
+    let requests = h.http.requests.lock().clone();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(requests[0].method, "GET");
+    assert_eq!(
+        requests[0].url,
+        format!(
+            "http://127.0.0.1:9/v1/chats/r/messages?after_seq=0&limit={}",
+            chat::SYNC_PAGE
+        )
+    );
+    assert!(requests[0]
+        .headers
+        .iter()
+        .any(|hd| hd.name == "authorization" && hd.value == "Bearer tok1"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn unrecovered_room_falls_back_to_paged_sync_when_http_fails() {
+    // The fake HTTP side refuses: history comes over the WebSocket
+    // instead, page by page.
+    let mut h = Harness::new(|_| {});
+    let mut s = join_unrecovered_room_at_6(&mut h).await;
     let mut next = 0;
     for (after, page, more) in [(0, 1..=3, true), (3, 4..=5, false)] {
         let f = tokio::time::timeout(Duration::from_secs(30), s.next())

@@ -12,6 +12,7 @@ use crate::backoff::{BackoffPolicy, RandomSource};
 use crate::clock::Clock;
 use crate::env::Environment;
 use crate::error::WaypostError;
+use crate::tokens::TokenProvider;
 use crate::transport::HttpTransport;
 
 /// Everything a driver needs to know. Start from [`DriverConfig::new`] and
@@ -112,28 +113,6 @@ impl DriverConfig {
             self.base_url.trim_end_matches('/'),
             self.driver_id
         )
-    }
-}
-
-/// Gives the uploader its bearer token. Called from a blocking thread, so
-/// it may do I/O.
-pub trait TokenProvider: Send + Sync + 'static {
-    /// The token to use (called before the first upload).
-    fn token(&self) -> Option<String>;
-    /// The server refused the last token (401): return a fresh one.
-    fn refresh_token(&self) -> Option<String>;
-}
-
-/// A fixed token (tests, tools).
-#[derive(Debug, Clone)]
-pub struct StaticToken(pub String);
-
-impl TokenProvider for StaticToken {
-    fn token(&self) -> Option<String> {
-        Some(self.0.clone())
-    }
-    fn refresh_token(&self) -> Option<String> {
-        Some(self.0.clone())
     }
 }
 

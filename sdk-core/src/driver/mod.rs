@@ -39,8 +39,7 @@ use waypost_protocol::Fix;
 
 use self::buffer::{Buffer, QuarantinedFix};
 pub use self::config::{
-    DriverConfig, DriverDeps, DriverEvent, DriverListener, DriverStats, RecordOutcome, StaticToken,
-    TokenProvider,
+    DriverConfig, DriverDeps, DriverEvent, DriverListener, DriverStats, RecordOutcome,
 };
 use self::filter::{DropReason, FixFilter, Location};
 use self::policy::{haversine_m, LocationPolicy, MotionTracker, SamplingRequest, Situation};
@@ -50,6 +49,7 @@ use crate::backoff::SeededRandom;
 use crate::clock::SystemClock;
 use crate::env::Environment;
 use crate::error::WaypostError;
+use crate::tokens::TokenProvider;
 use crate::transport::ReqwestTransport;
 
 /// Recording state: cloned, changed, and written back only when the buffer

@@ -17,6 +17,7 @@ use crate::backoff::{BackoffPolicy, RandomSource, SeededRandom};
 use crate::clock::{Clock, ManualClock};
 use crate::env::{BatteryState, ManualEnvironment, NetworkType};
 use crate::test_util::TempDir;
+use crate::tokens::StaticToken;
 use crate::transport::{HttpHeader, HttpRequest, HttpResponse, HttpTransport, TransportError};
 
 const T0: i64 = 1_700_000_000_000;

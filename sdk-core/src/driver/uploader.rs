@@ -17,8 +17,8 @@ use super::policy::hint_interval;
 use super::{DriverEvent, Inner};
 use crate::backoff::{Backoff, BackoffPolicy, RetryDecision};
 use crate::env::NetworkType;
-use crate::error::{UploadError, WaypostError};
-use crate::transport::{HttpHeader, HttpRequest, HttpResponse};
+use crate::error::WaypostError;
+use crate::transport::{HttpError, HttpHeader, HttpRequest, HttpResponse, StatusError};
 
 /// Most requests one [`poll_uploads`](super::Driver::poll_uploads) sends
 /// before yielding (bounds a drain of a huge backlog).
@@ -140,7 +140,7 @@ enum Attempt {
     Progress,
     /// Wait before retrying.
     Failed {
-        error: UploadError,
+        error: HttpError,
         retry_after: Option<Duration>,
     },
 }
@@ -277,7 +277,7 @@ impl Inner {
                 tracing::info!(error = %error, retry_in_ms, "driver upload failed");
                 if matches!(
                     error,
-                    UploadError::Status { status: 401, .. } | UploadError::NoToken
+                    HttpError::Status(StatusError { status: 401, .. }) | HttpError::NoToken
                 ) {
                     self.emit(DriverEvent::AuthFailed {
                         message: error.to_string(),
@@ -358,7 +358,7 @@ impl Inner {
         loop {
             let Some(token) = self.token(refreshed).await else {
                 return Ok(Attempt::Failed {
-                    error: UploadError::NoToken,
+                    error: HttpError::NoToken,
                     retry_after: None,
                 });
             };
@@ -392,7 +392,7 @@ impl Inner {
                 Ok(r) => r,
                 Err(e) => {
                     return Ok(Attempt::Failed {
-                        error: UploadError::BadReply {
+                        error: HttpError::BadReply {
                             status,
                             message: e.to_string(),
                         },
@@ -423,26 +423,14 @@ impl Inner {
             return Ok(Attempt::Acked);
         }
         let error: Option<ErrorBody> = serde_json::from_slice(&response.body).ok();
-        let code = error.as_ref().map(|e| e.error.code.clone());
-        let message = error
-            .as_ref()
-            .map(|e| e.error.message.clone())
-            .unwrap_or_else(|| {
-                String::from_utf8_lossy(&response.body)
-                    .chars()
-                    .take(200)
-                    .collect()
-            });
-        let retry_after_s = response
-            .header("retry-after")
-            .and_then(|v| v.trim().parse::<u64>().ok());
+        let status_error = StatusError::new(&response, error.as_ref());
+        let (code, message, retry_after_s) = (
+            status_error.code.clone(),
+            status_error.message.clone(),
+            status_error.retry_after_s,
+        );
         let failed = |retry_after: Option<Duration>| Attempt::Failed {
-            error: UploadError::Status {
-                status,
-                code: code.clone(),
-                message: message.clone(),
-                retry_after_s,
-            },
+            error: status_error.clone().into(),
             retry_after,
         };
         match status {

@@ -6,24 +6,31 @@
 
 use std::sync::Arc;
 
-use axum::extract::ws::Utf8Bytes;
-use waypost_protocol::{EntryBody, Fix, OrderEvent, OrderFrame, ServerFrame, TimelineEntry};
+use waypost_protocol::{
+    Channel, EntryBody, Fix, OrderEvent, OrderFrame, ServerFrame, TimelineEntry,
+};
 
 use super::eta::Point;
 use super::{Applied, Order, OrderError, Orders};
 use crate::engine::Engine;
+use crate::frame::{About, Frame};
 use crate::webhooks::{WebhookEvent, Webhooks};
 
-/// The channel name of an order.
-pub fn order_channel(order_id: &str) -> String {
-    format!("order:{order_id}")
+/// The `order` frame of a timeline entry, serialized once.
+pub fn order_frame(order_id: &str, entry: &TimelineEntry, origin_us: i64) -> Frame {
+    let text = serde_json::to_string(&OrderFrame::new(order_id, entry)).unwrap_or_default();
+    Frame::new(text, About::Order { seq: entry.seq }, origin_us)
 }
 
-/// The `order` frame of a timeline entry, serialized once.
-pub fn order_frame(order_id: &str, entry: &TimelineEntry) -> Utf8Bytes {
-    serde_json::to_string(&OrderFrame::new(order_id, entry))
-        .unwrap_or_default()
-        .into()
+/// The driver's `location` frame on an order's channel.
+pub fn order_location_frame(order_id: &str, driver_id: &str, fix: &Fix, origin_us: i64) -> Frame {
+    let text = ServerFrame::Location {
+        channel: Channel::order(order_id).to_string(),
+        driver_id: driver_id.to_owned(),
+        fix: fix.clone(),
+    }
+    .to_json();
+    Frame::new(text, About::Location { fix: fix.clone() }, origin_us)
 }
 
 /// Orders with their fan-out.
@@ -51,9 +58,11 @@ impl OrderService {
         ev: &OrderEvent,
         now_ms: i64,
     ) -> Result<Applied, OrderError> {
+        let origin_us = crate::frame::now_us();
         let applied = self.orders.apply_event(order_id, ev, now_ms).await?;
         if let Applied::New { order, entry, .. } = &applied {
-            self.fan_out(order, std::slice::from_ref(entry)).await?;
+            self.fan_out(order, std::slice::from_ref(entry), origin_us)
+                .await?;
         }
         Ok(applied)
     }
@@ -67,6 +76,7 @@ impl OrderService {
         fixes: &[Fix],
         latest: Option<&Fix>,
         now_ms: i64,
+        origin_us: i64,
     ) -> Result<Vec<Order>, OrderError> {
         let active = self.orders.active_orders_of(driver_id).await?;
         if active.is_empty() {
@@ -86,29 +96,29 @@ impl OrderService {
             .observe_fixes(driver_id, &points, now_ms)
             .await?
         {
-            self.fan_out(&order, &entries).await?;
+            self.fan_out(&order, &entries, origin_us).await?;
         }
         if let Some(fix) = latest {
             for o in &active {
-                let channel = order_channel(&o.order_id);
-                let frame: Utf8Bytes = ServerFrame::Location {
-                    channel: channel.clone(),
-                    driver_id: driver_id.to_owned(),
-                    fix: fix.clone(),
-                }
-                .to_json()
-                .into();
-                self.engine.publish(&channel, frame).await?;
+                let frame = order_location_frame(&o.order_id, driver_id, fix, origin_us);
+                self.engine
+                    .publish(&Channel::order(&o.order_id), frame)
+                    .await?;
             }
         }
         Ok(active)
     }
 
-    async fn fan_out(&self, order: &Order, entries: &[TimelineEntry]) -> Result<(), OrderError> {
-        let channel = order_channel(&order.order_id);
+    async fn fan_out(
+        &self,
+        order: &Order,
+        entries: &[TimelineEntry],
+        origin_us: i64,
+    ) -> Result<(), OrderError> {
+        let channel = Channel::order(&order.order_id);
         for e in entries {
             self.engine
-                .publish(&channel, order_frame(&order.order_id, e))
+                .publish(&channel, order_frame(&order.order_id, e, origin_us))
                 .await?;
             if let (Some(hooks), Some(event)) = (&self.webhooks, webhook_event(order, e)) {
                 if let Err(err) = hooks.emit(&event).await {

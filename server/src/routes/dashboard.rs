@@ -87,7 +87,7 @@ async fn snapshot(state: &AppState, prev: &mut Option<Previous>) -> Snapshot {
     for mut d in seen {
         // Current watchers across every process; keep the count from the
         // last upload when the engine is slow or down.
-        let channel = Channel::tracking(d.driver_id.clone()).to_string();
+        let channel = Channel::tracking(d.driver_id.clone());
         if let Ok(Ok(n)) = tokio::time::timeout_at(deadline, state.engine.watchers(&channel)).await
         {
             d.watchers = n;

@@ -9,13 +9,15 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use waypost_protocol::{
-    validate_id, ActiveOrder, Channel, Fix, IngestRequest, IngestResponse, LocationResponse,
-    PolicyHint, PolicyMode, TrailResponse,
+    validate_id, ActiveOrder, Channel, IngestRequest, IngestResponse, LocationResponse, PolicyHint,
+    PolicyMode, TrailResponse,
 };
 
-use crate::auth::{may_post_locations, may_subscribe, Authed};
+use crate::auth::{authorize_tracking, may_post_locations, Authed};
 use crate::config::Limits;
+use crate::engine::IngestTime;
 use crate::error::AppError;
+use crate::frame::{now_us, Frame};
 use crate::now_ms;
 use crate::state::AppState;
 
@@ -27,12 +29,9 @@ pub async fn post_locations(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<IngestReply>, AppError> {
-    let received = std::time::Instant::now();
-    let result = crate::hub::with_origin(
-        received,
-        ingest(&state, &driver_id, &claims, &headers, body),
-    )
-    .await;
+    // The origin of the live frame, for the delivery latency.
+    let origin_us = now_us();
+    let result = ingest(&state, &driver_id, &claims, &headers, body, origin_us).await;
     let status = match &result {
         Ok(_) => StatusCode::OK,
         Err(e) => e.status(),
@@ -61,6 +60,7 @@ async fn ingest(
     claims: &waypost_protocol::Claims,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
+    origin_us: i64,
 ) -> Result<IngestReply, AppError> {
     validate_id("driver_id", driver_id).map_err(|e| AppError::bad("bad_id", e.to_string()))?;
     if !may_post_locations(claims, driver_id) {
@@ -96,9 +96,16 @@ async fn ingest(
     let (req, high_seq) = parse_batch(encoding, body, &state.limits, now)?;
     let outcome = state
         .engine
-        .ingest(driver_id, &req.device_id, &req.fixes, now)
-        .await
-        .inspect_err(|_| state.metrics.engine_errors.inc())?;
+        .ingest(
+            driver_id,
+            &req.device_id,
+            &req.fixes,
+            IngestTime {
+                now_ms: now,
+                origin_us,
+            },
+        )
+        .await?;
     state
         .metrics
         .fixes_ingested
@@ -112,7 +119,11 @@ async fn ingest(
             .activity
             .driver_seen(driver_id, &req.device_id, fix, outcome.watchers, now);
         if !outcome.published {
-            publish_location(state, driver_id, fix).await?;
+            let frame = Frame::location(driver_id, fix, origin_us);
+            state
+                .engine
+                .publish(&Channel::tracking(driver_id), frame)
+                .await?;
         }
     }
     // Every fix of the batch, duplicates included: the arrival/ETA tracker
@@ -120,7 +131,13 @@ async fn ingest(
     // here feeds them again.
     let orders = state
         .orders
-        .on_fixes(driver_id, &req.fixes, outcome.new_latest.as_ref(), now)
+        .on_fixes(
+            driver_id,
+            &req.fixes,
+            outcome.new_latest.as_ref(),
+            now,
+            origin_us,
+        )
         .await?
         .into_iter()
         .map(|o| ActiveOrder {
@@ -149,18 +166,6 @@ async fn ingest(
         },
         orders,
     })
-}
-
-/// Publishes the `location` frame of `fix` on `tracking:{driver}` (when
-/// the engine did not do it as part of the ingest).
-async fn publish_location(state: &AppState, driver_id: &str, fix: &Fix) -> Result<(), AppError> {
-    let channel = Channel::tracking(driver_id).to_string();
-    state
-        .engine
-        .publish(&channel, crate::engine::location_frame(driver_id, fix))
-        .await
-        .inspect_err(|_| state.metrics.engine_errors.inc())?;
-    Ok(())
 }
 
 /// Decodes, parses and validates an ingest body without touching any state:
@@ -232,32 +237,15 @@ fn decode_body(encoding: Option<&str>, body: Bytes, max: usize) -> Result<Bytes,
     }
 }
 
-/// Readers of a driver's position need `tracking:{driver}` in their token
-/// (or to be the driver, or `service`).
-fn authorize_read(claims: &waypost_protocol::Claims, driver_id: &str) -> Result<(), AppError> {
-    validate_id("driver_id", driver_id).map_err(|e| AppError::bad("bad_id", e.to_string()))?;
-    if may_subscribe(claims, &Channel::tracking(driver_id)) {
-        Ok(())
-    } else {
-        Err(AppError::Forbidden(format!(
-            "token does not grant tracking:{driver_id}"
-        )))
-    }
-}
-
 /// `GET /v1/drivers/{driver_id}/location`
 pub async fn get_location(
     State(state): State<AppState>,
     Path(driver_id): Path<String>,
     Authed(claims): Authed,
 ) -> Result<Json<LocationResponse>, AppError> {
-    authorize_read(&claims, &driver_id)?;
+    authorize_tracking(&claims, &driver_id)?;
     let now = now_ms();
-    let latest = state
-        .engine
-        .latest(&driver_id, now)
-        .await
-        .inspect_err(|_| state.metrics.engine_errors.inc())?;
+    let latest = state.engine.latest(&driver_id, now).await?;
     let stored =
         latest.ok_or_else(|| AppError::NotFound(format!("no recent location for {driver_id}")))?;
     Ok(Json(LocationResponse {
@@ -282,15 +270,11 @@ pub async fn get_trail(
     Authed(claims): Authed,
     query: Result<Query<TrailQuery>, QueryRejection>,
 ) -> Result<Json<TrailResponse>, AppError> {
-    authorize_read(&claims, &driver_id)?;
+    authorize_tracking(&claims, &driver_id)?;
     let Query(q) = query.map_err(|e| AppError::bad("bad_query", e.body_text()))?;
     let limit = crate::routes::chat::checked_limit(q.limit, state.limits.trail_len)?
         .unwrap_or(state.limits.trail_len);
-    let fixes = state
-        .engine
-        .trail(&driver_id, q.after_seq, limit)
-        .await
-        .inspect_err(|_| state.metrics.engine_errors.inc())?;
+    let fixes = state.engine.trail(&driver_id, q.after_seq, limit).await?;
     Ok(Json(TrailResponse { fixes }))
 }
 

@@ -14,6 +14,7 @@ pub mod ops;
 pub mod orders;
 pub mod poll;
 pub mod sse;
+pub mod subscription;
 pub mod ws;
 
 pub fn router(state: AppState) -> Router {

@@ -22,11 +22,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, 
             Json(json!({"ok": false, "reason": "shutting down"})),
         ));
     }
-    state
-        .engine
-        .ready()
-        .await
-        .inspect_err(|_| state.metrics.engine_errors.inc())?;
+    state.engine.ready().await?;
     Ok((
         StatusCode::OK,
         Json(json!({"ok": true, "engine": state.engine.name()})),

@@ -14,9 +14,10 @@ use waypost_e2e::{now_ms, token};
 use waypost_protocol::Role;
 use waypost_sdk::buyer::{
     BuyerClient, BuyerConfig, BuyerDeps, BuyerListener, ChatEntry, ConnectionState, LocationUpdate,
-    MessageStatus, PresenceUpdate, StaticToken, TypingUpdate,
+    MessageStatus, PresenceUpdate, TypingUpdate,
 };
 use waypost_sdk::env::{ManualEnvironment, NetworkType};
+use waypost_sdk::StaticToken;
 
 /// How long the helpers wait for a state to be reached.
 const T: Duration = Duration::from_secs(30);
@@ -196,8 +197,8 @@ impl Participant {
         channels.extend_from_slice(extra);
         let tokens = Arc::new(StaticToken(token(user, role, &channels)));
         let deps = BuyerDeps {
-            env: Some(Arc::new(env.clone())),
-            ..BuyerDeps::default()
+            environment: Arc::new(env.clone()),
+            ..BuyerDeps::real(&cfg)?
         };
         let client = BuyerClient::start_with(cfg, rec.clone(), tokens, deps)?;
         client.join_chat(room.to_owned())?;

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use proptest::prelude::*;
-use waypost_sdk::backoff::{Backoff, BackoffPolicy, RetryDecision, SeededRandom};
+use waypost_protocol::backoff::{Backoff, BackoffPolicy, RetryDecision, SeededRandom};
 
 fn policy() -> impl Strategy<Value = BackoffPolicy> {
     (1u64..10_000, 0u64..600_000).prop_map(|(base, extra)| BackoffPolicy {
