@@ -52,7 +52,7 @@ impl ChannelKind {
 
     /// Whether a client may ask for it in a `subscribe` frame.
     pub const fn client_subscribable(self) -> bool {
-        matches!(self, Self::Tracking | Self::Chat)
+        matches!(self, Self::Tracking | Self::Chat | Self::Order)
     }
 
     /// What the id of a channel of this kind names (for error messages).

@@ -12,16 +12,19 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use waypost_e2e::{now_ms, token, unique, EngineChoice, Server, ServerOptions};
+use waypost_e2e::{now_ms, token, unique, EngineChoice, Server, ServerOptions, WsClient};
 use waypost_protocol::Role;
 
 use waypost_e2e::on_both_engines;
+
+const T: Duration = Duration::from_secs(10);
 
 on_both_engines!(
     order_life_over_http,
     order_read_authorization,
     arrival_and_eta_from_uploads,
     webhooks_reach_a_flaky_receiver_once_per_key,
+    order_live_over_websocket,
 );
 
 fn service() -> String {
@@ -656,6 +659,168 @@ fn check_received(r: &Receiver, o: &str, want: usize) -> Result<()> {
             r.attempts
         );
     }
+    Ok(())
+}
+
+/// Reads frames until none arrives for `quiet`; returns them.
+async fn drain(ws: &mut WsClient, quiet: Duration) -> Vec<Value> {
+    let mut out = Vec::new();
+    while let Ok(v) = ws.next_json(quiet).await {
+        out.push(v);
+    }
+    out
+}
+
+/// A buyer follows an order over WebSocket (on Redis through a second
+/// server process than the one writing): entries once and in order across
+/// a reconnect with `after`, the driver's locations on the order channel
+/// while the order is active and none after delivery, and the claim
+/// grants neither other orders nor the driver's tracking channel.
+async fn order_live_over_websocket(engine: EngineChoice) -> Result<()> {
+    let reader = Server::start(engine.clone()).await?;
+    let writer_proc;
+    let writer = if matches!(engine, EngineChoice::Redis(_)) {
+        writer_proc = Server::start(engine.clone()).await?;
+        &writer_proc
+    } else {
+        &reader
+    };
+    let svc = service();
+    let o = unique("o");
+    let d = unique("d");
+    let ch = format!("order:{o}");
+    post_event(
+        writer,
+        &svc,
+        &o,
+        json!({"event_id": "e1", "status": "placed"}),
+    )
+    .await?;
+    let buyer = token("buyer", Role::Buyer, &[&ch]);
+    let mut ws = WsClient::connect(&reader.ws_url(&buyer)).await?;
+    let sub = ws.subscribe(&ch, Some(0)).await?;
+    ensure!(sub["recovered"] == true && sub["high_seq"] == 1, "{sub}");
+    let mut seen: Vec<u64> = Vec::new();
+    let first = ws.next_of_type("order", T).await?;
+    ensure!(
+        first["channel"] == ch.as_str() && first["entry"]["kind"] == "status",
+        "{first}"
+    );
+    seen.push(first["seq"].as_u64().context("seq")?);
+    // Not granted: another order, the courier's tracking channel.
+    ws.send_json(&json!({"type": "subscribe", "channel": format!("order:{}", unique("o"))}))
+        .await?;
+    let e = ws.next_of_type("error", T).await?;
+    ensure!(e["code"] == "forbidden", "{e}");
+    ws.send_json(&json!({"type": "subscribe", "channel": format!("tracking:{d}")}))
+        .await?;
+    let e = ws.next_of_type("error", T).await?;
+    ensure!(e["code"] == "forbidden", "{e}");
+
+    post_event(
+        writer,
+        &svc,
+        &o,
+        json!({"event_id": "e2", "status": "picked_up", "driver_id": d,
+        "destination": {"lat": 52.0, "lon": 13.0}}),
+    )
+    .await?;
+    let t0 = now_ms() - 100_000;
+    upload(
+        writer,
+        &d,
+        (1..=10).map(|s| approach_fix(s, t0, 400.0)).collect(),
+    )
+    .await?;
+    let frames = drain(&mut ws, Duration::from_millis(800)).await;
+    let locations = frames
+        .iter()
+        .filter(|f| f["type"] == "location" && f["channel"] == ch.as_str())
+        .count();
+    ensure!(
+        locations >= 1,
+        "location frames on the order channel while active: {frames:?}"
+    );
+    seen.extend(
+        frames
+            .iter()
+            .filter(|f| f["type"] == "order")
+            .filter_map(|f| f["seq"].as_u64()),
+    );
+    // Gone for a while: the order moves on; back with `after`.
+    drop(ws);
+    upload(
+        writer,
+        &d,
+        (11..=40).map(|s| approach_fix(s, t0, 400.0)).collect(),
+    )
+    .await?;
+    let mut ws = WsClient::connect(&reader.ws_url(&buyer)).await?;
+    let last = *seen.last().context("seen")?;
+    let sub = ws.subscribe(&ch, Some(last)).await?;
+    ensure!(sub["recovered"] == true, "{sub}");
+    post_event(
+        writer,
+        &svc,
+        &o,
+        json!({"event_id": "e3", "status": "delivered"}),
+    )
+    .await?;
+    let mut frames = drain(&mut ws, Duration::from_millis(800)).await;
+    // After delivery the driver's fixes reach nobody on this channel.
+    upload(
+        writer,
+        &d,
+        (41..=45).map(|s| approach_fix(s, t0, 400.0)).collect(),
+    )
+    .await?;
+    let after_end = drain(&mut ws, Duration::from_millis(800)).await;
+    ensure!(
+        after_end.iter().all(|f| f["type"] != "location"),
+        "location after delivery: {after_end:?}"
+    );
+    frames.extend(after_end);
+    seen.extend(
+        frames
+            .iter()
+            .filter(|f| f["type"] == "order")
+            .filter_map(|f| f["seq"].as_u64()),
+    );
+    let (_, t) = get(
+        writer,
+        Some(&svc),
+        &format!("/v1/orders/{o}/timeline?limit=500"),
+    )
+    .await?;
+    let all: Vec<u64> = t["entries"]
+        .as_array()
+        .context("entries")?
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .collect();
+    ensure!(
+        seen == all,
+        "every entry once and in order: seen {seen:?}, timeline {all:?}"
+    );
+    let kinds: Vec<&str> = t["entries"]
+        .as_array()
+        .context("entries")?
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    ensure!(
+        kinds.contains(&"arrival") && kinds.contains(&"eta"),
+        "{kinds:?}"
+    );
+    let last_order = frames
+        .iter()
+        .rev()
+        .find(|f| f["type"] == "order")
+        .context("an order frame")?;
+    ensure!(
+        last_order["entry"]["status"] == "delivered" && last_order["entry"]["active"] == false,
+        "{last_order}"
+    );
     Ok(())
 }
 

@@ -19,7 +19,12 @@ use crate::webhooks::{WebhookEvent, Webhooks};
 /// The `order` frame of a timeline entry, serialized once.
 pub fn order_frame(order_id: &str, entry: &TimelineEntry, origin_us: i64) -> Frame {
     let text = serde_json::to_string(&OrderFrame::new(order_id, entry)).unwrap_or_default();
-    Frame::new(text, About::Order { seq: entry.seq }, origin_us)
+    let about = About::Order {
+        order: order_id.to_owned(),
+        seq: entry.seq,
+        ends: matches!(&entry.body, EntryBody::Status { status, .. } if status.is_final()),
+    };
+    Frame::new(text, about, origin_us)
 }
 
 /// The driver's `location` frame on an order's channel.
@@ -30,7 +35,10 @@ pub fn order_location_frame(order_id: &str, driver_id: &str, fix: &Fix, origin_u
         fix: fix.clone(),
     }
     .to_json();
-    Frame::new(text, About::Location { fix: fix.clone() }, origin_us)
+    let about = About::OrderLocation {
+        order: order_id.to_owned(),
+    };
+    Frame::new(text, about, origin_us)
 }
 
 /// Orders with their fan-out.
