@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use waypost_e2e::{now_ms, token, unique, EngineChoice, Server, ServerOptions, WsClient};
 use waypost_protocol::Role;
 
+use waypost_e2e::chat::{SseClient, SseEvent};
 use waypost_e2e::on_both_engines;
 
 const T: Duration = Duration::from_secs(10);
@@ -25,6 +26,7 @@ on_both_engines!(
     arrival_and_eta_from_uploads,
     webhooks_reach_a_flaky_receiver_once_per_key,
     order_live_over_websocket,
+    order_stream_over_sse,
 );
 
 fn service() -> String {
@@ -820,6 +822,127 @@ async fn order_live_over_websocket(engine: EngineChoice) -> Result<()> {
     ensure!(
         last_order["entry"]["status"] == "delivered" && last_order["entry"]["active"] == false,
         "{last_order}"
+    );
+    Ok(())
+}
+
+/// Reads SSE events until none arrives for `quiet`.
+async fn sse_drain(sse: &mut SseClient, quiet: Duration) -> Vec<SseEvent> {
+    let mut out = Vec::new();
+    while let Ok(e) = sse.next_event(quiet).await {
+        out.push(e);
+    }
+    out
+}
+
+/// A vendor follows an order over SSE: `order` events with `id:` = seq,
+/// resumed with Last-Event-ID after a reconnect (each entry once, in
+/// order), `location` events without an id while active, none after the
+/// end; the stream is refused without the claim.
+async fn order_stream_over_sse(engine: EngineChoice) -> Result<()> {
+    let server = Server::start(engine).await?;
+    let svc = service();
+    let o = unique("o");
+    let d = unique("d");
+    post_event(
+        &server,
+        &svc,
+        &o,
+        json!({"event_id": "e1", "status": "placed"}),
+    )
+    .await?;
+    let url = server.http(&format!("/v1/orders/{o}/stream"));
+    let vendor = token("v-1", Role::Vendor, &[&format!("order:{o}")]);
+    let other = token("v-2", Role::Vendor, &[&format!("order:{}", unique("o"))]);
+    ensure!(
+        SseClient::connect(&url, &other, None).await.is_err(),
+        "another order's claim must not open the stream"
+    );
+    let mut sse = SseClient::connect(&url, &vendor, Some("0")).await?;
+    post_event(
+        &server,
+        &svc,
+        &o,
+        json!({"event_id": "e2", "status": "picked_up", "driver_id": d,
+        "destination": {"lat": 52.0, "lon": 13.0}}),
+    )
+    .await?;
+    let t0 = now_ms() - 100_000;
+    upload(
+        &server,
+        &d,
+        (1..=10).map(|s| approach_fix(s, t0, 400.0)).collect(),
+    )
+    .await?;
+    let events = sse_drain(&mut sse, Duration::from_millis(800)).await;
+    ensure!(
+        events
+            .iter()
+            .any(|e| e.event == "location" && e.id.is_none()),
+        "{events:?}"
+    );
+    let mut seen: Vec<u64> = events
+        .iter()
+        .filter(|e| e.event == "order")
+        .filter_map(|e| e.id.as_deref()?.parse().ok())
+        .collect();
+    for e in events.iter().filter(|e| e.event == "order") {
+        let v = e.json()?;
+        ensure!(
+            v["type"] == "order" && v["seq"].as_u64().map(|s| s.to_string()) == e.id,
+            "{v}"
+        );
+    }
+    drop(sse);
+    upload(
+        &server,
+        &d,
+        (11..=40).map(|s| approach_fix(s, t0, 400.0)).collect(),
+    )
+    .await?;
+    let last = seen.last().context("seen")?.to_string();
+    let mut sse = SseClient::connect(&url, &vendor, Some(&last)).await?;
+    post_event(
+        &server,
+        &svc,
+        &o,
+        json!({"event_id": "e3", "status": "delivered"}),
+    )
+    .await?;
+    let mut events = sse_drain(&mut sse, Duration::from_millis(800)).await;
+    upload(
+        &server,
+        &d,
+        (41..=45).map(|s| approach_fix(s, t0, 400.0)).collect(),
+    )
+    .await?;
+    let after_end = sse_drain(&mut sse, Duration::from_millis(800)).await;
+    ensure!(
+        after_end.iter().all(|e| e.event != "location"),
+        "location after delivery: {after_end:?}"
+    );
+    events.extend(after_end);
+    seen.extend(
+        events
+            .iter()
+            .filter(|e| e.event == "order")
+            .filter_map(|e| e.id.as_deref()?.parse::<u64>().ok()),
+    );
+    let (_, t) = get(
+        &server,
+        Some(&svc),
+        &format!("/v1/orders/{o}/timeline?limit=500"),
+    )
+    .await?;
+    let all: Vec<u64> = t["entries"]
+        .as_array()
+        .context("entries")?
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .collect();
+    ensure!(
+        seen == all,
+        "every entry once and in order: seen {seen:?}, timeline {all:?}"
     );
     Ok(())
 }

@@ -55,6 +55,11 @@ impl Order {
     }
 }
 
+/// Whether a timeline entry ends the order (delivered or cancelled).
+pub fn entry_ends(e: &TimelineEntry) -> bool {
+    matches!(&e.body, EntryBody::Status { status, .. } if status.is_final())
+}
+
 /// Applies `ev` to `current` (`None`: the event creates the order). Returns
 /// the new state (seq advanced by one) and its `status` entry, or
 /// [`OrderError::Backwards`].

@@ -22,7 +22,7 @@ pub fn order_frame(order_id: &str, entry: &TimelineEntry, origin_us: i64) -> Fra
     let about = About::Order {
         order: order_id.to_owned(),
         seq: entry.seq,
-        ends: matches!(&entry.body, EntryBody::Status { status, .. } if status.is_final()),
+        ends: super::domain::entry_ends(entry),
     };
     Frame::new(text, about, origin_us)
 }

@@ -52,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/orders/{order_id}/events", post(orders::post_event))
         .route("/v1/orders/{order_id}", get(orders::get_order))
         .route("/v1/orders/{order_id}/timeline", get(orders::get_timeline))
+        .route("/v1/orders/{order_id}/stream", get(sse::order_stream))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

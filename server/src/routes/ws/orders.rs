@@ -7,10 +7,11 @@
 use std::collections::HashMap;
 
 use axum::extract::ws::Utf8Bytes;
-use waypost_protocol::{EntryBody, OrderFrame, ServerFrame, TimelineEntry};
+use waypost_protocol::{OrderFrame, ServerFrame, TimelineEntry};
 
 use crate::engine::chat::{SeqCursor, SeqStep};
 use crate::frame::{About, Frame};
+use crate::orders::domain::entry_ends;
 use crate::orders::OrderError;
 use crate::state::AppState;
 
@@ -24,11 +25,6 @@ struct Cursor {
 #[derive(Default)]
 pub(super) struct OrderChannels {
     cursors: HashMap<String, Cursor>,
-}
-
-/// Whether the entry ends the order (delivered or cancelled).
-pub fn ends(e: &TimelineEntry) -> bool {
-    matches!(&e.body, EntryBody::Status { status, .. } if status.is_final())
 }
 
 fn entry_text(order_id: &str, e: &TimelineEntry) -> Utf8Bytes {
@@ -126,7 +122,7 @@ impl OrderChannels {
                     .await?;
                 for e in t.entries.iter().filter(|e| e.seq <= to) {
                     cursor.seq.advance(e.seq);
-                    cursor.ended |= ends(e);
+                    cursor.ended |= entry_ends(e);
                     frames.push(entry_text(order_id, e));
                 }
             }
