@@ -365,6 +365,10 @@ async fn arrival_and_eta_from_uploads(engine: EngineChoice) -> Result<()> {
     let t0 = now_ms() - 200_000;
     let r = upload(&server, &d, vec![approach_fix(1, t0, 1505.0)]).await?;
     ensure!(r.get("orders").is_none(), "{r}");
+    ensure!(
+        r["policy"]["mode"] == "unwatched",
+        "no order, nobody watching: {r}"
+    );
     post_event(
         &server,
         &svc,
@@ -388,6 +392,8 @@ async fn arrival_and_eta_from_uploads(engine: EngineChoice) -> Result<()> {
             "{r}"
         );
         ensure!(orders[0]["destination"]["lat"] == 52.0, "{r}");
+        // Within 1.5 km of the destination: uploads at the watched rate.
+        ensure!(r["policy"]["mode"] == "watched", "{r}");
     }
     let (_, t) = get(
         &server,
@@ -425,6 +431,10 @@ async fn arrival_and_eta_from_uploads(engine: EngineChoice) -> Result<()> {
     ensure!(
         r.get("orders").is_none(),
         "ended orders are not listed: {r}"
+    );
+    ensure!(
+        r["policy"]["mode"] == "unwatched",
+        "relaxed after delivery: {r}"
     );
     Ok(())
 }

@@ -94,6 +94,16 @@ pub fn distance_m(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
     2.0 * R * a.sqrt().asin()
 }
 
+/// Within this many metres of a destination (or five radii, if more) the
+/// driver is approaching: the ingest reply asks for watched-rate uploads.
+pub const APPROACH_M: f64 = 1500.0;
+
+/// Whether a position is close enough to `dest` to upload at the watched
+/// rate.
+pub fn approaching(lat: f64, lon: f64, dest: &Destination) -> bool {
+    distance_m(lat, lon, dest.lat, dest.lon) <= APPROACH_M.max(5.0 * dest.radius_m)
+}
+
 impl TrackerState {
     /// The current estimate in seconds (not necessarily emitted), `None`
     /// before a speed is known or while inside.
@@ -214,6 +224,17 @@ mod tests {
             lat: 52.0 - m / M_PER_DEG,
             lon: 13.0,
         }
+    }
+
+    #[test]
+    fn approaching_zone() {
+        assert!(approaching(52.0 - 1400.0 / M_PER_DEG, 13.0, &dest()));
+        assert!(!approaching(52.0 - 1600.0 / M_PER_DEG, 13.0, &dest()));
+        let wide = Destination {
+            radius_m: 400.0,
+            ..dest()
+        };
+        assert!(approaching(52.0 - 1900.0 / M_PER_DEG, 13.0, &wide));
     }
 
     #[test]

@@ -129,7 +129,7 @@ async fn ingest(
     // Every fix of the batch, duplicates included: the arrival/ETA tracker
     // ignores fixes it has seen (by ts), and a resent batch after a failure
     // here feeds them again.
-    let orders = state
+    let orders: Vec<ActiveOrder> = state
         .orders
         .on_fixes(
             driver_id,
@@ -145,7 +145,17 @@ async fn ingest(
             destination: o.destination,
         })
         .collect();
-    let (mode, upload_interval_s) = if outcome.watchers > 0 {
+    // Near an active order's destination the SDK uploads as if watched, so
+    // arrival is seen within one watched interval; after the order ends it
+    // is no longer active and the policy relaxes.
+    let newest = req.fixes.iter().max_by_key(|f| f.ts);
+    let approaching = newest.is_some_and(|f| {
+        orders.iter().any(|o: &ActiveOrder| {
+            o.destination
+                .is_some_and(|d| crate::orders::eta::approaching(f.lat, f.lon, &d))
+        })
+    });
+    let (mode, upload_interval_s) = if outcome.watchers > 0 || approaching {
         (PolicyMode::Watched, state.limits.watched_upload_interval_s)
     } else {
         (
