@@ -1,4 +1,10 @@
-//! Long poll of a driver's position:
+//! Long polls. An order's timeline:
+//! `GET /v1/orders/{id}/poll?after_seq=N&timeout_s=25` answers at once with
+//! the entries above `after_seq` (the timeline's shape), else waits for the
+//! next `order` frame and answers with what is above `after_seq` then, or
+//! `204` at the timeout (same join-then-read order as below).
+//!
+//! A driver's position:
 //! `GET /v1/drivers/{id}/location/poll?after_seq=N&timeout_s=25` answers at
 //! once when a fix newer than `after_seq` is known, else waits for the next
 //! live one up to `timeout_s` and answers `204`. The wait joins the hub
@@ -13,13 +19,14 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use waypost_protocol::{Channel, LocationResponse};
+use waypost_protocol::{Channel, LocationResponse, TimelineResponse};
 
 use crate::auth::{authorize_tracking, Authed};
 use crate::error::AppError;
 use crate::frame::About;
 use crate::hub::connection;
 use crate::now_ms;
+use crate::routes::orders::{authorize_order_read, MAX_TIMELINE_PAGE};
 use crate::routes::subscription::{Open, Subscription};
 use crate::state::AppState;
 
@@ -107,6 +114,85 @@ async fn wait(
                         online: true,
                     })
                     .into_response());
+                }
+            }
+        }
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /v1/orders/{order_id}/poll`
+pub async fn poll_order(
+    State(state): State<AppState>,
+    Path(order): Path<String>,
+    Authed(claims): Authed,
+    query: Result<Query<PollQuery>, QueryRejection>,
+) -> Result<Response, AppError> {
+    if authorize_order_read(&state, &claims, &order)
+        .await?
+        .is_none()
+    {
+        return Err(AppError::NotFound(format!("no order {order:?}")));
+    }
+    let Query(q) = query.map_err(|e| AppError::bad("bad_query", e.body_text()))?;
+    let timeout = Duration::from_secs(q.timeout_s.unwrap_or(DEFAULT_TIMEOUT_S))
+        .min(state.limits.max_poll_timeout);
+    if let Some(found) = entries_after(&state, &order, q.after_seq).await? {
+        return Ok(Json(found).into_response());
+    }
+    let open = Open::new(&state, "poll", [state.user_permit(&claims.sub)?]);
+    let tasks = state.tasks.clone();
+    let result = tasks
+        .track_future(wait_order(state.clone(), order, q.after_seq, timeout))
+        .await;
+    drop(open);
+    result
+}
+
+/// The order's entries above `after_seq`, when there are any.
+async fn entries_after(
+    state: &AppState,
+    order: &str,
+    after_seq: u64,
+) -> Result<Option<TimelineResponse>, AppError> {
+    let t = state
+        .orders
+        .orders
+        .timeline(order, after_seq, MAX_TIMELINE_PAGE)
+        .await?;
+    let more = t.more();
+    Ok((!t.entries.is_empty()).then_some(TimelineResponse {
+        entries: t.entries,
+        more,
+    }))
+}
+
+async fn wait_order(
+    state: AppState,
+    order: String,
+    after_seq: u64,
+    timeout: Duration,
+) -> Result<Response, AppError> {
+    let (handle, mut rx) = connection(state.hub.next_conn_id(), 8);
+    let _sub = Subscription::join(&state, Channel::order(&order), &handle).await?;
+    if let Some(found) = entries_after(&state, &order, after_seq).await? {
+        return Ok(Json(found).into_response());
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline) => break,
+            () = state.shutdown.cancelled() => break,
+            out = rx.recv() => {
+                let Some(out) = out else { break };
+                let About::Order { seq, .. } = &out.meta.about else {
+                    continue;
+                };
+                if *seq > after_seq {
+                    state.metrics.delivered(out.kind().name(), 1);
+                    if let Some(found) = entries_after(&state, &order, after_seq).await? {
+                        return Ok(Json(found).into_response());
+                    }
                 }
             }
         }
