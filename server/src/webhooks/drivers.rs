@@ -31,9 +31,12 @@ pub trait DriverPresence: Send + Sync + 'static {
     async fn expire(&self, cutoff_ms: i64, limit: usize) -> Result<Vec<String>, EngineError>;
 }
 
+/// Last seen per driver, and the same ordered by time (for the sweep).
+type SeenSet = (HashMap<String, i64>, BTreeSet<(i64, String)>);
+
 #[derive(Default)]
 pub struct MemoryDriverPresence {
-    inner: Mutex<(HashMap<String, i64>, BTreeSet<(i64, String)>)>,
+    inner: Mutex<SeenSet>,
 }
 
 #[async_trait]
