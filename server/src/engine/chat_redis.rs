@@ -81,6 +81,17 @@ impl StoreConn {
     }
 }
 
+/// A plain connection manager set up like the engine's (TLS; behind
+/// Sentinel, the primary at connect time), for the Redis users not on
+/// [`StoreConn`] yet (orders, webhooks, the order stream). Unlike
+/// [`StoreConn`] it does not follow a failover by itself.
+pub async fn connect(
+    url: &str,
+    opts: &RedisOptions,
+) -> Result<redis::aio::ConnectionManager, EngineError> {
+    super::redis::connection_manager(url, opts).await
+}
+
 /// Runs the `READ_AFTER` script on a seq counter and its log (chat rooms
 /// and vendor notifications share the layout) and decodes the JSON entries.
 async fn read_after<T: serde::de::DeserializeOwned>(

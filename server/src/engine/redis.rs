@@ -38,7 +38,7 @@ mod watchers;
 pub(crate) use commands::Commands;
 pub use options::{RedisOptions, RedisTls, SentinelConfig};
 pub use setup::client;
-pub(crate) use setup::commands;
+pub(crate) use setup::{commands, connection_manager};
 
 use std::sync::Arc;
 

@@ -192,7 +192,7 @@ impl Commands {
     }
 }
 
-async fn open(
+pub(super) async fn open(
     client: &redis::Client,
     config: &ConnectionManagerConfig,
     limit: Duration,

@@ -216,3 +216,12 @@ pub(crate) async fn commands(
     .await?;
     Ok((target, cmd))
 }
+
+/// One connection manager to the primary `url`/`opts` name now.
+pub(crate) async fn connection_manager(
+    url: &str,
+    opts: &RedisOptions,
+) -> Result<redis::aio::ConnectionManager, EngineError> {
+    let client = Target::new(url, opts)?.client().await?;
+    super::commands::open(&client, &manager_config(opts), opts.op_timeout * 4).await
+}
