@@ -495,6 +495,25 @@ impl WsClient {
     }
 
     /// Subscribes and waits for `subscribed` (or fails on `error`).
+    /// Reads until a `location` frame with seq >= `min_seq` (other frames
+    /// skipped); returns its seq.
+    pub async fn location_at_least(&mut self, min_seq: u64, within: Duration) -> Result<u64> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let v = self
+                .next_json(left)
+                .await
+                .with_context(|| format!("no location with seq >= {min_seq}"))?;
+            if v["type"] == "location" {
+                let seq = v["fix"]["seq"].as_u64().unwrap_or(0);
+                if seq >= min_seq {
+                    return Ok(seq);
+                }
+            }
+        }
+    }
+
     pub async fn subscribe(&mut self, channel: &str, after: Option<u64>) -> Result<Value> {
         let mut frame = serde_json::json!({"type": "subscribe", "channel": channel});
         if let Some(a) = after {

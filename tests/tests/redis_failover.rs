@@ -64,24 +64,6 @@ async fn wait_ready(server: &Server, want: StatusCode, within: Duration) -> Resu
     }
 }
 
-/// Reads the WebSocket until a `location` frame with seq >= `min_seq`.
-async fn ws_location_at_least(ws: &mut WsClient, min_seq: u64, within: Duration) -> Result<u64> {
-    let deadline = Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let v = ws
-            .next_json(left)
-            .await
-            .with_context(|| format!("no location with seq >= {min_seq}"))?;
-        if v["type"] == "location" {
-            let seq = v["fix"]["seq"].as_u64().unwrap_or(0);
-            if seq >= min_seq {
-                return Ok(seq);
-            }
-        }
-    }
-}
-
 async fn sse_location_at_least(sse: &mut SseClient, min_seq: u64, within: Duration) -> Result<u64> {
     let deadline = Instant::now() + within;
     loop {
@@ -195,7 +177,7 @@ async fn redis_restart_under_load() -> Result<()> {
     };
 
     // Warm: the live paths deliver.
-    let s = ws_location_at_least(&mut ws, 1, Duration::from_secs(10)).await?;
+    let s = ws.location_at_least(1, Duration::from_secs(10)).await?;
     sse_location_at_least(&mut sse, s, Duration::from_secs(10)).await?;
     assert_eq!(readyz(&server).await, Some(StatusCode::OK));
 
@@ -240,7 +222,7 @@ async fn redis_restart_under_load() -> Result<()> {
                 "ingest never recovered"
             );
         };
-        let ws_seq = ws_location_at_least(&mut ws, target, RESTORE_WITHIN).await?;
+        let ws_seq = ws.location_at_least(target, RESTORE_WITHIN).await?;
         let ws_after = back.elapsed();
         sse_location_at_least(&mut sse, target, RESTORE_WITHIN).await?;
         let sse_after = back.elapsed();

@@ -46,23 +46,6 @@ const BASE_PORT: u16 = 6600;
 /// returning old primary, then it syncs), plus reconnects. Measured ~25 s.
 const RESUME_WITHIN: Duration = Duration::from_secs(45);
 
-async fn location_at_least(ws: &mut WsClient, min_seq: u64, within: Duration) -> Result<u64> {
-    let deadline = Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let v = ws
-            .next_json(left)
-            .await
-            .with_context(|| format!("no location with seq >= {min_seq}"))?;
-        if v["type"] == "location" {
-            let seq = v["fix"]["seq"].as_u64().unwrap_or(0);
-            if seq >= min_seq {
-                return Ok(seq);
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_failover_keeps_sockets_and_acknowledged_writes() -> Result<()> {
     let mut set = match SentinelSet::start(BASE_PORT).await {
@@ -120,7 +103,7 @@ async fn sentinel_failover_keeps_sockets_and_acknowledged_writes() -> Result<()>
         })
     };
 
-    location_at_least(&mut ws, 1, Duration::from_secs(10)).await?;
+    ws.location_at_least(1, Duration::from_secs(10)).await?;
     let before = ws
         .send_chat(&room, &unique("c"), "before the failover")
         .await?;
@@ -164,7 +147,7 @@ async fn sentinel_failover_keeps_sockets_and_acknowledged_writes() -> Result<()>
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let acked_again_after = killed.elapsed();
-    location_at_least(&mut ws, target, Duration::from_secs(5)).await?;
+    ws.location_at_least(target, Duration::from_secs(5)).await?;
     let delivered_after = killed.elapsed();
     // Ready again: pub/sub up and the command connection on the new primary.
     let ready = reqwest::Client::new()
