@@ -27,9 +27,7 @@ use waypost_server::webhooks::drivers::{
 };
 use waypost_server::webhooks::queue::{MemoryWebhookQueue, WebhookQueue};
 use waypost_server::webhooks::queue_redis::RedisWebhookQueue;
-use waypost_server::webhooks::{
-    HttpSender, RandJitter, SystemClock, WebhookConfig, WebhookMetrics, Webhooks,
-};
+use waypost_server::webhooks::{HttpSender, WebhookConfig, WebhookMetrics, Webhooks};
 
 #[derive(Parser)]
 #[command(name = "waypost", version, about = "Waypost real-time server")]
@@ -344,15 +342,7 @@ fn start_webhooks(
     };
     tracing::info!(endpoints = cfg.endpoints.len(), "webhooks on");
     Ok(Some(
-        Webhooks::new(
-            cfg,
-            queue,
-            sender,
-            Arc::new(SystemClock),
-            Arc::new(RandJitter),
-            wm,
-        )
-        .with_presence(presence),
+        Webhooks::system(cfg, queue, sender, wm).with_presence(presence),
     ))
 }
 
