@@ -3,18 +3,27 @@
 # tables into BENCHMARKS.md (section "## Fan-out and connections: Waypost vs
 # the Node peers").
 #
-#   bench/compare.sh            full matrix (~30 min): Waypost memory, Waypost
-#                               Redis, Waypost Redis x2 processes, Socket.IO
-#                               peer x2, ws peer x2
-#   bench/compare.sh --smoke    seconds and tiny counts: Waypost memory + the ws
-#                               peer, checks the reports, writes nothing to
-#                               BENCHMARKS.md (run by scripts/test.d/50-bench-smoke.sh)
-#   bench/compare.sh --only waypost-memory,ws-x2   a subset of the matrix
-#   bench/compare.sh --scenarios connections,storm --out DIR   some scenarios only,
-#                               into an earlier results directory (re-renders it)
+#   bench/compare.sh            full matrix (~90 min): Waypost memory (also with
+#                               pings pushed out of the window), Waypost Redis,
+#                               Waypost Redis x2 processes, Socket.IO peer x2,
+#                               ws peer x2, the floor (`waypost-bench floor`)
+#   bench/compare.sh --smoke    seconds and tiny counts: Waypost memory, the ws
+#                               peer and the floor, checks the reports, writes
+#                               nothing to BENCHMARKS.md (run by scripts/test.d/50-bench-smoke.sh)
+#   bench/compare.sh --only waypost-memory,floor   a subset of the matrix
+#   bench/compare.sh --scenarios heavy,tail --out DIR   some scenarios only
+#                               (heavy fanout broadcast max tail connections
+#                               ingest storm), into an earlier results
+#                               directory (re-renders it)
+#   bench/compare.sh --loadgens node   the fan-out scenarios with one load
+#                               generator only (rust = waypost-bench, node =
+#                               the peers' loadgen; default both)
 #
-# Starts its own Redis (port 6399), the servers and the Node peers (a copy of
-# ../shared/peers, or $WAYPOST_PEERS, under .work/peers with `npm ci`).
+# Starts its own Redis (port $BENCH_REDIS_PORT, default 6399), the servers and
+# the Node peers (a copy of ../shared/peers, or $WAYPOST_PEERS, under
+# .work/peers with `npm ci`). Server ports: Waypost 8181/8182, Socket.IO
+# 3001/3002, ws 3101/3102, floor 8211; with BENCH_PORT_BASE=B: B+1/B+2,
+# B+11/B+12, B+21/B+22, B+31.
 # Reports (one JSON per run) go to .work/bench-results/<time>/.
 set -euo pipefail
 source "$(dirname "$0")/../scripts/lib.sh"
@@ -23,16 +32,18 @@ cd "$WAYPOST_ROOT"
 SMOKE=""
 ONLY=""
 WRITE=1
-SCENARIOS="heavy,fanout,broadcast,max,connections,ingest,storm"
+SCENARIOS="heavy,fanout,broadcast,max,tail,connections,ingest,storm"
+LOADGENS="rust,node"
 OUT_DIR=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) SMOKE=1; WRITE="" ;;
     --only) ONLY="$2"; shift ;;
     --scenarios) SCENARIOS="$2"; shift ;;
+    --loadgens) LOADGENS="$2"; shift ;;
     --out) OUT_DIR="$2"; shift ;;
     --no-write) WRITE="" ;;
-    *) sed -n '2,19p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,27p' "$0" >&2; exit 2 ;;
   esac
   shift
 done
@@ -47,14 +58,23 @@ else
   log "building release binaries"
   cargo build -q --release -p waypost-server -p waypost-bench
 fi
-WAYPOST="$TARGET_DIR/$PROFILE/waypost"
+# WAYPOST_BIN: another server binary (e.g. a build of an earlier commit, to
+# compare before and after a change back to back).
+WAYPOST="${WAYPOST_BIN:-$TARGET_DIR/$PROFILE/waypost}"
 BENCH="$TARGET_DIR/$PROFILE/waypost-bench"
 STAMP="$(date -u +%Y%m%d-%H%M%S)"
 OUT="${OUT_DIR:-$WAYPOST_WORK/bench-results/$STAMP${SMOKE:+-smoke}}"
 mkdir -p "$OUT/logs"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-REDIS_PORT=6399
+REDIS_PORT="${BENCH_REDIS_PORT:-6399}"
+PORT_BASE="${BENCH_PORT_BASE:-}"
+if [ -n "$PORT_BASE" ]; then
+  WP_PORTS=($((PORT_BASE + 1)) $((PORT_BASE + 2))) SIO_PORTS=($((PORT_BASE + 11)) $((PORT_BASE + 12)))
+  WS_PORTS=($((PORT_BASE + 21)) $((PORT_BASE + 22))) FLOOR_PORT=$((PORT_BASE + 31))
+else
+  WP_PORTS=(8181 8182) SIO_PORTS=(3001 3002) WS_PORTS=(3101 3102) FLOOR_PORT=8211
+fi
 REDIS_URL="$(start_redis "$REDIS_PORT")"
 REDIS_PID="$(redis-cli -p "$REDIS_PORT" info server | tr -d '\r' | sed -n 's/^process_id://p')"
 
@@ -101,23 +121,31 @@ wait_healthy() {
 # Waypost server flags for benchmarks: every subscriber has its own sub, but
 # the broadcast and ingest runs post far more than 20 requests/s per driver.
 WAYPOST_FLAGS=(--dev --ingest-requests-per-s 1000000 --max-connections-per-user 100000)
+EXTRA_FLAGS=""
 waypost_cmd() { # ENGINE PORT
-  echo "$WAYPOST serve ${WAYPOST_FLAGS[*]} --engine $1 --redis-url $REDIS_URL --listen 127.0.0.1:$2"
+  echo "$WAYPOST serve ${WAYPOST_FLAGS[*]}${EXTRA_FLAGS:+ $EXTRA_FLAGS} --engine $1 --redis-url $REDIS_URL --listen 127.0.0.1:$2"
 }
 
 start_servers() { # NAME -> sets PIDS, URLS, TARGET
   local name="$1" ports=() kind="" engine=""
   redis-cli -p "$REDIS_PORT" flushall >/dev/null
+  EXTRA_FLAGS=""
   case "$name" in
-    waypost-memory) TARGET=waypost engine=memory ports=(8181) ;;
-    waypost-redis) TARGET=waypost engine=redis ports=(8181) ;;
-    waypost-redis-x2) TARGET=waypost engine=redis ports=(8181 8182) ;;
-    socketio-x2) TARGET=socketio kind=socketio ports=(3001 3002) ;;
-    ws-x2) TARGET=ws kind=ws ports=(3101 3102) ;;
+    waypost-memory) TARGET=waypost engine=memory ports=("${WP_PORTS[0]}") ;;
+    # Pings pushed out of the measured window (issue 23: what pings cost).
+    waypost-memory-noping) TARGET=waypost engine=memory ports=("${WP_PORTS[0]}") EXTRA_FLAGS="--ping-interval 600s" ;;
+    waypost-redis) TARGET=waypost engine=redis ports=("${WP_PORTS[0]}") ;;
+    waypost-redis-x2) TARGET=waypost engine=redis ports=("${WP_PORTS[@]}") ;;
+    socketio-x2) TARGET=socketio kind=socketio ports=("${SIO_PORTS[@]}") ;;
+    ws-x2) TARGET=ws kind=ws ports=("${WS_PORTS[@]}") ;;
+    floor) TARGET=waypost kind=floor ports=("$FLOOR_PORT") ;;
     *) echo "unknown matrix entry $name" >&2; return 1 ;;
   esac
+  kind_of_entry="$kind"
   for port in "${ports[@]}"; do
-    if [ "$TARGET" = waypost ]; then
+    if [ "$kind" = floor ]; then
+      "$BENCH" floor --listen "127.0.0.1:$port" >"$OUT/logs/$name-$port.log" 2>&1 &
+    elif [ "$TARGET" = waypost ]; then
       # shellcheck disable=SC2046
       $(waypost_cmd "$engine" "$port") >"$OUT/logs/$name-$port.log" 2>&1 &
     else
@@ -130,13 +158,15 @@ start_servers() { # NAME -> sets PIDS, URLS, TARGET
   for port in "${ports[@]}"; do wait_healthy "http://127.0.0.1:$port"; done
   SERVER_CMDS=()
   for port in "${ports[@]}"; do
-    if [ "$TARGET" = waypost ]; then SERVER_CMDS+=(--server-cmd "$(waypost_cmd "$engine" "$port")")
+    if [ "$kind" = floor ]; then SERVER_CMDS+=(--server-cmd "$BENCH floor --listen 127.0.0.1:$port")
+    elif [ "$TARGET" = waypost ]; then SERVER_CMDS+=(--server-cmd "$(waypost_cmd "$engine" "$port")")
     else SERVER_CMDS+=(--server-cmd "env REDIS_URL=$REDIS_URL PORT=$port node $PEERS/$kind/server.js"); fi
   done
 }
 
 pids_csv() { local IFS=,; echo "${PIDS[*]}"; }
 want() { [[ ",$SCENARIOS," == *",$1,"* ]]; }
+want_loadgen() { [[ ",$LOADGENS," == *",$1,"* ]]; }
 
 bench() { # FILE SUBCOMMAND ARGS...   (skipped unless the scenario is wanted)
   local file="$1"; shift
@@ -155,45 +185,139 @@ bench() { # FILE SUBCOMMAND ARGS...   (skipped unless the scenario is wanted)
   echo "waypost-bench $sub $*" >"$OUT/${file%.json}.cmd"
 }
 
+# Sum of a Prometheus counter over the Waypost processes of the entry (0 for
+# the floor and the peers, which have no such metric).
+metric_sum() { # NAME
+  local total=0 u v
+  if [ "$TARGET" != waypost ] || [ "$KIND" = floor ]; then echo 0; return; fi
+  for u in ${URLS//,/ }; do
+    v="$(curl -fsS --max-time 5 "$u/metrics" 2>/dev/null \
+      | awk -v n="$1" '$1 ~ "^"n"([{]|$)" {s += $2} END {printf "%d", s}')"
+    total=$((total + ${v:-0}))
+  done
+  echo "$total"
+}
+
+# The peers' Node load generator (`loadgen/index.js` of the copied peers) on
+# the same servers: FILE SUBSCRIBERS DRIVERS RATE DURATION WARMUP DRAIN [WORKERS].
+# Accepted fixes the server did not broadcast because a newer one of the
+# driver was already live (its POSTs overtook each other: this client posts
+# open loop) are read from `waypost_fixes_superseded_total` before and after
+# the run (warm-up included) and written into the report as
+# `deliveries.superseded` (the deliveries those posts would have made, at
+# most `lost`) and `deliveries.lost_net` = lost - superseded.
+node_bench() {
+  local file="$1" subs="$2" drivers="$3" rate="$4" duration="$5" warmup="$6" drain="$7" workers="${8:-0}"
+  local proto watch="" i=0 p
+  case "$TARGET" in waypost) proto=waypost ;; ws) proto=ws-json ;; socketio) proto=socketio ;; esac
+  for p in "${PIDS[@]}"; do watch="${watch:+$watch,}server$i=$p"; i=$((i + 1)); done
+  local args=(--protocol "$proto" --sub "$URLS" --pub "$URLS" --subscribers "$subs" --drivers "$drivers"
+    --rate "$rate" --duration "$duration" --warmup "$warmup" --drain "$drain" --workers "$workers"
+    --watch "$watch" --label "${file%%.*}" --quiet)
+  log "$(basename "$file" .json): node loadgen/index.js ${args[*]}"
+  local before after
+  before="$(metric_sum waypost_fixes_superseded_total)"
+  if (cd "$PEERS" && timeout 600 node loadgen/index.js "${args[@]}") >"$OUT/$file.tmp" 2>>"$OUT/logs/node-loadgen.log"; then
+    after="$(metric_sum waypost_fixes_superseded_total)"
+    python3 - "$OUT/$file.tmp" $((after - before)) <<'EOF'
+import json, sys
+path, posts = sys.argv[1], int(sys.argv[2])
+r = json.load(open(path))
+d, c = r["deliveries"], r["config"]
+per_post = c["subscribers"] / max(1, c["drivers"])
+d["superseded_posts"] = posts
+d["superseded"] = min(d["lost"], round(posts * per_post))
+d["lost_net"] = d["lost"] - d["superseded"]
+r["kind"] = "node-fanout"
+json.dump(r, open(path, "w"))
+EOF
+    mv "$OUT/$file.tmp" "$OUT/$file"
+  else
+    echo "  failed (see $OUT/logs/node-loadgen.log)" >&2
+    rm -f "$OUT/$file.tmp"
+    return 1
+  fi
+  echo "node loadgen/index.js ${args[*]}" >"$OUT/${file%.json}.cmd"
+}
+
+# One fan-out scenario with each wanted load generator:
+# SCEN SUBSCRIBERS DRIVERS RATE DURATION WARMUP DRAIN.
+fan() {
+  local scen="$1" subs="$2" drivers="$3" rate="$4" duration="$5" warmup="$6" drain="$7"
+  [ -n "$SMOKE" ] || want "$scen" || return 0
+  if want_loadgen rust; then
+    # shellcheck disable=SC2086
+    bench "$NAME.$scen.json" fanout "${COMMON[@]}" --subscribers "$subs" --drivers "$drivers" --rate "$rate" \
+      --duration "$duration" --warmup "$warmup" --drain "$drain" ${SMOKE:+--workers 2} || FAILED+=("$NAME $scen")
+  fi
+  if want_loadgen node; then
+    # shellcheck disable=SC2086
+    node_bench "$NAME.$scen-node.json" "$subs" "$drivers" "$rate" "$duration" "$warmup" "$drain" ${SMOKE:+2} \
+      || FAILED+=("$NAME $scen-node")
+  fi
+}
+
+# p99 < 50 ms, nothing lost, and the posts kept up (95 % of the scheduled rate).
+passes() { # REPORT.json
+  python3 - "$1" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+d = r["deliveries"]
+ok = (r["latency_ms"]["p99"] < 50 and d.get("lost_net", d["lost"]) == 0
+      and r["updates"]["achieved_rate_per_s"] >= 0.95 * r["params"]["rate"])
+sys.exit(0 if ok else 1)
+EOF
+}
+
 run_entry() {
   local name="$1"
+  NAME="$name"
   start_servers "$name"
-  local common=(--target "$TARGET" --url "$URLS" --server-pid "$(pids_csv)" --label "$name")
+  KIND="$kind_of_entry"
+  COMMON=(--target "$TARGET" --url "$URLS" --server-pid "$(pids_csv)" --label "$name")
+  local common=("${COMMON[@]}")
   local n_proc=${#PIDS[@]}
   URLS_SAVED="$URLS"
   if [ -n "$SMOKE" ]; then
-    bench "$name.fanout.json" fanout "${common[@]}" --subscribers 200 --drivers 20 --rate 100 \
-      --duration 2 --warmup 1 --drain 1 --workers 2 || FAILED+=("$name fanout")
+    fan fanout 200 20 100 2 1 1
     bench "$name.connections.json" connections "${common[@]}" --count 300 --hold 1 || FAILED+=("$name connections")
-    if [ "$TARGET" = waypost ]; then
+    if [ "$TARGET" = waypost ] && [ "$KIND" != floor ]; then
       bench "$name.ingest.json" ingest "${common[@]}" --drivers 4 --batch 100 --duration 2 || FAILED+=("$name ingest")
     fi
     stop_servers
-    bench "$name.storm.json" storm --target "$TARGET" --url "$URLS_SAVED" --label "$name" --clients 200 \
-      --backoff-base-ms 200 --deadline 20 --log-dir "$OUT/logs" "${SERVER_CMDS[@]}" || FAILED+=("$name storm")
+    if [ "$KIND" != floor ]; then
+      bench "$name.storm.json" storm --target "$TARGET" --url "$URLS_SAVED" --label "$name" --clients 200 \
+        --backoff-base-ms 200 --deadline 20 --log-dir "$OUT/logs" "${SERVER_CMDS[@]}" || FAILED+=("$name storm")
+    fi
     return 0
   fi
   # 1. The peers' recorded scenarios ("heavy" and "fanout"), 20 s measured after 5 s warm-up.
-  bench "$name.heavy.json" fanout "${common[@]}" --subscribers 10000 --drivers 1000 --rate 1000 \
-    --duration 20 --warmup 5 || FAILED+=("$name heavy")
-  bench "$name.fanout.json" fanout "${common[@]}" --subscribers 10000 --drivers 100 --rate 500 \
-    --duration 20 --warmup 5 || FAILED+=("$name fanout")
+  fan heavy 10000 1000 1000 20 5 3
+  # The entry without pings exists to compare heavy with and without them.
+  if [ "$name" = waypost-memory-noping ]; then stop_servers; return 0; fi
+  fan fanout 10000 100 500 20 5 3
   # 2. Broadcast: one driver, 10,000 watchers, 100 posts/s = 1M deliveries/s.
-  bench "$name.broadcast.json" fanout "${common[@]}" --subscribers 10000 --drivers 1 --rate 100 \
-    --duration 10 --warmup 2 --drain 5 || FAILED+=("$name broadcast")
+  fan broadcast 10000 1 100 10 2 5
   # 3. Maximum sustained deliveries/s with p99 < 50 ms and no loss: 100 watchers
   #    per driver, raising the post rate until a step misses (MAX_RATES).
-  want max && for rate in ${MAX_RATES:-100 200 300 500 700 1000 1400 2000 4000 8000}; do
-    bench "$name.max-$rate.json" fanout "${common[@]}" --subscribers 10000 --drivers 100 --rate "$rate" \
-      --duration 10 --warmup 2 --drain 5 || { FAILED+=("$name max-$rate"); break; }
-    python3 - "$OUT/$name.max-$rate.json" <<'EOF' || break
-import json, sys
-r = json.load(open(sys.argv[1]))
-ok = r["latency_ms"]["p99"] < 50 and r["deliveries"]["lost"] == 0
-sys.exit(0 if ok else 1)
-EOF
-  done
-  # 4. Idle connections: ~18,000 per server process (hard limit 20,000 files),
+  if want max && want_loadgen rust; then
+    for rate in ${MAX_RATES:-100 200 300 500 700 1000 1400 2000 4000 8000}; do
+      bench "$name.max-$rate.json" fanout "${common[@]}" --subscribers 10000 --drivers 100 --rate "$rate" \
+        --duration 10 --warmup 2 --drain 5 || { FAILED+=("$name max-$rate"); break; }
+      passes "$OUT/$name.max-$rate.json" || break
+    done
+  fi
+  # 4. Broadcast tail: one driver watched by 10,000, the post rate raised
+  #    until a step misses p99 < 50 ms, loses a delivery or falls behind
+  #    the scheduled rate (TAIL_RATES).
+  if want tail && want_loadgen rust; then
+    for rate in ${TAIL_RATES:-10 25 50 100 200 400 800}; do
+      bench "$name.tail-$rate.json" fanout "${common[@]}" --subscribers 10000 --drivers 1 --rate "$rate" \
+        --duration "${TAIL_SECONDS:-10}" --warmup 2 --drain 5 || { FAILED+=("$name tail-$rate"); break; }
+      passes "$OUT/$name.tail-$rate.json" || break
+    done
+  fi
+  # 5. Idle connections: ~18,000 per server process (hard limit 20,000 files),
   #    on fresh server processes (RSS before = a server that never held any).
   if want connections; then
     stop_servers
@@ -202,13 +326,13 @@ EOF
     bench "$name.connections.json" connections "${common[@]}" --count $((18000 * n_proc)) --drivers 1000 \
     --hold 10 --source-ips 8 || FAILED+=("$name connections")
   fi
-  # 5. Ingest (Waypost only): batches of 100.
-  if [ "$TARGET" = waypost ] && want ingest; then
+  # 6. Ingest (Waypost only): batches of 100.
+  if [ "$TARGET" = waypost ] && [ "$KIND" != floor ] && want ingest; then
     bench "$name.ingest.json" ingest "${common[@]}" --drivers 50 --batch 100 --concurrency 64 \
       --duration 10 || FAILED+=("$name ingest")
   fi
   stop_servers
-  # 6. Reconnect storm: 20,000 clients (two server processes; memory and
+  # 7. Reconnect storm: 20,000 clients (two server processes; memory and
   #    single-process Redis entries skip it, see waypost-redis-x2).
   if [ "$n_proc" -ge 2 ] && want storm; then
     bench "$name.storm.json" storm --target "$TARGET" --url "$URLS_SAVED" --label "$name" --clients 20000 \
@@ -216,12 +340,16 @@ EOF
   fi
 }
 
-ENTRIES=(waypost-memory waypost-redis waypost-redis-x2 socketio-x2 ws-x2)
-[ -n "$SMOKE" ] && ENTRIES=(waypost-memory ws-x2)
+ENTRIES=(waypost-memory waypost-memory-noping waypost-redis waypost-redis-x2 socketio-x2 ws-x2 floor)
+[ -n "$SMOKE" ] && ENTRIES=(waypost-memory ws-x2 floor)
 [ -n "$ONLY" ] && IFS=, read -r -a ENTRIES <<<"$ONLY"
 FAILED=()
 for e in "${ENTRIES[@]}"; do
-  case "$e" in socketio-*|ws-*) setup_peers ;; esac
+  # The smoke runs the Node load generator once (Waypost memory), not per entry.
+  if [ -n "$SMOKE" ]; then
+    if [ "$e" = waypost-memory ] && command -v node >/dev/null; then LOADGENS=rust,node; else LOADGENS=rust; fi
+  fi
+  if [[ "$e" == socketio-* || "$e" == ws-* ]] || want_loadgen node; then setup_peers; fi
   run_entry "$e"
 done
 

@@ -8,12 +8,15 @@
 import glob
 import json
 import os
+import shutil
 import sys
 
 HEADING = "## Fan-out and connections: Waypost vs the Node peers"
-ENTRIES = ["waypost-memory", "waypost-redis", "waypost-redis-x2", "socketio-x2", "ws-x2"]
+ENTRIES = ["waypost-memory", "waypost-memory-noping", "waypost-redis", "waypost-redis-x2", "socketio-x2", "ws-x2", "floor"]
 NAMES = {
     "waypost-memory": "Waypost, memory engine, 1 process",
+    "waypost-memory-noping": "the same with `--ping-interval 600s` (no ping in the measured window)",
+    "floor": "the floor: `waypost-bench floor`, 1 process (same wire and frames, no auth, engine, pings or bookkeeping)",
     "waypost-redis": "Waypost, Redis engine, 1 process",
     "waypost-redis-x2": "Waypost, Redis engine, 2 processes",
     "socketio-x2": "Socket.IO peer, 2 processes + Redis",
@@ -57,13 +60,21 @@ def cpu_list(r):
 
 
 def lost_cell(d):
-    cell = f"{fmt(d['lost'])}/{fmt(d['expected'])}"
+    sup = d.get("superseded") or 0
+    cell = f"{fmt(lost_net(d))}/{fmt(d['expected'])}"
+    if sup:
+        cell += f" (+{fmt(sup)} superseded)"
     nb = d.get("updates_never_delivered")
     if nb:
         cell += f" ({fmt(nb)} posts sent to nobody)"
     if d.get("reordered"):
         cell += f", {fmt(d['reordered'])} out of order"
     return cell
+
+
+def lost_net(d):
+    """Deliveries lost, not counting those of superseded fixes (not broadcast by contract)."""
+    return d.get("lost_net", d["lost"])
 
 
 def fanout_row(entry, scen, r):
@@ -78,8 +89,62 @@ def fanout_row(entry, scen, r):
     )
 
 
+def is_node(r):
+    return r.get("kind") == "node-fanout"
+
+
+def server_cpu(r):
+    """Server CPU, % of one core, all processes of the entry."""
+    c = r["cpu_pct_of_one_core"]
+    if is_node(r):
+        return sum(v for k, v in c.items() if k.startswith("server") and v is not None)
+    return c["server_total"]
+
+
+def deliveries_per_s(r):
+    d = r["deliveries"]
+    return d["throughput_per_s"] if is_node(r) else d["per_s"]
+
+
+def node_row(entry, scen, r):
+    c, u, d, l = r["config"], r["updates"], r["deliveries"], r["latency_ms"]
+    cpu = r["cpu_pct_of_one_core"]
+    loop = r.get("loadgen_event_loop_delay_ms", {})
+    pub = loop.get("publisher", {})
+    subs = loop.get("subscribers", [])
+    sub_p99 = max((x["p99"] for x in subs), default=None)
+    sub_max = max((x["max"] for x in subs), default=None)
+    peer = r.get("peer_event_loop_delay_ms") or {}
+    peer_cell = " / ".join(f"{v['p99']:.1f}" for v in peer.values()) or "–"
+    server = " + ".join(f"{v:.0f}" for k, v in cpu.items() if k.startswith("server") and v is not None) or "–"
+    return (
+        f"| {entry} | {scen} | {fmt(r['connections']['subscribed'])}/{fmt(c['subscribers'])} | {fmt(c['drivers'])} "
+        f"| {fmt(c['rate_per_s'])} ({fmt(u['achieved_rate_per_s'])}) | {fmt(d['throughput_per_s'], 0)} "
+        f"| {l['p50']:.2f} | {l['p90']:.2f} | {l['p99']:.2f} | {l['p999']:.1f} | {l['max']:.1f} "
+        f"| {lost_cell(d)} | {server} | {cpu['loadgen_publisher'] + cpu['loadgen_subscribers']:.0f} "
+        f"| {fmt(cpu.get('other_processes'), 0)} | {fmt(pub.get('p99'))} / {fmt(pub.get('max'))} "
+        f"| {fmt(sub_p99)} / {fmt(sub_max)} | {peer_cell} | {u['post_latency_ms']['p99']:.1f} |"
+    )
+
+
+def timeline(r):
+    return " ".join(fmt(x["p99"]) for x in r.get("latency_timeline_ms", []) if x["deliveries"])
+
+
+def ladder(res, entry, prefix):
+    """(best passing (rate, report), first failing (rate, report)) of a rate ladder."""
+    steps = sorted((int(s.split("-")[1]), r) for (e, s), r in res.items() if e == entry and s.startswith(prefix))
+    best, fail = None, None
+    for rate, r in steps:
+        if ok_step(r) and r["updates"]["achieved_rate_per_s"] >= 0.95 * r["params"]["rate"]:
+            best = (rate, r)
+        elif fail is None:
+            fail = (rate, r)
+    return best, fail
+
+
 def ok_step(r):
-    return r["latency_ms"]["p99"] < 50 and r["deliveries"]["lost"] == 0
+    return r["latency_ms"]["p99"] < 50 and lost_net(r["deliveries"]) == 0
 
 
 def max_sustained(res, entry):
@@ -144,6 +209,108 @@ def render(d):
             if r:
                 out.append(fanout_row(x, scen, r))
     out.append("")
+
+    node_scens = [s for s in ["heavy", "fanout", "broadcast"] if any((x, s + "-node") in res for x in entries)]
+    if node_scens:
+        out.append("### Fan-out latency, the peers' Node load generator")
+        out.append("")
+        out.append(
+            "The same scenarios, servers and machine, driven by the peers' load generator (`loadgen/index.js` "
+            "of `../shared/peers`: Node `ws` clients in 2 worker processes that answer pings and parse every "
+            "frame as a browser app would; publisher open loop, so one driver's POSTs can overtake each other). "
+            "Latency as above. `lost` counts deliveries that should have reached a watcher and did not; "
+            "`superseded` (Waypost only) are the deliveries of accepted fixes Waypost did not broadcast because "
+            "a newer fix of the driver was already live (`waypost_fixes_superseded_total`, read before and "
+            "after the run, warm-up included), which is the contract, not a loss. Load-generator event-loop "
+            "delay (p99 / max ms) tells client stalls from server stalls: a latency spike with a calm "
+            "event loop is the server's; peer event loop = the Node peers' own (`/healthz`)."
+        )
+        out.append("")
+        out.append(
+            "| entry | run | watchers | drivers | posts/s (achieved) | deliveries/s | p50 ms | p90 ms | p99 ms "
+            "| p99.9 ms | max ms | lost/expected | server CPU % | loadgen CPU % | other processes CPU % "
+            "| publisher loop p99/max ms | subscriber loops p99/max ms | peer loop p99 ms | POST p99 ms |"
+        )
+        out.append("|" + "---|" * 19)
+        for scen in node_scens:
+            for x in entries:
+                r = res.get((x, scen + "-node"))
+                if r:
+                    out.append(node_row(x, scen, r))
+        out.append("")
+        tl = [(x, res[(x, "heavy-node")]) for x in entries if (x, "heavy-node") in res]
+        if tl:
+            out.append("Per-second p99 (ms) of `heavy` under the Node load generator, by send time over the measured window:")
+            out.append("")
+            out.append("| entry | p99 | per-second p99 |")
+            out.append("|---|---|---|")
+            for x, r in tl:
+                out.append(f"| {x} | {r['latency_ms']['p99']:.2f} | {timeline(r)} |")
+            out.append("")
+
+    if "floor" in entries:
+        out.append("### Against the floor")
+        out.append("")
+        out.append(
+            "The floor (`waypost-bench floor`) accepts the same subscriptions and POSTs and writes the same "
+            "pre-serialized `location` frames to the same sockets on the same runtime and WebSocket stack, "
+            "with no auth, engine, pings or bookkeeping: what the load costs at the least. Multiples of the "
+            "floor's figure in the same run; server CPU per delivery = server CPU / deliveries per second."
+        )
+        out.append("")
+        wp = [x for x in entries if x.startswith("waypost")]
+        out.append("| run | load generator | floor: CPU µs per delivery, p99 ms | " + " | ".join(
+            f"{x}: CPU per delivery, p99" for x in wp) + " |")
+        out.append("|---|---|---|" + "---|" * len(wp))
+        for scen in ["heavy", "fanout", "broadcast"]:
+            for lg, suffix in [("waypost-bench", ""), ("Node loadgen", "-node")]:
+                f = res.get(("floor", scen + suffix))
+                if not f or not deliveries_per_s(f):
+                    continue
+                f_cpu = server_cpu(f) / deliveries_per_s(f)
+                row = [scen, lg, f"{f_cpu * 1e4:.2f} µs, {f['latency_ms']['p99']:.2f} ms"]
+                for x in wp:
+                    r = res.get((x, scen + suffix))
+                    if r and deliveries_per_s(r) and f_cpu:
+                        c = server_cpu(r) / deliveries_per_s(r) / f_cpu
+                        pr = r["latency_ms"]["p99"] / f["latency_ms"]["p99"] if f["latency_ms"]["p99"] else 0
+                        row.append(f"{c:.2f}x, {pr:.2f}x")
+                    else:
+                        row.append("–")
+                out.append("| " + " | ".join(row) + " |")
+        out.append("")
+
+    tails = {x: ladder(res, x, "tail-") for x in entries}
+    if any(b or f for b, f in tails.values()):
+        out.append("### Broadcast tail (one driver, 10,000 watchers)")
+        out.append("")
+        out.append(
+            "One driver watched by 10,000 (`waypost-bench`), the post rate raised step by step (10, 25, 50, "
+            "100, 200, 400, 800 posts/s) until a step misses p99 < 50 ms, loses a delivery or achieves less "
+            "than 95 % of its rate (one driver's POSTs go one at a time, as the SDK uploads)."
+        )
+        out.append("")
+        out.append("| entry | highest passing posts/s | deliveries/s | p99 ms | server CPU % | host busy % | first failing step |")
+        out.append("|---|---|---|---|---|---|---|")
+        for x in entries:
+            best, fail = tails[x]
+            if not best and not fail:
+                continue
+            b = (
+                f"{best[0]} | {fmt(best[1]['deliveries']['per_s'], 0)} | {best[1]['latency_ms']['p99']:.2f} "
+                f"| {cpu_list(best[1])} | {best[1]['cpu_pct_of_one_core']['host_busy_pct_of_all_cores']:.0f}"
+                if best
+                else "none | – | – | – | –"
+            )
+            f = (
+                f"{fail[0]} posts/s: p99 {fail[1]['latency_ms']['p99']:.1f} ms, lost {fmt(fail[1]['deliveries']['lost'])}, "
+                f"achieved {fmt(fail[1]['updates']['achieved_rate_per_s'])}/s, host busy "
+                f"{fail[1]['cpu_pct_of_one_core']['host_busy_pct_of_all_cores']:.0f} %"
+                if fail
+                else "none failed"
+            )
+            out.append(f"| {x} | {b} | {f} |")
+        out.append("")
 
     out.append("### Maximum sustained deliveries/s (p99 < 50 ms, no loss)")
     out.append("")
@@ -319,6 +486,8 @@ def check(d):
     res = load(d)
     problems = []
     want = [("waypost-memory", s) for s in ["fanout", "connections", "ingest", "storm"]]
+    if shutil.which("node"):
+        want.append(("waypost-memory", "fanout-node"))
     want += [(e, s) for (e, s) in res if e != "waypost-memory"]
     for key in want:
         r = res.get(key)
@@ -333,8 +502,18 @@ def check(d):
                 problems.append(f"{name}: {c['subscribed']} of {r['params']['subscribers']} subscribed ({c['errors']})")
             if dl["expected"] == 0 or dl["received"] == 0:
                 problems.append(f"{name}: nothing delivered")
-            if dl["lost"] != 0 or dl["unexpected"] != 0:
-                problems.append(f"{name}: lost {dl['lost']}, unexpected {dl['unexpected']} ({dl['errors']})")
+            if lost_net(dl) != 0 or dl["unexpected"] != 0:
+                problems.append(f"{name}: lost {lost_net(dl)}, unexpected {dl['unexpected']} ({dl['errors']})")
+            if r["latency_ms"]["count"] != dl["received"]:
+                problems.append(f"{name}: latency samples {r['latency_ms']['count']} != received {dl['received']}")
+        elif kind == "node-fanout":
+            c, dl = r["connections"], r["deliveries"]
+            if c["subscribed"] != r["config"]["subscribers"]:
+                problems.append(f"{name}: {c['subscribed']} of {r['config']['subscribers']} subscribed ({r['errors']})")
+            if dl["expected"] == 0 or dl["received"] == 0:
+                problems.append(f"{name}: nothing delivered")
+            if dl["lost_net"] != 0 or dl["unexpected"] != 0:
+                problems.append(f"{name}: lost {dl['lost_net']}, unexpected {dl['unexpected']} ({r['errors']})")
             if r["latency_ms"]["count"] != dl["received"]:
                 problems.append(f"{name}: latency samples {r['latency_ms']['count']} != received {dl['received']}")
         elif kind == "connections":

@@ -1,15 +1,11 @@
-// The Waypost sample app. The Rust SDK is cross-compiled with cargo-ndk and
-// its Kotlin bindings generated with the workspace's uniffi-bindgen before
-// every build (tasks below); both land in build/ and are never committed.
-
+// The Waypost sample app. The SDK comes from io.waypost:waypost-android
+// (bindings/android, an included build: its tasks cross-compile the Rust core
+// with cargo-ndk and generate the Kotlin bindings; its consumer rules keep
+// JNA and the bindings in minified builds).
 plugins {
     id("com.android.application")
     id("org.jetbrains.kotlin.android")
 }
-
-val waypostRoot = rootProject.file(providers.gradleProperty("waypost.root").get())
-val jniOut = layout.buildDirectory.dir("rust/jniLibs")
-val bindingsOut = layout.buildDirectory.dir("generated/uniffi")
 
 android {
     namespace = "io.waypost.sample"
@@ -21,13 +17,13 @@ android {
         targetSdk = 35
         versionCode = 1
         versionName = "0.1.0"
-        ndk { abiFilters += listOf("arm64-v8a", "x86_64") }
     }
 
     buildTypes {
         release {
             isMinifyEnabled = true
-            proguardFiles(getDefaultProguardFile("proguard-android-optimize.txt"), "proguard-rules.pro")
+            // JNA / bindings keep rules come with the AAR (consumer-rules.pro).
+            proguardFiles(getDefaultProguardFile("proguard-android-optimize.txt"))
         }
     }
     compileOptions {
@@ -35,42 +31,18 @@ android {
         targetCompatibility = JavaVersion.VERSION_17
     }
     kotlinOptions { jvmTarget = "17" }
-
-    sourceSets["main"].apply {
-        java.srcDir(bindingsOut)
-        jniLibs.srcDir(jniOut)
-    }
 }
-
-// 1. The native library for each ABI: libwaypost_ffi.so under build/rust/jniLibs/<abi>/.
-val cargoNdk by tasks.registering(Exec::class) {
-    workingDir = waypostRoot
-    commandLine(
-        "cargo", "ndk", "-t", "arm64-v8a", "-t", "x86_64", "--platform", "26",
-        "-o", jniOut.get().asFile.absolutePath,
-        "build", "--release", "-p", "waypost-ffi", "--lib",
-    )
-}
-
-// 2. The Kotlin bindings, generated from the host build of the same crate.
-val generateBindings by tasks.registering(Exec::class) {
-    workingDir = waypostRoot
-    commandLine(
-        "sh", "-c",
-        "cargo build -p waypost-ffi -p uniffi-bindgen && " +
-            "target/debug/uniffi-bindgen generate target/debug/libwaypost_ffi.so " +
-            "--language kotlin --no-format --out-dir '${bindingsOut.get().asFile.absolutePath}'",
-    )
-}
-
-tasks.named("preBuild") { dependsOn(cargoNdk, generateBindings) }
 
 dependencies {
-    // JNA as an AAR: it ships libjnidispatch.so for every Android ABI.
-    implementation("net.java.dev.jna:jna:5.19.1@aar")
+    // The SDK (bindings + native libraries for arm64-v8a, armeabi-v7a, x86_64, x86,
+    // JNA as an AAR, kotlinx-coroutines and the Flow wrappers).
+    implementation("io.waypost:waypost-android:0.1.0")
     implementation("org.jetbrains.kotlinx:kotlinx-coroutines-android:1.9.0")
     implementation("com.google.android.gms:play-services-location:21.3.0")
     implementation("androidx.core:core-ktx:1.15.0")
     implementation("androidx.appcompat:appcompat:1.7.0")
     implementation("androidx.lifecycle:lifecycle-runtime-ktx:2.8.7")
+    implementation("androidx.lifecycle:lifecycle-process:2.8.7")
+    // DrainWorker: uploads a shift's leftovers once a network is up, app open or not.
+    implementation("androidx.work:work-runtime-ktx:2.10.0")
 }

@@ -116,6 +116,30 @@ impl Publisher {
     }
 }
 
+/// Sum of `waypost_fixes_superseded_total` over the servers: accepted fixes
+/// Waypost did not broadcast because a newer fix of the driver was already
+/// live. None when no server exposes it (the floor, the peers).
+pub async fn superseded_total(client: &reqwest::Client, servers: &[Server]) -> Option<u64> {
+    let mut total = None;
+    for s in servers {
+        let Ok(r) = client.get(format!("{}/metrics", s.base)).send().await else {
+            continue;
+        };
+        if !r.status().is_success() {
+            continue;
+        }
+        let Ok(text) = r.text().await else { continue };
+        let n: u64 = text
+            .lines()
+            .filter(|l| l.starts_with("waypost_fixes_superseded_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|v| v as u64)
+            .sum();
+        total = Some(total.unwrap_or(0) + n);
+    }
+    total
+}
+
 pub fn http_client(pool: usize, timeout: Duration) -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .pool_max_idle_per_host(pool)
@@ -212,6 +236,8 @@ async fn measure(args: &Args) -> anyhow::Result<Value> {
     // Per driver: answered when the driver's latest POST so far is answered.
     let mut lanes: Vec<Option<oneshot::Receiver<()>>> = (0..drivers).map(|_| None).collect();
     let mut measured_from_ns: Option<u64> = None;
+    // Read in the background: the publish loop must not wait for it.
+    let mut superseded_from: Option<tokio::task::JoinHandle<Option<u64>>> = None;
     let mut tasks = tokio::task::JoinSet::new();
     let start = tokio::time::Instant::now();
     for k in 0..total {
@@ -222,6 +248,12 @@ async fn measure(args: &Args) -> anyhow::Result<Value> {
             window = Some(CpuWindow::start(&watched));
             measured_started = Instant::now();
             measured_from_ns = Some(mono_ns());
+            if common.target == Target::Waypost {
+                let (client, servers) = (client.clone(), servers.clone());
+                superseded_from = Some(tokio::spawn(async move {
+                    superseded_total(&client, &servers).await
+                }));
+            }
         }
         let measured = k >= warmup_k;
         let (done, lane_done) = oneshot::channel();
@@ -285,6 +317,16 @@ async fn measure(args: &Args) -> anyhow::Result<Value> {
     let cpu = window.as_ref().map(CpuWindow::finish).unwrap_or_default();
     let host_busy = window.as_ref().map_or(0.0, CpuWindow::host_busy_pct);
     tokio::time::sleep(Duration::from_secs(u64::from(args.drain))).await;
+    let superseded_posts = match superseded_from {
+        Some(task) => match (
+            task.await.ok().flatten(),
+            superseded_total(&client, &servers).await,
+        ) {
+            (Some(from), Some(to)) => to.saturating_sub(from),
+            _ => 0,
+        },
+        None => 0,
+    };
     pool.broadcast("report");
     let reports = pool.collect("report", Duration::from_secs(60)).await;
     sampler.abort();
@@ -301,6 +343,10 @@ async fn measure(args: &Args) -> anyhow::Result<Value> {
     let expected = sum("expected");
     let received = sum("received");
     let lost = expected.saturating_sub(received);
+    // Deliveries the superseded posts would have made (watchers are spread
+    // evenly over drivers), at most what is missing.
+    let superseded =
+        ((superseded_posts as f64 * subscribers as f64 / drivers as f64).round() as u64).min(lost);
     // Updates that reached no watcher in any worker: the server never
     // broadcast them (Waypost broadcasts only a driver's newest fix, so a
     // POST overtaken by a newer one of the same driver is not sent live).
@@ -353,7 +399,10 @@ async fn measure(args: &Args) -> anyhow::Result<Value> {
             "expected": expected,
             "received": received,
             "lost": lost,
-            "loss_pct": if expected == 0 { 0.0 } else { (lost as f64 / expected as f64 * 1e4).round() / 100.0 },
+            "superseded_posts": superseded_posts,
+            "superseded": superseded,
+            "lost_net": lost - superseded,
+            "loss_pct": if expected == 0 { 0.0 } else { ((lost - superseded) as f64 / expected as f64 * 1e4).round() / 100.0 },
             "duplicates": sum("duplicates") + sum("extra"),
             "reordered": sum("reordered"),
             "updates_never_delivered": not_broadcast,
@@ -420,10 +469,11 @@ fn print_report(common: &CommonArgs, r: &Value) {
         u["max_schedule_lag_ms"], u["max_driver_queue_ms"], u["post_latency_ms"]["p99"]
     );
     println!(
-        "  deliveries: expected {} received {} lost {} ({} %; {} posts reached nobody) dup {} reordered {} unexpected {} -> {}/s",
+        "  deliveries: expected {} received {} lost {} + superseded {} ({} %; {} posts reached nobody) dup {} reordered {} unexpected {} -> {}/s",
         d["expected"],
         d["received"],
-        d["lost"],
+        d["lost_net"],
+        d["superseded"],
         d["loss_pct"],
         d["updates_never_delivered"],
         d["duplicates"],

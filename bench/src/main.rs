@@ -10,6 +10,7 @@ mod chat;
 mod common;
 mod connections;
 mod fanout;
+mod floor;
 mod ingest;
 mod replay;
 mod storm;
@@ -42,6 +43,8 @@ enum Command {
     SdkReplay(replay::Args),
     /// Insert rate of the driver SDK's SQLite buffer (batched transactions).
     SdkBuffer(replay::BufferArgs),
+    /// The floor: a minimal server speaking Waypost's subscribe/ingest wire (no auth, no engine).
+    Floor(floor::Args),
     /// Internal: a subscriber process forked by the other subcommands.
     #[command(hide = true)]
     Worker(worker::Args),
@@ -62,6 +65,7 @@ fn main() -> anyhow::Result<()> {
             Command::Chat(args) => chat::run(args).await,
             Command::SdkReplay(args) => replay::run(args).await,
             Command::SdkBuffer(args) => replay::run_buffer(args).await,
+            Command::Floor(args) => floor::run(args).await,
             Command::Worker(args) => worker::run(args).await,
         }
     })

@@ -50,13 +50,14 @@ use waypost_sdk::{
     Driver, DriverConfig, DriverDeps, DropReason, Location, PolicyConfig, PolicyPreset,
     RecordOutcome, StaticToken,
 };
-use waypost_server::app::{build_router, AppState};
+use waypost_server::app::build_router;
 use waypost_server::auth::AuthKeys;
 use waypost_server::config::Limits;
 use waypost_server::engine::memory::MemoryEngine;
 use waypost_server::engine::Engine;
 use waypost_server::hub::{self, Hub};
 use waypost_server::metrics::Metrics;
+use waypost_server::state::AppState;
 
 const SECRET: &[u8] = b"bench-replay-secret";
 const DRIVER: &str = "d-replay";
@@ -427,8 +428,12 @@ async fn simulate(args: &Args) -> anyhow::Result<Report> {
     let _watcher = if args.watched {
         // A subscriber on the driver's channel, as a WebSocket would add.
         let (handle, rx) = hub::connection(srv.hub.next_conn_id(), 1 << 20);
-        srv.hub.add(&format!("tracking:{DRIVER}"), handle.clone());
-        srv.hub.add(&format!("tracking:{BASELINE_DRIVER}"), handle);
+        srv.hub
+            .add(&waypost_protocol::Channel::tracking(DRIVER), handle.clone());
+        srv.hub.add(
+            &waypost_protocol::Channel::tracking(BASELINE_DRIVER),
+            handle,
+        );
         Some(rx)
     } else {
         None

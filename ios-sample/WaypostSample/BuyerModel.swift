@@ -2,7 +2,8 @@ import Foundation
 
 /// The buyer side: tracks one courier and chats in one order room. SDK
 /// callbacks arrive on an SDK thread ("waypost-rt"), one at a time and in
-/// order; every published change hops to the main actor.
+/// order; every published change hops to the main actor. The client is
+/// opened, and messages are queued, off the main thread (SQLite).
 final class BuyerModel: ObservableObject, BuyerListener, @unchecked Sendable {
     @Published private(set) var connection = "connecting…"
     @Published private(set) var tracking = "waiting for the courier's position…"
@@ -19,49 +20,84 @@ final class BuyerModel: ObservableObject, BuyerListener, @unchecked Sendable {
     private var byClientId: [String: ChatEntry] = [:]
     private var platformHandler: UUID?
     private let platform: PlatformMonitor
+    /// SDK calls that touch the chat store, in order, off the main thread.
+    private let sdkQueue = DispatchQueue(label: "waypost.buyer")
+    private var closed = false
 
     init(settings: Settings, platform: PlatformMonitor) {
         me = settings.userId
         room = settings.room
         driverId = settings.trackDriverId
         self.platform = platform
-        do {
-            let config = BuyerConfig(
-                baseUrl: settings.url,
-                userId: settings.userId,
-                // The chat store and outbox survive restarts: messages written offline are sent later.
-                dbPath: Self.dbURL.path
-            )
-            let client = try BuyerClient(config: config, listener: self,
-                                         tokens: staticToken(token: settings.token), platform: platform)
-            self.client = client
-            subscriptions = [try client.trackDriver(driverId: driverId), try client.joinChat(room: room)]
-            for m in try client.messages(room: room, limit: 200) { byClientId[m.clientId] = m }
-            messages = sorted()
-            platformHandler = platform.addChangeHandler { [weak client] in try? client?.environmentChanged() }
-        } catch {
-            lastError = "\(error)"
+        let token = settings.token
+        let baseUrl = settings.url
+        let userId = settings.userId
+        // Opening the client reads its SQLite chat store: off the main thread.
+        Task.detached { [weak self] in
+            guard let self else { return }
+            do {
+                let config = BuyerConfig(
+                    baseUrl: baseUrl,
+                    userId: userId,
+                    // The chat store and outbox survive restarts: messages written offline are sent later.
+                    dbPath: try Self.dbURL().path
+                )
+                let client = try BuyerClient(config: config, listener: self,
+                                             tokens: staticToken(token: token), platform: platform)
+                let subscriptions = [try client.trackDriver(driverId: self.driverId), try client.joinChat(room: self.room)]
+                let stored = try client.messages(room: self.room, limit: 200)
+                await MainActor.run { self.opened(client, subscriptions: subscriptions, stored: stored) }
+            } catch {
+                await MainActor.run { self.lastError = "\(error)" }
+            }
         }
     }
 
+    @MainActor
+    private func opened(_ client: BuyerClient, subscriptions: [Subscription], stored: [ChatEntry]) {
+        guard !closed else { // the screen went away while opening
+            subscriptions.forEach { $0.cancel() }
+            Task.detached { try? await client.shutdown() }
+            return
+        }
+        self.client = client
+        self.subscriptions = subscriptions
+        for m in stored where byClientId[m.clientId]?.seq == nil { byClientId[m.clientId] = m }
+        messages = sorted()
+        platformHandler = platform.addChangeHandler { [weak client] in try? client?.environmentChanged() }
+    }
+
+    /// Queues a message (works offline; SQLite outbox): off the main thread.
+    @MainActor
     func send(_ body: String) {
         guard let client else { return }
-        do {
-            onOutgoing(message: try client.sendMessage(room: room, body: body))
-        } catch {
-            lastError = "\(error)"
+        let room = self.room
+        sdkQueue.async { [weak self] in
+            do {
+                let entry = try client.sendMessage(room: room, body: body)
+                self?.onOutgoing(message: entry)
+            } catch {
+                Task { @MainActor in self?.lastError = "\(error)" }
+            }
         }
     }
 
-    func userIsTyping() { try? client?.sendTyping(room: room) }
+    @MainActor
+    func userIsTyping() {
+        guard let client else { return }
+        let room = self.room
+        sdkQueue.async { try? client.sendTyping(room: room) }
+    }
 
+    @MainActor
     func close() {
+        closed = true
         if let id = platformHandler { platform.removeChangeHandler(id) }
         subscriptions.forEach { $0.cancel() }
         subscriptions = []
         guard let client else { return }
         self.client = nil
-        Task { try? await client.shutdown() }
+        Task.detached { try? await client.shutdown() }
     }
 
     // MARK: BuyerListener (SDK thread)
@@ -136,9 +172,9 @@ final class BuyerModel: ObservableObject, BuyerListener, @unchecked Sendable {
         }
     }
 
-    private static var dbURL: URL {
-        let dir = FileManager.default.urls(for: .applicationSupportDirectory, in: .userDomainMask)[0]
-        try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    private static func dbURL() throws -> URL {
+        let dir = try FileManager.default.url(for: .applicationSupportDirectory, in: .userDomainMask,
+                                              appropriateFor: nil, create: true)
         return dir.appendingPathComponent("waypost-chat.db")
     }
 }

@@ -1,64 +1,120 @@
 import CoreLocation
 import Foundation
 
-/// The driver side: a `CLLocationManager` delegate that feeds every fix
-/// into the SDK's `Driver` (SQLite buffer, background uploads), and applies
-/// the SDK's `SamplingRequest` to the location manager whenever it changes
+/// The driver side: a `CLLocationManager` delegate that feeds every fix into
+/// the SDK's `Driver` (SQLite buffer, background uploads), and applies the
+/// SDK's `SamplingRequest` to the location manager whenever it changes
 /// (somebody started watching, the phone stopped, the battery is low).
 ///
-/// Threads: CLLocationManager calls back on the main thread; `record` is a
-/// short SQLite commit, done on a serial queue. Driver events arrive on an
-/// SDK thread ("waypost-rt") or on the recording queue; UI state is
-/// published on the main actor.
+/// Authorization, the iOS way:
+/// - "When In Use" is asked first, when the courier starts a shift; updates
+///   start once it is granted (with the `location` background mode and
+///   `allowsBackgroundLocationUpdates` that is enough to keep recording
+///   with the screen locked). "Always" is never required.
+/// - Every change arrives in `locationManagerDidChangeAuthorization`: denied
+///   or restricted stops updates (the buffer keeps uploading); granted again
+///   resumes them.
+/// - Precise Location off (`accuracyAuthorization == .reducedAccuracy`):
+///   fixes of 1-5 km. The model says so, asks once for temporary full
+///   accuracy, and keeps recording.
+///
+/// Threads: nothing here touches disk on the main thread. The driver is
+/// opened (SQLite) in a detached task; `recordMany` and `stats` run on a
+/// serial queue. SDK events (SDK threads) go into an `AsyncStream` that a
+/// main-actor task consumes, which is the only writer of published state.
 final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, DriverListener, @unchecked Sendable {
     @Published private(set) var status = "not driving"
     @Published private(set) var events: [String] = []
     @Published private(set) var isDriving = false
+    @Published private(set) var authorization = "not asked"
 
     private let platform: PlatformMonitor
     private let manager = CLLocationManager()
     private let recordQueue = DispatchQueue(label: "waypost.record")
     private var driver: Driver?
     private var platformHandler: UUID?
+    private var wantsUpdates = false
+    private var askedFullAccuracy = false
+
+    /// SDK events, from whichever SDK thread raised them, in order.
+    private let eventStream: AsyncStream<DriverEvent>
+    private let eventSink: AsyncStream<DriverEvent>.Continuation
+    private var eventTask: Task<Void, Never>?
 
     init(platform: PlatformMonitor) {
         self.platform = platform
+        (eventStream, eventSink) = AsyncStream.makeStream(of: DriverEvent.self, bufferingPolicy: .bufferingNewest(100))
         super.init()
         manager.delegate = self
         manager.activityType = .automotiveNavigation
         manager.pausesLocationUpdatesAutomatically = false
+        eventTask = Task { @MainActor [weak self, eventStream] in
+            for await event in eventStream { self?.handle(event) }
+        }
     }
 
+    deinit {
+        eventSink.finish()
+        eventTask?.cancel()
+    }
+
+    @MainActor
     func start(settings: Settings) {
-        guard driver == nil else { return }
+        guard driver == nil, !wantsUpdates else { return }
+        wantsUpdates = true
+        status = "opening…"
         let config = DriverConfig(
             baseUrl: settings.url,
             driverId: settings.userId,
             deviceId: settings.deviceId,
-            bufferPath: Self.bufferURL.path
+            bufferPath: ""
         )
-        do {
-            // A real app passes a TokenProvider that refreshes from its backend.
-            let driver = try Driver(config: config, tokens: staticToken(token: settings.token),
-                                    listener: self, platform: platform)
-            try driver.start()
-            self.driver = driver
-            platformHandler = platform.addChangeHandler { [weak driver] in driver?.environmentChanged() }
-            apply(driver.desiredSampling())
-            manager.requestAlwaysAuthorization()
-            manager.allowsBackgroundLocationUpdates = true // needs UIBackgroundModes "location"
-            manager.showsBackgroundLocationIndicator = true
-            manager.startUpdatingLocation()
-            isDriving = true
-            status = "driving"
-        } catch {
-            status = "cannot start: \(error)"
+        let token = settings.token
+        let platform = self.platform
+        Task.detached { [weak self] in
+            guard let self else { return }
+            do {
+                var cfg = config
+                cfg.bufferPath = try Self.bufferURL().path // creates the folder: off the main thread
+                // A real app passes a TokenProvider that refreshes from its backend.
+                let driver = try Driver(config: cfg, tokens: staticToken(token: token), listener: self, platform: platform)
+                try driver.start()
+                let sampling = driver.desiredSampling()
+                await MainActor.run { self.opened(driver, sampling: sampling) }
+            } catch {
+                await MainActor.run {
+                    self.wantsUpdates = false
+                    self.status = "cannot start: \(error)"
+                }
+            }
         }
     }
 
+    @MainActor
+    private func opened(_ driver: Driver, sampling: SamplingRequest) {
+        guard wantsUpdates else { // stopped while opening
+            Task.detached { try? await driver.shutdown() }
+            return
+        }
+        self.driver = driver
+        platformHandler = platform.addChangeHandler { [weak driver] in driver?.environmentChanged() }
+        apply(sampling)
+        isDriving = true
+        status = "driving"
+        // "When In Use" first; updates start in locationManagerDidChangeAuthorization.
+        if manager.authorizationStatus == .notDetermined {
+            manager.requestWhenInUseAuthorization()
+        } else {
+            authorizationChanged()
+        }
+    }
+
+    @MainActor
     func stop() {
+        wantsUpdates = false
         manager.stopUpdatingLocation()
         if let id = platformHandler { platform.removeChangeHandler(id) }
+        platformHandler = nil
         guard let driver else { return }
         self.driver = nil
         isDriving = false
@@ -69,7 +125,42 @@ final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, 
         }
     }
 
-    // MARK: CLLocationManagerDelegate
+    // MARK: CLLocationManagerDelegate (main thread)
+
+    func locationManagerDidChangeAuthorization(_ manager: CLLocationManager) {
+        Task { @MainActor in self.authorizationChanged() }
+    }
+
+    @MainActor
+    private func authorizationChanged() {
+        let reduced = manager.accuracyAuthorization == .reducedAccuracy
+        switch manager.authorizationStatus {
+        case .notDetermined:
+            authorization = "not asked"
+        case .denied, .restricted:
+            authorization = "denied: enable location in Settings to share your position"
+            manager.stopUpdatingLocation()
+            log("location permission denied: recording paused, buffered fixes still upload")
+        case .authorizedWhenInUse, .authorizedAlways:
+            authorization = (manager.authorizationStatus == .authorizedAlways ? "always" : "while using the app")
+                + (reduced ? " · approximate only" : " · precise")
+            if reduced {
+                log("Precise Location is off: fixes of 1-5 km, the customer sees a rough position")
+                if !askedFullAccuracy {
+                    askedFullAccuracy = true
+                    // Info.plist NSLocationTemporaryUsageDescriptionDictionary["Delivery"].
+                    manager.requestTemporaryFullAccuracyAuthorization(withPurposeKey: "Delivery")
+                }
+            }
+            if wantsUpdates, driver != nil {
+                manager.allowsBackgroundLocationUpdates = true // needs UIBackgroundModes "location"
+                manager.showsBackgroundLocationIndicator = true
+                manager.startUpdatingLocation()
+            }
+        @unknown default:
+            authorization = "unknown"
+        }
+    }
 
     func locationManager(_ manager: CLLocationManager, didUpdateLocations locations: [CLLocation]) {
         let fixes = locations.map { l in
@@ -84,31 +175,36 @@ final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, 
             )
         }
         guard let driver else { return }
+        // recordMany commits to SQLite: on the serial queue, never the main thread.
         recordQueue.async { [weak self] in
             do {
                 let outcomes = try driver.recordMany(locations: fixes)
                 let stats = try driver.stats()
                 let recorded = outcomes.filter { if case .recorded = $0 { return true } else { return false } }.count
-                DispatchQueue.main.async {
-                    self?.status = "recorded \(recorded)/\(fixes.count) · pending \(stats.pending) · uploaded \(stats.ackedTotal)"
-                        + (stats.watched ? " · watched" : "")
-                }
+                let text = "recorded \(recorded)/\(fixes.count) · pending \(stats.pending) · uploaded \(stats.ackedTotal)"
+                    + (stats.watched ? " · watched" : "")
+                Task { @MainActor in self?.status = text }
             } catch {
-                DispatchQueue.main.async { self?.status = "recording failed: \(error)" }
+                Task { @MainActor in self?.status = "recording failed: \(error)" }
             }
         }
     }
 
     func locationManager(_ manager: CLLocationManager, didFailWithError error: Error) {
-        log("location error: \(error.localizedDescription)")
+        Task { @MainActor in self.log("location error: \(error.localizedDescription)") }
     }
 
-    // MARK: DriverListener (SDK thread)
+    // MARK: DriverListener (SDK thread): only hands the event to the stream.
 
     func onEvent(event: DriverEvent) {
+        eventSink.yield(event)
+    }
+
+    @MainActor
+    private func handle(_ event: DriverEvent) {
         switch event {
         case .samplingChanged(let sampling):
-            DispatchQueue.main.async { self.apply(sampling) }
+            apply(sampling)
             log("sampling: \(sampling.accuracy), every \(sampling.intervalMs) ms")
         case .watchedChanged(let watched):
             log(watched ? "a customer is watching" : "nobody watches")
@@ -128,6 +224,7 @@ final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, 
     }
 
     /// The SDK's wishes, in CoreLocation terms.
+    @MainActor
     private func apply(_ s: SamplingRequest) {
         switch s.accuracy {
         case .high: manager.desiredAccuracy = kCLLocationAccuracyBest
@@ -137,16 +234,15 @@ final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, 
         manager.distanceFilter = s.distanceFilterM
     }
 
+    @MainActor
     private func log(_ line: String) {
-        DispatchQueue.main.async {
-            self.events.insert(line, at: 0)
-            if self.events.count > 50 { self.events.removeLast() }
-        }
+        events.insert(line, at: 0)
+        if events.count > 50 { events.removeLast() }
     }
 
-    private static var bufferURL: URL {
-        let dir = FileManager.default.urls(for: .applicationSupportDirectory, in: .userDomainMask)[0]
-        try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    private static func bufferURL() throws -> URL {
+        let dir = try FileManager.default.url(for: .applicationSupportDirectory, in: .userDomainMask,
+                                              appropriateFor: nil, create: true)
         return dir.appendingPathComponent("waypost-buffer.db")
     }
 }

@@ -19,6 +19,7 @@ struct DriverView: View {
                         Button("Start driving") { model.start(settings: settings) }
                     }
                     Text(model.status).font(.footnote)
+                    Text("Location: \(model.authorization)").font(.footnote)
                 }
                 Section("Events") {
                     ForEach(Array(model.events.enumerated()), id: \.offset) { _, line in

@@ -1,5 +1,10 @@
-//! Channel names: `tracking:{driver_id}` for a driver's live position and
-//! `chat:{room}` for a chat room.
+//! Channel names: `tracking:{driver_id}` for a driver's live position,
+//! `chat:{room}` for a chat room, and the server's own `user:{sub}` (a
+//! user's messages on all its devices) and `vendor:{vendor_id}` (a vendor's
+//! notifications). Clients subscribe to tracking and chat channels
+//! ([`Channel::parse`]); every kind is printed and read back in one place
+//! ([`ChannelKind::name`], [`Channel::from_name`]), so a new kind (e.g.
+//! `order`) is one variant here.
 
 use std::fmt;
 
@@ -10,6 +15,45 @@ use crate::ids::{validate_id, IdError};
 pub enum ChannelKind {
     Tracking,
     Chat,
+    /// Server-internal: copies of a user's own messages for its devices.
+    User,
+    /// Server-internal: a vendor's notifications (SSE).
+    Vendor,
+}
+
+impl ChannelKind {
+    /// Every kind, for lookups by name.
+    pub const ALL: [ChannelKind; 4] = [Self::Tracking, Self::Chat, Self::User, Self::Vendor];
+
+    /// The name before the colon (also the metric label).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Tracking => "tracking",
+            Self::Chat => "chat",
+            Self::User => "user",
+            Self::Vendor => "vendor",
+        }
+    }
+
+    /// The kind called `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// Whether a client may ask for it in a `subscribe` frame.
+    pub const fn client_subscribable(self) -> bool {
+        matches!(self, Self::Tracking | Self::Chat)
+    }
+
+    /// What the id of a channel of this kind names (for error messages).
+    const fn id_name(self) -> &'static str {
+        match self {
+            Self::Tracking => "driver_id",
+            Self::Chat => "room",
+            Self::User => "user",
+            Self::Vendor => "vendor_id",
+        }
+    }
 }
 
 /// A parsed, validated channel name.
@@ -44,21 +88,45 @@ impl Channel {
         }
     }
 
-    /// Parses `tracking:{id}` or `chat:{id}`.
+    /// The channel every connection of user `sub` listens on.
+    pub fn user(sub: impl Into<String>) -> Self {
+        Self {
+            kind: ChannelKind::User,
+            id: sub.into(),
+        }
+    }
+
+    /// A vendor's notification channel.
+    pub fn vendor(vendor_id: impl Into<String>) -> Self {
+        Self {
+            kind: ChannelKind::Vendor,
+            id: vendor_id.into(),
+        }
+    }
+
+    /// Parses a channel a client may subscribe to: `tracking:{id}` or
+    /// `chat:{id}`, with a valid id.
     pub fn parse(name: &str) -> Result<Self, ChannelError> {
-        let (kind, id) = if let Some(id) = name.strip_prefix("tracking:") {
-            (ChannelKind::Tracking, id)
-        } else if let Some(id) = name.strip_prefix("chat:") {
-            (ChannelKind::Chat, id)
-        } else {
-            return Err(ChannelError::UnknownKind(name.chars().take(80).collect()));
-        };
-        let what = match kind {
-            ChannelKind::Tracking => "driver_id",
-            ChannelKind::Chat => "room",
-        };
-        validate_id(what, id)?;
+        let kind = name
+            .split_once(':')
+            .and_then(|(kind, _)| ChannelKind::from_name(kind))
+            .filter(|k| k.client_subscribable())
+            .ok_or_else(|| ChannelError::UnknownKind(name.chars().take(80).collect()))?;
+        let id = &name[kind.name().len() + 1..];
+        validate_id(kind.id_name(), id)?;
         Ok(Self {
+            kind,
+            id: id.to_owned(),
+        })
+    }
+
+    /// Reads back any name [`Display`](fmt::Display) printed (every kind,
+    /// the id not validated: it was when the channel was made). `None` for
+    /// an unknown kind or an empty id.
+    pub fn from_name(name: &str) -> Option<Self> {
+        let (kind, id) = name.split_once(':')?;
+        let kind = ChannelKind::from_name(kind)?;
+        (!id.is_empty()).then(|| Self {
             kind,
             id: id.to_owned(),
         })
@@ -67,11 +135,7 @@ impl Channel {
 
 impl fmt::Display for Channel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let prefix = match self.kind {
-            ChannelKind::Tracking => "tracking",
-            ChannelKind::Chat => "chat",
-        };
-        write!(f, "{prefix}:{}", self.id)
+        write!(f, "{}:{}", self.kind.name(), self.id)
     }
 }
 
@@ -88,6 +152,21 @@ mod tests {
             Channel::parse("chat:order-42").unwrap().kind,
             ChannelKind::Chat
         );
+    }
+
+    #[test]
+    fn every_kind_reads_back_what_it_prints() {
+        for c in [
+            Channel::tracking("d-1"),
+            Channel::chat("r"),
+            Channel::user("u@x"),
+            Channel::vendor("v-1"),
+        ] {
+            assert_eq!(Channel::from_name(&c.to_string()), Some(c));
+        }
+        assert_eq!(Channel::from_name("nope:1"), None);
+        assert_eq!(Channel::from_name("user:"), None);
+        assert_eq!(Channel::from_name("tracking"), None);
     }
 
     #[test]

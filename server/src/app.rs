@@ -1,143 +1,14 @@
-//! Shared state, the router, and serving with graceful shutdown.
+//! The router and serving with graceful shutdown.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::activity::Activity;
-use crate::auth::AuthKeys;
-use crate::config::Limits;
-use crate::engine::chat::ChatStores;
-use crate::engine::chat_memory::{MemoryChatStore, MemoryNotificationStore, MemoryPresenceStore};
-use crate::engine::Engine;
-use crate::hub::Hub;
-use crate::limits::{ConnectionCounter, ConnectionPermit, Full, KeyedLimiter};
-use crate::metrics::Metrics;
 use crate::routes;
-
-/// Most distinct drivers whose ingest rate is tracked at once.
-const MAX_RATE_KEYS: usize = 100_000;
-
-/// Everything handlers share: one pointer, cloned per request and per
-/// connection (a connection task holds it for its whole life, so its size
-/// is per-connection memory).
-#[derive(Clone)]
-pub struct AppState(Arc<Shared>);
-
-impl std::ops::Deref for AppState {
-    type Target = Shared;
-
-    fn deref(&self) -> &Shared {
-        &self.0
-    }
-}
-
-/// What [`AppState`] points to.
-#[derive(Clone)]
-pub struct Shared {
-    pub engine: Arc<dyn Engine>,
-    pub hub: Arc<Hub>,
-    /// Behind an `Arc`: the state is cloned per request and per connection,
-    /// and the keys are the bulk of it (300 bytes plus two heap sets).
-    pub keys: Arc<AuthKeys>,
-    pub limits: Arc<Limits>,
-    pub metrics: Metrics,
-    pub connections: Arc<ConnectionCounter>,
-    pub ingest_limiter: Arc<KeyedLimiter>,
-    /// Cancelled when the server starts shutting down.
-    pub shutdown: CancellationToken,
-    /// Tracks connection tasks (WebSocket, SSE) so shutdown can wait for them.
-    pub tasks: TaskTracker,
-    /// Chat history, presence and vendor notifications (memory by default;
-    /// `with_stores` plugs in Redis).
-    pub stores: ChatStores,
-    /// Identifies this process in presence entries (`{node_id}:{conn}`).
-    pub node_id: Arc<str>,
-    /// Open notification streams per vendor on this process.
-    pub sse_per_vendor: Arc<ConnectionCounter>,
-    /// Chat posts over HTTP per user.
-    pub chat_post_limiter: Arc<KeyedLimiter>,
-    /// Recently seen drivers and notifications, for the dashboard.
-    pub activity: Arc<Activity>,
-    /// Starts the process-wide WebSocket ticker once (on the first
-    /// connection; see `routes::ws::ticker`).
-    pub ws_ticker: Arc<std::sync::Once>,
-}
-
-impl AppState {
-    pub fn new(
-        engine: Arc<dyn Engine>,
-        hub: Arc<Hub>,
-        keys: AuthKeys,
-        limits: Limits,
-        metrics: Metrics,
-    ) -> Self {
-        let ingest_limiter = Arc::new(KeyedLimiter::new(
-            limits.ingest_requests_per_s,
-            limits.ingest_requests_per_s.saturating_mul(2),
-            MAX_RATE_KEYS,
-        ));
-        Self(Arc::new(Shared {
-            engine,
-            hub,
-            keys: Arc::new(keys),
-            limits: Arc::new(limits.clone()),
-            metrics,
-            connections: Arc::new(ConnectionCounter::with_total_cap(limits.max_connections)),
-            ingest_limiter,
-            shutdown: CancellationToken::new(),
-            tasks: TaskTracker::new(),
-            stores: ChatStores {
-                chat: Arc::new(MemoryChatStore::new(&limits)),
-                presence: Arc::new(MemoryPresenceStore::new(&limits)),
-                notifications: Arc::new(MemoryNotificationStore::new(&limits)),
-            },
-            node_id: uuid::Uuid::new_v4().simple().to_string().into(),
-            sse_per_vendor: Arc::new(ConnectionCounter::default()),
-            chat_post_limiter: Arc::new(KeyedLimiter::new(
-                limits.ws_messages_per_s,
-                limits.ws_messages_per_s.saturating_mul(2),
-                MAX_RATE_KEYS,
-            )),
-            activity: Arc::new(Activity::new()),
-            ws_ticker: Arc::new(std::sync::Once::new()),
-        }))
-    }
-}
-
-impl AppState {
-    /// Replaces the chat, presence and notification stores (e.g. with the
-    /// Redis ones when the engine is Redis).
-    pub fn with_stores(self, stores: ChatStores) -> Self {
-        let mut shared = Arc::unwrap_or_clone(self.0);
-        shared.stores = stores;
-        Self(Arc::new(shared))
-    }
-
-    /// One of `user`'s connection slots: WebSockets, SSE streams and long
-    /// polls share them, within the per-user limit and the process cap. A
-    /// refusal is counted in `limit_hits` (`connections` for the user's
-    /// limit, `server_connections` for the process cap).
-    pub fn connection_slot(&self, user: &str) -> Result<ConnectionPermit, Full> {
-        let slot = self
-            .connections
-            .acquire(user, self.limits.max_connections_per_user);
-        if let Err(full) = slot {
-            let kind = match full {
-                Full::User(_) => "connections",
-                Full::Process(_) => "server_connections",
-            };
-            self.metrics.limit_hits.with_label_values(&[kind]).inc();
-            tracing::debug!(user, ?full, "connection refused");
-        }
-        slot
-    }
-}
+use crate::state::AppState;
 
 /// The whole HTTP surface.
 pub fn build_router(state: AppState) -> Router {

@@ -1,23 +1,23 @@
-//! JWT (HS256) verification and minting, the `Authed` extractor, and the
+//! JWT verification and minting (keys in [`crate::keys`]), the `Authed` extractor, and the
 //! authorization rules of the contract.
 
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
-use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use waypost_protocol::{Channel, ChannelKind, Claims, Role};
+use std::sync::Arc;
 
-use crate::app::AppState;
+use axum::extract::{FromRef, FromRequestParts};
+use axum::http::request::Parts;
+use waypost_protocol::{validate_id, Channel, ChannelKind, Claims, Role};
+
 use crate::error::AppError;
+use crate::keys::{KeySet, KeyStore, VerifyError};
 
 /// The secret `--dev` uses. Never use it in production.
 pub const DEV_SECRET: &str = "dev-secret";
 
-/// Keys for one HS256 secret.
+/// The token keys in force (see [`crate::keys`]): verification picks the
+/// key by `kid`; the set reloads on SIGHUP.
 #[derive(Clone)]
 pub struct AuthKeys {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
-    validation: Validation,
+    store: Arc<KeyStore>,
 }
 
 impl std::fmt::Debug for AuthKeys {
@@ -37,31 +37,41 @@ pub enum AuthError {
     Invalid(String),
 }
 
-impl AuthKeys {
-    pub fn new(secret: &[u8]) -> Self {
-        // Only HS256: `alg: none` and every other algorithm are refused.
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 5;
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        Self {
-            encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
-            validation,
+impl From<VerifyError> for AuthError {
+    fn from(e: VerifyError) -> Self {
+        match e {
+            VerifyError::Expired => AuthError::Expired,
+            VerifyError::Invalid(m) => AuthError::Invalid(m),
+            other => AuthError::Invalid(other.to_string()),
         }
+    }
+}
+
+impl AuthKeys {
+    /// One HS256 secret.
+    pub fn new(secret: &[u8]) -> Self {
+        Self::from_store(KeyStore::fixed(KeySet::from_secret(secret)))
+    }
+
+    pub fn from_store(store: KeyStore) -> Self {
+        Self {
+            store: Arc::new(store),
+        }
+    }
+
+    /// The store, for reloading.
+    pub fn store(&self) -> &Arc<KeyStore> {
+        &self.store
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
-        match decode::<Claims>(token, &self.decoding, &self.validation) {
-            Ok(data) => Ok(data.claims),
-            Err(e) => match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => Err(AuthError::Expired),
-                _ => Err(AuthError::Invalid(e.to_string())),
-            },
-        }
+        Ok(self.store.verify(token)?)
     }
 
+    /// Signs with the default key (no `kid` for a single secret).
     pub fn mint(&self, claims: &Claims) -> Result<String, AuthError> {
-        encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
+        self.store
+            .mint(None, claims)
             .map_err(|e| AuthError::Invalid(e.to_string()))
     }
 }
@@ -85,18 +95,21 @@ pub fn token_from_parts(parts: &Parts) -> Option<String> {
 }
 
 /// A verified caller. Handlers that take `Authed` answer 401 without a valid
-/// token.
+/// token. Works with any router state the keys can be taken from.
 #[derive(Debug, Clone)]
 pub struct Authed(pub Claims);
 
-impl FromRequestParts<AppState> for Authed {
+impl<S> FromRequestParts<S> for Authed
+where
+    S: Send + Sync,
+    Arc<AuthKeys>: FromRef<S>,
+{
     type Rejection = AppError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
         let token = token_from_parts(parts)
             .ok_or(AppError::Unauthorized(AuthError::Missing.to_string()))?;
-        state
-            .keys
+        Arc::<AuthKeys>::from_ref(state)
             .verify(&token)
             .map(Authed)
             .map_err(|e| AppError::Unauthorized(e.to_string()))
@@ -120,6 +133,19 @@ pub fn may_subscribe(claims: &Claims, channel: &Channel) -> bool {
         .channels
         .as_ref()
         .is_some_and(|list| list.contains(&name))
+}
+
+/// Readers of a driver's position need `tracking:{driver}` in their token
+/// (or to be the driver, or `service`).
+pub fn authorize_tracking(claims: &Claims, driver_id: &str) -> Result<(), AppError> {
+    validate_id("driver_id", driver_id).map_err(|e| AppError::bad("bad_id", e.to_string()))?;
+    if may_subscribe(claims, &Channel::tracking(driver_id)) {
+        Ok(())
+    } else {
+        Err(AppError::Forbidden(format!(
+            "token does not grant tracking:{driver_id}"
+        )))
+    }
 }
 
 /// Whether the caller may post fixes for `driver_id`.

@@ -41,8 +41,9 @@ pub struct Limits {
     pub unwatched_upload_interval_s: u32,
     /// How long shutdown waits for connections to finish.
     pub drain_timeout: Duration,
-    /// Largest chat message body in bytes.
-    pub max_chat_body_bytes: usize,
+    /// Longest chat message body in characters (Unicode scalar values, as
+    /// JSON Schema's `maxLength` counts them).
+    pub max_chat_body_chars: usize,
     /// Messages kept per chat room (oldest trimmed).
     pub chat_history_len: usize,
     /// Most messages replayed on `subscribe` with `after`; more missing
@@ -103,7 +104,7 @@ impl Default for Limits {
             watched_upload_interval_s: 5,
             unwatched_upload_interval_s: 120,
             drain_timeout: Duration::from_secs(10),
-            max_chat_body_bytes: 4 * 1024,
+            max_chat_body_chars: 4 * 1024,
             chat_history_len: 1000,
             chat_replay_limit: 500,
             chat_sync_limit: 200,

@@ -16,64 +16,50 @@
 //! and [`Hub::kill_all`] replaces per-connection shutdown futures. This
 //! keeps an idle connection small (BENCHMARKS.md, idle connections).
 
+use parking_lot::{Mutex, RwLock};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
-
-use axum::extract::ws::Utf8Bytes;
-use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
-use waypost_protocol::close_code;
+use waypost_protocol::{close_code, Channel, ChannelKind};
 
+use crate::frame::Frame;
 use crate::metrics::Metrics;
 
 /// Identifies one client connection within this process.
 pub type ConnId = u64;
-
-tokio::task_local! {
-    /// When the request that produced the frames being published arrived
-    /// (set by ingest), so the delivery latency histogram measures ingest →
-    /// socket write. Frames dispatched from another task (e.g. the Redis
-    /// subscriber) fall back to the time of dispatch.
-    static ORIGIN: Instant;
-}
-
-/// Runs `f` with `origin` as the start time of frames it dispatches.
-pub async fn with_origin<F: std::future::Future>(origin: Instant, f: F) -> F::Output {
-    ORIGIN.scope(origin, f).await
-}
 
 /// A frame queued for connections: one allocation per dispatch, shared by
 /// every subscriber's mailbox (a queue slot is one pointer).
 #[derive(Debug, Clone)]
 pub struct Outbound(Arc<OutboundFrame>);
 
-/// What an [`Outbound`] carries.
+/// What an [`Outbound`] carries: the frame (text and meta) and the kind of
+/// the channel it was dispatched on (the metric label).
 #[derive(Debug)]
 pub struct OutboundFrame {
-    pub text: Utf8Bytes,
-    /// When the hub queued it, for the delivery latency histogram.
-    pub queued_at: Instant,
-    /// Metric label: the channel kind (`tracking`, `chat`, ...).
-    pub kind: &'static str,
+    pub frame: Frame,
+    pub kind: ChannelKind,
 }
 
 impl Outbound {
-    pub fn new(text: Utf8Bytes, queued_at: Instant, kind: &'static str) -> Self {
-        Self(Arc::new(OutboundFrame {
-            text,
-            queued_at,
-            kind,
-        }))
+    pub fn new(frame: Frame, kind: ChannelKind) -> Self {
+        Self(Arc::new(OutboundFrame { frame, kind }))
     }
 }
 
 impl std::ops::Deref for Outbound {
-    type Target = OutboundFrame;
+    type Target = Frame;
 
-    fn deref(&self) -> &OutboundFrame {
-        &self.0
+    fn deref(&self) -> &Frame {
+        &self.0.frame
+    }
+}
+
+impl Outbound {
+    /// The kind of the channel it came on.
+    pub fn kind(&self) -> ChannelKind {
+        self.0.kind
     }
 }
 
@@ -255,7 +241,7 @@ pub fn connection(id: ConnId, queue: usize) -> (ConnHandle, Receiver) {
 /// Local subscribers by channel name, and the WebSocket connections of this
 /// process (for the ticker and shutdown).
 pub struct Hub {
-    channels: RwLock<HashMap<String, HashMap<ConnId, ConnHandle>>>,
+    channels: RwLock<HashMap<Channel, HashMap<ConnId, ConnHandle>>>,
     sockets: Mutex<HashMap<ConnId, ConnHandle>>,
     next_id: AtomicU64,
     metrics: Metrics,
@@ -313,9 +299,9 @@ impl Hub {
 
     /// Adds a subscriber; returns true when it is the channel's first local
     /// one. Adding the same connection twice is a no-op.
-    pub fn add(&self, channel: &str, handle: ConnHandle) -> bool {
+    pub fn add(&self, channel: &Channel, handle: ConnHandle) -> bool {
         let mut map = self.channels.write();
-        let subs = map.entry(channel.to_owned()).or_default();
+        let subs = map.entry(channel.clone()).or_default();
         let first = subs.is_empty();
         if subs.insert(handle.id, handle).is_none() {
             self.metrics.subscriptions.inc();
@@ -325,7 +311,7 @@ impl Hub {
 
     /// Removes a subscriber; returns true when the channel has no local
     /// subscriber left.
-    pub fn remove(&self, channel: &str, id: ConnId) -> bool {
+    pub fn remove(&self, channel: &Channel, id: ConnId) -> bool {
         let mut map = self.channels.write();
         let Some(subs) = map.get_mut(channel) else {
             return false;
@@ -342,26 +328,24 @@ impl Hub {
     }
 
     /// Local subscribers of `channel`.
-    pub fn local_count(&self, channel: &str) -> usize {
+    pub fn local_count(&self, channel: &Channel) -> usize {
         self.channels.read().get(channel).map_or(0, HashMap::len)
     }
 
     /// Every channel with at least one local subscriber.
-    pub fn channels(&self) -> Vec<String> {
+    pub fn channels(&self) -> Vec<Channel> {
         self.channels.read().keys().cloned().collect()
     }
 
-    /// Queues `text` for every local subscriber of `channel`; returns how
+    /// Queues `frame` for every local subscriber of `channel`; returns how
     /// many queues took it. Full queues get their connection closed (4101).
-    pub fn dispatch(&self, channel: &str, text: &Utf8Bytes) -> usize {
-        let queued_at = ORIGIN.try_with(|o| *o).unwrap_or_else(|_| Instant::now());
-        let kind = channel_kind(channel);
+    pub fn dispatch(&self, channel: &Channel, frame: Frame) -> usize {
         let map = self.channels.read();
         let Some(subs) = map.get(channel) else {
             return 0;
         };
         let mut delivered = 0;
-        let frame = Outbound::new(text.clone(), queued_at, kind);
+        let frame = Outbound::new(frame, channel.kind);
         for handle in subs.values() {
             match handle.offer(&frame) {
                 Offer::Queued => delivered += 1,
@@ -376,17 +360,6 @@ impl Hub {
     }
 }
 
-/// The metric label for a channel name.
-pub fn channel_kind(channel: &str) -> &'static str {
-    match channel.split_once(':').map(|(k, _)| k) {
-        Some("tracking") => "tracking",
-        Some("chat") => "chat",
-        Some("user") => "user",
-        Some("vendor") => "vendor",
-        _ => "other",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -396,16 +369,17 @@ mod tests {
         let hub = Hub::new(Metrics::new());
         let (a, mut ra) = connection(1, 4);
         let (b, mut rb) = connection(2, 4);
-        assert!(hub.add("tracking:d", a));
-        assert!(!hub.add("tracking:d", b));
-        assert_eq!(hub.local_count("tracking:d"), 2);
-        let frame = Utf8Bytes::from("{}");
-        assert_eq!(hub.dispatch("tracking:d", &frame), 2);
-        assert_eq!(ra.recv().await.unwrap().text, frame);
-        assert_eq!(rb.recv().await.unwrap().text, frame);
-        assert_eq!(hub.dispatch("tracking:other", &frame), 0);
-        assert!(!hub.remove("tracking:d", 1));
-        assert!(hub.remove("tracking:d", 2));
+        let d = Channel::tracking("d");
+        assert!(hub.add(&d, a));
+        assert!(!hub.add(&d, b));
+        assert_eq!(hub.local_count(&d), 2);
+        let frame = Frame::from("{}");
+        assert_eq!(hub.dispatch(&d, frame.clone()), 2);
+        assert_eq!(ra.recv().await.unwrap().text, frame.text);
+        assert_eq!(rb.recv().await.unwrap().text, frame.text);
+        assert_eq!(hub.dispatch(&Channel::tracking("other"), frame), 0);
+        assert!(!hub.remove(&d, 1));
+        assert!(hub.remove(&d, 2));
         assert!(hub.channels().is_empty());
     }
 
@@ -413,17 +387,17 @@ mod tests {
     async fn full_queue_kills_with_4101() {
         let hub = Hub::new(Metrics::new());
         let (a, ra) = connection(1, 1);
-        hub.add("c", a);
-        let f = Utf8Bytes::from("x");
-        assert_eq!(hub.dispatch("c", &f), 1);
-        assert_eq!(hub.dispatch("c", &f), 0);
+        let c = Channel::chat("c");
+        hub.add(&c, a);
+        assert_eq!(hub.dispatch(&c, Frame::from("x")), 1);
+        assert_eq!(hub.dispatch(&c, Frame::from("x")), 0);
         assert_eq!(ra.killed().await, close_code::TOO_SLOW);
         assert!(matches!(
             ra.next().await,
             Event::Killed(close_code::TOO_SLOW)
         ));
         // Dead: neither queued nor counted as slow again.
-        assert_eq!(hub.dispatch("c", &f), 0);
+        assert_eq!(hub.dispatch(&c, Frame::from("x")), 0);
         assert!(ra.try_frame().is_none());
     }
 
@@ -432,11 +406,12 @@ mod tests {
         let hub = Hub::new(Metrics::new());
         let (a, ra) = connection(7, 8);
         hub.register(&a);
-        hub.add("c", a.clone());
+        let c = Channel::chat("c");
+        hub.add(&c, a.clone());
         assert_eq!(hub.tick_slice(0, 4), 0, "id 7 is in slot 3 of 4");
         assert_eq!(hub.tick_slice(3, 4), 1);
-        hub.dispatch("c", &Utf8Bytes::from("1"));
-        hub.dispatch("c", &Utf8Bytes::from("2"));
+        hub.dispatch(&c, Frame::from("1"));
+        hub.dispatch(&c, Frame::from("2"));
         match ra.next().await {
             Event::Frame(f) => assert_eq!(f.text.as_str(), "1"),
             other => panic!("expected a frame, got {other:?}"),

@@ -4,16 +4,20 @@
 //! `waypost` binary.
 
 pub mod activity;
+pub mod admission;
 pub mod app;
 pub mod auth;
+pub mod chat;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod frame;
 pub mod healthcheck;
 pub mod hub;
-pub mod limits;
+pub mod keys;
 pub mod metrics;
 pub mod routes;
+pub mod state;
 
 /// Wall clock in Unix epoch milliseconds.
 pub fn now_ms() -> i64 {

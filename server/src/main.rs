@@ -1,18 +1,21 @@
 //! `waypost`: run the server (`serve`) or mint a development token (`token`).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use waypost_protocol::{Claims, Role};
-use waypost_server::app::{serve, shutdown_on_signal, AppState};
+use waypost_server::app::{serve, shutdown_on_signal};
 use waypost_server::auth::{AuthKeys, DEV_SECRET};
 use waypost_server::config::Limits;
 use waypost_server::engine::{memory::MemoryEngine, Engine};
 use waypost_server::hub::Hub;
+use waypost_server::keys::{self, KeySource, KeyStore};
 use waypost_server::metrics::Metrics;
+use waypost_server::state::AppState;
 
 #[derive(Parser)]
 #[command(name = "waypost", version, about = "Waypost real-time server")]
@@ -56,7 +59,8 @@ impl From<RoleArg> for Role {
 enum Command {
     /// Run the server.
     Serve(ServeArgs),
-    /// Mint a token (HS256) for development and tests.
+    /// Mint a token for development and tests (HS256 with a secret or a
+    /// --jwt-keys key; RS256/ES256 with --private-key).
     Token(TokenArgs),
     /// Probe a running server's /healthz (for container HEALTHCHECKs).
     Healthcheck(HealthcheckArgs),
@@ -140,13 +144,25 @@ struct ServeArgs {
 
 #[derive(clap::Args)]
 struct SecretArg {
-    /// HS256 secret for tokens (required unless --dev).
+    /// HS256 secret for tokens; with --jwt-keys, the key of tokens without
+    /// a `kid` (one of the two is required unless --dev).
     #[arg(
         long = "jwt-secret",
         env = "WAYPOST_JWT_SECRET",
         hide_env_values = true
     )]
     jwt_secret: Option<String>,
+    /// JWKS-style key file (`{"keys":[{"kid",..}]}`: HS256 secrets as
+    /// `"kty":"oct"`, RS256/ES256 public keys); tokens pick their key by
+    /// `kid`. `serve` re-reads it on SIGHUP.
+    #[arg(long = "jwt-keys", env = "WAYPOST_JWT_KEYS")]
+    jwt_keys: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SignAlg {
+    Rs256,
+    Es256,
 }
 
 #[derive(clap::Args)]
@@ -167,15 +183,39 @@ struct TokenArgs {
     dev: bool,
     #[command(flatten)]
     secret: SecretArg,
+    /// Key id to sign with: an HS256 key of --jwt-keys, or the `kid` put in
+    /// the header with --private-key.
+    #[arg(long)]
+    kid: Option<String>,
+    /// Sign with this PEM private key (PKCS#8; RSA also PKCS#1) instead of a
+    /// shared secret, as an auth service would.
+    #[arg(long, requires = "alg")]
+    private_key: Option<PathBuf>,
+    /// Algorithm of --private-key.
+    #[arg(long, value_enum, requires = "private_key")]
+    alg: Option<SignAlg>,
 }
 
-fn secret(arg: &SecretArg, dev: bool) -> anyhow::Result<String> {
-    match (&arg.jwt_secret, dev) {
-        (Some(s), _) if !s.is_empty() => Ok(s.clone()),
-        (_, true) => Ok(DEV_SECRET.to_owned()),
-        _ => anyhow::bail!(
-            "WAYPOST_JWT_SECRET is not set. Set it (or --jwt-secret) in production, or pass --dev to use the well-known development secret"
+/// Where the token keys come from: --jwt-keys and/or --jwt-secret, or the
+/// development secret with --dev when neither is given.
+fn key_source(arg: &SecretArg, dev: bool) -> anyhow::Result<KeySource> {
+    let secret = arg
+        .jwt_secret
+        .as_ref()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.as_bytes().to_vec());
+    match (secret, &arg.jwt_keys, dev) {
+        (None, None, true) => Ok(KeySource {
+            file: None,
+            secret: Some(DEV_SECRET.as_bytes().to_vec()),
+        }),
+        (None, None, false) => anyhow::bail!(
+            "no token keys: set WAYPOST_JWT_SECRET (--jwt-secret) or WAYPOST_JWT_KEYS (--jwt-keys) in production, or pass --dev to use the well-known development secret"
         ),
+        (secret, file, _) => Ok(KeySource {
+            file: file.clone(),
+            secret,
+        }),
     }
 }
 
@@ -203,7 +243,6 @@ async fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Token(args) => {
-            let keys = AuthKeys::new(secret(&args.secret, args.dev)?.as_bytes());
             let exp = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .context("system clock before 1970")?
@@ -214,7 +253,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 exp: exp.as_secs(),
                 channels: (!args.channels.is_empty()).then_some(args.channels),
             };
-            println!("{}", keys.mint(&claims)?);
+            let token = match (&args.private_key, args.alg) {
+                (Some(path), Some(alg)) => {
+                    let pem = std::fs::read(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    let alg = match alg {
+                        SignAlg::Rs256 => jsonwebtoken::Algorithm::RS256,
+                        SignAlg::Es256 => jsonwebtoken::Algorithm::ES256,
+                    };
+                    keys::sign_with_pem(alg, &pem, args.kid.as_deref(), &claims)?
+                }
+                _ => key_source(&args.secret, args.dev)?
+                    .load()?
+                    .mint(args.kid.as_deref(), &claims)?,
+            };
+            println!("{token}");
             Ok(())
         }
         Command::Serve(args) => run_server(args).await,
@@ -284,8 +337,8 @@ fn connection_cap(open_files: Option<u64>) -> usize {
 
 async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
     init_logs(args.log_format);
-    let secret = secret(&args.secret, args.dev)?;
-    if secret == DEV_SECRET {
+    let source = key_source(&args.secret, args.dev)?;
+    if source.secret.as_deref() == Some(DEV_SECRET.as_bytes()) {
         tracing::warn!("DEV MODE: tokens use the public development secret {DEV_SECRET:?}; never expose this server");
     }
     // Raised whether or not the cap is given: every connection is a file.
@@ -308,6 +361,9 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
         max_sse_per_vendor: args.max_sse_per_vendor,
         ..Limits::default()
     };
+    let store = KeyStore::open(source).context("loading token keys")?;
+    tracing::info!(kids = ?store.current().kids(), "token keys loaded");
+    let keys = AuthKeys::from_store(store);
     let metrics = Metrics::new();
     let hub = Arc::new(Hub::new(metrics.clone()));
     let engine: Arc<dyn Engine> = match args.engine {
@@ -335,13 +391,7 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
             })
         }
     };
-    let mut state = AppState::new(
-        engine,
-        hub,
-        AuthKeys::new(secret.as_bytes()),
-        limits,
-        metrics,
-    );
+    let mut state = AppState::new(engine, hub, keys, limits, metrics);
     if let Some(stores) = stores {
         state = state.with_stores(stores);
     }
@@ -356,6 +406,10 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
     // Machine-readable line for test harnesses that bind port 0.
     println!("listening on {addr}");
     tokio::spawn(shutdown_on_signal(state.shutdown.clone()));
+    state.tasks.spawn(keys::reload_on_sighup(
+        Arc::clone(state.keys.store()),
+        state.shutdown.clone(),
+    ));
     serve(listener, state).await?;
     Ok(())
 }

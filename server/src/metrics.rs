@@ -69,7 +69,9 @@ impl Metrics {
             delivery_latency: Histogram::with_opts(
                 HistogramOpts::new(
                     "delivery_latency_seconds",
-                    "Time from fan-out to the write on the client socket",
+                    "Time from receiving the request that produced a frame (ingest, chat post, \
+                     notification post; for presence, its publish) to writing it on the client \
+                     socket or stream, by wall clock so it is the same across processes and engines",
                 )
                 .buckets(vec![
                     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
@@ -119,6 +121,20 @@ impl Metrics {
 
     /// Current values summed over labels (connections kept by kind), for
     /// the dashboard.
+    /// Records the delivery latency of a frame written to a client, from
+    /// its origin (wall clock; a clock step back counts as 0).
+    pub fn observe_latency(&self, origin_us: i64) {
+        let latency_us = (crate::frame::now_us() - origin_us).max(0);
+        self.delivery_latency.observe(latency_us as f64 / 1e6);
+    }
+
+    /// Counts `n` frames of channel kind `kind` written to clients.
+    pub fn delivered(&self, kind: &str, n: u64) {
+        if n > 0 {
+            self.deliveries.with_label_values(&[kind]).inc_by(n);
+        }
+    }
+
     pub fn totals(&self) -> Totals {
         let mut connections = BTreeMap::new();
         for mf in self.connections.collect() {

@@ -203,9 +203,7 @@ impl Server {
             return Ok(true);
         };
         if let Some(pid) = child.id() {
-            std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status()?;
+            send_signal(pid, "TERM")?;
         }
         match tokio::time::timeout(within, child.wait()).await {
             Ok(status) => Ok(status?.success()),
@@ -223,6 +221,12 @@ impl Server {
             child.wait().await?;
         }
         Ok(())
+    }
+
+    /// Sends `signal` (e.g. `"HUP"`) to the process.
+    pub fn signal(&self, signal: &str) -> Result<()> {
+        let pid = self.pid().ok_or_else(|| anyhow!("server not running"))?;
+        send_signal(pid, signal)
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -247,6 +251,16 @@ impl Drop for Server {
             let _ = child.start_kill();
         }
     }
+}
+
+fn send_signal(pid: u32, signal: &str) -> Result<()> {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()?;
+    if !status.success() {
+        bail!("kill -{signal} {pid} failed: {status}");
+    }
+    Ok(())
 }
 
 fn tail(path: &Path) -> String {

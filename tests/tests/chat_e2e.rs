@@ -370,6 +370,15 @@ async fn http_chat_and_authorization(engine: EngineChoice) -> Result<()> {
         .await?;
     assert_eq!(page["messages"].as_array().map(Vec::len), Some(1));
     assert_eq!(page["more"], true);
+    // Outside the documented 1..=200: refused, not clamped.
+    for limit in [0, 201] {
+        let resp = http
+            .get(format!("{url}?after_seq=0&limit={limit}"))
+            .bearer_auth(&buyer)
+            .send()
+            .await?;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "limit={limit}");
+    }
     let rest: Value = http
         .get(format!("{url}?after_seq=1"))
         .bearer_auth(&buyer)
@@ -382,6 +391,20 @@ async fn http_chat_and_authorization(engine: EngineChoice) -> Result<()> {
         vec![2]
     );
     assert_eq!(rest["more"], false);
+    // The body limit counts characters, as the schema's maxLength does:
+    // 4,096 two-byte characters pass, one more is 413 too_large.
+    for (n, want) in [
+        (4096, StatusCode::OK),
+        (4097, StatusCode::PAYLOAD_TOO_LARGE),
+    ] {
+        let resp = http
+            .post(&url)
+            .bearer_auth(&buyer)
+            .json(&json!({"client_id": format!("long-{n}"), "body": "é".repeat(n)}))
+            .send()
+            .await?;
+        assert_eq!(resp.status(), want, "{n} characters");
+    }
 
     // Authorization: a token without the room gets 403 / error frames.
     let stranger = chat_token("b-9", Role::Buyer, "some-other-room");

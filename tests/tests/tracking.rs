@@ -317,12 +317,17 @@ async fn location_and_trail_reads(engine: EngineChoice) -> Result<()> {
     let stranger = token("b2", Role::Buyer, &["tracking:someone-else"]);
     let resp = client.get(&loc_url).bearer_auth(&stranger).send().await?;
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
-    let resp = client
-        .get(server.http(&format!("/v1/drivers/{driver}/trail?after_seq=x")))
-        .bearer_auth(&dtok)
-        .send()
-        .await?;
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    // Malformed or out of the documented range (1..=1000): refused, not clamped.
+    for query in ["after_seq=x", "limit=0", "limit=1001"] {
+        let resp = client
+            .get(server.http(&format!("/v1/drivers/{driver}/trail?{query}")))
+            .bearer_auth(&dtok)
+            .send()
+            .await?;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{query}");
+        let body: Value = resp.json().await?;
+        assert_eq!(body["error"]["code"], "bad_query", "{query}");
+    }
     Ok(())
 }
 

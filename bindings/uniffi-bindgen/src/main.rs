@@ -1,9 +1,9 @@
 //! `uniffi-bindgen`: the uniffi code generator, built from this workspace so
 //! its version always matches the `uniffi` crate `waypost-ffi` was built
-//! with. Usage (see `scripts/test.d/40-bindings.sh`):
+//! with. Usage (`bindings/generate.sh` finds the host's library and runs it):
 //!
 //! ```text
-//! uniffi-bindgen generate target/debug/libwaypost_ffi.so --language kotlin --out-dir … --no-format
+//! uniffi-bindgen generate <libwaypost_ffi.so|.dylib> --language kotlin --out-dir … --no-format
 //! ```
 
 fn main() {

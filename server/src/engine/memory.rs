@@ -6,12 +6,12 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use axum::extract::ws::Utf8Bytes;
 use parking_lot::Mutex;
-use waypost_protocol::Fix;
+use waypost_protocol::{Channel, Fix};
 
-use super::{Engine, EngineError, IngestOutcome, StoredFix};
+use super::{Engine, EngineError, IngestOutcome, IngestTime, StoredFix};
 use crate::config::Limits;
+use crate::frame::Frame;
 use crate::hub::Hub;
 
 const SHARDS: usize = 16;
@@ -87,10 +87,11 @@ impl Engine for MemoryEngine {
         driver_id: &str,
         device_id: &str,
         fixes: &[Fix],
-        now_ms: i64,
+        at: IngestTime,
     ) -> Result<IngestOutcome, EngineError> {
+        let now_ms = at.now_ms;
         let ttl = self.ttl_ms();
-        let channel = format!("tracking:{driver_id}");
+        let channel = Channel::tracking(driver_id);
         let (accepted, duplicates, new_latest) = {
             let mut shard = self.shard(driver_id).lock();
             let state = shard.entry(driver_id.to_owned()).or_default();
@@ -142,7 +143,7 @@ impl Engine for MemoryEngine {
                     // (dispatch only queues, it never waits).
                     if self.hub.local_count(&channel) > 0 {
                         self.hub
-                            .dispatch(&channel, &super::location_frame(driver_id, n));
+                            .dispatch(&channel, Frame::location(driver_id, n, at.origin_us));
                     }
                 }
             }
@@ -179,16 +180,16 @@ impl Engine for MemoryEngine {
         }))
     }
 
-    async fn publish(&self, channel: &str, frame: Utf8Bytes) -> Result<(), EngineError> {
-        self.hub.dispatch(channel, &frame);
+    async fn publish(&self, channel: &Channel, frame: Frame) -> Result<(), EngineError> {
+        self.hub.dispatch(channel, frame);
         Ok(())
     }
 
-    async fn sync_subscription(&self, _channel: &str) -> Result<(), EngineError> {
+    async fn sync_subscription(&self, _channel: &Channel) -> Result<(), EngineError> {
         Ok(())
     }
 
-    async fn watchers(&self, channel: &str) -> Result<u64, EngineError> {
+    async fn watchers(&self, channel: &Channel) -> Result<u64, EngineError> {
         Ok(self.hub.local_count(channel) as u64)
     }
 

@@ -6,13 +6,15 @@
 //! conformance tests in `engine/tests.rs` run against each.
 
 use async_trait::async_trait;
-use axum::extract::ws::Utf8Bytes;
 use serde::{Deserialize, Serialize};
-use waypost_protocol::Fix;
+use waypost_protocol::{Channel, Fix};
+
+use crate::frame::Frame;
 
 pub mod chat;
 pub mod chat_memory;
 pub mod chat_redis;
+pub mod counted;
 pub mod memory;
 pub mod redis;
 
@@ -52,24 +54,30 @@ pub struct IngestOutcome {
     /// (only that one is broadcast live).
     pub new_latest: Option<Fix>,
     /// Whether the engine already broadcast `new_latest` (its `location`
-    /// frame, [`location_frame`]) as part of the ingest. Engines do so when
+    /// frame, [`Frame::location`]) as part of the ingest. Engines do so when
     /// they can make storing and broadcasting one step, so live frames of a
     /// driver go out in the order its latest position changed; otherwise the
     /// caller publishes.
     pub published: bool,
 }
 
-/// The `location` frame of `tracking:{driver}`, serialized once for every
-/// subscriber.
-pub fn location_frame(driver_id: &str, fix: &Fix) -> Utf8Bytes {
-    let channel = waypost_protocol::Channel::tracking(driver_id).to_string();
-    waypost_protocol::ServerFrame::Location {
-        channel,
-        driver_id: driver_id.to_owned(),
-        fix: fix.clone(),
+/// When an ingest happens: the server time used for storage and expiry,
+/// and when its request was received (the origin of the live frame, for
+/// the delivery latency).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngestTime {
+    pub now_ms: i64,
+    pub origin_us: i64,
+}
+
+/// A request received at `now_ms`.
+impl From<i64> for IngestTime {
+    fn from(now_ms: i64) -> Self {
+        Self {
+            now_ms,
+            origin_us: now_ms.saturating_mul(1000),
+        }
     }
-    .to_json()
-    .into()
 }
 
 /// Storage and fan-out. Implementations are shared (`Arc<dyn Engine>`) by
@@ -92,7 +100,7 @@ pub trait Engine: Send + Sync + 'static {
         driver_id: &str,
         device_id: &str,
         fixes: &[Fix],
-        now_ms: i64,
+        at: IngestTime,
     ) -> Result<IngestOutcome, EngineError>;
 
     /// The driver's latest position, `None` when unknown or expired.
@@ -109,16 +117,16 @@ pub trait Engine: Send + Sync + 'static {
     /// Delivers a serialized frame to every subscriber of `channel` on every
     /// process (including this one, through the local hub). At most once:
     /// a process that is not subscribed at publish time does not get it.
-    async fn publish(&self, channel: &str, frame: Utf8Bytes) -> Result<(), EngineError>;
+    async fn publish(&self, channel: &Channel, frame: Frame) -> Result<(), EngineError>;
 
     /// Makes the engine's subscription of `channel` match the local hub:
     /// subscribed while the hub has a local subscriber, unsubscribed when the
     /// last one left. Resolves once publishes on `channel` reach this process
     /// (so a client told `subscribed` misses nothing published afterwards).
-    async fn sync_subscription(&self, channel: &str) -> Result<(), EngineError>;
+    async fn sync_subscription(&self, channel: &Channel) -> Result<(), EngineError>;
 
     /// Subscribers of `channel` across every process.
-    async fn watchers(&self, channel: &str) -> Result<u64, EngineError>;
+    async fn watchers(&self, channel: &Channel) -> Result<u64, EngineError>;
 
     /// Whether the backing store answers (for `/readyz`).
     async fn ready(&self) -> Result<(), EngineError>;

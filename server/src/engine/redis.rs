@@ -14,7 +14,8 @@
 //! An ingest batch is one Lua script (`redis/ingest.lua`): dedup, trail,
 //! latest and the watcher count in one atomic round trip.
 //!
-//! Fan-out: `publish` is a `PUBLISH waypost:ch:{channel}`; one pub/sub
+//! Fan-out: `publish` is a `PUBLISH waypost:ch2:{channel}` of the frame's
+//! envelope (`frame.rs`: meta line, newline, frame); one pub/sub
 //! connection per process holds one `SUBSCRIBE` per channel with local
 //! subscribers (see `redis/pubsub.rs`). Watcher counts across processes live in
 //! per-channel hashes (see `redis/watchers.rs`).
@@ -29,27 +30,31 @@
 //! default window of 4,096 seqs.
 
 mod commands;
+mod options;
 mod pubsub;
 mod watchers;
 
-use std::future::Future;
+pub use options::RedisOptions;
+
+use commands::redis_err;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use axum::extract::ws::Utf8Bytes;
 use parking_lot::Mutex;
 use redis::aio::ConnectionManagerConfig;
 use redis::io::tcp::{socket2::TcpKeepalive, TcpSettings};
-use redis::{RedisResult, Script};
+use redis::Script;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use waypost_protocol::Fix;
+use waypost_protocol::{Channel, Fix};
 
-use super::{Engine, EngineError, IngestOutcome, StoredFix};
+use super::{Engine, EngineError, IngestOutcome, IngestTime, StoredFix};
 use crate::config::Limits;
+use crate::frame::Frame;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 
@@ -59,46 +64,6 @@ const MAX_DEVICES_PER_DRIVER: usize = 8;
 const REQUEST_QUEUE: usize = 4096;
 
 const WATCH_PRELUDE: &str = include_str!("redis/watch_sum.lua");
-
-/// Timings and naming of the Redis engine. `Default` is what production
-/// uses; tests shorten some of them.
-#[derive(Debug, Clone)]
-pub struct RedisOptions {
-    /// Bound on every Redis call.
-    pub op_timeout: Duration,
-    /// How often the pub/sub probe is published; one that has not come back
-    /// by the next probe forces a reconnect.
-    pub probe_interval: Duration,
-    /// Reconnect backoff: full jitter, doubling from `backoff_base`, capped.
-    pub backoff_base: Duration,
-    pub backoff_cap: Duration,
-    /// A process's watcher count expires this long after its last refresh.
-    pub watcher_ttl: Duration,
-    /// How often every watcher count is rewritten.
-    pub watcher_refresh: Duration,
-    /// How often the hub is checked for changed local counts.
-    pub watcher_scan: Duration,
-    /// Lifetime of trail and dedup keys after a driver's last ingest.
-    pub data_ttl: Duration,
-    /// Prefix of every key and channel name.
-    pub key_prefix: String,
-}
-
-impl Default for RedisOptions {
-    fn default() -> Self {
-        Self {
-            op_timeout: Duration::from_secs(2),
-            probe_interval: Duration::from_secs(5),
-            backoff_base: Duration::from_millis(100),
-            backoff_cap: Duration::from_secs(2),
-            watcher_ttl: Duration::from_secs(30),
-            watcher_refresh: Duration::from_secs(10),
-            watcher_scan: Duration::from_secs(1),
-            data_ttl: Duration::from_secs(24 * 3600),
-            key_prefix: "waypost".into(),
-        }
-    }
-}
 
 /// Connects to Redis at `url` with the default options.
 pub async fn connect(
@@ -122,15 +87,19 @@ impl Keys {
         format!("{}:{{{driver_id}}}:{part}", self.prefix)
     }
     fn channel_prefix(&self) -> String {
-        format!("{}:ch:", self.prefix)
+        // `ch2`: payloads are frame envelopes (issue 16); versions that
+        // published bare frames (on `ch`) never see them, and mixed
+        // processes during a rolling update stay apart instead of
+        // forwarding payloads they cannot read.
+        format!("{}:ch2:", self.prefix)
     }
     fn watchers_prefix(&self) -> String {
         format!("{}:watchers:", self.prefix)
     }
-    fn watchers(&self, channel: &str) -> String {
+    fn watchers(&self, channel: &Channel) -> String {
         format!("{}{channel}", self.watchers_prefix())
     }
-    fn channel(&self, channel: &str) -> String {
+    fn channel(&self, channel: &Channel) -> String {
         format!("{}{channel}", self.channel_prefix())
     }
     fn probe(&self, instance: &str) -> String {
@@ -294,15 +263,17 @@ impl Engine for RedisEngine {
         driver_id: &str,
         device_id: &str,
         fixes: &[Fix],
-        now_ms: i64,
+        at: IngestTime,
     ) -> Result<IngestOutcome, EngineError> {
+        let now_ms = at.now_ms;
+        let tracking = Channel::tracking(driver_id);
         let mut inv = self.ingest_script.prepare_invoke();
         inv.key(self.keys.driver(driver_id, "trail"))
             .key(self.keys.driver(driver_id, "latest"))
             .key(self.keys.driver(driver_id, "devices"))
             .key(self.keys.driver(driver_id, &format!("seen:{device_id}")))
             .key(self.keys.driver(driver_id, &format!("span:{device_id}")))
-            .key(self.keys.watchers(&format!("tracking:{driver_id}")));
+            .key(self.keys.watchers(&tracking));
         inv.arg(device_id)
             .arg(now_ms)
             .arg(self.ttl_ms())
@@ -323,10 +294,10 @@ impl Engine for RedisEngine {
                 Some((_, b)) if f.ts < b.ts => best,
                 _ => Some((i, f)),
             });
-        inv.arg(self.keys.channel(&format!("tracking:{driver_id}")))
+        inv.arg(self.keys.channel(&tracking))
             .arg(candidate.map_or(0, |(i, _)| i + 1))
             .arg(candidate.map_or_else(String::new, |(_, f)| {
-                super::location_frame(driver_id, f).to_string()
+                Frame::location(driver_id, f, at.origin_us).to_envelope()
             }));
         for fix in fixes {
             let stored = StoredFixRef {
@@ -401,23 +372,23 @@ impl Engine for RedisEngine {
             .collect()
     }
 
-    async fn publish(&self, channel: &str, frame: Utf8Bytes) -> Result<(), EngineError> {
+    async fn publish(&self, channel: &Channel, frame: Frame) -> Result<(), EngineError> {
         let mut conn = self.cmd.conn();
         let cmd = redis::cmd("PUBLISH")
             .arg(self.keys.channel(channel))
-            .arg(frame.as_str())
+            .arg(frame.to_envelope())
             .to_owned();
         self.cmd.run(cmd.query_async::<u64>(&mut conn)).await?;
         Ok(())
     }
 
-    async fn sync_subscription(&self, channel: &str) -> Result<(), EngineError> {
+    async fn sync_subscription(&self, channel: &Channel) -> Result<(), EngineError> {
         pubsub::request(&self.subs, channel, self.opts.op_timeout * 2).await?;
         // Watcher counts are advisory: the subscription stands even if
         // recording the count fails (the periodic refresh retries).
         let (done, ack) = tokio::sync::oneshot::channel();
         let req = watchers::WatchRequest {
-            channel: channel.to_owned(),
+            channel: channel.clone(),
             done,
         };
         let recorded = tokio::time::timeout(self.opts.op_timeout * 2, async {
@@ -426,12 +397,12 @@ impl Engine for RedisEngine {
         })
         .await;
         if !matches!(recorded, Ok(Some(()))) {
-            tracing::debug!(channel, "watcher count not recorded in time");
+            tracing::debug!(%channel, "watcher count not recorded in time");
         }
         Ok(())
     }
 
-    async fn watchers(&self, channel: &str) -> Result<u64, EngineError> {
+    async fn watchers(&self, channel: &Channel) -> Result<u64, EngineError> {
         let mut conn = self.cmd.conn();
         let mut inv = self.watchers_script.prepare_invoke();
         inv.key(self.keys.watchers(channel));
@@ -469,21 +440,5 @@ impl Engine for RedisEngine {
                 abort.abort();
             }
         }
-    }
-}
-
-fn redis_err(e: redis::RedisError) -> EngineError {
-    EngineError::Redis(e.to_string())
-}
-
-/// Runs one Redis call with a deadline.
-async fn with_timeout<T>(
-    limit: Duration,
-    call: impl Future<Output = RedisResult<T>>,
-) -> Result<T, EngineError> {
-    match tokio::time::timeout(limit, call).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(redis_err(e)),
-        Err(_) => Err(EngineError::Redis(format!("timed out after {limit:?}"))),
     }
 }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use waypost_protocol::Fix;
+use waypost_protocol::{Channel, Fix};
 
 use super::memory::MemoryEngine;
 use super::Engine;
@@ -25,14 +25,17 @@ pub(crate) fn unique(prefix: &str) -> String {
 pub(crate) async fn ingest_is_idempotent(engine: &dyn Engine) {
     let d = unique("d");
     let batch = [fix(1, NOW), fix(2, NOW + 1000), fix(3, NOW + 2000)];
-    let out = engine.ingest(&d, "dev", &batch, NOW).await.unwrap();
+    let out = engine.ingest(&d, "dev", &batch, NOW.into()).await.unwrap();
     assert_eq!((out.accepted, out.duplicates), (3, 0));
     assert_eq!(out.new_latest.as_ref().map(|f| f.seq), Some(3));
-    let again = engine.ingest(&d, "dev", &batch, NOW).await.unwrap();
+    let again = engine.ingest(&d, "dev", &batch, NOW.into()).await.unwrap();
     assert_eq!((again.accepted, again.duplicates), (0, 3));
     assert_eq!(again.new_latest, None);
     // The same seqs from another device are different fixes.
-    let other = engine.ingest(&d, "dev-2", &batch[..1], NOW).await.unwrap();
+    let other = engine
+        .ingest(&d, "dev-2", &batch[..1], NOW.into())
+        .await
+        .unwrap();
     assert_eq!(other.accepted, 1);
     let trail = engine.trail(&d, 0, 100).await.unwrap();
     assert_eq!(trail.len(), 4);
@@ -46,12 +49,12 @@ pub(crate) async fn latest_keeps_newest_and_expires(engine: &dyn Engine) {
     let d = unique("d");
     assert!(engine.latest(&d, NOW).await.unwrap().is_none());
     engine
-        .ingest(&d, "dev", &[fix(5, NOW + 5000)], NOW)
+        .ingest(&d, "dev", &[fix(5, NOW + 5000)], NOW.into())
         .await
         .unwrap();
     // An older fix (by ts) arriving late goes to the trail, not to latest.
     let late = engine
-        .ingest(&d, "dev", &[fix(4, NOW + 4000)], NOW)
+        .ingest(&d, "dev", &[fix(4, NOW + 4000)], NOW.into())
         .await
         .unwrap();
     assert_eq!(late.accepted, 1);
@@ -70,7 +73,7 @@ pub(crate) async fn latest_keeps_newest_and_expires(engine: &dyn Engine) {
 }
 
 pub(crate) async fn publish_reaches_local_subscriber(engine: &dyn Engine, hub: &Hub) {
-    let ch = format!("tracking:{}", unique("d"));
+    let ch = Channel::tracking(unique("d"));
     let (h, mut rx) = connection(hub.next_conn_id(), 8);
     hub.add(&ch, h);
     engine.sync_subscription(&ch).await.unwrap();
@@ -91,7 +94,10 @@ async fn memory_conformance() {
     latest_keeps_newest_and_expires(&engine).await;
     publish_reaches_local_subscriber(&engine, &hub).await;
     let d = unique("d");
-    engine.ingest(&d, "dev", &[fix(1, NOW)], NOW).await.unwrap();
+    engine
+        .ingest(&d, "dev", &[fix(1, NOW)], NOW.into())
+        .await
+        .unwrap();
     let ttl = Limits::default().online_ttl.as_millis() as i64;
     assert!(engine.latest(&d, NOW + ttl + 1).await.unwrap().is_none());
 }
@@ -102,16 +108,16 @@ pub(crate) async fn windows_and_trail_are_bounded(engine: &dyn Engine) {
     // Needs `dedup_window: 3, trail_len: 4`.
     let d = unique("d");
     let batch: Vec<Fix> = (1..=5).map(|s| fix(s, NOW + s as i64)).collect();
-    let out = engine.ingest(&d, "dev", &batch, NOW).await.unwrap();
+    let out = engine.ingest(&d, "dev", &batch, NOW.into()).await.unwrap();
     assert_eq!(out.accepted, 5);
-    let again = engine.ingest(&d, "dev", &batch, NOW).await.unwrap();
+    let again = engine.ingest(&d, "dev", &batch, NOW.into()).await.unwrap();
     assert_eq!(
         (again.accepted, again.duplicates),
         (0, 5),
         "below the floor counts as seen"
     );
     let late = engine
-        .ingest(&d, "dev", &[fix(7, NOW + 7), fix(6, NOW + 6)], NOW)
+        .ingest(&d, "dev", &[fix(7, NOW + 7), fix(6, NOW + 6)], NOW.into())
         .await
         .unwrap();
     assert_eq!(late.accepted, 2, "a late seq above the floor is new");
@@ -133,22 +139,37 @@ pub(crate) async fn windows_and_trail_are_bounded(engine: &dyn Engine) {
     let mut run: Vec<Fix> = (t - 2..=t + 2).map(|s| fix(s, NOW)).collect();
     run.push(fix(t + 10, NOW));
     assert_eq!(
-        engine.ingest(&c, "dev", &run, NOW).await.unwrap().accepted,
+        engine
+            .ingest(&c, "dev", &run, NOW.into())
+            .await
+            .unwrap()
+            .accepted,
         6
     );
     for (s, new) in [(t, false), (t + 1, false), (t + 5, true), (t + 10, false)] {
-        let out = engine.ingest(&c, "dev", &[fix(s, NOW)], NOW).await.unwrap();
+        let out = engine
+            .ingest(&c, "dev", &[fix(s, NOW)], NOW.into())
+            .await
+            .unwrap();
         assert_eq!(out.accepted == 1, new, "seq {s}");
     }
     // Seqs beyond 2^53 stay exact.
     let big = [fix(u64::MAX - 1, NOW + 8), fix(u64::MAX, NOW + 9)];
     let e = unique("d");
     assert_eq!(
-        engine.ingest(&e, "dev", &big, NOW).await.unwrap().accepted,
+        engine
+            .ingest(&e, "dev", &big, NOW.into())
+            .await
+            .unwrap()
+            .accepted,
         2
     );
     assert_eq!(
-        engine.ingest(&e, "dev", &big, NOW).await.unwrap().accepted,
+        engine
+            .ingest(&e, "dev", &big, NOW.into())
+            .await
+            .unwrap()
+            .accepted,
         0
     );
     let tail = engine.trail(&e, u64::MAX - 1, 10).await.unwrap();
@@ -211,8 +232,8 @@ mod redis_engine {
             .unwrap()
     }
 
-    async fn numsub(conn: &mut redis::aio::MultiplexedConnection, channel: &str) -> u64 {
-        let name = format!("waypost:ch:{channel}");
+    async fn numsub(conn: &mut redis::aio::MultiplexedConnection, channel: &Channel) -> u64 {
+        let name = format!("waypost:ch2:{channel}");
         let reply: Vec<(String, u64)> = redis::cmd("PUBSUB")
             .arg("NUMSUB")
             .arg(&name)
@@ -264,7 +285,9 @@ mod redis_engine {
         latest_keeps_newest_and_expires(&e).await;
         publish_reaches_local_subscriber(&e, &hub).await;
         let d = unique("d");
-        e.ingest(&d, "dev", &[fix(1, NOW)], NOW).await.unwrap();
+        e.ingest(&d, "dev", &[fix(1, NOW)], NOW.into())
+            .await
+            .unwrap();
         let ttl = Limits::default().online_ttl.as_millis() as i64;
         assert!(e.latest(&d, NOW + ttl + 1).await.unwrap().is_none());
         e.ready().await.unwrap();
@@ -290,7 +313,7 @@ mod redis_engine {
         let b = engine(&url, &hub_b, Limits::default(), Metrics::new()).await;
         let mut redis = command(&url).await;
         let driver = unique("d");
-        let ch = format!("tracking:{driver}");
+        let ch = Channel::tracking(driver.clone());
 
         // Three local watchers on A: still one SUBSCRIBE.
         let mut on_a: Vec<(ConnHandle, Receiver)> = (0..3)
@@ -307,7 +330,10 @@ mod redis_engine {
         assert_eq!(numsub(&mut redis, &ch).await, 2);
         assert_eq!(a.watchers(&ch).await.unwrap(), 4);
         assert_eq!(b.watchers(&ch).await.unwrap(), 4);
-        let out = b.ingest(&driver, "dev", &[fix(1, NOW)], NOW).await.unwrap();
+        let out = b
+            .ingest(&driver, "dev", &[fix(1, NOW)], NOW.into())
+            .await
+            .unwrap();
         assert_eq!(out.watchers, 4, "ingest counts watchers of every process");
         // The ingest script published the location frame itself.
         assert!(out.published);
@@ -350,7 +376,7 @@ mod redis_engine {
         assert_eq!(a.watchers(&ch).await.unwrap(), 0);
 
         // Shutdown removes the instance's watcher fields.
-        let other = format!("tracking:{}", unique("d"));
+        let other = Channel::tracking(unique("d"));
         let (h, _r) = connection(hub_a.next_conn_id(), 8);
         hub_a.add(&other, h);
         a.sync_subscription(&other).await.unwrap();
@@ -379,9 +405,7 @@ mod redis_engine {
         };
         let hub = Arc::new(Hub::new(Metrics::new()));
         let e = Arc::new(engine(&url, &hub, Limits::default(), Metrics::new()).await);
-        let channels: Vec<String> = (0..4)
-            .map(|_| format!("tracking:{}", unique("d")))
-            .collect();
+        let channels: Vec<Channel> = (0..4).map(|_| Channel::tracking(unique("d"))).collect();
         let mut tasks = Vec::new();
         for t in 0..24u64 {
             let (hub, e, channels) = (Arc::clone(&hub), Arc::clone(&e), channels.clone());
@@ -433,8 +457,8 @@ mod redis_engine {
         let e = engine(&url, &hub, Limits::default(), Metrics::new()).await;
         let mut redis = command(&url).await;
         let (gone, missed) = (
-            format!("tracking:{}", unique("d")),
-            format!("tracking:{}", unique("d")),
+            Channel::tracking(unique("d")),
+            Channel::tracking(unique("d")),
         );
         let (h, _r) = connection(hub.next_conn_id(), 8);
         hub.add(&gone, h.clone());
@@ -511,8 +535,11 @@ mod redis_engine {
                     .collect();
                 next[dev] = next[dev].max(start + len);
                 let device = format!("dev-{dev}");
-                let m = memory.ingest(&d, &device, &batch, now).await.unwrap();
-                let r = redis.ingest(&d, &device, &batch, now).await.unwrap();
+                let m = memory
+                    .ingest(&d, &device, &batch, now.into())
+                    .await
+                    .unwrap();
+                let r = redis.ingest(&d, &device, &batch, now.into()).await.unwrap();
                 let ctx = format!("seed {seed} step {step} device {device} batch {start}..+{len}");
                 assert_eq!(m.accepted, r.accepted, "{ctx}");
                 assert_eq!(m.duplicates, r.duplicates, "{ctx}");
@@ -538,8 +565,8 @@ mod redis_engine {
             for step in 0..300 {
                 let s = rng.random_range(0..40u64);
                 let f = [Fix::new(s, NOW + step, 52.5, 13.4)];
-                let m = memory.ingest(&d, "dev", &f, NOW).await.unwrap();
-                let r = redis.ingest(&d, "dev", &f, NOW).await.unwrap();
+                let m = memory.ingest(&d, "dev", &f, NOW.into()).await.unwrap();
+                let r = redis.ingest(&d, "dev", &f, NOW.into()).await.unwrap();
                 assert_eq!(m.accepted, r.accepted, "seed {seed} step {step} seq {s}");
             }
             assert_eq!(
@@ -663,7 +690,7 @@ mod redis_engine {
         let metrics = Metrics::new();
         let proxied = format!("redis://127.0.0.1:{}", proxy.port);
         let e = engine(&proxied, &hub, Limits::default(), metrics.clone()).await;
-        let ch = format!("tracking:{}", unique("d"));
+        let ch = Channel::tracking(unique("d"));
         let (h, mut rx) = connection(hub.next_conn_id(), 64);
         hub.add(&ch, h);
         e.sync_subscription(&ch).await.unwrap();
@@ -741,7 +768,7 @@ mod redis_engine {
         )
         .await
         .unwrap();
-        let ch = format!("tracking:{}", unique("d"));
+        let ch = Channel::tracking(unique("d"));
         let (h, mut rx) = connection(hub.next_conn_id(), 64);
         hub.add(&ch, h);
         e.sync_subscription(&ch).await.unwrap();
@@ -849,7 +876,7 @@ mod redis_engine {
         let hub = Arc::new(Hub::new(Metrics::new()));
         let metrics = Metrics::new();
         let e = engine(&server.url(), &hub, Limits::default(), metrics.clone()).await;
-        let ch = format!("tracking:{}", unique("d"));
+        let ch = Channel::tracking(unique("d"));
         let (h, mut rx) = connection(hub.next_conn_id(), 64);
         hub.add(&ch, h);
         e.sync_subscription(&ch).await.unwrap();

@@ -21,11 +21,11 @@ use serde::Serialize;
 use waypost_protocol::{Channel, Claims, Role};
 
 use crate::activity::{DriverSeen, NotificationSeen};
-use crate::app::AppState;
 use crate::auth::{token_from_parts, Authed};
 use crate::error::AppError;
 use crate::metrics::Totals;
 use crate::now_ms;
+use crate::state::AppState;
 
 /// The page, embedded at compile time.
 const PAGE: &str = include_str!("dashboard.html");
@@ -87,7 +87,7 @@ async fn snapshot(state: &AppState, prev: &mut Option<Previous>) -> Snapshot {
     for mut d in seen {
         // Current watchers across every process; keep the count from the
         // last upload when the engine is slow or down.
-        let channel = Channel::tracking(d.driver_id.clone()).to_string();
+        let channel = Channel::tracking(d.driver_id.clone());
         if let Ok(Ok(n)) = tokio::time::timeout_at(deadline, state.engine.watchers(&channel)).await
         {
             d.watchers = n;
@@ -207,7 +207,7 @@ pub async fn stream(
         return Err(AppError::Engine(crate::engine::EngineError::Closed));
     }
     // Counts against the caller's connection limit, like any stream.
-    let permit = crate::routes::sse::user_permit(&state, &claims)?;
+    let permit = state.user_permit(&claims.sub)?;
     let gauge = state.metrics.connections.with_label_values(&["dashboard"]);
     gauge.inc();
     let guard = (GaugeGuard(gauge), permit);

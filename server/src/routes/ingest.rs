@@ -9,15 +9,17 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use serde::Deserialize;
 use waypost_protocol::{
-    validate_id, Channel, Fix, IngestRequest, IngestResponse, LocationResponse, PolicyHint,
-    PolicyMode, TrailResponse,
+    validate_id, Channel, IngestRequest, IngestResponse, LocationResponse, PolicyHint, PolicyMode,
+    TrailResponse,
 };
 
-use crate::app::AppState;
-use crate::auth::{may_post_locations, may_subscribe, Authed};
+use crate::auth::{authorize_tracking, may_post_locations, Authed};
 use crate::config::Limits;
+use crate::engine::IngestTime;
 use crate::error::AppError;
+use crate::frame::{now_us, Frame};
 use crate::now_ms;
+use crate::state::AppState;
 
 /// `POST /v1/drivers/{driver_id}/locations`
 pub async fn post_locations(
@@ -27,12 +29,9 @@ pub async fn post_locations(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<IngestResponse>, AppError> {
-    let received = std::time::Instant::now();
-    let result = crate::hub::with_origin(
-        received,
-        ingest(&state, &driver_id, &claims, &headers, body),
-    )
-    .await;
+    // The origin of the live frame, for the delivery latency.
+    let origin_us = now_us();
+    let result = ingest(&state, &driver_id, &claims, &headers, body, origin_us).await;
     let status = match &result {
         Ok(_) => StatusCode::OK,
         Err(e) => e.status(),
@@ -51,6 +50,7 @@ async fn ingest(
     claims: &waypost_protocol::Claims,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
+    origin_us: i64,
 ) -> Result<IngestResponse, AppError> {
     validate_id("driver_id", driver_id).map_err(|e| AppError::bad("bad_id", e.to_string()))?;
     if !may_post_locations(claims, driver_id) {
@@ -86,9 +86,16 @@ async fn ingest(
     let (req, high_seq) = parse_batch(encoding, body, &state.limits, now)?;
     let outcome = state
         .engine
-        .ingest(driver_id, &req.device_id, &req.fixes, now)
-        .await
-        .inspect_err(|_| state.metrics.engine_errors.inc())?;
+        .ingest(
+            driver_id,
+            &req.device_id,
+            &req.fixes,
+            IngestTime {
+                now_ms: now,
+                origin_us,
+            },
+        )
+        .await?;
     state
         .metrics
         .fixes_ingested
@@ -102,7 +109,11 @@ async fn ingest(
             .activity
             .driver_seen(driver_id, &req.device_id, &fix, outcome.watchers, now);
         if !outcome.published {
-            publish_location(state, driver_id, &fix).await?;
+            let frame = Frame::location(driver_id, &fix, origin_us);
+            state
+                .engine
+                .publish(&Channel::tracking(driver_id), frame)
+                .await?;
         }
     }
     let (mode, upload_interval_s) = if outcome.watchers > 0 {
@@ -123,18 +134,6 @@ async fn ingest(
             upload_interval_s,
         },
     })
-}
-
-/// Publishes the `location` frame of `fix` on `tracking:{driver}` (when
-/// the engine did not do it as part of the ingest).
-async fn publish_location(state: &AppState, driver_id: &str, fix: &Fix) -> Result<(), AppError> {
-    let channel = Channel::tracking(driver_id).to_string();
-    state
-        .engine
-        .publish(&channel, crate::engine::location_frame(driver_id, fix))
-        .await
-        .inspect_err(|_| state.metrics.engine_errors.inc())?;
-    Ok(())
 }
 
 /// Decodes, parses and validates an ingest body without touching any state:
@@ -206,32 +205,15 @@ fn decode_body(encoding: Option<&str>, body: Bytes, max: usize) -> Result<Bytes,
     }
 }
 
-/// Readers of a driver's position need `tracking:{driver}` in their token
-/// (or to be the driver, or `service`).
-fn authorize_read(claims: &waypost_protocol::Claims, driver_id: &str) -> Result<(), AppError> {
-    validate_id("driver_id", driver_id).map_err(|e| AppError::bad("bad_id", e.to_string()))?;
-    if may_subscribe(claims, &Channel::tracking(driver_id)) {
-        Ok(())
-    } else {
-        Err(AppError::Forbidden(format!(
-            "token does not grant tracking:{driver_id}"
-        )))
-    }
-}
-
 /// `GET /v1/drivers/{driver_id}/location`
 pub async fn get_location(
     State(state): State<AppState>,
     Path(driver_id): Path<String>,
     Authed(claims): Authed,
 ) -> Result<Json<LocationResponse>, AppError> {
-    authorize_read(&claims, &driver_id)?;
+    authorize_tracking(&claims, &driver_id)?;
     let now = now_ms();
-    let latest = state
-        .engine
-        .latest(&driver_id, now)
-        .await
-        .inspect_err(|_| state.metrics.engine_errors.inc())?;
+    let latest = state.engine.latest(&driver_id, now).await?;
     let stored =
         latest.ok_or_else(|| AppError::NotFound(format!("no recent location for {driver_id}")))?;
     Ok(Json(LocationResponse {
@@ -246,7 +228,7 @@ pub async fn get_location(
 pub struct TrailQuery {
     #[serde(default)]
     after_seq: u64,
-    limit: Option<usize>,
+    limit: Option<u64>,
 }
 
 /// `GET /v1/drivers/{driver_id}/trail?after_seq=N&limit=M`
@@ -256,17 +238,11 @@ pub async fn get_trail(
     Authed(claims): Authed,
     query: Result<Query<TrailQuery>, QueryRejection>,
 ) -> Result<Json<TrailResponse>, AppError> {
-    authorize_read(&claims, &driver_id)?;
+    authorize_tracking(&claims, &driver_id)?;
     let Query(q) = query.map_err(|e| AppError::bad("bad_query", e.body_text()))?;
-    let limit = q
-        .limit
-        .unwrap_or(state.limits.trail_len)
-        .min(state.limits.trail_len);
-    let fixes = state
-        .engine
-        .trail(&driver_id, q.after_seq, limit)
-        .await
-        .inspect_err(|_| state.metrics.engine_errors.inc())?;
+    let limit = crate::routes::chat::checked_limit(q.limit, state.limits.trail_len)?
+        .unwrap_or(state.limits.trail_len);
+    let fixes = state.engine.trail(&driver_id, q.after_seq, limit).await?;
     Ok(Json(TrailResponse { fixes }))
 }
 

@@ -4,7 +4,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 pub mod chat;
 pub mod dashboard;
@@ -13,6 +13,7 @@ pub mod openapi;
 pub mod ops;
 pub mod poll;
 pub mod sse;
+pub mod subscription;
 pub mod ws;
 
 pub fn router(state: AppState) -> Router {

@@ -37,12 +37,13 @@ mod tests {
     use tower::ServiceExt;
 
     use super::SPEC;
-    use crate::app::{build_router, AppState};
+    use crate::app::build_router;
     use crate::auth::AuthKeys;
     use crate::config::Limits;
     use crate::engine::memory::MemoryEngine;
     use crate::hub::Hub;
     use crate::metrics::Metrics;
+    use crate::state::AppState;
 
     const METHODS: [&str; 7] = ["get", "post", "put", "delete", "patch", "head", "options"];
 

@@ -6,8 +6,8 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::json;
 
-use crate::app::AppState;
 use crate::error::AppError;
+use crate::state::AppState;
 
 /// Process is up.
 pub async fn healthz() -> impl IntoResponse {
@@ -22,11 +22,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, 
             Json(json!({"ok": false, "reason": "shutting down"})),
         ));
     }
-    state
-        .engine
-        .ready()
-        .await
-        .inspect_err(|_| state.metrics.engine_errors.inc())?;
+    state.engine.ready().await?;
     Ok((
         StatusCode::OK,
         Json(json!({"ok": true, "engine": state.engine.name()})),

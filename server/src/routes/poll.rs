@@ -13,14 +13,15 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use waypost_protocol::{validate_id, Channel, Fix, LocationResponse};
+use waypost_protocol::{Channel, LocationResponse};
 
-use crate::app::AppState;
-use crate::auth::{may_subscribe, Authed};
+use crate::auth::{authorize_tracking, Authed};
 use crate::error::AppError;
-use crate::hub::{connection, ConnHandle};
+use crate::frame::About;
+use crate::hub::connection;
 use crate::now_ms;
-use crate::routes::sse::user_permit;
+use crate::routes::subscription::{Open, Subscription};
+use crate::state::AppState;
 
 /// Default wait when `timeout_s` is absent.
 const DEFAULT_TIMEOUT_S: u64 = 25;
@@ -32,11 +33,6 @@ pub struct PollQuery {
     timeout_s: Option<u64>,
 }
 
-#[derive(Deserialize)]
-struct LocationPeek {
-    fix: Fix,
-}
-
 /// `GET /v1/drivers/{driver_id}/location/poll`
 pub async fn poll_location(
     State(state): State<AppState>,
@@ -44,24 +40,19 @@ pub async fn poll_location(
     Authed(claims): Authed,
     query: Result<Query<PollQuery>, QueryRejection>,
 ) -> Result<Response, AppError> {
-    validate_id("driver_id", &driver).map_err(|e| AppError::bad("bad_id", e.to_string()))?;
-    if !may_subscribe(&claims, &Channel::tracking(&driver)) {
-        return Err(AppError::Forbidden(format!(
-            "token does not grant tracking:{driver}"
-        )));
-    }
+    authorize_tracking(&claims, &driver)?;
     let Query(q) = query.map_err(|e| AppError::bad("bad_query", e.body_text()))?;
     let timeout = Duration::from_secs(q.timeout_s.unwrap_or(DEFAULT_TIMEOUT_S))
         .min(state.limits.max_poll_timeout);
     if let Some(found) = newer(&state, &driver, q.after_seq).await? {
         return Ok(Json(found).into_response());
     }
-    let permit = user_permit(&state, &claims)?;
+    let open = Open::new(&state, "poll", [state.user_permit(&claims.sub)?]);
     let tasks = state.tasks.clone();
     let result = tasks
         .track_future(wait(state.clone(), driver, q.after_seq, timeout))
         .await;
-    drop(permit);
+    drop(open);
     result
 }
 
@@ -72,11 +63,7 @@ async fn newer(
     after_seq: u64,
 ) -> Result<Option<LocationResponse>, AppError> {
     let now = now_ms();
-    let latest = state
-        .engine
-        .latest(driver, now)
-        .await
-        .inspect_err(|_| state.metrics.engine_errors.inc())?;
+    let latest = state.engine.latest(driver, now).await?;
     Ok(latest
         .filter(|l| l.fix.seq > after_seq)
         .map(|l| LocationResponse {
@@ -87,54 +74,17 @@ async fn newer(
         }))
 }
 
-/// Leaves the hub channel however the wait ends (answer, timeout, client
-/// gone and the future dropped).
-struct Subscription {
-    state: AppState,
-    channel: String,
-    handle: ConnHandle,
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        self.state
-            .metrics
-            .connections
-            .with_label_values(&["poll"])
-            .dec();
-        if self.state.hub.remove(&self.channel, self.handle.id) {
-            let engine = std::sync::Arc::clone(&self.state.engine);
-            let channel = std::mem::take(&mut self.channel);
-            self.state.tasks.spawn(async move {
-                if let Err(e) = engine.sync_subscription(&channel).await {
-                    tracing::debug!(error = %e, channel, "unsubscribe failed");
-                }
-            });
-        }
-    }
-}
-
 async fn wait(
     state: AppState,
     driver: String,
     after_seq: u64,
     timeout: Duration,
 ) -> Result<Response, AppError> {
-    let channel = Channel::tracking(&driver).to_string();
-    // Room for a few fixes; a poller needs only the first.
+    // Room for a few fixes; a poller needs only the first. The
+    // subscription is left however the wait ends (answer, timeout, client
+    // gone and the future dropped).
     let (handle, mut rx) = connection(state.hub.next_conn_id(), 8);
-    state.hub.add(&channel, handle.clone());
-    state.metrics.connections.with_label_values(&["poll"]).inc();
-    let _sub = Subscription {
-        state: state.clone(),
-        channel: channel.clone(),
-        handle,
-    };
-    state
-        .engine
-        .sync_subscription(&channel)
-        .await
-        .inspect_err(|_| state.metrics.engine_errors.inc())?;
+    let _sub = Subscription::join(&state, Channel::tracking(&driver), &handle).await?;
     if let Some(found) = newer(&state, &driver, after_seq).await? {
         return Ok(Json(found).into_response());
     }
@@ -145,14 +95,14 @@ async fn wait(
             () = state.shutdown.cancelled() => break,
             out = rx.recv() => {
                 let Some(out) = out else { break };
-                let Ok(peek) = serde_json::from_str::<LocationPeek>(&out.text) else {
+                let About::Location { fix } = &out.meta.about else {
                     continue;
                 };
-                if peek.fix.seq > after_seq {
-                    state.metrics.deliveries.with_label_values(&[out.kind]).inc();
+                if fix.seq > after_seq {
+                    state.metrics.delivered(out.kind().name(), 1);
                     return Ok(Json(LocationResponse {
                         driver_id: driver,
-                        fix: peek.fix,
+                        fix: fix.clone(),
                         age_ms: 0,
                         online: true,
                     })

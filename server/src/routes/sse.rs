@@ -3,7 +3,7 @@
 //! `POST /v1/vendors/{id}/notifications`) and a driver's position
 //! (`GET /v1/drivers/{id}/location/stream`) for browsers that only watch.
 //!
-//! Each stream is one task tracked in `state.tasks`: it joins the hub
+//! Each stream is one task tracked in `state.tasks`: it subscribes to its
 //! channel (`vendor:{id}` or `tracking:{id}`) before reading history, so
 //! nothing published in between is lost, then writes replayed and live
 //! events in seq order without duplicates ([`SeqCursor`]), a `: keepalive`
@@ -24,24 +24,19 @@ use waypost_protocol::{
     validate_id, Channel, Claims, NotificationAccepted, NotificationPost, Role,
 };
 
-use crate::app::AppState;
-use crate::auth::{may_subscribe, Authed};
+use crate::auth::{authorize_tracking, Authed};
 use crate::engine::chat::{SeqCursor, SeqStep};
 use crate::engine::EngineError;
 use crate::error::AppError;
 use crate::hub::{connection, ConnHandle, Event, Outbound, Receiver};
-use crate::limits::{ConnectionPermit, Full};
 use crate::now_ms;
+use crate::routes::subscription::{Open, Subscription};
+use crate::state::AppState;
 
 /// Chunks buffered between a stream task and the HTTP body.
 const BODY_QUEUE: usize = 32;
 /// Reconnect delay suggested to EventSource clients.
 const RETRY_MS: u32 = 2000;
-
-/// The hub channel of a vendor's notifications.
-pub fn vendor_channel(vendor: &str) -> String {
-    format!("vendor:{vendor}")
-}
 
 /// `?last_event_id=N` for clients that cannot set the header, and `token`
 /// (read by the auth extractor).
@@ -91,33 +86,10 @@ pub async fn post_notification(
         ));
     }
     let Json(post) = body.map_err(|e| AppError::bad("bad_json", e.body_text()))?;
-    validate_id("event", &post.event).map_err(|e| AppError::bad("bad_event", e.to_string()))?;
-    let size = serde_json::to_string(&post.data).map_or(0, |s| s.len());
-    if size > state.limits.max_notification_bytes {
-        return Err(AppError::TooLarge(format!(
-            "data larger than {} bytes",
-            state.limits.max_notification_bytes
-        )));
-    }
-    let n = state
-        .stores
-        .notifications
-        .append(&vendor, &post.event, post.data, now_ms())
-        .await
-        .inspect_err(|_| state.metrics.engine_errors.inc())?;
+    let n = state.chat().notify(&vendor, &post.event, post.data).await?;
     state
         .activity
         .notification(&vendor, &n.event, &n.seq.to_string(), n.ts);
-    // Stored first: a stream that misses the publish fills the gap from
-    // history when the next one arrives, or on reconnect.
-    if let Err(e) = state
-        .engine
-        .publish(&vendor_channel(&vendor), n.to_sse().into())
-        .await
-    {
-        state.metrics.engine_errors.inc();
-        tracing::warn!(error = %e, vendor, "publishing a notification failed");
-    }
     Ok((
         StatusCode::ACCEPTED,
         Json(NotificationAccepted {
@@ -154,14 +126,12 @@ pub async fn vendor_stream(
         .sse_per_vendor
         .acquire(&vendor, max)
         .map_err(|_| too_many(&state, &format!("at most {max} streams per vendor")))?;
-    let user_permit = user_permit(&state, &claims)?;
-    start(
-        state,
-        Feed::Vendor(vendor),
-        after,
-        [user_permit, vendor_permit],
-    )
-    .await
+    let open = Open::new(
+        &state,
+        "sse",
+        [state.user_permit(&claims.sub)?, vendor_permit],
+    );
+    start(state, Feed::Vendor(vendor), after, open).await
 }
 
 /// `GET /v1/drivers/{driver_id}/location/stream`
@@ -172,16 +142,11 @@ pub async fn location_stream(
     headers: HeaderMap,
     query: Result<Query<StreamQuery>, QueryRejection>,
 ) -> Result<Response, AppError> {
-    validate_id("driver_id", &driver).map_err(|e| AppError::bad("bad_id", e.to_string()))?;
-    if !may_subscribe(&claims, &Channel::tracking(&driver)) {
-        return Err(AppError::Forbidden(format!(
-            "token does not grant tracking:{driver}"
-        )));
-    }
+    authorize_tracking(&claims, &driver)?;
     let Query(query) = query.map_err(|e| AppError::bad("bad_query", e.body_text()))?;
     let after = last_event_id(&headers, &query)?;
-    let permit = user_permit(&state, &claims)?;
-    start(state, Feed::Location(driver), after, [permit]).await
+    let open = Open::new(&state, "sse", [state.user_permit(&claims.sub)?]);
+    start(state, Feed::Location(driver), after, open).await
 }
 
 fn too_many(state: &AppState, message: &str) -> AppError {
@@ -194,17 +159,6 @@ fn too_many(state: &AppState, message: &str) -> AppError {
     AppError::RateLimited { retry_after_s: 5 }
 }
 
-/// One of the user's connection slots (shared with WebSockets), as an
-/// HTTP error when refused.
-pub fn user_permit(state: &AppState, claims: &Claims) -> Result<ConnectionPermit, AppError> {
-    state
-        .connection_slot(&claims.sub)
-        .map_err(|full| match full {
-            Full::User(_) => AppError::RateLimited { retry_after_s: 5 },
-            Full::Process(_) => AppError::Overloaded { retry_after_s: 5 },
-        })
-}
-
 /// Subscribes and reads the replay before answering, so that once the
 /// response headers are out the stream misses nothing published later;
 /// then hands the stream to a task tracked in `state.tasks`.
@@ -212,29 +166,17 @@ async fn start<const N: usize>(
     state: AppState,
     feed: Feed,
     after: Option<u64>,
-    permits: [ConnectionPermit; N],
+    open: Open<N>,
 ) -> Result<Response, AppError> {
     let (tx, rx) = mpsc::channel::<Bytes>(BODY_QUEUE);
     let mut stream = Stream::open(state.clone(), feed, tx);
-    let prepared = match stream.subscribe().await {
-        Ok(()) => stream.prepare(after).await,
-        Err(e) => Err(e),
-    };
-    let (replay, cursor) = match prepared {
-        Ok(p) => p,
-        Err(e) => {
-            state.metrics.engine_errors.inc();
-            stream.close().await;
-            return Err(AppError::Engine(e));
-        }
-    };
-    let gauge = state.metrics.connections.with_label_values(&["sse"]);
-    gauge.inc();
+    // On an error the subscription (if any) is left as it drops.
+    let sub = Subscription::join(&state, stream.channel.clone(), &stream.handle).await?;
+    let (replay, cursor) = stream.prepare(after).await?;
     state.tasks.spawn(async move {
         stream.run(replay, cursor).await;
-        stream.close().await;
-        gauge.dec();
-        drop(permits);
+        sub.leave().await;
+        drop(open);
     });
     let body = Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv()
@@ -262,7 +204,7 @@ async fn start<const N: usize>(
 struct Stream {
     state: AppState,
     feed: Feed,
-    channel: String,
+    channel: Channel,
     handle: ConnHandle,
     rx: Receiver,
     tx: mpsc::Sender<Bytes>,
@@ -274,8 +216,8 @@ struct Gone;
 impl Stream {
     fn open(state: AppState, feed: Feed, tx: mpsc::Sender<Bytes>) -> Self {
         let channel = match &feed {
-            Feed::Vendor(v) => vendor_channel(v),
-            Feed::Location(d) => Channel::tracking(d).to_string(),
+            Feed::Vendor(v) => Channel::vendor(v),
+            Feed::Location(d) => Channel::tracking(d),
         };
         let (handle, rx) = connection(state.hub.next_conn_id(), state.limits.ws_queue_frames);
         Self {
@@ -293,11 +235,6 @@ impl Stream {
             r = self.tx.send(chunk.into()) => r.map_err(|_| Gone),
             () = self.state.shutdown.cancelled() => Err(Gone),
         }
-    }
-
-    async fn subscribe(&self) -> Result<(), EngineError> {
-        self.state.hub.add(&self.channel, self.handle.clone());
-        self.state.engine.sync_subscription(&self.channel).await
     }
 
     async fn run(&mut self, replay: Vec<String>, mut cursor: SeqCursor) {
@@ -365,7 +302,7 @@ impl Stream {
                 if let Some(l) = latest {
                     if after.is_none_or(|a| l.fix.seq != a) {
                         let frame = waypost_protocol::ServerFrame::Location {
-                            channel: self.channel.clone(),
+                            channel: self.channel.to_string(),
                             driver_id: driver.clone(),
                             fix: l.fix.clone(),
                         };
@@ -379,18 +316,12 @@ impl Stream {
     }
 
     async fn live(&mut self, out: Outbound, cursor: &mut SeqCursor) -> Result<(), Gone> {
-        self.state
-            .metrics
-            .delivery_latency
-            .observe(out.queued_at.elapsed().as_secs_f64());
-        self.state
-            .metrics
-            .deliveries
-            .with_label_values(&[out.kind])
-            .inc();
+        let metrics = &self.state.metrics;
+        metrics.observe_latency(out.meta.origin_us);
+        metrics.delivered(out.kind().name(), 1);
         match &self.feed {
             Feed::Vendor(vendor) => {
-                let Some(seq) = sse_id(&out.text) else {
+                let Some(seq) = out.seq() else {
                     return self.send(Bytes::from(out.text.clone())).await;
                 };
                 match cursor.step(seq) {
@@ -418,7 +349,6 @@ impl Stream {
                                 // for good (the client's Last-Event-ID moves
                                 // past them): end the stream instead; the
                                 // client resumes from the last id it has.
-                                self.state.metrics.engine_errors.inc();
                                 tracing::warn!(error = %e, "gap fill failed: ending the stream");
                                 return Err(Gone);
                             }
@@ -429,9 +359,7 @@ impl Stream {
                 self.send(Bytes::from(out.text.clone())).await
             }
             Feed::Location(_) => {
-                let seq = serde_json::from_str::<LocationPeek>(&out.text)
-                    .map(|p| p.fix.seq)
-                    .unwrap_or(0);
+                let seq = out.seq().unwrap_or(0);
                 // The position read at start may come again live; fixes are
                 // per device so only an exact repeat is skipped.
                 if seq == cursor.delivered && seq != 0 {
@@ -442,33 +370,10 @@ impl Stream {
             }
         }
     }
-
-    async fn close(&mut self) {
-        if self.state.hub.remove(&self.channel, self.handle.id) {
-            if let Err(e) = self.state.engine.sync_subscription(&self.channel).await {
-                tracing::debug!(error = %e, channel = %self.channel, "unsubscribe failed");
-            }
-        }
-    }
-}
-
-#[derive(Deserialize)]
-struct LocationPeek {
-    fix: SeqPeek,
-}
-
-#[derive(Deserialize)]
-struct SeqPeek {
-    seq: u64,
 }
 
 fn location_event(seq: u64, json: &str) -> String {
     format!("id: {seq}\nevent: location\ndata: {json}\n\n")
-}
-
-/// The seq of a preformatted notification event (`id: N` first line).
-fn sse_id(text: &str) -> Option<u64> {
-    text.strip_prefix("id: ")?.split('\n').next()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -477,6 +382,14 @@ mod tests {
 
     use super::*;
     use crate::auth::AuthKeys;
+    use crate::frame::Frame;
+    use waypost_protocol::ChannelKind;
+
+    /// The seq of a preformatted notification event (`id: N` first line).
+    fn sse_id(text: &str) -> Option<u64> {
+        text.strip_prefix("id: ")?.split('\n').next()?.parse().ok()
+    }
+
     use crate::config::Limits;
     use crate::engine::memory::MemoryEngine;
     use crate::hub::Hub;
@@ -489,8 +402,11 @@ mod tests {
         AppState::new(engine, hub, AuthKeys::new(b"k"), Limits::default(), metrics)
     }
 
-    fn outbound(text: String) -> Outbound {
-        Outbound::new(text.into(), std::time::Instant::now(), "vendor")
+    fn outbound(n: &crate::engine::chat::Notification) -> Outbound {
+        Outbound::new(
+            Frame::notification(n.seq, n.to_sse(), 0),
+            ChannelKind::Vendor,
+        )
     }
 
     /// Notifications published out of order (two processes) or twice come
@@ -508,14 +424,11 @@ mod tests {
                 .append("v", "new-order", serde_json::json!({ "i": i }), 0)
                 .await
                 .unwrap();
-            sse.push(n.to_sse());
+            sse.push(n);
         }
         let mut cursor = SeqCursor::new(1);
-        for text in [&sse[2], &sse[1], &sse[0], &sse[3], &sse[3]] {
-            assert!(stream
-                .live(outbound(text.clone()), &mut cursor)
-                .await
-                .is_ok());
+        for n in [&sse[2], &sse[1], &sse[0], &sse[3], &sse[3]] {
+            assert!(stream.live(outbound(n), &mut cursor).await.is_ok());
         }
         drop(stream);
         let mut got = Vec::new();

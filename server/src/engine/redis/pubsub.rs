@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
 use futures_util::StreamExt;
 use rand::Rng;
 use redis::aio::{PubSubSink, PubSubStream};
@@ -26,10 +25,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
+use waypost_protocol::Channel;
 
 use super::commands::Commands;
-use super::{redis_err, with_timeout, RedisOptions};
+use super::commands::{redis_err, with_timeout};
+use super::options::RedisOptions;
 use crate::engine::EngineError;
+use crate::frame::Frame;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 
@@ -42,7 +44,7 @@ const RECONCILE_EVERY_PROBES: u64 = 6;
 
 /// Asks the manager to bring one channel in line with the hub.
 pub(super) struct SyncRequest {
-    pub channel: String,
+    pub channel: Channel,
     pub done: oneshot::Sender<Result<(), EngineError>>,
 }
 
@@ -71,7 +73,7 @@ pub(super) struct Manager {
     pub hub: Arc<Hub>,
     pub metrics: Metrics,
     pub opts: RedisOptions,
-    /// Prefix of the Redis channel names (`waypost:ch:`).
+    /// Prefix of the Redis channel names (`waypost:ch2:`).
     pub channel_prefix: String,
     /// This process's private probe channel.
     pub probe_channel: String,
@@ -85,7 +87,7 @@ struct Session {
     sink: PubSubSink,
     reader: JoinHandle<()>,
     /// Logical channel names (without prefix) subscribed on this connection.
-    subscribed: HashSet<String>,
+    subscribed: HashSet<Channel>,
     /// The highest probe token the reader saw come back.
     probe_seen: Arc<AtomicU64>,
 }
@@ -273,7 +275,7 @@ impl Manager {
     /// Safety net: compares every subscribed channel and every hub channel
     /// with the hub, fixing any drift.
     async fn reconcile(&self, session: &mut Session) -> Result<(), EngineError> {
-        let mut channels: HashSet<String> = self.hub.channels().into_iter().collect();
+        let mut channels: HashSet<Channel> = self.hub.channels().into_iter().collect();
         channels.extend(session.subscribed.iter().cloned());
         self.apply(session, channels.into_iter().collect(), false)
             .await
@@ -295,7 +297,7 @@ impl Manager {
         session: &mut Session,
         batch: Vec<SyncRequest>,
     ) -> Result<(), EngineError> {
-        let channels: Vec<String> = batch
+        let channels: Vec<Channel> = batch
             .iter()
             .map(|r| r.channel.clone())
             .collect::<HashSet<_>>()
@@ -317,7 +319,7 @@ impl Manager {
     async fn apply(
         &self,
         session: &mut Session,
-        channels: Vec<String>,
+        channels: Vec<Channel>,
         fresh: bool,
     ) -> Result<(), EngineError> {
         let mut subscribe = Vec::new();
@@ -350,7 +352,7 @@ impl Manager {
     async fn each(
         &self,
         sink: &PubSubSink,
-        chunk: &[String],
+        chunk: &[Channel],
         subscribe: bool,
     ) -> Result<(), EngineError> {
         let calls = chunk.iter().map(|ch| {
@@ -388,7 +390,7 @@ async fn read(
     probe_channel: String,
     probe_seen: Arc<AtomicU64>,
 ) {
-    let mut bad_utf8 = 0u64;
+    let mut dropped = 0u64;
     while let Some(msg) = stream.next().await {
         let name = msg.get_channel_name();
         if name == probe_channel {
@@ -400,20 +402,25 @@ async fn read(
             }
             continue;
         }
-        let Some(channel) = name.strip_prefix(prefix.as_str()) else {
+        // `waypost:ch2:` is our key namespace, not part of the channel name.
+        let Some(channel) = name
+            .strip_prefix(prefix.as_str())
+            .and_then(Channel::from_name)
+        else {
             continue;
         };
-        match Utf8Bytes::try_from(msg.get_payload_bytes().to_vec()) {
-            Ok(text) => {
-                hub.dispatch(channel, &text);
+        match Frame::from_envelope(msg.get_payload_bytes()) {
+            Ok(frame) => {
+                hub.dispatch(&channel, frame);
             }
-            Err(_) => {
-                bad_utf8 += 1;
-                if bad_utf8.is_power_of_two() {
+            Err(e) => {
+                dropped += 1;
+                if dropped.is_power_of_two() {
                     tracing::warn!(
-                        channel,
-                        count = bad_utf8,
-                        "dropped non-UTF-8 pub/sub message"
+                        %channel,
+                        error = %e,
+                        count = dropped,
+                        "dropped a pub/sub message that is not a frame envelope"
                     );
                 }
             }
@@ -425,12 +432,12 @@ async fn read(
 /// Redis confirmed any `SUBSCRIBE`), bounded by `limit`.
 pub(super) async fn request(
     tx: &mpsc::Sender<SyncRequest>,
-    channel: &str,
+    channel: &Channel,
     limit: Duration,
 ) -> Result<(), EngineError> {
     let (done, answer) = oneshot::channel();
     let req = SyncRequest {
-        channel: channel.to_owned(),
+        channel: channel.clone(),
         done,
     };
     let round_trip = async {

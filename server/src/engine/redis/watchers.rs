@@ -16,9 +16,10 @@ use redis::Script;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
+use waypost_protocol::Channel;
 
 use super::commands::Commands;
-use super::RedisOptions;
+use super::options::RedisOptions;
 use crate::engine::EngineError;
 use crate::hub::Hub;
 
@@ -29,7 +30,7 @@ const REQUEST_BATCH: usize = 1024;
 
 /// Asks the writer to record one channel's local count now.
 pub(super) struct WatchRequest {
-    pub channel: String,
+    pub channel: Channel,
     pub done: oneshot::Sender<()>,
 }
 
@@ -47,7 +48,7 @@ pub(super) struct Writer {
 impl Writer {
     pub async fn run(self, mut requests: mpsc::Receiver<WatchRequest>) {
         // What this process last wrote, by channel (absent = 0).
-        let mut written: HashMap<String, u32> = HashMap::new();
+        let mut written: HashMap<Channel, u32> = HashMap::new();
         let mut scan = tokio::time::interval(self.opts.watcher_scan);
         scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_full = Instant::now();
@@ -62,10 +63,10 @@ impl Writer {
                             Err(_) => break,
                         }
                     }
-                    let channels: HashSet<&str> = batch.iter().map(|r| r.channel.as_str()).collect();
-                    let changes: Vec<(String, u32)> = channels
+                    let channels: HashSet<&Channel> = batch.iter().map(|r| &r.channel).collect();
+                    let changes: Vec<(Channel, u32)> = channels
                         .into_iter()
-                        .map(|ch| (ch.to_owned(), self.local(ch)))
+                        .map(|ch| (ch.clone(), self.local(ch)))
                         .filter(|(ch, n)| written.get(ch).copied().unwrap_or(0) != *n)
                         .collect();
                     if let Err(e) = self.write(&mut written, changes).await {
@@ -77,7 +78,7 @@ impl Writer {
                 }
                 _ = scan.tick() => {
                     let full = last_full.elapsed() >= self.opts.watcher_refresh;
-                    let current: HashMap<String, u32> = self
+                    let current: HashMap<Channel, u32> = self
                         .hub
                         .channels()
                         .into_iter()
@@ -86,7 +87,7 @@ impl Writer {
                             (ch, n)
                         })
                         .collect();
-                    let mut changes: Vec<(String, u32)> = current
+                    let mut changes: Vec<(Channel, u32)> = current
                         .iter()
                         .filter(|(ch, n)| full || written.get(*ch) != Some(*n))
                         .map(|(ch, n)| (ch.clone(), *n))
@@ -106,7 +107,7 @@ impl Writer {
             }
         }
         // Shutdown: this instance stops counting everywhere.
-        let gone: Vec<(String, u32)> = written.keys().map(|ch| (ch.clone(), 0)).collect();
+        let gone: Vec<(Channel, u32)> = written.keys().map(|ch| (ch.clone(), 0)).collect();
         let cleanup = self.write(&mut written, gone);
         match timeout(self.opts.op_timeout * 2, cleanup).await {
             Ok(Ok(())) => {}
@@ -115,7 +116,7 @@ impl Writer {
         }
     }
 
-    fn local(&self, channel: &str) -> u32 {
+    fn local(&self, channel: &Channel) -> u32 {
         u32::try_from(self.hub.local_count(channel)).unwrap_or(u32::MAX)
     }
 
@@ -123,8 +124,8 @@ impl Writer {
     /// made it to Redis.
     async fn write(
         &self,
-        written: &mut HashMap<String, u32>,
-        changes: Vec<(String, u32)>,
+        written: &mut HashMap<Channel, u32>,
+        changes: Vec<(Channel, u32)>,
     ) -> Result<(), EngineError> {
         let ttl_ms = self.opts.watcher_ttl.as_millis() as u64;
         for chunk in changes.chunks(WRITE_CHUNK) {

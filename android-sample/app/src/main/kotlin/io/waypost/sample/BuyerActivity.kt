@@ -8,22 +8,34 @@ import android.widget.ListView
 import android.widget.TextView
 import android.widget.Toast
 import androidx.appcompat.app.AppCompatActivity
+import androidx.lifecycle.Lifecycle
+import androidx.lifecycle.lifecycleScope
+import androidx.lifecycle.repeatOnLifecycle
 import io.waypost.sample.core.BuyerSession
 import io.waypost.sample.core.BuyerUiState
 import io.waypost.sample.core.CallbackTokenProvider
 import io.waypost.sdk.BuyerConfig
-import io.waypost.sdk.MessageStatus
-import io.waypost.sdk.WaypostException
+import io.waypost.sdk.types.MessageStatus
+import io.waypost.sdk.types.WaypostException
+import kotlinx.coroutines.Dispatchers
+import kotlinx.coroutines.flow.MutableStateFlow
+import kotlinx.coroutines.flow.filterNotNull
 import kotlinx.coroutines.launch
+import kotlinx.coroutines.withContext
 
 /**
  * The buyer's order screen: the courier's position as text (no map, to keep
  * the sample small) and the order chat. All SDK state handling is in
- * [BuyerSession]; this class only renders its [BuyerUiState] on the main
- * thread and forwards the send button.
+ * [BuyerSession]; this class renders its [BuyerUiState]s, which arrive as a
+ * StateFlow collected only while the screen is visible.
+ *
+ * The client is opened (SQLite chat store) on Dispatchers.IO; sending and
+ * typing notices go through Dispatchers.IO too: the main thread never waits
+ * for the SDK.
  */
 class BuyerActivity : AppCompatActivity() {
     private var session: BuyerSession? = null
+    private val states = MutableStateFlow<BuyerUiState?>(null)
     private lateinit var adapter: ArrayAdapter<String>
 
     override fun onCreate(savedInstanceState: Bundle?) {
@@ -34,38 +46,59 @@ class BuyerActivity : AppCompatActivity() {
 
         val token = intent.getStringExtra(EXTRA_TOKEN).orEmpty()
         val userId = intent.getStringExtra(EXTRA_USER_ID).orEmpty()
-        session = try {
-            BuyerSession(
-                BuyerConfig(
-                    baseUrl = intent.getStringExtra(EXTRA_URL).orEmpty(),
-                    userId = userId,
-                    // The chat store and outbox survive restarts: messages written offline are sent later.
-                    dbPath = filesDir.resolve("waypost-chat.db").absolutePath,
-                ),
-                CallbackTokenProvider { token },
-                waypostApp.platform,
-                driverId = intent.getStringExtra(EXTRA_DRIVER_ID).orEmpty(),
-                room = intent.getStringExtra(EXTRA_ROOM).orEmpty(),
-            ) { state -> runOnUiThread { render(state, userId) } } // SDK thread → main thread
-        } catch (e: WaypostException) {
-            Toast.makeText(this, e.message, Toast.LENGTH_LONG).show()
-            finish()
-            return
+        lifecycleScope.launch {
+            val opened = try {
+                withContext(Dispatchers.IO) {
+                    BuyerSession.open(
+                        BuyerConfig(
+                            baseUrl = intent.getStringExtra(EXTRA_URL).orEmpty(),
+                            userId = userId,
+                            // The chat store and outbox survive restarts: messages written offline are sent later.
+                            dbPath = filesDir.resolve("waypost-chat.db").absolutePath,
+                        ),
+                        CallbackTokenProvider { token },
+                        waypostApp.platform,
+                        driverId = intent.getStringExtra(EXTRA_DRIVER_ID).orEmpty(),
+                        room = intent.getStringExtra(EXTRA_ROOM).orEmpty(),
+                    ) { state -> states.value = state } // any thread; the collector below runs on main
+                }
+            } catch (e: WaypostException) {
+                Toast.makeText(this@BuyerActivity, e.message, Toast.LENGTH_LONG).show()
+                finish()
+                return@launch
+            }
+            if (isDestroyed) { // left the screen while opening
+                waypostApp.scope.launch(Dispatchers.IO) { opened.stop(); opened.close() }
+                return@launch
+            }
+            session = opened
+            states.value = opened.state()
         }
-        session?.let { render(it.state(), userId) }
+        lifecycleScope.launch {
+            repeatOnLifecycle(Lifecycle.State.STARTED) {
+                states.filterNotNull().collect { render(it, userId) }
+            }
+        }
 
         val compose = findViewById<EditText>(R.id.compose)
         findViewById<Button>(R.id.send).setOnClickListener {
             val body = compose.text.toString().trim()
-            if (body.isEmpty()) return@setOnClickListener
-            try {
-                session?.send(body)
-                compose.text.clear()
-            } catch (e: WaypostException) {
-                Toast.makeText(this, e.message, Toast.LENGTH_SHORT).show()
+            val s = session
+            if (body.isEmpty() || s == null) return@setOnClickListener
+            compose.text.clear()
+            lifecycleScope.launch {
+                try {
+                    // The pending entry shows at once (through the state flow); works offline.
+                    withContext(Dispatchers.IO) { s.send(body) }
+                } catch (e: WaypostException) {
+                    Toast.makeText(this@BuyerActivity, e.message, Toast.LENGTH_SHORT).show()
+                }
             }
         }
-        compose.setOnKeyListener { _, _, _ -> session?.typing(); false }
+        compose.setOnKeyListener { _, _, _ ->
+            session?.let { s -> lifecycleScope.launch(Dispatchers.IO) { s.typing() } }
+            false
+        }
     }
 
     private fun render(state: BuyerUiState, me: String) {
@@ -86,7 +119,8 @@ class BuyerActivity : AppCompatActivity() {
         val s = session
         session = null
         if (s != null) {
-            waypostApp.scope.launch {
+            // Ends tracking and chat and closes the socket; outlives the activity.
+            waypostApp.scope.launch(Dispatchers.IO) {
                 s.stop()
                 s.close()
             }

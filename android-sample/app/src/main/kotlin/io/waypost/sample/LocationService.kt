@@ -4,6 +4,7 @@ import android.Manifest
 import android.app.Notification
 import android.app.NotificationChannel
 import android.app.NotificationManager
+import android.app.PendingIntent
 import android.app.Service
 import android.content.Context
 import android.content.Intent
@@ -26,22 +27,43 @@ import io.waypost.sample.core.DriverSession
 import io.waypost.sample.core.Fixes
 import io.waypost.sample.core.LocationRequestSpec
 import io.waypost.sdk.DriverConfig
-import io.waypost.sdk.WaypostException
+import io.waypost.sdk.types.WaypostException
+import kotlinx.coroutines.CoroutineScope
+import kotlinx.coroutines.Dispatchers
+import kotlinx.coroutines.ExperimentalCoroutinesApi
+import kotlinx.coroutines.SupervisorJob
+import kotlinx.coroutines.cancel
+import kotlinx.coroutines.flow.MutableStateFlow
+import kotlinx.coroutines.flow.StateFlow
+import kotlinx.coroutines.flow.asStateFlow
 import kotlinx.coroutines.launch
-import java.util.concurrent.Executors
+import kotlinx.coroutines.withContext
 
 /**
- * Foreground service of type `location`: keeps recording with the screen
- * off. Fused-provider fixes go into the SDK's [DriverSession] (which
- * buffers them in SQLite and uploads in the background); when the SDK asks
- * for different sampling (somebody started watching, the phone stopped
- * moving, the battery is low) the location request is replaced.
+ * Foreground service of type `location`: keeps recording with the screen off
+ * and survives process death.
+ *
+ * - The UI starts it with a [Shift] in the intent; the shift is persisted
+ *   ([ShiftStore]) and the service returns START_STICKY, so after the system
+ *   kills the process it restarts the service with a null intent, which
+ *   reloads the shift and reopens the driver on the same SQLite buffer:
+ *   nothing recorded before the kill is lost.
+ * - The main thread never touches disk: the driver is opened, fed and read
+ *   on [Dispatchers.IO] (record is a SQLite commit); the main thread only
+ *   handles FLP callbacks and the notification.
+ * - When the shift ends the driver shuts down and a [DrainWorker] uploads
+ *   whatever is still buffered once a network is available.
  */
 class LocationService : Service() {
+    private val scope = CoroutineScope(SupervisorJob() + Dispatchers.Main.immediate)
+
+    /** One writer, in order: fixes reach the buffer in the order FLP delivered them. */
+    @OptIn(ExperimentalCoroutinesApi::class)
+    private val recordDispatcher = Dispatchers.IO.limitedParallelism(1)
     private lateinit var fused: FusedLocationProviderClient
+    private lateinit var store: ShiftStore
     private var session: DriverSession? = null
-    /** record() commits to SQLite: keep it off the main thread, in order. */
-    private val recorder = Executors.newSingleThreadExecutor { r -> Thread(r, "waypost-record") }
+    private var opening = false
 
     private val callback = object : LocationCallback() {
         override fun onLocationResult(result: LocationResult) {
@@ -56,11 +78,14 @@ class LocationService : Service() {
                     altitudeM = if (l.hasAltitude()) l.altitude else null,
                 )
             }
-            recorder.execute {
+            val s = session ?: return
+            scope.launch(recordDispatcher) {
                 try {
-                    session?.record(fixes)
+                    s.record(fixes)
+                    publishStatus(s)
                 } catch (e: WaypostException) {
                     Log.e(TAG, "recording failed", e)
+                    mutableStatus.value = "recording failed: ${e.message}"
                 }
             }
         }
@@ -69,86 +94,149 @@ class LocationService : Service() {
     override fun onCreate() {
         super.onCreate()
         fused = LocationServices.getFusedLocationProviderClient(this)
+        store = ShiftStore(this)
     }
 
     override fun onStartCommand(intent: Intent?, flags: Int, startId: Int): Int {
+        // Within 5 s of startForegroundService, and before any slow work.
         ServiceCompat.startForeground(
-            this, NOTIFICATION_ID, notification(),
+            this, NOTIFICATION_ID, notification(getString(R.string.notification_text)),
             if (Build.VERSION.SDK_INT >= 29) ServiceInfo.FOREGROUND_SERVICE_TYPE_LOCATION else 0,
         )
-        if (session == null && intent != null) {
-            val token = intent.getStringExtra(EXTRA_TOKEN).orEmpty()
-            val config = DriverConfig(
-                baseUrl = intent.getStringExtra(EXTRA_URL).orEmpty(),
-                driverId = intent.getStringExtra(EXTRA_DRIVER_ID).orEmpty(),
-                deviceId = deviceId(),
-                bufferPath = filesDir.resolve("waypost-buffer.db").absolutePath,
-            )
-            try {
-                // A real app fetches and refreshes the token from its backend here.
-                val s = DriverSession(config, CallbackTokenProvider { token }, waypostApp.platform) { spec ->
-                    ContextCompat.getMainExecutor(this).execute { requestUpdates(spec) }
-                }
-                session = s
-                running = s
-                requestUpdates(s.initialRequest())
-            } catch (e: WaypostException) {
-                Log.e(TAG, "cannot start the driver", e)
-                stopSelf()
-            }
+        if (session == null && !opening) {
+            opening = true
+            // A new shift from the UI carries its parameters; a START_STICKY restart after
+            // process death has no intent, and WaypostApp's resume an intent without extras:
+            // both reload the persisted shift.
+            val fresh = intent?.hasExtra(EXTRA_URL) == true
+            val restartedInBackground = intent == null
+            scope.launch { open(if (fresh) intent else null, restartedInBackground) }
         }
-        return START_REDELIVER_INTENT
+        return START_STICKY
     }
 
-    private fun requestUpdates(spec: LocationRequestSpec) {
+    private suspend fun open(intent: Intent?, restartedInBackground: Boolean) {
+        val shift = if (intent != null) {
+            store.begin(
+                url = intent.getStringExtra(EXTRA_URL).orEmpty(),
+                driverId = intent.getStringExtra(EXTRA_DRIVER_ID).orEmpty(),
+                token = intent.getStringExtra(EXTRA_TOKEN).orEmpty(),
+            )
+        } else {
+            store.active()
+        }
+        if (shift == null) { // restarted, but the shift had ended
+            stopSelf()
+            return
+        }
+        val s = try {
+            withContext(Dispatchers.IO) {
+                DriverSession.open(
+                    DriverConfig(
+                        baseUrl = shift.url,
+                        driverId = shift.driverId,
+                        deviceId = shift.deviceId,
+                        bufferPath = bufferPath(this@LocationService),
+                    ),
+                    // A real app fetches and refreshes the token from its backend here.
+                    CallbackTokenProvider { shift.token },
+                    waypostApp.platform,
+                ) { spec -> scope.launch { requestUpdates(spec) } } // SDK thread → main
+            }
+        } catch (e: WaypostException) {
+            Log.e(TAG, "cannot open the driver", e)
+            mutableStatus.value = "cannot start: ${e.message}"
+            opening = false
+            stopSelf()
+            return
+        }
+        session = s
+        opening = false
+        mutableRunning.value = true
+        val spec = withContext(Dispatchers.IO) { s.initialRequest() }
+        if (!requestUpdates(spec) && restartedInBackground) {
+            // Restarted from the background without location access (while-in-use
+            // permission only): the buffer still uploads; ask the courier to reopen.
+            notify(getString(R.string.notification_reopen))
+        }
+        publishStatus(s)
+    }
+
+    /** Returns false when there is no location permission to request updates with. */
+    private fun requestUpdates(spec: LocationRequestSpec): Boolean {
         if (ContextCompat.checkSelfPermission(this, Manifest.permission.ACCESS_FINE_LOCATION) !=
+            PackageManager.PERMISSION_GRANTED &&
+            ContextCompat.checkSelfPermission(this, Manifest.permission.ACCESS_COARSE_LOCATION) !=
             PackageManager.PERMISSION_GRANTED
         ) {
             Log.w(TAG, "no location permission")
-            return
+            mutableStatus.value = "no location permission"
+            return false
         }
         val request = LocationRequest.Builder(spec.priority, spec.intervalMs)
             .setMinUpdateDistanceMeters(spec.minUpdateDistanceM)
             .setMaxUpdateDelayMillis(spec.maxUpdateDelayMs)
             .build()
-        fused.removeLocationUpdates(callback)
-        fused.requestLocationUpdates(request, callback, Looper.getMainLooper())
-        Log.i(TAG, "location request: $spec")
+        return try {
+            fused.removeLocationUpdates(callback)
+            fused.requestLocationUpdates(request, callback, Looper.getMainLooper())
+            Log.i(TAG, "location request: $spec")
+            true
+        } catch (e: SecurityException) {
+            Log.w(TAG, "location access refused", e)
+            false
+        }
+    }
+
+    /** The status line for the UI; reads the buffer's stats, so only off the main thread. */
+    private suspend fun publishStatus(s: DriverSession) {
+        val text = withContext(Dispatchers.IO) {
+            runCatching { s.statusText() + "\n" + s.recentEvents().take(5).joinToString("\n") }
+                .getOrElse { "status unavailable: ${it.message}" }
+        }
+        mutableStatus.value = text
     }
 
     override fun onDestroy() {
         fused.removeLocationUpdates(callback)
         val s = session
         session = null
-        running = null
-        recorder.shutdown()
-        if (s != null) {
-            // Unsent fixes stay in the buffer and go out at the next start.
-            waypostApp.scope.launch {
+        mutableRunning.value = false
+        scope.cancel()
+        // The shift ended (stopService from the UI): no restart, shut the driver
+        // down off the main thread, then let WorkManager upload any leftovers.
+        val app = waypostApp
+        app.scope.launch(Dispatchers.IO) {
+            store.end()
+            if (s != null) {
                 s.stop()
                 s.close()
             }
+            DrainWorker.enqueue(app)
         }
+        mutableStatus.value = "not driving"
         super.onDestroy()
     }
 
     override fun onBind(intent: Intent?): IBinder? = null
 
-    private fun deviceId(): String {
-        val prefs = getSharedPreferences("waypost", Context.MODE_PRIVATE)
-        return prefs.getString("device_id", null) ?: "android-${java.util.UUID.randomUUID().toString().take(12)}"
-            .also { prefs.edit().putString("device_id", it).apply() }
+    private fun notify(text: String) {
+        getSystemService(NotificationManager::class.java).notify(NOTIFICATION_ID, notification(text))
     }
 
-    private fun notification(): Notification {
+    private fun notification(text: String): Notification {
         val nm = getSystemService(NotificationManager::class.java)
         nm.createNotificationChannel(
             NotificationChannel(CHANNEL_ID, getString(R.string.channel_name), NotificationManager.IMPORTANCE_LOW),
         )
+        val open = PendingIntent.getActivity(
+            this, 0, Intent(this, MainActivity::class.java), PendingIntent.FLAG_IMMUTABLE,
+        )
         return NotificationCompat.Builder(this, CHANNEL_ID)
             .setContentTitle(getString(R.string.app_name))
-            .setContentText(getString(R.string.notification_text))
+            .setContentText(text)
             .setSmallIcon(android.R.drawable.ic_menu_mylocation)
+            .setContentIntent(open)
             .setOngoing(true)
             .build()
     }
@@ -161,8 +249,17 @@ class LocationService : Service() {
         const val EXTRA_DRIVER_ID = "driver_id"
         const val EXTRA_TOKEN = "token"
 
-        /** The running session, for the status line in [MainActivity]. */
-        @Volatile var running: DriverSession? = null
-            private set
+        private val mutableStatus = MutableStateFlow("not driving")
+
+        /** The driver's status line, for [MainActivity] to collect (no polling, no disk). */
+        val status: StateFlow<String> = mutableStatus.asStateFlow()
+
+        private val mutableRunning = MutableStateFlow(false)
+
+        /** Whether a shift's driver is open in this process. */
+        val running: StateFlow<Boolean> = mutableRunning.asStateFlow()
+
+        fun bufferPath(context: Context): String =
+            context.filesDir.resolve("waypost-buffer.db").absolutePath
     }
 }

@@ -7,36 +7,62 @@ import android.os.Bundle
 import android.widget.Button
 import android.widget.EditText
 import android.widget.TextView
+import android.widget.Toast
 import androidx.activity.result.contract.ActivityResultContracts
 import androidx.appcompat.app.AppCompatActivity
 import androidx.core.content.ContextCompat
+import androidx.lifecycle.Lifecycle
 import androidx.lifecycle.lifecycleScope
-import kotlinx.coroutines.delay
+import androidx.lifecycle.repeatOnLifecycle
+import kotlinx.coroutines.Dispatchers
 import kotlinx.coroutines.launch
+import kotlinx.coroutines.withContext
 
 /**
  * Start screen: server URL, id and token (mint one with
  * `waypost token --dev --sub d-1 --role driver`), then either start the
  * driver's foreground service or open the buyer screen.
+ *
+ * The main thread never touches disk: the saved form is loaded and saved on
+ * Dispatchers.IO, and the driver's status arrives as a StateFlow the service
+ * publishes (collected only while the screen is visible), not by polling the
+ * SDK.
  */
 class MainActivity : AppCompatActivity() {
+    private lateinit var fields: Map<String, EditText>
+
     private val permissions = registerForActivityResult(ActivityResultContracts.RequestMultiplePermissions()) { granted ->
-        if (granted[Manifest.permission.ACCESS_FINE_LOCATION] == true) startDriving()
+        val fine = granted[Manifest.permission.ACCESS_FINE_LOCATION] == true
+        val coarse = granted[Manifest.permission.ACCESS_COARSE_LOCATION] == true
+        when {
+            fine -> startDriving()
+            // Android 12+: the user may grant only approximate location. Recording still
+            // works (fixes of 1-5 km); say so instead of failing silently.
+            coarse -> {
+                Toast.makeText(this, R.string.approximate_only, Toast.LENGTH_LONG).show()
+                startDriving()
+            }
+            else -> Toast.makeText(this, "Location permission is needed to drive", Toast.LENGTH_LONG).show()
+        }
     }
 
     override fun onCreate(savedInstanceState: Bundle?) {
         super.onCreate(savedInstanceState)
         setContentView(R.layout.activity_main)
-        val prefs = getSharedPreferences("waypost", MODE_PRIVATE)
-        val fields = mapOf(
-            "url" to findViewById<EditText>(R.id.server_url),
-            "user" to findViewById<EditText>(R.id.user_id),
-            "token" to findViewById<EditText>(R.id.token),
-            "track" to findViewById<EditText>(R.id.track_driver_id),
-            "room" to findViewById<EditText>(R.id.room),
+        fields = mapOf(
+            "url" to findViewById(R.id.server_url),
+            "user" to findViewById(R.id.user_id),
+            "token" to findViewById(R.id.token),
+            "track" to findViewById(R.id.track_driver_id),
+            "room" to findViewById(R.id.room),
         )
-        fields.forEach { (key, view) -> prefs.getString(key, null)?.let { view.setText(it) } }
-        fun save() = prefs.edit().apply { fields.forEach { (k, v) -> putString(k, v.text.toString()) } }.apply()
+        lifecycleScope.launch {
+            val saved = withContext(Dispatchers.IO) {
+                val prefs = getSharedPreferences("waypost", MODE_PRIVATE)
+                fields.keys.associateWith { prefs.getString(it, null) }
+            }
+            saved.forEach { (key, value) -> if (value != null) fields.getValue(key).setText(value) }
+        }
 
         findViewById<Button>(R.id.start_driving).setOnClickListener {
             save()
@@ -51,34 +77,40 @@ class MainActivity : AppCompatActivity() {
             save()
             startActivity(
                 Intent(this, BuyerActivity::class.java)
-                    .putExtra(BuyerActivity.EXTRA_URL, fields.getValue("url").text.toString())
-                    .putExtra(BuyerActivity.EXTRA_USER_ID, fields.getValue("user").text.toString())
-                    .putExtra(BuyerActivity.EXTRA_TOKEN, fields.getValue("token").text.toString())
-                    .putExtra(BuyerActivity.EXTRA_DRIVER_ID, fields.getValue("track").text.toString())
-                    .putExtra(BuyerActivity.EXTRA_ROOM, fields.getValue("room").text.toString()),
+                    .putExtra(BuyerActivity.EXTRA_URL, text("url"))
+                    .putExtra(BuyerActivity.EXTRA_USER_ID, text("user"))
+                    .putExtra(BuyerActivity.EXTRA_TOKEN, text("token"))
+                    .putExtra(BuyerActivity.EXTRA_DRIVER_ID, text("track"))
+                    .putExtra(BuyerActivity.EXTRA_ROOM, text("room")),
             )
         }
 
-        // Driver status, refreshed once a second while visible.
         val status = findViewById<TextView>(R.id.driver_status)
         lifecycleScope.launch {
-            while (true) {
-                val s = LocationService.running
-                status.text = if (s == null) "not driving" else
-                    s.statusText() + "\n" + s.recentEvents().take(5).joinToString("\n")
-                delay(1_000)
+            repeatOnLifecycle(Lifecycle.State.STARTED) {
+                LocationService.status.collect { status.text = it }
             }
         }
     }
 
+    private fun text(key: String) = fields.getValue(key).text.toString()
+
+    private fun save() {
+        val values = fields.mapValues { it.value.text.toString() }
+        waypostApp.scope.launch(Dispatchers.IO) {
+            getSharedPreferences("waypost", MODE_PRIVATE).edit()
+                .apply { values.forEach { (k, v) -> putString(k, v) } }
+                .commit()
+        }
+    }
+
     private fun startDriving() {
-        val prefs = getSharedPreferences("waypost", MODE_PRIVATE)
         ContextCompat.startForegroundService(
             this,
             Intent(this, LocationService::class.java)
-                .putExtra(LocationService.EXTRA_URL, prefs.getString("url", ""))
-                .putExtra(LocationService.EXTRA_DRIVER_ID, prefs.getString("user", ""))
-                .putExtra(LocationService.EXTRA_TOKEN, prefs.getString("token", "")),
+                .putExtra(LocationService.EXTRA_URL, text("url"))
+                .putExtra(LocationService.EXTRA_DRIVER_ID, text("user"))
+                .putExtra(LocationService.EXTRA_TOKEN, text("token")),
         )
     }
 }

@@ -1,7 +1,12 @@
 package io.waypost.sample
 
 import android.app.Application
+import android.content.Intent
 import android.util.Log
+import androidx.core.content.ContextCompat
+import androidx.lifecycle.DefaultLifecycleObserver
+import androidx.lifecycle.LifecycleOwner
+import androidx.lifecycle.ProcessLifecycleOwner
 import io.waypost.sample.core.PlatformState
 import io.waypost.sdk.LogLevel
 import io.waypost.sdk.LogSink
@@ -9,11 +14,16 @@ import io.waypost.sdk.initLogging
 import kotlinx.coroutines.CoroutineScope
 import kotlinx.coroutines.Dispatchers
 import kotlinx.coroutines.SupervisorJob
+import kotlinx.coroutines.launch
 
 /**
  * Process-wide state: one [PlatformState] that the broadcast receivers keep
  * current and every SDK object reads, and a scope for SDK shutdowns that
  * must outlive the activity or service that started them.
+ *
+ * Nothing here opens an SDK object or touches disk on the main thread:
+ * logging and the receivers are set up in onCreate; SDK objects are opened
+ * by the screens and the service, on Dispatchers.IO.
  */
 class WaypostApp : Application() {
     val platform = PlatformState()
@@ -22,7 +32,7 @@ class WaypostApp : Application() {
 
     override fun onCreate() {
         super.onCreate()
-        // SDK logs into logcat (tag "Waypost").
+        // SDK logs into logcat (tag "Waypost"); once per process.
         initLogging("info,waypost_sdk=debug", object : LogSink {
             override fun log(level: LogLevel, target: String, message: String) {
                 val priority = when (level) {
@@ -36,6 +46,25 @@ class WaypostApp : Application() {
             }
         })
         receivers = PlatformReceivers(this, platform).also { it.register() }
+        ProcessLifecycleOwner.get().lifecycle.addObserver(ResumeShift())
+    }
+
+    /**
+     * When the app comes to the foreground with a shift still marked running
+     * but no service (the system killed the process and did not restart the
+     * sticky service, or restarted it without location access), start the
+     * service again: from the foreground it may, with location access.
+     */
+    private inner class ResumeShift : DefaultLifecycleObserver {
+        override fun onStart(owner: LifecycleOwner) {
+            scope.launch {
+                if (ShiftStore(this@WaypostApp).active() != null && !LocationService.running.value) {
+                    ContextCompat.startForegroundService(
+                        this@WaypostApp, Intent(this@WaypostApp, LocationService::class.java),
+                    )
+                }
+            }
+        }
     }
 }
 

@@ -1,0 +1,112 @@
+//! What every live transport (WebSocket, SSE stream, long poll) holds while
+//! it is open: its [`Open`] connection (slot and gauge) and one
+//! [`Subscription`] per channel (hub membership plus the engine's
+//! subscription). Both undo themselves on drop, however the connection
+//! ends. Engine errors are counted where they happen (`engine::counted`).
+
+use prometheus::IntGauge;
+use waypost_protocol::Channel;
+
+use crate::admission::ConnectionPermit;
+use crate::engine::EngineError;
+use crate::hub::{ConnHandle, ConnId};
+use crate::state::AppState;
+
+/// One open connection: its slots (per user, and e.g. per vendor) and its
+/// `connections{transport}` gauge, given back on drop.
+pub struct Open<const N: usize> {
+    gauge: IntGauge,
+    _permits: [ConnectionPermit; N],
+}
+
+impl<const N: usize> Open<N> {
+    /// Counts a connection of `transport` (`ws`, `sse`, `poll`).
+    pub fn new(state: &AppState, transport: &str, permits: [ConnectionPermit; N]) -> Self {
+        let gauge = state.metrics.connections.with_label_values(&[transport]);
+        gauge.inc();
+        Self {
+            gauge,
+            _permits: permits,
+        }
+    }
+}
+
+impl<const N: usize> Drop for Open<N> {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// One connection's membership of one channel: in the hub, and in the
+/// engine while the hub has any local subscriber of the channel.
+pub struct Subscription {
+    state: AppState,
+    channel: Channel,
+    conn: ConnId,
+    joined: bool,
+}
+
+impl Subscription {
+    /// Joins the hub first, then brings the engine's subscription in line,
+    /// so nothing published once this returns is missed. On an engine error
+    /// the hub membership is undone (by the drop) and the error returned.
+    pub async fn join(
+        state: &AppState,
+        channel: Channel,
+        handle: &ConnHandle,
+    ) -> Result<Self, EngineError> {
+        let (sub, synced) = Self::join_keeping(state, channel, handle).await;
+        synced.map(|()| sub)
+    }
+
+    /// Like [`Subscription::join`], but an engine error leaves the hub
+    /// membership in place: local publishes still arrive, and the engine's
+    /// periodic reconciliation subscribes the channel once it can.
+    pub async fn join_keeping(
+        state: &AppState,
+        channel: Channel,
+        handle: &ConnHandle,
+    ) -> (Self, Result<(), EngineError>) {
+        state.hub.add(&channel, handle.clone());
+        let sub = Self {
+            state: state.clone(),
+            channel,
+            conn: handle.id,
+            joined: true,
+        };
+        let synced = state.engine.sync_subscription(&sub.channel).await;
+        (sub, synced)
+    }
+
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Leaves now and waits until the engine followed (the drop does the
+    /// same in a background task).
+    pub async fn leave(mut self) {
+        self.joined = false;
+        if self.state.hub.remove(&self.channel, self.conn) {
+            if let Err(e) = self.state.engine.sync_subscription(&self.channel).await {
+                tracing::debug!(error = %e, channel = %self.channel, "unsubscribe failed");
+            }
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if !self.joined || !self.state.hub.remove(&self.channel, self.conn) {
+            return;
+        }
+        // The last local subscriber left: the engine drops its subscription
+        // (a task, since drop cannot wait; tracked so shutdown waits for it).
+        let engine = std::sync::Arc::clone(&self.state.engine);
+        let channel = self.channel.clone();
+        self.state.tasks.spawn(async move {
+            if let Err(e) = engine.sync_subscription(&channel).await {
+                tracing::debug!(error = %e, %channel, "unsubscribe failed");
+            }
+        });
+    }
+}

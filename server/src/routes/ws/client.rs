@@ -1,0 +1,340 @@
+//! What the client asks for over the WebSocket: `subscribe` (the tracking
+//! replay here, chat rooms through [`Rooms`](super::rooms::Rooms)),
+//! `unsubscribe`, `send`, `sync`, `typing` and `ping`, each answered with
+//! frames or an `error` frame.
+
+use std::time::Instant;
+
+use axum::extract::ws::{Message, WebSocket};
+use waypost_protocol::{close_code, Channel, ChannelKind, ClientFrame, ServerFrame};
+
+use super::conn::{Conn, Next, MAX_RATE_VIOLATIONS};
+use crate::auth::may_subscribe;
+use crate::chat::{authorize_room, ChatError};
+use crate::error::AppError;
+use crate::now_ms;
+use crate::routes::subscription::Subscription;
+
+/// Client frames.
+impl Conn {
+    async fn reply(&self, socket: &mut WebSocket, frame: &ServerFrame) -> Result<(), ()> {
+        socket
+            .send(Message::Text(frame.to_json().into()))
+            .await
+            .map_err(|_| ())
+    }
+
+    async fn error(
+        &self,
+        socket: &mut WebSocket,
+        code: &str,
+        message: impl Into<String>,
+        reference: Option<String>,
+    ) -> Result<(), ()> {
+        self.reply(socket, &ServerFrame::error(code, message, reference))
+            .await
+    }
+
+    /// Answers a chat operation's error with an `error` frame: the same
+    /// code and message as over HTTP, storage details only logged.
+    async fn op_error(
+        &self,
+        socket: &mut WebSocket,
+        e: ChatError,
+        reference: String,
+    ) -> Result<(), ()> {
+        let e = AppError::from(e);
+        let message = match &e {
+            AppError::Engine(err) => {
+                tracing::warn!(error = %err, "engine error on a chat frame");
+                "the storage engine is unavailable, retry later".to_owned()
+            }
+            other => other.to_string(),
+        };
+        self.error(socket, e.code(), message, Some(reference)).await
+    }
+
+    pub(super) async fn on_message(
+        &mut self,
+        socket: &mut WebSocket,
+        msg: Message,
+    ) -> Result<Next, ()> {
+        let text = match msg {
+            Message::Text(t) => t,
+            Message::Binary(_) => {
+                self.error(socket, "bad_frame", "binary frames are not supported", None)
+                    .await?;
+                return Ok(Next::Close(close_code::BAD_FRAME, "binary frame"));
+            }
+            Message::Close(_) => return Err(()),
+            Message::Ping(_) | Message::Pong(_) => return Ok(Next::Continue),
+        };
+        if self.bucket.take(Instant::now()).is_err() {
+            self.rate_violations += 1;
+            self.state
+                .metrics
+                .limit_hits
+                .with_label_values(&["ws_rate"])
+                .inc();
+            if self.rate_violations >= MAX_RATE_VIOLATIONS {
+                return Ok(Next::Close(
+                    close_code::RATE_LIMITED,
+                    "message rate exceeded",
+                ));
+            }
+            self.error(
+                socket,
+                "rate_limited",
+                format!(
+                    "more than {} messages per second; message dropped",
+                    self.state.limits.ws_messages_per_s
+                ),
+                None,
+            )
+            .await?;
+            return Ok(Next::Continue);
+        }
+        self.rate_violations = 0;
+        let value: serde_json::Value = match serde_json::from_str(&text) {
+            Ok(v @ serde_json::Value::Object(_)) => v,
+            _ => {
+                self.error(socket, "bad_frame", "frames must be JSON objects", None)
+                    .await?;
+                return Ok(Next::Close(close_code::BAD_FRAME, "invalid JSON"));
+            }
+        };
+        let frame: ClientFrame = match serde_json::from_value(value) {
+            Ok(f) => f,
+            Err(e) => {
+                self.error(socket, "bad_frame", e.to_string(), None).await?;
+                return Ok(Next::Continue);
+            }
+        };
+        match frame {
+            ClientFrame::Subscribe { channel, after } => {
+                self.subscribe(socket, channel, after).await?
+            }
+            ClientFrame::Unsubscribe { channel } => {
+                let sub = Channel::from_name(&channel).and_then(|c| self.subscriptions.remove(&c));
+                if let Some(sub) = sub {
+                    self.leave(sub).await;
+                }
+                self.reply(socket, &ServerFrame::Unsubscribed { channel })
+                    .await?;
+            }
+            ClientFrame::Ping { id } => self.reply(socket, &ServerFrame::Pong { id }).await?,
+            ClientFrame::Send {
+                room,
+                client_id,
+                body,
+            } => self.send_message(socket, room, client_id, body).await?,
+            ClientFrame::Sync {
+                room,
+                after_seq,
+                limit,
+            } => self.sync(socket, room, after_seq, limit).await?,
+            ClientFrame::Typing { room } => self.typing(socket, room).await?,
+        }
+        Ok(Next::Continue)
+    }
+
+    /// Told, then closed with 4102: the client reconnects with backoff and
+    /// subscribes again (nothing else would retry it).
+    async fn subscribe_failed(&self, socket: &mut WebSocket, name: String) -> Result<(), ()> {
+        self.handle.kill(close_code::OVERLOADED);
+        self.error(
+            socket,
+            "engine_unavailable",
+            "subscription failed, retry later",
+            Some(name),
+        )
+        .await
+    }
+
+    async fn subscribe(
+        &mut self,
+        socket: &mut WebSocket,
+        name: String,
+        after: Option<u64>,
+    ) -> Result<(), ()> {
+        let channel = match Channel::parse(&name) {
+            Ok(c) => c,
+            Err(e) => {
+                return self
+                    .error(socket, "bad_channel", e.to_string(), Some(name))
+                    .await
+            }
+        };
+        if !may_subscribe(&self.claims, &channel) {
+            return self
+                .error(
+                    socket,
+                    "forbidden",
+                    format!("token does not grant {name}"),
+                    Some(name),
+                )
+                .await;
+        }
+        let max = self.state.limits.max_channels_per_connection;
+        if !self.subscriptions.contains_key(&channel) && self.subscriptions.len() >= max {
+            self.state
+                .metrics
+                .limit_hits
+                .with_label_values(&["channels"])
+                .inc();
+            return self
+                .error(
+                    socket,
+                    "too_many_channels",
+                    format!("at most {max} channels per connection"),
+                    Some(name),
+                )
+                .await;
+        }
+        if !self.subscriptions.contains_key(&channel) {
+            match Subscription::join(&self.state, channel.clone(), &self.handle).await {
+                Ok(sub) => {
+                    self.subscriptions.insert(channel.clone(), sub);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, channel = %name, "subscribe failed");
+                    return self.subscribe_failed(socket, name).await;
+                }
+            }
+        }
+        if channel.kind == ChannelKind::Chat {
+            let sub = &self.claims.sub;
+            let joined = self
+                .rooms
+                .subscribe(&self.state, sub, name.clone(), channel.id.clone(), after)
+                .await;
+            return match joined {
+                Ok(frames) => {
+                    for frame in &frames {
+                        self.reply(socket, frame).await?;
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, room = %channel.id, "chat history unavailable at subscribe");
+                    if let Some(sub) = self.subscriptions.remove(&channel) {
+                        self.leave(sub).await;
+                    }
+                    self.subscribe_failed(socket, name).await
+                }
+            };
+        }
+        let latest = match self.state.engine.latest(&channel.id, now_ms()).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(error = %e, "latest position unavailable at subscribe");
+                None
+            }
+        };
+        let high_seq = latest.as_ref().map(|l| l.fix.seq);
+        self.reply(
+            socket,
+            &ServerFrame::Subscribed {
+                channel: name.clone(),
+                recovered: true,
+                high_seq,
+            },
+        )
+        .await?;
+        // Replay: the current position, unless the client already has it.
+        if let Some(l) = latest {
+            if after.is_none_or(|a| l.fix.seq > a) {
+                let frame = ServerFrame::Location {
+                    channel: name,
+                    driver_id: channel.id,
+                    fix: l.fix,
+                };
+                self.reply(socket, &frame).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn send_message(
+        &mut self,
+        socket: &mut WebSocket,
+        room: String,
+        client_id: String,
+        body: String,
+    ) -> Result<(), ()> {
+        if let Err(e) = authorize_room(&self.claims, &room) {
+            return self.op_error(socket, e, client_id).await;
+        }
+        let posted = self
+            .state
+            .chat()
+            .post_message(&room, &self.claims.sub, client_id.clone(), body)
+            .await;
+        match posted {
+            Ok(appended) => {
+                let m = appended.message();
+                let ack = ServerFrame::Sent {
+                    client_id: m.client_id.clone(),
+                    room: m.room.clone(),
+                    seq: m.seq,
+                    id: m.id.clone(),
+                };
+                self.reply(socket, &ack).await
+            }
+            Err(e) => self.op_error(socket, e, client_id).await,
+        }
+    }
+
+    async fn sync(
+        &mut self,
+        socket: &mut WebSocket,
+        room: String,
+        after_seq: u64,
+        limit: Option<u32>,
+    ) -> Result<(), ()> {
+        if let Err(e) = authorize_room(&self.claims, &room) {
+            return self.op_error(socket, e, room).await;
+        }
+        let limit = limit.map(|l| l as usize);
+        match self.state.chat().history(&room, after_seq, limit).await {
+            Ok(h) => {
+                let more = h.more();
+                let frame = ServerFrame::Synced {
+                    room,
+                    messages: h.messages,
+                    more,
+                };
+                self.reply(socket, &frame).await
+            }
+            Err(e) => self.op_error(socket, e, room).await,
+        }
+    }
+
+    /// Publishes `typing` unless this connection did so for the room within
+    /// the typing interval (then it is dropped silently: it is ephemeral).
+    async fn typing(&mut self, socket: &mut WebSocket, room: String) -> Result<(), ()> {
+        if let Err(e) = authorize_room(&self.claims, &room) {
+            return self.op_error(socket, e, room).await;
+        }
+        if !self
+            .rooms
+            .typing_allowed(&self.state, &room, Instant::now())
+        {
+            self.state
+                .metrics
+                .limit_hits
+                .with_label_values(&["typing"])
+                .inc();
+            return Ok(());
+        }
+        let published = self
+            .state
+            .chat()
+            .publish_typing(&room, &self.claims.sub)
+            .await;
+        if let Err(e) = published {
+            return self.op_error(socket, e, room).await;
+        }
+        Ok(())
+    }
+}

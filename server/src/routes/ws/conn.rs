@@ -1,0 +1,357 @@
+//! One live WebSocket connection: its task (mailbox and socket in one
+//! loop), the batched writer, client frames, subscriptions, and the
+//! process-wide ticker that drives every connection's pings and presence
+//! heartbeats.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::SinkExt;
+use waypost_protocol::{close_code, Channel, ChannelKind, Claims};
+
+use super::rooms::Rooms;
+use crate::admission::{ConnectionPermit, TokenBucket};
+use crate::config::Limits;
+use crate::hub::{connection, ConnHandle, Event, Outbound, Receiver};
+use crate::routes::subscription::{Open, Subscription};
+use crate::state::AppState;
+
+/// How long a close handshake may take.
+pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Frames written per flush when the queue has a backlog.
+const WRITE_BATCH: usize = 64;
+/// Consecutive rate-limit violations after which the connection is closed.
+pub(super) const MAX_RATE_VIOLATIONS: u32 = 100;
+/// How many slots one ticker round is spread over: each connection is
+/// ticked once per round, an eighth of them at a time.
+const TICK_SLOTS: u64 = 8;
+
+/// How often each connection is ticked: often enough for both its pings and
+/// its presence heartbeats.
+fn tick_round(limits: &Limits) -> Duration {
+    heartbeat_every(limits)
+        .min(limits.ws_ping_interval)
+        .max(Duration::from_millis(TICK_SLOTS))
+}
+
+/// How often a connection in chat rooms refreshes its presence.
+fn heartbeat_every(limits: &Limits) -> Duration {
+    (limits.presence_ttl / 3).max(Duration::from_millis(100))
+}
+
+/// Starts the process-wide ticker on the first connection.
+fn start_ticker(state: &AppState) {
+    state.ws_ticker.call_once(|| {
+        state.tasks.spawn(ticker(state.clone()));
+    });
+}
+
+/// One task for the whole process drives pings, liveness checks and
+/// presence heartbeats of every WebSocket (one timer instead of two per
+/// connection), and on shutdown asks every connection to close with 4100.
+async fn ticker(state: AppState) {
+    let round = tick_round(&state.limits);
+    let mut every = tokio::time::interval(round / TICK_SLOTS as u32);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut slot = 0;
+    loop {
+        tokio::select! {
+            () = state.shutdown.cancelled() => break,
+            _ = every.tick() => {
+                state.hub.tick_slice(slot, TICK_SLOTS);
+                slot = (slot + 1) % TICK_SLOTS;
+            }
+        }
+    }
+    let n = state.hub.kill_all(close_code::SHUTTING_DOWN);
+    tracing::debug!(
+        connections = n,
+        "asked WebSocket connections to close: shutdown"
+    );
+}
+
+/// State of one live connection.
+pub(super) struct Conn {
+    pub(super) state: AppState,
+    pub(super) claims: Claims,
+    pub(super) handle: ConnHandle,
+    pub(super) subscriptions: HashMap<Channel, Subscription>,
+    /// `user:{sub}`: the user's own messages from any device (chat
+    /// participants only).
+    pub(super) user_channel: Option<Subscription>,
+    pub(super) rooms: Rooms,
+    pub(super) bucket: TokenBucket,
+    pub(super) rate_violations: u32,
+    /// Last frame of any kind from the client (pongs included).
+    pub(super) last_seen: Instant,
+    pub(super) last_ping: Instant,
+    pub(super) last_heartbeat: Instant,
+    pub(super) open: Option<Open<1>>,
+}
+
+/// What the reader asks the loop to do next.
+pub(super) enum Next {
+    Continue,
+    Close(u16, &'static str),
+}
+
+/// A connection: set up synchronously, then one `async move` block that
+/// owns the socket, the state and the mailbox and uses them in place.
+pub(super) fn run(
+    mut socket: WebSocket,
+    state: AppState,
+    claims: Claims,
+    permit: ConnectionPermit,
+) -> impl Future<Output = ()> + Send {
+    let conn_id = state.hub.next_conn_id();
+    let (handle, rx) = connection(conn_id, state.limits.ws_queue_frames);
+    start_ticker(&state);
+    state.hub.register(&handle);
+    // Registered first, then checked: either the ticker's `kill_all` sees
+    // this connection or this check sees the shutdown.
+    if state.shutdown.is_cancelled() {
+        handle.kill(close_code::SHUTTING_DOWN);
+    }
+    let open = Open::new(&state, "ws", [permit]);
+    tracing::debug!(conn_id, sub = %claims.sub, "websocket connected");
+    let rate = state.limits.ws_messages_per_s;
+    let now = Instant::now();
+    let mut conn = Conn {
+        bucket: TokenBucket::new(rate, rate.saturating_mul(2), now),
+        rooms: Rooms::new(format!("{}:{conn_id}", state.node_id)),
+        state,
+        claims,
+        handle,
+        subscriptions: HashMap::new(),
+        user_channel: None,
+        rate_violations: 0,
+        last_seen: now,
+        last_ping: now,
+        last_heartbeat: now,
+        open: Some(open),
+    };
+    async move {
+        conn.join_user_channel().await;
+        let close = conn.serve(&mut socket, &rx).await;
+        conn.finish(&mut socket, close).await;
+    }
+}
+
+/// Runs a write (frames or a ping) unless the connection is killed first: a
+/// client that stops reading blocks the write for good, and a kill (queue
+/// full 4101, shutdown 4100) must still end it. `Err` carries the close to
+/// send (`None`: the socket already failed).
+async fn unless_killed<E>(
+    rx: &Receiver,
+    write: impl Future<Output = Result<(), E>>,
+) -> Result<(), Option<(u16, &'static str)>> {
+    tokio::select! {
+        biased;
+        code = rx.killed() => Err(Some((code, kill_reason(code)))),
+        written = write => written.map_err(|_| None),
+    }
+}
+
+fn is_capacity_error(e: &axum::Error) -> bool {
+    e.to_string().to_ascii_lowercase().contains("too long")
+        || e.to_string().to_ascii_lowercase().contains("capacity")
+}
+
+/// The connection's life: joining, the event loop, leaving.
+impl Conn {
+    /// Only chat participants listen on their user channel (a Redis
+    /// subscription per user per process): drivers and services skip it.
+    async fn join_user_channel(&mut self) {
+        let chat = self.claims.channels.as_ref().is_some_and(|list| {
+            list.iter()
+                .filter_map(|c| Channel::from_name(c))
+                .any(|c| c.kind == ChannelKind::Chat)
+        });
+        if !chat {
+            return;
+        }
+        let channel = Channel::user(&self.claims.sub);
+        let (sub, synced) = Subscription::join_keeping(&self.state, channel, &self.handle).await;
+        if let Err(e) = synced {
+            // Only this user's cross-device copies are affected; rooms work.
+            tracing::warn!(error = %e, "user channel subscribe failed");
+        }
+        self.user_channel = Some(sub);
+    }
+
+    /// Selects over the mailbox (kill, frames, ticks) and the socket until
+    /// the connection ends; returns the close to send, if any.
+    async fn serve(
+        &mut self,
+        socket: &mut WebSocket,
+        rx: &Receiver,
+    ) -> Option<(u16, &'static str)> {
+        let conn_id = self.handle.id;
+        loop {
+            let event = tokio::select! {
+                biased;
+                event = rx.next() => event,
+                incoming = socket.recv() => {
+                    match incoming {
+                        None => return None,
+                        Some(Err(e)) => {
+                            tracing::debug!(conn_id, error = %e, "websocket read error");
+                            if is_capacity_error(&e) {
+                                return Some((close_code::BAD_FRAME, "frame too large"));
+                            }
+                            return None;
+                        }
+                        Some(Ok(msg)) => {
+                            self.last_seen = Instant::now();
+                            // Boxed: the handler's future is large and only
+                            // lives while a client frame is handled; inline
+                            // it would be part of every idle connection.
+                            match Box::pin(self.on_message(socket, msg)).await {
+                                Ok(Next::Continue) => continue,
+                                Ok(Next::Close(code, reason)) => return Some((code, reason)),
+                                Err(()) => return None,
+                            }
+                        }
+                    }
+                }
+            };
+            let written = match event {
+                Event::Killed(code) => return Some((code, kill_reason(code))),
+                Event::Frame(first) => unless_killed(rx, self.deliver(socket, first, rx)).await,
+                Event::Tick => unless_killed(rx, self.on_tick(socket)).await,
+            };
+            if let Err(close) = written {
+                return close;
+            }
+        }
+    }
+
+    /// Pings (dropping a client silent for two ping intervals) and presence
+    /// heartbeats, when due.
+    async fn on_tick(&mut self, socket: &mut WebSocket) -> Result<(), ()> {
+        let limits = &self.state.limits;
+        let now = Instant::now();
+        // Ticks come once per round; half a round of slack keeps a due
+        // action from slipping to the next round.
+        let slack = tick_round(limits) / 2;
+        let ping_every = limits.ws_ping_interval;
+        if now.duration_since(self.last_ping) + slack >= ping_every {
+            if now.duration_since(self.last_seen) > ping_every * 2 {
+                tracing::debug!(
+                    conn_id = self.handle.id,
+                    "no pong within two ping intervals: dropping"
+                );
+                return Err(());
+            }
+            self.last_ping = now;
+            socket
+                .send(Message::Ping(Default::default()))
+                .await
+                .map_err(|_| ())?;
+        }
+        if now.duration_since(self.last_heartbeat) + slack >= heartbeat_every(limits) {
+            self.last_heartbeat = now;
+            if !self.rooms.is_empty() {
+                Box::pin(self.rooms.heartbeat(&self.state, &self.claims.sub)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Leaves every channel, unregisters and sends the close frame.
+    async fn finish(&mut self, socket: &mut WebSocket, close: Option<(u16, &'static str)>) {
+        let conn_id = self.handle.id;
+        self.state.hub.unregister(conn_id);
+        for (_, sub) in std::mem::take(&mut self.subscriptions) {
+            self.leave(sub).await;
+        }
+        if let Some(sub) = self.user_channel.take() {
+            sub.leave().await;
+        }
+        if let Some((code, reason)) = close {
+            let _ =
+                tokio::time::timeout(CLOSE_TIMEOUT, socket.send(close_message(code, reason))).await;
+        }
+        self.open = None;
+        tracing::debug!(conn_id, ?close, "websocket closed");
+    }
+
+    /// Leaves one channel; leaving a chat room also ends this device's
+    /// presence there.
+    pub(super) async fn leave(&mut self, sub: Subscription) {
+        let channel = sub.channel();
+        if channel.kind == ChannelKind::Chat {
+            let room = channel.id.clone();
+            self.rooms.leave(&self.state, &self.claims.sub, &room).await;
+        }
+        sub.leave().await;
+    }
+}
+
+/// The writer.
+impl Conn {
+    /// Writes `first` and whatever else is queued (up to a batch) with one
+    /// flush. Chat frames pass [`Rooms::live`] first.
+    async fn deliver(
+        &mut self,
+        socket: &mut WebSocket,
+        first: Outbound,
+        rx: &Receiver,
+    ) -> Result<(), axum::Error> {
+        // Deliveries are counted per run of one kind (one label lookup per
+        // batch instead of one per frame).
+        let mut counted = (first.kind(), 0u64);
+        let mut next = Some(first);
+        let mut n = 0;
+        while let Some(out) = next.take() {
+            let metrics = &self.state.metrics;
+            metrics.observe_latency(out.meta.origin_us);
+            if out.kind() != counted.0 {
+                metrics.delivered(counted.0.name(), counted.1);
+                counted = (out.kind(), 0);
+            }
+            counted.1 += 1;
+            if matches!(out.kind(), ChannelKind::Chat | ChannelKind::User) {
+                let live = Box::pin(self.rooms.live(&self.state, &self.claims.sub, &out)).await;
+                let texts = live.unwrap_or_else(|e| {
+                    // Delivering past the gap would skip those messages:
+                    // reconnect (4102) instead, the client resubscribes
+                    // with `after`.
+                    tracing::warn!(error = %e, "chat gap fill failed: closing");
+                    self.handle.kill(close_code::OVERLOADED);
+                    Vec::new()
+                });
+                for text in texts {
+                    socket.feed(Message::Text(text)).await?;
+                    n += 1;
+                }
+            } else {
+                socket.feed(Message::Text(out.text.clone())).await?;
+                n += 1;
+            }
+            if n < WRITE_BATCH {
+                next = rx.try_frame();
+            }
+        }
+        self.state.metrics.delivered(counted.0.name(), counted.1);
+        socket.flush().await
+    }
+}
+
+/// Reason sent with a close the hub asked for.
+pub(super) fn kill_reason(code: u16) -> &'static str {
+    match code {
+        close_code::TOO_SLOW => "too slow to read",
+        close_code::SHUTTING_DOWN => "server shutting down",
+        _ => "engine unavailable, reconnect later",
+    }
+}
+
+pub(super) fn close_message(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from(reason),
+    }))
+}
