@@ -499,7 +499,7 @@ async fn unauthorized_refreshes_the_token_once_per_attempt() {
 #[tokio::test]
 async fn a_token_near_its_exp_is_refreshed_before_the_server_refuses_it() {
     let mut sim = Sim::new(4);
-    let exp_s = |in_s: i64| (T0 as i64) / 1000 + in_s;
+    let exp_s = |in_s: i64| T0 / 1000 + in_s;
     let tokens = Arc::new(Tokens {
         // Valid for 30 s more: inside the refresh-ahead window.
         stale: crate::tokens::unsigned_jwt(&format!(r#"{{"exp":{}}}"#, exp_s(30))),
