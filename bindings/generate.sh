@@ -22,6 +22,8 @@
 # The library path is taken from cargo's own build messages, never assumed.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Paths given by the caller are relative to the caller's directory; uniffi-bindgen runs from ROOT.
+abs() { case "$1" in /*) echo "$1";; *) echo "$PWD/$1";; esac; }
 
 profile=dev config="" copy_lib="" cargo_args="-p waypost-ffi -p uniffi-bindgen"
 while [ $# -gt 0 ]; do
@@ -54,6 +56,8 @@ if [ -z "$lib" ] || [ -z "$bindgen" ]; then
       grep -o '"executable":"[^"]*"' | sed 's/^"executable":"\(.*\)"$/\1/' | tail -n1 || true)"
   fi
 fi
+[ -n "$lib" ] && lib="$(abs "$lib")"
+[ -n "$bindgen" ] && bindgen="$(abs "$bindgen")"
 [ -f "$lib" ] || { echo "generate.sh: no waypost-ffi library found (got '$lib')" >&2; exit 1; }
 [ -x "$bindgen" ] || { echo "generate.sh: no uniffi-bindgen executable found (got '$bindgen')" >&2; exit 1; }
 
@@ -70,6 +74,8 @@ esac
 out="$2"
 case "$language" in kotlin|swift|python) ;; *) echo "generate.sh: unknown language $language" >&2; exit 2;; esac
 
+out="$(abs "$out")"
+[ -n "$config" ] && config="$(abs "$config")"
 args=(generate "$lib" --language "$language" --out-dir "$out" --no-format)
 [ -n "$config" ] && args+=(--config "$config")
 mkdir -p "$out"

@@ -412,6 +412,7 @@ async fn measure(args: &Args) -> anyhow::Result<Value> {
             "errors": worker::merge_errors(&reports),
         },
         "latency_ms": latency.summary_ms(),
+        "pings_received": worker::merge_pings(&reports),
         "cpu_pct_of_one_core": {
             "server": server_cpu,
             "server_total": round1(server_cpu.iter().sum()),
@@ -485,6 +486,7 @@ fn print_report(common: &CommonArgs, r: &Value) {
         "  latency ms: p50 {} p90 {} p99 {} p999 {} max {}",
         l["p50"], l["p90"], l["p99"], l["p999"], l["max"]
     );
+    println!("  server pings received: {}", r["pings_received"]);
     println!(
         "  CPU % of a core: server {} (total {}), client {}, host busy {} % of all cores",
         cpu["server"], cpu["server_total"], cpu["client"], cpu["host_busy_pct_of_all_cores"]

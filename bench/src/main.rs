@@ -12,6 +12,7 @@ mod connections;
 mod fanout;
 mod floor;
 mod ingest;
+mod order_eta;
 mod replay;
 mod storm;
 mod worker;
@@ -41,6 +42,8 @@ enum Command {
     Chat(chat::Args),
     /// Replay a GPS trace through the driver SDK in simulated time (vs. the seed's 5 s POSTs).
     SdkReplay(replay::Args),
+    /// Arrival and ETA accuracy of the order estimator on GPS traces (offline).
+    OrderEta(order_eta::Args),
     /// Insert rate of the driver SDK's SQLite buffer (batched transactions).
     SdkBuffer(replay::BufferArgs),
     /// The floor: a minimal server speaking Waypost's subscribe/ingest wire (no auth, no engine).
@@ -64,6 +67,7 @@ fn main() -> anyhow::Result<()> {
             Command::Storm(args) => storm::run(args).await,
             Command::Chat(args) => chat::run(args).await,
             Command::SdkReplay(args) => replay::run(args).await,
+            Command::OrderEta(args) => order_eta::run(args).await,
             Command::SdkBuffer(args) => replay::run_buffer(args).await,
             Command::Floor(args) => floor::run(args).await,
             Command::Worker(args) => worker::run(args).await,

@@ -115,16 +115,16 @@ pub struct Args {
 
 /// One trace row.
 #[derive(Debug, Clone, Copy)]
-struct Row {
-    ts: i64,
-    lat: f64,
-    lon: f64,
-    alt: Option<f64>,
-    speed: Option<f64>,
-    acc: Option<f64>,
+pub(crate) struct Row {
+    pub(crate) ts: i64,
+    pub(crate) lat: f64,
+    pub(crate) lon: f64,
+    pub(crate) alt: Option<f64>,
+    pub(crate) speed: Option<f64>,
+    pub(crate) acc: Option<f64>,
 }
 
-fn parse_trace(path: &PathBuf) -> anyhow::Result<Vec<Row>> {
+pub(crate) fn parse_trace(path: &PathBuf) -> anyhow::Result<Vec<Row>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {path:?}"))?;
     let mut rows = Vec::new();
     for (i, line) in text.lines().enumerate() {

@@ -191,9 +191,25 @@ struct Shared {
     errors: Mutex<BTreeMap<String, u64>>,
     /// Storm: (monotonic ns when resubscribed, attempts) per client.
     resubscribed: Mutex<Vec<(u64, u32)>>,
+    /// Server pings received, by [`PING_BUCKET_NS`] of the monotonic clock
+    /// (at most [`MAX_PING_BUCKETS`] buckets): shows whether pings come in
+    /// bursts.
+    pings: Mutex<BTreeMap<u64, u32>>,
 }
 
+/// Width of a ping-arrival bucket.
+pub const PING_BUCKET_NS: u64 = 10_000_000;
+const MAX_PING_BUCKETS: usize = 100_000;
+
 impl Shared {
+    fn on_ping(&self, now_ns: u64) {
+        let mut pings = self.pings.lock();
+        let bucket = now_ns / PING_BUCKET_NS;
+        if pings.len() < MAX_PING_BUCKETS || pings.contains_key(&bucket) {
+            *pings.entry(bucket).or_default() += 1;
+        }
+    }
+
     fn error(&self, kind: &str) {
         let key: String = kind.chars().take(80).collect();
         *self.errors.lock().entry(key).or_default() += 1;
@@ -360,6 +376,8 @@ async fn read_loop(sh: &Shared, i: usize, ws: &mut Ws, stop: &mut watch::Receive
                         Frame::Refused => sh.error("error frame while subscribed"),
                         Frame::Subscribed | Frame::Other => {}
                     },
+                    // tungstenite queues the pong itself.
+                    Some(Ok(Message::Ping(_))) => sh.on_ping(now),
                     Some(Ok(Message::Close(_))) | None => return true,
                     Some(Ok(_)) => {}
                     Some(Err(_)) => return true,
@@ -461,6 +479,7 @@ pub async fn run(_args: Args) -> anyhow::Result<()> {
         unexpected: AtomicU64::new(0),
         errors: Mutex::new(BTreeMap::new()),
         resubscribed: Mutex::new(Vec::new()),
+        pings: Mutex::new(BTreeMap::new()),
         cfg,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -580,6 +599,7 @@ fn report(sh: &Shared, failed: &std::collections::HashSet<usize>) -> Value {
         "latency": sh.hist.snapshot(),
         "errors": *sh.errors.lock(),
         "resubscribed": resub,
+        "pings": sh.pings.lock().iter().map(|(b, n)| [*b, u64::from(*n)]).collect::<Vec<_>>(),
     })
 }
 
@@ -759,6 +779,38 @@ pub fn merge_errors(events: &[Value]) -> Value {
     json!(all)
 }
 
+/// Server pings received by all workers, by 10 ms of arrival: how many,
+/// over how many seconds, and the most in one 10 ms and in one 100 ms
+/// (a ticker that pings all its connections in a few slots shows as
+/// bursts of 1/slots of the connections).
+pub fn merge_pings(reports: &[Value]) -> Value {
+    let mut all: BTreeMap<u64, u64> = BTreeMap::new();
+    for r in reports {
+        for pair in r["pings"].as_array().into_iter().flatten() {
+            if let (Some(b), Some(n)) = (pair[0].as_u64(), pair[1].as_u64()) {
+                *all.entry(b).or_default() += n;
+            }
+        }
+    }
+    let total: u64 = all.values().sum();
+    let max_10ms = all.values().copied().max().unwrap_or(0);
+    let mut per_100ms: BTreeMap<u64, u64> = BTreeMap::new();
+    for (b, n) in &all {
+        *per_100ms.entry(b / 10).or_default() += n;
+    }
+    let span_s = match (all.keys().next(), all.keys().next_back()) {
+        (Some(a), Some(b)) => (b - a + 1) as f64 * PING_BUCKET_NS as f64 / 1e9,
+        _ => 0.0,
+    };
+    json!({
+        "total": total,
+        "span_s": (span_s * 10.0).round() / 10.0,
+        "mean_per_100ms": if span_s > 0.0 { (total as f64 / span_s / 10.0 * 10.0).round() / 10.0 } else { 0.0 },
+        "max_per_10ms": max_10ms,
+        "max_per_100ms": per_100ms.values().copied().max().unwrap_or(0),
+    })
+}
+
 /// Merges the latency histograms of worker reports.
 pub fn merge_latency(reports: &[Value]) -> HistogramSnapshot {
     let mut h = HistogramSnapshot::default();
@@ -784,6 +836,17 @@ mod tests {
         assert_eq!(w.insert(3), Seen::Duplicate);
         assert_eq!(w.insert(200), Seen::New);
         assert_eq!(w.insert(100), Seen::Late);
+    }
+
+    #[test]
+    fn pings_merge_into_bursts_per_10_and_100_ms() {
+        let a = json!({"pings": [[100, 3], [101, 1], [150, 2]]});
+        let b = json!({"pings": [[100, 2]]});
+        let m = merge_pings(&[a, b]);
+        assert_eq!(m["total"], 8);
+        assert_eq!(m["max_per_10ms"], 5);
+        assert_eq!(m["max_per_100ms"], 6, "buckets 100 and 101 share a 100 ms");
+        assert_eq!(m["span_s"], 0.5);
     }
 
     #[test]

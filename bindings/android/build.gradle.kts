@@ -95,6 +95,8 @@ dependencies {
     // JNA as an AAR: the JAR's desktop natives replaced by libjnidispatch.so per Android ABI.
     api("net.java.dev.jna:jna:5.19.1@aar")
     api("org.jetbrains.kotlinx:kotlinx-coroutines-android:1.9.0")
+    // The generated code marks its API-34 cleaner with @RequiresApi.
+    implementation("androidx.annotation:annotation:1.9.1")
 }
 
 publishing {

@@ -2,8 +2,8 @@
 // The Waypost SDK for iOS as a Swift package:
 //   - WaypostFFI: the Rust core, a static-library XCFramework (iOS device arm64,
 //     simulator arm64 + x86_64) with the C header and module map `WaypostFFI`;
-//   - Waypost: the uniffi-generated Swift (Sources/Waypost/Waypost.swift) and the
-//     hand-written AsyncStream extensions next to it.
+//   - Waypost: the uniffi-generated Swift (Sources/Waypost/Generated/, written by
+//     the build script) and the hand-written AsyncStream extensions in Sources/Waypost.
 // Build WaypostFFI.xcframework and the generated Swift first, on a Mac:
 //   bindings/swift/build-xcframework.sh
 // then add this folder to an app (Xcode: File > Add Package Dependencies > Add Local…,

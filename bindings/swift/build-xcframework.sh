@@ -10,8 +10,8 @@
 #    x86_64-apple-ios);
 # 2. `lipo` joins the two simulator libraries into one fat library;
 # 3. bindings/generate.sh writes the Swift bindings from the host (.dylib)
-#    build: Waypost.swift into Sources/Waypost/, WaypostFFI.h + module map into
-#    the framework headers;
+#    build: the .swift files into Sources/Waypost/Generated/, the C headers and
+#    module maps into the framework headers;
 # 4. `xcodebuild -create-xcframework` makes WaypostFFI.xcframework (device +
 #    simulator slices), then a zip and its SwiftPM checksum for a remote
 #    `.binaryTarget(url:checksum:)`.
@@ -42,17 +42,15 @@ lipo -create "${sim_libs[@]}" -output "$WORK/simulator/libwaypost_ffi.a"
 
 echo "==> Swift bindings (from the host library)"
 bash "$ROOT/bindings/generate.sh" swift "$WORK/generated"
-mkdir -p "$HERE/Sources/Waypost"
-# Two uniffi components share the library: waypost-ffi (Waypost.swift,
-# C module WaypostFFI) and waypost-sdk's records/enums/error (WaypostSdk.swift,
-# C module WaypostSdkFFI); both Swift files belong in the one Waypost target.
-cp "$WORK/generated/Waypost.swift" "$HERE/Sources/Waypost/Waypost.swift"
-cp "$WORK/generated/WaypostSdk.swift" "$HERE/Sources/Waypost/WaypostSdk.swift"
-cp "$WORK/generated/WaypostFFI.h" "$WORK/generated/WaypostSdkFFI.h" "$WORK/headers/"
-# The framework's headers carry the module maps under the conventional name
-# (one file may declare both modules).
-cat "$WORK/generated/WaypostFFI.modulemap" "$WORK/generated/WaypostSdkFFI.modulemap" \
-  >"$WORK/headers/module.modulemap"
+# The library holds one uniffi component per crate (waypost-ffi and, when its
+# records live there, waypost-sdk): every generated .swift file goes into the
+# Swift target (one module, Waypost), every C header into the framework, and
+# the module maps are joined into the framework's one module.modulemap.
+rm -rf "$HERE/Sources/Waypost/Generated"
+mkdir -p "$HERE/Sources/Waypost/Generated"
+cp "$WORK"/generated/*.swift "$HERE/Sources/Waypost/Generated/"
+cp "$WORK"/generated/*.h "$WORK/headers/"
+cat "$WORK"/generated/*.modulemap >"$WORK/headers/module.modulemap"
 
 echo "==> xcodebuild -create-xcframework"
 xcodebuild -create-xcframework \
@@ -62,5 +60,5 @@ xcodebuild -create-xcframework \
 
 (cd "$HERE" && rm -f WaypostFFI.xcframework.zip && zip -qry WaypostFFI.xcframework.zip WaypostFFI.xcframework)
 checksum="$(cd "$HERE" && swift package compute-checksum WaypostFFI.xcframework.zip)"
-echo "built $HERE/WaypostFFI.xcframework and $HERE/Sources/Waypost/Waypost.swift"
+echo "built $HERE/WaypostFFI.xcframework and $HERE/Sources/Waypost/Generated/"
 echo "remote package: .binaryTarget(name: \"WaypostFFI\", url: \"<where you upload WaypostFFI.xcframework.zip>\", checksum: \"$checksum\")"

@@ -19,11 +19,20 @@ pub enum ChannelKind {
     User,
     /// Server-internal: a vendor's notifications (SSE).
     Vendor,
+    /// An order's lifecycle entries and, while it is active, its driver's
+    /// locations.
+    Order,
 }
 
 impl ChannelKind {
     /// Every kind, for lookups by name.
-    pub const ALL: [ChannelKind; 4] = [Self::Tracking, Self::Chat, Self::User, Self::Vendor];
+    pub const ALL: [ChannelKind; 5] = [
+        Self::Tracking,
+        Self::Chat,
+        Self::User,
+        Self::Vendor,
+        Self::Order,
+    ];
 
     /// The name before the colon (also the metric label).
     pub const fn name(self) -> &'static str {
@@ -32,6 +41,7 @@ impl ChannelKind {
             Self::Chat => "chat",
             Self::User => "user",
             Self::Vendor => "vendor",
+            Self::Order => "order",
         }
     }
 
@@ -42,7 +52,7 @@ impl ChannelKind {
 
     /// Whether a client may ask for it in a `subscribe` frame.
     pub const fn client_subscribable(self) -> bool {
-        matches!(self, Self::Tracking | Self::Chat)
+        matches!(self, Self::Tracking | Self::Chat | Self::Order)
     }
 
     /// What the id of a channel of this kind names (for error messages).
@@ -52,6 +62,7 @@ impl ChannelKind {
             Self::Chat => "room",
             Self::User => "user",
             Self::Vendor => "vendor_id",
+            Self::Order => "order_id",
         }
     }
 }
@@ -101,6 +112,14 @@ impl Channel {
         Self {
             kind: ChannelKind::Vendor,
             id: vendor_id.into(),
+        }
+    }
+
+    /// An order's channel.
+    pub fn order(order_id: impl Into<String>) -> Self {
+        Self {
+            kind: ChannelKind::Order,
+            id: order_id.into(),
         }
     }
 

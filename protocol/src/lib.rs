@@ -13,6 +13,7 @@ mod fix;
 mod frames;
 mod http;
 mod ids;
+mod order;
 
 pub use channel::{Channel, ChannelError, ChannelKind};
 pub use close::{close_code, should_reconnect, CloseDisposition};
@@ -24,3 +25,8 @@ pub use http::{
     TrailResponse, MAX_BATCH_BYTES, MAX_BATCH_FIXES,
 };
 pub use ids::{validate_id, IdError, MAX_ID_LEN};
+pub use order::{
+    ActiveOrder, Destination, EntryBody, FrameEntry, OrderEvent, OrderEventAccepted,
+    OrderEventError, OrderFrame, OrderFrameType, OrderStatus, OrderView, TimelineEntry,
+    TimelineResponse, DEFAULT_ARRIVAL_RADIUS_M, MAX_ORDER_BUYERS, MAX_ORDER_DATA_BYTES,
+};

@@ -50,9 +50,7 @@ log "bindings: generate Swift"
 SWIFT_OUT=bindings/swift/Generated
 rm -rf "$SWIFT_OUT" bindings/python/waypost   # the latter: left by older versions of this script
 bindings/generate.sh swift "$SWIFT_OUT"
-# Two uniffi components share the library: waypost-ffi (objects, callback
-# interfaces: Waypost.swift) and waypost-sdk (records, enums, the error;
-# feature `uniffi`: WaypostSdk.swift). Both belong in the one Swift module.
+# One .swift + .h + .modulemap per uniffi component in the library (at least waypost-ffi's).
 ls "$SWIFT_OUT/Waypost.swift" "$SWIFT_OUT/WaypostFFI.h" "$SWIFT_OUT/WaypostFFI.modulemap" \
   "$SWIFT_OUT/WaypostSdk.swift" "$SWIFT_OUT/WaypostSdkFFI.h" "$SWIFT_OUT/WaypostSdkFFI.modulemap" >/dev/null
 echo "generate: $((SECONDS - t0)) s"
@@ -112,11 +110,13 @@ if [ -z "${SKIP_PYTHON:-}" ]; then
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$WHEELS"/waypost-*.whl
   # The tests must see the installed wheel, nothing from the repository.
   (cd "$WAYPOST_WORK" && "$VENV/bin/python" - "$VENV" <<'PY'
-import os, sys, waypost
+import importlib.metadata, os, sys, waypost
 where = os.path.realpath(waypost.__file__)
 venv = os.path.realpath(sys.argv[1])
 assert where.startswith(venv + os.sep), f"waypost imported from {where}, not the virtualenv {venv}"
-print(f"waypost {waypost.sdk_version()} from {where}")
+wheel = importlib.metadata.version("waypost")
+assert wheel == waypost.sdk_version(), f"wheel {wheel} carries library {waypost.sdk_version()}"
+print(f"waypost {wheel} from {where}")
 PY
   )
   (cd bindings/python/tests && env -u PYTHONPATH "$VENV/bin/python" -m pytest -q -p no:cacheprovider .)
@@ -127,16 +127,16 @@ if command -v swiftc >/dev/null 2>&1; then
   t0=$SECONDS
   log "bindings: compiling the Swift bindings (swiftc found)"
   mkdir -p "$WAYPOST_WORK/swift"
-  # The generated module plus the package's hand-written sources (its copy of
-  # Waypost.swift, made by build-xcframework.sh on a Mac, left out).
-  swift_sources=("$SWIFT_OUT/Waypost.swift" "$SWIFT_OUT/WaypostSdk.swift")
+  # The generated sources (every component, one module) plus the package's
+  # hand-written ones (its Generated/ copy, made on a Mac, left out).
+  swift_sources=("$SWIFT_OUT"/*.swift)
   for f in bindings/swift/Sources/Waypost/*.swift; do
-    case "$(basename "$f")" in Waypost.swift|WaypostSdk.swift) continue;; esac
     if [ -f "$f" ]; then swift_sources+=("$f"); fi
   done
+  modulemaps=()
+  for m in "$SWIFT_OUT"/*.modulemap; do modulemaps+=(-Xcc "-fmodule-map-file=$m"); done
   swiftc -parse-as-library -emit-library -module-name Waypost \
-    -Xcc -fmodule-map-file="$SWIFT_OUT/WaypostFFI.modulemap" \
-    -Xcc -fmodule-map-file="$SWIFT_OUT/WaypostSdkFFI.modulemap" -I "$SWIFT_OUT" \
+    "${modulemaps[@]}" -I "$SWIFT_OUT" \
     -L "$(dirname "$WAYPOST_FFI_LIB")" -lwaypost_ffi \
     -o "$WAYPOST_WORK/swift/libWaypostSwift.so" "${swift_sources[@]}"
   echo "swift: $((SECONDS - t0)) s"

@@ -51,6 +51,11 @@ pub enum About {
     Typing { user: String },
     /// A vendor notification event with its gap-free seq.
     Notification { seq: u64 },
+    /// An `order` frame with its order, gap-free timeline seq and whether
+    /// it ends the order.
+    Order { order: String, seq: u64, ends: bool },
+    /// The driver's `location` frame on an order's channel.
+    OrderLocation { order: String },
     /// Anything else (presence, tests): passed through as is.
     Other,
 }
@@ -131,8 +136,10 @@ impl Frame {
     pub fn seq(&self) -> Option<u64> {
         match &self.meta.about {
             About::Location { fix } => Some(fix.seq),
-            About::Message { seq, .. } | About::Notification { seq } => Some(*seq),
-            About::Typing { .. } | About::Other => None,
+            About::Message { seq, .. } | About::Notification { seq } | About::Order { seq, .. } => {
+                Some(*seq)
+            }
+            About::Typing { .. } | About::OrderLocation { .. } | About::Other => None,
         }
     }
 

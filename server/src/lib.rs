@@ -16,8 +16,10 @@ pub mod healthcheck;
 pub mod hub;
 pub mod keys;
 pub mod metrics;
+pub mod orders;
 pub mod routes;
 pub mod state;
+pub mod webhooks;
 
 /// Wall clock in Unix epoch milliseconds.
 pub fn now_ms() -> i64 {

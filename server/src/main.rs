@@ -15,7 +15,18 @@ use waypost_server::engine::{memory::MemoryEngine, Engine};
 use waypost_server::hub::Hub;
 use waypost_server::keys::{self, KeySource, KeyStore};
 use waypost_server::metrics::Metrics;
+use waypost_server::orders::live::OrderService;
+use waypost_server::orders::memory::MemoryOrderStore;
+use waypost_server::orders::redis::RedisOrderStore;
+use waypost_server::orders::store::OrderStore;
+use waypost_server::orders::stream::{self as order_stream, StreamConfig, StreamMetrics};
+use waypost_server::orders::{OrderLimits, Orders};
 use waypost_server::state::AppState;
+use waypost_server::webhooks::queue::{MemoryWebhookQueue, WebhookQueue};
+use waypost_server::webhooks::queue_redis::RedisWebhookQueue;
+use waypost_server::webhooks::{
+    HttpSender, RandJitter, SystemClock, WebhookConfig, WebhookMetrics, Webhooks,
+};
 
 #[derive(Parser)]
 #[command(name = "waypost", version, about = "Waypost real-time server")]
@@ -140,6 +151,25 @@ struct ServeArgs {
     /// Notification streams one vendor may hold open on this process.
     #[arg(long, env = "WAYPOST_MAX_SSE_PER_VENDOR", default_value_t = 8)]
     max_sse_per_vendor: u32,
+    /// Endpoint receiving signed webhooks (order status, arrival,
+    /// departure); repeatable, or comma separated in the variable.
+    #[arg(
+        long = "webhook-url",
+        env = "WAYPOST_WEBHOOK_URLS",
+        value_delimiter = ','
+    )]
+    webhook_urls: Vec<String>,
+    /// HMAC-SHA256 secret of the webhook signatures (required with --webhook-url).
+    #[arg(long, env = "WAYPOST_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
+    /// Consume order events from this Redis Stream (consumer group
+    /// `waypost`; Redis engine only).
+    #[arg(long, env = "WAYPOST_ORDER_STREAM")]
+    order_stream: Option<String>,
+    /// Order stream entries pending this long (a crashed consumer's) are
+    /// taken over.
+    #[arg(long, env = "WAYPOST_ORDER_STREAM_CLAIM_IDLE", default_value = "30s", value_parser = humantime::parse_duration)]
+    order_stream_claim_idle: Duration,
 }
 
 #[derive(clap::Args)]
@@ -278,6 +308,44 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// The webhook sender of `--webhook-url`, its queue on Redis when the
+/// engine is Redis (so it survives a restart), in memory otherwise.
+fn start_webhooks(
+    args: &ServeArgs,
+    redis: Option<&redis::aio::ConnectionManager>,
+    metrics: &Metrics,
+) -> anyhow::Result<Option<Arc<Webhooks>>> {
+    if args.webhook_urls.is_empty() {
+        return Ok(None);
+    }
+    let secret = args
+        .webhook_secret
+        .clone()
+        .filter(|s| !s.is_empty())
+        .context("--webhook-url needs --webhook-secret (WAYPOST_WEBHOOK_SECRET)")?;
+    for url in &args.webhook_urls {
+        let ok = url.starts_with("http://") || url.starts_with("https://");
+        anyhow::ensure!(ok, "--webhook-url {url:?} is not an http(s) URL");
+    }
+    let cfg = WebhookConfig::new(args.webhook_urls.clone(), secret);
+    let queue: Arc<dyn WebhookQueue> = match redis {
+        Some(conn) => Arc::new(RedisWebhookQueue::new(conn.clone())),
+        None => Arc::new(MemoryWebhookQueue::new()),
+    };
+    let wm = WebhookMetrics::new()?;
+    wm.register(metrics.registry())?;
+    let sender = Arc::new(HttpSender::new(cfg.timeout)?);
+    tracing::info!(endpoints = cfg.endpoints.len(), "webhooks on");
+    Ok(Some(Webhooks::new(
+        cfg,
+        queue,
+        sender,
+        Arc::new(SystemClock),
+        Arc::new(RandJitter),
+        wm,
+    )))
+}
+
 /// Pending connections the kernel queues before `accept`: a reconnect storm
 /// (thousands of clients within a second after a restart) overflows the
 /// usual 1,024 and the dropped SYNs come back only after 1 s, 3 s, 7 s.
@@ -377,23 +445,61 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("connecting to Redis at {}", args.redis_url))?,
     };
-    let stores = match args.engine {
+    if args.order_stream.is_some() && args.engine != EngineKind::Redis {
+        anyhow::bail!("--order-stream needs --engine redis");
+    }
+    let redis_conn = match args.engine {
         EngineKind::Memory => None,
-        EngineKind::Redis => {
-            use waypost_server::engine::chat_redis as cr;
-            let conn = cr::connect(&args.redis_url)
+        EngineKind::Redis => Some(
+            waypost_server::engine::chat_redis::connect(&args.redis_url)
                 .await
-                .with_context(|| format!("connecting to Redis at {}", args.redis_url))?;
-            Some(waypost_server::engine::chat::ChatStores {
-                chat: Arc::new(cr::RedisChatStore::new(conn.clone(), &limits)),
-                presence: Arc::new(cr::RedisPresenceStore::new(conn.clone(), &limits)),
-                notifications: Arc::new(cr::RedisNotificationStore::new(conn, &limits)),
-            })
-        }
+                .with_context(|| format!("connecting to Redis at {}", args.redis_url))?,
+        ),
     };
-    let mut state = AppState::new(engine, hub, keys, limits, metrics);
-    if let Some(stores) = stores {
-        state = state.with_stores(stores);
+    let mut state = AppState::new(
+        Arc::clone(&engine),
+        hub,
+        keys,
+        limits.clone(),
+        metrics.clone(),
+    );
+    if let Some(conn) = &redis_conn {
+        use waypost_server::engine::chat_redis as cr;
+        state = state.with_stores(waypost_server::engine::chat::ChatStores {
+            chat: Arc::new(cr::RedisChatStore::new(conn.clone(), &limits)),
+            presence: Arc::new(cr::RedisPresenceStore::new(conn.clone(), &limits)),
+            notifications: Arc::new(cr::RedisNotificationStore::new(conn.clone(), &limits)),
+        });
+    }
+    let webhooks = start_webhooks(&args, redis_conn.as_ref(), &metrics)?;
+    let order_store: Arc<dyn OrderStore> = match &redis_conn {
+        Some(conn) => Arc::new(RedisOrderStore::new(conn.clone(), OrderLimits::default())),
+        None => Arc::new(MemoryOrderStore::new(OrderLimits::default())),
+    };
+    state = state.with_orders(OrderService::new(
+        Orders::new(order_store),
+        engine,
+        webhooks.clone(),
+    ));
+    if let Some(hooks) = &webhooks {
+        hooks.spawn(&state.tasks, &state.shutdown);
+    }
+    if let Some(key) = &args.order_stream {
+        let conn = waypost_server::engine::chat_redis::connect(&args.redis_url)
+            .await
+            .with_context(|| format!("connecting to Redis at {}", args.redis_url))?;
+        let stream_metrics = StreamMetrics::new()?;
+        stream_metrics.register(metrics.registry())?;
+        let mut cfg = StreamConfig::new(key.clone(), format!("waypost-{}", state.node_id));
+        cfg.claim_idle = args.order_stream_claim_idle;
+        tracing::info!(stream = %key, consumer = %cfg.consumer, "consuming order events");
+        state.tasks.spawn(order_stream::run(
+            conn,
+            cfg,
+            state.orders.clone(),
+            stream_metrics,
+            state.shutdown.clone(),
+        ));
     }
     let listener = listen(args.listen).with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;

@@ -119,6 +119,12 @@ impl Metrics {
         m
     }
 
+    /// The registry, for subsystems that bring their own metrics
+    /// (webhooks, the order stream).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Current values summed over labels (connections kept by kind), for
     /// the dashboard.
     /// Records the delivery latency of a frame written to a client, from

@@ -21,6 +21,9 @@ use crate::engine::Engine;
 use crate::error::AppError;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::orders::live::OrderService;
+use crate::orders::memory::MemoryOrderStore;
+use crate::orders::{OrderLimits, Orders};
 
 /// Most distinct drivers whose ingest rate is tracked at once.
 const MAX_RATE_KEYS: usize = 100_000;
@@ -69,6 +72,9 @@ pub struct Shared {
     /// Starts the process-wide WebSocket ticker once (on the first
     /// connection; see `routes::ws::conn::ticker`).
     pub ws_ticker: Arc<std::sync::Once>,
+    /// Orders with their fan-out (memory store by default; `with_orders`
+    /// plugs in Redis and webhooks).
+    pub orders: OrderService,
 }
 
 impl AppState {
@@ -92,7 +98,13 @@ impl AppState {
         // Every engine and store error is counted here, once.
         let engine = counted::engine(engine, &metrics);
         let stores = counted::stores(stores, &metrics);
+        let orders = OrderService::new(
+            Orders::new(Arc::new(MemoryOrderStore::new(OrderLimits::default()))),
+            Arc::clone(&engine),
+            None,
+        );
         Self(Arc::new(Shared {
+            orders,
             engine,
             hub,
             keys: Arc::new(keys),
@@ -122,6 +134,13 @@ impl AppState {
     pub fn with_stores(self, stores: ChatStores) -> Self {
         let mut shared = Arc::unwrap_or_clone(self.0);
         shared.stores = counted::stores(stores, &shared.metrics);
+        Self(Arc::new(shared))
+    }
+
+    /// Replaces the order service (Redis store, webhooks).
+    pub fn with_orders(self, orders: OrderService) -> Self {
+        let mut shared = Arc::unwrap_or_clone(self.0);
+        shared.orders = orders;
         Self(Arc::new(shared))
     }
 

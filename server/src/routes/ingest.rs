@@ -7,10 +7,10 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use waypost_protocol::{
-    validate_id, Channel, IngestRequest, IngestResponse, LocationResponse, PolicyHint, PolicyMode,
-    TrailResponse,
+    validate_id, ActiveOrder, Channel, IngestRequest, IngestResponse, LocationResponse, PolicyHint,
+    PolicyMode, TrailResponse,
 };
 
 use crate::auth::{authorize_tracking, may_post_locations, Authed};
@@ -28,7 +28,7 @@ pub async fn post_locations(
     Authed(claims): Authed,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<IngestResponse>, AppError> {
+) -> Result<Json<IngestReply>, AppError> {
     // The origin of the live frame, for the delivery latency.
     let origin_us = now_us();
     let result = ingest(&state, &driver_id, &claims, &headers, body, origin_us).await;
@@ -44,6 +44,16 @@ pub async fn post_locations(
     result.map(Json)
 }
 
+/// The ingest answer: the contract's [`IngestResponse`] plus `orders`, the
+/// driver's active orders (omitted when none; docs/API-EXTENSIONS.md).
+#[derive(Debug, Serialize)]
+pub struct IngestReply {
+    #[serde(flatten)]
+    pub response: IngestResponse,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub orders: Vec<ActiveOrder>,
+}
+
 async fn ingest(
     state: &AppState,
     driver_id: &str,
@@ -51,7 +61,7 @@ async fn ingest(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     origin_us: i64,
-) -> Result<IngestResponse, AppError> {
+) -> Result<IngestReply, AppError> {
     validate_id("driver_id", driver_id).map_err(|e| AppError::bad("bad_id", e.to_string()))?;
     if !may_post_locations(claims, driver_id) {
         return Err(AppError::Forbidden(format!(
@@ -104,19 +114,48 @@ async fn ingest(
         .metrics
         .fixes_duplicate
         .inc_by(u64::from(outcome.duplicates));
-    if let Some(fix) = outcome.new_latest {
+    if let Some(fix) = &outcome.new_latest {
         state
             .activity
-            .driver_seen(driver_id, &req.device_id, &fix, outcome.watchers, now);
+            .driver_seen(driver_id, &req.device_id, fix, outcome.watchers, now);
         if !outcome.published {
-            let frame = Frame::location(driver_id, &fix, origin_us);
+            let frame = Frame::location(driver_id, fix, origin_us);
             state
                 .engine
                 .publish(&Channel::tracking(driver_id), frame)
                 .await?;
         }
     }
-    let (mode, upload_interval_s) = if outcome.watchers > 0 {
+    // Every fix of the batch, duplicates included: the arrival/ETA tracker
+    // ignores fixes it has seen (by ts), and a resent batch after a failure
+    // here feeds them again.
+    let orders: Vec<ActiveOrder> = state
+        .orders
+        .on_fixes(
+            driver_id,
+            &req.fixes,
+            outcome.new_latest.as_ref(),
+            now,
+            origin_us,
+        )
+        .await?
+        .into_iter()
+        .map(|o| ActiveOrder {
+            order_id: o.order_id,
+            destination: o.destination,
+        })
+        .collect();
+    // Near an active order's destination the SDK uploads as if watched, so
+    // arrival is seen within one watched interval; after the order ends it
+    // is no longer active and the policy relaxes.
+    let newest = req.fixes.iter().max_by_key(|f| f.ts);
+    let approaching = newest.is_some_and(|f| {
+        orders.iter().any(|o: &ActiveOrder| {
+            o.destination
+                .is_some_and(|d| crate::orders::eta::approaching(f.lat, f.lon, &d))
+        })
+    });
+    let (mode, upload_interval_s) = if outcome.watchers > 0 || approaching {
         (PolicyMode::Watched, state.limits.watched_upload_interval_s)
     } else {
         (
@@ -124,15 +163,18 @@ async fn ingest(
             state.limits.unwatched_upload_interval_s,
         )
     };
-    Ok(IngestResponse {
-        accepted: outcome.accepted,
-        duplicates: outcome.duplicates,
-        high_seq,
-        watchers: outcome.watchers,
-        policy: PolicyHint {
-            mode,
-            upload_interval_s,
+    Ok(IngestReply {
+        response: IngestResponse {
+            accepted: outcome.accepted,
+            duplicates: outcome.duplicates,
+            high_seq,
+            watchers: outcome.watchers,
+            policy: PolicyHint {
+                mode,
+                upload_interval_s,
+            },
         },
+        orders,
     })
 }
 

@@ -11,6 +11,7 @@ pub mod dashboard;
 pub mod ingest;
 pub mod openapi;
 pub mod ops;
+pub mod orders;
 pub mod poll;
 pub mod sse;
 pub mod subscription;
@@ -48,6 +49,10 @@ pub fn router(state: AppState) -> Router {
             "/v1/drivers/{driver_id}/location/poll",
             get(poll::poll_location),
         )
+        .route("/v1/orders/{order_id}/events", post(orders::post_event))
+        .route("/v1/orders/{order_id}", get(orders::get_order))
+        .route("/v1/orders/{order_id}/timeline", get(orders::get_timeline))
+        .route("/v1/orders/{order_id}/stream", get(sse::order_stream))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

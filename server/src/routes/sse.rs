@@ -28,8 +28,10 @@ use crate::auth::{authorize_tracking, Authed};
 use crate::engine::chat::{SeqCursor, SeqStep};
 use crate::engine::EngineError;
 use crate::error::AppError;
+use crate::frame::About;
 use crate::hub::{connection, ConnHandle, Event, Outbound, Receiver};
 use crate::now_ms;
+use crate::routes::orders::authorize_order_read;
 use crate::routes::subscription::{Open, Subscription};
 use crate::state::AppState;
 
@@ -102,6 +104,12 @@ pub async fn post_notification(
 enum Feed {
     Vendor(String),
     Location(String),
+    /// An order's entries (`id:` = timeline seq) and, while it is active,
+    /// its driver's locations (no `id:`, so Last-Event-ID stays an entry).
+    Order {
+        order: String,
+        ended: bool,
+    },
 }
 
 /// `GET /v1/vendors/{vendor_id}/notifications/stream`
@@ -147,6 +155,26 @@ pub async fn location_stream(
     let after = last_event_id(&headers, &query)?;
     let open = Open::new(&state, "sse", [state.user_permit(&claims.sub)?]);
     start(state, Feed::Location(driver), after, open).await
+}
+
+/// `GET /v1/orders/{order_id}/stream`: an order's timeline entries as
+/// `order` events (resume with `Last-Event-ID` = seq) and its driver's
+/// `location` events while it is active. Same readers as the order.
+pub async fn order_stream(
+    State(state): State<AppState>,
+    Path(order): Path<String>,
+    Authed(claims): Authed,
+    headers: HeaderMap,
+    query: Result<Query<StreamQuery>, QueryRejection>,
+) -> Result<Response, AppError> {
+    let Some(current) = authorize_order_read(&state, &claims, &order).await? else {
+        return Err(AppError::NotFound(format!("no order {order:?}")));
+    };
+    let Query(query) = query.map_err(|e| AppError::bad("bad_query", e.body_text()))?;
+    let after = last_event_id(&headers, &query)?;
+    let open = Open::new(&state, "sse", [state.user_permit(&claims.sub)?]);
+    let ended = current.status.is_final();
+    start(state, Feed::Order { order, ended }, after, open).await
 }
 
 fn too_many(state: &AppState, message: &str) -> AppError {
@@ -218,6 +246,7 @@ impl Stream {
         let channel = match &feed {
             Feed::Vendor(v) => Channel::vendor(v),
             Feed::Location(d) => Channel::tracking(d),
+            Feed::Order { order, .. } => Channel::order(order),
         };
         let (handle, rx) = connection(state.hub.next_conn_id(), state.limits.ws_queue_frames);
         Self {
@@ -312,6 +341,25 @@ impl Stream {
                 }
                 Ok((Vec::new(), SeqCursor::new(after.unwrap_or(0))))
             }
+            Feed::Order { order, .. } => {
+                let orders = &self.state.orders.orders;
+                let limit = self.state.limits.chat_replay_limit;
+                let Some(a) = after else {
+                    let t = orders.timeline(order, 0, 0).await.map_err(order_err)?;
+                    return Ok((Vec::new(), SeqCursor::new(t.high_seq)));
+                };
+                let mut t = orders.timeline(order, a, limit).await.map_err(order_err)?;
+                if a > t.high_seq {
+                    // Seqs started over (the order expired): all is new.
+                    t = orders.timeline(order, 0, limit).await.map_err(order_err)?;
+                }
+                // Beyond the replay limit the client pages with the
+                // timeline endpoint; the cursor continues after what was
+                // replayed, gaps above are filled live.
+                let delivered = t.entries.last().map_or(a.min(t.high_seq), |e| e.seq);
+                let replay = t.entries.iter().map(|e| order_event(order, e)).collect();
+                Ok((replay, SeqCursor::new(delivered)))
+            }
         }
     }
 
@@ -358,6 +406,53 @@ impl Stream {
                 cursor.advance(seq);
                 self.send(Bytes::from(out.text.clone())).await
             }
+            Feed::Order { order, ended } => {
+                let (seq, ends) = match &out.meta.about {
+                    About::OrderLocation { .. } => {
+                        if *ended {
+                            return Ok(());
+                        }
+                        let text = format!("event: location\ndata: {}\n\n", out.text);
+                        return self.send(text).await;
+                    }
+                    About::Order { seq, ends, .. } => (*seq, *ends),
+                    _ => return Ok(()),
+                };
+                let order = order.clone();
+                match cursor.step(seq) {
+                    SeqStep::Duplicate => return Ok(()),
+                    SeqStep::Next => {}
+                    SeqStep::Gap { from, to } => {
+                        let limit = (to - from + 1) as usize;
+                        let t = match self
+                            .state
+                            .orders
+                            .orders
+                            .timeline(&order, from - 1, limit)
+                            .await
+                        {
+                            Ok(t) => t,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "order gap fill failed: ending the stream");
+                                return Err(Gone);
+                            }
+                        };
+                        for e in t.entries.iter().filter(|e| e.seq <= to) {
+                            self.send(order_event(&order, e)).await?;
+                            cursor.advance(e.seq);
+                            if crate::orders::domain::entry_ends(e) {
+                                self.set_order_ended();
+                            }
+                        }
+                    }
+                }
+                cursor.advance(seq);
+                if ends {
+                    self.set_order_ended();
+                }
+                self.send(format!("id: {seq}\nevent: order\ndata: {}\n\n", out.text))
+                    .await
+            }
             Feed::Location(_) => {
                 let seq = out.seq().unwrap_or(0);
                 // The position read at start may come again live; fixes are
@@ -370,6 +465,28 @@ impl Stream {
             }
         }
     }
+}
+
+impl Stream {
+    fn set_order_ended(&mut self) {
+        if let Feed::Order { ended, .. } = &mut self.feed {
+            *ended = true;
+        }
+    }
+}
+
+fn order_err(e: crate::orders::OrderError) -> EngineError {
+    match e {
+        crate::orders::OrderError::Store(s) => s,
+        other => EngineError::Redis(other.to_string()),
+    }
+}
+
+/// An order entry as an SSE event (`id:` = seq).
+fn order_event(order_id: &str, e: &waypost_protocol::TimelineEntry) -> String {
+    let json =
+        serde_json::to_string(&waypost_protocol::OrderFrame::new(order_id, e)).unwrap_or_default();
+    format!("id: {}\nevent: order\ndata: {json}\n\n", e.seq)
 }
 
 fn location_event(seq: u64, json: &str) -> String {

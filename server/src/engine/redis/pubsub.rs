@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
+use waypost_protocol::backoff::BackoffPolicy;
 use waypost_protocol::Channel;
 
 use super::commands::Commands;
@@ -48,22 +49,10 @@ pub(super) struct SyncRequest {
     pub done: oneshot::Sender<Result<(), EngineError>>,
 }
 
-/// Capped exponential backoff with full jitter: attempt `n` (from 1) waits a
-/// uniformly random time in `[0, min(cap, base * 2^(n-1))]`.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Backoff {
-    pub base: Duration,
-    pub cap: Duration,
-}
-
-impl Backoff {
-    pub fn delay(&self, attempt: u32, rng: &mut impl Rng) -> Duration {
-        let exp = self
-            .base
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-        let ceiling = exp.min(self.cap).as_millis() as u64;
-        Duration::from_millis(rng.random_range(0..=ceiling))
-    }
+/// The reconnect wait before attempt `n` (from 1): full jitter over
+/// `[0, min(cap, base * 2^(n-1))]`, from the shared backoff.
+fn reconnect_delay(policy: &BackoffPolicy, attempt: u32, rng: &mut impl Rng) -> Duration {
+    policy.jittered(attempt.saturating_sub(1), rng.random())
 }
 
 /// What the manager needs; moved into its task.
@@ -106,9 +95,10 @@ enum End {
 
 impl Manager {
     pub async fn run(self, mut requests: mpsc::Receiver<SyncRequest>) {
-        let backoff = Backoff {
+        let backoff = BackoffPolicy {
             base: self.opts.backoff_base,
             cap: self.opts.backoff_cap,
+            max_elapsed: None,
         };
         let mut attempt = 0u32;
         let mut connected_before = false;
@@ -116,7 +106,7 @@ impl Manager {
             let delay = if attempt == 0 {
                 Duration::ZERO
             } else {
-                backoff.delay(attempt, &mut rand::rng())
+                reconnect_delay(&backoff, attempt, &mut rand::rng())
             };
             // Channels asked about while connecting: the snapshot `open`
             // subscribes may predate them, so they are checked again.
@@ -458,9 +448,10 @@ mod tests {
 
     #[test]
     fn backoff_is_full_jitter_and_capped() {
-        let b = Backoff {
+        let b = BackoffPolicy {
             base: Duration::from_millis(100),
             cap: Duration::from_secs(2),
+            max_elapsed: None,
         };
         let mut rng = StdRng::seed_from_u64(7);
         let mut seen: HashMap<u32, Vec<Duration>> = HashMap::new();
@@ -468,7 +459,7 @@ mod tests {
             for _ in 0..50 {
                 seen.entry(attempt)
                     .or_default()
-                    .push(b.delay(attempt, &mut rng));
+                    .push(reconnect_delay(&b, attempt, &mut rng));
             }
         }
         for (attempt, ds) in &seen {

@@ -13,6 +13,7 @@ use crate::auth::may_subscribe;
 use crate::chat::{authorize_room, ChatError};
 use crate::error::AppError;
 use crate::now_ms;
+use crate::routes::orders::authorize_order_read;
 use crate::routes::subscription::Subscription;
 
 /// Client frames.
@@ -165,7 +166,20 @@ impl Conn {
                     .await
             }
         };
-        if !may_subscribe(&self.claims, &channel) {
+        let allowed = if channel.kind == ChannelKind::Order {
+            // The claim order:{id}, service, or the assigned driver.
+            match authorize_order_read(&self.state, &self.claims, &channel.id).await {
+                Ok(_) => true,
+                Err(AppError::Forbidden(_)) => false,
+                Err(e) => {
+                    tracing::warn!(error = %e, channel = %name, "order unavailable at subscribe");
+                    return self.subscribe_failed(socket, name).await;
+                }
+            }
+        } else {
+            may_subscribe(&self.claims, &channel)
+        };
+        if !allowed {
             return self
                 .error(
                     socket,
@@ -217,6 +231,27 @@ impl Conn {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, room = %channel.id, "chat history unavailable at subscribe");
+                    if let Some(sub) = self.subscriptions.remove(&channel) {
+                        self.leave(sub).await;
+                    }
+                    self.subscribe_failed(socket, name).await
+                }
+            };
+        }
+        if channel.kind == ChannelKind::Order {
+            let joined = self
+                .orders
+                .subscribe(&self.state, name.clone(), &channel.id, after)
+                .await;
+            return match joined {
+                Ok(frames) => {
+                    for text in frames {
+                        socket.send(Message::Text(text)).await.map_err(|_| ())?;
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, order = %channel.id, "order timeline unavailable at subscribe");
                     if let Some(sub) = self.subscriptions.remove(&channel) {
                         self.leave(sub).await;
                     }

@@ -11,6 +11,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
 use waypost_protocol::{close_code, Channel, ChannelKind, Claims};
 
+use super::orders::OrderChannels;
 use super::rooms::Rooms;
 use crate::admission::{ConnectionPermit, TokenBucket};
 use crate::config::Limits;
@@ -82,6 +83,7 @@ pub(super) struct Conn {
     /// participants only).
     pub(super) user_channel: Option<Subscription>,
     pub(super) rooms: Rooms,
+    pub(super) orders: OrderChannels,
     pub(super) bucket: TokenBucket,
     pub(super) rate_violations: u32,
     /// Last frame of any kind from the client (pongs included).
@@ -121,6 +123,7 @@ pub(super) fn run(
     let mut conn = Conn {
         bucket: TokenBucket::new(rate, rate.saturating_mul(2), now),
         rooms: Rooms::new(format!("{}:{conn_id}", state.node_id)),
+        orders: OrderChannels::default(),
         state,
         claims,
         handle,
@@ -286,6 +289,9 @@ impl Conn {
             let room = channel.id.clone();
             self.rooms.leave(&self.state, &self.claims.sub, &room).await;
         }
+        if channel.kind == ChannelKind::Order {
+            self.orders.leave(&channel.id);
+        }
         sub.leave().await;
     }
 }
@@ -320,6 +326,17 @@ impl Conn {
                     // reconnect (4102) instead, the client resubscribes
                     // with `after`.
                     tracing::warn!(error = %e, "chat gap fill failed: closing");
+                    self.handle.kill(close_code::OVERLOADED);
+                    Vec::new()
+                });
+                for text in texts {
+                    socket.feed(Message::Text(text)).await?;
+                    n += 1;
+                }
+            } else if out.kind() == ChannelKind::Order {
+                let live = Box::pin(self.orders.live(&self.state, &out)).await;
+                let texts = live.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "order gap fill failed: closing");
                     self.handle.kill(close_code::OVERLOADED);
                     Vec::new()
                 });

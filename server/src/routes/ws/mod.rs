@@ -11,6 +11,9 @@
 //!   futures);
 //! - `client.rs`: what the client asks for: subscribe (tracking replay,
 //!   chat through `rooms.rs`), unsubscribe, send, sync, typing, ping;
+//! - `orders.rs`: the connection's order channels: per order the seq
+//!   cursor (in-order, exactly-once entries) and whether it ended (no
+//!   location after that);
 //! - `rooms.rs`: the connection's chat rooms: per room the seq cursor that
 //!   turns live copies into in-order, exactly-once delivery, the typing
 //!   rate limit and this device's presence.
@@ -33,6 +36,7 @@ use crate::state::AppState;
 
 mod client;
 mod conn;
+mod orders;
 mod rooms;
 
 use conn::{close_message, CLOSE_TIMEOUT};
