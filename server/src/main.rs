@@ -11,6 +11,7 @@ use waypost_protocol::{Claims, Role};
 use waypost_server::app::{serve, shutdown_on_signal};
 use waypost_server::auth::{AuthKeys, DEV_SECRET};
 use waypost_server::config::Limits;
+use waypost_server::engine::redis::{RedisOptions, RedisTls, SentinelConfig};
 use waypost_server::engine::{memory::MemoryEngine, Engine};
 use waypost_server::hub::Hub;
 use waypost_server::keys::{self, KeySource, KeyStore};
@@ -70,7 +71,7 @@ impl From<RoleArg> for Role {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Mint a token for development and tests (HS256 with a secret or a
     /// --jwt-keys key; RS256/ES256 with --private-key).
     Token(TokenArgs),
@@ -100,6 +101,37 @@ struct ServeArgs {
     /// Redis URL for `--engine redis`.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
+    /// CA certificate (PEM) that signs the Redis server's certificate, for a
+    /// `rediss://` URL (default: the system's trust store).
+    #[arg(long, env = "WAYPOST_REDIS_CA")]
+    redis_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for Redis with mutual TLS; needs
+    /// --redis-client-key.
+    #[arg(long, env = "WAYPOST_REDIS_CLIENT_CERT", requires = "redis_client_key")]
+    redis_client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --redis-client-cert.
+    #[arg(long, env = "WAYPOST_REDIS_CLIENT_KEY", requires = "redis_client_cert")]
+    redis_client_key: Option<PathBuf>,
+    /// Sentinels (`host:port,...`) that find the Redis primary (with
+    /// --redis-master); --redis-url then gives only scheme, credentials and
+    /// database.
+    #[arg(
+        long,
+        env = "WAYPOST_REDIS_SENTINEL",
+        value_delimiter = ',',
+        requires = "redis_master"
+    )]
+    redis_sentinel: Vec<String>,
+    /// Name of the master the sentinels monitor.
+    #[arg(long, env = "WAYPOST_REDIS_MASTER", requires = "redis_sentinel")]
+    redis_master: Option<String>,
+    /// Acknowledged writes (ingest, chat, notifications) wait until this
+    /// many replicas have them (`WAIT`); 0 = no waiting.
+    #[arg(long, env = "WAYPOST_REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    redis_wait_replicas: u32,
+    /// Longest such a wait; fewer replicas by then answers 503 (retried).
+    #[arg(long, env = "WAYPOST_REDIS_WAIT_TIMEOUT", default_value = "500ms", value_parser = humantime::parse_duration)]
+    redis_wait_timeout: Duration,
     /// Address to listen on.
     #[arg(long, env = "WAYPOST_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -301,7 +333,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
-        Command::Serve(args) => run_server(args).await,
+        Command::Serve(args) => run_server(*args).await,
         Command::Healthcheck(args) => {
             waypost_server::healthcheck::probe(&args.url, args.timeout)?;
             Ok(())
@@ -434,26 +466,50 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
     let keys = AuthKeys::from_store(store);
     let metrics = Metrics::new();
     let hub = Arc::new(Hub::new(metrics.clone()));
-    let engine: Arc<dyn Engine> = match args.engine {
-        EngineKind::Memory => Arc::new(MemoryEngine::new(Arc::clone(&hub), limits.clone())),
-        EngineKind::Redis => waypost_server::engine::redis::connect(
-            &args.redis_url,
-            Arc::clone(&hub),
-            limits.clone(),
-            metrics.clone(),
-        )
-        .await
-        .with_context(|| format!("connecting to Redis at {}", args.redis_url))?,
+    let redis_opts = RedisOptions {
+        tls: RedisTls {
+            ca: args.redis_ca.clone(),
+            client_cert: args.redis_client_cert.clone(),
+            client_key: args.redis_client_key.clone(),
+        },
+        sentinel: args.redis_master.clone().map(|master| SentinelConfig {
+            addrs: args.redis_sentinel.clone(),
+            master,
+        }),
+        wait_replicas: args.redis_wait_replicas,
+        wait_timeout: args.redis_wait_timeout,
+        ..RedisOptions::default()
+    };
+    let redis_context = || format!("connecting to Redis at {}", redacted(&args.redis_url));
+    let (engine, stores): (Arc<dyn Engine>, _) = match args.engine {
+        EngineKind::Memory => (
+            Arc::new(MemoryEngine::new(Arc::clone(&hub), limits.clone())),
+            None,
+        ),
+        EngineKind::Redis => {
+            let (engine, stores) = waypost_server::engine::redis::connect(
+                &args.redis_url,
+                Arc::clone(&hub),
+                limits.clone(),
+                metrics.clone(),
+                redis_opts.clone(),
+            )
+            .await
+            .with_context(redis_context)?;
+            (engine, Some(stores))
+        }
     };
     if args.order_stream.is_some() && args.engine != EngineKind::Redis {
         anyhow::bail!("--order-stream needs --engine redis");
     }
+    // Orders, webhooks and the order stream still take a plain connection
+    // (set up like the engine's: TLS, the primary from Sentinel at connect).
     let redis_conn = match args.engine {
         EngineKind::Memory => None,
         EngineKind::Redis => Some(
-            waypost_server::engine::chat_redis::connect(&args.redis_url)
+            waypost_server::engine::chat_redis::connect(&args.redis_url, &redis_opts)
                 .await
-                .with_context(|| format!("connecting to Redis at {}", args.redis_url))?,
+                .with_context(redis_context)?,
         ),
     };
     let mut state = AppState::new(
@@ -463,13 +519,8 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
         limits.clone(),
         metrics.clone(),
     );
-    if let Some(conn) = &redis_conn {
-        use waypost_server::engine::chat_redis as cr;
-        state = state.with_stores(waypost_server::engine::chat::ChatStores {
-            chat: Arc::new(cr::RedisChatStore::new(conn.clone(), &limits)),
-            presence: Arc::new(cr::RedisPresenceStore::new(conn.clone(), &limits)),
-            notifications: Arc::new(cr::RedisNotificationStore::new(conn.clone(), &limits)),
-        });
+    if let Some(stores) = stores {
+        state = state.with_stores(stores);
     }
     let webhooks = start_webhooks(&args, redis_conn.as_ref(), &metrics)?;
     let order_store: Arc<dyn OrderStore> = match &redis_conn {
@@ -486,9 +537,9 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
         hooks.spawn_sweeper(state.limits.online_ttl, &state.tasks, &state.shutdown);
     }
     if let Some(key) = &args.order_stream {
-        let conn = waypost_server::engine::chat_redis::connect(&args.redis_url)
+        let conn = waypost_server::engine::chat_redis::connect(&args.redis_url, &redis_opts)
             .await
-            .with_context(|| format!("connecting to Redis at {}", args.redis_url))?;
+            .with_context(redis_context)?;
         let stream_metrics = StreamMetrics::new()?;
         stream_metrics.register(metrics.registry())?;
         let mut cfg = StreamConfig::new(key.clone(), format!("waypost-{}", state.node_id));
@@ -521,9 +572,32 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `url` without its credentials (`rediss://user:secret@host` ->
+/// `rediss://***@host`), for messages.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::connection_cap;
+
+    #[test]
+    fn redis_urls_lose_their_credentials_in_messages() {
+        assert_eq!(
+            super::redacted("rediss://default:s3cret@redis.example:6380/0"),
+            "rediss://***@redis.example:6380/0"
+        );
+        assert_eq!(
+            super::redacted("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+    }
 
     #[test]
     fn the_connection_cap_leaves_a_tenth_of_the_files_free() {

@@ -7,6 +7,8 @@
 
 pub mod chat;
 pub mod proxy;
+pub mod sentinel;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -281,6 +283,8 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: PathBuf,
+    /// Extra `redis-server` arguments, kept for `restart`.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -290,14 +294,25 @@ impl RedisServer {
     }
 
     pub async fn start_on(port: u16) -> Result<Self> {
+        Self::start_with_args(port, Vec::new()).await
+    }
+
+    /// Starts redis-server on `port` (plain TCP, used for the readiness
+    /// check) with `extra` arguments (e.g. a `--tls-port`).
+    pub async fn start_with_args(port: u16, extra: Vec<String>) -> Result<Self> {
         let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
-        let dir = std::env::temp_dir().join(format!("waypost-redis-{port}"));
+        // Unique per start: `restart` drops the old handle (removing its
+        // directory) after the new process runs, and a replica needs its
+        // directory for the sync file.
+        let dir =
+            std::env::temp_dir().join(format!("waypost-redis-{port}-{}", rand::random::<u32>()));
         std::fs::create_dir_all(&dir)?;
         let child = Command::new(&bin)
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&dir)
+            .args(&extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -307,6 +322,7 @@ impl RedisServer {
             child: Some(child),
             port,
             dir,
+            extra,
         };
         for _ in 0..100 {
             if redis_ping(port).await {
@@ -332,7 +348,7 @@ impl RedisServer {
     /// Kills and starts again on the same port (empty data).
     pub async fn restart(&mut self) -> Result<()> {
         self.kill().await?;
-        let fresh = Self::start_on(self.port).await?;
+        let fresh = Self::start_with_args(self.port, self.extra.clone()).await?;
         *self = fresh;
         Ok(())
     }

@@ -2,53 +2,109 @@
 //! process. Each write is one Lua script, so seq assignment, storage,
 //! idempotency and trimming are atomic.
 //!
-//! Keys (the `{…}` hash tag keeps one room's keys in one cluster slot):
-//! - `wp:chat:{room}:seq` (counter), `:log` (sorted set, score = seq, member
+//! The stores share the engine's command connection ([`StoreConn`]: its
+//! timeouts, reconnects and key prefix, `RedisOptions.key_prefix`, by default
+//! `waypost`; before issue 21 these keys had a fixed `wp:` prefix, see
+//! RELIABILITY.md "Upgrading").
+//!
+//! Keys (`<p>` = the key prefix; the `{…}` hash tag keeps one room's keys in
+//! one cluster slot):
+//! - `<p>:chat:{room}:seq` (counter), `:log` (sorted set, score = seq, member
 //!   = message JSON), `:cid` (hash `from\x1fclient_id` → seq, only for
 //!   retained messages). Trimmed to the history length; all three expire
 //!   together after the room TTL of inactivity.
-//! - `wp:presence:{room}` (sorted set conn → expiry ms), `:u` (hash conn →
+//! - `<p>:presence:{room}` (sorted set conn → expiry ms), `:u` (hash conn →
 //!   user), `:n` (hash user → live conns). Expired entries are swept by the
 //!   next join or leave in the room, which reports their users offline.
-//! - `wp:notify:{vendor}:seq` and `:log`, like chat without `:cid`.
+//! - `<p>:notify:{vendor}:seq` and `:log`, like chat without `:cid`.
 
-use std::time::Duration;
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::io::tcp::{socket2::TcpKeepalive, TcpSettings};
-use redis::Script;
+use redis::{FromRedisValue, Script, ScriptInvocation};
 use waypost_protocol::ChatMessage;
 
 use super::chat::{
     Appended, ChatStore, History, NewMessage, Notification, NotificationHistory, NotificationStore,
     PresenceChanges, PresenceStore,
 };
+use super::redis::{Commands, RedisOptions};
 use super::EngineError;
 use crate::config::Limits;
 
-fn redis_err(e: redis::RedisError) -> EngineError {
-    EngineError::Redis(e.to_string())
+/// The stores' handle on Redis: the engine's command connection (every
+/// call bounded by its `op_timeout`, a stalled connection replaced) and its
+/// key prefix.
+#[derive(Clone)]
+pub struct StoreConn {
+    cmd: Arc<Commands>,
+    prefix: Arc<str>,
+}
+
+impl StoreConn {
+    pub(crate) fn new(cmd: Arc<Commands>, prefix: &str) -> Self {
+        Self {
+            cmd,
+            prefix: prefix.into(),
+        }
+    }
+
+    /// A connection of its own, set up as the engine's (for the stores
+    /// without an engine, as in tests).
+    pub async fn connect(url: &str, opts: &RedisOptions) -> Result<Self, EngineError> {
+        let (_, cmd) = super::redis::commands(url, opts).await?;
+        Ok(Self::new(Arc::new(cmd), &opts.key_prefix))
+    }
+
+    /// `<prefix>:<kind>:{<id>}<suffix>`.
+    fn key(&self, kind: &str, id: &str, suffix: &str) -> String {
+        format!("{}:{kind}:{{{id}}}{suffix}", self.prefix)
+    }
+
+    async fn invoke<T: FromRedisValue>(
+        &self,
+        inv: &ScriptInvocation<'_>,
+    ) -> Result<T, EngineError> {
+        let mut conn = self.cmd.conn();
+        self.cmd.run(inv.invoke_async(&mut conn)).await
+    }
+
+    /// [`StoreConn::invoke`] for a write the caller acknowledges (waits for
+    /// replicas when configured).
+    async fn invoke_acked<T: FromRedisValue>(
+        &self,
+        inv: &ScriptInvocation<'_>,
+    ) -> Result<T, EngineError> {
+        let mut conn = self.cmd.conn();
+        let same = conn.clone();
+        self.cmd.run_acked(same, inv.invoke_async(&mut conn)).await
+    }
+}
+
+/// A plain connection manager set up like the engine's (TLS; behind
+/// Sentinel, the primary at connect time), for the Redis users not on
+/// [`StoreConn`] yet (orders, webhooks, the order stream). Unlike
+/// [`StoreConn`] it does not follow a failover by itself.
+pub async fn connect(
+    url: &str,
+    opts: &RedisOptions,
+) -> Result<redis::aio::ConnectionManager, EngineError> {
+    super::redis::connection_manager(url, opts).await
 }
 
 /// Runs the `READ_AFTER` script on a seq counter and its log (chat rooms
 /// and vendor notifications share the layout) and decodes the JSON entries.
 async fn read_after<T: serde::de::DeserializeOwned>(
     script: &Script,
-    conn: &ConnectionManager,
+    conn: &StoreConn,
     k_seq: &str,
     k_log: &str,
     after: u64,
     limit: usize,
 ) -> Result<(u64, Vec<T>), EngineError> {
-    let (high_seq, items): (u64, Vec<String>) = script
-        .key(k_seq)
-        .key(k_log)
-        .arg(after)
-        .arg(limit)
-        .invoke_async(&mut conn.clone())
-        .await
-        .map_err(redis_err)?;
+    let (high_seq, items): (u64, Vec<String>) = conn
+        .invoke(script.key(k_seq).key(k_log).arg(after).arg(limit))
+        .await?;
     let items = items
         .iter()
         .map(|s| serde_json::from_str(s).map_err(corrupt))
@@ -59,32 +115,6 @@ async fn read_after<T: serde::de::DeserializeOwned>(
 fn corrupt(e: impl std::fmt::Display) -> EngineError {
     EngineError::Corrupt(e.to_string())
 }
-
-/// Opens a connection manager (reconnects by itself) to `url`. Commands
-/// from many connections share it, so TCP_NODELAY matters: with Nagle a
-/// command written while the previous one is unacknowledged waits for a
-/// delayed ACK (tens of ms). Every call is bounded by `OP_TIMEOUT`.
-pub async fn connect(url: &str) -> Result<ConnectionManager, EngineError> {
-    let client = redis::Client::open(url).map_err(redis_err)?;
-    let tcp = TcpSettings::default().set_nodelay(true).set_keepalive(
-        TcpKeepalive::new()
-            .with_time(Duration::from_secs(10))
-            .with_interval(Duration::from_secs(5))
-            .with_retries(3),
-    );
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(OP_TIMEOUT)
-        .set_response_timeout(OP_TIMEOUT)
-        .set_number_of_retries(2)
-        .set_max_delay(1000)
-        .set_tcp_settings(tcp);
-    ConnectionManager::new_with_config(client, config)
-        .await
-        .map_err(redis_err)
-}
-
-/// Longest a store call waits for Redis before failing (503 upstream).
-const OP_TIMEOUT: Duration = Duration::from_secs(2);
 
 const APPEND_CHAT: &str = r#"
 local known = redis.call('HGET', KEYS[3], ARGV[1])
@@ -126,7 +156,7 @@ fn split_at_seq(json: &str, prefix: &str) -> Result<(String, String), EngineErro
 
 /// Chat history on Redis.
 pub struct RedisChatStore {
-    conn: ConnectionManager,
+    conn: StoreConn,
     append: Script,
     read: Script,
     history: usize,
@@ -134,7 +164,7 @@ pub struct RedisChatStore {
 }
 
 impl RedisChatStore {
-    pub fn new(conn: ConnectionManager, limits: &Limits) -> Self {
+    pub fn new(conn: StoreConn, limits: &Limits) -> Self {
         Self {
             conn,
             append: Script::new(APPEND_CHAT),
@@ -144,11 +174,11 @@ impl RedisChatStore {
         }
     }
 
-    fn keys(room: &str) -> [String; 3] {
+    fn keys(&self, room: &str) -> [String; 3] {
         [
-            format!("wp:chat:{{{room}}}:seq"),
-            format!("wp:chat:{{{room}}}:log"),
-            format!("wp:chat:{{{room}}}:cid"),
+            self.conn.key("chat", room, ":seq"),
+            self.conn.key("chat", room, ":log"),
+            self.conn.key("chat", room, ":cid"),
         ]
     }
 }
@@ -171,20 +201,21 @@ impl ChatStore for RedisChatStore {
             serde_json::to_string(&m.room).map_err(corrupt)?
         );
         let (head, tail) = split_at_seq(&json, &prefix)?;
-        let [k_seq, k_log, k_cid] = Self::keys(&m.room);
+        let [k_seq, k_log, k_cid] = self.keys(&m.room);
         let (fresh, stored): (u8, String) = self
-            .append
-            .key(k_seq)
-            .key(k_log)
-            .key(k_cid)
-            .arg(format!("{}\u{1f}{}", m.from, m.client_id))
-            .arg(head)
-            .arg(tail)
-            .arg(self.history)
-            .arg(self.ttl_ms)
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(redis_err)?;
+            .conn
+            .invoke_acked(
+                self.append
+                    .key(k_seq)
+                    .key(k_log)
+                    .key(k_cid)
+                    .arg(format!("{}\u{1f}{}", m.from, m.client_id))
+                    .arg(head)
+                    .arg(tail)
+                    .arg(self.history)
+                    .arg(self.ttl_ms),
+            )
+            .await?;
         let msg: ChatMessage = serde_json::from_str(&stored).map_err(corrupt)?;
         Ok(if fresh == 1 {
             Appended::New(msg)
@@ -194,7 +225,7 @@ impl ChatStore for RedisChatStore {
     }
 
     async fn after(&self, room: &str, after: u64, limit: usize) -> Result<History, EngineError> {
-        let [k_seq, k_log, _] = Self::keys(room);
+        let [k_seq, k_log, _] = self.keys(room);
         let (high_seq, messages) =
             read_after(&self.read, &self.conn, &k_seq, &k_log, after, limit).await?;
         Ok(History { messages, high_seq })
@@ -255,7 +286,7 @@ return redis.call('HMGET', KEYS[2], unpack(conns))
 
 /// Presence on Redis.
 pub struct RedisPresenceStore {
-    conn: ConnectionManager,
+    conn: StoreConn,
     join: Script,
     leave: Script,
     online: Script,
@@ -264,7 +295,7 @@ pub struct RedisPresenceStore {
 }
 
 impl RedisPresenceStore {
-    pub fn new(conn: ConnectionManager, limits: &Limits) -> Self {
+    pub fn new(conn: StoreConn, limits: &Limits) -> Self {
         Self {
             conn,
             join: Script::new(&format!("{PRESENCE_EXPIRE}{PRESENCE_JOIN}")),
@@ -275,11 +306,11 @@ impl RedisPresenceStore {
         }
     }
 
-    fn keys(room: &str) -> [String; 3] {
+    fn keys(&self, room: &str) -> [String; 3] {
         [
-            format!("wp:presence:{{{room}}}"),
-            format!("wp:presence:{{{room}}}:u"),
-            format!("wp:presence:{{{room}}}:n"),
+            self.conn.key("presence", room, ""),
+            self.conn.key("presence", room, ":u"),
+            self.conn.key("presence", room, ":n"),
         ]
     }
 
@@ -291,21 +322,23 @@ impl RedisPresenceStore {
         conn: &str,
         now_ms: i64,
     ) -> Result<PresenceChanges, EngineError> {
-        let [a, b, c] = Self::keys(room);
-        let (online, offline): (Vec<String>, Vec<String>) = script
-            .key(a)
-            .key(b)
-            .key(c)
-            .arg(now_ms)
-            .arg(now_ms + self.ttl_ms)
-            .arg(conn)
-            .arg(user)
-            .arg(self.max_entries)
-            // Keys outlive the longest entry a little.
-            .arg(self.ttl_ms * 2)
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(redis_err)?;
+        let [a, b, c] = self.keys(room);
+        let (online, offline): (Vec<String>, Vec<String>) = self
+            .conn
+            .invoke(
+                script
+                    .key(a)
+                    .key(b)
+                    .key(c)
+                    .arg(now_ms)
+                    .arg(now_ms + self.ttl_ms)
+                    .arg(conn)
+                    .arg(user)
+                    .arg(self.max_entries)
+                    // Keys outlive the longest entry a little.
+                    .arg(self.ttl_ms * 2),
+            )
+            .await?;
         Ok(PresenceChanges { online, offline })
     }
 }
@@ -338,15 +371,11 @@ impl PresenceStore for RedisPresenceStore {
         now_ms: i64,
         limit: usize,
     ) -> Result<Vec<String>, EngineError> {
-        let [a, b, _] = Self::keys(room);
+        let [a, b, _] = self.keys(room);
         let users: Vec<Option<String>> = self
-            .online
-            .key(a)
-            .key(b)
-            .arg(now_ms)
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(redis_err)?;
+            .conn
+            .invoke(self.online.key(a).key(b).arg(now_ms))
+            .await?;
         let mut users: Vec<String> = users.into_iter().flatten().collect();
         users.sort();
         users.dedup();
@@ -367,7 +396,7 @@ return item
 
 /// Vendor notifications on Redis.
 pub struct RedisNotificationStore {
-    conn: ConnectionManager,
+    conn: StoreConn,
     append: Script,
     read: Script,
     history: usize,
@@ -375,7 +404,7 @@ pub struct RedisNotificationStore {
 }
 
 impl RedisNotificationStore {
-    pub fn new(conn: ConnectionManager, limits: &Limits) -> Self {
+    pub fn new(conn: StoreConn, limits: &Limits) -> Self {
         Self {
             conn,
             append: Script::new(APPEND_NOTIFICATION),
@@ -385,10 +414,10 @@ impl RedisNotificationStore {
         }
     }
 
-    fn keys(vendor: &str) -> [String; 2] {
+    fn keys(&self, vendor: &str) -> [String; 2] {
         [
-            format!("wp:notify:{{{vendor}}}:seq"),
-            format!("wp:notify:{{{vendor}}}:log"),
+            self.conn.key("notify", vendor, ":seq"),
+            self.conn.key("notify", vendor, ":log"),
         ]
     }
 }
@@ -410,18 +439,19 @@ impl NotificationStore for RedisNotificationStore {
         };
         let json = serde_json::to_string(&template).map_err(corrupt)?;
         let (head, tail) = split_at_seq(&json, "{\"seq\":")?;
-        let [k_seq, k_log] = Self::keys(vendor);
+        let [k_seq, k_log] = self.keys(vendor);
         let stored: String = self
-            .append
-            .key(k_seq)
-            .key(k_log)
-            .arg(head)
-            .arg(tail)
-            .arg(self.history)
-            .arg(self.ttl_ms)
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(redis_err)?;
+            .conn
+            .invoke_acked(
+                self.append
+                    .key(k_seq)
+                    .key(k_log)
+                    .arg(head)
+                    .arg(tail)
+                    .arg(self.history)
+                    .arg(self.ttl_ms),
+            )
+            .await?;
         serde_json::from_str(&stored).map_err(corrupt)
     }
 
@@ -431,7 +461,7 @@ impl NotificationStore for RedisNotificationStore {
         after: u64,
         limit: usize,
     ) -> Result<NotificationHistory, EngineError> {
-        let [k_seq, k_log] = Self::keys(vendor);
+        let [k_seq, k_log] = self.keys(vendor);
         let (high_seq, items) =
             read_after(&self.read, &self.conn, &k_seq, &k_log, after, limit).await?;
         Ok(NotificationHistory { items, high_seq })

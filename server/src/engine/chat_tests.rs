@@ -264,7 +264,13 @@ async fn redis_chat_conformance() {
         return;
     };
     let l = small_limits();
-    let conn = chat_redis::connect(&url).await.expect("redis reachable");
+    let opts = super::redis::RedisOptions {
+        key_prefix: format!("wpt{}", uuid::Uuid::new_v4().simple()),
+        ..Default::default()
+    };
+    let conn = chat_redis::StoreConn::connect(&url, &opts)
+        .await
+        .expect("redis reachable");
     let chat: Arc<dyn ChatStore> = Arc::new(RedisChatStore::new(conn.clone(), &l));
     seqs_are_gap_free_and_idempotent(chat.as_ref()).await;
     concurrent_appends_get_distinct_consecutive_seqs(Arc::clone(&chat)).await;

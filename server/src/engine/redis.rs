@@ -32,19 +32,18 @@
 mod commands;
 mod options;
 mod pubsub;
+mod setup;
 mod watchers;
 
-pub use options::RedisOptions;
-
-use commands::redis_err;
+pub(crate) use commands::Commands;
+pub use options::{RedisOptions, RedisTls, SentinelConfig};
+pub use setup::client;
+pub(crate) use setup::{commands, connection_manager};
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use redis::aio::ConnectionManagerConfig;
-use redis::io::tcp::{socket2::TcpKeepalive, TcpSettings};
 use redis::Script;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
@@ -52,6 +51,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use waypost_protocol::{Channel, Fix};
 
+use super::chat::ChatStores;
+use super::chat_redis::{RedisChatStore, RedisNotificationStore, RedisPresenceStore, StoreConn};
 use super::{Engine, EngineError, IngestOutcome, IngestTime, StoredFix};
 use crate::config::Limits;
 use crate::frame::Frame;
@@ -65,15 +66,19 @@ const REQUEST_QUEUE: usize = 4096;
 
 const WATCH_PRELUDE: &str = include_str!("redis/watch_sum.lua");
 
-/// Connects to Redis at `url` with the default options.
+/// Connects to Redis at `url` and returns the engine with the chat,
+/// presence and notification stores on the same command connection and key
+/// prefix.
 pub async fn connect(
     url: &str,
     hub: Arc<Hub>,
     limits: Limits,
     metrics: Metrics,
-) -> Result<Arc<dyn Engine>, EngineError> {
-    let engine = RedisEngine::connect(url, hub, limits, metrics, RedisOptions::default()).await?;
-    Ok(Arc::new(engine))
+    opts: RedisOptions,
+) -> Result<(Arc<dyn Engine>, ChatStores), EngineError> {
+    let engine = RedisEngine::connect(url, hub, limits.clone(), metrics, opts).await?;
+    let stores = engine.stores(&limits);
+    Ok((Arc::new(engine), stores))
 }
 
 /// Key and channel names.
@@ -144,29 +149,8 @@ impl RedisEngine {
         metrics: Metrics,
         opts: RedisOptions,
     ) -> Result<Self, EngineError> {
-        let client = redis::Client::open(url).map_err(redis_err)?;
-        let tcp = TcpSettings::default()
-            .set_nodelay(true)
-            .set_keepalive(
-                TcpKeepalive::new()
-                    .with_time(Duration::from_secs(10))
-                    .with_interval(Duration::from_secs(5))
-                    .with_retries(3),
-            )
-            .set_user_timeout(Duration::from_secs(10));
-        // The command connection reconnects by itself: up to 3 attempts
-        // about 1 s apart per loss (then the next command starts over); our
-        // `op_timeout` bounds every call meanwhile. Keepalive and
-        // TCP_USER_TIMEOUT make a silently dead connection fail in ~25 s.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(opts.op_timeout)
-            .set_response_timeout(opts.op_timeout)
-            .set_number_of_retries(2)
-            .set_factor(2)
-            .set_max_delay(1000)
-            .set_tcp_settings(tcp);
-        let cmd =
-            Arc::new(commands::Commands::connect(client.clone(), config, opts.op_timeout).await?);
+        let (target, cmd) = setup::commands(url, &opts).await?;
+        let cmd = Arc::new(cmd);
 
         let keys = Keys {
             prefix: opts.key_prefix.clone(),
@@ -178,7 +162,7 @@ impl RedisEngine {
         let (up_tx, mut up_rx) = watch::channel(false);
 
         let manager = pubsub::Manager {
-            client,
+            target,
             cmd: Arc::clone(&cmd),
             hub: Arc::clone(&hub),
             metrics,
@@ -234,6 +218,17 @@ impl RedisEngine {
         }
         tracing::info!(instance = %engine.instance, "redis engine connected");
         Ok(engine)
+    }
+
+    /// The chat, presence and notification stores on this engine's command
+    /// connection (its timeouts and reconnects) and key prefix.
+    pub fn stores(&self, limits: &Limits) -> ChatStores {
+        let conn = StoreConn::new(Arc::clone(&self.cmd), &self.opts.key_prefix);
+        ChatStores {
+            chat: Arc::new(RedisChatStore::new(conn.clone(), limits)),
+            presence: Arc::new(RedisPresenceStore::new(conn.clone(), limits)),
+            notifications: Arc::new(RedisNotificationStore::new(conn, limits)),
+        }
     }
 
     /// This process's id in watcher hashes.
@@ -310,8 +305,11 @@ impl Engine for RedisEngine {
             inv.arg(fix.ts).arg(format!("{:020}|{json}", fix.seq));
         }
         let mut conn = self.cmd.conn();
-        let (accepted, latest_index, watchers, published): (u32, usize, u64, u8) =
-            self.cmd.run(inv.invoke_async(&mut conn)).await?;
+        let same = conn.clone();
+        let (accepted, latest_index, watchers, published): (u32, usize, u64, u8) = self
+            .cmd
+            .run_acked(same, inv.invoke_async(&mut conn))
+            .await?;
         let new_latest = latest_index
             .checked_sub(1)
             .and_then(|i| fixes.get(i))
@@ -409,22 +407,15 @@ impl Engine for RedisEngine {
         self.cmd.run(inv.invoke_async(&mut conn)).await
     }
 
+    /// Ready when the bus (the pub/sub connection) is up and the stores
+    /// (the command connection) reach a writable primary.
     async fn ready(&self) -> Result<(), EngineError> {
         if !*self.pubsub_up.borrow() {
             return Err(EngineError::Redis("pub/sub connection is down".into()));
         }
-        let mut conn = self.cmd.conn();
-        let pong: String = self
-            .cmd
-            .run(redis::cmd("PING").query_async(&mut conn))
-            .await?;
-        if pong == "PONG" {
-            Ok(())
-        } else {
-            Err(EngineError::Redis(format!(
-                "unexpected PING reply {pong:?}"
-            )))
-        }
+        // The chat, presence and notification stores share this command
+        // connection, so this covers them too.
+        self.cmd.check_primary().await
     }
 
     async fn shutdown(&self) {

@@ -342,6 +342,8 @@ async fn redis_order_conformance() {
         eprintln!("skipped: WAYPOST_TEST_REDIS_URL is not set (scripts/test sets it)");
         return;
     };
-    let conn = chat_redis::connect(&url).await.expect("redis reachable");
+    let conn = chat_redis::connect(&url, &Default::default())
+        .await
+        .expect("redis reachable");
     conformance(Arc::new(RedisOrderStore::new(conn, limits()))).await;
 }

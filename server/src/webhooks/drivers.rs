@@ -249,7 +249,7 @@ mod tests {
             eprintln!("skipped: WAYPOST_TEST_REDIS_URL is not set (scripts/test sets it)");
             return;
         };
-        let conn = crate::engine::chat_redis::connect(&url)
+        let conn = crate::engine::chat_redis::connect(&url, &Default::default())
             .await
             .expect("redis");
         conformance(&RedisDriverPresence::new(conn)).await;

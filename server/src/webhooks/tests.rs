@@ -138,7 +138,9 @@ async fn redis_queue() -> Option<RedisWebhookQueue> {
         eprintln!("skipped: WAYPOST_TEST_REDIS_URL is not set (scripts/test sets it)");
         return None;
     };
-    let conn = chat_redis::connect(&url).await.expect("redis reachable");
+    let conn = chat_redis::connect(&url, &Default::default())
+        .await
+        .expect("redis reachable");
     Some(RedisWebhookQueue::new(conn))
 }
 

@@ -4,24 +4,34 @@
 //! connection that silently stopped answering (a stalled middlebox) would
 //! time out forever; after [`TIMEOUTS_BEFORE_REPLACING`] timeouts in a row
 //! without any reply in between, a fresh connection replaces it.
+//!
+//! Behind Sentinel the address itself can go stale: a connection error or a
+//! `READONLY` reply (the node was demoted) also replaces the connection,
+//! asking the sentinels for the primary again. With `wait_replicas` set,
+//! [`Commands::run_acked`] follows a write with `WAIT` on the same
+//! connection, so an acknowledged write is on that many replicas.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::RwLock;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::RedisResult;
+use redis::{ErrorKind, RedisResult};
 
+use super::setup::Target;
 use crate::engine::EngineError;
 
 /// Consecutive timeouts that make the connection suspect.
 pub(super) const TIMEOUTS_BEFORE_REPLACING: u32 = 3;
 
-pub(super) struct Commands {
+pub(crate) struct Commands {
     current: RwLock<ConnectionManager>,
-    client: redis::Client,
+    target: Arc<Target>,
     config: ConnectionManagerConfig,
+    /// `WAIT` after acknowledged writes: replicas and timeout.
+    wait: Option<(u32, Duration)>,
     op_timeout: Duration,
     timeouts: AtomicU32,
     replacing: AtomicBool,
@@ -39,15 +49,18 @@ impl Drop for Replacing<'_> {
 
 impl Commands {
     pub async fn connect(
-        client: redis::Client,
+        target: Arc<Target>,
         config: ConnectionManagerConfig,
         op_timeout: Duration,
+        wait: Option<(u32, Duration)>,
     ) -> Result<Self, EngineError> {
+        let client = target.client().await?;
         let conn = open(&client, &config, op_timeout * 4).await?;
         Ok(Self {
             current: RwLock::new(conn),
-            client,
+            target,
             config,
+            wait,
             op_timeout,
             timeouts: AtomicU32::new(0),
             replacing: AtomicBool::new(false),
@@ -75,25 +88,87 @@ impl Commands {
             Err(_) => Err(self.timed_out().await),
             Ok(Err(e)) => {
                 // An error reply proves the connection answers; other I/O
-                // errors make the manager reconnect on its own.
+                // errors make the manager reconnect on its own (to the same
+                // address: behind Sentinel the primary may have moved).
                 if !e.is_io_error() {
                     self.timeouts.store(0, Ordering::Release);
+                }
+                if self.target.is_sentinel() && (e.is_io_error() || e.kind() == ErrorKind::ReadOnly)
+                {
+                    self.replace("the primary may have moved").await;
                 }
                 Err(redis_err(e))
             }
         }
     }
 
+    /// [`Commands::run`] for a write the caller acknowledges: with
+    /// `wait_replicas` set, then `WAIT`s on the same connection until that
+    /// many replicas have it, failing when fewer do within the timeout.
+    /// `conn` is a clone of the handle `call` was made on (clones share one
+    /// connection, and `WAIT` counts that connection's writes).
+    pub async fn run_acked<T>(
+        &self,
+        mut conn: ConnectionManager,
+        call: impl Future<Output = RedisResult<T>>,
+    ) -> Result<T, EngineError> {
+        let v = self.run(call).await?;
+        if let Some((replicas, timeout)) = self.wait {
+            let got: u32 = self
+                .run(
+                    redis::cmd("WAIT")
+                        .arg(replicas)
+                        .arg(timeout.as_millis() as u64)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            if got < replicas {
+                return Err(EngineError::Redis(format!(
+                    "write reached {got} of {replicas} replicas within {timeout:?}"
+                )));
+            }
+        }
+        Ok(v)
+    }
+
+    /// Whether the command connection reaches a writable primary: `PING`,
+    /// and behind Sentinel `ROLE` (a demoted node still answers PING); a
+    /// node that is not the primary makes the connection re-resolve.
+    pub async fn check_primary(&self) -> Result<(), EngineError> {
+        let mut conn = self.conn();
+        if !self.target.is_sentinel() {
+            let pong: String = self.run(redis::cmd("PING").query_async(&mut conn)).await?;
+            return if pong == "PONG" {
+                Ok(())
+            } else {
+                Err(EngineError::Redis(format!(
+                    "unexpected PING reply {pong:?}"
+                )))
+            };
+        }
+        let role: Vec<redis::Value> = self.run(redis::cmd("ROLE").query_async(&mut conn)).await?;
+        let first: Option<String> = role.first().and_then(|v| redis::from_redis_value(v).ok());
+        if first.as_deref() == Some("master") {
+            return Ok(());
+        }
+        self.replace("the node is no longer the primary").await;
+        Err(EngineError::Redis(format!(
+            "the command connection reaches a {} instead of the primary",
+            first.as_deref().unwrap_or("node of unknown role")
+        )))
+    }
+
     async fn timed_out(&self) -> EngineError {
         let n = self.timeouts.fetch_add(1, Ordering::AcqRel) + 1;
         if n >= TIMEOUTS_BEFORE_REPLACING {
-            self.replace().await;
+            self.replace("timeouts in a row").await;
         }
         EngineError::Redis(format!("timed out after {:?}", self.op_timeout))
     }
 
-    /// Opens a fresh connection and swaps it in; one replacement at a time.
-    async fn replace(&self) {
+    /// Opens a fresh connection (to the primary the target names now) and
+    /// swaps it in; one replacement at a time.
+    async fn replace(&self, why: &str) {
         if self
             .replacing
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
@@ -102,20 +177,22 @@ impl Commands {
             return;
         }
         let _reset = Replacing(&self.replacing);
-        match open(&self.client, &self.config, self.op_timeout * 2).await {
+        let fresh = match self.target.client().await {
+            Ok(client) => open(&client, &self.config, self.op_timeout * 2).await,
+            Err(e) => Err(e),
+        };
+        match fresh {
             Ok(fresh) => {
                 *self.current.write() = fresh;
                 self.timeouts.store(0, Ordering::Release);
-                tracing::warn!(
-                    "replaced the redis command connection after {TIMEOUTS_BEFORE_REPLACING} timeouts in a row"
-                );
+                tracing::warn!(why, "replaced the redis command connection");
             }
             Err(e) => tracing::warn!(error = %e, "replacing the redis command connection failed"),
         }
     }
 }
 
-async fn open(
+pub(super) async fn open(
     client: &redis::Client,
     config: &ConnectionManagerConfig,
     limit: Duration,

@@ -1,5 +1,6 @@
 //! Timings and naming of the Redis engine.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Timings and naming of the Redis engine. `Default` is what production
@@ -22,8 +23,46 @@ pub struct RedisOptions {
     pub watcher_scan: Duration,
     /// Lifetime of trail and dedup keys after a driver's last ingest.
     pub data_ttl: Duration,
-    /// Prefix of every key and channel name.
+    /// Prefix of every key and channel name, the chat, presence and
+    /// notification stores' included.
     pub key_prefix: String,
+    /// TLS material for `rediss://` URLs.
+    pub tls: RedisTls,
+    /// Find the primary through Sentinel instead of the URL's host.
+    pub sentinel: Option<SentinelConfig>,
+    /// Acknowledged writes wait until this many replicas have them
+    /// (`WAIT n timeout`); 0 = no waiting.
+    pub wait_replicas: u32,
+    /// Longest such a wait; fewer replicas by then fails the write (503,
+    /// retried by the client; ingest and chat sends are idempotent).
+    pub wait_timeout: Duration,
+}
+
+/// `--redis-sentinel host:port,... --redis-master NAME`.
+#[derive(Debug, Clone)]
+pub struct SentinelConfig {
+    /// `host:port` of each sentinel.
+    pub addrs: Vec<String>,
+    /// The monitored master's name.
+    pub master: String,
+}
+
+/// TLS material for a `rediss://` URL, as PEM files. Without `ca` the
+/// server certificate is checked against the system's trust store;
+/// `client_cert` and `client_key` (both or neither) authenticate this
+/// process to a Redis that requires client certificates (mutual TLS).
+#[derive(Debug, Clone, Default)]
+pub struct RedisTls {
+    pub ca: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+impl RedisTls {
+    /// Whether any TLS file is configured.
+    pub fn is_configured(&self) -> bool {
+        self.ca.is_some() || self.client_cert.is_some() || self.client_key.is_some()
+    }
 }
 
 impl Default for RedisOptions {
@@ -38,6 +77,10 @@ impl Default for RedisOptions {
             watcher_scan: Duration::from_secs(1),
             data_ttl: Duration::from_secs(24 * 3600),
             key_prefix: "waypost".into(),
+            tls: RedisTls::default(),
+            sentinel: None,
+            wait_replicas: 0,
+            wait_timeout: Duration::from_millis(500),
         }
     }
 }

@@ -57,7 +57,8 @@ fn reconnect_delay(policy: &BackoffPolicy, attempt: u32, rng: &mut impl Rng) -> 
 
 /// What the manager needs; moved into its task.
 pub(super) struct Manager {
-    pub client: redis::Client,
+    /// Where the primary is (asked again at every reconnect).
+    pub target: Arc<super::setup::Target>,
     pub cmd: Arc<Commands>,
     pub hub: Arc<Hub>,
     pub metrics: Metrics,
@@ -181,7 +182,8 @@ impl Manager {
     /// Connects, starts the reader, subscribes the probe channel and every
     /// channel the hub has.
     async fn open(&self) -> Result<Session, EngineError> {
-        let pubsub = with_timeout(self.opts.op_timeout, self.client.get_async_pubsub()).await?;
+        let client = self.target.client().await?;
+        let pubsub = with_timeout(self.opts.op_timeout, client.get_async_pubsub()).await?;
         let (mut sink, stream) = pubsub.split();
         let probe_seen = Arc::new(AtomicU64::new(0));
         let reader = tokio::spawn(read(
