@@ -15,10 +15,11 @@ use axum::Json;
 use serde::Deserialize;
 use waypost_protocol::{Channel, LocationResponse};
 
-use crate::auth::{authorize_tracking, Authed};
+use crate::auth::{authorize_tracking, AuthedToken};
 use crate::error::AppError;
 use crate::frame::About;
 use crate::hub::connection;
+use crate::keys::Verified;
 use crate::now_ms;
 use crate::routes::subscription::{Open, Subscription};
 use crate::state::AppState;
@@ -37,10 +38,11 @@ pub struct PollQuery {
 pub async fn poll_location(
     State(state): State<AppState>,
     Path(driver): Path<String>,
-    Authed(claims): Authed,
+    AuthedToken(token): AuthedToken,
     query: Result<Query<PollQuery>, QueryRejection>,
 ) -> Result<Response, AppError> {
-    authorize_tracking(&claims, &driver)?;
+    let claims = &token.claims;
+    authorize_tracking(claims, &driver)?;
     let Query(q) = query.map_err(|e| AppError::bad("bad_query", e.body_text()))?;
     let timeout = Duration::from_secs(q.timeout_s.unwrap_or(DEFAULT_TIMEOUT_S))
         .min(state.limits.max_poll_timeout);
@@ -50,7 +52,7 @@ pub async fn poll_location(
     let open = Open::new(&state, "poll", [state.user_permit(&claims.sub)?]);
     let tasks = state.tasks.clone();
     let result = tasks
-        .track_future(wait(state.clone(), driver, q.after_seq, timeout))
+        .track_future(wait(state.clone(), driver, q.after_seq, timeout, &token))
         .await;
     drop(open);
     result
@@ -79,11 +81,17 @@ async fn wait(
     driver: String,
     after_seq: u64,
     timeout: Duration,
+    token: &Verified,
 ) -> Result<Response, AppError> {
     // Room for a few fixes; a poller needs only the first. The
     // subscription is left however the wait ends (answer, timeout, client
     // gone and the future dropped).
     let (handle, mut rx) = connection(state.hub.next_conn_id(), 8);
+    // Ends (204) at the token's exp, or when it is revoked.
+    let _expiry = state
+        .expiry
+        .watch(&handle, token.claims.exp, false, crate::now_s());
+    let _listed = state.user_conns.list(token, &handle);
     let _sub = Subscription::join(&state, Channel::tracking(&driver), &handle).await?;
     if let Some(found) = newer(&state, &driver, after_seq).await? {
         return Ok(Json(found).into_response());
