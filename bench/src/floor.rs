@@ -2,7 +2,7 @@
 //! Waypost against (issue 23). It speaks Waypost's wire for the parts the
 //! load generators use (`GET /v1/ws` + `subscribe`, `POST
 //! /v1/drivers/{id}/locations`, `GET /healthz`) and writes the very frames
-//! Waypost writes ([`waypost_server::engine::location_frame`], serialized
+//! Waypost writes ([`waypost_server::frame::Frame::location`], serialized
 //! once per POST), with nothing else: no auth (tokens are ignored), no
 //! engine (no dedup, no trail, no latest position; every POST's newest fix
 //! is broadcast), no pings, no rate limits, no metrics, no bookkeeping

@@ -12,7 +12,7 @@
 //! That is the connection's whole wake-up surface, so a WebSocket task waits
 //! on two things (its mailbox and its socket) instead of a channel, a kill
 //! switch, the shutdown token and two timers: the process-wide ticker
-//! ([`Hub::tick_slice`]) replaces per-connection ping and presence timers,
+//! ([`Hub::tick_slot`]) replaces per-connection ping and presence timers,
 //! and [`Hub::kill_all`] replaces per-connection shutdown futures. This
 //! keeps an idle connection small (BENCHMARKS.md, idle connections).
 
@@ -244,11 +244,16 @@ pub fn connection(id: ConnId, queue: usize) -> (ConnHandle, Receiver) {
     )
 }
 
+/// The ticker's slots: connection `id` is ticked with slot
+/// `id % TICK_SLOTS`. Many fine slots keep what is due at any moment small
+/// (1/1024 of the connections), so pings do not leave in bursts.
+pub const TICK_SLOTS: usize = 1024;
+
 /// Local subscribers by channel name, and the WebSocket connections of this
-/// process (for the ticker and shutdown).
+/// process by tick slot (for the ticker and shutdown).
 pub struct Hub {
     channels: RwLock<HashMap<Channel, HashMap<ConnId, ConnHandle>>>,
-    sockets: Mutex<HashMap<ConnId, ConnHandle>>,
+    sockets: Box<[Mutex<HashMap<ConnId, ConnHandle>>]>,
     next_id: AtomicU64,
     metrics: Metrics,
 }
@@ -257,7 +262,7 @@ impl Hub {
     pub fn new(metrics: Metrics) -> Self {
         Self {
             channels: RwLock::new(HashMap::new()),
-            sockets: Mutex::new(HashMap::new()),
+            sockets: (0..TICK_SLOTS).map(|_| Mutex::default()).collect(),
             next_id: AtomicU64::new(1),
             metrics,
         }
@@ -269,23 +274,25 @@ impl Hub {
 
     /// Registers a WebSocket connection for ticks and [`Hub::kill_all`].
     pub fn register(&self, handle: &ConnHandle) {
-        self.sockets.lock().insert(handle.id, handle.clone());
+        self.slot(handle.id)
+            .lock()
+            .insert(handle.id, handle.clone());
     }
 
     pub fn unregister(&self, id: ConnId) {
-        self.sockets.lock().remove(&id);
+        self.slot(id).lock().remove(&id);
     }
 
-    /// Ticks the registered connections whose id falls in `slot` of
-    /// `slots` (the ticker spreads one round over several slots so the
-    /// wake-ups do not come all at once). Returns how many were ticked.
-    pub fn tick_slice(&self, slot: u64, slots: u64) -> usize {
-        let slots = slots.max(1);
-        let due: Vec<ConnHandle> = self
-            .sockets
+    fn slot(&self, id: ConnId) -> &Mutex<HashMap<ConnId, ConnHandle>> {
+        &self.sockets[(id % TICK_SLOTS as u64) as usize]
+    }
+
+    /// Ticks the registered connections of `slot` (of [`TICK_SLOTS`]; the
+    /// ticker walks the slots evenly over one round). Returns how many.
+    pub fn tick_slot(&self, slot: usize) -> usize {
+        let due: Vec<ConnHandle> = self.sockets[slot % TICK_SLOTS]
             .lock()
             .values()
-            .filter(|h| h.id % slots == slot % slots)
             .cloned()
             .collect();
         for h in &due {
@@ -296,11 +303,15 @@ impl Hub {
 
     /// Kills every registered connection with `code` (shutdown: 4100).
     pub fn kill_all(&self, code: u16) -> usize {
-        let all: Vec<ConnHandle> = self.sockets.lock().values().cloned().collect();
-        for h in &all {
-            h.kill(code);
+        let mut n = 0;
+        for slot in &self.sockets {
+            let all: Vec<ConnHandle> = slot.lock().values().cloned().collect();
+            for h in &all {
+                h.kill(code);
+            }
+            n += all.len();
         }
-        all.len()
+        n
     }
 
     /// Adds a subscriber; returns true when it is the channel's first local
@@ -414,8 +425,8 @@ mod tests {
         hub.register(&a);
         let c = Channel::chat("c");
         hub.add(&c, a.clone());
-        assert_eq!(hub.tick_slice(0, 4), 0, "id 7 is in slot 3 of 4");
-        assert_eq!(hub.tick_slice(3, 4), 1);
+        assert_eq!(hub.tick_slot(0), 0, "id 7 is in slot 7");
+        assert_eq!(hub.tick_slot(7 + TICK_SLOTS), 1);
         hub.dispatch(&c, Frame::from("1"));
         hub.dispatch(&c, Frame::from("2"));
         match ra.next().await {
@@ -435,5 +446,24 @@ mod tests {
         assert!(matches!(got, Event::Killed(close_code::SHUTTING_DOWN)));
         hub.unregister(7);
         assert_eq!(hub.kill_all(close_code::SHUTTING_DOWN), 0);
+    }
+
+    /// No burst: with 10,000 connections no slot ticks more than
+    /// ceil(10,000 / TICK_SLOTS) of them, and one pass over the slots ticks
+    /// each exactly once.
+    #[test]
+    fn ticks_are_spread_over_fine_slots() {
+        let hub = Hub::new(Metrics::new());
+        let n = 10_000;
+        let mut receivers = Vec::new();
+        for _ in 0..n {
+            let (h, r) = connection(hub.next_conn_id(), 1);
+            hub.register(&h);
+            receivers.push(r);
+        }
+        let per_slot: Vec<usize> = (0..TICK_SLOTS).map(|s| hub.tick_slot(s)).collect();
+        assert_eq!(per_slot.iter().sum::<usize>(), n);
+        assert!(*per_slot.iter().max().unwrap() <= n.div_ceil(TICK_SLOTS));
+        assert!(receivers.iter().all(|r| r.mailbox.state.lock().tick));
     }
 }

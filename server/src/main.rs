@@ -24,6 +24,9 @@ use waypost_server::orders::stream::{self as order_stream, StreamConfig, StreamM
 use waypost_server::orders::{OrderLimits, Orders};
 use waypost_server::revocation::RedisRevocationStore;
 use waypost_server::state::AppState;
+use waypost_server::webhooks::drivers::{
+    DriverPresence, MemoryDriverPresence, RedisDriverPresence,
+};
 use waypost_server::webhooks::queue::{MemoryWebhookQueue, WebhookQueue};
 use waypost_server::webhooks::queue_redis::RedisWebhookQueue;
 use waypost_server::webhooks::{
@@ -351,15 +354,22 @@ fn start_webhooks(
     let wm = WebhookMetrics::new()?;
     wm.register(metrics.registry())?;
     let sender = Arc::new(HttpSender::new(cfg.timeout)?);
+    let presence: Arc<dyn DriverPresence> = match redis {
+        Some(conn) => Arc::new(RedisDriverPresence::new(conn.clone())),
+        None => Arc::new(MemoryDriverPresence::default()),
+    };
     tracing::info!(endpoints = cfg.endpoints.len(), "webhooks on");
-    Ok(Some(Webhooks::new(
-        cfg,
-        queue,
-        sender,
-        Arc::new(SystemClock),
-        Arc::new(RandJitter),
-        wm,
-    )))
+    Ok(Some(
+        Webhooks::new(
+            cfg,
+            queue,
+            sender,
+            Arc::new(SystemClock),
+            Arc::new(RandJitter),
+            wm,
+        )
+        .with_presence(presence),
+    ))
 }
 
 /// Pending connections the kernel queues before `accept`: a reconnect storm
@@ -502,6 +512,7 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
     ));
     if let Some(hooks) = &webhooks {
         hooks.spawn(&state.tasks, &state.shutdown);
+        hooks.spawn_sweeper(state.limits.online_ttl, &state.tasks, &state.shutdown);
     }
     if let Some(key) = &args.order_stream {
         let conn = waypost_server::engine::chat_redis::connect(&args.redis_url)

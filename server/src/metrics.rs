@@ -19,6 +19,10 @@ pub struct Metrics {
     pub subscriptions: IntGauge,
     pub fixes_ingested: IntCounter,
     pub fixes_duplicate: IntCounter,
+    /// Accepted fixes not broadcast live because a newer fix of the driver
+    /// was already live (`newer_live`) or came in the same batch
+    /// (`newer_in_batch`): only the newest position is broadcast.
+    pub fixes_superseded: IntCounterVec,
     pub ingest_requests: IntCounterVec,
     /// Frames written to sockets, by kind (`location`, `message`, ...).
     pub deliveries: IntCounterVec,
@@ -51,6 +55,14 @@ impl Metrics {
             fixes_duplicate: IntCounter::new(
                 "fixes_duplicate_total",
                 "Fixes dropped as duplicates",
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
+            fixes_superseded: IntCounterVec::new(
+                Opts::new(
+                    "fixes_superseded_total",
+                    "Accepted fixes not broadcast because a newer fix was live or in the same batch, by reason",
+                ),
+                &["reason"],
             )
             .unwrap_or_else(|_| unreachable_metric()),
             ingest_requests: IntCounterVec::new(
@@ -103,6 +115,7 @@ impl Metrics {
             Box::new(m.subscriptions.clone()),
             Box::new(m.fixes_ingested.clone()),
             Box::new(m.fixes_duplicate.clone()),
+            Box::new(m.fixes_superseded.clone()),
             Box::new(m.ingest_requests.clone()),
             Box::new(m.deliveries.clone()),
             Box::new(m.delivery_latency.clone()),

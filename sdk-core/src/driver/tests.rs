@@ -204,11 +204,12 @@ struct Tokens {
     refreshes: AtomicUsize,
 }
 
+#[async_trait]
 impl TokenProvider for Tokens {
-    fn token(&self) -> Option<String> {
+    async fn token(&self) -> Option<String> {
         Some(self.stale.clone())
     }
-    fn refresh_token(&self) -> Option<String> {
+    async fn refresh_token(&self) -> Option<String> {
         self.refreshes.fetch_add(1, Ordering::Relaxed);
         Some(self.fresh.clone())
     }
@@ -522,7 +523,7 @@ async fn too_large_batches_are_split() {
     sim.config.policy.unwatched.sample_interval_ms = 1_000;
     sim.config.policy.unwatched.distance_base_m = 0.0;
     sim.config.policy.unwatched.distance_max_m = 0.0;
-    sim.env.set_network(NetworkType::None);
+    sim.env.set_network(NetworkType::Offline);
     let d = sim.open();
     let seqs = sim.drive(&d, 0, 100).await;
     assert_eq!(sim.server.requests(), 0, "no network, no attempts");
@@ -641,7 +642,7 @@ async fn full_buffer_evicts_oldest_and_reports_it() {
     sim.config.policy.unwatched.sample_interval_ms = 1_000;
     sim.config.policy.unwatched.distance_base_m = 0.0;
     sim.config.policy.unwatched.distance_max_m = 0.0;
-    sim.env.set_network(NetworkType::None);
+    sim.env.set_network(NetworkType::Offline);
     let d = sim.open();
     let seqs = sim.drive(&d, 0, 30).await;
     assert_eq!(seqs.len(), 30);
@@ -688,7 +689,7 @@ async fn unreadable_buffer_files_are_clear_errors() {
     };
     assert!(matches!(
         open(&sim).unwrap_err(),
-        WaypostError::BufferCorrupt { .. }
+        WaypostError::Storage { ref code, .. } if code == crate::error::storage_code::CORRUPT
     ));
     sim.config.buffer.recreate_if_corrupt = true;
     let d = open(&sim).unwrap();
@@ -711,6 +712,6 @@ async fn unreadable_buffer_files_are_clear_errors() {
     sim.path = other;
     assert!(matches!(
         open(&sim).unwrap_err(),
-        WaypostError::BufferForeign { .. }
+        WaypostError::Storage { ref code, .. } if code == crate::error::storage_code::FOREIGN
     ));
 }

@@ -114,6 +114,7 @@ async fn ingest(
         .metrics
         .fixes_duplicate
         .inc_by(u64::from(outcome.duplicates));
+    count_superseded(&state.metrics, &outcome);
     if let Some(fix) = &outcome.new_latest {
         state
             .activity
@@ -288,6 +289,21 @@ pub async fn get_trail(
     Ok(Json(TrailResponse { fixes }))
 }
 
+/// Counts the accepted fixes that are not broadcast: all but the newest of
+/// the batch, and the newest too when a newer fix was already live.
+fn count_superseded(metrics: &crate::metrics::Metrics, outcome: &crate::engine::IngestOutcome) {
+    let Some(older) = outcome.accepted.checked_sub(1) else {
+        return;
+    };
+    let superseded = &metrics.fixes_superseded;
+    superseded
+        .with_label_values(&["newer_in_batch"])
+        .inc_by(u64::from(older));
+    if outcome.new_latest.is_none() {
+        superseded.with_label_values(&["newer_live"]).inc();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -298,6 +314,38 @@ mod tests {
 
     fn parse(enc: Option<&str>, body: &[u8]) -> Result<(IngestRequest, u64), AppError> {
         parse_batch(enc, Bytes::copy_from_slice(body), &Limits::default(), NOW)
+    }
+
+    /// A POST overtaken by a newer one of the same driver is counted as
+    /// `newer_live`, the older fixes of a batch as `newer_in_batch`.
+    #[tokio::test]
+    async fn superseded_fixes_are_counted_by_reason() {
+        use crate::engine::Engine;
+        let metrics = crate::metrics::Metrics::new();
+        let hub = std::sync::Arc::new(crate::hub::Hub::new(metrics.clone()));
+        let engine = crate::engine::memory::MemoryEngine::new(hub, Limits::default());
+        let fix = |seq: u64, ts: i64| -> waypost_protocol::Fix {
+            serde_json::from_value(
+                serde_json::json!({"seq": seq, "ts": ts, "lat": 1.0, "lon": 2.0}),
+            )
+            .unwrap()
+        };
+        let count = |reason: &str| metrics.fixes_superseded.with_label_values(&[reason]).get();
+        for fixes in [
+            vec![fix(1, NOW - 30), fix(3, NOW - 10)],
+            vec![fix(2, NOW - 20)],
+        ] {
+            let outcome = engine.ingest("d", "dev", &fixes, NOW.into()).await.unwrap();
+            count_superseded(&metrics, &outcome);
+        }
+        assert_eq!((count("newer_in_batch"), count("newer_live")), (1, 1));
+        // A newer fix becomes live: nothing more is superseded.
+        let outcome = engine
+            .ingest("d", "dev", &[fix(4, NOW)], NOW.into())
+            .await
+            .unwrap();
+        count_superseded(&metrics, &outcome);
+        assert_eq!((count("newer_in_batch"), count("newer_live")), (1, 1));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use super::rooms::Rooms;
 use crate::admission::{ConnectionPermit, TokenBucket};
 use crate::config::Limits;
 use crate::expiry::Expiry;
-use crate::hub::{connection, ConnHandle, Event, Outbound, Receiver};
+use crate::hub::{connection, ConnHandle, Event, Outbound, Receiver, TICK_SLOTS};
 use crate::keys::Verified;
 use crate::revocation::Listed;
 use crate::routes::subscription::{Open, Subscription};
@@ -28,16 +28,25 @@ pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 const WRITE_BATCH: usize = 64;
 /// Consecutive rate-limit violations after which the connection is closed.
 pub(super) const MAX_RATE_VIOLATIONS: u32 = 100;
-/// How many slots one ticker round is spread over: each connection is
-/// ticked once per round, an eighth of them at a time.
-const TICK_SLOTS: u64 = 8;
+/// The ticker's shortest step. One round walks all [`TICK_SLOTS`] slots in
+/// the most steps of at least this length (1,024 steps of ~20 ms at the
+/// default intervals: each connection's pings, liveness checks and presence
+/// heartbeats come at its own phase, 1/1024 of the connections at a time).
+const MIN_TICK_STEP: Duration = Duration::from_millis(5);
 
 /// How often each connection is ticked: often enough for both its pings and
 /// its presence heartbeats.
 fn tick_round(limits: &Limits) -> Duration {
     heartbeat_every(limits)
         .min(limits.ws_ping_interval)
-        .max(Duration::from_millis(TICK_SLOTS))
+        .max(MIN_TICK_STEP)
+}
+
+/// Steps per round: a power of two (so they split the slots evenly), at
+/// most [`TICK_SLOTS`], each at least [`MIN_TICK_STEP`] long.
+fn tick_steps(round: Duration) -> usize {
+    let fit = (round.as_nanos() / MIN_TICK_STEP.as_nanos()).clamp(1, TICK_SLOTS as u128) as usize;
+    1 << fit.ilog2()
 }
 
 /// How often a connection in chat rooms refreshes its presence.
@@ -57,15 +66,19 @@ fn start_ticker(state: &AppState) {
 /// connection), and on shutdown asks every connection to close with 4100.
 async fn ticker(state: AppState) {
     let round = tick_round(&state.limits);
-    let mut every = tokio::time::interval(round / TICK_SLOTS as u32);
+    let steps = tick_steps(round);
+    let per_step = TICK_SLOTS / steps;
+    let mut every = tokio::time::interval(round / steps as u32);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut slot = 0;
     loop {
         tokio::select! {
             () = state.shutdown.cancelled() => break,
             _ = every.tick() => {
-                state.hub.tick_slice(slot, TICK_SLOTS);
-                slot = (slot + 1) % TICK_SLOTS;
+                for s in slot..slot + per_step {
+                    state.hub.tick_slot(s);
+                }
+                slot = (slot + per_step) % TICK_SLOTS;
             }
         }
     }
@@ -400,4 +413,31 @@ pub(super) fn close_message(code: u16, reason: &str) -> Message {
         code,
         reason: Utf8Bytes::from(reason),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Default intervals: 1,024 steps of ~20 ms, one slot each; short test
+    /// intervals: fewer, longer steps that still cover every slot per round.
+    #[test]
+    fn ticker_steps_are_fine_and_cover_every_slot() {
+        let round = tick_round(&Limits::default());
+        assert_eq!(round, Duration::from_secs(20));
+        assert_eq!(tick_steps(round), TICK_SLOTS);
+        for ms in [1, 5, 7, 100, 333, 5_119, 5_120, 60_000] {
+            let round = Duration::from_millis(ms).max(MIN_TICK_STEP);
+            let steps = tick_steps(round);
+            assert!(
+                steps.is_power_of_two() && steps <= TICK_SLOTS,
+                "{ms} ms: {steps}"
+            );
+            assert_eq!(TICK_SLOTS % steps, 0);
+            assert!(
+                round / steps as u32 >= MIN_TICK_STEP,
+                "{ms} ms: {steps} steps"
+            );
+        }
+    }
 }
