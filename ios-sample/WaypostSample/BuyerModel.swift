@@ -2,8 +2,8 @@ import Foundation
 
 /// The buyer side: tracks one courier and chats in one order room. SDK
 /// callbacks arrive on an SDK thread ("waypost-rt"), one at a time and in
-/// order; every published change hops to the main actor. The client is
-/// opened, and messages are queued, off the main thread (SQLite).
+/// order; every published change hops to the main actor. Opening the client,
+/// reading the stored chat and queueing a message are `async` SDK calls.
 final class BuyerModel: ObservableObject, BuyerListener, @unchecked Sendable {
     @Published private(set) var connection = "connecting…"
     @Published private(set) var tracking = "waiting for the courier's position…"
@@ -20,8 +20,6 @@ final class BuyerModel: ObservableObject, BuyerListener, @unchecked Sendable {
     private var byClientId: [String: ChatEntry] = [:]
     private var platformHandler: UUID?
     private let platform: PlatformMonitor
-    /// SDK calls that touch the chat store, in order, off the main thread.
-    private let sdkQueue = DispatchQueue(label: "waypost.buyer")
     private var closed = false
 
     init(settings: Settings, platform: PlatformMonitor) {
@@ -32,23 +30,22 @@ final class BuyerModel: ObservableObject, BuyerListener, @unchecked Sendable {
         let token = settings.token
         let baseUrl = settings.url
         let userId = settings.userId
-        // Opening the client reads its SQLite chat store: off the main thread.
-        Task.detached { [weak self] in
+        Task { @MainActor [weak self] in
             guard let self else { return }
             do {
                 let config = BuyerConfig(
                     baseUrl: baseUrl,
                     userId: userId,
                     // The chat store and outbox survive restarts: messages written offline are sent later.
-                    dbPath: try Self.dbURL().path
+                    dbPath: try await Task.detached { try Self.dbURL().path }.value
                 )
-                let client = try BuyerClient(config: config, listener: self,
-                                             tokens: staticToken(token: token), platform: platform)
+                let client = try await BuyerClient.open(config: config, listener: self,
+                                                        tokens: staticToken(token: token), platform: platform)
                 let subscriptions = [try client.trackDriver(driverId: self.driverId), try client.joinChat(room: self.room)]
-                let stored = try client.messages(room: self.room, limit: 200)
-                await MainActor.run { self.opened(client, subscriptions: subscriptions, stored: stored) }
+                let stored = try await client.messages(room: self.room, limit: 200)
+                self.opened(client, subscriptions: subscriptions, stored: stored)
             } catch {
-                await MainActor.run { self.lastError = "\(error)" }
+                self.lastError = "\(error)"
             }
         }
     }
@@ -57,7 +54,7 @@ final class BuyerModel: ObservableObject, BuyerListener, @unchecked Sendable {
     private func opened(_ client: BuyerClient, subscriptions: [Subscription], stored: [ChatEntry]) {
         guard !closed else { // the screen went away while opening
             subscriptions.forEach { $0.cancel() }
-            Task.detached { try? await client.shutdown() }
+            Task { try? await client.shutdown() }
             return
         }
         self.client = client
@@ -67,27 +64,23 @@ final class BuyerModel: ObservableObject, BuyerListener, @unchecked Sendable {
         platformHandler = platform.addChangeHandler { [weak client] in try? client?.environmentChanged() }
     }
 
-    /// Queues a message (works offline; SQLite outbox): off the main thread.
+    /// Queues a message (works offline; SQLite outbox); the pending entry shows at once.
     @MainActor
     func send(_ body: String) {
         guard let client else { return }
         let room = self.room
-        sdkQueue.async { [weak self] in
+        Task { [weak self] in
             do {
-                let entry = try client.sendMessage(room: room, body: body)
+                let entry = try await client.sendMessage(room: room, body: body)
                 self?.onOutgoing(message: entry)
             } catch {
-                Task { @MainActor in self?.lastError = "\(error)" }
+                await MainActor.run { self?.lastError = "\(error)" }
             }
         }
     }
 
     @MainActor
-    func userIsTyping() {
-        guard let client else { return }
-        let room = self.room
-        sdkQueue.async { try? client.sendTyping(room: room) }
-    }
+    func userIsTyping() { try? client?.sendTyping(room: room) }
 
     @MainActor
     func close() {
@@ -97,7 +90,7 @@ final class BuyerModel: ObservableObject, BuyerListener, @unchecked Sendable {
         subscriptions = []
         guard let client else { return }
         self.client = nil
-        Task.detached { try? await client.shutdown() }
+        Task { try? await client.shutdown() }
     }
 
     // MARK: BuyerListener (SDK thread)

@@ -18,10 +18,12 @@ import Foundation
 ///   fixes of 1-5 km. The model says so, asks once for temporary full
 ///   accuracy, and keeps recording.
 ///
-/// Threads: nothing here touches disk on the main thread. The driver is
-/// opened (SQLite) in a detached task; `recordMany` and `stats` run on a
-/// serial queue. SDK events (SDK threads) go into an `AsyncStream` that a
-/// main-actor task consumes, which is the only writer of published state.
+/// Threads: nothing here blocks the main thread. Opening the driver,
+/// `recordMany` and `stats` are `async` calls the SDK runs on its own
+/// threads; CoreLocation batches go through an `AsyncStream` to one
+/// recording task, so fixes reach the buffer in delivery order. SDK events
+/// (SDK threads) go into another `AsyncStream` that a main-actor task
+/// consumes, which is the only writer of published state.
 final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, DriverListener, @unchecked Sendable {
     @Published private(set) var status = "not driving"
     @Published private(set) var events: [String] = []
@@ -30,7 +32,9 @@ final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, 
 
     private let platform: PlatformMonitor
     private let manager = CLLocationManager()
-    private let recordQueue = DispatchQueue(label: "waypost.record")
+    /// CoreLocation batches, in delivery order, for the one recording task.
+    private var batchSink: AsyncStream<[Location]>.Continuation?
+    private var recordTask: Task<Void, Never>?
     private var driver: Driver?
     private var platformHandler: UUID?
     private var wantsUpdates = false
@@ -71,21 +75,20 @@ final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, 
         )
         let token = settings.token
         let platform = self.platform
-        Task.detached { [weak self] in
+        Task { @MainActor [weak self] in
             guard let self else { return }
             do {
                 var cfg = config
-                cfg.bufferPath = try Self.bufferURL().path // creates the folder: off the main thread
-                // A real app passes a TokenProvider that refreshes from its backend.
-                let driver = try Driver(config: cfg, tokens: staticToken(token: token), listener: self, platform: platform)
+                // Creating the folder is file-system work: off the main actor.
+                cfg.bufferPath = try await Task.detached { try Self.bufferURL().path }.value
+                // A real app passes a TokenProvider that refreshes from its backend (async).
+                let driver = try await Driver.open(config: cfg, tokens: staticToken(token: token),
+                                                   listener: self, platform: platform)
                 try driver.start()
-                let sampling = driver.desiredSampling()
-                await MainActor.run { self.opened(driver, sampling: sampling) }
+                self.opened(driver, sampling: driver.desiredSampling())
             } catch {
-                await MainActor.run {
-                    self.wantsUpdates = false
-                    self.status = "cannot start: \(error)"
-                }
+                self.wantsUpdates = false
+                self.status = "cannot start: \(error)"
             }
         }
     }
@@ -93,11 +96,27 @@ final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, 
     @MainActor
     private func opened(_ driver: Driver, sampling: SamplingRequest) {
         guard wantsUpdates else { // stopped while opening
-            Task.detached { try? await driver.shutdown() }
+            Task { try? await driver.shutdown() }
             return
         }
         self.driver = driver
         platformHandler = platform.addChangeHandler { [weak driver] in driver?.environmentChanged() }
+        let (batches, sink) = AsyncStream.makeStream(of: [Location].self, bufferingPolicy: .bufferingNewest(256))
+        batchSink = sink
+        recordTask = Task { [weak self] in
+            for await fixes in batches {
+                do {
+                    let outcomes = try await driver.recordMany(locations: fixes)
+                    let stats = try await driver.stats()
+                    let recorded = outcomes.filter { if case .recorded = $0 { return true } else { return false } }.count
+                    let text = "recorded \(recorded)/\(fixes.count) · pending \(stats.pending) · uploaded \(stats.ackedTotal)"
+                        + (stats.watched ? " · watched" : "")
+                    await MainActor.run { self?.status = text }
+                } catch {
+                    await MainActor.run { self?.status = "recording failed: \(error)" }
+                }
+            }
+        }
         apply(sampling)
         isDriving = true
         status = "driving"
@@ -115,10 +134,15 @@ final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, 
         manager.stopUpdatingLocation()
         if let id = platformHandler { platform.removeChangeHandler(id) }
         platformHandler = nil
+        batchSink?.finish()
+        batchSink = nil
         guard let driver else { return }
         self.driver = nil
         isDriving = false
+        let recording = recordTask
+        recordTask = nil
         Task {
+            await recording?.value // what was delivered is recorded before the shutdown
             // Unsent fixes stay in the buffer and go out at the next start.
             try? await driver.shutdown()
             await MainActor.run { self.status = "stopped" }
@@ -174,20 +198,7 @@ final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, 
                 altitudeM: l.verticalAccuracy >= 0 ? l.altitude : nil
             )
         }
-        guard let driver else { return }
-        // recordMany commits to SQLite: on the serial queue, never the main thread.
-        recordQueue.async { [weak self] in
-            do {
-                let outcomes = try driver.recordMany(locations: fixes)
-                let stats = try driver.stats()
-                let recorded = outcomes.filter { if case .recorded = $0 { return true } else { return false } }.count
-                let text = "recorded \(recorded)/\(fixes.count) · pending \(stats.pending) · uploaded \(stats.ackedTotal)"
-                    + (stats.watched ? " · watched" : "")
-                Task { @MainActor in self?.status = text }
-            } catch {
-                Task { @MainActor in self?.status = "recording failed: \(error)" }
-            }
-        }
+        batchSink?.yield(fixes)
     }
 
     func locationManager(_ manager: CLLocationManager, didFailWithError error: Error) {

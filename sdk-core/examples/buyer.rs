@@ -34,7 +34,7 @@ impl BuyerListener for Ui {
         );
     }
     fn on_message(&self, m: ChatEntry) {
-        println!("[chat #{}] {}: {}", m.seq.unwrap_or(0), m.from, m.body);
+        println!("[chat #{}] {}: {}", m.seq.unwrap_or(0), m.sender, m.body);
     }
     fn on_outgoing(&self, m: ChatEntry) {
         println!("[me] {:?}: {}", m.status, m.body);
@@ -71,7 +71,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!(
             "[history #{}] {}: {} ({:?})",
             m.seq.unwrap_or(0),
-            m.from,
+            m.sender,
             m.body,
             m.status
         );

@@ -14,17 +14,20 @@ use parking_lot::Mutex;
 
 /// How the phone reaches the internet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
 pub enum NetworkType {
     /// Wi-Fi (or Ethernet): cheap, usually unmetered.
     Wifi,
     /// A cellular radio: every wake-up costs energy (LTE tail).
     Cellular,
-    /// No connectivity: do not even try.
-    None,
+    /// No connectivity: do not even try. (Not `None`, which would read as
+    /// `Optional.none` in Swift.)
+    Offline,
 }
 
 /// Battery and power state.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct BatteryState {
     /// Charge 0.0–1.0.
     pub level: f64,

@@ -11,6 +11,9 @@
 //! callback traits, no generics) so the uniffi layer in `bindings/` stays a
 //! thin wrapper. See `README.md` for usage.
 
+#[cfg(feature = "uniffi")]
+uniffi::setup_scaffolding!("waypost_sdk");
+
 pub mod buyer;
 pub mod clock;
 pub mod driver;
@@ -36,7 +39,7 @@ pub use driver::{
     Driver, DriverConfig, DriverDeps, DriverEvent, DriverListener, DriverStats, RecordOutcome,
     UploadPoll,
 };
-pub use error::WaypostError;
+pub use error::{ErrorInfo, WaypostError};
 pub use tokens::{StaticToken, TokenProvider};
 pub use transport::{
     HttpError, HttpHeader, HttpRequest, HttpResponse, HttpTransport, ReqwestTransport, StatusError,

@@ -1,27 +1,349 @@
-//! Bearer tokens: the one [`TokenProvider`] the driver's uploader and the
-//! buyer's connection (and its HTTP history reads) both ask.
+//! Bearer tokens: the one [`TokenProvider`] the app implements, and the
+//! one [`Tokens`] cache the driver's uploader and the buyer's connection
+//! (and its HTTP history reads) ask.
+//!
+//! The cache refreshes a token *before* it expires — it reads `exp` from
+//! the JWT payload (without verifying the signature; that is the server's
+//! job) — as well as after the server refused it (HTTP 401, close code
+//! 4001). When a refresh ahead of `exp` fails, the still-valid token keeps
+//! being used.
 
 #![warn(missing_docs)]
 
-/// Gives the SDK its bearer token (a JWT from the app's backend). Called
-/// from a blocking thread, so it may do I/O.
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+
+use crate::clock::Clock;
+
+/// Gives the SDK its bearer token (a JWT from the app's backend). Async:
+/// an implementation may do network I/O (Firebase, AppAuth, its own
+/// backend) without blocking anything.
+#[async_trait]
 pub trait TokenProvider: Send + Sync + 'static {
     /// The token to use (called before the first request or connection).
-    fn token(&self) -> Option<String>;
-    /// The server refused the last token (HTTP 401, close code 4001):
-    /// return a fresh one.
-    fn refresh_token(&self) -> Option<String>;
+    async fn token(&self) -> Option<String>;
+    /// A fresh token: the server refused the last one (HTTP 401, close
+    /// code 4001), or it expires soon.
+    async fn refresh_token(&self) -> Option<String>;
 }
 
 /// A fixed token (tests, tools).
 #[derive(Debug, Clone)]
 pub struct StaticToken(pub String);
 
+#[async_trait]
 impl TokenProvider for StaticToken {
-    fn token(&self) -> Option<String> {
+    async fn token(&self) -> Option<String> {
         Some(self.0.clone())
     }
-    fn refresh_token(&self) -> Option<String> {
+    async fn refresh_token(&self) -> Option<String> {
         Some(self.0.clone())
+    }
+}
+
+/// How long before `exp` a token is refreshed.
+pub const REFRESH_AHEAD: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+struct Cached {
+    token: String,
+    /// `exp` of the JWT, Unix epoch ms (`None`: not a JWT or no `exp`).
+    exp_ms: Option<i64>,
+}
+
+/// The token cache in front of a [`TokenProvider`]: one fetch at a time,
+/// refresh ahead of `exp` and after a refusal.
+pub struct Tokens {
+    provider: Arc<dyn TokenProvider>,
+    clock: Arc<dyn Clock>,
+    current: Mutex<Option<Cached>>,
+    /// Serializes calls into the provider.
+    fetch: tokio::sync::Mutex<()>,
+    /// Fetches that gave no token since the last one that did.
+    failures: Mutex<u32>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens")
+            .field("has_token", &self.current.lock().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tokens {
+    /// A cache over `provider`, with `clock` deciding when `exp` is near.
+    pub fn new(provider: Arc<dyn TokenProvider>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            provider,
+            clock,
+            current: Mutex::new(None),
+            fetch: tokio::sync::Mutex::new(()),
+            failures: Mutex::new(0),
+        }
+    }
+
+    /// The token to use now: the cached one while it is not within
+    /// [`REFRESH_AHEAD`] of its `exp`, else a fresh one.
+    pub async fn get(&self) -> Option<String> {
+        if let Some(t) = self.usable(REFRESH_AHEAD) {
+            return Some(t);
+        }
+        let _one = self.fetch.lock().await;
+        // Another caller may have fetched while we waited.
+        if let Some(t) = self.usable(REFRESH_AHEAD) {
+            return Some(t);
+        }
+        let had_one = self.current.lock().is_some();
+        let fresh = if had_one {
+            self.provider.refresh_token().await
+        } else {
+            self.provider.token().await
+        };
+        match self.store(fresh) {
+            Some(t) => Some(t),
+            // Refreshing ahead of `exp` failed: the old token is still good.
+            None => self.usable(Duration::ZERO),
+        }
+    }
+
+    /// The server refused `refused`: a fresh token (or the one another
+    /// caller already fetched since).
+    pub async fn refresh(&self, refused: &str) -> Option<String> {
+        let _one = self.fetch.lock().await;
+        if let Some(c) = self.current.lock().as_ref() {
+            if c.token != refused {
+                return Some(c.token.clone());
+            }
+        }
+        let fresh = self.provider.refresh_token().await;
+        if fresh.is_none() {
+            // The refused token is of no use any more.
+            *self.current.lock() = None;
+        }
+        self.store(fresh)
+    }
+
+    /// The cached token, if any (no provider call).
+    pub fn current(&self) -> Option<String> {
+        self.current.lock().as_ref().map(|c| c.token.clone())
+    }
+
+    /// Fetches that gave no token since the last one that did (for the
+    /// health report).
+    pub fn failures(&self) -> u32 {
+        *self.failures.lock()
+    }
+
+    /// The cached token if it is valid for at least `margin` more.
+    fn usable(&self, margin: Duration) -> Option<String> {
+        let now = self.clock.now_ms();
+        let current = self.current.lock();
+        let c = current.as_ref()?;
+        match c.exp_ms {
+            Some(exp) if exp.saturating_sub(margin.as_millis() as i64) <= now => None,
+            _ => Some(c.token.clone()),
+        }
+    }
+
+    fn store(&self, fresh: Option<String>) -> Option<String> {
+        let Some(token) = fresh.filter(|t| !t.is_empty()) else {
+            *self.failures.lock() += 1;
+            tracing::warn!("the token provider gave no token");
+            return None;
+        };
+        *self.failures.lock() = 0;
+        let exp_ms = jwt_exp_ms(&token);
+        *self.current.lock() = Some(Cached {
+            token: token.clone(),
+            exp_ms,
+        });
+        Some(token)
+    }
+}
+
+/// `exp` of a JWT (`header.payload.signature`), Unix epoch ms, read from
+/// the payload without verifying anything. `None` for anything else.
+pub fn jwt_exp_ms(token: &str) -> Option<i64> {
+    let mut parts = token.split('.');
+    let (_header, payload, _sig) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let json = base64url_decode(payload)?;
+    let v: serde_json::Value = serde_json::from_slice(&json).ok()?;
+    let exp = v.get("exp")?;
+    let secs = exp.as_i64().or_else(|| exp.as_f64().map(|f| f as i64))?;
+    secs.checked_mul(1000)
+}
+
+/// Base64url without padding (RFC 7515 §2); `None` on any other byte.
+fn base64url_decode(s: &str) -> Option<Vec<u8>> {
+    fn val(c: u8) -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' => 62,
+            b'_' => 63,
+            _ => return None,
+        } as u32)
+    }
+    let bytes = s.trim_end_matches('=').as_bytes();
+    if bytes.len() % 4 == 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let mut acc = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            acc |= val(c)? << (18 - 6 * i);
+        }
+        let n = chunk.len() - 1;
+        out.extend_from_slice(&acc.to_be_bytes()[1..1 + n]);
+    }
+    Some(out)
+}
+
+/// `header.payload.sig` with `payload` encoded as base64url (tests).
+#[cfg(test)]
+pub(crate) fn unsigned_jwt(payload: &str) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut enc = String::new();
+    for chunk in payload.as_bytes().chunks(3) {
+        let mut b = [0u8; 3];
+        b[..chunk.len()].copy_from_slice(chunk);
+        let n = u32::from_be_bytes([0, b[0], b[1], b[2]]);
+        for i in 0..=chunk.len() {
+            enc.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    format!("eyJhbGciOiJIUzI1NiJ9.{enc}.c2ln")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    use super::*;
+    use crate::clock::Sleep;
+
+    fn jwt(payload: &str) -> String {
+        unsigned_jwt(payload)
+    }
+
+    #[test]
+    fn reads_exp_from_the_payload_only() {
+        assert_eq!(
+            jwt_exp_ms(&jwt(r#"{"sub":"d-1","exp":1700000000}"#)),
+            Some(1_700_000_000_000)
+        );
+        // Payload lengths that need 0, 1 and 2 padding characters.
+        for pad in ["", "x", "xy"] {
+            let p = format!(r#"{{"exp":12,"p":"{pad}"}}"#);
+            assert_eq!(jwt_exp_ms(&jwt(&p)), Some(12_000), "{p}");
+        }
+        assert_eq!(jwt_exp_ms(&jwt(r#"{"sub":"d-1"}"#)), None);
+        assert_eq!(jwt_exp_ms("opaque-token"), None);
+        assert_eq!(jwt_exp_ms("a.b!.c"), None);
+        assert_eq!(jwt_exp_ms("a.b.c.d"), None);
+    }
+
+    struct ManualClock(AtomicI64);
+
+    impl Clock for ManualClock {
+        fn now_ms(&self) -> i64 {
+            self.0.load(Ordering::SeqCst)
+        }
+        fn monotonic_ms(&self) -> u64 {
+            self.0.load(Ordering::SeqCst) as u64
+        }
+        fn sleep(&self, d: Duration) -> Sleep {
+            Box::pin(tokio::time::sleep(d))
+        }
+    }
+
+    /// Hands out `jwt(exp = issued + 600 s)` and counts calls; can fail.
+    struct Issuer {
+        clock: Arc<ManualClock>,
+        calls: Mutex<Vec<&'static str>>,
+        fail: Mutex<bool>,
+    }
+
+    impl Issuer {
+        fn issue(&self, kind: &'static str) -> Option<String> {
+            self.calls.lock().push(kind);
+            if *self.fail.lock() {
+                return None;
+            }
+            let n = self.calls.lock().len();
+            let exp = self.clock.now_ms() / 1000 + 600;
+            Some(jwt(&format!(r#"{{"exp":{exp},"n":{n}}}"#)))
+        }
+    }
+
+    #[async_trait]
+    impl TokenProvider for Issuer {
+        async fn token(&self) -> Option<String> {
+            self.issue("token")
+        }
+        async fn refresh_token(&self) -> Option<String> {
+            self.issue("refresh")
+        }
+    }
+
+    fn setup() -> (Arc<ManualClock>, Arc<Issuer>, Tokens) {
+        let clock = Arc::new(ManualClock(AtomicI64::new(1_700_000_000_000)));
+        let issuer = Arc::new(Issuer {
+            clock: Arc::clone(&clock),
+            calls: Mutex::new(Vec::new()),
+            fail: Mutex::new(false),
+        });
+        let tokens = Tokens::new(issuer.clone(), clock.clone());
+        (clock, issuer, tokens)
+    }
+
+    #[tokio::test]
+    async fn refreshes_ahead_of_exp_and_keeps_a_valid_token_when_that_fails() {
+        let (clock, issuer, tokens) = setup();
+        let first = tokens.get().await.unwrap();
+        assert_eq!(tokens.get().await.as_deref(), Some(first.as_str()));
+        assert_eq!(*issuer.calls.lock(), ["token"]);
+        // 30 s before exp: inside the refresh window.
+        clock.0.fetch_add(570_000, Ordering::SeqCst);
+        let second = tokens.get().await.unwrap();
+        assert_ne!(second, first);
+        assert_eq!(*issuer.calls.lock(), ["token", "refresh"]);
+        // The next refresh fails: the old token is still valid, use it.
+        clock.0.fetch_add(570_000, Ordering::SeqCst);
+        *issuer.fail.lock() = true;
+        assert_eq!(tokens.get().await.as_deref(), Some(second.as_str()));
+        assert_eq!(tokens.failures(), 1);
+        // Past exp with no refresh: nothing to send.
+        clock.0.fetch_add(60_000, Ordering::SeqCst);
+        assert_eq!(tokens.get().await, None);
+        assert_eq!(tokens.failures(), 2);
+        *issuer.fail.lock() = false;
+        assert!(tokens.get().await.is_some());
+        assert_eq!(tokens.failures(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_refused_token_is_refreshed_once_for_all_callers() {
+        let (_clock, issuer, tokens) = setup();
+        let first = tokens.get().await.unwrap();
+        let fresh = tokens.refresh(&first).await.unwrap();
+        assert_ne!(fresh, first);
+        // A second caller that saw the same refusal gets the fresh token
+        // without another provider call.
+        assert_eq!(tokens.refresh(&first).await, Some(fresh.clone()));
+        assert_eq!(*issuer.calls.lock(), ["token", "refresh"]);
+        // A refusal the provider cannot answer forgets the refused token.
+        *issuer.fail.lock() = true;
+        assert_eq!(tokens.refresh(&fresh).await, None);
+        assert_eq!(tokens.current(), None);
     }
 }

@@ -22,11 +22,12 @@ use waypost_server::orders::store::OrderStore;
 use waypost_server::orders::stream::{self as order_stream, StreamConfig, StreamMetrics};
 use waypost_server::orders::{OrderLimits, Orders};
 use waypost_server::state::AppState;
+use waypost_server::webhooks::drivers::{
+    DriverPresence, MemoryDriverPresence, RedisDriverPresence,
+};
 use waypost_server::webhooks::queue::{MemoryWebhookQueue, WebhookQueue};
 use waypost_server::webhooks::queue_redis::RedisWebhookQueue;
-use waypost_server::webhooks::{
-    HttpSender, RandJitter, SystemClock, WebhookConfig, WebhookMetrics, Webhooks,
-};
+use waypost_server::webhooks::{HttpSender, WebhookConfig, WebhookMetrics, Webhooks};
 
 #[derive(Parser)]
 #[command(name = "waypost", version, about = "Waypost real-time server")]
@@ -335,15 +336,14 @@ fn start_webhooks(
     let wm = WebhookMetrics::new()?;
     wm.register(metrics.registry())?;
     let sender = Arc::new(HttpSender::new(cfg.timeout)?);
+    let presence: Arc<dyn DriverPresence> = match redis {
+        Some(conn) => Arc::new(RedisDriverPresence::new(conn.clone())),
+        None => Arc::new(MemoryDriverPresence::default()),
+    };
     tracing::info!(endpoints = cfg.endpoints.len(), "webhooks on");
-    Ok(Some(Webhooks::new(
-        cfg,
-        queue,
-        sender,
-        Arc::new(SystemClock),
-        Arc::new(RandJitter),
-        wm,
-    )))
+    Ok(Some(
+        Webhooks::system(cfg, queue, sender, wm).with_presence(presence),
+    ))
 }
 
 /// Pending connections the kernel queues before `accept`: a reconnect storm
@@ -483,6 +483,7 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
     ));
     if let Some(hooks) = &webhooks {
         hooks.spawn(&state.tasks, &state.shutdown);
+        hooks.spawn_sweeper(state.limits.online_ttl, &state.tasks, &state.shutdown);
     }
     if let Some(key) = &args.order_stream {
         let conn = waypost_server::engine::chat_redis::connect(&args.redis_url)

@@ -2,7 +2,7 @@
 //! (driver, another driver, granted and ungranted buyer, vendor, another
 //! vendor, service, no token, expired, wrong signature, `alg: none`, a
 //! correctly keyed but non-HS256 token) against every endpoint and channel
-//! kind. The expected verdict of each cell is written out in [`MATRIX`];
+//! kind, orders included. The expected verdict of each cell is written out in [`MATRIX`];
 //! the test runs every cell and fails listing each cell that disagrees.
 //!
 //! Verdicts: `A` allowed (2xx, or `subscribed` on WebSocket), `F`
@@ -28,9 +28,9 @@ const T: Duration = Duration::from_secs(10);
 const CALLERS: [&str; 13] = [
     "driver",       // the driver D itself
     "driver-other", // another driver
-    "buyer",        // buyer granted tracking:D and chat:R
+    "buyer",        // buyer granted tracking:D, chat:R and order:O
     "buyer-other",  // buyer granted someone else's channels
-    "vendor",       // vendor V, also granted chat:R
+    "vendor",       // vendor V, also granted chat:R and order:O
     "vendor-other", // another vendor
     "service",      // role service
     "none",         // no token at all
@@ -42,7 +42,7 @@ const CALLERS: [&str; 13] = [
 ];
 
 /// Endpoint × caller. Columns follow [`CALLERS`].
-const MATRIX: [(&str, &str); 19] = [
+const MATRIX: [(&str, &str); 24] = [
     //                             d  d' b  b' v  v' s  -  e  w  n  5  g
     ("POST ingest", "A F F F F F A U U U U U U"),
     ("GET location", "A F A F F F A U U U U U U"),
@@ -63,6 +63,12 @@ const MATRIX: [(&str, &str); 19] = [
     ("GET metrics", "P P P P P P P P P P P P P"),
     ("GET openapi", "P P P P P P P P P P P P P"),
     ("WS connect + ping", "A A A A A A A U U U U U U"),
+    // Order O has driver D assigned; the order claim grants O only.
+    ("POST order event", "F F F F F F A U U U U U U"),
+    ("GET order", "A F A F A F A U U U U U U"),
+    ("GET order timeline", "A F A F A F A U U U U U U"),
+    ("SSE order stream", "A F A F A F A U U U U U U"),
+    ("WS subscribe order", "A F A F A F A U U U U U U"),
 ];
 
 use waypost_e2e::on_both_engines;
@@ -74,6 +80,7 @@ struct Ids {
     driver: String,
     room: String,
     vendor: String,
+    order: String,
 }
 
 fn b64url(bytes: &[u8]) -> String {
@@ -103,7 +110,11 @@ fn driver_claims(sub: &str) -> Claims {
 /// The token each caller presents (`None`: no credentials at all).
 fn caller_token(caller: &str, ids: &Ids) -> Option<String> {
     let d = ids.driver.as_str();
-    let granted = [format!("tracking:{d}"), format!("chat:{}", ids.room)];
+    let granted = [
+        format!("tracking:{d}"),
+        format!("chat:{}", ids.room),
+        format!("order:{}", ids.order),
+    ];
     let granted: Vec<&str> = granted.iter().map(String::as_str).collect();
     Some(match caller {
         "driver" => token(d, Role::Driver, &[]),
@@ -112,9 +123,20 @@ fn caller_token(caller: &str, ids: &Ids) -> Option<String> {
         "buyer-other" => token(
             &unique("b-other"),
             Role::Buyer,
-            &["tracking:someone-else", "chat:another-room"],
+            &[
+                "tracking:someone-else",
+                "chat:another-room",
+                "order:another",
+            ],
         ),
-        "vendor" => token(&ids.vendor, Role::Vendor, &[&format!("chat:{}", ids.room)]),
+        "vendor" => token(
+            &ids.vendor,
+            Role::Vendor,
+            &[
+                &format!("chat:{}", ids.room),
+                &format!("order:{}", ids.order),
+            ],
+        ),
         "vendor-other" => token(&unique("v-other"), Role::Vendor, &[]),
         "service" => token("ops", Role::Service, &[]),
         "none" => return None,
@@ -148,7 +170,7 @@ async fn run_cell(
     tok: Option<&str>,
     ids: &Ids,
 ) -> Result<(char, String)> {
-    let (d, r, v) = (&ids.driver, &ids.room, &ids.vendor);
+    let (d, r, v, o) = (&ids.driver, &ids.room, &ids.vendor, &ids.order);
     let http = |method: Method, path: String, body: Option<Value>, sse: bool| {
         let mut req = reqwest::Client::new().request(method, server.http(&path));
         if let Some(t) = tok {
@@ -261,6 +283,21 @@ async fn run_cell(
             let (verdict, detail) = http(Method::GET, path.into(), None, false).await?;
             Ok((if verdict == 'A' { 'P' } else { verdict }, detail))
         }
+        "POST order event" => {
+            http(
+                Method::POST,
+                format!("/v1/orders/{o}/events"),
+                Some(json!({"event_id": unique("e"), "status": "accepted"})),
+                false,
+            )
+            .await
+        }
+        "GET order" => http(Method::GET, format!("/v1/orders/{o}"), None, false).await,
+        "GET order timeline" => {
+            http(Method::GET, format!("/v1/orders/{o}/timeline"), None, false).await
+        }
+        "SSE order stream" => http(Method::GET, format!("/v1/orders/{o}/stream"), None, true).await,
+        "WS subscribe order" => ws_cell(server, tok, Some(format!("order:{o}"))).await,
         "WS subscribe tracking" => ws_cell(server, tok, Some(format!("tracking:{d}"))).await,
         "WS subscribe chat" => ws_cell(server, tok, Some(format!("chat:{r}"))).await,
         "WS connect + ping" => ws_cell(server, tok, None).await,
@@ -361,7 +398,16 @@ async fn every_caller_against_every_endpoint(engine: EngineChoice) -> Result<()>
         driver: unique("d"),
         room: unique("room"),
         vendor: unique("v"),
+        order: unique("o"),
     };
+    // Order O, driver D assigned (active).
+    let created = reqwest::Client::new()
+        .post(server.http(&format!("/v1/orders/{}/events", ids.order)))
+        .bearer_auth(token("ops", Role::Service, &[]))
+        .json(&json!({"event_id": "created", "status": "accepted", "driver_id": ids.driver}))
+        .send()
+        .await?;
+    assert_eq!(created.status(), StatusCode::ACCEPTED);
     // Give the driver a position so reads and polls answer 200 at once.
     let seed = reqwest::Client::new()
         .post(server.http(&format!("/v1/drivers/{}/locations", ids.driver)))

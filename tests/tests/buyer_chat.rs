@@ -89,7 +89,7 @@ async fn offline_outbox_and_history_recovery(engine: EngineChoice) -> Result<()>
         .client
         .messages(room.clone(), 100)?
         .into_iter()
-        .filter(|m| m.from == "buyer-1")
+        .filter(|m| m.sender == "buyer-1")
         .map(|m| (m.body, m.seq.unwrap_or(0)))
         .collect();
     ensure!(

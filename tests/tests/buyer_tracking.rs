@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
+use async_trait::async_trait;
 use buyer_support::{fast_config, Buyer, MovingDriver, Recorder};
 use waypost_e2e::proxy::{Fault, FaultProxy};
 use waypost_e2e::{
@@ -131,11 +132,12 @@ struct ExpiringTokens {
     refreshed: std::sync::atomic::AtomicU32,
 }
 
+#[async_trait]
 impl TokenProvider for ExpiringTokens {
-    fn token(&self) -> Option<String> {
+    async fn token(&self) -> Option<String> {
         Some(self.expired.clone())
     }
-    fn refresh_token(&self) -> Option<String> {
+    async fn refresh_token(&self) -> Option<String> {
         self.refreshed
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Some(self.fresh.clone())
@@ -294,7 +296,7 @@ async fn network_back_skips_the_backoff_wait(engine: EngineChoice) -> Result<()>
         r.count_states(|s| matches!(s, ConnectionState::BackingOff { .. })) >= 3
     })
     .await?;
-    env.set_network(NetworkType::None);
+    env.set_network(NetworkType::Offline);
     client.environment_changed()?;
     rec.until(T, "offline", |r| {
         r.states.lock().unwrap().last() == Some(&ConnectionState::Offline)

@@ -79,7 +79,7 @@ async fn run_case(
         for i in 0..n {
             if offline_env && i % 40 == 20 {
                 // The phone notices the network going away and coming back.
-                env.set_network(NetworkType::None);
+                env.set_network(NetworkType::Offline);
                 driver.environment_changed();
             }
             if offline_env && i % 40 == 30 {

@@ -179,6 +179,72 @@ async fn order_life_over_http(engine: EngineChoice) -> Result<()> {
     ensure!(s == StatusCode::FORBIDDEN, "buyer posting: {s}");
     let (s, _) = get(&server, Some(&svc), &format!("/v1/orders/{}", unique("o"))).await?;
     ensure!(s == StatusCode::NOT_FOUND, "unknown order: {s}");
+
+    // Long poll: at once when entries exist, else the next one, else 204.
+    let (s, v) = get(
+        &server,
+        Some(&svc),
+        &format!("/v1/orders/{o}/poll?after_seq=3"),
+    )
+    .await?;
+    let seqs: Vec<u64> = v["entries"]
+        .as_array()
+        .context("entries")?
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .collect();
+    ensure!(s == StatusCode::OK && seqs == vec![4, 5], "{s} {v}");
+    let o2 = unique("o");
+    post_event(
+        &server,
+        &svc,
+        &o2,
+        json!({"event_id": "e1", "status": "placed"}),
+    )
+    .await?;
+    let started = Instant::now();
+    let (s, _) = get(
+        &server,
+        Some(&svc),
+        &format!("/v1/orders/{o2}/poll?after_seq=1&timeout_s=1"),
+    )
+    .await?;
+    ensure!(
+        s == StatusCode::NO_CONTENT && started.elapsed() >= Duration::from_millis(900),
+        "{s}"
+    );
+    let poll_url = format!("/v1/orders/{o2}/poll?after_seq=1&timeout_s=10");
+    let poller = {
+        let url = server.http(&poll_url);
+        let tok = svc.clone();
+        tokio::spawn(async move {
+            let r = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(tok)
+                .send()
+                .await?;
+            let status = r.status();
+            anyhow::Ok((status, r.json::<Value>().await.unwrap_or(Value::Null)))
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    post_event(
+        &server,
+        &svc,
+        &o2,
+        json!({"event_id": "e2", "status": "accepted"}),
+    )
+    .await?;
+    let (s, v) = tokio::time::timeout(Duration::from_secs(5), poller).await???;
+    ensure!(
+        s == StatusCode::OK
+            && v["entries"][0]["seq"] == 2
+            && v["entries"][0]["status"] == "accepted",
+        "{s} {v}"
+    );
+    let other = token("b-9", Role::Buyer, &[&format!("order:{o}")]);
+    let (s, _) = get(&server, Some(&other), &format!("/v1/orders/{o2}/poll")).await?;
+    ensure!(s == StatusCode::FORBIDDEN, "poll of another order: {s}");
     Ok(())
 }
 
@@ -594,6 +660,8 @@ async fn webhooks_reach_a_flaky_receiver_once_per_key(engine: EngineChoice) -> R
         })
         .collect();
     ensure!(want.len() == 4, "3 status entries and 1 arrival: {t}");
+    // Plus the driver coming online with its first fix.
+    let want = want.len() + 1;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let n = recv
@@ -601,31 +669,27 @@ async fn webhooks_reach_a_flaky_receiver_once_per_key(engine: EngineChoice) -> R
             .unwrap_or_else(|p| p.into_inner())
             .accepted
             .len();
-        if n >= want.len() {
+        if n >= want {
             break;
         }
         ensure!(
             Instant::now() < deadline,
             "only {n} of {} webhooks arrived: {}",
-            want.len(),
+            want,
             server.log_tail()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Let any duplicate land before checking.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    check_received(
-        &recv.lock().unwrap_or_else(|p| p.into_inner()),
-        &o,
-        want.len(),
-    )?;
+    check_received(&recv.lock().unwrap_or_else(|p| p.into_inner()), &o, want)?;
     let metrics = reqwest::get(server.http("/metrics")).await?.text().await?;
     ensure!(
         metrics
             .lines()
             .any(|l| l.starts_with("waypost_webhook_events_total{")
                 && l.contains("outcome=\"delivered\"")
-                && l.ends_with(" 4")),
+                && l.ends_with(" 5")),
         "delivered metric: {}",
         metrics
             .lines()
@@ -651,6 +715,7 @@ fn check_received(r: &Receiver, o: &str, want: usize) -> Result<()> {
     ensure!(
         kinds
             == [
+                "driver.online",
                 "order.arrival",
                 "order.status",
                 "order.status",
@@ -658,7 +723,7 @@ fn check_received(r: &Receiver, o: &str, want: usize) -> Result<()> {
             ],
         "{kinds:?}"
     );
-    for v in r.accepted.values() {
+    for v in r.accepted.values().filter(|v| v["type"] != "driver.online") {
         ensure!(
             v["data"]["order_id"] == o && v["data"]["vendor_id"] == "v-9",
             "{v}"

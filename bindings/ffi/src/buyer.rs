@@ -6,6 +6,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Weak};
 
 use waypost_sdk::buyer as sdk;
+use waypost_sdk::buyer::{
+    ChatEntry, ConnectionState, LocationUpdate, PresenceUpdate, TypingUpdate,
+};
 
 use crate::error::WaypostError;
 use crate::platform::{self, PlatformInfo};
@@ -73,182 +76,6 @@ impl From<BuyerConfig> for sdk::BuyerConfig {
     }
 }
 
-/// Why the connection stopped for good.
-#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
-pub enum CloseReason {
-    /// The app called `shutdown()`.
-    Shutdown,
-    /// The server refused the token, also a fresh one.
-    Unauthorized { message: String },
-    /// The server refused the connection (4003 forbidden, 4008 bad frame,
-    /// 4029 too many connections, ...); `reconnect()` tries again.
-    Refused { code: u16, message: String },
-}
-
-/// The connection as the app sees it.
-#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
-pub enum ConnectionState {
-    /// Opening a WebSocket (attempt counts from 1 since the last success).
-    Connecting { attempt: u32 },
-    /// Open and subscribed.
-    Connected,
-    /// Waiting `retry_in_ms` before the next attempt.
-    BackingOff { attempt: u32, retry_in_ms: u64 },
-    /// The platform reports no network; reconnects when it is back.
-    Offline,
-    /// Stopped until `reconnect()` (or shut down).
-    Closed { reason: CloseReason },
-}
-
-impl From<sdk::CloseReason> for CloseReason {
-    fn from(r: sdk::CloseReason) -> Self {
-        match r {
-            sdk::CloseReason::Shutdown => Self::Shutdown,
-            sdk::CloseReason::Unauthorized { message } => Self::Unauthorized { message },
-            sdk::CloseReason::Refused { code, message } => Self::Refused { code, message },
-        }
-    }
-}
-
-impl From<sdk::ConnectionState> for ConnectionState {
-    fn from(s: sdk::ConnectionState) -> Self {
-        use sdk::ConnectionState as S;
-        match s {
-            S::Connecting { attempt } => Self::Connecting { attempt },
-            S::Connected => Self::Connected,
-            S::BackingOff {
-                attempt,
-                retry_in_ms,
-            } => Self::BackingOff {
-                attempt,
-                retry_in_ms,
-            },
-            S::Offline => Self::Offline,
-            S::Closed { reason } => Self::Closed {
-                reason: reason.into(),
-            },
-        }
-    }
-}
-
-/// A driver's position (live, or replayed when tracking starts).
-#[derive(Debug, Clone, PartialEq, uniffi::Record)]
-pub struct LocationUpdate {
-    /// The driver this position belongs to.
-    pub driver_id: String,
-    /// The fix's seq (per device, increasing).
-    pub seq: u64,
-    /// When the fix was taken, Unix epoch ms.
-    pub ts_ms: i64,
-    /// Latitude, degrees.
-    pub lat: f64,
-    /// Longitude, degrees.
-    pub lon: f64,
-    /// Horizontal accuracy radius, metres.
-    pub accuracy_m: Option<f64>,
-    /// Speed over ground, m/s.
-    pub speed_mps: Option<f64>,
-    /// Course, degrees clockwise from north.
-    pub heading_deg: Option<f64>,
-}
-
-impl From<sdk::LocationUpdate> for LocationUpdate {
-    fn from(u: sdk::LocationUpdate) -> Self {
-        Self {
-            driver_id: u.driver_id,
-            seq: u.seq,
-            ts_ms: u.ts,
-            lat: u.lat,
-            lon: u.lon,
-            accuracy_m: u.accuracy_m,
-            speed_mps: u.speed_mps,
-            heading_deg: u.heading_deg,
-        }
-    }
-}
-
-/// Where a chat message stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
-pub enum MessageStatus {
-    /// Written here, waiting for the server's acknowledgement (kept in the
-    /// outbox, survives restarts with a `db_path`).
-    Pending,
-    /// Written here and stored by the server.
-    Sent,
-    /// Written here and given up on; `retry_message` queues it again.
-    Failed,
-    /// Written by someone else (or this user on another device).
-    Received,
-}
-
-impl From<sdk::MessageStatus> for MessageStatus {
-    fn from(s: sdk::MessageStatus) -> Self {
-        match s {
-            sdk::MessageStatus::Pending => Self::Pending,
-            sdk::MessageStatus::Sent => Self::Sent,
-            sdk::MessageStatus::Failed => Self::Failed,
-            sdk::MessageStatus::Received => Self::Received,
-        }
-    }
-}
-
-/// One chat message as the app renders it.
-#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
-pub struct ChatEntry {
-    /// The chat room.
-    pub room: String,
-    /// The room's gap-free seq; `None` while pending or failed.
-    pub seq: Option<u64>,
-    /// Server id; `None` while pending or failed.
-    pub id: Option<String>,
-    /// Author's user id (`from` on the wire; renamed because `from` is a
-    /// Python keyword).
-    pub sender: String,
-    /// Idempotency key chosen when the message was written.
-    pub client_id: String,
-    /// The text.
-    pub body: String,
-    /// Server time once stored, local time of writing before (epoch ms).
-    pub ts_ms: i64,
-    /// Where the message stands (pending, sent, failed, received).
-    pub status: MessageStatus,
-}
-
-impl From<sdk::ChatEntry> for ChatEntry {
-    fn from(e: sdk::ChatEntry) -> Self {
-        Self {
-            room: e.room,
-            seq: e.seq,
-            id: e.id,
-            sender: e.from,
-            client_id: e.client_id,
-            body: e.body,
-            ts_ms: e.ts,
-            status: e.status.into(),
-        }
-    }
-}
-
-/// Someone came online or went offline in a room.
-#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
-pub struct PresenceUpdate {
-    /// The chat room.
-    pub room: String,
-    /// Who.
-    pub user: String,
-    /// Whether they are online now.
-    pub online: bool,
-}
-
-/// Someone is typing in a room (show it for a few seconds).
-#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
-pub struct TypingUpdate {
-    /// The chat room.
-    pub room: String,
-    /// Who is typing.
-    pub user: String,
-}
-
 /// What the app implements to hear from a [`BuyerClient`]. Every call
 /// arrives on an SDK thread (`waypost-rt`), one at a time and in order:
 /// return quickly and post to the UI thread. Must not throw.
@@ -284,35 +111,22 @@ impl ListenerAdapter {
 
 impl sdk::BuyerListener for ListenerAdapter {
     fn on_connection_state(&self, state: sdk::ConnectionState) {
-        self.guard("on_connection_state", |l| {
-            l.on_connection_state(state.into())
-        });
+        self.guard("on_connection_state", |l| l.on_connection_state(state));
     }
     fn on_location(&self, update: sdk::LocationUpdate) {
-        self.guard("on_location", |l| l.on_location(update.into()));
+        self.guard("on_location", |l| l.on_location(update));
     }
     fn on_message(&self, message: sdk::ChatEntry) {
-        self.guard("on_message", |l| l.on_message(message.into()));
+        self.guard("on_message", |l| l.on_message(message));
     }
     fn on_outgoing(&self, message: sdk::ChatEntry) {
-        self.guard("on_outgoing", |l| l.on_outgoing(message.into()));
+        self.guard("on_outgoing", |l| l.on_outgoing(message));
     }
     fn on_presence(&self, update: sdk::PresenceUpdate) {
-        self.guard("on_presence", |l| {
-            l.on_presence(PresenceUpdate {
-                room: update.room,
-                user: update.user,
-                online: update.online,
-            })
-        });
+        self.guard("on_presence", |l| l.on_presence(update));
     }
     fn on_typing(&self, update: sdk::TypingUpdate) {
-        self.guard("on_typing", |l| {
-            l.on_typing(TypingUpdate {
-                room: update.room,
-                user: update.user,
-            })
-        });
+        self.guard("on_typing", |l| l.on_typing(update));
     }
     fn on_error(&self, reference: String, code: String, message: String) {
         self.guard("on_error", |l| l.on_error(reference, code, message));
@@ -331,25 +145,30 @@ pub struct BuyerClient {
 impl BuyerClient {
     /// Starts the client. `platform` (optional) tells it when the phone is
     /// offline so it waits instead of retrying.
+    /// Opens the local store off the caller's thread and connects.
     #[uniffi::constructor]
-    pub fn new(
+    pub async fn open(
         config: BuyerConfig,
         listener: Arc<dyn BuyerListener>,
         tokens: Arc<dyn TokenProvider>,
         platform: Option<Arc<dyn PlatformInfo>>,
     ) -> Result<Arc<Self>, WaypostError> {
-        let _guard = runtime::get()?.enter();
-        let config: sdk::BuyerConfig = config.into();
-        let mut deps = sdk::BuyerDeps::real(&config)?;
-        if let Some(p) = platform {
-            deps.environment = Arc::new(platform::Adapter(p));
-        }
-        let inner = sdk::BuyerClient::start_with(
-            config,
-            Arc::new(ListenerAdapter(listener)),
-            Arc::new(tokens::Adapter(tokens)),
-            deps,
-        )?;
+        let handle = runtime::get()?.handle().clone();
+        let inner = runtime::run_blocking(move || {
+            let _guard = handle.enter();
+            let config: sdk::BuyerConfig = config.into();
+            let mut deps = sdk::BuyerDeps::real(&config)?;
+            if let Some(p) = platform {
+                deps.environment = Arc::new(platform::Adapter(p));
+            }
+            sdk::BuyerClient::start_with(
+                config,
+                Arc::new(ListenerAdapter(listener)),
+                Arc::new(tokens::Adapter(tokens)),
+                deps,
+            )
+        })
+        .await??;
         Ok(Arc::new(Self { inner }))
     }
 
@@ -383,51 +202,52 @@ impl BuyerClient {
     /// Writes a message: stored in the outbox at once (works offline), sent
     /// when connected, retried with the same client id until acknowledged.
     /// Returns the pending entry.
-    pub fn send_message(&self, room: String, body: String) -> Result<ChatEntry, WaypostError> {
-        Ok(self.inner.send_message(room, body)?.into())
+    pub async fn send_message(
+        &self,
+        room: String,
+        body: String,
+    ) -> Result<ChatEntry, WaypostError> {
+        let inner = Arc::clone(&self.inner);
+        runtime::run_blocking(move || inner.send_message(room, body)).await?
     }
 
     /// Puts a failed message back in the outbox.
     pub fn retry_message(&self, room: String, client_id: String) -> Result<(), WaypostError> {
-        Ok(self.inner.retry_message(room, client_id)?)
+        self.inner.retry_message(room, client_id)
     }
 
     /// Tells the room this user is typing (rate-limited; dropped offline).
     pub fn send_typing(&self, room: String) -> Result<(), WaypostError> {
-        Ok(self.inner.send_typing(room)?)
+        self.inner.send_typing(room)
     }
 
     /// The room's timeline from the local store (works offline): the newest
     /// `limit` messages in seq order, then pending and failed ones.
-    pub fn messages(&self, room: String, limit: u32) -> Result<Vec<ChatEntry>, WaypostError> {
-        Ok(self
-            .inner
-            .messages(room, limit)?
-            .into_iter()
-            .map(Into::into)
-            .collect())
+    pub async fn messages(&self, room: String, limit: u32) -> Result<Vec<ChatEntry>, WaypostError> {
+        let inner = Arc::clone(&self.inner);
+        runtime::run_blocking(move || inner.messages(room, limit)).await?
     }
 
     /// The newest position seen for a tracked driver.
     pub fn latest_location(&self, driver_id: String) -> Option<LocationUpdate> {
-        self.inner.latest_location(driver_id).map(Into::into)
+        self.inner.latest_location(driver_id)
     }
 
     /// The current connection state.
     pub fn connection_state(&self) -> ConnectionState {
-        self.inner.connection_state().into()
+        self.inner.connection_state()
     }
 
     /// The network changed: re-read [`PlatformInfo`]; network back means
     /// reconnect now.
     pub fn environment_changed(&self) -> Result<(), WaypostError> {
-        Ok(self.inner.environment_changed()?)
+        self.inner.environment_changed()
     }
 
     /// Reconnects now: after `Closed` (e.g. with a new token), or to skip
     /// a backoff wait.
     pub fn reconnect(&self) -> Result<(), WaypostError> {
-        Ok(self.inner.reconnect()?)
+        self.inner.reconnect()
     }
 
     /// Closes the connection and stops the client (idempotent). Pending

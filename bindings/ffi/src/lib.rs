@@ -11,10 +11,12 @@
 //! the SDK's so `waypost-sdk` stays free of uniffi; the `From` impls are the
 //! whole of the glue.
 //!
-//! Threads: every method may be called from any thread. The SDK runs its
-//! background work on its own runtime (threads named `waypost-rt`); app
-//! callbacks arrive there, except the driver events that `record()` itself
-//! raises, which arrive on the thread that called `record()`.
+//! Threads: every method may be called from any thread, the main thread
+//! included: whatever touches disk or the network is `async` (Kotlin
+//! `suspend`, Swift `async`, Python `async`) and runs on the SDK's own
+//! runtime (threads named `waypost-rt`, SQLite on its blocking pool); the
+//! synchronous methods only read or queue in-memory state. App callbacks
+//! arrive on `waypost-rt` threads.
 
 uniffi::setup_scaffolding!("waypost");
 

@@ -38,9 +38,8 @@ pub trait LogSink: Send + Sync {
 /// already installed.
 #[uniffi::export]
 pub fn init_logging(filter: String, sink: Arc<dyn LogSink>) -> Result<bool, WaypostError> {
-    let filter = EnvFilter::try_new(&filter).map_err(|e| WaypostError::InvalidArgument {
-        message: format!("log filter {filter:?}: {e}"),
-    })?;
+    let filter = EnvFilter::try_new(&filter)
+        .map_err(|e| WaypostError::invalid(format!("log filter {filter:?}: {e}")))?;
     Ok(tracing_subscriber::registry()
         .with(SinkLayer(sink).with_filter(filter))
         .try_init()

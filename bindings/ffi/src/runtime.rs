@@ -31,9 +31,7 @@ pub(crate) fn get() -> Result<&'static Runtime, WaypostError> {
                 .map_err(|e| e.to_string())
         })
         .as_ref()
-        .map_err(|e| WaypostError::Internal {
-            message: format!("cannot start the SDK runtime: {e}"),
-        })
+        .map_err(|e| WaypostError::internal(format!("cannot start the SDK runtime: {e}")))
 }
 
 /// Runs `fut` on the SDK runtime and waits for it from whatever executor
@@ -43,7 +41,22 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    get()?.spawn(fut).await.map_err(|e| WaypostError::Internal {
-        message: format!("SDK task failed: {e}"),
-    })
+    get()?
+        .spawn(fut)
+        .await
+        .map_err(|e| WaypostError::internal(format!("SDK task failed: {e}")))
+}
+
+/// Runs blocking work (SQLite) on the SDK runtime's blocking pool and
+/// waits for it without blocking the caller's thread: what every exported
+/// `async` function that touches disk uses.
+pub(crate) async fn run_blocking<T, F>(f: F) -> Result<T, WaypostError>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    get()?
+        .spawn_blocking(f)
+        .await
+        .map_err(|e| WaypostError::internal(format!("SDK task failed: {e}")))
 }

@@ -1,18 +1,26 @@
 //! Bearer tokens come from the app: it knows how to log in and refresh.
+//! The provider is async (Kotlin `suspend`, Swift `async`, Python
+//! `async def`), so apps whose auth is async (Firebase, AppAuth) never
+//! block a thread. The SDK caches the token, refreshes it ahead of the
+//! JWT's `exp` and after the server refused it (`waypost_sdk::tokens`).
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-/// Gives the SDK its bearer token (a JWT from your backend). Called from an
-/// SDK thread that may block, so the implementation may do network I/O.
-/// Must not throw: return `null`/`nil`/`None` when there is no token (the
-/// SDK then reports `Unauthorized` and retries later).
+use futures_util::FutureExt;
+
+/// Gives the SDK its bearer token (a JWT from your backend). Must not
+/// throw: return `null`/`nil`/`None` when there is no token (the SDK then
+/// reports `Unauthorized` and retries later); a thrown exception is logged
+/// and read as "no token".
 #[uniffi::export(with_foreign)]
+#[async_trait::async_trait]
 pub trait TokenProvider: Send + Sync {
     /// The token to use now.
-    fn token(&self) -> Option<String>;
-    /// The server refused the last token: return a fresh one.
-    fn refresh_token(&self) -> Option<String>;
+    async fn token(&self) -> Option<String>;
+    /// A fresh token: the server refused the last one, or it expires
+    /// within a minute.
+    async fn refresh_token(&self) -> Option<String>;
 }
 
 /// A provider that always gives `token` (tests, tools, demos; real apps
@@ -24,11 +32,12 @@ pub fn static_token(token: String) -> Arc<dyn TokenProvider> {
 
 struct StaticToken(String);
 
+#[async_trait::async_trait]
 impl TokenProvider for StaticToken {
-    fn token(&self) -> Option<String> {
+    async fn token(&self) -> Option<String> {
         Some(self.0.clone())
     }
-    fn refresh_token(&self) -> Option<String> {
+    async fn refresh_token(&self) -> Option<String> {
         Some(self.0.clone())
     }
 }
@@ -37,17 +46,24 @@ impl TokenProvider for StaticToken {
 /// token" instead of unwinding through the SDK's tasks.
 pub(crate) struct Adapter(pub Arc<dyn TokenProvider>);
 
+#[async_trait::async_trait]
 impl waypost_sdk::TokenProvider for Adapter {
-    fn token(&self) -> Option<String> {
-        catch_unwind(AssertUnwindSafe(|| self.0.token())).unwrap_or_else(|_| {
-            tracing::error!("TokenProvider.token failed");
-            None
-        })
+    async fn token(&self) -> Option<String> {
+        AssertUnwindSafe(self.0.token())
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                tracing::error!("TokenProvider.token failed");
+                None
+            })
     }
-    fn refresh_token(&self) -> Option<String> {
-        catch_unwind(AssertUnwindSafe(|| self.0.refresh_token())).unwrap_or_else(|_| {
-            tracing::error!("TokenProvider.refresh_token failed");
-            None
-        })
+    async fn refresh_token(&self) -> Option<String> {
+        AssertUnwindSafe(self.0.refresh_token())
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                tracing::error!("TokenProvider.refresh_token failed");
+                None
+            })
     }
 }

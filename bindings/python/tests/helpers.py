@@ -1,9 +1,23 @@
 """Test-side implementations of the SDK's callback interfaces."""
 
+import asyncio
 import threading
 import time
 
 import waypost
+
+# One event loop for every SDK call of the tests, on its own thread. The
+# token provider is async: uniffi runs its coroutines on the loop set with
+# `uniffi_set_event_loop` (SDK threads have none of their own), and awaits
+# SDK futures on that same loop, so everything goes through `run`.
+_LOOP = asyncio.new_event_loop()
+threading.Thread(target=_LOOP.run_forever, name="test-event-loop", daemon=True).start()
+waypost.waypost.uniffi_set_event_loop(_LOOP)
+
+
+def run(coro, timeout=60):
+    """Runs `coro` on the SDK event loop and waits for its result."""
+    return asyncio.run_coroutine_threadsafe(coro, _LOOP).result(timeout)
 
 
 class Platform(waypost.PlatformInfo):
@@ -21,10 +35,10 @@ class Tokens(waypost.TokenProvider):
     def __init__(self, token):
         self._token = token
 
-    def token(self):
+    async def token(self):
         return self._token
 
-    def refresh_token(self):
+    async def refresh_token(self):
         return self._token
 
 

@@ -5,55 +5,55 @@ import threading
 
 import waypost
 from conftest import wait_for
-from helpers import Platform, Recorder, Tokens, route
+from helpers import Platform, Recorder, Tokens, route, run
 
 
 def test_buyer_receives_location_and_chat_on_sdk_threads(server, unique, tmp_path):
     driver_id, room = unique("d"), unique("order")
     buyer_id, vendor_id = unique("b"), unique("v")
     buyer_l, vendor_l = Recorder(), Recorder()
-    buyer = waypost.BuyerClient(
+    buyer = run(waypost.BuyerClient.open(
         waypost.BuyerConfig(base_url=server.url, user_id=buyer_id, db_path=str(tmp_path / "buyer.db")),
         buyer_l,
         Tokens(server.token(buyer_id, "buyer", [f"tracking:{driver_id}", f"chat:{room}"])),
         Platform(),
-    )
-    vendor = waypost.BuyerClient(
+    ))
+    vendor = run(waypost.BuyerClient.open(
         waypost.BuyerConfig(base_url=server.url, user_id=vendor_id),
         vendor_l,
         waypost.static_token(server.token(vendor_id, "buyer", [f"chat:{room}"])),
         None,
-    )
-    driver = waypost.Driver(
+    ))
+    driver = run(waypost.Driver.open(
         waypost.DriverConfig(base_url=server.url, driver_id=driver_id, device_id="py-2", buffer_path=str(tmp_path / "d.db")),
         Tokens(server.token(driver_id, "driver")),
         None,
         Platform(),
-    )
+    ))
     # Subscriptions end when dropped: keep them referenced.
     tracking = buyer.track_driver(driver_id)
     chats = [buyer.join_chat(room), vendor.join_chat(room)]
     try:
         wait_for("both connected", lambda: buyer.connection_state().is_connected() and vendor.connection_state().is_connected())
 
-        assert driver.record(route(1, lat0=45.4642)[0]).is_recorded()
-        asyncio.run(driver.upload_now())
+        assert run(driver.record(route(1, lat0=45.4642)[0])).is_recorded()
+        run(driver.upload_now())
         wait_for("the buyer sees the courier", lambda: buyer_l.locations)
         update = buyer_l.locations[-1]
         assert update.driver_id == driver_id and abs(update.lat - 45.4642) < 1e-9
         assert buyer.latest_location(driver_id) == update
 
-        pending = vendor.send_message(room, "Rider picked up your order")
+        pending = run(vendor.send_message(room, "Rider picked up your order"))
         assert pending.status == waypost.MessageStatus.PENDING and pending.seq is None
         wait_for("the buyer receives it", lambda: any(m.body == "Rider picked up your order" for m in buyer_l.messages))
         got = next(m for m in buyer_l.messages if m.body == "Rider picked up your order")
         assert got.status == waypost.MessageStatus.RECEIVED and got.sender == vendor_id and got.seq is not None
 
-        buyer.send_message(room, "Grazie!")
+        run(buyer.send_message(room, "Grazie!"))
         wait_for("the vendor receives the reply", lambda: any(m.body == "Grazie!" for m in vendor_l.messages))
         wait_for("the reply is acknowledged", lambda: any(
             m.body == "Grazie!" and m.status == waypost.MessageStatus.SENT for m in buyer_l.outgoing + buyer_l.messages))
-        assert [m.body for m in buyer.messages(room, 10)] == ["Rider picked up your order", "Grazie!"]
+        assert [m.body for m in run(buyer.messages(room, 10))] == ["Rider picked up your order", "Grazie!"]
 
         main = threading.get_ident()
         assert buyer_l.threads and vendor_l.threads
@@ -69,13 +69,13 @@ def test_buyer_receives_location_and_chat_on_sdk_threads(server, unique, tmp_pat
             await driver.shutdown()
             await buyer.shutdown()
             await vendor.shutdown()
-        asyncio.run(stop())
+        run(stop())
         del chats
 
 
 def test_refused_token_closes_with_unauthorized(server):
     rec = Recorder()
-    client = waypost.BuyerClient(waypost.BuyerConfig(base_url=server.url, user_id="b-bad"), rec, Tokens("not-a-jwt"), None)
+    client = run(waypost.BuyerClient.open(waypost.BuyerConfig(base_url=server.url, user_id="b-bad"), rec, Tokens("not-a-jwt"), None))
     try:
         def closed_unauthorized():
             s = client.connection_state()
@@ -83,4 +83,4 @@ def test_refused_token_closes_with_unauthorized(server):
         wait_for("Closed(Unauthorized)", closed_unauthorized)
         assert any(s.is_closed() for s in rec.states)
     finally:
-        asyncio.run(client.shutdown())
+        run(client.shutdown())

@@ -4,7 +4,7 @@ import asyncio
 
 import waypost
 from conftest import wait_for
-from helpers import Events, Platform, Tokens, route
+from helpers import Events, Platform, Tokens, route, run
 
 
 def config(server, driver_id, tmp_path, name="buffer.db"):
@@ -18,76 +18,76 @@ def config(server, driver_id, tmp_path, name="buffer.db"):
 
 def test_recorded_fixes_arrive_on_the_server(server, unique, tmp_path):
     driver_id = unique("d")
-    driver = waypost.Driver(config(server, driver_id, tmp_path), Tokens(server.token(driver_id, "driver")), None, Platform())
+    driver = run(waypost.Driver.open(config(server, driver_id, tmp_path), Tokens(server.token(driver_id, "driver")), None, Platform()))
     try:
-        outcomes = driver.record_many(route(5))
+        outcomes = run(driver.record_many(route(5)))
         assert all(o.is_recorded() for o in outcomes), outcomes
         seqs = [o.seq for o in outcomes]
         assert seqs == sorted(seqs) and len(set(seqs)) == 5
 
-        result = asyncio.run(driver.upload_now())
+        result = run(driver.upload_now())
         assert result.pending == 0, result
 
         trail = server.trail(driver_id)
         assert [f["seq"] for f in trail] == seqs
         assert abs(trail[-1]["lat"] - 52.524) < 1e-9
         assert trail[-1]["battery"] == 0.8, "the platform's battery reading travels with the fix"
-        stats = driver.stats()
+        stats = run(driver.stats())
         assert stats.acked_total == 5 and stats.pending == 0
         assert driver.last_recorded().seq == seqs[-1]
     finally:
-        asyncio.run(driver.shutdown())
+        run(driver.shutdown())
 
 
 def test_background_uploader_reports_on_an_sdk_thread(server, unique, tmp_path):
     driver_id = unique("d")
     events = Events()
-    driver = waypost.Driver(config(server, driver_id, tmp_path), Tokens(server.token(driver_id, "driver")), events, Platform())
+    driver = run(waypost.Driver.open(config(server, driver_id, tmp_path), Tokens(server.token(driver_id, "driver")), events, Platform()))
     try:
         driver.start()
-        driver.record_many(route(3))
+        run(driver.record_many(route(3)))
         driver.flush()
         wait_for("an Uploaded event", lambda: any(e.is_uploaded() for e, _ in events.events))
         uploaded, thread = next((e, t) for e, t in events.events if e.is_uploaded())
         assert uploaded.fixes == 3
         assert thread == "waypost-rt"
     finally:
-        asyncio.run(driver.shutdown())
+        run(driver.shutdown())
 
 
 def test_offline_fixes_wait_in_the_buffer(server, unique, tmp_path):
     """No network: nothing is sent; network back + environment_changed: it all arrives."""
     driver_id = unique("d")
     platform = Platform(network=waypost.NetworkType.OFFLINE)
-    driver = waypost.Driver(config(server, driver_id, tmp_path), Tokens(server.token(driver_id, "driver")), None, platform)
+    driver = run(waypost.Driver.open(config(server, driver_id, tmp_path), Tokens(server.token(driver_id, "driver")), None, platform))
     try:
         driver.start()
-        driver.record_many(route(4))
+        run(driver.record_many(route(4)))
         driver.flush()
-        asyncio.run(driver.upload_now())
-        assert driver.stats().pending == 4
-        assert driver.stats().requests == 0
+        run(driver.upload_now())
+        assert run(driver.stats()).pending == 4
+        assert run(driver.stats()).requests == 0
         platform.net = waypost.NetworkType.CELLULAR
         driver.environment_changed()
-        wait_for("the backlog uploaded", lambda: driver.stats().pending == 0)
+        wait_for("the backlog uploaded", lambda: run(driver.stats()).pending == 0)
         assert len(server.trail(driver_id)) == 4
     finally:
-        asyncio.run(driver.shutdown())
+        run(driver.shutdown())
 
 
 def test_concurrent_awaits_share_one_upload(server, unique, tmp_path):
     """Two upload_now() awaited together: one upload in flight at a time, nothing sent twice."""
     driver_id = unique("d")
-    driver = waypost.Driver(config(server, driver_id, tmp_path), Tokens(server.token(driver_id, "driver")), None, Platform())
+    driver = run(waypost.Driver.open(config(server, driver_id, tmp_path), Tokens(server.token(driver_id, "driver")), None, Platform()))
 
     async def both():
         return await asyncio.gather(driver.upload_now(), driver.upload_now())
 
     try:
-        driver.record_many(route(6))
-        first, second = asyncio.run(both())
+        run(driver.record_many(route(6)))
+        first, second = run(both())
         assert first.pending == 0 and second.pending == 0
         assert first.requests + second.requests == 1, (first, second)
-        assert [f["seq"] for f in server.trail(driver_id)] == list(range(driver.stats().next_seq - 6, driver.stats().next_seq))
+        assert [f["seq"] for f in server.trail(driver_id)] == list(range(run(driver.stats()).next_seq - 6, run(driver.stats()).next_seq))
     finally:
-        asyncio.run(driver.shutdown())
+        run(driver.shutdown())

@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 import waypost
-from helpers import Platform, Recorder, Tokens
+from helpers import Platform, Recorder, Tokens, run
 
 
 def driver_config(tmp_path, **kw):
@@ -16,42 +16,46 @@ def driver_config(tmp_path, **kw):
 
 def test_invalid_config(tmp_path):
     with pytest.raises(waypost.WaypostError.InvalidArgument) as e:
-        waypost.Driver(driver_config(tmp_path, base_url="ftp://x"), Tokens("t"), None, Platform())
-    assert "base_url" in str(e.value)
+        run(waypost.Driver.open(driver_config(tmp_path, base_url="ftp://x"), Tokens("t"), None, Platform()))
+    assert "base_url" in e.value.details
+    info = e.value.info()
+    assert (info.code, info.http_status, info.retryable, info.retry_after_ms) == ("invalid_argument", None, False, None)
     with pytest.raises(waypost.WaypostError.InvalidArgument):
-        waypost.Driver(driver_config(tmp_path, driver_id="has spaces"), Tokens("t"), None, Platform())
+        run(waypost.Driver.open(driver_config(tmp_path, driver_id="has spaces"), Tokens("t"), None, Platform()))
     with pytest.raises(waypost.WaypostError):  # the common base class catches every variant
-        waypost.Driver(driver_config(tmp_path, max_batch_fixes=0), Tokens("t"), None, Platform())
+        run(waypost.Driver.open(driver_config(tmp_path, max_batch_fixes=0), Tokens("t"), None, Platform()))
 
 
 def test_foreign_buffer_file_is_a_storage_error(tmp_path):
     path = tmp_path / "foreign.db"
     path.write_text("not a database " * 100)
-    with pytest.raises(waypost.WaypostError.Storage):
-        waypost.Driver(driver_config(tmp_path, buffer_path=str(path)), Tokens("t"), None, Platform())
+    with pytest.raises(waypost.WaypostError.Storage) as e:
+        run(waypost.Driver.open(driver_config(tmp_path, buffer_path=str(path)), Tokens("t"), None, Platform()))
+    assert e.value.code.startswith("storage_")
+    assert e.value.info().code == e.value.code and not e.value.info().retryable
 
 
 def test_shutdown_is_idempotent_and_final(tmp_path):
-    driver = waypost.Driver(driver_config(tmp_path), Tokens("t"), None, Platform())
-    asyncio.run(driver.shutdown())
-    asyncio.run(driver.shutdown())
+    driver = run(waypost.Driver.open(driver_config(tmp_path), Tokens("t"), None, Platform()))
+    run(driver.shutdown())
+    run(driver.shutdown())
     with pytest.raises(waypost.WaypostError.ShutDown):
         driver.start()
 
-    client = waypost.BuyerClient(waypost.BuyerConfig(base_url="http://127.0.0.1:9", user_id="b-1"), Recorder(), Tokens("t"), None)
+    client = run(waypost.BuyerClient.open(waypost.BuyerConfig(base_url="http://127.0.0.1:9", user_id="b-1"), Recorder(), Tokens("t"), None))
     with pytest.raises(waypost.WaypostError.InvalidArgument):
         client.track_driver("no spaces allowed")
-    asyncio.run(client.shutdown())
-    asyncio.run(client.shutdown())
+    run(client.shutdown())
+    run(client.shutdown())
     with pytest.raises(waypost.WaypostError.ShutDown):
-        client.send_message("room-1", "hello")
+        run(client.send_message("room-1", "hello"))
 
 
 def test_dropped_fixes_say_why(tmp_path):
-    driver = waypost.Driver(driver_config(tmp_path), Tokens("t"), None, Platform())
+    driver = run(waypost.Driver.open(driver_config(tmp_path), Tokens("t"), None, Platform()))
     try:
         bad = waypost.Location(ts_ms=1_700_000_000_000, lat=123.0, lon=0.0)
-        out = driver.record(bad)
+        out = run(driver.record(bad))
         assert out.is_dropped() and out.reason.is_invalid()
     finally:
-        asyncio.run(driver.shutdown())
+        run(driver.shutdown())

@@ -6,7 +6,7 @@ import threading
 import pytest
 
 import waypost
-from helpers import Platform, Tokens, route
+from helpers import Platform, Tokens, route, run
 
 
 class Sink(waypost.LogSink):
@@ -27,16 +27,16 @@ def test_sdk_logs_reach_the_sink(tmp_path):
     assert waypost.init_logging("waypost_sdk=debug,warn", sink) is True
     assert waypost.init_logging("trace", Sink()) is False, "only the first logger is installed"
 
-    driver = waypost.Driver(
+    driver = run(waypost.Driver.open(
         waypost.DriverConfig(base_url="http://127.0.0.1:9", driver_id="d-log", device_id="py", buffer_path=str(tmp_path / "b.db")),
         Tokens("t"),
         None,
         Platform(),
-    )
+    ))
     try:
-        assert driver.record(route(1)[0]).is_recorded()  # raises a SamplingChanged event, logged at debug
+        assert run(driver.record(route(1)[0])).is_recorded()  # raises a SamplingChanged event, logged at debug
     finally:
-        asyncio.run(driver.shutdown())
+        run(driver.shutdown())
     with sink.lock:
         lines = list(sink.lines)
     events = [line for line in lines if line[1].startswith("waypost_sdk::driver") and "driver event" in line[2]]

@@ -21,13 +21,13 @@ use super::store::Store;
 use super::tracking::Tracking;
 use super::transport::{TungsteniteConnector, WsConnector};
 use super::types::{
-    BuyerError, BuyerListener, ChatEntry, ConnectionState, LocationUpdate, PresenceUpdate,
-    TypingUpdate,
+    BuyerListener, ChatEntry, ConnectionState, LocationUpdate, PresenceUpdate, TypingUpdate,
 };
 use crate::backoff::{BackoffPolicy, RandomSource, SeededRandom};
 use crate::clock::{Clock, SystemClock};
 use crate::env::{Environment, ManualEnvironment};
-use crate::tokens::TokenProvider;
+use crate::error::WaypostError;
+use crate::tokens::{TokenProvider, Tokens};
 use crate::transport::{HttpError, HttpTransport, ReqwestTransport};
 
 /// Commands queued per client at most (app calls beyond this get `Busy`).
@@ -81,15 +81,15 @@ impl BuyerConfig {
         }
     }
 
-    fn ws_url(&self) -> Result<String, BuyerError> {
+    fn ws_url(&self) -> Result<String, WaypostError> {
         let base = self.base_url.trim_end_matches('/');
         let ws = if let Some(rest) = base.strip_prefix("https://") {
             format!("wss://{rest}")
         } else if let Some(rest) = base.strip_prefix("http://") {
             format!("ws://{rest}")
         } else {
-            return Err(BuyerError::InvalidArgument {
-                message: format!("base_url must start with http:// or https://: {base}"),
+            return Err(WaypostError::InvalidArgument {
+                details: format!("base_url must start with http:// or https://: {base}"),
             });
         };
         Ok(format!("{ws}/v1/ws"))
@@ -118,11 +118,11 @@ pub struct BuyerDeps {
 impl BuyerDeps {
     /// The real clock, entropy-seeded jitter, reqwest with the config's
     /// request timeout and tokio-tungstenite; always online.
-    pub fn real(config: &BuyerConfig) -> Result<Self, BuyerError> {
+    pub fn real(config: &BuyerConfig) -> Result<Self, WaypostError> {
         let transport =
             ReqwestTransport::new(Duration::from_millis(config.request_timeout_ms.max(1)))
-                .map_err(|e| BuyerError::InvalidArgument {
-                    message: e.to_string(),
+                .map_err(|e| WaypostError::InvalidArgument {
+                    details: e.to_string(),
                 })?;
         Ok(Self {
             clock: Arc::new(SystemClock::new()),
@@ -180,7 +180,7 @@ impl BuyerClient {
         config: BuyerConfig,
         listener: Arc<dyn BuyerListener>,
         tokens: Arc<dyn TokenProvider>,
-    ) -> Result<Arc<Self>, BuyerError> {
+    ) -> Result<Arc<Self>, WaypostError> {
         let deps = BuyerDeps::real(&config)?;
         Self::start_with(config, listener, tokens, deps)
     }
@@ -191,19 +191,20 @@ impl BuyerClient {
         listener: Arc<dyn BuyerListener>,
         tokens: Arc<dyn TokenProvider>,
         deps: BuyerDeps,
-    ) -> Result<Arc<Self>, BuyerError> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|e| BuyerError::Runtime {
-            message: e.to_string(),
-        })?;
-        validate_id("user_id", &config.user_id).map_err(|e| BuyerError::InvalidArgument {
-            message: e.to_string(),
+    ) -> Result<Arc<Self>, WaypostError> {
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|e| WaypostError::Internal {
+                details: e.to_string(),
+            })?;
+        validate_id("user_id", &config.user_id).map_err(|e| WaypostError::InvalidArgument {
+            details: e.to_string(),
         })?;
         let ws_url = config.ws_url()?;
         let store = Arc::new(Store::open(config.db_path.as_deref())?);
         let (tx, mut rx) = mpsc::channel(COMMAND_QUEUE);
         let cancel = CancellationToken::new();
         let snapshot = Arc::new(Mutex::new(Snapshot::default()));
-        let token_slot = Arc::new(Mutex::new(None));
+        let tokens = Arc::new(Tokens::new(tokens, Arc::clone(&deps.clock)));
         let conn_cfg = ConnectionConfig {
             ws_url,
             ping_interval: Duration::from_millis(config.ping_interval_ms),
@@ -217,10 +218,7 @@ impl BuyerClient {
         };
         let conn_deps = Deps {
             connector: Arc::clone(&deps.connector),
-            tokens: Arc::new(SlotTokens {
-                inner: tokens,
-                slot: Arc::clone(&token_slot),
-            }),
+            tokens: Arc::clone(&tokens),
             clock: Arc::clone(&deps.clock),
             random: Arc::clone(&deps.random),
             environment: Arc::clone(&deps.environment),
@@ -232,7 +230,7 @@ impl BuyerClient {
             store: Arc::clone(&store),
             clock: Arc::clone(&deps.clock),
             transport: Arc::clone(&deps.transport),
-            token: token_slot,
+            tokens,
             cmd: tx.downgrade(),
             snapshot: Arc::clone(&snapshot),
             connected: false,
@@ -259,40 +257,42 @@ impl BuyerClient {
         }))
     }
 
-    fn send(&self, cmd: Command) -> Result<(), BuyerError> {
+    fn send(&self, cmd: Command) -> Result<(), WaypostError> {
         self.cmd.try_send(cmd).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => BuyerError::Busy,
-            mpsc::error::TrySendError::Closed(_) => BuyerError::ShutDown,
+            mpsc::error::TrySendError::Full(_) => WaypostError::Busy {
+                details: "too many queued requests".into(),
+            },
+            mpsc::error::TrySendError::Closed(_) => WaypostError::ShutDown,
         })
     }
 
     /// Watches a driver: `on_location` gets its position now (if known)
     /// and every newer one, across reconnects.
-    pub fn track_driver(&self, driver_id: String) -> Result<(), BuyerError> {
+    pub fn track_driver(&self, driver_id: String) -> Result<(), WaypostError> {
         check_id("driver_id", &driver_id)?;
         self.send(Command::Track(driver_id))
     }
 
-    pub fn untrack_driver(&self, driver_id: String) -> Result<(), BuyerError> {
+    pub fn untrack_driver(&self, driver_id: String) -> Result<(), WaypostError> {
         self.send(Command::Untrack(driver_id))
     }
 
     /// Joins a chat room: its timeline resumes after the last stored seq.
-    pub fn join_chat(&self, room: String) -> Result<(), BuyerError> {
+    pub fn join_chat(&self, room: String) -> Result<(), WaypostError> {
         check_id("room", &room)?;
         self.send(Command::Join(room))
     }
 
-    pub fn leave_chat(&self, room: String) -> Result<(), BuyerError> {
+    pub fn leave_chat(&self, room: String) -> Result<(), WaypostError> {
         self.send(Command::Leave(room))
     }
 
     /// Writes a message: stored in the outbox at once (works offline) and
     /// sent when connected. Returns the pending entry.
-    pub fn send_message(&self, room: String, body: String) -> Result<ChatEntry, BuyerError> {
+    pub fn send_message(&self, room: String, body: String) -> Result<ChatEntry, WaypostError> {
         check_id("room", &room)?;
         if self.cancel.is_cancelled() {
-            return Err(BuyerError::ShutDown);
+            return Err(WaypostError::ShutDown);
         }
         let client_id = uuid::Uuid::new_v4().to_string();
         let entry = self.store.enqueue(
@@ -308,18 +308,18 @@ impl BuyerClient {
     }
 
     /// Puts a failed message back in the outbox.
-    pub fn retry_message(&self, room: String, client_id: String) -> Result<(), BuyerError> {
+    pub fn retry_message(&self, room: String, client_id: String) -> Result<(), WaypostError> {
         self.send(Command::Retry { room, client_id })
     }
 
     /// Tells the room this user is typing (rate-limited; dropped offline).
-    pub fn send_typing(&self, room: String) -> Result<(), BuyerError> {
+    pub fn send_typing(&self, room: String) -> Result<(), WaypostError> {
         self.send(Command::Typing(room))
     }
 
     /// The room's timeline from the local store (works offline): the
     /// newest `limit` messages in seq order, then pending and failed ones.
-    pub fn messages(&self, room: String, limit: u32) -> Result<Vec<ChatEntry>, BuyerError> {
+    pub fn messages(&self, room: String, limit: u32) -> Result<Vec<ChatEntry>, WaypostError> {
         self.store.messages(&room, limit)
     }
 
@@ -338,13 +338,13 @@ impl BuyerClient {
 
     /// The platform's network (or battery) changed: re-read the
     /// [`Environment`]. Network back means reconnect now, skipping backoff.
-    pub fn environment_changed(&self) -> Result<(), BuyerError> {
+    pub fn environment_changed(&self) -> Result<(), WaypostError> {
         self.send(Command::EnvironmentChanged)
     }
 
     /// Reconnects now: after `Closed` (e.g. the app has a new token), or to
     /// skip a backoff wait.
-    pub fn reconnect(&self) -> Result<(), BuyerError> {
+    pub fn reconnect(&self) -> Result<(), WaypostError> {
         self.send(Command::Reconnect)
     }
 
@@ -365,31 +365,10 @@ impl Drop for BuyerClient {
     }
 }
 
-fn check_id(what: &'static str, id: &str) -> Result<(), BuyerError> {
-    validate_id(what, id).map_err(|e| BuyerError::InvalidArgument {
-        message: e.to_string(),
+fn check_id(what: &'static str, id: &str) -> Result<(), WaypostError> {
+    validate_id(what, id).map_err(|e| WaypostError::InvalidArgument {
+        details: e.to_string(),
     })
-}
-
-/// Remembers the last token handed to the connection so HTTP reads can use
-/// it too.
-struct SlotTokens {
-    inner: Arc<dyn TokenProvider>,
-    slot: Arc<Mutex<Option<String>>>,
-}
-
-impl TokenProvider for SlotTokens {
-    fn token(&self) -> Option<String> {
-        let t = self.inner.token()?;
-        *self.slot.lock() = Some(t.clone());
-        Some(t)
-    }
-
-    fn refresh_token(&self) -> Option<String> {
-        let t = self.inner.refresh_token()?;
-        *self.slot.lock() = Some(t.clone());
-        Some(t)
-    }
 }
 
 /// Aborts its task when dropped.
@@ -409,7 +388,8 @@ struct Core {
     store: Arc<Store>,
     clock: Arc<dyn Clock>,
     transport: Arc<dyn HttpTransport>,
-    token: Arc<Mutex<Option<String>>>,
+    /// Shared with the connection: HTTP reads use the same token.
+    tokens: Arc<Tokens>,
     cmd: mpsc::WeakSender<Command>,
     snapshot: Arc<Mutex<Snapshot>>,
     connected: bool,
@@ -506,11 +486,9 @@ impl Core {
         let Some(r) = self.rooms.get_mut(room) else {
             return;
         };
-        let Some(token) = self.token.lock().clone() else {
-            return;
-        };
         r.filling = Filling::Http;
-        let (transport, base, name, mut after) = (
+        let (tokens, transport, base, name, mut after) = (
+            Arc::clone(&self.tokens),
             Arc::clone(&self.transport),
             self.base_url.clone(),
             room.to_owned(),
@@ -519,12 +497,15 @@ impl Core {
         let cmd = self.cmd.clone();
         let task = tokio::spawn(async move {
             for _ in 0..MAX_HTTP_PAGES {
-                let result = fetch_page(&*transport, &base, &token, &name, after)
-                    .await
-                    .map(|p| {
-                        let more = p.more && !p.messages.is_empty();
-                        (p.messages, more)
-                    });
+                let result = match tokens.get().await {
+                    Some(token) => fetch_page(&*transport, &base, &token, &name, after)
+                        .await
+                        .map(|p| {
+                            let more = p.more && !p.messages.is_empty();
+                            (p.messages, more)
+                        }),
+                    None => Err(HttpError::NoToken),
+                };
                 let more = match &result {
                     Ok((m, more)) => {
                         after = m.last().map_or(after, |l| l.seq);
@@ -652,7 +633,7 @@ impl Session for Core {
                                     from: self.me.clone(),
                                     client_id,
                                     body: entry.body,
-                                    ts: entry.ts,
+                                    ts: entry.ts_ms,
                                 },
                                 out,
                             );

@@ -36,7 +36,7 @@ use super::types::{CloseReason, ConnectionState};
 use crate::backoff::{Backoff, BackoffPolicy, RandomSource, RetryDecision};
 use crate::clock::Clock;
 use crate::env::{Environment, NetworkType};
-use crate::tokens::TokenProvider;
+use crate::tokens::Tokens;
 
 /// How long one frame write may take before the connection counts as dead.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -94,7 +94,7 @@ pub trait Session: Send {
 #[derive(Clone)]
 pub struct Deps {
     pub connector: Arc<dyn WsConnector>,
-    pub tokens: Arc<dyn TokenProvider>,
+    pub tokens: Arc<Tokens>,
     pub clock: Arc<dyn Clock>,
     pub random: Arc<dyn RandomSource>,
     pub environment: Arc<dyn Environment>,
@@ -102,7 +102,7 @@ pub struct Deps {
 
 impl Deps {
     fn network_up(&self) -> bool {
-        self.environment.network() != NetworkType::None
+        self.environment.network() != NetworkType::Offline
     }
 }
 
@@ -205,7 +205,9 @@ impl<C: Send + 'static> Manager<'_, C> {
     }
 
     async fn run<S: Session<Command = C>>(&mut self, session: &mut S) {
-        let mut token: Option<String> = None;
+        // The token the server refused with 4001, to be refreshed by the
+        // next attempt.
+        let mut refused_token: Option<String> = None;
         let mut backoff = Backoff::new(self.cfg.backoff);
         // A fresh token was fetched after a 4001 and has not yet been
         // accepted; a second 4001 then stops for good.
@@ -226,48 +228,33 @@ impl<C: Send + 'static> Manager<'_, C> {
             attempt = attempt.saturating_add(1);
             self.set_state(session, ConnectionState::Connecting { attempt });
 
-            let tok = match token.clone() {
-                Some(t) => t,
-                None => {
-                    let tokens = Arc::clone(&self.deps.tokens);
-                    let refresh = token_refreshed;
-                    let fetch = tokio::task::spawn_blocking(move || {
-                        if refresh {
-                            tokens.refresh_token()
-                        } else {
-                            tokens.token()
-                        }
-                    });
-                    let failure = match self.wait(session, fetch).await {
-                        Waited::Cancelled => return,
-                        Waited::Control(_) => continue,
-                        Waited::Done(Ok(Some(t))) => {
-                            token = Some(t.clone());
-                            None
-                        }
-                        Waited::Done(Ok(None)) => {
-                            Some("the token provider has no token".to_owned())
-                        }
-                        Waited::Done(Err(join)) => {
-                            Some(format!("the token provider failed: {join}"))
-                        }
-                    };
-                    match (failure, token.clone()) {
-                        (None, Some(t)) => t,
-                        (failure, _) => {
-                            let message = failure.unwrap_or_default();
-                            if !self
-                                .closed(session, CloseReason::Unauthorized { message })
-                                .await
-                            {
-                                return;
-                            }
-                            (attempt, token_refreshed) = (0, false);
-                            backoff.reset();
-                            continue;
-                        }
-                    }
+            // The cache answers at once unless the token is near its
+            // `exp` (then it is refreshed first) or was refused.
+            let tokens = Arc::clone(&self.deps.tokens);
+            let refused = refused_token.clone();
+            let fetch = async move {
+                match refused {
+                    Some(r) => tokens.refresh(&r).await,
+                    None => tokens.get().await,
                 }
+            };
+            let fetched = match self.wait(session, fetch).await {
+                Waited::Cancelled => return,
+                Waited::Control(_) => continue,
+                Waited::Done(t) => t,
+            };
+            refused_token = None;
+            let Some(tok) = fetched else {
+                let message = "the token provider has no token".to_owned();
+                if !self
+                    .closed(session, CloseReason::Unauthorized { message })
+                    .await
+                {
+                    return;
+                }
+                (attempt, token_refreshed) = (0, false);
+                backoff.reset();
+                continue;
             };
 
             let url = with_token(&self.cfg.ws_url, &tok);
@@ -324,7 +311,7 @@ impl<C: Send + 'static> Manager<'_, C> {
                     if code == close_code::UNAUTHORIZED && !token_refreshed {
                         // The token expired: ask the app for a fresh one and
                         // reconnect right away.
-                        token = None;
+                        refused_token = Some(tok);
                         token_refreshed = true;
                         continue;
                     }
@@ -339,7 +326,10 @@ impl<C: Send + 'static> Manager<'_, C> {
                     if !self.closed(session, reason).await {
                         return;
                     }
-                    (attempt, token_refreshed, token) = (0, false, None);
+                    // After a refusal the next start (the app's
+                    // `reconnect`) asks for a fresh token.
+                    refused_token = (code == close_code::UNAUTHORIZED).then_some(tok);
+                    (attempt, token_refreshed) = (0, false);
                     backoff.reset();
                 }
                 Ended::Retry { healthy, why } => {

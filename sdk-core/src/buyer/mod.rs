@@ -33,6 +33,6 @@ mod tests;
 pub use client::{BuyerClient, BuyerConfig, BuyerDeps};
 pub use transport::{TransportError, TungsteniteConnector, WsConnector, WsEvent, WsTransport};
 pub use types::{
-    BuyerError, BuyerListener, ChatEntry, CloseReason, ConnectionState, LocationUpdate,
-    MessageStatus, PresenceUpdate, TypingUpdate,
+    BuyerListener, ChatEntry, CloseReason, ConnectionState, LocationUpdate, MessageStatus,
+    PresenceUpdate, TypingUpdate,
 };

@@ -10,7 +10,7 @@
 use waypost_protocol::ClientFrame;
 
 use super::store::{Outgoing, Store};
-use super::types::BuyerError;
+use crate::error::WaypostError;
 
 /// Error codes after which a resend may succeed.
 const TRANSIENT_CODES: &[&str] = &[
@@ -64,7 +64,7 @@ impl Outbox {
         store: &Store,
         now_ms: u64,
         out: &mut Vec<ClientFrame>,
-    ) -> Result<(), BuyerError> {
+    ) -> Result<(), WaypostError> {
         if self.in_flight.is_some() || now_ms < self.hold_until_ms {
             return Ok(());
         }
@@ -116,7 +116,7 @@ impl Outbox {
         code: &str,
         reference: Option<&str>,
         now_ms: u64,
-    ) -> Result<Option<Verdict>, BuyerError> {
+    ) -> Result<Option<Verdict>, WaypostError> {
         let Some(r) = reference else { return Ok(None) };
         let Some(f) = self.in_flight.take_if(|f| f.client_id == r || f.room == r) else {
             return Ok(None);
@@ -138,7 +138,7 @@ impl Outbox {
         store: &Store,
         me: &str,
         now_ms: u64,
-    ) -> Result<Option<Verdict>, BuyerError> {
+    ) -> Result<Option<Verdict>, WaypostError> {
         let timeout = self.ack_timeout_ms;
         let Some(f) = self
             .in_flight
@@ -155,7 +155,7 @@ impl Outbox {
         store: &Store,
         me: &str,
         f: InFlight,
-    ) -> Result<Option<Verdict>, BuyerError> {
+    ) -> Result<Option<Verdict>, WaypostError> {
         let attempts = store.count_attempt(&f.room, me, &f.client_id)?;
         if attempts >= self.max_attempts {
             return Ok(Some(Verdict::Fail {

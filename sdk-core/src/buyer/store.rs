@@ -13,7 +13,8 @@ use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use waypost_protocol::ChatMessage;
 
-use super::types::{BuyerError, ChatEntry, MessageStatus};
+use super::types::{ChatEntry, MessageStatus};
+use crate::error::WaypostError;
 
 /// Stored messages kept per room (oldest trimmed beyond this).
 pub const MAX_MESSAGES_PER_ROOM: u64 = 2_000;
@@ -41,7 +42,7 @@ pub struct Store {
 impl Store {
     /// Opens (creating and migrating) the database at `path`; `None` keeps
     /// it in memory (nothing survives the process).
-    pub fn open(path: Option<&str>) -> Result<Self, BuyerError> {
+    pub fn open(path: Option<&str>) -> Result<Self, WaypostError> {
         let conn = match path {
             Some(p) => Connection::open(p)?,
             None => Connection::open_in_memory()?,
@@ -51,8 +52,9 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version > SCHEMA_VERSION {
-            return Err(BuyerError::Store {
-                message: format!(
+            return Err(WaypostError::Storage {
+                code: crate::error::storage_code::IO.into(),
+                details: format!(
                     "database schema {version} is newer than this SDK ({SCHEMA_VERSION})"
                 ),
             });
@@ -93,7 +95,7 @@ impl Store {
     fn tx<T>(
         &self,
         f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
-    ) -> Result<T, BuyerError> {
+    ) -> Result<T, WaypostError> {
         let mut conn = self.conn.lock();
         let tx = conn.transaction()?;
         let out = f(&tx)?;
@@ -102,7 +104,7 @@ impl Store {
     }
 
     /// Highest seq delivered in order for `room` (0 when none).
-    pub fn last_seq(&self, room: &str) -> Result<u64, BuyerError> {
+    pub fn last_seq(&self, room: &str) -> Result<u64, WaypostError> {
         let conn = self.conn.lock();
         let v: Option<i64> = conn
             .query_row("SELECT last_seq FROM rooms WHERE room = ?1", [room], |r| {
@@ -114,7 +116,7 @@ impl Store {
 
     /// Moves `room`'s delivery point without storing messages (history was
     /// trimmed on the server, or the room started over).
-    pub fn set_last_seq(&self, room: &str, seq: u64) -> Result<(), BuyerError> {
+    pub fn set_last_seq(&self, room: &str, seq: u64) -> Result<(), WaypostError> {
         self.tx(|tx| set_last_seq(tx, room, seq))
     }
 
@@ -126,10 +128,10 @@ impl Store {
         client_id: &str,
         body: &str,
         ts: i64,
-    ) -> Result<ChatEntry, BuyerError> {
+    ) -> Result<ChatEntry, WaypostError> {
         if body.len() > MAX_BODY_BYTES {
-            return Err(BuyerError::InvalidArgument {
-                message: format!("message body over {MAX_BODY_BYTES} bytes"),
+            return Err(WaypostError::InvalidArgument {
+                details: format!("message body over {MAX_BODY_BYTES} bytes"),
             });
         }
         self.tx(|tx| {
@@ -148,21 +150,23 @@ impl Store {
             )?;
             Ok(Some(()))
         })?
-        .ok_or(BuyerError::Busy)?;
+        .ok_or(WaypostError::Busy {
+            details: "too many queued requests".into(),
+        })?;
         Ok(ChatEntry {
             room: room.to_owned(),
             seq: None,
             id: None,
-            from: me.to_owned(),
+            sender: me.to_owned(),
             client_id: client_id.to_owned(),
             body: body.to_owned(),
-            ts,
+            ts_ms: ts,
             status: MessageStatus::Pending,
         })
     }
 
     /// Pending messages in the order they were written, at most `limit`.
-    pub fn outbox(&self, limit: usize) -> Result<Vec<Outgoing>, BuyerError> {
+    pub fn outbox(&self, limit: usize) -> Result<Vec<Outgoing>, WaypostError> {
         let conn = self.conn.lock();
         let mut stmt = conn.prepare_cached(
             "SELECT room, client_id, body, attempts FROM messages
@@ -180,7 +184,12 @@ impl Store {
     }
 
     /// Counts one more send of `client_id`; returns the new count.
-    pub fn count_attempt(&self, room: &str, me: &str, client_id: &str) -> Result<u32, BuyerError> {
+    pub fn count_attempt(
+        &self,
+        room: &str,
+        me: &str,
+        client_id: &str,
+    ) -> Result<u32, WaypostError> {
         self.tx(|tx| {
             tx.execute(
                 "UPDATE messages SET attempts = attempts + 1
@@ -207,7 +216,7 @@ impl Store {
         client_id: &str,
         seq: u64,
         id: &str,
-    ) -> Result<Option<ChatEntry>, BuyerError> {
+    ) -> Result<Option<ChatEntry>, WaypostError> {
         self.tx(|tx| {
             let Some(mut entry) = entry_by_client(tx, room, me, client_id)? else {
                 return Ok(None);
@@ -236,14 +245,14 @@ impl Store {
     /// Stores `msg` as the next message of its room's timeline and moves
     /// `last_seq` to its seq. Returns the entry to show and whether it was
     /// one of this user's pending (or failed) messages that is now sent.
-    pub fn apply(&self, msg: &ChatMessage, me: &str) -> Result<(ChatEntry, bool), BuyerError> {
+    pub fn apply(&self, msg: &ChatMessage, me: &str) -> Result<(ChatEntry, bool), WaypostError> {
         self.tx(|tx| {
             let before = entry_by_client(tx, &msg.room, &msg.from, &msg.client_id)?;
             let was_unsent = before.as_ref().is_some_and(|e| {
                 matches!(e.status, MessageStatus::Pending | MessageStatus::Failed)
             });
             let mut entry = ChatEntry::from_wire(msg, me);
-            if let Some(b) = before.as_ref().filter(|b| b.from == me) {
+            if let Some(b) = before.as_ref().filter(|b| b.sender == me) {
                 // Keep the text as written; the server stored the same.
                 entry.body = b.body.clone();
                 entry.status = MessageStatus::Sent;
@@ -286,7 +295,7 @@ impl Store {
         room: &str,
         me: &str,
         client_id: &str,
-    ) -> Result<Option<ChatEntry>, BuyerError> {
+    ) -> Result<Option<ChatEntry>, WaypostError> {
         self.set_unsent_status(
             room,
             me,
@@ -302,7 +311,7 @@ impl Store {
         room: &str,
         me: &str,
         client_id: &str,
-    ) -> Result<Option<ChatEntry>, BuyerError> {
+    ) -> Result<Option<ChatEntry>, WaypostError> {
         self.set_unsent_status(
             room,
             me,
@@ -319,7 +328,7 @@ impl Store {
         client_id: &str,
         from: MessageStatus,
         to: MessageStatus,
-    ) -> Result<Option<ChatEntry>, BuyerError> {
+    ) -> Result<Option<ChatEntry>, WaypostError> {
         self.tx(|tx| {
             let n = tx.execute(
                 "UPDATE messages SET status = ?5, attempts = CASE WHEN ?5 = 'pending' THEN 0 ELSE attempts END
@@ -336,7 +345,7 @@ impl Store {
     /// The room's timeline for rendering: the newest `limit` stored messages
     /// in seq order, then this user's pending and failed ones in the order
     /// they were written.
-    pub fn messages(&self, room: &str, limit: u32) -> Result<Vec<ChatEntry>, BuyerError> {
+    pub fn messages(&self, room: &str, limit: u32) -> Result<Vec<ChatEntry>, WaypostError> {
         let conn = self.conn.lock();
         let mut out = Vec::new();
         let mut stmt = conn.prepare_cached(
@@ -388,10 +397,10 @@ fn row_to_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChatEntry> {
         room: r.get(0)?,
         seq: r.get::<_, Option<i64>>(1)?.map(|s| s.max(0) as u64),
         id: r.get(2)?,
-        from: r.get(3)?,
+        sender: r.get(3)?,
         client_id: r.get(4)?,
         body: r.get(5)?,
-        ts: r.get(6)?,
+        ts_ms: r.get(6)?,
         status: MessageStatus::parse(&r.get::<_, String>(7)?),
     })
 }
@@ -479,14 +488,16 @@ mod tests {
         let s = Store::open(None).unwrap();
         assert!(matches!(
             s.enqueue("r", "me", "big", &"x".repeat(MAX_BODY_BYTES + 1), 1),
-            Err(BuyerError::InvalidArgument { .. })
+            Err(WaypostError::InvalidArgument { .. })
         ));
         for i in 0..MAX_OUTBOX {
             s.enqueue("r", "me", &format!("c{i}"), "x", 1).unwrap();
         }
         assert_eq!(
             s.enqueue("r", "me", "one-more", "x", 1),
-            Err(BuyerError::Busy)
+            Err(WaypostError::Busy {
+                details: "too many queued requests".into()
+            })
         );
 
         for seq in 1..=MAX_MESSAGES_PER_ROOM + 5 {

@@ -17,6 +17,7 @@ use super::*;
 use crate::backoff::SeededRandom;
 use crate::clock::{Clock, Sleep};
 use crate::env::{ManualEnvironment, NetworkType};
+use crate::error::WaypostError;
 use crate::tokens::TokenProvider;
 
 /// Simulated time: tokio's paused clock, so sleeps auto-advance when every
@@ -203,17 +204,25 @@ struct Tokens {
     fail: Mutex<bool>,
 }
 
-impl TokenProvider for Tokens {
-    fn token(&self) -> Option<String> {
-        self.refresh_token()
-    }
-    fn refresh_token(&self) -> Option<String> {
+impl Tokens {
+    /// `tok1`, `tok2`, ... (or nothing while `fail`).
+    fn next(&self) -> Option<String> {
         if *self.fail.lock() {
             return None;
         }
         let mut n = self.n.lock();
         *n += 1;
         Some(format!("tok{n}"))
+    }
+}
+
+#[async_trait]
+impl TokenProvider for Tokens {
+    async fn token(&self) -> Option<String> {
+        self.next()
+    }
+    async fn refresh_token(&self) -> Option<String> {
+        self.next()
     }
 }
 
@@ -474,7 +483,7 @@ async fn network_back_reconnects_at_once() {
     while h.connector.attempts.lock().len() < 2 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    h.env.set_network(NetworkType::None);
+    h.env.set_network(NetworkType::Offline);
     h.client.environment_changed().unwrap();
     settle().await;
     assert_eq!(h.client.connection_state(), ConnectionState::Offline);
@@ -627,7 +636,7 @@ async fn codes_4000_4099_stop_4100_4199_reconnect() {
 #[tokio::test(start_paused = true)]
 async fn chat_outbox_written_offline_goes_out_in_order_once_acked() {
     let mut h = Harness::new(|_| {});
-    h.env.set_network(NetworkType::None);
+    h.env.set_network(NetworkType::Offline);
     h.client.environment_changed().unwrap();
     h.client.join_chat("r".into()).unwrap();
     let a = h.client.send_message("r".into(), "one".into()).unwrap();
@@ -892,7 +901,10 @@ async fn shutdown_closes_and_reports() {
             reason: CloseReason::Shutdown
         }
     );
-    assert_eq!(h.client.track_driver("d".into()), Err(BuyerError::ShutDown));
+    assert_eq!(
+        h.client.track_driver("d".into()),
+        Err(WaypostError::ShutDown)
+    );
     let _ = json!(null) == Value::Null;
 }
 
@@ -1043,7 +1055,7 @@ async fn outbox_survives_an_app_restart() {
     let dir = crate::test_util::TempDir::new("buyer-outbox");
     let db = dir.path().join("chat.db").to_string_lossy().into_owned();
     let h = Harness::new(|c| c.db_path = Some(db.clone()));
-    h.env.set_network(NetworkType::None);
+    h.env.set_network(NetworkType::Offline);
     h.client.environment_changed().unwrap();
     let written = h.client.send_message("r".into(), "kept".into()).unwrap();
     h.client.shutdown().await;

@@ -8,6 +8,7 @@ use waypost_protocol::{ChatMessage, Fix};
 
 /// The connection as the app sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
 pub enum ConnectionState {
     /// Opening a WebSocket (attempt counts from 1 since the last success).
     Connecting { attempt: u32 },
@@ -24,6 +25,7 @@ pub enum ConnectionState {
 
 /// Why the connection stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
 pub enum CloseReason {
     /// The app called `shutdown()`.
     Shutdown,
@@ -37,10 +39,12 @@ pub enum CloseReason {
 
 /// A driver's position, as delivered live or replayed at (re)subscribe.
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct LocationUpdate {
     pub driver_id: String,
     pub seq: u64,
-    pub ts: i64,
+    /// When the fix was taken, Unix epoch ms.
+    pub ts_ms: i64,
     pub lat: f64,
     pub lon: f64,
     pub accuracy_m: Option<f64>,
@@ -53,7 +57,7 @@ impl LocationUpdate {
         Self {
             driver_id: driver_id.to_owned(),
             seq: fix.seq,
-            ts: fix.ts,
+            ts_ms: fix.ts,
             lat: fix.lat,
             lon: fix.lon,
             accuracy_m: fix.accuracy_m,
@@ -65,6 +69,7 @@ impl LocationUpdate {
 
 /// Where a chat message stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
 pub enum MessageStatus {
     /// Written here, not yet acknowledged by the server (kept in the outbox).
     Pending,
@@ -99,17 +104,19 @@ impl MessageStatus {
 
 /// One chat message as the app renders it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct ChatEntry {
     pub room: String,
     /// The room's gap-free seq; `None` while pending or failed.
     pub seq: Option<u64>,
     /// Server id; `None` while pending or failed.
     pub id: Option<String>,
-    pub from: String,
+    /// Who wrote it.
+    pub sender: String,
     pub client_id: String,
     pub body: String,
     /// Server time once stored, local time of writing before.
-    pub ts: i64,
+    pub ts_ms: i64,
     pub status: MessageStatus,
 }
 
@@ -119,10 +126,10 @@ impl ChatEntry {
             room: m.room.clone(),
             seq: Some(m.seq),
             id: Some(m.id.clone()),
-            from: m.from.clone(),
+            sender: m.from.clone(),
             client_id: m.client_id.clone(),
             body: m.body.clone(),
-            ts: m.ts,
+            ts_ms: m.ts,
             status: if m.from == me {
                 MessageStatus::Sent
             } else {
@@ -134,6 +141,7 @@ impl ChatEntry {
 
 /// Someone came online or went offline in a room.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct PresenceUpdate {
     pub room: String,
     pub user: String,
@@ -142,6 +150,7 @@ pub struct PresenceUpdate {
 
 /// Someone is typing in a room (ephemeral; show for a few seconds).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct TypingUpdate {
     pub room: String,
     pub user: String,
@@ -165,27 +174,4 @@ pub trait BuyerListener: Send + Sync + 'static {
     /// refused subscribe (e.g. `forbidden` for `tracking:d-9`), or the
     /// client id or room of a refused message.
     fn on_error(&self, reference: String, code: String, message: String);
-}
-
-/// Errors of the buyer API.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BuyerError {
-    #[error("invalid argument: {message}")]
-    InvalidArgument { message: String },
-    #[error("local store: {message}")]
-    Store { message: String },
-    #[error("the client is shut down")]
-    ShutDown,
-    #[error("too many queued requests; try again")]
-    Busy,
-    #[error("no tokio runtime: {message}")]
-    Runtime { message: String },
-}
-
-impl From<rusqlite::Error> for BuyerError {
-    fn from(e: rusqlite::Error) -> Self {
-        BuyerError::Store {
-            message: e.to_string(),
-        }
-    }
 }

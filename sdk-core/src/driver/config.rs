@@ -73,7 +73,7 @@ impl DriverConfig {
 
     /// Checks ids, URL and limits.
     pub fn validate(&self) -> Result<(), WaypostError> {
-        let bad = |message: String| WaypostError::InvalidConfig { message };
+        let bad = WaypostError::invalid;
         validate_id("driver_id", &self.driver_id).map_err(|e| bad(e.to_string()))?;
         validate_id("device_id", &self.device_id).map_err(|e| bad(e.to_string()))?;
         if !(self.base_url.starts_with("http://") || self.base_url.starts_with("https://")) {
@@ -119,6 +119,7 @@ impl DriverConfig {
 /// Something the app may want to know. Delivered synchronously from the
 /// SDK's threads: return quickly.
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
 pub enum DriverEvent {
     /// Configure the OS location service like this.
     SamplingChanged {
@@ -179,6 +180,7 @@ pub trait DriverListener: Send + Sync + 'static {
 
 /// What `record` did with a location.
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
 pub enum RecordOutcome {
     /// Committed to the buffer with this seq.
     Recorded {
@@ -218,6 +220,7 @@ impl std::fmt::Debug for DriverDeps {
 
 /// Counters of a driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct DriverStats {
     /// Fixes in the buffer waiting for an acknowledgement.
     pub pending: u64,

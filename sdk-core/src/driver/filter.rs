@@ -9,6 +9,7 @@ use super::policy::haversine_m;
 
 /// A location as the platform delivers it (no seq yet).
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct Location {
     /// When the fix was taken, Unix epoch ms.
     pub ts_ms: i64,
@@ -17,12 +18,16 @@ pub struct Location {
     /// Longitude, degrees.
     pub lon: f64,
     /// Horizontal accuracy radius, metres.
+    #[cfg_attr(feature = "uniffi", uniffi(default = None))]
     pub accuracy_m: Option<f64>,
     /// Speed over ground, m/s.
+    #[cfg_attr(feature = "uniffi", uniffi(default = None))]
     pub speed_mps: Option<f64>,
     /// Course, degrees clockwise from north.
+    #[cfg_attr(feature = "uniffi", uniffi(default = None))]
     pub heading_deg: Option<f64>,
     /// Altitude, metres.
+    #[cfg_attr(feature = "uniffi", uniffi(default = None))]
     pub altitude_m: Option<f64>,
 }
 
@@ -59,6 +64,7 @@ impl Location {
 
 /// Why `record` did not record a fix.
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
 pub enum DropReason {
     /// A field is out of range or not a number.
     Invalid {

@@ -49,7 +49,7 @@ use crate::backoff::SeededRandom;
 use crate::clock::SystemClock;
 use crate::env::Environment;
 use crate::error::WaypostError;
-use crate::tokens::TokenProvider;
+use crate::tokens::{TokenProvider, Tokens};
 use crate::transport::ReqwestTransport;
 
 /// Recording state: cloned, changed, and written back only when the buffer
@@ -68,6 +68,8 @@ pub(crate) struct Inner {
     config: DriverConfig,
     policy: LocationPolicy,
     deps: DriverDeps,
+    /// Bearer tokens (refreshed ahead of `exp` and after a 401).
+    tokens: Tokens,
     ingest_url: String,
     buffer: Mutex<Buffer>,
     recorder: Mutex<Recorder>,
@@ -143,8 +145,10 @@ impl Driver {
         };
         let policy = LocationPolicy::new(config.policy);
         let sched = Sched::new(config.backoff, config.max_batch_fixes as usize);
+        let tokens = Tokens::new(Arc::clone(&deps.tokens), Arc::clone(&deps.clock));
         let inner = Arc::new(Inner {
             ingest_url: config.ingest_url(),
+            tokens,
             policy,
             buffer: Mutex::new(buffer),
             recorder: Mutex::new(recorder),
@@ -194,10 +198,9 @@ impl Driver {
         if self.cancel.is_cancelled() {
             return Err(WaypostError::ShutDown);
         }
-        let handle =
-            tokio::runtime::Handle::try_current().map_err(|e| WaypostError::NoRuntime {
-                message: e.to_string(),
-            })?;
+        let handle = tokio::runtime::Handle::try_current().map_err(|e| WaypostError::Internal {
+            details: e.to_string(),
+        })?;
         let mut task = self.task.lock();
         if task.as_ref().is_some_and(|t| !t.is_finished()) {
             return Ok(());

@@ -20,6 +20,7 @@ use crate::env::BatteryState;
 
 /// The accuracy the SDK asks the OS location service for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
 pub enum Accuracy {
     /// GPS, best available (Android `PRIORITY_HIGH_ACCURACY`,
     /// iOS `kCLLocationAccuracyBest`).
@@ -43,6 +44,7 @@ impl Accuracy {
 
 /// What the SDK wants the app to configure on the OS location service.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
 pub struct SamplingRequest {
     /// Desired accuracy.
     pub accuracy: Accuracy,
@@ -112,6 +114,7 @@ pub struct PolicyConfig {
 
 /// Ready-made policies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
 pub enum PolicyPreset {
     /// Best tracking: 1 s sampling, uploads every 2 s while watched.
     Realtime,

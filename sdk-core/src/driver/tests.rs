@@ -204,11 +204,12 @@ struct Tokens {
     refreshes: AtomicUsize,
 }
 
+#[async_trait]
 impl TokenProvider for Tokens {
-    fn token(&self) -> Option<String> {
+    async fn token(&self) -> Option<String> {
         Some(self.stale.clone())
     }
-    fn refresh_token(&self) -> Option<String> {
+    async fn refresh_token(&self) -> Option<String> {
         self.refreshes.fetch_add(1, Ordering::Relaxed);
         Some(self.fresh.clone())
     }
@@ -496,6 +497,32 @@ async fn unauthorized_refreshes_the_token_once_per_attempt() {
 }
 
 #[tokio::test]
+async fn a_token_near_its_exp_is_refreshed_before_the_server_refuses_it() {
+    let mut sim = Sim::new(4);
+    let exp_s = |in_s: i64| T0 / 1000 + in_s;
+    let tokens = Arc::new(Tokens {
+        // Valid for 30 s more: inside the refresh-ahead window.
+        stale: crate::tokens::unsigned_jwt(&format!(r#"{{"exp":{}}}"#, exp_s(30))),
+        fresh: crate::tokens::unsigned_jwt(&format!(r#"{{"exp":{}}}"#, exp_s(3600))),
+        refreshes: AtomicUsize::new(0),
+    });
+    sim.tokens = tokens.clone();
+    let d = sim.open();
+    d.record(Sim::loc(0)).unwrap();
+    d.poll_uploads().await.unwrap();
+    assert_eq!(sim.server.requests(), 1);
+    // From now on the server takes only the fresh token: had the SDK sent
+    // the old one, it would see a 401 and need a second request.
+    sim.server.state.lock().valid_token = Some(tokens.fresh.clone());
+    d.record(Sim::loc(10)).unwrap();
+    d.flush();
+    d.poll_uploads().await.unwrap();
+    assert_eq!(sim.server.requests(), 2, "no 401 round trip");
+    assert_eq!(tokens.refreshes.load(Ordering::Relaxed), 1);
+    assert_eq!(sim.server.seqs().len(), 2);
+}
+
+#[tokio::test]
 async fn refused_fix_is_quarantined_not_retried() {
     let sim = Sim::new(5);
     let d = sim.open();
@@ -522,7 +549,7 @@ async fn too_large_batches_are_split() {
     sim.config.policy.unwatched.sample_interval_ms = 1_000;
     sim.config.policy.unwatched.distance_base_m = 0.0;
     sim.config.policy.unwatched.distance_max_m = 0.0;
-    sim.env.set_network(NetworkType::None);
+    sim.env.set_network(NetworkType::Offline);
     let d = sim.open();
     let seqs = sim.drive(&d, 0, 100).await;
     assert_eq!(sim.server.requests(), 0, "no network, no attempts");
@@ -641,7 +668,7 @@ async fn full_buffer_evicts_oldest_and_reports_it() {
     sim.config.policy.unwatched.sample_interval_ms = 1_000;
     sim.config.policy.unwatched.distance_base_m = 0.0;
     sim.config.policy.unwatched.distance_max_m = 0.0;
-    sim.env.set_network(NetworkType::None);
+    sim.env.set_network(NetworkType::Offline);
     let d = sim.open();
     let seqs = sim.drive(&d, 0, 30).await;
     assert_eq!(seqs.len(), 30);
@@ -688,7 +715,7 @@ async fn unreadable_buffer_files_are_clear_errors() {
     };
     assert!(matches!(
         open(&sim).unwrap_err(),
-        WaypostError::BufferCorrupt { .. }
+        WaypostError::Storage { ref code, .. } if code == crate::error::storage_code::CORRUPT
     ));
     sim.config.buffer.recreate_if_corrupt = true;
     let d = open(&sim).unwrap();
@@ -711,6 +738,6 @@ async fn unreadable_buffer_files_are_clear_errors() {
     sim.path = other;
     assert!(matches!(
         open(&sim).unwrap_err(),
-        WaypostError::BufferForeign { .. }
+        WaypostError::Storage { ref code, .. } if code == crate::error::storage_code::FOREIGN
     ));
 }

@@ -86,7 +86,8 @@ impl Sched {
     /// means "upload now" (and forget the backoff, which was most likely
     /// waiting for exactly this).
     fn observe(&mut self, network: NetworkType, charging: bool) {
-        let back = self.last_network == Some(NetworkType::None) && network != NetworkType::None;
+        let back =
+            self.last_network == Some(NetworkType::Offline) && network != NetworkType::Offline;
         let plugged = self.last_charging == Some(false) && charging;
         if back || plugged {
             tracing::debug!(back, plugged, "driver: flushing after environment change");
@@ -102,7 +103,7 @@ impl Sched {
         if pending == 0 {
             return Decision::Idle;
         }
-        if network == NetworkType::None {
+        if network == NetworkType::Offline {
             return Decision::WaitUntil(now + OFFLINE_RECHECK_MS);
         }
         if let Some(t) = self.not_before.filter(|&t| now < t) {
@@ -298,25 +299,6 @@ impl Inner {
         Ok(())
     }
 
-    async fn token(&self, refresh: bool) -> Option<String> {
-        let tokens = Arc::clone(&self.deps.tokens);
-        let fetch = move || {
-            if refresh {
-                tokens.refresh_token()
-            } else {
-                tokens.token()
-            }
-        };
-        // Providers may do I/O: keep them off the async threads.
-        match tokio::task::spawn_blocking(fetch).await {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::error!(error = %e, "token provider panicked");
-                None
-            }
-        }
-    }
-
     fn build_request(&self, batch: &Batch, token: &str) -> HttpRequest {
         let mut json =
             Vec::with_capacity(batch.json.iter().map(|j| j.len() + 1).sum::<usize>() + 64);
@@ -354,9 +336,14 @@ impl Inner {
     }
 
     async fn send_batch(&self, batch: &Batch) -> Result<Attempt, WaypostError> {
-        let mut refreshed = false;
+        // The token the server refused (401), refreshed once per batch.
+        let mut refused: Option<String> = None;
         loop {
-            let Some(token) = self.token(refreshed).await else {
+            let token = match &refused {
+                Some(r) => self.tokens.refresh(r).await,
+                None => self.tokens.get().await,
+            };
+            let Some(token) = token else {
                 return Ok(Attempt::Failed {
                     error: HttpError::NoToken,
                     retry_after: None,
@@ -375,9 +362,9 @@ impl Inner {
                     })
                 }
             };
-            if response.status == 401 && !refreshed {
+            if response.status == 401 && refused.is_none() {
                 tracing::info!("driver upload: 401, asking the app for a fresh token");
-                refreshed = true;
+                refused = Some(token);
                 continue;
             }
             return self.apply(batch, response);
@@ -539,7 +526,7 @@ mod tests {
             "full batch"
         );
         assert_eq!(
-            s.decide(5_000, 1, NetworkType::None, i),
+            s.decide(5_000, 1, NetworkType::Offline, i),
             Decision::WaitUntil(5_000 + OFFLINE_RECHECK_MS)
         );
         s.retry_at = Some(7_000);
@@ -549,7 +536,7 @@ mod tests {
         );
         assert_eq!(s.decide(7_000, 1, NetworkType::Wifi, i), Decision::Upload);
         // Network back: flush at once, backoff forgotten.
-        s.observe(NetworkType::None, false);
+        s.observe(NetworkType::Offline, false);
         s.observe(NetworkType::Cellular, false);
         assert!(s.flush && s.retry_at.is_none());
         // Retry-After holds even a flush back.

@@ -86,6 +86,9 @@ impl OrderService {
         now_ms: i64,
         origin_us: i64,
     ) -> Result<Vec<Order>, OrderError> {
+        if let Some(hooks) = &self.webhooks {
+            hooks.driver_seen(driver_id, now_ms).await;
+        }
         let active = self.orders.active_orders_of(driver_id).await?;
         if active.is_empty() {
             return Ok(active);

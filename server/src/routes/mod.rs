@@ -53,6 +53,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/orders/{order_id}", get(orders::get_order))
         .route("/v1/orders/{order_id}/timeline", get(orders::get_timeline))
         .route("/v1/orders/{order_id}/stream", get(sse::order_stream))
+        .route("/v1/orders/{order_id}/poll", get(poll::poll_order))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

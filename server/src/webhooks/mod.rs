@@ -21,6 +21,7 @@
 //! Time, randomness and HTTP are behind small traits ([`WebhookClock`],
 //! [`Jitter`], [`WebhookSender`]) for deterministic tests.
 
+pub mod drivers;
 pub mod queue;
 pub mod queue_redis;
 
@@ -278,6 +279,8 @@ pub struct Webhooks {
     jitter: Arc<dyn Jitter>,
     metrics: WebhookMetrics,
     wake: Arc<Notify>,
+    /// Online drivers, for `driver.online`/`driver.offline`.
+    presence: Option<Arc<dyn drivers::DriverPresence>>,
 }
 
 impl Webhooks {
@@ -297,7 +300,67 @@ impl Webhooks {
             jitter,
             metrics,
             wake: Arc::new(Notify::new()),
+            presence: None,
         })
+    }
+
+    /// With the wall clock and real randomness.
+    pub fn system(
+        cfg: WebhookConfig,
+        queue: Arc<dyn WebhookQueue>,
+        sender: Arc<dyn WebhookSender>,
+        metrics: WebhookMetrics,
+    ) -> Arc<Self> {
+        Self::new(
+            cfg,
+            queue,
+            sender,
+            Arc::new(SystemClock),
+            Arc::new(RandJitter),
+            metrics,
+        )
+    }
+
+    /// Turns on `driver.online`/`driver.offline` with this presence set
+    /// (call before sharing).
+    pub fn with_presence(mut self: Arc<Self>, p: Arc<dyn drivers::DriverPresence>) -> Arc<Self> {
+        if let Some(me) = Arc::get_mut(&mut self) {
+            me.presence = Some(p);
+        }
+        self
+    }
+
+    /// A driver's fix was stored at `now_ms`: `driver.online` when it was
+    /// offline. Errors are logged (the fix is stored regardless).
+    pub async fn driver_seen(&self, driver: &str, now_ms: i64) {
+        let Some(p) = &self.presence else { return };
+        match p.seen(driver, now_ms).await {
+            Ok(true) => {
+                let ev = drivers::presence_event(driver, true, now_ms);
+                if let Err(e) = self.emit(&ev).await {
+                    tracing::warn!(driver, error = %e, "online webhook not queued");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(driver, error = %e, "driver presence unavailable"),
+        }
+    }
+
+    /// Spawns the offline sweeper (with presence on).
+    pub fn spawn_sweeper(
+        self: &Arc<Self>,
+        ttl: Duration,
+        tracker: &TaskTracker,
+        cancel: &CancellationToken,
+    ) {
+        if let Some(p) = &self.presence {
+            tracker.spawn(drivers::sweep(
+                Arc::clone(p),
+                Arc::clone(self),
+                ttl,
+                cancel.clone(),
+            ));
+        }
     }
 
     /// Queues `event` for every endpoint. A queue that is full or already

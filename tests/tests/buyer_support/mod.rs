@@ -214,7 +214,7 @@ impl Participant {
         self.env.set_network(if online {
             NetworkType::Wifi
         } else {
-            NetworkType::None
+            NetworkType::Offline
         });
         self.client.environment_changed()?;
         let want = if online {
@@ -259,13 +259,13 @@ impl Participant {
             self.user
         );
         for m in &stored {
-            let own = m.from == self.user;
+            let own = m.sender == self.user;
             ensure!(
                 (m.status == MessageStatus::Sent) == own,
                 "{}: status {:?} for a message from {}",
                 self.user,
                 m.status,
-                m.from
+                m.sender
             );
         }
         Ok(())

@@ -15,8 +15,8 @@ import io.waypost.sample.core.BuyerSession
 import io.waypost.sample.core.BuyerUiState
 import io.waypost.sample.core.CallbackTokenProvider
 import io.waypost.sdk.BuyerConfig
-import io.waypost.sdk.MessageStatus
-import io.waypost.sdk.WaypostException
+import io.waypost.sdk.types.MessageStatus
+import io.waypost.sdk.types.WaypostException
 import kotlinx.coroutines.Dispatchers
 import kotlinx.coroutines.flow.MutableStateFlow
 import kotlinx.coroutines.flow.filterNotNull
@@ -29,9 +29,8 @@ import kotlinx.coroutines.withContext
  * [BuyerSession]; this class renders its [BuyerUiState]s, which arrive as a
  * StateFlow collected only while the screen is visible.
  *
- * The client is opened (SQLite chat store) on Dispatchers.IO; sending and
- * typing notices go through Dispatchers.IO too: the main thread never waits
- * for the SDK.
+ * Opening the client (SQLite chat store) and sending are `suspend` calls the
+ * SDK runs on its own threads: the main thread never waits for the SDK.
  */
 class BuyerActivity : AppCompatActivity() {
     private var session: BuyerSession? = null
@@ -47,28 +46,27 @@ class BuyerActivity : AppCompatActivity() {
         val token = intent.getStringExtra(EXTRA_TOKEN).orEmpty()
         val userId = intent.getStringExtra(EXTRA_USER_ID).orEmpty()
         lifecycleScope.launch {
+            val dbPath = withContext(Dispatchers.IO) { filesDir.resolve("waypost-chat.db").absolutePath } // may mkdir
             val opened = try {
-                withContext(Dispatchers.IO) {
-                    BuyerSession(
-                        BuyerConfig(
-                            baseUrl = intent.getStringExtra(EXTRA_URL).orEmpty(),
-                            userId = userId,
-                            // The chat store and outbox survive restarts: messages written offline are sent later.
-                            dbPath = filesDir.resolve("waypost-chat.db").absolutePath,
-                        ),
-                        CallbackTokenProvider { token },
-                        waypostApp.platform,
-                        driverId = intent.getStringExtra(EXTRA_DRIVER_ID).orEmpty(),
-                        room = intent.getStringExtra(EXTRA_ROOM).orEmpty(),
-                    ) { state -> states.value = state } // any thread; the collector below runs on main
-                }
+                BuyerSession.open(
+                    BuyerConfig(
+                        baseUrl = intent.getStringExtra(EXTRA_URL).orEmpty(),
+                        userId = userId,
+                        // The chat store and outbox survive restarts: messages written offline are sent later.
+                        dbPath = dbPath,
+                    ),
+                    CallbackTokenProvider { token },
+                    waypostApp.platform,
+                    driverId = intent.getStringExtra(EXTRA_DRIVER_ID).orEmpty(),
+                    room = intent.getStringExtra(EXTRA_ROOM).orEmpty(),
+                ) { state -> states.value = state } // any thread; the collector below runs on main
             } catch (e: WaypostException) {
                 Toast.makeText(this@BuyerActivity, e.message, Toast.LENGTH_LONG).show()
                 finish()
                 return@launch
             }
             if (isDestroyed) { // left the screen while opening
-                waypostApp.scope.launch(Dispatchers.IO) { opened.stop(); opened.close() }
+                waypostApp.scope.launch { opened.stop(); opened.close() }
                 return@launch
             }
             session = opened
@@ -89,14 +87,14 @@ class BuyerActivity : AppCompatActivity() {
             lifecycleScope.launch {
                 try {
                     // The pending entry shows at once (through the state flow); works offline.
-                    withContext(Dispatchers.IO) { s.send(body) }
+                    s.send(body)
                 } catch (e: WaypostException) {
                     Toast.makeText(this@BuyerActivity, e.message, Toast.LENGTH_SHORT).show()
                 }
             }
         }
         compose.setOnKeyListener { _, _, _ ->
-            session?.let { s -> lifecycleScope.launch(Dispatchers.IO) { s.typing() } }
+            session?.typing()
             false
         }
     }
@@ -120,7 +118,7 @@ class BuyerActivity : AppCompatActivity() {
         session = null
         if (s != null) {
             // Ends tracking and chat and closes the socket; outlives the activity.
-            waypostApp.scope.launch(Dispatchers.IO) {
+            waypostApp.scope.launch {
                 s.stop()
                 s.close()
             }

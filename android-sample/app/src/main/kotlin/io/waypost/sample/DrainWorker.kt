@@ -13,7 +13,7 @@ import androidx.work.WorkerParameters
 import io.waypost.sample.core.CallbackTokenProvider
 import io.waypost.sample.core.DriverSession
 import io.waypost.sdk.DriverConfig
-import io.waypost.sdk.WaypostException
+import io.waypost.sdk.types.WaypostException
 import java.util.concurrent.TimeUnit
 import kotlinx.coroutines.Dispatchers
 import kotlinx.coroutines.withContext
@@ -33,35 +33,34 @@ class DrainWorker(context: Context, params: WorkerParameters) : CoroutineWorker(
         if (store.active() != null) return Result.success()
         val shift = store.last() ?: return Result.success()
         val app = applicationContext as WaypostApp
-        return withContext(Dispatchers.IO) {
-            val session = try {
-                DriverSession(
-                    DriverConfig(
-                        baseUrl = shift.url,
-                        driverId = shift.driverId,
-                        deviceId = shift.deviceId,
-                        bufferPath = LocationService.bufferPath(applicationContext),
-                    ),
-                    // A real app refreshes from its backend here (the sample reuses the pasted token).
-                    CallbackTokenProvider { shift.token },
-                    app.platform,
-                )
-            } catch (e: WaypostException) {
-                Log.e(TAG, "cannot open the buffer", e)
-                return@withContext Result.retry()
-            }
-            try {
-                // Uploads everything pending now (Retry-After and backoff honoured).
-                val left = session.driver.uploadNow().pending
-                Log.i(TAG, "drained; $left fixes left")
-                if (left == 0uL) Result.success() else Result.retry()
-            } catch (e: WaypostException) {
-                Log.w(TAG, "upload failed, retrying later", e)
-                Result.retry()
-            } finally {
-                session.stop()
-                session.close()
-            }
+        val path = withContext(Dispatchers.IO) { LocationService.bufferPath(applicationContext) }
+        val session = try {
+            DriverSession.open(
+                DriverConfig(
+                    baseUrl = shift.url,
+                    driverId = shift.driverId,
+                    deviceId = shift.deviceId,
+                    bufferPath = path,
+                ),
+                // A real app refreshes from its backend here (the sample reuses the pasted token).
+                CallbackTokenProvider { shift.token },
+                app.platform,
+            )
+        } catch (e: WaypostException) {
+            Log.e(TAG, "cannot open the buffer", e)
+            return Result.retry()
+        }
+        return try {
+            // Uploads everything pending now (Retry-After and backoff honoured).
+            val left = session.driver.uploadNow().pending
+            Log.i(TAG, "drained; $left fixes left")
+            if (left == 0uL) Result.success() else Result.retry()
+        } catch (e: WaypostException) {
+            Log.w(TAG, "upload failed, retrying later", e)
+            Result.retry()
+        } finally {
+            session.stop()
+            session.close()
         }
     }
 

@@ -27,12 +27,13 @@ import io.waypost.sample.core.DriverSession
 import io.waypost.sample.core.Fixes
 import io.waypost.sample.core.LocationRequestSpec
 import io.waypost.sdk.DriverConfig
-import io.waypost.sdk.WaypostException
+import io.waypost.sdk.types.Location
+import io.waypost.sdk.types.WaypostException
 import kotlinx.coroutines.CoroutineScope
 import kotlinx.coroutines.Dispatchers
-import kotlinx.coroutines.ExperimentalCoroutinesApi
 import kotlinx.coroutines.SupervisorJob
 import kotlinx.coroutines.cancel
+import kotlinx.coroutines.channels.Channel
 import kotlinx.coroutines.flow.MutableStateFlow
 import kotlinx.coroutines.flow.StateFlow
 import kotlinx.coroutines.flow.asStateFlow
@@ -48,18 +49,19 @@ import kotlinx.coroutines.withContext
  *   kills the process it restarts the service with a null intent, which
  *   reloads the shift and reopens the driver on the same SQLite buffer:
  *   nothing recorded before the kill is lost.
- * - The main thread never touches disk: the driver is opened, fed and read
- *   on [Dispatchers.IO] (record is a SQLite commit); the main thread only
- *   handles FLP callbacks and the notification.
+ * - The main thread never blocks: opening the driver, recording and reading
+ *   its stats are `suspend` calls the SDK runs on its own threads; fixes go
+ *   through a channel to one recording coroutine, so they reach the buffer
+ *   in the order FLP delivered them.
  * - When the shift ends the driver shuts down and a [DrainWorker] uploads
  *   whatever is still buffered once a network is available.
  */
 class LocationService : Service() {
     private val scope = CoroutineScope(SupervisorJob() + Dispatchers.Main.immediate)
 
-    /** One writer, in order: fixes reach the buffer in the order FLP delivered them. */
-    @OptIn(ExperimentalCoroutinesApi::class)
-    private val recordDispatcher = Dispatchers.IO.limitedParallelism(1)
+    /** FLP batches, in delivery order, for the one recording coroutine (bounded: a stalled
+     *  store drops the newest batch rather than growing without limit). */
+    private val batches = Channel<List<Location>>(capacity = 256)
     private lateinit var fused: FusedLocationProviderClient
     private lateinit var store: ShiftStore
     private var session: DriverSession? = null
@@ -78,16 +80,7 @@ class LocationService : Service() {
                     altitudeM = if (l.hasAltitude()) l.altitude else null,
                 )
             }
-            val s = session ?: return
-            scope.launch(recordDispatcher) {
-                try {
-                    s.record(fixes)
-                    publishStatus(s)
-                } catch (e: WaypostException) {
-                    Log.e(TAG, "recording failed", e)
-                    mutableStatus.value = "recording failed: ${e.message}"
-                }
-            }
+            if (batches.trySend(fixes).isFailure) Log.w(TAG, "recording queue full: ${fixes.size} fixes dropped")
         }
     }
 
@@ -129,20 +122,19 @@ class LocationService : Service() {
             stopSelf()
             return
         }
+        val path = withContext(Dispatchers.IO) { bufferPath(this@LocationService) } // filesDir may mkdir
         val s = try {
-            withContext(Dispatchers.IO) {
-                DriverSession(
-                    DriverConfig(
-                        baseUrl = shift.url,
-                        driverId = shift.driverId,
-                        deviceId = shift.deviceId,
-                        bufferPath = bufferPath(this@LocationService),
-                    ),
-                    // A real app fetches and refreshes the token from its backend here.
-                    CallbackTokenProvider { shift.token },
-                    waypostApp.platform,
-                ) { spec -> scope.launch { requestUpdates(spec) } } // SDK thread → main
-            }
+            DriverSession.open(
+                DriverConfig(
+                    baseUrl = shift.url,
+                    driverId = shift.driverId,
+                    deviceId = shift.deviceId,
+                    bufferPath = path,
+                ),
+                // A real app fetches and refreshes the token from its backend here (it may suspend).
+                CallbackTokenProvider { shift.token },
+                waypostApp.platform,
+            ) { spec -> scope.launch { requestUpdates(spec) } } // SDK thread → main
         } catch (e: WaypostException) {
             Log.e(TAG, "cannot open the driver", e)
             mutableStatus.value = "cannot start: ${e.message}"
@@ -153,8 +145,19 @@ class LocationService : Service() {
         session = s
         opening = false
         mutableRunning.value = true
-        val spec = withContext(Dispatchers.IO) { s.initialRequest() }
-        if (!requestUpdates(spec) && restartedInBackground) {
+        // The one recording coroutine: in order, suspending (never blocking) on the SDK.
+        scope.launch {
+            for (batch in batches) {
+                try {
+                    s.record(batch)
+                    publishStatus(s)
+                } catch (e: WaypostException) {
+                    Log.e(TAG, "recording failed", e)
+                    mutableStatus.value = "recording failed: ${e.message}"
+                }
+            }
+        }
+        if (!requestUpdates(s.initialRequest()) && restartedInBackground) {
             // Restarted from the background without location access (while-in-use
             // permission only): the buffer still uploads; ask the courier to reopen.
             notify(getString(R.string.notification_reopen))
@@ -188,13 +191,13 @@ class LocationService : Service() {
         }
     }
 
-    /** The status line for the UI; reads the buffer's stats, so only off the main thread. */
+    /** The status line for the UI (reads the buffer's stats: a suspend call). */
     private suspend fun publishStatus(s: DriverSession) {
-        val text = withContext(Dispatchers.IO) {
-            runCatching { s.statusText() + "\n" + s.recentEvents().take(5).joinToString("\n") }
-                .getOrElse { "status unavailable: ${it.message}" }
+        mutableStatus.value = try {
+            s.statusText() + "\n" + s.recentEvents().take(5).joinToString("\n")
+        } catch (e: WaypostException) {
+            "status unavailable: ${e.message}"
         }
-        mutableStatus.value = text
     }
 
     override fun onDestroy() {
@@ -204,9 +207,10 @@ class LocationService : Service() {
         mutableRunning.value = false
         scope.cancel()
         // The shift ended (stopService from the UI): no restart, shut the driver
-        // down off the main thread, then let WorkManager upload any leftovers.
+        // down (suspend), then let WorkManager upload any leftovers.
+        batches.close()
         val app = waypostApp
-        app.scope.launch(Dispatchers.IO) {
+        app.scope.launch {
             store.end()
             if (s != null) {
                 s.stop()

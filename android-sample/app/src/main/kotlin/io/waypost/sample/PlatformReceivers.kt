@@ -11,7 +11,7 @@ import android.os.BatteryManager
 import android.os.PowerManager
 import androidx.core.content.ContextCompat
 import io.waypost.sample.core.PlatformState
-import io.waypost.sdk.NetworkType
+import io.waypost.sdk.types.NetworkType
 
 /**
  * Feeds the phone's battery, power-saver and network state into

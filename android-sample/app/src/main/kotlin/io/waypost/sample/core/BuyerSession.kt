@@ -3,15 +3,15 @@ package io.waypost.sample.core
 import io.waypost.sdk.BuyerClient
 import io.waypost.sdk.BuyerConfig
 import io.waypost.sdk.BuyerListener
-import io.waypost.sdk.ChatEntry
-import io.waypost.sdk.CloseReason
-import io.waypost.sdk.ConnectionState
-import io.waypost.sdk.LocationUpdate
-import io.waypost.sdk.MessageStatus
-import io.waypost.sdk.PresenceUpdate
+import io.waypost.sdk.types.ChatEntry
+import io.waypost.sdk.types.CloseReason
+import io.waypost.sdk.types.ConnectionState
+import io.waypost.sdk.types.LocationUpdate
+import io.waypost.sdk.types.MessageStatus
+import io.waypost.sdk.types.PresenceUpdate
 import io.waypost.sdk.Subscription
 import io.waypost.sdk.TokenProvider
-import io.waypost.sdk.TypingUpdate
+import io.waypost.sdk.types.TypingUpdate
 
 /** What the buyer screen shows. Immutable; a new one after every change. */
 data class BuyerUiState(
@@ -31,25 +31,25 @@ data class BuyerUiState(
  * [onChange] runs on an SDK thread (`waypost-rt`), in order; the activity
  * posts the state to the main thread.
  */
-class BuyerSession(
-    config: BuyerConfig,
-    tokens: TokenProvider,
+class BuyerSession private constructor(
     val platform: PlatformState,
     private val driverId: String,
     val room: String,
     private val onChange: (BuyerUiState) -> Unit = {},
 ) : BuyerListener, AutoCloseable {
+
     private val lock = Any()
     private var state = BuyerUiState()
     /** Chat by client id, so a pending entry is replaced by its acknowledged form. */
     private val chat = LinkedHashMap<String, ChatEntry>()
     private val platformListener: () -> Unit = { runCatching { client.environmentChanged() } }
 
-    val client: BuyerClient = BuyerClient(config, this, tokens, platform)
-    private val trackingSub: Subscription
-    private val chatSub: Subscription
+    lateinit var client: BuyerClient
+        private set
+    private lateinit var trackingSub: Subscription
+    private lateinit var chatSub: Subscription
 
-    init {
+    private suspend fun start() {
         platform.addChangeListener(platformListener)
         trackingSub = client.trackDriver(driverId)
         chatSub = client.joinChat(room)
@@ -64,7 +64,7 @@ class BuyerSession(
     fun state(): BuyerUiState = synchronized(lock) { state }
 
     /** Queues a message (works offline); the pending entry shows at once. */
-    fun send(body: String): ChatEntry {
+    suspend fun send(body: String): ChatEntry {
         val entry = client.sendMessage(room, body)
         onOutgoing(entry)
         return entry
@@ -146,6 +146,21 @@ class BuyerSession(
     }
 
     companion object {
+        /** Opens the client (its SQLite store, off the caller's thread), tracks [driverId] and joins [room]. */
+        suspend fun open(
+            config: BuyerConfig,
+            tokens: TokenProvider,
+            platform: PlatformState,
+            driverId: String,
+            room: String,
+            onChange: (BuyerUiState) -> Unit = {},
+        ): BuyerSession {
+            val session = BuyerSession(platform, driverId, room, onChange)
+            session.client = BuyerClient.open(config, session, tokens, platform)
+            session.start()
+            return session
+        }
+
         /** "Courier at 52.52000, 13.40500 · ±8 m · 40 km/h" */
         fun trackingText(u: LocationUpdate): String {
             val parts = mutableListOf("Courier at %.5f, %.5f".format(java.util.Locale.ROOT, u.lat, u.lon))

@@ -2,11 +2,11 @@ package io.waypost.sample.core
 
 import io.waypost.sdk.Driver
 import io.waypost.sdk.DriverConfig
-import io.waypost.sdk.DriverEvent
+import io.waypost.sdk.types.DriverEvent
 import io.waypost.sdk.DriverListener
-import io.waypost.sdk.DriverStats
-import io.waypost.sdk.Location
-import io.waypost.sdk.RecordOutcome
+import io.waypost.sdk.types.DriverStats
+import io.waypost.sdk.types.Location
+import io.waypost.sdk.types.RecordOutcome
 import io.waypost.sdk.TokenProvider
 import java.util.ArrayDeque
 
@@ -16,18 +16,31 @@ import java.util.ArrayDeque
  * how to configure the location provider, and keeps a short log for the
  * status screen.
  *
- * Threads: [record] is called from the location callback's thread;
- * [onSamplingChanged] runs on that thread (sampling changes are decided
- * while recording) or on an SDK thread (`waypost-rt`, after an upload told
- * the SDK somebody watches). Post to the main thread for UI work.
+ * Threads: everything that touches the buffer suspends ([open], [record],
+ * [stats]) and runs on the SDK's threads; [onSamplingChanged] runs on an
+ * SDK thread (`waypost-rt`). Post to the main thread for UI work.
  */
-class DriverSession(
-    config: DriverConfig,
-    tokens: TokenProvider,
+class DriverSession private constructor(
     val platform: PlatformState,
     /** Reconfigure the fused location provider with this. */
     private val onSamplingChanged: (LocationRequestSpec) -> Unit = {},
 ) : DriverListener, AutoCloseable {
+    companion object {
+        /** Opens the SDK driver (its SQLite buffer, off the caller's thread) and starts uploading. */
+        suspend fun open(
+            config: DriverConfig,
+            tokens: TokenProvider,
+            platform: PlatformState,
+            onSamplingChanged: (LocationRequestSpec) -> Unit = {},
+        ): DriverSession {
+            val session = DriverSession(platform, onSamplingChanged)
+            session.driver = Driver.open(config, tokens, session, platform)
+            platform.addChangeListener(session.platformListener)
+            session.driver.start()
+            return session
+        }
+    }
+
     private val log = ArrayDeque<String>()
     private val platformListener: () -> Unit = { driver.environmentChanged() }
 
@@ -37,18 +50,14 @@ class DriverSession(
     @Volatile var dropped = 0L
         private set
 
-    val driver: Driver = Driver(config, tokens, this, platform)
-
-    init {
-        platform.addChangeListener(platformListener)
-        driver.start()
-    }
+    lateinit var driver: Driver
+        private set
 
     /** The request to start location updates with. */
     fun initialRequest(): LocationRequestSpec = LocationRequestSpec.from(driver.desiredSampling())
 
     /** Records what the OS delivered (one `LocationResult` may hold several fixes). */
-    fun record(locations: List<Location>): List<RecordOutcome> {
+    suspend fun record(locations: List<Location>): List<RecordOutcome> {
         val outcomes = driver.recordMany(locations)
         for (o in outcomes) {
             when (o) {
@@ -59,10 +68,10 @@ class DriverSession(
         return outcomes
     }
 
-    fun stats(): DriverStats = driver.stats()
+    suspend fun stats(): DriverStats = driver.stats()
 
     /** One line for the status screen. */
-    fun statusText(): String {
+    suspend fun statusText(): String {
         val s = driver.stats()
         val watched = if (s.watched) "watched" else "not watched"
         return "recorded $recorded · dropped $dropped · pending ${s.pending} · uploaded ${s.ackedTotal} · $watched"

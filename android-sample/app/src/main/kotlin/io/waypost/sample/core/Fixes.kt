@@ -1,8 +1,8 @@
 package io.waypost.sample.core
 
-import io.waypost.sdk.Accuracy
-import io.waypost.sdk.Location
-import io.waypost.sdk.SamplingRequest
+import io.waypost.sdk.types.Accuracy
+import io.waypost.sdk.types.Location
+import io.waypost.sdk.types.SamplingRequest
 
 /**
  * Conversions between the OS location service and the SDK, free of Android

@@ -1,7 +1,7 @@
 package io.waypost.sample.core
 
-import io.waypost.sdk.BatteryState
-import io.waypost.sdk.NetworkType
+import io.waypost.sdk.types.BatteryState
+import io.waypost.sdk.types.NetworkType
 import io.waypost.sdk.PlatformInfo
 import java.util.concurrent.CopyOnWriteArrayList
 

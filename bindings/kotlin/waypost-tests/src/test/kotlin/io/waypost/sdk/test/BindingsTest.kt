@@ -8,24 +8,26 @@ import io.waypost.sample.core.PlatformState
 import io.waypost.sdk.BuyerClient
 import io.waypost.sdk.BuyerConfig
 import io.waypost.sdk.BuyerListener
-import io.waypost.sdk.ChatEntry
-import io.waypost.sdk.CloseReason
-import io.waypost.sdk.ConnectionState
+import io.waypost.sdk.types.ChatEntry
+import io.waypost.sdk.types.CloseReason
+import io.waypost.sdk.types.ConnectionState
 import io.waypost.sdk.Driver
 import io.waypost.sdk.DriverConfig
-import io.waypost.sdk.DriverEvent
+import io.waypost.sdk.types.DriverEvent
 import io.waypost.sdk.DriverListener
-import io.waypost.sdk.LocationUpdate
-import io.waypost.sdk.MessageStatus
-import io.waypost.sdk.PresenceUpdate
-import io.waypost.sdk.RecordOutcome
+import io.waypost.sdk.types.ErrorInfo
+import io.waypost.sdk.types.LocationUpdate
+import io.waypost.sdk.types.MessageStatus
+import io.waypost.sdk.types.PresenceUpdate
+import io.waypost.sdk.types.RecordOutcome
 import io.waypost.sdk.staticToken
-import io.waypost.sdk.TypingUpdate
-import io.waypost.sdk.WaypostException
+import io.waypost.sdk.types.TypingUpdate
+import io.waypost.sdk.types.WaypostException
 import io.waypost.sdk.nativeThreadName
 import io.waypost.sdk.sdkVersion
 import kotlinx.coroutines.runBlocking
 import org.junit.jupiter.api.Assertions.assertEquals
+import org.junit.jupiter.api.Assertions.assertFalse
 import org.junit.jupiter.api.Assertions.assertNotEquals
 import org.junit.jupiter.api.Assertions.assertNotNull
 import org.junit.jupiter.api.Assertions.assertTrue
@@ -58,10 +60,10 @@ class BindingsTest {
     }
 
     @Test
-    fun `a driver records fixes and they arrive on the server`() {
+    fun `a driver records fixes and they arrive on the server`(): Unit = runBlocking {
         val driverId = TestEnv.uniqueId("d")
         val token = TestEnv.token(driverId, "driver")
-        val session = DriverSession(
+        val session = DriverSession.open(
             driverConfig(driverId, TestEnv.tempDir().resolve("buffer.db").toString()),
             CallbackTokenProvider { token },
             PlatformState(),
@@ -108,7 +110,7 @@ class BindingsTest {
     }
 
     @Test
-    fun `a buyer receives the courier's location and chat messages, on SDK threads`() {
+    fun `a buyer receives the courier's location and chat messages, on SDK threads`(): Unit = runBlocking {
         val driverId = TestEnv.uniqueId("d")
         val room = TestEnv.uniqueId("order")
         val buyerId = TestEnv.uniqueId("b")
@@ -119,7 +121,7 @@ class BindingsTest {
         val testThread = Thread.currentThread()
 
         val platform = PlatformState()
-        val buyer = BuyerSession(
+        val buyer = BuyerSession.open(
             BuyerConfig(baseUrl = TestEnv.url, userId = buyerId),
             CallbackTokenProvider { buyerToken },
             platform,
@@ -127,14 +129,14 @@ class BindingsTest {
             room,
         )
         val vendorListener = RecordingListener()
-        val vendor = BuyerClient(
+        val vendor = BuyerClient.open(
             BuyerConfig(baseUrl = TestEnv.url, userId = vendorId),
             vendorListener,
             staticToken(vendorToken),
             null,
         )
         val vendorChat = vendor.joinChat(room)
-        val driver = Driver(
+        val driver = Driver.open(
             driverConfig(driverId, TestEnv.tempDir().resolve("b.db").toString()),
             staticToken(driverToken),
             null,
@@ -172,11 +174,11 @@ class BindingsTest {
             }
 
             // The platform reports the network gone, then back (what the broadcast receivers do).
-            platform.updateNetwork(io.waypost.sdk.NetworkType.OFFLINE)
+            platform.updateNetwork(io.waypost.sdk.types.NetworkType.OFFLINE)
             TestEnv.await("the buyer goes offline") { buyer.state().connection == "offline: waiting for the network" }
             buyer.send("written offline")
             assertEquals(MessageStatus.PENDING, buyer.state().messages.last().status)
-            platform.updateNetwork(io.waypost.sdk.NetworkType.WIFI)
+            platform.updateNetwork(io.waypost.sdk.types.NetworkType.WIFI)
             TestEnv.await("back live") { buyer.state().connection == "live" }
             TestEnv.await("the offline message is delivered") { vendorListener.messages.any { it.body == "written offline" } }
 
@@ -204,25 +206,45 @@ class BindingsTest {
     }
 
     @Test
-    fun `errors surface as typed exceptions`() {
+    fun `errors surface as typed exceptions`(): Unit = runBlocking {
         val dir = TestEnv.tempDir()
         val e = assertThrows<WaypostException.InvalidArgument> {
-            Driver(driverConfig("d-1", dir.resolve("x.db").toString(), baseUrl = "ftp://nope"), staticToken("t"), null, PlatformState())
+            runBlocking { Driver.open(driverConfig("d-1", dir.resolve("x.db").toString(), baseUrl = "ftp://nope"), staticToken("t"), null, PlatformState()) }
         }
-        assertTrue(e.message!!.contains("base_url"), e.message)
+        assertTrue(e.details.contains("base_url"), e.details)
+        assertEquals(ErrorInfo(code = "invalid_argument", httpStatus = null, retryable = false, retryAfterMs = null), e.info())
         assertThrows<WaypostException.InvalidArgument> {
-            Driver(driverConfig("not a valid id", dir.resolve("y.db").toString()), staticToken("t"), null, PlatformState())
+            runBlocking { Driver.open(driverConfig("not a valid id", dir.resolve("y.db").toString()), staticToken("t"), null, PlatformState()) }
         }
 
         // A corrupt or foreign buffer file is a storage error, not a crash.
         val foreign = dir.resolve("foreign.db")
         java.nio.file.Files.writeString(foreign, "this is not a database ".repeat(100))
-        assertThrows<WaypostException.Storage> {
-            Driver(driverConfig("d-1", foreign.toString()), staticToken("t"), null, PlatformState())
+        val storage = assertThrows<WaypostException.Storage> {
+            runBlocking { Driver.open(driverConfig("d-1", foreign.toString()), staticToken("t"), null, PlatformState()) }
         }
+        assertTrue(storage.code.startsWith("storage_"), storage.code)
+        assertEquals(storage.code, storage.info().code)
+        assertFalse(storage.info().retryable)
+
+        // The app recovers: the damaged file is moved aside, an empty buffer
+        // replaces it and the listener hears BufferRecreated.
+        val events = java.util.concurrent.CopyOnWriteArrayList<DriverEvent>()
+        val recovered = Driver.open(
+            driverConfig("d-1", foreign.toString()).copy(recreateIfCorrupt = true),
+            staticToken("t"),
+            object : DriverListener {
+                override fun onEvent(event: DriverEvent) { events += event }
+            },
+            PlatformState(),
+        )
+        assertTrue(events.any { it is DriverEvent.BufferRecreated }, events.toString())
+        assertEquals(0uL, recovered.stats().pending)
+        runBlocking { recovered.shutdown() }
+        recovered.close()
 
         // Shutdown is idempotent; starting afterwards is refused.
-        val driver = Driver(driverConfig("d-1", dir.resolve("z.db").toString()), staticToken("t"), null, PlatformState())
+        val driver = Driver.open(driverConfig("d-1", dir.resolve("z.db").toString()), staticToken("t"), null, PlatformState())
         runBlocking {
             driver.shutdown()
             driver.shutdown()
@@ -230,18 +252,18 @@ class BindingsTest {
         assertThrows<WaypostException.ShutDown> { driver.start() }
         driver.close()
 
-        val buyer = BuyerClient(BuyerConfig(baseUrl = TestEnv.url, userId = "b-1"), RecordingListener(), staticToken("t"), null)
+        val buyer = BuyerClient.open(BuyerConfig(baseUrl = TestEnv.url, userId = "b-1"), RecordingListener(), staticToken("t"), null)
         assertThrows<WaypostException.InvalidArgument> { buyer.trackDriver("spaces are not allowed") }
         runBlocking { buyer.shutdown() }
-        assertThrows<WaypostException.ShutDown> { buyer.sendMessage("room-1", "hi") }
+        assertThrows<WaypostException.ShutDown> { runBlocking { buyer.sendMessage("room-1", "hi") } }
         buyer.close()
         assertTrue(sdkVersion().isNotEmpty())
     }
 
     @Test
-    fun `a refused token closes the connection with a reason`() {
+    fun `a refused token closes the connection with a reason`(): Unit = runBlocking {
         val listener = RecordingListener()
-        val buyer = BuyerClient(
+        val buyer = BuyerClient.open(
             BuyerConfig(baseUrl = TestEnv.url, userId = "b-bad"),
             listener,
             staticToken("not-a-jwt"),
@@ -252,7 +274,8 @@ class BindingsTest {
                 val s = buyer.connectionState()
                 s is ConnectionState.Closed && s.reason is CloseReason.Unauthorized
             }
-            assertTrue(listener.states.any { it is ConnectionState.Closed })
+            // The snapshot changes before the listener hears it.
+            TestEnv.await("the listener hears Closed") { listener.states.any { it is ConnectionState.Closed } }
         } finally {
             runBlocking { buyer.shutdown() }
             buyer.close()
@@ -260,10 +283,10 @@ class BindingsTest {
     }
 
     @Test
-    fun `calls from many threads at once are safe`() {
+    fun `calls from many threads at once are safe`(): Unit = runBlocking {
         val driverId = TestEnv.uniqueId("d")
         val token = TestEnv.token(driverId, "driver")
-        val driver = Driver(
+        val driver = Driver.open(
             driverConfig(driverId, TestEnv.tempDir().resolve("mt.db").toString()),
             staticToken(token),
             null,
@@ -280,9 +303,9 @@ class BindingsTest {
                     repeat(perThread) { i ->
                         // Distinct timestamps; same position, so the policy may throttle some.
                         val loc = Fixes.location(base + (i * threads + t) * 1_000L, 52.52, 13.405, 5f)
-                        (driver.record(loc) as? RecordOutcome.Recorded)?.let { seqs += it.seq.toLong() }
+                        (runBlocking { driver.record(loc) } as? RecordOutcome.Recorded)?.let { seqs += it.seq.toLong() }
                         driver.flush()
-                        driver.stats()
+                        runBlocking { driver.stats() }
                     }
                 }.also { it.start() }
             }
@@ -290,7 +313,7 @@ class BindingsTest {
             assertTrue(seqs.isNotEmpty())
             assertEquals(seqs.size, seqs.toSet().size, "every recorded fix got its own seq")
             runBlocking { driver.uploadNow() }
-            TestEnv.await("everything uploaded") { driver.stats().pending == 0uL }
+            TestEnv.await("everything uploaded") { runBlocking { driver.stats() }.pending == 0uL }
             assertEquals(seqs.sorted(), TestEnv.trail(driverId).map { it.first })
         } finally {
             runBlocking { driver.shutdown() }
@@ -299,11 +322,11 @@ class BindingsTest {
     }
 
     @Test
-    fun `driver events from the uploader arrive on an SDK thread`() {
+    fun `driver events from the uploader arrive on an SDK thread`(): Unit = runBlocking {
         val driverId = TestEnv.uniqueId("d")
         val token = TestEnv.token(driverId, "driver")
         val events = CopyOnWriteArrayList<Pair<DriverEvent, String?>>()
-        val driver = Driver(
+        val driver = Driver.open(
             driverConfig(driverId, TestEnv.tempDir().resolve("e.db").toString()),
             staticToken(token),
             object : DriverListener {

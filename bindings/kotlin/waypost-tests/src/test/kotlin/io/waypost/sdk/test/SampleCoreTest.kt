@@ -3,11 +3,11 @@ package io.waypost.sdk.test
 import io.waypost.sample.core.BuyerSession
 import io.waypost.sample.core.LocationRequestSpec
 import io.waypost.sample.core.PlatformState
-import io.waypost.sdk.Accuracy
-import io.waypost.sdk.BatteryState
-import io.waypost.sdk.LocationUpdate
-import io.waypost.sdk.NetworkType
-import io.waypost.sdk.SamplingRequest
+import io.waypost.sdk.types.Accuracy
+import io.waypost.sdk.types.BatteryState
+import io.waypost.sdk.types.LocationUpdate
+import io.waypost.sdk.types.NetworkType
+import io.waypost.sdk.types.SamplingRequest
 import org.junit.jupiter.api.Assertions.assertEquals
 import org.junit.jupiter.api.Assertions.assertFalse
 import org.junit.jupiter.api.Assertions.assertTrue
