@@ -22,16 +22,20 @@ pub enum ChannelKind {
     /// An order's lifecycle entries and, while it is active, its driver's
     /// locations.
     Order,
+    /// Server-internal: messages between server processes (revocations,
+    /// disconnects) and session frames for one connection.
+    Control,
 }
 
 impl ChannelKind {
     /// Every kind, for lookups by name.
-    pub const ALL: [ChannelKind; 5] = [
+    pub const ALL: [ChannelKind; 6] = [
         Self::Tracking,
         Self::Chat,
         Self::User,
         Self::Vendor,
         Self::Order,
+        Self::Control,
     ];
 
     /// The name before the colon (also the metric label).
@@ -42,6 +46,7 @@ impl ChannelKind {
             Self::User => "user",
             Self::Vendor => "vendor",
             Self::Order => "order",
+            Self::Control => "control",
         }
     }
 
@@ -63,6 +68,7 @@ impl ChannelKind {
             Self::User => "user",
             Self::Vendor => "vendor_id",
             Self::Order => "order_id",
+            Self::Control => "name",
         }
     }
 }
@@ -120,6 +126,14 @@ impl Channel {
         Self {
             kind: ChannelKind::Order,
             id: order_id.into(),
+        }
+    }
+
+    /// A server-internal control channel.
+    pub fn control(name: impl Into<String>) -> Self {
+        Self {
+            kind: ChannelKind::Control,
+            id: name.into(),
         }
     }
 

@@ -5,7 +5,8 @@
 pub mod close_code {
     /// 4001: the token is missing, invalid or expired.
     pub const UNAUTHORIZED: u16 = 4001;
-    /// 4003: the token does not allow what was asked.
+    /// 4003: the token does not allow what was asked, was revoked, or an
+    /// operator disconnected the user without allowing a reconnect.
     pub const FORBIDDEN: u16 = 4003;
     /// 4008: a frame could not be understood or broke a limit.
     pub const BAD_FRAME: u16 = 4008;
@@ -18,6 +19,9 @@ pub mod close_code {
     pub const TOO_SLOW: u16 = 4101;
     /// 4102: the server is overloaded.
     pub const OVERLOADED: u16 = 4102;
+    /// 4103: an operator closed the connection and allows reconnecting
+    /// (`POST /v1/admin/disconnect` with `reconnect: true`).
+    pub const DISCONNECTED: u16 = 4103;
 }
 
 /// What a client should do after a close.

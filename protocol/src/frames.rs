@@ -68,6 +68,10 @@ pub enum ServerFrame {
     },
     Unsubscribed {
         channel: String,
+        /// Why the server ended it (absent when the client asked):
+        /// `forbidden` when a refreshed token no longer allows it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     Location {
         channel: String,

@@ -50,8 +50,9 @@ log "bindings: generate Swift"
 SWIFT_OUT=bindings/swift/Generated
 rm -rf "$SWIFT_OUT" bindings/python/waypost   # the latter: left by older versions of this script
 bindings/generate.sh swift "$SWIFT_OUT"
-# One .swift + .h + .modulemap per uniffi component in the library (at least waypost-ffi's).
-ls "$SWIFT_OUT/Waypost.swift" "$SWIFT_OUT/WaypostFFI.h" "$SWIFT_OUT/WaypostFFI.modulemap" >/dev/null
+# One .swift + .h + .modulemap per uniffi component in the library (waypost-ffi's and waypost-sdk's).
+ls "$SWIFT_OUT/Waypost.swift" "$SWIFT_OUT/WaypostFFI.h" "$SWIFT_OUT/WaypostFFI.modulemap" \
+  "$SWIFT_OUT/WaypostSdk.swift" "$SWIFT_OUT/WaypostSdkFFI.h" "$SWIFT_OUT/WaypostSdkFFI.modulemap" >/dev/null
 echo "generate: $((SECONDS - t0)) s"
 
 # A real server on a free loopback port; its first stdout line names it.

@@ -208,6 +208,22 @@ fn base64url_decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// `header.payload.sig` with `payload` encoded as base64url (tests).
+#[cfg(test)]
+pub(crate) fn unsigned_jwt(payload: &str) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut enc = String::new();
+    for chunk in payload.as_bytes().chunks(3) {
+        let mut b = [0u8; 3];
+        b[..chunk.len()].copy_from_slice(chunk);
+        let n = u32::from_be_bytes([0, b[0], b[1], b[2]]);
+        for i in 0..=chunk.len() {
+            enc.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    format!("eyJhbGciOiJIUzI1NiJ9.{enc}.c2ln")
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicI64, Ordering};
@@ -215,19 +231,8 @@ mod tests {
     use super::*;
     use crate::clock::Sleep;
 
-    /// `header.payload.sig` with `payload` encoded as base64url.
     fn jwt(payload: &str) -> String {
-        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-        let mut enc = String::new();
-        for chunk in payload.as_bytes().chunks(3) {
-            let mut b = [0u8; 3];
-            b[..chunk.len()].copy_from_slice(chunk);
-            let n = u32::from_be_bytes([0, b[0], b[1], b[2]]);
-            for i in 0..=chunk.len() {
-                enc.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            }
-        }
-        format!("eyJhbGciOiJIUzI1NiJ9.{enc}.c2ln")
+        unsigned_jwt(payload)
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The router and serving with graceful shutdown.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::serve::ListenerExt;
 use axum::Router;
@@ -19,6 +20,18 @@ pub fn build_router(state: AppState) -> Router {
 /// WebSockets close with 4100, finishes in-flight requests (bounded by the
 /// drain timeout) and shuts the engine down.
 pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
+    // Process-wide tasks of the security surface, owned by the tracker:
+    // token expiry of live connections, revocations and disconnects from
+    // other processes, and the cluster-wide driver index (Redis only).
+    state
+        .tasks
+        .spawn(Arc::clone(&state.expiry).run(state.shutdown.clone()));
+    state
+        .tasks
+        .spawn(crate::routes::admin::control_listener(state.clone()));
+    state
+        .tasks
+        .spawn(crate::routes::admin::flush_driver_index(state.clone()));
     let router = build_router(state.clone());
     let token = state.shutdown.clone();
     // No Nagle: frames are small and latency-bound; a second frame must not

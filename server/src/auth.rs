@@ -8,16 +8,19 @@ use axum::http::request::Parts;
 use waypost_protocol::{validate_id, Channel, ChannelKind, Claims, Role};
 
 use crate::error::AppError;
-use crate::keys::{KeySet, KeyStore, VerifyError};
+use crate::keys::{KeySet, KeyStore, Verified, VerifyError};
+use crate::revocation::Revocations;
 
 /// The secret `--dev` uses. Never use it in production.
 pub const DEV_SECRET: &str = "dev-secret";
 
 /// The token keys in force (see [`crate::keys`]): verification picks the
-/// key by `kid`; the set reloads on SIGHUP.
+/// key by `kid`; the set reloads on SIGHUP. Verification also refuses
+/// revoked tokens ([`crate::revocation`]).
 #[derive(Clone)]
 pub struct AuthKeys {
     store: Arc<KeyStore>,
+    revoked: Arc<Revocations>,
 }
 
 impl std::fmt::Debug for AuthKeys {
@@ -35,6 +38,8 @@ pub enum AuthError {
     Expired,
     #[error("invalid token: {0}")]
     Invalid(String),
+    #[error("token revoked")]
+    Revoked,
 }
 
 impl From<VerifyError> for AuthError {
@@ -56,7 +61,13 @@ impl AuthKeys {
     pub fn from_store(store: KeyStore) -> Self {
         Self {
             store: Arc::new(store),
+            revoked: Arc::default(),
         }
+    }
+
+    /// The revocations verification consults.
+    pub fn revocations(&self) -> &Arc<Revocations> {
+        &self.revoked
     }
 
     /// The store, for reloading.
@@ -65,7 +76,22 @@ impl AuthKeys {
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
-        Ok(self.store.verify(token)?)
+        self.verify_token(token).map(|t| t.claims)
+    }
+
+    /// Verifies `token` (signature, algorithm, `exp`, not revoked) and
+    /// returns it with `iat` and `jti`.
+    pub fn verify_token(&self, token: &str) -> Result<Verified, AuthError> {
+        let t = self.store.verify(token)?;
+        if self.is_revoked(&t) {
+            return Err(AuthError::Revoked);
+        }
+        Ok(t)
+    }
+
+    /// Whether an already verified token has been revoked since.
+    pub fn is_revoked(&self, token: &Verified) -> bool {
+        !self.revoked.is_empty() && self.revoked.is_revoked(token, crate::now_s())
     }
 
     /// Signs with the default key (no `kid` for a single secret).
@@ -99,6 +125,22 @@ pub fn token_from_parts(parts: &Parts) -> Option<String> {
 #[derive(Debug, Clone)]
 pub struct Authed(pub Claims);
 
+/// [`Authed`] with the token's `iat` and `jti`, for connections that live
+/// on (streams, polls): expiry and revocation follow them.
+#[derive(Debug, Clone)]
+pub struct AuthedToken(pub Verified);
+
+fn verify_parts<S>(parts: &Parts, state: &S) -> Result<Verified, AppError>
+where
+    Arc<AuthKeys>: FromRef<S>,
+{
+    let token =
+        token_from_parts(parts).ok_or(AppError::Unauthorized(AuthError::Missing.to_string()))?;
+    Arc::<AuthKeys>::from_ref(state)
+        .verify_token(&token)
+        .map_err(|e| AppError::Unauthorized(e.to_string()))
+}
+
 impl<S> FromRequestParts<S> for Authed
 where
     S: Send + Sync,
@@ -107,12 +149,19 @@ where
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
-        let token = token_from_parts(parts)
-            .ok_or(AppError::Unauthorized(AuthError::Missing.to_string()))?;
-        Arc::<AuthKeys>::from_ref(state)
-            .verify(&token)
-            .map(Authed)
-            .map_err(|e| AppError::Unauthorized(e.to_string()))
+        verify_parts(parts, state).map(|t| Authed(t.claims))
+    }
+}
+
+impl<S> FromRequestParts<S> for AuthedToken
+where
+    S: Send + Sync,
+    Arc<AuthKeys>: FromRef<S>,
+{
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        verify_parts(parts, state).map(AuthedToken)
     }
 }
 

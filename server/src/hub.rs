@@ -118,6 +118,12 @@ impl ConnHandle {
         }
     }
 
+    /// Queues `frame` for this connection only (e.g. a session frame);
+    /// false when it is closing or its queue is full.
+    pub fn send(&self, frame: &Outbound) -> bool {
+        matches!(self.offer(frame), Offer::Queued)
+    }
+
     fn offer(&self, frame: &Outbound) -> Offer {
         let mut s = self.mailbox.state.lock();
         if s.kill != 0 {

@@ -83,6 +83,20 @@ pub enum VerifyError {
     Invalid(String),
 }
 
+/// A verified token: its claims plus the registered claims revocation
+/// looks at (`iat`, `jti`), which the wire `Claims` do not carry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Verified {
+    #[serde(flatten)]
+    pub claims: Claims,
+    /// Issued at, Unix seconds.
+    #[serde(default)]
+    pub iat: Option<u64>,
+    /// Token id.
+    #[serde(default)]
+    pub jti: Option<String>,
+}
+
 /// One verification key (and, for a shared secret, the signing key).
 struct Key {
     alg: Algorithm,
@@ -285,7 +299,7 @@ impl KeySet {
     }
 
     /// Verifies signature, algorithm and `exp` with the key the token names.
-    pub fn verify(&self, token: &str) -> Result<Claims, VerifyError> {
+    pub fn verify(&self, token: &str) -> Result<Verified, VerifyError> {
         let header = decode_header(token).map_err(|e| VerifyError::Invalid(e.to_string()))?;
         let key = match header.kid.as_deref() {
             // A single secret verifies any token, kid or not.
@@ -295,7 +309,7 @@ impl KeySet {
                 .ok_or_else(|| VerifyError::UnknownKid(kid.chars().take(64).collect()))?,
             _ => self.default.as_ref().ok_or(VerifyError::NoKid)?,
         };
-        match decode::<Claims>(token, &key.decoding, &key.validation) {
+        match decode::<Verified>(token, &key.decoding, &key.validation) {
             Ok(data) => Ok(data.claims),
             Err(e) => match e.kind() {
                 ErrorKind::ExpiredSignature => Err(VerifyError::Expired),
@@ -306,7 +320,11 @@ impl KeySet {
 
     /// Signs `claims` with the HS256 key `kid` (or the default key), putting
     /// its `kid` in the header.
-    pub fn mint(&self, kid: Option<&str>, claims: &Claims) -> Result<String, KeyError> {
+    pub fn mint<C: serde::Serialize>(
+        &self,
+        kid: Option<&str>,
+        claims: &C,
+    ) -> Result<String, KeyError> {
         let no_key = || KeyError::NoSigningKey(kid.map(str::to_owned));
         let (kid, key) = match kid {
             Some(k) => (Some(k.to_owned()), self.by_kid.get(k).ok_or_else(no_key)?),
@@ -324,11 +342,11 @@ impl KeySet {
 
 /// Signs `claims` with a PEM private key (RS256: PKCS#1 or PKCS#8; ES256:
 /// PKCS#8), as an auth service would; `waypost token --private-key`.
-pub fn sign_with_pem(
+pub fn sign_with_pem<C: serde::Serialize>(
     alg: Algorithm,
     pem: &[u8],
     kid: Option<&str>,
-    claims: &Claims,
+    claims: &C,
 ) -> Result<String, KeyError> {
     let key = match alg {
         Algorithm::RS256 => EncodingKey::from_rsa_pem(pem),
@@ -411,11 +429,15 @@ impl KeyStore {
         Ok(kids)
     }
 
-    pub fn verify(&self, token: &str) -> Result<Claims, VerifyError> {
+    pub fn verify(&self, token: &str) -> Result<Verified, VerifyError> {
         self.current.load().verify(token)
     }
 
-    pub fn mint(&self, kid: Option<&str>, claims: &Claims) -> Result<String, KeyError> {
+    pub fn mint<C: serde::Serialize>(
+        &self,
+        kid: Option<&str>,
+        claims: &C,
+    ) -> Result<String, KeyError> {
         self.current.load().mint(kid, claims)
     }
 }
@@ -488,8 +510,8 @@ mod tests {
         assert_eq!(set.kids(), vec!["a", "b"]);
         let ta = set.mint(Some("a"), &claims()).unwrap();
         let tb = set.mint(Some("b"), &claims()).unwrap();
-        assert_eq!(set.verify(&ta).unwrap(), claims());
-        assert_eq!(set.verify(&tb).unwrap(), claims());
+        assert_eq!(set.verify(&ta).unwrap().claims, claims());
+        assert_eq!(set.verify(&tb).unwrap().claims, claims());
         // Neither key is the default with two keys: a kid-less token fails.
         let plain = KeySet::from_secret(b"secret-a")
             .mint(None, &claims())
@@ -497,7 +519,7 @@ mod tests {
         assert!(matches!(set.verify(&plain), Err(VerifyError::NoKid)));
         // ..unless a default secret is configured beside the file.
         let set = two_secrets().with_default_secret(b"secret-a");
-        assert_eq!(set.verify(&plain).unwrap(), claims());
+        assert_eq!(set.verify(&plain).unwrap().claims, claims());
     }
 
     #[test]
@@ -523,7 +545,7 @@ mod tests {
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some("whatever".into());
         let t = encode(&header, &claims(), &EncodingKey::from_secret(b"s")).unwrap();
-        assert_eq!(set.verify(&t).unwrap(), claims());
+        assert_eq!(set.verify(&t).unwrap().claims, claims());
     }
 
     #[test]
@@ -583,8 +605,8 @@ mod tests {
         let set = KeySet::from_jwks(JWKS).unwrap();
         let rs = sign_with_pem(Algorithm::RS256, RSA_PEM, Some("test-rsa"), &claims()).unwrap();
         let es = sign_with_pem(Algorithm::ES256, EC_PEM, Some("test-ec"), &claims()).unwrap();
-        assert_eq!(set.verify(&rs).unwrap(), claims());
-        assert_eq!(set.verify(&es).unwrap(), claims());
+        assert_eq!(set.verify(&rs).unwrap().claims, claims());
+        assert_eq!(set.verify(&es).unwrap().claims, claims());
         // The right private key under the other key's kid.
         let swapped = sign_with_pem(Algorithm::ES256, EC_PEM, Some("test-rsa"), &claims()).unwrap();
         assert!(matches!(set.verify(&swapped), Err(VerifyError::Invalid(_))));
@@ -610,7 +632,7 @@ mod tests {
         assert!(matches!(set.verify(&t), Err(VerifyError::Invalid(_))));
         // And the right HS256 signature still verifies.
         let ok = set.mint(Some("test-hs"), &claims()).unwrap();
-        assert_eq!(set.verify(&ok).unwrap(), claims());
+        assert_eq!(set.verify(&ok).unwrap().claims, claims());
     }
 
     #[test]

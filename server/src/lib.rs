@@ -9,17 +9,25 @@ pub mod app;
 pub mod auth;
 pub mod chat;
 pub mod config;
+pub mod driver_index;
 pub mod engine;
 pub mod error;
+pub mod expiry;
 pub mod frame;
 pub mod healthcheck;
 pub mod hub;
 pub mod keys;
 pub mod metrics;
 pub mod orders;
+pub mod revocation;
 pub mod routes;
 pub mod state;
 pub mod webhooks;
+
+/// Wall clock in Unix epoch seconds.
+pub fn now_s() -> u64 {
+    now_ms().max(0) as u64 / 1000
+}
 
 /// Wall clock in Unix epoch milliseconds.
 pub fn now_ms() -> i64 {

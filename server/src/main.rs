@@ -11,6 +11,7 @@ use waypost_protocol::{Claims, Role};
 use waypost_server::app::{serve, shutdown_on_signal};
 use waypost_server::auth::{AuthKeys, DEV_SECRET};
 use waypost_server::config::Limits;
+use waypost_server::driver_index::RedisDriverIndex;
 use waypost_server::engine::redis::{RedisOptions, RedisTls, SentinelConfig};
 use waypost_server::engine::{memory::MemoryEngine, Engine};
 use waypost_server::hub::Hub;
@@ -22,15 +23,14 @@ use waypost_server::orders::redis::RedisOrderStore;
 use waypost_server::orders::store::OrderStore;
 use waypost_server::orders::stream::{self as order_stream, StreamConfig, StreamMetrics};
 use waypost_server::orders::{OrderLimits, Orders};
+use waypost_server::revocation::RedisRevocationStore;
 use waypost_server::state::AppState;
 use waypost_server::webhooks::drivers::{
     DriverPresence, MemoryDriverPresence, RedisDriverPresence,
 };
 use waypost_server::webhooks::queue::{MemoryWebhookQueue, WebhookQueue};
 use waypost_server::webhooks::queue_redis::RedisWebhookQueue;
-use waypost_server::webhooks::{
-    HttpSender, RandJitter, SystemClock, WebhookConfig, WebhookMetrics, Webhooks,
-};
+use waypost_server::webhooks::{HttpSender, WebhookConfig, WebhookMetrics, Webhooks};
 
 #[derive(Parser)]
 #[command(name = "waypost", version, about = "Waypost real-time server")]
@@ -318,6 +318,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 exp: exp.as_secs(),
                 channels: (!args.channels.is_empty()).then_some(args.channels),
             };
+            // `iat` (revocation of a user covers tokens issued before it)
+            // and a `jti` (to revoke this one token).
+            #[derive(serde::Serialize)]
+            struct Minted {
+                #[serde(flatten)]
+                claims: Claims,
+                iat: u64,
+                jti: String,
+            }
+            let claims = Minted {
+                claims,
+                iat: waypost_server::now_s(),
+                jti: uuid::Uuid::new_v4().simple().to_string(),
+            };
             let token = match (&args.private_key, args.alg) {
                 (Some(path), Some(alg)) => {
                     let pem = std::fs::read(path)
@@ -376,15 +390,7 @@ fn start_webhooks(
     };
     tracing::info!(endpoints = cfg.endpoints.len(), "webhooks on");
     Ok(Some(
-        Webhooks::new(
-            cfg,
-            queue,
-            sender,
-            Arc::new(SystemClock),
-            Arc::new(RandJitter),
-            wm,
-        )
-        .with_presence(presence),
+        Webhooks::system(cfg, queue, sender, wm).with_presence(presence),
     ))
 }
 
@@ -531,6 +537,11 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
     );
     if let Some(stores) = stores {
         state = state.with_stores(stores);
+    }
+    if let Some(conn) = &redis_conn {
+        state = state
+            .with_revocation_store(Arc::new(RedisRevocationStore::new(conn.clone())))
+            .with_driver_index(Arc::new(RedisDriverIndex::new(conn.clone())));
     }
     let webhooks = start_webhooks(&args, redis_conn.as_ref(), &metrics)?;
     let order_store: Arc<dyn OrderStore> = match &redis_conn {

@@ -14,16 +14,19 @@ use crate::admission::{ConnectionCounter, ConnectionPermit, Full, KeyedLimiter};
 use crate::auth::AuthKeys;
 use crate::chat::Chat;
 use crate::config::Limits;
+use crate::driver_index::DriverIndex;
 use crate::engine::chat::ChatStores;
 use crate::engine::chat_memory::{MemoryChatStore, MemoryNotificationStore, MemoryPresenceStore};
 use crate::engine::counted;
 use crate::engine::Engine;
 use crate::error::AppError;
+use crate::expiry::ExpiryWheel;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::orders::live::OrderService;
 use crate::orders::memory::MemoryOrderStore;
 use crate::orders::{OrderLimits, Orders};
+use crate::revocation::{MemoryRevocationStore, RevocationStore, UserConnections};
 
 /// Most distinct drivers whose ingest rate is tracked at once.
 const MAX_RATE_KEYS: usize = 100_000;
@@ -75,6 +78,16 @@ pub struct Shared {
     /// Orders with their fan-out (memory store by default; `with_orders`
     /// plugs in Redis and webhooks).
     pub orders: OrderService,
+    /// Where revocations are stored for every process (memory by default;
+    /// `with_revocation_store` plugs in Redis).
+    pub revocation_store: Arc<dyn RevocationStore>,
+    /// Live connections by user, for revocations and disconnects.
+    pub user_conns: Arc<UserConnections>,
+    /// Drivers seen by every process (Redis); `None`: this process is the
+    /// cluster and `activity` is the index.
+    pub driver_index: Option<Arc<dyn DriverIndex>>,
+    /// Token expiry of live connections (one task for the process).
+    pub expiry: Arc<ExpiryWheel>,
 }
 
 impl AppState {
@@ -124,6 +137,10 @@ impl AppState {
             )),
             activity: Arc::new(Activity::new()),
             ws_ticker: Arc::new(std::sync::Once::new()),
+            revocation_store: Arc::new(MemoryRevocationStore),
+            user_conns: Arc::default(),
+            driver_index: None,
+            expiry: Arc::default(),
         }))
     }
 }
@@ -141,6 +158,20 @@ impl AppState {
     pub fn with_orders(self, orders: OrderService) -> Self {
         let mut shared = Arc::unwrap_or_clone(self.0);
         shared.orders = orders;
+        Self(Arc::new(shared))
+    }
+
+    /// Replaces the revocation store (the Redis one with the Redis engine).
+    pub fn with_revocation_store(self, store: Arc<dyn RevocationStore>) -> Self {
+        let mut shared = Arc::unwrap_or_clone(self.0);
+        shared.revocation_store = store;
+        Self(Arc::new(shared))
+    }
+
+    /// Sets the cluster-wide driver index (the Redis one).
+    pub fn with_driver_index(self, index: Arc<dyn DriverIndex>) -> Self {
+        let mut shared = Arc::unwrap_or_clone(self.0);
+        shared.driver_index = Some(index);
         Self(Arc::new(shared))
     }
 

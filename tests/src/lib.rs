@@ -414,6 +414,35 @@ pub fn token_with_exp(sub: &str, role: Role, channels: &[&str], exp: u64) -> Str
     .unwrap_or_default()
 }
 
+/// A token with `iat` (now) and a `jti`, as `waypost token` mints them, so
+/// user and token revocations can tell it apart; `exp` is `ttl_s` away.
+pub fn token_issued(sub: &str, role: Role, channels: &[&str], ttl_s: u64, jti: &str) -> String {
+    #[derive(serde::Serialize)]
+    struct Issued {
+        #[serde(flatten)]
+        claims: Claims,
+        iat: u64,
+        jti: String,
+    }
+    let claims = Issued {
+        claims: Claims {
+            sub: sub.into(),
+            role,
+            exp: now_s() + ttl_s,
+            channels: (!channels.is_empty())
+                .then(|| channels.iter().map(|c| c.to_string()).collect()),
+        },
+        iat: now_s(),
+        jti: jti.into(),
+    };
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(DEV_SECRET.as_bytes()),
+    )
+    .unwrap_or_default()
+}
+
 pub fn now_s() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -497,6 +497,32 @@ async fn unauthorized_refreshes_the_token_once_per_attempt() {
 }
 
 #[tokio::test]
+async fn a_token_near_its_exp_is_refreshed_before_the_server_refuses_it() {
+    let mut sim = Sim::new(4);
+    let exp_s = |in_s: i64| T0 / 1000 + in_s;
+    let tokens = Arc::new(Tokens {
+        // Valid for 30 s more: inside the refresh-ahead window.
+        stale: crate::tokens::unsigned_jwt(&format!(r#"{{"exp":{}}}"#, exp_s(30))),
+        fresh: crate::tokens::unsigned_jwt(&format!(r#"{{"exp":{}}}"#, exp_s(3600))),
+        refreshes: AtomicUsize::new(0),
+    });
+    sim.tokens = tokens.clone();
+    let d = sim.open();
+    d.record(Sim::loc(0)).unwrap();
+    d.poll_uploads().await.unwrap();
+    assert_eq!(sim.server.requests(), 1);
+    // From now on the server takes only the fresh token: had the SDK sent
+    // the old one, it would see a 401 and need a second request.
+    sim.server.state.lock().valid_token = Some(tokens.fresh.clone());
+    d.record(Sim::loc(10)).unwrap();
+    d.flush();
+    d.poll_uploads().await.unwrap();
+    assert_eq!(sim.server.requests(), 2, "no 401 round trip");
+    assert_eq!(tokens.refreshes.load(Ordering::Relaxed), 1);
+    assert_eq!(sim.server.seqs().len(), 2);
+}
+
+#[tokio::test]
 async fn refused_fix_is_quarantined_not_retried() {
     let sim = Sim::new(5);
     let d = sim.open();

@@ -347,3 +347,14 @@ async fn redis_order_conformance() {
         .expect("redis reachable");
     conformance(Arc::new(RedisOrderStore::new(conn, limits()))).await;
 }
+
+#[test]
+fn event_data_must_be_an_object() {
+    let mut e = ev("e-data", OrderStatus::Placed);
+    e.data = Some(serde_json::json!({"note": "x"}));
+    assert!(super::check_event("o-data", &e).is_ok());
+    e.data = Some(serde_json::json!("a string"));
+    assert!(super::check_event("o-data", &e).is_err());
+    e.data = None;
+    assert!(super::check_event("o-data", &e).is_ok());
+}

@@ -21,7 +21,7 @@ use serde::Serialize;
 use waypost_protocol::{Channel, Claims, Role};
 
 use crate::activity::{DriverSeen, NotificationSeen};
-use crate::auth::{token_from_parts, Authed};
+use crate::auth::{token_from_parts, Authed, AuthedToken};
 use crate::error::AppError;
 use crate::metrics::Totals;
 use crate::now_ms;
@@ -197,12 +197,14 @@ impl Drop for GaugeGuard {
 }
 
 /// `GET /v1/dashboard/stream` — `event: snapshot` every second until the
-/// client goes away or the server shuts down.
+/// client goes away, the server shuts down, or the token expires or is
+/// revoked (checked before every snapshot).
 pub async fn stream(
     State(state): State<AppState>,
-    Authed(claims): Authed,
+    AuthedToken(token): AuthedToken,
 ) -> Result<impl IntoResponse, AppError> {
-    require_service(&claims)?;
+    let claims = &token.claims;
+    require_service(claims)?;
     if state.shutdown.is_cancelled() {
         return Err(AppError::Engine(crate::engine::EngineError::Closed));
     }
@@ -214,8 +216,8 @@ pub async fn stream(
     let mut ticker = tokio::time::interval(SNAPSHOT_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let events = futures_util::stream::unfold(
-        (state, ticker, None::<Previous>, guard),
-        |(state, mut ticker, mut prev, guard)| async move {
+        (state, ticker, None::<Previous>, (guard, token)),
+        |(state, mut ticker, mut prev, (guard, token))| async move {
             let woke = tokio::select! {
                 () = state.shutdown.cancelled() => false,
                 _ = ticker.tick() => true,
@@ -232,7 +234,7 @@ pub async fn stream(
                     true
                 }
             };
-            if !woke {
+            if !woke || crate::now_s() >= token.claims.exp || state.keys.is_revoked(&token) {
                 return None;
             }
             let snap = snapshot(&state, &mut prev).await;
@@ -240,7 +242,10 @@ pub async fn stream(
                 .event("snapshot")
                 .json_data(&snap)
                 .unwrap_or_else(|e| Event::default().event("error").data(e.to_string()));
-            Some((Ok::<_, Infallible>(event), (state, ticker, prev, guard)))
+            Some((
+                Ok::<_, Infallible>(event),
+                (state, ticker, prev, (guard, token)),
+            ))
         },
     );
     Ok((

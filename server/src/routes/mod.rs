@@ -6,6 +6,7 @@ use axum::Router;
 
 use crate::state::AppState;
 
+pub mod admin;
 pub mod chat;
 pub mod dashboard;
 pub mod ingest;
@@ -61,6 +62,10 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(dashboard::page))
         .route("/v1/dashboard/stream", get(dashboard::stream))
         .route("/v1/dashboard/snapshot", get(dashboard::get_snapshot))
+        .route("/v1/admin/revocations", post(admin::post_revocation))
+        .route("/v1/admin/disconnect", post(admin::post_disconnect))
+        .route("/v1/admin/channels/{channel}", get(admin::get_channel))
+        .route("/v1/admin/drivers", get(admin::get_drivers))
         .fallback(ops::not_found)
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .with_state(state)

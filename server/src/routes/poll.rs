@@ -21,10 +21,11 @@ use axum::Json;
 use serde::Deserialize;
 use waypost_protocol::{Channel, LocationResponse, TimelineResponse};
 
-use crate::auth::{authorize_tracking, Authed};
+use crate::auth::{authorize_tracking, AuthedToken};
 use crate::error::AppError;
 use crate::frame::About;
 use crate::hub::connection;
+use crate::keys::Verified;
 use crate::now_ms;
 use crate::routes::orders::{authorize_order_read, MAX_TIMELINE_PAGE};
 use crate::routes::subscription::{Open, Subscription};
@@ -56,7 +57,7 @@ enum Live {
 /// frame `on_live` accepts, up to `timeout`, else `204`.
 async fn long_poll<R, Fut>(
     state: AppState,
-    user: &str,
+    token: &Verified,
     channel: Channel,
     timeout: Duration,
     read: R,
@@ -69,13 +70,18 @@ where
     if let Some(found) = read().await? {
         return Ok(found);
     }
-    let open = Open::new(&state, "poll", [state.user_permit(user)?]);
+    let open = Open::new(&state, "poll", [state.user_permit(&token.claims.sub)?]);
     let tasks = state.tasks.clone();
     let wait = async {
         // Room for a few frames; a poller needs only the first. The
         // subscription is left however the wait ends (answer, timeout,
         // client gone and the future dropped).
         let (handle, mut rx) = connection(state.hub.next_conn_id(), 8);
+        // Ends (204) at the token's exp, or when it is revoked.
+        let _expiry = state
+            .expiry
+            .watch(&handle, token.claims.exp, false, crate::now_s());
+        let _listed = state.user_conns.list(token, &handle);
         let _sub = Subscription::join(&state, channel, &handle).await?;
         if let Some(found) = read().await? {
             return Ok(found);
@@ -114,10 +120,10 @@ fn poll_timeout(state: &AppState, q: &PollQuery) -> Duration {
 pub async fn poll_location(
     State(state): State<AppState>,
     Path(driver): Path<String>,
-    Authed(claims): Authed,
+    AuthedToken(token): AuthedToken,
     query: Result<Query<PollQuery>, QueryRejection>,
 ) -> Result<Response, AppError> {
-    authorize_tracking(&claims, &driver)?;
+    authorize_tracking(&token.claims, &driver)?;
     let Query(q) = query.map_err(|e| AppError::bad("bad_query", e.body_text()))?;
     let timeout = poll_timeout(&state, &q);
     let after_seq = q.after_seq;
@@ -147,17 +153,17 @@ pub async fn poll_location(
         _ => Live::Skip,
     };
     let channel = Channel::tracking(&driver);
-    long_poll(state.clone(), &claims.sub, channel, timeout, read, on_live).await
+    long_poll(state.clone(), &token, channel, timeout, read, on_live).await
 }
 
 /// `GET /v1/orders/{order_id}/poll`
 pub async fn poll_order(
     State(state): State<AppState>,
     Path(order): Path<String>,
-    Authed(claims): Authed,
+    AuthedToken(token): AuthedToken,
     query: Result<Query<PollQuery>, QueryRejection>,
 ) -> Result<Response, AppError> {
-    if authorize_order_read(&state, &claims, &order)
+    if authorize_order_read(&state, &token.claims, &order)
         .await?
         .is_none()
     {
@@ -186,5 +192,5 @@ pub async fn poll_order(
         _ => Live::Skip,
     };
     let channel = Channel::order(&order);
-    long_poll(state.clone(), &claims.sub, channel, timeout, read, on_live).await
+    long_poll(state.clone(), &token, channel, timeout, read, on_live).await
 }

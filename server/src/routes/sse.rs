@@ -24,12 +24,13 @@ use waypost_protocol::{
     validate_id, Channel, Claims, NotificationAccepted, NotificationPost, Role,
 };
 
-use crate::auth::{authorize_tracking, Authed};
+use crate::auth::{authorize_tracking, Authed, AuthedToken};
 use crate::engine::chat::{SeqCursor, SeqStep};
 use crate::engine::EngineError;
 use crate::error::AppError;
 use crate::frame::About;
 use crate::hub::{connection, ConnHandle, Event, Outbound, Receiver};
+use crate::keys::Verified;
 use crate::now_ms;
 use crate::routes::orders::authorize_order_read;
 use crate::routes::subscription::{Open, Subscription};
@@ -116,12 +117,13 @@ enum Feed {
 pub async fn vendor_stream(
     State(state): State<AppState>,
     Path(vendor): Path<String>,
-    Authed(claims): Authed,
+    AuthedToken(token): AuthedToken,
     headers: HeaderMap,
     query: Result<Query<StreamQuery>, QueryRejection>,
 ) -> Result<Response, AppError> {
     validate_id("vendor_id", &vendor).map_err(|e| AppError::bad("bad_id", e.to_string()))?;
-    if !may_stream_vendor(&claims, &vendor) {
+    let claims = &token.claims;
+    if !may_stream_vendor(claims, &vendor) {
         return Err(AppError::Forbidden(format!(
             "a token for {:?} may not stream the notifications of {vendor:?}",
             claims.sub
@@ -139,22 +141,22 @@ pub async fn vendor_stream(
         "sse",
         [state.user_permit(&claims.sub)?, vendor_permit],
     );
-    start(state, Feed::Vendor(vendor), after, open).await
+    start(state, Feed::Vendor(vendor), after, open, &token).await
 }
 
 /// `GET /v1/drivers/{driver_id}/location/stream`
 pub async fn location_stream(
     State(state): State<AppState>,
     Path(driver): Path<String>,
-    Authed(claims): Authed,
+    AuthedToken(token): AuthedToken,
     headers: HeaderMap,
     query: Result<Query<StreamQuery>, QueryRejection>,
 ) -> Result<Response, AppError> {
-    authorize_tracking(&claims, &driver)?;
+    authorize_tracking(&token.claims, &driver)?;
     let Query(query) = query.map_err(|e| AppError::bad("bad_query", e.body_text()))?;
     let after = last_event_id(&headers, &query)?;
-    let open = Open::new(&state, "sse", [state.user_permit(&claims.sub)?]);
-    start(state, Feed::Location(driver), after, open).await
+    let open = Open::new(&state, "sse", [state.user_permit(&token.claims.sub)?]);
+    start(state, Feed::Location(driver), after, open, &token).await
 }
 
 /// `GET /v1/orders/{order_id}/stream`: an order's timeline entries as
@@ -163,18 +165,19 @@ pub async fn location_stream(
 pub async fn order_stream(
     State(state): State<AppState>,
     Path(order): Path<String>,
-    Authed(claims): Authed,
+    AuthedToken(token): AuthedToken,
     headers: HeaderMap,
     query: Result<Query<StreamQuery>, QueryRejection>,
 ) -> Result<Response, AppError> {
-    let Some(current) = authorize_order_read(&state, &claims, &order).await? else {
+    let claims = &token.claims;
+    let Some(current) = authorize_order_read(&state, claims, &order).await? else {
         return Err(AppError::NotFound(format!("no order {order:?}")));
     };
     let Query(query) = query.map_err(|e| AppError::bad("bad_query", e.body_text()))?;
     let after = last_event_id(&headers, &query)?;
     let open = Open::new(&state, "sse", [state.user_permit(&claims.sub)?]);
     let ended = current.status.is_final();
-    start(state, Feed::Order { order, ended }, after, open).await
+    start(state, Feed::Order { order, ended }, after, open, &token).await
 }
 
 fn too_many(state: &AppState, message: &str) -> AppError {
@@ -189,22 +192,29 @@ fn too_many(state: &AppState, message: &str) -> AppError {
 
 /// Subscribes and reads the replay before answering, so that once the
 /// response headers are out the stream misses nothing published later;
-/// then hands the stream to a task tracked in `state.tasks`.
+/// then hands the stream to a task tracked in `state.tasks`. The stream
+/// ends at the token's `exp` and when the token is revoked or its user
+/// disconnected.
 async fn start<const N: usize>(
     state: AppState,
     feed: Feed,
     after: Option<u64>,
     open: Open<N>,
+    token: &Verified,
 ) -> Result<Response, AppError> {
     let (tx, rx) = mpsc::channel::<Bytes>(BODY_QUEUE);
     let mut stream = Stream::open(state.clone(), feed, tx);
+    let expiry = state
+        .expiry
+        .watch(&stream.handle, token.claims.exp, false, crate::now_s());
+    let listed = state.user_conns.list(token, &stream.handle);
     // On an error the subscription (if any) is left as it drops.
     let sub = Subscription::join(&state, stream.channel.clone(), &stream.handle).await?;
     let (replay, cursor) = stream.prepare(after).await?;
     state.tasks.spawn(async move {
         stream.run(replay, cursor).await;
         sub.leave().await;
-        drop(open);
+        drop((open, expiry, listed));
     });
     let body = Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv()
@@ -284,8 +294,10 @@ impl Stream {
                 () = self.tx.closed() => break,
                 event = self.rx.next() => match event {
                     Event::Frame(out) => self.live(out, &mut cursor).await,
-                    Event::Killed(_) => {
-                        tracing::debug!(channel = %self.channel, "stream too slow: closing");
+                    Event::Killed(code) => {
+                        // 4101 too slow, 4001 token expired, 4003 revoked,
+                        // 4103 disconnected by an operator.
+                        tracing::debug!(channel = %self.channel, code, "stream closing");
                         break;
                     }
                     Event::Tick => Ok(()),

@@ -304,6 +304,23 @@ impl Webhooks {
         })
     }
 
+    /// With the wall clock and real randomness.
+    pub fn system(
+        cfg: WebhookConfig,
+        queue: Arc<dyn WebhookQueue>,
+        sender: Arc<dyn WebhookSender>,
+        metrics: WebhookMetrics,
+    ) -> Arc<Self> {
+        Self::new(
+            cfg,
+            queue,
+            sender,
+            Arc::new(SystemClock),
+            Arc::new(RandJitter),
+            metrics,
+        )
+    }
+
     /// Turns on `driver.online`/`driver.offline` with this presence set
     /// (call before sharing).
     pub fn with_presence(mut self: Arc<Self>, p: Arc<dyn drivers::DriverPresence>) -> Arc<Self> {

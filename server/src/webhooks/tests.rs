@@ -59,14 +59,7 @@ fn hooks_with(
     queue: Arc<dyn WebhookQueue>,
     sender: Arc<dyn WebhookSender>,
 ) -> Arc<Webhooks> {
-    Webhooks::new(
-        cfg,
-        queue,
-        sender,
-        Arc::new(SystemClock),
-        Arc::new(RandJitter),
-        WebhookMetrics::new().unwrap(),
-    )
+    Webhooks::system(cfg, queue, sender, WebhookMetrics::new().unwrap())
 }
 
 #[test]

@@ -18,14 +18,18 @@ use crate::routes::subscription::Subscription;
 
 /// Client frames.
 impl Conn {
-    async fn reply(&self, socket: &mut WebSocket, frame: &ServerFrame) -> Result<(), ()> {
+    pub(super) async fn reply(
+        &self,
+        socket: &mut WebSocket,
+        frame: &ServerFrame,
+    ) -> Result<(), ()> {
         socket
             .send(Message::Text(frame.to_json().into()))
             .await
             .map_err(|_| ())
     }
 
-    async fn error(
+    pub(super) async fn error(
         &self,
         socket: &mut WebSocket,
         code: &str,
@@ -104,6 +108,12 @@ impl Conn {
                 return Ok(Next::Close(close_code::BAD_FRAME, "invalid JSON"));
             }
         };
+        // `refresh` is handled beside the protocol's client frames (the
+        // SDK's frame set moves to the protocol crate with its rework).
+        if value.get("type").and_then(serde_json::Value::as_str) == Some("refresh") {
+            let token = value.get("token").and_then(serde_json::Value::as_str);
+            return self.refresh(socket, token).await.map(|()| Next::Continue);
+        }
         let frame: ClientFrame = match serde_json::from_value(value) {
             Ok(f) => f,
             Err(e) => {
@@ -120,8 +130,14 @@ impl Conn {
                 if let Some(sub) = sub {
                     self.leave(sub).await;
                 }
-                self.reply(socket, &ServerFrame::Unsubscribed { channel })
-                    .await?;
+                self.reply(
+                    socket,
+                    &ServerFrame::Unsubscribed {
+                        channel,
+                        reason: None,
+                    },
+                )
+                .await?;
             }
             ClientFrame::Ping { id } => self.reply(socket, &ServerFrame::Pong { id }).await?,
             ClientFrame::Send {

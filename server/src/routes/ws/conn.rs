@@ -9,13 +9,16 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
-use waypost_protocol::{close_code, Channel, ChannelKind, Claims};
+use waypost_protocol::{close_code, Channel, ChannelKind, Claims, ServerFrame};
 
 use super::orders::OrderChannels;
 use super::rooms::Rooms;
 use crate::admission::{ConnectionPermit, TokenBucket};
 use crate::config::Limits;
+use crate::expiry::Expiry;
 use crate::hub::{connection, ConnHandle, Event, Outbound, Receiver, TICK_SLOTS};
+use crate::keys::Verified;
+use crate::revocation::Listed;
 use crate::routes::subscription::{Open, Subscription};
 use crate::state::AppState;
 
@@ -104,6 +107,10 @@ pub(super) struct Conn {
     pub(super) last_ping: Instant,
     pub(super) last_heartbeat: Instant,
     pub(super) open: Option<Open<1>>,
+    /// The token's expiry in the process-wide wheel.
+    pub(super) expiry: Expiry,
+    /// This connection in the user registry (revocations, disconnects).
+    pub(super) listed: Listed,
 }
 
 /// What the reader asks the loop to do next.
@@ -117,7 +124,7 @@ pub(super) enum Next {
 pub(super) fn run(
     mut socket: WebSocket,
     state: AppState,
-    claims: Claims,
+    token: Verified,
     permit: ConnectionPermit,
 ) -> impl Future<Output = ()> + Send {
     let conn_id = state.hub.next_conn_id();
@@ -130,6 +137,11 @@ pub(super) fn run(
         handle.kill(close_code::SHUTTING_DOWN);
     }
     let open = Open::new(&state, "ws", [permit]);
+    let expiry = state
+        .expiry
+        .watch(&handle, token.claims.exp, true, crate::now_s());
+    let listed = state.user_conns.list(&token, &handle);
+    let claims = token.claims;
     tracing::debug!(conn_id, sub = %claims.sub, "websocket connected");
     let rate = state.limits.ws_messages_per_s;
     let now = Instant::now();
@@ -147,6 +159,8 @@ pub(super) fn run(
         last_ping: now,
         last_heartbeat: now,
         open: Some(open),
+        expiry,
+        listed,
     };
     async move {
         conn.join_user_channel().await;
@@ -287,8 +301,20 @@ impl Conn {
             sub.leave().await;
         }
         if let Some((code, reason)) = close {
-            let _ =
-                tokio::time::timeout(CLOSE_TIMEOUT, socket.send(close_message(code, reason))).await;
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                // The wheel closes an expired token's connection with 4001:
+                // say why first.
+                if code == close_code::UNAUTHORIZED {
+                    let frame = ServerFrame::error(
+                        "token_expired",
+                        "the token expired; reconnect with a new one or refresh in band",
+                        None,
+                    );
+                    let _ = socket.send(Message::Text(frame.to_json().into())).await;
+                }
+                socket.send(close_message(code, reason)).await
+            })
+            .await;
         }
         self.open = None;
         tracing::debug!(conn_id, ?close, "websocket closed");
@@ -375,6 +401,9 @@ pub(super) fn kill_reason(code: u16) -> &'static str {
     match code {
         close_code::TOO_SLOW => "too slow to read",
         close_code::SHUTTING_DOWN => "server shutting down",
+        close_code::UNAUTHORIZED => "token expired",
+        close_code::FORBIDDEN => "revoked",
+        close_code::DISCONNECTED => "disconnected by an operator",
         _ => "engine unavailable, reconnect later",
     }
 }

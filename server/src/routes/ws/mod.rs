@@ -14,6 +14,9 @@
 //! - `orders.rs`: the connection's order channels: per order the seq
 //!   cursor (in-order, exactly-once entries) and whether it ended (no
 //!   location after that);
+//! - `session.rs`: the token the connection runs on: expiry
+//!   (`token_expiring`, then 4001 at `exp`, driven by the process-wide
+//!   expiry wheel), in-band `refresh`, revocation and operator disconnects;
 //! - `rooms.rs`: the connection's chat rooms: per room the seq cursor that
 //!   turns live copies into in-order, exactly-once delivery, the typing
 //!   rate limit and this device's presence.
@@ -28,16 +31,18 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures_util::future::Either;
 use tokio_util::task::task_tracker::TrackedFuture;
-use waypost_protocol::{close_code, Claims, ServerFrame};
+use waypost_protocol::{close_code, ServerFrame};
 
 use crate::admission::{ConnectionPermit, Full};
 use crate::auth::token_from_parts;
+use crate::keys::Verified;
 use crate::state::AppState;
 
 mod client;
 mod conn;
 mod orders;
 mod rooms;
+mod session;
 
 use conn::{close_message, CLOSE_TIMEOUT};
 
@@ -57,7 +62,7 @@ enum Refusal {
 
 /// The outcome of the handshake checks, boxed so the upgrade callback that
 /// carries it while the HTTP upgrade completes stays small.
-type Verdict = Box<Result<(Claims, ConnectionPermit), Refusal>>;
+type Verdict = Box<Result<(Verified, ConnectionPermit), Refusal>>;
 
 /// `GET /v1/ws`
 pub async fn upgrade(State(state): State<AppState>, parts: Parts) -> Response {
@@ -76,10 +81,10 @@ pub async fn upgrade(State(state): State<AppState>, parts: Parts) -> Response {
         };
     let verdict: Verdict = Box::new(match token_from_parts(&parts) {
         None => Err(Refusal::Unauthorized("missing token".into())),
-        Some(t) => match state.keys.verify(&t) {
+        Some(t) => match state.keys.verify_token(&t) {
             Err(e) => Err(Refusal::Unauthorized(e.to_string())),
-            Ok(claims) => match state.connection_slot(&claims.sub) {
-                Ok(permit) => Ok((claims, permit)),
+            Ok(token) => match state.connection_slot(&token.claims.sub) {
+                Ok(permit) => Ok((token, permit)),
                 Err(full) => Err(Refusal::Full(full)),
             },
         },
@@ -103,9 +108,9 @@ fn connected(
 ) -> Either<Pin<Box<dyn Future<Output = ()> + Send>>, TrackedFuture<impl Future<Output = ()> + Send>>
 {
     match *verdict {
-        Ok((claims, permit)) => {
+        Ok((token, permit)) => {
             let tasks = state.tasks.clone();
-            Either::Right(tasks.track_future(conn::run(socket, state, claims, permit)))
+            Either::Right(tasks.track_future(conn::run(socket, state, token, permit)))
         }
         Err(refusal) => Either::Left(Box::pin(async move {
             refuse(socket, refusal).await;

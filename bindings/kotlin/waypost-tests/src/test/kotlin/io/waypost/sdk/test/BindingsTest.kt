@@ -274,7 +274,8 @@ class BindingsTest {
                 val s = buyer.connectionState()
                 s is ConnectionState.Closed && s.reason is CloseReason.Unauthorized
             }
-            assertTrue(listener.states.any { it is ConnectionState.Closed })
+            // The snapshot changes before the listener hears it.
+            TestEnv.await("the listener hears Closed") { listener.states.any { it is ConnectionState.Closed } }
         } finally {
             runBlocking { buyer.shutdown() }
             buyer.close()

@@ -1,0 +1,504 @@
+//! Token revocation and operator disconnects.
+//!
+//! A revocation names a user (every token of that `sub` issued before the
+//! revocation or in its second, by `iat`; a token without `iat` counts as
+//! issued before) or
+//! one token (`jti`), and lasts `ttl_s`. It is kept in three places:
+//!
+//! - the [`RevocationStore`] of the engine (Redis keys with the TTL, so a
+//!   process that starts later loads them; the memory engine is one process
+//!   and keeps nothing beyond the list below);
+//! - every process's [`Revocations`] list, which verification consults on
+//!   each request and connection (no round trip per request);
+//! - a [`Control`] message published on [`control_channel`] through the
+//!   engine, on which every process updates its list and closes the user's
+//!   live connections (and, for a disconnect, only closes them).
+//!
+//! A process also reloads the store every [`RELOAD_EVERY`], so a message lost
+//! while its Redis subscription was down is applied late, not never.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::EngineError;
+use crate::hub::{ConnHandle, ConnId};
+use crate::keys::Verified;
+
+/// Engine channel of [`Control`] messages between processes.
+pub fn control_channel() -> waypost_protocol::Channel {
+    waypost_protocol::Channel::control("admin")
+}
+
+/// How often a process re-reads the store.
+pub const RELOAD_EVERY: Duration = Duration::from_secs(10);
+
+/// Most revocations (users plus tokens) one list holds; past it the ones
+/// expiring soonest are dropped first.
+pub const MAX_REVOCATIONS: usize = 100_000;
+
+/// Longest revocation, and the default.
+pub const MAX_TTL_S: u64 = 30 * 24 * 3600;
+pub const DEFAULT_TTL_S: u64 = 24 * 3600;
+
+/// One revocation, as stored and broadcast.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    /// Every token of this user issued before `before_s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// This one token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    /// Unix seconds: tokens with `iat` up to this are revoked (user
+    /// revocations).
+    pub before_s: u64,
+    /// Unix seconds when the revocation lapses.
+    pub until_s: u64,
+}
+
+/// A message between processes on [`control_channel`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Control {
+    Revoke(Revocation),
+    Disconnect { user: String, reconnect: bool },
+}
+
+/// This process's view of the revocations in force.
+#[derive(Debug, Default)]
+pub struct Revocations {
+    inner: RwLock<Lists>,
+}
+
+#[derive(Debug, Default)]
+struct Lists {
+    /// user → (revoked before, until)
+    users: HashMap<String, (u64, u64)>,
+    /// jti → until
+    jtis: HashMap<String, u64>,
+}
+
+impl Lists {
+    fn len(&self) -> usize {
+        self.users.len() + self.jtis.len()
+    }
+
+    fn prune(&mut self, now_s: u64) {
+        self.users.retain(|_, (_, until)| *until > now_s);
+        self.jtis.retain(|_, until| *until > now_s);
+        // Still over: drop the soonest-expiring until there is room.
+        while self.len() >= MAX_REVOCATIONS {
+            let user = self
+                .users
+                .iter()
+                .min_by_key(|(_, (_, u))| *u)
+                .map(|(k, (_, u))| (k.clone(), *u));
+            let jti = self
+                .jtis
+                .iter()
+                .min_by_key(|(_, u)| **u)
+                .map(|(k, u)| (k.clone(), *u));
+            match (user, jti) {
+                (Some((k, u)), Some((_, j))) if u <= j => self.users.remove(&k),
+                (_, Some((k, _))) => self.jtis.remove(&k).map(|u| (0, u)),
+                (Some((k, _)), None) => self.users.remove(&k),
+                (None, None) => break,
+            };
+        }
+    }
+}
+
+impl Revocations {
+    /// Adds `r` (a later user revocation moves `before_s` forward, never
+    /// back). Returns whether it revokes more than before (so the caller
+    /// closes connections only for news, not on every reload).
+    pub fn apply(&self, r: &Revocation, now_s: u64) -> bool {
+        if r.until_s <= now_s {
+            return false;
+        }
+        let mut lists = self.inner.write();
+        if lists.len() >= MAX_REVOCATIONS {
+            lists.prune(now_s);
+        }
+        let mut news = false;
+        if let Some(user) = &r.user {
+            let e = lists.users.entry(user.clone()).or_insert((0, 0));
+            news |= r.before_s > e.0;
+            e.0 = e.0.max(r.before_s);
+            e.1 = e.1.max(r.until_s);
+        }
+        if let Some(jti) = &r.jti {
+            let e = lists.jtis.entry(jti.clone()).or_insert(0);
+            news |= *e == 0;
+            *e = (*e).max(r.until_s);
+        }
+        news
+    }
+
+    /// Whether `token` is revoked at `now_s`.
+    pub fn is_revoked(&self, token: &Verified, now_s: u64) -> bool {
+        let lists = self.inner.read();
+        if lists.len() == 0 {
+            return false;
+        }
+        if let Some((before, until)) = lists.users.get(&token.claims.sub) {
+            if *until > now_s && token.iat.unwrap_or(0) <= *before {
+                return true;
+            }
+        }
+        token
+            .jti
+            .as_ref()
+            .and_then(|j| lists.jtis.get(j))
+            .is_some_and(|until| *until > now_s)
+    }
+
+    /// Drops lapsed entries.
+    pub fn prune(&self, now_s: u64) {
+        self.inner.write().prune(now_s);
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Live connections (WebSockets, SSE streams, long polls) by user on this
+/// process, with the `iat`/`jti` of the token each runs on, so a revocation
+/// or disconnect can close them.
+#[derive(Default)]
+pub struct UserConnections {
+    by_user: parking_lot::Mutex<HashMap<String, HashMap<ConnId, Entry>>>,
+}
+
+struct Entry {
+    handle: ConnHandle,
+    iat: Option<u64>,
+    jti: Option<String>,
+}
+
+/// Keeps a connection listed until dropped.
+pub struct Listed {
+    registry: std::sync::Arc<UserConnections>,
+    user: String,
+    id: ConnId,
+}
+
+impl Listed {
+    /// The connection now runs on another token of the same user (an
+    /// in-band refresh).
+    pub fn update(&self, token: &Verified) {
+        if let Some(e) = self
+            .registry
+            .by_user
+            .lock()
+            .get_mut(&self.user)
+            .and_then(|c| c.get_mut(&self.id))
+        {
+            e.iat = token.iat;
+            e.jti.clone_from(&token.jti);
+        }
+    }
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        let mut map = self.registry.by_user.lock();
+        if let Some(conns) = map.get_mut(&self.user) {
+            conns.remove(&self.id);
+            if conns.is_empty() {
+                map.remove(&self.user);
+            }
+        }
+    }
+}
+
+impl UserConnections {
+    /// Lists `handle` under the token's user until the guard drops.
+    pub fn list(self: &std::sync::Arc<Self>, token: &Verified, handle: &ConnHandle) -> Listed {
+        let user = token.claims.sub.clone();
+        self.by_user.lock().entry(user.clone()).or_default().insert(
+            handle.id,
+            Entry {
+                handle: handle.clone(),
+                iat: token.iat,
+                jti: token.jti.clone(),
+            },
+        );
+        Listed {
+            registry: std::sync::Arc::clone(self),
+            user,
+            id: handle.id,
+        }
+    }
+
+    /// Closes every connection of `user` with `code`; returns how many.
+    pub fn kill_user(&self, user: &str, code: u16) -> usize {
+        let map = self.by_user.lock();
+        let Some(conns) = map.get(user) else {
+            return 0;
+        };
+        for e in conns.values() {
+            e.handle.kill(code);
+        }
+        conns.len()
+    }
+
+    /// Closes the connections whose token `r` revokes; returns how many.
+    pub fn kill_revoked(&self, r: &Revocation, code: u16) -> usize {
+        let map = self.by_user.lock();
+        let mut n = 0;
+        let mut kill = |e: &Entry| {
+            e.handle.kill(code);
+            n += 1;
+        };
+        if let Some(user) = &r.user {
+            for e in map.get(user).into_iter().flat_map(HashMap::values) {
+                if e.iat.unwrap_or(0) <= r.before_s {
+                    kill(e);
+                }
+            }
+        }
+        if let Some(jti) = &r.jti {
+            // Rare (an operator action): a scan of this process's list.
+            for e in map.values().flat_map(HashMap::values) {
+                if e.jti.as_deref() == Some(jti.as_str()) {
+                    kill(e);
+                }
+            }
+        }
+        n
+    }
+
+    /// Connections of `user` on this process.
+    pub fn count(&self, user: &str) -> usize {
+        self.by_user.lock().get(user).map_or(0, HashMap::len)
+    }
+}
+
+/// Where revocations outlive a process.
+#[async_trait]
+pub trait RevocationStore: Send + Sync + 'static {
+    async fn save(&self, r: &Revocation) -> Result<(), EngineError>;
+    /// Every revocation in force (at most [`MAX_REVOCATIONS`]).
+    async fn load(&self) -> Result<Vec<Revocation>, EngineError>;
+}
+
+/// The memory engine's store: one process, so the list is the store.
+#[derive(Debug, Default)]
+pub struct MemoryRevocationStore;
+
+#[async_trait]
+impl RevocationStore for MemoryRevocationStore {
+    async fn save(&self, _r: &Revocation) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    async fn load(&self) -> Result<Vec<Revocation>, EngineError> {
+        Ok(Vec::new())
+    }
+}
+
+/// Revocations in Redis: one key per user or token, `waypost:revoked:…`,
+/// holding the JSON revocation and expiring with it.
+pub struct RedisRevocationStore {
+    conn: redis::aio::ConnectionManager,
+}
+
+const REDIS_PREFIX: &str = "waypost:revoked:";
+
+impl RedisRevocationStore {
+    pub fn new(conn: redis::aio::ConnectionManager) -> Self {
+        Self { conn }
+    }
+}
+
+fn redis_err(e: redis::RedisError) -> EngineError {
+    EngineError::Redis(e.to_string())
+}
+
+#[async_trait]
+impl RevocationStore for RedisRevocationStore {
+    async fn save(&self, r: &Revocation) -> Result<(), EngineError> {
+        let now = crate::now_s();
+        let ttl = r.until_s.saturating_sub(now).max(1);
+        let json = serde_json::to_string(r).map_err(|e| EngineError::Redis(e.to_string()))?;
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        if let Some(user) = &r.user {
+            let key = format!("{REDIS_PREFIX}user:{user}");
+            // Keep the later cut-off when two revocations race.
+            let old: Option<String> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_err)?;
+            let keep = old
+                .and_then(|o| serde_json::from_str::<Revocation>(&o).ok())
+                .filter(|o| o.before_s > r.before_s && o.until_s >= r.until_s);
+            if keep.is_none() {
+                pipe.cmd("SET")
+                    .arg(&key)
+                    .arg(&json)
+                    .arg("EX")
+                    .arg(ttl)
+                    .ignore();
+            }
+        }
+        if let Some(jti) = &r.jti {
+            let key = format!("{REDIS_PREFIX}jti:{jti}");
+            pipe.cmd("SET")
+                .arg(&key)
+                .arg(&json)
+                .arg("EX")
+                .arg(ttl)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await.map_err(redis_err)
+    }
+
+    async fn load(&self) -> Result<Vec<Revocation>, EngineError> {
+        let mut conn = self.conn.clone();
+        let mut cursor: u64 = 0;
+        let mut keys: Vec<String> = Vec::new();
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{REDIS_PREFIX}*"))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_err)?;
+            keys.extend(batch);
+            cursor = next;
+            if cursor == 0 || keys.len() >= MAX_REVOCATIONS {
+                break;
+            }
+        }
+        keys.truncate(MAX_REVOCATIONS);
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(500) {
+            let values: Vec<Option<String>> = redis::cmd("MGET")
+                .arg(chunk)
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_err)?;
+            out.extend(
+                values
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| serde_json::from_str(&v).ok()),
+            );
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use waypost_protocol::{Claims, Role};
+
+    fn token(sub: &str, iat: Option<u64>, jti: Option<&str>) -> Verified {
+        Verified {
+            claims: Claims {
+                sub: sub.into(),
+                role: Role::Buyer,
+                exp: 4_000_000_000,
+                channels: None,
+            },
+            iat,
+            jti: jti.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_user_revocation_covers_tokens_issued_before_it() {
+        let r = Revocations::default();
+        r.apply(
+            &Revocation {
+                user: Some("b-1".into()),
+                jti: None,
+                before_s: 1000,
+                until_s: 2000,
+            },
+            900,
+        );
+        assert!(r.is_revoked(&token("b-1", Some(999), None), 1500));
+        assert!(
+            r.is_revoked(&token("b-1", None, None), 1500),
+            "no iat: before"
+        );
+        // The revocation's own second counts as before (iat has seconds).
+        assert!(r.is_revoked(&token("b-1", Some(1000), None), 1500));
+        assert!(!r.is_revoked(&token("b-1", Some(1001), None), 1500));
+        assert!(!r.is_revoked(&token("b-2", Some(999), None), 1500));
+        assert!(
+            !r.is_revoked(&token("b-1", Some(999), None), 2000),
+            "lapsed"
+        );
+        r.prune(2000);
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn a_jti_revocation_covers_that_token_only() {
+        let r = Revocations::default();
+        r.apply(
+            &Revocation {
+                user: None,
+                jti: Some("t-1".into()),
+                before_s: 1000,
+                until_s: 2000,
+            },
+            1000,
+        );
+        assert!(r.is_revoked(&token("b-1", Some(5000), Some("t-1")), 1500));
+        assert!(!r.is_revoked(&token("b-1", Some(5000), Some("t-2")), 1500));
+        assert!(!r.is_revoked(&token("b-1", Some(5000), None), 1500));
+    }
+
+    #[test]
+    fn control_messages_round_trip() {
+        let c = Control::Disconnect {
+            user: "b-1".into(),
+            reconnect: true,
+        };
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(json, r#"{"op":"disconnect","user":"b-1","reconnect":true}"#);
+        assert_eq!(serde_json::from_str::<Control>(&json).unwrap(), c);
+    }
+
+    #[test]
+    fn the_list_is_bounded() {
+        let r = Revocations::default();
+        for i in 0..(MAX_REVOCATIONS + 10) {
+            r.apply(
+                &Revocation {
+                    user: None,
+                    jti: Some(format!("t-{i}")),
+                    before_s: 0,
+                    until_s: 10_000 + i as u64,
+                },
+                1,
+            );
+        }
+        assert!(r.len() <= MAX_REVOCATIONS);
+        // The latest one is kept; the soonest-expiring went first.
+        assert!(r.is_revoked(
+            &token("x", None, Some(&format!("t-{}", MAX_REVOCATIONS + 9))),
+            2
+        ));
+        assert!(!r.is_revoked(&token("x", None, Some("t-0")), 2));
+    }
+}

@@ -1,0 +1,449 @@
+//! The operator API (role `service`): revoke tokens, disconnect users, and
+//! inspect channels across every process; plus the control listener that
+//! applies revocations and disconnects published by any process.
+//!
+//! - `POST /v1/admin/revocations` `{"user"}` or `{"jti"}`, optional `ttl_s`
+//! - `POST /v1/admin/disconnect` `{"user","reconnect"}`
+//! - `GET /v1/admin/channels/{channel}` → `{"channel","subscribers","presence"}`
+//! - `GET /v1/admin/drivers?online=true` → `{"drivers":[..]}`
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use waypost_protocol::{close_code, validate_id, Channel, ChannelKind, Claims, Role};
+
+use crate::auth::Authed;
+use crate::error::AppError;
+use crate::frame::{now_us, About, Frame};
+use crate::hub::connection;
+use crate::revocation::{
+    control_channel, Control, Revocation, DEFAULT_TTL_S, MAX_TTL_S, RELOAD_EVERY,
+};
+use crate::state::AppState;
+use crate::{now_ms, now_s};
+
+/// Longest `jti` accepted.
+const MAX_JTI_LEN: usize = 256;
+/// Most present users listed for a channel.
+const MAX_PRESENCE: usize = 1000;
+
+fn require_service(claims: &Claims) -> Result<(), AppError> {
+    if claims.role == Role::Service {
+        Ok(())
+    } else {
+        Err(AppError::Forbidden("role service required".into()))
+    }
+}
+
+fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, AppError> {
+    body.map(|Json(b)| b)
+        .map_err(|e| AppError::bad("bad_body", e.body_text()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeBody {
+    /// Kept as JSON to tell `null` (refused) from absent.
+    #[serde(default, deserialize_with = "present")]
+    user: Option<serde_json::Value>,
+    #[serde(default, deserialize_with = "present")]
+    jti: Option<serde_json::Value>,
+    ttl_s: Option<u64>,
+}
+
+/// A field that is present, `null` included.
+fn present<'de, D>(d: D) -> Result<Option<serde_json::Value>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    serde_json::Value::deserialize(d).map(Some)
+}
+
+/// An optional string field: absent is `None`, anything but a string 400.
+fn string_field(name: &str, v: Option<serde_json::Value>) -> Result<Option<String>, AppError> {
+    match v {
+        None => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(AppError::bad(
+            "bad_body",
+            format!("{name} must be a string"),
+        )),
+    }
+}
+
+/// `POST /v1/admin/revocations`: stored in the engine, applied here at once
+/// and on every other process through the control channel.
+pub async fn post_revocation(
+    State(state): State<AppState>,
+    Authed(claims): Authed,
+    body: Result<Json<RevokeBody>, JsonRejection>,
+) -> Result<Json<Revocation>, AppError> {
+    require_service(&claims)?;
+    let body = json_body(body)?;
+    let user = string_field("user", body.user)?;
+    let jti = string_field("jti", body.jti)?;
+    match (&user, &jti) {
+        (Some(user), None) => {
+            validate_id("user", user).map_err(|e| AppError::bad("bad_id", e.to_string()))?
+        }
+        (None, Some(jti)) if !jti.is_empty() && jti.len() <= MAX_JTI_LEN => {}
+        (None, Some(_)) => {
+            return Err(AppError::bad(
+                "bad_body",
+                format!("jti must be 1 to {MAX_JTI_LEN} bytes"),
+            ))
+        }
+        _ => {
+            return Err(AppError::bad(
+                "bad_body",
+                "give exactly one of user and jti",
+            ))
+        }
+    }
+    let ttl_s = body.ttl_s.unwrap_or(DEFAULT_TTL_S);
+    if !(1..=MAX_TTL_S).contains(&ttl_s) {
+        return Err(AppError::bad(
+            "bad_body",
+            format!("ttl_s must be within 1..={MAX_TTL_S}"),
+        ));
+    }
+    let now = now_s();
+    let revocation = Revocation {
+        user,
+        jti,
+        before_s: now,
+        until_s: now + ttl_s,
+    };
+    state
+        .revocation_store
+        .save(&revocation)
+        .await
+        .inspect_err(|_| state.metrics.engine_errors.inc())?;
+    let control = Control::Revoke(revocation.clone());
+    apply(&state, &control);
+    publish(&state, &control).await?;
+    tracing::info!(?revocation, by = %claims.sub, "token revocation");
+    Ok(Json(revocation))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisconnectBody {
+    user: String,
+    /// Absent or null: false.
+    reconnect: Option<bool>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DisconnectReply {
+    user: String,
+    reconnect: bool,
+}
+
+/// `POST /v1/admin/disconnect`: closes the user's connections on every
+/// process (4103 when it may reconnect, 4003 otherwise).
+pub async fn post_disconnect(
+    State(state): State<AppState>,
+    Authed(claims): Authed,
+    body: Result<Json<DisconnectBody>, JsonRejection>,
+) -> Result<Response, AppError> {
+    require_service(&claims)?;
+    let body = json_body(body)?;
+    validate_id("user", &body.user).map_err(|e| AppError::bad("bad_id", e.to_string()))?;
+    let reconnect = body.reconnect.unwrap_or(false);
+    let control = Control::Disconnect {
+        user: body.user.clone(),
+        reconnect,
+    };
+    apply(&state, &control);
+    publish(&state, &control).await?;
+    tracing::info!(user = %body.user, reconnect, by = %claims.sub, "disconnect");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(DisconnectReply {
+            user: body.user,
+            reconnect,
+        }),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChannelInfo {
+    channel: String,
+    /// Subscribers across every process.
+    subscribers: u64,
+    /// Users present (chat rooms; empty for other channels).
+    presence: Vec<String>,
+}
+
+/// `GET /v1/admin/channels/{channel}`
+pub async fn get_channel(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Authed(claims): Authed,
+) -> Result<Json<ChannelInfo>, AppError> {
+    require_service(&claims)?;
+    let channel = Channel::parse(&name).map_err(|e| AppError::bad("bad_channel", e.to_string()))?;
+    let subscribers = state
+        .engine
+        .watchers(&channel)
+        .await
+        .inspect_err(|_| state.metrics.engine_errors.inc())?;
+    let presence = if channel.kind == ChannelKind::Chat {
+        state
+            .stores
+            .presence
+            .online(&channel.id, now_ms(), MAX_PRESENCE)
+            .await
+            .inspect_err(|_| state.metrics.engine_errors.inc())?
+    } else {
+        Vec::new()
+    };
+    Ok(Json(ChannelInfo {
+        channel: name,
+        subscribers,
+        presence,
+    }))
+}
+
+/// Most drivers `GET /v1/admin/drivers` lists.
+const MAX_LISTED_DRIVERS: usize = 500;
+/// Time budget for reading positions and watcher counts of the listed drivers.
+const DRIVERS_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
+
+#[derive(Debug, Deserialize)]
+pub struct DriversQuery {
+    #[serde(default = "yes")]
+    online: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Serialize)]
+pub struct DriverInfo {
+    driver_id: String,
+    /// Server time of its last upload, Unix ms.
+    seen_ms: i64,
+    /// Age of the latest position (since it was stored), ms.
+    age_ms: i64,
+    /// Within the online TTL.
+    online: bool,
+    /// Subscribers of `tracking:{driver}` across every process.
+    watchers: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lat: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lon: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DriversReply {
+    drivers: Vec<DriverInfo>,
+}
+
+/// `GET /v1/admin/drivers?online=true`: drivers seen by any process (the
+/// online ones by default; `online=false` lists the last 24 h), most
+/// recent first, at most 500.
+pub async fn get_drivers(
+    State(state): State<AppState>,
+    Authed(claims): Authed,
+    query: Result<Query<DriversQuery>, QueryRejection>,
+) -> Result<Json<DriversReply>, AppError> {
+    require_service(&claims)?;
+    let Query(q) = query.map_err(|e| AppError::bad("bad_query", e.body_text()))?;
+    let now = now_ms();
+    let ttl_ms = i64::try_from(state.limits.online_ttl.as_millis()).unwrap_or(i64::MAX);
+    let since = if q.online {
+        now - ttl_ms
+    } else {
+        now - crate::driver_index::RETAIN_MS
+    };
+    let seen: Vec<(String, i64)> = match &state.driver_index {
+        Some(index) => index
+            .seen_since(since, MAX_LISTED_DRIVERS)
+            .await
+            .inspect_err(|_| state.metrics.engine_errors.inc())?,
+        None => {
+            let retain = if q.online {
+                ttl_ms
+            } else {
+                crate::driver_index::RETAIN_MS
+            };
+            let (_, seen) = state
+                .activity
+                .drivers_online(now, retain, MAX_LISTED_DRIVERS);
+            seen.into_iter().map(|d| (d.driver_id, d.seen_ms)).collect()
+        }
+    };
+    let deadline = tokio::time::Instant::now() + DRIVERS_BUDGET;
+    let mut drivers = Vec::with_capacity(seen.len());
+    for (driver_id, seen_ms) in seen {
+        let channel = Channel::tracking(driver_id.clone());
+        let (latest, watchers) = match tokio::time::timeout_at(deadline, async {
+            tokio::join!(
+                state.engine.latest(&driver_id, now),
+                state.engine.watchers(&channel)
+            )
+        })
+        .await
+        {
+            Ok((l, w)) => (l.ok().flatten(), w.unwrap_or(0)),
+            Err(_) => (None, 0),
+        };
+        let age_ms = latest
+            .as_ref()
+            .map_or(now - seen_ms, |l| now - l.received_ms)
+            .max(0);
+        drivers.push(DriverInfo {
+            online: age_ms <= ttl_ms,
+            lat: latest.as_ref().map(|l| l.fix.lat),
+            lon: latest.as_ref().map(|l| l.fix.lon),
+            seq: latest.as_ref().map(|l| l.fix.seq),
+            driver_id,
+            seen_ms,
+            age_ms,
+            watchers,
+        });
+    }
+    if q.online {
+        drivers.retain(|d| d.online);
+    }
+    Ok(Json(DriversReply { drivers }))
+}
+
+/// Copies the drivers this process saw into the cluster-wide index every
+/// [`crate::driver_index::FLUSH_EVERY`] until shutdown (Redis engine only).
+pub async fn flush_driver_index(state: AppState) {
+    let Some(index) = state.driver_index.clone() else {
+        return;
+    };
+    let ttl_ms = i64::try_from(state.limits.online_ttl.as_millis()).unwrap_or(i64::MAX);
+    let mut every = tokio::time::interval(crate::driver_index::FLUSH_EVERY);
+    let mut flushed_to = 0i64;
+    loop {
+        tokio::select! {
+            () = state.shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let now = now_ms();
+        let (_, seen) = state
+            .activity
+            .drivers_online(now, ttl_ms, crate::activity::MAX_DRIVERS);
+        let fresh: Vec<(String, i64)> = seen
+            .into_iter()
+            .filter(|d| d.seen_ms >= flushed_to)
+            .map(|d| (d.driver_id, d.seen_ms))
+            .collect();
+        let newest = fresh.iter().map(|(_, ms)| *ms).max();
+        match index.record(&fresh, now).await {
+            Ok(()) => flushed_to = newest.unwrap_or(flushed_to).max(flushed_to),
+            Err(e) => tracing::debug!(error = %e, "driver index flush failed; retrying"),
+        }
+    }
+}
+
+async fn publish(state: &AppState, control: &Control) -> Result<(), AppError> {
+    let text =
+        serde_json::to_string(control).map_err(|e| AppError::bad("bad_body", e.to_string()))?;
+    let frame = Frame::new(text, About::Other, now_us());
+    state
+        .engine
+        .publish(&control_channel(), frame)
+        .await
+        .inspect_err(|_| state.metrics.engine_errors.inc())?;
+    Ok(())
+}
+
+/// Applies a control message on this process: adds the revocation to the
+/// list verification consults and closes the connections it covers.
+pub fn apply(state: &AppState, control: &Control) {
+    match control {
+        Control::Revoke(r) => {
+            // Killed even when already known: the poster applies it first,
+            // then its own control message arrives.
+            state.keys.revocations().apply(r, now_s());
+            let n = state.user_conns.kill_revoked(r, close_code::FORBIDDEN);
+            if n > 0 {
+                tracing::info!(connections = n, "closed revoked connections");
+            }
+        }
+        Control::Disconnect { user, reconnect } => {
+            let code = if *reconnect {
+                close_code::DISCONNECTED
+            } else {
+                close_code::FORBIDDEN
+            };
+            state.user_conns.kill_user(user, code);
+        }
+    }
+}
+
+/// Re-reads the engine's revocations into this process's list.
+async fn reload(state: &AppState) {
+    match state.revocation_store.load().await {
+        Ok(all) => {
+            let now = now_s();
+            let list = state.keys.revocations();
+            list.prune(now);
+            for r in &all {
+                // Only what this process had not applied yet (missed
+                // messages, revocations from before it started).
+                if list.apply(r, now) {
+                    state.user_conns.kill_revoked(r, close_code::FORBIDDEN);
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot load revocations"),
+    }
+}
+
+/// Listens on the control channel until shutdown: applies every process's
+/// revocations and disconnects here, and reloads the stored revocations
+/// every [`RELOAD_EVERY`] (a message missed while the engine's subscription
+/// was down is applied then).
+pub async fn control_listener(state: AppState) {
+    let mut every = tokio::time::interval(RELOAD_EVERY);
+    let channel = control_channel();
+    'mailbox: loop {
+        let (handle, mut rx) = connection(state.hub.next_conn_id(), 1024);
+        state.hub.add(&channel, handle.clone());
+        while let Err(e) = state.engine.sync_subscription(&channel).await {
+            tracing::warn!(error = %e, "control channel subscribe failed; retrying");
+            tokio::select! {
+                () = state.shutdown.cancelled() => break 'mailbox,
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            }
+        }
+        loop {
+            tokio::select! {
+                () = state.shutdown.cancelled() => {
+                    state.hub.remove(&channel, handle.id);
+                    break 'mailbox;
+                }
+                _ = every.tick() => reload(&state).await,
+                out = rx.recv() => match out {
+                    Some(out) => match serde_json::from_str::<Control>(&out.text) {
+                        Ok(control) => apply(&state, &control),
+                        Err(e) => tracing::warn!(error = %e, "bad control message"),
+                    },
+                    // Killed (fell behind): a fresh mailbox, and a reload
+                    // for what was dropped.
+                    None => {
+                        state.hub.remove(&channel, handle.id);
+                        reload(&state).await;
+                        continue 'mailbox;
+                    }
+                },
+            }
+        }
+    }
+}
