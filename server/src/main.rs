@@ -12,7 +12,8 @@ use waypost_server::app::{serve, shutdown_on_signal};
 use waypost_server::auth::{AuthKeys, DEV_SECRET};
 use waypost_server::config::Limits;
 use waypost_server::driver_index::RedisDriverIndex;
-use waypost_server::engine::redis::{RedisOptions, RedisTls, SentinelConfig};
+use waypost_server::engine::chat_redis;
+use waypost_server::engine::redis::{RedisEngine, RedisOptions, RedisTls, SentinelConfig};
 use waypost_server::engine::{memory::MemoryEngine, Engine};
 use waypost_server::hub::Hub;
 use waypost_server::keys::{self, KeySource, KeyStore};
@@ -503,7 +504,9 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
             None,
         ),
         EngineKind::Redis => {
-            let (engine, stores) = waypost_server::engine::redis::connect(
+            // The chat, presence and notification stores share the engine's
+            // command connection and key prefix.
+            let engine = RedisEngine::connect(
                 &args.redis_url,
                 Arc::clone(&hub),
                 limits.clone(),
@@ -512,7 +515,8 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
             )
             .await
             .with_context(redis_context)?;
-            (engine, Some(stores))
+            let stores = chat_redis::stores(&engine, &limits);
+            (Arc::new(engine), Some(stores))
         }
     };
     if args.order_stream.is_some() && args.engine != EngineKind::Redis {
@@ -523,7 +527,7 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
     let redis_conn = match args.engine {
         EngineKind::Memory => None,
         EngineKind::Redis => Some(
-            waypost_server::engine::chat_redis::connect(&args.redis_url, &redis_opts)
+            chat_redis::connect(&args.redis_url, &redis_opts)
                 .await
                 .with_context(redis_context)?,
         ),
@@ -558,7 +562,7 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
         hooks.spawn_sweeper(state.limits.online_ttl, &state.tasks, &state.shutdown);
     }
     if let Some(key) = &args.order_stream {
-        let conn = waypost_server::engine::chat_redis::connect(&args.redis_url, &redis_opts)
+        let conn = chat_redis::connect(&args.redis_url, &redis_opts)
             .await
             .with_context(redis_context)?;
         let stream_metrics = StreamMetrics::new()?;

@@ -25,10 +25,10 @@ use redis::{FromRedisValue, Script, ScriptInvocation};
 use waypost_protocol::ChatMessage;
 
 use super::chat::{
-    Appended, ChatStore, History, NewMessage, Notification, NotificationHistory, NotificationStore,
-    PresenceChanges, PresenceStore,
+    Appended, ChatStore, ChatStores, History, NewMessage, Notification, NotificationHistory,
+    NotificationStore, PresenceChanges, PresenceStore,
 };
-use super::redis::{Commands, RedisOptions};
+use super::redis::{Commands, RedisEngine, RedisOptions};
 use super::EngineError;
 use crate::config::Limits;
 
@@ -78,6 +78,17 @@ impl StoreConn {
         let mut conn = self.cmd.conn();
         let same = conn.clone();
         self.cmd.run_acked(same, inv.invoke_async(&mut conn)).await
+    }
+}
+
+/// The chat, presence and notification stores on `engine`'s command
+/// connection (its timeouts and reconnects) and key prefix.
+pub fn stores(engine: &RedisEngine, limits: &Limits) -> ChatStores {
+    let conn = StoreConn::new(engine.command_conn(), engine.key_prefix());
+    ChatStores {
+        chat: Arc::new(RedisChatStore::new(conn.clone(), limits)),
+        presence: Arc::new(RedisPresenceStore::new(conn.clone(), limits)),
+        notifications: Arc::new(RedisNotificationStore::new(conn, limits)),
     }
 }
 

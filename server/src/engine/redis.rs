@@ -29,16 +29,18 @@
 //! 300 B (one run), and at worst (every other seq missing) about 500 KB at the
 //! default window of 4,096 seqs.
 
+mod call;
 mod commands;
 mod options;
 mod pubsub;
 mod setup;
+mod target;
 mod watchers;
 
 pub(crate) use commands::Commands;
 pub use options::{RedisOptions, RedisTls, SentinelConfig};
-pub use setup::client;
 pub(crate) use setup::{commands, connection_manager};
+pub use target::client;
 
 use std::sync::Arc;
 
@@ -51,8 +53,6 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use waypost_protocol::{Channel, Fix};
 
-use super::chat::ChatStores;
-use super::chat_redis::{RedisChatStore, RedisNotificationStore, RedisPresenceStore, StoreConn};
 use super::{Engine, EngineError, IngestOutcome, IngestTime, StoredFix};
 use crate::config::Limits;
 use crate::frame::Frame;
@@ -65,21 +65,6 @@ const MAX_DEVICES_PER_DRIVER: usize = 8;
 const REQUEST_QUEUE: usize = 4096;
 
 const WATCH_PRELUDE: &str = include_str!("redis/watch_sum.lua");
-
-/// Connects to Redis at `url` and returns the engine with the chat,
-/// presence and notification stores on the same command connection and key
-/// prefix.
-pub async fn connect(
-    url: &str,
-    hub: Arc<Hub>,
-    limits: Limits,
-    metrics: Metrics,
-    opts: RedisOptions,
-) -> Result<(Arc<dyn Engine>, ChatStores), EngineError> {
-    let engine = RedisEngine::connect(url, hub, limits.clone(), metrics, opts).await?;
-    let stores = engine.stores(&limits);
-    Ok((Arc::new(engine), stores))
-}
 
 /// Key and channel names.
 #[derive(Debug, Clone)]
@@ -220,15 +205,15 @@ impl RedisEngine {
         Ok(engine)
     }
 
-    /// The chat, presence and notification stores on this engine's command
-    /// connection (its timeouts and reconnects) and key prefix.
-    pub fn stores(&self, limits: &Limits) -> ChatStores {
-        let conn = StoreConn::new(Arc::clone(&self.cmd), &self.opts.key_prefix);
-        ChatStores {
-            chat: Arc::new(RedisChatStore::new(conn.clone(), limits)),
-            presence: Arc::new(RedisPresenceStore::new(conn.clone(), limits)),
-            notifications: Arc::new(RedisNotificationStore::new(conn, limits)),
-        }
+    /// The command connection (its timeouts and reconnects), shared with
+    /// the chat stores ([`super::chat_redis::stores`]).
+    pub(crate) fn command_conn(&self) -> Arc<Commands> {
+        Arc::clone(&self.cmd)
+    }
+
+    /// The prefix of every key.
+    pub(crate) fn key_prefix(&self) -> &str {
+        &self.opts.key_prefix
     }
 
     /// This process's id in watcher hashes.

@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 use waypost_protocol::{Destination, EntryBody, OrderEvent, OrderStatus, OrderView, TimelineEntry};
 
+use super::error::OrderError;
 use super::eta::TrackerState;
-use super::OrderError;
 
 /// An order's current state (one JSON value per order in the stores).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

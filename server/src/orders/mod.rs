@@ -12,6 +12,7 @@
 //!   Rust, commit if nobody committed in between, retry).
 
 pub mod domain;
+mod error;
 pub mod eta;
 pub mod live;
 pub mod memory;
@@ -29,6 +30,7 @@ use waypost_protocol::{validate_id, OrderEvent, TimelineEntry};
 
 use crate::engine::EngineError;
 pub use domain::Order;
+pub use error::OrderError;
 use eta::{EtaConfig, Point};
 use store::{Commit, CommitOutcome, OrderStore, Timeline};
 
@@ -67,22 +69,6 @@ pub fn check_event(order_id: &str, ev: &OrderEvent) -> Result<(), String> {
         return Err("order_id in the body differs from the path".into());
     }
     Ok(())
-}
-
-/// Why an order operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum OrderError {
-    /// The status would move backwards, or change after the order ended (409).
-    #[error("order is {from}; it cannot become {to}")]
-    Backwards {
-        from: &'static str,
-        to: &'static str,
-    },
-    /// Too many concurrent writers on one order (503, retry).
-    #[error("order is being changed concurrently; retry")]
-    Contended,
-    #[error(transparent)]
-    Store(#[from] EngineError),
 }
 
 /// What [`Orders::apply_event`] did.

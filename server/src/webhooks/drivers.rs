@@ -7,21 +7,16 @@
 //! call did it, so with several processes each change is reported once.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use redis::aio::ConnectionManager;
-use tokio_util::sync::CancellationToken;
 
-use super::{WebhookEvent, Webhooks};
+use super::event::WebhookEvent;
 use crate::engine::EngineError;
 
 /// Most drivers tracked at once in memory (beyond: not reported).
 const MAX_DRIVERS: usize = 1_000_000;
-/// Offline drivers reported per sweep.
-const SWEEP_BATCH: usize = 1000;
 
 #[async_trait]
 pub trait DriverPresence: Send + Sync + 'static {
@@ -174,34 +169,6 @@ pub fn presence_event(driver: &str, online: bool, ts: i64) -> WebhookEvent {
         kind: kind.into(),
         ts,
         data: serde_json::json!({ "driver_id": driver }),
-    }
-}
-
-/// Reports drivers that went offline, every `ttl / 4`, until `cancel`.
-pub async fn sweep(
-    presence: Arc<dyn DriverPresence>,
-    hooks: Arc<Webhooks>,
-    ttl: Duration,
-    cancel: CancellationToken,
-) {
-    let every = (ttl / 4).max(Duration::from_millis(100));
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep(every) => {}
-        }
-        let now = crate::now_ms();
-        let cutoff = now - ttl.as_millis() as i64;
-        match presence.expire(cutoff, SWEEP_BATCH).await {
-            Ok(gone) => {
-                for d in gone {
-                    if let Err(e) = hooks.emit(&presence_event(&d, false, now)).await {
-                        tracing::warn!(driver = %d, error = %e, "offline webhook not queued");
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "driver presence sweep failed"),
-        }
     }
 }
 

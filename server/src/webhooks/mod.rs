@@ -22,6 +22,7 @@
 //! [`Jitter`], [`WebhookSender`]) for deterministic tests.
 
 pub mod drivers;
+mod event;
 pub mod queue;
 pub mod queue_redis;
 
@@ -34,12 +35,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 use ring::hmac;
-use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::engine::EngineError;
+pub use event::WebhookEvent;
 use queue::{Enqueued, WebhookQueue};
 
 /// Configuration of the webhook sender.
@@ -75,20 +76,6 @@ impl WebhookConfig {
             poll: Duration::from_millis(500),
         }
     }
-}
-
-/// The body of every webhook POST.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WebhookEvent {
-    /// Idempotency key (also the `Idempotency-Key` header).
-    pub id: String,
-    /// `order.status`, `order.arrival`, `order.departure`, `driver.online`,
-    /// `driver.offline`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// Unix ms of the event.
-    pub ts: i64,
-    pub data: serde_json::Value,
 }
 
 /// `t=<ts_s>,v1=<hex hmac-sha256(secret, "<ts_s>.<body>")>`.
@@ -354,12 +341,7 @@ impl Webhooks {
         cancel: &CancellationToken,
     ) {
         if let Some(p) = &self.presence {
-            tracker.spawn(drivers::sweep(
-                Arc::clone(p),
-                Arc::clone(self),
-                ttl,
-                cancel.clone(),
-            ));
+            tracker.spawn(sweep(Arc::clone(p), Arc::clone(self), ttl, cancel.clone()));
         }
     }
 
@@ -468,5 +450,36 @@ impl Webhooks {
         let cap = self.cfg.max_backoff.as_millis() as u64;
         let exp = base.saturating_mul(1u64 << attempts.saturating_sub(1).min(32));
         self.jitter.upto(exp.min(cap)) as i64
+    }
+}
+
+/// Offline drivers reported per sweep.
+const SWEEP_BATCH: usize = 1000;
+
+/// Reports drivers that went offline, every `ttl / 4`, until `cancel`.
+async fn sweep(
+    presence: Arc<dyn drivers::DriverPresence>,
+    hooks: Arc<Webhooks>,
+    ttl: Duration,
+    cancel: CancellationToken,
+) {
+    let every = (ttl / 4).max(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let now = crate::now_ms();
+        let cutoff = now - ttl.as_millis() as i64;
+        match presence.expire(cutoff, SWEEP_BATCH).await {
+            Ok(gone) => {
+                for d in gone {
+                    if let Err(e) = hooks.emit(&drivers::presence_event(&d, false, now)).await {
+                        tracing::warn!(driver = %d, error = %e, "offline webhook not queued");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "driver presence sweep failed"),
+        }
     }
 }

@@ -20,7 +20,8 @@ use parking_lot::RwLock;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisResult};
 
-use super::setup::Target;
+use super::call::redis_err;
+use super::target::Target;
 use crate::engine::EngineError;
 
 /// Consecutive timeouts that make the connection suspect.
@@ -207,21 +208,5 @@ pub(super) async fn open(
         Err(_) => Err(EngineError::Redis(format!(
             "connecting timed out after {limit:?}"
         ))),
-    }
-}
-
-pub(super) fn redis_err(e: redis::RedisError) -> EngineError {
-    EngineError::Redis(e.to_string())
-}
-
-/// Runs one Redis call with a deadline.
-pub(super) async fn with_timeout<T>(
-    limit: Duration,
-    call: impl Future<Output = RedisResult<T>>,
-) -> Result<T, EngineError> {
-    match tokio::time::timeout(limit, call).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(redis_err(e)),
-        Err(_) => Err(EngineError::Redis(format!("timed out after {limit:?}"))),
     }
 }

@@ -28,8 +28,8 @@ use tokio_util::sync::CancellationToken;
 use waypost_protocol::backoff::BackoffPolicy;
 use waypost_protocol::Channel;
 
+use super::call::{redis_err, with_timeout};
 use super::commands::Commands;
-use super::commands::{redis_err, with_timeout};
 use super::options::RedisOptions;
 use crate::engine::EngineError;
 use crate::frame::Frame;
@@ -58,7 +58,7 @@ fn reconnect_delay(policy: &BackoffPolicy, attempt: u32, rng: &mut impl Rng) -> 
 /// What the manager needs; moved into its task.
 pub(super) struct Manager {
     /// Where the primary is (asked again at every reconnect).
-    pub target: Arc<super::setup::Target>,
+    pub target: Arc<super::target::Target>,
     pub cmd: Arc<Commands>,
     pub hub: Arc<Hub>,
     pub metrics: Metrics,
