@@ -79,6 +79,13 @@ pub enum ServerFrame {
         fix: Fix,
     },
     Message(ChatMessage),
+    /// An order timeline entry on `order:{id}` (the shape of
+    /// [`OrderFrame`](crate::OrderFrame), which the server writes).
+    Order {
+        channel: String,
+        seq: u64,
+        entry: crate::FrameEntry,
+    },
     /// The ack of a `send`; the same answer on a retry.
     Sent {
         client_id: String,
@@ -155,6 +162,32 @@ mod tests {
         let f: ClientFrame = serde_json::from_str(r#"{"type":"ping","id":7}"#).unwrap();
         assert_eq!(f, ClientFrame::Ping { id: Some(7.into()) });
         assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"nope"}"#).is_err());
+    }
+
+    #[test]
+    fn order_frames_parse_as_server_frames() {
+        let entry = crate::TimelineEntry {
+            seq: 3,
+            body: crate::EntryBody::Eta {
+                eta_s: 120,
+                distance_m: 800.0,
+            },
+            ts: 1_700_000_000_000,
+        };
+        let text = serde_json::to_string(&crate::OrderFrame::new("o-1", &entry)).unwrap();
+        let f: ServerFrame = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            f,
+            ServerFrame::Order {
+                channel: "order:o-1".into(),
+                seq: 3,
+                entry: crate::FrameEntry {
+                    body: entry.body.clone(),
+                    ts: entry.ts
+                },
+            }
+        );
+        assert_eq!(f.to_json(), text);
     }
 
     #[test]

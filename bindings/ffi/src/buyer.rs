@@ -7,7 +7,7 @@ use std::sync::{Arc, Weak};
 
 use waypost_sdk::buyer as sdk;
 use waypost_sdk::buyer::{
-    ChatEntry, ConnectionState, LocationUpdate, PresenceUpdate, TypingUpdate,
+    ChatEntry, ConnectionState, LocationUpdate, OrderEntry, PresenceUpdate, TypingUpdate,
 };
 
 use crate::error::WaypostError;
@@ -136,6 +136,35 @@ impl sdk::BuyerListener for ListenerAdapter {
 /// A buyer's connection to Waypost: live tracking and chat. It connects at
 /// once and reconnects on its own (backoff with jitter; immediately when
 /// the platform reports the network back). Safe to use from any thread.
+/// Follows one order (`BuyerClient.track_order`): its timeline entries
+/// once each, in seq order, across reconnects, and its driver's position
+/// while the order is active. Called from an SDK thread, one call at a
+/// time; keep the work short.
+#[uniffi::export(with_foreign)]
+pub trait OrderListener: Send + Sync {
+    fn on_entry(&self, entry: OrderEntry);
+    fn on_location(&self, update: LocationUpdate);
+}
+
+struct OrderAdapter(Arc<dyn OrderListener>);
+
+impl OrderAdapter {
+    fn guard(&self, what: &str, f: impl FnOnce(&dyn OrderListener)) {
+        if catch_unwind(AssertUnwindSafe(|| f(&*self.0))).is_err() {
+            tracing::error!("OrderListener.{what} failed");
+        }
+    }
+}
+
+impl sdk::OrderListener for OrderAdapter {
+    fn on_entry(&self, entry: sdk::OrderEntry) {
+        self.guard("on_entry", |l| l.on_entry(entry));
+    }
+    fn on_location(&self, update: sdk::LocationUpdate) {
+        self.guard("on_location", |l| l.on_location(update));
+    }
+}
+
 #[derive(uniffi::Object)]
 pub struct BuyerClient {
     inner: Arc<sdk::BuyerClient>,
@@ -189,6 +218,25 @@ impl BuyerClient {
     /// Joins a chat room: `on_message` gets its timeline after the last
     /// stored seq, then every new message, until the returned subscription
     /// is cancelled or dropped (which leaves the room).
+    /// Follows an order: `listener` gets every timeline entry (status,
+    /// ETA, arrival, departure) from seq 1, once and in order across
+    /// reconnects, and the driver's position while the order is active.
+    /// Cancel the returned subscription to stop.
+    pub fn track_order(
+        &self,
+        order_id: String,
+        listener: Arc<dyn OrderListener>,
+    ) -> Result<Arc<Subscription>, WaypostError> {
+        self.inner
+            .track_order(order_id.clone(), Arc::new(OrderAdapter(listener)))?;
+        let client = Arc::downgrade(&self.inner);
+        Ok(Arc::new(Subscription::new(move || {
+            if let Some(c) = Weak::upgrade(&client) {
+                let _ = c.untrack_order(order_id);
+            }
+        })))
+    }
+
     pub fn join_chat(&self, room: String) -> Result<Arc<Subscription>, WaypostError> {
         self.inner.join_chat(room.clone())?;
         let client = Arc::downgrade(&self.inner);

@@ -38,6 +38,19 @@ class Server:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return json.load(resp)
 
+    def post_json(self, path, body):
+        req = urllib.request.Request(
+            self.url + path,
+            data=json.dumps(body).encode(),
+            method="POST",
+            headers={
+                "Authorization": "Bearer " + self.token("py-tests", "service"),
+                "Content-Type": "application/json",
+            },
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.load(resp)
+
     def trail(self, driver_id):
         return self.get_json(f"/v1/drivers/{driver_id}/trail?limit=1000")["fixes"]
 

@@ -84,3 +84,50 @@ def test_refused_token_closes_with_unauthorized(server):
         assert any(s.is_closed() for s in rec.states)
     finally:
         run(client.shutdown())
+
+
+class OrderEntries(waypost.OrderListener):
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.entries = []
+        self.locations = []
+
+    def on_entry(self, entry):
+        with self.lock:
+            self.entries.append(entry)
+
+    def on_location(self, update):
+        with self.lock:
+            self.locations.append(update)
+
+
+def test_track_order_delivers_each_entry_once_in_order(server, unique):
+    order_id, buyer_id = unique("o"), unique("b")
+    statuses = ["placed", "accepted", "picked_up", "delivered"]
+    status, _ = server.post_json(f"/v1/orders/{order_id}/events", {"event_id": "e0", "status": "placed"})
+    assert status == 202
+    listener = OrderEntries()
+    client = run(waypost.BuyerClient.open(
+        waypost.BuyerConfig(base_url=server.url, user_id=buyer_id),
+        Recorder(),
+        Tokens(server.token(buyer_id, "buyer", [f"order:{order_id}"])),
+        None,
+    ))
+    sub = client.track_order(order_id, listener)
+    try:
+        wait_for("placed (replayed)", lambda: len(listener.entries) >= 1)
+        for i, st in enumerate(statuses[1:], start=1):
+            body = {"event_id": f"e{i}", "status": st}
+            if st == "accepted":
+                body["driver_id"] = unique("d")
+            status, _ = server.post_json(f"/v1/orders/{order_id}/events", body)
+            assert status == 202
+        wait_for("delivered", lambda: any(e.status == "delivered" for e in listener.entries))
+        assert [e.seq for e in listener.entries] == [1, 2, 3, 4]
+        assert [e.status for e in listener.entries] == statuses
+        assert all(e.kind == waypost.OrderEntryKind.STATUS and e.order_id == order_id for e in listener.entries)
+        assert listener.entries[-1].active is False
+        sub.cancel()
+        assert sub.is_cancelled()
+    finally:
+        run(client.shutdown())

@@ -16,12 +16,14 @@ use waypost_protocol::{validate_id, Channel, ChannelKind, ChatMessage, ClientFra
 
 use super::chat::{fetch_page, Filling, Offer, Room, MAX_HTTP_PAGES};
 use super::connection::{self, ConnectionConfig, Control, Deps, Session};
+use super::orders::Orders;
 use super::outbox::{Outbox, Verdict};
 use super::store::Store;
 use super::tracking::Tracking;
 use super::transport::{TungsteniteConnector, WsConnector};
 use super::types::{
-    BuyerListener, ChatEntry, ConnectionState, LocationUpdate, PresenceUpdate, TypingUpdate,
+    BuyerListener, ChatEntry, ConnectionState, LocationUpdate, OrderListener, PresenceUpdate,
+    TypingUpdate,
 };
 use crate::backoff::{BackoffPolicy, RandomSource, SeededRandom};
 use crate::clock::{Clock, SystemClock};
@@ -138,6 +140,8 @@ impl BuyerDeps {
 pub enum Command {
     Track(String),
     Untrack(String),
+    TrackOrder(String, Arc<dyn OrderListener>),
+    UntrackOrder(String),
     Join(String),
     Leave(String),
     Queued(ChatEntry),
@@ -235,6 +239,7 @@ impl BuyerClient {
             snapshot: Arc::clone(&snapshot),
             connected: false,
             tracking: Tracking::default(),
+            orders: Orders::default(),
             rooms: HashMap::new(),
             outbox: Outbox::new(config.ack_timeout_ms, config.max_send_attempts),
             http_tasks: HashMap::new(),
@@ -275,6 +280,23 @@ impl BuyerClient {
 
     pub fn untrack_driver(&self, driver_id: String) -> Result<(), WaypostError> {
         self.send(Command::Untrack(driver_id))
+    }
+
+    /// Follows an order: `listener` gets its timeline entries (status,
+    /// ETA, arrival, departure) from seq 1, each once and in order across
+    /// reconnects, and the assigned driver's position while the order is
+    /// active. Tracking it again replaces the listener.
+    pub fn track_order(
+        &self,
+        order_id: String,
+        listener: Arc<dyn OrderListener>,
+    ) -> Result<(), WaypostError> {
+        check_id("order_id", &order_id)?;
+        self.send(Command::TrackOrder(order_id, listener))
+    }
+
+    pub fn untrack_order(&self, order_id: String) -> Result<(), WaypostError> {
+        self.send(Command::UntrackOrder(order_id))
     }
 
     /// Joins a chat room: its timeline resumes after the last stored seq.
@@ -394,6 +416,7 @@ struct Core {
     snapshot: Arc<Mutex<Snapshot>>,
     connected: bool,
     tracking: Tracking,
+    orders: Orders,
     rooms: HashMap<String, Room>,
     outbox: Outbox,
     http_tasks: HashMap<String, Owned>,
@@ -603,6 +626,7 @@ impl Session for Core {
     fn opened(&mut self, out: &mut Vec<ClientFrame>) {
         self.connected = true;
         self.tracking.resubscribe(out);
+        self.orders.resubscribe(out);
         for r in self.rooms.values_mut() {
             r.filling = Filling::No;
             out.push(r.subscribe_frame());
@@ -612,7 +636,28 @@ impl Session for Core {
 
     fn frame(&mut self, frame: ServerFrame, out: &mut Vec<ClientFrame>) {
         match frame {
-            ServerFrame::Location { driver_id, fix, .. } => self.on_location(driver_id, fix),
+            ServerFrame::Location {
+                channel,
+                driver_id,
+                fix,
+            } => match Channel::parse(&channel) {
+                Ok(ch) if ch.kind == ChannelKind::Order => {
+                    self.orders.on_location(&ch.id, &driver_id, fix);
+                }
+                _ => self.on_location(driver_id, fix),
+            },
+            ServerFrame::Order {
+                channel,
+                seq,
+                entry,
+            } => {
+                if let Ok(ch) = Channel::parse(&channel) {
+                    if ch.kind == ChannelKind::Order {
+                        let connected = self.connected;
+                        self.orders.on_entry(&ch.id, seq, entry, connected, out);
+                    }
+                }
+            }
             ServerFrame::Message(m) => self.offer(m, out),
             ServerFrame::Sent {
                 client_id,
@@ -678,6 +723,10 @@ impl Session for Core {
                 let Ok(ch) = Channel::parse(&channel) else {
                     return;
                 };
+                if ch.kind == ChannelKind::Order {
+                    self.orders.on_subscribed(&ch.id);
+                    return;
+                }
                 if ch.kind != ChannelKind::Chat {
                     return;
                 }
@@ -761,6 +810,21 @@ impl Session for Core {
                     }
                 }
             }
+            Command::TrackOrder(id, listener) => {
+                let new = !self.orders.is_tracked(&id);
+                if !self.orders.add(&id, listener) {
+                    tracing::warn!(order = %id, "too many tracked orders; ignoring");
+                } else if new && self.connected {
+                    out.push(self.orders.subscribe_frame(&id));
+                }
+            }
+            Command::UntrackOrder(id) => {
+                if self.orders.remove(&id) && self.connected {
+                    out.push(ClientFrame::Unsubscribe {
+                        channel: Orders::channel(&id),
+                    });
+                }
+            }
             Command::Join(room) => self.join(room, out),
             Command::Leave(room) => {
                 if self.rooms.remove(&room).is_some() {
@@ -815,6 +879,7 @@ impl Session for Core {
     fn closed(&mut self) {
         self.connected = false;
         self.outbox.on_closed();
+        self.orders.closed();
         self.http_tasks.clear();
         for r in self.rooms.values_mut() {
             r.filling = Filling::No;

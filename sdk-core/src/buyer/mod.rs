@@ -9,6 +9,8 @@
 //!   from the last seq seen, so nothing is shown twice and, for chat,
 //!   nothing is missed (dedupe by seq, `sync` for gaps, HTTP history when
 //!   the server could not replay).
+//! - [`orders`]: `track_order` follows one order's timeline (each entry
+//!   once, in seq order, resumed with `after`) and its driver while active.
 //! - [`outbox`] and [`store`]: messages written offline wait in SQLite and
 //!   go out in order, retried with the same `client_id` until acknowledged;
 //!   the room timeline is kept locally for offline rendering.
@@ -21,6 +23,7 @@
 pub mod chat;
 pub mod client;
 pub mod connection;
+pub mod orders;
 pub mod outbox;
 pub mod store;
 pub mod tracking;
@@ -34,5 +37,5 @@ pub use client::{BuyerClient, BuyerConfig, BuyerDeps};
 pub use transport::{TransportError, TungsteniteConnector, WsConnector, WsEvent, WsTransport};
 pub use types::{
     BuyerListener, ChatEntry, CloseReason, ConnectionState, LocationUpdate, MessageStatus,
-    PresenceUpdate, TypingUpdate,
+    OrderEntry, OrderEntryKind, OrderListener, PresenceUpdate, TypingUpdate,
 };

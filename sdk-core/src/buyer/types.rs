@@ -175,3 +175,51 @@ pub trait BuyerListener: Send + Sync + 'static {
     /// client id or room of a refused message.
     fn on_error(&self, reference: String, code: String, message: String);
 }
+
+/// What an order timeline entry says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
+pub enum OrderEntryKind {
+    /// An accepted order event: `status`, `active`, maybe `driver_id`.
+    Status,
+    /// The estimate moved: `eta_s`, `distance_m`.
+    Eta,
+    /// The driver entered the destination radius: `driver_id`.
+    Arrival,
+    /// The driver left the radius again before delivery: `driver_id`.
+    Departure,
+}
+
+/// One entry of an order's timeline (gap-free `seq` from 1), flattened so
+/// every binding gets a plain record: the fields `kind` does not use are
+/// `None`.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+pub struct OrderEntry {
+    pub order_id: String,
+    pub seq: u64,
+    /// Unix ms: when the event was accepted (`Status`), or the `ts` of the
+    /// driver's fix that caused it.
+    pub ts_ms: i64,
+    pub kind: OrderEntryKind,
+    /// The status after the event (`placed`, `accepted`, `preparing`,
+    /// `ready`, `picked_up`, `delivered`, `cancelled`).
+    pub status: Option<String>,
+    /// Whether the driver's position is shared from now on; `false` on
+    /// the entry that ends the order.
+    pub active: Option<bool>,
+    pub driver_id: Option<String>,
+    pub eta_s: Option<u64>,
+    pub distance_m: Option<f64>,
+}
+
+/// What the app implements to follow one order (`track_order`). Called from
+/// the SDK task, one call at a time; keep the work short.
+pub trait OrderListener: Send + Sync + 'static {
+    /// An entry of the order's timeline: once per seq, in seq order, with
+    /// no gaps, across reconnects (the first subscribe replays from seq 1).
+    fn on_entry(&self, entry: OrderEntry);
+    /// The assigned driver moved (only while the order is active, only
+    /// newer fixes).
+    fn on_location(&self, update: LocationUpdate);
+}

@@ -15,6 +15,9 @@ import io.waypost.sdk.Driver
 import io.waypost.sdk.DriverConfig
 import io.waypost.sdk.types.DriverEvent
 import io.waypost.sdk.DriverListener
+import io.waypost.sdk.OrderListener
+import io.waypost.sdk.types.OrderEntry
+import io.waypost.sdk.types.OrderEntryKind
 import io.waypost.sdk.types.ErrorInfo
 import io.waypost.sdk.types.LocationUpdate
 import io.waypost.sdk.types.MessageStatus
@@ -258,6 +261,44 @@ class BindingsTest {
         assertThrows<WaypostException.ShutDown> { runBlocking { buyer.sendMessage("room-1", "hi") } }
         buyer.close()
         assertTrue(sdkVersion().isNotEmpty())
+    }
+
+    @Test
+    fun `track_order delivers every order entry once and in order`(): Unit = runBlocking {
+        val orderId = TestEnv.uniqueId("o")
+        val buyerId = TestEnv.uniqueId("b")
+        val statuses = listOf("placed", "accepted", "picked_up", "delivered")
+        assertEquals(202, TestEnv.post("/v1/orders/$orderId/events", """{"event_id":"e0","status":"placed"}""").first)
+        val entries = CopyOnWriteArrayList<OrderEntry>()
+        val buyer = BuyerClient.open(
+            BuyerConfig(baseUrl = TestEnv.url, userId = buyerId),
+            RecordingListener(),
+            staticToken(TestEnv.token(buyerId, "buyer", listOf("order:$orderId"))),
+            null,
+        )
+        try {
+            val sub = buyer.trackOrder(orderId, object : OrderListener {
+                override fun onEntry(entry: OrderEntry) { entries += entry }
+                override fun onLocation(update: LocationUpdate) {}
+            })
+            TestEnv.await("placed (replayed)") { entries.isNotEmpty() }
+            val driverId = TestEnv.uniqueId("d")
+            for ((i, st) in statuses.withIndex().drop(1)) {
+                val driver = if (st == "accepted") ""","driver_id":"$driverId"""" else ""
+                val (status, body) = TestEnv.post("/v1/orders/$orderId/events", """{"event_id":"e$i","status":"$st"$driver}""")
+                assertEquals(202, status, body)
+            }
+            TestEnv.await("delivered") { entries.any { it.status == "delivered" } }
+            assertEquals(listOf(1uL, 2uL, 3uL, 4uL), entries.map { it.seq })
+            assertEquals(statuses, entries.map { it.status })
+            assertTrue(entries.all { it.kind == OrderEntryKind.STATUS && it.orderId == orderId })
+            assertEquals(false, entries.last().active)
+            sub.cancel()
+            assertTrue(sub.isCancelled())
+        } finally {
+            runBlocking { buyer.shutdown() }
+            buyer.close()
+        }
     }
 
     @Test

@@ -46,6 +46,16 @@ object TestEnv {
         return resp.statusCode() to resp.body()
     }
 
+    /** POST of a JSON body with a service token; returns (status, body). */
+    fun post(path: String, json: String): Pair<Int, String> {
+        val req = HttpRequest.newBuilder(URI.create(url + path))
+            .header("Authorization", "Bearer ${token("kt-tests", "service")}")
+            .header("Content-Type", "application/json")
+            .POST(HttpRequest.BodyPublishers.ofString(json)).build()
+        val resp = http.send(req, HttpResponse.BodyHandlers.ofString())
+        return resp.statusCode() to resp.body()
+    }
+
     /** (seq, lat) of every fix in a driver's trail on the server. */
     fun trail(driverId: String): List<Pair<Long, Double>> {
         val (status, body) = get("/v1/drivers/$driverId/trail?limit=1000")
