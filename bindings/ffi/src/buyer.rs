@@ -99,13 +99,19 @@ pub trait BuyerListener: Send + Sync {
     fn on_error(&self, reference: String, code: String, message: String);
 }
 
+/// Calls a foreign listener; a callback that throws is logged, not
+/// propagated into the SDK task.
+fn guarded(listener: &str, what: &str, f: impl FnOnce()) {
+    if catch_unwind(AssertUnwindSafe(f)).is_err() {
+        tracing::error!("{listener}.{what} failed");
+    }
+}
+
 struct ListenerAdapter(Arc<dyn BuyerListener>);
 
 impl ListenerAdapter {
     fn guard(&self, what: &str, f: impl FnOnce(&dyn BuyerListener)) {
-        if catch_unwind(AssertUnwindSafe(|| f(&*self.0))).is_err() {
-            tracing::error!("BuyerListener.{what} failed");
-        }
+        guarded("BuyerListener", what, || f(&*self.0));
     }
 }
 
@@ -150,9 +156,7 @@ struct OrderAdapter(Arc<dyn OrderListener>);
 
 impl OrderAdapter {
     fn guard(&self, what: &str, f: impl FnOnce(&dyn OrderListener)) {
-        if catch_unwind(AssertUnwindSafe(|| f(&*self.0))).is_err() {
-            tracing::error!("OrderListener.{what} failed");
-        }
+        guarded("OrderListener", what, || f(&*self.0));
     }
 }
 
