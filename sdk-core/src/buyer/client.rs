@@ -724,7 +724,7 @@ impl Session for Core {
                     return;
                 };
                 if ch.kind == ChannelKind::Order {
-                    self.orders.on_subscribed(&ch.id);
+                    self.orders.on_subscribed(&ch.id, high_seq);
                     return;
                 }
                 if ch.kind != ChannelKind::Chat {
@@ -867,7 +867,8 @@ impl Session for Core {
         Control::Continue
     }
 
-    fn tick(&mut self, _connected: bool, out: &mut Vec<ClientFrame>) {
+    fn tick(&mut self, connected: bool, out: &mut Vec<ClientFrame>) {
+        self.orders.tick(connected, out);
         let now = self.now();
         match self.outbox.on_tick(&self.store, &self.me, now) {
             Ok(v) => self.verdict(v),

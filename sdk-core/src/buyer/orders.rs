@@ -25,6 +25,11 @@ struct Tracked {
     pending: BTreeMap<u64, FrameEntry>,
     /// A resubscribe to fill a gap is in flight on this connection.
     filling: bool,
+    /// The highest seq the server said it has (`subscribed`'s `high_seq`).
+    target: u64,
+    /// `delivered` at the last tick: no progress for a whole tick while
+    /// behind `target` means the replay stopped short (`recovered: false`).
+    at_last_tick: u64,
     /// Whether the driver's location is shared (the last status entry's
     /// `active`).
     active: bool,
@@ -54,6 +59,8 @@ impl Orders {
                 delivered: 0,
                 pending: BTreeMap::new(),
                 filling: false,
+                target: 0,
+                at_last_tick: 0,
                 active: false,
                 last_fix: None,
             },
@@ -100,12 +107,32 @@ impl Orders {
         }
     }
 
-    /// `subscribed` on `order:{id}`: when the server could not replay
-    /// everything the entries that did come leave a gap, which
-    /// [`on_entry`](Self::on_entry) fills by subscribing again.
-    pub fn on_subscribed(&mut self, order_id: &str) {
+    /// `subscribed` on `order:{id}`: remembers how far the server's
+    /// timeline goes. When it could not replay everything (more than its
+    /// replay limit), the next live entry leaves a gap that
+    /// [`on_entry`](Self::on_entry) fills, and [`tick`](Self::tick) asks
+    /// again when no entry comes.
+    pub fn on_subscribed(&mut self, order_id: &str, high_seq: Option<u64>) {
         if let Some(t) = self.orders.get_mut(order_id) {
             t.filling = false;
+            t.target = t.target.max(high_seq.unwrap_or(0));
+        }
+    }
+
+    /// Periodic: an order still behind the server's `high_seq` that made no
+    /// progress since the last tick subscribes again from what it has.
+    pub fn tick(&mut self, connected: bool, out: &mut Vec<ClientFrame>) {
+        for (id, t) in &mut self.orders {
+            let stalled = t.delivered < t.target && t.delivered == t.at_last_tick;
+            t.at_last_tick = t.delivered;
+            if stalled && connected {
+                tracing::debug!(order_id = %id, after = t.delivered, high = t.target, "order replay stopped short; resubscribing");
+                t.filling = true;
+                out.push(ClientFrame::Subscribe {
+                    channel: Self::channel(id),
+                    after: Some(t.delivered),
+                });
+            }
         }
     }
 
@@ -315,5 +342,42 @@ mod tests {
             o.add(&format!("x{i}"), rec.clone());
         }
         assert!(!o.add("one-too-many", rec.clone()));
+    }
+
+    #[test]
+    fn a_short_replay_is_asked_again_when_nothing_comes() {
+        let rec = Arc::new(Rec::default());
+        let mut o = Orders::default();
+        o.add("o1", rec.clone());
+        let mut out = Vec::new();
+        // The server has 5 entries but replays only 2.
+        o.on_subscribed("o1", Some(5));
+        o.on_entry("o1", 1, status(OrderStatus::Placed, false), true, &mut out);
+        o.on_entry("o1", 2, status(OrderStatus::Accepted, true), true, &mut out);
+        o.tick(true, &mut out);
+        assert!(out.is_empty(), "progress since the last tick");
+        o.tick(true, &mut out);
+        assert_eq!(
+            out,
+            vec![ClientFrame::Subscribe {
+                channel: "order:o1".into(),
+                after: Some(2)
+            }]
+        );
+        out.clear();
+        o.on_subscribed("o1", Some(5));
+        for seq in 3..=5 {
+            o.on_entry(
+                "o1",
+                seq,
+                status(OrderStatus::PickedUp, true),
+                true,
+                &mut out,
+            );
+        }
+        o.tick(true, &mut out);
+        o.tick(true, &mut out);
+        assert!(out.is_empty(), "caught up: {out:?}");
+        assert_eq!(*rec.entries.lock(), vec![1, 2, 3, 4, 5]);
     }
 }
