@@ -147,7 +147,11 @@ async fn refreshed_in_band_keeps_every_frame(engine: EngineChoice) -> Result<()>
     let d = unique("d-ref");
     let ch = format!("tracking:{d}");
     let user = unique("b-ref");
-    let first = token_issued(&user, Role::Buyer, &[&ch], 3, &unique("j"));
+    // Short enough that the warning comes at once (< 30 s left), long enough
+    // that a slow start on a loaded host still sees it before `exp` (with 3 s
+    // the 4001 close could come first: both were due in one wheel round).
+    let first_exp = now_s() + 8;
+    let first = token_issued(&user, Role::Buyer, &[&ch], 8, &unique("j"));
     let mut ws = WsClient::connect(&server.ws_url(&first)).await?;
     ws.subscribe(&ch, None).await?;
     let mut seqs = Vec::new();
@@ -196,6 +200,10 @@ async fn refreshed_in_band_keeps_every_frame(engine: EngineChoice) -> Result<()>
         (1..=40).collect::<Vec<_>>(),
         "a frame was lost or repeated"
     );
+    // Outlive the first token's exp (plus a wheel round) on the same socket.
+    while now_s() <= first_exp + 1 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     ws.send_json(&json!({"type": "ping", "id": 7})).await?;
     ws.next_of_type("pong", T).await?;
     Ok(())
@@ -229,7 +237,8 @@ async fn refresh_narrower_and_for_another_user(engine: EngineChoice) -> Result<(
     assert_eq!(v["driver_id"], d1.as_str(), "only the allowed channel: {v}");
 
     // Another user's token is refused; the socket keeps the old token.
-    let short = token_issued(&user, Role::Buyer, &[&c1], 3, &unique("j"));
+    // 6 s: the refusal must come back before `exp` even on a loaded host.
+    let short = token_issued(&user, Role::Buyer, &[&c1], 6, &unique("j"));
     let mut ws = WsClient::connect(&server.ws_url(&short)).await?;
     ws.subscribe(&c1, None).await?;
     let other = token_issued(&unique("b-other"), Role::Buyer, &[&c1], 600, &unique("j"));
