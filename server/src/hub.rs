@@ -320,7 +320,9 @@ impl Hub {
         let mut map = self.channels.write();
         let subs = map.entry(channel.clone()).or_default();
         let first = subs.is_empty();
-        if subs.insert(handle.id, handle).is_none() {
+        // The gauge counts what clients hold; the process's own listeners
+        // (control channels) are not subscriptions of anyone.
+        if subs.insert(handle.id, handle).is_none() && channel.kind != ChannelKind::Control {
             self.metrics.subscriptions.inc();
         }
         first
@@ -333,7 +335,7 @@ impl Hub {
         let Some(subs) = map.get_mut(channel) else {
             return false;
         };
-        if subs.remove(&id).is_some() {
+        if subs.remove(&id).is_some() && channel.kind != ChannelKind::Control {
             self.metrics.subscriptions.dec();
         }
         if subs.is_empty() {
@@ -380,6 +382,22 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subscriptions_gauge_counts_clients_not_control_listeners() {
+        let hub = Hub::new(Metrics::new());
+        let (a, _ra) = connection(1, 4);
+        let (ctl, _rc) = connection(2, 4);
+        let d = Channel::tracking("d");
+        let control = Channel::control("admin");
+        hub.add(&d, a);
+        hub.add(&control, ctl);
+        assert_eq!(hub.metrics.subscriptions.get(), 1);
+        hub.remove(&control, 2);
+        assert_eq!(hub.metrics.subscriptions.get(), 1);
+        hub.remove(&d, 1);
+        assert_eq!(hub.metrics.subscriptions.get(), 0);
+    }
 
     #[tokio::test]
     async fn dispatch_shares_one_frame_and_counts() {

@@ -15,7 +15,8 @@ pub struct Metrics {
     registry: Registry,
     /// Open connections by kind (`ws`, `sse`, `poll`).
     pub connections: IntGaugeVec,
-    /// Channel subscriptions held by local connections.
+    /// Channel subscriptions held by local client connections (the
+    /// process's own control-channel listener is not counted).
     pub subscriptions: IntGauge,
     pub fixes_ingested: IntCounter,
     pub fixes_duplicate: IntCounter,
@@ -47,7 +48,7 @@ impl Metrics {
             .unwrap_or_else(|_| unreachable_metric()),
             subscriptions: IntGauge::new(
                 "subscriptions",
-                "Channel subscriptions of local connections",
+                "Channel subscriptions of local client connections (internal control listeners not counted)",
             )
             .unwrap_or_else(|_| unreachable_metric()),
             fixes_ingested: IntCounter::new("fixes_ingested_total", "Fixes accepted and stored")
