@@ -44,7 +44,8 @@ impl TokenProvider for StaticToken {
     }
 }
 
-/// How long before `exp` a token is refreshed.
+/// How long before `exp` a token is refreshed (at most half its
+/// lifetime).
 pub const REFRESH_AHEAD: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
@@ -52,6 +53,8 @@ struct Cached {
     token: String,
     /// `exp` of the JWT, Unix epoch ms (`None`: not a JWT or no `exp`).
     exp_ms: Option<i64>,
+    /// When it was fetched, Unix epoch ms.
+    got_ms: i64,
 }
 
 /// The token cache in front of a [`TokenProvider`]: one fetch at a time,
@@ -127,6 +130,43 @@ impl Tokens {
         self.store(fresh)
     }
 
+    /// A token other than `current` (in-band renewal of a live
+    /// connection's token): the cached one when another caller already
+    /// fetched a different, unexpired one, else the provider's
+    /// `refresh_token`. `None` when the provider has none (or only
+    /// `current` again); the cache then keeps `current`, which is still
+    /// valid until its `exp`.
+    pub async fn renew(&self, current: &str) -> Option<String> {
+        let _one = self.fetch.lock().await;
+        if let Some(t) = self.usable(Duration::ZERO) {
+            if t != current {
+                return Some(t);
+            }
+        }
+        let fresh = self.provider.refresh_token().await;
+        match fresh {
+            Some(t) if !t.is_empty() && t != current => self.store(Some(t)),
+            Some(_) => {
+                tracing::warn!("the token provider renewed with the same token");
+                None
+            }
+            None => {
+                *self.failures.lock() += 1;
+                tracing::warn!("the token provider gave no token");
+                None
+            }
+        }
+    }
+
+    /// The server refused `token` (e.g. an in-band refresh answered
+    /// `forbidden`): the next [`Tokens::get`] asks the provider again.
+    pub fn forget(&self, token: &str) {
+        let mut current = self.current.lock();
+        if current.as_ref().is_some_and(|c| c.token == token) {
+            *current = None;
+        }
+    }
+
     /// The cached token, if any (no provider call).
     pub fn current(&self) -> Option<String> {
         self.current.lock().as_ref().map(|c| c.token.clone())
@@ -138,14 +178,20 @@ impl Tokens {
         *self.failures.lock()
     }
 
-    /// The cached token if it is valid for at least `margin` more.
+    /// The cached token if it is valid for at least `margin` more (at most
+    /// half its lifetime: a token of 20 s is used for 10 s, not refreshed
+    /// on every call).
     fn usable(&self, margin: Duration) -> Option<String> {
         let now = self.clock.now_ms();
         let current = self.current.lock();
         let c = current.as_ref()?;
         match c.exp_ms {
-            Some(exp) if exp.saturating_sub(margin.as_millis() as i64) <= now => None,
-            _ => Some(c.token.clone()),
+            Some(exp) => {
+                let half_life = exp.saturating_sub(c.got_ms).max(0) / 2;
+                let margin = (margin.as_millis() as i64).min(half_life);
+                (exp.saturating_sub(margin) > now).then(|| c.token.clone())
+            }
+            None => Some(c.token.clone()),
         }
     }
 
@@ -160,6 +206,7 @@ impl Tokens {
         *self.current.lock() = Some(Cached {
             token: token.clone(),
             exp_ms,
+            got_ms: self.clock.now_ms(),
         });
         Some(token)
     }
@@ -328,6 +375,46 @@ mod tests {
         assert_eq!(tokens.failures(), 2);
         *issuer.fail.lock() = false;
         assert!(tokens.get().await.is_some());
+        assert_eq!(tokens.failures(), 0);
+    }
+
+    /// A 20 s token is used for its first half, then refreshed (not on
+    /// every call, as a 60 s margin would).
+    #[tokio::test]
+    async fn short_tokens_are_used_for_half_their_lifetime() {
+        let clock = Arc::new(ManualClock(AtomicI64::new(1_700_000_000_000)));
+        let exp = 1_700_000_020;
+        let provider = Arc::new(StaticToken(jwt(&format!(r#"{{"exp":{exp}}}"#))));
+        let tokens = Tokens::new(provider, clock.clone());
+        assert!(tokens.get().await.is_some());
+        clock.0.fetch_add(9_000, Ordering::SeqCst);
+        assert!(tokens.usable(REFRESH_AHEAD).is_some(), "9 s in: still used");
+        clock.0.fetch_add(1_000, Ordering::SeqCst);
+        assert!(tokens.usable(REFRESH_AHEAD).is_none(), "10 s in: refresh");
+    }
+
+    #[tokio::test]
+    async fn renew_gives_another_token_or_none_and_keeps_the_valid_one() {
+        let (_clock, issuer, tokens) = setup();
+        let first = tokens.get().await.unwrap();
+        // Far from exp, `get` would answer `first`; `renew` asks.
+        let second = tokens.renew(&first).await.unwrap();
+        assert_ne!(second, first);
+        assert_eq!(*issuer.calls.lock(), ["token", "refresh"]);
+        // A second renewal of `first` (another connection) takes the cached
+        // `second` without a provider call.
+        assert_eq!(tokens.renew(&first).await, Some(second.clone()));
+        assert_eq!(issuer.calls.lock().len(), 2);
+        // Failing: none, and `second` stays cached.
+        *issuer.fail.lock() = true;
+        assert_eq!(tokens.renew(&second).await, None);
+        assert_eq!(tokens.current(), Some(second.clone()));
+        assert_eq!(tokens.failures(), 1);
+        // A refused token is forgotten: `get` asks the provider again.
+        *issuer.fail.lock() = false;
+        tokens.forget(&second);
+        let third = tokens.get().await.unwrap();
+        assert_ne!(third, second);
         assert_eq!(tokens.failures(), 0);
     }
 
