@@ -45,7 +45,7 @@ impl TokenProvider for StaticToken {
 }
 
 /// How long before `exp` a token is refreshed (at most half its
-/// lifetime).
+/// lifetime, when its `iat` tells it).
 pub const REFRESH_AHEAD: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
@@ -53,8 +53,8 @@ struct Cached {
     token: String,
     /// `exp` of the JWT, Unix epoch ms (`None`: not a JWT or no `exp`).
     exp_ms: Option<i64>,
-    /// When it was fetched, Unix epoch ms.
-    got_ms: i64,
+    /// `iat` of the JWT, Unix epoch ms.
+    iat_ms: Option<i64>,
 }
 
 /// The token cache in front of a [`TokenProvider`]: one fetch at a time,
@@ -179,16 +179,15 @@ impl Tokens {
     }
 
     /// The cached token if it is valid for at least `margin` more (at most
-    /// half its lifetime: a token of 20 s is used for 10 s, not refreshed
-    /// on every call).
+    /// half its lifetime when it has `iat`: a token of 20 s is used for
+    /// 10 s, not refreshed on every call).
     fn usable(&self, margin: Duration) -> Option<String> {
         let now = self.clock.now_ms();
         let current = self.current.lock();
         let c = current.as_ref()?;
         match c.exp_ms {
             Some(exp) => {
-                let half_life = exp.saturating_sub(c.got_ms).max(0) / 2;
-                let margin = (margin.as_millis() as i64).min(half_life);
+                let margin = (margin.as_millis() as i64).min(renew_ahead_ms(exp, c.iat_ms));
                 (exp.saturating_sub(margin) > now).then(|| c.token.clone())
             }
             None => Some(c.token.clone()),
@@ -206,7 +205,7 @@ impl Tokens {
         *self.current.lock() = Some(Cached {
             token: token.clone(),
             exp_ms,
-            got_ms: self.clock.now_ms(),
+            iat_ms: jwt_iat_ms(&token),
         });
         Some(token)
     }
@@ -215,6 +214,26 @@ impl Tokens {
 /// `exp` of a JWT (`header.payload.signature`), Unix epoch ms, read from
 /// the payload without verifying anything. `None` for anything else.
 pub fn jwt_exp_ms(token: &str) -> Option<i64> {
+    jwt_time_ms(token, "exp")
+}
+
+/// `iat` of a JWT, Unix epoch ms, read like [`jwt_exp_ms`].
+pub fn jwt_iat_ms(token: &str) -> Option<i64> {
+    jwt_time_ms(token, "iat")
+}
+
+/// How long before `exp` a token counts as due for renewal:
+/// [`REFRESH_AHEAD`], or half the token's lifetime when that is shorter
+/// and known (`exp - iat`); without `iat`, the full margin.
+pub(crate) fn renew_ahead_ms(exp_ms: i64, iat_ms: Option<i64>) -> i64 {
+    let ahead = REFRESH_AHEAD.as_millis() as i64;
+    match iat_ms {
+        Some(iat) => ahead.min(exp_ms.saturating_sub(iat).max(0) / 2),
+        None => ahead,
+    }
+}
+
+fn jwt_time_ms(token: &str, claim: &str) -> Option<i64> {
     let mut parts = token.split('.');
     let (_header, payload, _sig) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() {
@@ -222,7 +241,7 @@ pub fn jwt_exp_ms(token: &str) -> Option<i64> {
     }
     let json = base64url_decode(payload)?;
     let v: serde_json::Value = serde_json::from_slice(&json).ok()?;
-    let exp = v.get("exp")?;
+    let exp = v.get(claim)?;
     let secs = exp.as_i64().or_else(|| exp.as_f64().map(|f| f as i64))?;
     secs.checked_mul(1000)
 }
@@ -378,13 +397,13 @@ mod tests {
         assert_eq!(tokens.failures(), 0);
     }
 
-    /// A 20 s token is used for its first half, then refreshed (not on
-    /// every call, as a 60 s margin would).
+    /// A 20 s token (by `iat`) is used for its first half, then refreshed
+    /// (not on every call, as a 60 s margin would).
     #[tokio::test]
     async fn short_tokens_are_used_for_half_their_lifetime() {
         let clock = Arc::new(ManualClock(AtomicI64::new(1_700_000_000_000)));
-        let exp = 1_700_000_020;
-        let provider = Arc::new(StaticToken(jwt(&format!(r#"{{"exp":{exp}}}"#))));
+        let (iat, exp) = (1_700_000_000, 1_700_000_020);
+        let provider = Arc::new(StaticToken(jwt(&format!(r#"{{"iat":{iat},"exp":{exp}}}"#))));
         let tokens = Tokens::new(provider, clock.clone());
         assert!(tokens.get().await.is_some());
         clock.0.fetch_add(9_000, Ordering::SeqCst);

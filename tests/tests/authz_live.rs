@@ -72,6 +72,7 @@ waypost_e2e::on_both_engines!(
     warned_before_4001_when_both_fall_due_at_once,
     refreshed_in_band_keeps_every_frame,
     refresh_narrower_and_for_another_user,
+    refresh_with_a_bad_token_keeps_the_old_one,
     sdk_refreshes_in_band_on_one_connection,
     sdk_refresh_refused_reconnects_at_exp
 );
@@ -95,6 +96,54 @@ async fn warned_before_4001_when_both_fall_due_at_once(engine: EngineChoice) -> 
             ws.closed(T).await?,
             Closed::Code(4001, "token expired".into())
         );
+    }
+    Ok(())
+}
+
+/// Refreshes the server must refuse, each with an `error` frame while the
+/// connection keeps its token and its subscription: an expired token
+/// (beyond the leeway), one that is not a JWT, another role of the same
+/// user, and a revoked one (by `jti`).
+async fn refresh_with_a_bad_token_keeps_the_old_one(engine: EngineChoice) -> Result<()> {
+    let server = Server::start(engine).await?;
+    let d = unique("d-bad");
+    let ch = format!("tracking:{d}");
+    let user = unique("b-bad");
+    let tok = token_issued(&user, Role::Buyer, &[&ch], 600, &unique("j"));
+    let mut ws = WsClient::connect(&server.ws_url(&tok)).await?;
+    ws.subscribe(&ch, None).await?;
+    let jti = unique("jti");
+    let revoked = token_issued(&user, Role::Buyer, &[&ch], 600, &jti);
+    let r = reqwest::Client::new()
+        .post(server.http("/v1/admin/revocations"))
+        .bearer_auth(token("ops", Role::Service, &[]))
+        .json(&json!({"jti": jti}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::OK);
+    let rows = [
+        (
+            "expired",
+            token_with_exp(&user, Role::Buyer, &[&ch], now_s() - 60),
+            "unauthorized",
+        ),
+        ("not a JWT", "not-a-jwt".to_owned(), "unauthorized"),
+        (
+            "another role",
+            token_issued(&user, Role::Vendor, &[&ch], 600, &unique("j")),
+            "forbidden",
+        ),
+        ("revoked jti", revoked, "unauthorized"),
+    ];
+    for (i, (name, bad, code)) in rows.into_iter().enumerate() {
+        ws.send_json(&json!({"type": "refresh", "token": bad}))
+            .await?;
+        let err = ws.next_of_type("error", T).await?;
+        assert_eq!(err["code"], code, "{name}: {err}");
+        // Still subscribed, on the old token.
+        post_fix(&server, &d, i as u64 + 1).await?;
+        let v = ws.next_of_type("location", T).await?;
+        assert_eq!(v["fix"]["seq"], i as u64 + 1, "{name}: {v}");
     }
     Ok(())
 }
@@ -465,6 +514,24 @@ async fn revoked_and_disconnected_on_a_second_process() -> Result<()> {
     let mut ws = WsClient::connect(&b.ws_url(&tok)).await?;
     ws.subscribe(&ch, None).await?;
     let sse = read_to_end(b.http(&format!("/v1/drivers/{d}/location/stream")), &tok).await?;
+    let poll = {
+        let (url, tok) = (
+            b.http(&format!(
+                "/v1/drivers/{d}/location/poll?after_seq=1&timeout_s=30"
+            )),
+            tok.clone(),
+        );
+        tokio::spawn(async move {
+            let r = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(tok)
+                .send()
+                .await;
+            (r.map(|r| r.status()), now_ms())
+        })
+    };
+    // The poll is waiting on b before the revocation.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let t0 = now_ms();
     let r = admin(&a, "/v1/admin/revocations", json!({"user": user})).await?;
     assert_eq!(r.status(), StatusCode::OK);
@@ -473,6 +540,10 @@ async fn revoked_and_disconnected_on_a_second_process() -> Result<()> {
     assert!(took < 1000, "WebSocket on b closed after {took} ms");
     let ended = tokio::time::timeout(T, sse).await?? - t0;
     assert!(ended < 1000, "SSE on b ended after {ended} ms");
+    let (status, poll_end) = tokio::time::timeout(T, poll).await??;
+    assert_eq!(status?, StatusCode::NO_CONTENT);
+    let ended = poll_end - t0;
+    assert!(ended < 1000, "long poll on b ended after {ended} ms");
 
     // jti revocation: only that token's socket.
     let other = unique("b-rev2");

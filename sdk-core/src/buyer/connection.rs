@@ -55,9 +55,6 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the close handshake may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// At most this long before `exp` the token is renewed in band (less for
-/// short-lived tokens: half their lifetime).
-const RENEW_AHEAD: Duration = crate::tokens::REFRESH_AHEAD;
 /// After a renewal the provider could not serve, the next try.
 pub const RENEW_RETRY: Duration = Duration::from_secs(2);
 /// In-band renewals of one connection are at least this far apart.
@@ -123,8 +120,8 @@ struct Renewal {
     token: String,
     /// Its `exp`, Unix ms: the JWT claim, or what the server said.
     exp_ms: Option<i64>,
-    /// When it went on the socket (wall clock, ms): its lifetime is
-    /// `exp_ms - since_ms`.
+    /// Its `iat` (the JWT claim), else when it went on the socket (wall
+    /// clock, ms): its lifetime is `exp_ms - since_ms`.
     since_ms: i64,
     /// When to renew next (monotonic ms); `None`: not scheduled.
     due: Option<u64>,
@@ -139,10 +136,11 @@ struct Renewal {
 impl Renewal {
     fn new(token: String, clock: &dyn Clock) -> Self {
         let exp_ms = crate::tokens::jwt_exp_ms(&token);
+        let since_ms = crate::tokens::jwt_iat_ms(&token).unwrap_or_else(|| clock.now_ms());
         let mut r = Self {
             token,
             exp_ms,
-            since_ms: clock.now_ms(),
+            since_ms,
             due: None,
             sent: None,
             refused: false,
@@ -152,15 +150,14 @@ impl Renewal {
         r
     }
 
-    /// Renews at `exp - min(RENEW_AHEAD, lifetime / 2)`, not before `gap`
-    /// from now.
+    /// Renews at `exp - min(REFRESH_AHEAD, lifetime / 2)`, not before
+    /// `gap` from now.
     fn schedule(&mut self, clock: &dyn Clock, gap: Duration) {
         let Some(exp) = self.exp_ms else {
             self.due = None;
             return;
         };
-        let lifetime = exp.saturating_sub(self.since_ms).max(0);
-        let ahead = (RENEW_AHEAD.as_millis() as i64).min(lifetime / 2);
+        let ahead = crate::tokens::renew_ahead_ms(exp, Some(self.since_ms));
         let now = clock.now_ms();
         let wait = (exp - ahead - now).max(gap.as_millis() as i64).max(0) as u64;
         self.due = Some(clock.monotonic_ms() + wait);
@@ -200,9 +197,9 @@ impl Renewal {
         let Some(token) = self.sent.take() else {
             return false;
         };
+        self.since_ms = crate::tokens::jwt_iat_ms(&token).unwrap_or_else(|| clock.now_ms());
         self.token = token;
         self.exp_ms = Some((exp_s as i64).saturating_mul(1000));
-        self.since_ms = clock.now_ms();
         self.done += 1;
         self.schedule(clock, MIN_RENEW_GAP);
         true

@@ -385,11 +385,7 @@ async fn tracking_resumes_after_last_seq_across_reconnect() {
         })
     );
     for seq in [3, 4, 4, 2] {
-        s.send(&ServerFrame::Location {
-            channel: "tracking:d1".into(),
-            driver_id: "d1".into(),
-            fix: Fix::new(seq, seq as i64, 1.0, 2.0),
-        });
+        s.send(&location("d1", seq));
     }
     settle().await;
     // Server restarts (4100): reconnect with backoff, resubscribe after 4.
@@ -403,24 +399,10 @@ async fn tracking_resumes_after_last_seq_across_reconnect() {
             after: Some(4)
         })
     );
-    s.send(&ServerFrame::Location {
-        channel: "tracking:d1".into(),
-        driver_id: "d1".into(),
-        fix: Fix::new(5, 5, 1.0, 2.0),
-    });
+    s.send(&location("d1", 5));
     settle().await;
-    let locs: Vec<_> = h
-        .rec
-        .events
-        .lock()
-        .iter()
-        .filter_map(|e| match e {
-            Ev::Location(s) => Some(*s),
-            _ => None,
-        })
-        .collect();
     assert_eq!(
-        locs,
+        locations(&h.rec),
         [3, 4, 5],
         "each newer fix once, stale/duplicates dropped"
     );
