@@ -40,6 +40,32 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<Value>,
     },
+    /// In-band token refresh: the connection goes on with `token` (same
+    /// user and role), answered by `refreshed` or an `error` frame.
+    Refresh {
+        token: String,
+    },
+}
+
+/// Why the server ended a subscription (`unsubscribed.reason`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnsubscribeReason {
+    /// A refreshed token no longer allows the channel.
+    Forbidden,
+    /// A reason this version does not know (a newer server).
+    #[serde(other)]
+    Other,
+}
+
+impl UnsubscribeReason {
+    /// The wire name (`error` frame codes use the same words).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            UnsubscribeReason::Forbidden => "forbidden",
+            UnsubscribeReason::Other => "other",
+        }
+    }
 }
 
 /// A stored chat message as delivered to clients.
@@ -71,7 +97,17 @@ pub enum ServerFrame {
         /// Why the server ended it (absent when the client asked):
         /// `forbidden` when a refreshed token no longer allows it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        reason: Option<String>,
+        reason: Option<UnsubscribeReason>,
+    },
+    /// The connection's token expires at `exp` (Unix s): refresh in band
+    /// before then, or the connection closes with 4001.
+    TokenExpiring {
+        exp: u64,
+    },
+    /// The answer to `refresh`: the connection now runs on a token that
+    /// expires at `exp` (Unix s).
+    Refreshed {
+        exp: u64,
     },
     Location {
         channel: String,
@@ -161,6 +197,17 @@ mod tests {
         assert!(matches!(f, ClientFrame::Send { .. }));
         let f: ClientFrame = serde_json::from_str(r#"{"type":"ping","id":7}"#).unwrap();
         assert_eq!(f, ClientFrame::Ping { id: Some(7.into()) });
+        let f: ClientFrame = serde_json::from_str(r#"{"type":"refresh","token":"a.b.c"}"#).unwrap();
+        assert_eq!(
+            f,
+            ClientFrame::Refresh {
+                token: "a.b.c".into()
+            }
+        );
+        assert_eq!(
+            serde_json::to_string(&f).unwrap(),
+            r#"{"type":"refresh","token":"a.b.c"}"#
+        );
         assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"nope"}"#).is_err());
     }
 
@@ -218,5 +265,50 @@ mod tests {
         assert_eq!(v["ref"], "tracking:x");
         let back: ServerFrame = serde_json::from_value(v).unwrap();
         assert_eq!(back, e);
+    }
+
+    /// The token session frames of docs/API-EXTENSIONS.md, byte for byte.
+    #[test]
+    fn session_frames_have_contract_shape() {
+        let cases = [
+            (
+                ServerFrame::TokenExpiring { exp: 1000 },
+                r#"{"type":"token_expiring","exp":1000}"#,
+            ),
+            (
+                ServerFrame::Refreshed { exp: 2000 },
+                r#"{"type":"refreshed","exp":2000}"#,
+            ),
+            (
+                ServerFrame::Unsubscribed {
+                    channel: "tracking:d1".into(),
+                    reason: Some(UnsubscribeReason::Forbidden),
+                },
+                r#"{"type":"unsubscribed","channel":"tracking:d1","reason":"forbidden"}"#,
+            ),
+            (
+                ServerFrame::Unsubscribed {
+                    channel: "tracking:d1".into(),
+                    reason: None,
+                },
+                r#"{"type":"unsubscribed","channel":"tracking:d1"}"#,
+            ),
+        ];
+        for (frame, text) in cases {
+            assert_eq!(frame.to_json(), text);
+            assert_eq!(serde_json::from_str::<ServerFrame>(text).unwrap(), frame);
+        }
+        // A reason from a newer server still parses.
+        let f: ServerFrame = serde_json::from_str(
+            r#"{"type":"unsubscribed","channel":"tracking:d1","reason":"moved"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            f,
+            ServerFrame::Unsubscribed {
+                channel: "tracking:d1".into(),
+                reason: Some(UnsubscribeReason::Other)
+            }
+        );
     }
 }

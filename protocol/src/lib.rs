@@ -18,7 +18,7 @@ mod order;
 pub use channel::{Channel, ChannelError, ChannelKind};
 pub use close::{close_code, should_reconnect, CloseDisposition};
 pub use fix::{Fix, FixError, MAX_FUTURE_SKEW_MS};
-pub use frames::{ChatMessage, ClientFrame, ServerFrame};
+pub use frames::{ChatMessage, ClientFrame, ServerFrame, UnsubscribeReason};
 pub use http::{
     ChatPost, Claims, ErrorBody, ErrorDetail, IngestRequest, IngestResponse, LocationResponse,
     MessagesResponse, NotificationAccepted, NotificationPost, PolicyHint, PolicyMode, Role,

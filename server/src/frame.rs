@@ -56,6 +56,9 @@ pub enum About {
     Order { order: String, seq: u64, ends: bool },
     /// The driver's `location` frame on an order's channel.
     OrderLocation { order: String },
+    /// A WebSocket's `token_expiring` warning for the token expiring at
+    /// `exp` (process-local, never published).
+    TokenExpiring { exp: u64 },
     /// Anything else (presence, tests): passed through as is.
     Other,
 }
@@ -139,7 +142,10 @@ impl Frame {
             About::Message { seq, .. } | About::Notification { seq } | About::Order { seq, .. } => {
                 Some(*seq)
             }
-            About::Typing { .. } | About::OrderLocation { .. } | About::Other => None,
+            About::Typing { .. }
+            | About::OrderLocation { .. }
+            | About::TokenExpiring { .. }
+            | About::Other => None,
         }
     }
 

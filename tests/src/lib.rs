@@ -443,6 +443,59 @@ pub fn token_issued(sub: &str, role: Role, channels: &[&str], ttl_s: u64, jti: &
     .unwrap_or_default()
 }
 
+/// A [`waypost_sdk::TokenProvider`] minting a fresh short-lived token on
+/// every call (`iat` now, a new `jti`, `exp` `ttl_s` away), as an app's
+/// backend would: with a short `ttl_s` the SDK refreshes in band while it
+/// is used. Counts the tokens it minted.
+pub struct MintingTokens {
+    sub: String,
+    role: Role,
+    channels: Vec<String>,
+    ttl_s: u64,
+    minted: std::sync::atomic::AtomicU64,
+}
+
+impl MintingTokens {
+    pub fn new(sub: &str, role: Role, channels: &[&str], ttl_s: u64) -> Self {
+        Self {
+            sub: sub.to_owned(),
+            role,
+            channels: channels.iter().map(|c| c.to_string()).collect(),
+            ttl_s,
+            minted: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Tokens handed out so far.
+    pub fn minted(&self) -> u64 {
+        self.minted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn mint(&self) -> String {
+        let n = self
+            .minted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let channels: Vec<&str> = self.channels.iter().map(String::as_str).collect();
+        token_issued(
+            &self.sub,
+            self.role,
+            &channels,
+            self.ttl_s,
+            &format!("{}-{n}", unique("mint")),
+        )
+    }
+}
+
+#[async_trait::async_trait]
+impl waypost_sdk::TokenProvider for MintingTokens {
+    async fn token(&self) -> Option<String> {
+        Some(self.mint())
+    }
+    async fn refresh_token(&self) -> Option<String> {
+        Some(self.mint())
+    }
+}
+
 pub fn now_s() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -49,12 +49,17 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use waypost_e2e::chat::SseClient;
 use waypost_e2e::proxy::{Fault, FaultProxy};
-use waypost_e2e::{free_port, now_ms, token, unique, EngineChoice, Server, ServerOptions};
+use waypost_e2e::{
+    free_port, now_ms, token, unique, EngineChoice, MintingTokens, Server, ServerOptions,
+};
 use waypost_protocol::{Role, TrailResponse};
 use waypost_sdk::env::ManualEnvironment;
-use waypost_sdk::{Driver, DriverConfig, Location, PolicyConfig, RecordOutcome, StaticToken};
+use waypost_sdk::{Driver, DriverConfig, Location, PolicyConfig, RecordOutcome};
 
 /// How long convergence may take once every fault healed.
+/// Lifetime of the SDKs' tokens: shorter than a schedule, so every token
+/// is renewed (at half its lifetime) several times under faults.
+const TOKEN_TTL_S: u64 = 6;
 const CONVERGE: Duration = Duration::from_secs(40);
 /// How long the last update may take before it counts as a tail gap.
 const TAIL_WAIT: Duration = Duration::from_secs(10);
@@ -427,24 +432,38 @@ async fn run_schedule(
     let driver_id = unique("d");
     let vendor = unique("v");
     let tracking = format!("tracking:{driver_id}");
+    // Short-lived tokens minted afresh by every SDK's provider: the buyers
+    // refresh in band and the driver ahead of exp (and after 401/4001)
+    // while the faults run.
+    let ttl = Some(TOKEN_TTL_S);
     let people = [
-        Participant::start(
+        Participant::start_with_ttl(
             &proxies[1].url(),
             &unique("buyer-1"),
             Role::Buyer,
             &room,
             &[&tracking],
             None,
+            ttl,
         )?,
-        Participant::start(
+        Participant::start_with_ttl(
             &proxies[2].url(),
             &unique("buyer-2"),
             Role::Buyer,
             &room,
             &[],
             None,
+            ttl,
         )?,
-        Participant::start(&proxies[3].url(), &vendor, Role::Vendor, &room, &[], None)?,
+        Participant::start_with_ttl(
+            &proxies[3].url(),
+            &vendor,
+            Role::Vendor,
+            &room,
+            &[],
+            None,
+            ttl,
+        )?,
     ];
     people[0].client.track_driver(driver_id.clone())?;
 
@@ -454,7 +473,12 @@ async fn run_schedule(
     let db = dir.join("buffer.db").to_string_lossy().into_owned();
     let driver = Driver::open(
         driver_config(&proxies[0].url(), &driver_id, &db),
-        Arc::new(StaticToken(token(&driver_id, Role::Driver, &[]))),
+        Arc::new(MintingTokens::new(
+            &driver_id,
+            Role::Driver,
+            &[],
+            TOKEN_TTL_S,
+        )),
         None,
         Arc::new(ManualEnvironment::default()),
     )?;
@@ -799,6 +823,17 @@ async fn run_schedule(
         sse_reconnects,
         converge.elapsed()
     );
+    let minted: Vec<u64> = people
+        .iter()
+        .map(|p| p.minting.as_ref().map_or(0, |m| m.minted()))
+        .collect();
+    println!("chaos seed {seed}: buyer tokens minted {minted:?} ({TOKEN_TTL_S} s each)");
+    if started.elapsed() >= Duration::from_secs(2 * TOKEN_TTL_S) {
+        ensure!(
+            minted.iter().all(|&n| n >= 2),
+            "every participant renewed its token at least once: {minted:?}"
+        );
+    }
     totals.schedules += 1;
     totals.fixes += recorded.len() as u64;
     totals.messages += messages;

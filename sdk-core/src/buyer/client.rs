@@ -798,7 +798,24 @@ impl Session for Core {
                 }
                 self.pump(out);
             }
-            ServerFrame::Unsubscribed { .. } | ServerFrame::Pong { .. } => {}
+            // A refreshed token no longer allows the channel: the app hears
+            // it as it hears a refused subscribe.
+            ServerFrame::Unsubscribed {
+                channel,
+                reason: Some(reason),
+            } => self.frame(
+                ServerFrame::Error {
+                    code: reason.as_str().to_owned(),
+                    message: "the refreshed token no longer allows this channel".into(),
+                    reference: Some(channel),
+                },
+                out,
+            ),
+            // The token session is the connection manager's.
+            ServerFrame::Unsubscribed { reason: None, .. }
+            | ServerFrame::Pong { .. }
+            | ServerFrame::TokenExpiring { .. }
+            | ServerFrame::Refreshed { .. } => {}
         }
     }
 
@@ -887,6 +904,11 @@ impl Session for Core {
             Err(e) => tracing::warn!(error = %e, "outbox tick failed"),
         }
         self.pump(out);
+    }
+
+    fn refresh_refused(&mut self, code: String, message: String) {
+        tracing::warn!(%code, %message, "in-band token refresh refused");
+        self.listener.on_error("token".into(), code, message);
     }
 
     fn closed(&mut self) {

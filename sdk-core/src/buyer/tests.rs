@@ -385,11 +385,7 @@ async fn tracking_resumes_after_last_seq_across_reconnect() {
         })
     );
     for seq in [3, 4, 4, 2] {
-        s.send(&ServerFrame::Location {
-            channel: "tracking:d1".into(),
-            driver_id: "d1".into(),
-            fix: Fix::new(seq, seq as i64, 1.0, 2.0),
-        });
+        s.send(&location("d1", seq));
     }
     settle().await;
     // Server restarts (4100): reconnect with backoff, resubscribe after 4.
@@ -403,24 +399,10 @@ async fn tracking_resumes_after_last_seq_across_reconnect() {
             after: Some(4)
         })
     );
-    s.send(&ServerFrame::Location {
-        channel: "tracking:d1".into(),
-        driver_id: "d1".into(),
-        fix: Fix::new(5, 5, 1.0, 2.0),
-    });
+    s.send(&location("d1", 5));
     settle().await;
-    let locs: Vec<_> = h
-        .rec
-        .events
-        .lock()
-        .iter()
-        .filter_map(|e| match e {
-            Ev::Location(s) => Some(*s),
-            _ => None,
-        })
-        .collect();
     assert_eq!(
-        locs,
+        locations(&h.rec),
         [3, 4, 5],
         "each newer fix once, stale/duplicates dropped"
     );
@@ -1199,4 +1181,131 @@ async fn order_positions_update_latest_location() {
         h.client.latest_location("d1".into()).map(|l| l.seq),
         Some(10)
     );
+fn location(driver: &str, seq: u64) -> ServerFrame {
+    ServerFrame::Location {
+        channel: format!("tracking:{driver}"),
+        driver_id: driver.into(),
+        fix: Fix::new(seq, seq as i64, 1.0, 2.0),
+    }
+}
+
+fn locations(rec: &Recorder) -> Vec<u64> {
+    rec.events
+        .lock()
+        .iter()
+        .filter_map(|e| match e {
+            Ev::Location(s) => Some(*s),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `token_expiring` → the provider's next token goes out as `refresh` on
+/// the same socket, at half the token's lifetime before its exp; after
+/// `refreshed` frames keep coming on it (none lost), twice over; a
+/// narrower token's `unsubscribed` reaches the app; a refused refresh is
+/// reported, and the 4001 at exp reconnects with a fresh token.
+#[tokio::test(start_paused = true)]
+async fn token_is_refreshed_in_band_without_reconnecting() {
+    let mut h = Harness::new(|_| {});
+    h.plan(0);
+    h.client.track_driver("d1".into()).unwrap();
+    let mut s = h.accept().await;
+    assert!(s.url.ends_with("token=tok1"));
+    assert!(matches!(
+        s.next().await,
+        Some(ClientFrame::Subscribe { .. })
+    ));
+    let now_s = |h: &Harness| (1_700_000_000_000 + h.now() as i64) as u64 / 1000;
+    // An opaque token: the server names its exp (20 s from now).
+    let t0 = h.now();
+    let exp = now_s(&h) + 20;
+    s.send(&location("d1", 1));
+    s.send(&ServerFrame::TokenExpiring { exp });
+    let mut next_seq = 2;
+    for round in 0..2u64 {
+        // Frames keep coming while the client fetches and refreshes.
+        s.send(&location("d1", next_seq));
+        next_seq += 1;
+        let f = s.next().await;
+        let want = format!("tok{}", round + 2);
+        assert_eq!(f, Some(ClientFrame::Refresh { token: want }));
+        if round == 0 {
+            let waited = h.now() - t0;
+            assert!(
+                (9_000..=10_500).contains(&waited),
+                "renewed {waited} ms after the warning (half of 20 s ahead)"
+            );
+        }
+        s.send(&location("d1", next_seq));
+        next_seq += 1;
+        s.send(&ServerFrame::Refreshed {
+            exp: now_s(&h) + 20,
+        });
+        s.send(&location("d1", next_seq));
+        next_seq += 1;
+    }
+    settle().await;
+    assert_eq!(locations(&h.rec), (1..next_seq).collect::<Vec<_>>());
+    assert_eq!(h.connector.attempts.lock().len(), 1, "no reconnect");
+    let connected = h
+        .rec
+        .states()
+        .iter()
+        .filter(|s| **s == ConnectionState::Connected)
+        .count();
+    assert_eq!(connected, 1);
+
+    // A narrower token ended the subscription: the app hears it.
+    s.send(&ServerFrame::Unsubscribed {
+        channel: "tracking:d1".into(),
+        reason: Some(waypost_protocol::UnsubscribeReason::Forbidden),
+    });
+    settle().await;
+    assert!(h
+        .rec
+        .has(&Ev::Error("tracking:d1".into(), "forbidden".into())));
+
+    // The third refresh is refused: reported, not retried in band; the
+    // 4001 at exp reconnects with a fresh token from the provider.
+    assert_eq!(
+        s.next().await,
+        Some(ClientFrame::Refresh {
+            token: "tok4".into()
+        })
+    );
+    s.send(&ServerFrame::error("forbidden", "another user", None));
+    settle().await;
+    assert!(h.rec.has(&Ev::Error("token".into(), "forbidden".into())));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    h.plan(0);
+    s.close(4001);
+    let s = h.accept().await;
+    assert!(s.url.ends_with("token=tok5"), "fresh token: {}", s.url);
+    assert_eq!(h.connector.attempts.lock().len(), 2);
+}
+
+/// A renewal the provider cannot serve is tried again every
+/// `RENEW_RETRY` while the token is valid; the socket stays up.
+#[tokio::test(start_paused = true)]
+async fn failed_renewal_is_retried_until_the_provider_answers() {
+    let mut h = Harness::new(|_| {});
+    h.plan(0);
+    let mut s = h.accept().await;
+    let exp = (1_700_000_000_000 + h.now() as i64) as u64 / 1000 + 30;
+    s.send(&ServerFrame::TokenExpiring { exp });
+    *h.tokens.fail.lock() = true;
+    // Past the renewal time (15 s) and some retries, within a ping
+    // interval's silence budget.
+    tokio::time::sleep(Duration::from_secs(19)).await;
+    assert_eq!(h.client.connection_state(), ConnectionState::Connected);
+    *h.tokens.fail.lock() = false;
+    let f = s.next().await;
+    assert_eq!(
+        f,
+        Some(ClientFrame::Refresh {
+            token: "tok2".into()
+        })
+    );
+    assert_eq!(h.connector.attempts.lock().len(), 1);
 }

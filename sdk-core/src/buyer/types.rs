@@ -171,8 +171,12 @@ pub trait BuyerListener: Send + Sync + 'static {
     fn on_presence(&self, update: PresenceUpdate);
     fn on_typing(&self, update: TypingUpdate);
     /// The server refused something: `reference` is the channel of a
-    /// refused subscribe (e.g. `forbidden` for `tracking:d-9`), or the
-    /// client id or room of a refused message.
+    /// refused subscribe (e.g. `forbidden` for `tracking:d-9`) or of a
+    /// subscription a refreshed token no longer allows (`forbidden`), the
+    /// client id or room of a refused message, or `token` when an in-band
+    /// token refresh was refused (`forbidden`: another user or role;
+    /// `unauthorized`: a bad token; the connection then reconnects with a
+    /// fresh token when the old one expires).
     fn on_error(&self, reference: String, code: String, message: String);
 }
 
