@@ -28,6 +28,7 @@ on_both_engines!(
     order_life_over_http,
     order_read_authorization,
     arrival_and_eta_from_uploads,
+    coarse_fixes_never_arrive,
     webhooks_reach_a_flaky_receiver_once_per_key,
     order_live_over_websocket,
     order_stream_over_sse,
@@ -508,6 +509,76 @@ async fn arrival_and_eta_from_uploads(engine: EngineChoice) -> Result<()> {
         r["policy"]["mode"] == "unwatched",
         "relaxed after delivery: {r}"
     );
+    Ok(())
+}
+
+/// Fixes marked `coarse` (reduced accuracy) are stored and served, but a
+/// coarse fix at the destination neither arrives nor makes the reply
+/// `watched`; the next precise fix there does.
+async fn coarse_fixes_never_arrive(engine: EngineChoice) -> Result<()> {
+    let server = Server::start(engine).await?;
+    let svc = service();
+    let o = unique("o");
+    let d = unique("d");
+    let t0 = now_ms() - 400_000;
+    post_event(
+        &server,
+        &svc,
+        &o,
+        json!({"event_id": "e1", "status": "picked_up", "driver_id": d,
+        "destination": {"lat": 52.0, "lon": 13.0, "radius_m": 100.0}}),
+    )
+    .await?;
+    let far = json!({"seq": 1, "ts": t0, "lat": 51.982, "lon": 13.0});
+    let r = upload(&server, &d, vec![far]).await?;
+    ensure!(r["policy"]["mode"] == "unwatched", "2 km away: {r}");
+    let coarse = json!({"seq": 2, "ts": t0 + 60_000, "lat": 52.0, "lon": 13.0,
+        "accuracy_m": 3000.0, "coarse": true});
+    let r = upload(&server, &d, vec![coarse]).await?;
+    ensure!(
+        r["policy"]["mode"] == "unwatched",
+        "a coarse fix is not near: {r}"
+    );
+    let (_, t) = get(
+        &server,
+        Some(&svc),
+        &format!("/v1/orders/{o}/timeline?limit=500"),
+    )
+    .await?;
+    let kinds: Vec<&str> = t["entries"]
+        .as_array()
+        .context("entries")?
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    ensure!(!kinds.contains(&"arrival"), "coarse fix arrived: {t}");
+    // Stored and served with its mark.
+    let (status, trail) = get(
+        &server,
+        Some(&svc),
+        &format!("/v1/drivers/{d}/trail?after_seq=1"),
+    )
+    .await?;
+    ensure!(status == StatusCode::OK, "trail {status}: {trail}");
+    ensure!(trail["fixes"][0]["coarse"] == true, "{trail}");
+    // 2 km in 300 s: a plausible drive.
+    let precise = json!({"seq": 3, "ts": t0 + 300_000, "lat": 52.0, "lon": 13.0,
+        "accuracy_m": 8.0});
+    let r = upload(&server, &d, vec![precise]).await?;
+    ensure!(r["policy"]["mode"] == "watched", "{r}");
+    let (_, t) = get(
+        &server,
+        Some(&svc),
+        &format!("/v1/orders/{o}/timeline?limit=500"),
+    )
+    .await?;
+    let arrival = t["entries"]
+        .as_array()
+        .context("entries")?
+        .iter()
+        .find(|e| e["kind"] == "arrival")
+        .context("arrival after the precise fix")?;
+    ensure!(arrival["ts"] == t0 + 300_000, "{t}");
     Ok(())
 }
 

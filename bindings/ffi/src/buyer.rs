@@ -11,7 +11,7 @@ use waypost_sdk::buyer::{
 };
 
 use crate::error::WaypostError;
-use crate::platform::{self, PlatformInfo};
+use crate::platform::PlatformState;
 use crate::runtime;
 use crate::task_handle::Subscription;
 use crate::tokens::{self, TokenProvider};
@@ -176,15 +176,17 @@ pub struct BuyerClient {
 
 #[uniffi::export]
 impl BuyerClient {
-    /// Starts the client. `platform` (optional) tells it when the phone is
-    /// offline so it waits instead of retrying.
+    /// Starts the client. `platform` (optional; the app's one
+    /// `PlatformState`) tells it when the phone is offline so it waits
+    /// instead of retrying, and when the network is back so it reconnects
+    /// at once.
     /// Opens the local store off the caller's thread and connects.
     #[uniffi::constructor]
     pub async fn open(
         config: BuyerConfig,
         listener: Arc<dyn BuyerListener>,
         tokens: Arc<dyn TokenProvider>,
-        platform: Option<Arc<dyn PlatformInfo>>,
+        platform: Option<Arc<PlatformState>>,
     ) -> Result<Arc<Self>, WaypostError> {
         let handle = runtime::get()?.handle().clone();
         let inner = runtime::run_blocking(move || {
@@ -192,7 +194,7 @@ impl BuyerClient {
             let config: sdk::BuyerConfig = config.into();
             let mut deps = sdk::BuyerDeps::real(&config)?;
             if let Some(p) = platform {
-                deps.environment = Arc::new(platform::Adapter(p));
+                deps.environment = p.environment();
             }
             sdk::BuyerClient::start_with(
                 config,
@@ -291,8 +293,9 @@ impl BuyerClient {
         self.inner.connection_state()
     }
 
-    /// The network changed: re-read [`PlatformInfo`]; network back means
-    /// reconnect now.
+    /// Deprecated: the client follows its `PlatformState` by itself. Kept
+    /// so older callers compile; it re-reads the network (network back
+    /// means reconnect now).
     pub fn environment_changed(&self) -> Result<(), WaypostError> {
         self.inner.environment_changed()
     }

@@ -247,8 +247,15 @@ impl BuyerClient {
             presence: HashMap::new(),
         };
         let task_cancel = cancel.clone();
+        // A PlatformState notifies: a network change reaches the connection
+        // as `EnvironmentChanged` without the app calling anything. Lives
+        // and ends with the client task.
+        let follow = follow_platform(deps.environment.watch(), tx.downgrade());
         let task = runtime.spawn(async move {
-            connection::run(conn_cfg, conn_deps, &mut core, &mut rx, task_cancel).await;
+            tokio::select! {
+                () = connection::run(conn_cfg, conn_deps, &mut core, &mut rx, task_cancel) => {}
+                () = follow => {}
+            }
             core.stop();
         });
         Ok(Arc::new(Self {
@@ -361,6 +368,8 @@ impl BuyerClient {
 
     /// The platform's network (or battery) changed: re-read the
     /// [`Environment`]. Network back means reconnect now, skipping backoff.
+    /// Not needed with a [`PlatformState`](crate::env::PlatformState),
+    /// which the client follows by itself.
     pub fn environment_changed(&self) -> Result<(), WaypostError> {
         self.send(Command::EnvironmentChanged)
     }
@@ -392,6 +401,35 @@ fn check_id(what: &'static str, id: &str) -> Result<(), WaypostError> {
     validate_id(what, id).map_err(|e| WaypostError::InvalidArgument {
         details: e.to_string(),
     })
+}
+
+/// Forwards network changes of a notifying environment to the client task
+/// until the client is gone; never returns while it lives (pending forever
+/// for environments that cannot notify).
+async fn follow_platform(
+    rx: Option<tokio::sync::watch::Receiver<crate::env::PlatformSnapshot>>,
+    cmd: mpsc::WeakSender<Command>,
+) {
+    let Some(mut rx) = rx else {
+        return std::future::pending().await;
+    };
+    let mut network = rx.borrow_and_update().network;
+    while rx.changed().await.is_ok() {
+        let now = rx.borrow_and_update().network;
+        if now == network {
+            continue;
+        }
+        network = now;
+        let Some(tx) = cmd.upgrade() else { break };
+        // Best effort: a full queue means the task is busy and will read
+        // the environment on its next decision anyway.
+        if tx.try_send(Command::EnvironmentChanged).is_err() {
+            tracing::debug!("buyer: command queue full; network change not forwarded");
+        }
+    }
+    // The platform state is gone (cannot happen while the client holds
+    // it) or the client is: nothing left to forward.
+    std::future::pending().await
 }
 
 /// Aborts its task when dropped.

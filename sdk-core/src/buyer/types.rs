@@ -50,6 +50,10 @@ pub struct LocationUpdate {
     pub accuracy_m: Option<f64>,
     pub speed_mps: Option<f64>,
     pub heading_deg: Option<f64>,
+    /// Taken under reduced (approximate) accuracy: may be kilometres off;
+    /// draw it as an area, not a pin.
+    #[cfg_attr(feature = "uniffi", uniffi(default = false))]
+    pub coarse: bool,
 }
 
 impl LocationUpdate {
@@ -63,6 +67,7 @@ impl LocationUpdate {
             accuracy_m: fix.accuracy_m,
             speed_mps: fix.speed_mps,
             heading_deg: fix.heading_deg,
+            coarse: fix.is_coarse(),
         }
     }
 }

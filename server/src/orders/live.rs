@@ -93,8 +93,11 @@ impl OrderService {
         if active.is_empty() {
             return Ok(active);
         }
+        // Coarse fixes (reduced accuracy, kilometres off) never count for
+        // arrival, departure or ETA.
         let mut points: Vec<Point> = fixes
             .iter()
+            .filter(|f| !f.is_coarse())
             .map(|f| Point {
                 ts: f.ts,
                 lat: f.lat,

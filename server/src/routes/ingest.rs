@@ -142,7 +142,12 @@ async fn ingest(
     // Near an active order's destination the SDK uploads as if watched, so
     // arrival is seen within one watched interval; after the order ends it
     // is no longer active and the policy relaxes.
-    let newest = req.fixes.iter().max_by_key(|f| f.ts);
+    // A coarse fix (kilometres off) says nothing about being near.
+    let newest = req
+        .fixes
+        .iter()
+        .filter(|f| !f.is_coarse())
+        .max_by_key(|f| f.ts);
     let approaching = newest.is_some_and(|f| {
         orders.iter().any(|o: &ActiveOrder| {
             o.destination

@@ -3,6 +3,7 @@ package io.waypost.sample.core
 import io.waypost.sdk.BuyerClient
 import io.waypost.sdk.BuyerConfig
 import io.waypost.sdk.BuyerListener
+import io.waypost.sdk.PlatformState
 import io.waypost.sdk.types.ChatEntry
 import io.waypost.sdk.types.CloseReason
 import io.waypost.sdk.types.ConnectionState
@@ -28,6 +29,9 @@ data class BuyerUiState(
  * The buyer side of the sample, without Android: tracks one courier and
  * chats in one order room, and turns SDK callbacks into [BuyerUiState]s.
  *
+ * The client follows the app's one [PlatformState] by itself (offline →
+ * waits, network back → reconnects at once).
+ *
  * [onChange] runs on an SDK thread (`waypost-rt`), in order; the activity
  * posts the state to the main thread.
  */
@@ -42,7 +46,6 @@ class BuyerSession private constructor(
     private var state = BuyerUiState()
     /** Chat by client id, so a pending entry is replaced by its acknowledged form. */
     private val chat = LinkedHashMap<String, ChatEntry>()
-    private val platformListener: () -> Unit = { runCatching { client.environmentChanged() } }
 
     lateinit var client: BuyerClient
         private set
@@ -50,7 +53,6 @@ class BuyerSession private constructor(
     private lateinit var chatSub: Subscription
 
     private suspend fun start() {
-        platform.addChangeListener(platformListener)
         trackingSub = client.trackDriver(driverId)
         chatSub = client.joinChat(room)
         // Show what the local store already has (offline start).
@@ -132,14 +134,12 @@ class BuyerSession private constructor(
 
     /** Stops tracking and chat and closes the connection. Idempotent. */
     suspend fun stop() {
-        platform.removeChangeListener(platformListener)
         trackingSub.cancel()
         chatSub.cancel()
         client.shutdown()
     }
 
     override fun close() {
-        platform.removeChangeListener(platformListener)
         trackingSub.close()
         chatSub.close()
         client.close()

@@ -2,6 +2,10 @@ package io.waypost.sample.core
 
 import io.waypost.sdk.Driver
 import io.waypost.sdk.DriverConfig
+import io.waypost.sdk.HealthListener
+import io.waypost.sdk.PlatformState
+import io.waypost.sdk.Subscription
+import io.waypost.sdk.types.DriverHealth
 import io.waypost.sdk.types.DriverEvent
 import io.waypost.sdk.DriverListener
 import io.waypost.sdk.types.DriverStats
@@ -16,33 +20,45 @@ import java.util.ArrayDeque
  * how to configure the location provider, and keeps a short log for the
  * status screen.
  *
+ * The driver follows the app's one [PlatformState] by itself (network back
+ * → upload, permission/accuracy → sampling and health): the session does
+ * not forward anything. [health] is the report for the status screen and
+ * for support ("why don't I see the courier?").
+ *
  * Threads: everything that touches the buffer suspends ([open], [record],
- * [stats]) and runs on the SDK's threads; [onSamplingChanged] runs on an
- * SDK thread (`waypost-rt`). Post to the main thread for UI work.
+ * [stats]) and runs on the SDK's threads; [onSamplingChanged] and
+ * [onHealth] run on an SDK thread (`waypost-rt`). Post to the main thread
+ * for UI work.
  */
 class DriverSession private constructor(
     val platform: PlatformState,
     /** Reconfigure the fused location provider with this. */
     private val onSamplingChanged: (LocationRequestSpec) -> Unit = {},
-) : DriverListener, AutoCloseable {
+    /** The health report changed (a reason appeared or cleared). */
+    private val onHealth: (DriverHealth) -> Unit = {},
+) : DriverListener, HealthListener, AutoCloseable {
     companion object {
         /** Opens the SDK driver (its SQLite buffer, off the caller's thread) and starts uploading. */
         suspend fun open(
             config: DriverConfig,
             tokens: TokenProvider,
             platform: PlatformState,
+            onHealth: (DriverHealth) -> Unit = {},
             onSamplingChanged: (LocationRequestSpec) -> Unit = {},
         ): DriverSession {
-            val session = DriverSession(platform, onSamplingChanged)
+            val session = DriverSession(platform, onSamplingChanged, onHealth)
             session.driver = Driver.open(config, tokens, session, platform)
-            platform.addChangeListener(session.platformListener)
+            session.healthSub = session.driver.addHealthListener(session)
             session.driver.start()
             return session
         }
     }
 
     private val log = ArrayDeque<String>()
-    private val platformListener: () -> Unit = { driver.environmentChanged() }
+    private lateinit var healthSub: Subscription
+
+    @Volatile var lastHealth: DriverHealth? = null
+        private set
 
     @Volatile var recorded = 0L
         private set
@@ -70,11 +86,25 @@ class DriverSession private constructor(
 
     suspend fun stats(): DriverStats = driver.stats()
 
+    /** The health report now (in memory, cheap). */
+    fun health(): DriverHealth = driver.health()
+
+    override fun onHealth(health: DriverHealth) {
+        lastHealth = health
+        synchronized(log) {
+            log.addFirst("health: " + health.issues.joinToString { it.code }.ifEmpty { "ok" })
+            while (log.size > 50) log.removeLast()
+        }
+        onHealth(health)
+    }
+
     /** One line for the status screen. */
     suspend fun statusText(): String {
         val s = driver.stats()
         val watched = if (s.watched) "watched" else "not watched"
-        return "recorded $recorded · dropped $dropped · pending ${s.pending} · uploaded ${s.ackedTotal} · $watched"
+        val health = driver.health()
+        val line = "recorded $recorded · dropped $dropped · pending ${s.pending} · uploaded ${s.ackedTotal} · $watched"
+        return if (health.ok && health.issues.isEmpty()) line else line + "\n" + health.summary
     }
 
     /** The newest events, newest first (at most 50). */
@@ -102,13 +132,13 @@ class DriverSession private constructor(
 
     /** Stops uploading (unsent fixes stay in the buffer for next time). Idempotent. */
     suspend fun stop() {
-        platform.removeChangeListener(platformListener)
+        healthSub.cancel()
         driver.shutdown()
     }
 
     /** Releases the native handle; call after [stop]. */
     override fun close() {
-        platform.removeChangeListener(platformListener)
+        healthSub.close()
         driver.close()
     }
 }

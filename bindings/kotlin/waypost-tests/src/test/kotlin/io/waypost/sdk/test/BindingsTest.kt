@@ -4,7 +4,6 @@ import io.waypost.sample.core.BuyerSession
 import io.waypost.sample.core.CallbackTokenProvider
 import io.waypost.sample.core.DriverSession
 import io.waypost.sample.core.Fixes
-import io.waypost.sample.core.PlatformState
 import io.waypost.sdk.BuyerClient
 import io.waypost.sdk.BuyerConfig
 import io.waypost.sdk.BuyerListener
@@ -16,6 +15,7 @@ import io.waypost.sdk.DriverConfig
 import io.waypost.sdk.types.DriverEvent
 import io.waypost.sdk.DriverListener
 import io.waypost.sdk.OrderListener
+import io.waypost.sdk.PlatformState
 import io.waypost.sdk.types.OrderEntry
 import io.waypost.sdk.types.OrderEntryKind
 import io.waypost.sdk.types.ErrorInfo
@@ -176,12 +176,13 @@ class BindingsTest {
                 buyer.state().messages.any { it.body == "Thanks!" && it.status == MessageStatus.SENT && it.seq != null }
             }
 
-            // The platform reports the network gone, then back (what the broadcast receivers do).
-            platform.updateNetwork(io.waypost.sdk.types.NetworkType.OFFLINE)
+            // The platform reports the network gone, then back (what the broadcast receivers do);
+            // the buyer follows the PlatformState by itself.
+            platform.setNetwork(io.waypost.sdk.types.NetworkType.OFFLINE)
             TestEnv.await("the buyer goes offline") { buyer.state().connection == "offline: waiting for the network" }
             buyer.send("written offline")
             assertEquals(MessageStatus.PENDING, buyer.state().messages.last().status)
-            platform.updateNetwork(io.waypost.sdk.types.NetworkType.WIFI)
+            platform.setNetwork(io.waypost.sdk.types.NetworkType.WIFI)
             TestEnv.await("back live") { buyer.state().connection == "live" }
             TestEnv.await("the offline message is delivered") { vendorListener.messages.any { it.body == "written offline" } }
 
