@@ -22,7 +22,8 @@ pub fn build_router(state: AppState) -> Router {
 pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
     // Process-wide tasks of the security surface, owned by the tracker:
     // token expiry of live connections, revocations and disconnects from
-    // other processes, and the cluster-wide driver index (Redis only).
+    // other processes, the cluster-wide driver index and process figures
+    // (Redis only).
     state
         .tasks
         .spawn(Arc::clone(&state.expiry).run(state.shutdown.clone()));
@@ -32,6 +33,9 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
     state
         .tasks
         .spawn(crate::routes::admin::flush_driver_index(state.clone()));
+    state
+        .tasks
+        .spawn(crate::routes::admin::report_node_stats(state.clone()));
     let router = build_router(state.clone());
     let token = state.shutdown.clone();
     // No Nagle: frames are small and latency-bound; a second frame must not

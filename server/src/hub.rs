@@ -351,6 +351,31 @@ impl Hub {
         self.channels.read().get(channel).map_or(0, HashMap::len)
     }
 
+    /// The client channels each of `ids` is subscribed to here, at most
+    /// `limit` per connection. Scans every channel under the read lock: for
+    /// rare operator lookups, not for hot paths.
+    pub fn channels_of(&self, ids: &[ConnId], limit: usize) -> HashMap<ConnId, Vec<Channel>> {
+        let mut out: HashMap<ConnId, Vec<Channel>> = HashMap::new();
+        if ids.is_empty() {
+            return out;
+        }
+        let map = self.channels.read();
+        for (channel, subs) in map.iter() {
+            if channel.kind == ChannelKind::Control {
+                continue;
+            }
+            for id in ids {
+                if subs.contains_key(id) {
+                    let list = out.entry(*id).or_default();
+                    if list.len() < limit {
+                        list.push(channel.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Every channel with at least one local subscriber.
     pub fn channels(&self) -> Vec<Channel> {
         self.channels.read().keys().cloned().collect()

@@ -8,6 +8,7 @@ pub mod admission;
 pub mod app;
 pub mod auth;
 pub mod chat;
+pub mod cluster;
 pub mod config;
 pub mod driver_index;
 pub mod engine;

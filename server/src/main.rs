@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use waypost_protocol::{Claims, Role};
 use waypost_server::app::{serve, shutdown_on_signal};
 use waypost_server::auth::{AuthKeys, DEV_SECRET};
+use waypost_server::cluster::RedisNodeStats;
 use waypost_server::config::Limits;
 use waypost_server::driver_index::RedisDriverIndex;
 use waypost_server::engine::chat_redis;
@@ -206,6 +207,12 @@ struct ServeArgs {
     /// taken over.
     #[arg(long, env = "WAYPOST_ORDER_STREAM_CLAIM_IDLE", default_value = "30s", value_parser = humantime::parse_duration)]
     order_stream_claim_idle: Duration,
+    /// Map tiles under the dashboard's driver map: a URL template with
+    /// `{z}`, `{x}` and `{y}` (e.g. `https://tile.example.org/{z}/{x}/{y}.png`);
+    /// its origin is allowed in the page's CSP. None by default: positions
+    /// are drawn on a plain projected canvas, which works offline.
+    #[arg(long, env = "WAYPOST_DASHBOARD_TILES", value_parser = waypost_server::routes::dashboard::tile_template)]
+    dashboard_tiles: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -533,8 +540,10 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(conn) = &redis_conn {
         state = state
             .with_revocation_store(Arc::new(RedisRevocationStore::new(conn.clone())))
-            .with_driver_index(Arc::new(RedisDriverIndex::new(conn.clone())));
+            .with_driver_index(Arc::new(RedisDriverIndex::new(conn.clone())))
+            .with_node_stats(Arc::new(RedisNodeStats::new(conn.clone())));
     }
+    state = state.with_dashboard_tiles(args.dashboard_tiles.clone());
     let webhooks = start_webhooks(&args, redis_conn.as_ref(), &metrics)?;
     let order_store: Arc<dyn OrderStore> = match &redis_conn {
         Some(conn) => Arc::new(RedisOrderStore::new(conn.clone(), OrderLimits::default())),

@@ -66,6 +66,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/disconnect", post(admin::post_disconnect))
         .route("/v1/admin/channels/{channel}", get(admin::get_channel))
         .route("/v1/admin/drivers", get(admin::get_drivers))
+        .route("/v1/admin/users/{user}", get(admin::get_user))
+        .route("/v1/admin/stats", get(admin::get_stats))
         .fallback(ops::not_found)
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .with_state(state)

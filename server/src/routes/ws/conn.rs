@@ -140,7 +140,7 @@ pub(super) fn run(
     let expiry = state
         .expiry
         .watch(&handle, token.claims.exp, true, crate::now_s());
-    let listed = state.user_conns.list(&token, &handle);
+    let listed = state.user_conns.list(&token, &handle, "ws");
     let claims = token.claims;
     tracing::debug!(conn_id, sub = %claims.sub, "websocket connected");
     let rate = state.limits.ws_messages_per_s;
