@@ -232,31 +232,34 @@ async fn a_revocation_reaches_every_process() -> Result<()> {
     assert_eq!(info["subscribers"], 2, "{info}");
 
     // A driver that posted to a is listed by b, with its watchers.
-    let deadline = tokio::time::Instant::now() + T;
-    let row = loop {
-        let list: Value = reqwest::Client::new()
-            .get(b.http("/v1/admin/drivers?online=true"))
-            .bearer_auth(service())
-            .send()
-            .await?
-            .json()
-            .await?;
-        let row = list["drivers"]
+    let row_of = |list: &Value| {
+        list["drivers"]
             .as_array()
-            .and_then(|a| a.iter().find(|r| r["driver_id"] == d.as_str()).cloned());
-        if let Some(row) = row {
-            break row;
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("driver {d} not listed on b: {list}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+            .and_then(|a| a.iter().find(|r| r["driver_id"] == d.as_str()).cloned())
     };
+    let list = until_json(&b, "/v1/admin/drivers?online=true", |l| row_of(l).is_some()).await?;
+    let row = row_of(&list).unwrap_or_default();
     assert_eq!(row["online"], true, "{row}");
     assert_eq!(row["watchers"], 2, "{row}");
     assert_eq!(row["seq"], 1, "{row}");
     assert!(row["age_ms"].as_i64().is_some_and(|a| a < 30_000), "{row}");
     Ok(())
+}
+
+/// GETs `path` with a service token every 50 ms until `done` holds for
+/// the 200 answer (at most [`T`]); returns that answer.
+async fn until_json(server: &Server, path: &str, done: impl Fn(&Value) -> bool) -> Result<Value> {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let (status, body) = get_json(server, path, &service()).await?;
+        if status == StatusCode::OK && done(&body) {
+            return Ok(body);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("GET {path}: still {status} {body} after {T:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn get_json(server: &Server, path: &str, tok: &str) -> Result<(StatusCode, Value)> {
@@ -366,18 +369,8 @@ async fn stats_and_user_lookup(engine: EngineChoice) -> Result<()> {
     let (status, _) = admin(&server, "/v1/admin/revocations", json!({"user": user})).await?;
     assert_eq!(status, StatusCode::OK);
     ws.closed(T).await?;
-    let deadline = tokio::time::Instant::now() + T;
-    loop {
-        let (_, info) = get_json(&server, &path, &service()).await?;
-        if info["connections"] == json!([]) {
-            assert!(info["revoked_until_s"].as_u64() > Some(0), "{info}");
-            break;
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("still listed after the revocation: {info}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let info = until_json(&server, &path, |i| i["connections"] == json!([])).await?;
+    assert!(info["revoked_until_s"].as_u64() > Some(0), "{info}");
     Ok(())
 }
 
@@ -401,18 +394,10 @@ async fn lookups_and_stats_span_processes() -> Result<()> {
 
     // Asked on b: both connections, from two processes.
     let path = format!("/v1/admin/users/{user}");
-    let deadline = tokio::time::Instant::now() + T;
-    let info = loop {
-        let (status, info) = get_json(&b, &path, &service()).await?;
-        assert_eq!(status, StatusCode::OK, "{info}");
-        if info["connections"].as_array().map(Vec::len) == Some(2) {
-            break info;
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("not both connections: {info}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let info = until_json(&b, &path, |i| {
+        i["connections"].as_array().map(Vec::len) == Some(2)
+    })
+    .await?;
     let conns = info["connections"].as_array().cloned().unwrap_or_default();
     let procs: std::collections::BTreeSet<String> = conns
         .iter()
@@ -439,26 +424,19 @@ async fn lookups_and_stats_span_processes() -> Result<()> {
             .await?;
         assert_eq!(r.status(), StatusCode::OK);
     }
-    let deadline = tokio::time::Instant::now() + T;
-    loop {
-        let (_, st) = get_json(&b, "/v1/admin/stats", &service()).await?;
+    let st = until_json(&b, "/v1/admin/stats", |st| {
         let listed: Vec<&str> = st["processes"]
             .as_array()
             .map(|p| p.iter().filter_map(|p| p["process"].as_str()).collect())
             .unwrap_or_default();
         let fixes = st["totals"]["fixes_ingested"].as_u64().unwrap_or(0);
-        if procs.iter().all(|p| listed.contains(&p.as_str())) && fixes >= before + n {
-            assert!(
-                st["totals"]["connections"]["ws"].as_i64() >= Some(2),
-                "{st}"
-            );
-            break;
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("b's stats lack a's figures (before {before}): {st}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        procs.iter().all(|p| listed.contains(&p.as_str())) && fixes >= before + n
+    })
+    .await?;
+    assert!(
+        st["totals"]["connections"]["ws"].as_i64() >= Some(2),
+        "{st}"
+    );
 
     // A disconnect from a closes the one on b too (4103), and b's lookup
     // then finds nothing.
@@ -475,16 +453,6 @@ async fn lookups_and_stats_span_processes() -> Result<()> {
             other => bail!("closed without a code: {other:?}"),
         }
     }
-    let deadline = tokio::time::Instant::now() + T;
-    loop {
-        let (_, info) = get_json(&b, &path, &service()).await?;
-        if info["connections"] == json!([]) {
-            break;
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("still listed after the disconnect: {info}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_json(&b, &path, |i| i["connections"] == json!([])).await?;
     Ok(())
 }
