@@ -126,6 +126,21 @@ test("dashboard: map, trails, sparklines, user lookup, disconnect and revoke", {
     assert.match(await row.locator("td").nth(1).textContent(), /^52\.52000, 13\.40500$/);
     assert.equal(await page.locator("#drivers-online").textContent(), String(DRIVERS.length));
 
+    // An active order of driver 1: its destination appears on the map and
+    // in the order list.
+    const ORDER = `o-dash-${process.pid}`, DEST = [52.505, 13.455];
+    const ev = await fetch(`${BASE}/v1/orders/${ORDER}/events`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${env("SERVICE_TOKEN")}`, "content-type": "application/json" },
+      body: JSON.stringify({ event_id: "e-1", status: "picked_up", driver_id: DRIVERS[1], destination: { lat: DEST[0], lon: DEST[1] } }),
+    });
+    assert.equal(ev.status, 202, await ev.text());
+    // Driver 1 then drives towards it at ~15 m/s (k: its k-th move).
+    const drive1 = (k) => postFix(1, 1 + k, START[1][0] + k * 1e-4, START[1][1] + k * 1e-4);
+    await drive1(1);
+    await page.locator(`#orders tr[data-order="${ORDER}"]`).waitFor({ timeout: 5_000 });
+    await page.waitForFunction((o) => window.waypostDashboard.destinations().some((d) => d.order === o), ORDER, { timeout: 5_000 });
+
     // A watcher (a buyer's WebSocket from the page itself) on driver 0.
     await page.evaluate(([base, token, driver]) => new Promise((resolve, reject) => {
       const open = (name) => new Promise((res, rej) => {
@@ -145,12 +160,19 @@ test("dashboard: map, trails, sparklines, user lookup, disconnect and revoke", {
     for (let seq = 2; seq <= 6; seq++) {
       const reply = await postFix(0, seq, START[0][0] + seq * 0.002, START[0][1] + seq * 0.001);
       assert.equal(reply.watchers, 1);
+      await drive1(seq);
       await new Promise((r) => setTimeout(r, 1100)); // one dashboard poll per fix
     }
     await page.waitForFunction((d) => {
       const dot = window.waypostDashboard.dots().find((x) => x.driver === d);
       return dot && dot.watchers === 1 && dot.trail >= 4;
     }, DRIVERS[0], { timeout: 5_000 });
+    // The order got an ETA from driver 1's moves; the list shows it.
+    await page.waitForFunction((o) => {
+      const d = window.waypostDashboard.destinations().find((x) => x.order === o);
+      return d && d.eta_s != null;
+    }, ORDER, { timeout: 5_000 });
+    assert.match(await page.locator(`#orders tr[data-order="${ORDER}"] td.eta`).textContent(), /^\d+(\.\d)? (s|min|h)$/);
 
     // Where the dots are: inside the canvas, and placed by the projection
     // (Web Mercator keeps the ratio of x and y distances).
@@ -162,13 +184,17 @@ test("dashboard: map, trails, sparklines, user lookup, disconnect and revoke", {
       assert.ok(d.x > 0 && d.x < box.width && d.y > 0 && d.y < box.height, JSON.stringify(d));
     }
     const last0 = [START[0][0] + 6 * 0.002, START[0][1] + 6 * 0.001];
-    const geo = [mercator(...last0), mercator(...START[1]), mercator(...START[2])];
+    const last1 = [START[1][0] + 6e-4, START[1][1] + 6e-4];
+    const geo = [mercator(...last0), mercator(...last1), mercator(...START[2])];
     const [a, b, c] = [pos(0), pos(1), pos(2)];
     const ratio = (p, q) => (q.x - p.x) / (q.y - p.y);
     const geoRatio = (p, q) => (q[0] - p[0]) / (q[1] - p[1]);
     assert.ok(Math.abs(ratio(a, b) / geoRatio(geo[0], geo[1]) - 1) < 0.02, "projection of a-b");
     assert.ok(Math.abs(ratio(b, c) / geoRatio(geo[1], geo[2]) - 1) < 0.02, "projection of b-c");
     assert.ok(b.y > a.y && c.y < b.y && c.x < a.x && b.x > a.x, "north is up, east is right");
+    const dest = (await page.evaluate(() => window.waypostDashboard.destinations())).find((d) => d.order === ORDER);
+    assert.deepEqual(dest.rgb, b.rgb, "a destination has its driver's colour");
+    assert.ok(Math.abs(ratio(b, dest) / geoRatio(geo[1], mercator(...DEST)) - 1) < 0.02, "projection of the destination");
 
     // The screenshot of the canvas shows each driver's colour at its dot,
     // a black ring around the watched one, and background elsewhere.
@@ -178,6 +204,7 @@ test("dashboard: map, trails, sparklines, user lookup, disconnect and revoke", {
       const x = Math.round(d.x), y = Math.round(d.y);
       assert.ok(near(png.at(x, y), d.rgb), `${d.driver}: ${png.at(x, y)} at ${x},${y}, want ${d.rgb}`);
     }
+    assert.ok(near(png.at(Math.round(dest.x), Math.round(dest.y)), dest.rgb), `destination ${png.at(Math.round(dest.x), Math.round(dest.y))}`);
     const ring = png.at(Math.round(a.x + 10), Math.round(a.y));
     assert.ok(ring.every((v) => v < 90), `ring pixel ${ring}`);
     const unwatched = png.at(Math.round(b.x + 10), Math.round(b.y));

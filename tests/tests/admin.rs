@@ -73,7 +73,11 @@ async fn until_status(
     }
 }
 
-waypost_e2e::on_both_engines!(revocations_and_who_may_call, stats_and_user_lookup);
+waypost_e2e::on_both_engines!(
+    revocations_and_who_may_call,
+    stats_and_user_lookup,
+    active_orders
+);
 
 async fn revocations_and_who_may_call(engine: EngineChoice) -> Result<()> {
     let server = Server::start(engine).await?;
@@ -454,5 +458,73 @@ async fn lookups_and_stats_span_processes() -> Result<()> {
         }
     }
     until_json(&b, &path, |i| i["connections"] == json!([])).await?;
+    Ok(())
+}
+
+async fn order_event(server: &Server, order: &str, body: Value) -> Result<()> {
+    let r = reqwest::Client::new()
+        .post(server.http(&format!("/v1/orders/{order}/events")))
+        .bearer_auth(service())
+        .json(&body)
+        .send()
+        .await?;
+    if r.status() != StatusCode::ACCEPTED {
+        bail!("order event: {} {}", r.status(), r.text().await?);
+    }
+    Ok(())
+}
+
+/// `GET /v1/admin/orders?active=true`: an online driver's active order
+/// with its destination; not once it ended, nor a driver's who is offline.
+async fn active_orders(engine: EngineChoice) -> Result<()> {
+    let server = Server::start(engine).await?;
+    let d = unique("d-ord");
+    let idle = unique("d-idle");
+    let order = unique("o-adm");
+    let other = unique("o-idle");
+    seed(&server, &d).await?;
+    order_event(
+        &server,
+        &order,
+        json!({"event_id": "e1", "status": "picked_up", "driver_id": d,
+               "destination": {"lat": 52.51, "lon": 13.45}}),
+    )
+    .await?;
+    // Assigned to a driver that never posted: not online, not listed.
+    order_event(
+        &server,
+        &other,
+        json!({"event_id": "e1", "status": "accepted", "driver_id": idle}),
+    )
+    .await?;
+    let find = |list: &Value, id: &str| {
+        list["orders"]
+            .as_array()
+            .and_then(|a| a.iter().find(|o| o["order_id"] == id).cloned())
+    };
+    let list = until_json(&server, "/v1/admin/orders?active=true", |l| {
+        find(l, &order).is_some()
+    })
+    .await?;
+    let row = find(&list, &order).unwrap_or_default();
+    assert_eq!(row["status"], "picked_up", "{row}");
+    assert_eq!(row["driver_id"], d.as_str(), "{row}");
+    assert_eq!(row["destination"]["lat"], 52.51, "{row}");
+    assert_eq!(list["truncated"], false, "{list}");
+    assert!(find(&list, &other).is_none(), "{list}");
+
+    let (status, _) = get_json(&server, "/v1/admin/orders?active=false", &service()).await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let buyer = token(&unique("b-ord"), Role::Buyer, &[]);
+    let (status, _) = get_json(&server, "/v1/admin/orders", &buyer).await?;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    order_event(
+        &server,
+        &order,
+        json!({"event_id": "e2", "status": "delivered"}),
+    )
+    .await?;
+    until_json(&server, "/v1/admin/orders", |l| find(l, &order).is_none()).await?;
     Ok(())
 }

@@ -8,6 +8,7 @@
 //! - `GET /v1/admin/drivers?online=true` → `{"drivers":[..]}`
 //! - `GET /v1/admin/users/{user}` → that user's connections on every process
 //! - `GET /v1/admin/stats` → the cluster's metric totals and latency histogram
+//! - `GET /v1/admin/orders?active=true` → the online drivers' active orders
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::rejection::QueryRejection;
@@ -255,6 +256,93 @@ pub struct DriversReply {
     drivers: Vec<DriverInfo>,
 }
 
+/// Drivers seen by any process within the online TTL (`online`) or the
+/// last 24 h, most recent first, at most [`MAX_LISTED_DRIVERS`], with the
+/// time of their last upload.
+async fn seen_drivers(
+    state: &AppState,
+    online: bool,
+    now: i64,
+) -> Result<Vec<(String, i64)>, AppError> {
+    let ttl_ms = i64::try_from(state.limits.online_ttl.as_millis()).unwrap_or(i64::MAX);
+    let retain = if online {
+        ttl_ms
+    } else {
+        crate::driver_index::RETAIN_MS
+    };
+    Ok(match &state.driver_index {
+        Some(index) => index
+            .seen_since(now - retain, MAX_LISTED_DRIVERS)
+            .await
+            .inspect_err(|_| state.metrics.engine_errors.inc())?,
+        None => {
+            let (_, seen) = state
+                .activity
+                .drivers_online(now, retain, MAX_LISTED_DRIVERS);
+            seen.into_iter().map(|d| (d.driver_id, d.seen_ms)).collect()
+        }
+    })
+}
+
+/// Most orders `GET /v1/admin/orders` lists.
+const MAX_LISTED_ORDERS: usize = 500;
+
+#[derive(Debug, Deserialize)]
+pub struct OrdersQuery {
+    #[serde(default = "yes")]
+    active: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OrdersReply {
+    orders: Vec<waypost_protocol::OrderView>,
+    /// The time budget ran out or the list was cut at 500: there may be more.
+    truncated: bool,
+}
+
+/// `GET /v1/admin/orders?active=true`: the active orders of the drivers
+/// online (through each driver's order index, on both engines; orders with
+/// no driver assigned are not listed), at most 500, read within 2 s.
+pub async fn get_orders(
+    State(state): State<AppState>,
+    Authed(claims): Authed,
+    query: Result<Query<OrdersQuery>, QueryRejection>,
+) -> Result<Json<OrdersReply>, AppError> {
+    require_service(&claims)?;
+    let Query(q) = query.map_err(|e| AppError::bad("bad_query", e.body_text()))?;
+    if !q.active {
+        return Err(AppError::bad(
+            "bad_query",
+            "only active orders are listed (active=true)",
+        ));
+    }
+    let seen = seen_drivers(&state, true, now_ms()).await?;
+    let deadline = tokio::time::Instant::now() + DRIVERS_BUDGET;
+    let mut orders = Vec::new();
+    let mut truncated = false;
+    for (driver_id, _) in seen {
+        match tokio::time::timeout_at(deadline, state.orders.orders.active_orders_of(&driver_id))
+            .await
+        {
+            Ok(Ok(active)) => orders.extend(active.iter().map(|o| o.view())),
+            Ok(Err(e)) => {
+                state.metrics.engine_errors.inc();
+                return Err(e.into());
+            }
+            Err(_) => {
+                truncated = true;
+                break;
+            }
+        }
+        if orders.len() >= MAX_LISTED_ORDERS {
+            truncated = true;
+            orders.truncate(MAX_LISTED_ORDERS);
+            break;
+        }
+    }
+    Ok(Json(OrdersReply { orders, truncated }))
+}
+
 /// `GET /v1/admin/drivers?online=true`: drivers seen by any process (the
 /// online ones by default; `online=false` lists the last 24 h), most
 /// recent first, at most 500.
@@ -267,28 +355,7 @@ pub async fn get_drivers(
     let Query(q) = query.map_err(|e| AppError::bad("bad_query", e.body_text()))?;
     let now = now_ms();
     let ttl_ms = i64::try_from(state.limits.online_ttl.as_millis()).unwrap_or(i64::MAX);
-    let since = if q.online {
-        now - ttl_ms
-    } else {
-        now - crate::driver_index::RETAIN_MS
-    };
-    let seen: Vec<(String, i64)> = match &state.driver_index {
-        Some(index) => index
-            .seen_since(since, MAX_LISTED_DRIVERS)
-            .await
-            .inspect_err(|_| state.metrics.engine_errors.inc())?,
-        None => {
-            let retain = if q.online {
-                ttl_ms
-            } else {
-                crate::driver_index::RETAIN_MS
-            };
-            let (_, seen) = state
-                .activity
-                .drivers_online(now, retain, MAX_LISTED_DRIVERS);
-            seen.into_iter().map(|d| (d.driver_id, d.seen_ms)).collect()
-        }
-    };
+    let seen = seen_drivers(&state, q.online, now).await?;
     let deadline = tokio::time::Instant::now() + DRIVERS_BUDGET;
     let mut drivers = Vec::with_capacity(seen.len());
     for (driver_id, seen_ms) in seen {

@@ -68,6 +68,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/drivers", get(admin::get_drivers))
         .route("/v1/admin/users/{user}", get(admin::get_user))
         .route("/v1/admin/stats", get(admin::get_stats))
+        .route("/v1/admin/orders", get(admin::get_orders))
         .fallback(ops::not_found)
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .with_state(state)
