@@ -22,9 +22,18 @@ PORT="$(free_port)"
 LOG="$WAYPOST_WORK/dashboard-server.log"
 "$BIN" serve --listen "127.0.0.1:$PORT" --jwt-secret "$SECRET" >"$LOG" 2>&1 &
 SERVER_PID=$!
-trap 'kill $SERVER_PID 2>/dev/null || true' EXIT
-curl -fs --retry 50 --retry-delay 0 --retry-connrefused --retry-max-time 20 \
-  "http://127.0.0.1:$PORT/healthz" >/dev/null
+# A second one with map tiles from a tile server the test itself runs.
+TILES_PORT="$(free_port)"
+TILE_SERVER_PORT="$(free_port)"
+"$BIN" serve --listen "127.0.0.1:$TILES_PORT" --jwt-secret "$SECRET" \
+  --dashboard-tiles "http://127.0.0.1:$TILE_SERVER_PORT/{z}/{x}/{y}.png" \
+  >"$WAYPOST_WORK/dashboard-tiles-server.log" 2>&1 &
+TILES_PID=$!
+trap 'kill $SERVER_PID $TILES_PID 2>/dev/null || true' EXIT
+for p in "$PORT" "$TILES_PORT"; do
+  curl -fs --retry 50 --retry-delay 0 --retry-connrefused --retry-max-time 20 \
+    "http://127.0.0.1:$p/healthz" >/dev/null
+done
 
 token() { "$BIN" token --jwt-secret "$SECRET" --ttl 10m "$@"; }
 DRIVER_IDS="" DRIVER_TOKENS=""
@@ -34,6 +43,7 @@ for n in 1 2 3; do
   DRIVER_TOKENS="${DRIVER_TOKENS:+$DRIVER_TOKENS,}$(token --sub "$id" --role driver)"
 done
 FIRST_DRIVER="${DRIVER_IDS%%,*}"
+export TILES_BASE="http://127.0.0.1:$TILES_PORT" TILE_SERVER_PORT
 export WAYPOST_BASE="http://127.0.0.1:$PORT" DRIVER_IDS DRIVER_TOKENS BUYER_ID="b-dash-$$"
 export SERVICE_TOKEN="$(token --sub ops --role service)"
 export BUYER_TOKEN="$(token --sub "$BUYER_ID" --role buyer --channels "tracking:$FIRST_DRIVER")"

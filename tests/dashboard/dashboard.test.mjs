@@ -12,7 +12,8 @@
 // with 4103 and 4003 (and the revoked token is refused afterwards).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { inflateSync } from "node:zlib";
+import { createServer } from "node:http";
+import { deflateSync, inflateSync } from "node:zlib";
 import { chromium } from "playwright-core";
 
 const env = (k) => {
@@ -71,6 +72,31 @@ function decodePng(buf) {
   }
   return { width, height, at: (x, y) => [...px.subarray(y * stride + x * bpp, y * stride + x * bpp + 3)] };
 }
+// A solid-colour 256x256 RGB PNG (a stand-in map tile).
+function solidPng(rgb) {
+  const crcTable = Array.from({ length: 256 }, (_, n) => {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    return c >>> 0;
+  });
+  const crc = (b) => { let c = 0xffffffff; for (const x of b) c = crcTable[(c ^ x) & 255] ^ (c >>> 8); return (c ^ 0xffffffff) >>> 0; };
+  const chunk = (kind, data) => {
+    const head = Buffer.alloc(8); head.writeUInt32BE(data.length, 0); head.write(kind, 4, "ascii");
+    const tail = Buffer.alloc(4); tail.writeUInt32BE(crc(Buffer.concat([head.subarray(4), data])), 0);
+    return Buffer.concat([head, data, tail]);
+  };
+  const ihdr = Buffer.alloc(13); ihdr.writeUInt32BE(256, 0); ihdr.writeUInt32BE(256, 4); ihdr[8] = 8; ihdr[9] = 2;
+  const row = Buffer.concat([Buffer.from([0]), Buffer.from(Array.from({ length: 256 }, () => rgb).flat())]);
+  const raw = Buffer.concat(Array.from({ length: 256 }, () => row));
+  return Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), chunk("IHDR", ihdr),
+    chunk("IDAT", deflateSync(raw)), chunk("IEND", Buffer.alloc(0))]);
+}
+
+function tileOf(lat, lon, z) {
+  const [x, y] = mercator(lat, lon);
+  return `${z}/${Math.floor(x * 2 ** z)}/${Math.floor(y * 2 ** z)}`;
+}
+
 const near = (a, b, tol = 12) => a.every((v, i) => Math.abs(v - b[i]) <= tol);
 
 function mercator(lat, lon) {
@@ -281,5 +307,63 @@ test("dashboard: map, trails, sparklines, user lookup, disconnect and revoke", {
     console.log(`# drivers on the map ${seenAfterMs} ms after their posts; ${coloured} sampled pixels in driver colours`);
   } finally {
     await browser.close();
+  }
+});
+
+test("dashboard with --dashboard-tiles: tiles under the map, allowed by the CSP", { timeout: 60_000 }, async () => {
+  const TILE = [200, 230, 201];
+  const png = solidPng(TILE);
+  const requested = new Set();
+  const tiles = createServer((req, res) => {
+    const m = /^\/(\d+)\/(\d+)\/(\d+)\.png$/.exec(req.url);
+    if (!m) { res.writeHead(404).end(); return; }
+    requested.add(`${m[1]}/${m[2]}/${m[3]}`);
+    res.writeHead(200, { "content-type": "image/png", "cache-control": "no-store" }).end(png);
+  });
+  await new Promise((r) => tiles.listen(Number(env("TILE_SERVER_PORT")), "127.0.0.1", r));
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+      "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"],
+  });
+  try {
+    const base = env("TILES_BASE");
+    const page = await browser.newPage({ viewport: { width: 1400, height: 1000 }, deviceScaleFactor: 1 });
+    const errors = [];
+    page.on("console", (m) => { if (m.type() === "error") errors.push(m.text()); });
+    page.on("pageerror", (e) => errors.push(String(e)));
+    const resp = await page.goto(`${base}/?token=${env("SERVICE_TOKEN")}`);
+    assert.equal(resp.status(), 200);
+    assert.match(resp.headers()["content-security-policy"], new RegExp(`img-src 'self' data: http://127\\.0\\.0\\.1:${env("TILE_SERVER_PORT")};`));
+    const at = [52.52, 13.405];
+    const res = await fetch(`${base}/v1/drivers/${DRIVERS[0]}/locations`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${DRIVER_TOKENS[0]}`, "content-type": "application/json" },
+      body: JSON.stringify({ device_id: "dev-1", fixes: [{ seq: 1, ts: Date.now(), lat: at[0], lon: at[1] }] }),
+    });
+    assert.equal(res.status, 200);
+    await page.waitForFunction(() => window.waypostDashboard.dots().length === 1, null, { timeout: 5_000 });
+    // Every tile image loaded (none broken).
+    await page.waitForFunction(() => {
+      const imgs = [...document.querySelectorAll("#tiles img")];
+      return imgs.length > 0 && imgs.every((i) => i.complete && i.naturalWidth === 256);
+    }, null, { timeout: 5_000 });
+    // The tile holding the driver, at the zoom the page picked, was asked for.
+    const zs = new Set([...requested].map((k) => Number(k.split("/")[0])));
+    assert.equal(zs.size, 1, [...requested].join(" "));
+    const [z] = zs;
+    assert.ok(z >= 10 && z <= 19, `zoom ${z}`);
+    assert.ok(requested.has(tileOf(at[0], at[1], z)), `${tileOf(at[0], at[1], z)} not in ${[...requested].join(" ")}`);
+    // Tiles under the canvas, the driver's dot on top.
+    const [dot] = await page.evaluate(() => window.waypostDashboard.dots());
+    const shot = decodePng(await page.locator("#map").screenshot());
+    assert.ok(near(shot.at(3, 3), TILE, 3), `corner ${shot.at(3, 3)}`);
+    assert.ok(near(shot.at(shot.width - 4, shot.height - 4), TILE, 3), "far corner");
+    assert.ok(near(shot.at(Math.round(dot.x), Math.round(dot.y)), dot.rgb), "dot over the tiles");
+    assert.deepEqual(errors, []);
+  } finally {
+    await browser.close();
+    tiles.close();
   }
 });
