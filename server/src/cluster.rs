@@ -185,6 +185,63 @@ impl Lookups {
 mod tests {
     use super::*;
 
+    fn report(node: &str, at_ms: i64) -> NodeReport {
+        NodeReport {
+            node: node.into(),
+            at_ms,
+            engine: "redis".into(),
+            totals: Totals {
+                fixes_ingested: 7,
+                ..Totals::default()
+            },
+            latency_buckets: vec![Bucket { le: 0.5, count: 3 }],
+        }
+    }
+
+    #[tokio::test]
+    async fn redis_reports_live_stale_and_forgotten() {
+        let Ok(url) = std::env::var("WAYPOST_TEST_REDIS_URL") else {
+            eprintln!("skipped: WAYPOST_TEST_REDIS_URL is not set (scripts/test sets it)");
+            return;
+        };
+        let conn = crate::engine::chat_redis::connect(&url, &Default::default())
+            .await
+            .expect("redis reachable");
+        let stats = RedisNodeStats::new(conn.clone());
+        // Other processes may report to a shared Redis: only ours count.
+        let now = crate::now_ms();
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        let fresh = report(&format!("{tag}-fresh"), now - 1_000);
+        let stale = report(&format!("{tag}-stale"), now - STALE_MS - 1);
+        let gone = report(&format!("{tag}-gone"), now - FORGET_MS - 1);
+        for r in [&fresh, &stale, &gone] {
+            stats.report(r).await.expect("report");
+        }
+        let live: Vec<NodeReport> = stats
+            .live(now)
+            .await
+            .expect("live")
+            .into_iter()
+            .filter(|r| r.node.starts_with(&tag))
+            .collect();
+        assert_eq!(live, vec![fresh.clone()]);
+        let mut c = conn.clone();
+        let left: Vec<bool> = redis::pipe()
+            .hexists(KEY, &stale.node)
+            .hexists(KEY, &gone.node)
+            .query_async(&mut c)
+            .await
+            .expect("hexists");
+        assert_eq!(left, vec![true, false], "stale kept a while, gone deleted");
+        let _: () = redis::cmd("HDEL")
+            .arg(KEY)
+            .arg(&fresh.node)
+            .arg(&stale.node)
+            .query_async(&mut c)
+            .await
+            .expect("cleanup");
+    }
+
     #[tokio::test]
     async fn lookups_are_bounded_and_routed_by_id() {
         let l = Lookups::default();

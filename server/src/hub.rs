@@ -409,6 +409,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn channels_of_lists_client_channels_per_connection_bounded() {
+        let hub = Hub::new(Metrics::new());
+        let (a, _ra) = connection(1, 4);
+        let (b, _rb) = connection(2, 4);
+        for i in 0..5 {
+            hub.add(&Channel::tracking(format!("d-{i}")), a.clone());
+        }
+        hub.add(&Channel::control("admin"), a.clone());
+        hub.add(&Channel::tracking("d-0".to_owned()), b.clone());
+        let of = hub.channels_of(&[1, 2, 3], 3);
+        assert_eq!(of.get(&1).map(Vec::len), Some(3), "bounded per connection");
+        assert!(of[&1].iter().all(|c| c.kind != ChannelKind::Control));
+        assert_eq!(of.get(&2), Some(&vec![Channel::tracking("d-0".to_owned())]));
+        assert!(!of.contains_key(&3));
+        assert!(hub.channels_of(&[], 3).is_empty());
+    }
+
+    #[test]
     fn subscriptions_gauge_counts_clients_not_control_listeners() {
         let hub = Hub::new(Metrics::new());
         let (a, _ra) = connection(1, 4);

@@ -733,7 +733,14 @@ pub async fn control_listener(state: AppState) {
                 _ = every.tick() => reload(&state).await,
                 out = rx.recv() => match out {
                     Some(out) => match serde_json::from_str::<Control>(&out.text) {
-                        Ok(Control::Lookup { id, user }) => answer_lookup(&state, id, &user).await,
+                        // Answered beside the loop, so a slow publish does
+                        // not hold up revocations behind it.
+                        Ok(Control::Lookup { id, user }) => {
+                            let state = state.clone();
+                            state.tasks.clone().spawn(async move {
+                                answer_lookup(&state, id, &user).await;
+                            });
+                        }
                         Ok(control) => apply(&state, &control),
                         Err(e) => tracing::warn!(error = %e, "bad control message"),
                     },
