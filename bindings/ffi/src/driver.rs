@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use waypost_sdk as sdk;
 use waypost_sdk::{
-    DriverEvent, DriverHealth, DriverStats, Location, PolicyPreset, RecordOutcome,
-    SamplingRequest,
+    DriverEvent, DriverHealth, DriverStats, Location, PolicyPreset, RecordOutcome, SamplingRequest,
 };
 
 use crate::error::WaypostError;

@@ -20,8 +20,8 @@ use std::sync::Arc;
 
 use waypost_sdk::env as sdk;
 use waypost_sdk::env::{
-    AccuracyAuthorization, AppState, BatteryState, LocationPermission, MotionActivity,
-    NetworkType, PlatformSnapshot,
+    AccuracyAuthorization, AppState, BatteryState, LocationPermission, MotionActivity, NetworkType,
+    PlatformSnapshot,
 };
 
 /// The one per-process platform state. Inputs the app never sets keep
