@@ -31,14 +31,14 @@ final class PlatformMonitor: @unchecked Sendable {
             } else {
                 network = .wifi
             }
-            state.setNetwork(network: network)
+            _ = state.setNetwork(network: network)
         }
         pathMonitor.start(queue: DispatchQueue(label: "waypost.path"))
 
         DispatchQueue.main.async {
             UIDevice.current.isBatteryMonitoringEnabled = true
             self.readBattery()
-            self.state.setAppState(appState: UIApplication.shared.applicationState == .background ? .background : .foreground)
+            _ = self.state.setAppState(appState: UIApplication.shared.applicationState == .background ? .background : .foreground)
         }
         let center = NotificationCenter.default
         for name in [UIDevice.batteryLevelDidChangeNotification,
@@ -49,10 +49,10 @@ final class PlatformMonitor: @unchecked Sendable {
             })
         }
         observers.append(center.addObserver(forName: UIApplication.didEnterBackgroundNotification, object: nil, queue: .main) { [state] _ in
-            state.setAppState(appState: .background)
+            _ = state.setAppState(appState: .background)
         })
         observers.append(center.addObserver(forName: UIApplication.willEnterForegroundNotification, object: nil, queue: .main) { [state] _ in
-            state.setAppState(appState: .foreground)
+            _ = state.setAppState(appState: .foreground)
         })
     }
 
@@ -73,15 +73,15 @@ final class PlatformMonitor: @unchecked Sendable {
         case .notDetermined: permission = .notDetermined
         @unknown default: permission = .notDetermined
         }
-        state.setPermission(permission: permission)
-        state.setAccuracy(accuracy: accuracy == .reducedAccuracy ? .reduced : .precise)
+        _ = state.setPermission(permission: permission)
+        _ = state.setAccuracy(accuracy: accuracy == .reducedAccuracy ? .reduced : .precise)
     }
 
     private func readBattery() {
         let device = UIDevice.current
         let level = device.batteryLevel < 0 ? 1.0 : Double(device.batteryLevel) // -1: unknown (simulator)
         let charging = device.batteryState == .charging || device.batteryState == .full
-        state.setBattery(battery: BatteryState(level: level, charging: charging,
+        _ = state.setBattery(battery: BatteryState(level: level, charging: charging,
                                                lowPowerMode: ProcessInfo.processInfo.isLowPowerModeEnabled))
     }
 }
