@@ -18,7 +18,6 @@ final class BuyerModel: ObservableObject, BuyerListener, @unchecked Sendable {
     /// Updates flow while these live; dropping them ends tracking / leaves the room.
     private var subscriptions: [Subscription] = []
     private var byClientId: [String: ChatEntry] = [:]
-    private var platformHandler: UUID?
     private let platform: PlatformMonitor
     private var closed = false
 
@@ -40,7 +39,7 @@ final class BuyerModel: ObservableObject, BuyerListener, @unchecked Sendable {
                     dbPath: try await Task.detached { try Self.dbURL().path }.value
                 )
                 let client = try await BuyerClient.open(config: config, listener: self,
-                                                        tokens: staticToken(token: token), platform: platform)
+                                                        tokens: staticToken(token: token), platform: platform.state)
                 let subscriptions = [try client.trackDriver(driverId: self.driverId), try client.joinChat(room: self.room)]
                 let stored = try await client.messages(room: self.room, limit: 200)
                 self.opened(client, subscriptions: subscriptions, stored: stored)
@@ -61,7 +60,7 @@ final class BuyerModel: ObservableObject, BuyerListener, @unchecked Sendable {
         self.subscriptions = subscriptions
         for m in stored where byClientId[m.clientId]?.seq == nil { byClientId[m.clientId] = m }
         messages = sorted()
-        platformHandler = platform.addChangeHandler { [weak client] in try? client?.environmentChanged() }
+        // The client follows the PlatformState (offline → waits, back → reconnects) by itself.
     }
 
     /// Queues a message (works offline; SQLite outbox); the pending entry shows at once.
@@ -85,7 +84,6 @@ final class BuyerModel: ObservableObject, BuyerListener, @unchecked Sendable {
     @MainActor
     func close() {
         closed = true
-        if let id = platformHandler { platform.removeChangeHandler(id) }
         subscriptions.forEach { $0.cancel() }
         subscriptions = []
         guard let client else { return }

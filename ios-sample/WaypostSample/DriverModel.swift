@@ -15,8 +15,18 @@ import Foundation
 ///   or restricted stops updates (the buffer keeps uploading); granted again
 ///   resumes them.
 /// - Precise Location off (`accuracyAuthorization == .reducedAccuracy`):
-///   fixes of 1-5 km. The model says so, asks once for temporary full
-///   accuracy, and keeps recording.
+///   fixes of 1-5 km. The model tells the `PlatformState`; the SDK keeps
+///   those fixes marked coarse (uploaded with `"coarse": true`, never used
+///   for arrival), asks for `kCLLocationAccuracyReduced` at a slow cadence,
+///   and the health report says why. The model asks once for temporary
+///   full accuracy.
+/// - Every authorization change also goes to the `PlatformState`: denied
+///   means the SDK requests nothing (`SamplingRequest.active == false`) and
+///   the health report says so.
+///
+/// Health: `DriverHealth` reports (a listener; one per change of the set
+/// of issues, not per fix) are shown as `health`, in words a support
+/// engineer understands.
 ///
 /// Threads: nothing here blocks the main thread. Opening the driver,
 /// `recordMany` and `stats` are `async` calls the SDK runs on its own
@@ -24,11 +34,13 @@ import Foundation
 /// recording task, so fixes reach the buffer in delivery order. SDK events
 /// (SDK threads) go into another `AsyncStream` that a main-actor task
 /// consumes, which is the only writer of published state.
-final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, DriverListener, @unchecked Sendable {
+final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, DriverListener, HealthListener,
+    @unchecked Sendable {
     @Published private(set) var status = "not driving"
     @Published private(set) var events: [String] = []
     @Published private(set) var isDriving = false
     @Published private(set) var authorization = "not asked"
+    @Published private(set) var health = ""
 
     private let platform: PlatformMonitor
     private let manager = CLLocationManager()
@@ -36,7 +48,7 @@ final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, 
     private var batchSink: AsyncStream<[Location]>.Continuation?
     private var recordTask: Task<Void, Never>?
     private var driver: Driver?
-    private var platformHandler: UUID?
+    private var healthSubscription: Subscription?
     private var wantsUpdates = false
     private var askedFullAccuracy = false
 
@@ -83,7 +95,7 @@ final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, 
                 cfg.bufferPath = try await Task.detached { try Self.bufferURL().path }.value
                 // A real app passes a TokenProvider that refreshes from its backend (async).
                 let driver = try await Driver.open(config: cfg, tokens: staticToken(token: token),
-                                                   listener: self, platform: platform)
+                                                   listener: self, platform: platform.state)
                 try driver.start()
                 self.opened(driver, sampling: driver.desiredSampling())
             } catch {
@@ -100,7 +112,8 @@ final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, 
             return
         }
         self.driver = driver
-        platformHandler = platform.addChangeHandler { [weak driver] in driver?.environmentChanged() }
+        // The driver follows the PlatformState by itself; only health is listened to.
+        healthSubscription = try? driver.addHealthListener(listener: self)
         let (batches, sink) = AsyncStream.makeStream(of: [Location].self, bufferingPolicy: .bufferingNewest(256))
         batchSink = sink
         recordTask = Task { [weak self] in
@@ -132,8 +145,8 @@ final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, 
     func stop() {
         wantsUpdates = false
         manager.stopUpdatingLocation()
-        if let id = platformHandler { platform.removeChangeHandler(id) }
-        platformHandler = nil
+        healthSubscription?.cancel()
+        healthSubscription = nil
         batchSink?.finish()
         batchSink = nil
         guard let driver else { return }
@@ -158,6 +171,7 @@ final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, 
     @MainActor
     private func authorizationChanged() {
         let reduced = manager.accuracyAuthorization == .reducedAccuracy
+        platform.locationAuthorizationChanged(manager.authorizationStatus, manager.accuracyAuthorization)
         switch manager.authorizationStatus {
         case .notDetermined:
             authorization = "not asked"
@@ -169,14 +183,14 @@ final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, 
             authorization = (manager.authorizationStatus == .authorizedAlways ? "always" : "while using the app")
                 + (reduced ? " · approximate only" : " · precise")
             if reduced {
-                log("Precise Location is off: fixes of 1-5 km, the customer sees a rough position")
+                log("Precise Location is off: fixes of 1-5 km, uploaded marked coarse")
                 if !askedFullAccuracy {
                     askedFullAccuracy = true
                     // Info.plist NSLocationTemporaryUsageDescriptionDictionary["Delivery"].
                     manager.requestTemporaryFullAccuracyAuthorization(withPurposeKey: "Delivery")
                 }
             }
-            if wantsUpdates, driver != nil {
+            if wantsUpdates, let driver, driver.desiredSampling().active {
                 manager.allowsBackgroundLocationUpdates = true // needs UIBackgroundModes "location"
                 manager.showsBackgroundLocationIndicator = true
                 manager.startUpdatingLocation()
@@ -203,6 +217,16 @@ final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, 
 
     func locationManager(_ manager: CLLocationManager, didFailWithError error: Error) {
         Task { @MainActor in self.log("location error: \(error.localizedDescription)") }
+    }
+
+    // MARK: HealthListener (SDK thread): hop to the main actor.
+
+    func onHealth(health: DriverHealth) {
+        let text = health.issues.isEmpty ? "" : health.summary
+        Task { @MainActor [weak self] in
+            self?.health = text
+            self?.log("health: " + (health.issues.isEmpty ? "ok" : health.issues.map(\.code).joined(separator: ", ")))
+        }
     }
 
     // MARK: DriverListener (SDK thread): only hands the event to the stream.
@@ -237,12 +261,23 @@ final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, 
     /// The SDK's wishes, in CoreLocation terms.
     @MainActor
     private func apply(_ s: SamplingRequest) {
+        guard s.active else {
+            // Denied / not determined: the SDK wants nothing.
+            manager.stopUpdatingLocation()
+            return
+        }
         switch s.accuracy {
         case .high: manager.desiredAccuracy = kCLLocationAccuracyBest
         case .balanced: manager.desiredAccuracy = kCLLocationAccuracyNearestTenMeters
         case .low: manager.desiredAccuracy = kCLLocationAccuracyKilometer
         }
+        // Reduced accuracy: the OS fuzzes fixes anyway; ask for exactly that (iOS 14+).
+        if s.coarse { manager.desiredAccuracy = kCLLocationAccuracyReduced }
         manager.distanceFilter = s.distanceFilterM
+        if wantsUpdates, driver != nil, manager.authorizationStatus == .authorizedWhenInUse
+            || manager.authorizationStatus == .authorizedAlways {
+            manager.startUpdatingLocation() // no-op when running; resumes after a denied → granted change
+        }
     }
 
     @MainActor

@@ -8,8 +8,8 @@
 //! change, and notifies its [`HealthListener`]s only when the *set* of
 //! issues changes ([`DriverHealth::key`]): a count going from 3 to 4 does
 //! not emit, a new reason appearing or one clearing does. The figures in
-//! an emitted report are current at the time; [`Driver::health`]
-//! (crate::Driver::health) always returns fresh ones.
+//! an emitted report are current at the time;
+//! [`Driver::health`](crate::Driver::health) always returns fresh ones.
 
 #![warn(missing_docs)]
 

@@ -86,6 +86,9 @@ pub(crate) struct Inner {
     uploads_ok: AtomicU64,
     bytes_sent: AtomicU64,
     health: Mutex<HealthState>,
+    /// Serializes assess → compare → notify, so listeners see reports in
+    /// the order they were made (reentrant: a listener may call back).
+    health_emit: parking_lot::ReentrantMutex<()>,
 }
 
 /// What the health report is computed from, besides the platform and the
@@ -185,6 +188,7 @@ impl Driver {
             uploads_ok: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
             health: Mutex::new(HealthState::default()),
+            health_emit: parking_lot::ReentrantMutex::new(()),
             config,
             deps,
         });
@@ -404,6 +408,7 @@ impl Inner {
     /// Re-assesses health and tells the listeners when the set of issues
     /// changed.
     fn update_health(&self) {
+        let _in_order = self.health_emit.lock();
         let report = self.assess_health();
         let key = report.key();
         let listeners = {
