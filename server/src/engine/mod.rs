@@ -25,10 +25,11 @@ pub mod chat_memory;
 pub mod chat_redis;
 pub mod counted;
 pub mod memory;
+pub mod nats;
 mod open;
 pub mod redis;
 
-pub use open::{open, BusConfig, EngineConfig, Opened, StoreConfig};
+pub use open::{open, redacted, BusConfig, EngineConfig, Opened, StoreConfig};
 
 #[cfg(test)]
 mod chat_tests;
@@ -40,6 +41,8 @@ mod tests;
 pub enum EngineError {
     #[error("redis: {0}")]
     Redis(String),
+    #[error("nats: {0}")]
+    Nats(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("engine is shutting down")]

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 
 use super::chat::ChatStores;
+use super::nats::{NatsBus, NatsOptions};
+use super::redis::RedisTrackingStore;
 use super::redis::{RedisConn, RedisOptions};
 use super::{Engine, EngineError};
 use crate::config::Limits;
@@ -28,6 +30,8 @@ pub enum BusConfig {
     /// The store's own: the memory hub, or Redis pub/sub.
     #[default]
     Store,
+    /// NATS at `url` (needs the Redis store: watcher counts live there).
+    Nats { url: String, opts: NatsOptions },
 }
 
 /// `--engine` (the stores) and `--bus`.
@@ -73,5 +77,36 @@ pub async fn open(
                 redis: Some(conn),
             })
         }
+        (
+            StoreConfig::Redis { url, opts },
+            BusConfig::Nats {
+                url: nats_url,
+                opts: nats,
+            },
+        ) => {
+            let conn = RedisConn::connect(url, RedisOptions::clone(opts)).await?;
+            let bus = NatsBus::connect(nats_url, nats.clone(), &conn, hub).await?;
+            // The script cannot publish on NATS: the engine publishes after it.
+            let tracking = RedisTrackingStore::new(conn.clone(), limits.clone(), false);
+            Ok(Opened {
+                engine: Engine::new("nats+redis", Arc::new(bus), Arc::new(tracking)),
+                stores: Some(super::chat_redis::stores(&conn, limits)),
+                redis: Some(conn),
+            })
+        }
+        (StoreConfig::Memory, BusConfig::Nats { .. }) => Err(EngineError::Nats(
+            "--bus nats needs --engine redis (the stores and watcher counts live in Redis)".into(),
+        )),
+    }
+}
+
+/// `url` without its credentials (`rediss://user:secret@host` ->
+/// `rediss://***@host`), for messages.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
     }
 }
