@@ -12,10 +12,11 @@ use waypost_server::app::{serve, shutdown_on_signal};
 use waypost_server::auth::{AuthKeys, DEV_SECRET};
 use waypost_server::config::Limits;
 use waypost_server::driver_index::RedisDriverIndex;
+use waypost_server::engine;
 use waypost_server::engine::chat_redis;
 use waypost_server::engine::nats::NatsOptions;
+use waypost_server::engine::open::{BusConfig, EngineConfig, StoreConfig};
 use waypost_server::engine::redis::{RedisOptions, RedisTls, SentinelConfig};
-use waypost_server::engine::{self, BusConfig, EngineConfig, StoreConfig};
 use waypost_server::hub::Hub;
 use waypost_server::keys::{self, KeySource, KeyStore};
 use waypost_server::metrics::Metrics;
@@ -545,7 +546,7 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
         },
     };
     // The bus and every store, on one connection setup and key prefix.
-    let opened = engine::open(&config, Arc::clone(&hub), &limits, &metrics)
+    let opened = engine::open::open(&config, Arc::clone(&hub), &limits, &metrics)
         .await
         .with_context(|| match args.bus {
             BusKind::Engine => redis_context(),

@@ -18,7 +18,6 @@ use tokio::sync::watch;
 use waypost_protocol::{Channel, Fix};
 
 use crate::frame::Frame;
-use crate::hub::Hub;
 
 pub mod chat;
 pub mod chat_memory;
@@ -26,10 +25,9 @@ pub mod chat_redis;
 pub mod counted;
 pub mod memory;
 pub mod nats;
-mod open;
+pub mod open;
 pub mod redis;
-
-pub use open::{open, redacted, BusConfig, EngineConfig, Opened, StoreConfig};
+mod tasks;
 
 #[cfg(test)]
 mod chat_tests;
@@ -193,13 +191,6 @@ impl Engine {
         }
     }
 
-    /// The in-memory engine (one process): [`memory::MemoryEngine`] as both
-    /// bus and tracking store.
-    pub fn memory(hub: Arc<Hub>, limits: crate::config::Limits) -> Self {
-        let engine = Arc::new(memory::MemoryEngine::new(hub, limits));
-        Self::new("memory", engine.clone(), engine)
-    }
-
     /// `"memory"`, `"redis"`, `"nats+redis"`, ...
     pub fn name(&self) -> &'static str {
         self.name
@@ -266,5 +257,16 @@ impl Engine {
     /// Stops the bus's background tasks. Idempotent.
     pub async fn shutdown(&self) {
         self.bus.shutdown().await;
+    }
+}
+
+/// `url` without its credentials (`rediss://user:secret@host` ->
+/// `rediss://***@host`), for messages.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
     }
 }

@@ -39,7 +39,8 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use waypost_protocol::Channel;
 
-use super::redis::{stop_tasks, RedisConn, WatcherCounts};
+use super::redis::{RedisConn, WatcherCounts};
+use super::tasks::stop_tasks;
 use super::{Bus, EngineError};
 use crate::frame::Frame;
 use crate::hub::Hub;
@@ -173,7 +174,7 @@ impl NatsBus {
             client,
             prefix,
             requests: tx,
-            watchers: WatcherCounts::start(redis, hub),
+            watchers: redis.watcher_counts(hub),
             resubscribed: resub_rx,
             cancel,
             tasks: Mutex::new(tasks),
@@ -309,11 +310,15 @@ impl Manager {
             let want = self.hub.local_count(&ch) > 0;
             let have = self.subs.contains_key(&ch);
             if want && !have {
-                let sub = self
-                    .client
-                    .subscribe(subject(&self.prefix, &ch))
-                    .await
-                    .map_err(nats_err)?;
+                // Bounded: while the client reconnects its command queue
+                // may be full.
+                let sub = timeout(
+                    self.op_timeout,
+                    self.client.subscribe(subject(&self.prefix, &ch)),
+                )
+                .await
+                .map_err(|_| timed_out("nats subscribe", self.op_timeout))?
+                .map_err(nats_err)?;
                 let reader = tokio::spawn(read(sub, ch.clone(), Arc::clone(&self.hub)));
                 self.subs.insert(ch, reader);
                 changed = true;

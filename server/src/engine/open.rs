@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::chat::ChatStores;
 use super::nats::{NatsBus, NatsOptions};
-use super::redis::RedisTrackingStore;
+use super::redis::{RedisBus, RedisTrackingStore};
 use super::redis::{RedisConn, RedisOptions};
 use super::{Engine, EngineError};
 use crate::config::Limits;
@@ -70,7 +70,7 @@ pub async fn open(
         (StoreConfig::Redis { url, opts }, BusConfig::Store) => {
             let conn = RedisConn::connect(url, RedisOptions::clone(opts)).await?;
             let (engine, stores) =
-                super::redis::open_on(conn.clone(), hub, limits.clone(), metrics.clone()).await?;
+                redis_on(conn.clone(), hub, limits.clone(), metrics.clone()).await?;
             Ok(Opened {
                 engine,
                 stores: Some(stores),
@@ -100,13 +100,30 @@ pub async fn open(
     }
 }
 
-/// `url` without its credentials (`rediss://user:secret@host` ->
-/// `rediss://***@host`), for messages.
-pub fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
+/// Redis stores and the Redis pub/sub bus on one connection setup (the
+/// tracking store publishes from its ingest script).
+pub async fn redis(
+    url: &str,
+    hub: Arc<Hub>,
+    limits: Limits,
+    metrics: Metrics,
+    opts: RedisOptions,
+) -> Result<(Engine, ChatStores), EngineError> {
+    redis_on(RedisConn::connect(url, opts).await?, hub, limits, metrics).await
+}
+
+/// [`redis`] on a connection setup made before.
+pub async fn redis_on(
+    conn: RedisConn,
+    hub: Arc<Hub>,
+    limits: Limits,
+    metrics: Metrics,
+) -> Result<(Engine, ChatStores), EngineError> {
+    let bus = RedisBus::start(conn.clone(), hub, metrics).await?;
+    let tracking = RedisTrackingStore::new(conn.clone(), limits.clone(), true);
+    let stores = super::chat_redis::stores(&conn, &limits);
+    Ok((
+        Engine::new("redis", Arc::new(bus), Arc::new(tracking)),
+        stores,
+    ))
 }

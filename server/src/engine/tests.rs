@@ -292,9 +292,8 @@ mod redis_engine {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::engine::redis::{
-        self as backend, RedisBus, RedisConn, RedisOptions, RedisTrackingStore,
-    };
+    use crate::engine::open::redis as open_redis;
+    use crate::engine::redis::{RedisBus, RedisConn, RedisOptions, RedisTrackingStore};
     use crate::hub::ConnHandle;
 
     fn url() -> Option<String> {
@@ -312,7 +311,7 @@ mod redis_engine {
     }
 
     async fn engine(url: &str, hub: &Arc<Hub>, limits: Limits, metrics: Metrics) -> Engine {
-        backend::open(url, Arc::clone(hub), limits, metrics, opts())
+        open_redis(url, Arc::clone(hub), limits, metrics, opts())
             .await
             .unwrap()
             .0
@@ -862,7 +861,7 @@ mod redis_engine {
             ..opts()
         };
         let proxied = format!("redis://127.0.0.1:{}", proxy.port);
-        let e = backend::open(
+        let e = open_redis(
             &proxied,
             Arc::clone(&hub),
             Limits::default(),
