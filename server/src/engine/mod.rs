@@ -170,6 +170,9 @@ pub trait Bus: Send + Sync + 'static {
     async fn shutdown(&self);
 }
 
+/// How long [`Engine::publish`] waits before its one retry.
+pub const PUBLISH_RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// A bus and the stores it fans out for, built together by [`open`]: what
 /// handlers use. A new latest position is broadcast once: by the store when
 /// it reports `published` (Redis store with the Redis bus: stored and
@@ -211,9 +214,7 @@ impl Engine {
             .await?;
         if let (Some(fix), false) = (&outcome.new_latest, outcome.published) {
             let frame = Frame::location(driver_id, fix, at.origin_us);
-            self.bus
-                .publish(&Channel::tracking(driver_id), frame)
-                .await?;
+            self.publish(&Channel::tracking(driver_id), frame).await?;
             outcome.published = true;
         }
         Ok(outcome)
@@ -236,8 +237,21 @@ impl Engine {
         self.tracking.trail(driver_id, after_seq, limit).await
     }
 
+    /// Publishes on the bus; a failed publish is tried once more after
+    /// [`PUBLISH_RETRY_AFTER`]. Callers publish what they stored: a publish
+    /// lost to a blip (a command connection replaced during a failover)
+    /// would otherwise reach subscribers whose own bus stayed up only with
+    /// the next item (receivers drop a repeat by seq, so a retry of a
+    /// publish that did go out is harmless).
     pub async fn publish(&self, channel: &Channel, frame: Frame) -> Result<(), EngineError> {
-        self.bus.publish(channel, frame).await
+        match self.bus.publish(channel, frame.clone()).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::debug!(error = %e, %channel, "publish failed; trying once more");
+                tokio::time::sleep(PUBLISH_RETRY_AFTER).await;
+                self.bus.publish(channel, frame).await
+            }
+        }
     }
 
     pub async fn sync_subscription(&self, channel: &Channel) -> Result<(), EngineError> {
