@@ -10,7 +10,8 @@
 //!    is sent*. Checked: `/readyz` is 503 while NATS is down and 200 after;
 //!    the buyer's same WebSocket on B receives the last acknowledged fix and
 //!    the last acknowledged message (the re-dispatch after the resubscribe,
-//!    no "one more update"); the trail holds every acknowledged fix.
+//!    no "one more update"); a fix posted afterwards arrives live on the same
+//!    socket; the trail holds every acknowledged fix.
 //!
 //! Skipped (with a message) when redis-server or nats-server cannot run.
 
@@ -301,6 +302,23 @@ async fn nats_restart_under_traffic_leaves_no_tail_gap() -> Result<()> {
         "server B did not re-dispatch after the resubscribe"
     );
 
+    // Live traffic flows again over the resubscribed NATS subscriptions:
+    // a fix posted to A now reaches the same socket on B.
+    let client = reqwest::Client::new();
+    let next = last_fix + 1;
+    let t0 = Instant::now();
+    while post_fix(&client, &a, &driver, next).await?.is_none() {
+        ensure!(
+            t0.elapsed() < TAIL_WITHIN,
+            "ingest refused after NATS came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (live, _) = until_seen(&mut buyer, &room, Some(next), None, TAIL_WITHIN).await?;
+    ensure!(live == next, "live fix {live}, posted {next}");
+    let mut acked_all = acked.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    acked_all.push(next);
+
     // Nothing acknowledged lost.
     let r = reqwest::Client::new()
         .get(a.http(&format!("/v1/drivers/{driver}/trail?limit=1000")))
@@ -310,7 +328,7 @@ async fn nats_restart_under_traffic_leaves_no_tail_gap() -> Result<()> {
     ensure!(r.status() == StatusCode::OK, "trail: {}", r.status());
     let trail: TrailResponse = r.json().await?;
     let on_server: std::collections::BTreeSet<u64> = trail.fixes.iter().map(|f| f.seq).collect();
-    let acked = acked.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let acked = acked_all;
     let lost: Vec<u64> = acked
         .iter()
         .copied()
