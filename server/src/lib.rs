@@ -23,6 +23,7 @@ pub mod orders;
 pub mod revocation;
 pub mod routes;
 pub mod state;
+pub mod tail;
 pub mod webhooks;
 
 /// Wall clock in Unix epoch seconds.

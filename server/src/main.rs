@@ -13,9 +13,11 @@ use waypost_server::auth::{AuthKeys, DEV_SECRET};
 use waypost_server::cluster::RedisNodeStats;
 use waypost_server::config::Limits;
 use waypost_server::driver_index::RedisDriverIndex;
+use waypost_server::engine;
 use waypost_server::engine::chat_redis;
+use waypost_server::engine::nats::NatsOptions;
+use waypost_server::engine::open::{BusConfig, EngineConfig, StoreConfig};
 use waypost_server::engine::redis::{RedisOptions, RedisTls, SentinelConfig};
-use waypost_server::engine::{self, BusConfig, EngineConfig, StoreConfig};
 use waypost_server::hub::Hub;
 use waypost_server::keys::{self, KeySource, KeyStore};
 use waypost_server::metrics::Metrics;
@@ -45,6 +47,15 @@ struct Cli {
 enum EngineKind {
     Memory,
     Redis,
+}
+
+/// What fans out between processes.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum BusKind {
+    /// The engine's own: none for memory, pub/sub for Redis.
+    Engine,
+    /// NATS at --nats-url (needs --engine redis for the stores).
+    Nats,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -102,6 +113,18 @@ struct ServeArgs {
     /// Storage and fan-out engine.
     #[arg(long, value_enum, default_value = "memory", env = "WAYPOST_ENGINE")]
     engine: EngineKind,
+    /// The bus between processes: the engine's own, or NATS (state stays
+    /// in Redis).
+    #[arg(long, value_enum, default_value = "engine", env = "WAYPOST_BUS")]
+    bus: BusKind,
+    /// NATS URL for `--bus nats` (`nats://host:4222`; several servers of
+    /// one cluster comma-separated).
+    #[arg(
+        long,
+        env = "WAYPOST_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    nats_url: String,
     /// Redis URL for `--engine redis`.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
@@ -504,7 +527,12 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
         wait_timeout: args.redis_wait_timeout,
         ..RedisOptions::default()
     };
-    let redis_context = || format!("connecting to Redis at {}", redacted(&args.redis_url));
+    let redis_context = || {
+        format!(
+            "connecting to Redis at {}",
+            engine::redacted(&args.redis_url)
+        )
+    };
     let config = EngineConfig {
         store: match args.engine {
             EngineKind::Memory => StoreConfig::Memory,
@@ -513,12 +541,28 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
                 opts: Box::new(redis_opts.clone()),
             },
         },
-        bus: BusConfig::Store,
+        bus: match args.bus {
+            BusKind::Engine => BusConfig::Store,
+            BusKind::Nats => BusConfig::Nats {
+                url: args.nats_url.clone(),
+                opts: NatsOptions {
+                    subject_prefix: redis_opts.key_prefix.clone(),
+                    ..NatsOptions::default()
+                },
+            },
+        },
     };
     // The bus and every store, on one connection setup and key prefix.
-    let opened = engine::open(&config, Arc::clone(&hub), &limits, &metrics)
+    let opened = engine::open::open(&config, Arc::clone(&hub), &limits, &metrics)
         .await
-        .with_context(redis_context)?;
+        .with_context(|| match args.bus {
+            BusKind::Engine => redis_context(),
+            BusKind::Nats => format!(
+                "connecting to NATS at {} and Redis at {}",
+                engine::redacted(&args.nats_url),
+                engine::redacted(&args.redis_url)
+            ),
+        })?;
     let (engine, stores) = (opened.engine, opened.stores);
     if args.order_stream.is_some() && args.engine != EngineKind::Redis {
         anyhow::bail!("--order-stream needs --engine redis");
@@ -595,17 +639,6 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `url` without its credentials (`rediss://user:secret@host` ->
-/// `rediss://***@host`), for messages.
-fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::connection_cap;
@@ -613,11 +646,11 @@ mod tests {
     #[test]
     fn redis_urls_lose_their_credentials_in_messages() {
         assert_eq!(
-            super::redacted("rediss://default:s3cret@redis.example:6380/0"),
+            super::engine::redacted("rediss://default:s3cret@redis.example:6380/0"),
             "rediss://***@redis.example:6380/0"
         );
         assert_eq!(
-            super::redacted("redis://127.0.0.1:6379"),
+            super::engine::redacted("redis://127.0.0.1:6379"),
             "redis://127.0.0.1:6379"
         );
     }

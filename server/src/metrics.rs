@@ -32,6 +32,9 @@ pub struct Metrics {
     pub slow_consumers: IntCounter,
     pub engine_errors: IntCounter,
     pub redis_reconnects: IntCounter,
+    /// Newest items dispatched again after the bus resubscribed (the tail
+    /// re-dispatch, `crate::tail`).
+    pub tail_redispatched: IntCounter,
     /// Limit hits by kind (`ingest`, `ws_rate`, `connections`, ...).
     pub limit_hits: IntCounterVec,
 }
@@ -101,6 +104,11 @@ impl Metrics {
                 .unwrap_or_else(|_| unreachable_metric()),
             redis_reconnects: IntCounter::new("redis_reconnects_total", "Redis pub/sub reconnects")
                 .unwrap_or_else(|_| unreachable_metric()),
+            tail_redispatched: IntCounter::new(
+                "tail_redispatched_total",
+                "Newest items of local channels dispatched again after the bus resubscribed",
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
             limit_hits: IntCounterVec::new(
                 Opts::new(
                     "limit_hits_total",
@@ -123,6 +131,7 @@ impl Metrics {
             Box::new(m.slow_consumers.clone()),
             Box::new(m.engine_errors.clone()),
             Box::new(m.redis_reconnects.clone()),
+            Box::new(m.tail_redispatched.clone()),
             Box::new(m.limit_hits.clone()),
         ];
         for c in collectors {

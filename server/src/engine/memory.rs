@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use waypost_protocol::{Channel, Fix};
 
-use super::{Bus, EngineError, IngestOutcome, IngestTime, StoredFix, TrackingStore};
+use super::{Bus, Engine, EngineError, IngestOutcome, IngestTime, StoredFix, TrackingStore};
 use crate::config::Limits;
 use crate::frame::Frame;
 use crate::hub::Hub;
@@ -77,6 +77,15 @@ impl MemoryEngine {
 
     fn ttl_ms(&self) -> i64 {
         self.limits.online_ttl.as_millis() as i64
+    }
+}
+
+impl Engine {
+    /// The in-memory engine (one process): one [`MemoryEngine`] as both bus
+    /// and tracking store.
+    pub fn memory(hub: Arc<Hub>, limits: Limits) -> Self {
+        let engine = Arc::new(MemoryEngine::new(hub, limits));
+        Self::new("memory", engine.clone(), engine)
     }
 }
 

@@ -18,17 +18,16 @@ use tokio::sync::watch;
 use waypost_protocol::{Channel, Fix};
 
 use crate::frame::Frame;
-use crate::hub::Hub;
 
 pub mod chat;
 pub mod chat_memory;
 pub mod chat_redis;
 pub mod counted;
 pub mod memory;
-mod open;
+pub mod nats;
+pub mod open;
 pub mod redis;
-
-pub use open::{open, BusConfig, EngineConfig, Opened, StoreConfig};
+mod tasks;
 
 #[cfg(test)]
 mod chat_tests;
@@ -40,6 +39,8 @@ mod tests;
 pub enum EngineError {
     #[error("redis: {0}")]
     Redis(String),
+    #[error("nats: {0}")]
+    Nats(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("engine is shutting down")]
@@ -169,6 +170,9 @@ pub trait Bus: Send + Sync + 'static {
     async fn shutdown(&self);
 }
 
+/// How long [`Engine::publish`] waits before its one retry.
+pub const PUBLISH_RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// A bus and the stores it fans out for, built together by [`open`]: what
 /// handlers use. A new latest position is broadcast once: by the store when
 /// it reports `published` (Redis store with the Redis bus: stored and
@@ -188,13 +192,6 @@ impl Engine {
             tracking,
             name,
         }
-    }
-
-    /// The in-memory engine (one process): [`memory::MemoryEngine`] as both
-    /// bus and tracking store.
-    pub fn memory(hub: Arc<Hub>, limits: crate::config::Limits) -> Self {
-        let engine = Arc::new(memory::MemoryEngine::new(hub, limits));
-        Self::new("memory", engine.clone(), engine)
     }
 
     /// `"memory"`, `"redis"`, `"nats+redis"`, ...
@@ -217,9 +214,7 @@ impl Engine {
             .await?;
         if let (Some(fix), false) = (&outcome.new_latest, outcome.published) {
             let frame = Frame::location(driver_id, fix, at.origin_us);
-            self.bus
-                .publish(&Channel::tracking(driver_id), frame)
-                .await?;
+            self.publish(&Channel::tracking(driver_id), frame).await?;
             outcome.published = true;
         }
         Ok(outcome)
@@ -242,8 +237,21 @@ impl Engine {
         self.tracking.trail(driver_id, after_seq, limit).await
     }
 
+    /// Publishes on the bus; a failed publish is tried once more after
+    /// [`PUBLISH_RETRY_AFTER`]. Callers publish what they stored: a publish
+    /// lost to a blip (a command connection replaced during a failover)
+    /// would otherwise reach subscribers whose own bus stayed up only with
+    /// the next item (receivers drop a repeat by seq, so a retry of a
+    /// publish that did go out is harmless).
     pub async fn publish(&self, channel: &Channel, frame: Frame) -> Result<(), EngineError> {
-        self.bus.publish(channel, frame).await
+        match self.bus.publish(channel, frame.clone()).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::debug!(error = %e, %channel, "publish failed; trying once more");
+                tokio::time::sleep(PUBLISH_RETRY_AFTER).await;
+                self.bus.publish(channel, frame).await
+            }
+        }
     }
 
     pub async fn sync_subscription(&self, channel: &Channel) -> Result<(), EngineError> {
@@ -263,5 +271,16 @@ impl Engine {
     /// Stops the bus's background tasks. Idempotent.
     pub async fn shutdown(&self) {
         self.bus.shutdown().await;
+    }
+}
+
+/// `url` without its credentials (`rediss://user:secret@host` ->
+/// `rediss://***@host`), for messages.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
     }
 }
