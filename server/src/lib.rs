@@ -22,6 +22,7 @@ pub mod orders;
 pub mod revocation;
 pub mod routes;
 pub mod state;
+pub mod trail;
 pub mod webhooks;
 
 /// Wall clock in Unix epoch seconds.

@@ -59,6 +59,10 @@ pub struct IngestOutcome {
     /// driver go out in the order its latest position changed; otherwise the
     /// caller publishes.
     pub published: bool,
+    /// The `ts` of the driver's latest position before this ingest, when
+    /// `new_latest` replaced one that had not expired (what watchers saw
+    /// last).
+    pub previous_ts: Option<i64>,
 }
 
 /// When an ingest happens: the server time used for storage and expiry,
@@ -68,6 +72,10 @@ pub struct IngestOutcome {
 pub struct IngestTime {
     pub now_ms: i64,
     pub origin_us: i64,
+    /// Whether the engine may broadcast the new latest position itself
+    /// (false: the caller has frames to send before it, e.g. a `trail`, and
+    /// publishes the `location` afterwards).
+    pub publish_live: bool,
 }
 
 /// A request received at `now_ms`.
@@ -76,6 +84,7 @@ impl From<i64> for IngestTime {
         Self {
             now_ms,
             origin_us: now_ms.saturating_mul(1000),
+            publish_live: true,
         }
     }
 }

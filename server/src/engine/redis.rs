@@ -273,7 +273,8 @@ impl Engine for RedisEngine {
             .fold(None::<(usize, &Fix)>, |best, (i, f)| match best {
                 Some((_, b)) if f.ts < b.ts => best,
                 _ => Some((i, f)),
-            });
+            })
+            .filter(|_| at.publish_live);
         inv.arg(self.keys.channel(&tracking))
             .arg(candidate.map_or(0, |(i, _)| i + 1))
             .arg(candidate.map_or_else(String::new, |(_, f)| {
@@ -291,7 +292,14 @@ impl Engine for RedisEngine {
         }
         let mut conn = self.cmd.conn();
         let same = conn.clone();
-        let (accepted, latest_index, watchers, published): (u32, usize, u64, u8) = self
+        let (accepted, latest_index, watchers, published, had_previous, previous_ts): (
+            u32,
+            usize,
+            u64,
+            u8,
+            u8,
+            i64,
+        ) = self
             .cmd
             .run_acked(same, inv.invoke_async(&mut conn))
             .await?;
@@ -305,6 +313,7 @@ impl Engine for RedisEngine {
             watchers,
             new_latest,
             published: published == 1,
+            previous_ts: (had_previous == 1).then_some(previous_ts),
         })
     }
 

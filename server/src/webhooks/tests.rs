@@ -390,31 +390,3 @@ async fn redis_queue_survives_a_restart() {
         assert_eq!(recv.lock().accepted.get(id), Some(&1), "{id}");
     }
 }
-
-#[tokio::test]
-async fn driver_online_then_offline_after_the_ttl() {
-    let cfg = fast_cfg("http://127.0.0.1:9/unused");
-    let ep = endpoint_key(&cfg.endpoints[0]);
-    let queue = Arc::new(MemoryWebhookQueue::new());
-    let hooks = hooks_with(cfg, queue.clone(), Arc::new(Down))
-        .with_presence(Arc::new(drivers::MemoryDriverPresence::default()));
-    let now = crate::now_ms();
-    hooks.driver_seen("d-1", now).await;
-    hooks.driver_seen("d-1", now + 10).await;
-    let tracker = TaskTracker::new();
-    let cancel = CancellationToken::new();
-    hooks.spawn_sweeper(Duration::from_millis(200), &tracker, &cancel);
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    cancel.cancel();
-    tracker.close();
-    tracker.wait().await;
-    let mut kinds = Vec::new();
-    while let Some(p) = queue.claim(&ep, i64::MAX / 2, 1).await.unwrap() {
-        let ev: WebhookEvent = serde_json::from_str(&p.body).unwrap();
-        assert_eq!(ev.data["driver_id"], "d-1");
-        kinds.push(ev.kind);
-        queue.done(&ep, &p.event_id).await.unwrap();
-    }
-    kinds.sort();
-    assert_eq!(kinds, vec!["driver.offline", "driver.online"], "once each");
-}
