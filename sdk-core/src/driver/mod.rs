@@ -21,6 +21,7 @@ pub mod buffer;
 mod config;
 pub mod filter;
 pub mod policy;
+mod silence;
 mod uploader;
 
 #[cfg(test)]
@@ -83,6 +84,8 @@ pub(crate) struct Inner {
     requests: AtomicU64,
     uploads_ok: AtomicU64,
     bytes_sent: AtomicU64,
+    /// Why uploads are not getting through, for the next one that does.
+    silence: Mutex<silence::SilenceTracker>,
 }
 
 /// A recording, uploading driver. Create with [`Driver::open`] (real I/O)
@@ -160,6 +163,7 @@ impl Driver {
             requests: AtomicU64::new(0),
             uploads_ok: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
+            silence: Mutex::new(silence::SilenceTracker::default()),
             config,
             deps,
         });
