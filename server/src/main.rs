@@ -167,6 +167,10 @@ struct ServeArgs {
     /// How long shutdown waits for in-flight work.
     #[arg(long, env = "WAYPOST_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+    /// A driver with no upload for this long is offline: its latest
+    /// position expires and watchers get `driver_status` `offline`.
+    #[arg(long, env = "WAYPOST_ONLINE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    online_ttl: Duration,
     /// Interval of the `: keepalive` comment on SSE streams.
     #[arg(long, env = "WAYPOST_SSE_KEEPALIVE", default_value = "25s", value_parser = humantime::parse_duration)]
     sse_keepalive: Duration,
@@ -463,6 +467,7 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
         ws_queue_frames: args.ws_queue,
         drain_timeout: args.drain_timeout,
         sse_keepalive: args.sse_keepalive,
+        online_ttl: args.online_ttl,
         chat_history_len: args.chat_history,
         notification_history_len: args.notification_history,
         presence_ttl: args.presence_ttl,

@@ -2,12 +2,14 @@
 //! watchers missed, sent as one `trail` frame before the `location` of the
 //! upload that filled it.
 //!
-//! A batch may fill a gap when it carries at least two fixes spanning
-//! [`MIN_GAP_MS`] or more of fix time (a phone uploading at the watched
-//! rate sends a few seconds per batch; one that was dark sends the whole
-//! silence at once). The segment is every fix of the batch newer than what
-//! watchers saw last (the replaced latest position, when it had not
-//! expired) and older than the new latest, by `ts`, thinned: fixes closer
+//! A batch may fill a gap when it carries at least two fixes and either
+//! spans [`MIN_GAP_MS`] or more of fix time or holds a fix that old (a
+//! phone uploading at the watched rate sends the last few seconds per
+//! batch; one that was dark sends the silence at once, or drains it in
+//! several batches of old fixes). The segment is every fix of the batch
+//! newer than what watchers saw last (the replaced latest position, when
+//! it had not expired) and older than the new latest, by `ts`, thinned:
+//! fixes closer
 //! than [`MIN_STEP_M`] to the last kept one are dropped (GPS jitter while
 //! standing), then at most [`MAX_TRAIL_FIXES`] evenly spaced by index are
 //! kept, the first and the last always among them.
@@ -23,31 +25,27 @@ pub const MIN_GAP_MS: i64 = 15_000;
 /// Fixes closer than this to the previous kept one are dropped, metres.
 pub const MIN_STEP_M: f64 = 10.0;
 
-/// Whether `fixes` may fill a gap in what watchers saw (cheap; decides
-/// whether the caller publishes the live frame itself).
-pub fn may_fill_gap(fixes: &[Fix]) -> bool {
+/// Whether `fixes`, received at `now_ms`, may fill a gap in what watchers
+/// saw (cheap; decides whether the caller publishes the live frame
+/// itself).
+pub fn may_fill_gap(fixes: &[Fix], now_ms: i64) -> bool {
     let (Some(lo), Some(hi)) = (
         fixes.iter().map(|f| f.ts).min(),
         fixes.iter().map(|f| f.ts).max(),
     ) else {
         return false;
     };
-    fixes.len() >= 2 && hi - lo >= MIN_GAP_MS
+    fixes.len() >= 2 && (hi - lo >= MIN_GAP_MS || now_ms - lo >= MIN_GAP_MS)
 }
 
 /// The thinned segment between `previous_ts` (what watchers saw last;
-/// `None`: nothing live) and `newest` (exclusive both), oldest first;
-/// empty when the batch did not fill a gap of [`MIN_GAP_MS`].
+/// `None`: nothing live) and `newest` (exclusive both), oldest first.
 pub fn segment(fixes: &[Fix], previous_ts: Option<i64>, newest: &Fix) -> Vec<Fix> {
     let mut seg: Vec<&Fix> = fixes
         .iter()
         .filter(|f| f.ts < newest.ts && previous_ts.is_none_or(|p| f.ts > p))
         .collect();
     seg.sort_by_key(|f| (f.ts, f.seq));
-    let from = previous_ts.or(seg.first().map(|f| f.ts));
-    if seg.is_empty() || from.is_none_or(|t| newest.ts - t < MIN_GAP_MS) {
-        return Vec::new();
-    }
     thin(&seg, MIN_STEP_M, MAX_TRAIL_FIXES)
 }
 
@@ -117,11 +115,14 @@ mod tests {
     }
 
     #[test]
-    fn only_batches_spanning_a_silence_may_fill_a_gap() {
-        assert!(!may_fill_gap(&[]));
-        assert!(!may_fill_gap(&[at(1, 0.0)]));
-        assert!(!may_fill_gap(&[at(1, 0.0), at(5, 40.0)]));
-        assert!(may_fill_gap(&[at(1, 0.0), at(16, 150.0)]));
+    fn only_batches_spanning_or_after_a_silence_may_fill_a_gap() {
+        let now = 6_000;
+        assert!(!may_fill_gap(&[], now));
+        assert!(!may_fill_gap(&[at(1, 0.0)], now));
+        assert!(!may_fill_gap(&[at(1, 0.0), at(5, 40.0)], now));
+        assert!(may_fill_gap(&[at(1, 0.0), at(16, 150.0)], 17_000));
+        // A later batch draining a backlog: short but old.
+        assert!(may_fill_gap(&[at(1, 0.0), at(5, 40.0)], 30_000));
     }
 
     #[test]
@@ -137,8 +138,9 @@ mod tests {
         let seg = segment(&batch, Some(30_000), &newest);
         assert_eq!(seg.first().map(|f| f.seq), Some(31));
         assert_eq!(seg.last().map(|f| f.seq), Some(59));
-        // Seen up to fix 50: 10 s missed, no gap worth a trail.
-        assert!(segment(&batch, Some(50_000), &newest).is_empty());
+        // Seen up to fix 58: one fix between.
+        assert_eq!(segment(&batch, Some(58_000), &newest).len(), 1);
+        assert!(segment(&batch, Some(59_000), &newest).is_empty());
         // Nothing live: the batch's own span counts.
         assert_eq!(segment(&batch, None, &newest).len(), 59);
     }

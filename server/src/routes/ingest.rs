@@ -97,7 +97,7 @@ async fn ingest(
     let (req, high_seq) = parse_batch(encoding, body, &state.limits, now)?;
     // A batch that may fill a gap in what watchers saw: the engine leaves
     // the live frame to us, so the `trail` goes out before it.
-    let gap = crate::trail::may_fill_gap(&req.fixes);
+    let gap = crate::trail::may_fill_gap(&req.fixes, now);
     let outcome = state
         .engine
         .ingest(
