@@ -72,7 +72,7 @@ pub fn order_location_frame(order_id: &str, driver_id: &str, fix: &Fix, origin_u
 #[derive(Clone)]
 pub struct OrderService {
     pub orders: Orders,
-    engine: Arc<dyn Engine>,
+    engine: Arc<Engine>,
     webhooks: Option<Arc<Webhooks>>,
     /// Online drivers: `driver_status` frames and presence webhooks.
     presence: Arc<dyn DriverPresence>,
@@ -81,7 +81,7 @@ pub struct OrderService {
 impl OrderService {
     pub fn new(
         orders: Orders,
-        engine: Arc<dyn Engine>,
+        engine: Arc<Engine>,
         webhooks: Option<Arc<Webhooks>>,
         presence: Arc<dyn DriverPresence>,
     ) -> Self {

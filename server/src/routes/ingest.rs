@@ -324,10 +324,9 @@ mod tests {
     /// `newer_live`, the older fixes of a batch as `newer_in_batch`.
     #[tokio::test]
     async fn superseded_fixes_are_counted_by_reason() {
-        use crate::engine::Engine;
         let metrics = crate::metrics::Metrics::new();
         let hub = std::sync::Arc::new(crate::hub::Hub::new(metrics.clone()));
-        let engine = crate::engine::memory::MemoryEngine::new(hub, Limits::default());
+        let engine = crate::engine::Engine::memory(hub, Limits::default());
         let fix = |seq: u64, ts: i64| -> waypost_protocol::Fix {
             serde_json::from_value(
                 serde_json::json!({"seq": seq, "ts": ts, "lat": 1.0, "lon": 2.0}),
