@@ -53,6 +53,11 @@ class Recorder(waypost.BuyerListener):
         self.messages = []
         self.outgoing = []
         self.errors = []
+        self.trails = []
+        self.statuses = []
+        # Trails and locations in arrival order: ("trail", TrailUpdate) /
+        # ("location", LocationUpdate).
+        self.path = []
 
     def _seen(self, bucket, item):
         with self.lock:
@@ -64,6 +69,8 @@ class Recorder(waypost.BuyerListener):
 
     def on_location(self, update):
         self._seen(self.locations, update)
+        with self.lock:
+            self.path.append(("location", update))
 
     def on_message(self, message):
         self._seen(self.messages, message)
@@ -79,6 +86,14 @@ class Recorder(waypost.BuyerListener):
 
     def on_error(self, reference, code, message):
         self._seen(self.errors, (reference, code, message))
+
+    def on_trail(self, trail):
+        self._seen(self.trails, trail)
+        with self.lock:
+            self.path.append(("trail", trail))
+
+    def on_driver_status(self, status):
+        self._seen(self.statuses, status)
 
 
 class Events(waypost.DriverListener):
