@@ -10,6 +10,10 @@ final class BuyerModel: ObservableObject, BuyerListener, @unchecked Sendable {
     @Published private(set) var messages: [ChatEntry] = []
     @Published private(set) var typing: String?
     @Published private(set) var lastError: String?
+    /// The courier's path through the last dead zone (draw it as a line), oldest first.
+    @Published private(set) var deadZonePath: [LocationUpdate] = []
+    /// "Courier offline since …" / "Courier back after 45 s (offline)".
+    @Published private(set) var courierStatus: String?
 
     let me: String
     let room: String
@@ -134,6 +138,25 @@ final class BuyerModel: ObservableObject, BuyerListener, @unchecked Sendable {
             if self.byClientId[message.clientId]?.seq == nil { self.byClientId[message.clientId] = message }
             self.messages = self.sorted()
         }
+    }
+
+    func onTrail(trail: TrailUpdate) {
+        guard trail.driverId == driverId else { return }
+        let path = trail.fixes
+        Task { @MainActor in self.deadZonePath = path }
+    }
+
+    func onDriverStatus(status: DriverStatusUpdate) {
+        guard status.driverId == driverId else { return }
+        let text: String
+        if status.online {
+            let why = status.reason.map { " (\($0))" } ?? ""
+            text = "Courier back after \((status.darkMs ?? 0) / 1000) s\(why)"
+        } else {
+            let since = Date(timeIntervalSince1970: Double(status.lastSeenMs) / 1000)
+            text = "Courier offline since \(since.formatted(date: .omitted, time: .standard))"
+        }
+        Task { @MainActor in self.courierStatus = text }
     }
 
     func onPresence(update: PresenceUpdate) {}

@@ -115,6 +115,21 @@ pub enum ServerFrame {
         fix: Fix,
     },
     Message(ChatMessage),
+    /// The segment of a driver's path watchers missed (a dead zone), oldest
+    /// first, thinned to at most [`MAX_TRAIL_FIXES`](crate::MAX_TRAIL_FIXES);
+    /// sent before the `location` of the upload that filled it.
+    Trail {
+        channel: String,
+        driver_id: String,
+        fixes: Vec<Fix>,
+    },
+    /// A driver went quiet past the online TTL, or came back.
+    DriverStatus {
+        channel: String,
+        driver_id: String,
+        #[serde(flatten)]
+        body: crate::DriverStatusBody,
+    },
     /// An order timeline entry on `order:{id}` (the shape of
     /// [`OrderFrame`](crate::OrderFrame), which the server writes).
     Order {
@@ -235,6 +250,92 @@ mod tests {
             }
         );
         assert_eq!(f.to_json(), text);
+    }
+
+    #[test]
+    fn trail_and_driver_status_round_trip() {
+        let t = ServerFrame::Trail {
+            channel: "tracking:d1".into(),
+            driver_id: "d1".into(),
+            fixes: vec![Fix::new(4, 10, 1.0, 2.0), Fix::new(5, 20, 1.5, 2.5)],
+        };
+        let text = t.to_json();
+        assert!(
+            text.starts_with(
+                r#"{"type":"trail","channel":"tracking:d1","driver_id":"d1","fixes":[{"seq":4,"#
+            ),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<ServerFrame>(&text).unwrap(), t);
+
+        let back = ServerFrame::DriverStatus {
+            channel: "order:o1".into(),
+            driver_id: "d1".into(),
+            body: crate::DriverStatusBody {
+                status: crate::DriverState::Online,
+                last_seen_ms: 1_000,
+                dark_ms: Some(45_000),
+                reason: Some(crate::SilenceReason::Offline),
+                buffered: Some(45),
+            },
+        };
+        let text = back.to_json();
+        assert_eq!(
+            text,
+            r#"{"type":"driver_status","channel":"order:o1","driver_id":"d1","status":"online","last_seen_ms":1000,"dark_ms":45000,"reason":"offline","buffered":45}"#
+        );
+        assert_eq!(serde_json::from_str::<ServerFrame>(&text).unwrap(), back);
+        let dark = ServerFrame::DriverStatus {
+            channel: "tracking:d1".into(),
+            driver_id: "d1".into(),
+            body: crate::DriverStatusBody {
+                status: crate::DriverState::Offline,
+                last_seen_ms: 1_000,
+                dark_ms: None,
+                reason: None,
+                buffered: None,
+            },
+        };
+        let text = dark.to_json();
+        assert_eq!(
+            text,
+            r#"{"type":"driver_status","channel":"tracking:d1","driver_id":"d1","status":"offline","last_seen_ms":1000}"#
+        );
+        assert_eq!(serde_json::from_str::<ServerFrame>(&text).unwrap(), dark);
+        // A reason a newer SDK or server knows reads as `unknown`.
+        let v: crate::Silence =
+            serde_json::from_str(r#"{"reason":"airplane_mode","dark_ms":5}"#).unwrap();
+        assert_eq!(v.reason, crate::SilenceReason::Unknown);
+        assert_eq!(v.dark_ms, Some(5));
+    }
+
+    #[test]
+    fn ingest_silence_is_optional_and_compatible() {
+        let old: crate::IngestRequest = serde_json::from_str(
+            r#"{"device_id":"p","fixes":[{"seq":1,"ts":1,"lat":1.0,"lon":2.0}]}"#,
+        )
+        .unwrap();
+        assert_eq!(old.silence, None);
+        assert!(!serde_json::to_string(&old).unwrap().contains("silence"));
+        let new = crate::IngestRequest {
+            silence: Some(crate::Silence {
+                reason: crate::SilenceReason::BatterySaver,
+                dark_ms: Some(60_000),
+                buffered: Some(12),
+            }),
+            ..old
+        };
+        let text = serde_json::to_string(&new).unwrap();
+        assert!(
+            text.ends_with(
+                r#""silence":{"reason":"battery_saver","dark_ms":60000,"buffered":12}}"#
+            ),
+            "{text}"
+        );
+        assert_eq!(
+            serde_json::from_str::<crate::IngestRequest>(&text).unwrap(),
+            new
+        );
     }
 
     #[test]

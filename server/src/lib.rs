@@ -24,6 +24,7 @@ pub mod revocation;
 pub mod routes;
 pub mod state;
 pub mod tail;
+pub mod trail;
 pub mod webhooks;
 
 /// Wall clock in Unix epoch seconds.

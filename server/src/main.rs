@@ -23,15 +23,13 @@ use waypost_server::keys::{self, KeySource, KeyStore};
 use waypost_server::metrics::Metrics;
 use waypost_server::orders::live::OrderService;
 use waypost_server::orders::memory::MemoryOrderStore;
+use waypost_server::orders::presence::{DriverPresence, MemoryDriverPresence, RedisDriverPresence};
 use waypost_server::orders::redis::RedisOrderStore;
 use waypost_server::orders::store::OrderStore;
 use waypost_server::orders::stream::{self as order_stream, StreamConfig, StreamMetrics};
 use waypost_server::orders::{OrderLimits, Orders};
 use waypost_server::revocation::RedisRevocationStore;
 use waypost_server::state::AppState;
-use waypost_server::webhooks::drivers::{
-    DriverPresence, MemoryDriverPresence, RedisDriverPresence,
-};
 use waypost_server::webhooks::queue::{MemoryWebhookQueue, WebhookQueue};
 use waypost_server::webhooks::queue_redis::RedisWebhookQueue;
 use waypost_server::webhooks::{HttpSender, WebhookConfig, WebhookMetrics, Webhooks};
@@ -193,6 +191,10 @@ struct ServeArgs {
     /// How long shutdown waits for in-flight work.
     #[arg(long, env = "WAYPOST_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+    /// A driver with no upload for this long is offline: its latest
+    /// position expires and watchers get `driver_status` `offline`.
+    #[arg(long, env = "WAYPOST_ONLINE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    online_ttl: Duration,
     /// Interval of the `: keepalive` comment on SSE streams.
     #[arg(long, env = "WAYPOST_SSE_KEEPALIVE", default_value = "25s", value_parser = humantime::parse_duration)]
     sse_keepalive: Duration,
@@ -415,14 +417,8 @@ fn start_webhooks(
     let wm = WebhookMetrics::new()?;
     wm.register(metrics.registry())?;
     let sender = Arc::new(HttpSender::new(cfg.timeout)?);
-    let presence: Arc<dyn DriverPresence> = match redis {
-        Some(conn) => Arc::new(RedisDriverPresence::new(conn.clone())),
-        None => Arc::new(MemoryDriverPresence::default()),
-    };
     tracing::info!(endpoints = cfg.endpoints.len(), "webhooks on");
-    Ok(Some(
-        Webhooks::system(cfg, queue, sender, wm).with_presence(presence),
-    ))
+    Ok(Some(Webhooks::system(cfg, queue, sender, wm)))
 }
 
 /// Pending connections the kernel queues before `accept`: a reconnect storm
@@ -501,6 +497,7 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
         ws_queue_frames: args.ws_queue,
         drain_timeout: args.drain_timeout,
         sse_keepalive: args.sse_keepalive,
+        online_ttl: args.online_ttl,
         chat_history_len: args.chat_history,
         notification_history_len: args.notification_history,
         presence_ttl: args.presence_ttl,
@@ -593,16 +590,23 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
         Some(conn) => Arc::new(RedisOrderStore::new(conn.clone(), OrderLimits::default())),
         None => Arc::new(MemoryOrderStore::new(OrderLimits::default())),
     };
+    let presence: Arc<dyn DriverPresence> = match &redis_conn {
+        Some(conn) => Arc::new(RedisDriverPresence::new(conn.clone())),
+        None => Arc::new(MemoryDriverPresence::default()),
+    };
     let engine = Arc::clone(&state.engine);
     state = state.with_orders(OrderService::new(
         Orders::new(order_store),
         engine,
         webhooks.clone(),
+        presence,
     ));
     if let Some(hooks) = &webhooks {
         hooks.spawn(&state.tasks, &state.shutdown);
-        hooks.spawn_sweeper(state.limits.online_ttl, &state.tasks, &state.shutdown);
     }
+    state
+        .orders
+        .spawn_presence_sweeper(state.limits.online_ttl, &state.tasks, &state.shutdown);
     if let Some(key) = &args.order_stream {
         let conn = chat_redis::connect(&args.redis_url, &redis_opts)
             .await

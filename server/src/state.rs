@@ -122,6 +122,7 @@ impl AppState {
             Orders::new(Arc::new(MemoryOrderStore::new(OrderLimits::default()))),
             Arc::clone(&engine),
             None,
+            Arc::new(crate::orders::presence::MemoryDriverPresence::default()),
         );
         Self(Arc::new(Shared {
             orders,

@@ -7,7 +7,8 @@ use std::sync::{Arc, Weak};
 
 use waypost_sdk::buyer as sdk;
 use waypost_sdk::buyer::{
-    ChatEntry, ConnectionState, LocationUpdate, OrderEntry, PresenceUpdate, TypingUpdate,
+    ChatEntry, ConnectionState, DriverStatusUpdate, LocationUpdate, OrderEntry, PresenceUpdate,
+    TrailUpdate, TypingUpdate,
 };
 
 use crate::error::WaypostError;
@@ -97,6 +98,13 @@ pub trait BuyerListener: Send + Sync {
     /// The server refused something: `reference` is the channel of a
     /// refused subscription, or the client id or room of a refused message.
     fn on_error(&self, reference: String, code: String, message: String);
+    /// A tracked driver's path through a dead zone (the fixes watchers
+    /// missed, oldest first, thinned), right before the `on_location` that
+    /// follows it: draw it instead of a jump.
+    fn on_trail(&self, trail: TrailUpdate);
+    /// A tracked driver went dark (no upload for the server's online TTL)
+    /// or came back (`dark_ms`, and `reason` when its phone said why).
+    fn on_driver_status(&self, status: DriverStatusUpdate);
 }
 
 /// Calls a foreign listener; a callback that throws is logged, not
@@ -137,6 +145,12 @@ impl sdk::BuyerListener for ListenerAdapter {
     fn on_error(&self, reference: String, code: String, message: String) {
         self.guard("on_error", |l| l.on_error(reference, code, message));
     }
+    fn on_trail(&self, trail: sdk::TrailUpdate) {
+        self.guard("on_trail", |l| l.on_trail(trail));
+    }
+    fn on_driver_status(&self, status: sdk::DriverStatusUpdate) {
+        self.guard("on_driver_status", |l| l.on_driver_status(status));
+    }
 }
 
 /// A buyer's connection to Waypost: live tracking and chat. It connects at
@@ -150,6 +164,10 @@ impl sdk::BuyerListener for ListenerAdapter {
 pub trait OrderListener: Send + Sync {
     fn on_entry(&self, entry: OrderEntry);
     fn on_location(&self, update: LocationUpdate);
+    /// The driver's path through a dead zone (while the order is active).
+    fn on_trail(&self, trail: TrailUpdate);
+    /// The driver went dark or came back (while the order is active).
+    fn on_driver_status(&self, status: DriverStatusUpdate);
 }
 
 struct OrderAdapter(Arc<dyn OrderListener>);
@@ -166,6 +184,12 @@ impl sdk::OrderListener for OrderAdapter {
     }
     fn on_location(&self, update: sdk::LocationUpdate) {
         self.guard("on_location", |l| l.on_location(update));
+    }
+    fn on_trail(&self, trail: sdk::TrailUpdate) {
+        self.guard("on_trail", |l| l.on_trail(trail));
+    }
+    fn on_driver_status(&self, status: sdk::DriverStatusUpdate) {
+        self.guard("on_driver_status", |l| l.on_driver_status(status));
     }
 }
 

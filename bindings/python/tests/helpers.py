@@ -66,6 +66,11 @@ class Recorder(waypost.BuyerListener):
         self.messages = []
         self.outgoing = []
         self.errors = []
+        self.trails = []
+        self.statuses = []
+        # Trails and locations in arrival order: ("trail", TrailUpdate) /
+        # ("location", LocationUpdate).
+        self.path = []
 
     def _seen(self, bucket, item):
         with self.lock:
@@ -77,6 +82,8 @@ class Recorder(waypost.BuyerListener):
 
     def on_location(self, update):
         self._seen(self.locations, update)
+        with self.lock:
+            self.path.append(("location", update))
 
     def on_message(self, message):
         self._seen(self.messages, message)
@@ -92,6 +99,14 @@ class Recorder(waypost.BuyerListener):
 
     def on_error(self, reference, code, message):
         self._seen(self.errors, (reference, code, message))
+
+    def on_trail(self, trail):
+        self._seen(self.trails, trail)
+        with self.lock:
+            self.path.append(("trail", trail))
+
+    def on_driver_status(self, status):
+        self._seen(self.statuses, status)
 
 
 class Events(waypost.DriverListener):

@@ -22,8 +22,8 @@ use super::store::Store;
 use super::tracking::Tracking;
 use super::transport::{TungsteniteConnector, WsConnector};
 use super::types::{
-    BuyerListener, ChatEntry, ConnectionState, LocationUpdate, OrderListener, PresenceUpdate,
-    TypingUpdate,
+    BuyerListener, ChatEntry, ConnectionState, DriverStatusUpdate, LocationUpdate, OrderListener,
+    PresenceUpdate, TrailUpdate, TypingUpdate,
 };
 use crate::backoff::{BackoffPolicy, RandomSource, SeededRandom};
 use crate::clock::{Clock, SystemClock};
@@ -708,6 +708,34 @@ impl Session for Core {
                     }
                 }
             }
+            ServerFrame::Trail {
+                channel,
+                driver_id,
+                fixes,
+            } => match Channel::parse(&channel) {
+                Ok(ch) if ch.kind == ChannelKind::Order => {
+                    self.orders.on_trail(&ch.id, &driver_id, &fixes);
+                }
+                _ if self.tracking.is_tracked(&driver_id) => {
+                    self.listener
+                        .on_trail(TrailUpdate::from_fixes(&driver_id, None, &fixes));
+                }
+                _ => {}
+            },
+            ServerFrame::DriverStatus {
+                channel,
+                driver_id,
+                body,
+            } => match Channel::parse(&channel) {
+                Ok(ch) if ch.kind == ChannelKind::Order => {
+                    self.orders.on_driver_status(&ch.id, &driver_id, &body);
+                }
+                _ if self.tracking.is_tracked(&driver_id) => {
+                    self.listener
+                        .on_driver_status(DriverStatusUpdate::from_wire(&driver_id, None, &body));
+                }
+                _ => {}
+            },
             ServerFrame::Message(m) => self.offer(m, out),
             ServerFrame::Sent {
                 client_id,

@@ -140,6 +140,10 @@ enum Ev {
     Presence(String, bool),
     Typing(String),
     Error(String, String),
+    /// Seqs of a trail.
+    Trail(Vec<u64>),
+    /// Online, dark ms, reason.
+    Status(bool, Option<u64>, Option<String>),
 }
 
 #[derive(Default)]
@@ -196,6 +200,16 @@ impl BuyerListener for Recorder {
     }
     fn on_error(&self, reference: String, code: String, _message: String) {
         self.events.lock().push(Ev::Error(reference, code));
+    }
+    fn on_trail(&self, t: TrailUpdate) {
+        self.events
+            .lock()
+            .push(Ev::Trail(t.fixes.iter().map(|f| f.seq).collect()));
+    }
+    fn on_driver_status(&self, s: DriverStatusUpdate) {
+        self.events
+            .lock()
+            .push(Ev::Status(s.online, s.dark_ms, s.reason));
     }
 }
 
@@ -1204,6 +1218,7 @@ async fn failed_renewal_is_retried_until_the_provider_answers() {
 struct OrderHeard {
     entries: Mutex<Vec<u64>>,
     fixes: Mutex<Vec<u64>>,
+    notes: Mutex<Vec<Ev>>,
 }
 
 impl OrderListener for OrderHeard {
@@ -1212,6 +1227,18 @@ impl OrderListener for OrderHeard {
     }
     fn on_location(&self, update: LocationUpdate) {
         self.fixes.lock().push(update.seq);
+    }
+    fn on_trail(&self, t: TrailUpdate) {
+        assert_eq!(t.order_id.as_deref(), Some("o1"));
+        self.notes
+            .lock()
+            .push(Ev::Trail(t.fixes.iter().map(|f| f.seq).collect()));
+    }
+    fn on_driver_status(&self, s: DriverStatusUpdate) {
+        assert_eq!(s.order_id.as_deref(), Some("o1"));
+        self.notes
+            .lock()
+            .push(Ev::Status(s.online, s.dark_ms, s.reason));
     }
 }
 
@@ -1309,5 +1336,86 @@ async fn order_positions_update_latest_location() {
     assert_eq!(
         h.client.latest_location("d1".into()).map(|l| l.seq),
         Some(10)
+    );
+}
+
+fn trail(channel: &str, driver: &str, seqs: &[u64]) -> ServerFrame {
+    ServerFrame::Trail {
+        channel: channel.into(),
+        driver_id: driver.into(),
+        fixes: seqs
+            .iter()
+            .map(|&s| Fix::new(s, s as i64 * 1000, 1.0, 2.0))
+            .collect(),
+    }
+}
+
+fn status(channel: &str, driver: &str, online: bool) -> ServerFrame {
+    ServerFrame::DriverStatus {
+        channel: channel.into(),
+        driver_id: driver.into(),
+        body: waypost_protocol::DriverStatusBody {
+            status: if online {
+                waypost_protocol::DriverState::Online
+            } else {
+                waypost_protocol::DriverState::Offline
+            },
+            last_seen_ms: 1_000,
+            dark_ms: online.then_some(45_000),
+            reason: online.then_some(waypost_protocol::SilenceReason::Offline),
+            buffered: online.then_some(45),
+        },
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn trail_and_driver_status_reach_the_listeners() {
+    use waypost_protocol::OrderStatus;
+    let mut h = Harness::new(|_| {});
+    h.plan(0);
+    h.client.track_driver("d1".into()).unwrap();
+    let heard = Arc::new(OrderHeard::default());
+    h.client.track_order("o1".into(), heard.clone()).unwrap();
+    let mut s = h.accept().await;
+    s.next().await;
+    s.next().await;
+    s.send(&status("tracking:d1", "d1", false));
+    s.send(&status("tracking:d1", "d1", true));
+    s.send(&trail("tracking:d1", "d1", &[2, 3, 4]));
+    s.send(&located("tracking:d1", 5));
+    // Not tracked: ignored.
+    s.send(&trail("tracking:d9", "d9", &[1]));
+    s.send(&status("tracking:d9", "d9", false));
+    // On the order's channel: only while it is active.
+    s.send(&trail("order:o1", "d1", &[1]));
+    s.send(&order_status("o1", 1, OrderStatus::PickedUp, true));
+    s.send(&status("order:o1", "d1", true));
+    s.send(&trail("order:o1", "d1", &[2, 3]));
+    s.send(&order_status("o1", 2, OrderStatus::Delivered, false));
+    s.send(&trail("order:o1", "d1", &[6]));
+    settle().await;
+    let notes: Vec<Ev> = h
+        .rec
+        .events
+        .lock()
+        .iter()
+        .filter(|e| matches!(e, Ev::Trail(_) | Ev::Status(..) | Ev::Location(_)))
+        .cloned()
+        .collect();
+    assert_eq!(
+        notes,
+        [
+            Ev::Status(false, None, None),
+            Ev::Status(true, Some(45_000), Some("offline".into())),
+            Ev::Trail(vec![2, 3, 4]),
+            Ev::Location(5),
+        ]
+    );
+    assert_eq!(
+        *heard.notes.lock(),
+        [
+            Ev::Status(true, Some(45_000), Some("offline".into())),
+            Ev::Trail(vec![2, 3]),
+        ]
     );
 }

@@ -72,6 +72,72 @@ impl LocationUpdate {
     }
 }
 
+/// The part of a driver's path the watchers missed (a dead zone), oldest
+/// first, delivered before the position that followed it. `order_id` is
+/// set when it came on an order's channel.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+pub struct TrailUpdate {
+    pub driver_id: String,
+    pub order_id: Option<String>,
+    pub fixes: Vec<LocationUpdate>,
+}
+
+impl TrailUpdate {
+    pub(crate) fn from_fixes(driver_id: &str, order_id: Option<&str>, fixes: &[Fix]) -> Self {
+        Self {
+            driver_id: driver_id.to_owned(),
+            order_id: order_id.map(str::to_owned),
+            fixes: fixes
+                .iter()
+                .map(|f| LocationUpdate::from_fix(driver_id, f))
+                .collect(),
+        }
+    }
+}
+
+/// A driver went dark (no upload for the server's online TTL) or came back.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+pub struct DriverStatusUpdate {
+    pub driver_id: String,
+    /// Set when it came on an order's channel.
+    pub order_id: Option<String>,
+    /// `true`: back online; `false`: gone quiet.
+    pub online: bool,
+    /// Server time of the driver's last upload before the change, Unix ms.
+    pub last_seen_ms: i64,
+    /// Back online: how long it was dark, ms.
+    pub dark_ms: Option<u64>,
+    /// Back online: why, as the driver's SDK said (`offline`,
+    /// `network_error`, `battery_saver`, `permission`, `unknown`).
+    pub reason: Option<String>,
+    /// Back online: fixes the driver's phone had buffered meanwhile.
+    pub buffered: Option<u64>,
+}
+
+impl DriverStatusUpdate {
+    pub(crate) fn from_wire(
+        driver_id: &str,
+        order_id: Option<&str>,
+        b: &waypost_protocol::DriverStatusBody,
+    ) -> Self {
+        Self {
+            driver_id: driver_id.to_owned(),
+            order_id: order_id.map(str::to_owned),
+            online: b.status == waypost_protocol::DriverState::Online,
+            last_seen_ms: b.last_seen_ms,
+            dark_ms: b.dark_ms,
+            reason: b.reason.and_then(|r| {
+                serde_json::to_value(r)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+            }),
+            buffered: b.buffered,
+        }
+    }
+}
+
 /// Where a chat message stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
@@ -183,6 +249,15 @@ pub trait BuyerListener: Send + Sync + 'static {
     /// `unauthorized`: a bad token; the connection then reconnects with a
     /// fresh token when the old one expires).
     fn on_error(&self, reference: String, code: String, message: String);
+    /// A tracked driver's missed segment after a dead zone, before the
+    /// `on_location` that follows it. Default: ignored.
+    fn on_trail(&self, trail: TrailUpdate) {
+        let _ = trail;
+    }
+    /// A tracked driver went dark or came back. Default: ignored.
+    fn on_driver_status(&self, status: DriverStatusUpdate) {
+        let _ = status;
+    }
 }
 
 /// What an order timeline entry says.
@@ -231,4 +306,14 @@ pub trait OrderListener: Send + Sync + 'static {
     /// The assigned driver moved (only while the order is active, only
     /// newer fixes).
     fn on_location(&self, update: LocationUpdate);
+    /// The assigned driver's missed segment after a dead zone (only while
+    /// the order is active). Default: ignored.
+    fn on_trail(&self, trail: TrailUpdate) {
+        let _ = trail;
+    }
+    /// The assigned driver went dark or came back (only while the order is
+    /// active). Default: ignored.
+    fn on_driver_status(&self, status: DriverStatusUpdate) {
+        let _ = status;
+    }
 }

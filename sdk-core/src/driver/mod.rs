@@ -22,6 +22,7 @@ mod config;
 pub mod filter;
 pub mod health;
 pub mod policy;
+mod silence;
 mod uploader;
 
 #[cfg(test)]
@@ -89,6 +90,8 @@ pub(crate) struct Inner {
     /// Serializes assess → compare → notify, so listeners see reports in
     /// the order they were made (reentrant: a listener may call back).
     health_emit: parking_lot::ReentrantMutex<()>,
+    /// Why uploads are not getting through, for the next one that does.
+    silence: Mutex<silence::SilenceTracker>,
 }
 
 /// What the health report is computed from, besides the platform and the
@@ -189,6 +192,7 @@ impl Driver {
             bytes_sent: AtomicU64::new(0),
             health: Mutex::new(HealthState::default()),
             health_emit: parking_lot::ReentrantMutex::new(()),
+            silence: Mutex::new(silence::SilenceTracker::default()),
             config,
             deps,
         });

@@ -223,6 +223,9 @@ impl Inner {
             let battery = self.deps.environment.battery();
             let pending = self.buffer.lock().pending();
             let interval = self.upload_interval();
+            if network == NetworkType::Offline && pending > 0 {
+                self.silence.lock().offline(now);
+            }
             let decision = {
                 let mut s = self.sched.lock();
                 s.observe(network, battery.charging);
@@ -274,6 +277,7 @@ impl Inner {
             }
             Ok(Attempt::Failed { error, retry_after }) => {
                 self.buffer.lock().release(&batch)?;
+                self.silence.lock().failed(now);
                 let decision = {
                     let mut s = self.sched.lock();
                     s.draining = false;
@@ -349,7 +353,19 @@ impl Inner {
             }
             json.extend_from_slice(j.as_bytes());
         }
-        json.extend_from_slice(b"]}");
+        json.push(b']');
+        let silence = {
+            let pending = self.buffer.lock().pending();
+            let low_power = self.deps.environment.battery().low_power_mode;
+            self.silence
+                .lock()
+                .report(self.deps.clock.monotonic_ms(), pending, low_power)
+        };
+        if let Some(s) = silence.and_then(|s| serde_json::to_vec(&s).ok()) {
+            json.extend_from_slice(b",\"silence\":");
+            json.extend_from_slice(&s);
+        }
+        json.push(b'}');
         let mut headers = vec![
             HttpHeader::new("content-type", "application/json"),
             HttpHeader::new("authorization", format!("Bearer {token}")),
@@ -423,6 +439,7 @@ impl Inner {
             };
             let acked = self.buffer.lock().ack(batch, reply.high_seq)?;
             self.uploads_ok.fetch_add(1, Ordering::Relaxed);
+            self.silence.lock().acked(self.deps.clock.monotonic_ms());
             let pending = self.buffer.lock().pending();
             {
                 let mut s = self.sched.lock();

@@ -72,6 +72,10 @@ pub struct IngestOutcome {
     /// driver go out in the order its latest position changed; otherwise the
     /// caller publishes.
     pub published: bool,
+    /// The `ts` of the driver's latest position before this ingest, when
+    /// `new_latest` replaced one that had not expired (what watchers saw
+    /// last).
+    pub previous_ts: Option<i64>,
 }
 
 /// When an ingest happens: the server time used for storage and expiry,
@@ -81,6 +85,10 @@ pub struct IngestOutcome {
 pub struct IngestTime {
     pub now_ms: i64,
     pub origin_us: i64,
+    /// Whether the engine may broadcast the new latest position itself
+    /// (false: the caller has frames to send before it, e.g. a `trail`, and
+    /// publishes the `location` afterwards).
+    pub publish_live: bool,
 }
 
 /// A request received at `now_ms`.
@@ -89,6 +97,7 @@ impl From<i64> for IngestTime {
         Self {
             now_ms,
             origin_us: now_ms.saturating_mul(1000),
+            publish_live: true,
         }
     }
 }
@@ -200,7 +209,8 @@ impl Engine {
     }
 
     /// Stores the batch ([`TrackingStore::ingest`]) and broadcasts a new
-    /// latest position unless the store already did.
+    /// latest position unless the store already did (or the caller asked to
+    /// publish it itself: `publish_live` false, `published` stays false).
     pub async fn ingest(
         &self,
         driver_id: &str,
@@ -212,7 +222,9 @@ impl Engine {
             .tracking
             .ingest(driver_id, device_id, fixes, at)
             .await?;
-        if let (Some(fix), false) = (&outcome.new_latest, outcome.published) {
+        // Unless the caller has frames to send first (`publish_live`).
+        if let (Some(fix), false, true) = (&outcome.new_latest, outcome.published, at.publish_live)
+        {
             let frame = Frame::location(driver_id, fix, at.origin_us);
             self.publish(&Channel::tracking(driver_id), frame).await?;
             outcome.published = true;

@@ -246,7 +246,7 @@ impl TrackingStore for RedisTrackingStore {
                 Some((_, b)) if f.ts < b.ts => best,
                 _ => Some((i, f)),
             });
-        let candidate = candidate.filter(|_| self.live_publish);
+        let candidate = candidate.filter(|_| self.live_publish && at.publish_live);
         inv.arg(self.conn.keys.channel(&tracking))
             .arg(candidate.map_or(0, |(i, _)| i + 1))
             .arg(candidate.map_or_else(String::new, |(_, f)| {
@@ -264,7 +264,14 @@ impl TrackingStore for RedisTrackingStore {
         }
         let mut conn = self.conn.cmd.conn();
         let same = conn.clone();
-        let (accepted, latest_index, watchers, published): (u32, usize, u64, u8) = self
+        let (accepted, latest_index, watchers, published, had_previous, previous_ts): (
+            u32,
+            usize,
+            u64,
+            u8,
+            u8,
+            i64,
+        ) = self
             .conn
             .cmd
             .run_acked(same, inv.invoke_async(&mut conn))
@@ -279,6 +286,7 @@ impl TrackingStore for RedisTrackingStore {
             watchers,
             new_latest,
             published: published == 1,
+            previous_ts: (had_previous == 1).then_some(previous_ts),
         })
     }
 

@@ -31,6 +31,20 @@ pub(crate) async fn ingest_is_idempotent(engine: &dyn TrackingStore) {
     let out = engine.ingest(&d, "dev", &batch, NOW.into()).await.unwrap();
     assert_eq!((out.accepted, out.duplicates), (3, 0));
     assert_eq!(out.new_latest.as_ref().map(|f| f.seq), Some(3));
+    assert_eq!(out.previous_ts, None, "nothing live before");
+    let next = engine
+        .ingest(&d, "dev", &[fix(9, NOW + 9000)], NOW.into())
+        .await
+        .unwrap();
+    assert_eq!(next.previous_ts, Some(NOW + 2000), "what watchers saw last");
+    // After the online TTL the old position no longer counts as seen.
+    let ttl = Limits::default().online_ttl.as_millis() as i64;
+    let later = engine
+        .ingest(&d, "dev", &[fix(10, NOW + 10_000)], (NOW + ttl + 1).into())
+        .await
+        .unwrap();
+    assert_eq!(later.new_latest.as_ref().map(|f| f.seq), Some(10));
+    assert_eq!(later.previous_ts, None, "expired");
     let again = engine.ingest(&d, "dev", &batch, NOW.into()).await.unwrap();
     assert_eq!((again.accepted, again.duplicates), (0, 3));
     assert_eq!(again.new_latest, None);
@@ -41,10 +55,10 @@ pub(crate) async fn ingest_is_idempotent(engine: &dyn TrackingStore) {
         .unwrap();
     assert_eq!(other.accepted, 1);
     let trail = engine.trail(&d, 0, 100).await.unwrap();
-    assert_eq!(trail.len(), 4);
+    assert_eq!(trail.len(), 6);
     assert_eq!(
         engine.trail(&d, 2, 100).await.unwrap(),
-        vec![batch[2].clone()]
+        vec![batch[2].clone(), fix(9, NOW + 9000), fix(10, NOW + 10_000)]
     );
 }
 
@@ -641,6 +655,7 @@ mod redis_engine {
                 assert_eq!(m.accepted, r.accepted, "{ctx}");
                 assert_eq!(m.duplicates, r.duplicates, "{ctx}");
                 assert_eq!(m.new_latest, r.new_latest, "{ctx}");
+                assert_eq!(m.previous_ts, r.previous_ts, "{ctx}");
                 assert_eq!(
                     memory.trail(&d, 0, 100).await.unwrap(),
                     redis.trail(&d, 0, 100).await.unwrap(),

@@ -427,6 +427,13 @@ impl Stream {
                         let text = format!("event: location\ndata: {}\n\n", out.text);
                         return self.send(text).await;
                     }
+                    About::DriverNote { event, .. } => {
+                        if *ended {
+                            return Ok(());
+                        }
+                        let text = format!("event: {event}\ndata: {}\n\n", out.text);
+                        return self.send(text).await;
+                    }
                     About::Order { seq, ends, .. } => (*seq, *ends),
                     _ => return Ok(()),
                 };
@@ -466,6 +473,11 @@ impl Stream {
                     .await
             }
             Feed::Location(_) => {
+                if let About::DriverNote { event, .. } = &out.meta.about {
+                    // No id: resuming is by the fixes' seqs.
+                    let text = format!("event: {event}\ndata: {}\n\n", out.text);
+                    return self.send(text).await;
+                }
                 let seq = out.seq().unwrap_or(0);
                 // The position read at start may come again live; fixes are
                 // per device so only an exact repeat is skipped.

@@ -7,11 +7,13 @@ import io.waypost.sdk.PlatformState
 import io.waypost.sdk.types.ChatEntry
 import io.waypost.sdk.types.CloseReason
 import io.waypost.sdk.types.ConnectionState
+import io.waypost.sdk.types.DriverStatusUpdate
 import io.waypost.sdk.types.LocationUpdate
 import io.waypost.sdk.types.MessageStatus
 import io.waypost.sdk.types.PresenceUpdate
 import io.waypost.sdk.Subscription
 import io.waypost.sdk.TokenProvider
+import io.waypost.sdk.types.TrailUpdate
 import io.waypost.sdk.types.TypingUpdate
 
 /** What the buyer screen shows. Immutable; a new one after every change. */
@@ -19,6 +21,10 @@ data class BuyerUiState(
     val connection: String = "connecting…",
     val tracking: String = "waiting for the courier's position…",
     val latest: LocationUpdate? = null,
+    /** The courier's path through the last dead zone (drawn as a line, not a jump), oldest first. */
+    val deadZonePath: List<LocationUpdate> = emptyList(),
+    /** "Courier offline since 12:04:05" / "Courier back after 45 s (offline)"; null while nothing to say. */
+    val courierStatus: String? = null,
     /** The chat, oldest first: stored messages by seq, then own pending/failed ones. */
     val messages: List<ChatEntry> = emptyList(),
     val typing: String? = null,
@@ -110,6 +116,16 @@ class BuyerSession private constructor(
         update { it.copy(messages = sortedChat()) }
     }
 
+    override fun onTrail(trail: TrailUpdate) {
+        if (trail.driverId != driverId) return
+        update { it.copy(deadZonePath = trail.fixes) }
+    }
+
+    override fun onDriverStatus(status: DriverStatusUpdate) {
+        if (status.driverId != driverId) return
+        update { it.copy(courierStatus = statusText(status)) }
+    }
+
     override fun onPresence(update: PresenceUpdate) {}
 
     override fun onTyping(update: TypingUpdate) {
@@ -167,6 +183,14 @@ class BuyerSession private constructor(
             u.accuracyM?.let { parts += "±%.0f m".format(java.util.Locale.ROOT, it) }
             u.speedMps?.let { parts += "%.0f km/h".format(java.util.Locale.ROOT, it * 3.6) }
             return parts.joinToString(" · ")
+        }
+
+        /** "Courier offline since 12:04:05 UTC" / "Courier back after 45 s (offline)". */
+        fun statusText(s: DriverStatusUpdate): String = if (s.online) {
+            val why = s.reason?.let { " ($it)" } ?: ""
+            "Courier back after ${(s.darkMs ?: 0uL) / 1000uL} s$why"
+        } else {
+            "Courier offline since " + java.time.Instant.ofEpochMilli(s.lastSeenMs).toString()
         }
 
         fun statusLabel(e: ChatEntry): String = when (e.status) {
