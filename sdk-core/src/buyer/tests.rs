@@ -385,7 +385,7 @@ async fn tracking_resumes_after_last_seq_across_reconnect() {
         })
     );
     for seq in [3, 4, 4, 2] {
-        s.send(&location("d1", seq));
+        s.send(&located("tracking:d1", seq));
     }
     settle().await;
     // Server restarts (4100): reconnect with backoff, resubscribe after 4.
@@ -399,7 +399,7 @@ async fn tracking_resumes_after_last_seq_across_reconnect() {
             after: Some(4)
         })
     );
-    s.send(&location("d1", 5));
+    s.send(&located("tracking:d1", 5));
     settle().await;
     assert_eq!(
         locations(&h.rec),
@@ -1070,14 +1070,6 @@ async fn outbox_survives_an_app_restart() {
     );
 }
 
-fn location(driver: &str, seq: u64) -> ServerFrame {
-    ServerFrame::Location {
-        channel: format!("tracking:{driver}"),
-        driver_id: driver.into(),
-        fix: Fix::new(seq, seq as i64, 1.0, 2.0),
-    }
-}
-
 fn locations(rec: &Recorder) -> Vec<u64> {
     rec.events
         .lock()
@@ -1109,12 +1101,12 @@ async fn token_is_refreshed_in_band_without_reconnecting() {
     // An opaque token: the server names its exp (20 s from now).
     let t0 = h.now();
     let exp = now_s(&h) + 20;
-    s.send(&location("d1", 1));
+    s.send(&located("tracking:d1", 1));
     s.send(&ServerFrame::TokenExpiring { exp });
     let mut next_seq = 2;
     for round in 0..2u64 {
         // Frames keep coming while the client fetches and refreshes.
-        s.send(&location("d1", next_seq));
+        s.send(&located("tracking:d1", next_seq));
         next_seq += 1;
         let f = s.next().await;
         let want = format!("tok{}", round + 2);
@@ -1126,12 +1118,12 @@ async fn token_is_refreshed_in_band_without_reconnecting() {
                 "renewed {waited} ms after the warning (half of 20 s ahead)"
             );
         }
-        s.send(&location("d1", next_seq));
+        s.send(&located("tracking:d1", next_seq));
         next_seq += 1;
         s.send(&ServerFrame::Refreshed {
             exp: now_s(&h) + 20,
         });
-        s.send(&location("d1", next_seq));
+        s.send(&located("tracking:d1", next_seq));
         next_seq += 1;
     }
     settle().await;
@@ -1197,4 +1189,117 @@ async fn failed_renewal_is_retried_until_the_provider_answers() {
         })
     );
     assert_eq!(h.connector.attempts.lock().len(), 1);
+}
+
+/// An order listener counting what it heard.
+#[derive(Default)]
+struct OrderHeard {
+    entries: Mutex<Vec<u64>>,
+    fixes: Mutex<Vec<u64>>,
+}
+
+impl OrderListener for OrderHeard {
+    fn on_entry(&self, entry: OrderEntry) {
+        self.entries.lock().push(entry.seq);
+    }
+    fn on_location(&self, update: LocationUpdate) {
+        self.fixes.lock().push(update.seq);
+    }
+}
+
+fn order_status(
+    order: &str,
+    seq: u64,
+    status: waypost_protocol::OrderStatus,
+    active: bool,
+) -> ServerFrame {
+    ServerFrame::Order {
+        channel: format!("order:{order}"),
+        seq,
+        entry: waypost_protocol::FrameEntry {
+            body: waypost_protocol::EntryBody::Status {
+                event_id: format!("e{seq}"),
+                status,
+                active,
+                driver_id: Some("d1".into()),
+                vendor_id: None,
+                destination: None,
+                data: None,
+            },
+            ts: seq as i64,
+        },
+    }
+}
+
+fn located(channel: &str, seq: u64) -> ServerFrame {
+    ServerFrame::Location {
+        channel: channel.into(),
+        driver_id: "d1".into(),
+        fix: Fix::new(seq, seq as i64 * 1000, 1.0, 2.0),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn order_positions_update_latest_location() {
+    use waypost_protocol::OrderStatus;
+    let mut h = Harness::new(|_| {});
+    h.plan(0);
+    let heard = Arc::new(OrderHeard::default());
+    h.client.track_order("o1".into(), heard.clone()).unwrap();
+    let mut s = h.accept().await;
+    assert_eq!(
+        s.next().await,
+        Some(ClientFrame::Subscribe {
+            channel: "order:o1".into(),
+            after: Some(0)
+        })
+    );
+    assert_eq!(h.client.latest_location("d1".into()), None);
+    s.send(&order_status("o1", 1, OrderStatus::PickedUp, true));
+    s.send(&located("order:o1", 7));
+    settle().await;
+    assert_eq!(*heard.fixes.lock(), [7]);
+    assert_eq!(
+        h.client.latest_location("d1".into()).map(|l| l.seq),
+        Some(7),
+        "a position on the order channel is the driver's latest"
+    );
+    // The same driver tracked directly too: whichever channel brings the
+    // newer fix wins, an older one on the other channel does not regress.
+    h.client.track_driver("d1".into()).unwrap();
+    assert_eq!(
+        s.next().await,
+        Some(ClientFrame::Subscribe {
+            channel: "tracking:d1".into(),
+            after: None
+        })
+    );
+    s.send(&located("tracking:d1", 5));
+    settle().await;
+    assert_eq!(
+        h.client.latest_location("d1".into()).map(|l| l.seq),
+        Some(7)
+    );
+    s.send(&located("tracking:d1", 9));
+    settle().await;
+    assert_eq!(
+        h.client.latest_location("d1".into()).map(|l| l.seq),
+        Some(9)
+    );
+    s.send(&located("order:o1", 10));
+    settle().await;
+    assert_eq!(
+        h.client.latest_location("d1".into()).map(|l| l.seq),
+        Some(10)
+    );
+    // The order ends: its channel's positions are not taken any more.
+    s.send(&order_status("o1", 2, OrderStatus::Delivered, false));
+    s.send(&located("order:o1", 11));
+    settle().await;
+    assert_eq!(*heard.entries.lock(), [1, 2]);
+    assert_eq!(*heard.fixes.lock(), [7, 10]);
+    assert_eq!(
+        h.client.latest_location("d1".into()).map(|l| l.seq),
+        Some(10)
+    );
 }
