@@ -159,6 +159,12 @@ impl Renewal {
         };
         let ahead = crate::tokens::renew_ahead_ms(exp, Some(self.since_ms));
         let now = clock.now_ms();
+        if exp <= now {
+            // Expired: the server closes with 4001 and the reconnect
+            // fetches a fresh token.
+            self.due = None;
+            return;
+        }
         let wait = (exp - ahead - now).max(gap.as_millis() as i64).max(0) as u64;
         self.due = Some(clock.monotonic_ms() + wait);
     }
@@ -591,7 +597,7 @@ impl<C: Send + 'static> Manager<'_, C> {
             let now = clock.monotonic_ms();
             let dead_at = last_rx + 2 * ping_ms;
             let renew_at = match (&fetch, renewal.due) {
-                (None, Some(due)) => due,
+                (None, Some(due)) if healthy => due,
                 _ => u64::MAX,
             };
             let wake = next_ping.min(next_tick).min(dead_at).min(renew_at);
@@ -694,7 +700,9 @@ impl<C: Send + 'static> Manager<'_, C> {
                         session.tick(true, &mut out);
                         next_tick = now + tick_ms;
                     }
-                    if fetch.is_none() && renewal.sent.is_none() && renewal.due.is_some_and(|d| now >= d) {
+                    // Only a connection the server accepted renews in band
+                    // (a refused token gets 4001 and a fresh one anyway).
+                    if healthy && fetch.is_none() && renewal.sent.is_none() && renewal.due.is_some_and(|d| now >= d) {
                         renewal.due = None;
                         let tokens = Arc::clone(&self.deps.tokens);
                         let current = renewal.token.clone();

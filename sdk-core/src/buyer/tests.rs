@@ -399,7 +399,7 @@ async fn tracking_resumes_after_last_seq_across_reconnect() {
         })
     );
     for seq in [3, 4, 4, 2] {
-        s.send(&location("d1", seq));
+        s.send(&located("tracking:d1", seq));
     }
     settle().await;
     // Server restarts (4100): reconnect with backoff, resubscribe after 4.
@@ -413,7 +413,7 @@ async fn tracking_resumes_after_last_seq_across_reconnect() {
             after: Some(4)
         })
     );
-    s.send(&location("d1", 5));
+    s.send(&located("tracking:d1", 5));
     settle().await;
     assert_eq!(
         locations(&h.rec),
@@ -1084,14 +1084,6 @@ async fn outbox_survives_an_app_restart() {
     );
 }
 
-fn location(driver: &str, seq: u64) -> ServerFrame {
-    ServerFrame::Location {
-        channel: format!("tracking:{driver}"),
-        driver_id: driver.into(),
-        fix: Fix::new(seq, seq as i64, 1.0, 2.0),
-    }
-}
-
 fn locations(rec: &Recorder) -> Vec<u64> {
     rec.events
         .lock()
@@ -1123,12 +1115,12 @@ async fn token_is_refreshed_in_band_without_reconnecting() {
     // An opaque token: the server names its exp (20 s from now).
     let t0 = h.now();
     let exp = now_s(&h) + 20;
-    s.send(&location("d1", 1));
+    s.send(&located("tracking:d1", 1));
     s.send(&ServerFrame::TokenExpiring { exp });
     let mut next_seq = 2;
     for round in 0..2u64 {
         // Frames keep coming while the client fetches and refreshes.
-        s.send(&location("d1", next_seq));
+        s.send(&located("tracking:d1", next_seq));
         next_seq += 1;
         let f = s.next().await;
         let want = format!("tok{}", round + 2);
@@ -1140,12 +1132,12 @@ async fn token_is_refreshed_in_band_without_reconnecting() {
                 "renewed {waited} ms after the warning (half of 20 s ahead)"
             );
         }
-        s.send(&location("d1", next_seq));
+        s.send(&located("tracking:d1", next_seq));
         next_seq += 1;
         s.send(&ServerFrame::Refreshed {
             exp: now_s(&h) + 20,
         });
-        s.send(&location("d1", next_seq));
+        s.send(&located("tracking:d1", next_seq));
         next_seq += 1;
     }
     settle().await;
@@ -1218,7 +1210,6 @@ async fn failed_renewal_is_retried_until_the_provider_answers() {
 struct OrderHeard {
     entries: Mutex<Vec<u64>>,
     fixes: Mutex<Vec<u64>>,
-    notes: Mutex<Vec<Ev>>,
 }
 
 impl OrderListener for OrderHeard {
@@ -1227,18 +1218,6 @@ impl OrderListener for OrderHeard {
     }
     fn on_location(&self, update: LocationUpdate) {
         self.fixes.lock().push(update.seq);
-    }
-    fn on_trail(&self, t: TrailUpdate) {
-        assert_eq!(t.order_id.as_deref(), Some("o1"));
-        self.notes
-            .lock()
-            .push(Ev::Trail(t.fixes.iter().map(|f| f.seq).collect()));
-    }
-    fn on_driver_status(&self, s: DriverStatusUpdate) {
-        assert_eq!(s.order_id.as_deref(), Some("o1"));
-        self.notes
-            .lock()
-            .push(Ev::Status(s.online, s.dark_ms, s.reason));
     }
 }
 
@@ -1336,86 +1315,5 @@ async fn order_positions_update_latest_location() {
     assert_eq!(
         h.client.latest_location("d1".into()).map(|l| l.seq),
         Some(10)
-    );
-}
-
-fn trail(channel: &str, driver: &str, seqs: &[u64]) -> ServerFrame {
-    ServerFrame::Trail {
-        channel: channel.into(),
-        driver_id: driver.into(),
-        fixes: seqs
-            .iter()
-            .map(|&s| Fix::new(s, s as i64 * 1000, 1.0, 2.0))
-            .collect(),
-    }
-}
-
-fn status(channel: &str, driver: &str, online: bool) -> ServerFrame {
-    ServerFrame::DriverStatus {
-        channel: channel.into(),
-        driver_id: driver.into(),
-        body: waypost_protocol::DriverStatusBody {
-            status: if online {
-                waypost_protocol::DriverState::Online
-            } else {
-                waypost_protocol::DriverState::Offline
-            },
-            last_seen_ms: 1_000,
-            dark_ms: online.then_some(45_000),
-            reason: online.then_some(waypost_protocol::SilenceReason::Offline),
-            buffered: online.then_some(45),
-        },
-    }
-}
-
-#[tokio::test(start_paused = true)]
-async fn trail_and_driver_status_reach_the_listeners() {
-    use waypost_protocol::OrderStatus;
-    let mut h = Harness::new(|_| {});
-    h.plan(0);
-    h.client.track_driver("d1".into()).unwrap();
-    let heard = Arc::new(OrderHeard::default());
-    h.client.track_order("o1".into(), heard.clone()).unwrap();
-    let mut s = h.accept().await;
-    s.next().await;
-    s.next().await;
-    s.send(&status("tracking:d1", "d1", false));
-    s.send(&status("tracking:d1", "d1", true));
-    s.send(&trail("tracking:d1", "d1", &[2, 3, 4]));
-    s.send(&located("tracking:d1", 5));
-    // Not tracked: ignored.
-    s.send(&trail("tracking:d9", "d9", &[1]));
-    s.send(&status("tracking:d9", "d9", false));
-    // On the order's channel: only while it is active.
-    s.send(&trail("order:o1", "d1", &[1]));
-    s.send(&order_status("o1", 1, OrderStatus::PickedUp, true));
-    s.send(&status("order:o1", "d1", true));
-    s.send(&trail("order:o1", "d1", &[2, 3]));
-    s.send(&order_status("o1", 2, OrderStatus::Delivered, false));
-    s.send(&trail("order:o1", "d1", &[6]));
-    settle().await;
-    let notes: Vec<Ev> = h
-        .rec
-        .events
-        .lock()
-        .iter()
-        .filter(|e| matches!(e, Ev::Trail(_) | Ev::Status(..) | Ev::Location(_)))
-        .cloned()
-        .collect();
-    assert_eq!(
-        notes,
-        [
-            Ev::Status(false, None, None),
-            Ev::Status(true, Some(45_000), Some("offline".into())),
-            Ev::Trail(vec![2, 3, 4]),
-            Ev::Location(5),
-        ]
-    );
-    assert_eq!(
-        *heard.notes.lock(),
-        [
-            Ev::Status(true, Some(45_000), Some("offline".into())),
-            Ev::Trail(vec![2, 3]),
-        ]
     );
 }
