@@ -479,8 +479,8 @@ async fn network_back_reconnects_at_once() {
     while h.connector.attempts.lock().len() < 2 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The PlatformState notifies the client: no environment_changed().
     h.env.set_network(NetworkType::Offline);
-    h.client.environment_changed().unwrap();
     settle().await;
     assert_eq!(h.client.connection_state(), ConnectionState::Offline);
     let before = h.connector.attempts.lock().len();
@@ -492,7 +492,6 @@ async fn network_back_reconnects_at_once() {
     );
     let back_at = h.now();
     h.env.set_network(NetworkType::Cellular);
-    h.client.environment_changed().unwrap();
     settle().await;
     let attempts = h.connector.attempts.lock().clone();
     assert_eq!(attempts.len(), before + 1);
@@ -501,7 +500,8 @@ async fn network_back_reconnects_at_once() {
         "no backoff wait after network back"
     );
 
-    // While backing off (60 s window), network back skips the wait too.
+    // While backing off (60 s window), network back skips the wait too
+    // (the deprecated explicit call still works).
     h.client.environment_changed().unwrap();
     settle().await;
     assert_eq!(h.connector.attempts.lock().len(), before + 2);
