@@ -9,6 +9,8 @@ import io.waypost.sdk.types.ConnectionState
 import io.waypost.sdk.types.LocationUpdate
 import io.waypost.sdk.types.PresenceUpdate
 import io.waypost.sdk.types.TypingUpdate
+import io.waypost.sdk.types.TrailUpdate
+import io.waypost.sdk.types.DriverStatusUpdate
 import kotlinx.coroutines.Dispatchers
 import kotlinx.coroutines.runBlocking
 import kotlinx.coroutines.withContext
@@ -57,6 +59,8 @@ class TokenRefreshTest {
         override fun onOutgoing(message: ChatEntry) {}
         override fun onPresence(update: PresenceUpdate) {}
         override fun onTyping(update: TypingUpdate) {}
+        override fun onTrail(trail: TrailUpdate) {}
+        override fun onDriverStatus(status: DriverStatusUpdate) {}
         override fun onError(reference: String, code: String, message: String) { errors += reference to code }
     }
 
