@@ -14,6 +14,7 @@ mod frames;
 mod http;
 mod ids;
 mod order;
+mod push;
 
 pub use channel::{Channel, ChannelError, ChannelKind};
 pub use close::{close_code, should_reconnect, CloseDisposition};
@@ -30,3 +31,4 @@ pub use order::{
     OrderEventError, OrderFrame, OrderFrameType, OrderStatus, OrderView, TimelineEntry,
     TimelineResponse, DEFAULT_ARRIVAL_RADIUS_M, MAX_ORDER_BUYERS, MAX_ORDER_DATA_BYTES,
 };
+pub use push::{DeviceRegistered, DeviceRegistration, PushData, PushKind};

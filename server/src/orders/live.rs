@@ -7,13 +7,14 @@
 use std::sync::Arc;
 
 use waypost_protocol::{
-    Channel, EntryBody, Fix, OrderEvent, OrderFrame, ServerFrame, TimelineEntry,
+    Channel, EntryBody, Fix, OrderEvent, OrderFrame, PushKind, ServerFrame, TimelineEntry,
 };
 
 use super::eta::Point;
 use super::{Applied, Order, OrderError, Orders};
 use crate::engine::Engine;
 use crate::frame::{About, Frame};
+use crate::push::{Push, PushEvent};
 use crate::webhooks::{WebhookEvent, Webhooks};
 
 /// The `order` frame of a timeline entry, serialized once.
@@ -47,6 +48,7 @@ pub struct OrderService {
     pub orders: Orders,
     engine: Arc<dyn Engine>,
     webhooks: Option<Arc<Webhooks>>,
+    push: Option<Arc<Push>>,
 }
 
 impl OrderService {
@@ -55,7 +57,15 @@ impl OrderService {
             orders,
             engine,
             webhooks,
+            push: None,
         }
+    }
+
+    /// Pushes the entries a buyer should see to users without a live
+    /// subscription.
+    pub fn with_push(mut self, push: Arc<Push>) -> Self {
+        self.push = Some(push);
+        self
     }
 
     /// Applies an order event; a new entry is published (and webhooked)
@@ -138,8 +148,28 @@ impl OrderService {
                     tracing::warn!(order = %order.order_id, seq = e.seq, error = %err, "webhook not queued");
                 }
             }
+            if let (Some(push), Some(preview)) = (&self.push, push_preview(e)) {
+                push.event(PushEvent {
+                    kind: PushKind::Order,
+                    channel: channel.clone(),
+                    seq: e.seq,
+                    from: None,
+                    preview: Some(preview),
+                    origin_us,
+                });
+            }
         }
         Ok(())
+    }
+}
+
+/// What a push says of an entry the buyer should see (status changes and
+/// arrival; ETA updates and departures are not pushed).
+pub fn push_preview(e: &TimelineEntry) -> Option<String> {
+    match &e.body {
+        EntryBody::Status { status, .. } => Some(status.as_str().to_owned()),
+        EntryBody::Arrival { .. } => Some("arriving".to_owned()),
+        EntryBody::Departure { .. } | EntryBody::Eta { .. } => None,
     }
 }
 
