@@ -14,7 +14,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use waypost_protocol::{
-    validate_id, Channel, ChannelKind, Claims, DeviceRegistered, DeviceRegistration,
+    validate_id, Channel, ChannelKind, Claims, DeviceRegistered, DeviceRegistration, Role,
 };
 
 use crate::auth::Authed;
@@ -103,7 +103,12 @@ pub fn validate(claims: &Claims, reg: DeviceRegistration, now_ms: i64) -> Result
     }
     let mut muted = Vec::with_capacity(reg.muted.len());
     for m in &reg.muted {
-        let ch = Channel::parse(m).map_err(|e| bad("bad_muted", e.to_string()))?;
+        let ch = pushable(m).ok_or_else(|| {
+            bad(
+                "bad_muted",
+                format!("{m:?} is not a chat:, order: or vendor: channel"),
+            )
+        })?;
         muted.push(ch.to_string());
     }
     Ok(Device {
@@ -119,20 +124,25 @@ pub fn validate(claims: &Claims, reg: DeviceRegistration, now_ms: i64) -> Result
     })
 }
 
-/// The channels of a token that pushes come for: chat rooms, orders and
-/// vendor streams, at most [`MAX_DEVICE_CHANNELS`].
+/// A channel pushes can come for (`chat:`, `order:`, `vendor:`) with a
+/// valid id.
+fn pushable(name: &str) -> Option<Channel> {
+    Channel::from_name(name).filter(|c| {
+        matches!(
+            c.kind,
+            ChannelKind::Chat | ChannelKind::Order | ChannelKind::Vendor
+        ) && validate_id("channel id", &c.id).is_ok()
+    })
+}
+
+/// The channels of a token that pushes come for: its chat rooms and
+/// orders, and a vendor's own notification stream (`vendor:{sub}`), at
+/// most [`MAX_DEVICE_CHANNELS`].
 pub fn pushable_channels(claims: &Claims) -> Vec<String> {
-    let mut out: Vec<String> = claims
-        .channels
-        .iter()
-        .flatten()
-        .filter_map(|c| Channel::parse(c).ok())
-        .filter(|c| {
-            matches!(
-                c.kind,
-                ChannelKind::Chat | ChannelKind::Order | ChannelKind::Vendor
-            )
-        })
+    let own = (claims.role == Role::Vendor).then(|| Channel::vendor(&claims.sub));
+    let mut out: Vec<String> = own
+        .into_iter()
+        .chain(claims.channels.iter().flatten().filter_map(|c| pushable(c)))
         .map(|c| c.to_string())
         .collect();
     out.sort();
