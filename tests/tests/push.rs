@@ -19,8 +19,14 @@ const COLLAPSE: &str = "300ms";
 /// trip: a push that was going to be sent has been by then.
 const SETTLE: Duration = Duration::from_millis(1500);
 
+mod buyer_support;
+
+use buyer_support::{fast_config, Buyer};
+use waypost_sdk::buyer::PushPlatform;
+
 waypost_e2e::on_both_engines!(
     offline_buyer_gets_one_push_per_burst_and_syncs_the_gap,
+    order_milestones_are_pushed_and_synced,
     dead_tokens_are_removed,
     an_outage_still_delivers_every_push_once,
 );
@@ -121,16 +127,29 @@ async fn offline_buyer_gets_one_push_per_burst_and_syncs_the_gap(
     let btok = token(&buyer, Role::Buyer, &[&ch]);
     let vtok = token(&unique("vendor"), Role::Vendor, &[&ch]);
     let (apns_token, fcm_token) = tokens();
-    let reg = register(&server, &btok, "iphone", "apns", &apns_token).await?;
-    assert_eq!(reg["channels"], json!([ch]));
+    // The SDK registers the APNs token (as an iOS app would from
+    // didRegisterForRemoteNotificationsWithDeviceToken); a second device
+    // of the same user registers FCM over plain HTTP.
+    let sdk = Buyer::start(fast_config(server.http(""), &buyer), btok.clone())?;
+    let channels = sdk
+        .client
+        .register_push_token(PushPlatform::Apns, apns_token.clone())
+        .await?;
+    assert_eq!(channels, std::slice::from_ref(&ch));
     register(&server, &btok, "pixel", "fcm", &fcm_token).await?;
 
     // Connected: the socket delivers, no push.
-    let mut ws = WsClient::connect(&server.ws_url(&btok)).await?;
-    ws.subscribe(&ch, None).await?;
+    sdk.client.join_chat(room.clone())?;
+    sdk.rec
+        .until(T, "connected", |r| {
+            r.count_states(|s| matches!(s, waypost_sdk::buyer::ConnectionState::Connected)) > 0
+        })
+        .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     post_chat(&server, &vtok, &room, 1).await?;
-    let got = ws.messages(&room, 1, T).await?;
-    let last_seen = got[0]["seq"].as_u64().unwrap_or(0);
+    sdk.rec
+        .until(T, "message 1", |r| r.message_seqs(&room) == [1])
+        .await?;
     tokio::time::sleep(SETTLE).await;
     assert!(
         fakes.apns.handle.accepted().is_empty(),
@@ -143,7 +162,7 @@ async fn offline_buyer_gets_one_push_per_burst_and_syncs_the_gap(
 
     // Backgrounded: the socket closes; a burst of three becomes one push
     // per device saying how many and up to which seq.
-    drop(ws);
+    sdk.client.shutdown().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let seqs = post_chat(&server, &vtok, &room, 3).await?;
     let apns = fakes.apns.handle.wait_accepted(1, T).await;
@@ -178,21 +197,24 @@ async fn offline_buyer_gets_one_push_per_burst_and_syncs_the_gap(
     assert_eq!(header(&apns[0], "apns-collapse-id"), Some(ch.clone()));
 
     // The woken app syncs exactly the gap: after what it had, up to the
-    // pushed seq.
-    let gap: Value = reqwest::Client::new()
-        .get(server.http(&format!("/v1/chats/{room}/messages?after_seq={last_seen}")))
-        .bearer_auth(&btok)
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let gap_seqs: Vec<u64> = gap["messages"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|m| m["seq"].as_u64()).collect())
-        .unwrap_or_default();
-    assert_eq!(gap_seqs, seqs);
-    assert_eq!(gap_seqs.last().copied(), Some(apns[0].seq()));
+    // pushed seq, from the APNs userInfo as the app receives it.
+    let synced = sdk.client.handle_push(apns[0].body.to_string()).await?;
+    let got: Vec<u64> = synced.messages.iter().filter_map(|m| m.seq).collect();
+    assert_eq!(got, seqs, "exactly the missed messages");
+    assert!(synced.complete);
+    assert_eq!((synced.seq, synced.count), (apns[0].seq(), 3));
+    // The same push again (or the FCM data map) finds nothing missing.
+    let again = sdk.client.handle_push(apns[0].body.to_string()).await?;
+    assert!(again.messages.is_empty());
+    let fcm_data = fcm[0].body["message"]["data"].to_string();
+    assert!(sdk.client.handle_push(fcm_data).await?.messages.is_empty());
+    let timeline: Vec<u64> = sdk
+        .client
+        .messages(room.clone(), 10)?
+        .iter()
+        .filter_map(|m| m.seq)
+        .collect();
+    assert_eq!(timeline, [1, 2, 3, 4], "stored like live messages");
 
     // The sender gets no push for its own messages, and an unregistered
     // device none at all.
@@ -206,12 +228,98 @@ async fn offline_buyer_gets_one_push_per_burst_and_syncs_the_gap(
     fakes.apns.handle.wait_accepted(2, T).await;
     tokio::time::sleep(SETTLE).await;
     assert_eq!(fakes.apns.handle.accepted().len(), 2);
+    // Logout: the SDK unregisters, nothing more is pushed.
+    sdk.client.unregister_push_token().await?;
+    post_chat(&server, &vtok, &room, 1).await?;
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(
+        fakes.apns.handle.accepted().len(),
+        2,
+        "pushed after unregister"
+    );
     assert_eq!(
         fakes.fcm.handle.accepted().len(),
         1,
         "unregistered device pushed"
     );
     assert_eq!(fakes.violations(), Vec::<String>::new());
+    Ok(())
+}
+
+async fn order_milestones_are_pushed_and_synced(engine: EngineChoice) -> Result<()> {
+    let fakes = Fakes::start().await?;
+    let server = Server::start_with(fakes.options(engine)?).await?;
+    let order = unique("order");
+    let och = format!("order:{order}");
+    let buyer = unique("buyer");
+    let btok = token(&buyer, Role::Buyer, &[&och]);
+    let service = token("ops", Role::Service, &[]);
+    let sdk = Buyer::start(fast_config(server.http(""), &buyer), btok.clone())?;
+    let (_, fcm_token) = tokens();
+    let channels = sdk
+        .client
+        .register_push_token(PushPlatform::Fcm, fcm_token.clone())
+        .await?;
+    assert_eq!(channels, std::slice::from_ref(&och));
+    let events = [
+        json!({"event_id": "e1", "status": "placed", "vendor_id": "v-1", "buyers": [buyer]}),
+        json!({"event_id": "e2", "status": "accepted"}),
+        json!({"event_id": "e3", "status": "preparing"}),
+    ];
+    for ev in &events {
+        reqwest::Client::new()
+            .post(server.http(&format!("/v1/orders/{order}/events")))
+            .bearer_auth(&service)
+            .json(ev)
+            .send()
+            .await?
+            .error_for_status()?;
+    }
+    let got = fakes.fcm.handle.wait_accepted(1, T).await;
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(
+        fakes.fcm.handle.accepted().len(),
+        1,
+        "one push for the burst"
+    );
+    assert_eq!(got[0].channel(), och);
+    assert_eq!((got[0].seq(), got[0].count()), (3, 3));
+    assert_eq!(got[0].data["kind"], "order");
+    let synced = sdk
+        .client
+        .handle_push(got[0].body["message"]["data"].to_string())
+        .await?;
+    let statuses: Vec<Option<String>> = synced
+        .order_entries
+        .iter()
+        .map(|e| e.status.clone())
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            Some("placed".into()),
+            Some("accepted".into()),
+            Some("preparing".into())
+        ]
+    );
+    // The next milestone: only it is fetched.
+    reqwest::Client::new()
+        .post(server.http(&format!("/v1/orders/{order}/events")))
+        .bearer_auth(&service)
+        .json(&json!({"event_id": "e4", "status": "ready"}))
+        .send()
+        .await?
+        .error_for_status()?;
+    let got = fakes.fcm.handle.wait_accepted(2, T).await;
+    assert_eq!(got.len(), 2);
+    let synced = sdk
+        .client
+        .handle_push(got[1].body["message"]["data"].to_string())
+        .await?;
+    let seqs: Vec<u64> = synced.order_entries.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [4]);
+    assert_eq!(fakes.violations(), Vec::<String>::new());
+    sdk.client.shutdown().await;
     Ok(())
 }
 
