@@ -51,7 +51,7 @@ impl std::ops::Deref for AppState {
 /// What [`AppState`] points to.
 #[derive(Clone)]
 pub struct Shared {
-    pub engine: Arc<dyn Engine>,
+    pub engine: Arc<Engine>,
     pub hub: Arc<Hub>,
     /// Behind an `Arc`: the state is cloned per request and per connection,
     /// and the keys are the bulk of it (300 bytes plus two heap sets).
@@ -98,7 +98,7 @@ pub struct Shared {
 
 impl AppState {
     pub fn new(
-        engine: Arc<dyn Engine>,
+        engine: Engine,
         hub: Arc<Hub>,
         keys: AuthKeys,
         limits: Limits,
@@ -115,7 +115,7 @@ impl AppState {
             notifications: Arc::new(MemoryNotificationStore::new(&limits)),
         };
         // Every engine and store error is counted here, once.
-        let engine = counted::engine(engine, &metrics);
+        let engine = Arc::new(counted::engine(engine, &metrics));
         let stores = counted::stores(stores, &metrics);
         let push_metrics = PushMetrics::new();
         push_metrics.register(metrics.registry());
@@ -244,7 +244,7 @@ impl AppState {
     /// The chat, presence and notification operations.
     pub fn chat(&self) -> Chat<'_> {
         Chat {
-            engine: &*self.engine,
+            engine: &self.engine,
             stores: &self.stores,
             limits: &self.limits,
             push: &self.push,
@@ -256,7 +256,7 @@ impl AppState {
 /// rooms; for order and vendor channels, whether anyone subscribes to it on
 /// any process (the engine's watcher count, as `/v1/admin/channels` shows).
 struct EngineLiveness {
-    engine: Arc<dyn Engine>,
+    engine: Arc<Engine>,
     presence: Arc<dyn PresenceStore>,
     max_presence: usize,
 }
