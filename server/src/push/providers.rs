@@ -326,19 +326,22 @@ pub fn classify_apns(status: u16, reason: String, after: Option<Duration>) -> Se
                 reason
             })
         }
-        (429, _) | (500..=599, _) => SendOutcome::Retry {
-            reason: if reason.is_empty() {
-                format!("http_{status}")
-            } else {
-                reason
-            },
-            after,
-        },
-        _ => SendOutcome::Failed(if reason.is_empty() {
-            format!("http_{status}")
-        } else {
-            reason
-        }),
+        _ => retry_or_fail(status, reason, after),
+    }
+}
+
+/// What is left once dead tokens are handled: 429 and 5xx retry, anything
+/// else fails; `reason` (or `http_<status>`) names it.
+fn retry_or_fail(status: u16, reason: String, after: Option<Duration>) -> SendOutcome {
+    let reason = if reason.is_empty() {
+        format!("http_{status}")
+    } else {
+        reason
+    };
+    if status == 429 || (500..=599).contains(&status) {
+        SendOutcome::Retry { reason, after }
+    } else {
+        SendOutcome::Failed(reason)
     }
 }
 
@@ -544,19 +547,7 @@ fn classify_fcm(status: u16, body: FcmErrorBody, after: Option<Duration>) -> Sen
         (_, "INVALID_ARGUMENT") if about_token => {
             SendOutcome::Unregistered("INVALID_ARGUMENT".into())
         }
-        (429, _) | (500..=599, _) => SendOutcome::Retry {
-            reason: if code.is_empty() {
-                format!("http_{status}")
-            } else {
-                code
-            },
-            after,
-        },
-        _ => SendOutcome::Failed(if code.is_empty() {
-            format!("http_{status}")
-        } else {
-            code
-        }),
+        _ => retry_or_fail(status, code, after),
     }
 }
 
