@@ -13,6 +13,7 @@ mod fanout;
 mod floor;
 mod ingest;
 mod order_eta;
+mod push;
 mod replay;
 mod storm;
 mod worker;
@@ -44,6 +45,9 @@ enum Command {
     SdkReplay(replay::Args),
     /// Arrival and ETA accuracy of the order estimator on GPS traces (offline).
     OrderEta(order_eta::Args),
+    /// Push pipeline with the real FCM client against a loopback stand-in:
+    /// event → provider request latency and pushes/s per process.
+    Push(push::Args),
     /// Insert rate of the driver SDK's SQLite buffer (batched transactions).
     SdkBuffer(replay::BufferArgs),
     /// The floor: a minimal server speaking Waypost's subscribe/ingest wire (no auth, no engine).
@@ -68,6 +72,7 @@ fn main() -> anyhow::Result<()> {
             Command::Chat(args) => chat::run(args).await,
             Command::SdkReplay(args) => replay::run(args).await,
             Command::OrderEta(args) => order_eta::run(args).await,
+            Command::Push(args) => push::run(args).await,
             Command::SdkBuffer(args) => replay::run_buffer(args).await,
             Command::Floor(args) => floor::run(args).await,
             Command::Worker(args) => worker::run(args).await,

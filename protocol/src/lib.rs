@@ -14,6 +14,7 @@ mod frames;
 mod http;
 mod ids;
 mod order;
+mod push;
 mod status;
 
 pub use channel::{Channel, ChannelError, ChannelKind};
@@ -31,4 +32,5 @@ pub use order::{
     OrderEventError, OrderFrame, OrderFrameType, OrderStatus, OrderView, TimelineEntry,
     TimelineResponse, DEFAULT_ARRIVAL_RADIUS_M, MAX_ORDER_BUYERS, MAX_ORDER_DATA_BYTES,
 };
+pub use push::{DeviceRegistered, DeviceRegistration, PushData, PushKind};
 pub use status::{DriverState, DriverStatusBody, Silence, SilenceReason, MAX_TRAIL_FIXES};

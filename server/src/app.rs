@@ -40,6 +40,11 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
     state
         .tasks
         .spawn(crate::tail::redispatch_after_resubscribe(state.clone()));
+    // Push: the collapse flusher and the delivery workers (when a
+    // provider is configured).
+    state
+        .push
+        .spawn(state.liveness(), &state.tasks, &state.shutdown);
     let router = build_router(state.clone());
     let token = state.shutdown.clone();
     // No Nagle: frames are small and latency-bound; a second frame must not

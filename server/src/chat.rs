@@ -8,7 +8,7 @@
 //! [`ChatError`], which the routes map to `AppError` (HTTP) and to `error`
 //! frames (WebSocket, through the same mapping).
 
-use waypost_protocol::{validate_id, Channel, Claims, IdError};
+use waypost_protocol::{validate_id, Channel, Claims, IdError, PushKind};
 
 use crate::auth::may_subscribe;
 use crate::config::Limits;
@@ -18,6 +18,7 @@ use crate::engine::chat::{
 use crate::engine::{Engine, EngineError};
 use crate::frame::{now_us, Frame};
 use crate::now_ms;
+use crate::push::{Push, PushEvent};
 
 /// Why a chat, presence or notification operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,8 @@ pub struct Chat<'a> {
     pub engine: &'a Engine,
     pub stores: &'a ChatStores,
     pub limits: &'a Limits,
+    /// Told of every new message and notification (for users offline).
+    pub push: &'a Push,
 }
 
 /// Checks the room id and that the caller's token grants `chat:{room}`.
@@ -103,11 +106,19 @@ impl Chat<'_> {
                 self.engine.publish(&user, frame),
             )
             .await;
-            for (channel, result) in [(room_channel, to_room), (user, to_user)] {
+            for (channel, result) in [(room_channel.clone(), to_room), (user, to_user)] {
                 if let Err(e) = result {
                     tracing::warn!(error = %e, %channel, "publishing a chat message failed");
                 }
             }
+            self.push.event(PushEvent {
+                kind: PushKind::Message,
+                channel: room_channel,
+                seq: msg.seq,
+                from: Some(from.to_owned()),
+                preview: Some(msg.body.clone()),
+                origin_us: origin,
+            });
         }
         Ok(appended)
     }
@@ -201,9 +212,18 @@ impl Chat<'_> {
         // Stored first: a stream that misses the publish fills the gap from
         // history when the next one arrives, or on reconnect.
         let frame = Frame::notification(n.seq, n.to_sse(), origin);
-        if let Err(e) = self.engine.publish(&Channel::vendor(vendor), frame).await {
+        let channel = Channel::vendor(vendor);
+        if let Err(e) = self.engine.publish(&channel, frame).await {
             tracing::warn!(error = %e, vendor, "publishing a notification failed");
         }
+        self.push.event(PushEvent {
+            kind: PushKind::Notification,
+            channel,
+            seq: n.seq,
+            from: None,
+            preview: Some(n.event.clone()),
+            origin_us: origin,
+        });
         Ok(n)
     }
 }

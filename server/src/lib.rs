@@ -20,6 +20,7 @@ pub mod hub;
 pub mod keys;
 pub mod metrics;
 pub mod orders;
+pub mod push;
 pub mod revocation;
 pub mod routes;
 pub mod state;

@@ -14,7 +14,7 @@ use waypost_server::cluster::RedisNodeStats;
 use waypost_server::config::Limits;
 use waypost_server::driver_index::RedisDriverIndex;
 use waypost_server::engine;
-use waypost_server::engine::chat_redis;
+use waypost_server::engine::chat_redis::{self, StoreConn};
 use waypost_server::engine::nats::NatsOptions;
 use waypost_server::engine::open::{BusConfig, EngineConfig, StoreConfig};
 use waypost_server::engine::redis::{RedisOptions, RedisTls, SentinelConfig};
@@ -28,6 +28,9 @@ use waypost_server::orders::redis::RedisOrderStore;
 use waypost_server::orders::store::OrderStore;
 use waypost_server::orders::stream::{self as order_stream, StreamConfig, StreamMetrics};
 use waypost_server::orders::{OrderLimits, Orders};
+use waypost_server::push::cli::PushArgs;
+use waypost_server::push::devices::DeviceStore;
+use waypost_server::push::PushMetrics;
 use waypost_server::revocation::RedisRevocationStore;
 use waypost_server::state::AppState;
 use waypost_server::webhooks::queue::{MemoryWebhookQueue, WebhookQueue};
@@ -90,6 +93,22 @@ enum Command {
     Token(TokenArgs),
     /// Probe a running server's /healthz (for container HEALTHCHECKs).
     Healthcheck(HealthcheckArgs),
+    /// Send a test push to every registered device of a user, with the
+    /// server's engine and push flags (on the memory engine a separate
+    /// process sees no devices: use it with --engine redis).
+    PushTest(Box<PushTestArgs>),
+}
+
+#[derive(clap::Args)]
+struct PushTestArgs {
+    /// The user (token `sub`) whose devices get the push.
+    #[arg(long)]
+    user: String,
+    /// How long to wait for the providers' answers.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    wait: Duration,
+    #[command(flatten)]
+    serve: ServeArgs,
 }
 
 #[derive(clap::Args)]
@@ -238,6 +257,8 @@ struct ServeArgs {
     /// are drawn on a plain projected canvas, which works offline.
     #[arg(long, env = "WAYPOST_DASHBOARD_TILES", value_parser = waypost_server::routes::dashboard::tile_template)]
     dashboard_tiles: Option<String>,
+    #[command(flatten)]
+    push: PushArgs,
 }
 
 #[derive(clap::Args)]
@@ -383,6 +404,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(args) => run_server(*args).await,
+        Command::PushTest(args) => push_test(*args).await,
         Command::Healthcheck(args) => {
             waypost_server::healthcheck::probe(&args.url, args.timeout)?;
             Ok(())
@@ -561,6 +583,7 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
             ),
         })?;
     let (engine, stores) = (opened.engine, opened.stores);
+    let store_conn = opened.redis.as_ref().map(chat_redis::store_conn);
     if args.order_stream.is_some() && args.engine != EngineKind::Redis {
         anyhow::bail!("--order-stream needs --engine redis");
     }
@@ -601,6 +624,10 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
         webhooks.clone(),
         presence,
     ));
+    let push = args
+        .push
+        .build(push_devices(store_conn), state.push.metrics.clone())?;
+    state = state.with_push(Arc::new(push));
     if let Some(hooks) = &webhooks {
         hooks.spawn(&state.tasks, &state.shutdown);
     }
@@ -641,6 +668,69 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
     ));
     serve(listener, state).await?;
     Ok(())
+}
+
+/// `waypost push-test`: a test push to every device of `--user`, sent
+/// from this process with the server's flags.
+async fn push_test(args: PushTestArgs) -> anyhow::Result<()> {
+    init_logs(args.serve.log_format);
+    let conn = match args.serve.engine {
+        EngineKind::Memory => None,
+        EngineKind::Redis => {
+            let opts = RedisOptions {
+                tls: RedisTls {
+                    ca: args.serve.redis_ca.clone(),
+                    client_cert: args.serve.redis_client_cert.clone(),
+                    client_key: args.serve.redis_client_key.clone(),
+                },
+                ..RedisOptions::default()
+            };
+            Some(
+                StoreConn::connect(&args.serve.redis_url, &opts)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "connecting to Redis at {}",
+                            engine::redacted(&args.serve.redis_url)
+                        )
+                    })?,
+            )
+        }
+    };
+    let metrics = PushMetrics::new();
+    let push = args.serve.push.build(push_devices(conn), metrics.clone())?;
+    anyhow::ensure!(
+        push.enabled(),
+        "no push provider configured (--apns-* or --fcm-*)"
+    );
+    let queued = push.test_push(&args.user).await?;
+    let deadline = tokio::time::Instant::now() + args.wait;
+    while push.queued() > 0 && tokio::time::Instant::now() < deadline {
+        if push.drain_ready().await == 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let sent: u64 = ["apns", "fcm"]
+        .iter()
+        .map(|p| metrics.sent.with_label_values(&[p]).get())
+        .sum();
+    let removed: u64 = ["apns", "fcm"]
+        .iter()
+        .map(|p| metrics.removed.with_label_values(&[p]).get())
+        .sum();
+    println!(
+        "devices: {queued}, sent: {sent}, removed (dead token): {removed}, still queued: {}",
+        push.queued()
+    );
+    anyhow::ensure!(queued > 0, "user {:?} has no registered device", args.user);
+    anyhow::ensure!(sent as usize == queued, "not every push was accepted");
+    Ok(())
+}
+
+/// The push device store: on the engine's Redis connection and key prefix
+/// with the Redis engine.
+fn push_devices(conn: Option<StoreConn>) -> Arc<dyn DeviceStore> {
+    waypost_server::push::devices::store(conn)
 }
 
 #[cfg(test)]

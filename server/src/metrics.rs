@@ -292,7 +292,7 @@ impl Default for Metrics {
 }
 
 /// Metric constructors only fail on invalid names, which are constants here.
-fn unreachable_metric<T>() -> T {
+pub(crate) fn unreachable_metric<T>() -> T {
     panic!("invalid metric definition (a programming error caught by the unit test)")
 }
 

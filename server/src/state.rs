@@ -8,6 +8,7 @@ use std::sync::Arc;
 use axum::extract::FromRef;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use waypost_protocol::{Channel, ChannelKind};
 
 use crate::activity::Activity;
 use crate::admission::{ConnectionCounter, ConnectionPermit, Full, KeyedLimiter};
@@ -16,10 +17,10 @@ use crate::chat::Chat;
 use crate::cluster::{Lookups, NodeStats};
 use crate::config::Limits;
 use crate::driver_index::DriverIndex;
-use crate::engine::chat::ChatStores;
+use crate::engine::chat::{ChatStores, PresenceStore};
 use crate::engine::chat_memory::{MemoryChatStore, MemoryNotificationStore, MemoryPresenceStore};
 use crate::engine::counted;
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineError};
 use crate::error::AppError;
 use crate::expiry::ExpiryWheel;
 use crate::hub::Hub;
@@ -27,6 +28,8 @@ use crate::metrics::Metrics;
 use crate::orders::live::OrderService;
 use crate::orders::memory::MemoryOrderStore;
 use crate::orders::{OrderLimits, Orders};
+use crate::push::devices::MemoryDeviceStore;
+use crate::push::{Liveness, Push, PushConfig, PushMetrics};
 use crate::revocation::{MemoryRevocationStore, RevocationStore, UserConnections};
 
 /// Most distinct drivers whose ingest rate is tracked at once.
@@ -95,6 +98,9 @@ pub struct Shared {
     pub lookups: Arc<Lookups>,
     /// Map tile URL template of the dashboard (`--dashboard-tiles`).
     pub dashboard_tiles: Option<Arc<str>>,
+    /// Push devices and delivery (memory store, no provider by default;
+    /// `with_push` plugs in Redis and APNs/FCM).
+    pub push: Arc<Push>,
 }
 
 impl AppState {
@@ -118,6 +124,15 @@ impl AppState {
         // Every engine and store error is counted here, once.
         let engine = Arc::new(counted::engine(engine, &metrics));
         let stores = counted::stores(stores, &metrics);
+        let push_metrics = PushMetrics::new();
+        push_metrics.register(metrics.registry());
+        let push = Arc::new(Push::new(
+            PushConfig::default(),
+            Arc::new(MemoryDeviceStore::default()),
+            None,
+            None,
+            push_metrics,
+        ));
         let orders = OrderService::new(
             Orders::new(Arc::new(MemoryOrderStore::new(OrderLimits::default()))),
             Arc::clone(&engine),
@@ -152,6 +167,7 @@ impl AppState {
             node_stats: None,
             lookups: Arc::default(),
             dashboard_tiles: None,
+            push,
         }))
     }
 }
@@ -170,6 +186,25 @@ impl AppState {
         let mut shared = Arc::unwrap_or_clone(self.0);
         shared.orders = orders;
         Self(Arc::new(shared))
+    }
+
+    /// Replaces the push service (Redis devices, providers); the order
+    /// service pushes through it too.
+    pub fn with_push(self, push: Arc<Push>) -> Self {
+        let mut shared = Arc::unwrap_or_clone(self.0);
+        shared.orders = shared.orders.with_push(Arc::clone(&push));
+        shared.push = push;
+        Self(Arc::new(shared))
+    }
+
+    /// What push asks before pushing: whether the user is live on the
+    /// channel on any process.
+    pub fn liveness(&self) -> Arc<dyn Liveness> {
+        Arc::new(EngineLiveness {
+            engine: Arc::clone(&self.engine),
+            presence: Arc::clone(&self.stores.presence),
+            max_presence: self.limits.max_presence_per_room,
+        })
     }
 
     /// Replaces the revocation store (the Redis one with the Redis engine).
@@ -237,6 +272,31 @@ impl AppState {
             engine: &self.engine,
             stores: &self.stores,
             limits: &self.limits,
+            push: &self.push,
+        }
+    }
+}
+
+/// Liveness across processes: chat presence (per user, expiring) for
+/// rooms; for order and vendor channels, whether anyone subscribes to it on
+/// any process (the engine's watcher count, as `/v1/admin/channels` shows).
+struct EngineLiveness {
+    engine: Arc<Engine>,
+    presence: Arc<dyn PresenceStore>,
+    max_presence: usize,
+}
+
+#[async_trait::async_trait]
+impl Liveness for EngineLiveness {
+    async fn is_live(&self, user: &str, channel: &Channel) -> Result<bool, EngineError> {
+        if channel.kind == ChannelKind::Chat {
+            let online = self
+                .presence
+                .online(&channel.id, crate::now_ms(), self.max_presence)
+                .await?;
+            Ok(online.iter().any(|u| u == user))
+        } else {
+            Ok(self.engine.watchers(channel).await? > 0)
         }
     }
 }

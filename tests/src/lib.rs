@@ -7,6 +7,7 @@
 
 pub mod chat;
 pub mod proxy;
+pub mod push;
 pub mod sentinel;
 pub mod tls;
 

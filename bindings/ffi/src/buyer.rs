@@ -8,7 +8,7 @@ use std::sync::{Arc, Weak};
 use waypost_sdk::buyer as sdk;
 use waypost_sdk::buyer::{
     ChatEntry, ConnectionState, DriverStatusUpdate, LocationUpdate, OrderEntry, PresenceUpdate,
-    TrailUpdate, TypingUpdate,
+    PushPlatform, PushSync, TrailUpdate, TypingUpdate,
 };
 
 use crate::error::WaypostError;
@@ -328,6 +328,33 @@ impl BuyerClient {
     /// a backoff wait.
     pub fn reconnect(&self) -> Result<(), WaypostError> {
         self.inner.reconnect()
+    }
+
+    /// Registers this device's push token: call from FCM's `onNewToken`
+    /// (Android) or `didRegisterForRemoteNotificationsWithDeviceToken`
+    /// (iOS, the token as hex), and after every token change. Returns the
+    /// channels pushes will come for.
+    pub async fn register_push_token(
+        &self,
+        platform: PushPlatform,
+        token: String,
+    ) -> Result<Vec<String>, WaypostError> {
+        let inner = Arc::clone(&self.inner);
+        runtime::run(async move { inner.register_push_token(platform, token).await }).await?
+    }
+
+    /// Stops pushes to this device (e.g. at logout).
+    pub async fn unregister_push_token(&self) -> Result<(), WaypostError> {
+        let inner = Arc::clone(&self.inner);
+        runtime::run(async move { inner.unregister_push_token().await }).await?
+    }
+
+    /// Handles a received push payload (iOS `userInfo` or Android
+    /// `RemoteMessage.data`, as JSON): fetches exactly the missed chat
+    /// messages or order entries up to the pushed seq and returns them.
+    pub async fn handle_push(&self, payload: String) -> Result<PushSync, WaypostError> {
+        let inner = Arc::clone(&self.inner);
+        runtime::run(async move { inner.handle_push(payload).await }).await?
     }
 
     /// Closes the connection and stops the client (idempotent). Pending

@@ -12,12 +12,15 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use waypost_protocol::{validate_id, Channel, ChannelKind, ChatMessage, ClientFrame, ServerFrame};
+use waypost_protocol::{
+    validate_id, Channel, ChannelKind, ChatMessage, ClientFrame, PushKind, ServerFrame,
+};
 
 use super::chat::{fetch_page, Filling, Offer, Room, MAX_HTTP_PAGES};
 use super::connection::{self, ConnectionConfig, Control, Deps, Session};
 use super::orders::Orders;
 use super::outbox::{Outbox, Verdict};
+use super::push::{self, PushPlatform, PushSync};
 use super::store::Store;
 use super::tracking::Tracking;
 use super::transport::{TungsteniteConnector, WsConnector};
@@ -40,6 +43,9 @@ pub const MAX_ROOMS: usize = 64;
 const MAX_PRESENCE: usize = 10_000;
 /// At most one `typing` per room in this period.
 const TYPING_EVERY_MS: u64 = 2_000;
+
+/// Store key of this installation's push device id.
+const PUSH_DEVICE_KEY: &str = "push_device_id";
 
 /// Settings of a buyer client (plain data).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,6 +175,10 @@ struct Snapshot {
 /// A buyer's connection to Waypost: live tracking and chat.
 pub struct BuyerClient {
     config: BuyerConfig,
+    /// HTTP edges shared with the task (push registration and sync).
+    transport: Arc<dyn HttpTransport>,
+    tokens: Arc<Tokens>,
+    random: Arc<dyn RandomSource>,
     cmd: mpsc::Sender<Command>,
     cancel: CancellationToken,
     store: Arc<Store>,
@@ -227,6 +237,7 @@ impl BuyerClient {
             random: Arc::clone(&deps.random),
             environment: Arc::clone(&deps.environment),
         };
+        let http_tokens = Arc::clone(&tokens);
         let mut core = Core {
             me: config.user_id.clone(),
             base_url: config.base_url.trim_end_matches('/').to_owned(),
@@ -260,6 +271,9 @@ impl BuyerClient {
         });
         Ok(Arc::new(Self {
             config,
+            transport: Arc::clone(&deps.transport),
+            tokens: http_tokens,
+            random: Arc::clone(&deps.random),
             cmd: tx,
             cancel,
             store,
@@ -382,6 +396,136 @@ impl BuyerClient {
 
     /// Closes the connection and stops the background task; waits for it.
     /// The store keeps the outbox for the next start.
+    /// A token for an HTTP call, or `Unauthorized` when the app has none.
+    async fn http_token(&self) -> Result<String, WaypostError> {
+        self.tokens.get().await.ok_or(WaypostError::Unauthorized {
+            details: "the token provider returned no token".into(),
+            http_status: None,
+        })
+    }
+
+    fn base(&self) -> &str {
+        self.config.base_url.trim_end_matches('/')
+    }
+
+    /// This installation's push device id (made once, kept in the store).
+    fn push_device_id(&self) -> Result<String, WaypostError> {
+        if let Some(id) = self.store.get(PUSH_DEVICE_KEY)? {
+            return Ok(id);
+        }
+        let id = format!(
+            "dev-{:016x}{:016x}",
+            self.random.next_u64(),
+            self.random.next_u64()
+        );
+        self.store.set(PUSH_DEVICE_KEY, &id)?;
+        Ok(id)
+    }
+
+    /// Registers this device's push token (call from FCM's `onNewToken` or
+    /// iOS's `didRegisterForRemoteNotificationsWithDeviceToken`, and again
+    /// after a token change). Returns the channels pushes will come for.
+    pub async fn register_push_token(
+        &self,
+        platform: PushPlatform,
+        token: String,
+    ) -> Result<Vec<String>, WaypostError> {
+        if token.is_empty() {
+            return Err(WaypostError::invalid("push token is empty"));
+        }
+        let device_id = self.push_device_id()?;
+        let auth = self.http_token().await?;
+        let reg = push::register(
+            &*self.transport,
+            self.base(),
+            &auth,
+            &device_id,
+            platform,
+            &token,
+        )
+        .await?;
+        Ok(reg.channels)
+    }
+
+    /// Stops pushes to this device (e.g. at logout).
+    pub async fn unregister_push_token(&self) -> Result<(), WaypostError> {
+        let Some(device_id) = self.store.get(PUSH_DEVICE_KEY)? else {
+            return Ok(());
+        };
+        let auth = self.http_token().await?;
+        push::unregister(&*self.transport, self.base(), &auth, &device_id).await
+    }
+
+    /// Handles a received push (`userInfo` on iOS, `RemoteMessage.data` on
+    /// Android, as JSON): reads exactly what this device misses on the
+    /// pushed channel up to the pushed seq and returns it. Chat messages
+    /// are stored like live ones (the room's next resume starts after
+    /// them). Bounded to [`push::MAX_PUSH_PAGES`] pages per call.
+    pub async fn handle_push(&self, payload: String) -> Result<PushSync, WaypostError> {
+        let data = push::parse(&payload)?;
+        let mut out = PushSync {
+            kind: push::kind_name(data.kind),
+            channel: data.channel.clone(),
+            seq: data.seq,
+            count: data.count,
+            messages: Vec::new(),
+            order_entries: Vec::new(),
+            complete: true,
+        };
+        let Some(channel) = Channel::from_name(&data.channel) else {
+            return Ok(out);
+        };
+        match (data.kind, channel.kind) {
+            (PushKind::Message, ChannelKind::Chat) => {
+                check_id("room", &channel.id)?;
+                let auth = self.http_token().await?;
+                let after = self.store.last_seq(&channel.id)?;
+                let (msgs, complete) = push::chat_gap(
+                    &*self.transport,
+                    self.base(),
+                    &auth,
+                    &channel.id,
+                    after,
+                    data.seq,
+                )
+                .await?;
+                for m in &msgs {
+                    if m.seq > self.store.last_seq(&channel.id)? {
+                        out.messages
+                            .push(self.store.apply(m, &self.config.user_id)?.0);
+                    }
+                }
+                out.complete = complete;
+            }
+            (PushKind::Order, ChannelKind::Order) => {
+                check_id("order_id", &channel.id)?;
+                let key = format!("push_cursor:{}", data.channel);
+                let after = self
+                    .store
+                    .get(&key)?
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+                let auth = self.http_token().await?;
+                let (entries, complete) = push::order_gap(
+                    &*self.transport,
+                    self.base(),
+                    &auth,
+                    &channel.id,
+                    after,
+                    data.seq,
+                )
+                .await?;
+                if let Some(last) = entries.last() {
+                    self.store.set(&key, &last.seq.to_string())?;
+                }
+                out.order_entries = entries;
+                out.complete = complete;
+            }
+            _ => {}
+        }
+        Ok(out)
+    }
+
     pub async fn shutdown(&self) {
         self.cancel.cancel();
         let task = self.task.lock().take();

@@ -25,6 +25,7 @@ pub mod client;
 pub mod connection;
 pub mod orders;
 pub mod outbox;
+pub mod push;
 pub mod store;
 pub mod tracking;
 pub mod transport;
@@ -34,6 +35,7 @@ pub mod types;
 mod tests;
 
 pub use client::{BuyerClient, BuyerConfig, BuyerDeps};
+pub use push::{PushPlatform, PushSync};
 pub use transport::{TransportError, TungsteniteConnector, WsConnector, WsEvent, WsTransport};
 pub use types::{
     BuyerListener, ChatEntry, CloseReason, ConnectionState, DriverStatusUpdate, LocationUpdate,

@@ -87,8 +87,41 @@ impl Store {
                  COMMIT;",
             )?;
         }
+        // Small settings (the push device id, push sync cursors); created
+        // on any schema version, nothing depends on it being there before.
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+        )?;
         Ok(Self {
             conn: Mutex::new(conn),
+        })
+    }
+
+    /// A stored setting.
+    pub fn get(&self, key: &str) -> Result<Option<String>, WaypostError> {
+        let conn = self.conn.lock();
+        Ok(conn
+            .query_row("SELECT value FROM kv WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Stores a setting.
+    pub fn set(&self, key: &str, value: &str) -> Result<(), WaypostError> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO kv (key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Removes a setting.
+    pub fn remove(&self, key: &str) -> Result<(), WaypostError> {
+        self.tx(|tx| {
+            tx.execute("DELETE FROM kv WHERE key = ?1", [key])
+                .map(|_| ())
         })
     }
 

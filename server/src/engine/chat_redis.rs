@@ -57,16 +57,25 @@ impl StoreConn {
     }
 
     /// `<prefix>:<kind>:{<id>}<suffix>`.
-    fn key(&self, kind: &str, id: &str, suffix: &str) -> String {
+    pub(crate) fn key(&self, kind: &str, id: &str, suffix: &str) -> String {
         format!("{}:{kind}:{{{id}}}{suffix}", self.prefix)
     }
 
-    async fn invoke<T: FromRedisValue>(
+    pub(crate) async fn invoke<T: FromRedisValue>(
         &self,
         inv: &ScriptInvocation<'_>,
     ) -> Result<T, EngineError> {
         let mut conn = self.cmd.conn();
         self.cmd.run(inv.invoke_async(&mut conn)).await
+    }
+
+    /// One plain command, bounded like every other call.
+    pub(crate) async fn query<T: FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> Result<T, EngineError> {
+        let mut conn = self.cmd.conn();
+        self.cmd.run(cmd.query_async(&mut conn)).await
     }
 
     /// [`StoreConn::invoke`] for a write the caller acknowledges (waits for
@@ -90,6 +99,12 @@ pub fn stores(redis: &RedisConn, limits: &Limits) -> ChatStores {
         presence: Arc::new(RedisPresenceStore::new(conn.clone(), limits)),
         notifications: Arc::new(RedisNotificationStore::new(conn, limits)),
     }
+}
+
+/// The stores' handle on `engine`'s command connection and key prefix
+/// (for stores outside the chat trio, such as push devices).
+pub fn store_conn(redis: &RedisConn) -> StoreConn {
+    StoreConn::new(Arc::clone(&redis.cmd), redis.key_prefix())
 }
 
 /// A plain connection manager set up like the engine's (TLS; behind

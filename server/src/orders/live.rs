@@ -10,8 +10,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use waypost_protocol::{
-    Channel, DriverState, DriverStatusBody, EntryBody, Fix, OrderEvent, OrderFrame, ServerFrame,
-    Silence, TimelineEntry,
+    Channel, DriverState, DriverStatusBody, EntryBody, Fix, OrderEvent, OrderFrame, PushKind,
+    ServerFrame, Silence, TimelineEntry,
 };
 
 use super::eta::Point;
@@ -19,6 +19,7 @@ use super::presence::{presence_event, DriverPresence, Seen};
 use super::{Applied, Order, OrderError, Orders};
 use crate::engine::Engine;
 use crate::frame::{About, Frame};
+use crate::push::{Push, PushEvent};
 use crate::trail::{status_frame, trail_frame};
 use crate::webhooks::{WebhookEvent, Webhooks};
 
@@ -76,6 +77,7 @@ pub struct OrderService {
     webhooks: Option<Arc<Webhooks>>,
     /// Online drivers: `driver_status` frames and presence webhooks.
     presence: Arc<dyn DriverPresence>,
+    push: Option<Arc<Push>>,
 }
 
 impl OrderService {
@@ -90,7 +92,15 @@ impl OrderService {
             engine,
             webhooks,
             presence,
+            push: None,
         }
+    }
+
+    /// Pushes the entries a buyer should see to users without a live
+    /// subscription.
+    pub fn with_push(mut self, push: Arc<Push>) -> Self {
+        self.push = Some(push);
+        self
     }
 
     /// Applies an order event; a new entry is published (and webhooked)
@@ -312,8 +322,28 @@ impl OrderService {
                     tracing::warn!(order = %order.order_id, seq = e.seq, error = %err, "webhook not queued");
                 }
             }
+            if let (Some(push), Some(preview)) = (&self.push, push_preview(e)) {
+                push.event(PushEvent {
+                    kind: PushKind::Order,
+                    channel: channel.clone(),
+                    seq: e.seq,
+                    from: None,
+                    preview: Some(preview),
+                    origin_us,
+                });
+            }
         }
         Ok(())
+    }
+}
+
+/// What a push says of an entry the buyer should see (status changes and
+/// arrival; ETA updates and departures are not pushed).
+pub fn push_preview(e: &TimelineEntry) -> Option<String> {
+    match &e.body {
+        EntryBody::Status { status, .. } => Some(status.as_str().to_owned()),
+        EntryBody::Arrival { .. } => Some("arriving".to_owned()),
+        EntryBody::Departure { .. } | EntryBody::Eta { .. } => None,
     }
 }
 

@@ -1,7 +1,7 @@
 //! HTTP routes, one file per surface.
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 
 use crate::state::AppState;
@@ -9,6 +9,7 @@ use crate::state::AppState;
 pub mod admin;
 pub mod chat;
 pub mod dashboard;
+pub mod devices;
 pub mod ingest;
 pub mod openapi;
 pub mod ops;
@@ -55,6 +56,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/orders/{order_id}/timeline", get(orders::get_timeline))
         .route("/v1/orders/{order_id}/stream", get(sse::order_stream))
         .route("/v1/orders/{order_id}/poll", get(poll::poll_order))
+        .route("/v1/devices", post(devices::post_device))
+        .route("/v1/devices/{device_id}", delete(devices::delete_device))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

@@ -37,6 +37,7 @@ use ring::hmac;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use waypost_protocol::backoff::BackoffPolicy;
 
 use crate::engine::EngineError;
 pub use event::WebhookEvent;
@@ -405,9 +406,21 @@ impl Webhooks {
 
     /// Full jitter: uniform in `0..=min(max, base·2^(attempts-1))` ms.
     fn backoff_ms(&self, attempts: u32) -> i64 {
-        let base = self.cfg.base_backoff.as_millis() as u64;
-        let cap = self.cfg.max_backoff.as_millis() as u64;
-        let exp = base.saturating_mul(1u64 << attempts.saturating_sub(1).min(32));
-        self.jitter.upto(exp.min(cap)) as i64
+        let policy = BackoffPolicy {
+            base: self.cfg.base_backoff,
+            cap: self.cfg.max_backoff,
+            max_elapsed: None,
+        };
+        full_jitter(&policy, attempts.saturating_sub(1), &*self.jitter).as_millis() as i64
     }
+}
+
+/// The full-jitter wait of retry number `attempt` (0-based): uniform in
+/// `0..=policy.window(attempt)` from `jitter` (webhooks and push share it).
+pub fn full_jitter(policy: &BackoffPolicy, attempt: u32, jitter: &dyn Jitter) -> Duration {
+    let window = policy
+        .window(attempt)
+        .as_millis()
+        .min(u128::from(u64::MAX - 1)) as u64;
+    Duration::from_millis(jitter.upto(window))
 }
