@@ -19,6 +19,7 @@ pub mod clock;
 pub mod driver;
 pub mod env;
 pub mod error;
+pub mod subscription;
 pub mod tokens;
 pub mod transport;
 
@@ -40,6 +41,7 @@ pub use driver::{
     UploadPoll,
 };
 pub use error::{ErrorInfo, WaypostError};
+pub use subscription::Subscription;
 pub use tokens::{StaticToken, TokenProvider};
 pub use transport::{
     HttpError, HttpHeader, HttpRequest, HttpResponse, HttpTransport, ReqwestTransport, StatusError,

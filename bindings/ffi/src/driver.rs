@@ -13,6 +13,7 @@ use waypost_sdk::{
 use crate::error::WaypostError;
 use crate::platform::{self, PlatformInfo};
 use crate::runtime;
+use crate::task_handle::Subscription;
 use crate::tokens::{self, TokenProvider};
 
 /// Settings of a [`Driver`]. Only the four ids/paths are required; every
@@ -224,6 +225,24 @@ impl Driver {
     ) -> Result<Vec<RecordOutcome>, WaypostError> {
         let inner = Arc::clone(&self.inner);
         runtime::run_blocking(move || inner.record_many(locations)).await?
+    }
+
+    /// Adds a listener of every event from now on, until the returned
+    /// subscription is cancelled or dropped (the listener given to `open`
+    /// also hears `BufferRecreated`, raised during the open).
+    pub fn watch_events(
+        &self,
+        listener: Arc<dyn DriverListener>,
+    ) -> Result<Arc<Subscription>, WaypostError> {
+        let sub = self
+            .inner
+            .watch_events(Arc::new(ListenerAdapter(listener)))?;
+        Ok(Arc::new(sub.into()))
+    }
+
+    /// Listeners added with `watch_events` and not cancelled.
+    pub fn watcher_count(&self) -> u32 {
+        u32::try_from(self.inner.watcher_count()).unwrap_or(u32::MAX)
     }
 
     /// Asks the background uploader to upload now.

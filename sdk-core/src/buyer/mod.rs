@@ -36,6 +36,7 @@ mod tests;
 pub use client::{BuyerClient, BuyerConfig, BuyerDeps};
 pub use transport::{TransportError, TungsteniteConnector, WsConnector, WsEvent, WsTransport};
 pub use types::{
-    BuyerListener, ChatEntry, CloseReason, ConnectionState, LocationUpdate, MessageStatus,
-    OrderEntry, OrderEntryKind, OrderListener, PresenceUpdate, TypingUpdate,
+    BuyerListener, ChatEntry, ChatEvent, ChatListener, CloseReason, ConnectionState,
+    ConnectionStateListener, LocationListener, LocationUpdate, MessageStatus, OrderEntry,
+    OrderEntryKind, OrderListener, PresenceUpdate, TypingUpdate,
 };
