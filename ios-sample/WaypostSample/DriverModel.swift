@@ -22,9 +22,10 @@ import Foundation
 /// `recordMany` and `stats` are `async` calls the SDK runs on its own
 /// threads; CoreLocation batches go through an `AsyncStream` to one
 /// recording task, so fixes reach the buffer in delivery order. SDK events
-/// (SDK threads) go into another `AsyncStream` that a main-actor task
-/// consumes, which is the only writer of published state.
-final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, DriverListener, @unchecked Sendable {
+/// come from the SDK's own `AsyncStream` (`driver.events()`), iterated by a
+/// main-actor task, the only writer of published state; cancelling that
+/// task (stop) ends the event subscription.
+final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, @unchecked Sendable {
     @Published private(set) var status = "not driving"
     @Published private(set) var events: [String] = []
     @Published private(set) var isDriving = false
@@ -40,25 +41,18 @@ final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, 
     private var wantsUpdates = false
     private var askedFullAccuracy = false
 
-    /// SDK events, from whichever SDK thread raised them, in order.
-    private let eventStream: AsyncStream<DriverEvent>
-    private let eventSink: AsyncStream<DriverEvent>.Continuation
+    /// Iterates `driver.events()` while driving.
     private var eventTask: Task<Void, Never>?
 
     init(platform: PlatformMonitor) {
         self.platform = platform
-        (eventStream, eventSink) = AsyncStream.makeStream(of: DriverEvent.self, bufferingPolicy: .bufferingNewest(100))
         super.init()
         manager.delegate = self
         manager.activityType = .automotiveNavigation
         manager.pausesLocationUpdatesAutomatically = false
-        eventTask = Task { @MainActor [weak self, eventStream] in
-            for await event in eventStream { self?.handle(event) }
-        }
     }
 
     deinit {
-        eventSink.finish()
         eventTask?.cancel()
     }
 
@@ -82,8 +76,9 @@ final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, 
                 // Creating the folder is file-system work: off the main actor.
                 cfg.bufferPath = try await Task.detached { try Self.bufferURL().path }.value
                 // A real app passes a TokenProvider that refreshes from its backend (async).
+                // No listener: events come from driver.events() (see opened).
                 let driver = try await Driver.open(config: cfg, tokens: staticToken(token: token),
-                                                   listener: self, platform: platform)
+                                                   listener: nil, platform: platform)
                 try driver.start()
                 self.opened(driver, sampling: driver.desiredSampling())
             } catch {
@@ -101,6 +96,9 @@ final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, 
         }
         self.driver = driver
         platformHandler = platform.addChangeHandler { [weak driver] in driver?.environmentChanged() }
+        eventTask = Task { @MainActor [weak self] in
+            for await event in driver.events() { self?.handle(event) }
+        }
         let (batches, sink) = AsyncStream.makeStream(of: [Location].self, bufferingPolicy: .bufferingNewest(256))
         batchSink = sink
         recordTask = Task { [weak self] in
@@ -136,6 +134,8 @@ final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, 
         platformHandler = nil
         batchSink?.finish()
         batchSink = nil
+        eventTask?.cancel()
+        eventTask = nil
         guard let driver else { return }
         self.driver = nil
         isDriving = false
@@ -203,12 +203,6 @@ final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, 
 
     func locationManager(_ manager: CLLocationManager, didFailWithError error: Error) {
         Task { @MainActor in self.log("location error: \(error.localizedDescription)") }
-    }
-
-    // MARK: DriverListener (SDK thread): only hands the event to the stream.
-
-    func onEvent(event: DriverEvent) {
-        eventSink.yield(event)
     }
 
     @MainActor

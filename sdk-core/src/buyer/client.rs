@@ -371,19 +371,37 @@ impl BuyerClient {
         listener: Arc<dyn LocationListener>,
     ) -> Result<Subscription, WaypostError> {
         check_id("driver_id", &driver_id)?;
+        let remove = |r: &mut Registry, id| r.drivers.remove(id);
+        let id = self.register(
+            |r| r.drivers.add(&driver_id, listener),
+            |id| Command::Track {
+                driver_id: driver_id.clone(),
+                sub: Some(id),
+            },
+            remove,
+        )?;
+        Ok(self.release_on_cancel(id, remove, Command::Untrack))
+    }
+
+    /// Adds a listener to the registry (with `add`) and queues `command`
+    /// for the task; takes the listener out again (with `remove`) when the
+    /// queue refuses. The listener's id.
+    fn register(
+        &self,
+        add: impl FnOnce(&mut Registry) -> Result<u64, WaypostError>,
+        command: impl FnOnce(u64) -> Command,
+        remove: fn(&mut Registry, u64) -> Option<String>,
+    ) -> Result<u64, WaypostError> {
         let id = {
             let mut r = self.registry.lock();
             r.check_open()?;
-            r.drivers.add(&driver_id, listener)?
+            add(&mut r)?
         };
-        if let Err(e) = self.send(Command::Track {
-            driver_id: driver_id.clone(),
-            sub: Some(id),
-        }) {
-            self.registry.lock().drivers.remove(id);
+        if let Err(e) = self.send(command(id)) {
+            remove(&mut self.registry.lock(), id);
             return Err(e);
         }
-        Ok(self.release_on_cancel(id, |r, id| r.drivers.remove(id), Command::Untrack))
+        Ok(id)
     }
 
     /// A subscription whose cancel removes listener `id` (with `remove`)
@@ -463,16 +481,13 @@ impl BuyerClient {
         listener: Arc<dyn ChatListener>,
     ) -> Result<Subscription, WaypostError> {
         check_id("room", &room)?;
-        let id = {
-            let mut r = self.registry.lock();
-            r.check_open()?;
-            r.rooms.add(&room, listener)?
-        };
-        if let Err(e) = self.send(Command::Join(room)) {
-            self.registry.lock().rooms.remove(id);
-            return Err(e);
-        }
-        Ok(self.release_on_cancel(id, |r, id| r.rooms.remove(id), Command::Leave))
+        let remove = |r: &mut Registry, id| r.rooms.remove(id);
+        let id = self.register(
+            |r| r.rooms.add(&room, listener),
+            |_| Command::Join(room.clone()),
+            remove,
+        )?;
+        Ok(self.release_on_cancel(id, remove, Command::Leave))
     }
 
     /// Follows the connection state for one listener: the current state
@@ -482,15 +497,11 @@ impl BuyerClient {
         &self,
         listener: Arc<dyn ConnectionStateListener>,
     ) -> Result<Subscription, WaypostError> {
-        let id = {
-            let mut r = self.registry.lock();
-            r.check_open()?;
-            r.states.add("", listener)?
-        };
-        if let Err(e) = self.send(Command::WatchState(id)) {
-            self.registry.lock().states.remove(id);
-            return Err(e);
-        }
+        let id = self.register(
+            |r| r.states.add("", listener),
+            Command::WatchState,
+            |r, id| r.states.remove(id),
+        )?;
         let registry = Arc::downgrade(&self.registry);
         Ok(Subscription::new(move || {
             if let Some(r) = registry.upgrade() {

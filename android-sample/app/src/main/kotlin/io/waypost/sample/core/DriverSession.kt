@@ -3,12 +3,17 @@ package io.waypost.sample.core
 import io.waypost.sdk.Driver
 import io.waypost.sdk.DriverConfig
 import io.waypost.sdk.types.DriverEvent
-import io.waypost.sdk.DriverListener
 import io.waypost.sdk.types.DriverStats
 import io.waypost.sdk.types.Location
 import io.waypost.sdk.types.RecordOutcome
 import io.waypost.sdk.TokenProvider
+import io.waypost.sdk.ktx.events
 import java.util.ArrayDeque
+import kotlinx.coroutines.CoroutineScope
+import kotlinx.coroutines.Dispatchers
+import kotlinx.coroutines.SupervisorJob
+import kotlinx.coroutines.cancel
+import kotlinx.coroutines.launch
 
 /**
  * The driver side of the sample, without Android: owns the SDK [Driver],
@@ -17,14 +22,16 @@ import java.util.ArrayDeque
  * status screen.
  *
  * Threads: everything that touches the buffer suspends ([open], [record],
- * [stats]) and runs on the SDK's threads; [onSamplingChanged] runs on an
- * SDK thread (`waypost-rt`). Post to the main thread for UI work.
+ * [stats]) and runs on the SDK's threads; the driver's events are
+ * collected as a Flow (`waypost-ktx` `Driver.events`) on a background
+ * scope, where [onSamplingChanged] runs. Post to the main thread for UI
+ * work.
  */
 class DriverSession private constructor(
     val platform: PlatformState,
     /** Reconfigure the fused location provider with this. */
     private val onSamplingChanged: (LocationRequestSpec) -> Unit = {},
-) : DriverListener, AutoCloseable {
+) : AutoCloseable {
     companion object {
         /** Opens the SDK driver (its SQLite buffer, off the caller's thread) and starts uploading. */
         suspend fun open(
@@ -34,7 +41,8 @@ class DriverSession private constructor(
             onSamplingChanged: (LocationRequestSpec) -> Unit = {},
         ): DriverSession {
             val session = DriverSession(platform, onSamplingChanged)
-            session.driver = Driver.open(config, tokens, session, platform)
+            session.driver = Driver.open(config, tokens, null, platform)
+            session.scope.launch { session.driver.events.collect { session.onEvent(it) } }
             platform.addChangeListener(session.platformListener)
             session.driver.start()
             return session
@@ -42,6 +50,7 @@ class DriverSession private constructor(
     }
 
     private val log = ArrayDeque<String>()
+    private val scope = CoroutineScope(SupervisorJob() + Dispatchers.Default)
     private val platformListener: () -> Unit = { driver.environmentChanged() }
 
     @Volatile var recorded = 0L
@@ -80,7 +89,7 @@ class DriverSession private constructor(
     /** The newest events, newest first (at most 50). */
     fun recentEvents(): List<String> = synchronized(log) { log.toList() }
 
-    override fun onEvent(event: DriverEvent) {
+    private fun onEvent(event: DriverEvent) {
         val line = when (event) {
             is DriverEvent.SamplingChanged -> {
                 onSamplingChanged(LocationRequestSpec.from(event.sampling))
@@ -103,12 +112,14 @@ class DriverSession private constructor(
     /** Stops uploading (unsent fixes stay in the buffer for next time). Idempotent. */
     suspend fun stop() {
         platform.removeChangeListener(platformListener)
+        scope.cancel()
         driver.shutdown()
     }
 
     /** Releases the native handle; call after [stop]. */
     override fun close() {
         platform.removeChangeListener(platformListener)
+        scope.cancel()
         driver.close()
     }
 }

@@ -1,0 +1,280 @@
+package io.waypost.sdk.test
+
+import io.waypost.sample.core.Fixes
+import io.waypost.sample.core.PlatformState
+import io.waypost.sdk.BuyerClient
+import io.waypost.sdk.BuyerConfig
+import io.waypost.sdk.BuyerListener
+import io.waypost.sdk.Driver
+import io.waypost.sdk.DriverConfig
+import io.waypost.sdk.ktx.BuyerListenerAdapter
+import io.waypost.sdk.ktx.chatMessages
+import io.waypost.sdk.ktx.connectionState
+import io.waypost.sdk.ktx.driverLocations
+import io.waypost.sdk.ktx.events
+import io.waypost.sdk.staticToken
+import io.waypost.sdk.types.ChatEntry
+import io.waypost.sdk.types.ConnectionState
+import io.waypost.sdk.types.DriverEvent
+import io.waypost.sdk.types.LocationUpdate
+import java.lang.ref.WeakReference
+import java.util.concurrent.CopyOnWriteArrayList
+import java.util.concurrent.Executors
+import java.util.concurrent.atomic.AtomicLong
+import kotlinx.coroutines.CoroutineExceptionHandler
+import kotlinx.coroutines.Dispatchers
+import kotlinx.coroutines.SupervisorJob
+import kotlinx.coroutines.CoroutineScope
+import kotlinx.coroutines.asCoroutineDispatcher
+import kotlinx.coroutines.cancel
+import kotlinx.coroutines.cancelAndJoin
+import kotlinx.coroutines.delay
+import kotlinx.coroutines.flow.first
+import kotlinx.coroutines.isActive
+import kotlinx.coroutines.launch
+import kotlinx.coroutines.runBlocking
+import kotlinx.coroutines.test.runTest
+import kotlinx.coroutines.withContext
+import kotlinx.coroutines.withTimeout
+import org.junit.jupiter.api.Assertions.assertEquals
+import org.junit.jupiter.api.Assertions.assertTrue
+import org.junit.jupiter.api.Test
+import kotlin.time.Duration.Companion.seconds
+
+/** A listener that owns its client, as an activity that is both would. */
+private class OwningListener : BuyerListenerAdapter() {
+    var client: BuyerClient? = null
+}
+
+/** The -ktx Flows and the threading contract, against the real library and server. */
+class StreamsTest {
+    private fun driverConfig(driverId: String) = DriverConfig(
+        baseUrl = TestEnv.url,
+        driverId = driverId,
+        deviceId = "jvm-1",
+        bufferPath = TestEnv.tempDir().resolve("buffer.db").toString(),
+    )
+
+    private suspend fun openDriver(driverId: String) =
+        Driver.open(driverConfig(driverId), staticToken(TestEnv.token(driverId, "driver")), null, PlatformState())
+
+    /** Records one fix at [lat] (timestamps increase per call) and uploads it. */
+    private val clock = AtomicLong(System.currentTimeMillis() - 600_000)
+    private suspend fun moveTo(driver: Driver, lat: Double) {
+        driver.record(Fixes.location(clock.addAndGet(30_000), lat, 13.405, 5f, 15f))
+        assertEquals(0uL, driver.uploadNow().pending)
+    }
+
+    /** Subscribers of [channel] on the server (admin API). */
+    private fun subscribers(channel: String): Long {
+        val (status, body) = TestEnv.get("/v1/admin/channels/$channel")
+        check(status == 200) { "admin: HTTP $status $body" }
+        return Regex("\"subscribers\":(\\d+)").find(body)!!.groupValues[1].toLong()
+    }
+
+    private suspend fun openBuyer(buyerId: String, channels: List<String>, listener: BuyerListener = BuyerListenerAdapter()) =
+        BuyerClient.open(
+            BuyerConfig(baseUrl = TestEnv.url, userId = buyerId),
+            listener,
+            staticToken(TestEnv.token(buyerId, "buyer", channels)),
+            null,
+        )
+
+    @Test
+    fun `a driver Flow yields only its driver and cancelling it ends the core and wire subscription`(): Unit = runBlocking {
+        val d1 = TestEnv.uniqueId("d")
+        val d2 = TestEnv.uniqueId("d")
+        val buyer = openBuyer(TestEnv.uniqueId("b"), listOf("tracking:$d1", "tracking:$d2"))
+        val driver1 = openDriver(d1)
+        val driver2 = openDriver(d2)
+        val scope = CoroutineScope(SupervisorJob() + Dispatchers.Default)
+        try {
+            val seen1 = CopyOnWriteArrayList<LocationUpdate>()
+            val seen2 = CopyOnWriteArrayList<LocationUpdate>()
+            val job1 = scope.launch { buyer.driverLocations(d1).collect { seen1 += it } }
+            scope.launch { buyer.driverLocations(d2).collect { seen2 += it } }
+            TestEnv.await("both wire subscriptions") { subscribers("tracking:$d1") == 1L && subscribers("tracking:$d2") == 1L }
+            assertEquals(2u, buyer.subscriptionCount())
+
+            moveTo(driver1, 48.1)
+            moveTo(driver2, 50.1)
+            TestEnv.await("each Flow got its driver") { seen1.isNotEmpty() && seen2.isNotEmpty() }
+            assertTrue(seen1.all { it.driverId == d1 }, "$seen1")
+            assertTrue(seen2.all { it.driverId == d2 }, "$seen2")
+
+            job1.cancelAndJoin()
+            assertEquals(1u, buyer.subscriptionCount(), "the core listener is gone at once")
+            TestEnv.await("the wire subscription of d1 ended") { subscribers("tracking:$d1") == 0L }
+            val before = seen1.size
+            moveTo(driver1, 48.2)
+            moveTo(driver2, 50.2)
+            // d2's newer fix is the barrier: d1's went out before it.
+            TestEnv.await("d2's second fix") { seen2.any { it.lat == 50.2 } }
+            assertEquals(before, seen1.size, "no updates after cancel")
+            assertEquals(1L, subscribers("tracking:$d2"))
+        } finally {
+            scope.cancel()
+            driver1.shutdown(); driver2.shutdown(); buyer.shutdown()
+            driver1.close(); driver2.close(); buyer.close()
+        }
+    }
+
+    @Test
+    fun `a collector that throws does not kill the SDK; another collector keeps receiving`(): Unit = runBlocking {
+        val d = TestEnv.uniqueId("d")
+        val buyer = openBuyer(TestEnv.uniqueId("b"), listOf("tracking:$d"))
+        val driver = openDriver(d)
+        val failures = CopyOnWriteArrayList<Throwable>()
+        val scope = CoroutineScope(SupervisorJob() + Dispatchers.Default + CoroutineExceptionHandler { _, e -> failures += e })
+        try {
+            val good = CopyOnWriteArrayList<LocationUpdate>()
+            val bad = scope.launch { buyer.driverLocations(d).collect { throw IllegalStateException("collector bug") } }
+            scope.launch { buyer.driverLocations(d).collect { good += it } }
+            TestEnv.await("two core subscriptions") { buyer.subscriptionCount() == 2u }
+            moveTo(driver, 47.1)
+            TestEnv.await("the throwing collector failed") { bad.isCompleted }
+            assertTrue(failures.single() is IllegalStateException, "$failures")
+            TestEnv.await("its subscription ended") { buyer.subscriptionCount() == 1u }
+            moveTo(driver, 47.2)
+            TestEnv.await("the other collector keeps receiving") { good.any { it.lat == 47.2 } }
+            assertTrue(buyer.connectionState.value is ConnectionState.Connected)
+        } finally {
+            scope.cancel()
+            driver.shutdown(); buyer.shutdown()
+            driver.close(); buyer.close()
+        }
+    }
+
+    @Test
+    fun `connection state is a StateFlow and chat messages a per-room Flow`() = runTest {
+        // Real I/O: wait on a real dispatcher (runTest's virtual clock would skip the timeouts).
+        withContext(Dispatchers.Default) {
+            val room = TestEnv.uniqueId("room")
+            val other = TestEnv.uniqueId("room")
+            val buyerId = TestEnv.uniqueId("b")
+            val vendorId = TestEnv.uniqueId("v")
+            val buyer = openBuyer(buyerId, listOf("chat:$room", "chat:$other"))
+            val vendor = openBuyer(vendorId, listOf("chat:$room", "chat:$other"))
+            try {
+                withTimeout(10.seconds) { buyer.connectionState.first { it is ConnectionState.Connected } }
+                val got = CopyOnWriteArrayList<ChatEntry>()
+                val job = launch { buyer.chatMessages(room).collect { got += it } }
+                TestEnv.await("joined") { subscribers("chat:$room") >= 1L && buyer.subscriptionCount() >= 2u }
+                vendor.sendMessage(other, "not for this Flow")
+                vendor.sendMessage(room, "hello")
+                TestEnv.await("the room's message") { got.any { it.body == "hello" } }
+                assertTrue(got.none { it.room != room }, "$got")
+                job.cancelAndJoin()
+                buyer.shutdown()
+                withTimeout(10.seconds) { buyer.connectionState.first { it is ConnectionState.Closed } }
+            } finally {
+                buyer.shutdown(); vendor.shutdown()
+                buyer.close(); vendor.close()
+            }
+        }
+    }
+
+    @Test
+    fun `driver events arrive as a Flow`(): Unit = runBlocking {
+        val d = TestEnv.uniqueId("d")
+        val driver = openDriver(d)
+        try {
+            val uploaded = CopyOnWriteArrayList<DriverEvent.Uploaded>()
+            val job = launch(Dispatchers.Default) {
+                driver.events.collect { if (it is DriverEvent.Uploaded) uploaded += it }
+            }
+            TestEnv.await("watching") { driver.watcherCount() == 1u }
+            moveTo(driver, 45.0)
+            TestEnv.await("Uploaded") { uploaded.isNotEmpty() }
+            job.cancelAndJoin()
+            assertEquals(0u, driver.watcherCount(), "cancelling the collection ends the core subscription")
+        } finally {
+            driver.shutdown()
+            driver.close()
+        }
+    }
+
+    @Test
+    fun `a main-thread stand-in is never blocked while the store is busy`(): Unit = runBlocking {
+        val d = TestEnv.uniqueId("d")
+        val executor = Executors.newSingleThreadExecutor { Thread(it, "main-stand-in") }
+        val main = executor.asCoroutineDispatcher()
+        try {
+            val driver = withContext(main) { openDriver(d) }
+            try {
+                var maxGapMs = 0L
+                var busyMs = 0L
+                var recorded = 0
+                withContext(main) {
+                    // The "UI" ticks every 5 ms on the same single thread.
+                    val ticker = launch {
+                        var last = System.nanoTime()
+                        while (isActive) {
+                            delay(5)
+                            val now = System.nanoTime()
+                            maxGapMs = maxOf(maxGapMs, (now - last) / 1_000_000)
+                            last = now
+                        }
+                    }
+                    val t0 = System.nanoTime()
+                    val base = System.currentTimeMillis() - 3_600_000
+                    // Batches of 2,000 fixes until the store has been busy for 1.5 s (at most 40 batches).
+                    var batch = 0
+                    while ((System.nanoTime() - t0) / 1_000_000 < 1_500 && batch < 40) {
+                        val fixes = (0 until 2_000).map { i ->
+                            val n = batch * 2_000 + i
+                            Fixes.location(base + n * 1_000L, 40.0 + n * 0.0002, 13.405, 5f, 20f)
+                        }
+                        recorded += driver.recordMany(fixes).size
+                        batch++
+                    }
+                    busyMs = (System.nanoTime() - t0) / 1_000_000
+                    ticker.cancelAndJoin()
+                }
+                println("main stand-in: $recorded fixes in $busyMs ms, longest gap between 5 ms ticks $maxGapMs ms")
+                assertTrue(busyMs >= 1_000, "the store was busy long enough to matter ($busyMs ms)")
+                assertTrue(maxGapMs < 250, "the main thread stalled for $maxGapMs ms during $busyMs ms of store work")
+            } finally {
+                driver.shutdown()
+                driver.close()
+            }
+        } finally {
+            main.close()
+        }
+    }
+
+    private fun gcUntilCleared(ref: WeakReference<*>, timeoutMs: Long): Boolean {
+        val deadline = System.nanoTime() + timeoutMs * 1_000_000
+        while (System.nanoTime() < deadline) {
+            System.gc()
+            if (ref.get() == null) return true
+            Thread.sleep(50)
+        }
+        return false
+    }
+
+    @Test
+    fun `a client whose listener references it is freed after close, and kept alive without`(): Unit = runBlocking {
+        suspend fun open(): Pair<WeakReference<BuyerClient>, OwningListener> {
+            val listener = OwningListener()
+            val client = openBuyer(TestEnv.uniqueId("b"), emptyList(), listener)
+            listener.client = client
+            withTimeout(10.seconds) { client.connectionState.first { it is ConnectionState.Connected } }
+            // A Flow collected and cancelled on the way.
+            val job = launch(Dispatchers.Default) { client.driverLocations("d-leak").collect {} }
+            TestEnv.await("subscribed") { client.subscriptionCount() == 2u }
+            job.cancelAndJoin()
+            return WeakReference(client) to listener
+        }
+
+        val (closed, _) = open()
+        closed.get()!!.close()
+        assertTrue(gcUntilCleared(closed, 10_000), "the client was not collected within 10 s of close()")
+
+        // Forgotten close(): the native side keeps the listener, the listener the client.
+        val (forgotten, listener) = open()
+        assertTrue(!gcUntilCleared(forgotten, 1_000), "a forgotten client is kept alive (documented)")
+        forgotten.get()?.close()
+        listener.client = null
+    }
+}
