@@ -53,7 +53,6 @@ use waypost_sdk::{
 use waypost_server::app::build_router;
 use waypost_server::auth::AuthKeys;
 use waypost_server::config::Limits;
-use waypost_server::engine::memory::MemoryEngine;
 use waypost_server::engine::Engine;
 use waypost_server::hub::{self, Hub};
 use waypost_server::metrics::Metrics;
@@ -235,7 +234,7 @@ impl HttpTransport for RouterTransport {
 
 struct Server {
     router: axum::Router,
-    engine: Arc<dyn Engine>,
+    engine: Engine,
     hub: Arc<Hub>,
     keys: AuthKeys,
 }
@@ -251,10 +250,10 @@ fn server() -> Server {
     };
     let metrics = Metrics::new();
     let hub = Arc::new(Hub::new(metrics.clone()));
-    let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new(Arc::clone(&hub), limits.clone()));
+    let engine = Engine::memory(Arc::clone(&hub), limits.clone());
     let keys = AuthKeys::new(SECRET);
     let state = AppState::new(
-        Arc::clone(&engine),
+        engine.clone(),
         Arc::clone(&hub),
         keys.clone(),
         limits,
@@ -377,7 +376,7 @@ impl Sampler {
     }
 }
 
-async fn server_latest_ts(engine: &Arc<dyn Engine>, driver: &str) -> anyhow::Result<Option<i64>> {
+async fn server_latest_ts(engine: &Engine, driver: &str) -> anyhow::Result<Option<i64>> {
     Ok(engine
         .latest(driver, waypost_server::now_ms())
         .await?

@@ -41,7 +41,7 @@ pub enum ChatError {
 /// The operations, over the engine, the stores and the limits.
 #[derive(Clone, Copy)]
 pub struct Chat<'a> {
-    pub engine: &'a dyn Engine,
+    pub engine: &'a Engine,
     pub stores: &'a ChatStores,
     pub limits: &'a Limits,
 }

@@ -13,8 +13,8 @@ use waypost_server::auth::{AuthKeys, DEV_SECRET};
 use waypost_server::config::Limits;
 use waypost_server::driver_index::RedisDriverIndex;
 use waypost_server::engine::chat_redis;
-use waypost_server::engine::redis::{RedisEngine, RedisOptions, RedisTls, SentinelConfig};
-use waypost_server::engine::{memory::MemoryEngine, Engine};
+use waypost_server::engine::redis::{RedisOptions, RedisTls, SentinelConfig};
+use waypost_server::engine::{self, BusConfig, EngineConfig, StoreConfig};
 use waypost_server::hub::Hub;
 use waypost_server::keys::{self, KeySource, KeyStore};
 use waypost_server::metrics::Metrics;
@@ -498,27 +498,21 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
         ..RedisOptions::default()
     };
     let redis_context = || format!("connecting to Redis at {}", redacted(&args.redis_url));
-    let (engine, stores): (Arc<dyn Engine>, _) = match args.engine {
-        EngineKind::Memory => (
-            Arc::new(MemoryEngine::new(Arc::clone(&hub), limits.clone())),
-            None,
-        ),
-        EngineKind::Redis => {
-            // The chat, presence and notification stores share the engine's
-            // command connection and key prefix.
-            let engine = RedisEngine::connect(
-                &args.redis_url,
-                Arc::clone(&hub),
-                limits.clone(),
-                metrics.clone(),
-                redis_opts.clone(),
-            )
-            .await
-            .with_context(redis_context)?;
-            let stores = chat_redis::stores(&engine, &limits);
-            (Arc::new(engine), Some(stores))
-        }
+    let config = EngineConfig {
+        store: match args.engine {
+            EngineKind::Memory => StoreConfig::Memory,
+            EngineKind::Redis => StoreConfig::Redis {
+                url: args.redis_url.clone(),
+                opts: Box::new(redis_opts.clone()),
+            },
+        },
+        bus: BusConfig::Store,
     };
+    // The bus and every store, on one connection setup and key prefix.
+    let opened = engine::open(&config, Arc::clone(&hub), &limits, &metrics)
+        .await
+        .with_context(redis_context)?;
+    let (engine, stores) = (opened.engine, opened.stores);
     if args.order_stream.is_some() && args.engine != EngineKind::Redis {
         anyhow::bail!("--order-stream needs --engine redis");
     }
@@ -532,13 +526,7 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
                 .with_context(redis_context)?,
         ),
     };
-    let mut state = AppState::new(
-        Arc::clone(&engine),
-        hub,
-        keys,
-        limits.clone(),
-        metrics.clone(),
-    );
+    let mut state = AppState::new(engine, hub, keys, limits.clone(), metrics.clone());
     if let Some(stores) = stores {
         state = state.with_stores(stores);
     }
@@ -552,6 +540,7 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
         Some(conn) => Arc::new(RedisOrderStore::new(conn.clone(), OrderLimits::default())),
         None => Arc::new(MemoryOrderStore::new(OrderLimits::default())),
     };
+    let engine = Arc::clone(&state.engine);
     state = state.with_orders(OrderService::new(
         Orders::new(order_store),
         engine,

@@ -48,7 +48,7 @@ impl std::ops::Deref for AppState {
 /// What [`AppState`] points to.
 #[derive(Clone)]
 pub struct Shared {
-    pub engine: Arc<dyn Engine>,
+    pub engine: Arc<Engine>,
     pub hub: Arc<Hub>,
     /// Behind an `Arc`: the state is cloned per request and per connection,
     /// and the keys are the bulk of it (300 bytes plus two heap sets).
@@ -92,7 +92,7 @@ pub struct Shared {
 
 impl AppState {
     pub fn new(
-        engine: Arc<dyn Engine>,
+        engine: Engine,
         hub: Arc<Hub>,
         keys: AuthKeys,
         limits: Limits,
@@ -109,7 +109,7 @@ impl AppState {
             notifications: Arc::new(MemoryNotificationStore::new(&limits)),
         };
         // Every engine and store error is counted here, once.
-        let engine = counted::engine(engine, &metrics);
+        let engine = Arc::new(counted::engine(engine, &metrics));
         let stores = counted::stores(stores, &metrics);
         let orders = OrderService::new(
             Orders::new(Arc::new(MemoryOrderStore::new(OrderLimits::default()))),
@@ -209,7 +209,7 @@ impl AppState {
     /// The chat, presence and notification operations.
     pub fn chat(&self) -> Chat<'_> {
         Chat {
-            engine: &*self.engine,
+            engine: &self.engine,
             stores: &self.stores,
             limits: &self.limits,
         }

@@ -1,11 +1,14 @@
 //! Orders end to end on the real binary, memory engine and real Redis:
 //! the lifecycle over HTTP (idempotency, 409 backwards, timeline paging),
 //! who may read an order, arrival/ETA from the driver's uploads and the
-//! active orders in the ingest reply, signed webhooks to a receiver that
-//! fails the first attempts; on Redis the stream intake surviving a
-//! `kill -9` in the middle of its work.
+//! active orders in the ingest reply, arrival within one upload interval
+//! with the real driver SDK, signed webhooks to a receiver that fails the
+//! first attempts, a buyer (WebSocket) and a vendor (SSE) following one
+//! order on two processes across resets; on Redis the stream intake
+//! surviving a `kill -9` in the middle of its work.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,6 +20,7 @@ use waypost_protocol::Role;
 
 use waypost_e2e::chat::{SseClient, SseEvent};
 use waypost_e2e::on_both_engines;
+use waypost_e2e::proxy::FaultProxy;
 
 const T: Duration = Duration::from_secs(10);
 
@@ -27,6 +31,8 @@ on_both_engines!(
     webhooks_reach_a_flaky_receiver_once_per_key,
     order_live_over_websocket,
     order_stream_over_sse,
+    order_followed_by_buyer_and_vendor_on_two_processes,
+    arrival_within_one_upload_interval,
 );
 
 fn service() -> String {
@@ -1019,6 +1025,474 @@ async fn order_stream_over_sse(engine: EngineChoice) -> Result<()> {
         seen == all,
         "every entry once and in order: seen {seen:?}, timeline {all:?}"
     );
+    Ok(())
+}
+
+/// A follower's live connection: the buyer's WebSocket or the vendor's SSE
+/// stream, read as the same JSON frames.
+enum Follower {
+    Ws(Box<WsClient>),
+    /// With the SSE events that broke the framing rules (checked at the end,
+    /// so a bad event is not mistaken for the end of the stream).
+    Sse(Box<SseClient>, Vec<String>),
+}
+
+impl Follower {
+    async fn next(&mut self, within: Duration) -> Result<Value> {
+        match self {
+            Follower::Ws(ws) => ws.next_json(within).await,
+            Follower::Sse(sse, bad) => {
+                let e = sse.next_event(within).await?;
+                if let Err(why) = check_sse_framing(&e) {
+                    bad.push(format!("{why:#}"));
+                }
+                e.json()
+            }
+        }
+    }
+
+    fn sse(sse: SseClient) -> Self {
+        Follower::Sse(Box::new(sse), Vec::new())
+    }
+
+    fn framing_ok(&self) -> Result<()> {
+        if let Follower::Sse(_, bad) = self {
+            ensure!(bad.is_empty(), "SSE framing: {bad:?}");
+        }
+        Ok(())
+    }
+
+    /// Reads frames into `frames` until `done(frames)` holds; fails after `T`.
+    async fn until(
+        &mut self,
+        frames: &mut Vec<Value>,
+        what: &str,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + T;
+        while !done(frames) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let f = self
+                .next(left)
+                .await
+                .with_context(|| format!("waiting for {what}: {frames:?}"))?;
+            frames.push(f);
+        }
+        Ok(())
+    }
+
+    /// Reads frames into `frames` until the connection breaks (well before
+    /// `T`: it was reset, it did not just go quiet).
+    async fn until_broken(&mut self, frames: &mut Vec<Value>) -> Result<()> {
+        let start = Instant::now();
+        while let Ok(f) = self.next(T).await {
+            frames.push(f);
+        }
+        ensure!(start.elapsed() < T, "the connection was not reset");
+        Ok(())
+    }
+
+    /// Reads frames into `frames` until none arrives for `quiet`.
+    async fn drain(&mut self, frames: &mut Vec<Value>, quiet: Duration) {
+        while let Ok(f) = self.next(quiet).await {
+            frames.push(f);
+        }
+    }
+}
+
+/// `event:` is the frame's type, `id:` the seq of `order` events, absent
+/// on others.
+fn check_sse_framing(e: &SseEvent) -> Result<()> {
+    let v = e.json()?;
+    ensure!(v["type"] == e.event.as_str(), "event name = type: {e:?}");
+    if e.event == "order" {
+        ensure!(
+            v["seq"].as_u64().map(|s| s.to_string()) == e.id,
+            "order event id = seq: {e:?}"
+        );
+    } else {
+        ensure!(e.id.is_none(), "only order events carry an id: {e:?}");
+    }
+    Ok(())
+}
+
+/// Order seqs in the frames, in arrival order.
+fn order_seqs(frames: &[Value]) -> Vec<u64> {
+    frames
+        .iter()
+        .filter(|f| f["type"] == "order")
+        .filter_map(|f| f["seq"].as_u64())
+        .collect()
+}
+
+fn reached(seq: u64) -> impl Fn(&[Value]) -> bool {
+    move |f| order_seqs(f).last().is_some_and(|&s| s >= seq)
+}
+
+fn has_location(f: &[Value]) -> bool {
+    f.iter().any(|f| f["type"] == "location")
+}
+
+/// The whole life of one order as a buyer and a vendor see it at the same
+/// time: the buyer over WebSocket on process A, the vendor over SSE on
+/// process B (on Redis; one process on the memory engine), events and
+/// uploads going alternately to A and B (on Redis one event by `XADD` to
+/// the order stream B consumes), each follower's connection reset
+/// once (by the fault proxy in front of its server) while the order moves
+/// on, then resumed (`after` / `Last-Event-ID`). Each sees every timeline
+/// entry once and in order, the driver's locations while the order is
+/// active and none after the entry that ends it.
+async fn order_followed_by_buyer_and_vendor_on_two_processes(engine: EngineChoice) -> Result<()> {
+    // On Redis, B also consumes the order stream: part of the order is
+    // driven purely by `XADD`.
+    let stream = unique("orders-stream");
+    let a = Server::start(engine.clone()).await?;
+    let b_proc;
+    let mut xadd = None;
+    let b = if let EngineChoice::Redis(url) = &engine {
+        b_proc = Server::start_with(
+            ServerOptions::new(engine.clone())
+                .arg("--order-stream")
+                .arg(&stream),
+        )
+        .await?;
+        let client = ::redis::Client::open(url.as_str())?;
+        xadd = Some(client.get_multiplexed_async_connection().await?);
+        &b_proc
+    } else {
+        &a
+    };
+    let proxy_a = FaultProxy::start(a.addr).await?;
+    let proxy_b = FaultProxy::start(b.addr).await?;
+    let svc = service();
+    let o = unique("o");
+    let d = unique("d");
+    let ch = format!("order:{o}");
+    let event = |id: &str, status: &str| json!({"event_id": id, "status": status});
+    let ok = |r: (StatusCode, Value)| {
+        ensure!(r.0 == StatusCode::ACCEPTED, "{r:?}");
+        Ok(())
+    };
+    ok(post_event(
+        &a,
+        &svc,
+        &o,
+        json!({"event_id": "e1", "status": "placed", "vendor_id": "v-1", "buyers": ["b-1"]}),
+    )
+    .await?)?;
+
+    let buyer = token("b-1", Role::Buyer, &[&ch]);
+    let buyer_url = format!("ws://{}/v1/ws?token={buyer}", proxy_a.addr());
+    let mut ws = WsClient::connect(&buyer_url).await?;
+    ws.subscribe(&ch, Some(0)).await?;
+    let mut ws = Follower::Ws(Box::new(ws));
+    let vendor = token("v-1", Role::Vendor, &[&ch]);
+    let sse_url = format!("{}/v1/orders/{o}/stream", proxy_b.url());
+    let mut sse = Follower::sse(SseClient::connect(&sse_url, &vendor, Some("0")).await?);
+    let mut bf: Vec<Value> = Vec::new();
+    let mut vf: Vec<Value> = Vec::new();
+
+    ok(post_event(b, &svc, &o, event("e2", "accepted")).await?)?;
+    ok(post_event(&a, &svc, &o, event("e3", "preparing")).await?)?;
+    ws.until(&mut bf, "seq 3", reached(3)).await?;
+    sse.until(&mut vf, "seq 3", reached(3)).await?;
+
+    // The buyer's network drops; the order moves on without it.
+    proxy_a.reset_all();
+    ws.until_broken(&mut bf).await?;
+    match &mut xadd {
+        Some(conn) => {
+            let ev = json!({"order_id": o, "event_id": "e4", "status": "ready"});
+            let _: String = ::redis::cmd("XADD")
+                .arg(&stream)
+                .arg("*")
+                .arg("event")
+                .arg(ev.to_string())
+                .query_async(conn)
+                .await?;
+            let deadline = Instant::now() + T;
+            while get(b, Some(&svc), &format!("/v1/orders/{o}")).await?.1["status"] != "ready" {
+                ensure!(Instant::now() < deadline, "XADDed event not applied");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        None => ok(post_event(b, &svc, &o, event("e4", "ready")).await?)?,
+    }
+    ok(post_event(
+        &a,
+        &svc,
+        &o,
+        json!({"event_id": "e5", "status": "picked_up", "driver_id": d,
+        "destination": {"lat": 52.0, "lon": 13.0, "radius_m": 100.0}}),
+    )
+    .await?)?;
+    let t0 = now_ms() - 100_000;
+    upload(
+        b,
+        &d,
+        (1..=10).map(|s| approach_fix(s, t0, 400.0)).collect(),
+    )
+    .await?;
+    sse.until(&mut vf, "picked_up and a location", |f| {
+        reached(5)(f) && has_location(f)
+    })
+    .await?;
+    let mut ws = WsClient::connect(&buyer_url).await?;
+    let after = *order_seqs(&bf).last().context("buyer saw entries")?;
+    let sub = ws.subscribe(&ch, Some(after)).await?;
+    ensure!(sub["recovered"] == true, "{sub}");
+    let mut ws = Follower::Ws(Box::new(ws));
+    upload(
+        &a,
+        &d,
+        (11..=20).map(|s| approach_fix(s, t0, 400.0)).collect(),
+    )
+    .await?;
+    ws.until(&mut bf, "picked_up and a location", |f| {
+        reached(5)(f) && has_location(f)
+    })
+    .await?;
+
+    // Now the vendor's connection is reset; the driver arrives meanwhile.
+    proxy_b.reset_all();
+    sse.until_broken(&mut vf).await?;
+    upload(
+        b,
+        &d,
+        (21..=40).map(|s| approach_fix(s, t0, 400.0)).collect(),
+    )
+    .await?;
+    let last = order_seqs(&vf)
+        .last()
+        .context("vendor saw entries")?
+        .to_string();
+    sse.framing_ok()?;
+    let mut sse = Follower::sse(SseClient::connect(&sse_url, &vendor, Some(&last)).await?);
+    ok(post_event(&a, &svc, &o, event("e6", "delivered")).await?)?;
+    let (_, v) = get(b, Some(&svc), &format!("/v1/orders/{o}")).await?;
+    let end = v["seq"].as_u64().context("order seq")?;
+    ws.until(&mut bf, "the end", reached(end)).await?;
+    sse.until(&mut vf, "the end", reached(end)).await?;
+    // After delivery the driver's fixes reach neither follower.
+    upload(
+        &a,
+        &d,
+        (41..=45).map(|s| approach_fix(s, t0, 400.0)).collect(),
+    )
+    .await?;
+    upload(
+        b,
+        &d,
+        (46..=50).map(|s| approach_fix(s, t0, 400.0)).collect(),
+    )
+    .await?;
+    ws.drain(&mut bf, Duration::from_millis(800)).await;
+    sse.drain(&mut vf, Duration::from_millis(800)).await;
+    sse.framing_ok()?;
+
+    let (_, t) = get(
+        &a,
+        Some(&svc),
+        &format!("/v1/orders/{o}/timeline?limit=500"),
+    )
+    .await?;
+    let entries = t["entries"].as_array().context("entries")?;
+    let all: Vec<u64> = entries.iter().filter_map(|e| e["seq"].as_u64()).collect();
+    let statuses: Vec<&str> = entries
+        .iter()
+        .filter(|e| e["kind"] == "status")
+        .filter_map(|e| e["status"].as_str())
+        .collect();
+    ensure!(
+        statuses
+            == [
+                "placed",
+                "accepted",
+                "preparing",
+                "ready",
+                "picked_up",
+                "delivered"
+            ],
+        "{t}"
+    );
+    ensure!(entries.iter().any(|e| e["kind"] == "arrival"), "{t}");
+    for (who, frames) in [("buyer", &bf), ("vendor", &vf)] {
+        ensure!(
+            order_seqs(frames) == all,
+            "{who}: every entry once and in order: saw {:?}, timeline {all:?}",
+            order_seqs(frames)
+        );
+        let end_at = frames
+            .iter()
+            .position(|f| f["type"] == "order" && f["seq"] == end)
+            .context("end frame")?;
+        ensure!(
+            frames[end_at]["entry"]["status"] == "delivered"
+                && frames[end_at]["entry"]["active"] == false,
+            "{who}: {}",
+            frames[end_at]
+        );
+        ensure!(
+            frames[end_at..].iter().all(|f| f["type"] != "location"),
+            "{who}: location after delivery: {:?}",
+            &frames[end_at..]
+        );
+        for f in frames.iter().filter(|f| f["type"] == "location") {
+            ensure!(
+                f["channel"] == ch.as_str() && f["driver_id"] == d.as_str(),
+                "{who}: {f}"
+            );
+        }
+    }
+    ensure!(
+        proxy_a.stats().reset.load(Ordering::Relaxed) >= 1
+            && proxy_b.stats().reset.load(Ordering::Relaxed) >= 1,
+        "both connections were reset"
+    );
+    if let Some(conn) = &mut xadd {
+        let _: i64 = ::redis::cmd("DEL").arg(&stream).query_async(conn).await?;
+    }
+    Ok(())
+}
+
+/// The driver SDK's cadence near the destination, on the wire: its own
+/// watched upload interval (the server hints 5 s watched, 120 s unwatched).
+const NEAR_UPLOAD_MS: u64 = 2_000;
+/// What a loaded test host may add on top (request, store, the poll).
+const SLACK_MS: i64 = 1_000;
+
+/// The `ts` of the order's `arrival` entry, if there is one yet.
+async fn arrival_ts(server: &Server, svc: &str, o: &str) -> Result<Option<i64>> {
+    let (_, t) = get(
+        server,
+        Some(svc),
+        &format!("/v1/orders/{o}/timeline?limit=500"),
+    )
+    .await?;
+    Ok(t["entries"]
+        .as_array()
+        .context("entries")?
+        .iter()
+        .find(|e| e["kind"] == "arrival")
+        .and_then(|e| e["ts"].as_i64()))
+}
+
+/// The real driver SDK drives towards an order's destination at 25 m/s,
+/// one fix every 200 ms with the real time; nobody watches the driver, so
+/// only the approach tightens the policy (the server's `watched` hint near
+/// the destination). The `arrival` entry must be on the server within one
+/// upload interval (+ slack) of recording the first fix inside the radius,
+/// with that fix's `ts`. After `delivered` the policy relaxes again: a new
+/// fix waits for the unwatched interval.
+async fn arrival_within_one_upload_interval(engine: EngineChoice) -> Result<()> {
+    use waypost_sdk::env::ManualEnvironment;
+    use waypost_sdk::{Driver, DriverConfig, Location, PolicyConfig, RecordOutcome, StaticToken};
+
+    let server = Server::start(engine).await?;
+    let svc = service();
+    let o = unique("o");
+    let d = unique("d");
+    post_event(
+        &server,
+        &svc,
+        &o,
+        json!({"event_id": "e1", "status": "picked_up", "driver_id": d,
+        "destination": {"lat": 52.0, "lon": 13.0, "radius_m": 100.0}}),
+    )
+    .await?;
+    let dir = std::env::temp_dir().join(unique("arrival"));
+    std::fs::create_dir_all(&dir)?;
+    let mut cfg = DriverConfig::new(
+        server.http(""),
+        &d,
+        "phone",
+        dir.join("buffer.db").to_string_lossy(),
+    );
+    let mut p = PolicyConfig::default();
+    for m in [&mut p.watched, &mut p.unwatched] {
+        m.sample_interval_ms = 0;
+        m.distance_base_m = 0.0;
+        m.distance_per_mps = 0.0;
+        m.distance_max_m = 0.0;
+    }
+    p.watched.upload_interval_ms = NEAR_UPLOAD_MS;
+    p.unwatched.upload_interval_ms = 60_000;
+    p.follow_server_hint = true;
+    cfg.policy = p;
+    let driver = Driver::open(
+        cfg,
+        Arc::new(StaticToken(token(&d, Role::Driver, &[]))),
+        None,
+        Arc::new(ManualEnvironment::default()),
+    )?;
+    driver.start()?;
+    // 400 m out: the first upload goes at once and learns of the approach.
+    let mut crossing: Option<(i64, Instant)> = None;
+    let mut last_ts = 0;
+    let mut arrival = None;
+    for i in 0..120u32 {
+        let m = 402.5 - 5.0 * f64::from(i);
+        let ts = now_ms().max(last_ts + 1);
+        last_ts = ts;
+        let out = driver.record(Location::new(ts, 52.0 - m / 111_195.0, 13.0))?;
+        ensure!(
+            matches!(out, RecordOutcome::Recorded { .. }),
+            "fix {i}: {out:?}"
+        );
+        if m <= 100.0 && crossing.is_none() {
+            crossing = Some((ts, Instant::now()));
+        }
+        if let Some((_, at)) = crossing {
+            if let Some(a) = arrival_ts(&server, &svc, &o).await? {
+                arrival = Some((a, at.elapsed()));
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (cross_ts, _) = crossing.context("crossed")?;
+    let (arrival_ts, delay) = arrival.context("no arrival within 120 fixes of driving")?;
+    eprintln!("arrival seen {delay:?} after the crossing fix was recorded");
+    ensure!(
+        arrival_ts == cross_ts,
+        "arrival at the crossing fix's ts ({cross_ts}): {arrival_ts}"
+    );
+    ensure!(
+        delay.as_millis() as i64 <= NEAR_UPLOAD_MS as i64 + SLACK_MS,
+        "arrival seen {delay:?} after the crossing: more than one upload interval"
+    );
+
+    // Delivered: the next upload's reply relaxes the policy; a fix recorded
+    // after that waits for the unwatched interval (120 s).
+    post_event(
+        &server,
+        &svc,
+        &o,
+        json!({"event_id": "e2", "status": "delivered"}),
+    )
+    .await?;
+    driver.record(Location::new(now_ms().max(last_ts + 1), 52.0, 13.0))?;
+    let deadline = Instant::now() + T;
+    while driver.stats()?.pending > 0 {
+        ensure!(
+            Instant::now() < deadline,
+            "not uploaded: {:?}",
+            driver.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let uploads = driver.stats()?.uploads_ok;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    driver.record(Location::new(now_ms(), 52.0, 13.0001))?;
+    tokio::time::sleep(Duration::from_millis(NEAR_UPLOAD_MS + 1_000)).await;
+    let st = driver.stats()?;
+    ensure!(
+        st.pending == 1 && st.uploads_ok == uploads,
+        "relaxed after delivery: no upload within {} ms: {st:?}",
+        NEAR_UPLOAD_MS + 1_000
+    );
+    drop(driver);
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 

@@ -392,7 +392,8 @@ impl BuyerClient {
         runtime::run_blocking(move || inner.messages(room, limit)).await?
     }
 
-    /// The newest position seen for a tracked driver.
+    /// The newest position seen for a driver, from `track_driver` or from a
+    /// tracked order it is assigned to (while that order is active).
     pub fn latest_location(&self, driver_id: String) -> Option<LocationUpdate> {
         self.inner.latest_location(driver_id)
     }

@@ -552,7 +552,8 @@ impl BuyerClient {
         self.store.messages(&room, limit)
     }
 
-    /// The newest position seen for a tracked driver.
+    /// The newest position seen for a driver, from its `tracking:` channel
+    /// or from a tracked order it is assigned to (while that order is active).
     pub fn latest_location(&self, driver_id: String) -> Option<LocationUpdate> {
         self.snapshot.lock().locations.get(&driver_id).cloned()
     }
@@ -904,10 +905,7 @@ impl Core {
 
     fn on_location(&mut self, driver_id: String, fix: waypost_protocol::Fix) {
         if let Some(update) = self.tracking.on_location(&driver_id, fix) {
-            self.snapshot
-                .lock()
-                .locations
-                .insert(driver_id, update.clone());
+            remember_location(&mut self.snapshot.lock().locations, update.clone());
             let listeners = self.registry.lock().drivers.get(&update.driver_id);
             for l in listeners {
                 l.on_location(update.clone());
@@ -974,6 +972,18 @@ impl Core {
     }
 }
 
+/// Keeps the newest position per driver, whichever channel brought it
+/// (`tracking:{driver}` or an order's `order:{id}`): a later seq, or a
+/// later timestamp from the driver's other device.
+fn remember_location(locations: &mut HashMap<String, LocationUpdate>, update: LocationUpdate) {
+    let newer = locations
+        .get(&update.driver_id)
+        .is_none_or(|l| update.seq > l.seq || update.ts_ms > l.ts_ms);
+    if newer {
+        locations.insert(update.driver_id.clone(), update);
+    }
+}
+
 impl Session for Core {
     type Command = Command;
 
@@ -1005,7 +1015,9 @@ impl Session for Core {
                 fix,
             } => match Channel::parse(&channel) {
                 Ok(ch) if ch.kind == ChannelKind::Order => {
-                    self.orders.on_location(&ch.id, &driver_id, fix);
+                    if let Some(update) = self.orders.on_location(&ch.id, &driver_id, fix) {
+                        remember_location(&mut self.snapshot.lock().locations, update);
+                    }
                 }
                 _ => self.on_location(driver_id, fix),
             },

@@ -183,24 +183,29 @@ impl Orders {
     }
 
     /// A `location` frame on `order:{id}`: reported while the order is
-    /// active and when newer than the last one.
-    pub fn on_location(&mut self, order_id: &str, driver_id: &str, fix: Fix) {
-        let Some(t) = self.orders.get_mut(order_id) else {
-            return;
-        };
+    /// active and when newer than the last one; returns what was reported
+    /// (so the client's latest-location state learns it too).
+    pub fn on_location(
+        &mut self,
+        order_id: &str,
+        driver_id: &str,
+        fix: Fix,
+    ) -> Option<LocationUpdate> {
+        let t = self.orders.get_mut(order_id)?;
         if !t.active {
-            return;
+            return None;
         }
         let newer = t
             .last_fix
             .as_ref()
             .is_none_or(|l| fix.seq > l.seq || fix.ts > l.ts);
         if !newer {
-            return;
+            return None;
         }
         let update = LocationUpdate::from_fix(driver_id, &fix);
         t.last_fix = Some(fix);
-        t.listener.on_location(update);
+        t.listener.on_location(update.clone());
+        Some(update)
     }
 }
 

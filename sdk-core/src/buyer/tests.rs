@@ -1363,3 +1363,116 @@ async fn shutdown_releases_subscription_listeners() {
     h.client.shutdown().await;
     assert_eq!(Arc::strong_count(&a), 1, "the client holds no listener");
 }
+
+/// An order listener counting what it heard.
+#[derive(Default)]
+struct OrderHeard {
+    entries: Mutex<Vec<u64>>,
+    fixes: Mutex<Vec<u64>>,
+}
+
+impl OrderListener for OrderHeard {
+    fn on_entry(&self, entry: OrderEntry) {
+        self.entries.lock().push(entry.seq);
+    }
+    fn on_location(&self, update: LocationUpdate) {
+        self.fixes.lock().push(update.seq);
+    }
+}
+
+fn order_status(
+    order: &str,
+    seq: u64,
+    status: waypost_protocol::OrderStatus,
+    active: bool,
+) -> ServerFrame {
+    ServerFrame::Order {
+        channel: format!("order:{order}"),
+        seq,
+        entry: waypost_protocol::FrameEntry {
+            body: waypost_protocol::EntryBody::Status {
+                event_id: format!("e{seq}"),
+                status,
+                active,
+                driver_id: Some("d1".into()),
+                vendor_id: None,
+                destination: None,
+                data: None,
+            },
+            ts: seq as i64,
+        },
+    }
+}
+
+fn located(channel: &str, seq: u64) -> ServerFrame {
+    ServerFrame::Location {
+        channel: channel.into(),
+        driver_id: "d1".into(),
+        fix: Fix::new(seq, seq as i64 * 1000, 1.0, 2.0),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn order_positions_update_latest_location() {
+    use waypost_protocol::OrderStatus;
+    let mut h = Harness::new(|_| {});
+    h.plan(0);
+    let heard = Arc::new(OrderHeard::default());
+    h.client.track_order("o1".into(), heard.clone()).unwrap();
+    let mut s = h.accept().await;
+    assert_eq!(
+        s.next().await,
+        Some(ClientFrame::Subscribe {
+            channel: "order:o1".into(),
+            after: Some(0)
+        })
+    );
+    assert_eq!(h.client.latest_location("d1".into()), None);
+    s.send(&order_status("o1", 1, OrderStatus::PickedUp, true));
+    s.send(&located("order:o1", 7));
+    settle().await;
+    assert_eq!(*heard.fixes.lock(), [7]);
+    assert_eq!(
+        h.client.latest_location("d1".into()).map(|l| l.seq),
+        Some(7),
+        "a position on the order channel is the driver's latest"
+    );
+    // The same driver tracked directly too: whichever channel brings the
+    // newer fix wins, an older one on the other channel does not regress.
+    h.client.track_driver("d1".into()).unwrap();
+    assert_eq!(
+        s.next().await,
+        Some(ClientFrame::Subscribe {
+            channel: "tracking:d1".into(),
+            after: None
+        })
+    );
+    s.send(&located("tracking:d1", 5));
+    settle().await;
+    assert_eq!(
+        h.client.latest_location("d1".into()).map(|l| l.seq),
+        Some(7)
+    );
+    s.send(&located("tracking:d1", 9));
+    settle().await;
+    assert_eq!(
+        h.client.latest_location("d1".into()).map(|l| l.seq),
+        Some(9)
+    );
+    s.send(&located("order:o1", 10));
+    settle().await;
+    assert_eq!(
+        h.client.latest_location("d1".into()).map(|l| l.seq),
+        Some(10)
+    );
+    // The order ends: its channel's positions are not taken any more.
+    s.send(&order_status("o1", 2, OrderStatus::Delivered, false));
+    s.send(&located("order:o1", 11));
+    settle().await;
+    assert_eq!(*heard.entries.lock(), [1, 2]);
+    assert_eq!(*heard.fixes.lock(), [7, 10]);
+    assert_eq!(
+        h.client.latest_location("d1".into()).map(|l| l.seq),
+        Some(10)
+    );
+}

@@ -28,7 +28,7 @@ use super::chat::{
     Appended, ChatStore, ChatStores, History, NewMessage, Notification, NotificationHistory,
     NotificationStore, PresenceChanges, PresenceStore,
 };
-use super::redis::{Commands, RedisEngine, RedisOptions};
+use super::redis::{Commands, RedisConn, RedisOptions};
 use super::EngineError;
 use crate::config::Limits;
 
@@ -81,10 +81,10 @@ impl StoreConn {
     }
 }
 
-/// The chat, presence and notification stores on `engine`'s command
+/// The chat, presence and notification stores on `redis`'s command
 /// connection (its timeouts and reconnects) and key prefix.
-pub fn stores(engine: &RedisEngine, limits: &Limits) -> ChatStores {
-    let conn = StoreConn::new(engine.command_conn(), engine.key_prefix());
+pub fn stores(redis: &RedisConn, limits: &Limits) -> ChatStores {
+    let conn = StoreConn::new(Arc::clone(&redis.cmd), redis.key_prefix());
     ChatStores {
         chat: Arc::new(RedisChatStore::new(conn.clone(), limits)),
         presence: Arc::new(RedisPresenceStore::new(conn.clone(), limits)),

@@ -12,7 +12,7 @@ use super::chat::{
     Appended, ChatStore, ChatStores, History, NewMessage, Notification, NotificationHistory,
     NotificationStore, PresenceChanges, PresenceStore,
 };
-use super::{Engine, EngineError, IngestOutcome, IngestTime, StoredFix};
+use super::{Bus, Engine, EngineError, IngestOutcome, IngestTime, StoredFix, TrackingStore};
 use crate::frame::Frame;
 use crate::metrics::Metrics;
 
@@ -35,9 +35,14 @@ impl<T: ?Sized> Counted<T> {
     }
 }
 
-/// The engine with its errors counted.
-pub fn engine(engine: Arc<dyn Engine>, metrics: &Metrics) -> Arc<dyn Engine> {
-    Arc::new(Counted::new(engine, metrics.clone()))
+/// The engine (its bus and tracking store) with its errors counted.
+pub fn engine(engine: Engine, metrics: &Metrics) -> Engine {
+    let name = engine.name();
+    Engine::new(
+        name,
+        Arc::new(Counted::new(engine.bus, metrics.clone())),
+        Arc::new(Counted::new(engine.tracking, metrics.clone())),
+    )
 }
 
 /// The stores with their errors counted.
@@ -50,7 +55,7 @@ pub fn stores(stores: ChatStores, metrics: &Metrics) -> ChatStores {
 }
 
 #[async_trait]
-impl Engine for Counted<dyn Engine> {
+impl TrackingStore for Counted<dyn TrackingStore> {
     fn name(&self) -> &'static str {
         self.inner.name()
     }
@@ -78,6 +83,17 @@ impl Engine for Counted<dyn Engine> {
         self.count(self.inner.trail(driver_id, after_seq, limit).await)
     }
 
+    async fn ready(&self) -> Result<(), EngineError> {
+        self.count(self.inner.ready().await)
+    }
+}
+
+#[async_trait]
+impl Bus for Counted<dyn Bus> {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
     async fn publish(&self, channel: &Channel, frame: Frame) -> Result<(), EngineError> {
         self.count(self.inner.publish(channel, frame).await)
     }
@@ -92,6 +108,10 @@ impl Engine for Counted<dyn Engine> {
 
     async fn ready(&self) -> Result<(), EngineError> {
         self.count(self.inner.ready().await)
+    }
+
+    fn resubscribed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.resubscribed()
     }
 
     async fn shutdown(&self) {

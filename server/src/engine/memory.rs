@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
+use tokio::sync::watch;
 use waypost_protocol::{Channel, Fix};
 
-use super::{Engine, EngineError, IngestOutcome, IngestTime, StoredFix};
+use super::{Bus, EngineError, IngestOutcome, IngestTime, StoredFix, TrackingStore};
 use crate::config::Limits;
 use crate::frame::Frame;
 use crate::hub::Hub;
@@ -54,6 +55,8 @@ pub struct MemoryEngine {
     hasher: RandomState,
     hub: Arc<Hub>,
     limits: Limits,
+    /// Never changes: a process's own hub is never disconnected.
+    resubscribed: watch::Sender<u64>,
 }
 
 impl MemoryEngine {
@@ -63,6 +66,7 @@ impl MemoryEngine {
             hasher: RandomState::new(),
             hub,
             limits,
+            resubscribed: watch::Sender::new(0),
         }
     }
 
@@ -77,7 +81,7 @@ impl MemoryEngine {
 }
 
 #[async_trait]
-impl Engine for MemoryEngine {
+impl TrackingStore for MemoryEngine {
     fn name(&self) -> &'static str {
         "memory"
     }
@@ -180,6 +184,17 @@ impl Engine for MemoryEngine {
         }))
     }
 
+    async fn ready(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Bus for MemoryEngine {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
     async fn publish(&self, channel: &Channel, frame: Frame) -> Result<(), EngineError> {
         self.hub.dispatch(channel, frame);
         Ok(())
@@ -195,6 +210,10 @@ impl Engine for MemoryEngine {
 
     async fn ready(&self) -> Result<(), EngineError> {
         Ok(())
+    }
+
+    fn resubscribed(&self) -> watch::Receiver<u64> {
+        self.resubscribed.subscribe()
     }
 
     async fn shutdown(&self) {}

@@ -1,22 +1,34 @@
-//! Storage and cross-process fan-out behind one narrow trait.
+//! Storage and cross-process fan-out, split where backends differ: a
+//! [`Bus`] (publish, subscriptions, watcher counts) and stores behind
+//! narrow traits ([`TrackingStore`] here; chat, presence and notifications
+//! in [`chat`]; orders in `crate::orders`). [`open`] builds all of them
+//! from the configuration with one connection setup and one key prefix.
 //!
-//! Two implementations: [`memory::MemoryEngine`] (one process, nothing to
-//! install, the default) and [`redis::RedisEngine`] (several processes share
-//! state and fan out through Redis pub/sub). Both must behave the same; the
-//! conformance tests in `engine/tests.rs` run against each.
+//! Backends: memory (one process, nothing to install, the default; one
+//! [`memory::MemoryEngine`] is bus and store), Redis (stores and pub/sub bus
+//! on one Redis, [`redis`]) and NATS as the bus with the stores on Redis
+//! ([`nats`]). Each trait has one conformance suite (`engine/tests.rs`) run
+//! against every backend.
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 use waypost_protocol::{Channel, Fix};
 
 use crate::frame::Frame;
+use crate::hub::Hub;
 
 pub mod chat;
 pub mod chat_memory;
 pub mod chat_redis;
 pub mod counted;
 pub mod memory;
+mod open;
 pub mod redis;
+
+pub use open::{open, BusConfig, EngineConfig, Opened, StoreConfig};
 
 #[cfg(test)]
 mod chat_tests;
@@ -80,10 +92,11 @@ impl From<i64> for IngestTime {
     }
 }
 
-/// Storage and fan-out. Implementations are shared (`Arc<dyn Engine>`) by
-/// every request; no method holds a lock across an await.
+/// Where drivers' positions are kept: the latest one and a bounded trail,
+/// de-duplicated per device. Shared (`Arc<dyn TrackingStore>`) by every
+/// request; no method holds a lock across an await.
 #[async_trait]
-pub trait Engine: Send + Sync + 'static {
+pub trait TrackingStore: Send + Sync + 'static {
     /// `"memory"` or `"redis"`.
     fn name(&self) -> &'static str;
 
@@ -93,8 +106,9 @@ pub trait Engine: Send + Sync + 'static {
     /// batch stores and broadcasts each fix once. Accepted fixes go to the
     /// trail (bounded); the newest becomes the latest position unless a newer
     /// one (by `ts`) is already there. The latest position expires after the
-    /// online TTL. A new latest position is broadcast on `tracking:{driver}`
-    /// by the engine itself when it reports `published`.
+    /// online TTL. A store paired with its own bus may broadcast the new
+    /// latest position itself (then it reports `published`); otherwise
+    /// [`Engine::ingest`] publishes it on the bus.
     async fn ingest(
         &self,
         driver_id: &str,
@@ -114,12 +128,25 @@ pub trait Engine: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Fix>, EngineError>;
 
+    /// Whether the store answers (for `/readyz`). The chat, presence and
+    /// notification stores of the same backend share its connection, so
+    /// this covers them too.
+    async fn ready(&self) -> Result<(), EngineError>;
+}
+
+/// Cross-process fan-out: publish, per-channel subscriptions that follow the
+/// local hub, and watcher counts. Shared (`Arc<dyn Bus>`).
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// `"memory"`, `"redis"` or `"nats"`.
+    fn name(&self) -> &'static str;
+
     /// Delivers a serialized frame to every subscriber of `channel` on every
     /// process (including this one, through the local hub). At most once:
     /// a process that is not subscribed at publish time does not get it.
     async fn publish(&self, channel: &Channel, frame: Frame) -> Result<(), EngineError>;
 
-    /// Makes the engine's subscription of `channel` match the local hub:
+    /// Makes the bus's subscription of `channel` match the local hub:
     /// subscribed while the hub has a local subscriber, unsubscribed when the
     /// last one left. Resolves once publishes on `channel` reach this process
     /// (so a client told `subscribed` misses nothing published afterwards).
@@ -128,9 +155,113 @@ pub trait Engine: Send + Sync + 'static {
     /// Subscribers of `channel` across every process.
     async fn watchers(&self, channel: &Channel) -> Result<u64, EngineError>;
 
-    /// Whether the backing store answers (for `/readyz`).
+    /// Whether the bus is connected (for `/readyz`).
     async fn ready(&self) -> Result<(), EngineError>;
+
+    /// Counts the times the bus resubscribed every local channel after
+    /// losing its connection (0 until the first loss). Publishes made while
+    /// it was down never reach this process, so a change is the cue to
+    /// re-dispatch the newest stored item of every local channel (see
+    /// `crate::tail`).
+    fn resubscribed(&self) -> watch::Receiver<u64>;
 
     /// Stops background tasks. Idempotent.
     async fn shutdown(&self);
+}
+
+/// A bus and the stores it fans out for, built together by [`open`]: what
+/// handlers use. A new latest position is broadcast once: by the store when
+/// it reports `published` (Redis store with the Redis bus: stored and
+/// published in one atomic step), else here after it was stored.
+#[derive(Clone)]
+pub struct Engine {
+    pub bus: Arc<dyn Bus>,
+    pub tracking: Arc<dyn TrackingStore>,
+    name: &'static str,
+}
+
+impl Engine {
+    /// `name` is what `/readyz` and the dashboard report.
+    pub fn new(name: &'static str, bus: Arc<dyn Bus>, tracking: Arc<dyn TrackingStore>) -> Self {
+        Self {
+            bus,
+            tracking,
+            name,
+        }
+    }
+
+    /// The in-memory engine (one process): [`memory::MemoryEngine`] as both
+    /// bus and tracking store.
+    pub fn memory(hub: Arc<Hub>, limits: crate::config::Limits) -> Self {
+        let engine = Arc::new(memory::MemoryEngine::new(hub, limits));
+        Self::new("memory", engine.clone(), engine)
+    }
+
+    /// `"memory"`, `"redis"`, `"nats+redis"`, ...
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Stores the batch ([`TrackingStore::ingest`]) and broadcasts a new
+    /// latest position unless the store already did.
+    pub async fn ingest(
+        &self,
+        driver_id: &str,
+        device_id: &str,
+        fixes: &[Fix],
+        at: IngestTime,
+    ) -> Result<IngestOutcome, EngineError> {
+        let mut outcome = self
+            .tracking
+            .ingest(driver_id, device_id, fixes, at)
+            .await?;
+        if let (Some(fix), false) = (&outcome.new_latest, outcome.published) {
+            let frame = Frame::location(driver_id, fix, at.origin_us);
+            self.bus
+                .publish(&Channel::tracking(driver_id), frame)
+                .await?;
+            outcome.published = true;
+        }
+        Ok(outcome)
+    }
+
+    pub async fn latest(
+        &self,
+        driver_id: &str,
+        now_ms: i64,
+    ) -> Result<Option<StoredFix>, EngineError> {
+        self.tracking.latest(driver_id, now_ms).await
+    }
+
+    pub async fn trail(
+        &self,
+        driver_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Fix>, EngineError> {
+        self.tracking.trail(driver_id, after_seq, limit).await
+    }
+
+    pub async fn publish(&self, channel: &Channel, frame: Frame) -> Result<(), EngineError> {
+        self.bus.publish(channel, frame).await
+    }
+
+    pub async fn sync_subscription(&self, channel: &Channel) -> Result<(), EngineError> {
+        self.bus.sync_subscription(channel).await
+    }
+
+    pub async fn watchers(&self, channel: &Channel) -> Result<u64, EngineError> {
+        self.bus.watchers(channel).await
+    }
+
+    /// Ready when the bus and the stores are reachable.
+    pub async fn ready(&self) -> Result<(), EngineError> {
+        self.bus.ready().await?;
+        self.tracking.ready().await
+    }
+
+    /// Stops the bus's background tasks. Idempotent.
+    pub async fn shutdown(&self) {
+        self.bus.shutdown().await;
+    }
 }

@@ -1,4 +1,9 @@
-//! The Redis engine: several server processes share one Redis.
+//! The Redis backend: several server processes share one Redis. One
+//! connection setup ([`RedisConn`]: where the primary is, the command
+//! connection, the key prefix) serves the tracking store
+//! ([`RedisTrackingStore`]), the chat, presence and notification stores
+//! (`chat_redis.rs`), the watcher counts (`redis/watchers.rs`) and the
+//! pub/sub bus ([`RedisBus`]); [`open`] builds them all.
 //!
 //! Storage (one driver's keys share the hash tag `{driver}`):
 //! - `waypost:{d}:trail`: ZSET, every score 0, member
@@ -12,7 +17,9 @@
 //!   keys live 24 h after the last ingest.
 //!
 //! An ingest batch is one Lua script (`redis/ingest.lua`): dedup, trail,
-//! latest and the watcher count in one atomic round trip.
+//! latest and the watcher count in one atomic round trip; paired with the
+//! Redis bus (`live_publish`), the script also publishes the new latest
+//! position in that same step.
 //!
 //! Fan-out: `publish` is a `PUBLISH waypost:ch2:{channel}` of the frame's
 //! envelope (`frame.rs`: meta line, newline, frame); one pub/sub
@@ -41,6 +48,7 @@ pub(crate) use commands::Commands;
 pub use options::{RedisOptions, RedisTls, SentinelConfig};
 pub(crate) use setup::{commands, connection_manager};
 pub use target::client;
+pub(crate) use watchers::WatcherCounts;
 
 use std::sync::Arc;
 
@@ -53,7 +61,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use waypost_protocol::{Channel, Fix};
 
-use super::{Engine, EngineError, IngestOutcome, IngestTime, StoredFix};
+use super::chat::ChatStores;
+use super::{Bus, Engine, EngineError, IngestOutcome, IngestTime, StoredFix, TrackingStore};
 use crate::config::Limits;
 use crate::frame::Frame;
 use crate::hub::Hub;
@@ -68,7 +77,7 @@ const WATCH_PRELUDE: &str = include_str!("redis/watch_sum.lua");
 
 /// Key and channel names.
 #[derive(Debug, Clone)]
-struct Keys {
+pub(crate) struct Keys {
     prefix: String,
 }
 
@@ -83,10 +92,10 @@ impl Keys {
         // forwarding payloads they cannot read.
         format!("{}:ch2:", self.prefix)
     }
-    fn watchers_prefix(&self) -> String {
+    pub(crate) fn watchers_prefix(&self) -> String {
         format!("{}:watchers:", self.prefix)
     }
-    fn watchers(&self, channel: &Channel) -> String {
+    pub(crate) fn watchers(&self, channel: &Channel) -> String {
         format!("{}{channel}", self.watchers_prefix())
     }
     fn channel(&self, channel: &Channel) -> String {
@@ -108,112 +117,33 @@ struct StoredFixRef<'a> {
     fix: &'a Fix,
 }
 
-/// Storage and fan-out on Redis.
-pub struct RedisEngine {
-    cmd: Arc<commands::Commands>,
-    limits: Limits,
-    opts: RedisOptions,
-    keys: Keys,
-    ingest_script: Script,
-    watchers_script: Script,
-    subs: mpsc::Sender<pubsub::SyncRequest>,
-    watch: mpsc::Sender<watchers::WatchRequest>,
-    pubsub_up: watch::Receiver<bool>,
-    instance: String,
-    cancel: CancellationToken,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+/// The one connection setup on Redis: where the primary is, the command
+/// connection (timeouts, reconnects, `WAIT`) and the key names. Cheap to
+/// clone; every Redis store and the watcher counts share it.
+#[derive(Clone)]
+pub struct RedisConn {
+    pub(crate) target: Arc<target::Target>,
+    pub(crate) cmd: Arc<Commands>,
+    pub(crate) keys: Keys,
+    pub(crate) opts: RedisOptions,
+    /// This process's id in watcher hashes.
+    pub(crate) instance: Arc<str>,
 }
 
-impl RedisEngine {
-    /// Connects (commands and pub/sub) and starts the background tasks.
-    /// Fails when Redis does not answer within a few seconds.
-    pub async fn connect(
-        url: &str,
-        hub: Arc<Hub>,
-        limits: Limits,
-        metrics: Metrics,
-        opts: RedisOptions,
-    ) -> Result<Self, EngineError> {
+impl RedisConn {
+    /// Connects the command connection. Fails when Redis does not answer
+    /// within a few seconds.
+    pub async fn connect(url: &str, opts: RedisOptions) -> Result<Self, EngineError> {
         let (target, cmd) = setup::commands(url, &opts).await?;
-        let cmd = Arc::new(cmd);
-
-        let keys = Keys {
-            prefix: opts.key_prefix.clone(),
-        };
-        let instance = uuid::Uuid::new_v4().simple().to_string();
-        let cancel = CancellationToken::new();
-        let (subs, subs_rx) = mpsc::channel(REQUEST_QUEUE);
-        let (watch_tx, watch_rx) = mpsc::channel(REQUEST_QUEUE);
-        let (up_tx, mut up_rx) = watch::channel(false);
-
-        let manager = pubsub::Manager {
+        Ok(Self {
             target,
-            cmd: Arc::clone(&cmd),
-            hub: Arc::clone(&hub),
-            metrics,
-            opts: opts.clone(),
-            channel_prefix: keys.channel_prefix(),
-            probe_channel: keys.probe(&instance),
-            up: up_tx,
-            cancel: cancel.clone(),
-        };
-        let writer = watchers::Writer {
-            cmd: Arc::clone(&cmd),
-            hub: Arc::clone(&hub),
-            script: Script::new(&format!(
-                "{WATCH_PRELUDE}\n{}",
-                include_str!("redis/watch_set.lua")
-            )),
-            instance: instance.clone(),
-            key_prefix: keys.watchers_prefix(),
-            opts: opts.clone(),
-            cancel: cancel.clone(),
-        };
-        let tasks = vec![
-            tokio::spawn(manager.run(subs_rx)),
-            tokio::spawn(writer.run(watch_rx)),
-        ];
-        let engine = Self {
-            cmd,
-            limits,
-            keys,
-            ingest_script: Script::new(&format!(
-                "{WATCH_PRELUDE}\n{}",
-                include_str!("redis/ingest.lua")
-            )),
-            watchers_script: Script::new(&format!(
-                "{WATCH_PRELUDE}\n{}",
-                include_str!("redis/watchers.lua")
-            )),
-            subs,
-            watch: watch_tx,
-            pubsub_up: up_rx.clone(),
-            instance,
-            cancel,
-            tasks: Mutex::new(tasks),
+            cmd: Arc::new(cmd),
+            keys: Keys {
+                prefix: opts.key_prefix.clone(),
+            },
+            instance: uuid::Uuid::new_v4().simple().to_string().into(),
             opts,
-        };
-        let first =
-            tokio::time::timeout(engine.opts.op_timeout * 2, up_rx.wait_for(|up| *up)).await;
-        if !matches!(first, Ok(Ok(_))) {
-            engine.shutdown().await;
-            return Err(EngineError::Redis(
-                "pub/sub connection did not come up".into(),
-            ));
-        }
-        tracing::info!(instance = %engine.instance, "redis engine connected");
-        Ok(engine)
-    }
-
-    /// The command connection (its timeouts and reconnects), shared with
-    /// the chat stores ([`super::chat_redis::stores`]).
-    pub(crate) fn command_conn(&self) -> Arc<Commands> {
-        Arc::clone(&self.cmd)
-    }
-
-    /// The prefix of every key.
-    pub(crate) fn key_prefix(&self) -> &str {
-        &self.opts.key_prefix
+        })
     }
 
     /// This process's id in watcher hashes.
@@ -221,19 +151,71 @@ impl RedisEngine {
         &self.instance
     }
 
+    /// The prefix of every key.
+    pub(crate) fn key_prefix(&self) -> &str {
+        &self.opts.key_prefix
+    }
+}
+
+/// Redis stores and the Redis pub/sub bus on one connection setup: the
+/// tracking store publishes from its ingest script. With `--bus nats` see
+/// [`super::open`].
+pub async fn open(
+    url: &str,
+    hub: Arc<Hub>,
+    limits: Limits,
+    metrics: Metrics,
+    opts: RedisOptions,
+) -> Result<(Engine, ChatStores), EngineError> {
+    open_on(RedisConn::connect(url, opts).await?, hub, limits, metrics).await
+}
+
+/// [`open`] on a connection setup made before.
+pub async fn open_on(
+    conn: RedisConn,
+    hub: Arc<Hub>,
+    limits: Limits,
+    metrics: Metrics,
+) -> Result<(Engine, ChatStores), EngineError> {
+    let bus = RedisBus::start(conn.clone(), hub, metrics).await?;
+    let tracking = RedisTrackingStore::new(conn.clone(), limits.clone(), true);
+    let stores = super::chat_redis::stores(&conn, &limits);
+    Ok((
+        Engine::new("redis", Arc::new(bus), Arc::new(tracking)),
+        stores,
+    ))
+}
+
+/// Drivers' positions on Redis.
+pub struct RedisTrackingStore {
+    conn: RedisConn,
+    limits: Limits,
+    ingest_script: Script,
+    /// Publish the new latest position on the Redis channel from the ingest
+    /// script (the Redis bus is the bus).
+    live_publish: bool,
+}
+
+impl RedisTrackingStore {
+    pub fn new(conn: RedisConn, limits: Limits, live_publish: bool) -> Self {
+        Self {
+            conn,
+            limits,
+            ingest_script: Script::new(&format!(
+                "{WATCH_PRELUDE}\n{}",
+                include_str!("redis/ingest.lua")
+            )),
+            live_publish,
+        }
+    }
+
     fn ttl_ms(&self) -> i64 {
         self.limits.online_ttl.as_millis() as i64
     }
 }
 
-impl Drop for RedisEngine {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-    }
-}
-
 #[async_trait]
-impl Engine for RedisEngine {
+impl TrackingStore for RedisTrackingStore {
     fn name(&self) -> &'static str {
         "redis"
     }
@@ -248,20 +230,28 @@ impl Engine for RedisEngine {
         let now_ms = at.now_ms;
         let tracking = Channel::tracking(driver_id);
         let mut inv = self.ingest_script.prepare_invoke();
-        inv.key(self.keys.driver(driver_id, "trail"))
-            .key(self.keys.driver(driver_id, "latest"))
-            .key(self.keys.driver(driver_id, "devices"))
-            .key(self.keys.driver(driver_id, &format!("seen:{device_id}")))
-            .key(self.keys.driver(driver_id, &format!("span:{device_id}")))
-            .key(self.keys.watchers(&tracking));
+        inv.key(self.conn.keys.driver(driver_id, "trail"))
+            .key(self.conn.keys.driver(driver_id, "latest"))
+            .key(self.conn.keys.driver(driver_id, "devices"))
+            .key(
+                self.conn
+                    .keys
+                    .driver(driver_id, &format!("seen:{device_id}")),
+            )
+            .key(
+                self.conn
+                    .keys
+                    .driver(driver_id, &format!("span:{device_id}")),
+            )
+            .key(self.conn.keys.watchers(&tracking));
         inv.arg(device_id)
             .arg(now_ms)
             .arg(self.ttl_ms())
             .arg(self.limits.trail_len)
             .arg(self.limits.dedup_window)
-            .arg(self.opts.data_ttl.as_millis() as u64)
+            .arg(self.conn.opts.data_ttl.as_millis() as u64)
             .arg(MAX_DEVICES_PER_DRIVER)
-            .arg(self.keys.driver(driver_id, ""));
+            .arg(self.conn.keys.driver(driver_id, ""));
         // The live frame of the fix that will most likely become latest (the
         // newest by ts, the last of equals, as the script picks it): the
         // script publishes it in the same step that stores it, so frames
@@ -274,7 +264,8 @@ impl Engine for RedisEngine {
                 Some((_, b)) if f.ts < b.ts => best,
                 _ => Some((i, f)),
             });
-        inv.arg(self.keys.channel(&tracking))
+        let candidate = candidate.filter(|_| self.live_publish);
+        inv.arg(self.conn.keys.channel(&tracking))
             .arg(candidate.map_or(0, |(i, _)| i + 1))
             .arg(candidate.map_or_else(String::new, |(_, f)| {
                 Frame::location(driver_id, f, at.origin_us).to_envelope()
@@ -289,9 +280,10 @@ impl Engine for RedisEngine {
                 .map_err(|e| EngineError::Corrupt(format!("unserializable fix: {e}")))?;
             inv.arg(fix.ts).arg(format!("{:020}|{json}", fix.seq));
         }
-        let mut conn = self.cmd.conn();
+        let mut conn = self.conn.cmd.conn();
         let same = conn.clone();
         let (accepted, latest_index, watchers, published): (u32, usize, u64, u8) = self
+            .conn
             .cmd
             .run_acked(same, inv.invoke_async(&mut conn))
             .await?;
@@ -309,11 +301,11 @@ impl Engine for RedisEngine {
     }
 
     async fn latest(&self, driver_id: &str, now_ms: i64) -> Result<Option<StoredFix>, EngineError> {
-        let mut conn = self.cmd.conn();
+        let mut conn = self.conn.cmd.conn();
         let cmd = redis::cmd("GET")
-            .arg(self.keys.driver(driver_id, "latest"))
+            .arg(self.conn.keys.driver(driver_id, "latest"))
             .to_owned();
-        let raw: Option<String> = self.cmd.run(cmd.query_async(&mut conn)).await?;
+        let raw: Option<String> = self.conn.cmd.run(cmd.query_async(&mut conn)).await?;
         let Some(raw) = raw else {
             return Ok(None);
         };
@@ -334,16 +326,16 @@ impl Engine for RedisEngine {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut conn = self.cmd.conn();
+        let mut conn = self.conn.cmd.conn();
         let cmd = redis::cmd("ZRANGEBYLEX")
-            .arg(self.keys.driver(driver_id, "trail"))
+            .arg(self.conn.keys.driver(driver_id, "trail"))
             .arg(format!("[{from:020}"))
             .arg("+")
             .arg("LIMIT")
             .arg(0)
             .arg(limit.min(i64::MAX as usize))
             .to_owned();
-        let members: Vec<String> = self.cmd.run(cmd.query_async(&mut conn)).await?;
+        let members: Vec<String> = self.conn.cmd.run(cmd.query_async(&mut conn)).await?;
         members
             .iter()
             .map(|m| {
@@ -355,66 +347,132 @@ impl Engine for RedisEngine {
             .collect()
     }
 
+    /// Ready when the command connection reaches a writable primary (the
+    /// chat, presence and notification stores share it).
+    async fn ready(&self) -> Result<(), EngineError> {
+        self.conn.cmd.check_primary().await
+    }
+}
+
+/// Fan-out over Redis pub/sub: one pub/sub connection per process
+/// (`redis/pubsub.rs`) and the watcher counts (`redis/watchers.rs`).
+pub struct RedisBus {
+    conn: RedisConn,
+    subs: mpsc::Sender<pubsub::SyncRequest>,
+    watchers: WatcherCounts,
+    pubsub_up: watch::Receiver<bool>,
+    resubscribed: watch::Receiver<u64>,
+    cancel: CancellationToken,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl RedisBus {
+    /// Starts the pub/sub manager and the watcher counts on `conn`;
+    /// resolves once the pub/sub connection is up.
+    pub async fn start(
+        conn: RedisConn,
+        hub: Arc<Hub>,
+        metrics: Metrics,
+    ) -> Result<Self, EngineError> {
+        let cancel = CancellationToken::new();
+        let (subs, subs_rx) = mpsc::channel(REQUEST_QUEUE);
+        let (up_tx, mut up_rx) = watch::channel(false);
+        let (resub_tx, resub_rx) = watch::channel(0u64);
+        let manager = pubsub::Manager {
+            target: Arc::clone(&conn.target),
+            cmd: Arc::clone(&conn.cmd),
+            hub: Arc::clone(&hub),
+            metrics,
+            opts: conn.opts.clone(),
+            channel_prefix: conn.keys.channel_prefix(),
+            probe_channel: conn.keys.probe(&conn.instance),
+            up: up_tx,
+            resubscribed: resub_tx,
+            cancel: cancel.clone(),
+        };
+        let watchers = WatcherCounts::start(&conn, hub);
+        let bus = Self {
+            subs,
+            watchers,
+            pubsub_up: up_rx.clone(),
+            resubscribed: resub_rx,
+            tasks: Mutex::new(vec![tokio::spawn(manager.run(subs_rx))]),
+            cancel,
+            conn,
+        };
+        let first =
+            tokio::time::timeout(bus.conn.opts.op_timeout * 2, up_rx.wait_for(|up| *up)).await;
+        if !matches!(first, Ok(Ok(_))) {
+            bus.shutdown().await;
+            return Err(EngineError::Redis(
+                "pub/sub connection did not come up".into(),
+            ));
+        }
+        tracing::info!(instance = %bus.conn.instance, "redis bus connected");
+        Ok(bus)
+    }
+}
+
+impl Drop for RedisBus {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+#[async_trait]
+impl Bus for RedisBus {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
     async fn publish(&self, channel: &Channel, frame: Frame) -> Result<(), EngineError> {
-        let mut conn = self.cmd.conn();
+        let mut conn = self.conn.cmd.conn();
         let cmd = redis::cmd("PUBLISH")
-            .arg(self.keys.channel(channel))
+            .arg(self.conn.keys.channel(channel))
             .arg(frame.to_envelope())
             .to_owned();
-        self.cmd.run(cmd.query_async::<u64>(&mut conn)).await?;
+        self.conn.cmd.run(cmd.query_async::<u64>(&mut conn)).await?;
         Ok(())
     }
 
     async fn sync_subscription(&self, channel: &Channel) -> Result<(), EngineError> {
-        pubsub::request(&self.subs, channel, self.opts.op_timeout * 2).await?;
-        // Watcher counts are advisory: the subscription stands even if
-        // recording the count fails (the periodic refresh retries).
-        let (done, ack) = tokio::sync::oneshot::channel();
-        let req = watchers::WatchRequest {
-            channel: channel.clone(),
-            done,
-        };
-        let recorded = tokio::time::timeout(self.opts.op_timeout * 2, async {
-            self.watch.send(req).await.ok()?;
-            ack.await.ok()
-        })
-        .await;
-        if !matches!(recorded, Ok(Some(()))) {
-            tracing::debug!(%channel, "watcher count not recorded in time");
-        }
+        pubsub::request(&self.subs, channel, self.conn.opts.op_timeout * 2).await?;
+        self.watchers.record(channel).await;
         Ok(())
     }
 
     async fn watchers(&self, channel: &Channel) -> Result<u64, EngineError> {
-        let mut conn = self.cmd.conn();
-        let mut inv = self.watchers_script.prepare_invoke();
-        inv.key(self.keys.watchers(channel));
-        self.cmd.run(inv.invoke_async(&mut conn)).await
+        self.watchers.count(channel).await
     }
 
-    /// Ready when the bus (the pub/sub connection) is up and the stores
-    /// (the command connection) reach a writable primary.
+    /// Ready when the pub/sub connection is up.
     async fn ready(&self) -> Result<(), EngineError> {
-        if !*self.pubsub_up.borrow() {
-            return Err(EngineError::Redis("pub/sub connection is down".into()));
+        if *self.pubsub_up.borrow() {
+            Ok(())
+        } else {
+            Err(EngineError::Redis("pub/sub connection is down".into()))
         }
-        // The chat, presence and notification stores share this command
-        // connection, so this covers them too.
-        self.cmd.check_primary().await
+    }
+
+    fn resubscribed(&self) -> watch::Receiver<u64> {
+        self.resubscribed.clone()
     }
 
     async fn shutdown(&self) {
         self.cancel.cancel();
         let tasks = std::mem::take(&mut *self.tasks.lock());
-        for task in tasks {
-            let abort = task.abort_handle();
-            if tokio::time::timeout(self.opts.op_timeout * 3, task)
-                .await
-                .is_err()
-            {
-                tracing::warn!("redis engine task did not stop in time; aborted");
-                abort.abort();
-            }
+        stop_tasks(tasks, self.conn.opts.op_timeout * 3, "redis bus").await;
+        self.watchers.shutdown().await;
+    }
+}
+
+/// Waits for cancelled `tasks` to end, each within `limit` (then aborted).
+pub(crate) async fn stop_tasks(tasks: Vec<JoinHandle<()>>, limit: std::time::Duration, what: &str) {
+    for task in tasks {
+        let abort = task.abort_handle();
+        if tokio::time::timeout(limit, task).await.is_err() {
+            tracing::warn!(what, "background task did not stop in time; aborted");
+            abort.abort();
         }
     }
 }

@@ -1,5 +1,8 @@
-//! Conformance suite: the same behaviour checks against every engine. The
-//! Redis run needs a server at `WAYPOST_TEST_REDIS_URL` (scripts/test starts
+//! Conformance suites, one per trait: the same behaviour checks against
+//! every [`TrackingStore`] ([`tracking_store_conformance`]) and every
+//! [`Bus`] ([`bus_conformance`]), and the composed [`Engine`] broadcasting
+//! each new latest position exactly once whichever side publishes it. The
+//! Redis runs need a server at `WAYPOST_TEST_REDIS_URL` (scripts/test starts
 //! one); without it the Redis cases are skipped with a message.
 
 use std::sync::Arc;
@@ -7,7 +10,7 @@ use std::sync::Arc;
 use waypost_protocol::{Channel, Fix};
 
 use super::memory::MemoryEngine;
-use super::Engine;
+use super::{Bus, Engine, TrackingStore};
 use crate::config::Limits;
 use crate::hub::{connection, Hub, Receiver};
 use crate::metrics::Metrics;
@@ -22,7 +25,7 @@ pub(crate) fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
 
-pub(crate) async fn ingest_is_idempotent(engine: &dyn Engine) {
+pub(crate) async fn ingest_is_idempotent(engine: &dyn TrackingStore) {
     let d = unique("d");
     let batch = [fix(1, NOW), fix(2, NOW + 1000), fix(3, NOW + 2000)];
     let out = engine.ingest(&d, "dev", &batch, NOW.into()).await.unwrap();
@@ -45,7 +48,7 @@ pub(crate) async fn ingest_is_idempotent(engine: &dyn Engine) {
     );
 }
 
-pub(crate) async fn latest_keeps_newest_and_expires(engine: &dyn Engine) {
+pub(crate) async fn latest_keeps_newest_and_expires(engine: &dyn TrackingStore) {
     let d = unique("d");
     assert!(engine.latest(&d, NOW).await.unwrap().is_none());
     engine
@@ -72,39 +75,127 @@ pub(crate) async fn latest_keeps_newest_and_expires(engine: &dyn Engine) {
     assert_eq!(t, vec![4, 5], "trail is ordered by seq");
 }
 
-pub(crate) async fn publish_reaches_local_subscriber(engine: &dyn Engine, hub: &Hub) {
-    let ch = Channel::tracking(unique("d"));
-    let (h, mut rx) = connection(hub.next_conn_id(), 8);
-    hub.add(&ch, h);
-    engine.sync_subscription(&ch).await.unwrap();
-    assert_eq!(engine.watchers(&ch).await.unwrap(), 1);
-    engine.publish(&ch, "hello".into()).await.unwrap();
-    let got = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+/// Latest positions expire after the online TTL.
+async fn latest_expires(store: &dyn TrackingStore) {
+    let d = unique("d");
+    store
+        .ingest(&d, "dev", &[fix(1, NOW)], NOW.into())
         .await
-        .expect("publish delivered within 5 s")
         .unwrap();
-    assert_eq!(got.text.as_str(), "hello");
+    let ttl = Limits::default().online_ttl.as_millis() as i64;
+    assert!(store.latest(&d, NOW + ttl).await.unwrap().is_some());
+    assert!(store.latest(&d, NOW + ttl + 1).await.unwrap().is_none());
+}
+
+/// Every [`TrackingStore`] (with default limits).
+pub(crate) async fn tracking_store_conformance(store: &dyn TrackingStore) {
+    ingest_is_idempotent(store).await;
+    latest_keeps_newest_and_expires(store).await;
+    latest_expires(store).await;
+    store.ready().await.unwrap();
+}
+
+async fn recv_within(rx: &mut Receiver, what: &str) -> String {
+    tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap_or_else(|_| panic!("{what} delivered within 5 s"))
+        .unwrap()
+        .text
+        .to_string()
+}
+
+/// Every [`Bus`]: a publish reaches local subscribers of its channel only,
+/// in order, watchers follow the hub, and a channel everybody left gets
+/// nothing.
+pub(crate) async fn bus_conformance(bus: &dyn Bus, hub: &Hub) {
+    bus.ready().await.unwrap();
+    let ch = Channel::tracking(unique("d"));
+    let other = Channel::chat(unique("r"));
+    let (h, mut rx) = connection(hub.next_conn_id(), 8);
+    let (h2, mut rx2) = connection(hub.next_conn_id(), 8);
+    hub.add(&ch, h.clone());
+    bus.sync_subscription(&ch).await.unwrap();
+    hub.add(&other, h2.clone());
+    bus.sync_subscription(&other).await.unwrap();
+    assert_eq!(bus.watchers(&ch).await.unwrap(), 1);
+    bus.publish(&ch, "hello".into()).await.unwrap();
+    bus.publish(&ch, "again".into()).await.unwrap();
+    bus.publish(&other, "elsewhere".into()).await.unwrap();
+    assert_eq!(recv_within(&mut rx, "publish").await, "hello");
+    assert_eq!(recv_within(&mut rx, "second publish").await, "again");
+    assert_eq!(recv_within(&mut rx2, "other channel").await, "elsewhere");
+    // Names with separators and wildcards of other buses stay apart.
+    let odd = Channel::chat("a.b*>c");
+    let near = Channel::chat("a.b");
+    let (h3, mut rx3) = connection(hub.next_conn_id(), 8);
+    hub.add(&odd, h3.clone());
+    bus.sync_subscription(&odd).await.unwrap();
+    bus.publish(&near, "near".into()).await.unwrap();
+    bus.publish(&odd, "odd".into()).await.unwrap();
+    assert_eq!(recv_within(&mut rx3, "odd channel").await, "odd");
+
+    // Leaving: no watchers, nothing delivered.
+    assert!(hub.remove(&ch, h.id));
+    bus.sync_subscription(&ch).await.unwrap();
+    assert_eq!(bus.watchers(&ch).await.unwrap(), 0);
+    bus.publish(&ch, "nobody".into()).await.unwrap();
+    bus.publish(&other, "marker".into()).await.unwrap();
+    assert_eq!(recv_within(&mut rx2, "marker").await, "marker");
+    assert!(rx.try_frame().is_none(), "delivered after leaving");
+    assert!(hub.remove(&other, h2.id));
+    bus.sync_subscription(&other).await.unwrap();
+    assert!(hub.remove(&odd, h3.id));
+    bus.sync_subscription(&odd).await.unwrap();
+    assert_eq!(*bus.resubscribed().borrow(), 0, "no reconnect happened");
+}
+
+/// The composed engine broadcasts a new latest position once, whether the
+/// store published it (`published`) or the engine had to.
+pub(crate) async fn engine_publishes_new_latest_once(engine: &Engine, hub: &Hub) {
+    let d = unique("d");
+    let ch = Channel::tracking(d.clone());
+    let (h, mut rx) = connection(hub.next_conn_id(), 8);
+    hub.add(&ch, h.clone());
+    engine.sync_subscription(&ch).await.unwrap();
+    let out = engine
+        .ingest(&d, "dev", &[fix(1, NOW), fix(2, NOW + 1)], NOW.into())
+        .await
+        .unwrap();
+    assert!(out.published);
+    let got = recv_within(&mut rx, "location").await;
+    assert!(
+        got.contains(r#""type":"location""#) && got.contains(r#""seq":2"#),
+        "{got}"
+    );
+    // A duplicate batch publishes nothing; the next fix is the next frame.
+    engine
+        .ingest(&d, "dev", &[fix(1, NOW), fix(2, NOW + 1)], NOW.into())
+        .await
+        .unwrap();
+    engine
+        .ingest(&d, "dev", &[fix(3, NOW + 2)], NOW.into())
+        .await
+        .unwrap();
+    let next = recv_within(&mut rx, "next location").await;
+    assert!(next.contains(r#""seq":3"#), "{next}");
+    assert!(rx.try_frame().is_none(), "published twice");
+    assert!(hub.remove(&ch, h.id));
+    engine.sync_subscription(&ch).await.unwrap();
 }
 
 #[tokio::test]
 async fn memory_conformance() {
     let hub = Arc::new(Hub::new(Metrics::new()));
     let engine = MemoryEngine::new(Arc::clone(&hub), Limits::default());
-    ingest_is_idempotent(&engine).await;
-    latest_keeps_newest_and_expires(&engine).await;
-    publish_reaches_local_subscriber(&engine, &hub).await;
-    let d = unique("d");
-    engine
-        .ingest(&d, "dev", &[fix(1, NOW)], NOW.into())
-        .await
-        .unwrap();
-    let ttl = Limits::default().online_ttl.as_millis() as i64;
-    assert!(engine.latest(&d, NOW + ttl + 1).await.unwrap().is_none());
+    tracking_store_conformance(&engine).await;
+    bus_conformance(&engine, &hub).await;
+    engine_publishes_new_latest_once(&Engine::memory(Arc::clone(&hub), Limits::default()), &hub)
+        .await;
 }
 
 /// Every bound holds: the dedup window forgets its oldest seqs but refuses
 /// anything at or below the floor, and the trail keeps the highest seqs.
-pub(crate) async fn windows_and_trail_are_bounded(engine: &dyn Engine) {
+pub(crate) async fn windows_and_trail_are_bounded(engine: &dyn TrackingStore) {
     // Needs `dedup_window: 3, trail_len: 4`.
     let d = unique("d");
     let batch: Vec<Fix> = (1..=5).map(|s| fix(s, NOW + s as i64)).collect();
@@ -201,7 +292,9 @@ mod redis_engine {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::engine::redis::{RedisEngine, RedisOptions};
+    use crate::engine::redis::{
+        self as backend, RedisBus, RedisConn, RedisOptions, RedisTrackingStore,
+    };
     use crate::hub::ConnHandle;
 
     fn url() -> Option<String> {
@@ -218,10 +311,11 @@ mod redis_engine {
         }
     }
 
-    async fn engine(url: &str, hub: &Arc<Hub>, limits: Limits, metrics: Metrics) -> RedisEngine {
-        RedisEngine::connect(url, Arc::clone(hub), limits, metrics, opts())
+    async fn engine(url: &str, hub: &Arc<Hub>, limits: Limits, metrics: Metrics) -> Engine {
+        backend::open(url, Arc::clone(hub), limits, metrics, opts())
             .await
             .unwrap()
+            .0
     }
 
     async fn command(url: &str) -> redis::aio::MultiplexedConnection {
@@ -280,23 +374,27 @@ mod redis_engine {
             return;
         };
         let hub = Arc::new(Hub::new(Metrics::new()));
-        let e = engine(&url, &hub, Limits::default(), Metrics::new()).await;
-        ingest_is_idempotent(&e).await;
-        latest_keeps_newest_and_expires(&e).await;
-        publish_reaches_local_subscriber(&e, &hub).await;
-        let d = unique("d");
-        e.ingest(&d, "dev", &[fix(1, NOW)], NOW.into())
-            .await
-            .unwrap();
-        let ttl = Limits::default().online_ttl.as_millis() as i64;
-        assert!(e.latest(&d, NOW + ttl + 1).await.unwrap().is_none());
-        e.ready().await.unwrap();
-        e.shutdown().await;
-        e.shutdown().await;
-
-        let bounded = engine(&url, &hub, bounded_limits(), Metrics::new()).await;
+        let conn = RedisConn::connect(&url, opts()).await.unwrap();
+        let store = RedisTrackingStore::new(conn.clone(), Limits::default(), false);
+        tracking_store_conformance(&store).await;
+        let bounded = RedisTrackingStore::new(conn.clone(), bounded_limits(), false);
         windows_and_trail_are_bounded(&bounded).await;
-        bounded.shutdown().await;
+
+        let bus = Arc::new(
+            RedisBus::start(conn.clone(), Arc::clone(&hub), Metrics::new())
+                .await
+                .unwrap(),
+        );
+        bus_conformance(bus.as_ref(), &hub).await;
+        // The store publishing from its script, and the engine publishing
+        // after a store that does not.
+        for live_publish in [true, false] {
+            let store = RedisTrackingStore::new(conn.clone(), Limits::default(), live_publish);
+            let e = Engine::new("redis", bus.clone(), Arc::new(store));
+            engine_publishes_new_latest_once(&e, &hub).await;
+        }
+        bus.shutdown().await;
+        bus.shutdown().await;
     }
 
     #[tokio::test]
@@ -759,7 +857,7 @@ mod redis_engine {
             ..opts()
         };
         let proxied = format!("redis://127.0.0.1:{}", proxy.port);
-        let e = RedisEngine::connect(
+        let e = backend::open(
             &proxied,
             Arc::clone(&hub),
             Limits::default(),
@@ -767,7 +865,8 @@ mod redis_engine {
             fast,
         )
         .await
-        .unwrap();
+        .unwrap()
+        .0;
         let ch = Channel::tracking(unique("d"));
         let (h, mut rx) = connection(hub.next_conn_id(), 64);
         hub.add(&ch, h);

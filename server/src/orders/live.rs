@@ -45,12 +45,12 @@ pub fn order_location_frame(order_id: &str, driver_id: &str, fix: &Fix, origin_u
 #[derive(Clone)]
 pub struct OrderService {
     pub orders: Orders,
-    engine: Arc<dyn Engine>,
+    engine: Arc<Engine>,
     webhooks: Option<Arc<Webhooks>>,
 }
 
 impl OrderService {
-    pub fn new(orders: Orders, engine: Arc<dyn Engine>, webhooks: Option<Arc<Webhooks>>) -> Self {
+    pub fn new(orders: Orders, engine: Arc<Engine>, webhooks: Option<Arc<Webhooks>>) -> Self {
         Self {
             orders,
             engine,

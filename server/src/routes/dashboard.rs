@@ -319,10 +319,7 @@ mod tests {
         let metrics = crate::metrics::Metrics::new();
         let hub = Arc::new(crate::hub::Hub::new(metrics.clone()));
         let limits = crate::config::Limits::default();
-        let engine = Arc::new(crate::engine::memory::MemoryEngine::new(
-            Arc::clone(&hub),
-            limits.clone(),
-        ));
+        let engine = crate::engine::Engine::memory(Arc::clone(&hub), limits.clone());
         let keys = crate::auth::AuthKeys::new(b"k");
         let state = AppState::new(engine, hub, keys.clone(), limits, metrics);
         let router = crate::app::build_router(state);
@@ -381,10 +378,7 @@ mod tests {
             max_connections_per_user: 2,
             ..crate::config::Limits::default()
         };
-        let engine = Arc::new(crate::engine::memory::MemoryEngine::new(
-            Arc::clone(&hub),
-            limits.clone(),
-        ));
+        let engine = crate::engine::Engine::memory(Arc::clone(&hub), limits.clone());
         let keys = crate::auth::AuthKeys::new(b"k");
         let state = AppState::new(engine, hub, keys.clone(), limits, metrics.clone());
         let router = crate::app::build_router(state.clone());

@@ -9,7 +9,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use waypost_protocol::{
-    validate_id, ActiveOrder, Channel, IngestRequest, IngestResponse, LocationResponse, PolicyHint,
+    validate_id, ActiveOrder, IngestRequest, IngestResponse, LocationResponse, PolicyHint,
     PolicyMode, TrailResponse,
 };
 
@@ -17,7 +17,7 @@ use crate::auth::{authorize_tracking, may_post_locations, Authed};
 use crate::config::Limits;
 use crate::engine::IngestTime;
 use crate::error::AppError;
-use crate::frame::{now_us, Frame};
+use crate::frame::now_us;
 use crate::now_ms;
 use crate::state::AppState;
 
@@ -119,13 +119,6 @@ async fn ingest(
         state
             .activity
             .driver_seen(driver_id, &req.device_id, fix, outcome.watchers, now);
-        if !outcome.published {
-            let frame = Frame::location(driver_id, fix, origin_us);
-            state
-                .engine
-                .publish(&Channel::tracking(driver_id), frame)
-                .await?;
-        }
     }
     // Every fix of the batch, duplicates included: the arrival/ETA tracker
     // ignores fixes it has seen (by ts), and a resent batch after a failure
@@ -320,10 +313,9 @@ mod tests {
     /// `newer_live`, the older fixes of a batch as `newer_in_batch`.
     #[tokio::test]
     async fn superseded_fixes_are_counted_by_reason() {
-        use crate::engine::Engine;
         let metrics = crate::metrics::Metrics::new();
         let hub = std::sync::Arc::new(crate::hub::Hub::new(metrics.clone()));
-        let engine = crate::engine::memory::MemoryEngine::new(hub, Limits::default());
+        let engine = crate::engine::Engine::memory(hub, Limits::default());
         let fix = |seq: u64, ts: i64| -> waypost_protocol::Fix {
             serde_json::from_value(
                 serde_json::json!({"seq": seq, "ts": ts, "lat": 1.0, "lon": 2.0}),

@@ -40,7 +40,7 @@ mod tests {
     use crate::app::build_router;
     use crate::auth::AuthKeys;
     use crate::config::Limits;
-    use crate::engine::memory::MemoryEngine;
+    use crate::engine::Engine;
     use crate::hub::Hub;
     use crate::metrics::Metrics;
     use crate::state::AppState;
@@ -228,7 +228,7 @@ mod tests {
         let metrics = Metrics::new();
         let hub = Arc::new(Hub::new(metrics.clone()));
         let limits = Limits::default();
-        let engine = Arc::new(MemoryEngine::new(Arc::clone(&hub), limits.clone()));
+        let engine = Engine::memory(Arc::clone(&hub), limits.clone());
         let state = AppState::new(engine, hub, AuthKeys::new(b"test"), limits, metrics);
         let router = build_router(state);
         let spec: Value = serde_json::from_str(SPEC).expect("valid JSON");

@@ -69,6 +69,8 @@ pub(super) struct Manager {
     pub probe_channel: String,
     /// `true` while a pub/sub connection is up (for `ready`).
     pub up: watch::Sender<bool>,
+    /// Counts resubscriptions after a lost connection ([`crate::engine::Bus::resubscribed`]).
+    pub resubscribed: watch::Sender<u64>,
     pub cancel: CancellationToken,
 }
 
@@ -147,15 +149,16 @@ impl Manager {
                     continue;
                 }
             };
+            self.up.send_replace(true);
             if connected_before {
                 self.metrics.redis_reconnects.inc();
+                self.resubscribed.send_modify(|n| *n += 1);
                 tracing::info!(
                     channels = session.subscribed.len(),
                     "redis pub/sub reconnected and resubscribed"
                 );
             }
             connected_before = true;
-            self.up.send_replace(true);
             let end = self.serve(session, &mut requests).await;
             self.up.send_replace(false);
             match end {

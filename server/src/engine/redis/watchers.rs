@@ -12,14 +12,17 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use parking_lot::Mutex;
 use redis::Script;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 use waypost_protocol::Channel;
 
 use super::commands::Commands;
 use super::options::RedisOptions;
+use super::{RedisConn, REQUEST_QUEUE, WATCH_PRELUDE};
 use crate::engine::EngineError;
 use crate::hub::Hub;
 
@@ -28,13 +31,98 @@ const WRITE_CHUNK: usize = 256;
 /// Most queued requests taken per round.
 const REQUEST_BATCH: usize = 1024;
 
+/// The watcher counts of every channel on Redis, whatever the bus: this
+/// process's counts written by one task, the sums read by a script.
+pub(crate) struct WatcherCounts {
+    cmd: Arc<Commands>,
+    key_prefix: String,
+    opts: RedisOptions,
+    sum_script: Script,
+    requests: mpsc::Sender<WatchRequest>,
+    cancel: CancellationToken,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl WatcherCounts {
+    /// Starts the writer task on `conn` for the counts of `hub`.
+    pub fn start(conn: &RedisConn, hub: Arc<Hub>) -> Self {
+        let cancel = CancellationToken::new();
+        let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
+        let writer = Writer {
+            cmd: Arc::clone(&conn.cmd),
+            hub,
+            script: Script::new(&format!(
+                "{WATCH_PRELUDE}\n{}",
+                include_str!("watch_set.lua")
+            )),
+            instance: conn.instance.to_string(),
+            key_prefix: conn.keys.watchers_prefix(),
+            opts: conn.opts.clone(),
+            cancel: cancel.clone(),
+        };
+        Self {
+            cmd: Arc::clone(&conn.cmd),
+            key_prefix: conn.keys.watchers_prefix(),
+            opts: conn.opts.clone(),
+            sum_script: Script::new(&format!(
+                "{WATCH_PRELUDE}\n{}",
+                include_str!("watchers.lua")
+            )),
+            requests: tx,
+            task: Mutex::new(Some(tokio::spawn(writer.run(rx)))),
+            cancel,
+        }
+    }
+
+    /// Records this process's count of `channel` now. Watcher counts are
+    /// advisory: a failure is only logged (the periodic refresh retries).
+    pub async fn record(&self, channel: &Channel) {
+        let (done, ack) = oneshot::channel();
+        let req = WatchRequest {
+            channel: channel.clone(),
+            done,
+        };
+        let recorded = timeout(self.opts.op_timeout * 2, async {
+            self.requests.send(req).await.ok()?;
+            ack.await.ok()
+        })
+        .await;
+        if !matches!(recorded, Ok(Some(()))) {
+            tracing::debug!(%channel, "watcher count not recorded in time");
+        }
+    }
+
+    /// Subscribers of `channel` across every process.
+    pub async fn count(&self, channel: &Channel) -> Result<u64, EngineError> {
+        let mut conn = self.cmd.conn();
+        let mut inv = self.sum_script.prepare_invoke();
+        inv.key(format!("{}{channel}", self.key_prefix));
+        self.cmd.run(inv.invoke_async(&mut conn)).await
+    }
+
+    /// Stops the writer (it removes this process's counts first).
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        let task = self.task.lock().take();
+        if let Some(task) = task {
+            super::stop_tasks(vec![task], self.opts.op_timeout * 3, "watcher counts").await;
+        }
+    }
+}
+
+impl Drop for WatcherCounts {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
 /// Asks the writer to record one channel's local count now.
-pub(super) struct WatchRequest {
+struct WatchRequest {
     pub channel: Channel,
     pub done: oneshot::Sender<()>,
 }
 
-pub(super) struct Writer {
+struct Writer {
     pub cmd: Arc<Commands>,
     pub hub: Arc<Hub>,
     pub script: Script,

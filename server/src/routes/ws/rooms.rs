@@ -186,14 +186,14 @@ mod tests {
     use crate::auth::AuthKeys;
     use crate::config::Limits;
     use crate::engine::chat::NewMessage;
-    use crate::engine::memory::MemoryEngine;
+    use crate::engine::Engine;
     use crate::hub::Hub;
     use crate::metrics::Metrics;
 
     fn state() -> AppState {
         let metrics = Metrics::new();
         let hub = Arc::new(Hub::new(metrics.clone()));
-        let engine = Arc::new(MemoryEngine::new(Arc::clone(&hub), Limits::default()));
+        let engine = Engine::memory(Arc::clone(&hub), Limits::default());
         AppState::new(engine, hub, AuthKeys::new(b"k"), Limits::default(), metrics)
     }
 
