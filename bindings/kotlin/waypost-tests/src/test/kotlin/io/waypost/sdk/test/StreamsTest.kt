@@ -276,7 +276,7 @@ class StreamsTest {
      */
     private suspend fun openOwnedClient(): WeakReference<BuyerClient> {
         val listener = OwningListener()
-        val client = openBuyer(TestEnv.uniqueId("b"), emptyList(), listener)
+        val client = openBuyer(TestEnv.uniqueId("b"), listOf("tracking:d-leak"), listener)
         listener.client = client
         withTimeout(10.seconds) { client.connectionState.first { it is ConnectionState.Connected } }
         coroutineScope {
