@@ -1476,3 +1476,23 @@ async fn order_positions_update_latest_location() {
         Some(10)
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_client_without_shutdown_releases_every_listener() {
+    let mut h = Harness::new(|_| {});
+    h.plan(0);
+    let sub = Arc::new(SubRec::default());
+    let _t = h.client.subscribe_driver("d1".into(), sub.clone()).unwrap();
+    let _s = h.accept().await;
+    settle().await;
+    let rec = Arc::clone(&h.rec);
+    assert!(Arc::strong_count(&rec) > 2);
+    drop(h);
+    settle().await;
+    assert_eq!(
+        Arc::strong_count(&rec),
+        1,
+        "the client-wide listener is released"
+    );
+    assert_eq!(Arc::strong_count(&sub), 1, "and the subscription's");
+}
