@@ -245,7 +245,7 @@ class StreamsTest {
                 }
                 println("main stand-in: $recorded fixes recorded; longest recordMany $longestCallMs ms; longest gap between 5 ms ticks $maxGapMs ms")
                 assertTrue(recorded > 0)
-                assertTrue(longestCallMs >= 300, "a recordMany long enough to matter ($longestCallMs ms)")
+                assertTrue(longestCallMs >= 100, "a recordMany long enough to matter ($longestCallMs ms)")
                 assertTrue(
                     maxGapMs < longestCallMs / 2,
                     "the main thread stalled for $maxGapMs ms while a recordMany took $longestCallMs ms",
