@@ -11,6 +11,8 @@
 #                               peer and the floor, checks the reports, writes
 #                               nothing to BENCHMARKS.md (run by scripts/test.d/50-bench-smoke.sh)
 #   bench/compare.sh --only waypost-memory,floor   a subset of the matrix
+#                               (waypost-nats-x2: NATS bus + Redis stores, 2
+#                               processes; not in the default matrix)
 #   bench/compare.sh --scenarios heavy,tail --out DIR   some scenarios only
 #                               (heavy fanout broadcast max tail connections
 #                               ingest storm), into an earlier results
@@ -19,7 +21,8 @@
 #                               generator only (rust = waypost-bench, node =
 #                               the peers' loadgen; default both)
 #
-# Starts its own Redis (port $BENCH_REDIS_PORT, default 6399), the servers and
+# Starts its own Redis (port $BENCH_REDIS_PORT, default 6399), for
+# waypost-nats-x2 its own nats-server (port $BENCH_NATS_PORT, default 4299), the servers and
 # the Node peers (a copy of ../shared/peers, or $WAYPOST_PEERS, under
 # .work/peers with `npm ci`). Server ports: Waypost 8181/8182, Socket.IO
 # 3001/3002, ws 3101/3102, floor 8211; with BENCH_PORT_BASE=B: B+1/B+2,
@@ -106,7 +109,7 @@ stop_servers() {
   PIDS=()
   URLS=""
 }
-trap stop_servers EXIT
+trap 'stop_servers; stop_nats' EXIT
 
 wait_healthy() {
   local url="$1"
@@ -126,6 +129,25 @@ waypost_cmd() { # ENGINE PORT
   echo "$WAYPOST serve ${WAYPOST_FLAGS[*]}${EXTRA_FLAGS:+ $EXTRA_FLAGS} --engine $1 --redis-url $REDIS_URL --listen 127.0.0.1:$2"
 }
 
+# nats-server for waypost-nats-x2, started on first use, stopped at exit.
+NATS_PORT="${BENCH_NATS_PORT:-4299}"
+NATS_PID=""
+start_nats() {
+  [ -n "$NATS_PID" ] && return 0
+  apt_install nats-server
+  local bin
+  bin="$(command -v nats-server || echo /usr/sbin/nats-server)"
+  "$bin" -a 127.0.0.1 -p "$NATS_PORT" >"$OUT/logs/nats-server.log" 2>&1 &
+  NATS_PID=$!
+  for _ in $(seq 1 50); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nats-server on port $NATS_PORT did not start (see $OUT/logs/nats-server.log)" >&2
+  return 1
+}
+stop_nats() { if [ -n "$NATS_PID" ]; then kill -TERM "$NATS_PID" 2>/dev/null || true; fi; NATS_PID=""; }
+
 start_servers() { # NAME -> sets PIDS, URLS, TARGET
   local name="$1" ports=() kind="" engine=""
   redis-cli -p "$REDIS_PORT" flushall >/dev/null
@@ -136,6 +158,8 @@ start_servers() { # NAME -> sets PIDS, URLS, TARGET
     waypost-memory-noping) TARGET=waypost engine=memory ports=("${WP_PORTS[0]}") EXTRA_FLAGS="--ping-interval 600s" ;;
     waypost-redis) TARGET=waypost engine=redis ports=("${WP_PORTS[0]}") ;;
     waypost-redis-x2) TARGET=waypost engine=redis ports=("${WP_PORTS[@]}") ;;
+    waypost-nats-x2) TARGET=waypost engine=redis ports=("${WP_PORTS[@]}")
+      EXTRA_FLAGS="--bus nats --nats-url nats://127.0.0.1:$NATS_PORT"; start_nats ;;
     socketio-x2) TARGET=socketio kind=socketio ports=("${SIO_PORTS[@]}") ;;
     ws-x2) TARGET=ws kind=ws ports=("${WS_PORTS[@]}") ;;
     floor) TARGET=waypost kind=floor ports=("$FLOOR_PORT") ;;

@@ -12,13 +12,14 @@ import shutil
 import sys
 
 HEADING = "## Fan-out and connections: Waypost vs the Node peers"
-ENTRIES = ["waypost-memory", "waypost-memory-noping", "waypost-redis", "waypost-redis-x2", "socketio-x2", "ws-x2", "floor"]
+ENTRIES = ["waypost-memory", "waypost-memory-noping", "waypost-redis", "waypost-redis-x2", "waypost-nats-x2", "socketio-x2", "ws-x2", "floor"]
 NAMES = {
     "waypost-memory": "Waypost, memory engine, 1 process",
     "waypost-memory-noping": "the same with `--ping-interval 600s` (no ping in the measured window)",
     "floor": "the floor: `waypost-bench floor`, 1 process (same wire and frames, no auth, engine, pings or bookkeeping)",
     "waypost-redis": "Waypost, Redis engine, 1 process",
     "waypost-redis-x2": "Waypost, Redis engine, 2 processes",
+    "waypost-nats-x2": "Waypost, NATS bus + Redis stores, 2 processes",
     "socketio-x2": "Socket.IO peer, 2 processes + Redis",
     "ws-x2": "ws peer, 2 processes + Redis",
 }

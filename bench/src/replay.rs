@@ -632,6 +632,7 @@ async fn baseline(srv: &Server, rows: &[Row]) -> anyhow::Result<Figures> {
             fix.altitude_m = r.alt;
             fix.accuracy_m = r.acc;
             let body = serde_json::to_vec(&IngestRequest {
+                silence: None,
                 device_id: "phone-1".into(),
                 fixes: vec![fix],
             })?;

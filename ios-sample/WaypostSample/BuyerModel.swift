@@ -1,7 +1,7 @@
 import Foundation
 
 /// The buyer side: tracks one courier and chats in one order room by
-/// iterating the SDK's AsyncStreams (Waypost's `driverLocations`,
+/// iterating the SDK's AsyncStreams (Waypost's `driverUpdates`,
 /// `chatEvents`, `connectionStates`); each loop runs in a `Task` on the main
 /// actor, and cancelling the tasks (close) ends the subscriptions. Opening
 /// the client, reading the stored chat and queueing a message are `async`
@@ -13,6 +13,10 @@ final class BuyerModel: ObservableObject {
     @Published private(set) var messages: [ChatEntry] = []
     @Published private(set) var typing: String?
     @Published private(set) var lastError: String?
+    /// The courier's path through the last dead zone (draw it as a line), oldest first.
+    @Published private(set) var deadZonePath: [LocationUpdate] = []
+    /// "Courier offline since …" / "Courier back after 45 s (offline)".
+    @Published private(set) var courierStatus: String?
 
     let me: String
     let room: String
@@ -21,7 +25,6 @@ final class BuyerModel: ObservableObject {
     /// The stream loops; cancelling them ends tracking / leaves the room.
     private var tasks: [Task<Void, Never>] = []
     private var byClientId: [String: ChatEntry] = [:]
-    private var platformHandler: UUID?
     private let platform: PlatformMonitor
     private var closed = false
 
@@ -44,7 +47,7 @@ final class BuyerModel: ObservableObject {
                 // The client-wide listener only reports refused messages; it holds the model weakly,
                 // so the client does not keep the model (nor itself) alive.
                 let client = try await BuyerClient.open(config: config, listener: ErrorForwarder(self),
-                                                        tokens: staticToken(token: token), platform: platform)
+                                                        tokens: staticToken(token: token), platform: platform.state)
                 guard let self else {
                     try? await client.shutdown()
                     return
@@ -65,7 +68,7 @@ final class BuyerModel: ObservableObject {
         self.client = client
         for m in stored where byClientId[m.clientId]?.seq == nil { byClientId[m.clientId] = m }
         messages = sorted()
-        platformHandler = platform.addChangeHandler { [weak client] in try? client?.environmentChanged() }
+        // The client follows the PlatformState (offline → waits, back → reconnects) by itself.
         let driverId = self.driverId
         let room = self.room
         tasks = [
@@ -73,8 +76,9 @@ final class BuyerModel: ObservableObject {
                 for await state in client.connectionStates() { self?.show(state) }
             },
             Task { [weak self] in
+                // Not newest-only: a dead zone's trail comes before the position after it.
                 do {
-                    for try await update in client.driverLocations(driverId) { self?.show(update) }
+                    for try await update in client.driverUpdates(driverId) { self?.handle(update) }
                 } catch {
                     self?.lastError = "tracking: \(error)"
                 }
@@ -107,7 +111,6 @@ final class BuyerModel: ObservableObject {
 
     func close() {
         closed = true
-        if let id = platformHandler { platform.removeChangeHandler(id) }
         tasks.forEach { $0.cancel() }
         tasks = []
         guard let client else { return }
@@ -135,6 +138,23 @@ final class BuyerModel: ObservableObject {
         if let a = update.accuracyM { parts.append(String(format: "±%.0f m", a)) }
         if let s = update.speedMps { parts.append(String(format: "%.0f km/h", s * 3.6)) }
         tracking = parts.joined(separator: " · ")
+    }
+
+    private func handle(_ update: DriverUpdate) {
+        switch update {
+        case .location(let location):
+            show(location)
+        case .trail(let trail):
+            deadZonePath = trail.fixes
+        case .status(let status):
+            if status.online {
+                let why = status.reason.map { " (\($0))" } ?? ""
+                courierStatus = "Courier back after \((status.darkMs ?? 0) / 1000) s\(why)"
+            } else {
+                let since = Date(timeIntervalSince1970: Double(status.lastSeenMs) / 1000)
+                courierStatus = "Courier offline since \(since.formatted(date: .omitted, time: .standard))"
+            }
+        }
     }
 
     private func handle(_ event: ChatEvent) {
@@ -197,6 +217,8 @@ private final class ErrorForwarder: BuyerListener, @unchecked Sendable {
     func onOutgoing(message: ChatEntry) {}
     func onPresence(update: PresenceUpdate) {}
     func onTyping(update: TypingUpdate) {}
+    func onTrail(trail: TrailUpdate) {}
+    func onDriverStatus(status: DriverStatusUpdate) {}
     func onError(reference: String, code: String, message: String) {
         Task { @MainActor [weak model] in model?.report("\(code): \(message) (\(reference))") }
     }

@@ -15,21 +15,33 @@ import Foundation
 ///   or restricted stops updates (the buffer keeps uploading); granted again
 ///   resumes them.
 /// - Precise Location off (`accuracyAuthorization == .reducedAccuracy`):
-///   fixes of 1-5 km. The model says so, asks once for temporary full
-///   accuracy, and keeps recording.
+///   fixes of 1-5 km. The model tells the `PlatformState`; the SDK keeps
+///   those fixes marked coarse (uploaded with `"coarse": true`, never used
+///   for arrival), asks for `kCLLocationAccuracyReduced` at a slow cadence,
+///   and the health report says why. The model asks once for temporary
+///   full accuracy.
+/// - Every authorization change also goes to the `PlatformState`: denied
+///   means the SDK requests nothing (`SamplingRequest.active == false`) and
+///   the health report says so.
+///
+/// Health: `DriverHealth` reports (the `healthUpdates()` stream; one per change of the set
+/// of issues, not per fix) are shown as `health`, in words a support
+/// engineer understands.
 ///
 /// Threads: nothing here blocks the main thread. Opening the driver,
 /// `recordMany` and `stats` are `async` calls the SDK runs on its own
 /// threads; CoreLocation batches go through an `AsyncStream` to one
 /// recording task, so fixes reach the buffer in delivery order. SDK events
-/// come from the SDK's own `AsyncStream` (`driver.events()`), iterated by a
-/// main-actor task, the only writer of published state; cancelling that
-/// task (stop) ends the event subscription.
+/// come from the SDK's own `AsyncStream`s (`driver.events()`,
+/// `driver.healthUpdates()`), iterated by main-actor tasks, the only
+/// writers of published state; cancelling those tasks (stop) ends the
+/// subscriptions.
 final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, @unchecked Sendable {
     @Published private(set) var status = "not driving"
     @Published private(set) var events: [String] = []
     @Published private(set) var isDriving = false
     @Published private(set) var authorization = "not asked"
+    @Published private(set) var health = ""
 
     private let platform: PlatformMonitor
     private let manager = CLLocationManager()
@@ -37,12 +49,12 @@ final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, 
     private var batchSink: AsyncStream<[Location]>.Continuation?
     private var recordTask: Task<Void, Never>?
     private var driver: Driver?
-    private var platformHandler: UUID?
     private var wantsUpdates = false
     private var askedFullAccuracy = false
 
-    /// Iterates `driver.events()` while driving.
+    /// Iterate `driver.events()` / `driver.healthUpdates()` while driving.
     private var eventTask: Task<Void, Never>?
+    private var healthTask: Task<Void, Never>?
 
     init(platform: PlatformMonitor) {
         self.platform = platform
@@ -54,6 +66,7 @@ final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, 
 
     deinit {
         eventTask?.cancel()
+        healthTask?.cancel()
     }
 
     @MainActor
@@ -78,7 +91,7 @@ final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, 
                 // A real app passes a TokenProvider that refreshes from its backend (async).
                 // No listener: events come from driver.events() (see opened).
                 let driver = try await Driver.open(config: cfg, tokens: staticToken(token: token),
-                                                   listener: nil, platform: platform)
+                                                   listener: nil, platform: platform.state)
                 try driver.start()
                 self.opened(driver, sampling: driver.desiredSampling())
             } catch {
@@ -95,9 +108,12 @@ final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, 
             return
         }
         self.driver = driver
-        platformHandler = platform.addChangeHandler { [weak driver] in driver?.environmentChanged() }
+        // The driver follows the PlatformState by itself; events and health come as streams.
         eventTask = Task { @MainActor [weak self] in
             for await event in driver.events() { self?.handle(event) }
+        }
+        healthTask = Task { @MainActor [weak self] in
+            for await health in driver.healthUpdates() { self?.show(health) }
         }
         let (batches, sink) = AsyncStream.makeStream(of: [Location].self, bufferingPolicy: .bufferingNewest(256))
         batchSink = sink
@@ -130,8 +146,8 @@ final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, 
     func stop() {
         wantsUpdates = false
         manager.stopUpdatingLocation()
-        if let id = platformHandler { platform.removeChangeHandler(id) }
-        platformHandler = nil
+        healthTask?.cancel()
+        healthTask = nil
         batchSink?.finish()
         batchSink = nil
         eventTask?.cancel()
@@ -158,6 +174,7 @@ final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, 
     @MainActor
     private func authorizationChanged() {
         let reduced = manager.accuracyAuthorization == .reducedAccuracy
+        platform.locationAuthorizationChanged(manager.authorizationStatus, manager.accuracyAuthorization)
         switch manager.authorizationStatus {
         case .notDetermined:
             authorization = "not asked"
@@ -169,14 +186,14 @@ final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, 
             authorization = (manager.authorizationStatus == .authorizedAlways ? "always" : "while using the app")
                 + (reduced ? " · approximate only" : " · precise")
             if reduced {
-                log("Precise Location is off: fixes of 1-5 km, the customer sees a rough position")
+                log("Precise Location is off: fixes of 1-5 km, uploaded marked coarse")
                 if !askedFullAccuracy {
                     askedFullAccuracy = true
                     // Info.plist NSLocationTemporaryUsageDescriptionDictionary["Delivery"].
                     manager.requestTemporaryFullAccuracyAuthorization(withPurposeKey: "Delivery")
                 }
             }
-            if wantsUpdates, driver != nil {
+            if wantsUpdates, let driver, driver.desiredSampling().active {
                 manager.allowsBackgroundLocationUpdates = true // needs UIBackgroundModes "location"
                 manager.showsBackgroundLocationIndicator = true
                 manager.startUpdatingLocation()
@@ -206,6 +223,12 @@ final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, 
     }
 
     @MainActor
+    private func show(_ health: DriverHealth) {
+        self.health = health.issues.isEmpty ? "" : health.summary
+        log("health: " + (health.issues.isEmpty ? "ok" : health.issues.map(\.code).joined(separator: ", ")))
+    }
+
+    @MainActor
     private func handle(_ event: DriverEvent) {
         switch event {
         case .samplingChanged(let sampling):
@@ -231,12 +254,23 @@ final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, 
     /// The SDK's wishes, in CoreLocation terms.
     @MainActor
     private func apply(_ s: SamplingRequest) {
+        guard s.active else {
+            // Denied / not determined: the SDK wants nothing.
+            manager.stopUpdatingLocation()
+            return
+        }
         switch s.accuracy {
         case .high: manager.desiredAccuracy = kCLLocationAccuracyBest
         case .balanced: manager.desiredAccuracy = kCLLocationAccuracyNearestTenMeters
         case .low: manager.desiredAccuracy = kCLLocationAccuracyKilometer
         }
+        // Reduced accuracy: the OS fuzzes fixes anyway; ask for exactly that (iOS 14+).
+        if s.coarse { manager.desiredAccuracy = kCLLocationAccuracyReduced }
         manager.distanceFilter = s.distanceFilterM
+        if wantsUpdates, driver != nil, manager.authorizationStatus == .authorizedWhenInUse
+            || manager.authorizationStatus == .authorizedAlways {
+            manager.startUpdatingLocation() // no-op when running; resumes after a denied → granted change
+        }
     }
 
     @MainActor

@@ -20,6 +20,9 @@ struct DriverView: View {
                     }
                     Text(model.status).font(.footnote)
                     Text("Location: \(model.authorization)").font(.footnote)
+                    if !model.health.isEmpty {
+                        Text(model.health).font(.footnote).foregroundColor(.orange)
+                    }
                 }
                 Section("Events") {
                     ForEach(Array(model.events.enumerated()), id: \.offset) { _, line in

@@ -26,6 +26,11 @@ pub struct Fix {
     pub battery: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub charging: Option<bool>,
+    /// `true`: taken under reduced (approximate) location accuracy, so it
+    /// may be kilometres off. Stored and forwarded like any fix, but never
+    /// used for arrival, departure or ETA. Absent means precise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coarse: Option<bool>,
 }
 
 /// Why a fix is not acceptable. The `Display` text is what the server sends
@@ -61,7 +66,13 @@ impl Fix {
             altitude_m: None,
             battery: None,
             charging: None,
+            coarse: None,
         }
+    }
+
+    /// Whether it was taken under reduced accuracy (`coarse: true`).
+    pub fn is_coarse(&self) -> bool {
+        self.coarse == Some(true)
     }
 
     /// Checks ranges (NaN and infinities included). `now_ms` is the
@@ -112,6 +123,15 @@ mod tests {
         let fix: Fix = serde_json::from_str(json).unwrap();
         assert_eq!(fix, Fix::new(41, NOW, 52.52, 13.405));
         assert_eq!(serde_json::to_string(&fix).unwrap(), json);
+    }
+
+    #[test]
+    fn coarse_is_optional_and_round_trips() {
+        let json = r#"{"seq":1,"ts":1700000000000,"lat":52.52,"lon":13.405,"accuracy_m":3000.0,"coarse":true}"#;
+        let fix: Fix = serde_json::from_str(json).unwrap();
+        assert!(fix.is_coarse());
+        assert_eq!(serde_json::to_string(&fix).unwrap(), json);
+        assert!(!Fix::new(1, NOW, 0.0, 0.0).is_coarse());
     }
 
     #[test]

@@ -40,6 +40,32 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<Value>,
     },
+    /// In-band token refresh: the connection goes on with `token` (same
+    /// user and role), answered by `refreshed` or an `error` frame.
+    Refresh {
+        token: String,
+    },
+}
+
+/// Why the server ended a subscription (`unsubscribed.reason`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnsubscribeReason {
+    /// A refreshed token no longer allows the channel.
+    Forbidden,
+    /// A reason this version does not know (a newer server).
+    #[serde(other)]
+    Other,
+}
+
+impl UnsubscribeReason {
+    /// The wire name (`error` frame codes use the same words).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            UnsubscribeReason::Forbidden => "forbidden",
+            UnsubscribeReason::Other => "other",
+        }
+    }
 }
 
 /// A stored chat message as delivered to clients.
@@ -71,7 +97,17 @@ pub enum ServerFrame {
         /// Why the server ended it (absent when the client asked):
         /// `forbidden` when a refreshed token no longer allows it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        reason: Option<String>,
+        reason: Option<UnsubscribeReason>,
+    },
+    /// The connection's token expires at `exp` (Unix s): refresh in band
+    /// before then, or the connection closes with 4001.
+    TokenExpiring {
+        exp: u64,
+    },
+    /// The answer to `refresh`: the connection now runs on a token that
+    /// expires at `exp` (Unix s).
+    Refreshed {
+        exp: u64,
     },
     Location {
         channel: String,
@@ -79,6 +115,21 @@ pub enum ServerFrame {
         fix: Fix,
     },
     Message(ChatMessage),
+    /// The segment of a driver's path watchers missed (a dead zone), oldest
+    /// first, thinned to at most [`MAX_TRAIL_FIXES`](crate::MAX_TRAIL_FIXES);
+    /// sent before the `location` of the upload that filled it.
+    Trail {
+        channel: String,
+        driver_id: String,
+        fixes: Vec<Fix>,
+    },
+    /// A driver went quiet past the online TTL, or came back.
+    DriverStatus {
+        channel: String,
+        driver_id: String,
+        #[serde(flatten)]
+        body: crate::DriverStatusBody,
+    },
     /// An order timeline entry on `order:{id}` (the shape of
     /// [`OrderFrame`](crate::OrderFrame), which the server writes).
     Order {
@@ -161,6 +212,17 @@ mod tests {
         assert!(matches!(f, ClientFrame::Send { .. }));
         let f: ClientFrame = serde_json::from_str(r#"{"type":"ping","id":7}"#).unwrap();
         assert_eq!(f, ClientFrame::Ping { id: Some(7.into()) });
+        let f: ClientFrame = serde_json::from_str(r#"{"type":"refresh","token":"a.b.c"}"#).unwrap();
+        assert_eq!(
+            f,
+            ClientFrame::Refresh {
+                token: "a.b.c".into()
+            }
+        );
+        assert_eq!(
+            serde_json::to_string(&f).unwrap(),
+            r#"{"type":"refresh","token":"a.b.c"}"#
+        );
         assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"nope"}"#).is_err());
     }
 
@@ -191,6 +253,92 @@ mod tests {
     }
 
     #[test]
+    fn trail_and_driver_status_round_trip() {
+        let t = ServerFrame::Trail {
+            channel: "tracking:d1".into(),
+            driver_id: "d1".into(),
+            fixes: vec![Fix::new(4, 10, 1.0, 2.0), Fix::new(5, 20, 1.5, 2.5)],
+        };
+        let text = t.to_json();
+        assert!(
+            text.starts_with(
+                r#"{"type":"trail","channel":"tracking:d1","driver_id":"d1","fixes":[{"seq":4,"#
+            ),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<ServerFrame>(&text).unwrap(), t);
+
+        let back = ServerFrame::DriverStatus {
+            channel: "order:o1".into(),
+            driver_id: "d1".into(),
+            body: crate::DriverStatusBody {
+                status: crate::DriverState::Online,
+                last_seen_ms: 1_000,
+                dark_ms: Some(45_000),
+                reason: Some(crate::SilenceReason::Offline),
+                buffered: Some(45),
+            },
+        };
+        let text = back.to_json();
+        assert_eq!(
+            text,
+            r#"{"type":"driver_status","channel":"order:o1","driver_id":"d1","status":"online","last_seen_ms":1000,"dark_ms":45000,"reason":"offline","buffered":45}"#
+        );
+        assert_eq!(serde_json::from_str::<ServerFrame>(&text).unwrap(), back);
+        let dark = ServerFrame::DriverStatus {
+            channel: "tracking:d1".into(),
+            driver_id: "d1".into(),
+            body: crate::DriverStatusBody {
+                status: crate::DriverState::Offline,
+                last_seen_ms: 1_000,
+                dark_ms: None,
+                reason: None,
+                buffered: None,
+            },
+        };
+        let text = dark.to_json();
+        assert_eq!(
+            text,
+            r#"{"type":"driver_status","channel":"tracking:d1","driver_id":"d1","status":"offline","last_seen_ms":1000}"#
+        );
+        assert_eq!(serde_json::from_str::<ServerFrame>(&text).unwrap(), dark);
+        // A reason a newer SDK or server knows reads as `unknown`.
+        let v: crate::Silence =
+            serde_json::from_str(r#"{"reason":"airplane_mode","dark_ms":5}"#).unwrap();
+        assert_eq!(v.reason, crate::SilenceReason::Unknown);
+        assert_eq!(v.dark_ms, Some(5));
+    }
+
+    #[test]
+    fn ingest_silence_is_optional_and_compatible() {
+        let old: crate::IngestRequest = serde_json::from_str(
+            r#"{"device_id":"p","fixes":[{"seq":1,"ts":1,"lat":1.0,"lon":2.0}]}"#,
+        )
+        .unwrap();
+        assert_eq!(old.silence, None);
+        assert!(!serde_json::to_string(&old).unwrap().contains("silence"));
+        let new = crate::IngestRequest {
+            silence: Some(crate::Silence {
+                reason: crate::SilenceReason::BatterySaver,
+                dark_ms: Some(60_000),
+                buffered: Some(12),
+            }),
+            ..old
+        };
+        let text = serde_json::to_string(&new).unwrap();
+        assert!(
+            text.ends_with(
+                r#""silence":{"reason":"battery_saver","dark_ms":60000,"buffered":12}}"#
+            ),
+            "{text}"
+        );
+        assert_eq!(
+            serde_json::from_str::<crate::IngestRequest>(&text).unwrap(),
+            new
+        );
+    }
+
+    #[test]
     fn server_frames_have_contract_shape() {
         let f = ServerFrame::Location {
             channel: "tracking:d1".into(),
@@ -218,5 +366,50 @@ mod tests {
         assert_eq!(v["ref"], "tracking:x");
         let back: ServerFrame = serde_json::from_value(v).unwrap();
         assert_eq!(back, e);
+    }
+
+    /// The token session frames of docs/API-EXTENSIONS.md, byte for byte.
+    #[test]
+    fn session_frames_have_contract_shape() {
+        let cases = [
+            (
+                ServerFrame::TokenExpiring { exp: 1000 },
+                r#"{"type":"token_expiring","exp":1000}"#,
+            ),
+            (
+                ServerFrame::Refreshed { exp: 2000 },
+                r#"{"type":"refreshed","exp":2000}"#,
+            ),
+            (
+                ServerFrame::Unsubscribed {
+                    channel: "tracking:d1".into(),
+                    reason: Some(UnsubscribeReason::Forbidden),
+                },
+                r#"{"type":"unsubscribed","channel":"tracking:d1","reason":"forbidden"}"#,
+            ),
+            (
+                ServerFrame::Unsubscribed {
+                    channel: "tracking:d1".into(),
+                    reason: None,
+                },
+                r#"{"type":"unsubscribed","channel":"tracking:d1"}"#,
+            ),
+        ];
+        for (frame, text) in cases {
+            assert_eq!(frame.to_json(), text);
+            assert_eq!(serde_json::from_str::<ServerFrame>(text).unwrap(), frame);
+        }
+        // A reason from a newer server still parses.
+        let f: ServerFrame = serde_json::from_str(
+            r#"{"type":"unsubscribed","channel":"tracking:d1","reason":"moved"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            f,
+            ServerFrame::Unsubscribed {
+                channel: "tracking:d1".into(),
+                reason: Some(UnsubscribeReason::Other)
+            }
+        );
     }
 }

@@ -16,6 +16,10 @@ pub const MAX_BATCH_BYTES: usize = 512 * 1024;
 pub struct IngestRequest {
     pub device_id: String,
     pub fixes: Vec<Fix>,
+    /// Why uploads did not get through for a while (optional; sent with the
+    /// first upload after such a silence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silence: Option<crate::Silence>,
 }
 
 /// Whether anyone is watching the driver; drives the SDK's upload cadence.

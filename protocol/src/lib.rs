@@ -14,11 +14,12 @@ mod frames;
 mod http;
 mod ids;
 mod order;
+mod status;
 
 pub use channel::{Channel, ChannelError, ChannelKind};
 pub use close::{close_code, should_reconnect, CloseDisposition};
 pub use fix::{Fix, FixError, MAX_FUTURE_SKEW_MS};
-pub use frames::{ChatMessage, ClientFrame, ServerFrame};
+pub use frames::{ChatMessage, ClientFrame, ServerFrame, UnsubscribeReason};
 pub use http::{
     ChatPost, Claims, ErrorBody, ErrorDetail, IngestRequest, IngestResponse, LocationResponse,
     MessagesResponse, NotificationAccepted, NotificationPost, PolicyHint, PolicyMode, Role,
@@ -30,3 +31,4 @@ pub use order::{
     OrderEventError, OrderFrame, OrderFrameType, OrderStatus, OrderView, TimelineEntry,
     TimelineResponse, DEFAULT_ARRIVAL_RADIUS_M, MAX_ORDER_BUYERS, MAX_ORDER_DATA_BYTES,
 };
+pub use status::{DriverState, DriverStatusBody, Silence, SilenceReason, MAX_TRAIL_FIXES};

@@ -32,6 +32,7 @@ pub use waypost_protocol::backoff;
 
 pub use driver::buffer::{BufferOptions, Durability, QuarantinedFix};
 pub use driver::filter::{DropReason, FilterConfig, Location};
+pub use driver::health::{DriverHealth, HealthIssue, HealthListener, HealthReason, HealthSeverity};
 pub use driver::policy::{
     Accuracy, LocationPolicy, ModeSettings, MotionState, PolicyConfig, PolicyPreset,
     SamplingRequest,
@@ -39,6 +40,10 @@ pub use driver::policy::{
 pub use driver::{
     Driver, DriverConfig, DriverDeps, DriverEvent, DriverListener, DriverStats, RecordOutcome,
     UploadPoll,
+};
+pub use env::{
+    AccuracyAuthorization, AppState, LocationPermission, MotionActivity, PlatformSnapshot,
+    PlatformState,
 };
 pub use error::{ErrorInfo, WaypostError};
 pub use subscription::Subscription;

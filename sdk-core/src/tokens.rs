@@ -44,7 +44,8 @@ impl TokenProvider for StaticToken {
     }
 }
 
-/// How long before `exp` a token is refreshed.
+/// How long before `exp` a token is refreshed (at most half its
+/// lifetime, when its `iat` tells it).
 pub const REFRESH_AHEAD: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
@@ -52,6 +53,8 @@ struct Cached {
     token: String,
     /// `exp` of the JWT, Unix epoch ms (`None`: not a JWT or no `exp`).
     exp_ms: Option<i64>,
+    /// `iat` of the JWT, Unix epoch ms.
+    iat_ms: Option<i64>,
 }
 
 /// The token cache in front of a [`TokenProvider`]: one fetch at a time,
@@ -127,6 +130,43 @@ impl Tokens {
         self.store(fresh)
     }
 
+    /// A token other than `current` (in-band renewal of a live
+    /// connection's token): the cached one when another caller already
+    /// fetched a different, unexpired one, else the provider's
+    /// `refresh_token`. `None` when the provider has none (or only
+    /// `current` again); the cache then keeps `current`, which is still
+    /// valid until its `exp`.
+    pub async fn renew(&self, current: &str) -> Option<String> {
+        let _one = self.fetch.lock().await;
+        if let Some(t) = self.usable(Duration::ZERO) {
+            if t != current {
+                return Some(t);
+            }
+        }
+        let fresh = self.provider.refresh_token().await;
+        match fresh {
+            Some(t) if !t.is_empty() && t != current => self.store(Some(t)),
+            Some(_) => {
+                tracing::warn!("the token provider renewed with the same token");
+                None
+            }
+            None => {
+                *self.failures.lock() += 1;
+                tracing::warn!("the token provider gave no token");
+                None
+            }
+        }
+    }
+
+    /// The server refused `token` (e.g. an in-band refresh answered
+    /// `forbidden`): the next [`Tokens::get`] asks the provider again.
+    pub fn forget(&self, token: &str) {
+        let mut current = self.current.lock();
+        if current.as_ref().is_some_and(|c| c.token == token) {
+            *current = None;
+        }
+    }
+
     /// The cached token, if any (no provider call).
     pub fn current(&self) -> Option<String> {
         self.current.lock().as_ref().map(|c| c.token.clone())
@@ -138,14 +178,19 @@ impl Tokens {
         *self.failures.lock()
     }
 
-    /// The cached token if it is valid for at least `margin` more.
+    /// The cached token if it is valid for at least `margin` more (at most
+    /// half its lifetime when it has `iat`: a token of 20 s is used for
+    /// 10 s, not refreshed on every call).
     fn usable(&self, margin: Duration) -> Option<String> {
         let now = self.clock.now_ms();
         let current = self.current.lock();
         let c = current.as_ref()?;
         match c.exp_ms {
-            Some(exp) if exp.saturating_sub(margin.as_millis() as i64) <= now => None,
-            _ => Some(c.token.clone()),
+            Some(exp) => {
+                let margin = (margin.as_millis() as i64).min(renew_ahead_ms(exp, c.iat_ms));
+                (exp.saturating_sub(margin) > now).then(|| c.token.clone())
+            }
+            None => Some(c.token.clone()),
         }
     }
 
@@ -160,6 +205,7 @@ impl Tokens {
         *self.current.lock() = Some(Cached {
             token: token.clone(),
             exp_ms,
+            iat_ms: jwt_iat_ms(&token),
         });
         Some(token)
     }
@@ -168,6 +214,26 @@ impl Tokens {
 /// `exp` of a JWT (`header.payload.signature`), Unix epoch ms, read from
 /// the payload without verifying anything. `None` for anything else.
 pub fn jwt_exp_ms(token: &str) -> Option<i64> {
+    jwt_time_ms(token, "exp")
+}
+
+/// `iat` of a JWT, Unix epoch ms, read like [`jwt_exp_ms`].
+pub fn jwt_iat_ms(token: &str) -> Option<i64> {
+    jwt_time_ms(token, "iat")
+}
+
+/// How long before `exp` a token counts as due for renewal:
+/// [`REFRESH_AHEAD`], or half the token's lifetime when that is shorter
+/// and known (`exp - iat`); without `iat`, the full margin.
+pub(crate) fn renew_ahead_ms(exp_ms: i64, iat_ms: Option<i64>) -> i64 {
+    let ahead = REFRESH_AHEAD.as_millis() as i64;
+    match iat_ms {
+        Some(iat) => ahead.min(exp_ms.saturating_sub(iat).max(0) / 2),
+        None => ahead,
+    }
+}
+
+fn jwt_time_ms(token: &str, claim: &str) -> Option<i64> {
     let mut parts = token.split('.');
     let (_header, payload, _sig) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() {
@@ -175,7 +241,7 @@ pub fn jwt_exp_ms(token: &str) -> Option<i64> {
     }
     let json = base64url_decode(payload)?;
     let v: serde_json::Value = serde_json::from_slice(&json).ok()?;
-    let exp = v.get("exp")?;
+    let exp = v.get(claim)?;
     let secs = exp.as_i64().or_else(|| exp.as_f64().map(|f| f as i64))?;
     secs.checked_mul(1000)
 }
@@ -328,6 +394,46 @@ mod tests {
         assert_eq!(tokens.failures(), 2);
         *issuer.fail.lock() = false;
         assert!(tokens.get().await.is_some());
+        assert_eq!(tokens.failures(), 0);
+    }
+
+    /// A 20 s token (by `iat`) is used for its first half, then refreshed
+    /// (not on every call, as a 60 s margin would).
+    #[tokio::test]
+    async fn short_tokens_are_used_for_half_their_lifetime() {
+        let clock = Arc::new(ManualClock(AtomicI64::new(1_700_000_000_000)));
+        let (iat, exp) = (1_700_000_000, 1_700_000_020);
+        let provider = Arc::new(StaticToken(jwt(&format!(r#"{{"iat":{iat},"exp":{exp}}}"#))));
+        let tokens = Tokens::new(provider, clock.clone());
+        assert!(tokens.get().await.is_some());
+        clock.0.fetch_add(9_000, Ordering::SeqCst);
+        assert!(tokens.usable(REFRESH_AHEAD).is_some(), "9 s in: still used");
+        clock.0.fetch_add(1_000, Ordering::SeqCst);
+        assert!(tokens.usable(REFRESH_AHEAD).is_none(), "10 s in: refresh");
+    }
+
+    #[tokio::test]
+    async fn renew_gives_another_token_or_none_and_keeps_the_valid_one() {
+        let (_clock, issuer, tokens) = setup();
+        let first = tokens.get().await.unwrap();
+        // Far from exp, `get` would answer `first`; `renew` asks.
+        let second = tokens.renew(&first).await.unwrap();
+        assert_ne!(second, first);
+        assert_eq!(*issuer.calls.lock(), ["token", "refresh"]);
+        // A second renewal of `first` (another connection) takes the cached
+        // `second` without a provider call.
+        assert_eq!(tokens.renew(&first).await, Some(second.clone()));
+        assert_eq!(issuer.calls.lock().len(), 2);
+        // Failing: none, and `second` stays cached.
+        *issuer.fail.lock() = true;
+        assert_eq!(tokens.renew(&second).await, None);
+        assert_eq!(tokens.current(), Some(second.clone()));
+        assert_eq!(tokens.failures(), 1);
+        // A refused token is forgotten: `get` asks the provider again.
+        *issuer.fail.lock() = false;
+        tokens.forget(&second);
+        let third = tokens.get().await.unwrap();
+        assert_ne!(third, second);
         assert_eq!(tokens.failures(), 0);
     }
 

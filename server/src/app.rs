@@ -20,9 +20,10 @@ pub fn build_router(state: AppState) -> Router {
 /// WebSockets close with 4100, finishes in-flight requests (bounded by the
 /// drain timeout) and shuts the engine down.
 pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
-    // Process-wide tasks of the security surface, owned by the tracker:
-    // token expiry of live connections, revocations and disconnects from
-    // other processes, and the cluster-wide driver index (Redis only).
+    // Process-wide tasks, owned by the tracker: token expiry of live
+    // connections, revocations and disconnects from other processes, the
+    // cluster-wide driver index and process figures (Redis only), and the
+    // re-dispatch after a bus reconnect.
     state
         .tasks
         .spawn(Arc::clone(&state.expiry).run(state.shutdown.clone()));
@@ -32,6 +33,13 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
     state
         .tasks
         .spawn(crate::routes::admin::flush_driver_index(state.clone()));
+    state
+        .tasks
+        .spawn(crate::routes::admin::report_node_stats(state.clone()));
+    // No silent tail gap after the bus reconnects.
+    state
+        .tasks
+        .spawn(crate::tail::redispatch_after_resubscribe(state.clone()));
     let router = build_router(state.clone());
     let token = state.shutdown.clone();
     // No Nagle: frames are small and latency-bound; a second frame must not

@@ -15,9 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
-use waypost_protocol::{close_code, ChannelKind};
+use waypost_protocol::{close_code, ChannelKind, ServerFrame};
 
 use crate::frame::{now_us, About, Frame};
 use crate::hub::{ConnHandle, Outbound};
@@ -29,23 +28,14 @@ pub const WARN_BEFORE_S: u64 = 30;
 /// about this long past its `exp`.
 pub const RESOLUTION: Duration = Duration::from_millis(200);
 
-/// Frames of the token session on a WebSocket (`refresh` is the client's).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum SessionFrame {
-    TokenExpiring { exp: u64 },
-    Refreshed { exp: u64 },
-}
-
-impl SessionFrame {
-    pub fn to_json(&self) -> String {
-        match self {
-            SessionFrame::TokenExpiring { exp } => {
-                format!(r#"{{"type":"token_expiring","exp":{exp}}}"#)
-            }
-            SessionFrame::Refreshed { exp } => format!(r#"{{"type":"refreshed","exp":{exp}}}"#),
-        }
-    }
+/// The `token_expiring` frame for a token expiring at `exp`, tagged so
+/// the connection knows it wrote it (see [`Expiry`]).
+pub fn warning(exp: u64) -> Outbound {
+    let text = ServerFrame::TokenExpiring { exp }.to_json();
+    Outbound::new(
+        Frame::new(text, About::TokenExpiring { exp }, now_us()),
+        ChannelKind::Control,
+    )
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,10 +55,20 @@ struct Entry {
 /// A connection's registration: its current `exp`. Dropping it (the
 /// connection ended) makes its entries stale; [`ExpiryWheel::sweep`] drops
 /// them.
+///
+/// The warning and the kill travel separately (the warning through the
+/// mailbox, the kill as its kill code, which drops queued frames), so when
+/// both fall due in one wheel round the warning can be dropped unwritten.
+/// The connection therefore records the warning it wrote
+/// ([`Expiry::wrote_warning`]) and, closing with 4001, first writes the one
+/// it did not ([`Expiry::unwritten_warning`]): `token_expiring` always comes
+/// before the 4001.
 #[derive(Debug)]
 pub struct Expiry {
     current: Arc<AtomicU64>,
     warn: bool,
+    /// The `exp` of the last `token_expiring` written to the socket.
+    warned: u64,
 }
 
 /// `exp` of an ended connection: no entry matches it.
@@ -77,6 +77,18 @@ const ENDED: u64 = 0;
 impl Expiry {
     pub fn exp(&self) -> u64 {
         self.current.load(Ordering::Relaxed)
+    }
+
+    /// The connection wrote `token_expiring` for `exp`.
+    pub fn wrote_warning(&mut self, exp: u64) {
+        self.warned = exp;
+    }
+
+    /// The warning still owed before a 4001 close: the current token's
+    /// `exp` when no `token_expiring` for it was written.
+    pub fn unwritten_warning(&self) -> Option<u64> {
+        let exp = self.exp();
+        (self.warn && exp != ENDED && self.warned != exp).then_some(exp)
     }
 }
 
@@ -102,6 +114,7 @@ impl ExpiryWheel {
         let expiry = Expiry {
             current: Arc::new(AtomicU64::new(exp)),
             warn,
+            warned: ENDED,
         };
         self.schedule(handle, &expiry, exp, now_s);
         expiry
@@ -147,11 +160,7 @@ impl ExpiryWheel {
             acted += 1;
             match e.kind {
                 Kind::Warn => {
-                    let text = SessionFrame::TokenExpiring { exp: e.exp }.to_json();
-                    e.handle.send(&Outbound::new(
-                        Frame::new(text, About::Other, now_us()),
-                        ChannelKind::Control,
-                    ));
+                    e.handle.send(&warning(e.exp));
                 }
                 Kind::Expire => e.handle.kill(close_code::UNAUTHORIZED),
             }
@@ -242,6 +251,38 @@ mod tests {
         assert!(matches!(next_now(&rx).await, Some(Event::Frame(_))));
         assert_eq!(wheel.fire(2000), 1);
         assert!(matches!(next_now(&rx).await, Some(Event::Killed(4001))));
+    }
+
+    /// The race: a token already at `exp` when it connects (within the
+    /// leeway) has its warning and its expiry due in one round. The kill
+    /// drops the queued warning, so the connection must owe it.
+    #[tokio::test]
+    async fn warning_and_expiry_in_one_round_leave_the_warning_owed() {
+        let wheel = ExpiryWheel::default();
+        let (h, rx) = connection(1, 8);
+        let mut e = wheel.watch(&h, 1000, true, 1000);
+        assert_eq!(e.unwritten_warning(), Some(1000));
+        assert_eq!(wheel.fire(1000), 2, "warning and expiry in one round");
+        assert!(matches!(next_now(&rx).await, Some(Event::Killed(4001))));
+        assert!(rx.try_frame().is_none(), "the kill dropped the warning");
+        assert_eq!(e.unwritten_warning(), Some(1000), "still owed");
+        // Written (the usual case): nothing owed; a refresh owes a new one.
+        e.wrote_warning(1000);
+        assert_eq!(e.unwritten_warning(), None);
+        wheel.refresh(&h, &e, 2000, 1000);
+        assert_eq!(e.unwritten_warning(), Some(2000));
+        // Streams take no warning.
+        let (h2, _rx2) = connection(2, 8);
+        let s = wheel.watch(&h2, 1000, false, 1000);
+        assert_eq!(s.unwritten_warning(), None);
+    }
+
+    /// The warning frame is the contract's and tagged for the connection.
+    #[test]
+    fn warning_frame() {
+        let w = warning(1000);
+        assert_eq!(&*w.text, r#"{"type":"token_expiring","exp":1000}"#);
+        assert_eq!(w.meta.about, About::TokenExpiring { exp: 1000 });
     }
 
     #[tokio::test]

@@ -56,6 +56,18 @@ pub enum About {
     Order { order: String, seq: u64, ends: bool },
     /// The driver's `location` frame on an order's channel.
     OrderLocation { order: String },
+    /// A WebSocket's `token_expiring` warning for the token expiring at
+    /// `exp` (process-local, never published).
+    TokenExpiring { exp: u64 },
+    /// A `trail` or `driver_status` frame (`event` is its type) on a
+    /// driver's tracking channel, or on an order's channel (`order`), where
+    /// it is shared like the driver's location: only while the order is
+    /// active.
+    DriverNote {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        order: Option<String>,
+        event: String,
+    },
     /// Anything else (presence, tests): passed through as is.
     Other,
 }
@@ -139,7 +151,11 @@ impl Frame {
             About::Message { seq, .. } | About::Notification { seq } | About::Order { seq, .. } => {
                 Some(*seq)
             }
-            About::Typing { .. } | About::OrderLocation { .. } | About::Other => None,
+            About::Typing { .. }
+            | About::OrderLocation { .. }
+            | About::TokenExpiring { .. }
+            | About::DriverNote { .. }
+            | About::Other => None,
         }
     }
 
@@ -186,6 +202,14 @@ mod tests {
             Frame::typing("r", "u", 5),
             Frame::notification(3, "id: 3\nevent: x\ndata: {}\n\n".into(), 9),
             Frame::from("plain"),
+            Frame::new(
+                "{}",
+                About::DriverNote {
+                    order: Some("o-1".into()),
+                    event: "trail".into(),
+                },
+                4,
+            ),
         ] {
             let back = Frame::from_envelope(frame.to_envelope().as_bytes()).unwrap();
             assert_eq!(back, frame);

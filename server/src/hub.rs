@@ -351,6 +351,31 @@ impl Hub {
         self.channels.read().get(channel).map_or(0, HashMap::len)
     }
 
+    /// The client channels each of `ids` is subscribed to here, at most
+    /// `limit` per connection. Scans every channel under the read lock: for
+    /// rare operator lookups, not for hot paths.
+    pub fn channels_of(&self, ids: &[ConnId], limit: usize) -> HashMap<ConnId, Vec<Channel>> {
+        let mut out: HashMap<ConnId, Vec<Channel>> = HashMap::new();
+        if ids.is_empty() {
+            return out;
+        }
+        let map = self.channels.read();
+        for (channel, subs) in map.iter() {
+            if channel.kind == ChannelKind::Control {
+                continue;
+            }
+            for id in ids {
+                if subs.contains_key(id) {
+                    let list = out.entry(*id).or_default();
+                    if list.len() < limit {
+                        list.push(channel.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Every channel with at least one local subscriber.
     pub fn channels(&self) -> Vec<Channel> {
         self.channels.read().keys().cloned().collect()
@@ -382,6 +407,24 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn channels_of_lists_client_channels_per_connection_bounded() {
+        let hub = Hub::new(Metrics::new());
+        let (a, _ra) = connection(1, 4);
+        let (b, _rb) = connection(2, 4);
+        for i in 0..5 {
+            hub.add(&Channel::tracking(format!("d-{i}")), a.clone());
+        }
+        hub.add(&Channel::control("admin"), a.clone());
+        hub.add(&Channel::tracking("d-0".to_owned()), b.clone());
+        let of = hub.channels_of(&[1, 2, 3], 3);
+        assert_eq!(of.get(&1).map(Vec::len), Some(3), "bounded per connection");
+        assert!(of[&1].iter().all(|c| c.kind != ChannelKind::Control));
+        assert_eq!(of.get(&2), Some(&vec![Channel::tracking("d-0".to_owned())]));
+        assert!(!of.contains_key(&3));
+        assert!(hub.channels_of(&[], 3).is_empty());
+    }
 
     #[test]
     fn subscriptions_gauge_counts_clients_not_control_listeners() {

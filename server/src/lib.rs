@@ -8,6 +8,7 @@ pub mod admission;
 pub mod app;
 pub mod auth;
 pub mod chat;
+pub mod cluster;
 pub mod config;
 pub mod driver_index;
 pub mod engine;
@@ -22,6 +23,8 @@ pub mod orders;
 pub mod revocation;
 pub mod routes;
 pub mod state;
+pub mod tail;
+pub mod trail;
 pub mod webhooks;
 
 /// Wall clock in Unix epoch seconds.

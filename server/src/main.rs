@@ -10,25 +10,26 @@ use clap::{Parser, Subcommand, ValueEnum};
 use waypost_protocol::{Claims, Role};
 use waypost_server::app::{serve, shutdown_on_signal};
 use waypost_server::auth::{AuthKeys, DEV_SECRET};
+use waypost_server::cluster::RedisNodeStats;
 use waypost_server::config::Limits;
 use waypost_server::driver_index::RedisDriverIndex;
+use waypost_server::engine;
 use waypost_server::engine::chat_redis;
+use waypost_server::engine::nats::NatsOptions;
+use waypost_server::engine::open::{BusConfig, EngineConfig, StoreConfig};
 use waypost_server::engine::redis::{RedisOptions, RedisTls, SentinelConfig};
-use waypost_server::engine::{self, BusConfig, EngineConfig, StoreConfig};
 use waypost_server::hub::Hub;
 use waypost_server::keys::{self, KeySource, KeyStore};
 use waypost_server::metrics::Metrics;
 use waypost_server::orders::live::OrderService;
 use waypost_server::orders::memory::MemoryOrderStore;
+use waypost_server::orders::presence::{DriverPresence, MemoryDriverPresence, RedisDriverPresence};
 use waypost_server::orders::redis::RedisOrderStore;
 use waypost_server::orders::store::OrderStore;
 use waypost_server::orders::stream::{self as order_stream, StreamConfig, StreamMetrics};
 use waypost_server::orders::{OrderLimits, Orders};
 use waypost_server::revocation::RedisRevocationStore;
 use waypost_server::state::AppState;
-use waypost_server::webhooks::drivers::{
-    DriverPresence, MemoryDriverPresence, RedisDriverPresence,
-};
 use waypost_server::webhooks::queue::{MemoryWebhookQueue, WebhookQueue};
 use waypost_server::webhooks::queue_redis::RedisWebhookQueue;
 use waypost_server::webhooks::{HttpSender, WebhookConfig, WebhookMetrics, Webhooks};
@@ -44,6 +45,15 @@ struct Cli {
 enum EngineKind {
     Memory,
     Redis,
+}
+
+/// What fans out between processes.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum BusKind {
+    /// The engine's own: none for memory, pub/sub for Redis.
+    Engine,
+    /// NATS at --nats-url (needs --engine redis for the stores).
+    Nats,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -101,6 +111,18 @@ struct ServeArgs {
     /// Storage and fan-out engine.
     #[arg(long, value_enum, default_value = "memory", env = "WAYPOST_ENGINE")]
     engine: EngineKind,
+    /// The bus between processes: the engine's own, or NATS (state stays
+    /// in Redis).
+    #[arg(long, value_enum, default_value = "engine", env = "WAYPOST_BUS")]
+    bus: BusKind,
+    /// NATS URL for `--bus nats` (`nats://host:4222`; several servers of
+    /// one cluster comma-separated).
+    #[arg(
+        long,
+        env = "WAYPOST_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    nats_url: String,
     /// Redis URL for `--engine redis`.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
@@ -169,6 +191,10 @@ struct ServeArgs {
     /// How long shutdown waits for in-flight work.
     #[arg(long, env = "WAYPOST_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+    /// A driver with no upload for this long is offline: its latest
+    /// position expires and watchers get `driver_status` `offline`.
+    #[arg(long, env = "WAYPOST_ONLINE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    online_ttl: Duration,
     /// Interval of the `: keepalive` comment on SSE streams.
     #[arg(long, env = "WAYPOST_SSE_KEEPALIVE", default_value = "25s", value_parser = humantime::parse_duration)]
     sse_keepalive: Duration,
@@ -206,6 +232,12 @@ struct ServeArgs {
     /// taken over.
     #[arg(long, env = "WAYPOST_ORDER_STREAM_CLAIM_IDLE", default_value = "30s", value_parser = humantime::parse_duration)]
     order_stream_claim_idle: Duration,
+    /// Map tiles under the dashboard's driver map: a URL template with
+    /// `{z}`, `{x}` and `{y}` (e.g. `https://tile.example.org/{z}/{x}/{y}.png`);
+    /// its origin is allowed in the page's CSP. None by default: positions
+    /// are drawn on a plain projected canvas, which works offline.
+    #[arg(long, env = "WAYPOST_DASHBOARD_TILES", value_parser = waypost_server::routes::dashboard::tile_template)]
+    dashboard_tiles: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -385,14 +417,8 @@ fn start_webhooks(
     let wm = WebhookMetrics::new()?;
     wm.register(metrics.registry())?;
     let sender = Arc::new(HttpSender::new(cfg.timeout)?);
-    let presence: Arc<dyn DriverPresence> = match redis {
-        Some(conn) => Arc::new(RedisDriverPresence::new(conn.clone())),
-        None => Arc::new(MemoryDriverPresence::default()),
-    };
     tracing::info!(endpoints = cfg.endpoints.len(), "webhooks on");
-    Ok(Some(
-        Webhooks::system(cfg, queue, sender, wm).with_presence(presence),
-    ))
+    Ok(Some(Webhooks::system(cfg, queue, sender, wm)))
 }
 
 /// Pending connections the kernel queues before `accept`: a reconnect storm
@@ -471,6 +497,7 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
         ws_queue_frames: args.ws_queue,
         drain_timeout: args.drain_timeout,
         sse_keepalive: args.sse_keepalive,
+        online_ttl: args.online_ttl,
         chat_history_len: args.chat_history,
         notification_history_len: args.notification_history,
         presence_ttl: args.presence_ttl,
@@ -497,7 +524,12 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
         wait_timeout: args.redis_wait_timeout,
         ..RedisOptions::default()
     };
-    let redis_context = || format!("connecting to Redis at {}", redacted(&args.redis_url));
+    let redis_context = || {
+        format!(
+            "connecting to Redis at {}",
+            engine::redacted(&args.redis_url)
+        )
+    };
     let config = EngineConfig {
         store: match args.engine {
             EngineKind::Memory => StoreConfig::Memory,
@@ -506,12 +538,28 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
                 opts: Box::new(redis_opts.clone()),
             },
         },
-        bus: BusConfig::Store,
+        bus: match args.bus {
+            BusKind::Engine => BusConfig::Store,
+            BusKind::Nats => BusConfig::Nats {
+                url: args.nats_url.clone(),
+                opts: NatsOptions {
+                    subject_prefix: redis_opts.key_prefix.clone(),
+                    ..NatsOptions::default()
+                },
+            },
+        },
     };
     // The bus and every store, on one connection setup and key prefix.
-    let opened = engine::open(&config, Arc::clone(&hub), &limits, &metrics)
+    let opened = engine::open::open(&config, Arc::clone(&hub), &limits, &metrics)
         .await
-        .with_context(redis_context)?;
+        .with_context(|| match args.bus {
+            BusKind::Engine => redis_context(),
+            BusKind::Nats => format!(
+                "connecting to NATS at {} and Redis at {}",
+                engine::redacted(&args.nats_url),
+                engine::redacted(&args.redis_url)
+            ),
+        })?;
     let (engine, stores) = (opened.engine, opened.stores);
     if args.order_stream.is_some() && args.engine != EngineKind::Redis {
         anyhow::bail!("--order-stream needs --engine redis");
@@ -533,23 +581,32 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(conn) = &redis_conn {
         state = state
             .with_revocation_store(Arc::new(RedisRevocationStore::new(conn.clone())))
-            .with_driver_index(Arc::new(RedisDriverIndex::new(conn.clone())));
+            .with_driver_index(Arc::new(RedisDriverIndex::new(conn.clone())))
+            .with_node_stats(Arc::new(RedisNodeStats::new(conn.clone())));
     }
+    state = state.with_dashboard_tiles(args.dashboard_tiles.clone());
     let webhooks = start_webhooks(&args, redis_conn.as_ref(), &metrics)?;
     let order_store: Arc<dyn OrderStore> = match &redis_conn {
         Some(conn) => Arc::new(RedisOrderStore::new(conn.clone(), OrderLimits::default())),
         None => Arc::new(MemoryOrderStore::new(OrderLimits::default())),
+    };
+    let presence: Arc<dyn DriverPresence> = match &redis_conn {
+        Some(conn) => Arc::new(RedisDriverPresence::new(conn.clone())),
+        None => Arc::new(MemoryDriverPresence::default()),
     };
     let engine = Arc::clone(&state.engine);
     state = state.with_orders(OrderService::new(
         Orders::new(order_store),
         engine,
         webhooks.clone(),
+        presence,
     ));
     if let Some(hooks) = &webhooks {
         hooks.spawn(&state.tasks, &state.shutdown);
-        hooks.spawn_sweeper(state.limits.online_ttl, &state.tasks, &state.shutdown);
     }
+    state
+        .orders
+        .spawn_presence_sweeper(state.limits.online_ttl, &state.tasks, &state.shutdown);
     if let Some(key) = &args.order_stream {
         let conn = chat_redis::connect(&args.redis_url, &redis_opts)
             .await
@@ -586,17 +643,6 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `url` without its credentials (`rediss://user:secret@host` ->
-/// `rediss://***@host`), for messages.
-fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::connection_cap;
@@ -604,11 +650,11 @@ mod tests {
     #[test]
     fn redis_urls_lose_their_credentials_in_messages() {
         assert_eq!(
-            super::redacted("rediss://default:s3cret@redis.example:6380/0"),
+            super::engine::redacted("rediss://default:s3cret@redis.example:6380/0"),
             "rediss://***@redis.example:6380/0"
         );
         assert_eq!(
-            super::redacted("redis://127.0.0.1:6379"),
+            super::engine::redacted("redis://127.0.0.1:6379"),
             "redis://127.0.0.1:6379"
         );
     }

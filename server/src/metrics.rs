@@ -7,7 +7,7 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Every metric the server records. Cheap to clone handles live inside.
 #[derive(Clone)]
@@ -32,6 +32,9 @@ pub struct Metrics {
     pub slow_consumers: IntCounter,
     pub engine_errors: IntCounter,
     pub redis_reconnects: IntCounter,
+    /// Newest items dispatched again after the bus resubscribed (the tail
+    /// re-dispatch, `crate::tail`).
+    pub tail_redispatched: IntCounter,
     /// Limit hits by kind (`ingest`, `ws_rate`, `connections`, ...).
     pub limit_hits: IntCounterVec,
 }
@@ -101,6 +104,11 @@ impl Metrics {
                 .unwrap_or_else(|_| unreachable_metric()),
             redis_reconnects: IntCounter::new("redis_reconnects_total", "Redis pub/sub reconnects")
                 .unwrap_or_else(|_| unreachable_metric()),
+            tail_redispatched: IntCounter::new(
+                "tail_redispatched_total",
+                "Newest items of local channels dispatched again after the bus resubscribed",
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
             limit_hits: IntCounterVec::new(
                 Opts::new(
                     "limit_hits_total",
@@ -123,6 +131,7 @@ impl Metrics {
             Box::new(m.slow_consumers.clone()),
             Box::new(m.engine_errors.clone()),
             Box::new(m.redis_reconnects.clone()),
+            Box::new(m.tail_redispatched.clone()),
             Box::new(m.limit_hits.clone()),
         ];
         for c in collectors {
@@ -183,6 +192,21 @@ impl Metrics {
         }
     }
 
+    /// The delivery latency histogram's finite buckets, cumulative.
+    pub fn latency_buckets(&self) -> Vec<Bucket> {
+        self.delivery_latency
+            .collect()
+            .iter()
+            .flat_map(|mf| mf.get_metric())
+            .flat_map(|m| m.get_histogram().get_bucket())
+            .filter(|b| b.upper_bound().is_finite())
+            .map(|b| Bucket {
+                le: b.upper_bound(),
+                count: b.cumulative_count(),
+            })
+            .collect()
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -194,7 +218,8 @@ impl Metrics {
 }
 
 /// A point-in-time summary of [`Metrics`].
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Totals {
     /// Open connections by kind.
     pub connections: BTreeMap<String, i64>,
@@ -209,6 +234,47 @@ pub struct Totals {
     pub engine_errors: u64,
     pub redis_reconnects: u64,
     pub limit_hits: u64,
+}
+
+impl Totals {
+    /// Adds another process's totals to these (connections by kind).
+    pub fn add(&mut self, o: &Totals) {
+        for (kind, n) in &o.connections {
+            *self.connections.entry(kind.clone()).or_default() += n;
+        }
+        self.subscriptions += o.subscriptions;
+        self.fixes_ingested += o.fixes_ingested;
+        self.fixes_duplicate += o.fixes_duplicate;
+        self.ingest_requests += o.ingest_requests;
+        self.deliveries += o.deliveries;
+        self.delivery_latency_count += o.delivery_latency_count;
+        self.delivery_latency_sum_s += o.delivery_latency_sum_s;
+        self.slow_consumers += o.slow_consumers;
+        self.engine_errors += o.engine_errors;
+        self.redis_reconnects += o.redis_reconnects;
+        self.limit_hits += o.limit_hits;
+    }
+}
+
+/// One bucket of the delivery latency histogram: how many deliveries took
+/// at most `le` seconds (cumulative, as in Prometheus; the `+Inf` bucket is
+/// the total count).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Bucket {
+    pub le: f64,
+    pub count: u64,
+}
+
+/// Adds `more` to `into` bucket by bucket (same bounds on every process of
+/// one version; a bound only one side has is kept as is).
+pub fn add_buckets(into: &mut Vec<Bucket>, more: &[Bucket]) {
+    for b in more {
+        match into.iter_mut().find(|a| a.le == b.le) {
+            Some(a) => a.count += b.count,
+            None => into.push(*b),
+        }
+    }
+    into.sort_by(|a, b| a.le.total_cmp(&b.le));
 }
 
 fn sum_counters(vec: &IntCounterVec) -> u64 {
@@ -273,5 +339,16 @@ mod tests {
         assert_eq!(t.limit_hits, 1);
         assert_eq!(t.delivery_latency_count, 1);
         assert!((t.delivery_latency_sum_s - 0.5).abs() < 1e-9);
+        let b = m.latency_buckets();
+        assert_eq!(b.iter().find(|b| b.le == 0.25).map(|b| b.count), Some(0));
+        assert_eq!(b.iter().find(|b| b.le == 0.5).map(|b| b.count), Some(1));
+        let mut sum = t.clone();
+        sum.add(&t);
+        assert_eq!(sum.connections.get("ws"), Some(&4));
+        assert_eq!(sum.deliveries, 14);
+        let mut all = b.clone();
+        add_buckets(&mut all, &b);
+        assert_eq!(all.len(), b.len());
+        assert_eq!(all.iter().find(|b| b.le == 2.5).map(|b| b.count), Some(2));
     }
 }

@@ -65,8 +65,39 @@ pub struct Revocation {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Control {
     Revoke(Revocation),
-    Disconnect { user: String, reconnect: bool },
+    Disconnect {
+        user: String,
+        reconnect: bool,
+    },
+    /// Asks every process for `user`'s connections (`GET /v1/admin/users`);
+    /// each answers with a [`Control::Report`] carrying the same `id`.
+    Lookup {
+        id: String,
+        user: String,
+    },
+    /// One process's answer to a [`Control::Lookup`].
+    Report {
+        id: String,
+        node: String,
+        connections: Vec<ConnInfo>,
+    },
 }
+
+/// One live connection of a user on one process, as a lookup reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnInfo {
+    /// `ws`, `sse` or `poll`.
+    pub transport: String,
+    /// When it was opened, Unix ms.
+    pub since_ms: i64,
+    /// Channels it is subscribed to (at most [`MAX_LISTED_SUBSCRIPTIONS`]).
+    pub subscriptions: Vec<String>,
+}
+
+/// Most connections one process reports for one user.
+pub const MAX_REPORTED_CONNECTIONS: usize = 100;
+/// Most channels listed per reported connection.
+pub const MAX_LISTED_SUBSCRIPTIONS: usize = 50;
 
 /// This process's view of the revocations in force.
 #[derive(Debug, Default)]
@@ -157,6 +188,17 @@ impl Revocations {
             .is_some_and(|until| *until > now_s)
     }
 
+    /// The user revocation of `user` in force at `now_s`, as `(before_s,
+    /// until_s)`.
+    pub fn of_user(&self, user: &str, now_s: u64) -> Option<(u64, u64)> {
+        self.inner
+            .read()
+            .users
+            .get(user)
+            .copied()
+            .filter(|(_, until)| *until > now_s)
+    }
+
     /// Drops lapsed entries.
     pub fn prune(&self, now_s: u64) {
         self.inner.write().prune(now_s);
@@ -183,6 +225,8 @@ struct Entry {
     handle: ConnHandle,
     iat: Option<u64>,
     jti: Option<String>,
+    transport: &'static str,
+    since_ms: i64,
 }
 
 /// Keeps a connection listed until dropped.
@@ -222,8 +266,14 @@ impl Drop for Listed {
 }
 
 impl UserConnections {
-    /// Lists `handle` under the token's user until the guard drops.
-    pub fn list(self: &std::sync::Arc<Self>, token: &Verified, handle: &ConnHandle) -> Listed {
+    /// Lists `handle` (a `transport` connection: `ws`, `sse`, `poll`) under
+    /// the token's user until the guard drops.
+    pub fn list(
+        self: &std::sync::Arc<Self>,
+        token: &Verified,
+        handle: &ConnHandle,
+        transport: &'static str,
+    ) -> Listed {
         let user = token.claims.sub.clone();
         self.by_user.lock().entry(user.clone()).or_default().insert(
             handle.id,
@@ -231,6 +281,8 @@ impl UserConnections {
                 handle: handle.clone(),
                 iat: token.iat,
                 jti: token.jti.clone(),
+                transport,
+                since_ms: crate::now_ms(),
             },
         );
         Listed {
@@ -276,6 +328,22 @@ impl UserConnections {
             }
         }
         n
+    }
+
+    /// `user`'s connections on this process as `(id, transport, opened
+    /// ms)`, oldest first, at most `limit`.
+    pub fn of_user(&self, user: &str, limit: usize) -> Vec<(ConnId, &'static str, i64)> {
+        let map = self.by_user.lock();
+        let mut out: Vec<_> = map
+            .get(user)
+            .into_iter()
+            .flat_map(HashMap::iter)
+            .map(|(id, e)| (*id, e.transport, e.since_ms))
+            .collect();
+        drop(map);
+        out.sort_by_key(|(id, _, since)| (*since, *id));
+        out.truncate(limit);
+        out
     }
 
     /// Connections of `user` on this process.

@@ -13,6 +13,7 @@ use crate::activity::Activity;
 use crate::admission::{ConnectionCounter, ConnectionPermit, Full, KeyedLimiter};
 use crate::auth::AuthKeys;
 use crate::chat::Chat;
+use crate::cluster::{Lookups, NodeStats};
 use crate::config::Limits;
 use crate::driver_index::DriverIndex;
 use crate::engine::chat::ChatStores;
@@ -88,6 +89,12 @@ pub struct Shared {
     pub driver_index: Option<Arc<dyn DriverIndex>>,
     /// Token expiry of live connections (one task for the process).
     pub expiry: Arc<ExpiryWheel>,
+    /// Every process's figures (Redis); `None`: this process is the cluster.
+    pub node_stats: Option<Arc<dyn NodeStats>>,
+    /// This process's pending user lookups across processes.
+    pub lookups: Arc<Lookups>,
+    /// Map tile URL template of the dashboard (`--dashboard-tiles`).
+    pub dashboard_tiles: Option<Arc<str>>,
 }
 
 impl AppState {
@@ -115,6 +122,7 @@ impl AppState {
             Orders::new(Arc::new(MemoryOrderStore::new(OrderLimits::default()))),
             Arc::clone(&engine),
             None,
+            Arc::new(crate::orders::presence::MemoryDriverPresence::default()),
         );
         Self(Arc::new(Shared {
             orders,
@@ -141,6 +149,9 @@ impl AppState {
             user_conns: Arc::default(),
             driver_index: None,
             expiry: Arc::default(),
+            node_stats: None,
+            lookups: Arc::default(),
+            dashboard_tiles: None,
         }))
     }
 }
@@ -172,6 +183,20 @@ impl AppState {
     pub fn with_driver_index(self, index: Arc<dyn DriverIndex>) -> Self {
         let mut shared = Arc::unwrap_or_clone(self.0);
         shared.driver_index = Some(index);
+        Self(Arc::new(shared))
+    }
+
+    /// Sets the cluster-wide store of process figures (the Redis one).
+    pub fn with_node_stats(self, stats: Arc<dyn NodeStats>) -> Self {
+        let mut shared = Arc::unwrap_or_clone(self.0);
+        shared.node_stats = Some(stats);
+        Self(Arc::new(shared))
+    }
+
+    /// Sets the dashboard's map tile URL template (checked by the caller).
+    pub fn with_dashboard_tiles(self, template: Option<String>) -> Self {
+        let mut shared = Arc::unwrap_or_clone(self.0);
+        shared.dashboard_tiles = template.map(Into::into);
         Self(Arc::new(shared))
     }
 

@@ -124,6 +124,18 @@ def main() -> int:
             check(key in known_env, f"compose env {key} of {name} is not read by `waypost serve`")
         check(services.get(name, {}).get("init") is True, f"{name} needs init: true for SIGTERM")
     check("redis" in services, "compose has no redis")
+    # The other compose examples: every Waypost variable they set is read.
+    for extra in ("deploy/compose.sentinel.yaml", "deploy/compose.nats.yaml"):
+        other = yaml.safe_load((root / extra).read_text())
+        for name, svc in other["services"].items():
+            if not name.startswith("waypost"):
+                continue
+            for key in svc.get("environment", {}):
+                check(key in known_env, f"{extra}: env {key} of {name} is not read by `waypost serve`")
+    nats = yaml.safe_load((root / "deploy/compose.nats.yaml").read_text())["services"]
+    check("nats" in nats, "compose.nats.yaml has no nats service")
+    check(nats.get("waypost-1", {}).get("environment", {}).get("WAYPOST_BUS") == "nats",
+          "compose.nats.yaml: waypost-1 must use WAYPOST_BUS=nats")
     vols = services.get("nginx", {}).get("volumes", [])
     check(any(v.startswith("./nginx.conf:/etc/nginx/nginx.conf") for v in vols), "nginx mounts nginx.conf")
 

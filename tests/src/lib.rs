@@ -378,6 +378,92 @@ async fn redis_ping(port: u16) -> bool {
     )
 }
 
+/// A throwaway `nats-server` owned by the test (killed on drop), on a free
+/// port like [`RedisServer`]: `$NATS_SERVER_BIN`, else /usr/sbin/nats-server
+/// (Debian's package), else from PATH.
+pub struct NatsServer {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl NatsServer {
+    fn bin() -> String {
+        std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| {
+            if Path::new("/usr/sbin/nats-server").exists() {
+                "/usr/sbin/nats-server".into()
+            } else {
+                "nats-server".into()
+            }
+        })
+    }
+
+    pub async fn start() -> Result<Self> {
+        Self::start_on(free_port()?).await
+    }
+
+    pub async fn start_on(port: u16) -> Result<Self> {
+        let bin = Self::bin();
+        let child = Command::new(&bin)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("spawning {bin} (install nats-server)"))?;
+        let me = Self {
+            child: Some(child),
+            port,
+        };
+        for _ in 0..100 {
+            if nats_info(port).await {
+                return Ok(me);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("nats-server on port {port} did not answer")
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn kill(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.start_kill()?;
+            c.wait().await?;
+        }
+        Ok(())
+    }
+
+    /// Kills and starts again on the same port.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.kill().await?;
+        *self = Self::start_on(self.port).await?;
+        Ok(())
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.start_kill();
+        }
+    }
+}
+
+/// Whether a NATS server on `port` greets with `INFO`.
+async fn nats_info(port: u16) -> bool {
+    use tokio::io::AsyncReadExt;
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    let mut buf = [0u8; 8];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await,
+        Ok(Ok(n)) if buf[..n].starts_with(b"INFO")
+    )
+}
+
 /// The Redis URL the suite should use: `WAYPOST_TEST_REDIS_URL` (set by
 /// scripts/test), else a fresh redis-server started here, else `None` (the
 /// caller prints why it skips).
@@ -441,6 +527,59 @@ pub fn token_issued(sub: &str, role: Role, channels: &[&str], ttl_s: u64, jti: &
         &jsonwebtoken::EncodingKey::from_secret(DEV_SECRET.as_bytes()),
     )
     .unwrap_or_default()
+}
+
+/// A [`waypost_sdk::TokenProvider`] minting a fresh short-lived token on
+/// every call (`iat` now, a new `jti`, `exp` `ttl_s` away), as an app's
+/// backend would: with a short `ttl_s` the SDK refreshes in band while it
+/// is used. Counts the tokens it minted.
+pub struct MintingTokens {
+    sub: String,
+    role: Role,
+    channels: Vec<String>,
+    ttl_s: u64,
+    minted: std::sync::atomic::AtomicU64,
+}
+
+impl MintingTokens {
+    pub fn new(sub: &str, role: Role, channels: &[&str], ttl_s: u64) -> Self {
+        Self {
+            sub: sub.to_owned(),
+            role,
+            channels: channels.iter().map(|c| c.to_string()).collect(),
+            ttl_s,
+            minted: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Tokens handed out so far.
+    pub fn minted(&self) -> u64 {
+        self.minted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn mint(&self) -> String {
+        let n = self
+            .minted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let channels: Vec<&str> = self.channels.iter().map(String::as_str).collect();
+        token_issued(
+            &self.sub,
+            self.role,
+            &channels,
+            self.ttl_s,
+            &format!("{}-{n}", unique("mint")),
+        )
+    }
+}
+
+#[async_trait::async_trait]
+impl waypost_sdk::TokenProvider for MintingTokens {
+    async fn token(&self) -> Option<String> {
+        Some(self.mint())
+    }
+    async fn refresh_token(&self) -> Option<String> {
+        Some(self.mint())
+    }
 }
 
 pub fn now_s() -> u64 {

@@ -42,7 +42,7 @@ const CALLERS: [&str; 13] = [
 ];
 
 /// Endpoint × caller. Columns follow [`CALLERS`].
-const MATRIX: [(&str, &str); 24] = [
+const MATRIX: [(&str, &str); 29] = [
     //                             d  d' b  b' v  v' s  -  e  w  n  5  g
     ("POST ingest", "A F F F F F A U U U U U U"),
     ("GET location", "A F A F F F A U U U U U U"),
@@ -58,6 +58,12 @@ const MATRIX: [(&str, &str); 24] = [
     ("GET dashboard page", "F F F F F F A U U U U U U"),
     ("GET dashboard snapshot", "F F F F F F A U U U U U U"),
     ("SSE dashboard stream", "F F F F F F A U U U U U U"),
+    // The operator API the dashboard reads (the user looked up is B).
+    ("GET admin drivers", "F F F F F F A U U U U U U"),
+    ("GET admin channel", "F F F F F F A U U U U U U"),
+    ("GET admin user", "F F F F F F A U U U U U U"),
+    ("GET admin stats", "F F F F F F A U U U U U U"),
+    ("GET admin orders", "F F F F F F A U U U U U U"),
     ("GET healthz", "P P P P P P P P P P P P P"),
     ("GET readyz", "P P P P P P P P P P P P P"),
     ("GET metrics", "P P P P P P P P P P P P P"),
@@ -272,6 +278,35 @@ async fn run_cell(
         }
         "SSE dashboard stream" => {
             http(Method::GET, "/v1/dashboard/stream".into(), None, true).await
+        }
+        "GET admin drivers" => {
+            http(
+                Method::GET,
+                "/v1/admin/drivers?online=true".into(),
+                None,
+                false,
+            )
+            .await
+        }
+        "GET admin channel" => {
+            http(
+                Method::GET,
+                format!("/v1/admin/channels/tracking:{d}"),
+                None,
+                false,
+            )
+            .await
+        }
+        "GET admin user" => http(Method::GET, "/v1/admin/users/b-1".into(), None, false).await,
+        "GET admin stats" => http(Method::GET, "/v1/admin/stats".into(), None, false).await,
+        "GET admin orders" => {
+            http(
+                Method::GET,
+                "/v1/admin/orders?active=true".into(),
+                None,
+                false,
+            )
+            .await
         }
         "GET healthz" | "GET readyz" | "GET metrics" | "GET openapi" => {
             let path = match endpoint {

@@ -27,6 +27,9 @@ use waypost_e2e::{free_port, token, unique, EngineChoice, Server, ServerOptions}
 use waypost_protocol::Role;
 
 const T: Duration = Duration::from_secs(60);
+/// Lifetime of the participants' tokens: a schedule lasts ~10 s, so each
+/// token is refreshed (at half its lifetime) a few times under faults.
+const TOKEN_TTL_S: u64 = 6;
 
 use waypost_e2e::on_both_engines;
 
@@ -128,23 +131,36 @@ async fn run(engine: EngineChoice, seed: u64, steps: usize) -> Result<()> {
         FaultProxy::start(addr).await?,
         FaultProxy::start(addr).await?,
     ];
+    // Short-lived tokens, minted afresh by each participant's provider:
+    // the SDK refreshes in band (and after 4001s) while the faults run.
+    let ttl = Some(TOKEN_TTL_S);
     let people = [
-        Participant::start(
+        Participant::start_with_ttl(
             &proxies[0].url(),
             "buyer-1",
             Role::Buyer,
             &room,
             &[&tracking],
             None,
+            ttl,
         )?,
-        Participant::start(&proxies[1].url(), "buyer-2", Role::Buyer, &room, &[], None)?,
-        Participant::start(
+        Participant::start_with_ttl(
+            &proxies[1].url(),
+            "buyer-2",
+            Role::Buyer,
+            &room,
+            &[],
+            None,
+            ttl,
+        )?,
+        Participant::start_with_ttl(
             &proxies[2].url(),
             "vendor-1",
             Role::Vendor,
             &room,
             &[],
             None,
+            ttl,
         )?,
     ];
     people[0].client.track_driver(driver_id.clone())?;
@@ -275,6 +291,17 @@ async fn run(engine: EngineChoice, seed: u64, steps: usize) -> Result<()> {
         "chaos seed {seed}: {steps} steps in {chaos_took:?}, {tally:?}, {} fixes, proxy connections {reconnects:?}, converged {converged_in:?} after healing",
         last_fix
     );
+    let minted: Vec<u64> = people
+        .iter()
+        .map(|p| p.minting.as_ref().map_or(0, |m| m.minted()))
+        .collect();
+    eprintln!("chaos seed {seed}: tokens minted per participant {minted:?} ({TOKEN_TTL_S} s each)");
+    if started.elapsed() >= Duration::from_secs(2 * TOKEN_TTL_S) {
+        anyhow::ensure!(
+            minted.iter().all(|&n| n >= 2),
+            "every participant renewed its token at least once: {minted:?}"
+        );
+    }
     for p in &people {
         p.client.shutdown().await;
     }

@@ -28,6 +28,7 @@ on_both_engines!(
     order_life_over_http,
     order_read_authorization,
     arrival_and_eta_from_uploads,
+    coarse_fixes_never_arrive,
     webhooks_reach_a_flaky_receiver_once_per_key,
     order_live_over_websocket,
     order_stream_over_sse,
@@ -428,6 +429,31 @@ async fn upload(server: &Server, driver: &str, fixes: Vec<Value>) -> Result<Valu
     Ok(r.json().await?)
 }
 
+/// Order `o` picked up by driver `d`, bound for 52.0/13.0 (radius 100 m).
+async fn picked_up_towards_52_13(server: &Server, svc: &str, o: &str, d: &str) -> Result<()> {
+    let (status, body) = post_event(
+        server,
+        svc,
+        o,
+        json!({"event_id": "e1", "status": "picked_up", "driver_id": d,
+        "destination": {"lat": 52.0, "lon": 13.0, "radius_m": 100.0}}),
+    )
+    .await?;
+    ensure!(status.is_success(), "picked_up: {status} {body}");
+    Ok(())
+}
+
+/// The order's timeline entries (up to 500).
+async fn timeline(server: &Server, svc: &str, o: &str) -> Result<Vec<Value>> {
+    let (_, t) = get(
+        server,
+        Some(svc),
+        &format!("/v1/orders/{o}/timeline?limit=500"),
+    )
+    .await?;
+    Ok(t["entries"].as_array().context("entries")?.clone())
+}
+
 async fn arrival_and_eta_from_uploads(engine: EngineChoice) -> Result<()> {
     let server = Server::start(engine).await?;
     let svc = service();
@@ -441,14 +467,7 @@ async fn arrival_and_eta_from_uploads(engine: EngineChoice) -> Result<()> {
         r["policy"]["mode"] == "unwatched",
         "no order, nobody watching: {r}"
     );
-    post_event(
-        &server,
-        &svc,
-        &o,
-        json!({"event_id": "e1", "status": "picked_up", "driver_id": d,
-        "destination": {"lat": 52.0, "lon": 13.0, "radius_m": 100.0}}),
-    )
-    .await?;
+    picked_up_towards_52_13(&server, &svc, &o, &d).await?;
     // 150 s at 10 m/s from 1505 m: inside 100 m at second 141 (95 m).
     let mut arrival_ts = None;
     for batch in 0..15u64 {
@@ -508,6 +527,54 @@ async fn arrival_and_eta_from_uploads(engine: EngineChoice) -> Result<()> {
         r["policy"]["mode"] == "unwatched",
         "relaxed after delivery: {r}"
     );
+    Ok(())
+}
+
+/// Fixes marked `coarse` (reduced accuracy) are stored and served, but a
+/// coarse fix at the destination neither arrives nor makes the reply
+/// `watched`; the next precise fix there does.
+async fn coarse_fixes_never_arrive(engine: EngineChoice) -> Result<()> {
+    let server = Server::start(engine).await?;
+    let svc = service();
+    let o = unique("o");
+    let d = unique("d");
+    let t0 = now_ms() - 400_000;
+    picked_up_towards_52_13(&server, &svc, &o, &d).await?;
+    let far = json!({"seq": 1, "ts": t0, "lat": 51.982, "lon": 13.0});
+    let r = upload(&server, &d, vec![far]).await?;
+    ensure!(r["policy"]["mode"] == "unwatched", "2 km away: {r}");
+    let coarse = json!({"seq": 2, "ts": t0 + 60_000, "lat": 52.0, "lon": 13.0,
+        "accuracy_m": 3000.0, "coarse": true});
+    let r = upload(&server, &d, vec![coarse]).await?;
+    ensure!(
+        r["policy"]["mode"] == "unwatched",
+        "a coarse fix is not near: {r}"
+    );
+    let entries = timeline(&server, &svc, &o).await?;
+    ensure!(
+        !entries.iter().any(|e| e["kind"] == "arrival"),
+        "coarse fix arrived: {entries:?}"
+    );
+    // Stored and served with its mark.
+    let (status, trail) = get(
+        &server,
+        Some(&svc),
+        &format!("/v1/drivers/{d}/trail?after_seq=1"),
+    )
+    .await?;
+    ensure!(status == StatusCode::OK, "trail {status}: {trail}");
+    ensure!(trail["fixes"][0]["coarse"] == true, "{trail}");
+    // 2 km in 300 s: a plausible drive.
+    let precise = json!({"seq": 3, "ts": t0 + 300_000, "lat": 52.0, "lon": 13.0,
+        "accuracy_m": 8.0});
+    let r = upload(&server, &d, vec![precise]).await?;
+    ensure!(r["policy"]["mode"] == "watched", "{r}");
+    let entries = timeline(&server, &svc, &o).await?;
+    let arrival = entries
+        .iter()
+        .find(|e| e["kind"] == "arrival")
+        .context("arrival after the precise fix")?;
+    ensure!(arrival["ts"] == t0 + 300_000, "{entries:?}");
     Ok(())
 }
 

@@ -9,11 +9,12 @@ use waypost_sdk::subscription::Subscription as CoreSubscription;
 
 use waypost_sdk::buyer as sdk;
 use waypost_sdk::buyer::{
-    ChatEntry, ChatEvent, ConnectionState, LocationUpdate, OrderEntry, PresenceUpdate, TypingUpdate,
+    ChatEntry, ChatEvent, ConnectionState, DriverStatusUpdate, LocationUpdate, OrderEntry,
+    PresenceUpdate, TrailUpdate, TypingUpdate,
 };
 
 use crate::error::WaypostError;
-use crate::platform::{self, PlatformInfo};
+use crate::platform::PlatformState;
 use crate::runtime;
 use crate::task_handle::Subscription;
 use crate::tokens::{self, TokenProvider};
@@ -99,6 +100,13 @@ pub trait BuyerListener: Send + Sync {
     /// The server refused something: `reference` is the channel of a
     /// refused subscription, or the client id or room of a refused message.
     fn on_error(&self, reference: String, code: String, message: String);
+    /// A tracked driver's path through a dead zone (the fixes watchers
+    /// missed, oldest first, thinned), right before the `on_location` that
+    /// follows it: draw it instead of a jump.
+    fn on_trail(&self, trail: TrailUpdate);
+    /// A tracked driver went dark (no upload for the server's online TTL)
+    /// or came back (`dark_ms`, and `reason` when its phone said why).
+    fn on_driver_status(&self, status: DriverStatusUpdate);
 }
 
 /// Calls a foreign listener; a callback that throws is logged, not
@@ -139,6 +147,12 @@ impl sdk::BuyerListener for ListenerAdapter {
     fn on_error(&self, reference: String, code: String, message: String) {
         self.guard("on_error", |l| l.on_error(reference, code, message));
     }
+    fn on_trail(&self, trail: sdk::TrailUpdate) {
+        self.guard("on_trail", |l| l.on_trail(trail));
+    }
+    fn on_driver_status(&self, status: sdk::DriverStatusUpdate) {
+        self.guard("on_driver_status", |l| l.on_driver_status(status));
+    }
 }
 
 /// Hears one driver subscription (`BuyerClient.track_driver(id, listener)`):
@@ -153,6 +167,13 @@ pub trait LocationListener: Send + Sync {
     /// The server refused the subscription (e.g. `forbidden`); nothing
     /// more arrives.
     fn on_refused(&self, code: String, message: String);
+    /// The driver's path through a dead zone (the fixes watchers missed,
+    /// oldest first, thinned), right before the `on_location` that follows
+    /// it.
+    fn on_trail(&self, trail: TrailUpdate);
+    /// The driver went dark (no upload for the server's online TTL) or
+    /// came back.
+    fn on_driver_status(&self, status: DriverStatusUpdate);
 }
 
 struct LocationAdapter(Arc<dyn LocationListener>);
@@ -166,6 +187,14 @@ impl sdk::LocationListener for LocationAdapter {
     fn on_refused(&self, code: String, message: String) {
         guarded("LocationListener", "on_refused", || {
             self.0.on_refused(code, message)
+        });
+    }
+    fn on_trail(&self, trail: TrailUpdate) {
+        guarded("LocationListener", "on_trail", || self.0.on_trail(trail));
+    }
+    fn on_driver_status(&self, status: DriverStatusUpdate) {
+        guarded("LocationListener", "on_driver_status", || {
+            self.0.on_driver_status(status)
         });
     }
 }
@@ -217,6 +246,10 @@ fn subscription(s: CoreSubscription) -> Arc<Subscription> {
 pub trait OrderListener: Send + Sync {
     fn on_entry(&self, entry: OrderEntry);
     fn on_location(&self, update: LocationUpdate);
+    /// The driver's path through a dead zone (while the order is active).
+    fn on_trail(&self, trail: TrailUpdate);
+    /// The driver went dark or came back (while the order is active).
+    fn on_driver_status(&self, status: DriverStatusUpdate);
 }
 
 struct OrderAdapter(Arc<dyn OrderListener>);
@@ -234,6 +267,12 @@ impl sdk::OrderListener for OrderAdapter {
     fn on_location(&self, update: sdk::LocationUpdate) {
         self.guard("on_location", |l| l.on_location(update));
     }
+    fn on_trail(&self, trail: sdk::TrailUpdate) {
+        self.guard("on_trail", |l| l.on_trail(trail));
+    }
+    fn on_driver_status(&self, status: sdk::DriverStatusUpdate) {
+        self.guard("on_driver_status", |l| l.on_driver_status(status));
+    }
 }
 
 /// A buyer's connection to Waypost: live tracking and chat. It connects at
@@ -246,15 +285,17 @@ pub struct BuyerClient {
 
 #[uniffi::export]
 impl BuyerClient {
-    /// Starts the client. `platform` (optional) tells it when the phone is
-    /// offline so it waits instead of retrying.
+    /// Starts the client. `platform` (optional; the app's one
+    /// `PlatformState`) tells it when the phone is offline so it waits
+    /// instead of retrying, and when the network is back so it reconnects
+    /// at once.
     /// Opens the local store off the caller's thread and connects.
     #[uniffi::constructor]
     pub async fn open(
         config: BuyerConfig,
         listener: Arc<dyn BuyerListener>,
         tokens: Arc<dyn TokenProvider>,
-        platform: Option<Arc<dyn PlatformInfo>>,
+        platform: Option<Arc<PlatformState>>,
     ) -> Result<Arc<Self>, WaypostError> {
         let handle = runtime::get()?.handle().clone();
         let inner = runtime::run_blocking(move || {
@@ -262,7 +303,7 @@ impl BuyerClient {
             let config: sdk::BuyerConfig = config.into();
             let mut deps = sdk::BuyerDeps::real(&config)?;
             if let Some(p) = platform {
-                deps.environment = Arc::new(platform::Adapter(p));
+                deps.environment = p.environment();
             }
             sdk::BuyerClient::start_with(
                 config,
@@ -403,8 +444,9 @@ impl BuyerClient {
         self.inner.connection_state()
     }
 
-    /// The network changed: re-read [`PlatformInfo`]; network back means
-    /// reconnect now.
+    /// Deprecated: the client follows its `PlatformState` by itself. Kept
+    /// so older callers compile; it re-reads the network (network back
+    /// means reconnect now).
     pub fn environment_changed(&self) -> Result<(), WaypostError> {
         self.inner.environment_changed()
     }

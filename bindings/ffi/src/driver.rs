@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use waypost_sdk as sdk;
 use waypost_sdk::{
-    DriverEvent, DriverStats, Location, PolicyPreset, RecordOutcome, SamplingRequest,
+    DriverEvent, DriverHealth, DriverStats, Location, PolicyPreset, RecordOutcome, SamplingRequest,
 };
 
 use crate::error::WaypostError;
-use crate::platform::{self, PlatformInfo};
+use crate::platform::PlatformState;
 use crate::runtime;
 use crate::task_handle::Subscription;
 use crate::tokens::{self, TokenProvider};
@@ -38,9 +38,14 @@ pub struct DriverConfig {
     /// (default 100,000).
     #[uniffi(default = None)]
     pub buffer_max_fixes: Option<u64>,
-    /// Fixes less accurate than this are dropped, metres (default 100).
+    /// Fixes less accurate than this are dropped (and counted in
+    /// `health()`), metres (default 100).
     #[uniffi(default = None)]
     pub max_accuracy_m: Option<f64>,
+    /// With reduced accuracy authorization, fixes up to this inaccurate
+    /// are kept marked coarse, metres (default 5,000).
+    #[uniffi(default = None)]
+    pub max_coarse_accuracy_m: Option<f64>,
     /// Timeout of one upload request, ms (default 30,000).
     #[uniffi(default = None)]
     pub request_timeout_ms: Option<u64>,
@@ -65,6 +70,9 @@ impl From<DriverConfig> for sdk::DriverConfig {
         }
         if let Some(m) = c.max_accuracy_m {
             out.filter.max_accuracy_m = m;
+        }
+        if let Some(m) = c.max_coarse_accuracy_m {
+            out.filter.max_coarse_accuracy_m = m;
         }
         if let Some(ms) = c.request_timeout_ms {
             out.request_timeout = Duration::from_millis(ms);
@@ -99,6 +107,8 @@ pub struct RecordedFix {
     pub battery: Option<f64>,
     /// Whether the phone was charging when recorded.
     pub charging: Option<bool>,
+    /// Recorded under reduced accuracy (uploaded with `"coarse": true`).
+    pub coarse: bool,
 }
 
 impl From<sdk::protocol::Fix> for RecordedFix {
@@ -114,6 +124,7 @@ impl From<sdk::protocol::Fix> for RecordedFix {
             altitude_m: f.altitude_m,
             battery: f.battery,
             charging: f.charging,
+            coarse: f.is_coarse(),
         }
     }
 }
@@ -149,6 +160,25 @@ pub trait DriverListener: Send + Sync {
     fn on_event(&self, event: DriverEvent);
 }
 
+/// Receives [`DriverHealth`] reports: once when added, then whenever the
+/// set of issues changes (not per fix). Arrives on an SDK thread; return
+/// quickly. Must not throw.
+#[uniffi::export(with_foreign)]
+pub trait HealthListener: Send + Sync {
+    /// Called with the new report.
+    fn on_health(&self, health: DriverHealth);
+}
+
+struct HealthAdapter(Arc<dyn HealthListener>);
+
+impl sdk::HealthListener for HealthAdapter {
+    fn on_health(&self, health: DriverHealth) {
+        if catch_unwind(AssertUnwindSafe(|| self.0.on_health(health))).is_err() {
+            tracing::error!("HealthListener.on_health failed");
+        }
+    }
+}
+
 struct ListenerAdapter(Arc<dyn DriverListener>);
 
 impl sdk::DriverListener for ListenerAdapter {
@@ -180,13 +210,15 @@ pub struct Driver {
 #[uniffi::export]
 impl Driver {
     /// Opens (or creates) the buffer off the caller's thread. Does not
-    /// upload until `start()`.
+    /// upload until `start()`. `platform` is the app's one
+    /// `PlatformState`: once started, the driver follows its changes by
+    /// itself (sampling, uploads when the network is back, health).
     #[uniffi::constructor]
     pub async fn open(
         config: DriverConfig,
         tokens: Arc<dyn TokenProvider>,
         listener: Option<Arc<dyn DriverListener>>,
-        platform: Arc<dyn PlatformInfo>,
+        platform: Arc<PlatformState>,
     ) -> Result<Arc<Self>, WaypostError> {
         let listener =
             listener.map(|l| Arc::new(ListenerAdapter(l)) as Arc<dyn sdk::DriverListener>);
@@ -195,7 +227,7 @@ impl Driver {
                 config.into(),
                 Arc::new(tokens::Adapter(tokens)),
                 listener,
-                Arc::new(platform::Adapter(platform)),
+                platform.environment(),
             )
         })
         .await??;
@@ -267,10 +299,38 @@ impl Driver {
         .await?
     }
 
-    /// The network or battery changed: the SDK re-reads [`PlatformInfo`]
-    /// and uploads at once if the network came back or charging started.
+    /// Deprecated: the driver follows its `PlatformState` by itself once
+    /// started. Kept so older callers compile; it wakes the uploader.
     pub fn environment_changed(&self) {
         self.inner.environment_changed();
+    }
+
+    /// Why fixes are (not) reaching the server, now: permission, accuracy,
+    /// inaccurate fixes, network, buffer fill, token, quarantine, upload
+    /// failures. Cheap, in memory.
+    pub fn health(&self) -> DriverHealth {
+        self.inner.health()
+    }
+
+    /// Calls `listener` with the current report at once and on every change
+    /// until the returned subscription is cancelled or dropped (it does not
+    /// keep the driver alive).
+    pub fn add_health_listener(
+        &self,
+        listener: Arc<dyn HealthListener>,
+    ) -> Result<Arc<Subscription>, WaypostError> {
+        let id = self
+            .inner
+            .add_health_listener(Arc::new(HealthAdapter(listener)))?;
+        let driver = Arc::downgrade(&self.inner);
+        Ok(Arc::new(
+            waypost_sdk::subscription::Subscription::new(move || {
+                if let Some(d) = driver.upgrade() {
+                    d.remove_health_listener(id);
+                }
+            })
+            .into(),
+        ))
     }
 
     /// What the SDK wants from the OS location service right now.

@@ -2,8 +2,8 @@
 //! to Kotlin, Swift and Python.
 //!
 //! Wrappers only, one file per exposed concept: [`driver`] (record and
-//! upload fixes), [`buyer`] (live tracking and chat), [`platform`] (network
-//! and battery, implemented by the app), [`tokens`] (bearer tokens,
+//! upload fixes), [`buyer`] (live tracking and chat), [`platform`] (the
+//! one per-process `PlatformState` the app updates), [`tokens`] (bearer tokens,
 //! implemented by the app), [`task_handle`] (subscriptions that end when
 //! dropped), [`error`] (the one exception type), [`runtime`] (the tokio
 //! runtime the SDK owns), [`logging`] (SDK logs into the app's logger) and

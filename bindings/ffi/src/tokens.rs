@@ -2,7 +2,8 @@
 //! The provider is async (Kotlin `suspend`, Swift `async`, Python
 //! `async def`), so apps whose auth is async (Firebase, AppAuth) never
 //! block a thread. The SDK caches the token, refreshes it ahead of the
-//! JWT's `exp` and after the server refused it (`waypost_sdk::tokens`).
+//! JWT's `exp` and after the server refused it (`waypost_sdk::tokens`);
+//! a buyer's WebSocket is moved onto the new token in band.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -19,7 +20,9 @@ pub trait TokenProvider: Send + Sync {
     /// The token to use now.
     async fn token(&self) -> Option<String>;
     /// A fresh token: the server refused the last one, or it expires
-    /// within a minute.
+    /// soon (within a minute, or half the lifetime of a shorter token). A
+    /// buyer client's live connection takes it in band, without
+    /// reconnecting.
     async fn refresh_token(&self) -> Option<String>;
 }
 

@@ -24,8 +24,8 @@ class Server:
         self.url = _env("WAYPOST_URL")
         self.bin = _env("WAYPOST_BIN")
 
-    def token(self, sub, role, channels=()):
-        cmd = [self.bin, "token", "--dev", "--sub", sub, "--role", role, "--ttl", "10m"]
+    def token(self, sub, role, channels=(), ttl="10m"):
+        cmd = [self.bin, "token", "--dev", "--sub", sub, "--role", role, "--ttl", ttl]
         if channels:
             cmd += ["--channels", ",".join(channels)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=30)
@@ -50,6 +50,18 @@ class Server:
         )
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, json.load(resp)
+
+    def post_fix(self, driver_id, token, seq):
+        """One fix of `driver_id` (seq `seq`, now) straight to the ingest."""
+        body = {"device_id": "py", "fixes": [{"seq": seq, "ts": int(time.time() * 1000), "lat": 52.5, "lon": 13.4}]}
+        req = urllib.request.Request(
+            self.url + f"/v1/drivers/{driver_id}/locations",
+            data=json.dumps(body).encode(),
+            method="POST",
+            headers={"Authorization": "Bearer " + token, "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.status == 200, resp.status
 
     def trail(self, driver_id):
         return self.get_json(f"/v1/drivers/{driver_id}/trail?limit=1000")["fixes"]

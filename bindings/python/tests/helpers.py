@@ -20,15 +20,28 @@ def run(coro, timeout=60):
     return asyncio.run_coroutine_threadsafe(coro, _LOOP).result(timeout)
 
 
-class Platform(waypost.PlatformInfo):
-    def __init__(self, network=waypost.NetworkType.WIFI):
-        self.net = network
+def Platform(network=waypost.NetworkType.WIFI):
+    """The app's one PlatformState, as the tests start it: online, 80 % battery."""
+    platform = waypost.PlatformState()
+    platform.set_network(network)
+    platform.set_battery(waypost.BatteryState(level=0.8, charging=False, low_power_mode=False))
+    return platform
 
-    def network(self):
-        return self.net
 
-    def battery(self):
-        return waypost.BatteryState(level=0.8, charging=False, low_power_mode=False)
+class Health(waypost.HealthListener):
+    """Keeps every health report."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.reports = []
+
+    def on_health(self, health):
+        with self.lock:
+            self.reports.append(health)
+
+    def codes(self):
+        with self.lock:
+            return [[i.code for i in r.issues] for r in self.reports]
 
 
 class Tokens(waypost.TokenProvider):
@@ -53,6 +66,11 @@ class Recorder(waypost.BuyerListener):
         self.messages = []
         self.outgoing = []
         self.errors = []
+        self.trails = []
+        self.statuses = []
+        # Trails and locations in arrival order: ("trail", TrailUpdate) /
+        # ("location", LocationUpdate).
+        self.path = []
 
     def _seen(self, bucket, item):
         with self.lock:
@@ -64,6 +82,8 @@ class Recorder(waypost.BuyerListener):
 
     def on_location(self, update):
         self._seen(self.locations, update)
+        with self.lock:
+            self.path.append(("location", update))
 
     def on_message(self, message):
         self._seen(self.messages, message)
@@ -79,6 +99,14 @@ class Recorder(waypost.BuyerListener):
 
     def on_error(self, reference, code, message):
         self._seen(self.errors, (reference, code, message))
+
+    def on_trail(self, trail):
+        self._seen(self.trails, trail)
+        with self.lock:
+            self.path.append(("trail", trail))
+
+    def on_driver_status(self, status):
+        self._seen(self.statuses, status)
 
 
 class Events(waypost.DriverListener):

@@ -2,6 +2,7 @@
 
 import asyncio
 import threading
+import time
 
 import waypost
 from conftest import wait_for
@@ -100,6 +101,12 @@ class OrderEntries(waypost.OrderListener):
         with self.lock:
             self.locations.append(update)
 
+    def on_trail(self, trail):
+        pass
+
+    def on_driver_status(self, status):
+        pass
+
 
 def test_track_order_delivers_each_entry_once_in_order(server, unique):
     order_id, buyer_id = unique("o"), unique("b")
@@ -131,3 +138,45 @@ def test_track_order_delivers_each_entry_once_in_order(server, unique):
         assert sub.is_cancelled()
     finally:
         run(client.shutdown())
+
+
+def test_buyer_sees_the_path_through_a_dead_zone(server, unique, tmp_path):
+    """A courier's phone buffered 10 fixes spanning 54 s (a dead zone) and
+    uploads them at once: the buyer gets the 9 it missed as one trail, in
+    order, and then the newest as a location."""
+    driver_id, buyer_id = unique("d"), unique("b")
+    listener = Recorder()
+    buyer = run(waypost.BuyerClient.open(
+        waypost.BuyerConfig(base_url=server.url, user_id=buyer_id),
+        listener,
+        waypost.static_token(server.token(buyer_id, "buyer", [f"tracking:{driver_id}"])),
+        None,
+    ))
+    driver = run(waypost.Driver.open(
+        waypost.DriverConfig(base_url=server.url, driver_id=driver_id, device_id="py-dz", buffer_path=str(tmp_path / "d.db")),
+        Tokens(server.token(driver_id, "driver")),
+        None,
+        Platform(),
+    ))
+    tracking = buyer.track_driver(driver_id)
+    try:
+        wait_for("connected", lambda: buyer.connection_state().is_connected())
+        time.sleep(0.5)  # the subscription is in place
+        fixes = route(10, lat0=48.85)
+        for loc in fixes:
+            assert run(driver.record(loc)).is_recorded()
+        run(driver.upload_now())
+        wait_for("the newest position", lambda: listener.locations)
+        kinds = [k for k, _ in listener.path]
+        assert kinds == ["trail", "location"], kinds
+        trail = listener.trails[0]
+        assert trail.driver_id == driver_id and trail.order_id is None
+        assert [f.ts_ms for f in trail.fixes] == [f.ts_ms for f in fixes[:-1]]
+        assert listener.locations[0].ts_ms == fixes[-1].ts_ms
+        assert not listener.statuses, "a first appearance is no comeback"
+    finally:
+        async def stop():
+            await driver.shutdown()
+            await buyer.shutdown()
+        run(stop())
+        del tracking

@@ -4,7 +4,7 @@ import asyncio
 
 import waypost
 from conftest import wait_for
-from helpers import Events, Platform, Tokens, route, run
+from helpers import Events, Health, Platform, Tokens, route, run
 
 
 def config(server, driver_id, tmp_path, name="buffer.db"):
@@ -56,10 +56,13 @@ def test_background_uploader_reports_on_an_sdk_thread(server, unique, tmp_path):
 
 
 def test_offline_fixes_wait_in_the_buffer(server, unique, tmp_path):
-    """No network: nothing is sent; network back + environment_changed: it all arrives."""
+    """No network: nothing is sent and health says offline; the PlatformState
+    says the network is back: it all arrives, without calling anything else."""
     driver_id = unique("d")
     platform = Platform(network=waypost.NetworkType.OFFLINE)
     driver = run(waypost.Driver.open(config(server, driver_id, tmp_path), Tokens(server.token(driver_id, "driver")), None, platform))
+    health = Health()
+    sub = driver.add_health_listener(health)
     try:
         driver.start()
         run(driver.record_many(route(4)))
@@ -67,10 +70,72 @@ def test_offline_fixes_wait_in_the_buffer(server, unique, tmp_path):
         run(driver.upload_now())
         assert run(driver.stats()).pending == 4
         assert run(driver.stats()).requests == 0
-        platform.net = waypost.NetworkType.CELLULAR
-        driver.environment_changed()
+        report = driver.health()
+        assert [i.code for i in report.issues] == ["offline"], report
+        assert not report.ok
+        offline = report.issues[0].reason
+        assert offline.is_offline() and offline.pending == 4, offline
+        assert "offline" in report.summary
+        assert platform.set_network(waypost.NetworkType.CELLULAR)
         wait_for("the backlog uploaded", lambda: run(driver.stats()).pending == 0)
         assert len(server.trail(driver_id)) == 4
+        wait_for("health clears", lambda: driver.health().ok)
+        wait_for("the listener heard both", lambda: health.codes()[-1:] == [[]])
+        assert health.codes() == [["offline"], []], health.codes()
+    finally:
+        sub.cancel()
+        run(driver.shutdown())
+
+
+def test_reduced_accuracy_uploads_coarse_fixes(server, unique, tmp_path):
+    """Reduced accuracy: 3 km fixes are kept, marked coarse, and reach the
+    server with "coarse": true; precise: the same fixes are rejected and
+    counted."""
+    driver_id = unique("d")
+    platform = Platform()
+    driver = run(waypost.Driver.open(config(server, driver_id, tmp_path), Tokens(server.token(driver_id, "driver")), None, platform))
+    try:
+        fuzzy = route(4)
+        for loc in fuzzy:
+            loc.accuracy_m = 3000.0
+        outcomes = run(driver.record_many(fuzzy[:3]))
+        assert all(o.is_dropped() and o.reason.is_inaccurate() for o in outcomes), outcomes
+        report = driver.health()
+        assert [i.code for i in report.issues] == ["fixes_rejected_inaccurate"], report
+        assert report.issues[0].reason.count == 3
+        assert report.rejected_inaccurate_total == 3
+
+        assert platform.set_accuracy(waypost.AccuracyAuthorization.REDUCED)
+        sampling = driver.desired_sampling()
+        assert sampling.coarse and sampling.accuracy == waypost.Accuracy.LOW
+        [outcome] = run(driver.record_many(fuzzy[3:]))
+        assert outcome.is_recorded(), outcome
+        assert driver.last_recorded().coarse
+        report = driver.health()
+        assert [i.code for i in report.issues] == ["accuracy_reduced"], report
+        assert report.coarse_recorded_total == 1
+
+        assert run(driver.upload_now()).pending == 0
+        trail = server.trail(driver_id)
+        assert [f.get("coarse") for f in trail] == [True], trail
+        assert trail[0]["accuracy_m"] == 3000.0
+    finally:
+        run(driver.shutdown())
+
+
+def test_denied_permission_requests_nothing_and_says_why(server, unique, tmp_path):
+    driver_id = unique("d")
+    platform = waypost.PlatformState()
+    driver = run(waypost.Driver.open(config(server, driver_id, tmp_path), Tokens(server.token(driver_id, "driver")), None, platform))
+    try:
+        assert driver.desired_sampling().active
+        platform.set_permission(waypost.LocationPermission.DENIED)
+        assert not driver.desired_sampling().active
+        report = driver.health()
+        assert report.issues[0].code == "permission_denied"
+        assert report.severity == waypost.HealthSeverity.CRITICAL
+        assert "permission" in report.issues[0].message
+        assert platform.snapshot().permission == waypost.LocationPermission.DENIED
     finally:
         run(driver.shutdown())
 

@@ -7,7 +7,7 @@ import time
 
 import waypost
 from conftest import wait_for
-from helpers import Platform, Recorder, Tokens, run
+from helpers import Platform, Recorder, Tokens, route, run
 
 
 def _location(lat, ts_ms):
@@ -138,6 +138,65 @@ def test_chat_messages_and_connection_states(server, unique):
     finally:
         run(buyer.shutdown())
         run(vendor.shutdown())
+
+
+def test_driver_updates_yield_the_dead_zone_trail_before_the_position(server, unique, tmp_path):
+    """The per-subscription stream carries what the client-wide listener
+    does: a buffered segment uploaded at once is one trail, then the newest
+    position."""
+    driver_id, buyer_id = unique("d"), unique("b")
+    buyer = run(waypost.BuyerClient.open(
+        waypost.BuyerConfig(base_url=server.url, user_id=buyer_id), Recorder(),
+        Tokens(server.token(buyer_id, "buyer", [f"tracking:{driver_id}"])), None))
+    driver = run(waypost.Driver.open(
+        waypost.DriverConfig(base_url=server.url, driver_id=driver_id, device_id="py-su", buffer_path=str(tmp_path / "d.db")),
+        Tokens(server.token(driver_id, "driver")), None, Platform()))
+    try:
+        got = []
+
+        async def until_location():
+            async for item in buyer.driver_updates(driver_id):
+                got.append(item)
+                if isinstance(item, waypost.LocationUpdate):
+                    return
+
+        task = asyncio.run_coroutine_threadsafe(until_location(), _loop())
+        wait_for("subscribed", lambda: server.get_json(f"/v1/admin/channels/tracking:{driver_id}")["subscribers"] == 1)
+        fixes = route(10, lat0=48.85)
+        for loc in fixes:
+            assert run(driver.record(loc)).is_recorded()
+        run(driver.upload_now())
+        task.result(15)
+        assert [type(i).__name__ for i in got] == ["TrailUpdate", "LocationUpdate"], got
+        assert [f.ts_ms for f in got[0].fixes] == [f.ts_ms for f in fixes[:-1]]
+        assert got[1].ts_ms == fixes[-1].ts_ms
+        wait_for("the subscription ended", lambda: buyer.subscription_count() == 0)
+    finally:
+        run(driver.shutdown())
+        run(buyer.shutdown())
+
+
+def test_health_updates_yield_the_current_report_then_changes(server, unique, tmp_path):
+    driver_id = unique("d")
+    platform = Platform()
+    driver = run(waypost.Driver.open(
+        waypost.DriverConfig(base_url=server.url, driver_id=driver_id, device_id="py-sh", buffer_path=str(tmp_path / "d.db")),
+        Tokens(server.token(driver_id, "driver")), None, platform))
+    try:
+        async def two_reports():
+            seen = []
+            async for health in driver.health_updates():
+                seen.append([i.code for i in health.issues])
+                if len(seen) == 1:
+                    platform.set_permission(waypost.LocationPermission.DENIED)
+                else:
+                    return seen
+
+        seen = run(asyncio.wait_for(two_reports(), 10))
+        assert seen[0] == [], seen
+        assert "permission_denied" in seen[1], seen
+    finally:
+        run(driver.shutdown())
 
 
 def _loop():

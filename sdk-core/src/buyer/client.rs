@@ -23,7 +23,8 @@ use super::tracking::{Tracking, MAX_TRACKED};
 use super::transport::{TungsteniteConnector, WsConnector};
 use super::types::{
     BuyerListener, ChatEntry, ChatEvent, ChatListener, ConnectionState, ConnectionStateListener,
-    LocationListener, LocationUpdate, OrderListener, PresenceUpdate, TypingUpdate,
+    DriverStatusUpdate, LocationListener, LocationUpdate, OrderListener, PresenceUpdate,
+    TrailUpdate, TypingUpdate,
 };
 use crate::backoff::{BackoffPolicy, RandomSource, SeededRandom};
 use crate::clock::{Clock, SystemClock};
@@ -306,8 +307,15 @@ impl BuyerClient {
             presence: HashMap::new(),
         };
         let task_cancel = cancel.clone();
+        // A PlatformState notifies: a network change reaches the connection
+        // as `EnvironmentChanged` without the app calling anything. Lives
+        // and ends with the client task.
+        let follow = follow_platform(deps.environment.watch(), tx.downgrade());
         let task = runtime.spawn(async move {
-            connection::run(conn_cfg, conn_deps, &mut core, &mut rx, task_cancel).await;
+            tokio::select! {
+                () = connection::run(conn_cfg, conn_deps, &mut core, &mut rx, task_cancel) => {}
+                () = follow => {}
+            }
             core.stop();
         });
         Ok(Arc::new(Self {
@@ -568,6 +576,8 @@ impl BuyerClient {
 
     /// The platform's network (or battery) changed: re-read the
     /// [`Environment`]. Network back means reconnect now, skipping backoff.
+    /// Not needed with a [`PlatformState`](crate::env::PlatformState),
+    /// which the client follows by itself.
     pub fn environment_changed(&self) -> Result<(), WaypostError> {
         self.send(Command::EnvironmentChanged)
     }
@@ -599,6 +609,35 @@ fn check_id(what: &'static str, id: &str) -> Result<(), WaypostError> {
     validate_id(what, id).map_err(|e| WaypostError::InvalidArgument {
         details: e.to_string(),
     })
+}
+
+/// Forwards network changes of a notifying environment to the client task
+/// until the client is gone; never returns while it lives (pending forever
+/// for environments that cannot notify).
+async fn follow_platform(
+    rx: Option<tokio::sync::watch::Receiver<crate::env::PlatformSnapshot>>,
+    cmd: mpsc::WeakSender<Command>,
+) {
+    let Some(mut rx) = rx else {
+        return std::future::pending().await;
+    };
+    let mut network = rx.borrow_and_update().network;
+    while rx.changed().await.is_ok() {
+        let now = rx.borrow_and_update().network;
+        if now == network {
+            continue;
+        }
+        network = now;
+        let Some(tx) = cmd.upgrade() else { break };
+        // Best effort: a full queue means the task is busy and will read
+        // the environment on its next decision anyway.
+        if tx.try_send(Command::EnvironmentChanged).is_err() {
+            tracing::debug!("buyer: command queue full; network change not forwarded");
+        }
+    }
+    // The platform state is gone (cannot happen while the client holds
+    // it) or the client is: nothing left to forward.
+    std::future::pending().await
 }
 
 /// Aborts its task when dropped.
@@ -1033,6 +1072,42 @@ impl Session for Core {
                     }
                 }
             }
+            ServerFrame::Trail {
+                channel,
+                driver_id,
+                fixes,
+            } => match Channel::parse(&channel) {
+                Ok(ch) if ch.kind == ChannelKind::Order => {
+                    self.orders.on_trail(&ch.id, &driver_id, &fixes);
+                }
+                _ if self.tracking.is_tracked(&driver_id) => {
+                    let trail = TrailUpdate::from_fixes(&driver_id, None, &fixes);
+                    let listeners = self.registry.lock().drivers.get(&driver_id);
+                    for l in listeners {
+                        l.on_trail(trail.clone());
+                    }
+                    self.listener.on_trail(trail);
+                }
+                _ => {}
+            },
+            ServerFrame::DriverStatus {
+                channel,
+                driver_id,
+                body,
+            } => match Channel::parse(&channel) {
+                Ok(ch) if ch.kind == ChannelKind::Order => {
+                    self.orders.on_driver_status(&ch.id, &driver_id, &body);
+                }
+                _ if self.tracking.is_tracked(&driver_id) => {
+                    let status = DriverStatusUpdate::from_wire(&driver_id, None, &body);
+                    let listeners = self.registry.lock().drivers.get(&driver_id);
+                    for l in listeners {
+                        l.on_driver_status(status.clone());
+                    }
+                    self.listener.on_driver_status(status);
+                }
+                _ => {}
+            },
             ServerFrame::Message(m) => self.offer(m, out),
             ServerFrame::Sent {
                 client_id,
@@ -1169,7 +1244,24 @@ impl Session for Core {
                 }
                 self.pump(out);
             }
-            ServerFrame::Unsubscribed { .. } | ServerFrame::Pong { .. } => {}
+            // A refreshed token no longer allows the channel: the app hears
+            // it as it hears a refused subscribe.
+            ServerFrame::Unsubscribed {
+                channel,
+                reason: Some(reason),
+            } => self.frame(
+                ServerFrame::Error {
+                    code: reason.as_str().to_owned(),
+                    message: "the refreshed token no longer allows this channel".into(),
+                    reference: Some(channel),
+                },
+                out,
+            ),
+            // The token session is the connection manager's.
+            ServerFrame::Unsubscribed { reason: None, .. }
+            | ServerFrame::Pong { .. }
+            | ServerFrame::TokenExpiring { .. }
+            | ServerFrame::Refreshed { .. } => {}
         }
     }
 
@@ -1246,6 +1338,11 @@ impl Session for Core {
             Err(e) => tracing::warn!(error = %e, "outbox tick failed"),
         }
         self.pump(out);
+    }
+
+    fn refresh_refused(&mut self, code: String, message: String) {
+        tracing::warn!(%code, %message, "in-band token refresh refused");
+        self.listener.on_error("token".into(), code, message);
     }
 
     fn closed(&mut self) {

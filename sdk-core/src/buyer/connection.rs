@@ -17,6 +17,18 @@
 //! resubscribe and flush the outbox), gets every server frame, every app
 //! command and a periodic tick, and answers with frames to send.
 //!
+//! Tokens: the token a connection runs on is renewed *in band*, without
+//! reconnecting: ahead of its `exp` (the JWT's own claim, or the one the
+//! server's `token_expiring` names) the manager asks the [`Tokens`] cache
+//! for another one (the app's `TokenProvider`, asynchronously, while frames
+//! keep flowing) and sends `refresh` on the same socket; `refreshed` moves
+//! the connection onto it. A refresh the server refuses (`error`
+//! `forbidden`/`unauthorized`) is reported to the session
+//! ([`Session::refresh_refused`]) and not retried in band: the connection
+//! ends with 4001 at `exp` and reconnects with a fresh token, as after any
+//! 4001. A provider that has no token is asked again every
+//! [`RENEW_RETRY`] until `exp`.
+//!
 //! Liveness: the manager sends an application `ping` every
 //! `ping_interval` and counts *anything* received (pong, data, the server's
 //! WebSocket pings) as a sign of life; nothing for two intervals means the
@@ -42,6 +54,11 @@ use crate::tokens::Tokens;
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the close handshake may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// After a renewal the provider could not serve, the next try.
+pub const RENEW_RETRY: Duration = Duration::from_secs(2);
+/// In-band renewals of one connection are at least this far apart.
+const MIN_RENEW_GAP: Duration = Duration::from_secs(1);
 
 /// Knobs of the manager (plain data).
 #[derive(Debug, Clone)]
@@ -88,6 +105,130 @@ pub trait Session: Send {
     fn tick(&mut self, connected: bool, out: &mut Vec<ClientFrame>);
     /// The connection is gone (anything in flight is unanswered).
     fn closed(&mut self);
+    /// The server refused an in-band `refresh` (`code` `forbidden` for
+    /// another user or role, `unauthorized` for a bad token): the
+    /// connection keeps its old token until `exp`, then reconnects with a
+    /// fresh one.
+    fn refresh_refused(&mut self, code: String, message: String) {
+        tracing::warn!(%code, %message, "in-band token refresh refused");
+    }
+}
+
+/// The token a live connection runs on and its in-band renewal.
+struct Renewal {
+    /// The token the server holds for this connection.
+    token: String,
+    /// Its `exp`, Unix ms: the JWT claim, or what the server said.
+    exp_ms: Option<i64>,
+    /// Its `iat` (the JWT claim), else when it went on the socket (wall
+    /// clock, ms): its lifetime is `exp_ms - since_ms`.
+    since_ms: i64,
+    /// When to renew next (monotonic ms); `None`: not scheduled.
+    due: Option<u64>,
+    /// A `refresh` sent, waiting for `refreshed` (or a refusal).
+    sent: Option<String>,
+    /// The server refused a refresh: no more tries on this connection.
+    refused: bool,
+    /// Renewals done on this connection.
+    done: u32,
+}
+
+impl Renewal {
+    fn new(token: String, clock: &dyn Clock) -> Self {
+        let exp_ms = crate::tokens::jwt_exp_ms(&token);
+        let since_ms = crate::tokens::jwt_iat_ms(&token).unwrap_or_else(|| clock.now_ms());
+        let mut r = Self {
+            token,
+            exp_ms,
+            since_ms,
+            due: None,
+            sent: None,
+            refused: false,
+            done: 0,
+        };
+        r.schedule(clock, Duration::ZERO);
+        r
+    }
+
+    /// Renews at `exp - min(REFRESH_AHEAD, lifetime / 2)`, not before
+    /// `gap` from now.
+    fn schedule(&mut self, clock: &dyn Clock, gap: Duration) {
+        let Some(exp) = self.exp_ms else {
+            self.due = None;
+            return;
+        };
+        let ahead = crate::tokens::renew_ahead_ms(exp, Some(self.since_ms));
+        let now = clock.now_ms();
+        if exp <= now {
+            // Expired: the server closes with 4001 and the reconnect
+            // fetches a fresh token.
+            self.due = None;
+            return;
+        }
+        let wait = (exp - ahead - now).max(gap.as_millis() as i64).max(0) as u64;
+        self.due = Some(clock.monotonic_ms() + wait);
+    }
+
+    /// The server named the token's `exp` (`token_expiring`): renew by then
+    /// even if the token's own claim could not be read.
+    fn warned(&mut self, exp_s: u64, clock: &dyn Clock) {
+        let exp = (exp_s as i64).saturating_mul(1000);
+        if self.exp_ms.is_some_and(|e| e <= exp) {
+            return; // what we knew already (or we are renewing past it)
+        }
+        self.exp_ms = Some(exp);
+        if self.sent.is_none() && !self.refused {
+            self.schedule(clock, Duration::ZERO);
+        }
+    }
+
+    /// The provider gave `fresh`: send it.
+    fn fetched(&mut self, fresh: Option<String>, clock: &dyn Clock) -> Option<ClientFrame> {
+        match fresh {
+            Some(token) => {
+                self.sent = Some(token.clone());
+                Some(ClientFrame::Refresh { token })
+            }
+            None => {
+                // Try again soon; at `exp` the server closes with 4001 and
+                // the reconnect asks the provider once more.
+                self.due = Some(clock.monotonic_ms() + RENEW_RETRY.as_millis() as u64);
+                None
+            }
+        }
+    }
+
+    /// `refreshed`: the connection now runs on the token sent.
+    fn refreshed(&mut self, exp_s: u64, clock: &dyn Clock) -> bool {
+        let Some(token) = self.sent.take() else {
+            return false;
+        };
+        self.since_ms = crate::tokens::jwt_iat_ms(&token).unwrap_or_else(|| clock.now_ms());
+        self.token = token;
+        self.exp_ms = Some((exp_s as i64).saturating_mul(1000));
+        self.done += 1;
+        self.schedule(clock, MIN_RENEW_GAP);
+        true
+    }
+
+    /// An `error` frame without a reference while a refresh is pending is
+    /// its refusal; returns the refused token.
+    fn refusal(&mut self, code: &str, clock: &dyn Clock) -> Option<String> {
+        self.sent.as_ref()?;
+        if code == "rate_limited" {
+            // The refresh may have been dropped: send it again soon.
+            self.sent = None;
+            self.due = Some(clock.monotonic_ms() + RENEW_RETRY.as_millis() as u64);
+            return None;
+        }
+        if !matches!(code, "forbidden" | "unauthorized" | "bad_frame") {
+            return None;
+        }
+        let token = self.sent.take()?;
+        self.refused = true;
+        self.due = None;
+        Some(token)
+    }
 }
 
 /// What the manager needs from outside.
@@ -110,10 +251,11 @@ impl Deps {
 #[derive(Debug)]
 enum Ended {
     Cancelled,
-    /// 4000–4099.
+    /// 4000–4099; `healthy` as for `Retry`.
     Stop {
         code: u16,
         reason: String,
+        healthy: bool,
     },
     /// Reconnect with backoff; `healthy` when the server answered at least
     /// once (then the backoff starts over).
@@ -257,6 +399,7 @@ impl<C: Send + 'static> Manager<'_, C> {
                 continue;
             };
 
+            let mut tok = tok;
             let url = with_token(&self.cfg.ws_url, &tok);
             let connector = Arc::clone(&self.deps.connector);
             let timeout = self.deps.clock.sleep(self.cfg.connect_timeout);
@@ -283,18 +426,23 @@ impl<C: Send + 'static> Manager<'_, C> {
                 Waited::Done(Err(TransportError::Http(401))) => Ended::Stop {
                     code: close_code::UNAUTHORIZED,
                     reason: "HTTP 401 at the handshake".into(),
+                    healthy: false,
                 },
                 Waited::Done(Err(TransportError::Http(403))) => Ended::Stop {
                     code: close_code::FORBIDDEN,
                     reason: "HTTP 403 at the handshake".into(),
+                    healthy: false,
                 },
                 Waited::Done(Err(e)) => Ended::Retry {
                     healthy: false,
                     why: e.to_string(),
                 },
                 Waited::Done(Ok(transport)) => {
-                    let ended = self.connected(session, transport).await;
+                    let mut renewal = Renewal::new(tok, &*self.deps.clock);
+                    let ended = self.connected(session, transport, &mut renewal).await;
                     session.closed();
+                    // The token the server last held (renewed in band or not).
+                    tok = renewal.token;
                     ended
                 }
             };
@@ -307,7 +455,16 @@ impl<C: Send + 'static> Manager<'_, C> {
                     attempt = 0;
                     continue;
                 }
-                Ended::Stop { code, reason } => {
+                Ended::Stop {
+                    code,
+                    reason,
+                    healthy,
+                } => {
+                    if healthy {
+                        // The token worked on this connection: a 4001 now
+                        // (its exp) earns a fresh token again.
+                        token_refreshed = false;
+                    }
                     if code == close_code::UNAUTHORIZED && !token_refreshed {
                         // The token expired: ask the app for a fresh one and
                         // reconnect right away.
@@ -398,7 +555,11 @@ impl<C: Send + 'static> Manager<'_, C> {
         &mut self,
         session: &mut S,
         mut ws: Box<dyn WsTransport>,
+        renewal: &mut Renewal,
     ) -> Ended {
+        type Fetch = std::pin::Pin<Box<dyn std::future::Future<Output = Option<String>> + Send>>;
+        // The provider call of an in-band renewal, polled beside the socket.
+        let mut fetch: Option<Fetch> = None;
         let clock = Arc::clone(&self.deps.clock);
         let ping_every = self.cfg.ping_interval.max(Duration::from_millis(10));
         let ping_ms = ping_every.as_millis() as u64;
@@ -435,7 +596,11 @@ impl<C: Send + 'static> Manager<'_, C> {
             }
             let now = clock.monotonic_ms();
             let dead_at = last_rx + 2 * ping_ms;
-            let wake = next_ping.min(next_tick).min(dead_at);
+            let renew_at = match (&fetch, renewal.due) {
+                (None, Some(due)) if healthy => due,
+                _ => u64::MAX,
+            };
+            let wake = next_ping.min(next_tick).min(dead_at).min(renew_at);
             let timer = clock.sleep(Duration::from_millis(wake.saturating_sub(now)));
             tokio::select! {
                 biased;
@@ -461,6 +626,15 @@ impl<C: Send + 'static> Manager<'_, C> {
                         }
                     }
                 }
+                fresh = async {
+                    match fetch.as_mut() {
+                        Some(f) => f.await,
+                        None => std::future::pending().await,
+                    }
+                }, if fetch.is_some() => {
+                    fetch = None;
+                    out.extend(renewal.fetched(fresh, &*clock));
+                }
                 ev = ws.recv() => {
                     last_rx = clock.monotonic_ms();
                     match ev {
@@ -468,7 +642,7 @@ impl<C: Send + 'static> Manager<'_, C> {
                         Ok(WsEvent::Alive) => {}
                         Ok(WsEvent::Closed { code, reason }) => {
                             return match (code, should_reconnect(code)) {
-                                (Some(code), CloseDisposition::Stop) => Ended::Stop { code, reason },
+                                (Some(code), CloseDisposition::Stop) => Ended::Stop { code, reason, healthy },
                                 _ => Ended::Retry {
                                     healthy,
                                     why: format!("closed by server ({code:?} {reason})"),
@@ -484,7 +658,26 @@ impl<C: Send + 'static> Manager<'_, C> {
                                     healthy = true;
                                     self.set_state(session, ConnectionState::Connected);
                                 }
-                                session.frame(frame, &mut out);
+                                match frame {
+                                    ServerFrame::TokenExpiring { exp } => renewal.warned(exp, &*clock),
+                                    ServerFrame::Refreshed { exp } => {
+                                        if renewal.refreshed(exp, &*clock) {
+                                            tracing::debug!(exp, renewals = renewal.done, "token renewed in band");
+                                        }
+                                    }
+                                    ServerFrame::Error { ref code, ref message, reference: None } => {
+                                        match renewal.refusal(code, &*clock) {
+                                            Some(refused) => {
+                                                // Not this token again: the
+                                                // reconnect at exp asks anew.
+                                                self.deps.tokens.forget(&refused);
+                                                session.refresh_refused(code.clone(), message.clone());
+                                            }
+                                            None => session.frame(frame, &mut out),
+                                        }
+                                    }
+                                    frame => session.frame(frame, &mut out),
+                                }
                             }
                             // Newer servers may add frame types: skip them.
                             Err(e) => tracing::debug!(error = %e, "unknown server frame skipped"),
@@ -506,6 +699,14 @@ impl<C: Send + 'static> Manager<'_, C> {
                     if now >= next_tick {
                         session.tick(true, &mut out);
                         next_tick = now + tick_ms;
+                    }
+                    // Only a connection the server accepted renews in band
+                    // (a refused token gets 4001 and a fresh one anyway).
+                    if healthy && fetch.is_none() && renewal.sent.is_none() && renewal.due.is_some_and(|d| now >= d) {
+                        renewal.due = None;
+                        let tokens = Arc::clone(&self.deps.tokens);
+                        let current = renewal.token.clone();
+                        fetch = Some(Box::pin(async move { tokens.renew(&current).await }));
                     }
                 }
             }

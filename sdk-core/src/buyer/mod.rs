@@ -37,6 +37,6 @@ pub use client::{BuyerClient, BuyerConfig, BuyerDeps};
 pub use transport::{TransportError, TungsteniteConnector, WsConnector, WsEvent, WsTransport};
 pub use types::{
     BuyerListener, ChatEntry, ChatEvent, ChatListener, CloseReason, ConnectionState,
-    ConnectionStateListener, LocationListener, LocationUpdate, MessageStatus, OrderEntry,
-    OrderEntryKind, OrderListener, PresenceUpdate, TypingUpdate,
+    ConnectionStateListener, DriverStatusUpdate, LocationListener, LocationUpdate, MessageStatus,
+    OrderEntry, OrderEntryKind, OrderListener, PresenceUpdate, TrailUpdate, TypingUpdate,
 };

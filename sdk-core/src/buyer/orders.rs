@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use waypost_protocol::{Channel, ClientFrame, EntryBody, Fix, FrameEntry};
 
-use super::types::{LocationUpdate, OrderEntry, OrderEntryKind, OrderListener};
+use super::types::{
+    DriverStatusUpdate, LocationUpdate, OrderEntry, OrderEntryKind, OrderListener, TrailUpdate,
+};
 
 /// Orders one client may track at once.
 pub const MAX_ORDERS: usize = 64;
@@ -206,6 +208,33 @@ impl Orders {
         t.last_fix = Some(fix);
         t.listener.on_location(update.clone());
         Some(update)
+    }
+}
+
+impl Orders {
+    /// A `trail` frame on `order:{id}`: reported while the order is active.
+    pub fn on_trail(&self, order_id: &str, driver_id: &str, fixes: &[Fix]) {
+        if let Some(t) = self.orders.get(order_id).filter(|t| t.active) {
+            t.listener
+                .on_trail(TrailUpdate::from_fixes(driver_id, Some(order_id), fixes));
+        }
+    }
+
+    /// A `driver_status` frame on `order:{id}`: reported while the order is
+    /// active.
+    pub fn on_driver_status(
+        &self,
+        order_id: &str,
+        driver_id: &str,
+        body: &waypost_protocol::DriverStatusBody,
+    ) {
+        if let Some(t) = self.orders.get(order_id).filter(|t| t.active) {
+            t.listener.on_driver_status(DriverStatusUpdate::from_wire(
+                driver_id,
+                Some(order_id),
+                body,
+            ));
+        }
     }
 }
 

@@ -140,6 +140,10 @@ enum Ev {
     Presence(String, bool),
     Typing(String),
     Error(String, String),
+    /// Seqs of a trail.
+    Trail(Vec<u64>),
+    /// Online, dark ms, reason.
+    Status(bool, Option<u64>, Option<String>),
 }
 
 #[derive(Default)]
@@ -196,6 +200,16 @@ impl BuyerListener for Recorder {
     }
     fn on_error(&self, reference: String, code: String, _message: String) {
         self.events.lock().push(Ev::Error(reference, code));
+    }
+    fn on_trail(&self, t: TrailUpdate) {
+        self.events
+            .lock()
+            .push(Ev::Trail(t.fixes.iter().map(|f| f.seq).collect()));
+    }
+    fn on_driver_status(&self, s: DriverStatusUpdate) {
+        self.events
+            .lock()
+            .push(Ev::Status(s.online, s.dark_ms, s.reason));
     }
 }
 
@@ -385,11 +399,7 @@ async fn tracking_resumes_after_last_seq_across_reconnect() {
         })
     );
     for seq in [3, 4, 4, 2] {
-        s.send(&ServerFrame::Location {
-            channel: "tracking:d1".into(),
-            driver_id: "d1".into(),
-            fix: Fix::new(seq, seq as i64, 1.0, 2.0),
-        });
+        s.send(&located("tracking:d1", seq));
     }
     settle().await;
     // Server restarts (4100): reconnect with backoff, resubscribe after 4.
@@ -403,24 +413,10 @@ async fn tracking_resumes_after_last_seq_across_reconnect() {
             after: Some(4)
         })
     );
-    s.send(&ServerFrame::Location {
-        channel: "tracking:d1".into(),
-        driver_id: "d1".into(),
-        fix: Fix::new(5, 5, 1.0, 2.0),
-    });
+    s.send(&located("tracking:d1", 5));
     settle().await;
-    let locs: Vec<_> = h
-        .rec
-        .events
-        .lock()
-        .iter()
-        .filter_map(|e| match e {
-            Ev::Location(s) => Some(*s),
-            _ => None,
-        })
-        .collect();
     assert_eq!(
-        locs,
+        locations(&h.rec),
         [3, 4, 5],
         "each newer fix once, stale/duplicates dropped"
     );
@@ -483,8 +479,8 @@ async fn network_back_reconnects_at_once() {
     while h.connector.attempts.lock().len() < 2 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The PlatformState notifies the client: no environment_changed().
     h.env.set_network(NetworkType::Offline);
-    h.client.environment_changed().unwrap();
     settle().await;
     assert_eq!(h.client.connection_state(), ConnectionState::Offline);
     let before = h.connector.attempts.lock().len();
@@ -496,7 +492,6 @@ async fn network_back_reconnects_at_once() {
     );
     let back_at = h.now();
     h.env.set_network(NetworkType::Cellular);
-    h.client.environment_changed().unwrap();
     settle().await;
     let attempts = h.connector.attempts.lock().clone();
     assert_eq!(attempts.len(), before + 1);
@@ -505,7 +500,8 @@ async fn network_back_reconnects_at_once() {
         "no backoff wait after network back"
     );
 
-    // While backing off (60 s window), network back skips the wait too.
+    // While backing off (60 s window), network back skips the wait too
+    // (the deprecated explicit call still works).
     h.client.environment_changed().unwrap();
     settle().await;
     assert_eq!(h.connector.attempts.lock().len(), before + 2);
@@ -1088,6 +1084,127 @@ async fn outbox_survives_an_app_restart() {
     );
 }
 
+fn locations(rec: &Recorder) -> Vec<u64> {
+    rec.events
+        .lock()
+        .iter()
+        .filter_map(|e| match e {
+            Ev::Location(s) => Some(*s),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `token_expiring` → the provider's next token goes out as `refresh` on
+/// the same socket, at half the token's lifetime before its exp; after
+/// `refreshed` frames keep coming on it (none lost), twice over; a
+/// narrower token's `unsubscribed` reaches the app; a refused refresh is
+/// reported, and the 4001 at exp reconnects with a fresh token.
+#[tokio::test(start_paused = true)]
+async fn token_is_refreshed_in_band_without_reconnecting() {
+    let mut h = Harness::new(|_| {});
+    h.plan(0);
+    h.client.track_driver("d1".into()).unwrap();
+    let mut s = h.accept().await;
+    assert!(s.url.ends_with("token=tok1"));
+    assert!(matches!(
+        s.next().await,
+        Some(ClientFrame::Subscribe { .. })
+    ));
+    let now_s = |h: &Harness| (1_700_000_000_000 + h.now() as i64) as u64 / 1000;
+    // An opaque token: the server names its exp (20 s from now).
+    let t0 = h.now();
+    let exp = now_s(&h) + 20;
+    s.send(&located("tracking:d1", 1));
+    s.send(&ServerFrame::TokenExpiring { exp });
+    let mut next_seq = 2;
+    for round in 0..2u64 {
+        // Frames keep coming while the client fetches and refreshes.
+        s.send(&located("tracking:d1", next_seq));
+        next_seq += 1;
+        let f = s.next().await;
+        let want = format!("tok{}", round + 2);
+        assert_eq!(f, Some(ClientFrame::Refresh { token: want }));
+        if round == 0 {
+            let waited = h.now() - t0;
+            assert!(
+                (9_000..=10_500).contains(&waited),
+                "renewed {waited} ms after the warning (half of 20 s ahead)"
+            );
+        }
+        s.send(&located("tracking:d1", next_seq));
+        next_seq += 1;
+        s.send(&ServerFrame::Refreshed {
+            exp: now_s(&h) + 20,
+        });
+        s.send(&located("tracking:d1", next_seq));
+        next_seq += 1;
+    }
+    settle().await;
+    assert_eq!(locations(&h.rec), (1..next_seq).collect::<Vec<_>>());
+    assert_eq!(h.connector.attempts.lock().len(), 1, "no reconnect");
+    let connected = h
+        .rec
+        .states()
+        .iter()
+        .filter(|s| **s == ConnectionState::Connected)
+        .count();
+    assert_eq!(connected, 1);
+
+    // A narrower token ended the subscription: the app hears it.
+    s.send(&ServerFrame::Unsubscribed {
+        channel: "tracking:d1".into(),
+        reason: Some(waypost_protocol::UnsubscribeReason::Forbidden),
+    });
+    settle().await;
+    assert!(h
+        .rec
+        .has(&Ev::Error("tracking:d1".into(), "forbidden".into())));
+
+    // The third refresh is refused: reported, not retried in band; the
+    // 4001 at exp reconnects with a fresh token from the provider.
+    assert_eq!(
+        s.next().await,
+        Some(ClientFrame::Refresh {
+            token: "tok4".into()
+        })
+    );
+    s.send(&ServerFrame::error("forbidden", "another user", None));
+    settle().await;
+    assert!(h.rec.has(&Ev::Error("token".into(), "forbidden".into())));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    h.plan(0);
+    s.close(4001);
+    let s = h.accept().await;
+    assert!(s.url.ends_with("token=tok5"), "fresh token: {}", s.url);
+    assert_eq!(h.connector.attempts.lock().len(), 2);
+}
+
+/// A renewal the provider cannot serve is tried again every
+/// `RENEW_RETRY` while the token is valid; the socket stays up.
+#[tokio::test(start_paused = true)]
+async fn failed_renewal_is_retried_until_the_provider_answers() {
+    let mut h = Harness::new(|_| {});
+    h.plan(0);
+    let mut s = h.accept().await;
+    let exp = (1_700_000_000_000 + h.now() as i64) as u64 / 1000 + 30;
+    s.send(&ServerFrame::TokenExpiring { exp });
+    *h.tokens.fail.lock() = true;
+    // Past the renewal time (15 s) and some retries, within a ping
+    // interval's silence budget.
+    tokio::time::sleep(Duration::from_secs(19)).await;
+    assert_eq!(h.client.connection_state(), ConnectionState::Connected);
+    *h.tokens.fail.lock() = false;
+    let f = s.next().await;
+    assert_eq!(
+        f,
+        Some(ClientFrame::Refresh {
+            token: "tok2".into()
+        })
+    );
+    assert_eq!(h.connector.attempts.lock().len(), 1);
+}
+
 /// A per-subscription listener that records what it hears.
 #[derive(Default)]
 struct SubRec {
@@ -1095,14 +1212,27 @@ struct SubRec {
     refused: Mutex<Vec<String>>,
     chat: Mutex<Vec<ChatEvent>>,
     states: Mutex<Vec<ConnectionState>>,
+    /// Locations, trails and statuses in arrival order.
+    driver: Mutex<Vec<Ev>>,
 }
 
 impl LocationListener for SubRec {
     fn on_location(&self, u: LocationUpdate) {
+        self.driver.lock().push(Ev::Location(u.seq));
         self.locations.lock().push((u.driver_id, u.seq));
     }
     fn on_refused(&self, code: String, _message: String) {
         self.refused.lock().push(code);
+    }
+    fn on_trail(&self, t: TrailUpdate) {
+        self.driver
+            .lock()
+            .push(Ev::Trail(t.fixes.iter().map(|f| f.seq).collect()));
+    }
+    fn on_driver_status(&self, s: DriverStatusUpdate) {
+        self.driver
+            .lock()
+            .push(Ev::Status(s.online, s.dark_ms, s.reason));
     }
 }
 
@@ -1202,6 +1332,60 @@ async fn driver_subscriptions_hear_only_their_driver_and_the_last_one_unsubscrib
     settle().await;
     assert_eq!(*b.refused.lock(), ["forbidden"]);
     assert!(a.refused.lock().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn driver_subscriptions_hear_their_drivers_trail_and_status_in_order() {
+    let mut h = Harness::new(|_| {});
+    h.plan(0);
+    let (a, b) = (Arc::new(SubRec::default()), Arc::new(SubRec::default()));
+    let _sub_a = h.client.subscribe_driver("d1".into(), a.clone()).unwrap();
+    let _sub_b = h.client.subscribe_driver("d2".into(), b.clone()).unwrap();
+    let mut s = h.accept().await;
+    let _ = (s.next().await, s.next().await);
+    let status = |online: bool, dark_ms: Option<u64>| ServerFrame::DriverStatus {
+        channel: "tracking:d1".into(),
+        driver_id: "d1".into(),
+        body: waypost_protocol::DriverStatusBody {
+            status: if online {
+                waypost_protocol::DriverState::Online
+            } else {
+                waypost_protocol::DriverState::Offline
+            },
+            last_seen_ms: 1_000,
+            dark_ms,
+            reason: online.then_some(waypost_protocol::SilenceReason::Offline),
+            buffered: None,
+        },
+    };
+    s.send(&loc("d1", 1));
+    s.send(&status(false, None));
+    s.send(&status(true, Some(45_000)));
+    s.send(&ServerFrame::Trail {
+        channel: "tracking:d1".into(),
+        driver_id: "d1".into(),
+        fixes: vec![Fix::new(2, 2, 1.0, 2.0), Fix::new(3, 3, 1.0, 2.0)],
+    });
+    s.send(&loc("d1", 4));
+    settle().await;
+    let heard = a.driver.lock().clone();
+    assert_eq!(heard.len(), 5, "{heard:?}");
+    assert_eq!(heard[0], Ev::Location(1));
+    assert!(
+        matches!(heard[1], Ev::Status(false, None, None)),
+        "{heard:?}"
+    );
+    assert!(
+        matches!(&heard[2], Ev::Status(true, Some(45_000), Some(_))),
+        "{heard:?}"
+    );
+    assert_eq!(heard[3..], [Ev::Trail(vec![2, 3]), Ev::Location(4)]);
+    assert!(
+        b.driver.lock().is_empty(),
+        "d2's subscription hears none of d1's"
+    );
+    // The client-wide listener hears them too.
+    assert!(h.rec.has(&Ev::Trail(vec![2, 3])));
 }
 
 #[tokio::test(start_paused = true)]

@@ -76,6 +76,10 @@ impl Tracking {
         Some(update)
     }
 
+    pub fn is_tracked(&self, driver_id: &str) -> bool {
+        self.drivers.contains_key(driver_id)
+    }
+
     pub fn latest(&self, driver_id: &str) -> Option<LocationUpdate> {
         self.drivers
             .get(driver_id)

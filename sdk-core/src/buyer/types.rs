@@ -50,6 +50,10 @@ pub struct LocationUpdate {
     pub accuracy_m: Option<f64>,
     pub speed_mps: Option<f64>,
     pub heading_deg: Option<f64>,
+    /// Taken under reduced (approximate) accuracy: may be kilometres off;
+    /// draw it as an area, not a pin.
+    #[cfg_attr(feature = "uniffi", uniffi(default = false))]
+    pub coarse: bool,
 }
 
 impl LocationUpdate {
@@ -63,6 +67,73 @@ impl LocationUpdate {
             accuracy_m: fix.accuracy_m,
             speed_mps: fix.speed_mps,
             heading_deg: fix.heading_deg,
+            coarse: fix.is_coarse(),
+        }
+    }
+}
+
+/// The part of a driver's path the watchers missed (a dead zone), oldest
+/// first, delivered before the position that followed it. `order_id` is
+/// set when it came on an order's channel.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+pub struct TrailUpdate {
+    pub driver_id: String,
+    pub order_id: Option<String>,
+    pub fixes: Vec<LocationUpdate>,
+}
+
+impl TrailUpdate {
+    pub(crate) fn from_fixes(driver_id: &str, order_id: Option<&str>, fixes: &[Fix]) -> Self {
+        Self {
+            driver_id: driver_id.to_owned(),
+            order_id: order_id.map(str::to_owned),
+            fixes: fixes
+                .iter()
+                .map(|f| LocationUpdate::from_fix(driver_id, f))
+                .collect(),
+        }
+    }
+}
+
+/// A driver went dark (no upload for the server's online TTL) or came back.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+pub struct DriverStatusUpdate {
+    pub driver_id: String,
+    /// Set when it came on an order's channel.
+    pub order_id: Option<String>,
+    /// `true`: back online; `false`: gone quiet.
+    pub online: bool,
+    /// Server time of the driver's last upload before the change, Unix ms.
+    pub last_seen_ms: i64,
+    /// Back online: how long it was dark, ms.
+    pub dark_ms: Option<u64>,
+    /// Back online: why, as the driver's SDK said (`offline`,
+    /// `network_error`, `battery_saver`, `permission`, `unknown`).
+    pub reason: Option<String>,
+    /// Back online: fixes the driver's phone had buffered meanwhile.
+    pub buffered: Option<u64>,
+}
+
+impl DriverStatusUpdate {
+    pub(crate) fn from_wire(
+        driver_id: &str,
+        order_id: Option<&str>,
+        b: &waypost_protocol::DriverStatusBody,
+    ) -> Self {
+        Self {
+            driver_id: driver_id.to_owned(),
+            order_id: order_id.map(str::to_owned),
+            online: b.status == waypost_protocol::DriverState::Online,
+            last_seen_ms: b.last_seen_ms,
+            dark_ms: b.dark_ms,
+            reason: b.reason.and_then(|r| {
+                serde_json::to_value(r)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+            }),
+            buffered: b.buffered,
         }
     }
 }
@@ -171,9 +242,22 @@ pub trait BuyerListener: Send + Sync + 'static {
     fn on_presence(&self, update: PresenceUpdate);
     fn on_typing(&self, update: TypingUpdate);
     /// The server refused something: `reference` is the channel of a
-    /// refused subscribe (e.g. `forbidden` for `tracking:d-9`), or the
-    /// client id or room of a refused message.
+    /// refused subscribe (e.g. `forbidden` for `tracking:d-9`) or of a
+    /// subscription a refreshed token no longer allows (`forbidden`), the
+    /// client id or room of a refused message, or `token` when an in-band
+    /// token refresh was refused (`forbidden`: another user or role;
+    /// `unauthorized`: a bad token; the connection then reconnects with a
+    /// fresh token when the old one expires).
     fn on_error(&self, reference: String, code: String, message: String);
+    /// A tracked driver's missed segment after a dead zone, before the
+    /// `on_location` that follows it. Default: ignored.
+    fn on_trail(&self, trail: TrailUpdate) {
+        let _ = trail;
+    }
+    /// A tracked driver went dark or came back. Default: ignored.
+    fn on_driver_status(&self, status: DriverStatusUpdate) {
+        let _ = status;
+    }
 }
 
 /// What one driver subscription (`BuyerClient::subscribe_driver`) hears:
@@ -186,6 +270,15 @@ pub trait LocationListener: Send + Sync + 'static {
     /// The server refused the subscription (e.g. `forbidden`): nothing
     /// more will arrive until it is subscribed again.
     fn on_refused(&self, code: String, message: String);
+    /// The driver's missed segment after a dead zone, before the
+    /// `on_location` that follows it. Default: ignored.
+    fn on_trail(&self, trail: TrailUpdate) {
+        let _ = trail;
+    }
+    /// The driver went dark or came back. Default: ignored.
+    fn on_driver_status(&self, status: DriverStatusUpdate) {
+        let _ = status;
+    }
 }
 
 /// What happens in one chat room, as a room subscription
@@ -274,4 +367,14 @@ pub trait OrderListener: Send + Sync + 'static {
     /// The assigned driver moved (only while the order is active, only
     /// newer fixes).
     fn on_location(&self, update: LocationUpdate);
+    /// The assigned driver's missed segment after a dead zone (only while
+    /// the order is active). Default: ignored.
+    fn on_trail(&self, trail: TrailUpdate) {
+        let _ = trail;
+    }
+    /// The assigned driver went dark or came back (only while the order is
+    /// active). Default: ignored.
+    fn on_driver_status(&self, status: DriverStatusUpdate) {
+        let _ = status;
+    }
 }

@@ -58,6 +58,7 @@ impl Location {
             altitude_m: self.altitude_m,
             battery: None,
             charging: None,
+            coarse: None,
         }
     }
 }
@@ -95,8 +96,11 @@ pub enum DropReason {
 /// Thresholds of the filter.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FilterConfig {
-    /// Fixes less accurate than this are dropped, metres.
+    /// Fixes less accurate than this are dropped (and counted), metres.
     pub max_accuracy_m: f64,
+    /// With reduced accuracy authorization: fixes up to this inaccurate are
+    /// kept, marked coarse, metres (the OS makes them 1–5 km off).
+    pub max_coarse_accuracy_m: f64,
     /// Implied speeds above this are jumps, m/s.
     pub max_speed_mps: f64,
     /// Fixes further ahead of the phone's clock are dropped, ms.
@@ -112,6 +116,7 @@ impl Default for FilterConfig {
     fn default() -> Self {
         Self {
             max_accuracy_m: 100.0,
+            max_coarse_accuracy_m: 5_000.0,
             max_speed_mps: 60.0,
             max_future_ms: 60_000,
             max_consecutive_jumps: 5,
@@ -140,8 +145,11 @@ impl FixFilter {
     }
 
     /// Checks `loc` against the clock reading `now_ms`; on success it becomes
-    /// the reference for the next check.
-    pub fn check(&mut self, loc: &Location, now_ms: i64) -> Result<(), DropReason> {
+    /// the reference for the next check. `coarse`: the accuracy
+    /// authorization is reduced, so the accuracy bound is
+    /// `max_coarse_accuracy_m` and there is no jump check (a fix that may be
+    /// kilometres off implies no speed).
+    pub fn check(&mut self, loc: &Location, now_ms: i64, coarse: bool) -> Result<(), DropReason> {
         let fix = loc.to_fix();
         if let Err(e) = fix.validate(now_ms) {
             return Err(match e {
@@ -156,8 +164,13 @@ impl FixFilter {
                 ahead_ms: loc.ts_ms - now_ms,
             });
         }
+        let max_accuracy = if coarse {
+            self.config.max_coarse_accuracy_m
+        } else {
+            self.config.max_accuracy_m
+        };
         if let Some(acc) = loc.accuracy_m {
-            if acc > self.config.max_accuracy_m {
+            if acc > max_accuracy {
                 return Err(DropReason::Inaccurate { accuracy_m: acc });
             }
         }
@@ -166,7 +179,7 @@ impl FixFilter {
                 return Err(DropReason::Stale);
             }
             let dt = loc.ts_ms - ts;
-            if dt <= self.config.jump_check_max_gap_ms {
+            if !coarse && dt <= self.config.jump_check_max_gap_ms {
                 let speed = haversine_m(lat, lon, loc.lat, loc.lon) / (dt as f64 / 1000.0);
                 if speed > self.config.max_speed_mps
                     && self.jumps_in_a_row < self.config.max_consecutive_jumps
@@ -194,37 +207,68 @@ mod tests {
     fn drops_each_kind_of_bad_fix() {
         let mut f = FixFilter::new(FilterConfig::default(), None);
         assert!(matches!(
-            f.check(&Location::new(NOW, f64::NAN, 13.0), NOW),
+            f.check(&Location::new(NOW, f64::NAN, 13.0), NOW, false),
             Err(DropReason::Invalid { .. })
         ));
         assert!(matches!(
-            f.check(&Location::new(NOW, 91.0, 13.0), NOW),
+            f.check(&Location::new(NOW, 91.0, 13.0), NOW, false),
             Err(DropReason::Invalid { .. })
         ));
         assert_eq!(
-            f.check(&Location::new(NOW + 120_000, 52.0, 13.0), NOW),
+            f.check(&Location::new(NOW + 120_000, 52.0, 13.0), NOW, false),
             Err(DropReason::FromTheFuture { ahead_ms: 120_000 })
         );
         let mut bad_acc = Location::new(NOW, 52.0, 13.0);
         bad_acc.accuracy_m = Some(250.0);
         assert_eq!(
-            f.check(&bad_acc, NOW),
+            f.check(&bad_acc, NOW, false),
             Err(DropReason::Inaccurate { accuracy_m: 250.0 })
         );
-        assert_eq!(f.check(&Location::new(NOW, 52.0, 13.0), NOW), Ok(()));
+        assert_eq!(f.check(&Location::new(NOW, 52.0, 13.0), NOW, false), Ok(()));
         assert_eq!(
-            f.check(&Location::new(NOW, 52.0, 13.0), NOW),
+            f.check(&Location::new(NOW, 52.0, 13.0), NOW, false),
             Err(DropReason::Stale)
         );
         // 1.1 km in 1 s.
         assert!(matches!(
-            f.check(&Location::new(NOW + 1_000, 52.01, 13.0), NOW + 1_000),
+            f.check(&Location::new(NOW + 1_000, 52.01, 13.0), NOW + 1_000, false),
             Err(DropReason::Jump { implied_speed_mps }) if implied_speed_mps > 1000.0
         ));
         // 11 m in 1 s is fine.
         assert_eq!(
-            f.check(&Location::new(NOW + 2_000, 52.0001, 13.0), NOW + 2_000),
+            f.check(
+                &Location::new(NOW + 2_000, 52.0001, 13.0),
+                NOW + 2_000,
+                false
+            ),
             Ok(())
+        );
+    }
+
+    #[test]
+    fn coarse_mode_keeps_kilometre_fixes_without_jump_checks() {
+        let mut f = FixFilter::new(FilterConfig::default(), None);
+        let mut a = Location::new(NOW, 52.0, 13.0);
+        a.accuracy_m = Some(3_000.0);
+        assert_eq!(
+            f.check(&a, NOW, false),
+            Err(DropReason::Inaccurate {
+                accuracy_m: 3_000.0
+            })
+        );
+        assert_eq!(f.check(&a, NOW, true), Ok(()));
+        // 2 km away one second later: a jump for precise fixes, not for
+        // coarse ones.
+        let mut b = Location::new(NOW + 1_000, 52.018, 13.0);
+        b.accuracy_m = Some(3_000.0);
+        assert_eq!(f.check(&b, NOW + 1_000, true), Ok(()));
+        let mut c = Location::new(NOW + 2_000, 52.0, 13.0);
+        c.accuracy_m = Some(9_000.0);
+        assert_eq!(
+            f.check(&c, NOW + 2_000, true),
+            Err(DropReason::Inaccurate {
+                accuracy_m: 9_000.0
+            })
         );
     }
 
@@ -237,14 +281,14 @@ mod tests {
         let mut f = FixFilter::new(cfg, Some(&Fix::new(1, NOW, 52.0, 13.0)));
         let far = |i: i64| Location::new(NOW + i * 1000, 53.0, 13.0);
         assert!(matches!(
-            f.check(&far(1), NOW + 5_000),
+            f.check(&far(1), NOW + 5_000, false),
             Err(DropReason::Jump { .. })
         ));
         assert!(matches!(
-            f.check(&far(2), NOW + 5_000),
+            f.check(&far(2), NOW + 5_000, false),
             Err(DropReason::Jump { .. })
         ));
-        assert_eq!(f.check(&far(3), NOW + 5_000), Ok(()));
-        assert_eq!(f.check(&far(4), NOW + 5_000), Ok(()));
+        assert_eq!(f.check(&far(3), NOW + 5_000, false), Ok(()));
+        assert_eq!(f.check(&far(4), NOW + 5_000, false), Ok(()));
     }
 }

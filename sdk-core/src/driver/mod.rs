@@ -20,7 +20,9 @@
 pub mod buffer;
 mod config;
 pub mod filter;
+pub mod health;
 pub mod policy;
+mod silence;
 mod uploader;
 
 #[cfg(test)]
@@ -42,12 +44,13 @@ pub use self::config::{
     DriverConfig, DriverDeps, DriverEvent, DriverListener, DriverStats, RecordOutcome,
 };
 use self::filter::{DropReason, FixFilter, Location};
+use self::health::{DriverHealth, HealthInputs, HealthListener, UploadFailure};
 use self::policy::{haversine_m, LocationPolicy, MotionTracker, SamplingRequest, Situation};
 use self::uploader::Sched;
 pub use self::uploader::UploadPoll;
 use crate::backoff::SeededRandom;
 use crate::clock::SystemClock;
-use crate::env::Environment;
+use crate::env::{AccuracyAuthorization, Environment, PlatformSnapshot};
 use crate::error::WaypostError;
 use crate::subscription::{Listeners, Subscription};
 use crate::tokens::{TokenProvider, Tokens};
@@ -86,7 +89,34 @@ pub(crate) struct Inner {
     bytes_sent: AtomicU64,
     /// Listeners of [`Driver::watch_events`].
     watchers: Mutex<Listeners<dyn DriverListener>>,
+    health: Mutex<HealthState>,
+    /// Serializes assess → compare → notify, so listeners see reports in
+    /// the order they were made (reentrant: a listener may call back).
+    health_emit: parking_lot::ReentrantMutex<()>,
+    /// Why uploads are not getting through, for the next one that does.
+    silence: Mutex<silence::SilenceTracker>,
 }
+
+/// What the health report is computed from, besides the platform and the
+/// buffer; and who hears about it.
+#[derive(Default)]
+struct HealthState {
+    rejected_streak: u64,
+    rejected_total: u64,
+    last_rejected_accuracy_m: f64,
+    coarse_total: u64,
+    quarantined: u64,
+    auth_failure: Option<String>,
+    upload_failure: Option<UploadFailure>,
+    /// Key of the last report sent to the listeners.
+    last_key: Option<Vec<&'static str>>,
+    listeners: Vec<(u64, Arc<dyn HealthListener>)>,
+    next_listener: u64,
+}
+
+/// Most health listeners per driver (each Flow/AsyncStream collector is
+/// one).
+pub const MAX_HEALTH_LISTENERS: usize = 64;
 
 /// A recording, uploading driver. Create with [`Driver::open`] (real I/O)
 /// or [`Driver::open_with`] (injected I/O), feed it with
@@ -164,6 +194,9 @@ impl Driver {
             uploads_ok: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
             watchers: Mutex::new(Listeners::default()),
+            health: Mutex::new(HealthState::default()),
+            health_emit: parking_lot::ReentrantMutex::new(()),
+            silence: Mutex::new(silence::SilenceTracker::default()),
             config,
             deps,
         });
@@ -224,9 +257,49 @@ impl Driver {
 
     /// Tells the driver the network or battery changed; it re-reads the
     /// [`Environment`] and uploads at once when the network came back or
-    /// charging started.
+    /// charging started. Not needed with a
+    /// [`PlatformState`](crate::env::PlatformState), which the driver
+    /// follows by itself once started: only for environments that cannot
+    /// notify.
     pub fn environment_changed(&self) {
         self.inner.wake.notify_one();
+    }
+
+    /// The current health report (fresh figures; cheap, no I/O).
+    pub fn health(&self) -> DriverHealth {
+        self.inner.assess_health()
+    }
+
+    /// Adds a listener of health changes and calls it at once with the
+    /// current report; returns its id for
+    /// [`remove_health_listener`](Self::remove_health_listener). At most
+    /// [`MAX_HEALTH_LISTENERS`].
+    pub fn add_health_listener(
+        &self,
+        listener: Arc<dyn HealthListener>,
+    ) -> Result<u64, WaypostError> {
+        // Bring the existing listeners up to date first, so the report the
+        // new one gets is the one the others last got.
+        self.inner.update_health();
+        let id = {
+            let mut h = self.inner.health.lock();
+            if h.listeners.len() >= MAX_HEALTH_LISTENERS {
+                return Err(WaypostError::Busy {
+                    details: format!("at most {MAX_HEALTH_LISTENERS} health listeners"),
+                });
+            }
+            h.next_listener += 1;
+            let id = h.next_listener;
+            h.listeners.push((id, Arc::clone(&listener)));
+            id
+        };
+        listener.on_health(self.inner.assess_health());
+        Ok(id)
+    }
+
+    /// Removes a health listener (unknown ids are ignored).
+    pub fn remove_health_listener(&self, id: u64) {
+        self.inner.health.lock().listeners.retain(|(i, _)| *i != id);
     }
 
     /// Runs the upload logic once in the caller's task: uploads whatever is
@@ -275,11 +348,11 @@ impl Driver {
 
     /// What the SDK wants from the OS location service right now.
     pub fn desired_sampling(&self) -> SamplingRequest {
-        let battery = self.inner.deps.environment.battery();
+        let platform = self.inner.deps.environment.snapshot();
         let rec = self.inner.recorder.lock();
         self.inner
             .policy
-            .sampling(&self.inner.situation(&rec.motion, battery))
+            .sampling(&self.inner.situation(&rec.motion, &platform))
     }
 
     /// Counters.
@@ -333,21 +406,74 @@ impl Inner {
         }
     }
 
-    fn situation(&self, motion: &MotionTracker, battery: crate::env::BatteryState) -> Situation {
+    fn situation(&self, motion: &MotionTracker, platform: &PlatformSnapshot) -> Situation {
         let hint = self.hint_ms.load(Ordering::Relaxed);
         Situation {
             watched: self.watched.load(Ordering::Relaxed),
             hint_interval: (hint > 0).then(|| Duration::from_millis(hint)),
             motion: motion.state(),
             speed_mps: motion.speed_mps(),
-            battery,
+            battery: platform.battery(),
+            app_state: platform.app_state,
+            permission: platform.permission,
+            accuracy: platform.accuracy,
+            activity: platform.activity,
         }
+    }
+
+    /// The health report now.
+    fn assess_health(&self) -> DriverHealth {
+        let pending = self.buffer.lock().pending();
+        let h = self.health.lock();
+        health::assess(&HealthInputs {
+            platform: self.deps.environment.snapshot(),
+            rejected_inaccurate_streak: h.rejected_streak,
+            rejected_inaccurate_total: h.rejected_total,
+            last_rejected_accuracy_m: h.last_rejected_accuracy_m,
+            max_accuracy_m: self.config.filter.max_accuracy_m,
+            coarse_recorded_total: h.coarse_total,
+            pending,
+            max_fixes: self.config.buffer.max_fixes,
+            quarantined: h.quarantined,
+            auth_failure: h.auth_failure.clone(),
+            upload_failure: h.upload_failure.clone(),
+            now_ms: self.deps.clock.monotonic_ms(),
+        })
+    }
+
+    /// Re-assesses health and tells the listeners when the set of issues
+    /// changed.
+    fn update_health(&self) {
+        let _in_order = self.health_emit.lock();
+        let report = self.assess_health();
+        let key = report.key();
+        let listeners = {
+            let mut h = self.health.lock();
+            if h.last_key.as_ref() == Some(&key) {
+                return;
+            }
+            h.last_key = Some(key);
+            h.listeners.clone()
+        };
+        tracing::info!(summary = %report.summary, "driver health changed");
+        for (_, l) in listeners {
+            l.on_health(report.clone());
+        }
+    }
+
+    /// Applies `change` to the health counters, then re-assesses.
+    fn with_health(&self, change: impl FnOnce(&mut HealthState)) {
+        change(&mut self.health.lock());
+        self.update_health();
     }
 
     fn record_many(&self, locations: Vec<Location>) -> Result<Vec<RecordOutcome>, WaypostError> {
         let now = self.deps.clock.now_ms();
-        let battery = self.deps.environment.battery();
+        let platform = self.deps.environment.snapshot();
+        let battery = platform.battery();
+        let coarse = platform.accuracy == AccuracyAuthorization::Reduced;
         let mut events = Vec::new();
+        let (mut rejected, mut last_rejected_m, mut streak_broken) = (0u64, None, false);
         let mut outcomes = Vec::with_capacity(locations.len());
         let mut fixes = Vec::new();
         let mut slots = Vec::new();
@@ -355,7 +481,11 @@ impl Inner {
             let mut guard = self.recorder.lock();
             let mut rec = guard.clone();
             for loc in &locations {
-                if let Err(reason) = rec.filter.check(loc, now) {
+                if let Err(reason) = rec.filter.check(loc, now, coarse) {
+                    if let DropReason::Inaccurate { accuracy_m } = reason {
+                        rejected += 1;
+                        last_rejected_m = Some(accuracy_m);
+                    }
                     outcomes.push(RecordOutcome::Dropped { reason });
                     continue;
                 }
@@ -366,11 +496,17 @@ impl Inner {
                     loc.ts_ms,
                     loc.speed_mps,
                 );
-                let sampling = self.policy.sampling(&self.situation(&rec.motion, battery));
+                let sampling = self
+                    .policy
+                    .sampling(&self.situation(&rec.motion, &platform));
                 if rec.sampling != Some(sampling) {
                     rec.sampling = Some(sampling);
                     events.push(DriverEvent::SamplingChanged { sampling });
                 }
+                // A valid fix (throttled or not) ends a run of inaccurate
+                // ones.
+                streak_broken = true;
+                rejected = 0;
                 if let Some((ts, lat, lon)) = rec.last_recorded {
                     let distance = haversine_m(lat, lon, loc.lat, loc.lon);
                     if !self.policy.wants(&sampling, loc.ts_ms - ts, distance) {
@@ -383,6 +519,7 @@ impl Inner {
                 let mut fix = loc.to_fix();
                 fix.battery = Some(battery.level.clamp(0.0, 1.0));
                 fix.charging = Some(battery.charging);
+                fix.coarse = coarse.then_some(true);
                 rec.last_recorded = Some((loc.ts_ms, loc.lat, loc.lon));
                 slots.push(outcomes.len());
                 outcomes.push(RecordOutcome::Recorded { seq: 0 });
@@ -402,18 +539,44 @@ impl Inner {
         for e in events {
             self.emit(e);
         }
+        let coarse_recorded = if coarse { fixes.len() as u64 } else { 0 };
+        self.with_health(|h| {
+            let rejected_total: u64 = outcomes
+                .iter()
+                .filter(|o| {
+                    matches!(
+                        o,
+                        RecordOutcome::Dropped {
+                            reason: DropReason::Inaccurate { .. }
+                        }
+                    )
+                })
+                .count() as u64;
+            h.rejected_total += rejected_total;
+            h.coarse_total += coarse_recorded;
+            if streak_broken {
+                h.rejected_streak = 0;
+            }
+            h.rejected_streak += rejected;
+            if let Some(m) = last_rejected_m {
+                h.last_rejected_accuracy_m = m;
+            }
+        });
         if !fixes.is_empty() {
             self.wake.notify_one();
         }
         Ok(outcomes)
     }
 
-    /// Recomputes the sampling request after the watch mode changed.
+    /// Recomputes the sampling request after the watch mode or the
+    /// platform changed.
     fn refresh_sampling(&self) {
-        let battery = self.deps.environment.battery();
+        let platform = self.deps.environment.snapshot();
         let event = {
             let mut rec = self.recorder.lock();
-            let sampling = self.policy.sampling(&self.situation(&rec.motion, battery));
+            let sampling = self
+                .policy
+                .sampling(&self.situation(&rec.motion, &platform));
             if rec.sampling != Some(sampling) {
                 rec.sampling = Some(sampling);
                 Some(DriverEvent::SamplingChanged { sampling })

@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use waypost_protocol::PolicyHint;
 
-use crate::env::BatteryState;
+use crate::env::{
+    AccuracyAuthorization, AppState, BatteryState, LocationPermission, MotionActivity,
+};
 
 /// The accuracy the SDK asks the OS location service for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -55,6 +57,14 @@ pub struct SamplingRequest {
     pub distance_filter_m: f64,
     /// A fix is taken at least this often, ms, moved or not.
     pub heartbeat_ms: u64,
+    /// Whether the SDK wants fixes at all: `false` while the location
+    /// permission is denied or not determined (stop the OS location
+    /// service; asking would fail or prompt).
+    pub active: bool,
+    /// The accuracy authorization is reduced: fixes are kilometres off, are
+    /// kept marked coarse, and are sampled slowly (iOS: do not ask for
+    /// `kCLLocationAccuracyBest`, the OS gives reduced fixes anyway).
+    pub coarse: bool,
 }
 
 /// Motion state, from the recorded fixes.
@@ -110,6 +120,11 @@ pub struct PolicyConfig {
     pub low_battery_factor: f64,
     /// Whether the server's `policy` hint bounds the upload cadence.
     pub follow_server_hint: bool,
+    /// With reduced accuracy: at least this long between fixes, ms (also
+    /// the heartbeat): a fix that is kilometres off carries little news.
+    pub coarse_interval_ms: u64,
+    /// With reduced accuracy: distance filter, metres.
+    pub coarse_distance_m: f64,
 }
 
 /// Ready-made policies.
@@ -154,6 +169,8 @@ impl PolicyConfig {
                 low_battery_level: 0.10,
                 low_battery_factor: 1.5,
                 follow_server_hint: true,
+                coarse_interval_ms: 30_000,
+                coarse_distance_m: 500.0,
             },
             PolicyPreset::Balanced => Self {
                 watched: ModeSettings {
@@ -180,6 +197,8 @@ impl PolicyConfig {
                 low_battery_level: 0.15,
                 low_battery_factor: 2.0,
                 follow_server_hint: true,
+                coarse_interval_ms: 60_000,
+                coarse_distance_m: 1_000.0,
             },
             PolicyPreset::Saver => Self {
                 watched: ModeSettings {
@@ -206,6 +225,8 @@ impl PolicyConfig {
                 low_battery_level: 0.20,
                 low_battery_factor: 2.0,
                 follow_server_hint: true,
+                coarse_interval_ms: 120_000,
+                coarse_distance_m: 2_000.0,
             },
         }
     }
@@ -231,6 +252,48 @@ pub struct Situation {
     pub speed_mps: f64,
     /// Battery state.
     pub battery: BatteryState,
+    /// Foreground or background.
+    pub app_state: AppState,
+    /// Location permission.
+    pub permission: LocationPermission,
+    /// Precise or reduced accuracy.
+    pub accuracy: AccuracyAuthorization,
+    /// The OS activity recognition's verdict.
+    pub activity: MotionActivity,
+}
+
+impl Situation {
+    /// A situation with the platform inputs at their defaults (foreground,
+    /// `Always`, precise, unknown activity).
+    pub fn new(watched: bool, motion: MotionState, speed_mps: f64, battery: BatteryState) -> Self {
+        Self {
+            watched,
+            hint_interval: None,
+            motion,
+            speed_mps,
+            battery,
+            app_state: AppState::Foreground,
+            permission: LocationPermission::Always,
+            accuracy: AccuracyAuthorization::Precise,
+            activity: MotionActivity::Unknown,
+        }
+    }
+
+    /// Stationary when the fixes say so or the OS activity recognition says
+    /// `Still`.
+    pub fn effective_motion(&self) -> MotionState {
+        if self.activity == MotionActivity::Still {
+            MotionState::Stationary
+        } else {
+            self.motion
+        }
+    }
+
+    /// In the background with only "when in use" permission: fixes keep
+    /// arriving only while the session started in the foreground runs.
+    pub fn background_limited(&self) -> bool {
+        self.app_state == AppState::Background && self.permission == LocationPermission::WhenInUse
+    }
 }
 
 /// Decisions from a [`PolicyConfig`].
@@ -274,14 +337,43 @@ impl LocationPolicy {
     }
 
     /// What to ask the OS for.
+    ///
+    /// Platform inputs: permission denied / not determined → `active =
+    /// false`; OS activity `Still` → stationary sampling; reduced accuracy
+    /// → `coarse`, low accuracy, at most one fix per `coarse_interval_ms` /
+    /// `coarse_distance_m`; power save or low battery → unwatched cadence
+    /// stretched and accuracy one step lower; background with "when in
+    /// use" → the stationary heartbeat is not stretched (an idle session
+    /// is what iOS pauses and Android's background limits end, and it
+    /// cannot be restarted from the background).
     pub fn sampling(&self, s: &Situation) -> SamplingRequest {
+        let base = self.base_sampling(s);
+        let active = matches!(
+            s.permission,
+            LocationPermission::Always | LocationPermission::WhenInUse
+        );
+        if s.accuracy == AccuracyAuthorization::Reduced {
+            let c = &self.config;
+            return SamplingRequest {
+                accuracy: Accuracy::Low,
+                interval_ms: base.interval_ms.max(c.coarse_interval_ms),
+                distance_filter_m: base.distance_filter_m.max(c.coarse_distance_m),
+                heartbeat_ms: base.heartbeat_ms.max(c.coarse_interval_ms),
+                active,
+                coarse: true,
+            };
+        }
+        SamplingRequest { active, ..base }
+    }
+
+    fn base_sampling(&self, s: &Situation) -> SamplingRequest {
         let m = self.mode(s);
         let accuracy = if self.strained(s) && !s.watched {
             m.accuracy.lower()
         } else {
             m.accuracy
         };
-        match s.motion {
+        match s.effective_motion() {
             MotionState::Moving => {
                 let speed = if s.speed_mps.is_finite() {
                     s.speed_mps.max(0.0)
@@ -295,6 +387,8 @@ impl LocationPolicy {
                     interval_ms: self.stretch(s, m.sample_interval_ms),
                     distance_filter_m: distance,
                     heartbeat_ms: self.stretch(s, m.heartbeat_ms),
+                    active: true,
+                    coarse: false,
                 }
             }
             MotionState::Stationary => SamplingRequest {
@@ -302,11 +396,13 @@ impl LocationPolicy {
                 interval_ms: self.stretch(s, m.sample_interval_ms),
                 // Wake up when leaving the stop.
                 distance_filter_m: self.config.stationary_radius_m,
-                heartbeat_ms: if s.watched {
+                heartbeat_ms: if s.watched || s.background_limited() {
                     m.heartbeat_ms
                 } else {
                     self.stretch(s, self.config.stationary_heartbeat_ms)
                 },
+                active: true,
+                coarse: false,
             },
         }
     }
@@ -415,13 +511,7 @@ mod tests {
     use super::*;
 
     fn situation(watched: bool) -> Situation {
-        Situation {
-            watched,
-            hint_interval: None,
-            motion: MotionState::Moving,
-            speed_mps: 10.0,
-            battery: BatteryState::default(),
-        }
+        Situation::new(watched, MotionState::Moving, 10.0, BatteryState::default())
     }
 
     #[test]
@@ -476,6 +566,61 @@ mod tests {
         assert!(p.wants(&st, 300_000, 0.0));
         assert!(!p.wants(&st, 60_000, 10.0));
         assert!(p.wants(&st, 60_000, 30.0));
+    }
+
+    #[test]
+    fn platform_inputs_shape_the_request() {
+        let p = LocationPolicy::new(PolicyConfig::default());
+        let moving = p.sampling(&situation(false));
+        assert!(moving.active && !moving.coarse);
+        assert_eq!(moving.interval_ms, 5_000);
+
+        // No permission: nothing requested.
+        for perm in [
+            LocationPermission::Denied,
+            LocationPermission::NotDetermined,
+        ] {
+            let mut s = situation(false);
+            s.permission = perm;
+            assert!(!p.sampling(&s).active, "{perm:?}");
+        }
+
+        // Activity recognition says still: stationary sampling without
+        // waiting for the stop timeout.
+        let mut still = situation(false);
+        still.activity = MotionActivity::Still;
+        let st = p.sampling(&still);
+        assert_eq!((st.distance_filter_m, st.heartbeat_ms), (25.0, 300_000));
+        still.activity = MotionActivity::Automotive;
+        assert_eq!(p.sampling(&still), moving);
+
+        // Background with "when in use": the stop does not stretch the
+        // heartbeat (the session must stay alive).
+        let mut bg = situation(false);
+        bg.motion = MotionState::Stationary;
+        bg.app_state = AppState::Background;
+        assert_eq!(p.sampling(&bg).heartbeat_ms, 300_000, "Always");
+        bg.permission = LocationPermission::WhenInUse;
+        assert_eq!(p.sampling(&bg).heartbeat_ms, 60_000);
+        bg.app_state = AppState::Foreground;
+        assert_eq!(p.sampling(&bg).heartbeat_ms, 300_000);
+
+        // Reduced accuracy: coarse, low accuracy, slow.
+        let mut reduced = situation(true);
+        reduced.accuracy = AccuracyAuthorization::Reduced;
+        let r = p.sampling(&reduced);
+        assert!(r.coarse && r.active);
+        assert_eq!(r.accuracy, Accuracy::Low);
+        assert_eq!(
+            (r.interval_ms, r.heartbeat_ms, r.distance_filter_m),
+            (60_000, 60_000, 1_000.0)
+        );
+
+        // Power save relaxes the unwatched cadence like a low battery.
+        let mut saver = situation(false);
+        saver.battery.low_power_mode = true;
+        let sv = p.sampling(&saver);
+        assert_eq!((sv.interval_ms, sv.accuracy), (10_000, Accuracy::Low));
     }
 
     #[test]

@@ -771,3 +771,146 @@ async fn watchers_hear_events_until_cancelled() {
     drop(d);
     assert_eq!(Arc::strong_count(&again), 1, "released with the driver");
 }
+
+/// Collects health reports.
+#[derive(Default)]
+struct HealthLog(Mutex<Vec<DriverHealth>>);
+
+impl HealthListener for HealthLog {
+    fn on_health(&self, health: DriverHealth) {
+        self.0.lock().push(health);
+    }
+}
+
+impl HealthLog {
+    fn keys(&self) -> Vec<Vec<&'static str>> {
+        self.0.lock().iter().map(DriverHealth::key).collect()
+    }
+}
+
+/// Waits (real time, bounded) until `cond` holds.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..2_000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_driver_follows_the_platform_state_without_being_told() {
+    let sim = Sim::new(12);
+    sim.env.set_network(NetworkType::Offline);
+    let d = sim.open();
+    let log = Arc::new(HealthLog::default());
+    let id = d.add_health_listener(log.clone()).unwrap();
+    d.start().unwrap();
+    let mut recorded = Vec::new();
+    for i in 0..30 {
+        sim.clock.set_wall_ms(T0 + i * 1000);
+        if let RecordOutcome::Recorded { seq } = d.record(Sim::loc(i)).unwrap() {
+            recorded.push(seq);
+        }
+    }
+    assert!(!recorded.is_empty());
+    eventually("health says offline", || d.health().has("offline")).await;
+    assert_eq!(sim.server.requests(), 0);
+    // The network comes back: no environment_changed(), no flush().
+    sim.env.set_network(NetworkType::Wifi);
+    eventually("everything uploaded", || sim.server.seqs() == recorded).await;
+    eventually("health clears", || {
+        log.keys().last().is_some_and(|k| k.is_empty())
+    })
+    .await;
+    // Reported once per change of the set of issues: offline (on add),
+    // healthy again; not once per fix.
+    assert_eq!(log.keys(), vec![vec!["offline"], vec![]]);
+    // Denied permission: nothing requested, reported at once.
+    sim.env
+        .set_permission(crate::env::LocationPermission::Denied);
+    eventually("denied reported", || {
+        log.keys().last() == Some(&vec!["permission_denied"])
+    })
+    .await;
+    assert!(!d.desired_sampling().active);
+    d.remove_health_listener(id);
+    sim.env
+        .set_permission(crate::env::LocationPermission::Always);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(log.keys().len(), 3, "no reports after removal");
+    tokio::time::timeout(Duration::from_secs(5), d.shutdown())
+        .await
+        .expect("shutdown finishes");
+}
+
+#[tokio::test]
+async fn reduced_accuracy_keeps_coarse_fixes_and_marks_them() {
+    let sim = Sim::new(13);
+    let d = sim.open();
+    let coarse_loc = |i: i64, acc: f64| {
+        let mut l = Sim::loc(i);
+        l.accuracy_m = Some(acc);
+        l
+    };
+    // Precise: a 3 km fix is rejected, and counted.
+    for i in 0..3 {
+        sim.clock.set_wall_ms(T0 + i * 1000);
+        assert!(matches!(
+            d.record(coarse_loc(i, 3_000.0)).unwrap(),
+            RecordOutcome::Dropped {
+                reason: DropReason::Inaccurate { .. }
+            }
+        ));
+    }
+    let h = d.health();
+    assert_eq!(
+        h.issues[0].reason,
+        health::HealthReason::FixesRejectedInaccurate {
+            count: 3,
+            last_accuracy_m: 3_000.0,
+            max_accuracy_m: 100.0
+        }
+    );
+    assert_eq!(h.rejected_inaccurate_total, 3);
+    // Reduced accuracy: the same fixes are kept, marked coarse, sampled
+    // slowly.
+    sim.env
+        .set_accuracy(crate::env::AccuracyAuthorization::Reduced);
+    let s = d.desired_sampling();
+    assert!(s.coarse && s.active && s.interval_ms >= 60_000, "{s:?}");
+    sim.clock.set_wall_ms(T0 + 10_000);
+    let RecordOutcome::Recorded { seq } = d.record(coarse_loc(10, 3_000.0)).unwrap() else {
+        panic!("coarse fix not recorded");
+    };
+    // 20 s later: too soon for coarse sampling.
+    sim.clock.set_wall_ms(T0 + 30_000);
+    assert_eq!(
+        d.record(coarse_loc(30, 3_000.0)).unwrap(),
+        RecordOutcome::Dropped {
+            reason: DropReason::Throttled
+        }
+    );
+    let h = d.health();
+    assert_eq!(h.key(), ["accuracy_reduced"], "{}", h.summary);
+    assert_eq!(
+        (h.coarse_recorded_total, h.rejected_inaccurate_total),
+        (1, 3)
+    );
+    assert!(d.last_recorded().unwrap().is_coarse());
+    sim.settle(&d).await;
+    let stored = sim.server.state.lock().stored.get(&seq).cloned().unwrap();
+    assert_eq!(stored.coarse, Some(true));
+    assert_eq!(stored.accuracy_m, Some(3_000.0));
+    // Precise again: fixes are not marked.
+    sim.env
+        .set_accuracy(crate::env::AccuracyAuthorization::Precise);
+    sim.clock.set_wall_ms(T0 + 100_000);
+    assert!(matches!(
+        d.record(Sim::loc(100)).unwrap(),
+        RecordOutcome::Recorded { .. }
+    ));
+    assert_eq!(d.last_recorded().unwrap().coarse, None);
+    assert!(d.health().ok);
+}

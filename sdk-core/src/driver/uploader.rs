@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use waypost_protocol::{ErrorBody, IngestResponse, PolicyMode};
 
 use super::buffer::Batch;
+use super::health::UploadFailure;
 use super::policy::hint_interval;
 use super::{DriverEvent, Inner};
 use crate::backoff::{Backoff, BackoffPolicy, RetryDecision};
@@ -146,9 +147,16 @@ enum Attempt {
     },
 }
 
-/// The background task: poll, sleep until due or woken, repeat.
+/// The background task: poll, sleep until due, woken or the platform
+/// changed, repeat.
 pub(crate) async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
     tracing::debug!(driver = %inner.config.driver_id, "driver uploader started");
+    // A PlatformState notifies: follow it (re-plan sampling, health, and
+    // the poll below sees the network come back). Pull-only environments
+    // rely on `environment_changed` and the periodic re-checks.
+    let mut platform = inner.deps.environment.watch();
+    inner.refresh_sampling();
+    inner.update_health();
     loop {
         let polled = tokio::select! {
             () = cancel.cancelled() => break,
@@ -166,6 +174,7 @@ pub(crate) async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
                 Some(now + 5_000)
             }
         };
+        inner.update_health();
         let sleep = match next {
             Some(t) => inner
                 .deps
@@ -173,10 +182,25 @@ pub(crate) async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
                 .sleep(Duration::from_millis(t.saturating_sub(now))),
             None => Box::pin(std::future::pending()),
         };
+        let changed = async {
+            match platform.as_mut() {
+                Some(rx) => rx.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = cancel.cancelled() => break,
             () = inner.wake.notified() => {}
             () = sleep => {}
+            alive = changed => {
+                if alive {
+                    tracing::debug!("driver: platform changed");
+                    inner.refresh_sampling();
+                    inner.update_health();
+                } else {
+                    platform = None;
+                }
+            }
         }
     }
     tracing::debug!(driver = %inner.config.driver_id, "driver uploader stopped");
@@ -184,10 +208,10 @@ pub(crate) async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
 
 impl Inner {
     fn upload_interval(&self) -> Duration {
-        let battery = self.deps.environment.battery();
+        let platform = self.deps.environment.snapshot();
         let rec = self.recorder.lock();
         self.policy
-            .upload_interval(&self.situation(&rec.motion, battery))
+            .upload_interval(&self.situation(&rec.motion, &platform))
     }
 
     pub(crate) async fn poll_uploads(&self) -> Result<super::UploadPoll, WaypostError> {
@@ -199,6 +223,9 @@ impl Inner {
             let battery = self.deps.environment.battery();
             let pending = self.buffer.lock().pending();
             let interval = self.upload_interval();
+            if network == NetworkType::Offline && pending > 0 {
+                self.silence.lock().offline(now);
+            }
             let decision = {
                 let mut s = self.sched.lock();
                 s.observe(network, battery.charging);
@@ -250,6 +277,7 @@ impl Inner {
             }
             Ok(Attempt::Failed { error, retry_after }) => {
                 self.buffer.lock().release(&batch)?;
+                self.silence.lock().failed(now);
                 let decision = {
                     let mut s = self.sched.lock();
                     s.draining = false;
@@ -276,10 +304,20 @@ impl Inner {
                     RetryDecision::GiveUp => 0,
                 };
                 tracing::info!(error = %error, retry_in_ms, "driver upload failed");
-                if matches!(
+                let auth = matches!(
                     error,
                     HttpError::Status(StatusError { status: 401, .. }) | HttpError::NoToken
-                ) {
+                );
+                let failures = self.sched.lock().backoff.failures();
+                self.with_health(|h| {
+                    h.upload_failure = Some(UploadFailure {
+                        message: error.to_string(),
+                        consecutive_failures: failures.max(1),
+                        retry_at_ms: (retry_in_ms > 0).then_some(now + retry_in_ms),
+                    });
+                    h.auth_failure = auth.then(|| error.to_string());
+                });
+                if auth {
                     self.emit(DriverEvent::AuthFailed {
                         message: error.to_string(),
                     });
@@ -315,7 +353,19 @@ impl Inner {
             }
             json.extend_from_slice(j.as_bytes());
         }
-        json.extend_from_slice(b"]}");
+        json.push(b']');
+        let silence = {
+            let pending = self.buffer.lock().pending();
+            let low_power = self.deps.environment.battery().low_power_mode;
+            self.silence
+                .lock()
+                .report(self.deps.clock.monotonic_ms(), pending, low_power)
+        };
+        if let Some(s) = silence.and_then(|s| serde_json::to_vec(&s).ok()) {
+            json.extend_from_slice(b",\"silence\":");
+            json.extend_from_slice(&s);
+        }
+        json.push(b'}');
         let mut headers = vec![
             HttpHeader::new("content-type", "application/json"),
             HttpHeader::new("authorization", format!("Bearer {token}")),
@@ -389,6 +439,7 @@ impl Inner {
             };
             let acked = self.buffer.lock().ack(batch, reply.high_seq)?;
             self.uploads_ok.fetch_add(1, Ordering::Relaxed);
+            self.silence.lock().acked(self.deps.clock.monotonic_ms());
             let pending = self.buffer.lock().pending();
             {
                 let mut s = self.sched.lock();
@@ -402,6 +453,10 @@ impl Inner {
                 }
             }
             self.apply_hint(&reply);
+            self.with_health(|h| {
+                h.upload_failure = None;
+                h.auth_failure = None;
+            });
             self.emit(DriverEvent::Uploaded {
                 fixes: acked,
                 high_seq: reply.high_seq,
@@ -464,6 +519,7 @@ impl Inner {
         let now = self.deps.clock.now_ms();
         if self.buffer.lock().quarantine(seq, reason, now)? {
             tracing::warn!(seq, reason, "driver: server refused a fix; quarantined");
+            self.with_health(|h| h.quarantined += 1);
             self.emit(DriverEvent::Quarantined {
                 seq,
                 reason: reason.to_owned(),

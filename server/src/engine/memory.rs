@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use waypost_protocol::{Channel, Fix};
 
-use super::{Bus, EngineError, IngestOutcome, IngestTime, StoredFix, TrackingStore};
+use super::{Bus, Engine, EngineError, IngestOutcome, IngestTime, StoredFix, TrackingStore};
 use crate::config::Limits;
 use crate::frame::Frame;
 use crate::hub::Hub;
@@ -80,6 +80,15 @@ impl MemoryEngine {
     }
 }
 
+impl Engine {
+    /// The in-memory engine (one process): one [`MemoryEngine`] as both bus
+    /// and tracking store.
+    pub fn memory(hub: Arc<Hub>, limits: Limits) -> Self {
+        let engine = Arc::new(MemoryEngine::new(hub, limits));
+        Self::new("memory", engine.clone(), engine)
+    }
+}
+
 #[async_trait]
 impl TrackingStore for MemoryEngine {
     fn name(&self) -> &'static str {
@@ -96,7 +105,7 @@ impl TrackingStore for MemoryEngine {
         let now_ms = at.now_ms;
         let ttl = self.ttl_ms();
         let channel = Channel::tracking(driver_id);
-        let (accepted, duplicates, new_latest) = {
+        let (accepted, duplicates, new_latest, previous_ts) = {
             let mut shard = self.shard(driver_id).lock();
             let state = shard.entry(driver_id.to_owned()).or_default();
             if !state.devices.contains_key(device_id)
@@ -130,12 +139,15 @@ impl TrackingStore for MemoryEngine {
                 state.trail.pop_front();
             }
             let mut new_latest = None;
+            let mut previous_ts = None;
             if let Some(n) = newest {
-                let replace = match &state.latest {
-                    Some(cur) => now_ms - cur.received_ms > ttl || n.ts >= cur.fix.ts,
-                    None => true,
-                };
+                let live = state
+                    .latest
+                    .as_ref()
+                    .filter(|cur| now_ms - cur.received_ms <= ttl);
+                let replace = live.is_none_or(|cur| n.ts >= cur.fix.ts);
                 if replace {
+                    previous_ts = live.map(|cur| cur.fix.ts);
                     state.latest = Some(StoredFix {
                         fix: n.clone(),
                         device_id: device_id.to_owned(),
@@ -145,13 +157,18 @@ impl TrackingStore for MemoryEngine {
                     // Broadcast under the shard lock: two concurrent batches
                     // of one driver go out in the order they became latest
                     // (dispatch only queues, it never waits).
-                    if self.hub.local_count(&channel) > 0 {
+                    if at.publish_live && self.hub.local_count(&channel) > 0 {
                         self.hub
                             .dispatch(&channel, Frame::location(driver_id, n, at.origin_us));
                     }
                 }
             }
-            (accepted, fixes.len() as u32 - accepted, new_latest)
+            (
+                accepted,
+                fixes.len() as u32 - accepted,
+                new_latest,
+                previous_ts,
+            )
         };
         let watchers = self.hub.local_count(&channel) as u64;
         Ok(IngestOutcome {
@@ -159,7 +176,8 @@ impl TrackingStore for MemoryEngine {
             duplicates,
             watchers,
             new_latest,
-            published: true,
+            published: at.publish_live,
+            previous_ts,
         })
     }
 

@@ -18,17 +18,16 @@ use tokio::sync::watch;
 use waypost_protocol::{Channel, Fix};
 
 use crate::frame::Frame;
-use crate::hub::Hub;
 
 pub mod chat;
 pub mod chat_memory;
 pub mod chat_redis;
 pub mod counted;
 pub mod memory;
-mod open;
+pub mod nats;
+pub mod open;
 pub mod redis;
-
-pub use open::{open, BusConfig, EngineConfig, Opened, StoreConfig};
+mod tasks;
 
 #[cfg(test)]
 mod chat_tests;
@@ -40,6 +39,8 @@ mod tests;
 pub enum EngineError {
     #[error("redis: {0}")]
     Redis(String),
+    #[error("nats: {0}")]
+    Nats(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("engine is shutting down")]
@@ -71,6 +72,10 @@ pub struct IngestOutcome {
     /// driver go out in the order its latest position changed; otherwise the
     /// caller publishes.
     pub published: bool,
+    /// The `ts` of the driver's latest position before this ingest, when
+    /// `new_latest` replaced one that had not expired (what watchers saw
+    /// last).
+    pub previous_ts: Option<i64>,
 }
 
 /// When an ingest happens: the server time used for storage and expiry,
@@ -80,6 +85,10 @@ pub struct IngestOutcome {
 pub struct IngestTime {
     pub now_ms: i64,
     pub origin_us: i64,
+    /// Whether the engine may broadcast the new latest position itself
+    /// (false: the caller has frames to send before it, e.g. a `trail`, and
+    /// publishes the `location` afterwards).
+    pub publish_live: bool,
 }
 
 /// A request received at `now_ms`.
@@ -88,6 +97,7 @@ impl From<i64> for IngestTime {
         Self {
             now_ms,
             origin_us: now_ms.saturating_mul(1000),
+            publish_live: true,
         }
     }
 }
@@ -169,6 +179,9 @@ pub trait Bus: Send + Sync + 'static {
     async fn shutdown(&self);
 }
 
+/// How long [`Engine::publish`] waits before its one retry.
+pub const PUBLISH_RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// A bus and the stores it fans out for, built together by [`open`]: what
 /// handlers use. A new latest position is broadcast once: by the store when
 /// it reports `published` (Redis store with the Redis bus: stored and
@@ -190,20 +203,14 @@ impl Engine {
         }
     }
 
-    /// The in-memory engine (one process): [`memory::MemoryEngine`] as both
-    /// bus and tracking store.
-    pub fn memory(hub: Arc<Hub>, limits: crate::config::Limits) -> Self {
-        let engine = Arc::new(memory::MemoryEngine::new(hub, limits));
-        Self::new("memory", engine.clone(), engine)
-    }
-
     /// `"memory"`, `"redis"`, `"nats+redis"`, ...
     pub fn name(&self) -> &'static str {
         self.name
     }
 
     /// Stores the batch ([`TrackingStore::ingest`]) and broadcasts a new
-    /// latest position unless the store already did.
+    /// latest position unless the store already did (or the caller asked to
+    /// publish it itself: `publish_live` false, `published` stays false).
     pub async fn ingest(
         &self,
         driver_id: &str,
@@ -215,11 +222,11 @@ impl Engine {
             .tracking
             .ingest(driver_id, device_id, fixes, at)
             .await?;
-        if let (Some(fix), false) = (&outcome.new_latest, outcome.published) {
+        // Unless the caller has frames to send first (`publish_live`).
+        if let (Some(fix), false, true) = (&outcome.new_latest, outcome.published, at.publish_live)
+        {
             let frame = Frame::location(driver_id, fix, at.origin_us);
-            self.bus
-                .publish(&Channel::tracking(driver_id), frame)
-                .await?;
+            self.publish(&Channel::tracking(driver_id), frame).await?;
             outcome.published = true;
         }
         Ok(outcome)
@@ -242,8 +249,21 @@ impl Engine {
         self.tracking.trail(driver_id, after_seq, limit).await
     }
 
+    /// Publishes on the bus; a failed publish is tried once more after
+    /// [`PUBLISH_RETRY_AFTER`]. Callers publish what they stored: a publish
+    /// lost to a blip (a command connection replaced during a failover)
+    /// would otherwise reach subscribers whose own bus stayed up only with
+    /// the next item (receivers drop a repeat by seq, so a retry of a
+    /// publish that did go out is harmless).
     pub async fn publish(&self, channel: &Channel, frame: Frame) -> Result<(), EngineError> {
-        self.bus.publish(channel, frame).await
+        match self.bus.publish(channel, frame.clone()).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::debug!(error = %e, %channel, "publish failed; trying once more");
+                tokio::time::sleep(PUBLISH_RETRY_AFTER).await;
+                self.bus.publish(channel, frame).await
+            }
+        }
     }
 
     pub async fn sync_subscription(&self, channel: &Channel) -> Result<(), EngineError> {
@@ -263,5 +283,16 @@ impl Engine {
     /// Stops the bus's background tasks. Idempotent.
     pub async fn shutdown(&self) {
         self.bus.shutdown().await;
+    }
+}
+
+/// `url` without its credentials (`rediss://user:secret@host` ->
+/// `rediss://***@host`), for messages.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
     }
 }

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 
 use super::chat::ChatStores;
+use super::nats::{NatsBus, NatsOptions};
+use super::redis::{RedisBus, RedisTrackingStore};
 use super::redis::{RedisConn, RedisOptions};
 use super::{Engine, EngineError};
 use crate::config::Limits;
@@ -28,6 +30,8 @@ pub enum BusConfig {
     /// The store's own: the memory hub, or Redis pub/sub.
     #[default]
     Store,
+    /// NATS at `url` (needs the Redis store: watcher counts live there).
+    Nats { url: String, opts: NatsOptions },
 }
 
 /// `--engine` (the stores) and `--bus`.
@@ -66,12 +70,60 @@ pub async fn open(
         (StoreConfig::Redis { url, opts }, BusConfig::Store) => {
             let conn = RedisConn::connect(url, RedisOptions::clone(opts)).await?;
             let (engine, stores) =
-                super::redis::open_on(conn.clone(), hub, limits.clone(), metrics.clone()).await?;
+                redis_on(conn.clone(), hub, limits.clone(), metrics.clone()).await?;
             Ok(Opened {
                 engine,
                 stores: Some(stores),
                 redis: Some(conn),
             })
         }
+        (
+            StoreConfig::Redis { url, opts },
+            BusConfig::Nats {
+                url: nats_url,
+                opts: nats,
+            },
+        ) => {
+            let conn = RedisConn::connect(url, RedisOptions::clone(opts)).await?;
+            let bus = NatsBus::connect(nats_url, nats.clone(), &conn, hub).await?;
+            // The script cannot publish on NATS: the engine publishes after it.
+            let tracking = RedisTrackingStore::new(conn.clone(), limits.clone(), false);
+            Ok(Opened {
+                engine: Engine::new("nats+redis", Arc::new(bus), Arc::new(tracking)),
+                stores: Some(super::chat_redis::stores(&conn, limits)),
+                redis: Some(conn),
+            })
+        }
+        (StoreConfig::Memory, BusConfig::Nats { .. }) => Err(EngineError::Nats(
+            "--bus nats needs --engine redis (the stores and watcher counts live in Redis)".into(),
+        )),
     }
+}
+
+/// Redis stores and the Redis pub/sub bus on one connection setup (the
+/// tracking store publishes from its ingest script).
+pub async fn redis(
+    url: &str,
+    hub: Arc<Hub>,
+    limits: Limits,
+    metrics: Metrics,
+    opts: RedisOptions,
+) -> Result<(Engine, ChatStores), EngineError> {
+    redis_on(RedisConn::connect(url, opts).await?, hub, limits, metrics).await
+}
+
+/// [`redis`] on a connection setup made before.
+pub async fn redis_on(
+    conn: RedisConn,
+    hub: Arc<Hub>,
+    limits: Limits,
+    metrics: Metrics,
+) -> Result<(Engine, ChatStores), EngineError> {
+    let bus = RedisBus::start(conn.clone(), hub, metrics).await?;
+    let tracking = RedisTrackingStore::new(conn.clone(), limits.clone(), true);
+    let stores = super::chat_redis::stores(&conn, &limits);
+    Ok((
+        Engine::new("redis", Arc::new(bus), Arc::new(tracking)),
+        stores,
+    ))
 }

@@ -3,7 +3,7 @@
 //! connection, the key prefix) serves the tracking store
 //! ([`RedisTrackingStore`]), the chat, presence and notification stores
 //! (`chat_redis.rs`), the watcher counts (`redis/watchers.rs`) and the
-//! pub/sub bus ([`RedisBus`]); [`open`] builds them all.
+//! pub/sub bus ([`RedisBus`]); [`super::open::redis`] builds them all.
 //!
 //! Storage (one driver's keys share the hash tag `{driver}`):
 //! - `waypost:{d}:trail`: ZSET, every score 0, member
@@ -61,8 +61,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use waypost_protocol::{Channel, Fix};
 
-use super::chat::ChatStores;
-use super::{Bus, Engine, EngineError, IngestOutcome, IngestTime, StoredFix, TrackingStore};
+use super::{Bus, EngineError, IngestOutcome, IngestTime, StoredFix, TrackingStore};
 use crate::config::Limits;
 use crate::frame::Frame;
 use crate::hub::Hub;
@@ -155,35 +154,18 @@ impl RedisConn {
     pub(crate) fn key_prefix(&self) -> &str {
         &self.opts.key_prefix
     }
-}
 
-/// Redis stores and the Redis pub/sub bus on one connection setup: the
-/// tracking store publishes from its ingest script. With `--bus nats` see
-/// [`super::open`].
-pub async fn open(
-    url: &str,
-    hub: Arc<Hub>,
-    limits: Limits,
-    metrics: Metrics,
-    opts: RedisOptions,
-) -> Result<(Engine, ChatStores), EngineError> {
-    open_on(RedisConn::connect(url, opts).await?, hub, limits, metrics).await
-}
-
-/// [`open`] on a connection setup made before.
-pub async fn open_on(
-    conn: RedisConn,
-    hub: Arc<Hub>,
-    limits: Limits,
-    metrics: Metrics,
-) -> Result<(Engine, ChatStores), EngineError> {
-    let bus = RedisBus::start(conn.clone(), hub, metrics).await?;
-    let tracking = RedisTrackingStore::new(conn.clone(), limits.clone(), true);
-    let stores = super::chat_redis::stores(&conn, &limits);
-    Ok((
-        Engine::new("redis", Arc::new(bus), Arc::new(tracking)),
-        stores,
-    ))
+    /// The watcher counts of `hub`'s channels on this connection, with
+    /// their writer task (for any bus).
+    pub(crate) fn watcher_counts(&self, hub: Arc<Hub>) -> WatcherCounts {
+        WatcherCounts::start(
+            Arc::clone(&self.cmd),
+            self.instance.to_string(),
+            self.keys.watchers_prefix(),
+            self.opts.clone(),
+            hub,
+        )
+    }
 }
 
 /// Drivers' positions on Redis.
@@ -264,7 +246,7 @@ impl TrackingStore for RedisTrackingStore {
                 Some((_, b)) if f.ts < b.ts => best,
                 _ => Some((i, f)),
             });
-        let candidate = candidate.filter(|_| self.live_publish);
+        let candidate = candidate.filter(|_| self.live_publish && at.publish_live);
         inv.arg(self.conn.keys.channel(&tracking))
             .arg(candidate.map_or(0, |(i, _)| i + 1))
             .arg(candidate.map_or_else(String::new, |(_, f)| {
@@ -282,7 +264,14 @@ impl TrackingStore for RedisTrackingStore {
         }
         let mut conn = self.conn.cmd.conn();
         let same = conn.clone();
-        let (accepted, latest_index, watchers, published): (u32, usize, u64, u8) = self
+        let (accepted, latest_index, watchers, published, had_previous, previous_ts): (
+            u32,
+            usize,
+            u64,
+            u8,
+            u8,
+            i64,
+        ) = self
             .conn
             .cmd
             .run_acked(same, inv.invoke_async(&mut conn))
@@ -297,6 +286,7 @@ impl TrackingStore for RedisTrackingStore {
             watchers,
             new_latest,
             published: published == 1,
+            previous_ts: (had_previous == 1).then_some(previous_ts),
         })
     }
 
@@ -390,7 +380,7 @@ impl RedisBus {
             resubscribed: resub_tx,
             cancel: cancel.clone(),
         };
-        let watchers = WatcherCounts::start(&conn, hub);
+        let watchers = conn.watcher_counts(hub);
         let bus = Self {
             subs,
             watchers,
@@ -461,18 +451,7 @@ impl Bus for RedisBus {
     async fn shutdown(&self) {
         self.cancel.cancel();
         let tasks = std::mem::take(&mut *self.tasks.lock());
-        stop_tasks(tasks, self.conn.opts.op_timeout * 3, "redis bus").await;
+        super::tasks::stop_tasks(tasks, self.conn.opts.op_timeout * 3, "redis bus").await;
         self.watchers.shutdown().await;
-    }
-}
-
-/// Waits for cancelled `tasks` to end, each within `limit` (then aborted).
-pub(crate) async fn stop_tasks(tasks: Vec<JoinHandle<()>>, limit: std::time::Duration, what: &str) {
-    for task in tasks {
-        let abort = task.abort_handle();
-        if tokio::time::timeout(limit, task).await.is_err() {
-            tracing::warn!(what, "background task did not stop in time; aborted");
-            abort.abort();
-        }
     }
 }

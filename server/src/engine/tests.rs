@@ -31,6 +31,20 @@ pub(crate) async fn ingest_is_idempotent(engine: &dyn TrackingStore) {
     let out = engine.ingest(&d, "dev", &batch, NOW.into()).await.unwrap();
     assert_eq!((out.accepted, out.duplicates), (3, 0));
     assert_eq!(out.new_latest.as_ref().map(|f| f.seq), Some(3));
+    assert_eq!(out.previous_ts, None, "nothing live before");
+    let next = engine
+        .ingest(&d, "dev", &[fix(9, NOW + 9000)], NOW.into())
+        .await
+        .unwrap();
+    assert_eq!(next.previous_ts, Some(NOW + 2000), "what watchers saw last");
+    // After the online TTL the old position no longer counts as seen.
+    let ttl = Limits::default().online_ttl.as_millis() as i64;
+    let later = engine
+        .ingest(&d, "dev", &[fix(10, NOW + 10_000)], (NOW + ttl + 1).into())
+        .await
+        .unwrap();
+    assert_eq!(later.new_latest.as_ref().map(|f| f.seq), Some(10));
+    assert_eq!(later.previous_ts, None, "expired");
     let again = engine.ingest(&d, "dev", &batch, NOW.into()).await.unwrap();
     assert_eq!((again.accepted, again.duplicates), (0, 3));
     assert_eq!(again.new_latest, None);
@@ -41,10 +55,10 @@ pub(crate) async fn ingest_is_idempotent(engine: &dyn TrackingStore) {
         .unwrap();
     assert_eq!(other.accepted, 1);
     let trail = engine.trail(&d, 0, 100).await.unwrap();
-    assert_eq!(trail.len(), 4);
+    assert_eq!(trail.len(), 6);
     assert_eq!(
         engine.trail(&d, 2, 100).await.unwrap(),
-        vec![batch[2].clone()]
+        vec![batch[2].clone(), fix(9, NOW + 9000), fix(10, NOW + 10_000)]
     );
 }
 
@@ -292,9 +306,8 @@ mod redis_engine {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::engine::redis::{
-        self as backend, RedisBus, RedisConn, RedisOptions, RedisTrackingStore,
-    };
+    use crate::engine::open::redis as open_redis;
+    use crate::engine::redis::{RedisBus, RedisConn, RedisOptions, RedisTrackingStore};
     use crate::hub::ConnHandle;
 
     fn url() -> Option<String> {
@@ -312,7 +325,7 @@ mod redis_engine {
     }
 
     async fn engine(url: &str, hub: &Arc<Hub>, limits: Limits, metrics: Metrics) -> Engine {
-        backend::open(url, Arc::clone(hub), limits, metrics, opts())
+        open_redis(url, Arc::clone(hub), limits, metrics, opts())
             .await
             .unwrap()
             .0
@@ -642,6 +655,7 @@ mod redis_engine {
                 assert_eq!(m.accepted, r.accepted, "{ctx}");
                 assert_eq!(m.duplicates, r.duplicates, "{ctx}");
                 assert_eq!(m.new_latest, r.new_latest, "{ctx}");
+                assert_eq!(m.previous_ts, r.previous_ts, "{ctx}");
                 assert_eq!(
                     memory.trail(&d, 0, 100).await.unwrap(),
                     redis.trail(&d, 0, 100).await.unwrap(),
@@ -823,7 +837,12 @@ mod redis_engine {
             "stalled subscription recovered after {:?}",
             stalled_at.elapsed()
         );
-        assert!(metrics.redis_reconnects.get() >= 1);
+        // Counted once the new connection passed its first probe, which
+        // may be just after the first delivery.
+        eventually("the reconnect is counted", || async {
+            metrics.redis_reconnects.get() >= 1
+        })
+        .await;
         e.shutdown().await;
     }
 
@@ -857,7 +876,7 @@ mod redis_engine {
             ..opts()
         };
         let proxied = format!("redis://127.0.0.1:{}", proxy.port);
-        let e = backend::open(
+        let e = open_redis(
             &proxied,
             Arc::clone(&hub),
             Limits::default(),
@@ -897,7 +916,12 @@ mod redis_engine {
             "recovered from a full stall after {:?} ({timeouts} failed publishes)",
             stalled_at.elapsed()
         );
-        assert!(metrics.redis_reconnects.get() >= 1);
+        // Counted once the new connection passed its first probe, which
+        // may be just after the first delivery.
+        eventually("the reconnect is counted", || async {
+            metrics.redis_reconnects.get() >= 1
+        })
+        .await;
         e.shutdown().await;
     }
 
@@ -975,6 +999,7 @@ mod redis_engine {
         let hub = Arc::new(Hub::new(Metrics::new()));
         let metrics = Metrics::new();
         let e = engine(&server.url(), &hub, Limits::default(), metrics.clone()).await;
+        let resubscribed = e.bus.resubscribed();
         let ch = Channel::tracking(unique("d"));
         let (h, mut rx) = connection(hub.next_conn_id(), 64);
         hub.add(&ch, h);
@@ -1012,8 +1037,248 @@ mod redis_engine {
             "delivery resumed {:?} after redis came back",
             back.elapsed()
         );
-        assert!(metrics.redis_reconnects.get() >= 1);
+        // Counted once the new connection passed its first probe, which
+        // may be just after the first delivery.
+        eventually("the reconnect is counted", || async {
+            metrics.redis_reconnects.get() >= 1
+        })
+        .await;
+        eventually(
+            "the bus signals the resubscribe (for the tail re-dispatch)",
+            || {
+                let changed = resubscribed.has_changed().unwrap_or(false);
+                async move { changed }
+            },
+        )
+        .await;
         eventually("ready() again", || async { e.ready().await.is_ok() }).await;
         e.shutdown().await;
+    }
+}
+
+mod nats_bus {
+    //! The NATS bus against a real `nats-server` (started here on a free
+    //! port; `$NATS_SERVER_BIN`, else from PATH or /usr/sbin) with watcher
+    //! counts in the Redis at `WAYPOST_TEST_REDIS_URL`: the bus conformance
+    //! suite, two processes, and a NATS restart (resubscribe, resubscribed
+    //! signal, delivery resumes).
+
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::engine::nats::{NatsBus, NatsOptions};
+    use crate::engine::redis::{RedisConn, RedisOptions, RedisTrackingStore};
+
+    fn redis_url() -> Option<String> {
+        let url = std::env::var("WAYPOST_TEST_REDIS_URL").ok()?;
+        (!url.is_empty()).then_some(url)
+    }
+
+    /// A nats-server this test owns, killed on drop.
+    pub(crate) struct OwnNats {
+        child: Child,
+        pub port: u16,
+    }
+
+    impl OwnNats {
+        pub fn bin() -> String {
+            std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| {
+                if std::path::Path::new("/usr/sbin/nats-server").exists() {
+                    "/usr/sbin/nats-server".into()
+                } else {
+                    "nats-server".into()
+                }
+            })
+        }
+
+        pub async fn start(port: u16) -> Option<Self> {
+            let child = Command::new(Self::bin())
+                .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .ok()?;
+            let me = Self { child, port };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+                {
+                    return Some(me);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            None
+        }
+
+        pub fn url(&self) -> String {
+            format!("nats://127.0.0.1:{}", self.port)
+        }
+
+        pub fn kill(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    impl Drop for OwnNats {
+        fn drop(&mut self) {
+            self.kill();
+        }
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    fn opts() -> NatsOptions {
+        NatsOptions {
+            op_timeout: Duration::from_secs(1),
+            ping_interval: Duration::from_millis(500),
+            ..NatsOptions::default()
+        }
+    }
+
+    async fn setup(what: &str) -> Option<(OwnNats, RedisConn)> {
+        let Some(url) = redis_url() else {
+            eprintln!("skipping {what}: WAYPOST_TEST_REDIS_URL is not set");
+            return None;
+        };
+        let Some(nats) = OwnNats::start(free_port()).await else {
+            eprintln!("skipping {what}: cannot run {}", OwnNats::bin());
+            return None;
+        };
+        let redis = RedisConn::connect(&url, RedisOptions::default())
+            .await
+            .unwrap();
+        Some((nats, redis))
+    }
+
+    #[tokio::test]
+    async fn nats_conformance() {
+        let Some((nats, redis)) = setup("nats_conformance").await else {
+            return;
+        };
+        let hub = Arc::new(Hub::new(Metrics::new()));
+        let bus = Arc::new(
+            NatsBus::connect(&nats.url(), opts(), &redis, Arc::clone(&hub))
+                .await
+                .unwrap(),
+        );
+        bus_conformance(bus.as_ref(), &hub).await;
+        let store = RedisTrackingStore::new(redis.clone(), Limits::default(), false);
+        let e = Engine::new("nats+redis", bus.clone(), Arc::new(store));
+        engine_publishes_new_latest_once(&e, &hub).await;
+        bus.shutdown().await;
+        bus.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn nats_two_processes_share_fanout_and_watchers() {
+        let Some((nats, redis)) = setup("nats_two_processes").await else {
+            return;
+        };
+        let (hub_a, hub_b) = (
+            Arc::new(Hub::new(Metrics::new())),
+            Arc::new(Hub::new(Metrics::new())),
+        );
+        // Two processes: two connection setups (each its own instance id).
+        let redis_b = RedisConn::connect(&redis_url().unwrap(), RedisOptions::default())
+            .await
+            .unwrap();
+        let a = NatsBus::connect(&nats.url(), opts(), &redis, Arc::clone(&hub_a))
+            .await
+            .unwrap();
+        let b = NatsBus::connect(&nats.url(), opts(), &redis_b, Arc::clone(&hub_b))
+            .await
+            .unwrap();
+        let ch = Channel::chat(unique("r"));
+        let (ha, mut ra) = connection(hub_a.next_conn_id(), 8);
+        let (ha2, mut ra2) = connection(hub_a.next_conn_id(), 8);
+        let (hb, mut rb) = connection(hub_b.next_conn_id(), 8);
+        hub_a.add(&ch, ha.clone());
+        a.sync_subscription(&ch).await.unwrap();
+        hub_a.add(&ch, ha2.clone());
+        a.sync_subscription(&ch).await.unwrap();
+        hub_b.add(&ch, hb.clone());
+        b.sync_subscription(&ch).await.unwrap();
+        assert_eq!(a.watchers(&ch).await.unwrap(), 3);
+        b.publish(&ch, "from-b".into()).await.unwrap();
+        for rx in [&mut ra, &mut ra2, &mut rb] {
+            assert_eq!(recv_within(rx, "from-b").await, "from-b");
+        }
+        // Exactly once per local subscriber (one NATS subscription on A).
+        a.publish(&ch, "from-a".into()).await.unwrap();
+        assert_eq!(recv_within(&mut ra, "from-a").await, "from-a");
+        assert_eq!(recv_within(&mut rb, "from-a").await, "from-a");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(ra.try_frame().is_none(), "delivered twice");
+        a.shutdown().await;
+        assert_eq!(
+            b.watchers(&ch).await.unwrap(),
+            1,
+            "shutdown removes A's count"
+        );
+        b.shutdown().await;
+    }
+
+    /// nats-server killed and started again on the same port: the bus
+    /// reconnects by itself, resubscribes, signals it, and delivery resumes
+    /// on the same hub subscription.
+    #[tokio::test]
+    async fn nats_subscription_survives_restart() {
+        let Some((mut nats, redis)) = setup("nats_subscription_survives_restart").await else {
+            return;
+        };
+        let hub = Arc::new(Hub::new(Metrics::new()));
+        let bus = NatsBus::connect(&nats.url(), opts(), &redis, Arc::clone(&hub))
+            .await
+            .unwrap();
+        let mut resubscribed = bus.resubscribed();
+        let ch = Channel::tracking(unique("d"));
+        let (h, mut rx) = connection(hub.next_conn_id(), 64);
+        hub.add(&ch, h);
+        bus.sync_subscription(&ch).await.unwrap();
+        bus.publish(&ch, "before".into()).await.unwrap();
+        assert_eq!(recv_within(&mut rx, "before").await, "before");
+
+        let port = nats.port;
+        nats.kill();
+        let down = Instant::now();
+        while bus.ready().await.is_ok() {
+            assert!(
+                down.elapsed() < Duration::from_secs(5),
+                "ready() missed the outage"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _nats = OwnNats::start(port)
+            .await
+            .expect("nats restarts on the same port");
+        let back = Instant::now();
+        tokio::time::timeout(Duration::from_secs(10), resubscribed.changed())
+            .await
+            .expect("resubscribed within 10 s of the restart")
+            .unwrap();
+        eprintln!(
+            "nats bus resubscribed {:?} after the restart",
+            back.elapsed()
+        );
+        assert!(bus.ready().await.is_ok());
+        // Nobody re-subscribes by hand.
+        bus.publish(&ch, "after".into()).await.unwrap();
+        let mut got = recv_within(&mut rx, "after").await;
+        // A publish buffered while down may come first.
+        while got != "after" {
+            got = recv_within(&mut rx, "after").await;
+        }
+        bus.shutdown().await;
     }
 }

@@ -16,6 +16,7 @@ mod error;
 pub mod eta;
 pub mod live;
 pub mod memory;
+pub mod presence;
 pub mod redis;
 pub mod store;
 pub mod stream;

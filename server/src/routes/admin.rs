@@ -6,6 +6,9 @@
 //! - `POST /v1/admin/disconnect` `{"user","reconnect"}`
 //! - `GET /v1/admin/channels/{channel}` → `{"channel","subscribers","presence"}`
 //! - `GET /v1/admin/drivers?online=true` → `{"drivers":[..]}`
+//! - `GET /v1/admin/users/{user}` → that user's connections on every process
+//! - `GET /v1/admin/stats` → the cluster's metric totals and latency histogram
+//! - `GET /v1/admin/orders?active=true` → the online drivers' active orders
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::rejection::QueryRejection;
@@ -17,11 +20,14 @@ use serde::{Deserialize, Serialize};
 use waypost_protocol::{close_code, validate_id, Channel, ChannelKind, Claims, Role};
 
 use crate::auth::Authed;
+use crate::cluster::{NodeReport, REPORT_EVERY};
 use crate::error::AppError;
 use crate::frame::{now_us, About, Frame};
 use crate::hub::connection;
+use crate::metrics::{add_buckets, Bucket, Totals};
 use crate::revocation::{
-    control_channel, Control, Revocation, DEFAULT_TTL_S, MAX_TTL_S, RELOAD_EVERY,
+    control_channel, ConnInfo, Control, Revocation, DEFAULT_TTL_S, MAX_LISTED_SUBSCRIPTIONS,
+    MAX_REPORTED_CONNECTIONS, MAX_TTL_S, RELOAD_EVERY,
 };
 use crate::state::AppState;
 use crate::{now_ms, now_s};
@@ -250,6 +256,93 @@ pub struct DriversReply {
     drivers: Vec<DriverInfo>,
 }
 
+/// Drivers seen by any process within the online TTL (`online`) or the
+/// last 24 h, most recent first, at most [`MAX_LISTED_DRIVERS`], with the
+/// time of their last upload.
+async fn seen_drivers(
+    state: &AppState,
+    online: bool,
+    now: i64,
+) -> Result<Vec<(String, i64)>, AppError> {
+    let ttl_ms = i64::try_from(state.limits.online_ttl.as_millis()).unwrap_or(i64::MAX);
+    let retain = if online {
+        ttl_ms
+    } else {
+        crate::driver_index::RETAIN_MS
+    };
+    Ok(match &state.driver_index {
+        Some(index) => index
+            .seen_since(now - retain, MAX_LISTED_DRIVERS)
+            .await
+            .inspect_err(|_| state.metrics.engine_errors.inc())?,
+        None => {
+            let (_, seen) = state
+                .activity
+                .drivers_online(now, retain, MAX_LISTED_DRIVERS);
+            seen.into_iter().map(|d| (d.driver_id, d.seen_ms)).collect()
+        }
+    })
+}
+
+/// Most orders `GET /v1/admin/orders` lists.
+const MAX_LISTED_ORDERS: usize = 500;
+
+#[derive(Debug, Deserialize)]
+pub struct OrdersQuery {
+    #[serde(default = "yes")]
+    active: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OrdersReply {
+    orders: Vec<waypost_protocol::OrderView>,
+    /// The time budget ran out or the list was cut at 500: there may be more.
+    truncated: bool,
+}
+
+/// `GET /v1/admin/orders?active=true`: the active orders of the drivers
+/// online (through each driver's order index, on both engines; orders with
+/// no driver assigned are not listed), at most 500, read within 2 s.
+pub async fn get_orders(
+    State(state): State<AppState>,
+    Authed(claims): Authed,
+    query: Result<Query<OrdersQuery>, QueryRejection>,
+) -> Result<Json<OrdersReply>, AppError> {
+    require_service(&claims)?;
+    let Query(q) = query.map_err(|e| AppError::bad("bad_query", e.body_text()))?;
+    if !q.active {
+        return Err(AppError::bad(
+            "bad_query",
+            "only active orders are listed (active=true)",
+        ));
+    }
+    let seen = seen_drivers(&state, true, now_ms()).await?;
+    let deadline = tokio::time::Instant::now() + DRIVERS_BUDGET;
+    let mut orders = Vec::new();
+    let mut truncated = false;
+    for (driver_id, _) in seen {
+        match tokio::time::timeout_at(deadline, state.orders.orders.active_orders_of(&driver_id))
+            .await
+        {
+            Ok(Ok(active)) => orders.extend(active.iter().map(|o| o.view())),
+            Ok(Err(e)) => {
+                state.metrics.engine_errors.inc();
+                return Err(e.into());
+            }
+            Err(_) => {
+                truncated = true;
+                break;
+            }
+        }
+        if orders.len() >= MAX_LISTED_ORDERS {
+            truncated = true;
+            orders.truncate(MAX_LISTED_ORDERS);
+            break;
+        }
+    }
+    Ok(Json(OrdersReply { orders, truncated }))
+}
+
 /// `GET /v1/admin/drivers?online=true`: drivers seen by any process (the
 /// online ones by default; `online=false` lists the last 24 h), most
 /// recent first, at most 500.
@@ -262,28 +355,7 @@ pub async fn get_drivers(
     let Query(q) = query.map_err(|e| AppError::bad("bad_query", e.body_text()))?;
     let now = now_ms();
     let ttl_ms = i64::try_from(state.limits.online_ttl.as_millis()).unwrap_or(i64::MAX);
-    let since = if q.online {
-        now - ttl_ms
-    } else {
-        now - crate::driver_index::RETAIN_MS
-    };
-    let seen: Vec<(String, i64)> = match &state.driver_index {
-        Some(index) => index
-            .seen_since(since, MAX_LISTED_DRIVERS)
-            .await
-            .inspect_err(|_| state.metrics.engine_errors.inc())?,
-        None => {
-            let retain = if q.online {
-                ttl_ms
-            } else {
-                crate::driver_index::RETAIN_MS
-            };
-            let (_, seen) = state
-                .activity
-                .drivers_online(now, retain, MAX_LISTED_DRIVERS);
-            seen.into_iter().map(|d| (d.driver_id, d.seen_ms)).collect()
-        }
-    };
+    let seen = seen_drivers(&state, q.online, now).await?;
     let deadline = tokio::time::Instant::now() + DRIVERS_BUDGET;
     let mut drivers = Vec::with_capacity(seen.len());
     for (driver_id, seen_ms) in seen {
@@ -351,6 +423,214 @@ pub async fn flush_driver_index(state: AppState) {
     }
 }
 
+/// How long a user lookup waits for the other processes' answers.
+const LOOKUP_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+#[derive(Debug, Serialize)]
+pub struct UserConnection {
+    /// The process holding it.
+    process: String,
+    #[serde(flatten)]
+    info: ConnInfo,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UserReply {
+    user: String,
+    /// Processes asked (those up), and how many answered within a second.
+    processes: usize,
+    answered: usize,
+    /// Oldest first, at most 100 per process.
+    connections: Vec<UserConnection>,
+    /// The user revocation in force, if any (Unix s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revoked_until_s: Option<u64>,
+}
+
+/// `GET /v1/admin/users/{user}`: the user's live connections (transport,
+/// since, subscriptions) on every process. Asks them over the control
+/// channel and waits up to a second for the processes that are up.
+pub async fn get_user(
+    State(state): State<AppState>,
+    Path(user): Path<String>,
+    Authed(claims): Authed,
+) -> Result<Json<UserReply>, AppError> {
+    require_service(&claims)?;
+    validate_id("user", &user).map_err(|e| AppError::bad("bad_id", e.to_string()))?;
+    let processes = match &state.node_stats {
+        Some(stats) => {
+            stats
+                .live(now_ms())
+                .await
+                .inspect_err(|_| state.metrics.engine_errors.inc())?
+                .iter()
+                .filter(|r| *r.node != *state.node_id)
+                .count()
+                + 1
+        }
+        None => 1,
+    };
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let mut pending = state
+        .lookups
+        .start(id.clone())
+        .ok_or(AppError::RateLimited { retry_after_s: 1 })?;
+    // Every process answers, this one included (its own message comes back
+    // through the engine like anyone's).
+    publish(
+        &state,
+        &Control::Lookup {
+            id,
+            user: user.clone(),
+        },
+    )
+    .await?;
+    let deadline = tokio::time::Instant::now() + LOOKUP_WAIT;
+    let mut answered = std::collections::BTreeSet::new();
+    let mut connections = Vec::new();
+    while answered.len() < processes {
+        match tokio::time::timeout_at(deadline, pending.answers.recv()).await {
+            Ok(Some((node, conns))) => {
+                if answered.insert(node.clone()) {
+                    connections.extend(conns.into_iter().map(|info| UserConnection {
+                        process: node.clone(),
+                        info,
+                    }));
+                }
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    drop(pending);
+    connections.sort_by(|a, b| (a.info.since_ms, &a.process).cmp(&(b.info.since_ms, &b.process)));
+    Ok(Json(UserReply {
+        revoked_until_s: state
+            .keys
+            .revocations()
+            .of_user(&user, now_s())
+            .map(|(_, until)| until),
+        user,
+        processes: processes.max(answered.len()),
+        answered: answered.len(),
+        connections,
+    }))
+}
+
+/// `user`'s connections on this process, as a lookup reports them.
+fn local_connections(state: &AppState, user: &str) -> Vec<ConnInfo> {
+    let conns = state.user_conns.of_user(user, MAX_REPORTED_CONNECTIONS);
+    let ids: Vec<_> = conns.iter().map(|(id, _, _)| *id).collect();
+    let mut subs = state.hub.channels_of(&ids, MAX_LISTED_SUBSCRIPTIONS);
+    conns
+        .into_iter()
+        .map(|(id, transport, since_ms)| {
+            let mut subscriptions: Vec<String> = subs
+                .remove(&id)
+                .unwrap_or_default()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            subscriptions.sort();
+            ConnInfo {
+                transport: transport.to_owned(),
+                since_ms,
+                subscriptions,
+            }
+        })
+        .collect()
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProcessInfo {
+    process: String,
+    /// Age of its last report, ms (0 for the process answering).
+    age_ms: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StatsReply {
+    now_ms: i64,
+    engine: &'static str,
+    /// The processes counted (those that reported within 5 s).
+    processes: Vec<ProcessInfo>,
+    /// Their metric totals, summed (counters since each process started).
+    totals: Totals,
+    /// Their delivery latency histograms, summed: cumulative counts per
+    /// upper bound in seconds (the total is `totals.delivery_latency_count`).
+    delivery_latency_buckets: Vec<Bucket>,
+}
+
+/// This process's figures now.
+fn own_report(state: &AppState, now: i64) -> NodeReport {
+    NodeReport {
+        node: state.node_id.to_string(),
+        at_ms: now,
+        engine: state.engine.name().to_owned(),
+        totals: state.metrics.totals(),
+        latency_buckets: state.metrics.latency_buckets(),
+    }
+}
+
+/// `GET /v1/admin/stats`: the cluster's counters and gauges summed over
+/// the processes that are up (cumulative; a reader takes rates and latency
+/// quantiles from the difference of two readings).
+pub async fn get_stats(
+    State(state): State<AppState>,
+    Authed(claims): Authed,
+) -> Result<Json<StatsReply>, AppError> {
+    require_service(&claims)?;
+    let now = now_ms();
+    let own = own_report(&state, now);
+    let mut reports = match &state.node_stats {
+        Some(stats) => stats
+            .live(now)
+            .await
+            .inspect_err(|_| state.metrics.engine_errors.inc())?,
+        None => Vec::new(),
+    };
+    // This process counts with its figures of now, not its last report.
+    reports.retain(|r| r.node != own.node);
+    reports.push(own);
+    let mut totals = Totals::default();
+    let mut buckets = Vec::new();
+    let mut processes = Vec::with_capacity(reports.len());
+    for r in &reports {
+        totals.add(&r.totals);
+        add_buckets(&mut buckets, &r.latency_buckets);
+        processes.push(ProcessInfo {
+            process: r.node.clone(),
+            age_ms: (now - r.at_ms).max(0),
+        });
+    }
+    processes.sort_by(|a, b| a.process.cmp(&b.process));
+    Ok(Json(StatsReply {
+        now_ms: now,
+        engine: state.engine.name(),
+        processes,
+        totals,
+        delivery_latency_buckets: buckets,
+    }))
+}
+
+/// Reports this process's figures to the cluster every [`REPORT_EVERY`]
+/// until shutdown (Redis engine only).
+pub async fn report_node_stats(state: AppState) {
+    let Some(stats) = state.node_stats.clone() else {
+        return;
+    };
+    let mut every = tokio::time::interval(REPORT_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = state.shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        if let Err(e) = stats.report(&own_report(&state, now_ms())).await {
+            tracing::debug!(error = %e, "process report failed; retrying");
+        }
+    }
+}
+
 async fn publish(state: &AppState, control: &Control) -> Result<(), AppError> {
     let text =
         serde_json::to_string(control).map_err(|e| AppError::bad("bad_body", e.to_string()))?;
@@ -384,6 +664,27 @@ pub fn apply(state: &AppState, control: &Control) {
             };
             state.user_conns.kill_user(user, code);
         }
+        Control::Report {
+            id,
+            node,
+            connections,
+        } => state.lookups.answer(id, node.clone(), connections.clone()),
+        // Answered by the control listener (it needs to publish).
+        Control::Lookup { .. } => {}
+    }
+}
+
+/// Answers a lookup with this process's connections of the user.
+async fn answer_lookup(state: &AppState, id: String, user: &str) {
+    let report = Control::Report {
+        id,
+        node: state.node_id.to_string(),
+        connections: local_connections(state, user),
+    };
+    match tokio::time::timeout(LOOKUP_WAIT, publish(state, &report)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "cannot answer a user lookup"),
+        Err(_) => tracing::debug!("answering a user lookup timed out"),
     }
 }
 
@@ -432,6 +733,14 @@ pub async fn control_listener(state: AppState) {
                 _ = every.tick() => reload(&state).await,
                 out = rx.recv() => match out {
                     Some(out) => match serde_json::from_str::<Control>(&out.text) {
+                        // Answered beside the loop, so a slow publish does
+                        // not hold up revocations behind it.
+                        Ok(Control::Lookup { id, user }) => {
+                            let state = state.clone();
+                            state.tasks.clone().spawn(async move {
+                                answer_lookup(&state, id, &user).await;
+                            });
+                        }
                         Ok(control) => apply(&state, &control),
                         Err(e) => tracing::warn!(error = %e, "bad control message"),
                     },

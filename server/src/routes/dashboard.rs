@@ -29,6 +29,10 @@ use crate::state::AppState;
 
 /// The page, embedded at compile time.
 const PAGE: &str = include_str!("dashboard.html");
+/// Where the tile URL template goes into the page.
+const TILES_META: &str = r#"<meta name="waypost-tiles" content="">"#;
+/// Longest `--dashboard-tiles` template.
+const MAX_TILE_TEMPLATE: usize = 512;
 /// How often the stream sends a snapshot when nothing happens.
 pub const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
 /// Snapshots triggered by activity (an upload, a notification) are at least
@@ -144,6 +148,103 @@ fn require_service(claims: &Claims) -> Result<(), AppError> {
     }
 }
 
+/// Checks a `--dashboard-tiles` URL template: `http(s)://host[:port]/…`
+/// with `{z}`, `{x}` and `{y}`, no whitespace, quotes or angle brackets,
+/// no placeholder in the host (its origin goes into the CSP).
+pub fn tile_template(s: &str) -> Result<String, String> {
+    if s.len() > MAX_TILE_TEMPLATE {
+        return Err(format!("longer than {MAX_TILE_TEMPLATE} bytes"));
+    }
+    if s.chars()
+        .any(|c| c.is_whitespace() || c.is_control() || "\"'<>`\\".contains(c))
+    {
+        return Err("no whitespace, quotes, backslashes or angle brackets".into());
+    }
+    for p in ["{z}", "{x}", "{y}"] {
+        if !s.contains(p) {
+            return Err(format!("the template needs {p}"));
+        }
+    }
+    tile_origin(s).ok_or_else(|| "must start with http:// or https:// and a host".to_owned())?;
+    Ok(s.to_owned())
+}
+
+/// `scheme://host[:port]` of a checked template.
+fn tile_origin(template: &str) -> Option<&str> {
+    let rest = template
+        .strip_prefix("https://")
+        .or_else(|| template.strip_prefix("http://"))?;
+    let host_len = rest.find('/').unwrap_or(rest.len());
+    let host = &rest[..host_len];
+    let ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c));
+    ok.then(|| &template[..template.len() - rest.len() + host_len])
+}
+
+/// `sha256-…` of the text between `open` and the next `close` in `page`.
+fn inline_hash(page: &str, open: &str, close: &str) -> String {
+    use base64::Engine as _;
+    let body = page
+        .split_once(open)
+        .and_then(|(_, rest)| rest.split_once(close))
+        .map_or("", |(body, _)| body);
+    let digest = ring::digest::digest(&ring::digest::SHA256, body.as_bytes());
+    format!(
+        "'sha256-{}'",
+        base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+    )
+}
+
+/// The page's Content-Security-Policy: its one inline script and style by
+/// hash, requests to this origin only, images from the tile origin.
+fn csp(tiles: Option<&str>) -> String {
+    static HASHES: std::sync::LazyLock<(String, String)> = std::sync::LazyLock::new(|| {
+        (
+            inline_hash(PAGE, "<script>", "</script>"),
+            inline_hash(PAGE, "<style>", "</style>"),
+        )
+    });
+    let (script, style) = &*HASHES;
+    let img = tiles.and_then(tile_origin).unwrap_or("");
+    format!(
+        "default-src 'none'; script-src {script}; style-src {style}; connect-src 'self'; \
+         img-src 'self' data: {img}; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+}
+
+/// Escapes text for an HTML attribute value.
+fn attr_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The page with the tile template in its meta tag.
+fn page_html(tiles: Option<&str>) -> String {
+    match tiles {
+        Some(t) => PAGE.replacen(
+            TILES_META,
+            &format!(
+                r#"<meta name="waypost-tiles" content="{}">"#,
+                attr_escape(t)
+            ),
+            1,
+        ),
+        None => PAGE.to_owned(),
+    }
+}
+
 /// `GET /?token=…` — the page. Refuses without a valid service token so the
 /// page itself tells nobody anything.
 pub async fn page(State(state): State<AppState>, parts: Parts) -> Response {
@@ -162,14 +263,19 @@ pub async fn page(State(state): State<AppState>, parts: Parts) -> Response {
         },
     };
     match verdict {
-        Ok(()) => (
-            [
-                (header::CACHE_CONTROL, "no-store"),
-                (header::REFERRER_POLICY, "no-referrer"),
-            ],
-            Html(PAGE),
-        )
-            .into_response(),
+        Ok(()) => {
+            let tiles = state.dashboard_tiles.as_deref();
+            (
+                [
+                    (header::CACHE_CONTROL, "no-store".to_owned()),
+                    (header::REFERRER_POLICY, "no-referrer".to_owned()),
+                    (header::CONTENT_SECURITY_POLICY, csp(tiles)),
+                    (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
+                ],
+                Html(page_html(tiles)),
+            )
+                .into_response()
+        }
         Err((status, text)) => {
             (status, [(header::CACHE_CONTROL, "no-store")], text).into_response()
         }
@@ -438,5 +544,61 @@ mod tests {
         let html = PAGE;
         assert!(html.contains("/v1/dashboard/stream?token="));
         assert!(html.contains("EventSource"));
+        assert!(html.contains("/v1/admin/drivers?online=true"));
+        assert!(html.contains("/v1/admin/stats"));
+        assert!(html.contains("/v1/admin/users/"));
+    }
+
+    #[test]
+    fn the_page_is_one_file_with_one_inline_script_and_style() {
+        // The CSP allows exactly these by hash: no second block, no inline
+        // handlers or style attributes, nothing loaded from elsewhere.
+        assert_eq!(PAGE.matches("<script").count(), 1);
+        assert_eq!(PAGE.matches("<style").count(), 1);
+        assert!(PAGE.contains(TILES_META));
+        for banned in [
+            " style=\"",
+            " onclick=",
+            " onload=",
+            "src=\"http",
+            "href=\"http",
+            "@import",
+        ] {
+            assert!(!PAGE.contains(banned), "{banned}");
+        }
+        let policy = csp(None);
+        assert!(policy.starts_with("default-src 'none'; script-src 'sha256-"));
+        assert!(!policy.contains("unsafe"));
+        // The hash is of the script's text as served.
+        let script = PAGE
+            .split_once("<script>")
+            .and_then(|(_, r)| r.split_once("</script>"))
+            .map(|(b, _)| b)
+            .unwrap_or("");
+        assert!(script.len() > 1000);
+        assert!(policy.contains(&inline_hash(PAGE, "<script>", "</script>")));
+    }
+
+    #[test]
+    fn tile_templates_are_checked_and_escaped() {
+        let ok = "https://tile.example.org:8443/{z}/{x}/{y}.png?key=a&b=c";
+        assert_eq!(tile_template(ok).as_deref(), Ok(ok));
+        assert_eq!(tile_origin(ok), Some("https://tile.example.org:8443"));
+        for bad in [
+            "ftp://x/{z}/{x}/{y}",
+            "https://x/{z}/{x}",
+            "https://{s}.tile.org/{z}/{x}/{y}.png",
+            "https:///{z}/{x}/{y}",
+            "https://x/{z}/{x}/{y}\"><script>",
+            "https://x/{z}/{x}/{y} y",
+        ] {
+            assert!(tile_template(bad).is_err(), "{bad}");
+        }
+        let html = page_html(Some(ok));
+        assert!(html.contains(
+            r#"<meta name="waypost-tiles" content="https://tile.example.org:8443/{z}/{x}/{y}.png?key=a&amp;b=c">"#
+        ));
+        assert!(csp(Some(ok)).contains("img-src 'self' data: https://tile.example.org:8443;"));
+        assert_eq!(page_html(None), PAGE);
     }
 }

@@ -19,6 +19,7 @@ use crate::engine::IngestTime;
 use crate::error::AppError;
 use crate::frame::now_us;
 use crate::now_ms;
+use crate::orders::live::DriverUpdate;
 use crate::state::AppState;
 
 /// `POST /v1/drivers/{driver_id}/locations`
@@ -94,6 +95,9 @@ async fn ingest(
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok());
     let (req, high_seq) = parse_batch(encoding, body, &state.limits, now)?;
+    // A batch that may fill a gap in what watchers saw: the engine leaves
+    // the live frame to us, so the `trail` goes out before it.
+    let gap = crate::trail::may_fill_gap(&req.fixes, now);
     let outcome = state
         .engine
         .ingest(
@@ -103,6 +107,7 @@ async fn ingest(
             IngestTime {
                 now_ms: now,
                 origin_us,
+                publish_live: !gap,
             },
         )
         .await?;
@@ -115,23 +120,29 @@ async fn ingest(
         .fixes_duplicate
         .inc_by(u64::from(outcome.duplicates));
     count_superseded(&state.metrics, &outcome);
+    let mut trail = Vec::new();
     if let Some(fix) = &outcome.new_latest {
         state
             .activity
             .driver_seen(driver_id, &req.device_id, fix, outcome.watchers, now);
+        // Only fixes this batch stored (a partly resent batch sends none).
+        if gap && outcome.duplicates == 0 {
+            trail = crate::trail::segment(&req.fixes, outcome.previous_ts, fix);
+        }
     }
     // Every fix of the batch, duplicates included: the arrival/ETA tracker
     // ignores fixes it has seen (by ts), and a resent batch after a failure
     // here feeds them again.
+    let update = DriverUpdate {
+        latest: outcome.new_latest.as_ref(),
+        trail: &trail,
+        silence: req.silence.as_ref(),
+        published: outcome.published,
+        watchers: outcome.watchers,
+    };
     let orders: Vec<ActiveOrder> = state
         .orders
-        .on_fixes(
-            driver_id,
-            &req.fixes,
-            outcome.new_latest.as_ref(),
-            now,
-            origin_us,
-        )
+        .on_fixes(driver_id, &req.fixes, update, now, origin_us)
         .await?
         .into_iter()
         .map(|o| ActiveOrder {
@@ -142,7 +153,12 @@ async fn ingest(
     // Near an active order's destination the SDK uploads as if watched, so
     // arrival is seen within one watched interval; after the order ends it
     // is no longer active and the policy relaxes.
-    let newest = req.fixes.iter().max_by_key(|f| f.ts);
+    // A coarse fix (kilometres off) says nothing about being near.
+    let newest = req
+        .fixes
+        .iter()
+        .filter(|f| !f.is_coarse())
+        .max_by_key(|f| f.ts);
     let approaching = newest.is_some_and(|f| {
         orders.iter().any(|o: &ActiveOrder| {
             o.destination

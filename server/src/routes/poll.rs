@@ -81,7 +81,7 @@ where
         let _expiry = state
             .expiry
             .watch(&handle, token.claims.exp, false, crate::now_s());
-        let _listed = state.user_conns.list(token, &handle);
+        let _listed = state.user_conns.list(token, &handle, "poll");
         let _sub = Subscription::join(&state, channel, &handle).await?;
         if let Some(found) = read().await? {
             return Ok(found);

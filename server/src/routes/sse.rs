@@ -207,7 +207,7 @@ async fn start<const N: usize>(
     let expiry = state
         .expiry
         .watch(&stream.handle, token.claims.exp, false, crate::now_s());
-    let listed = state.user_conns.list(token, &stream.handle);
+    let listed = state.user_conns.list(token, &stream.handle, "sse");
     // On an error the subscription (if any) is left as it drops.
     let sub = Subscription::join(&state, stream.channel.clone(), &stream.handle).await?;
     let (replay, cursor) = stream.prepare(after).await?;
@@ -427,6 +427,13 @@ impl Stream {
                         let text = format!("event: location\ndata: {}\n\n", out.text);
                         return self.send(text).await;
                     }
+                    About::DriverNote { event, .. } => {
+                        if *ended {
+                            return Ok(());
+                        }
+                        let text = format!("event: {event}\ndata: {}\n\n", out.text);
+                        return self.send(text).await;
+                    }
                     About::Order { seq, ends, .. } => (*seq, *ends),
                     _ => return Ok(()),
                 };
@@ -466,6 +473,11 @@ impl Stream {
                     .await
             }
             Feed::Location(_) => {
+                if let About::DriverNote { event, .. } = &out.meta.about {
+                    // No id: resuming is by the fixes' seqs.
+                    let text = format!("event: {event}\ndata: {}\n\n", out.text);
+                    return self.send(text).await;
+                }
                 let seq = out.seq().unwrap_or(0);
                 // The position read at start may come again live; fixes are
                 // per device so only an exact repeat is skipped.

@@ -21,7 +21,6 @@
 //! Time, randomness and HTTP are behind small traits ([`WebhookClock`],
 //! [`Jitter`], [`WebhookSender`]) for deterministic tests.
 
-pub mod drivers;
 mod event;
 pub mod queue;
 pub mod queue_redis;
@@ -266,8 +265,6 @@ pub struct Webhooks {
     jitter: Arc<dyn Jitter>,
     metrics: WebhookMetrics,
     wake: Arc<Notify>,
-    /// Online drivers, for `driver.online`/`driver.offline`.
-    presence: Option<Arc<dyn drivers::DriverPresence>>,
 }
 
 impl Webhooks {
@@ -287,7 +284,6 @@ impl Webhooks {
             jitter,
             metrics,
             wake: Arc::new(Notify::new()),
-            presence: None,
         })
     }
 
@@ -306,43 +302,6 @@ impl Webhooks {
             Arc::new(RandJitter),
             metrics,
         )
-    }
-
-    /// Turns on `driver.online`/`driver.offline` with this presence set
-    /// (call before sharing).
-    pub fn with_presence(mut self: Arc<Self>, p: Arc<dyn drivers::DriverPresence>) -> Arc<Self> {
-        if let Some(me) = Arc::get_mut(&mut self) {
-            me.presence = Some(p);
-        }
-        self
-    }
-
-    /// A driver's fix was stored at `now_ms`: `driver.online` when it was
-    /// offline. Errors are logged (the fix is stored regardless).
-    pub async fn driver_seen(&self, driver: &str, now_ms: i64) {
-        let Some(p) = &self.presence else { return };
-        match p.seen(driver, now_ms).await {
-            Ok(true) => {
-                let ev = drivers::presence_event(driver, true, now_ms);
-                if let Err(e) = self.emit(&ev).await {
-                    tracing::warn!(driver, error = %e, "online webhook not queued");
-                }
-            }
-            Ok(false) => {}
-            Err(e) => tracing::warn!(driver, error = %e, "driver presence unavailable"),
-        }
-    }
-
-    /// Spawns the offline sweeper (with presence on).
-    pub fn spawn_sweeper(
-        self: &Arc<Self>,
-        ttl: Duration,
-        tracker: &TaskTracker,
-        cancel: &CancellationToken,
-    ) {
-        if let Some(p) = &self.presence {
-            tracker.spawn(sweep(Arc::clone(p), Arc::clone(self), ttl, cancel.clone()));
-        }
     }
 
     /// Queues `event` for every endpoint. A queue that is full or already
@@ -450,36 +409,5 @@ impl Webhooks {
         let cap = self.cfg.max_backoff.as_millis() as u64;
         let exp = base.saturating_mul(1u64 << attempts.saturating_sub(1).min(32));
         self.jitter.upto(exp.min(cap)) as i64
-    }
-}
-
-/// Offline drivers reported per sweep.
-const SWEEP_BATCH: usize = 1000;
-
-/// Reports drivers that went offline, every `ttl / 4`, until `cancel`.
-async fn sweep(
-    presence: Arc<dyn drivers::DriverPresence>,
-    hooks: Arc<Webhooks>,
-    ttl: Duration,
-    cancel: CancellationToken,
-) {
-    let every = (ttl / 4).max(Duration::from_millis(100));
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep(every) => {}
-        }
-        let now = crate::now_ms();
-        let cutoff = now - ttl.as_millis() as i64;
-        match presence.expire(cutoff, SWEEP_BATCH).await {
-            Ok(gone) => {
-                for d in gone {
-                    if let Err(e) = hooks.emit(&drivers::presence_event(&d, false, now)).await {
-                        tracing::warn!(driver = %d, error = %e, "offline webhook not queued");
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "driver presence sweep failed"),
-        }
     }
 }

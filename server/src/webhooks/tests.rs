@@ -391,23 +391,110 @@ async fn redis_queue_survives_a_restart() {
     }
 }
 
+/// Driver presence through the order service (which owns it): the
+/// webhooks `driver.online` / `driver.offline` once each per change, and
+/// watchers of the tracking channel told `offline` by the sweeper, then
+/// `online` with how long it was dark and the SDK's reason when it is back
+/// (before the trail and the location of that upload).
 #[tokio::test]
-async fn driver_online_then_offline_after_the_ttl() {
+async fn driver_online_offline_and_back() {
+    use crate::engine::Engine;
+    use crate::hub::{connection, Hub};
+    use crate::orders::live::{DriverUpdate, OrderService};
+    use crate::orders::memory::MemoryOrderStore;
+    use crate::orders::presence::MemoryDriverPresence;
+    use crate::orders::{OrderLimits, Orders};
+    use waypost_protocol::{Channel, Fix, Silence, SilenceReason};
+
     let cfg = fast_cfg("http://127.0.0.1:9/unused");
     let ep = endpoint_key(&cfg.endpoints[0]);
     let queue = Arc::new(MemoryWebhookQueue::new());
-    let hooks = hooks_with(cfg, queue.clone(), Arc::new(Down))
-        .with_presence(Arc::new(drivers::MemoryDriverPresence::default()));
+    let hooks = hooks_with(cfg, queue.clone(), Arc::new(Down));
+    let hub = Arc::new(Hub::new(crate::metrics::Metrics::new()));
+    let engine = Arc::new(Engine::memory(Arc::clone(&hub), Default::default()));
+    let svc = OrderService::new(
+        Orders::new(Arc::new(MemoryOrderStore::new(OrderLimits::default()))),
+        engine.clone(),
+        Some(hooks),
+        Arc::new(MemoryDriverPresence::default()),
+    );
+    let ch = Channel::tracking("d-1");
+    let (h, mut rx) = connection(hub.next_conn_id(), 64);
+    hub.add(&ch, h);
+    engine.sync_subscription(&ch).await.unwrap();
+    let next = |rx: &mut crate::hub::Receiver| {
+        rx.try_frame()
+            .map(|f| serde_json::from_str::<serde_json::Value>(&f.text).unwrap())
+    };
+    let fix = Fix::new(1, 1, 1.0, 2.0);
+    let upload = |silence: Option<Silence>, trail: Vec<Fix>, at: i64| {
+        let svc = svc.clone();
+        let fix = fix.clone();
+        async move {
+            svc.on_fixes(
+                "d-1",
+                std::slice::from_ref(&fix),
+                DriverUpdate {
+                    latest: Some(&fix),
+                    trail: &trail,
+                    silence: silence.as_ref(),
+                    published: false,
+                    watchers: 1,
+                },
+                at,
+                0,
+            )
+            .await
+            .unwrap();
+        }
+    };
     let now = crate::now_ms();
-    hooks.driver_seen("d-1", now).await;
-    hooks.driver_seen("d-1", now + 10).await;
+    upload(None, Vec::new(), now).await;
+    upload(None, Vec::new(), now + 10).await;
+    let f = next(&mut rx).unwrap();
+    assert_eq!(
+        f["type"], "location",
+        "a first appearance is no comeback: {f}"
+    );
+    let f = next(&mut rx).unwrap();
+    assert_eq!(f["type"], "location", "{f}");
+    assert!(next(&mut rx).is_none());
+
     let tracker = TaskTracker::new();
     let cancel = CancellationToken::new();
-    hooks.spawn_sweeper(Duration::from_millis(200), &tracker, &cancel);
+    svc.spawn_presence_sweeper(Duration::from_millis(200), &tracker, &cancel);
     tokio::time::sleep(Duration::from_millis(700)).await;
+    let off = next(&mut rx).expect("offline status");
+    assert_eq!(
+        (off["type"].as_str(), off["status"].as_str()),
+        (Some("driver_status"), Some("offline")),
+        "{off}"
+    );
+    assert_eq!(off["last_seen_ms"], now + 10);
+    let back_at = crate::now_ms();
+    upload(
+        Some(Silence {
+            reason: SilenceReason::Offline,
+            dark_ms: Some(700),
+            buffered: Some(7),
+        }),
+        vec![Fix::new(0, 0, 1.0, 2.0)],
+        back_at,
+    )
+    .await;
+    let on = next(&mut rx).expect("online status");
+    assert_eq!(on["status"], "online", "{on}");
+    assert_eq!(on["dark_ms"], back_at - (now + 10));
+    assert_eq!(
+        (on["reason"].as_str(), on["buffered"].as_u64()),
+        (Some("offline"), Some(7))
+    );
+    assert_eq!(next(&mut rx).unwrap()["type"], "trail");
+    assert_eq!(next(&mut rx).unwrap()["type"], "location");
     cancel.cancel();
     tracker.close();
     tracker.wait().await;
+
     let mut kinds = Vec::new();
     while let Some(p) = queue.claim(&ep, i64::MAX / 2, 1).await.unwrap() {
         let ev: WebhookEvent = serde_json::from_str(&p.body).unwrap();
@@ -416,5 +503,9 @@ async fn driver_online_then_offline_after_the_ttl() {
         queue.done(&ep, &p.event_id).await.unwrap();
     }
     kinds.sort();
-    assert_eq!(kinds, vec!["driver.offline", "driver.online"], "once each");
+    assert_eq!(
+        kinds,
+        vec!["driver.offline", "driver.online", "driver.online"],
+        "once per change"
+    );
 }

@@ -10,14 +10,14 @@ use anyhow::{bail, ensure, Result};
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
-use waypost_e2e::{now_ms, token};
+use waypost_e2e::{now_ms, token, MintingTokens};
 use waypost_protocol::Role;
 use waypost_sdk::buyer::{
     BuyerClient, BuyerConfig, BuyerDeps, BuyerListener, ChatEntry, ConnectionState, LocationUpdate,
     MessageStatus, PresenceUpdate, TypingUpdate,
 };
 use waypost_sdk::env::{ManualEnvironment, NetworkType};
-use waypost_sdk::StaticToken;
+use waypost_sdk::{StaticToken, TokenProvider};
 
 /// How long the helpers wait for a state to be reached.
 const T: Duration = Duration::from_secs(30);
@@ -120,8 +120,14 @@ pub struct Buyer {
 
 impl Buyer {
     pub fn start(config: BuyerConfig, token: String) -> Result<Self> {
+        Self::start_with_tokens(config, Arc::new(StaticToken(token)))
+    }
+
+    /// With the app's token provider (e.g. [`MintingTokens`] for short-lived
+    /// tokens refreshed in band).
+    pub fn start_with_tokens(config: BuyerConfig, tokens: Arc<dyn TokenProvider>) -> Result<Self> {
         let rec = Arc::new(Recorder::default());
-        let client = BuyerClient::start(config, rec.clone(), Arc::new(StaticToken(token)))?;
+        let client = BuyerClient::start(config, rec.clone(), tokens)?;
         Ok(Self { client, rec })
     }
 }
@@ -175,6 +181,8 @@ pub struct Participant {
     pub client: Arc<BuyerClient>,
     pub rec: Arc<Recorder>,
     pub env: ManualEnvironment,
+    /// The minting provider when started with a token lifetime.
+    pub minting: Option<Arc<MintingTokens>>,
 }
 
 impl Participant {
@@ -188,6 +196,21 @@ impl Participant {
         extra: &[&str],
         db: Option<String>,
     ) -> Result<Self> {
+        Self::start_with_ttl(base, user, role, room, extra, db, None)
+    }
+
+    /// Like [`Participant::start`]; with `token_ttl_s` its token provider
+    /// mints tokens that live that long, so the SDK refreshes them in band
+    /// (and after 4001) while it is used.
+    pub fn start_with_ttl(
+        base: &str,
+        user: &str,
+        role: Role,
+        room: &str,
+        extra: &[&str],
+        db: Option<String>,
+        token_ttl_s: Option<u64>,
+    ) -> Result<Self> {
         let env = ManualEnvironment::default();
         let rec = Arc::new(Recorder::default());
         let mut cfg = fast_config(base.to_owned(), user);
@@ -195,7 +218,12 @@ impl Participant {
         let chat = format!("chat:{room}");
         let mut channels = vec![chat.as_str()];
         channels.extend_from_slice(extra);
-        let tokens = Arc::new(StaticToken(token(user, role, &channels)));
+        let minting =
+            token_ttl_s.map(|ttl| Arc::new(MintingTokens::new(user, role, &channels, ttl)));
+        let tokens: Arc<dyn TokenProvider> = match &minting {
+            Some(m) => m.clone(),
+            None => Arc::new(StaticToken(token(user, role, &channels))),
+        };
         let deps = BuyerDeps {
             environment: Arc::new(env.clone()),
             ..BuyerDeps::real(&cfg)?
@@ -207,6 +235,7 @@ impl Participant {
             client,
             rec,
             env,
+            minting,
         })
     }
 

@@ -13,7 +13,9 @@ conflated (the consumer sees the newest); chat events and order updates
 wait in a bounded buffer (``maxsize``, default 1,024) and an iterator that
 falls further behind raises :class:`StreamOverflowError` (nothing is
 dropped silently: re-read ``messages(room, limit)`` and iterate again);
-driver events keep the newest ``maxsize`` (default 64).
+driver events keep the newest ``maxsize`` (default 64); driver updates
+(positions, dead-zone trails, online/offline) wait like chat events
+(default 256); health reports are conflated.
 
 Create iterators inside a running event loop (``async def``).
 """
@@ -29,6 +31,7 @@ __all__ = ["Stream", "StreamOverflowError", "SubscriptionRefusedError", "install
 CHAT_BUFFER = 1024
 ORDER_BUFFER = 256
 EVENT_BUFFER = 64
+DRIVER_BUFFER = 256
 
 _CONFLATE = "conflate"
 _FAIL = "fail"
@@ -159,15 +162,24 @@ class _Feed:
 
 
 class _LocationListener(_w.LocationListener):
-    def __init__(self, stream, reference):
+    def __init__(self, stream, reference, only_locations):
         self._feed = _Feed(stream)
         self._reference = reference
+        self._only_locations = only_locations
 
     def on_location(self, update):
         self._feed.push(update)
 
     def on_refused(self, code, message):
         self._feed.fail(SubscriptionRefusedError(self._reference, code, message))
+
+    def on_trail(self, trail):
+        if not self._only_locations:
+            self._feed.push(trail)
+
+    def on_driver_status(self, status):
+        if not self._only_locations:
+            self._feed.push(status)
 
 
 class _ChatListener(_w.ChatListener):
@@ -203,6 +215,20 @@ class _OrderListener(_w.OrderListener):
     def on_location(self, update):
         self._feed.push(update)
 
+    def on_trail(self, trail):
+        self._feed.push(trail)
+
+    def on_driver_status(self, status):
+        self._feed.push(status)
+
+
+class _HealthListener(_w.HealthListener):
+    def __init__(self, stream):
+        self._feed = _Feed(stream)
+
+    def on_health(self, health):
+        self._feed.push(health)
+
 
 class _DriverListener(_w.DriverListener):
     def __init__(self, stream):
@@ -215,7 +241,13 @@ class _DriverListener(_w.DriverListener):
 def track_driver_updates(self, driver_id):
     """One driver's positions (newest known first), conflated: ``async for u in client.track_driver_updates(id)``."""
     ref = f"tracking:{driver_id}"
-    return Stream(ref, _CONFLATE, 1, lambda s: self.track_driver(driver_id, _LocationListener(s, ref)))
+    return Stream(ref, _CONFLATE, 1, lambda s: self.track_driver(driver_id, _LocationListener(s, ref, True)))
+
+
+def driver_updates(self, driver_id, maxsize=DRIVER_BUFFER):
+    """One driver's ``LocationUpdate``s, ``TrailUpdate``s (dead zones) and ``DriverStatusUpdate``s, in order."""
+    ref = f"tracking:{driver_id}"
+    return Stream(ref, _FAIL, maxsize, lambda s: self.track_driver(driver_id, _LocationListener(s, ref, False)))
 
 
 def chat_events(self, room, maxsize=CHAT_BUFFER):
@@ -236,7 +268,7 @@ def connection_states(self):
 
 
 def order_updates(self, order_id, maxsize=ORDER_BUFFER):
-    """One order's ``OrderEntry``s (from seq 1) and its driver's ``LocationUpdate``s."""
+    """One order's ``OrderEntry``s (from seq 1) and its driver's ``LocationUpdate``s, ``TrailUpdate``s and ``DriverStatusUpdate``s."""
     return Stream(f"order:{order_id}", _FAIL, maxsize, lambda s: self.track_order(order_id, _OrderListener(s)))
 
 
@@ -245,11 +277,18 @@ def events(self, maxsize=EVENT_BUFFER):
     return Stream("driver events", _DROP_OLDEST, maxsize, lambda s: self.watch_events(_DriverListener(s)))
 
 
+def health_updates(self):
+    """The driver's ``DriverHealth`` now, then every change (conflated)."""
+    return Stream("driver health", _CONFLATE, 1, lambda s: self.add_health_listener(_HealthListener(s)))
+
+
 def install():
     """Adds the iterators as methods of the generated classes."""
     _w.BuyerClient.track_driver_updates = track_driver_updates
+    _w.BuyerClient.driver_updates = driver_updates
     _w.BuyerClient.chat_events = chat_events
     _w.BuyerClient.chat_messages = chat_messages
     _w.BuyerClient.connection_states = connection_states
     _w.BuyerClient.order_updates = order_updates
     _w.Driver.events = events
+    _w.Driver.health_updates = health_updates

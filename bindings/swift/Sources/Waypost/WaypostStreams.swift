@@ -23,6 +23,7 @@ public enum WaypostStreams {
     public static let chatBuffer = 1_024
     public static let orderBuffer = 256
     public static let eventBuffer = 64
+    public static let driverBuffer = 256
 }
 
 public enum WaypostStreamError: Error, Equatable {
@@ -38,6 +39,20 @@ public enum OrderUpdate: Equatable {
     case entry(OrderEntry)
     /// The assigned driver moved (while the order is active).
     case location(LocationUpdate)
+    /// The driver's path through a dead zone (while the order is active).
+    case trail(TrailUpdate)
+    /// The driver went dark or came back (while the order is active).
+    case status(DriverStatusUpdate)
+}
+
+/// What `driverUpdates(_:)` yields.
+public enum DriverUpdate: Equatable {
+    /// The driver moved (its newest known position first).
+    case location(LocationUpdate)
+    /// The driver's path through a dead zone, before the position after it.
+    case trail(TrailUpdate)
+    /// The driver went dark or came back.
+    case status(DriverStatusUpdate)
 }
 
 /// Yields into a bounded throwing stream; finishes it with `overflow` when full.
@@ -64,6 +79,30 @@ private final class LocationForwarder: LocationListener, @unchecked Sendable {
     }
     func onRefused(code: String, message: String) {
         continuation.finish(throwing: WaypostStreamError.refused(reference: reference, code: code, message: message))
+    }
+    // Positions only: iterate `driverUpdates(_:)` for trails and status.
+    func onTrail(trail: TrailUpdate) {}
+    func onDriverStatus(status: DriverStatusUpdate) {}
+}
+
+private final class DriverUpdateForwarder: LocationListener, @unchecked Sendable {
+    let continuation: AsyncThrowingStream<DriverUpdate, Error>.Continuation
+    let reference: String
+    init(_ continuation: AsyncThrowingStream<DriverUpdate, Error>.Continuation, reference: String) {
+        self.continuation = continuation
+        self.reference = reference
+    }
+    func onLocation(update: LocationUpdate) {
+        yieldOrFail(continuation, .location(update), reference: reference, capacity: WaypostStreams.driverBuffer)
+    }
+    func onRefused(code: String, message: String) {
+        continuation.finish(throwing: WaypostStreamError.refused(reference: reference, code: code, message: message))
+    }
+    func onTrail(trail: TrailUpdate) {
+        yieldOrFail(continuation, .trail(trail), reference: reference, capacity: WaypostStreams.driverBuffer)
+    }
+    func onDriverStatus(status: DriverStatusUpdate) {
+        yieldOrFail(continuation, .status(status), reference: reference, capacity: WaypostStreams.driverBuffer)
     }
 }
 
@@ -106,6 +145,22 @@ private final class OrderForwarder: OrderListener, @unchecked Sendable {
     func onLocation(update: LocationUpdate) {
         yieldOrFail(continuation, .location(update), reference: reference, capacity: WaypostStreams.orderBuffer)
     }
+    func onTrail(trail: TrailUpdate) {
+        yieldOrFail(continuation, .trail(trail), reference: reference, capacity: WaypostStreams.orderBuffer)
+    }
+    func onDriverStatus(status: DriverStatusUpdate) {
+        yieldOrFail(continuation, .status(status), reference: reference, capacity: WaypostStreams.orderBuffer)
+    }
+}
+
+private final class HealthForwarder: HealthListener, @unchecked Sendable {
+    let continuation: AsyncStream<DriverHealth>.Continuation
+    init(_ continuation: AsyncStream<DriverHealth>.Continuation) {
+        self.continuation = continuation
+    }
+    func onHealth(health: DriverHealth) {
+        continuation.yield(health)
+    }
 }
 
 private final class EventForwarder: DriverListener, @unchecked Sendable {
@@ -127,6 +182,21 @@ public extension BuyerClient {
         AsyncThrowingStream(bufferingPolicy: .bufferingNewest(1)) { continuation in
             do {
                 let forwarder = LocationForwarder(continuation, reference: "tracking:\(driverId)")
+                let subscription = try self.trackDriver(driverId: driverId, listener: forwarder)
+                continuation.onTermination = { _ in subscription.cancel() }
+            } catch {
+                continuation.finish(throwing: error)
+            }
+        }
+    }
+
+    /// One driver's positions, dead-zone trails and online/offline status,
+    /// in the order the SDK reports them (up to
+    /// `WaypostStreams.driverBuffer` wait, then `overflow`).
+    func driverUpdates(_ driverId: String) -> AsyncThrowingStream<DriverUpdate, Error> {
+        AsyncThrowingStream(bufferingPolicy: .bufferingOldest(WaypostStreams.driverBuffer)) { continuation in
+            do {
+                let forwarder = DriverUpdateForwarder(continuation, reference: "tracking:\(driverId)")
                 let subscription = try self.trackDriver(driverId: driverId, listener: forwarder)
                 continuation.onTermination = { _ in subscription.cancel() }
             } catch {
@@ -207,6 +277,19 @@ public extension Driver {
         AsyncStream(bufferingPolicy: .bufferingNewest(WaypostStreams.eventBuffer)) { continuation in
             do {
                 let subscription = try self.watchEvents(listener: EventForwarder(continuation))
+                continuation.onTermination = { _ in subscription.cancel() }
+            } catch {
+                continuation.finish()
+            }
+        }
+    }
+
+    /// The health report now, then every change (newest only). Ending the
+    /// iteration removes the listener; it does not keep the driver alive.
+    func healthUpdates() -> AsyncStream<DriverHealth> {
+        AsyncStream(bufferingPolicy: .bufferingNewest(1)) { continuation in
+            do {
+                let subscription = try self.addHealthListener(listener: HealthForwarder(continuation))
                 continuation.onTermination = { _ in subscription.cancel() }
             } catch {
                 continuation.finish()

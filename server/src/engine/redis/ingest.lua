@@ -27,7 +27,8 @@
 -- live frames of a driver leave in the order its latest position changed.
 --
 -- Returns {accepted, index of the fix that became latest (1-based, 0 for
--- none), watchers, 1 if published here else 0}.
+-- none), watchers, 1 if published here else 0, 1 if the latest replaced
+-- was live else 0, its fix ts (0 when none)}.
 local device = ARGV[1]
 local now = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
@@ -203,6 +204,7 @@ end
 
 local new_latest = 0
 local published = 0
+local had_previous, previous_ts = 0, 0
 if accepted > 0 then
   local n = redis.call('ZCARD', KEYS[1])
   if n > trail_len then
@@ -211,15 +213,23 @@ if accepted > 0 then
   redis.call('PEXPIRE', KEYS[1], data_ttl)
 
   local replace = true
+  local cur_ts = nil
   local cur = redis.call('GET', KEYS[2])
   if cur then
     local ok, c = pcall(cjson.decode, cur)
     if ok and type(c) == 'table' and type(c.fix) == 'table'
         and tonumber(c.fix.ts) and tonumber(c.received_ms) then
-      replace = (now - tonumber(c.received_ms) > ttl) or (newest_ts >= tonumber(c.fix.ts))
+      local live = now - tonumber(c.received_ms) <= ttl
+      replace = (not live) or (newest_ts >= tonumber(c.fix.ts))
+      if live then
+        cur_ts = tonumber(c.fix.ts)
+      end
     end
   end
   if replace then
+    if cur_ts then
+      had_previous, previous_ts = 1, cur_ts
+    end
     redis.call('SET', KEYS[2], string.sub(ARGV[newest + 1], 22), 'PX', ttl)
     new_latest = (newest - FIRST) / 2 + 1
     if new_latest == live_index then
@@ -229,4 +239,4 @@ if accepted > 0 then
   end
 end
 
-return {accepted, new_latest, watcher_sum(KEYS[6]), published}
+return {accepted, new_latest, watcher_sum(KEYS[6]), published, had_previous, previous_ts}

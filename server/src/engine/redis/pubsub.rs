@@ -40,6 +40,8 @@ use crate::metrics::Metrics;
 const SUBSCRIBE_CHUNK: usize = 512;
 /// Most queued requests the manager takes per round.
 const REQUEST_BATCH: usize = 1024;
+/// The token of the probe sent right after (re)connecting.
+const FIRST_PROBE: u64 = 1;
 /// Every this many probes the subscriptions are reconciled with the hub.
 const RECONCILE_EVERY_PROBES: u64 = 6;
 
@@ -205,7 +207,39 @@ impl Manager {
         with_timeout(self.opts.op_timeout, sink.subscribe(&self.probe_channel)).await?;
         let wanted = self.hub.channels();
         self.apply(&mut session, wanted, true).await?;
+        self.first_probe(&session).await?;
         Ok(session)
+    }
+
+    /// Checks at once that this connection hears what the command
+    /// connection publishes: behind Sentinel the two can land on different
+    /// nodes during a failover (a sentinel with a stale view, the old
+    /// primary back and still a master), and Redis pub/sub is per node. A
+    /// probe nobody received there, or that does not come back within
+    /// `op_timeout`, makes the caller reconnect (asking the sentinels
+    /// again). When the command connection itself fails the probe proves
+    /// nothing either way and the periodic probe decides later.
+    async fn first_probe(&self, session: &Session) -> Result<(), EngineError> {
+        let token = FIRST_PROBE;
+        match self.send_probe(token).await {
+            Ok(0) => Err(EngineError::Redis(
+                "the probe reached no subscriber: pub/sub is on another node".into(),
+            )),
+            Ok(_) => {
+                let deadline = Instant::now() + self.opts.op_timeout;
+                while session.probe_seen.load(Ordering::Acquire) < token {
+                    if Instant::now() >= deadline {
+                        return Err(timed_out(self.opts.op_timeout));
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "first pub/sub probe not sent");
+                Ok(())
+            }
+        }
     }
 
     /// Serves requests and probes until the connection is lost or the
@@ -216,7 +250,8 @@ impl Manager {
             self.opts.probe_interval,
         );
         probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut token = 0u64;
+        // Tokens go on from the first probe's (probe_seen only grows).
+        let mut token = FIRST_PROBE;
         let mut until_reconcile = RECONCILE_EVERY_PROBES;
         let mut outstanding: Option<u64> = None;
         loop {

@@ -22,9 +22,12 @@ use waypost_protocol::Channel;
 
 use super::commands::Commands;
 use super::options::RedisOptions;
-use super::{RedisConn, REQUEST_QUEUE, WATCH_PRELUDE};
 use crate::engine::EngineError;
 use crate::hub::Hub;
+
+/// Requests queued for the writer.
+const REQUEST_QUEUE: usize = 4096;
+const WATCH_PRELUDE: &str = include_str!("watch_sum.lua");
 
 /// Channels written per script call.
 const WRITE_CHUNK: usize = 256;
@@ -44,26 +47,32 @@ pub(crate) struct WatcherCounts {
 }
 
 impl WatcherCounts {
-    /// Starts the writer task on `conn` for the counts of `hub`.
-    pub fn start(conn: &RedisConn, hub: Arc<Hub>) -> Self {
+    /// Starts the writer task for the counts of `hub`: `instance` names this
+    /// process's field in every hash under `key_prefix`.
+    pub fn start(
+        cmd: Arc<Commands>,
+        instance: String,
+        key_prefix: String,
+        opts: RedisOptions,
+        hub: Arc<Hub>,
+    ) -> Self {
         let cancel = CancellationToken::new();
         let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
         let writer = Writer {
-            cmd: Arc::clone(&conn.cmd),
+            cmd: Arc::clone(&cmd),
             hub,
             script: Script::new(&format!(
                 "{WATCH_PRELUDE}\n{}",
                 include_str!("watch_set.lua")
             )),
-            instance: conn.instance.to_string(),
-            key_prefix: conn.keys.watchers_prefix(),
-            opts: conn.opts.clone(),
+            instance,
+            key_prefix: key_prefix.clone(),
+            opts: opts.clone(),
             cancel: cancel.clone(),
         };
         Self {
-            cmd: Arc::clone(&conn.cmd),
-            key_prefix: conn.keys.watchers_prefix(),
-            opts: conn.opts.clone(),
+            cmd,
+            key_prefix,
             sum_script: Script::new(&format!(
                 "{WATCH_PRELUDE}\n{}",
                 include_str!("watchers.lua")
@@ -71,6 +80,7 @@ impl WatcherCounts {
             requests: tx,
             task: Mutex::new(Some(tokio::spawn(writer.run(rx)))),
             cancel,
+            opts,
         }
     }
 
@@ -105,7 +115,12 @@ impl WatcherCounts {
         self.cancel.cancel();
         let task = self.task.lock().take();
         if let Some(task) = task {
-            super::stop_tasks(vec![task], self.opts.op_timeout * 3, "watcher counts").await;
+            crate::engine::tasks::stop_tasks(
+                vec![task],
+                self.opts.op_timeout * 3,
+                "watcher counts",
+            )
+            .await;
         }
     }
 }

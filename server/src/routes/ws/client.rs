@@ -108,12 +108,6 @@ impl Conn {
                 return Ok(Next::Close(close_code::BAD_FRAME, "invalid JSON"));
             }
         };
-        // `refresh` is handled beside the protocol's client frames (the
-        // SDK's frame set moves to the protocol crate with its rework).
-        if value.get("type").and_then(serde_json::Value::as_str) == Some("refresh") {
-            let token = value.get("token").and_then(serde_json::Value::as_str);
-            return self.refresh(socket, token).await.map(|()| Next::Continue);
-        }
         let frame: ClientFrame = match serde_json::from_value(value) {
             Ok(f) => f,
             Err(e) => {
@@ -151,6 +145,7 @@ impl Conn {
                 limit,
             } => self.sync(socket, room, after_seq, limit).await?,
             ClientFrame::Typing { room } => self.typing(socket, room).await?,
+            ClientFrame::Refresh { token } => self.refresh(socket, &token).await?,
         }
         Ok(Next::Continue)
     }

@@ -16,6 +16,7 @@ use super::rooms::Rooms;
 use crate::admission::{ConnectionPermit, TokenBucket};
 use crate::config::Limits;
 use crate::expiry::Expiry;
+use crate::frame::About;
 use crate::hub::{connection, ConnHandle, Event, Outbound, Receiver, TICK_SLOTS};
 use crate::keys::Verified;
 use crate::revocation::Listed;
@@ -140,7 +141,7 @@ pub(super) fn run(
     let expiry = state
         .expiry
         .watch(&handle, token.claims.exp, true, crate::now_s());
-    let listed = state.user_conns.list(&token, &handle);
+    let listed = state.user_conns.list(&token, &handle, "ws");
     let claims = token.claims;
     tracing::debug!(conn_id, sub = %claims.sub, "websocket connected");
     let rate = state.limits.ws_messages_per_s;
@@ -303,8 +304,13 @@ impl Conn {
         if let Some((code, reason)) = close {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
                 // The wheel closes an expired token's connection with 4001:
-                // say why first.
+                // warn (when the kill dropped the queued warning) and say
+                // why first.
                 if code == close_code::UNAUTHORIZED {
+                    if let Some(exp) = self.expiry.unwritten_warning() {
+                        let warning = ServerFrame::TokenExpiring { exp };
+                        let _ = socket.send(Message::Text(warning.to_json().into())).await;
+                    }
                     let frame = ServerFrame::error(
                         "token_expired",
                         "the token expired; reconnect with a new one or refresh in band",
@@ -386,6 +392,9 @@ impl Conn {
             } else {
                 socket.feed(Message::Text(out.text.clone())).await?;
                 n += 1;
+                if let About::TokenExpiring { exp } = out.meta.about {
+                    self.expiry.wrote_warning(exp);
+                }
             }
             if n < WRITE_BATCH {
                 next = rx.try_frame();

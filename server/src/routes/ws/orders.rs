@@ -95,7 +95,10 @@ impl OrderChannels {
         frame: &Frame,
     ) -> Result<Vec<Utf8Bytes>, OrderError> {
         let (order_id, seq, last) = match &frame.meta.about {
-            About::OrderLocation { order } => {
+            About::OrderLocation { order }
+            | About::DriverNote {
+                order: Some(order), ..
+            } => {
                 let open = self.cursors.get(order).is_some_and(|c| !c.ended);
                 return Ok(if open {
                     vec![frame.text.clone()]

@@ -3,13 +3,12 @@
 //! comes from the process-wide [`crate::expiry::ExpiryWheel`]; revocations
 //! and operator disconnects kill the connection through the user registry.
 
-use axum::extract::ws::{Message, WebSocket};
-use waypost_protocol::{Channel, ChannelKind, ServerFrame};
+use axum::extract::ws::WebSocket;
+use waypost_protocol::{Channel, ChannelKind, ServerFrame, UnsubscribeReason};
 
 use super::conn::Conn;
 use crate::auth::may_subscribe;
 use crate::error::AppError;
-use crate::expiry::SessionFrame;
 use crate::now_s;
 use crate::routes::orders::authorize_order_read;
 
@@ -20,16 +19,7 @@ impl Conn {
     /// `forbidden`) for each subscription the new token no longer allows.
     /// A refused refresh is an `error` frame; the connection keeps its
     /// token (and still ends at its `exp`).
-    pub(super) async fn refresh(
-        &mut self,
-        socket: &mut WebSocket,
-        token: Option<&str>,
-    ) -> Result<(), ()> {
-        let Some(token) = token else {
-            return self
-                .error(socket, "bad_frame", "refresh needs a token", None)
-                .await;
-        };
+    pub(super) async fn refresh(&mut self, socket: &mut WebSocket, token: &str) -> Result<(), ()> {
         let new = match self.state.keys.verify_token(token) {
             Ok(t) => t,
             Err(e) => {
@@ -54,11 +44,7 @@ impl Conn {
             .refresh(&self.handle, &self.expiry, exp, now_s());
         self.listed.update(&new);
         self.claims = new.claims;
-        let refreshed = SessionFrame::Refreshed { exp }.to_json();
-        socket
-            .send(Message::Text(refreshed.into()))
-            .await
-            .map_err(|_| ())?;
+        self.reply(socket, &ServerFrame::Refreshed { exp }).await?;
         let mut lost: Vec<Channel> = Vec::new();
         let current: Vec<Channel> = self.subscriptions.keys().cloned().collect();
         for c in current {
@@ -84,7 +70,7 @@ impl Conn {
                 socket,
                 &ServerFrame::Unsubscribed {
                     channel: channel.to_string(),
-                    reason: Some("forbidden".into()),
+                    reason: Some(UnsubscribeReason::Forbidden),
                 },
             )
             .await?;

@@ -134,6 +134,7 @@ class LocationService : Service() {
                 // A real app fetches and refreshes the token from its backend here (it may suspend).
                 CallbackTokenProvider { shift.token },
                 waypostApp.platform,
+                onHealth = { h -> scope.launch { if (!h.ok) notify(h.summary) } }, // SDK thread → main
             ) { spec -> scope.launch { requestUpdates(spec) } } // SDK thread → main
         } catch (e: WaypostException) {
             Log.e(TAG, "cannot open the driver", e)
@@ -167,6 +168,12 @@ class LocationService : Service() {
 
     /** Returns false when there is no location permission to request updates with. */
     private fun requestUpdates(spec: LocationRequestSpec): Boolean {
+        if (!spec.active) {
+            // The PlatformState says denied / not determined: the SDK asks for nothing.
+            fused.removeLocationUpdates(callback)
+            mutableStatus.value = "no location permission"
+            return false
+        }
         if (ContextCompat.checkSelfPermission(this, Manifest.permission.ACCESS_FINE_LOCATION) !=
             PackageManager.PERMISSION_GRANTED &&
             ContextCompat.checkSelfPermission(this, Manifest.permission.ACCESS_COARSE_LOCATION) !=

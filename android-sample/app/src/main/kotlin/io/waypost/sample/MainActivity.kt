@@ -34,10 +34,12 @@ class MainActivity : AppCompatActivity() {
     private val permissions = registerForActivityResult(ActivityResultContracts.RequestMultiplePermissions()) { granted ->
         val fine = granted[Manifest.permission.ACCESS_FINE_LOCATION] == true
         val coarse = granted[Manifest.permission.ACCESS_COARSE_LOCATION] == true
+        // The SDK learns the answer through the PlatformState (permission and accuracy).
+        waypostApp.receivers.refreshPermissions(justAsked = true)
         when {
             fine -> startDriving()
             // Android 12+: the user may grant only approximate location. Recording still
-            // works (fixes of 1-5 km); say so instead of failing silently.
+            // works: the SDK keeps the 1-5 km fixes marked coarse and health says so.
             coarse -> {
                 Toast.makeText(this, R.string.approximate_only, Toast.LENGTH_LONG).show()
                 startDriving()

@@ -7,9 +7,9 @@ import androidx.core.content.ContextCompat
 import androidx.lifecycle.DefaultLifecycleObserver
 import androidx.lifecycle.LifecycleOwner
 import androidx.lifecycle.ProcessLifecycleOwner
-import io.waypost.sample.core.PlatformState
 import io.waypost.sdk.LogLevel
 import io.waypost.sdk.LogSink
+import io.waypost.sdk.PlatformState
 import io.waypost.sdk.initLogging
 import kotlinx.coroutines.CoroutineScope
 import kotlinx.coroutines.Dispatchers
@@ -17,9 +17,11 @@ import kotlinx.coroutines.SupervisorJob
 import kotlinx.coroutines.launch
 
 /**
- * Process-wide state: one [PlatformState] that the broadcast receivers keep
- * current and every SDK object reads, and a scope for SDK shutdowns that
- * must outlive the activity or service that started them.
+ * Process-wide state: the one [PlatformState] of the process (network,
+ * battery, power saver, foreground/background, location permission and
+ * accuracy), kept current by [PlatformReceivers] and handed to every driver
+ * and buyer client, which follow it by themselves; and a scope for SDK
+ * shutdowns that must outlive the activity or service that started them.
  *
  * Nothing here opens an SDK object or touches disk on the main thread:
  * logging and the receivers are set up in onCreate; SDK objects are opened
@@ -28,7 +30,8 @@ import kotlinx.coroutines.launch
 class WaypostApp : Application() {
     val platform = PlatformState()
     val scope = CoroutineScope(SupervisorJob() + Dispatchers.Default)
-    private lateinit var receivers: PlatformReceivers
+    lateinit var receivers: PlatformReceivers
+        private set
 
     override fun onCreate() {
         super.onCreate()
@@ -46,6 +49,8 @@ class WaypostApp : Application() {
             }
         })
         receivers = PlatformReceivers(this, platform).also { it.register() }
+        // Foreground/background (and a permission re-read on every return).
+        ProcessLifecycleOwner.get().lifecycle.addObserver(receivers)
         ProcessLifecycleOwner.get().lifecycle.addObserver(ResumeShift())
     }
 

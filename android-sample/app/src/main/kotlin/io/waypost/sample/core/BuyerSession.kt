@@ -2,17 +2,21 @@ package io.waypost.sample.core
 
 import io.waypost.sdk.BuyerClient
 import io.waypost.sdk.BuyerConfig
+import io.waypost.sdk.PlatformState
 import io.waypost.sdk.types.ChatEntry
 import io.waypost.sdk.types.CloseReason
 import io.waypost.sdk.types.ConnectionState
+import io.waypost.sdk.types.DriverStatusUpdate
 import io.waypost.sdk.types.LocationUpdate
 import io.waypost.sdk.types.MessageStatus
 import io.waypost.sdk.TokenProvider
+import io.waypost.sdk.types.TrailUpdate
 import io.waypost.sdk.types.ChatEvent
 import io.waypost.sdk.ktx.BuyerListenerAdapter
 import io.waypost.sdk.ktx.chatEvents
 import io.waypost.sdk.ktx.connectionState
-import io.waypost.sdk.ktx.driverLocations
+import io.waypost.sdk.ktx.DriverUpdate
+import io.waypost.sdk.ktx.driverUpdates
 import java.lang.ref.WeakReference
 import kotlinx.coroutines.CoroutineScope
 import kotlinx.coroutines.Dispatchers
@@ -26,6 +30,10 @@ data class BuyerUiState(
     val connection: String = "connecting…",
     val tracking: String = "waiting for the courier's position…",
     val latest: LocationUpdate? = null,
+    /** The courier's path through the last dead zone (drawn as a line, not a jump), oldest first. */
+    val deadZonePath: List<LocationUpdate> = emptyList(),
+    /** "Courier offline since 12:04:05" / "Courier back after 45 s (offline)"; null while nothing to say. */
+    val courierStatus: String? = null,
     /** The chat, oldest first: stored messages by seq, then own pending/failed ones. */
     val messages: List<ChatEntry> = emptyList(),
     val typing: String? = null,
@@ -36,6 +44,9 @@ data class BuyerUiState(
  * The buyer side of the sample, without Android: tracks one courier and
  * chats in one order room by collecting the SDK's Flows (`waypost-ktx`),
  * and turns them into [BuyerUiState]s.
+ *
+ * The client follows the app's one [PlatformState] by itself (offline →
+ * waits, network back → reconnects at once).
  *
  * The Flows are collected on [scope] (a background dispatcher): [onChange]
  * runs there; the activity posts the state to the main thread (or collects
@@ -52,14 +63,12 @@ class BuyerSession private constructor(
     private var state = BuyerUiState()
     /** Chat by client id, so a pending entry is replaced by its acknowledged form. */
     private val chat = LinkedHashMap<String, ChatEntry>()
-    private val platformListener: () -> Unit = { runCatching { client.environmentChanged() } }
     private val scope = CoroutineScope(SupervisorJob() + Dispatchers.Default)
 
     lateinit var client: BuyerClient
         private set
 
     private suspend fun start() {
-        platform.addChangeListener(platformListener)
         // Show what the local store already has (offline start).
         for (m in client.messages(room, 200u)) {
             chat[m.clientId] = m
@@ -69,9 +78,16 @@ class BuyerSession private constructor(
         // the scope is cancelled (stop/close).
         scope.launch { client.connectionState.collect { onConnectionState(it) } }
         scope.launch {
-            client.driverLocations(driverId)
+            // Not conflated: a dead zone's trail comes before the position after it.
+            client.driverUpdates(driverId)
                 .catch { e -> update { it.copy(lastError = "tracking: ${e.message}") } }
-                .collect { onLocation(it) }
+                .collect { u ->
+                    when (u) {
+                        is DriverUpdate.Location -> onLocation(u.update)
+                        is DriverUpdate.Trail -> onTrail(u.trail)
+                        is DriverUpdate.Status -> onDriverStatus(u.status)
+                    }
+                }
         }
         scope.launch {
             client.chatEvents(room)
@@ -119,6 +135,14 @@ class BuyerSession private constructor(
         update { it.copy(latest = update, tracking = trackingText(update)) }
     }
 
+    private fun onTrail(trail: TrailUpdate) {
+        update { it.copy(deadZonePath = trail.fixes) }
+    }
+
+    private fun onDriverStatus(status: DriverStatusUpdate) {
+        update { it.copy(courierStatus = statusText(status)) }
+    }
+
     private fun onMessage(message: ChatEntry) {
         synchronized(lock) { chat[message.clientId] = message }
         update { it.copy(messages = sortedChat()) }
@@ -147,7 +171,6 @@ class BuyerSession private constructor(
 
     /** Stops tracking and chat (ends the Flows' subscriptions) and closes the connection. Idempotent. */
     suspend fun stop() {
-        platform.removeChangeListener(platformListener)
         scope.cancel()
         client.shutdown()
     }
@@ -157,7 +180,6 @@ class BuyerSession private constructor(
      * onDestroy): a client is not garbage-collected while open.
      */
     override fun close() {
-        platform.removeChangeListener(platformListener)
         scope.cancel()
         client.close()
     }
@@ -184,6 +206,14 @@ class BuyerSession private constructor(
             u.accuracyM?.let { parts += "±%.0f m".format(java.util.Locale.ROOT, it) }
             u.speedMps?.let { parts += "%.0f km/h".format(java.util.Locale.ROOT, it * 3.6) }
             return parts.joinToString(" · ")
+        }
+
+        /** "Courier offline since 12:04:05 UTC" / "Courier back after 45 s (offline)". */
+        fun statusText(s: DriverStatusUpdate): String = if (s.online) {
+            val why = s.reason?.let { " ($it)" } ?: ""
+            "Courier back after ${(s.darkMs ?: 0uL) / 1000uL} s$why"
+        } else {
+            "Courier offline since " + java.time.Instant.ofEpochMilli(s.lastSeenMs).toString()
         }
 
         /**

@@ -2,12 +2,15 @@ package io.waypost.sample.core
 
 import io.waypost.sdk.Driver
 import io.waypost.sdk.DriverConfig
+import io.waypost.sdk.PlatformState
+import io.waypost.sdk.types.DriverHealth
 import io.waypost.sdk.types.DriverEvent
 import io.waypost.sdk.types.DriverStats
 import io.waypost.sdk.types.Location
 import io.waypost.sdk.types.RecordOutcome
 import io.waypost.sdk.TokenProvider
 import io.waypost.sdk.ktx.events
+import io.waypost.sdk.ktx.health
 import java.util.ArrayDeque
 import kotlinx.coroutines.CoroutineScope
 import kotlinx.coroutines.Dispatchers
@@ -21,16 +24,23 @@ import kotlinx.coroutines.launch
  * how to configure the location provider, and keeps a short log for the
  * status screen.
  *
+ * The driver follows the app's one [PlatformState] by itself (network back
+ * → upload, permission/accuracy → sampling and health): the session does
+ * not forward anything. [health] is the report for the status screen and
+ * for support ("why don't I see the courier?").
+ *
  * Threads: everything that touches the buffer suspends ([open], [record],
- * [stats]) and runs on the SDK's threads; the driver's events are
- * collected as a Flow (`waypost-ktx` `Driver.events`) on a background
- * scope, where [onSamplingChanged] runs. Post to the main thread for UI
- * work.
+ * [stats]) and runs on the SDK's threads; the driver's events and health
+ * are collected as Flows (`waypost-ktx` `Driver.events`, `Driver.health`)
+ * on a background scope, where [onSamplingChanged] and [onHealth] run.
+ * Post to the main thread for UI work.
  */
 class DriverSession private constructor(
     val platform: PlatformState,
     /** Reconfigure the fused location provider with this. */
     private val onSamplingChanged: (LocationRequestSpec) -> Unit = {},
+    /** The health report changed (a reason appeared or cleared). */
+    private val onHealth: (DriverHealth) -> Unit = {},
 ) : AutoCloseable {
     companion object {
         /** Opens the SDK driver (its SQLite buffer, off the caller's thread) and starts uploading. */
@@ -38,12 +48,13 @@ class DriverSession private constructor(
             config: DriverConfig,
             tokens: TokenProvider,
             platform: PlatformState,
+            onHealth: (DriverHealth) -> Unit = {},
             onSamplingChanged: (LocationRequestSpec) -> Unit = {},
         ): DriverSession {
-            val session = DriverSession(platform, onSamplingChanged)
+            val session = DriverSession(platform, onSamplingChanged, onHealth)
             session.driver = Driver.open(config, tokens, null, platform)
             session.scope.launch { session.driver.events.collect { session.onEvent(it) } }
-            platform.addChangeListener(session.platformListener)
+            session.scope.launch { session.driver.health.collect { session.onHealthReport(it) } }
             session.driver.start()
             return session
         }
@@ -51,7 +62,9 @@ class DriverSession private constructor(
 
     private val log = ArrayDeque<String>()
     private val scope = CoroutineScope(SupervisorJob() + Dispatchers.Default)
-    private val platformListener: () -> Unit = { driver.environmentChanged() }
+
+    @Volatile var lastHealth: DriverHealth? = null
+        private set
 
     @Volatile var recorded = 0L
         private set
@@ -79,11 +92,25 @@ class DriverSession private constructor(
 
     suspend fun stats(): DriverStats = driver.stats()
 
+    /** The health report now (in memory, cheap). */
+    fun health(): DriverHealth = driver.health()
+
+    private fun onHealthReport(health: DriverHealth) {
+        lastHealth = health
+        synchronized(log) {
+            log.addFirst("health: " + health.issues.joinToString { it.code }.ifEmpty { "ok" })
+            while (log.size > 50) log.removeLast()
+        }
+        onHealth(health)
+    }
+
     /** One line for the status screen. */
     suspend fun statusText(): String {
         val s = driver.stats()
         val watched = if (s.watched) "watched" else "not watched"
-        return "recorded $recorded · dropped $dropped · pending ${s.pending} · uploaded ${s.ackedTotal} · $watched"
+        val health = driver.health()
+        val line = "recorded $recorded · dropped $dropped · pending ${s.pending} · uploaded ${s.ackedTotal} · $watched"
+        return if (health.ok && health.issues.isEmpty()) line else line + "\n" + health.summary
     }
 
     /** The newest events, newest first (at most 50). */
@@ -111,14 +138,12 @@ class DriverSession private constructor(
 
     /** Stops uploading (unsent fixes stay in the buffer for next time). Idempotent. */
     suspend fun stop() {
-        platform.removeChangeListener(platformListener)
         scope.cancel()
         driver.shutdown()
     }
 
     /** Releases the native handle; call after [stop]. */
     override fun close() {
-        platform.removeChangeListener(platformListener)
         scope.cancel()
         driver.close()
     }

@@ -48,6 +48,8 @@ data class LocationRequestSpec(
     val minUpdateDistanceM: Float,
     /** Lets the OS batch fixes (fewer wake-ups) up to this delay. */
     val maxUpdateDelayMs: Long,
+    /** False: no location permission, stop the updates (do not request). */
+    val active: Boolean = true,
 ) {
     companion object {
         // Values of com.google.android.gms.location.Priority.
@@ -66,7 +68,7 @@ data class LocationRequestSpec(
             // Otherwise let the OS batch up to the heartbeat; the SDK
             // records batches in one transaction anyway.
             val maxDelay = if (s.accuracy == Accuracy.HIGH) 0L else s.heartbeatMs.toLong().coerceAtLeast(interval)
-            return LocationRequestSpec(priority, interval, s.distanceFilterM.toFloat(), maxDelay)
+            return LocationRequestSpec(priority, interval, s.distanceFilterM.toFloat(), maxDelay, s.active)
         }
     }
 }

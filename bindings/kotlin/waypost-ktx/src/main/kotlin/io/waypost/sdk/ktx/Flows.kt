@@ -6,6 +6,7 @@ import io.waypost.sdk.ChatListener
 import io.waypost.sdk.ConnectionStateListener
 import io.waypost.sdk.Driver
 import io.waypost.sdk.DriverListener
+import io.waypost.sdk.HealthListener
 import io.waypost.sdk.LocationListener
 import io.waypost.sdk.OrderListener
 import io.waypost.sdk.Subscription
@@ -13,9 +14,12 @@ import io.waypost.sdk.types.ChatEntry
 import io.waypost.sdk.types.ChatEvent
 import io.waypost.sdk.types.ConnectionState
 import io.waypost.sdk.types.DriverEvent
+import io.waypost.sdk.types.DriverHealth
+import io.waypost.sdk.types.DriverStatusUpdate
 import io.waypost.sdk.types.LocationUpdate
 import io.waypost.sdk.types.OrderEntry
 import io.waypost.sdk.types.PresenceUpdate
+import io.waypost.sdk.types.TrailUpdate
 import io.waypost.sdk.types.TypingUpdate
 import java.util.Collections
 import java.util.WeakHashMap
@@ -50,6 +54,10 @@ import kotlinx.coroutines.flow.map
  *    re-read `messages(room, limit)` and collect again);
  *  - driver events: the newest [WaypostFlows.EVENT_BUFFER] are kept, older
  *    ones dropped (they are progress reports; `stats()` has the totals);
+ *  - driver updates (positions, dead-zone trails, online/offline): up to
+ *    [WaypostFlows.DRIVER_BUFFER] wait, then the collector fails with
+ *    [StreamOverflowException] (a trail must not be dropped);
+ *  - health: conflated, the collector sees the newest report;
  *  - connection state: a [StateFlow] (the newest state).
  */
 
@@ -58,6 +66,7 @@ object WaypostFlows {
     const val CHAT_BUFFER: Int = 1_024
     const val ORDER_BUFFER: Int = 256
     const val EVENT_BUFFER: Int = 64
+    const val DRIVER_BUFFER: Int = 256
 }
 
 /** A collector fell more than [capacity] items behind a stream that must not drop. */
@@ -95,9 +104,52 @@ fun BuyerClient.driverLocations(driverId: String): Flow<LocationUpdate> = callba
         override fun onRefused(code: String, message: String) {
             close(SubscriptionRefusedException("tracking:$driverId", code, message))
         }
+
+        // Positions only: collect [driverUpdates] for trails and status.
+        override fun onTrail(trail: TrailUpdate) {}
+        override fun onDriverStatus(status: DriverStatusUpdate) {}
     })
     awaitClose { sub.end() }
 }.conflate()
+
+/** What [driverUpdates] emits. */
+sealed interface DriverUpdate {
+    /** The driver moved (its newest known position first). */
+    data class Location(val update: LocationUpdate) : DriverUpdate
+
+    /** The driver's path through a dead zone, before the position that follows it. */
+    data class Trail(val trail: TrailUpdate) : DriverUpdate
+
+    /** The driver went dark or came back. */
+    data class Status(val status: DriverStatusUpdate) : DriverUpdate
+}
+
+/**
+ * One driver's positions, dead-zone trails and online/offline status, in
+ * the order the SDK reports them (not conflated: up to
+ * [WaypostFlows.DRIVER_BUFFER] wait). Fails like [driverLocations].
+ */
+fun BuyerClient.driverUpdates(driverId: String): Flow<DriverUpdate> = callbackFlow {
+    val what = "tracking:$driverId"
+    val sub = trackDriver(driverId, object : LocationListener {
+        override fun onLocation(update: LocationUpdate) {
+            offerOrFail(what, WaypostFlows.DRIVER_BUFFER, DriverUpdate.Location(update))
+        }
+
+        override fun onRefused(code: String, message: String) {
+            close(SubscriptionRefusedException(what, code, message))
+        }
+
+        override fun onTrail(trail: TrailUpdate) {
+            offerOrFail(what, WaypostFlows.DRIVER_BUFFER, DriverUpdate.Trail(trail))
+        }
+
+        override fun onDriverStatus(status: DriverStatusUpdate) {
+            offerOrFail(what, WaypostFlows.DRIVER_BUFFER, DriverUpdate.Status(status))
+        }
+    })
+    awaitClose { sub.end() }
+}.buffer(WaypostFlows.DRIVER_BUFFER)
 
 /**
  * Everything that happens in one chat room: new messages (once per seq, in
@@ -128,6 +180,12 @@ sealed interface OrderUpdate {
 
     /** The assigned driver moved (while the order is active). */
     data class Location(val update: LocationUpdate) : OrderUpdate
+
+    /** The driver's path through a dead zone (while the order is active). */
+    data class Trail(val trail: TrailUpdate) : OrderUpdate
+
+    /** The driver went dark or came back (while the order is active). */
+    data class Status(val status: DriverStatusUpdate) : OrderUpdate
 }
 
 /**
@@ -143,6 +201,14 @@ fun BuyerClient.orderUpdates(orderId: String): Flow<OrderUpdate> = callbackFlow 
 
         override fun onLocation(update: LocationUpdate) {
             offerOrFail(what, WaypostFlows.ORDER_BUFFER, OrderUpdate.Location(update))
+        }
+
+        override fun onTrail(trail: TrailUpdate) {
+            offerOrFail(what, WaypostFlows.ORDER_BUFFER, OrderUpdate.Trail(trail))
+        }
+
+        override fun onDriverStatus(status: DriverStatusUpdate) {
+            offerOrFail(what, WaypostFlows.ORDER_BUFFER, OrderUpdate.Status(status))
         }
     })
     awaitClose { sub.end() }
@@ -199,6 +265,21 @@ val Driver.events: Flow<DriverEvent>
     }.buffer(WaypostFlows.EVENT_BUFFER, BufferOverflow.DROP_OLDEST)
 
 /**
+ * The driver's health report: the current one first, then every change;
+ * conflated (the collector sees the newest). Cancelling the collection
+ * removes its listener; it does not keep the driver alive.
+ */
+val Driver.health: Flow<DriverHealth>
+    get() = callbackFlow {
+        val sub = addHealthListener(object : HealthListener {
+            override fun onHealth(health: DriverHealth) {
+                trySend(health)
+            }
+        })
+        awaitClose { sub.end() }
+    }.conflate()
+
+/**
  * A [BuyerListener] that ignores everything: extend it and override only
  * what the Flows do not carry (e.g. `onError` for refused messages). Keep
  * it free of references to its client, so that the client is freed with
@@ -212,4 +293,6 @@ open class BuyerListenerAdapter : BuyerListener {
     override fun onPresence(update: PresenceUpdate) {}
     override fun onTyping(update: TypingUpdate) {}
     override fun onError(reference: String, code: String, message: String) {}
+    override fun onTrail(trail: TrailUpdate) {}
+    override fun onDriverStatus(status: DriverStatusUpdate) {}
 }

@@ -4,7 +4,6 @@ import io.waypost.sample.core.BuyerSession
 import io.waypost.sample.core.CallbackTokenProvider
 import io.waypost.sample.core.DriverSession
 import io.waypost.sample.core.Fixes
-import io.waypost.sample.core.PlatformState
 import io.waypost.sdk.BuyerClient
 import io.waypost.sdk.BuyerConfig
 import io.waypost.sdk.BuyerListener
@@ -16,6 +15,7 @@ import io.waypost.sdk.DriverConfig
 import io.waypost.sdk.types.DriverEvent
 import io.waypost.sdk.DriverListener
 import io.waypost.sdk.OrderListener
+import io.waypost.sdk.PlatformState
 import io.waypost.sdk.types.OrderEntry
 import io.waypost.sdk.types.OrderEntryKind
 import io.waypost.sdk.types.ErrorInfo
@@ -25,6 +25,8 @@ import io.waypost.sdk.types.PresenceUpdate
 import io.waypost.sdk.types.RecordOutcome
 import io.waypost.sdk.staticToken
 import io.waypost.sdk.types.TypingUpdate
+import io.waypost.sdk.types.TrailUpdate
+import io.waypost.sdk.types.DriverStatusUpdate
 import io.waypost.sdk.types.WaypostException
 import io.waypost.sdk.nativeThreadName
 import io.waypost.sdk.sdkVersion
@@ -110,6 +112,8 @@ class BindingsTest {
         override fun onPresence(update: PresenceUpdate) { seen() }
         override fun onTyping(update: TypingUpdate) { seen() }
         override fun onError(reference: String, code: String, message: String) { seen() }
+        override fun onTrail(trail: TrailUpdate) { seen() }
+        override fun onDriverStatus(status: DriverStatusUpdate) { seen() }
     }
 
     @Test
@@ -176,12 +180,13 @@ class BindingsTest {
                 buyer.state().messages.any { it.body == "Thanks!" && it.status == MessageStatus.SENT && it.seq != null }
             }
 
-            // The platform reports the network gone, then back (what the broadcast receivers do).
-            platform.updateNetwork(io.waypost.sdk.types.NetworkType.OFFLINE)
+            // The platform reports the network gone, then back (what the broadcast receivers do);
+            // the buyer follows the PlatformState by itself.
+            platform.setNetwork(io.waypost.sdk.types.NetworkType.OFFLINE)
             TestEnv.await("the buyer goes offline") { buyer.state().connection == "offline: waiting for the network" }
             buyer.send("written offline")
             assertEquals(MessageStatus.PENDING, buyer.state().messages.last().status)
-            platform.updateNetwork(io.waypost.sdk.types.NetworkType.WIFI)
+            platform.setNetwork(io.waypost.sdk.types.NetworkType.WIFI)
             TestEnv.await("back live") { buyer.state().connection == "live" }
             TestEnv.await("the offline message is delivered") { vendorListener.messages.any { it.body == "written offline" } }
 
@@ -264,6 +269,49 @@ class BindingsTest {
     }
 
     @Test
+    fun `a buyer sees the courier's path through a dead zone`(): Unit = runBlocking {
+        // The phone buffered 10 fixes spanning 54 s and uploads them at once:
+        // the sample's buyer session gets the 9 it missed as the dead-zone
+        // path, in order, then the newest as the courier's position.
+        val driverId = TestEnv.uniqueId("d")
+        val buyerId = TestEnv.uniqueId("b")
+        val buyerToken = TestEnv.token(buyerId, "buyer", listOf("tracking:$driverId"))
+        val platform = PlatformState()
+        val buyer = BuyerSession.open(
+            BuyerConfig(baseUrl = TestEnv.url, userId = buyerId),
+            CallbackTokenProvider { buyerToken },
+            platform,
+            driverId,
+            TestEnv.uniqueId("order"),
+        )
+        val driver = Driver.open(
+            driverConfig(driverId, TestEnv.tempDir().resolve("dz.db").toString()),
+            staticToken(TestEnv.token(driverId, "driver")),
+            null,
+            platform,
+        )
+        try {
+            TestEnv.await("buyer connected") { buyer.state().connection == "live" }
+            Thread.sleep(500) // the subscription is in place
+            val fixes = route(10, lat0 = 45.07)
+            for (f in fixes) assertTrue(driver.record(f) is RecordOutcome.Recorded)
+            runBlocking { driver.uploadNow() }
+            TestEnv.await("the newest position") { buyer.state().latest != null }
+            val state = buyer.state()
+            assertEquals(fixes.dropLast(1).map { it.tsMs }, state.deadZonePath.map { it.tsMs })
+            assertEquals(fixes.last().tsMs, state.latest!!.tsMs)
+            assertEquals(null, state.courierStatus, "a first appearance is no comeback")
+        } finally {
+            runBlocking {
+                driver.shutdown()
+                buyer.stop()
+            }
+            driver.close()
+            buyer.close()
+        }
+    }
+
+    @Test
     fun `track_order delivers every order entry once and in order`(): Unit = runBlocking {
         val orderId = TestEnv.uniqueId("o")
         val buyerId = TestEnv.uniqueId("b")
@@ -280,6 +328,8 @@ class BindingsTest {
             val sub = buyer.trackOrder(orderId, object : OrderListener {
                 override fun onEntry(entry: OrderEntry) { entries += entry }
                 override fun onLocation(update: LocationUpdate) {}
+                override fun onTrail(trail: TrailUpdate) {}
+                override fun onDriverStatus(status: DriverStatusUpdate) {}
             })
             TestEnv.await("placed (replayed)") { entries.isNotEmpty() }
             val driverId = TestEnv.uniqueId("d")

@@ -28,8 +28,8 @@ object TestEnv {
     fun tempDir(): Path = Files.createTempDirectory("waypost-kt")
 
     /** Mints a development token (the server runs with --dev). */
-    fun token(sub: String, role: String, channels: List<String> = emptyList()): String {
-        val cmd = mutableListOf(bin, "token", "--dev", "--sub", sub, "--role", role, "--ttl", "10m")
+    fun token(sub: String, role: String, channels: List<String> = emptyList(), ttl: String = "10m"): String {
+        val cmd = mutableListOf(bin, "token", "--dev", "--sub", sub, "--role", role, "--ttl", ttl)
         if (channels.isNotEmpty()) cmd += listOf("--channels", channels.joinToString(","))
         val p = ProcessBuilder(cmd).redirectErrorStream(true).start()
         val out = p.inputStream.bufferedReader().readText().trim()
@@ -54,6 +54,17 @@ object TestEnv {
             .POST(HttpRequest.BodyPublishers.ofString(json)).build()
         val resp = http.send(req, HttpResponse.BodyHandlers.ofString())
         return resp.statusCode() to resp.body()
+    }
+
+    /** Posts one fix of [driverId] (seq [seq], now) with the driver's [token]. */
+    fun postFix(driverId: String, token: String, seq: Long) {
+        val body = """{"device_id":"kt","fixes":[{"seq":$seq,"ts":${System.currentTimeMillis()},"lat":52.5,"lon":13.4}]}"""
+        val req = HttpRequest.newBuilder(URI.create("$url/v1/drivers/$driverId/locations"))
+            .header("Authorization", "Bearer $token")
+            .header("Content-Type", "application/json")
+            .POST(HttpRequest.BodyPublishers.ofString(body)).build()
+        val resp = http.send(req, HttpResponse.BodyHandlers.ofString())
+        check(resp.statusCode() == 200) { "post fix $seq: HTTP ${resp.statusCode()} ${resp.body()}" }
     }
 
     /** (seq, lat) of every fix in a driver's trail on the server. */
