@@ -1,7 +1,7 @@
 package io.waypost.sdk.test
 
 import io.waypost.sample.core.Fixes
-import io.waypost.sample.core.PlatformState
+import io.waypost.sdk.PlatformState
 import io.waypost.sdk.BuyerClient
 import io.waypost.sdk.BuyerConfig
 import io.waypost.sdk.BuyerListener
