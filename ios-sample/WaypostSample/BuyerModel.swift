@@ -1,10 +1,13 @@
 import Foundation
 
-/// The buyer side: tracks one courier and chats in one order room. SDK
-/// callbacks arrive on an SDK thread ("waypost-rt"), one at a time and in
-/// order; every published change hops to the main actor. Opening the client,
-/// reading the stored chat and queueing a message are `async` SDK calls.
-final class BuyerModel: ObservableObject, BuyerListener, @unchecked Sendable {
+/// The buyer side: tracks one courier and chats in one order room by
+/// iterating the SDK's AsyncStreams (Waypost's `driverUpdates`,
+/// `chatEvents`, `connectionStates`); each loop runs in a `Task` on the main
+/// actor, and cancelling the tasks (close) ends the subscriptions. Opening
+/// the client, reading the stored chat and queueing a message are `async`
+/// SDK calls.
+@MainActor
+final class BuyerModel: ObservableObject {
     @Published private(set) var connection = "connecting…"
     @Published private(set) var tracking = "waiting for the courier's position…"
     @Published private(set) var messages: [ChatEntry] = []
@@ -19,8 +22,8 @@ final class BuyerModel: ObservableObject, BuyerListener, @unchecked Sendable {
     let room: String
     private let driverId: String
     private var client: BuyerClient?
-    /// Updates flow while these live; dropping them ends tracking / leaves the room.
-    private var subscriptions: [Subscription] = []
+    /// The stream loops; cancelling them ends tracking / leaves the room.
+    private var tasks: [Task<Void, Never>] = []
     private var byClientId: [String: ChatEntry] = [:]
     private let platform: PlatformMonitor
     private var closed = false
@@ -33,146 +36,155 @@ final class BuyerModel: ObservableObject, BuyerListener, @unchecked Sendable {
         let token = settings.token
         let baseUrl = settings.url
         let userId = settings.userId
-        Task { @MainActor [weak self] in
-            guard let self else { return }
+        Task { [weak self] in
             do {
                 let config = BuyerConfig(
                     baseUrl: baseUrl,
                     userId: userId,
                     // The chat store and outbox survive restarts: messages written offline are sent later.
-                    dbPath: try await Task.detached { try Self.dbURL().path }.value
+                    dbPath: try await Task.detached { try BuyerModel.dbURL().path }.value
                 )
-                let client = try await BuyerClient.open(config: config, listener: self,
+                // The client-wide listener only reports refused messages; it holds the model weakly,
+                // so the client does not keep the model (nor itself) alive.
+                let client = try await BuyerClient.open(config: config, listener: ErrorForwarder(self),
                                                         tokens: staticToken(token: token), platform: platform.state)
-                let subscriptions = [try client.trackDriver(driverId: self.driverId), try client.joinChat(room: self.room)]
+                guard let self else {
+                    try? await client.shutdown()
+                    return
+                }
                 let stored = try await client.messages(room: self.room, limit: 200)
-                self.opened(client, subscriptions: subscriptions, stored: stored)
+                self.opened(client, stored: stored)
             } catch {
-                self.lastError = "\(error)"
+                self?.lastError = "\(error)"
             }
         }
     }
 
-    @MainActor
-    private func opened(_ client: BuyerClient, subscriptions: [Subscription], stored: [ChatEntry]) {
+    private func opened(_ client: BuyerClient, stored: [ChatEntry]) {
         guard !closed else { // the screen went away while opening
-            subscriptions.forEach { $0.cancel() }
             Task { try? await client.shutdown() }
             return
         }
         self.client = client
-        self.subscriptions = subscriptions
         for m in stored where byClientId[m.clientId]?.seq == nil { byClientId[m.clientId] = m }
         messages = sorted()
         // The client follows the PlatformState (offline → waits, back → reconnects) by itself.
+        let driverId = self.driverId
+        let room = self.room
+        tasks = [
+            Task { [weak self] in
+                for await state in client.connectionStates() { self?.show(state) }
+            },
+            Task { [weak self] in
+                // Not newest-only: a dead zone's trail comes before the position after it.
+                do {
+                    for try await update in client.driverUpdates(driverId) { self?.handle(update) }
+                } catch {
+                    self?.lastError = "tracking: \(error)"
+                }
+            },
+            Task { [weak self] in
+                do {
+                    for try await event in client.chatEvents(room) { self?.handle(event) }
+                } catch {
+                    self?.lastError = "chat: \(error)"
+                }
+            },
+        ]
     }
 
     /// Queues a message (works offline; SQLite outbox); the pending entry shows at once.
-    @MainActor
     func send(_ body: String) {
         guard let client else { return }
         let room = self.room
         Task { [weak self] in
             do {
                 let entry = try await client.sendMessage(room: room, body: body)
-                self?.onOutgoing(message: entry)
+                self?.outgoing(entry)
             } catch {
-                await MainActor.run { self?.lastError = "\(error)" }
+                self?.lastError = "\(error)"
             }
         }
     }
 
-    @MainActor
     func userIsTyping() { try? client?.sendTyping(room: room) }
 
-    @MainActor
     func close() {
         closed = true
-        subscriptions.forEach { $0.cancel() }
-        subscriptions = []
+        tasks.forEach { $0.cancel() }
+        tasks = []
         guard let client else { return }
         self.client = nil
         Task { try? await client.shutdown() }
     }
 
-    // MARK: BuyerListener (SDK thread)
-
-    func onConnectionState(state: ConnectionState) {
-        let text: String
+    private func show(_ state: ConnectionState) {
         switch state {
-        case .connecting(let attempt): text = attempt <= 1 ? "connecting…" : "connecting (attempt \(attempt))…"
-        case .connected: text = "live"
-        case .backingOff(_, let retryInMs): text = "reconnecting in \((retryInMs + 999) / 1000) s"
-        case .offline: text = "offline: waiting for the network"
+        case .connecting(let attempt): connection = attempt <= 1 ? "connecting…" : "connecting (attempt \(attempt))…"
+        case .connected: connection = "live"
+        case .backingOff(_, let retryInMs): connection = "reconnecting in \((retryInMs + 999) / 1000) s"
+        case .offline: connection = "offline: waiting for the network"
         case .closed(let reason):
             switch reason {
-            case .shutdown: text = "closed"
-            case .unauthorized(let message): text = "signed out: \(message)"
-            case .refused(let code, let message): text = "refused (\(code)): \(message)"
+            case .shutdown: connection = "closed"
+            case .unauthorized(let message): connection = "signed out: \(message)"
+            case .refused(let code, let message): connection = "refused (\(code)): \(message)"
             }
         }
-        Task { @MainActor in self.connection = text }
     }
 
-    func onLocation(update: LocationUpdate) {
-        guard update.driverId == driverId else { return }
+    private func show(_ update: LocationUpdate) {
         var parts = [String(format: "Courier at %.5f, %.5f", update.lat, update.lon)]
         if let a = update.accuracyM { parts.append(String(format: "±%.0f m", a)) }
         if let s = update.speedMps { parts.append(String(format: "%.0f km/h", s * 3.6)) }
-        let text = parts.joined(separator: " · ")
-        Task { @MainActor in self.tracking = text }
+        tracking = parts.joined(separator: " · ")
     }
 
-    func onMessage(message: ChatEntry) {
-        guard message.room == room else { return }
-        Task { @MainActor in
-            self.byClientId[message.clientId] = message
-            self.messages = self.sorted()
+    private func handle(_ update: DriverUpdate) {
+        switch update {
+        case .location(let location):
+            show(location)
+        case .trail(let trail):
+            deadZonePath = trail.fixes
+        case .status(let status):
+            if status.online {
+                let why = status.reason.map { " (\($0))" } ?? ""
+                courierStatus = "Courier back after \((status.darkMs ?? 0) / 1000) s\(why)"
+            } else {
+                let since = Date(timeIntervalSince1970: Double(status.lastSeenMs) / 1000)
+                courierStatus = "Courier offline since \(since.formatted(date: .omitted, time: .standard))"
+            }
         }
     }
 
-    func onOutgoing(message: ChatEntry) {
-        guard message.room == room else { return }
-        Task { @MainActor in
-            // Never downgrade an acknowledged entry back to pending.
-            if self.byClientId[message.clientId]?.seq == nil { self.byClientId[message.clientId] = message }
-            self.messages = self.sorted()
+    private func handle(_ event: ChatEvent) {
+        switch event {
+        case .message(let entry):
+            byClientId[entry.clientId] = entry
+            messages = sorted()
+        case .outgoing(let entry):
+            outgoing(entry)
+        case .presence:
+            break
+        case .typing(let update):
+            guard update.user != me else { return }
+            typing = "\(update.user) is typing…"
+            Task { [weak self] in
+                try? await Task.sleep(nanoseconds: 3_000_000_000)
+                self?.typing = nil
+            }
+        case .refused(let reference, let code, let message):
+            lastError = "\(code): \(message) (\(reference))"
         }
     }
 
-    func onTrail(trail: TrailUpdate) {
-        guard trail.driverId == driverId else { return }
-        let path = trail.fixes
-        Task { @MainActor in self.deadZonePath = path }
+    private func outgoing(_ entry: ChatEntry) {
+        // Never downgrade an acknowledged entry back to pending.
+        if byClientId[entry.clientId]?.seq == nil { byClientId[entry.clientId] = entry }
+        messages = sorted()
     }
 
-    func onDriverStatus(status: DriverStatusUpdate) {
-        guard status.driverId == driverId else { return }
-        let text: String
-        if status.online {
-            let why = status.reason.map { " (\($0))" } ?? ""
-            text = "Courier back after \((status.darkMs ?? 0) / 1000) s\(why)"
-        } else {
-            let since = Date(timeIntervalSince1970: Double(status.lastSeenMs) / 1000)
-            text = "Courier offline since \(since.formatted(date: .omitted, time: .standard))"
-        }
-        Task { @MainActor in self.courierStatus = text }
-    }
-
-    func onPresence(update: PresenceUpdate) {}
-
-    func onTyping(update: TypingUpdate) {
-        guard update.room == room, update.user != me else { return }
-        Task { @MainActor in
-            self.typing = "\(update.user) is typing…"
-            try? await Task.sleep(nanoseconds: 3_000_000_000)
-            self.typing = nil
-        }
-    }
-
-    func onError(reference: String, code: String, message: String) {
-        Task { @MainActor in self.lastError = "\(code): \(message) (\(reference))" }
-    }
+    fileprivate func report(_ text: String) { lastError = text }
 
     /// Stored messages by seq, then own pending/failed ones by time.
     private func sorted() -> [ChatEntry] {
@@ -186,9 +198,28 @@ final class BuyerModel: ObservableObject, BuyerListener, @unchecked Sendable {
         }
     }
 
-    private static func dbURL() throws -> URL {
+    nonisolated private static func dbURL() throws -> URL {
         let dir = try FileManager.default.url(for: .applicationSupportDirectory, in: .userDomainMask,
                                               appropriateFor: nil, create: true)
         return dir.appendingPathComponent("waypost-chat.db")
+    }
+}
+
+/// The client-wide listener: the streams carry everything else; this one
+/// reports refused messages. Holds the model weakly (no retain cycle through
+/// the SDK).
+private final class ErrorForwarder: BuyerListener, @unchecked Sendable {
+    private weak var model: BuyerModel?
+    init(_ model: BuyerModel?) { self.model = model }
+    func onConnectionState(state: ConnectionState) {}
+    func onLocation(update: LocationUpdate) {}
+    func onMessage(message: ChatEntry) {}
+    func onOutgoing(message: ChatEntry) {}
+    func onPresence(update: PresenceUpdate) {}
+    func onTyping(update: TypingUpdate) {}
+    func onTrail(trail: TrailUpdate) {}
+    func onDriverStatus(status: DriverStatusUpdate) {}
+    func onError(reference: String, code: String, message: String) {
+        Task { @MainActor [weak model] in model?.report("\(code): \(message) (\(reference))") }
     }
 }

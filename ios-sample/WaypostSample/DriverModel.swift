@@ -24,7 +24,7 @@ import Foundation
 ///   means the SDK requests nothing (`SamplingRequest.active == false`) and
 ///   the health report says so.
 ///
-/// Health: `DriverHealth` reports (a listener; one per change of the set
+/// Health: `DriverHealth` reports (the `healthUpdates()` stream; one per change of the set
 /// of issues, not per fix) are shown as `health`, in words a support
 /// engineer understands.
 ///
@@ -32,10 +32,11 @@ import Foundation
 /// `recordMany` and `stats` are `async` calls the SDK runs on its own
 /// threads; CoreLocation batches go through an `AsyncStream` to one
 /// recording task, so fixes reach the buffer in delivery order. SDK events
-/// (SDK threads) go into another `AsyncStream` that a main-actor task
-/// consumes, which is the only writer of published state.
-final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, DriverListener, HealthListener,
-    @unchecked Sendable {
+/// come from the SDK's own `AsyncStream`s (`driver.events()`,
+/// `driver.healthUpdates()`), iterated by main-actor tasks, the only
+/// writers of published state; cancelling those tasks (stop) ends the
+/// subscriptions.
+final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, @unchecked Sendable {
     @Published private(set) var status = "not driving"
     @Published private(set) var events: [String] = []
     @Published private(set) var isDriving = false
@@ -48,30 +49,24 @@ final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, 
     private var batchSink: AsyncStream<[Location]>.Continuation?
     private var recordTask: Task<Void, Never>?
     private var driver: Driver?
-    private var healthSubscription: Subscription?
     private var wantsUpdates = false
     private var askedFullAccuracy = false
 
-    /// SDK events, from whichever SDK thread raised them, in order.
-    private let eventStream: AsyncStream<DriverEvent>
-    private let eventSink: AsyncStream<DriverEvent>.Continuation
+    /// Iterate `driver.events()` / `driver.healthUpdates()` while driving.
     private var eventTask: Task<Void, Never>?
+    private var healthTask: Task<Void, Never>?
 
     init(platform: PlatformMonitor) {
         self.platform = platform
-        (eventStream, eventSink) = AsyncStream.makeStream(of: DriverEvent.self, bufferingPolicy: .bufferingNewest(100))
         super.init()
         manager.delegate = self
         manager.activityType = .automotiveNavigation
         manager.pausesLocationUpdatesAutomatically = false
-        eventTask = Task { @MainActor [weak self, eventStream] in
-            for await event in eventStream { self?.handle(event) }
-        }
     }
 
     deinit {
-        eventSink.finish()
         eventTask?.cancel()
+        healthTask?.cancel()
     }
 
     @MainActor
@@ -94,8 +89,9 @@ final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, 
                 // Creating the folder is file-system work: off the main actor.
                 cfg.bufferPath = try await Task.detached { try Self.bufferURL().path }.value
                 // A real app passes a TokenProvider that refreshes from its backend (async).
+                // No listener: events come from driver.events() (see opened).
                 let driver = try await Driver.open(config: cfg, tokens: staticToken(token: token),
-                                                   listener: self, platform: platform.state)
+                                                   listener: nil, platform: platform.state)
                 try driver.start()
                 self.opened(driver, sampling: driver.desiredSampling())
             } catch {
@@ -112,8 +108,13 @@ final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, 
             return
         }
         self.driver = driver
-        // The driver follows the PlatformState by itself; only health is listened to.
-        healthSubscription = try? driver.addHealthListener(listener: self)
+        // The driver follows the PlatformState by itself; events and health come as streams.
+        eventTask = Task { @MainActor [weak self] in
+            for await event in driver.events() { self?.handle(event) }
+        }
+        healthTask = Task { @MainActor [weak self] in
+            for await health in driver.healthUpdates() { self?.show(health) }
+        }
         let (batches, sink) = AsyncStream.makeStream(of: [Location].self, bufferingPolicy: .bufferingNewest(256))
         batchSink = sink
         recordTask = Task { [weak self] in
@@ -145,10 +146,12 @@ final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, 
     func stop() {
         wantsUpdates = false
         manager.stopUpdatingLocation()
-        healthSubscription?.cancel()
-        healthSubscription = nil
+        healthTask?.cancel()
+        healthTask = nil
         batchSink?.finish()
         batchSink = nil
+        eventTask?.cancel()
+        eventTask = nil
         guard let driver else { return }
         self.driver = nil
         isDriving = false
@@ -219,20 +222,10 @@ final class DriverModel: NSObject, ObservableObject, CLLocationManagerDelegate, 
         Task { @MainActor in self.log("location error: \(error.localizedDescription)") }
     }
 
-    // MARK: HealthListener (SDK thread): hop to the main actor.
-
-    func onHealth(health: DriverHealth) {
-        let text = health.issues.isEmpty ? "" : health.summary
-        Task { @MainActor [weak self] in
-            self?.health = text
-            self?.log("health: " + (health.issues.isEmpty ? "ok" : health.issues.map(\.code).joined(separator: ", ")))
-        }
-    }
-
-    // MARK: DriverListener (SDK thread): only hands the event to the stream.
-
-    func onEvent(event: DriverEvent) {
-        eventSink.yield(event)
+    @MainActor
+    private func show(_ health: DriverHealth) {
+        self.health = health.issues.isEmpty ? "" : health.summary
+        log("health: " + (health.issues.isEmpty ? "ok" : health.issues.map(\.code).joined(separator: ", ")))
     }
 
     @MainActor

@@ -19,6 +19,7 @@ pub mod clock;
 pub mod driver;
 pub mod env;
 pub mod error;
+pub mod subscription;
 pub mod tokens;
 pub mod transport;
 
@@ -45,6 +46,7 @@ pub use env::{
     PlatformState,
 };
 pub use error::{ErrorInfo, WaypostError};
+pub use subscription::Subscription;
 pub use tokens::{StaticToken, TokenProvider};
 pub use transport::{
     HttpError, HttpHeader, HttpRequest, HttpResponse, HttpTransport, ReqwestTransport, StatusError,

@@ -5,10 +5,12 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Weak};
 
+use waypost_sdk::subscription::Subscription as CoreSubscription;
+
 use waypost_sdk::buyer as sdk;
 use waypost_sdk::buyer::{
-    ChatEntry, ConnectionState, DriverStatusUpdate, LocationUpdate, OrderEntry, PresenceUpdate,
-    PushPlatform, PushSync, TrailUpdate, TypingUpdate,
+    ChatEntry, ChatEvent, ConnectionState, DriverStatusUpdate, LocationUpdate, OrderEntry,
+    PresenceUpdate, PushPlatform, PushSync, TrailUpdate, TypingUpdate,
 };
 
 use crate::error::WaypostError;
@@ -153,9 +155,89 @@ impl sdk::BuyerListener for ListenerAdapter {
     }
 }
 
-/// A buyer's connection to Waypost: live tracking and chat. It connects at
-/// once and reconnects on its own (backoff with jitter; immediately when
-/// the platform reports the network back). Safe to use from any thread.
+/// Hears one driver subscription (`BuyerClient.track_driver(id, listener)`):
+/// that driver's positions only. Called on an SDK thread, one call at a
+/// time and in order; return quickly. A callback that throws is logged and
+/// does not stop the SDK.
+#[uniffi::export(with_foreign)]
+pub trait LocationListener: Send + Sync {
+    /// The driver moved: its newest known position first (when there is
+    /// one), then every newer fix, across reconnects.
+    fn on_location(&self, update: LocationUpdate);
+    /// The server refused the subscription (e.g. `forbidden`); nothing
+    /// more arrives.
+    fn on_refused(&self, code: String, message: String);
+    /// The driver's path through a dead zone (the fixes watchers missed,
+    /// oldest first, thinned), right before the `on_location` that follows
+    /// it.
+    fn on_trail(&self, trail: TrailUpdate);
+    /// The driver went dark (no upload for the server's online TTL) or
+    /// came back.
+    fn on_driver_status(&self, status: DriverStatusUpdate);
+}
+
+struct LocationAdapter(Arc<dyn LocationListener>);
+
+impl sdk::LocationListener for LocationAdapter {
+    fn on_location(&self, update: LocationUpdate) {
+        guarded("LocationListener", "on_location", || {
+            self.0.on_location(update)
+        });
+    }
+    fn on_refused(&self, code: String, message: String) {
+        guarded("LocationListener", "on_refused", || {
+            self.0.on_refused(code, message)
+        });
+    }
+    fn on_trail(&self, trail: TrailUpdate) {
+        guarded("LocationListener", "on_trail", || self.0.on_trail(trail));
+    }
+    fn on_driver_status(&self, status: DriverStatusUpdate) {
+        guarded("LocationListener", "on_driver_status", || {
+            self.0.on_driver_status(status)
+        });
+    }
+}
+
+/// Hears one room subscription (`BuyerClient.join_chat(room, listener)`):
+/// that room's events only. Same threading as [`LocationListener`].
+#[uniffi::export(with_foreign)]
+pub trait ChatListener: Send + Sync {
+    fn on_chat_event(&self, event: ChatEvent);
+}
+
+struct ChatAdapter(Arc<dyn ChatListener>);
+
+impl sdk::ChatListener for ChatAdapter {
+    fn on_chat_event(&self, event: ChatEvent) {
+        guarded("ChatListener", "on_chat_event", || {
+            self.0.on_chat_event(event)
+        });
+    }
+}
+
+/// Hears the connection state (`BuyerClient.watch_connection_state`): the
+/// current state first, then every change. Same threading as
+/// [`LocationListener`].
+#[uniffi::export(with_foreign)]
+pub trait ConnectionStateListener: Send + Sync {
+    fn on_connection_state(&self, state: ConnectionState);
+}
+
+struct StateAdapter(Arc<dyn ConnectionStateListener>);
+
+impl sdk::ConnectionStateListener for StateAdapter {
+    fn on_connection_state(&self, state: ConnectionState) {
+        guarded("ConnectionStateListener", "on_connection_state", || {
+            self.0.on_connection_state(state)
+        });
+    }
+}
+
+fn subscription(s: CoreSubscription) -> Arc<Subscription> {
+    Arc::new(s.into())
+}
+
 /// Follows one order (`BuyerClient.track_order`): its timeline entries
 /// once each, in seq order, across reconnects, and its driver's position
 /// while the order is active. Called from an SDK thread, one call at a
@@ -193,6 +275,9 @@ impl sdk::OrderListener for OrderAdapter {
     }
 }
 
+/// A buyer's connection to Waypost: live tracking and chat. It connects at
+/// once and reconnects on its own (backoff with jitter; immediately when
+/// the platform reports the network back). Safe to use from any thread.
 #[derive(uniffi::Object)]
 pub struct BuyerClient {
     inner: Arc<sdk::BuyerClient>,
@@ -231,13 +316,26 @@ impl BuyerClient {
         Ok(Arc::new(Self { inner }))
     }
 
-    /// Watches a driver: `on_location` gets its position now (if known) and
-    /// every newer one, across reconnects, until the returned subscription
-    /// is cancelled or dropped (which stops tracking this driver).
-    pub fn track_driver(&self, driver_id: String) -> Result<Arc<Subscription>, WaypostError> {
+    /// Watches a driver until the returned subscription is cancelled or
+    /// dropped. With a `listener`, that listener gets this driver's
+    /// positions only (its newest known one first); without, they go to
+    /// the client-wide `BuyerListener.on_location`. The wire subscription
+    /// ends when no subscription wants the driver any more.
+    #[uniffi::method(default(listener = None))]
+    pub fn track_driver(
+        &self,
+        driver_id: String,
+        listener: Option<Arc<dyn LocationListener>>,
+    ) -> Result<Arc<Subscription>, WaypostError> {
+        if let Some(l) = listener {
+            let sub = self
+                .inner
+                .subscribe_driver(driver_id, Arc::new(LocationAdapter(l)))?;
+            return Ok(subscription(sub));
+        }
         self.inner.track_driver(driver_id.clone())?;
         let client = Arc::downgrade(&self.inner);
-        Ok(Arc::new(Subscription::new(move || {
+        Ok(subscription(CoreSubscription::new(move || {
             if let Some(c) = Weak::upgrade(&client) {
                 // Shut down or busy: the subscription is gone either way.
                 let _ = c.untrack_driver(driver_id);
@@ -245,9 +343,6 @@ impl BuyerClient {
         })))
     }
 
-    /// Joins a chat room: `on_message` gets its timeline after the last
-    /// stored seq, then every new message, until the returned subscription
-    /// is cancelled or dropped (which leaves the room).
     /// Follows an order: `listener` gets every timeline entry (status,
     /// ETA, arrival, departure) from seq 1, once and in order across
     /// reconnects, and the driver's position while the order is active.
@@ -260,21 +355,53 @@ impl BuyerClient {
         self.inner
             .track_order(order_id.clone(), Arc::new(OrderAdapter(listener)))?;
         let client = Arc::downgrade(&self.inner);
-        Ok(Arc::new(Subscription::new(move || {
+        Ok(subscription(CoreSubscription::new(move || {
             if let Some(c) = Weak::upgrade(&client) {
                 let _ = c.untrack_order(order_id);
             }
         })))
     }
 
-    pub fn join_chat(&self, room: String) -> Result<Arc<Subscription>, WaypostError> {
+    /// Joins a chat room until the returned subscription is cancelled or
+    /// dropped: its timeline resumes after the last stored seq. With a
+    /// `listener`, that listener gets this room's [`ChatEvent`]s only;
+    /// without, they go to the client-wide `BuyerListener`. The room is
+    /// left when no subscription wants it any more.
+    #[uniffi::method(default(listener = None))]
+    pub fn join_chat(
+        &self,
+        room: String,
+        listener: Option<Arc<dyn ChatListener>>,
+    ) -> Result<Arc<Subscription>, WaypostError> {
+        if let Some(l) = listener {
+            let sub = self.inner.subscribe_chat(room, Arc::new(ChatAdapter(l)))?;
+            return Ok(subscription(sub));
+        }
         self.inner.join_chat(room.clone())?;
         let client = Arc::downgrade(&self.inner);
-        Ok(Arc::new(Subscription::new(move || {
+        Ok(subscription(CoreSubscription::new(move || {
             if let Some(c) = Weak::upgrade(&client) {
                 let _ = c.leave_chat(room);
             }
         })))
+    }
+
+    /// Follows the connection state: `listener` gets the current state,
+    /// then every change, until the returned subscription is cancelled.
+    pub fn watch_connection_state(
+        &self,
+        listener: Arc<dyn ConnectionStateListener>,
+    ) -> Result<Arc<Subscription>, WaypostError> {
+        let sub = self
+            .inner
+            .watch_connection_state(Arc::new(StateAdapter(listener)))?;
+        Ok(subscription(sub))
+    }
+
+    /// Per-subscription listeners (drivers, rooms, connection state) alive
+    /// now: drops back when subscriptions are cancelled.
+    pub fn subscription_count(&self) -> u32 {
+        u32::try_from(self.inner.subscription_count()).unwrap_or(u32::MAX)
     }
 
     /// Writes a message: stored in the outbox at once (works offline), sent

@@ -259,6 +259,24 @@ impl Driver {
         runtime::run_blocking(move || inner.record_many(locations)).await?
     }
 
+    /// Adds a listener of every event from now on, until the returned
+    /// subscription is cancelled or dropped (the listener given to `open`
+    /// also hears `BufferRecreated`, raised during the open).
+    pub fn watch_events(
+        &self,
+        listener: Arc<dyn DriverListener>,
+    ) -> Result<Arc<Subscription>, WaypostError> {
+        let sub = self
+            .inner
+            .watch_events(Arc::new(ListenerAdapter(listener)))?;
+        Ok(Arc::new(sub.into()))
+    }
+
+    /// Listeners added with `watch_events` and not cancelled.
+    pub fn watcher_count(&self) -> u32 {
+        u32::try_from(self.inner.watcher_count()).unwrap_or(u32::MAX)
+    }
+
     /// Asks the background uploader to upload now.
     pub fn flush(&self) {
         self.inner.flush();
@@ -305,11 +323,14 @@ impl Driver {
             .inner
             .add_health_listener(Arc::new(HealthAdapter(listener)))?;
         let driver = Arc::downgrade(&self.inner);
-        Ok(Arc::new(Subscription::new(move || {
-            if let Some(d) = driver.upgrade() {
-                d.remove_health_listener(id);
-            }
-        })))
+        Ok(Arc::new(
+            waypost_sdk::subscription::Subscription::new(move || {
+                if let Some(d) = driver.upgrade() {
+                    d.remove_health_listener(id);
+                }
+            })
+            .into(),
+        ))
     }
 
     /// What the SDK wants from the OS location service right now.

@@ -4,8 +4,8 @@
 //! become commands to that task (bounded queue), so all state changes and
 //! all listener calls happen on it, one at a time and in order.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -22,16 +22,18 @@ use super::orders::Orders;
 use super::outbox::{Outbox, Verdict};
 use super::push::{self, PushPlatform, PushSync};
 use super::store::Store;
-use super::tracking::Tracking;
+use super::tracking::{Tracking, MAX_TRACKED};
 use super::transport::{TungsteniteConnector, WsConnector};
 use super::types::{
-    BuyerListener, ChatEntry, ConnectionState, DriverStatusUpdate, LocationUpdate, OrderListener,
-    PresenceUpdate, TrailUpdate, TypingUpdate,
+    BuyerListener, ChatEntry, ChatEvent, ChatListener, ConnectionState, ConnectionStateListener,
+    DriverStatusUpdate, LocationListener, LocationUpdate, OrderListener, PresenceUpdate,
+    TrailUpdate, TypingUpdate,
 };
 use crate::backoff::{BackoffPolicy, RandomSource, SeededRandom};
 use crate::clock::{Clock, SystemClock};
 use crate::env::{Environment, ManualEnvironment};
 use crate::error::WaypostError;
+use crate::subscription::{Listeners, Subscription, MAX_LISTENERS};
 use crate::tokens::{TokenProvider, Tokens};
 use crate::transport::{HttpError, HttpTransport, ReqwestTransport};
 
@@ -144,12 +146,22 @@ impl BuyerDeps {
 
 /// App commands and internal events, processed by the client task.
 pub enum Command {
-    Track(String),
+    /// Track a driver; `sub` is the id of a new per-subscription listener
+    /// (it gets the newest known position at once).
+    Track {
+        driver_id: String,
+        sub: Option<u64>,
+    },
+    /// Somebody stopped wanting a driver: untrack it unless another
+    /// subscription (or the client-wide `track_driver`) still wants it.
     Untrack(String),
     TrackOrder(String, Arc<dyn OrderListener>),
     UntrackOrder(String),
     Join(String),
+    /// Like [`Command::Untrack`] for a room.
     Leave(String),
+    /// A new connection-state listener: tell it the current state.
+    WatchState(u64),
     Queued(ChatEntry),
     Retry {
         room: String,
@@ -172,6 +184,51 @@ struct Snapshot {
     locations: HashMap<String, LocationUpdate>,
 }
 
+/// Who wants what, shared by the app's threads (subscribe, cancel) and the
+/// client task (delivery). Locked briefly; listeners are called outside.
+#[derive(Default)]
+struct Registry {
+    drivers: Listeners<dyn LocationListener>,
+    rooms: Listeners<dyn ChatListener>,
+    states: Listeners<dyn ConnectionStateListener>,
+    /// Drivers and rooms followed through the client-wide listener
+    /// (`track_driver`, `join_chat`).
+    wide_drivers: HashSet<String>,
+    wide_rooms: HashSet<String>,
+    /// The task ended: no new listeners.
+    stopped: bool,
+}
+
+impl Registry {
+    fn wants_driver(&self, driver_id: &str) -> bool {
+        self.wide_drivers.contains(driver_id) || self.drivers.has(driver_id)
+    }
+
+    fn wants_room(&self, room: &str) -> bool {
+        self.wide_rooms.contains(room) || self.rooms.has(room)
+    }
+
+    fn check_open(&self) -> Result<(), WaypostError> {
+        if self.stopped {
+            return Err(WaypostError::ShutDown);
+        }
+        Ok(())
+    }
+}
+
+/// Adds `key` to a client-wide set (bounded); whether it was new.
+fn add_wide(set: &mut HashSet<String>, key: &str) -> Result<bool, WaypostError> {
+    if set.contains(key) {
+        return Ok(false);
+    }
+    if set.len() >= MAX_LISTENERS {
+        return Err(WaypostError::Busy {
+            details: format!("more than {MAX_LISTENERS} subscriptions"),
+        });
+    }
+    Ok(set.insert(key.to_owned()))
+}
+
 /// A buyer's connection to Waypost: live tracking and chat.
 pub struct BuyerClient {
     config: BuyerConfig,
@@ -184,6 +241,7 @@ pub struct BuyerClient {
     store: Arc<Store>,
     clock: Arc<dyn Clock>,
     snapshot: Arc<Mutex<Snapshot>>,
+    registry: Arc<Mutex<Registry>>,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -218,6 +276,7 @@ impl BuyerClient {
         let (tx, mut rx) = mpsc::channel(COMMAND_QUEUE);
         let cancel = CancellationToken::new();
         let snapshot = Arc::new(Mutex::new(Snapshot::default()));
+        let registry = Arc::new(Mutex::new(Registry::default()));
         let tokens = Arc::new(Tokens::new(tokens, Arc::clone(&deps.clock)));
         let conn_cfg = ConnectionConfig {
             ws_url,
@@ -248,6 +307,7 @@ impl BuyerClient {
             tokens,
             cmd: tx.downgrade(),
             snapshot: Arc::clone(&snapshot),
+            registry: Arc::clone(&registry),
             connected: false,
             tracking: Tracking::default(),
             orders: Orders::default(),
@@ -279,6 +339,7 @@ impl BuyerClient {
             store,
             clock: deps.clock,
             snapshot,
+            registry,
             task: Mutex::new(Some(task)),
         }))
     }
@@ -292,15 +353,100 @@ impl BuyerClient {
         })
     }
 
-    /// Watches a driver: `on_location` gets its position now (if known)
-    /// and every newer one, across reconnects.
+    /// Watches a driver through the client-wide listener: `on_location`
+    /// gets its position now (if known) and every newer one, across
+    /// reconnects, until [`untrack_driver`](Self::untrack_driver).
     pub fn track_driver(&self, driver_id: String) -> Result<(), WaypostError> {
         check_id("driver_id", &driver_id)?;
-        self.send(Command::Track(driver_id))
+        let new = {
+            let mut r = self.registry.lock();
+            r.check_open()?;
+            add_wide(&mut r.wide_drivers, &driver_id)?
+        };
+        let sent = self.send(Command::Track {
+            driver_id: driver_id.clone(),
+            sub: None,
+        });
+        if sent.is_err() && new {
+            self.registry.lock().wide_drivers.remove(&driver_id);
+        }
+        sent
     }
 
+    /// Stops [`track_driver`](Self::track_driver). The wire subscription
+    /// ends unless a [`subscribe_driver`](Self::subscribe_driver) still
+    /// wants the driver.
     pub fn untrack_driver(&self, driver_id: String) -> Result<(), WaypostError> {
+        self.registry.lock().wide_drivers.remove(&driver_id);
         self.send(Command::Untrack(driver_id))
+    }
+
+    /// Watches a driver for one listener: `listener` gets that driver's
+    /// newest known position (if any) and every newer one, across
+    /// reconnects, and nothing about other drivers (the client-wide
+    /// listener still hears them too). Cancelling or dropping the returned
+    /// [`Subscription`] removes the listener at once and ends the wire
+    /// subscription when nothing else wants the driver.
+    pub fn subscribe_driver(
+        &self,
+        driver_id: String,
+        listener: Arc<dyn LocationListener>,
+    ) -> Result<Subscription, WaypostError> {
+        check_id("driver_id", &driver_id)?;
+        let remove = |r: &mut Registry, id| r.drivers.remove(id);
+        let id = self.register(
+            |r| r.drivers.add(&driver_id, listener),
+            |id| Command::Track {
+                driver_id: driver_id.clone(),
+                sub: Some(id),
+            },
+            remove,
+        )?;
+        Ok(self.release_on_cancel(id, remove, Command::Untrack))
+    }
+
+    /// Adds a listener to the registry (with `add`) and queues `command`
+    /// for the task; takes the listener out again (with `remove`) when the
+    /// queue refuses. The listener's id.
+    fn register(
+        &self,
+        add: impl FnOnce(&mut Registry) -> Result<u64, WaypostError>,
+        command: impl FnOnce(u64) -> Command,
+        remove: fn(&mut Registry, u64) -> Option<String>,
+    ) -> Result<u64, WaypostError> {
+        let id = {
+            let mut r = self.registry.lock();
+            r.check_open()?;
+            add(&mut r)?
+        };
+        if let Err(e) = self.send(command(id)) {
+            remove(&mut self.registry.lock(), id);
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    /// A subscription whose cancel removes listener `id` (with `remove`)
+    /// and asks the task to release the key. When the queue is full the
+    /// task's periodic sweep releases it instead.
+    fn release_on_cancel(
+        &self,
+        id: u64,
+        remove: fn(&mut Registry, u64) -> Option<String>,
+        release: fn(String) -> Command,
+    ) -> Subscription {
+        let registry: Weak<Mutex<Registry>> = Arc::downgrade(&self.registry);
+        let cmd = self.cmd.downgrade();
+        Subscription::new(move || {
+            let Some(registry) = registry.upgrade() else {
+                return;
+            };
+            let key = remove(&mut registry.lock(), id);
+            if let (Some(key), Some(tx)) = (key, cmd.upgrade()) {
+                // Full or closed: the sweep (or the shutdown) takes care.
+                let _ = tx.try_send(release(key));
+            }
+        })
     }
 
     /// Follows an order: `listener` gets its timeline entries (status,
@@ -320,14 +466,76 @@ impl BuyerClient {
         self.send(Command::UntrackOrder(order_id))
     }
 
-    /// Joins a chat room: its timeline resumes after the last stored seq.
+    /// Joins a chat room for the client-wide listener: its timeline
+    /// resumes after the last stored seq, until
+    /// [`leave_chat`](Self::leave_chat).
     pub fn join_chat(&self, room: String) -> Result<(), WaypostError> {
         check_id("room", &room)?;
-        self.send(Command::Join(room))
+        let new = {
+            let mut r = self.registry.lock();
+            r.check_open()?;
+            add_wide(&mut r.wide_rooms, &room)?
+        };
+        let sent = self.send(Command::Join(room.clone()));
+        if sent.is_err() && new {
+            self.registry.lock().wide_rooms.remove(&room);
+        }
+        sent
     }
 
+    /// Stops [`join_chat`](Self::join_chat); the room is left unless a
+    /// [`subscribe_chat`](Self::subscribe_chat) still wants it.
     pub fn leave_chat(&self, room: String) -> Result<(), WaypostError> {
+        self.registry.lock().wide_rooms.remove(&room);
         self.send(Command::Leave(room))
+    }
+
+    /// Joins a chat room for one listener: `listener` gets that room's
+    /// [`ChatEvent`]s (new messages after the last stored seq, own
+    /// messages' status, presence, typing, a refused subscription) and
+    /// nothing about other rooms. Read the stored timeline with
+    /// [`messages`](Self::messages). Cancelling or dropping the returned
+    /// [`Subscription`] removes the listener at once and leaves the room
+    /// when nothing else wants it.
+    pub fn subscribe_chat(
+        &self,
+        room: String,
+        listener: Arc<dyn ChatListener>,
+    ) -> Result<Subscription, WaypostError> {
+        check_id("room", &room)?;
+        let remove = |r: &mut Registry, id| r.rooms.remove(id);
+        let id = self.register(
+            |r| r.rooms.add(&room, listener),
+            |_| Command::Join(room.clone()),
+            remove,
+        )?;
+        Ok(self.release_on_cancel(id, remove, Command::Leave))
+    }
+
+    /// Follows the connection state for one listener: the current state
+    /// first, then every change, in order, until the returned
+    /// [`Subscription`] is cancelled or dropped.
+    pub fn watch_connection_state(
+        &self,
+        listener: Arc<dyn ConnectionStateListener>,
+    ) -> Result<Subscription, WaypostError> {
+        let id = self.register(
+            |r| r.states.add("", listener),
+            Command::WatchState,
+            |r, id| r.states.remove(id),
+        )?;
+        let registry = Arc::downgrade(&self.registry);
+        Ok(Subscription::new(move || {
+            if let Some(r) = registry.upgrade() {
+                r.lock().states.remove(id);
+            }
+        }))
+    }
+
+    /// Per-subscription listeners alive now (all kinds).
+    pub fn subscription_count(&self) -> usize {
+        let r = self.registry.lock();
+        r.drivers.len() + r.rooms.len() + r.states.len()
     }
 
     /// Writes a message: stored in the outbox at once (works offline) and
@@ -597,6 +805,7 @@ struct Core {
     tokens: Arc<Tokens>,
     cmd: mpsc::WeakSender<Command>,
     snapshot: Arc<Mutex<Snapshot>>,
+    registry: Arc<Mutex<Registry>>,
     connected: bool,
     tracking: Tracking,
     orders: Orders,
@@ -612,6 +821,85 @@ struct Core {
 impl Core {
     fn stop(&mut self) {
         self.http_tasks.clear();
+        // Release the app's listeners (foreign objects) now, not when the
+        // last handle to the client goes.
+        let mut r = self.registry.lock();
+        r.stopped = true;
+        r.drivers.clear();
+        r.rooms.clear();
+        r.states.clear();
+    }
+
+    /// Tells the room's subscriptions about `event`.
+    fn room_event(&self, room: &str, event: impl FnOnce() -> ChatEvent) {
+        let listeners = self.registry.lock().rooms.get(room);
+        if listeners.is_empty() {
+            return;
+        }
+        let event = event();
+        for l in listeners {
+            l.on_chat_event(event.clone());
+        }
+    }
+
+    /// An own message was queued or changed status.
+    fn outgoing(&self, entry: ChatEntry) {
+        let room = entry.room.clone();
+        self.room_event(&room, || ChatEvent::Outgoing {
+            entry: entry.clone(),
+        });
+        self.listener.on_outgoing(entry);
+    }
+
+    fn release_driver(&mut self, driver_id: &str, out: &mut Vec<ClientFrame>) {
+        if self.registry.lock().wants_driver(driver_id) || !self.tracking.remove(driver_id) {
+            return;
+        }
+        self.snapshot.lock().locations.remove(driver_id);
+        if self.connected {
+            out.push(ClientFrame::Unsubscribe {
+                channel: Tracking::channel(driver_id),
+            });
+        }
+    }
+
+    fn release_room(&mut self, room: &str, out: &mut Vec<ClientFrame>) {
+        if self.registry.lock().wants_room(room) || self.rooms.remove(room).is_none() {
+            return;
+        }
+        self.http_tasks.remove(room);
+        self.presence.retain(|(r, _), _| r != room);
+        if self.connected {
+            out.push(ClientFrame::Unsubscribe {
+                channel: Room::channel(room),
+            });
+        }
+    }
+
+    /// Releases what nobody wants any more (a cancel whose command did
+    /// not fit in the queue).
+    fn sweep(&mut self, out: &mut Vec<ClientFrame>) {
+        let (drivers, rooms): (Vec<String>, Vec<String>) = {
+            let r = self.registry.lock();
+            (
+                self.tracking
+                    .drivers()
+                    .filter(|d| !r.wants_driver(d))
+                    .cloned()
+                    .collect(),
+                self.rooms
+                    .keys()
+                    .filter(|k| !r.wants_room(k))
+                    .cloned()
+                    .collect(),
+            )
+        };
+        for d in drivers {
+            self.release_driver(&d, out);
+        }
+        for room in rooms {
+            self.release_room(&room, out);
+        }
     }
 
     fn now(&self) -> u64 {
@@ -631,7 +919,7 @@ impl Core {
     fn verdict(&mut self, v: Option<Verdict>) {
         if let Some(Verdict::Fail { room, client_id }) = v {
             match self.store.fail(&room, &self.me, &client_id) {
-                Ok(Some(entry)) => self.listener.on_outgoing(entry),
+                Ok(Some(entry)) => self.outgoing(entry),
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "could not mark message failed"),
             }
@@ -641,17 +929,21 @@ impl Core {
     /// Delivers whatever is ready in `room`, then asks for a sync when a
     /// gap remains.
     fn drain(&mut self, room: &str, out: &mut Vec<ClientFrame>) {
-        let Some(r) = self.rooms.get_mut(room) else {
-            return;
-        };
-        while let Some(msg) = r.next_ready() {
+        loop {
+            let Some(r) = self.rooms.get_mut(room) else {
+                return;
+            };
+            let Some(msg) = r.next_ready() else { break };
             match self.store.apply(&msg, &self.me) {
                 Ok((entry, was_unsent)) => {
                     r.mark_delivered(msg.seq);
                     if was_unsent {
                         self.outbox.forget(&msg.client_id);
-                        self.listener.on_outgoing(entry.clone());
+                        self.outgoing(entry.clone());
                     }
+                    self.room_event(room, || ChatEvent::Message {
+                        entry: entry.clone(),
+                    });
                     self.listener.on_message(entry);
                 }
                 Err(e) => {
@@ -662,6 +954,9 @@ impl Core {
                 }
             }
         }
+        let Some(r) = self.rooms.get_mut(room) else {
+            return;
+        };
         if r.has_gap() && r.filling == Filling::No && self.connected {
             r.filling = Filling::Ws;
             out.push(r.sync_frame());
@@ -766,6 +1061,10 @@ impl Core {
     }
 
     fn join(&mut self, room: String, out: &mut Vec<ClientFrame>) {
+        if !self.registry.lock().wants_room(&room) {
+            // Cancelled before the task got to it.
+            return;
+        }
         if self.rooms.contains_key(&room) {
             return;
         }
@@ -790,7 +1089,68 @@ impl Core {
     fn on_location(&mut self, driver_id: String, fix: waypost_protocol::Fix) {
         if let Some(update) = self.tracking.on_location(&driver_id, fix) {
             remember_location(&mut self.snapshot.lock().locations, update.clone());
+            let listeners = self.registry.lock().drivers.get(&update.driver_id);
+            for l in listeners {
+                l.on_location(update.clone());
+            }
             self.listener.on_location(update);
+        }
+    }
+}
+
+impl Core {
+    fn track(&mut self, driver_id: String, sub: Option<u64>, out: &mut Vec<ClientFrame>) {
+        if !self.registry.lock().wants_driver(&driver_id) {
+            // Cancelled before the task got to it.
+            return;
+        }
+        let new = !self.tracking.drivers().any(|d| *d == driver_id);
+        if !self.tracking.add(&driver_id) {
+            tracing::warn!(driver = %driver_id, "too many tracked drivers; ignoring");
+            let listener = sub.and_then(|id| self.registry.lock().drivers.by_id(id));
+            if let Some(l) = listener {
+                l.on_refused(
+                    "too_many_subscriptions".into(),
+                    format!("at most {MAX_TRACKED} drivers per client"),
+                );
+            }
+            return;
+        }
+        if new && self.connected {
+            out.push(self.tracking.subscribe_frame(&driver_id));
+        }
+        // A later subscriber starts from the newest known position.
+        let listener = sub.and_then(|id| self.registry.lock().drivers.by_id(id));
+        if let (Some(l), Some(latest)) = (listener, self.tracking.latest(&driver_id)) {
+            l.on_location(latest);
+        }
+    }
+
+    /// The server refused `reference` (a channel, a client id or a room):
+    /// tell the subscriptions of that channel or room.
+    fn refused(&self, reference: &str, code: &str, message: &str) {
+        match Channel::parse(reference) {
+            Ok(ch) if ch.kind == ChannelKind::Tracking => {
+                let listeners = self.registry.lock().drivers.get(&ch.id);
+                for l in listeners {
+                    l.on_refused(code.to_owned(), message.to_owned());
+                }
+            }
+            Ok(ch) if ch.kind == ChannelKind::Chat => {
+                self.room_event(&ch.id, || ChatEvent::Refused {
+                    reference: reference.to_owned(),
+                    code: code.to_owned(),
+                    message: message.to_owned(),
+                })
+            }
+            _ if self.rooms.contains_key(reference) => {
+                self.room_event(reference, || ChatEvent::Refused {
+                    reference: reference.to_owned(),
+                    code: code.to_owned(),
+                    message: message.to_owned(),
+                })
+            }
+            _ => {}
         }
     }
 }
@@ -812,6 +1172,10 @@ impl Session for Core {
 
     fn state_changed(&mut self, state: &ConnectionState) {
         self.snapshot.lock().state = Some(state.clone());
+        let listeners = self.registry.lock().states.get("");
+        for l in listeners {
+            l.on_connection_state(state.clone());
+        }
         self.listener.on_connection_state(state.clone());
     }
 
@@ -861,8 +1225,12 @@ impl Session for Core {
                     self.orders.on_trail(&ch.id, &driver_id, &fixes);
                 }
                 _ if self.tracking.is_tracked(&driver_id) => {
-                    self.listener
-                        .on_trail(TrailUpdate::from_fixes(&driver_id, None, &fixes));
+                    let trail = TrailUpdate::from_fixes(&driver_id, None, &fixes);
+                    let listeners = self.registry.lock().drivers.get(&driver_id);
+                    for l in listeners {
+                        l.on_trail(trail.clone());
+                    }
+                    self.listener.on_trail(trail);
                 }
                 _ => {}
             },
@@ -875,8 +1243,12 @@ impl Session for Core {
                     self.orders.on_driver_status(&ch.id, &driver_id, &body);
                 }
                 _ if self.tracking.is_tracked(&driver_id) => {
-                    self.listener
-                        .on_driver_status(DriverStatusUpdate::from_wire(&driver_id, None, &body));
+                    let status = DriverStatusUpdate::from_wire(&driver_id, None, &body);
+                    let listeners = self.registry.lock().drivers.get(&driver_id);
+                    for l in listeners {
+                        l.on_driver_status(status.clone());
+                    }
+                    self.listener.on_driver_status(status);
                 }
                 _ => {}
             },
@@ -890,7 +1262,7 @@ impl Session for Core {
                 self.outbox.on_ack(&client_id);
                 match self.store.ack(&room, &self.me, &client_id, seq, &id) {
                     Ok(Some(entry)) => {
-                        self.listener.on_outgoing(entry.clone());
+                        self.outgoing(entry.clone());
                         if self.rooms.contains_key(&room) {
                             self.offer(
                                 ChatMessage {
@@ -981,12 +1353,19 @@ impl Session for Core {
                 }
                 self.presence.insert(key.clone(), online);
                 let (room, user) = key;
-                self.listener
-                    .on_presence(PresenceUpdate { room, user, online });
+                let update = PresenceUpdate { room, user, online };
+                self.room_event(&update.room, || ChatEvent::Presence {
+                    update: update.clone(),
+                });
+                self.listener.on_presence(update);
             }
             ServerFrame::Typing { room, user } => {
                 if user != self.me {
-                    self.listener.on_typing(TypingUpdate { room, user });
+                    let update = TypingUpdate { room, user };
+                    self.room_event(&update.room, || ChatEvent::Typing {
+                        update: update.clone(),
+                    });
+                    self.listener.on_typing(update);
                 }
             }
             ServerFrame::Error {
@@ -1004,6 +1383,7 @@ impl Session for Core {
                     Err(e) => tracing::warn!(error = %e, "outbox error handling failed"),
                 }
                 if let Some(r) = reference {
+                    self.refused(&r, &code, &message);
                     self.listener.on_error(r, code, message);
                 }
                 self.pump(out);
@@ -1032,23 +1412,8 @@ impl Session for Core {
     fn command(&mut self, cmd: Command, connected: bool, out: &mut Vec<ClientFrame>) -> Control {
         debug_assert_eq!(connected, self.connected);
         match cmd {
-            Command::Track(d) => {
-                if !self.tracking.add(&d) {
-                    tracing::warn!(driver = %d, "too many tracked drivers; ignoring");
-                } else if self.connected {
-                    out.push(self.tracking.subscribe_frame(&d));
-                }
-            }
-            Command::Untrack(d) => {
-                if self.tracking.remove(&d) {
-                    self.snapshot.lock().locations.remove(&d);
-                    if self.connected {
-                        out.push(ClientFrame::Unsubscribe {
-                            channel: Tracking::channel(&d),
-                        });
-                    }
-                }
-            }
+            Command::Track { driver_id, sub } => self.track(driver_id, sub, out),
+            Command::Untrack(d) => self.release_driver(&d, out),
             Command::TrackOrder(id, listener) => {
                 let new = !self.orders.is_tracked(&id);
                 if !self.orders.add(&id, listener) {
@@ -1065,24 +1430,26 @@ impl Session for Core {
                 }
             }
             Command::Join(room) => self.join(room, out),
-            Command::Leave(room) => {
-                if self.rooms.remove(&room).is_some() {
-                    self.http_tasks.remove(&room);
-                    self.presence.retain(|(r, _), _| *r != room);
-                    if self.connected {
-                        out.push(ClientFrame::Unsubscribe {
-                            channel: Room::channel(&room),
-                        });
-                    }
+            Command::Leave(room) => self.release_room(&room, out),
+            Command::WatchState(id) => {
+                let listener = self.registry.lock().states.by_id(id);
+                if let Some(l) = listener {
+                    let state = self
+                        .snapshot
+                        .lock()
+                        .state
+                        .clone()
+                        .unwrap_or(ConnectionState::Connecting { attempt: 0 });
+                    l.on_connection_state(state);
                 }
             }
             Command::Queued(entry) => {
-                self.listener.on_outgoing(entry);
+                self.outgoing(entry);
                 self.pump(out);
             }
             Command::Retry { room, client_id } => {
                 match self.store.retry(&room, &self.me, &client_id) {
-                    Ok(Some(entry)) => self.listener.on_outgoing(entry),
+                    Ok(Some(entry)) => self.outgoing(entry),
                     Ok(None) => {}
                     Err(e) => tracing::warn!(error = %e, "retry failed"),
                 }
@@ -1107,6 +1474,7 @@ impl Session for Core {
     }
 
     fn tick(&mut self, connected: bool, out: &mut Vec<ClientFrame>) {
+        self.sweep(out);
         self.orders.tick(connected, out);
         let now = self.now();
         match self.outbox.on_tick(&self.store, &self.me, now) {

@@ -38,7 +38,7 @@ pub use client::{BuyerClient, BuyerConfig, BuyerDeps};
 pub use push::{PushPlatform, PushSync};
 pub use transport::{TransportError, TungsteniteConnector, WsConnector, WsEvent, WsTransport};
 pub use types::{
-    BuyerListener, ChatEntry, CloseReason, ConnectionState, DriverStatusUpdate, LocationUpdate,
-    MessageStatus, OrderEntry, OrderEntryKind, OrderListener, PresenceUpdate, TrailUpdate,
-    TypingUpdate,
+    BuyerListener, ChatEntry, ChatEvent, ChatListener, CloseReason, ConnectionState,
+    ConnectionStateListener, DriverStatusUpdate, LocationListener, LocationUpdate, MessageStatus,
+    OrderEntry, OrderEntryKind, OrderListener, PresenceUpdate, TrailUpdate, TypingUpdate,
 };

@@ -1205,6 +1205,349 @@ async fn failed_renewal_is_retried_until_the_provider_answers() {
     assert_eq!(h.connector.attempts.lock().len(), 1);
 }
 
+/// A per-subscription listener that records what it hears.
+#[derive(Default)]
+struct SubRec {
+    locations: Mutex<Vec<(String, u64)>>,
+    refused: Mutex<Vec<String>>,
+    chat: Mutex<Vec<ChatEvent>>,
+    states: Mutex<Vec<ConnectionState>>,
+    /// Locations, trails and statuses in arrival order.
+    driver: Mutex<Vec<Ev>>,
+}
+
+impl LocationListener for SubRec {
+    fn on_location(&self, u: LocationUpdate) {
+        self.driver.lock().push(Ev::Location(u.seq));
+        self.locations.lock().push((u.driver_id, u.seq));
+    }
+    fn on_refused(&self, code: String, _message: String) {
+        self.refused.lock().push(code);
+    }
+    fn on_trail(&self, t: TrailUpdate) {
+        self.driver
+            .lock()
+            .push(Ev::Trail(t.fixes.iter().map(|f| f.seq).collect()));
+    }
+    fn on_driver_status(&self, s: DriverStatusUpdate) {
+        self.driver
+            .lock()
+            .push(Ev::Status(s.online, s.dark_ms, s.reason));
+    }
+}
+
+impl ChatListener for SubRec {
+    fn on_chat_event(&self, event: ChatEvent) {
+        self.chat.lock().push(event);
+    }
+}
+
+impl ConnectionStateListener for SubRec {
+    fn on_connection_state(&self, state: ConnectionState) {
+        self.states.lock().push(state);
+    }
+}
+
+fn loc(driver: &str, seq: u64) -> ServerFrame {
+    ServerFrame::Location {
+        channel: format!("tracking:{driver}"),
+        driver_id: driver.into(),
+        fix: Fix::new(seq, seq as i64, 1.0, 2.0),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn driver_subscriptions_hear_only_their_driver_and_the_last_one_unsubscribes() {
+    let mut h = Harness::new(|_| {});
+    h.plan(0);
+    let (a, b, c) = (
+        Arc::new(SubRec::default()),
+        Arc::new(SubRec::default()),
+        Arc::new(SubRec::default()),
+    );
+    let sub_a = h.client.subscribe_driver("d1".into(), a.clone()).unwrap();
+    let _sub_b = h.client.subscribe_driver("d2".into(), b.clone()).unwrap();
+    let mut s = h.accept().await;
+    let mut subscribed = vec![s.next().await, s.next().await];
+    subscribed.sort_by_key(|f| format!("{f:?}"));
+    assert_eq!(
+        subscribed,
+        [
+            Some(ClientFrame::Subscribe {
+                channel: "tracking:d1".into(),
+                after: None
+            }),
+            Some(ClientFrame::Subscribe {
+                channel: "tracking:d2".into(),
+                after: None
+            }),
+        ]
+    );
+    s.send(&loc("d1", 1));
+    s.send(&loc("d2", 7));
+    settle().await;
+    assert_eq!(*a.locations.lock(), [("d1".to_string(), 1)]);
+    assert_eq!(*b.locations.lock(), [("d2".to_string(), 7)]);
+    assert!(
+        h.rec.has(&Ev::Location(1)) && h.rec.has(&Ev::Location(7)),
+        "the client-wide listener hears both"
+    );
+
+    // A second subscriber of d1 starts from the newest known position and
+    // shares the wire subscription (no second subscribe).
+    let sub_c = h.client.subscribe_driver("d1".into(), c.clone()).unwrap();
+    settle().await;
+    assert_eq!(*c.locations.lock(), [("d1".to_string(), 1)]);
+    assert_eq!(h.client.subscription_count(), 3);
+
+    // Cancelling one of two: it hears nothing more, d1 stays subscribed.
+    sub_a.cancel();
+    s.send(&loc("d1", 2));
+    settle().await;
+    assert_eq!(a.locations.lock().len(), 1, "nothing after cancel");
+    assert_eq!(c.locations.lock().last(), Some(&("d1".to_string(), 2)));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), s.next())
+            .await
+            .is_err(),
+        "no unsubscribe while c wants d1"
+    );
+    // Dropping the last one ends the wire subscription.
+    drop(sub_c);
+    assert_eq!(
+        s.next().await,
+        Some(ClientFrame::Unsubscribe {
+            channel: "tracking:d1".into()
+        })
+    );
+    assert_eq!(h.client.subscription_count(), 1);
+    assert_eq!(h.client.latest_location("d1".into()), None);
+
+    // A refused subscribe reaches that driver's subscriptions.
+    s.send(&ServerFrame::error(
+        "forbidden",
+        "no",
+        Some("tracking:d2".into()),
+    ));
+    settle().await;
+    assert_eq!(*b.refused.lock(), ["forbidden"]);
+    assert!(a.refused.lock().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn driver_subscriptions_hear_their_drivers_trail_and_status_in_order() {
+    let mut h = Harness::new(|_| {});
+    h.plan(0);
+    let (a, b) = (Arc::new(SubRec::default()), Arc::new(SubRec::default()));
+    let _sub_a = h.client.subscribe_driver("d1".into(), a.clone()).unwrap();
+    let _sub_b = h.client.subscribe_driver("d2".into(), b.clone()).unwrap();
+    let mut s = h.accept().await;
+    let _ = (s.next().await, s.next().await);
+    let status = |online: bool, dark_ms: Option<u64>| ServerFrame::DriverStatus {
+        channel: "tracking:d1".into(),
+        driver_id: "d1".into(),
+        body: waypost_protocol::DriverStatusBody {
+            status: if online {
+                waypost_protocol::DriverState::Online
+            } else {
+                waypost_protocol::DriverState::Offline
+            },
+            last_seen_ms: 1_000,
+            dark_ms,
+            reason: online.then_some(waypost_protocol::SilenceReason::Offline),
+            buffered: None,
+        },
+    };
+    s.send(&loc("d1", 1));
+    s.send(&status(false, None));
+    s.send(&status(true, Some(45_000)));
+    s.send(&ServerFrame::Trail {
+        channel: "tracking:d1".into(),
+        driver_id: "d1".into(),
+        fixes: vec![Fix::new(2, 2, 1.0, 2.0), Fix::new(3, 3, 1.0, 2.0)],
+    });
+    s.send(&loc("d1", 4));
+    settle().await;
+    let heard = a.driver.lock().clone();
+    assert_eq!(heard.len(), 5, "{heard:?}");
+    assert_eq!(heard[0], Ev::Location(1));
+    assert!(
+        matches!(heard[1], Ev::Status(false, None, None)),
+        "{heard:?}"
+    );
+    assert!(
+        matches!(&heard[2], Ev::Status(true, Some(45_000), Some(_))),
+        "{heard:?}"
+    );
+    assert_eq!(heard[3..], [Ev::Trail(vec![2, 3]), Ev::Location(4)]);
+    assert!(
+        b.driver.lock().is_empty(),
+        "d2's subscription hears none of d1's"
+    );
+    // The client-wide listener hears them too.
+    assert!(h.rec.has(&Ev::Trail(vec![2, 3])));
+}
+
+#[tokio::test(start_paused = true)]
+async fn client_wide_tracking_and_a_subscription_keep_each_other_alive() {
+    let mut h = Harness::new(|_| {});
+    h.plan(0);
+    let a = Arc::new(SubRec::default());
+    h.client.track_driver("d1".into()).unwrap();
+    let sub = h.client.subscribe_driver("d1".into(), a.clone()).unwrap();
+    let mut s = h.accept().await;
+    assert!(matches!(
+        s.next().await,
+        Some(ClientFrame::Subscribe { .. })
+    ));
+    h.client.untrack_driver("d1".into()).unwrap();
+    s.send(&loc("d1", 3));
+    settle().await;
+    assert_eq!(*a.locations.lock(), [("d1".to_string(), 3)]);
+    drop(sub);
+    assert_eq!(
+        s.next().await,
+        Some(ClientFrame::Unsubscribe {
+            channel: "tracking:d1".into()
+        })
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn chat_subscriptions_hear_only_their_room() {
+    let mut h = Harness::new(|_| {});
+    h.plan(0);
+    let r = Arc::new(SubRec::default());
+    let sub = h.client.subscribe_chat("r".into(), r.clone()).unwrap();
+    h.client.join_chat("q".into()).unwrap();
+    let mut s = h.accept().await;
+    s.next().await;
+    s.next().await;
+    s.send(&subscribed("chat:r", true));
+    s.send(&subscribed("chat:q", true));
+    s.send(&chat("r", 1, "vendor-1", "hello r"));
+    s.send(&chat("q", 1, "vendor-1", "hello q"));
+    s.send(&ServerFrame::Presence {
+        room: "r".into(),
+        user: "vendor-1".into(),
+        online: true,
+    });
+    s.send(&ServerFrame::Typing {
+        room: "q".into(),
+        user: "vendor-1".into(),
+    });
+    h.client
+        .send_message("r".into(), "mine".into())
+        .expect("queued");
+    settle().await;
+    let events = r.chat.lock().clone();
+    let bodies: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            ChatEvent::Message { entry } => Some(entry.body.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(bodies, ["hello r"], "only its room");
+    assert!(events.iter().any(|e| matches!(
+        e,
+        ChatEvent::Presence { update } if update.user == "vendor-1" && update.online
+    )));
+    assert!(events.iter().any(|e| matches!(
+        e,
+        ChatEvent::Outgoing { entry } if entry.body == "mine" && entry.status == MessageStatus::Pending
+    )));
+    assert!(!events.iter().any(|e| matches!(e, ChatEvent::Typing { .. })));
+    assert_eq!(
+        h.rec.messages(),
+        [(1, "hello r".to_string()), (1, "hello q".to_string())],
+        "the client-wide listener hears both rooms"
+    );
+    s.send(&ServerFrame::error(
+        "forbidden",
+        "no",
+        Some("chat:r".into()),
+    ));
+    settle().await;
+    assert!(r.chat.lock().iter().any(|e| matches!(
+        e,
+        ChatEvent::Refused { code, .. } if code == "forbidden"
+    )));
+    let heard = r.chat.lock().len();
+    drop(sub);
+    // The outgoing "mine" goes out first; then the room is left.
+    let mut left = false;
+    for _ in 0..3 {
+        if s.next().await
+            == Some(ClientFrame::Unsubscribe {
+                channel: "chat:r".into(),
+            })
+        {
+            left = true;
+            break;
+        }
+    }
+    assert!(left, "the room is left when its only subscription ends");
+    s.send(&chat("r", 2, "vendor-1", "too late"));
+    settle().await;
+    assert_eq!(r.chat.lock().len(), heard, "nothing after cancel");
+}
+
+#[tokio::test(start_paused = true)]
+async fn state_watchers_get_the_current_state_then_changes_until_cancelled() {
+    let mut h = Harness::new(|_| {});
+    h.plan(0);
+    let s = h.accept().await;
+    // Any frame from the server makes the connection `Connected`.
+    s.send(&subscribed("chat:x", true));
+    settle().await;
+    let now = h.client.connection_state();
+    assert_eq!(now, ConnectionState::Connected);
+    let w = Arc::new(SubRec::default());
+    let sub = h.client.watch_connection_state(w.clone()).unwrap();
+    settle().await;
+    assert_eq!(*w.states.lock(), [now], "the current state first");
+    h.plan(0);
+    h.client.reconnect().unwrap();
+    let _s = h.accept().await;
+    settle().await;
+    let seen = w.states.lock().clone();
+    assert!(seen.len() >= 2, "{seen:?}");
+    assert_eq!(
+        seen[1..],
+        h.rec.states()[h.rec.states().len() + 1 - seen.len()..]
+    );
+    sub.cancel();
+    h.client.shutdown().await;
+    assert!(h
+        .rec
+        .states()
+        .last()
+        .is_some_and(|s| matches!(s, ConnectionState::Closed { .. })));
+    assert_eq!(w.states.lock().len(), seen.len(), "nothing after cancel");
+    assert!(matches!(
+        h.client
+            .subscribe_driver("d1".into(), Arc::new(SubRec::default()))
+            .map(drop),
+        Err(WaypostError::ShutDown)
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_releases_subscription_listeners() {
+    let mut h = Harness::new(|_| {});
+    h.plan(0);
+    let a = Arc::new(SubRec::default());
+    let _sub = h.client.subscribe_driver("d1".into(), a.clone()).unwrap();
+    let _room = h.client.subscribe_chat("r".into(), a.clone()).unwrap();
+    let _state = h.client.watch_connection_state(a.clone()).unwrap();
+    let _s = h.accept().await;
+    settle().await;
+    assert_eq!(Arc::strong_count(&a), 4);
+    h.client.shutdown().await;
+    assert_eq!(Arc::strong_count(&a), 1, "the client holds no listener");
+}
+
 /// An order listener counting what it heard.
 #[derive(Default)]
 struct OrderHeard {
@@ -1316,4 +1659,24 @@ async fn order_positions_update_latest_location() {
         h.client.latest_location("d1".into()).map(|l| l.seq),
         Some(10)
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_client_without_shutdown_releases_every_listener() {
+    let mut h = Harness::new(|_| {});
+    h.plan(0);
+    let sub = Arc::new(SubRec::default());
+    let _t = h.client.subscribe_driver("d1".into(), sub.clone()).unwrap();
+    let _s = h.accept().await;
+    settle().await;
+    let rec = Arc::clone(&h.rec);
+    assert!(Arc::strong_count(&rec) > 2);
+    drop(h);
+    settle().await;
+    assert_eq!(
+        Arc::strong_count(&rec),
+        1,
+        "the client-wide listener is released"
+    );
+    assert_eq!(Arc::strong_count(&sub), 1, "and the subscription's");
 }

@@ -29,6 +29,11 @@ impl Tracking {
         true
     }
 
+    /// The tracked drivers.
+    pub fn drivers(&self) -> impl Iterator<Item = &String> {
+        self.drivers.keys()
+    }
+
     pub fn remove(&mut self, driver_id: &str) -> bool {
         self.drivers.remove(driver_id).is_some()
     }

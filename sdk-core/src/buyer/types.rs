@@ -260,6 +260,67 @@ pub trait BuyerListener: Send + Sync + 'static {
     }
 }
 
+/// What one driver subscription (`BuyerClient::subscribe_driver`) hears:
+/// that driver's positions only. Called from the client task, one call at
+/// a time and in order; keep the work short.
+pub trait LocationListener: Send + Sync + 'static {
+    /// The driver moved: its newest known position first (when there is
+    /// one), then every newer fix, across reconnects.
+    fn on_location(&self, update: LocationUpdate);
+    /// The server refused the subscription (e.g. `forbidden`): nothing
+    /// more will arrive until it is subscribed again.
+    fn on_refused(&self, code: String, message: String);
+    /// The driver's missed segment after a dead zone, before the
+    /// `on_location` that follows it. Default: ignored.
+    fn on_trail(&self, trail: TrailUpdate) {
+        let _ = trail;
+    }
+    /// The driver went dark or came back. Default: ignored.
+    fn on_driver_status(&self, status: DriverStatusUpdate) {
+        let _ = status;
+    }
+}
+
+/// What happens in one chat room, as a room subscription
+/// (`BuyerClient::subscribe_chat`) hears it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
+pub enum ChatEvent {
+    /// A message entered the timeline: once per seq, in seq order, no gaps.
+    Message {
+        entry: ChatEntry,
+    },
+    /// One of this user's messages in the room was queued or changed
+    /// status.
+    Outgoing {
+        entry: ChatEntry,
+    },
+    Presence {
+        update: PresenceUpdate,
+    },
+    Typing {
+        update: TypingUpdate,
+    },
+    /// The server refused the room's subscription (e.g. `forbidden`), or
+    /// one of this user's messages in it (`reference` is the client id).
+    Refused {
+        reference: String,
+        code: String,
+        message: String,
+    },
+}
+
+/// What one room subscription hears: that room's [`ChatEvent`]s only.
+pub trait ChatListener: Send + Sync + 'static {
+    fn on_chat_event(&self, event: ChatEvent);
+}
+
+/// What a connection-state subscription hears: the current state first,
+/// then every change, in order.
+pub trait ConnectionStateListener: Send + Sync + 'static {
+    fn on_connection_state(&self, state: ConnectionState);
+}
+
 /// What an order timeline entry says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]

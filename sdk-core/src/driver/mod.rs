@@ -52,6 +52,7 @@ use crate::backoff::SeededRandom;
 use crate::clock::SystemClock;
 use crate::env::{AccuracyAuthorization, Environment, PlatformSnapshot};
 use crate::error::WaypostError;
+use crate::subscription::{Listeners, Subscription};
 use crate::tokens::{TokenProvider, Tokens};
 use crate::transport::ReqwestTransport;
 
@@ -86,6 +87,8 @@ pub(crate) struct Inner {
     requests: AtomicU64,
     uploads_ok: AtomicU64,
     bytes_sent: AtomicU64,
+    /// Listeners of [`Driver::watch_events`].
+    watchers: Mutex<Listeners<dyn DriverListener>>,
     health: Mutex<HealthState>,
     /// Serializes assess → compare → notify, so listeners see reports in
     /// the order they were made (reentrant: a listener may call back).
@@ -190,6 +193,7 @@ impl Driver {
             requests: AtomicU64::new(0),
             uploads_ok: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
+            watchers: Mutex::new(Listeners::default()),
             health: Mutex::new(HealthState::default()),
             health_emit: parking_lot::ReentrantMutex::new(()),
             silence: Mutex::new(silence::SilenceTracker::default()),
@@ -306,6 +310,28 @@ impl Driver {
         self.inner.poll_uploads().await
     }
 
+    /// Adds a listener of every [`DriverEvent`] from now on (the listener
+    /// given to `open` also hears `BufferRecreated`, raised during the
+    /// open), until the returned [`Subscription`] is cancelled or dropped.
+    pub fn watch_events(
+        &self,
+        listener: Arc<dyn DriverListener>,
+    ) -> Result<Subscription, WaypostError> {
+        let id = self.inner.watchers.lock().add("", listener)?;
+        let inner = Arc::downgrade(&self.inner);
+        Ok(Subscription::new(move || {
+            if let Some(inner) = inner.upgrade() {
+                inner.watchers.lock().remove(id);
+            }
+        }))
+    }
+
+    /// Event listeners added with [`watch_events`](Self::watch_events)
+    /// and not cancelled.
+    pub fn watcher_count(&self) -> usize {
+        self.inner.watchers.lock().len()
+    }
+
     /// Stops the background task and waits for it (an upload in flight is
     /// abandoned; its fixes stay in the buffer and are resent next time).
     pub async fn shutdown(&self) {
@@ -363,12 +389,18 @@ impl Drop for Driver {
     fn drop(&mut self) {
         // The task holds only `Inner`; cancelling lets it end on its own.
         self.cancel.cancel();
+        // The app's listeners (foreign objects) go now, not with the task.
+        self.inner.watchers.lock().clear();
     }
 }
 
 impl Inner {
     fn emit(&self, event: DriverEvent) {
         tracing::debug!(?event, "driver event");
+        let watchers = self.watchers.lock().get("");
+        for w in watchers {
+            w.on_event(event.clone());
+        }
         if let Some(l) = &self.deps.listener {
             l.on_event(event);
         }

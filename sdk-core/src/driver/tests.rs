@@ -742,6 +742,36 @@ async fn unreadable_buffer_files_are_clear_errors() {
     ));
 }
 
+#[tokio::test]
+async fn watchers_hear_events_until_cancelled() {
+    let sim = Sim::new(11);
+    let d = sim.open();
+    let watcher = Arc::new(Events::default());
+    let sub = d.watch_events(watcher.clone()).unwrap();
+    assert_eq!(d.watcher_count(), 1);
+    sim.drive(&d, 0, 30).await;
+    sim.settle(&d).await;
+    let uploaded = |e: &DriverEvent| matches!(e, DriverEvent::Uploaded { .. });
+    let heard = watcher.count(uploaded);
+    assert!(heard > 0, "the watcher heard the uploads");
+    assert_eq!(
+        heard,
+        sim.events.count(uploaded),
+        "the watcher hears what the open listener hears"
+    );
+    sub.cancel();
+    assert_eq!(d.watcher_count(), 0);
+    sim.drive(&d, 30, 300).await;
+    sim.settle(&d).await;
+    assert!(sim.events.count(uploaded) > heard, "more uploads happened");
+    assert_eq!(watcher.count(uploaded), heard, "nothing after cancel");
+    // Dropping the driver releases the watchers (foreign objects).
+    let again = Arc::new(Events::default());
+    let _sub = d.watch_events(again.clone()).unwrap();
+    drop(d);
+    assert_eq!(Arc::strong_count(&again), 1, "released with the driver");
+}
+
 /// Collects health reports.
 #[derive(Default)]
 struct HealthLog(Mutex<Vec<DriverHealth>>);

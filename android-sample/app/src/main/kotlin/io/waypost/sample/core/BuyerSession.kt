@@ -2,7 +2,6 @@ package io.waypost.sample.core
 
 import io.waypost.sdk.BuyerClient
 import io.waypost.sdk.BuyerConfig
-import io.waypost.sdk.BuyerListener
 import io.waypost.sdk.PlatformState
 import io.waypost.sdk.types.ChatEntry
 import io.waypost.sdk.types.CloseReason
@@ -10,11 +9,21 @@ import io.waypost.sdk.types.ConnectionState
 import io.waypost.sdk.types.DriverStatusUpdate
 import io.waypost.sdk.types.LocationUpdate
 import io.waypost.sdk.types.MessageStatus
-import io.waypost.sdk.types.PresenceUpdate
-import io.waypost.sdk.Subscription
 import io.waypost.sdk.TokenProvider
 import io.waypost.sdk.types.TrailUpdate
-import io.waypost.sdk.types.TypingUpdate
+import io.waypost.sdk.types.ChatEvent
+import io.waypost.sdk.ktx.BuyerListenerAdapter
+import io.waypost.sdk.ktx.chatEvents
+import io.waypost.sdk.ktx.connectionState
+import io.waypost.sdk.ktx.DriverUpdate
+import io.waypost.sdk.ktx.driverUpdates
+import java.lang.ref.WeakReference
+import kotlinx.coroutines.CoroutineScope
+import kotlinx.coroutines.Dispatchers
+import kotlinx.coroutines.SupervisorJob
+import kotlinx.coroutines.cancel
+import kotlinx.coroutines.flow.catch
+import kotlinx.coroutines.launch
 
 /** What the buyer screen shows. Immutable; a new one after every change. */
 data class BuyerUiState(
@@ -33,39 +42,66 @@ data class BuyerUiState(
 
 /**
  * The buyer side of the sample, without Android: tracks one courier and
- * chats in one order room, and turns SDK callbacks into [BuyerUiState]s.
+ * chats in one order room by collecting the SDK's Flows (`waypost-ktx`),
+ * and turns them into [BuyerUiState]s.
  *
  * The client follows the app's one [PlatformState] by itself (offline →
  * waits, network back → reconnects at once).
  *
- * [onChange] runs on an SDK thread (`waypost-rt`), in order; the activity
- * posts the state to the main thread.
+ * The Flows are collected on [scope] (a background dispatcher): [onChange]
+ * runs there; the activity posts the state to the main thread (or collects
+ * its own StateFlow). Nothing here touches disk on the caller's thread.
  */
 class BuyerSession private constructor(
     val platform: PlatformState,
     private val driverId: String,
     val room: String,
     private val onChange: (BuyerUiState) -> Unit = {},
-) : BuyerListener, AutoCloseable {
+) : AutoCloseable {
 
     private val lock = Any()
     private var state = BuyerUiState()
     /** Chat by client id, so a pending entry is replaced by its acknowledged form. */
     private val chat = LinkedHashMap<String, ChatEntry>()
+    private val scope = CoroutineScope(SupervisorJob() + Dispatchers.Default)
 
     lateinit var client: BuyerClient
         private set
-    private lateinit var trackingSub: Subscription
-    private lateinit var chatSub: Subscription
 
     private suspend fun start() {
-        trackingSub = client.trackDriver(driverId)
-        chatSub = client.joinChat(room)
         // Show what the local store already has (offline start).
         for (m in client.messages(room, 200u)) {
             chat[m.clientId] = m
         }
         update { it.copy(messages = sortedChat()) }
+        // Cold Flows: each collection is one core subscription, ended when
+        // the scope is cancelled (stop/close).
+        scope.launch { client.connectionState.collect { onConnectionState(it) } }
+        scope.launch {
+            // Not conflated: a dead zone's trail comes before the position after it.
+            client.driverUpdates(driverId)
+                .catch { e -> update { it.copy(lastError = "tracking: ${e.message}") } }
+                .collect { u ->
+                    when (u) {
+                        is DriverUpdate.Location -> onLocation(u.update)
+                        is DriverUpdate.Trail -> onTrail(u.trail)
+                        is DriverUpdate.Status -> onDriverStatus(u.status)
+                    }
+                }
+        }
+        scope.launch {
+            client.chatEvents(room)
+                .catch { e -> update { it.copy(lastError = "chat: ${e.message}") } }
+                .collect { ev ->
+                    when (ev) {
+                        is ChatEvent.Message -> onMessage(ev.entry)
+                        is ChatEvent.Outgoing -> onOutgoing(ev.entry)
+                        is ChatEvent.Typing -> update { it.copy(typing = "${ev.update.user} is typing…") }
+                        is ChatEvent.Presence -> {}
+                        is ChatEvent.Refused -> update { it.copy(lastError = "${ev.code}: ${ev.message} (${ev.reference})") }
+                    }
+                }
+        }
     }
 
     /** The current state (any thread). */
@@ -80,7 +116,7 @@ class BuyerSession private constructor(
 
     fun typing() = runCatching { client.sendTyping(room) }
 
-    override fun onConnectionState(state: ConnectionState) {
+    private fun onConnectionState(state: ConnectionState) {
         val text = when (state) {
             is ConnectionState.Connecting -> if (state.attempt <= 1u) "connecting…" else "connecting (attempt ${state.attempt})…"
             is ConnectionState.Connected -> "live"
@@ -95,45 +131,30 @@ class BuyerSession private constructor(
         update { it.copy(connection = text) }
     }
 
-    override fun onLocation(update: LocationUpdate) {
-        if (update.driverId != driverId) return
+    private fun onLocation(update: LocationUpdate) {
         update { it.copy(latest = update, tracking = trackingText(update)) }
     }
 
-    override fun onMessage(message: ChatEntry) {
-        if (message.room != room) return
+    private fun onTrail(trail: TrailUpdate) {
+        update { it.copy(deadZonePath = trail.fixes) }
+    }
+
+    private fun onDriverStatus(status: DriverStatusUpdate) {
+        update { it.copy(courierStatus = statusText(status)) }
+    }
+
+    private fun onMessage(message: ChatEntry) {
         synchronized(lock) { chat[message.clientId] = message }
         update { it.copy(messages = sortedChat()) }
     }
 
-    override fun onOutgoing(message: ChatEntry) {
-        if (message.room != room) return
+    private fun onOutgoing(message: ChatEntry) {
         synchronized(lock) {
             // Never downgrade an acknowledged entry back to pending.
             val known = chat[message.clientId]
             if (known == null || known.seq == null) chat[message.clientId] = message
         }
         update { it.copy(messages = sortedChat()) }
-    }
-
-    override fun onTrail(trail: TrailUpdate) {
-        if (trail.driverId != driverId) return
-        update { it.copy(deadZonePath = trail.fixes) }
-    }
-
-    override fun onDriverStatus(status: DriverStatusUpdate) {
-        if (status.driverId != driverId) return
-        update { it.copy(courierStatus = statusText(status)) }
-    }
-
-    override fun onPresence(update: PresenceUpdate) {}
-
-    override fun onTyping(update: TypingUpdate) {
-        if (update.room == room) update { it.copy(typing = "${update.user} is typing…") }
-    }
-
-    override fun onError(reference: String, code: String, message: String) {
-        update { it.copy(lastError = "$code: $message ($reference)") }
     }
 
     private fun sortedChat(): List<ChatEntry> = synchronized(lock) {
@@ -148,16 +169,18 @@ class BuyerSession private constructor(
         onChange(next)
     }
 
-    /** Stops tracking and chat and closes the connection. Idempotent. */
+    /** Stops tracking and chat (ends the Flows' subscriptions) and closes the connection. Idempotent. */
     suspend fun stop() {
-        trackingSub.cancel()
-        chatSub.cancel()
+        scope.cancel()
         client.shutdown()
     }
 
+    /**
+     * Frees the native client. Always call it (the activity does in
+     * onDestroy): a client is not garbage-collected while open.
+     */
     override fun close() {
-        trackingSub.close()
-        chatSub.close()
+        scope.cancel()
         client.close()
     }
 
@@ -172,7 +195,7 @@ class BuyerSession private constructor(
             onChange: (BuyerUiState) -> Unit = {},
         ): BuyerSession {
             val session = BuyerSession(platform, driverId, room, onChange)
-            session.client = BuyerClient.open(config, session, tokens, platform)
+            session.client = BuyerClient.open(config, ClientErrors(WeakReference(session)), tokens, platform)
             session.start()
             return session
         }
@@ -191,6 +214,17 @@ class BuyerSession private constructor(
             "Courier back after ${(s.darkMs ?: 0uL) / 1000uL} s$why"
         } else {
             "Courier offline since " + java.time.Instant.ofEpochMilli(s.lastSeenMs).toString()
+        }
+
+        /**
+         * The client-wide listener: everything else arrives through the
+         * Flows; this one only reports refused messages. It holds the
+         * session weakly so that it does not keep the client alive.
+         */
+        private class ClientErrors(private val session: WeakReference<BuyerSession>) : BuyerListenerAdapter() {
+            override fun onError(reference: String, code: String, message: String) {
+                session.get()?.update { it.copy(lastError = "$code: $message ($reference)") }
+            }
         }
 
         fun statusLabel(e: ChatEntry): String = when (e.status) {

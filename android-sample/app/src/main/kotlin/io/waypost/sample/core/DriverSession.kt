@@ -2,17 +2,21 @@ package io.waypost.sample.core
 
 import io.waypost.sdk.Driver
 import io.waypost.sdk.DriverConfig
-import io.waypost.sdk.HealthListener
 import io.waypost.sdk.PlatformState
-import io.waypost.sdk.Subscription
 import io.waypost.sdk.types.DriverHealth
 import io.waypost.sdk.types.DriverEvent
-import io.waypost.sdk.DriverListener
 import io.waypost.sdk.types.DriverStats
 import io.waypost.sdk.types.Location
 import io.waypost.sdk.types.RecordOutcome
 import io.waypost.sdk.TokenProvider
+import io.waypost.sdk.ktx.events
+import io.waypost.sdk.ktx.health
 import java.util.ArrayDeque
+import kotlinx.coroutines.CoroutineScope
+import kotlinx.coroutines.Dispatchers
+import kotlinx.coroutines.SupervisorJob
+import kotlinx.coroutines.cancel
+import kotlinx.coroutines.launch
 
 /**
  * The driver side of the sample, without Android: owns the SDK [Driver],
@@ -26,9 +30,10 @@ import java.util.ArrayDeque
  * for support ("why don't I see the courier?").
  *
  * Threads: everything that touches the buffer suspends ([open], [record],
- * [stats]) and runs on the SDK's threads; [onSamplingChanged] and
- * [onHealth] run on an SDK thread (`waypost-rt`). Post to the main thread
- * for UI work.
+ * [stats]) and runs on the SDK's threads; the driver's events and health
+ * are collected as Flows (`waypost-ktx` `Driver.events`, `Driver.health`)
+ * on a background scope, where [onSamplingChanged] and [onHealth] run.
+ * Post to the main thread for UI work.
  */
 class DriverSession private constructor(
     val platform: PlatformState,
@@ -36,7 +41,7 @@ class DriverSession private constructor(
     private val onSamplingChanged: (LocationRequestSpec) -> Unit = {},
     /** The health report changed (a reason appeared or cleared). */
     private val onHealth: (DriverHealth) -> Unit = {},
-) : DriverListener, HealthListener, AutoCloseable {
+) : AutoCloseable {
     companion object {
         /** Opens the SDK driver (its SQLite buffer, off the caller's thread) and starts uploading. */
         suspend fun open(
@@ -47,15 +52,16 @@ class DriverSession private constructor(
             onSamplingChanged: (LocationRequestSpec) -> Unit = {},
         ): DriverSession {
             val session = DriverSession(platform, onSamplingChanged, onHealth)
-            session.driver = Driver.open(config, tokens, session, platform)
-            session.healthSub = session.driver.addHealthListener(session)
+            session.driver = Driver.open(config, tokens, null, platform)
+            session.scope.launch { session.driver.events.collect { session.onEvent(it) } }
+            session.scope.launch { session.driver.health.collect { session.onHealthReport(it) } }
             session.driver.start()
             return session
         }
     }
 
     private val log = ArrayDeque<String>()
-    private lateinit var healthSub: Subscription
+    private val scope = CoroutineScope(SupervisorJob() + Dispatchers.Default)
 
     @Volatile var lastHealth: DriverHealth? = null
         private set
@@ -89,7 +95,7 @@ class DriverSession private constructor(
     /** The health report now (in memory, cheap). */
     fun health(): DriverHealth = driver.health()
 
-    override fun onHealth(health: DriverHealth) {
+    private fun onHealthReport(health: DriverHealth) {
         lastHealth = health
         synchronized(log) {
             log.addFirst("health: " + health.issues.joinToString { it.code }.ifEmpty { "ok" })
@@ -110,7 +116,7 @@ class DriverSession private constructor(
     /** The newest events, newest first (at most 50). */
     fun recentEvents(): List<String> = synchronized(log) { log.toList() }
 
-    override fun onEvent(event: DriverEvent) {
+    private fun onEvent(event: DriverEvent) {
         val line = when (event) {
             is DriverEvent.SamplingChanged -> {
                 onSamplingChanged(LocationRequestSpec.from(event.sampling))
@@ -132,13 +138,13 @@ class DriverSession private constructor(
 
     /** Stops uploading (unsent fixes stay in the buffer for next time). Idempotent. */
     suspend fun stop() {
-        healthSub.cancel()
+        scope.cancel()
         driver.shutdown()
     }
 
     /** Releases the native handle; call after [stop]. */
     override fun close() {
-        healthSub.close()
+        scope.cancel()
         driver.close()
     }
 }

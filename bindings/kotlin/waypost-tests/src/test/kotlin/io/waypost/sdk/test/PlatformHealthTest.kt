@@ -4,6 +4,7 @@ import io.waypost.sample.core.Fixes
 import io.waypost.sdk.Driver
 import io.waypost.sdk.DriverConfig
 import io.waypost.sdk.HealthListener
+import io.waypost.sdk.ktx.health
 import io.waypost.sdk.PlatformState
 import io.waypost.sdk.staticToken
 import io.waypost.sdk.types.AccuracyAuthorization
@@ -14,6 +15,9 @@ import io.waypost.sdk.types.HealthSeverity
 import io.waypost.sdk.types.LocationPermission
 import io.waypost.sdk.types.NetworkType
 import io.waypost.sdk.types.RecordOutcome
+import kotlinx.coroutines.CoroutineStart
+import kotlinx.coroutines.Dispatchers
+import kotlinx.coroutines.launch
 import kotlinx.coroutines.runBlocking
 import org.junit.jupiter.api.Assertions.assertEquals
 import org.junit.jupiter.api.Assertions.assertFalse
@@ -145,6 +149,36 @@ class PlatformHealthTest {
             assertTrue(driver.health().ok)
         } finally {
             sub.close()
+            driver.shutdown()
+            driver.close()
+        }
+    }
+
+    @Test
+    fun `Driver health is a Flow with the current report first, then changes, and cancelling removes its listener`(): Unit = runBlocking {
+        val driverId = TestEnv.uniqueId("d")
+        val platform = PlatformState()
+        platform.setNetwork(NetworkType.OFFLINE)
+        val driver = Driver.open(config(driverId), staticToken(TestEnv.token(driverId, "driver")), null, platform)
+        driver.start()
+        val seen = CopyOnWriteArrayList<List<String>>()
+        val job = launch(Dispatchers.Default, start = CoroutineStart.UNDISPATCHED) {
+            driver.health.collect { h -> seen += h.issues.map { it.code } }
+        }
+        try {
+            TestEnv.await("the current report arrives at once") { seen.isNotEmpty() }
+            assertEquals(listOf("offline"), seen.first())
+            assertTrue(platform.setNetwork(NetworkType.WIFI))
+            TestEnv.await("the change arrives") { seen.last().isEmpty() }
+            job.cancel()
+            job.join()
+            val before = seen.size
+            assertTrue(platform.setNetwork(NetworkType.OFFLINE))
+            TestEnv.await("the driver sees it") { driver.health().issues.any { it.code == "offline" } }
+            Thread.sleep(200)
+            assertEquals(before, seen.size, "no reports after the collection is cancelled")
+        } finally {
+            job.cancel()
             driver.shutdown()
             driver.close()
         }
