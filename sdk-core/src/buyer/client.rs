@@ -691,6 +691,7 @@ impl Session for Core {
                                     client_id,
                                     body: entry.body,
                                     ts: entry.ts_ms,
+                                    ..Default::default()
                                 },
                                 out,
                             );
@@ -773,6 +774,10 @@ impl Session for Core {
                 let (room, user) = key;
                 self.listener
                     .on_presence(PresenceUpdate { room, user, online });
+            }
+            ServerFrame::Receipt { room, user, .. } => {
+                // Not surfaced by the SDK yet.
+                tracing::debug!(%room, %user, "receipt frame ignored");
             }
             ServerFrame::Typing { room, user } => {
                 if user != self.me {

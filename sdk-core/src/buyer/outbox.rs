@@ -81,6 +81,7 @@ impl Outbox {
             room: room.clone(),
             client_id: client_id.clone(),
             body,
+            attachments: Vec::new(),
         });
         self.in_flight = Some(InFlight {
             room,

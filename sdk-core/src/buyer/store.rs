@@ -418,6 +418,7 @@ mod tests {
             client_id: cid.into(),
             body: format!("body {seq}"),
             ts: 1000 + seq as i64,
+            ..Default::default()
         }
     }
 

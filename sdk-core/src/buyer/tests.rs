@@ -258,6 +258,8 @@ impl crate::transport::HttpTransport for FakeHttp {
         let body = serde_json::to_vec(&waypost_protocol::MessagesResponse {
             messages: page,
             more: false,
+            receipts: Vec::new(),
+            unread: 0,
         })
         .unwrap();
         Ok(crate::transport::HttpResponse {
@@ -359,6 +361,7 @@ fn chat(room: &str, seq: u64, from: &str, body: &str) -> ServerFrame {
         client_id: format!("{from}-{seq}"),
         body: body.into(),
         ts: seq as i64,
+        ..Default::default()
     })
 }
 
@@ -713,6 +716,7 @@ async fn chat_outbox_written_offline_goes_out_in_order_once_acked() {
         client_id: b.client_id.clone(),
         body: "two".into(),
         ts: 9,
+        ..Default::default()
     }));
     s.send(&ServerFrame::Sent {
         client_id: b.client_id.clone(),
