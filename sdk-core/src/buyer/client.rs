@@ -12,18 +12,20 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use waypost_protocol::{validate_id, Channel, ChannelKind, ChatMessage, ClientFrame, ServerFrame};
+use waypost_protocol::{
+    validate_id, Channel, ChannelKind, ChatMessage, ClientFrame, ReceiptKind, ServerFrame,
+};
 
 use super::chat::{fetch_page, Filling, Offer, Room, MAX_HTTP_PAGES};
 use super::connection::{self, ConnectionConfig, Control, Deps, Session};
 use super::orders::Orders;
 use super::outbox::{Outbox, Verdict};
-use super::store::Store;
+use super::store::{Store, MAX_BODY_BYTES};
 use super::tracking::Tracking;
 use super::transport::{TungsteniteConnector, WsConnector};
 use super::types::{
     BuyerListener, ChatEntry, ConnectionState, LocationUpdate, OrderListener, PresenceUpdate,
-    TypingUpdate,
+    ReceiptUpdate, Receipts, TypingUpdate,
 };
 use crate::backoff::{BackoffPolicy, RandomSource, SeededRandom};
 use crate::clock::{Clock, SystemClock};
@@ -150,6 +152,14 @@ pub enum Command {
         client_id: String,
     },
     Typing(String),
+    /// This user read `room` up to a seq.
+    MarkRead(String, u64),
+    /// Edit (with a body) or delete one of this user's messages.
+    Amend {
+        room: String,
+        seq: u64,
+        body: Option<String>,
+    },
     EnvironmentChanged,
     Reconnect,
     /// A page of HTTP history for a room that could not be recovered.
@@ -244,6 +254,7 @@ impl BuyerClient {
             outbox: Outbox::new(config.ack_timeout_ms, config.max_send_attempts),
             http_tasks: HashMap::new(),
             last_typing: HashMap::new(),
+            unsent_reads: HashMap::new(),
             presence: HashMap::new(),
         };
         let task_cancel = cancel.clone();
@@ -341,8 +352,60 @@ impl BuyerClient {
 
     /// The room's timeline from the local store (works offline): the
     /// newest `limit` messages in seq order, then pending and failed ones.
+    /// Edits and deletes are applied to the messages they refer to
+    /// (`edited`, `deleted`), not listed themselves.
     pub fn messages(&self, room: String, limit: u32) -> Result<Vec<ChatEntry>, WaypostError> {
         self.store.messages(&room, limit)
+    }
+
+    /// Tells the room this user read it up to `seq` (the app says the user
+    /// saw it). Recorded locally at once; sent when connected (the latest
+    /// one per room, at the next connection when offline). Delivered
+    /// receipts are sent by the SDK itself as messages are stored.
+    pub fn mark_read(&self, room: String, seq: u64) -> Result<(), WaypostError> {
+        check_id("room", &room)?;
+        self.store
+            .mark_receipt(&room, &self.config.user_id, ReceiptKind::Read, seq)?;
+        self.send(Command::MarkRead(room, seq))
+    }
+
+    /// Every known participant's receipt markers in `room` (local store).
+    pub fn receipts(&self, room: String) -> Result<Vec<Receipts>, WaypostError> {
+        self.store.receipts(&room)
+    }
+
+    /// Messages from others in `room` above this user's read marker (local
+    /// store).
+    pub fn unread_count(&self, room: String) -> Result<u64, WaypostError> {
+        self.store.unread_count(&room, &self.config.user_id)
+    }
+
+    /// Replaces the body of this user's message `seq` (needs a connection;
+    /// the result arrives as `on_message` with `edited`, or `on_error` with
+    /// the room as reference).
+    pub fn edit_message(&self, room: String, seq: u64, body: String) -> Result<(), WaypostError> {
+        check_id("room", &room)?;
+        if body.is_empty() || body.len() > MAX_BODY_BYTES {
+            return Err(WaypostError::InvalidArgument {
+                details: format!("an edit needs a body of 1..={MAX_BODY_BYTES} bytes"),
+            });
+        }
+        self.send(Command::Amend {
+            room,
+            seq,
+            body: Some(body),
+        })
+    }
+
+    /// Deletes this user's message `seq` (needs a connection; the result
+    /// arrives as `on_message` with `deleted`).
+    pub fn delete_message(&self, room: String, seq: u64) -> Result<(), WaypostError> {
+        check_id("room", &room)?;
+        self.send(Command::Amend {
+            room,
+            seq,
+            body: None,
+        })
     }
 
     /// The newest position seen for a driver, from its `tracking:` channel
@@ -422,6 +485,9 @@ struct Core {
     outbox: Outbox,
     http_tasks: HashMap<String, Owned>,
     last_typing: HashMap<String, u64>,
+    /// Read receipts made offline, the newest per room (at most
+    /// `MAX_ROOMS`), sent when the connection opens.
+    unsent_reads: HashMap<String, u64>,
     /// Last presence reported per (room, user): the server repeats who is
     /// online at every (re)subscribe; the app hears only changes.
     presence: HashMap<(String, String), bool>,
@@ -462,24 +528,43 @@ impl Core {
         let Some(r) = self.rooms.get_mut(room) else {
             return;
         };
+        let mut delivered = 0;
         while let Some(msg) = r.next_ready() {
             match self.store.apply(&msg, &self.me) {
                 Ok((entry, was_unsent)) => {
                     r.mark_delivered(msg.seq);
-                    if was_unsent {
-                        self.outbox.forget(&msg.client_id);
-                        self.listener.on_outgoing(entry.clone());
+                    if msg.from != self.me {
+                        delivered = msg.seq;
                     }
-                    self.listener.on_message(entry);
+                    match entry {
+                        Some(entry) if was_unsent => {
+                            self.outbox.forget(&msg.client_id);
+                            self.listener.on_outgoing(entry.clone());
+                            self.listener.on_message(entry);
+                        }
+                        Some(entry) => self.listener.on_message(entry),
+                        None => {}
+                    }
                 }
                 Err(e) => {
                     // Put it back and stop; the next event retries.
                     tracing::warn!(error = %e, room, "could not store message");
                     r.offer(msg);
-                    return;
+                    break;
                 }
             }
         }
+        // One `delivered` per batch stored, for the newest from others.
+        if delivered > 0 && self.connected {
+            out.push(ClientFrame::Receipt {
+                room: room.to_owned(),
+                seq: delivered,
+                kind: ReceiptKind::Delivered,
+            });
+        }
+        let Some(r) = self.rooms.get_mut(room) else {
+            return;
+        };
         if r.has_gap() && r.filling == Filling::No && self.connected {
             r.filling = Filling::Ws;
             out.push(r.sync_frame());
@@ -641,6 +726,13 @@ impl Session for Core {
             r.filling = Filling::No;
             out.push(r.subscribe_frame());
         }
+        for (room, seq) in std::mem::take(&mut self.unsent_reads) {
+            out.push(ClientFrame::Receipt {
+                room,
+                seq,
+                kind: ReceiptKind::Read,
+            });
+        }
         self.pump(out);
     }
 
@@ -775,9 +867,21 @@ impl Session for Core {
                 self.listener
                     .on_presence(PresenceUpdate { room, user, online });
             }
-            ServerFrame::Receipt { room, user, .. } => {
-                // Not surfaced by the SDK yet.
-                tracing::debug!(%room, %user, "receipt frame ignored");
+            ServerFrame::Receipt {
+                room,
+                user,
+                kind,
+                seq,
+            } => {
+                if let Err(e) = self.store.mark_receipt(&room, &user, kind, seq) {
+                    tracing::warn!(error = %e, "could not record a receipt");
+                }
+                self.listener.on_receipt(ReceiptUpdate {
+                    room,
+                    user,
+                    read: kind == ReceiptKind::Read,
+                    seq,
+                });
             }
             ServerFrame::Typing { room, user } => {
                 if user != self.me {
@@ -865,6 +969,34 @@ impl Session for Core {
                     Err(e) => tracing::warn!(error = %e, "retry failed"),
                 }
                 self.pump(out);
+            }
+            Command::MarkRead(room, seq) => {
+                if self.connected {
+                    out.push(ClientFrame::Receipt {
+                        room,
+                        seq,
+                        kind: ReceiptKind::Read,
+                    });
+                } else if self.unsent_reads.len() < MAX_ROOMS
+                    || self.unsent_reads.contains_key(&room)
+                {
+                    let at = self.unsent_reads.entry(room).or_default();
+                    *at = (*at).max(seq);
+                }
+            }
+            Command::Amend { room, seq, body } => {
+                if !self.connected {
+                    self.listener.on_error(
+                        room,
+                        "not_connected".into(),
+                        "edits and deletes need a connection".into(),
+                    );
+                } else {
+                    out.push(match body {
+                        Some(body) => ClientFrame::Edit { room, seq, body },
+                        None => ClientFrame::Delete { room, seq },
+                    });
+                }
             }
             Command::Typing(room) => {
                 let now = self.now();

@@ -37,5 +37,6 @@ pub use client::{BuyerClient, BuyerConfig, BuyerDeps};
 pub use transport::{TransportError, TungsteniteConnector, WsConnector, WsEvent, WsTransport};
 pub use types::{
     BuyerListener, ChatEntry, CloseReason, ConnectionState, LocationUpdate, MessageStatus,
-    OrderEntry, OrderEntryKind, OrderListener, PresenceUpdate, TypingUpdate,
+    OrderEntry, OrderEntryKind, OrderListener, PresenceUpdate, ReceiptUpdate, Receipts,
+    TypingUpdate,
 };

@@ -118,6 +118,10 @@ pub struct ChatEntry {
     /// Server time once stored, local time of writing before.
     pub ts_ms: i64,
     pub status: MessageStatus,
+    /// The sender (or a moderator) changed the body.
+    pub edited: bool,
+    /// The sender (or a moderator) deleted it: `body` is empty.
+    pub deleted: bool,
 }
 
 impl ChatEntry {
@@ -135,6 +139,8 @@ impl ChatEntry {
             } else {
                 MessageStatus::Received
             },
+            edited: false,
+            deleted: false,
         }
     }
 }
@@ -156,6 +162,26 @@ pub struct TypingUpdate {
     pub user: String,
 }
 
+/// A participant's receipt markers in a room: the highest seq its devices
+/// delivered and the highest it read (0: none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+pub struct Receipts {
+    pub user: String,
+    pub delivered: u64,
+    pub read: u64,
+}
+
+/// A participant's marker moved (`read` is false for `delivered`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+pub struct ReceiptUpdate {
+    pub room: String,
+    pub user: String,
+    pub read: bool,
+    pub seq: u64,
+}
+
 /// What the app implements to hear from the SDK. Called from SDK tasks, one
 /// call at a time and in order; keep the work short (post to the UI thread).
 pub trait BuyerListener: Send + Sync + 'static {
@@ -174,6 +200,9 @@ pub trait BuyerListener: Send + Sync + 'static {
     /// refused subscribe (e.g. `forbidden` for `tracking:d-9`), or the
     /// client id or room of a refused message.
     fn on_error(&self, reference: String, code: String, message: String);
+    /// A participant (this user's other devices included) delivered or
+    /// read a room up to a seq. May repeat a state already reported.
+    fn on_receipt(&self, _update: ReceiptUpdate) {}
 }
 
 /// What an order timeline entry says.
