@@ -7,7 +7,8 @@ use std::sync::{Arc, Weak};
 
 use waypost_sdk::buyer as sdk;
 use waypost_sdk::buyer::{
-    ChatEntry, ConnectionState, LocationUpdate, OrderEntry, PresenceUpdate, TypingUpdate,
+    ChatEntry, ConnectionState, LocationUpdate, OrderEntry, PresenceUpdate, Receipts,
+    TypingUpdate,
 };
 
 use crate::error::WaypostError;
@@ -278,6 +279,41 @@ impl BuyerClient {
     pub async fn messages(&self, room: String, limit: u32) -> Result<Vec<ChatEntry>, WaypostError> {
         let inner = Arc::clone(&self.inner);
         runtime::run_blocking(move || inner.messages(room, limit)).await?
+    }
+
+    /// Tells the room this user read it up to `seq` (the app says the user
+    /// saw it). Recorded locally at once, sent when connected. Delivered
+    /// receipts are sent by the SDK as messages are stored.
+    pub async fn mark_read(&self, room: String, seq: u64) -> Result<(), WaypostError> {
+        let inner = Arc::clone(&self.inner);
+        runtime::run_blocking(move || inner.mark_read(room, seq)).await?
+    }
+
+    /// Every known participant's delivered and read markers in `room`
+    /// (local store; kept current by the server's receipts).
+    pub async fn receipts(&self, room: String) -> Result<Vec<Receipts>, WaypostError> {
+        let inner = Arc::clone(&self.inner);
+        runtime::run_blocking(move || inner.receipts(room)).await?
+    }
+
+    /// Messages from others in `room` above this user's read marker (local
+    /// store).
+    pub async fn unread_count(&self, room: String) -> Result<u64, WaypostError> {
+        let inner = Arc::clone(&self.inner);
+        runtime::run_blocking(move || inner.unread_count(room)).await?
+    }
+
+    /// Replaces the body of this user's message `seq` (needs a connection):
+    /// the message comes back through `on_message` with `edited`, or a
+    /// refusal through `on_error` with the room as reference.
+    pub fn edit_message(&self, room: String, seq: u64, body: String) -> Result<(), WaypostError> {
+        self.inner.edit_message(room, seq, body)
+    }
+
+    /// Deletes this user's message `seq` (needs a connection): it comes
+    /// back through `on_message` with `deleted` and an empty body.
+    pub fn delete_message(&self, room: String, seq: u64) -> Result<(), WaypostError> {
+        self.inner.delete_message(room, seq)
     }
 
     /// The newest position seen for a driver, from `track_driver` or from a
