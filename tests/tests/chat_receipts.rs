@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use waypost_e2e::chat::seqs;
+use waypost_e2e::chat::{chat_token, connect_chat as connect, seqs};
 use waypost_e2e::{token, unique, EngineChoice, Server, ServerOptions, WsClient};
 use waypost_protocol::Role;
 
@@ -23,14 +23,6 @@ on_both_engines!(
     attachments_are_validated,
     system_messages_come_from_service,
 );
-
-fn chat_token(sub: &str, role: Role, room: &str) -> String {
-    token(sub, role, &[&format!("chat:{room}")])
-}
-
-async fn connect(server: &Server, sub: &str, role: Role, room: &str) -> Result<WsClient> {
-    WsClient::connect(&server.ws_url(&chat_token(sub, role, room))).await
-}
 
 /// The next `receipt` frame (other frames skipped).
 async fn receipt(c: &mut WsClient) -> Result<Value> {
@@ -129,7 +121,7 @@ async fn receipts_between(a: &Server, b: &Server) -> Result<()> {
     // `subscribed`.
     let mut again = connect(a, "v-1", Role::Vendor, &room).await?;
     again.subscribe(&ch, Some(3)).await?;
-    let mut got = vec![receipt(&mut again).await?, receipt(&mut again).await?];
+    let mut got = [receipt(&mut again).await?, receipt(&mut again).await?];
     got.sort_by_key(|v| v["kind"].as_str().map(str::to_owned));
     assert_eq!(got[0]["kind"], "delivered");
     assert_eq!(got[0]["seq"], 3);

@@ -7,8 +7,7 @@ use std::sync::{Arc, Weak};
 
 use waypost_sdk::buyer as sdk;
 use waypost_sdk::buyer::{
-    ChatEntry, ConnectionState, LocationUpdate, OrderEntry, PresenceUpdate, Receipts,
-    TypingUpdate,
+    ChatEntry, ConnectionState, LocationUpdate, OrderEntry, PresenceUpdate, Receipts, TypingUpdate,
 };
 
 use crate::error::WaypostError;
