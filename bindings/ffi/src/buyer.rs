@@ -7,7 +7,8 @@ use std::sync::{Arc, Weak};
 
 use waypost_sdk::buyer as sdk;
 use waypost_sdk::buyer::{
-    ChatEntry, ConnectionState, LocationUpdate, OrderEntry, PresenceUpdate, Receipts, TypingUpdate,
+    Attachment, ChatEntry, ConnectionState, LocationUpdate, OrderEntry, PresenceUpdate, Receipts,
+    TypingUpdate,
 };
 
 use crate::error::WaypostError;
@@ -261,6 +262,19 @@ impl BuyerClient {
     ) -> Result<ChatEntry, WaypostError> {
         let inner = Arc::clone(&self.inner);
         runtime::run_blocking(move || inner.send_message(room, body)).await?
+    }
+
+    /// [`BuyerClient::send_message`] with attachment metadata: upload the
+    /// files to the app's storage first; the body may then be empty.
+    pub async fn send_message_with_attachments(
+        &self,
+        room: String,
+        body: String,
+        attachments: Vec<Attachment>,
+    ) -> Result<ChatEntry, WaypostError> {
+        let inner = Arc::clone(&self.inner);
+        runtime::run_blocking(move || inner.send_message_with_attachments(room, body, attachments))
+            .await?
     }
 
     /// Puts a failed message back in the outbox.

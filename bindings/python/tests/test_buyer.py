@@ -178,6 +178,11 @@ def test_receipts_unread_and_edits(server, unique, tmp_path):
         buyer.edit_message(room, mine.seq, "not mine")
         wait_for("the refusal reaches the buyer", lambda: any(e[1] == "forbidden" for e in buyer_l.errors))
         assert [m.seq for m in run(buyer.messages(room, 10))] == [first.seq, mine.seq]
+
+        # Attachment metadata travels with a message (the body may be empty).
+        photo = waypost.Attachment(url="https://cdn.example/door.jpg", mime="image/jpeg", size=48213, width=1024, height=768)
+        run(vendor.send_message_with_attachments(room, "", [photo]))
+        wait_for("the buyer gets the photo", lambda: any(m.attachments == [photo] for m in run(buyer.messages(room, 10))))
     finally:
         async def stop():
             await buyer.shutdown()

@@ -24,8 +24,8 @@ use super::store::{Store, MAX_BODY_BYTES};
 use super::tracking::Tracking;
 use super::transport::{TungsteniteConnector, WsConnector};
 use super::types::{
-    BuyerListener, ChatEntry, ConnectionState, LocationUpdate, OrderListener, PresenceUpdate,
-    ReceiptUpdate, Receipts, TypingUpdate,
+    Attachment, BuyerListener, ChatEntry, ConnectionState, LocationUpdate, OrderListener,
+    PresenceUpdate, ReceiptUpdate, Receipts, TypingUpdate,
 };
 use crate::backoff::{BackoffPolicy, RandomSource, SeededRandom};
 use crate::clock::{Clock, SystemClock};
@@ -323,16 +323,30 @@ impl BuyerClient {
     /// Writes a message: stored in the outbox at once (works offline) and
     /// sent when connected. Returns the pending entry.
     pub fn send_message(&self, room: String, body: String) -> Result<ChatEntry, WaypostError> {
+        self.send_message_with_attachments(room, body, Vec::new())
+    }
+
+    /// [`BuyerClient::send_message`] with attachment metadata (the files
+    /// go to the app's own storage first; the body may then be empty).
+    pub fn send_message_with_attachments(
+        &self,
+        room: String,
+        body: String,
+        attachments: Vec<Attachment>,
+    ) -> Result<ChatEntry, WaypostError> {
         check_id("room", &room)?;
         if self.cancel.is_cancelled() {
             return Err(WaypostError::ShutDown);
         }
         let client_id = uuid::Uuid::new_v4().to_string();
-        let entry = self.store.enqueue(
+        let wire: Vec<waypost_protocol::Attachment> =
+            attachments.into_iter().map(Into::into).collect();
+        let entry = self.store.enqueue_with(
             &room,
             &self.config.user_id,
             &client_id,
             &body,
+            &wire,
             self.clock.now_ms(),
         )?;
         // The entry is durable; if the queue is full the next pump sends it.

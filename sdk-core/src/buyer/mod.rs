@@ -36,7 +36,7 @@ mod tests;
 pub use client::{BuyerClient, BuyerConfig, BuyerDeps};
 pub use transport::{TransportError, TungsteniteConnector, WsConnector, WsEvent, WsTransport};
 pub use types::{
-    BuyerListener, ChatEntry, CloseReason, ConnectionState, LocationUpdate, MessageStatus,
-    OrderEntry, OrderEntryKind, OrderListener, PresenceUpdate, ReceiptUpdate, Receipts,
-    TypingUpdate,
+    Attachment, BuyerListener, ChatEntry, CloseReason, ConnectionState, LocationUpdate,
+    MessageStatus, OrderEntry, OrderEntryKind, OrderListener, PresenceUpdate, ReceiptUpdate,
+    Receipts, TypingUpdate,
 };

@@ -22,11 +22,28 @@ pub const MAX_MESSAGES_PER_ROOM: u64 = 2_000;
 pub const MAX_OUTBOX: usize = 1_000;
 /// Longest message body accepted locally (the server has its own limit).
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Attachments per message (the server's limit).
+pub const MAX_ATTACHMENTS: usize = 10;
 
 const SCHEMA_VERSION: i64 = 2;
 
 /// Columns of a [`ChatEntry`], in `row_to_entry` order.
-const ENTRY_COLUMNS: &str = "room, seq, id, sender, client_id, body, ts, status, edited, deleted";
+const ENTRY_COLUMNS: &str =
+    "room, seq, id, sender, client_id, body, ts, status, edited, deleted, attachments";
+
+/// Attachments stored as their wire JSON (`NULL` for none).
+fn attachments_json(list: &[waypost_protocol::Attachment]) -> Option<String> {
+    if list.is_empty() {
+        None
+    } else {
+        serde_json::to_string(list).ok()
+    }
+}
+
+fn attachments_from(json: Option<String>) -> Vec<waypost_protocol::Attachment> {
+    json.and_then(|j| serde_json::from_str(&j).ok())
+        .unwrap_or_default()
+}
 
 /// A message waiting in the outbox, oldest first.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +51,7 @@ pub struct Outgoing {
     pub room: String,
     pub client_id: String,
     pub body: String,
+    pub attachments: Vec<waypost_protocol::Attachment>,
     pub attempts: u32,
 }
 
@@ -99,6 +117,7 @@ impl Store {
                  ALTER TABLE messages ADD COLUMN ref_seq INTEGER;
                  ALTER TABLE messages ADD COLUMN edited INTEGER NOT NULL DEFAULT 0;
                  ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+                 ALTER TABLE messages ADD COLUMN attachments TEXT;
                  CREATE TABLE IF NOT EXISTS receipts (
                      room TEXT NOT NULL,
                      user TEXT NOT NULL,
@@ -152,6 +171,24 @@ impl Store {
         body: &str,
         ts: i64,
     ) -> Result<ChatEntry, WaypostError> {
+        self.enqueue_with(room, me, client_id, body, &[], ts)
+    }
+
+    /// [`Store::enqueue`] with attachment metadata.
+    pub fn enqueue_with(
+        &self,
+        room: &str,
+        me: &str,
+        client_id: &str,
+        body: &str,
+        attachments: &[waypost_protocol::Attachment],
+        ts: i64,
+    ) -> Result<ChatEntry, WaypostError> {
+        if attachments.len() > MAX_ATTACHMENTS {
+            return Err(WaypostError::InvalidArgument {
+                details: format!("at most {MAX_ATTACHMENTS} attachments per message"),
+            });
+        }
         if body.len() > MAX_BODY_BYTES {
             return Err(WaypostError::InvalidArgument {
                 details: format!("message body over {MAX_BODY_BYTES} bytes"),
@@ -167,9 +204,9 @@ impl Store {
                 return Ok(None);
             }
             tx.execute(
-                "INSERT INTO messages (room, sender, client_id, body, ts, status)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending')",
-                params![room, me, client_id, body, ts],
+                "INSERT INTO messages (room, sender, client_id, body, ts, status, attachments)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6)",
+                params![room, me, client_id, body, ts, attachments_json(attachments)],
             )?;
             Ok(Some(()))
         })?
@@ -187,6 +224,7 @@ impl Store {
             status: MessageStatus::Pending,
             edited: false,
             deleted: false,
+            attachments: attachments.iter().cloned().map(Into::into).collect(),
         })
     }
 
@@ -194,7 +232,7 @@ impl Store {
     pub fn outbox(&self, limit: usize) -> Result<Vec<Outgoing>, WaypostError> {
         let conn = self.conn.lock();
         let mut stmt = conn.prepare_cached(
-            "SELECT room, client_id, body, attempts FROM messages
+            "SELECT room, client_id, body, attempts, attachments FROM messages
              WHERE status = 'pending' ORDER BY pk LIMIT ?1",
         )?;
         let rows = stmt.query_map([limit as i64], |r| {
@@ -203,6 +241,7 @@ impl Store {
                 client_id: r.get(1)?,
                 body: r.get(2)?,
                 attempts: r.get::<_, i64>(3)?.max(0) as u32,
+                attachments: attachments_from(r.get(4)?),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -295,8 +334,8 @@ impl Store {
             )?;
             let kind = msg.kind.map(kind_str);
             tx.execute(
-                "INSERT INTO messages (room, seq, id, sender, client_id, body, ts, status, kind, ref_seq)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                "INSERT INTO messages (room, seq, id, sender, client_id, body, ts, status, kind, ref_seq, attachments)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
                  ON CONFLICT(room, sender, client_id) DO UPDATE SET
                      seq = excluded.seq, id = excluded.id, ts = excluded.ts,
                      status = excluded.status",
@@ -311,6 +350,7 @@ impl Store {
                     entry.status.as_str(),
                     kind,
                     msg.ref_seq.map(|s| s as i64),
+                    attachments_json(&msg.attachments),
                 ],
             )?;
             set_last_seq(tx, &msg.room, msg.seq)?;
@@ -540,6 +580,10 @@ fn row_to_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChatEntry> {
         status: MessageStatus::parse(&r.get::<_, String>(7)?),
         edited: r.get::<_, i64>(8)? != 0,
         deleted: r.get::<_, i64>(9)? != 0,
+        attachments: attachments_from(r.get(10)?)
+            .into_iter()
+            .map(Into::into)
+            .collect(),
     })
 }
 
@@ -674,6 +718,31 @@ mod tests {
                 .collect::<Vec<_>>(),
             [("me", 1, 1), ("vendor", 7, 0)]
         );
+    }
+
+    #[test]
+    fn attachments_survive_the_outbox_and_the_timeline() {
+        let s = Store::open(None).unwrap();
+        let a = waypost_protocol::Attachment {
+            url: "https://cdn.example/p.jpg".into(),
+            mime: "image/jpeg".into(),
+            size: 10,
+            width: Some(4),
+            height: None,
+            name: None,
+        };
+        let e = s
+            .enqueue_with("r", "me", "c1", "", std::slice::from_ref(&a), 1)
+            .unwrap();
+        assert_eq!(e.attachments, vec![a.clone().into()]);
+        assert_eq!(s.outbox(1).unwrap()[0].attachments, vec![a.clone()]);
+        let mut m = wire("r", 1, "vendor", "v1");
+        m.attachments = vec![a.clone()];
+        s.apply(&m, "me").unwrap();
+        let stored = s.messages("r", 10).unwrap();
+        assert_eq!(stored[0].attachments, vec![a.clone().into()]);
+        let many = vec![a; MAX_ATTACHMENTS + 1];
+        assert!(s.enqueue_with("r", "me", "c2", "", &many, 1).is_err());
     }
 
     #[test]

@@ -102,6 +102,50 @@ impl MessageStatus {
     }
 }
 
+/// Metadata of a file attached to a message (the file itself lives in the
+/// app's storage). The server accepts `https://` URLs only, a
+/// `type/subtype` mime, a size of 1 byte to 100 MiB, width and height of
+/// 1..=20000, a name of 1..=255 characters, at most 10 per message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+pub struct Attachment {
+    pub url: String,
+    pub mime: String,
+    pub size: u64,
+    #[cfg_attr(feature = "uniffi", uniffi(default = None))]
+    pub width: Option<u32>,
+    #[cfg_attr(feature = "uniffi", uniffi(default = None))]
+    pub height: Option<u32>,
+    #[cfg_attr(feature = "uniffi", uniffi(default = None))]
+    pub name: Option<String>,
+}
+
+impl From<waypost_protocol::Attachment> for Attachment {
+    fn from(a: waypost_protocol::Attachment) -> Self {
+        Self {
+            url: a.url,
+            mime: a.mime,
+            size: a.size,
+            width: a.width,
+            height: a.height,
+            name: a.name,
+        }
+    }
+}
+
+impl From<Attachment> for waypost_protocol::Attachment {
+    fn from(a: Attachment) -> Self {
+        Self {
+            url: a.url,
+            mime: a.mime,
+            size: a.size,
+            width: a.width,
+            height: a.height,
+            name: a.name,
+        }
+    }
+}
+
 /// One chat message as the app renders it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
@@ -122,6 +166,7 @@ pub struct ChatEntry {
     pub edited: bool,
     /// The sender (or a moderator) deleted it: `body` is empty.
     pub deleted: bool,
+    pub attachments: Vec<Attachment>,
 }
 
 impl ChatEntry {
@@ -141,6 +186,12 @@ impl ChatEntry {
             },
             edited: false,
             deleted: false,
+            attachments: m
+                .attachments
+                .iter()
+                .cloned()
+                .map(Attachment::from)
+                .collect(),
         }
     }
 }

@@ -213,14 +213,12 @@ class BindingsTest {
         val room = TestEnv.uniqueId("order")
         val buyerId = TestEnv.uniqueId("b")
         val vendorId = TestEnv.uniqueId("v")
-        val open = { user: String ->
-            BuyerClient.open(
-                BuyerConfig(baseUrl = TestEnv.url, userId = user, dbPath = TestEnv.tempDir().resolve("$user.db").toString()),
-                RecordingListener(),
-                staticToken(TestEnv.token(user, "buyer", listOf("chat:$room"))),
-                null,
-            )
-        }
+        suspend fun open(user: String) = BuyerClient.open(
+            BuyerConfig(baseUrl = TestEnv.url, userId = user, dbPath = TestEnv.tempDir().resolve("$user.db").toString()),
+            RecordingListener(),
+            staticToken(TestEnv.token(user, "buyer", listOf("chat:$room"))),
+            null,
+        )
         val buyer = open(buyerId)
         val vendor = open(vendorId)
         val chats = listOf(buyer.joinChat(room), vendor.joinChat(room))
@@ -230,23 +228,23 @@ class BindingsTest {
             }
             vendor.sendMessage(room, "Your order is ready")
             vendor.sendMessage(room, "Rider on the way")
-            TestEnv.await("the buyer stores both") { buyer.messages(room, 10u).size == 2 }
+            TestEnv.await("the buyer stores both") { runBlocking { buyer.messages(room, 10u) }.size == 2 }
             assertEquals(2uL, buyer.unreadCount(room))
             val first = buyer.messages(room, 10u)[0]
             buyer.markRead(room, first.seq!!)
             assertEquals(1uL, buyer.unreadCount(room))
             TestEnv.await("the vendor sees the read receipt") {
-                vendor.receipts(room).any { it.user == buyerId && it.read == first.seq && it.delivered >= first.seq!! }
+                runBlocking { vendor.receipts(room) }.any { it.user == buyerId && it.read == first.seq && it.delivered >= first.seq!! }
             }
 
             val mine = vendor.messages(room, 10u).first { it.body == "Rider on the way" }
             vendor.editMessage(room, mine.seq!!, "Rider arriving in 2 min")
             TestEnv.await("the buyer sees the edit") {
-                buyer.messages(room, 10u).any { it.seq == mine.seq && it.edited && it.body == "Rider arriving in 2 min" }
+                runBlocking { buyer.messages(room, 10u) }.any { it.seq == mine.seq && it.edited && it.body == "Rider arriving in 2 min" }
             }
             vendor.deleteMessage(room, first.seq!!)
             TestEnv.await("the buyer sees the delete") {
-                buyer.messages(room, 10u).any { it.seq == first.seq && it.deleted && it.body.isEmpty() }
+                runBlocking { buyer.messages(room, 10u) }.any { it.seq == first.seq && it.deleted && it.body.isEmpty() }
             }
             assertEquals(listOf(first.seq, mine.seq), buyer.messages(room, 10u).map { it.seq })
         } finally {
