@@ -255,6 +255,7 @@ impl BuyerClient {
             http_tasks: HashMap::new(),
             last_typing: HashMap::new(),
             unsent_reads: HashMap::new(),
+            unsent_delivered: HashMap::new(),
             presence: HashMap::new(),
         };
         let task_cancel = cancel.clone();
@@ -502,6 +503,9 @@ struct Core {
     /// Read receipts made offline, the newest per room (at most
     /// `MAX_ROOMS`), sent when the connection opens.
     unsent_reads: HashMap<String, u64>,
+    /// Newest stored seq from others per joined room not yet acknowledged
+    /// as `delivered` (sent at the next tick while connected).
+    unsent_delivered: HashMap<String, u64>,
     /// Last presence reported per (room, user): the server repeats who is
     /// online at every (re)subscribe; the app hears only changes.
     presence: HashMap<(String, String), bool>,
@@ -568,13 +572,11 @@ impl Core {
                 }
             }
         }
-        // One `delivered` per batch stored, for the newest from others.
-        if delivered > 0 && self.connected {
-            out.push(ClientFrame::Receipt {
-                room: room.to_owned(),
-                seq: delivered,
-                kind: ReceiptKind::Delivered,
-            });
+        // `delivered` for the newest from others goes out at the next tick:
+        // at most one per room per tick, however long a replay is.
+        if delivered > 0 {
+            let at = self.unsent_delivered.entry(room.to_owned()).or_default();
+            *at = (*at).max(delivered);
         }
         let Some(r) = self.rooms.get_mut(room) else {
             return;
@@ -1032,6 +1034,15 @@ impl Session for Core {
 
     fn tick(&mut self, connected: bool, out: &mut Vec<ClientFrame>) {
         self.orders.tick(connected, out);
+        if connected {
+            for (room, seq) in std::mem::take(&mut self.unsent_delivered) {
+                out.push(ClientFrame::Receipt {
+                    room,
+                    seq,
+                    kind: ReceiptKind::Delivered,
+                });
+            }
+        }
         let now = self.now();
         match self.outbox.on_tick(&self.store, &self.me, now) {
             Ok(v) => self.verdict(v),
