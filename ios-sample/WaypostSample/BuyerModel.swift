@@ -17,6 +17,8 @@ final class BuyerModel: ObservableObject {
     @Published private(set) var deadZonePath: [LocationUpdate] = []
     /// "Courier offline since …" / "Courier back after 45 s (offline)".
     @Published private(set) var courierStatus: String?
+    /// Highest seq each other participant has read (read receipts).
+    @Published private(set) var readBy: [String: UInt64] = [:]
 
     let me: String
     let room: String
@@ -173,6 +175,8 @@ final class BuyerModel: ObservableObject {
                 try? await Task.sleep(nanoseconds: 3_000_000_000)
                 self?.typing = nil
             }
+        case .receipt(let update):
+            if update.read, update.user != me { readBy[update.user] = max(readBy[update.user] ?? 0, update.seq) }
         case .refused(let reference, let code, let message):
             lastError = "\(code): \(message) (\(reference))"
         }
@@ -219,6 +223,7 @@ private final class ErrorForwarder: BuyerListener, @unchecked Sendable {
     func onTyping(update: TypingUpdate) {}
     func onTrail(trail: TrailUpdate) {}
     func onDriverStatus(status: DriverStatusUpdate) {}
+    func onReceipt(update: ReceiptUpdate) {}
     func onError(reference: String, code: String, message: String) {
         Task { @MainActor [weak model] in model?.report("\(code): \(message) (\(reference))") }
     }

@@ -24,6 +24,28 @@ pub enum ClientFrame {
         room: String,
         client_id: String,
         body: String,
+        /// Attachment metadata (the files live in the app's own storage).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attachments: Vec<Attachment>,
+    },
+    /// Replace the body of message `seq` (its sender, or `service`); stored
+    /// as a new `message` with `kind: "edit"` and `ref_seq`.
+    Edit {
+        room: String,
+        seq: u64,
+        body: String,
+    },
+    /// Delete message `seq` (its sender, or `service`); stored as a new
+    /// `message` with `kind: "delete"` and `ref_seq`.
+    Delete {
+        room: String,
+        seq: u64,
+    },
+    /// This user's devices delivered (or the user read) the room up to `seq`.
+    Receipt {
+        room: String,
+        seq: u64,
+        kind: ReceiptKind,
     },
     /// Fetch chat messages after a seq.
     Sync {
@@ -68,8 +90,53 @@ impl UnsubscribeReason {
     }
 }
 
+/// Metadata of a file attached to a message; the upload itself goes to the
+/// app's own storage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub url: String,
+    pub mime: String,
+    /// Bytes.
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// What a stored message is, when it is not a plain message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageKind {
+    /// New body for message `ref_seq`.
+    Edit,
+    /// Message `ref_seq` was deleted.
+    Delete,
+    /// Posted by `service` (e.g. "courier assigned").
+    System,
+}
+
+/// Which tick a receipt moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceiptKind {
+    Delivered,
+    Read,
+}
+
+impl ReceiptKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReceiptKind::Delivered => "delivered",
+            ReceiptKind::Read => "read",
+        }
+    }
+}
+
 /// A stored chat message as delivered to clients.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub room: String,
     /// Per room, gap-free, starting at 1.
@@ -79,6 +146,14 @@ pub struct ChatMessage {
     pub client_id: String,
     pub body: String,
     pub ts: i64,
+    /// Absent for a plain message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<MessageKind>,
+    /// The message an `edit` or `delete` refers to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ref_seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
 }
 
 /// Frames the server sends.
@@ -154,6 +229,14 @@ pub enum ServerFrame {
         user: String,
         online: bool,
     },
+    /// `user` delivered or read the room up to `seq` (monotonic per user,
+    /// room and kind).
+    Receipt {
+        room: String,
+        user: String,
+        kind: ReceiptKind,
+        seq: u64,
+    },
     Typing {
         room: String,
         user: String,
@@ -224,6 +307,31 @@ mod tests {
             r#"{"type":"refresh","token":"a.b.c"}"#
         );
         assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"nope"}"#).is_err());
+    }
+
+    #[test]
+    fn chat_extension_frames_round_trip() {
+        for text in [
+            r#"{"type":"receipt","room":"r","seq":4,"kind":"read"}"#,
+            r#"{"type":"edit","room":"r","seq":4,"body":"fixed"}"#,
+            r#"{"type":"delete","room":"r","seq":4}"#,
+            r#"{"type":"send","room":"r","client_id":"c","body":"pic","attachments":[{"url":"https://x/y.jpg","mime":"image/jpeg","size":10,"width":4,"height":3,"name":"y.jpg"}]}"#,
+        ] {
+            let f: ClientFrame = serde_json::from_str(text).unwrap();
+            assert_eq!(serde_json::to_string(&f).unwrap(), text);
+        }
+        for text in [
+            r#"{"type":"receipt","room":"r","user":"u","kind":"delivered","seq":4}"#,
+            r#"{"type":"message","room":"r","seq":5,"id":"r-5","from":"u","client_id":"c","body":"","ts":1,"kind":"delete","ref_seq":4}"#,
+            r#"{"type":"message","room":"r","seq":6,"id":"r-6","from":"service","client_id":"c","body":"courier assigned","ts":1,"kind":"system"}"#,
+        ] {
+            let f: ServerFrame = serde_json::from_str(text).unwrap();
+            assert_eq!(f.to_json(), text);
+        }
+        assert!(serde_json::from_str::<ClientFrame>(
+            r#"{"type":"receipt","room":"r","seq":4,"kind":"seen"}"#
+        )
+        .is_err());
     }
 
     #[test]
@@ -357,6 +465,7 @@ mod tests {
             client_id: "c".into(),
             body: "hi".into(),
             ts: 5,
+            ..Default::default()
         });
         let v: Value = serde_json::from_str(&m.to_json()).unwrap();
         assert_eq!(v["type"], "message");

@@ -68,6 +68,23 @@ pub struct TrailResponse {
 pub struct ChatPost {
     pub client_id: String,
     pub body: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<crate::Attachment>,
+    /// `"system"` (only `service` may post it), or `"edit"`/`"delete"`
+    /// with `ref_seq`; absent for a plain message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<crate::MessageKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ref_seq: Option<u64>,
+}
+
+/// One participant's receipt markers in a room: the highest seq its
+/// devices delivered and the highest it read (0: none).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ParticipantReceipts {
+    pub user: String,
+    pub delivered: u64,
+    pub read: u64,
 }
 
 /// `GET /v1/chats/{room}/messages`
@@ -75,6 +92,13 @@ pub struct ChatPost {
 pub struct MessagesResponse {
     pub messages: Vec<ChatMessage>,
     pub more: bool,
+    /// Every participant's markers (the caller's included), by user.
+    #[serde(default)]
+    pub receipts: Vec<ParticipantReceipts>,
+    /// Messages from others (plain and system) after the caller's read
+    /// marker.
+    #[serde(default)]
+    pub unread: u64,
 }
 
 /// `POST /v1/vendors/{vendor_id}/notifications`

@@ -20,11 +20,13 @@ mod status;
 pub use channel::{Channel, ChannelError, ChannelKind};
 pub use close::{close_code, should_reconnect, CloseDisposition};
 pub use fix::{Fix, FixError, MAX_FUTURE_SKEW_MS};
-pub use frames::{ChatMessage, ClientFrame, ServerFrame, UnsubscribeReason};
+pub use frames::{
+    Attachment, ChatMessage, ClientFrame, MessageKind, ReceiptKind, ServerFrame, UnsubscribeReason,
+};
 pub use http::{
     ChatPost, Claims, ErrorBody, ErrorDetail, IngestRequest, IngestResponse, LocationResponse,
-    MessagesResponse, NotificationAccepted, NotificationPost, PolicyHint, PolicyMode, Role,
-    TrailResponse, MAX_BATCH_BYTES, MAX_BATCH_FIXES,
+    MessagesResponse, NotificationAccepted, NotificationPost, ParticipantReceipts, PolicyHint,
+    PolicyMode, Role, TrailResponse, MAX_BATCH_BYTES, MAX_BATCH_FIXES,
 };
 pub use ids::{validate_id, IdError, MAX_ID_LEN};
 pub use order::{

@@ -8,7 +8,10 @@
 //! [`ChatError`], which the routes map to `AppError` (HTTP) and to `error`
 //! frames (WebSocket, through the same mapping).
 
-use waypost_protocol::{validate_id, Channel, Claims, IdError, PushKind};
+use waypost_protocol::{
+    validate_id, Attachment, Channel, Claims, IdError, MessageKind, ParticipantReceipts, PushKind,
+    ReceiptKind, ServerFrame,
+};
 
 use crate::auth::may_subscribe;
 use crate::config::Limits;
@@ -35,8 +38,103 @@ pub enum ChatError {
     TooLarge(String),
     #[error("{0}")]
     Forbidden(String),
+    /// An attachment's metadata is refused (scheme, type, size, count).
+    #[error("{0}")]
+    BadAttachment(String),
+    /// `kind` is not allowed here (e.g. `system` from a user).
+    #[error("{0}")]
+    BadKind(String),
+    /// An edit or delete names a seq that is not in the room's history.
+    #[error("message {0} is not in the room's history")]
+    UnknownSeq(u64),
+    /// An edit or delete of a message that is deleted, or is itself an
+    /// edit or delete.
+    #[error("{0}")]
+    NotEditable(String),
     #[error("engine unavailable")]
     Engine(#[from] EngineError),
+}
+
+/// Limits on attachment metadata (documented in docs/API-EXTENSIONS.md).
+pub const MAX_ATTACHMENTS: usize = 10;
+pub const MAX_ATTACHMENT_BYTES: u64 = 100 * 1024 * 1024;
+pub const MAX_ATTACHMENT_URL_CHARS: usize = 2048;
+pub const MAX_ATTACHMENT_NAME_CHARS: usize = 255;
+pub const MAX_ATTACHMENT_DIMENSION: u32 = 20_000;
+
+/// A message to post: plain (`kind` absent) or `system` (from `service`).
+#[derive(Debug, Clone, Default)]
+pub struct Post {
+    pub client_id: String,
+    pub body: String,
+    pub attachments: Vec<Attachment>,
+    pub kind: Option<MessageKind>,
+}
+
+/// Checks attachment metadata: `https` URLs only, a `type/subtype` media
+/// type, bounded size, dimensions, name and count.
+pub fn validate_attachments(list: &[Attachment]) -> Result<(), ChatError> {
+    let bad = |i: usize, what: String| {
+        Err(ChatError::BadAttachment(format!(
+            "attachments[{i}]: {what}"
+        )))
+    };
+    if list.len() > MAX_ATTACHMENTS {
+        return Err(ChatError::BadAttachment(format!(
+            "at most {MAX_ATTACHMENTS} attachments per message"
+        )));
+    }
+    for (i, a) in list.iter().enumerate() {
+        let Some(rest) = a.url.strip_prefix("https://") else {
+            return bad(i, "url must be https://".into());
+        };
+        let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+        if host.is_empty()
+            || a.url.chars().count() > MAX_ATTACHMENT_URL_CHARS
+            || a.url.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return bad(
+                i,
+                format!("url must be an https URL with a host, at most {MAX_ATTACHMENT_URL_CHARS} characters, without spaces"),
+            );
+        }
+        if !valid_mime(&a.mime) {
+            return bad(
+                i,
+                format!("mime {:?} is not a type/subtype media type", a.mime),
+            );
+        }
+        if a.size == 0 || a.size > MAX_ATTACHMENT_BYTES {
+            return bad(i, format!("size must be 1..={MAX_ATTACHMENT_BYTES} bytes"));
+        }
+        for (name, v) in [("width", a.width), ("height", a.height)] {
+            if v.is_some_and(|v| v == 0 || v > MAX_ATTACHMENT_DIMENSION) {
+                return bad(i, format!("{name} must be 1..={MAX_ATTACHMENT_DIMENSION}"));
+            }
+        }
+        if let Some(name) = &a.name {
+            let n = name.chars().count();
+            if n == 0 || n > MAX_ATTACHMENT_NAME_CHARS || name.chars().any(char::is_control) {
+                return bad(
+                    i,
+                    format!("name must be 1..={MAX_ATTACHMENT_NAME_CHARS} characters without control characters"),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `type/subtype` with RFC 6838 restricted names, no parameters.
+fn valid_mime(mime: &str) -> bool {
+    fn name(s: &str) -> bool {
+        let mut chars = s.chars();
+        chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && s.len() <= 127
+            && chars.all(|c| c.is_ascii_alphanumeric() || "!#$&^_.+-".contains(c))
+    }
+    mime.split_once('/')
+        .is_some_and(|(t, sub)| name(t) && name(sub))
 }
 
 /// The operations, over the engine, the stores and the limits.
@@ -63,16 +161,212 @@ pub fn authorize_room(claims: &Claims, room: &str) -> Result<(), ChatError> {
 
 impl Chat<'_> {
     /// Stores a message (idempotent by `(sender, client_id)`) and publishes
-    /// it when it is new. Authorization is the caller's job.
+    /// it when it is new. Authorization is the caller's job; `system`
+    /// messages only come from a `service` token (`service`).
     pub async fn post_message(
         &self,
         room: &str,
         from: &str,
-        client_id: String,
-        body: String,
+        service: bool,
+        post: Post,
     ) -> Result<Appended, ChatError> {
+        validate_id("client_id", &post.client_id)?;
+        match post.kind {
+            None => {}
+            Some(MessageKind::System) if service => {}
+            Some(MessageKind::System) => {
+                return Err(ChatError::Forbidden(
+                    "only service may post system messages".into(),
+                ))
+            }
+            Some(k @ (MessageKind::Edit | MessageKind::Delete)) => {
+                return Err(ChatError::BadKind(format!(
+                    "{k:?} is sent with its own operation and a ref_seq"
+                )))
+            }
+        }
+        // An attachment may stand alone; otherwise a message needs a body.
+        if post.attachments.is_empty() || !post.body.is_empty() {
+            self.check_body(&post.body)?;
+        }
+        validate_attachments(&post.attachments)?;
+        self.store_and_publish(NewMessage {
+            room: room.to_owned(),
+            from: from.to_owned(),
+            client_id: post.client_id,
+            body: post.body,
+            ts: now_ms(),
+            kind: post.kind,
+            ref_seq: None,
+            attachments: post.attachments,
+        })
+        .await
+    }
+
+    /// Edits (`body` is `Some`) or deletes message `seq` of `room`: stored
+    /// as a new entry with `kind` and `ref_seq`. Only the original sender or
+    /// `service` may do it; a deleted message, an edit or a delete cannot
+    /// be edited or deleted. `moderator` is whether the caller is `service`.
+    pub async fn amend(
+        &self,
+        room: &str,
+        from: &str,
+        moderator: bool,
+        seq: u64,
+        body: Option<String>,
+    ) -> Result<Appended, ChatError> {
+        if let Some(body) = &body {
+            self.check_body(body)?;
+        }
+        let page = self
+            .stores
+            .chat
+            .after(room, seq.saturating_sub(1), 1)
+            .await?;
+        let target = page
+            .messages
+            .into_iter()
+            .next()
+            .filter(|m| seq > 0 && m.seq == seq)
+            .ok_or(ChatError::UnknownSeq(seq))?;
+        if matches!(target.kind, Some(MessageKind::Edit | MessageKind::Delete)) {
+            return Err(ChatError::NotEditable(format!(
+                "message {seq} is an edit or a delete itself"
+            )));
+        }
+        if target.from != from && !moderator {
+            return Err(ChatError::Forbidden(format!(
+                "only the sender of message {seq} (or service) may change it"
+            )));
+        }
+        if self.is_deleted(room, seq).await? {
+            return Err(ChatError::NotEditable(format!("message {seq} is deleted")));
+        }
+        let (kind, client_id) = match &body {
+            Some(_) => (
+                MessageKind::Edit,
+                format!("edit-{seq}-{}", uuid::Uuid::new_v4().simple()),
+            ),
+            // Deterministic: a repeated delete is a duplicate of the first.
+            None => (MessageKind::Delete, format!("delete-{seq}")),
+        };
+        self.store_and_publish(NewMessage {
+            room: room.to_owned(),
+            from: from.to_owned(),
+            client_id,
+            body: body.unwrap_or_default(),
+            ts: now_ms(),
+            kind: Some(kind),
+            ref_seq: Some(seq),
+            attachments: Vec::new(),
+        })
+        .await
+    }
+
+    /// Whether a `delete` of `seq` is in the room's history.
+    async fn is_deleted(&self, room: &str, seq: u64) -> Result<bool, ChatError> {
+        let mut deleted = false;
+        self.scan_after(room, seq, |m| {
+            deleted |= m.kind == Some(MessageKind::Delete) && m.ref_seq == Some(seq);
+        })
+        .await?;
+        Ok(deleted)
+    }
+
+    /// Calls `f` on every message of `room` after `after`, read in pages
+    /// (history is bounded by `--chat-history`).
+    async fn scan_after(
+        &self,
+        room: &str,
+        mut after: u64,
+        mut f: impl FnMut(&waypost_protocol::ChatMessage),
+    ) -> Result<(), ChatError> {
+        loop {
+            let page = self
+                .stores
+                .chat
+                .after(room, after, self.limits.chat_sync_limit.max(1))
+                .await?;
+            page.messages.iter().for_each(&mut f);
+            match page.messages.last() {
+                Some(last) if page.more() => after = last.seq,
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Moves `user`'s receipt marker (see [`crate::engine::chat::ChatStore::mark`])
+    /// and, when it moved, publishes a `receipt` frame to the room and to
+    /// the user's other devices.
+    pub async fn receipt(
+        &self,
+        room: &str,
+        user: &str,
+        kind: ReceiptKind,
+        seq: u64,
+    ) -> Result<Option<ParticipantReceipts>, ChatError> {
         let origin = now_us();
-        validate_id("client_id", &client_id)?;
+        let moved = self.stores.chat.mark(room, user, kind, seq).await?;
+        if let Some(r) = &moved {
+            let seq = match kind {
+                ReceiptKind::Delivered => r.delivered,
+                ReceiptKind::Read => r.read,
+            };
+            let frame = Frame::receipt(room, user, kind, seq, origin);
+            for channel in [Channel::chat(room), Channel::user(user)] {
+                if let Err(e) = self.engine.publish(&channel, frame.clone()).await {
+                    tracing::debug!(error = %e, %channel, "publishing a receipt failed");
+                }
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Every participant's markers in `room`, and how many messages from
+    /// others (plain and system) `user` has not read.
+    pub async fn receipts_and_unread(
+        &self,
+        room: &str,
+        user: &str,
+    ) -> Result<(Vec<ParticipantReceipts>, u64), ChatError> {
+        let receipts = self.stores.chat.receipts(room).await?;
+        let read = receipts
+            .iter()
+            .find(|r| r.user == user)
+            .map_or(0, |r| r.read);
+        let mut unread = 0;
+        self.scan_after(room, read, |m| {
+            if m.from != user && matches!(m.kind, None | Some(MessageKind::System)) {
+                unread += 1;
+            }
+        })
+        .await?;
+        Ok((receipts, unread))
+    }
+
+    /// The `receipt` frames that draw every participant's ticks.
+    pub async fn receipt_frames(&self, room: &str) -> Result<Vec<ServerFrame>, ChatError> {
+        let receipts = self.stores.chat.receipts(room).await?;
+        Ok(receipts
+            .into_iter()
+            .flat_map(|r| {
+                [
+                    (ReceiptKind::Delivered, r.delivered),
+                    (ReceiptKind::Read, r.read),
+                ]
+                .into_iter()
+                .filter(|(_, seq)| *seq > 0)
+                .map(move |(kind, seq)| ServerFrame::Receipt {
+                    room: room.to_owned(),
+                    user: r.user.clone(),
+                    kind,
+                    seq,
+                })
+            })
+            .collect())
+    }
+
+    fn check_body(&self, body: &str) -> Result<(), ChatError> {
         if body.is_empty() {
             return Err(ChatError::EmptyBody);
         }
@@ -84,23 +378,20 @@ impl Chat<'_> {
                 self.limits.max_chat_body_chars
             )));
         }
-        let appended = self
-            .stores
-            .chat
-            .append(NewMessage {
-                room: room.to_owned(),
-                from: from.to_owned(),
-                client_id,
-                body,
-                ts: now_ms(),
-            })
-            .await?;
+        Ok(())
+    }
+
+    async fn store_and_publish(&self, msg: NewMessage) -> Result<Appended, ChatError> {
+        let origin = now_us();
+        let room = msg.room.clone();
+        let from = msg.from.clone();
+        let appended = self.stores.chat.append(msg).await?;
         if let Appended::New(msg) = &appended {
             let frame = Frame::message(msg, origin);
             // The message is stored: a failed publish is healed by receivers
             // filling the gap from history at the next message, or by `sync`.
-            let room_channel = Channel::chat(room);
-            let user = Channel::user(from);
+            let room_channel = Channel::chat(&room);
+            let user = Channel::user(&from);
             let (to_room, to_user) = futures_util::future::join(
                 self.engine.publish(&room_channel, frame.clone()),
                 self.engine.publish(&user, frame),
@@ -225,5 +516,67 @@ impl Chat<'_> {
             origin_us: origin,
         });
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn att(url: &str, mime: &str, size: u64) -> Attachment {
+        Attachment {
+            url: url.into(),
+            mime: mime.into(),
+            size,
+            width: None,
+            height: None,
+            name: None,
+        }
+    }
+
+    fn refused(list: &[Attachment]) -> String {
+        match validate_attachments(list) {
+            Err(ChatError::BadAttachment(m)) => m,
+            other => panic!("expected bad_attachment, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn attachment_metadata_is_validated() {
+        let ok = att("https://cdn.example/p/a.jpg?x=1", "image/jpeg", 10);
+        validate_attachments(std::slice::from_ref(&ok)).unwrap();
+        validate_attachments(&[att("https://h", "application/vnd.api+json", 1)]).unwrap();
+        assert!(refused(&[att("http://cdn.example/a.jpg", "image/jpeg", 1)]).contains("https"));
+        assert!(refused(&[att("javascript:alert(1)", "image/jpeg", 1)]).contains("https"));
+        assert!(refused(&[att("https:///nohost", "image/jpeg", 1)]).contains("host"));
+        assert!(refused(&[att("https://h/a b", "image/jpeg", 1)]).contains("spaces"));
+        for mime in [
+            "image",
+            "image/",
+            "/jpeg",
+            "image/jpeg; q=1",
+            "im age/x",
+            "",
+        ] {
+            assert!(
+                refused(&[att("https://h", mime, 1)]).contains("mime"),
+                "{mime}"
+            );
+        }
+        assert!(refused(&[att("https://h", "image/png", 0)]).contains("size"));
+        assert!(
+            refused(&[att("https://h", "image/png", MAX_ATTACHMENT_BYTES + 1)]).contains("size")
+        );
+        let mut wide = ok.clone();
+        wide.width = Some(0);
+        assert!(refused(&[wide]).contains("width"));
+        let mut tall = ok.clone();
+        tall.height = Some(MAX_ATTACHMENT_DIMENSION + 1);
+        assert!(refused(&[tall]).contains("height"));
+        let mut named = ok.clone();
+        named.name = Some("x".repeat(MAX_ATTACHMENT_NAME_CHARS + 1));
+        assert!(refused(&[named]).contains("name"));
+        let many = vec![ok; MAX_ATTACHMENTS + 1];
+        assert!(refused(&many).contains("at most"));
     }
 }

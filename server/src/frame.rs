@@ -139,6 +139,24 @@ impl Frame {
         Self::new(text, About::Other, origin_us)
     }
 
+    /// A `receipt` frame.
+    pub fn receipt(
+        room: &str,
+        user: &str,
+        kind: waypost_protocol::ReceiptKind,
+        seq: u64,
+        origin_us: i64,
+    ) -> Self {
+        let text = ServerFrame::Receipt {
+            room: room.to_owned(),
+            user: user.to_owned(),
+            kind,
+            seq,
+        }
+        .to_json();
+        Self::new(text, About::Other, origin_us)
+    }
+
     /// A notification, already in `text/event-stream` form.
     pub fn notification(seq: u64, sse: String, origin_us: i64) -> Self {
         Self::new(sse, About::Notification { seq }, origin_us)

@@ -164,6 +164,7 @@ mod tests {
                     client_id: cid.into(),
                     body: "hi".into(),
                     ts: now,
+                    ..Default::default()
                 })
                 .await
                 .unwrap();

@@ -7,7 +7,18 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Result};
 use serde_json::{json, Value};
 
-use crate::WsClient;
+use crate::{token, Server, WsClient};
+use waypost_protocol::Role;
+
+/// A token for `sub` granting `chat:{room}`.
+pub fn chat_token(sub: &str, role: Role, room: &str) -> String {
+    token(sub, role, &[&format!("chat:{room}")])
+}
+
+/// A WebSocket of `sub` with a token granting `chat:{room}`.
+pub async fn connect_chat(server: &Server, sub: &str, role: Role, room: &str) -> Result<WsClient> {
+    WsClient::connect(&server.ws_url(&chat_token(sub, role, room))).await
+}
 
 /// One parsed SSE event.
 #[derive(Debug, Clone, PartialEq, Eq)]

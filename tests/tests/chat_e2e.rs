@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Result;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use waypost_e2e::chat::seqs;
+use waypost_e2e::chat::{chat_token, connect_chat as connect, seqs};
 use waypost_e2e::{token, unique, EngineChoice, Server, ServerOptions, WsClient};
 use waypost_protocol::Role;
 
@@ -26,15 +26,6 @@ on_both_engines!(
     presence_and_typing,
     http_chat_and_authorization,
 );
-
-/// A token for `sub` granting `chat:{room}`.
-fn chat_token(sub: &str, role: Role, room: &str) -> String {
-    token(sub, role, &[&format!("chat:{room}")])
-}
-
-async fn connect(server: &Server, sub: &str, role: Role, room: &str) -> Result<WsClient> {
-    WsClient::connect(&server.ws_url(&chat_token(sub, role, room))).await
-}
 
 async fn send_ack_and_idempotent_resend(engine: EngineChoice) -> Result<()> {
     let server = Server::start(engine).await?;

@@ -9,8 +9,9 @@ use waypost_sdk::subscription::Subscription as CoreSubscription;
 
 use waypost_sdk::buyer as sdk;
 use waypost_sdk::buyer::{
-    ChatEntry, ChatEvent, ConnectionState, DriverStatusUpdate, LocationUpdate, OrderEntry,
-    PresenceUpdate, PushPlatform, PushSync, TrailUpdate, TypingUpdate,
+    Attachment, ChatEntry, ChatEvent, ConnectionState, DriverStatusUpdate, LocationUpdate,
+    OrderEntry, PresenceUpdate, PushPlatform, PushSync, ReceiptUpdate, Receipts, TrailUpdate,
+    TypingUpdate,
 };
 
 use crate::error::WaypostError;
@@ -107,6 +108,10 @@ pub trait BuyerListener: Send + Sync {
     /// A tracked driver went dark (no upload for the server's online TTL)
     /// or came back (`dark_ms`, and `reason` when its phone said why).
     fn on_driver_status(&self, status: DriverStatusUpdate);
+    /// A participant (this user's other devices included) delivered or
+    /// read a room up to a seq (`read` false: delivered). May repeat a
+    /// state already reported; `receipts(room)` has them all.
+    fn on_receipt(&self, update: ReceiptUpdate);
 }
 
 /// Calls a foreign listener; a callback that throws is logged, not
@@ -152,6 +157,9 @@ impl sdk::BuyerListener for ListenerAdapter {
     }
     fn on_driver_status(&self, status: sdk::DriverStatusUpdate) {
         self.guard("on_driver_status", |l| l.on_driver_status(status));
+    }
+    fn on_receipt(&self, update: ReceiptUpdate) {
+        self.guard("on_receipt", |l| l.on_receipt(update));
     }
 }
 
@@ -416,6 +424,19 @@ impl BuyerClient {
         runtime::run_blocking(move || inner.send_message(room, body)).await?
     }
 
+    /// [`BuyerClient::send_message`] with attachment metadata: upload the
+    /// files to the app's storage first; the body may then be empty.
+    pub async fn send_message_with_attachments(
+        &self,
+        room: String,
+        body: String,
+        attachments: Vec<Attachment>,
+    ) -> Result<ChatEntry, WaypostError> {
+        let inner = Arc::clone(&self.inner);
+        runtime::run_blocking(move || inner.send_message_with_attachments(room, body, attachments))
+            .await?
+    }
+
     /// Puts a failed message back in the outbox.
     pub fn retry_message(&self, room: String, client_id: String) -> Result<(), WaypostError> {
         self.inner.retry_message(room, client_id)
@@ -431,6 +452,41 @@ impl BuyerClient {
     pub async fn messages(&self, room: String, limit: u32) -> Result<Vec<ChatEntry>, WaypostError> {
         let inner = Arc::clone(&self.inner);
         runtime::run_blocking(move || inner.messages(room, limit)).await?
+    }
+
+    /// Tells the room this user read it up to `seq` (the app says the user
+    /// saw it). Recorded locally at once, sent when connected. Delivered
+    /// receipts are sent by the SDK as messages are stored.
+    pub async fn mark_read(&self, room: String, seq: u64) -> Result<(), WaypostError> {
+        let inner = Arc::clone(&self.inner);
+        runtime::run_blocking(move || inner.mark_read(room, seq)).await?
+    }
+
+    /// Every known participant's delivered and read markers in `room`
+    /// (local store; kept current by the server's receipts).
+    pub async fn receipts(&self, room: String) -> Result<Vec<Receipts>, WaypostError> {
+        let inner = Arc::clone(&self.inner);
+        runtime::run_blocking(move || inner.receipts(room)).await?
+    }
+
+    /// Messages from others in `room` above this user's read marker (local
+    /// store).
+    pub async fn unread_count(&self, room: String) -> Result<u64, WaypostError> {
+        let inner = Arc::clone(&self.inner);
+        runtime::run_blocking(move || inner.unread_count(room)).await?
+    }
+
+    /// Replaces the body of this user's message `seq` (needs a connection):
+    /// the message comes back through `on_message` with `edited`, or a
+    /// refusal through `on_error` with the room as reference.
+    pub fn edit_message(&self, room: String, seq: u64, body: String) -> Result<(), WaypostError> {
+        self.inner.edit_message(room, seq, body)
+    }
+
+    /// Deletes this user's message `seq` (needs a connection): it comes
+    /// back through `on_message` with `deleted` and an empty body.
+    pub fn delete_message(&self, room: String, seq: u64) -> Result<(), WaypostError> {
+        self.inner.delete_message(room, seq)
     }
 
     /// The newest position seen for a driver, from `track_driver` or from a

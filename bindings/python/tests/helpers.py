@@ -68,6 +68,7 @@ class Recorder(waypost.BuyerListener):
         self.errors = []
         self.trails = []
         self.statuses = []
+        self.receipts = []
         # Trails and locations in arrival order: ("trail", TrailUpdate) /
         # ("location", LocationUpdate).
         self.path = []
@@ -107,6 +108,9 @@ class Recorder(waypost.BuyerListener):
 
     def on_driver_status(self, status):
         self._seen(self.statuses, status)
+
+    def on_receipt(self, update):
+        self._seen(self.receipts, update)
 
 
 class Events(waypost.DriverListener):

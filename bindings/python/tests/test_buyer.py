@@ -180,3 +180,63 @@ def test_buyer_sees_the_path_through_a_dead_zone(server, unique, tmp_path):
             await buyer.shutdown()
         run(stop())
         del tracking
+
+
+def test_receipts_unread_and_edits(server, unique, tmp_path):
+    room = unique("order")
+    buyer_id, vendor_id = unique("b"), unique("v")
+    buyer_l, vendor_l = Recorder(), Recorder()
+    buyer = run(waypost.BuyerClient.open(
+        waypost.BuyerConfig(base_url=server.url, user_id=buyer_id, db_path=str(tmp_path / "b.db")),
+        buyer_l,
+        waypost.static_token(server.token(buyer_id, "buyer", [f"chat:{room}"])),
+        None,
+    ))
+    vendor = run(waypost.BuyerClient.open(
+        waypost.BuyerConfig(base_url=server.url, user_id=vendor_id, db_path=str(tmp_path / "v.db")),
+        vendor_l,
+        waypost.static_token(server.token(vendor_id, "buyer", [f"chat:{room}"])),
+        None,
+    ))
+    chats = [buyer.join_chat(room), vendor.join_chat(room)]
+    try:
+        wait_for("both connected", lambda: buyer.connection_state().is_connected() and vendor.connection_state().is_connected())
+        run(vendor.send_message(room, "Your order is ready"))
+        run(vendor.send_message(room, "Rider on the way"))
+        wait_for("the buyer stores both", lambda: len(run(buyer.messages(room, 10))) == 2)
+        assert run(buyer.unread_count(room)) == 2
+        first = run(buyer.messages(room, 10))[0]
+
+        run(buyer.mark_read(room, first.seq))
+        assert run(buyer.unread_count(room)) == 1
+
+        def vendor_sees(read):
+            marks = [r for r in run(vendor.receipts(room)) if r.user == buyer_id]
+            return marks and marks[0].read == read and marks[0].delivered >= read
+        # The vendor's ticks: delivered (sent by the SDK) and read.
+        wait_for("the vendor sees the read receipt", lambda: vendor_sees(first.seq))
+        wait_for("the vendor's listener hears it (on_receipt)", lambda: any(
+            r.room == room and r.user == buyer_id and r.read and r.seq == first.seq for r in vendor_l.receipts))
+
+        mine = next(m for m in run(vendor.messages(room, 10)) if m.body == "Rider on the way")
+        vendor.edit_message(room, mine.seq, "Rider arriving in 2 min")
+        wait_for("the buyer sees the edit", lambda: any(
+            m.seq == mine.seq and m.edited and m.body == "Rider arriving in 2 min" for m in run(buyer.messages(room, 10))))
+        vendor.delete_message(room, first.seq)
+        wait_for("the buyer sees the delete", lambda: any(
+            m.seq == first.seq and m.deleted and m.body == "" for m in run(buyer.messages(room, 10))))
+        # Someone else's message cannot be edited: refused by the server.
+        buyer.edit_message(room, mine.seq, "not mine")
+        wait_for("the refusal reaches the buyer", lambda: any(e[1] == "forbidden" for e in buyer_l.errors))
+        assert [m.seq for m in run(buyer.messages(room, 10))] == [first.seq, mine.seq]
+
+        # Attachment metadata travels with a message (the body may be empty).
+        photo = waypost.Attachment(url="https://cdn.example/door.jpg", mime="image/jpeg", size=48213, width=1024, height=768)
+        run(vendor.send_message_with_attachments(room, "", [photo]))
+        wait_for("the buyer gets the photo", lambda: any(m.attachments == [photo] for m in run(buyer.messages(room, 10))))
+    finally:
+        async def stop():
+            await buyer.shutdown()
+            await vendor.shutdown()
+        run(stop())
+        del chats

@@ -135,6 +135,19 @@ def test_chat_messages_and_connection_states(server, unique):
         run(vendor.send_message(room, "ciao"))
         entry = task.result(15)
         assert (entry.room, entry.body, entry.sender) == (room, "ciao", vendor_id)
+
+        async def first_read_receipt():
+            async for update in vendor.chat_receipts(room):
+                if update.read and update.user == buyer_id:
+                    return update
+
+        keep = buyer.join_chat(room)  # the buyer stays in the room
+        receipt = asyncio.run_coroutine_threadsafe(first_read_receipt(), _loop())
+        wait_for("the vendor joined", lambda: vendor.subscription_count() == 1)
+        run(buyer.mark_read(room, entry.seq))
+        update = receipt.result(15)
+        assert (update.room, update.seq) == (room, entry.seq)
+        keep.cancel()
     finally:
         run(buyer.shutdown())
         run(vendor.shutdown())

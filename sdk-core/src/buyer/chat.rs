@@ -189,6 +189,7 @@ mod tests {
             client_id: format!("c{seq}"),
             body: String::new(),
             ts: 0,
+            ..Default::default()
         }
     }
 

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use waypost_protocol::{
-    validate_id, Channel, ChannelKind, ChatMessage, ClientFrame, PushKind, ServerFrame,
+    validate_id, Channel, ChannelKind, ChatMessage, ClientFrame, PushKind, ReceiptKind, ServerFrame,
 };
 
 use super::chat::{fetch_page, Filling, Offer, Room, MAX_HTTP_PAGES};
@@ -21,13 +21,13 @@ use super::connection::{self, ConnectionConfig, Control, Deps, Session};
 use super::orders::Orders;
 use super::outbox::{Outbox, Verdict};
 use super::push::{self, PushPlatform, PushSync};
-use super::store::Store;
+use super::store::{Store, MAX_BODY_BYTES};
 use super::tracking::{Tracking, MAX_TRACKED};
 use super::transport::{TungsteniteConnector, WsConnector};
 use super::types::{
-    BuyerListener, ChatEntry, ChatEvent, ChatListener, ConnectionState, ConnectionStateListener,
-    DriverStatusUpdate, LocationListener, LocationUpdate, OrderListener, PresenceUpdate,
-    TrailUpdate, TypingUpdate,
+    Attachment, BuyerListener, ChatEntry, ChatEvent, ChatListener, ConnectionState,
+    ConnectionStateListener, DriverStatusUpdate, LocationListener, LocationUpdate, OrderListener,
+    PresenceUpdate, ReceiptUpdate, Receipts, TrailUpdate, TypingUpdate,
 };
 use crate::backoff::{BackoffPolicy, RandomSource, SeededRandom};
 use crate::clock::{Clock, SystemClock};
@@ -168,6 +168,14 @@ pub enum Command {
         client_id: String,
     },
     Typing(String),
+    /// This user read `room` up to a seq.
+    MarkRead(String, u64),
+    /// Edit (with a body) or delete one of this user's messages.
+    Amend {
+        room: String,
+        seq: u64,
+        body: Option<String>,
+    },
     EnvironmentChanged,
     Reconnect,
     /// A page of HTTP history for a room that could not be recovered.
@@ -315,6 +323,8 @@ impl BuyerClient {
             outbox: Outbox::new(config.ack_timeout_ms, config.max_send_attempts),
             http_tasks: HashMap::new(),
             last_typing: HashMap::new(),
+            unsent_reads: HashMap::new(),
+            unsent_delivered: HashMap::new(),
             presence: HashMap::new(),
         };
         let task_cancel = cancel.clone();
@@ -541,16 +551,30 @@ impl BuyerClient {
     /// Writes a message: stored in the outbox at once (works offline) and
     /// sent when connected. Returns the pending entry.
     pub fn send_message(&self, room: String, body: String) -> Result<ChatEntry, WaypostError> {
+        self.send_message_with_attachments(room, body, Vec::new())
+    }
+
+    /// [`BuyerClient::send_message`] with attachment metadata (the files
+    /// go to the app's own storage first; the body may then be empty).
+    pub fn send_message_with_attachments(
+        &self,
+        room: String,
+        body: String,
+        attachments: Vec<Attachment>,
+    ) -> Result<ChatEntry, WaypostError> {
         check_id("room", &room)?;
         if self.cancel.is_cancelled() {
             return Err(WaypostError::ShutDown);
         }
         let client_id = uuid::Uuid::new_v4().to_string();
-        let entry = self.store.enqueue(
+        let wire: Vec<waypost_protocol::Attachment> =
+            attachments.into_iter().map(Into::into).collect();
+        let entry = self.store.enqueue_with(
             &room,
             &self.config.user_id,
             &client_id,
             &body,
+            &wire,
             self.clock.now_ms(),
         )?;
         // The entry is durable; if the queue is full the next pump sends it.
@@ -570,8 +594,60 @@ impl BuyerClient {
 
     /// The room's timeline from the local store (works offline): the
     /// newest `limit` messages in seq order, then pending and failed ones.
+    /// Edits and deletes are applied to the messages they refer to
+    /// (`edited`, `deleted`), not listed themselves.
     pub fn messages(&self, room: String, limit: u32) -> Result<Vec<ChatEntry>, WaypostError> {
         self.store.messages(&room, limit)
+    }
+
+    /// Tells the room this user read it up to `seq` (the app says the user
+    /// saw it). Recorded locally at once; sent when connected (the latest
+    /// one per room, at the next connection when offline). Delivered
+    /// receipts are sent by the SDK itself as messages are stored.
+    pub fn mark_read(&self, room: String, seq: u64) -> Result<(), WaypostError> {
+        check_id("room", &room)?;
+        self.store
+            .mark_receipt(&room, &self.config.user_id, ReceiptKind::Read, seq)?;
+        self.send(Command::MarkRead(room, seq))
+    }
+
+    /// Every known participant's receipt markers in `room` (local store).
+    pub fn receipts(&self, room: String) -> Result<Vec<Receipts>, WaypostError> {
+        self.store.receipts(&room)
+    }
+
+    /// Messages from others in `room` above this user's read marker (local
+    /// store).
+    pub fn unread_count(&self, room: String) -> Result<u64, WaypostError> {
+        self.store.unread_count(&room, &self.config.user_id)
+    }
+
+    /// Replaces the body of this user's message `seq` (needs a connection;
+    /// the result arrives as `on_message` with `edited`, or `on_error` with
+    /// the room as reference).
+    pub fn edit_message(&self, room: String, seq: u64, body: String) -> Result<(), WaypostError> {
+        check_id("room", &room)?;
+        if body.is_empty() || body.len() > MAX_BODY_BYTES {
+            return Err(WaypostError::InvalidArgument {
+                details: format!("an edit needs a body of 1..={MAX_BODY_BYTES} bytes"),
+            });
+        }
+        self.send(Command::Amend {
+            room,
+            seq,
+            body: Some(body),
+        })
+    }
+
+    /// Deletes this user's message `seq` (needs a connection; the result
+    /// arrives as `on_message` with `deleted`).
+    pub fn delete_message(&self, room: String, seq: u64) -> Result<(), WaypostError> {
+        check_id("room", &room)?;
+        self.send(Command::Amend {
+            room,
+            seq,
+            body: None,
+        })
     }
 
     /// The newest position seen for a driver, from its `tracking:` channel
@@ -699,8 +775,11 @@ impl BuyerClient {
                 .await?;
                 for m in &msgs {
                     if m.seq > self.store.last_seq(&channel.id)? {
-                        out.messages
-                            .push(self.store.apply(m, &self.config.user_id)?.0);
+                        // An edit or delete updates the entry it refers to
+                        // and returns it; nothing else to hand back.
+                        if let (Some(entry), _) = self.store.apply(m, &self.config.user_id)? {
+                            out.messages.push(entry);
+                        }
                     }
                 }
                 out.complete = complete;
@@ -813,6 +892,12 @@ struct Core {
     outbox: Outbox,
     http_tasks: HashMap<String, Owned>,
     last_typing: HashMap<String, u64>,
+    /// Read receipts made offline, the newest per room (at most
+    /// `MAX_ROOMS`), sent when the connection opens.
+    unsent_reads: HashMap<String, u64>,
+    /// Newest stored seq from others per joined room not yet acknowledged
+    /// as `delivered` (sent at the next tick while connected).
+    unsent_delivered: HashMap<String, u64>,
     /// Last presence reported per (room, user): the server repeats who is
     /// online at every (re)subscribe; the app hears only changes.
     presence: HashMap<(String, String), bool>,
@@ -929,6 +1014,7 @@ impl Core {
     /// Delivers whatever is ready in `room`, then asks for a sync when a
     /// gap remains.
     fn drain(&mut self, room: &str, out: &mut Vec<ClientFrame>) {
+        let mut delivered = 0;
         loop {
             let Some(r) = self.rooms.get_mut(room) else {
                 return;
@@ -937,6 +1023,11 @@ impl Core {
             match self.store.apply(&msg, &self.me) {
                 Ok((entry, was_unsent)) => {
                     r.mark_delivered(msg.seq);
+                    if msg.from != self.me {
+                        delivered = msg.seq;
+                    }
+                    // None: an edit or delete of a message not stored here.
+                    let Some(entry) = entry else { continue };
                     if was_unsent {
                         self.outbox.forget(&msg.client_id);
                         self.outgoing(entry.clone());
@@ -950,9 +1041,15 @@ impl Core {
                     // Put it back and stop; the next event retries.
                     tracing::warn!(error = %e, room, "could not store message");
                     r.offer(msg);
-                    return;
+                    break;
                 }
             }
+        }
+        // `delivered` for the newest from others goes out at the next tick:
+        // at most one per room per tick, however long a replay is.
+        if delivered > 0 {
+            let at = self.unsent_delivered.entry(room.to_owned()).or_default();
+            *at = (*at).max(delivered);
         }
         let Some(r) = self.rooms.get_mut(room) else {
             return;
@@ -1187,6 +1284,13 @@ impl Session for Core {
             r.filling = Filling::No;
             out.push(r.subscribe_frame());
         }
+        for (room, seq) in std::mem::take(&mut self.unsent_reads) {
+            out.push(ClientFrame::Receipt {
+                room,
+                seq,
+                kind: ReceiptKind::Read,
+            });
+        }
         self.pump(out);
     }
 
@@ -1273,6 +1377,7 @@ impl Session for Core {
                                     client_id,
                                     body: entry.body,
                                     ts: entry.ts_ms,
+                                    ..Default::default()
                                 },
                                 out,
                             );
@@ -1358,6 +1463,26 @@ impl Session for Core {
                     update: update.clone(),
                 });
                 self.listener.on_presence(update);
+            }
+            ServerFrame::Receipt {
+                room,
+                user,
+                kind,
+                seq,
+            } => {
+                if let Err(e) = self.store.mark_receipt(&room, &user, kind, seq) {
+                    tracing::warn!(error = %e, "could not record a receipt");
+                }
+                let update = ReceiptUpdate {
+                    room,
+                    user,
+                    read: kind == ReceiptKind::Read,
+                    seq,
+                };
+                self.room_event(&update.room, || ChatEvent::Receipt {
+                    update: update.clone(),
+                });
+                self.listener.on_receipt(update);
             }
             ServerFrame::Typing { room, user } => {
                 if user != self.me {
@@ -1455,6 +1580,32 @@ impl Session for Core {
                 }
                 self.pump(out);
             }
+            Command::MarkRead(room, seq) => {
+                if self.connected {
+                    out.push(ClientFrame::Receipt {
+                        room,
+                        seq,
+                        kind: ReceiptKind::Read,
+                    });
+                } else if self.unsent_reads.len() < MAX_ROOMS
+                    || self.unsent_reads.contains_key(&room)
+                {
+                    let at = self.unsent_reads.entry(room).or_default();
+                    *at = (*at).max(seq);
+                }
+            }
+            Command::Amend { room, seq, body } => {
+                if !self.connected {
+                    let (code, message) = ("not_connected", "edits and deletes need a connection");
+                    self.refused(&room, code, message);
+                    self.listener.on_error(room, code.into(), message.into());
+                } else {
+                    out.push(match body {
+                        Some(body) => ClientFrame::Edit { room, seq, body },
+                        None => ClientFrame::Delete { room, seq },
+                    });
+                }
+            }
             Command::Typing(room) => {
                 let now = self.now();
                 let last = self.last_typing.get(&room).copied();
@@ -1476,6 +1627,15 @@ impl Session for Core {
     fn tick(&mut self, connected: bool, out: &mut Vec<ClientFrame>) {
         self.sweep(out);
         self.orders.tick(connected, out);
+        if connected {
+            for (room, seq) in std::mem::take(&mut self.unsent_delivered) {
+                out.push(ClientFrame::Receipt {
+                    room,
+                    seq,
+                    kind: ReceiptKind::Delivered,
+                });
+            }
+        }
         let now = self.now();
         match self.outbox.on_tick(&self.store, &self.me, now) {
             Ok(v) => self.verdict(v),

@@ -38,7 +38,8 @@ pub use client::{BuyerClient, BuyerConfig, BuyerDeps};
 pub use push::{PushPlatform, PushSync};
 pub use transport::{TransportError, TungsteniteConnector, WsConnector, WsEvent, WsTransport};
 pub use types::{
-    BuyerListener, ChatEntry, ChatEvent, ChatListener, CloseReason, ConnectionState,
+    Attachment, BuyerListener, ChatEntry, ChatEvent, ChatListener, CloseReason, ConnectionState,
     ConnectionStateListener, DriverStatusUpdate, LocationListener, LocationUpdate, MessageStatus,
-    OrderEntry, OrderEntryKind, OrderListener, PresenceUpdate, TrailUpdate, TypingUpdate,
+    OrderEntry, OrderEntryKind, OrderListener, PresenceUpdate, ReceiptUpdate, Receipts,
+    TrailUpdate, TypingUpdate,
 };

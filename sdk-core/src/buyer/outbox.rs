@@ -72,6 +72,7 @@ impl Outbox {
             room,
             client_id,
             body,
+            attachments,
             ..
         }) = store.outbox(1)?.into_iter().next()
         else {
@@ -81,6 +82,7 @@ impl Outbox {
             room: room.clone(),
             client_id: client_id.clone(),
             body,
+            attachments,
         });
         self.in_flight = Some(InFlight {
             room,

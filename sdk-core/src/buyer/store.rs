@@ -11,9 +11,9 @@
 
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
-use waypost_protocol::ChatMessage;
+use waypost_protocol::{ChatMessage, MessageKind, ReceiptKind};
 
-use super::types::{ChatEntry, MessageStatus};
+use super::types::{ChatEntry, MessageStatus, Receipts};
 use crate::error::WaypostError;
 
 /// Stored messages kept per room (oldest trimmed beyond this).
@@ -22,8 +22,28 @@ pub const MAX_MESSAGES_PER_ROOM: u64 = 2_000;
 pub const MAX_OUTBOX: usize = 1_000;
 /// Longest message body accepted locally (the server has its own limit).
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Attachments per message (the server's limit).
+pub const MAX_ATTACHMENTS: usize = 10;
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
+
+/// Columns of a [`ChatEntry`], in `row_to_entry` order.
+const ENTRY_COLUMNS: &str =
+    "room, seq, id, sender, client_id, body, ts, status, edited, deleted, attachments";
+
+/// Attachments stored as their wire JSON (`NULL` for none).
+fn attachments_json(list: &[waypost_protocol::Attachment]) -> Option<String> {
+    if list.is_empty() {
+        None
+    } else {
+        serde_json::to_string(list).ok()
+    }
+}
+
+fn attachments_from(json: Option<String>) -> Vec<waypost_protocol::Attachment> {
+    json.and_then(|j| serde_json::from_str(&j).ok())
+        .unwrap_or_default()
+}
 
 /// A message waiting in the outbox, oldest first.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +51,7 @@ pub struct Outgoing {
     pub room: String,
     pub client_id: String,
     pub body: String,
+    pub attachments: Vec<waypost_protocol::Attachment>,
     pub attempts: u32,
 }
 
@@ -92,6 +113,27 @@ impl Store {
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
         )?;
+        if version < 2 {
+            // Edits and deletes (issue 22): the amendment rows keep the
+            // room's seqs gap-free; the rows they refer to carry the result.
+            conn.execute_batch(
+                "BEGIN;
+                 ALTER TABLE messages ADD COLUMN kind TEXT;
+                 ALTER TABLE messages ADD COLUMN ref_seq INTEGER;
+                 ALTER TABLE messages ADD COLUMN edited INTEGER NOT NULL DEFAULT 0;
+                 ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+                 ALTER TABLE messages ADD COLUMN attachments TEXT;
+                 CREATE TABLE IF NOT EXISTS receipts (
+                     room TEXT NOT NULL,
+                     user TEXT NOT NULL,
+                     delivered INTEGER NOT NULL,
+                     read INTEGER NOT NULL,
+                     PRIMARY KEY (room, user)
+                 );
+                 PRAGMA user_version = 2;
+                 COMMIT;",
+            )?;
+        }
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -162,6 +204,24 @@ impl Store {
         body: &str,
         ts: i64,
     ) -> Result<ChatEntry, WaypostError> {
+        self.enqueue_with(room, me, client_id, body, &[], ts)
+    }
+
+    /// [`Store::enqueue`] with attachment metadata.
+    pub fn enqueue_with(
+        &self,
+        room: &str,
+        me: &str,
+        client_id: &str,
+        body: &str,
+        attachments: &[waypost_protocol::Attachment],
+        ts: i64,
+    ) -> Result<ChatEntry, WaypostError> {
+        if attachments.len() > MAX_ATTACHMENTS {
+            return Err(WaypostError::InvalidArgument {
+                details: format!("at most {MAX_ATTACHMENTS} attachments per message"),
+            });
+        }
         if body.len() > MAX_BODY_BYTES {
             return Err(WaypostError::InvalidArgument {
                 details: format!("message body over {MAX_BODY_BYTES} bytes"),
@@ -177,9 +237,9 @@ impl Store {
                 return Ok(None);
             }
             tx.execute(
-                "INSERT INTO messages (room, sender, client_id, body, ts, status)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending')",
-                params![room, me, client_id, body, ts],
+                "INSERT INTO messages (room, sender, client_id, body, ts, status, attachments)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6)",
+                params![room, me, client_id, body, ts, attachments_json(attachments)],
             )?;
             Ok(Some(()))
         })?
@@ -195,6 +255,9 @@ impl Store {
             body: body.to_owned(),
             ts_ms: ts,
             status: MessageStatus::Pending,
+            edited: false,
+            deleted: false,
+            attachments: attachments.iter().cloned().map(Into::into).collect(),
         })
     }
 
@@ -202,7 +265,7 @@ impl Store {
     pub fn outbox(&self, limit: usize) -> Result<Vec<Outgoing>, WaypostError> {
         let conn = self.conn.lock();
         let mut stmt = conn.prepare_cached(
-            "SELECT room, client_id, body, attempts FROM messages
+            "SELECT room, client_id, body, attempts, attachments FROM messages
              WHERE status = 'pending' ORDER BY pk LIMIT ?1",
         )?;
         let rows = stmt.query_map([limit as i64], |r| {
@@ -211,6 +274,7 @@ impl Store {
                 client_id: r.get(1)?,
                 body: r.get(2)?,
                 attempts: r.get::<_, i64>(3)?.max(0) as u32,
+                attachments: attachments_from(r.get(4)?),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -278,7 +342,14 @@ impl Store {
     /// Stores `msg` as the next message of its room's timeline and moves
     /// `last_seq` to its seq. Returns the entry to show and whether it was
     /// one of this user's pending (or failed) messages that is now sent.
-    pub fn apply(&self, msg: &ChatMessage, me: &str) -> Result<(ChatEntry, bool), WaypostError> {
+    /// An edit or delete is stored too (it holds its seq) and applied to
+    /// the message it refers to; the entry to show is then that message as
+    /// changed, `None` when it is not stored here (trimmed).
+    pub fn apply(
+        &self,
+        msg: &ChatMessage,
+        me: &str,
+    ) -> Result<(Option<ChatEntry>, bool), WaypostError> {
         self.tx(|tx| {
             let before = entry_by_client(tx, &msg.room, &msg.from, &msg.client_id)?;
             let was_unsent = before.as_ref().is_some_and(|e| {
@@ -294,9 +365,10 @@ impl Store {
                 "DELETE FROM messages WHERE room = ?1 AND seq = ?2 AND NOT (sender = ?3 AND client_id = ?4)",
                 params![msg.room, msg.seq as i64, msg.from, msg.client_id],
             )?;
+            let kind = msg.kind.map(kind_str);
             tx.execute(
-                "INSERT INTO messages (room, seq, id, sender, client_id, body, ts, status)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                "INSERT INTO messages (room, seq, id, sender, client_id, body, ts, status, kind, ref_seq, attachments)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
                  ON CONFLICT(room, sender, client_id) DO UPDATE SET
                      seq = excluded.seq, id = excluded.id, ts = excluded.ts,
                      status = excluded.status",
@@ -308,17 +380,38 @@ impl Store {
                     msg.client_id,
                     entry.body,
                     msg.ts,
-                    entry.status.as_str()
+                    entry.status.as_str(),
+                    kind,
+                    msg.ref_seq.map(|s| s as i64),
+                    attachments_json(&msg.attachments),
                 ],
             )?;
             set_last_seq(tx, &msg.room, msg.seq)?;
+            let shown = match (msg.kind, msg.ref_seq) {
+                (Some(MessageKind::Edit), Some(target)) => {
+                    tx.execute(
+                        "UPDATE messages SET body = ?3, edited = 1
+                         WHERE room = ?1 AND seq = ?2 AND deleted = 0",
+                        params![msg.room, target as i64, msg.body],
+                    )?;
+                    entry_by_seq(tx, &msg.room, target)?
+                }
+                (Some(MessageKind::Delete), Some(target)) => {
+                    tx.execute(
+                        "UPDATE messages SET body = '', deleted = 1 WHERE room = ?1 AND seq = ?2",
+                        params![msg.room, target as i64],
+                    )?;
+                    entry_by_seq(tx, &msg.room, target)?
+                }
+                _ => Some(entry),
+            };
             if msg.seq > MAX_MESSAGES_PER_ROOM {
                 tx.execute(
                     "DELETE FROM messages WHERE room = ?1 AND seq IS NOT NULL AND seq <= ?2",
                     params![msg.room, (msg.seq - MAX_MESSAGES_PER_ROOM) as i64],
                 )?;
             }
-            Ok((entry, was_unsent))
+            Ok((shown, was_unsent))
         })
     }
 
@@ -381,24 +474,106 @@ impl Store {
     pub fn messages(&self, room: &str, limit: u32) -> Result<Vec<ChatEntry>, WaypostError> {
         let conn = self.conn.lock();
         let mut out = Vec::new();
-        let mut stmt = conn.prepare_cached(
-            "SELECT room, seq, id, sender, client_id, body, ts, status FROM (
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM (
                  SELECT * FROM messages WHERE room = ?1 AND seq IS NOT NULL
+                     AND (kind IS NULL OR kind = 'system')
                  ORDER BY seq DESC LIMIT ?2
-             ) ORDER BY seq",
-        )?;
+             ) ORDER BY seq"
+        ))?;
         for row in stmt.query_map(params![room, limit as i64], row_to_entry)? {
             out.push(row?);
         }
-        let mut stmt = conn.prepare_cached(
-            "SELECT room, seq, id, sender, client_id, body, ts, status FROM messages
-             WHERE room = ?1 AND seq IS NULL ORDER BY pk",
-        )?;
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM messages WHERE room = ?1 AND seq IS NULL ORDER BY pk"
+        ))?;
         for row in stmt.query_map([room], row_to_entry)? {
             out.push(row?);
         }
         Ok(out)
     }
+
+    /// Moves `user`'s marker in `room` up to `seq` (never back; `read` also
+    /// moves `delivered`). Returns the markers when one moved.
+    pub fn mark_receipt(
+        &self,
+        room: &str,
+        user: &str,
+        kind: ReceiptKind,
+        seq: u64,
+    ) -> Result<Option<Receipts>, WaypostError> {
+        let read = if kind == ReceiptKind::Read { seq } else { 0 };
+        self.tx(|tx| {
+            let before = receipts_of(tx, room, user)?;
+            tx.execute(
+                "INSERT INTO receipts (room, user, delivered, read) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(room, user) DO UPDATE SET
+                     delivered = MAX(delivered, excluded.delivered),
+                     read = MAX(read, excluded.read)",
+                params![room, user, seq as i64, read as i64],
+            )?;
+            let after = receipts_of(tx, room, user)?;
+            Ok((after != before).then_some(after).flatten())
+        })
+    }
+
+    /// Every known participant's markers in `room`, by user.
+    pub fn receipts(&self, room: &str) -> Result<Vec<Receipts>, WaypostError> {
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT user, delivered, read FROM receipts WHERE room = ?1 ORDER BY user",
+        )?;
+        let rows = stmt.query_map([room], row_to_receipts)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Stored messages from others (plain and system, not deleted) above
+    /// `me`'s read marker in `room`.
+    pub fn unread_count(&self, room: &str, me: &str) -> Result<u64, WaypostError> {
+        let conn = self.conn.lock();
+        let n: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM messages WHERE room = ?1 AND seq IS NOT NULL
+                 AND sender <> ?2 AND deleted = 0 AND (kind IS NULL OR kind = 'system')
+                 AND seq > COALESCE((SELECT read FROM receipts WHERE room = ?1 AND user = ?2), 0)",
+            params![room, me],
+            |r| r.get(0),
+        )?;
+        Ok(n.max(0) as u64)
+    }
+}
+
+fn kind_str(k: MessageKind) -> &'static str {
+    match k {
+        MessageKind::Edit => "edit",
+        MessageKind::Delete => "delete",
+        MessageKind::System => "system",
+    }
+}
+
+fn receipts_of(tx: &Transaction<'_>, room: &str, user: &str) -> rusqlite::Result<Option<Receipts>> {
+    tx.query_row(
+        "SELECT user, delivered, read FROM receipts WHERE room = ?1 AND user = ?2",
+        params![room, user],
+        row_to_receipts,
+    )
+    .optional()
+}
+
+fn row_to_receipts(r: &rusqlite::Row<'_>) -> rusqlite::Result<Receipts> {
+    Ok(Receipts {
+        user: r.get(0)?,
+        delivered: r.get::<_, i64>(1)?.max(0) as u64,
+        read: r.get::<_, i64>(2)?.max(0) as u64,
+    })
+}
+
+fn entry_by_seq(tx: &Transaction<'_>, room: &str, seq: u64) -> rusqlite::Result<Option<ChatEntry>> {
+    tx.query_row(
+        &format!("SELECT {ENTRY_COLUMNS} FROM messages WHERE room = ?1 AND seq = ?2"),
+        params![room, seq as i64],
+        row_to_entry,
+    )
+    .optional()
 }
 
 fn set_last_seq(tx: &Transaction<'_>, room: &str, seq: u64) -> rusqlite::Result<()> {
@@ -417,8 +592,9 @@ fn entry_by_client(
     client_id: &str,
 ) -> rusqlite::Result<Option<ChatEntry>> {
     tx.query_row(
-        "SELECT room, seq, id, sender, client_id, body, ts, status FROM messages
-         WHERE room = ?1 AND sender = ?2 AND client_id = ?3",
+        &format!(
+            "SELECT {ENTRY_COLUMNS} FROM messages WHERE room = ?1 AND sender = ?2 AND client_id = ?3"
+        ),
         params![room, sender, client_id],
         row_to_entry,
     )
@@ -435,6 +611,12 @@ fn row_to_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChatEntry> {
         body: r.get(5)?,
         ts_ms: r.get(6)?,
         status: MessageStatus::parse(&r.get::<_, String>(7)?),
+        edited: r.get::<_, i64>(8)? != 0,
+        deleted: r.get::<_, i64>(9)? != 0,
+        attachments: attachments_from(r.get(10)?)
+            .into_iter()
+            .map(Into::into)
+            .collect(),
     })
 }
 
@@ -451,6 +633,7 @@ mod tests {
             client_id: cid.into(),
             body: format!("body {seq}"),
             ts: 1000 + seq as i64,
+            ..Default::default()
         }
     }
 
@@ -470,7 +653,7 @@ mod tests {
 
         // Someone else's message, then our ack, then the echo of ours.
         let (e, own) = s.apply(&wire("r", 1, "vendor", "v1"), "me").unwrap();
-        assert_eq!((e.status, own), (MessageStatus::Received, false));
+        assert_eq!((e.unwrap().status, own), (MessageStatus::Received, false));
         let acked = s.ack("r", "me", "c1", 2, "r-2").unwrap().unwrap();
         assert_eq!(acked.status, MessageStatus::Sent);
         assert!(
@@ -478,6 +661,7 @@ mod tests {
             "second ack is a no-op"
         );
         let (e, own) = s.apply(&wire("r", 2, "me", "c1"), "me").unwrap();
+        let e = e.unwrap();
         assert_eq!(e.body, "hello");
         assert_eq!(e.status, MessageStatus::Sent);
         assert!(!own, "already sent by the ack");
@@ -491,12 +675,116 @@ mod tests {
     }
 
     #[test]
+    fn edits_deletes_receipts_and_unread() {
+        let s = Store::open(None).unwrap();
+        for seq in 1..=3 {
+            s.apply(&wire("r", seq, "vendor", &format!("v{seq}")), "me")
+                .unwrap();
+        }
+        let mut edit = wire("r", 4, "vendor", "edit-1-x");
+        edit.kind = Some(MessageKind::Edit);
+        edit.ref_seq = Some(1);
+        edit.body = "fixed".into();
+        let (shown, _) = s.apply(&edit, "me").unwrap();
+        let shown = shown.unwrap();
+        assert_eq!(
+            (shown.seq, shown.body.as_str(), shown.edited),
+            (Some(1), "fixed", true)
+        );
+        let mut del = wire("r", 5, "vendor", "delete-2");
+        del.kind = Some(MessageKind::Delete);
+        del.ref_seq = Some(2);
+        let (shown, _) = s.apply(&del, "me").unwrap();
+        let shown = shown.unwrap();
+        assert_eq!(
+            (shown.seq, shown.body.as_str(), shown.deleted),
+            (Some(2), "", true)
+        );
+        // An edit of a deleted message changes nothing; one of a trimmed
+        // message shows nothing.
+        let mut late = wire("r", 6, "vendor", "edit-2-y");
+        late.kind = Some(MessageKind::Edit);
+        late.ref_seq = Some(2);
+        let (shown, _) = s.apply(&late, "me").unwrap();
+        assert_eq!(shown.unwrap().body, "");
+        let mut gone = wire("r", 7, "vendor", "edit-0-z");
+        gone.kind = Some(MessageKind::Edit);
+        gone.ref_seq = Some(99);
+        assert_eq!(s.apply(&gone, "me").unwrap().0, None);
+        assert_eq!(s.last_seq("r").unwrap(), 7);
+        // The timeline lists the messages, not the amendments.
+        let seqs: Vec<_> = s
+            .messages("r", 100)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, [Some(1), Some(2), Some(3)]);
+
+        assert_eq!(
+            s.unread_count("r", "me").unwrap(),
+            2,
+            "1 and 3; 2 is deleted"
+        );
+        let r = s
+            .mark_receipt("r", "me", ReceiptKind::Read, 1)
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.delivered, r.read), (1, 1));
+        assert_eq!(s.unread_count("r", "me").unwrap(), 1);
+        assert!(s
+            .mark_receipt("r", "me", ReceiptKind::Delivered, 1)
+            .unwrap()
+            .is_none());
+        assert!(
+            s.mark_receipt("r", "me", ReceiptKind::Read, 0)
+                .unwrap()
+                .is_none(),
+            "never back"
+        );
+        s.mark_receipt("r", "vendor", ReceiptKind::Delivered, 7)
+            .unwrap();
+        let all = s.receipts("r").unwrap();
+        assert_eq!(
+            all.iter()
+                .map(|r| (r.user.as_str(), r.delivered, r.read))
+                .collect::<Vec<_>>(),
+            [("me", 1, 1), ("vendor", 7, 0)]
+        );
+    }
+
+    #[test]
+    fn attachments_survive_the_outbox_and_the_timeline() {
+        let s = Store::open(None).unwrap();
+        let a = waypost_protocol::Attachment {
+            url: "https://cdn.example/p.jpg".into(),
+            mime: "image/jpeg".into(),
+            size: 10,
+            width: Some(4),
+            height: None,
+            name: None,
+        };
+        let e = s
+            .enqueue_with("r", "me", "c1", "", std::slice::from_ref(&a), 1)
+            .unwrap();
+        assert_eq!(e.attachments, vec![a.clone().into()]);
+        assert_eq!(s.outbox(1).unwrap()[0].attachments, vec![a.clone()]);
+        let mut m = wire("r", 1, "vendor", "v1");
+        m.attachments = vec![a.clone()];
+        s.apply(&m, "me").unwrap();
+        let stored = s.messages("r", 10).unwrap();
+        assert_eq!(stored[0].attachments, vec![a.clone().into()]);
+        let many = vec![a; MAX_ATTACHMENTS + 1];
+        assert!(s.enqueue_with("r", "me", "c2", "", &many, 1).is_err());
+    }
+
+    #[test]
     fn echo_before_ack_marks_sent_once() {
         let s = Store::open(None).unwrap();
         s.enqueue("r", "me", "c1", "hi", 5).unwrap();
         let (e, own) = s.apply(&wire("r", 1, "me", "c1"), "me").unwrap();
         assert!(own);
-        assert_eq!(e.status, MessageStatus::Sent);
+        assert_eq!(e.unwrap().status, MessageStatus::Sent);
         assert!(s.ack("r", "me", "c1", 1, "r-1").unwrap().is_none());
         assert!(s.outbox(10).unwrap().is_empty());
         assert_eq!(s.messages("r", 10).unwrap().len(), 1);

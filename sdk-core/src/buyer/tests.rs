@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
-use waypost_protocol::{ClientFrame, Fix, ServerFrame};
+use waypost_protocol::{ClientFrame, Fix, MessageKind, ReceiptKind, ServerFrame};
 
 use super::*;
 use crate::backoff::SeededRandom;
@@ -50,6 +50,9 @@ struct ServerSide {
     url: String,
     from_client: mpsc::UnboundedReceiver<String>,
     to_client: mpsc::UnboundedSender<Result<WsEvent, TransportError>>,
+    /// `(room, seq)` of the `delivered` receipts the client sent, which
+    /// `next` sets aside (they follow every stored batch).
+    delivered: Vec<(String, u64)>,
 }
 
 impl ServerSide {
@@ -69,6 +72,15 @@ impl ServerSide {
             let f: ClientFrame = serde_json::from_str(&text).ok()?;
             if let ClientFrame::Ping { id } = &f {
                 self.send(&ServerFrame::Pong { id: id.clone() });
+                continue;
+            }
+            if let ClientFrame::Receipt {
+                room,
+                seq,
+                kind: ReceiptKind::Delivered,
+            } = &f
+            {
+                self.delivered.push((room.clone(), *seq));
                 continue;
             }
             return Some(f);
@@ -100,6 +112,7 @@ impl WsConnector for FakeConnector {
                         url: url.to_owned(),
                         from_client,
                         to_client,
+                        delivered: Vec::new(),
                     })
                     .await;
                 Ok(Box::new(FakeTransport { c2s, s2c }))
@@ -144,6 +157,8 @@ enum Ev {
     Trail(Vec<u64>),
     /// Online, dark ms, reason.
     Status(bool, Option<u64>, Option<String>),
+    Receipt(String, bool, u64),
+    Changed(u64, String, bool, bool),
 }
 
 #[derive(Default)]
@@ -185,9 +200,15 @@ impl BuyerListener for Recorder {
         self.events.lock().push(Ev::Location(u.seq));
     }
     fn on_message(&self, m: ChatEntry) {
-        self.events
-            .lock()
-            .push(Ev::Message(m.seq, m.body, m.status));
+        let mut events = self.events.lock();
+        if m.edited || m.deleted {
+            events.push(Ev::Changed(m.seq.unwrap_or(0), m.body, m.edited, m.deleted));
+        } else {
+            events.push(Ev::Message(m.seq, m.body, m.status));
+        }
+    }
+    fn on_receipt(&self, u: ReceiptUpdate) {
+        self.events.lock().push(Ev::Receipt(u.user, u.read, u.seq));
     }
     fn on_outgoing(&self, m: ChatEntry) {
         self.events.lock().push(Ev::Outgoing(m.body, m.status));
@@ -272,6 +293,8 @@ impl crate::transport::HttpTransport for FakeHttp {
         let body = serde_json::to_vec(&waypost_protocol::MessagesResponse {
             messages: page,
             more: false,
+            receipts: Vec::new(),
+            unread: 0,
         })
         .unwrap();
         Ok(crate::transport::HttpResponse {
@@ -373,6 +396,7 @@ fn chat(room: &str, seq: u64, from: &str, body: &str) -> ServerFrame {
         client_id: format!("{from}-{seq}"),
         body: body.into(),
         ts: seq as i64,
+        ..Default::default()
     })
 }
 
@@ -709,6 +733,7 @@ async fn chat_outbox_written_offline_goes_out_in_order_once_acked() {
         client_id: b.client_id.clone(),
         body: "two".into(),
         ts: 9,
+        ..Default::default()
     }));
     s.send(&ServerFrame::Sent {
         client_id: b.client_id.clone(),
@@ -1463,6 +1488,44 @@ async fn chat_subscriptions_hear_only_their_room() {
         [(1, "hello r".to_string()), (1, "hello q".to_string())],
         "the client-wide listener hears both rooms"
     );
+    // Receipts and edits reach the room's subscription (only its room's).
+    for room in ["q", "r"] {
+        s.send(&ServerFrame::Receipt {
+            room: room.into(),
+            user: "vendor-1".into(),
+            kind: ReceiptKind::Read,
+            seq: 1,
+        });
+    }
+    let mut edit = wire("r", 2);
+    edit.kind = Some(MessageKind::Edit);
+    edit.ref_seq = Some(1);
+    edit.body = "hello r, edited".into();
+    s.send(&ServerFrame::Message(edit));
+    settle().await;
+    let receipts: Vec<_> = r
+        .chat
+        .lock()
+        .iter()
+        .filter_map(|e| match e {
+            ChatEvent::Receipt { update } => Some(update.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        receipts,
+        [ReceiptUpdate {
+            room: "r".into(),
+            user: "vendor-1".into(),
+            read: true,
+            seq: 1
+        }]
+    );
+    assert!(h.rec.has(&Ev::Receipt("vendor-1".into(), true, 1)));
+    assert!(r.chat.lock().iter().any(|e| matches!(
+        e,
+        ChatEvent::Message { entry } if entry.seq == Some(1) && entry.edited && entry.body == "hello r, edited"
+    )));
     s.send(&ServerFrame::error(
         "forbidden",
         "no",
@@ -1679,4 +1742,90 @@ async fn dropping_the_client_without_shutdown_releases_every_listener() {
         "the client-wide listener is released"
     );
     assert_eq!(Arc::strong_count(&sub), 1, "and the subscription's");
+}
+
+#[tokio::test(start_paused = true)]
+async fn receipts_edits_and_deletes() {
+    let mut h = Harness::new(|_| {});
+    h.client.join_chat("r".into()).unwrap();
+    h.plan(0);
+    let mut s = h.accept().await;
+    assert!(matches!(
+        s.next().await,
+        Some(ClientFrame::Subscribe { .. })
+    ));
+    s.send(&subscribed("chat:r", true));
+    s.send(&chat("r", 1, "vendor", "one"));
+    s.send(&chat("r", 2, "vendor", "two"));
+    settle().await;
+    // Stored messages are acknowledged as delivered at the next tick, once
+    // for the newest.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    h.client.mark_read("r".into(), 1).unwrap();
+    assert_eq!(
+        s.next().await,
+        Some(ClientFrame::Receipt {
+            room: "r".into(),
+            seq: 1,
+            kind: ReceiptKind::Read
+        })
+    );
+    assert_eq!(s.delivered, [("r".to_owned(), 2)]);
+    assert_eq!(h.client.unread_count("r".into()).unwrap(), 1);
+
+    // The vendor edits 1 and deletes 2: the timeline shows the result.
+    let mut edit = wire("r", 3);
+    edit.kind = Some(MessageKind::Edit);
+    edit.ref_seq = Some(1);
+    edit.body = "one, fixed".into();
+    let mut del = wire("r", 4);
+    del.kind = Some(MessageKind::Delete);
+    del.ref_seq = Some(2);
+    s.send(&ServerFrame::Message(edit));
+    s.send(&ServerFrame::Message(del));
+    s.send(&ServerFrame::Receipt {
+        room: "r".into(),
+        user: "vendor".into(),
+        kind: ReceiptKind::Read,
+        seq: 4,
+    });
+    settle().await;
+    assert!(h.rec.has(&Ev::Changed(1, "one, fixed".into(), true, false)));
+    assert!(h.rec.has(&Ev::Changed(2, String::new(), false, true)));
+    assert!(h.rec.has(&Ev::Receipt("vendor".into(), true, 4)));
+    let timeline = h.client.messages("r".into(), 10).unwrap();
+    assert_eq!(
+        timeline
+            .iter()
+            .map(|m| (m.seq, m.body.as_str(), m.deleted))
+            .collect::<Vec<_>>(),
+        [(Some(1), "one, fixed", false), (Some(2), "", true)]
+    );
+    assert_eq!(h.client.unread_count("r".into()).unwrap(), 0);
+    let receipts = h.client.receipts("r".into()).unwrap();
+    assert!(receipts
+        .iter()
+        .any(|r| r.user == "vendor" && (r.delivered, r.read) == (4, 4)));
+
+    // Own edits and deletes go out as frames.
+    h.client
+        .edit_message("r".into(), 5, "mine, fixed".into())
+        .unwrap();
+    assert_eq!(
+        s.next().await,
+        Some(ClientFrame::Edit {
+            room: "r".into(),
+            seq: 5,
+            body: "mine, fixed".into()
+        })
+    );
+    h.client.delete_message("r".into(), 5).unwrap();
+    assert_eq!(
+        s.next().await,
+        Some(ClientFrame::Delete {
+            room: "r".into(),
+            seq: 5
+        })
+    );
+    assert!(h.client.edit_message("r".into(), 5, String::new()).is_err());
 }

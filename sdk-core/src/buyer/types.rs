@@ -173,6 +173,50 @@ impl MessageStatus {
     }
 }
 
+/// Metadata of a file attached to a message (the file itself lives in the
+/// app's storage). The server accepts `https://` URLs only, a
+/// `type/subtype` mime, a size of 1 byte to 100 MiB, width and height of
+/// 1..=20000, a name of 1..=255 characters, at most 10 per message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+pub struct Attachment {
+    pub url: String,
+    pub mime: String,
+    pub size: u64,
+    #[cfg_attr(feature = "uniffi", uniffi(default = None))]
+    pub width: Option<u32>,
+    #[cfg_attr(feature = "uniffi", uniffi(default = None))]
+    pub height: Option<u32>,
+    #[cfg_attr(feature = "uniffi", uniffi(default = None))]
+    pub name: Option<String>,
+}
+
+impl From<waypost_protocol::Attachment> for Attachment {
+    fn from(a: waypost_protocol::Attachment) -> Self {
+        Self {
+            url: a.url,
+            mime: a.mime,
+            size: a.size,
+            width: a.width,
+            height: a.height,
+            name: a.name,
+        }
+    }
+}
+
+impl From<Attachment> for waypost_protocol::Attachment {
+    fn from(a: Attachment) -> Self {
+        Self {
+            url: a.url,
+            mime: a.mime,
+            size: a.size,
+            width: a.width,
+            height: a.height,
+            name: a.name,
+        }
+    }
+}
+
 /// One chat message as the app renders it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
@@ -189,6 +233,11 @@ pub struct ChatEntry {
     /// Server time once stored, local time of writing before.
     pub ts_ms: i64,
     pub status: MessageStatus,
+    /// The sender (or a moderator) changed the body.
+    pub edited: bool,
+    /// The sender (or a moderator) deleted it: `body` is empty.
+    pub deleted: bool,
+    pub attachments: Vec<Attachment>,
 }
 
 impl ChatEntry {
@@ -206,6 +255,14 @@ impl ChatEntry {
             } else {
                 MessageStatus::Received
             },
+            edited: false,
+            deleted: false,
+            attachments: m
+                .attachments
+                .iter()
+                .cloned()
+                .map(Attachment::from)
+                .collect(),
         }
     }
 }
@@ -225,6 +282,26 @@ pub struct PresenceUpdate {
 pub struct TypingUpdate {
     pub room: String,
     pub user: String,
+}
+
+/// A participant's receipt markers in a room: the highest seq its devices
+/// delivered and the highest it read (0: none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+pub struct Receipts {
+    pub user: String,
+    pub delivered: u64,
+    pub read: u64,
+}
+
+/// A participant's marker moved (`read` is false for `delivered`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+pub struct ReceiptUpdate {
+    pub room: String,
+    pub user: String,
+    pub read: bool,
+    pub seq: u64,
 }
 
 /// What the app implements to hear from the SDK. Called from SDK tasks, one
@@ -257,6 +334,11 @@ pub trait BuyerListener: Send + Sync + 'static {
     /// A tracked driver went dark or came back. Default: ignored.
     fn on_driver_status(&self, status: DriverStatusUpdate) {
         let _ = status;
+    }
+    /// A participant (this user's other devices included) delivered or
+    /// read a room up to a seq. May repeat a state already reported.
+    fn on_receipt(&self, update: ReceiptUpdate) {
+        let _ = update;
     }
 }
 
@@ -300,6 +382,11 @@ pub enum ChatEvent {
     },
     Typing {
         update: TypingUpdate,
+    },
+    /// A participant (this user's other devices included) delivered or
+    /// read the room up to a seq.
+    Receipt {
+        update: ReceiptUpdate,
     },
     /// The server refused the room's subscription (e.g. `forbidden`), or
     /// one of this user's messages in it (`reference` is the client id).

@@ -13,18 +13,39 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use waypost_protocol::ChatMessage;
+use waypost_protocol::{Attachment, ChatMessage, MessageKind, ParticipantReceipts, ReceiptKind};
 
 use super::EngineError;
 
 /// A message to store; the store assigns `seq` and `id`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NewMessage {
     pub room: String,
     pub from: String,
     pub client_id: String,
     pub body: String,
     pub ts: i64,
+    pub kind: Option<MessageKind>,
+    pub ref_seq: Option<u64>,
+    pub attachments: Vec<Attachment>,
+}
+
+impl NewMessage {
+    /// The stored form, once the store assigned `seq` and `id`.
+    pub fn into_message(self, seq: u64, id: String) -> ChatMessage {
+        ChatMessage {
+            room: self.room,
+            seq,
+            id,
+            from: self.from,
+            client_id: self.client_id,
+            body: self.body,
+            ts: self.ts,
+            kind: self.kind,
+            ref_seq: self.ref_seq,
+            attachments: self.attachments,
+        }
+    }
 }
 
 /// What an append did.
@@ -91,6 +112,22 @@ pub trait ChatStore: Send + Sync + 'static {
     /// Messages with `seq > after`, lowest first, at most `limit`, and the
     /// room's highest seq, read atomically.
     async fn after(&self, room: &str, after: u64, limit: usize) -> Result<History, EngineError>;
+
+    /// Moves `user`'s `kind` marker in `room` up to `seq`, atomically: never
+    /// down, never above the room's highest seq; `read` also moves
+    /// `delivered`. Returns the user's markers when one moved, `None` when
+    /// nothing moved (or the room already holds markers of the maximum
+    /// number of users and `user` is new). Markers expire with the room.
+    async fn mark(
+        &self,
+        room: &str,
+        user: &str,
+        kind: ReceiptKind,
+        seq: u64,
+    ) -> Result<Option<ParticipantReceipts>, EngineError>;
+
+    /// Every user's markers in `room`, sorted by user.
+    async fn receipts(&self, room: &str) -> Result<Vec<ParticipantReceipts>, EngineError>;
 }
 
 /// Presence of users in rooms, per device (connection), with expiry.
@@ -252,6 +289,7 @@ mod tests {
             client_id: format!("c{seq}"),
             body: "b".into(),
             ts: 0,
+            ..Default::default()
         }
     }
 

@@ -5,12 +5,12 @@
 //! starts over like an expired Redis key (resuming clients are told
 //! `recovered: false`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use waypost_protocol::ChatMessage;
+use waypost_protocol::{ChatMessage, ParticipantReceipts, ReceiptKind};
 
 use super::chat::{
     Appended, ChatStore, History, NewMessage, Notification, NotificationHistory, NotificationStore,
@@ -147,7 +147,9 @@ struct Room {
     log: VecDeque<ChatMessage>,
     /// `from \u{1f} client_id` → seq, for retained messages only.
     by_client: HashMap<String, u64>,
-    /// Weight of `log` and `by_client`.
+    /// user → (delivered, read), at most `max_receipt_users`.
+    receipts: BTreeMap<String, (u64, u64)>,
+    /// Weight of `log`, `by_client` and `receipts`.
     bytes: usize,
 }
 
@@ -159,7 +161,17 @@ impl Weigh for Room {
 
 /// Approximate bytes one message costs in a room (message, index entry).
 fn message_bytes(m: &ChatMessage) -> usize {
-    m.room.len() + m.id.len() + m.body.len() + 2 * (m.from.len() + m.client_id.len()) + 96
+    let attachments: usize = m
+        .attachments
+        .iter()
+        .map(|a| a.url.len() + a.mime.len() + a.name.as_ref().map_or(0, String::len) + 64)
+        .sum();
+    m.room.len()
+        + m.id.len()
+        + m.body.len()
+        + 2 * (m.from.len() + m.client_id.len())
+        + attachments
+        + 96
 }
 
 fn client_key(from: &str, client_id: &str) -> String {
@@ -171,6 +183,7 @@ pub struct MemoryChatStore {
     rooms: Shards<Room>,
     history: usize,
     ttl_ms: i64,
+    max_receipt_users: usize,
 }
 
 impl MemoryChatStore {
@@ -179,6 +192,7 @@ impl MemoryChatStore {
             rooms: Shards::new(limits.max_chat_rooms, limits.chat_memory_bytes),
             history: limits.chat_history_len.max(1),
             ttl_ms: limits.chat_room_ttl.as_millis() as i64,
+            max_receipt_users: limits.max_presence_per_room.max(1),
         }
     }
 }
@@ -195,7 +209,8 @@ impl MemoryChatStore {
 impl ChatStore for MemoryChatStore {
     async fn append(&self, m: NewMessage) -> Result<Appended, EngineError> {
         let now = crate::now_ms();
-        Ok(self.rooms.with(&m.room, now, self.ttl_ms, |room| {
+        let room_id = m.room.clone();
+        Ok(self.rooms.with(&room_id, now, self.ttl_ms, |room| {
             let key = client_key(&m.from, &m.client_id);
             if let Some(&seq) = room.by_client.get(&key) {
                 let first = room.log.front().map_or(0, |f| f.seq);
@@ -207,15 +222,7 @@ impl ChatStore for MemoryChatStore {
                 }
             }
             room.high_seq += 1;
-            let msg = ChatMessage {
-                room: m.room.clone(),
-                seq: room.high_seq,
-                id: uuid::Uuid::new_v4().simple().to_string(),
-                from: m.from,
-                client_id: m.client_id,
-                body: m.body,
-                ts: m.ts,
-            };
+            let msg = m.into_message(room.high_seq, uuid::Uuid::new_v4().simple().to_string());
             room.by_client.insert(key, msg.seq);
             room.bytes += message_bytes(&msg);
             room.log.push_back(msg.clone());
@@ -240,6 +247,57 @@ impl ChatStore for MemoryChatStore {
                     high_seq: r.high_seq,
                 }
             })
+        }))
+    }
+
+    async fn mark(
+        &self,
+        room: &str,
+        user: &str,
+        kind: ReceiptKind,
+        seq: u64,
+    ) -> Result<Option<ParticipantReceipts>, EngineError> {
+        let now = crate::now_ms();
+        Ok(self.rooms.with(room, now, self.ttl_ms, |r| {
+            let seq = seq.min(r.high_seq);
+            if seq == 0 {
+                return None;
+            }
+            if !r.receipts.contains_key(user) {
+                if r.receipts.len() >= self.max_receipt_users {
+                    return None;
+                }
+                r.bytes += user.len() + 64;
+                r.receipts.insert(user.to_owned(), (0, 0));
+            }
+            let entry = r.receipts.get_mut(user)?;
+            let before = *entry;
+            entry.0 = entry.0.max(seq);
+            if kind == ReceiptKind::Read {
+                entry.1 = entry.1.max(seq);
+            }
+            (*entry != before).then(|| ParticipantReceipts {
+                user: user.to_owned(),
+                delivered: entry.0,
+                read: entry.1,
+            })
+        }))
+    }
+
+    async fn receipts(&self, room: &str) -> Result<Vec<ParticipantReceipts>, EngineError> {
+        let now = crate::now_ms();
+        Ok(self.rooms.read(room, now, self.ttl_ms, |r| {
+            r.map(|r| {
+                r.receipts
+                    .iter()
+                    .map(|(user, &(delivered, read))| ParticipantReceipts {
+                        user: user.clone(),
+                        delivered,
+                        read,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
         }))
     }
 }

@@ -11,7 +11,8 @@
 //! one cluster slot):
 //! - `<p>:chat:{room}:seq` (counter), `:log` (sorted set, score = seq, member
 //!   = message JSON), `:cid` (hash `from\x1fclient_id` → seq, only for
-//!   retained messages). Trimmed to the history length; all three expire
+//!   retained messages), `:rcpt` (hash `user` → `"delivered:read"`, the
+//!   receipt markers). Trimmed to the history length; all four expire
 //!   together after the room TTL of inactivity.
 //! - `<p>:presence:{room}` (sorted set conn → expiry ms), `:u` (hash conn →
 //!   user), `:n` (hash user → live conns). Expired entries are swept by the
@@ -22,7 +23,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use redis::{FromRedisValue, Script, ScriptInvocation};
-use waypost_protocol::ChatMessage;
+use waypost_protocol::{ChatMessage, ParticipantReceipts, ReceiptKind};
 
 use super::chat::{
     Appended, ChatStore, ChatStores, History, NewMessage, Notification, NotificationHistory,
@@ -162,7 +163,31 @@ if excess > 0 then
   redis.call('ZREMRANGEBYRANK', KEYS[2], 0, excess - 1)
 end
 for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[5]) end
+if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('PEXPIRE', KEYS[4], ARGV[5]) end
 return {1, msg}
+"#;
+
+/// KEYS: seq, rcpt. ARGV: user, seq, kind (`read` also moves delivered),
+/// max users, ttl ms. Returns `{moved, delivered, read}`.
+const MARK_RECEIPT: &str = r#"
+local high = tonumber(redis.call('GET', KEYS[1]) or '0')
+local seq = math.min(tonumber(ARGV[2]), high)
+if seq <= 0 then return {0, 0, 0} end
+local cur = redis.call('HGET', KEYS[2], ARGV[1])
+local d, r = 0, 0
+if cur then
+  local sep = string.find(cur, ':', 1, true)
+  d = tonumber(string.sub(cur, 1, sep - 1))
+  r = tonumber(string.sub(cur, sep + 1))
+elseif redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[4]) then
+  return {0, 0, 0}
+end
+local nd, nr = math.max(d, seq), r
+if ARGV[3] == 'read' then nr = math.max(r, seq) end
+if nd == d and nr == r then return {0, d, r} end
+redis.call('HSET', KEYS[2], ARGV[1], nd .. ':' .. nr)
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+return {1, nd, nr}
 "#;
 
 const READ_AFTER: &str = r#"
@@ -185,8 +210,10 @@ pub struct RedisChatStore {
     conn: StoreConn,
     append: Script,
     read: Script,
+    mark: Script,
     history: usize,
     ttl_ms: u64,
+    max_receipt_users: usize,
 }
 
 impl RedisChatStore {
@@ -195,16 +222,19 @@ impl RedisChatStore {
             conn,
             append: Script::new(APPEND_CHAT),
             read: Script::new(READ_AFTER),
+            mark: Script::new(MARK_RECEIPT),
             history: limits.chat_history_len.max(1),
             ttl_ms: limits.chat_room_ttl.as_millis().max(1) as u64,
+            max_receipt_users: limits.max_presence_per_room.max(1),
         }
     }
 
-    fn keys(&self, room: &str) -> [String; 3] {
+    fn keys(&self, room: &str) -> [String; 4] {
         [
             self.conn.key("chat", room, ":seq"),
             self.conn.key("chat", room, ":log"),
             self.conn.key("chat", room, ":cid"),
+            self.conn.key("chat", room, ":rcpt"),
         ]
     }
 }
@@ -212,22 +242,16 @@ impl RedisChatStore {
 #[async_trait]
 impl ChatStore for RedisChatStore {
     async fn append(&self, m: NewMessage) -> Result<Appended, EngineError> {
-        let template = ChatMessage {
-            room: m.room.clone(),
-            seq: 0,
-            id: uuid::Uuid::new_v4().simple().to_string(),
-            from: m.from.clone(),
-            client_id: m.client_id.clone(),
-            body: m.body,
-            ts: m.ts,
-        };
+        let cid_key = format!("{}\u{1f}{}", m.from, m.client_id);
+        let room = m.room.clone();
+        let template = m.into_message(0, uuid::Uuid::new_v4().simple().to_string());
         let json = serde_json::to_string(&template).map_err(corrupt)?;
         let prefix = format!(
             "{{\"room\":{},\"seq\":",
-            serde_json::to_string(&m.room).map_err(corrupt)?
+            serde_json::to_string(&room).map_err(corrupt)?
         );
         let (head, tail) = split_at_seq(&json, &prefix)?;
-        let [k_seq, k_log, k_cid] = self.keys(&m.room);
+        let [k_seq, k_log, k_cid, k_rcpt] = self.keys(&room);
         let (fresh, stored): (u8, String) = self
             .conn
             .invoke_acked(
@@ -235,7 +259,8 @@ impl ChatStore for RedisChatStore {
                     .key(k_seq)
                     .key(k_log)
                     .key(k_cid)
-                    .arg(format!("{}\u{1f}{}", m.from, m.client_id))
+                    .key(k_rcpt)
+                    .arg(cid_key)
                     .arg(head)
                     .arg(tail)
                     .arg(self.history)
@@ -251,10 +276,64 @@ impl ChatStore for RedisChatStore {
     }
 
     async fn after(&self, room: &str, after: u64, limit: usize) -> Result<History, EngineError> {
-        let [k_seq, k_log, _] = self.keys(room);
+        let [k_seq, k_log, _, _] = self.keys(room);
         let (high_seq, messages) =
             read_after(&self.read, &self.conn, &k_seq, &k_log, after, limit).await?;
         Ok(History { messages, high_seq })
+    }
+
+    async fn mark(
+        &self,
+        room: &str,
+        user: &str,
+        kind: ReceiptKind,
+        seq: u64,
+    ) -> Result<Option<ParticipantReceipts>, EngineError> {
+        let [k_seq, _, _, k_rcpt] = self.keys(room);
+        let (moved, delivered, read): (u8, u64, u64) = self
+            .conn
+            .invoke(
+                self.mark
+                    .key(k_seq)
+                    .key(k_rcpt)
+                    .arg(user)
+                    .arg(seq)
+                    .arg(kind.as_str())
+                    .arg(self.max_receipt_users)
+                    .arg(self.ttl_ms),
+            )
+            .await?;
+        Ok((moved == 1).then(|| ParticipantReceipts {
+            user: user.to_owned(),
+            delivered,
+            read,
+        }))
+    }
+
+    async fn receipts(&self, room: &str) -> Result<Vec<ParticipantReceipts>, EngineError> {
+        let [_, _, _, k_rcpt] = self.keys(room);
+        let mut conn = self.conn.cmd.conn();
+        let all: Vec<(String, String)> = self
+            .conn
+            .cmd
+            .run(redis::cmd("HGETALL").arg(&k_rcpt).query_async(&mut conn))
+            .await?;
+        let mut out = all
+            .into_iter()
+            .map(|(user, v)| {
+                let (d, r) = v
+                    .split_once(':')
+                    .and_then(|(d, r)| Some((d.parse().ok()?, r.parse().ok()?)))
+                    .ok_or_else(|| corrupt(format!("receipt value {v:?}")))?;
+                Ok(ParticipantReceipts {
+                    user,
+                    delivered: d,
+                    read: r,
+                })
+            })
+            .collect::<Result<Vec<_>, EngineError>>()?;
+        out.sort_by(|a, b| a.user.cmp(&b.user));
+        Ok(out)
     }
 }
 

@@ -30,6 +30,7 @@ fn new_msg(room: &str, from: &str, cid: &str) -> NewMessage {
         client_id: cid.into(),
         body: format!("body of {cid} with \"quotes\", \u{1f600} and \\"),
         ts: NOW,
+        ..Default::default()
     }
 }
 
@@ -112,6 +113,90 @@ async fn history_is_bounded_and_reports_gaps(store: &dyn ChatStore) {
     assert_eq!((empty.high_seq, empty.messages.len()), (0, 0));
 }
 
+async fn receipts_are_monotonic_clamped_and_bounded(store: &dyn ChatStore) {
+    use waypost_protocol::{ParticipantReceipts, ReceiptKind::*};
+    let room = unique("room");
+    assert_eq!(
+        store.mark(&room, "u1", Read, 3).await.unwrap(),
+        None,
+        "empty room"
+    );
+    for i in 0..4 {
+        store
+            .append(new_msg(&room, "u0", &format!("c{i}")))
+            .await
+            .unwrap();
+    }
+    let r = |user: &str, delivered, read| ParticipantReceipts {
+        user: user.into(),
+        delivered,
+        read,
+    };
+    assert_eq!(
+        store.mark(&room, "u1", Delivered, 2).await.unwrap(),
+        Some(r("u1", 2, 0))
+    );
+    assert_eq!(
+        store.mark(&room, "u1", Delivered, 1).await.unwrap(),
+        None,
+        "never back"
+    );
+    assert_eq!(
+        store.mark(&room, "u1", Delivered, 2).await.unwrap(),
+        None,
+        "no move"
+    );
+    assert_eq!(
+        store.mark(&room, "u1", Read, 99).await.unwrap(),
+        Some(r("u1", 4, 4)),
+        "clamped to the high seq; read moves delivered"
+    );
+    assert_eq!(
+        store.mark(&room, "u2", Read, 3).await.unwrap(),
+        Some(r("u2", 3, 3))
+    );
+    assert_eq!(
+        store.mark(&room, "u3", Delivered, 1).await.unwrap(),
+        Some(r("u3", 1, 0))
+    );
+    assert_eq!(
+        store.mark(&room, "u4", Delivered, 1).await.unwrap(),
+        None,
+        "at most max_presence_per_room users"
+    );
+    assert_eq!(
+        store.receipts(&room).await.unwrap(),
+        vec![r("u1", 4, 4), r("u2", 3, 3), r("u3", 1, 0)]
+    );
+    assert!(store.receipts(&unique("room")).await.unwrap().is_empty());
+}
+
+async fn amendments_and_attachments_are_stored(store: &dyn ChatStore) {
+    use waypost_protocol::{Attachment, MessageKind};
+    let room = unique("room");
+    let att = Attachment {
+        url: "https://cdn.example/a.jpg".into(),
+        mime: "image/jpeg".into(),
+        size: 1234,
+        width: Some(640),
+        height: Some(480),
+        name: Some("a.jpg".into()),
+    };
+    let mut first = new_msg(&room, "u1", "c1");
+    first.attachments = vec![att.clone()];
+    store.append(first).await.unwrap();
+    let mut del = new_msg(&room, "u1", "delete-1");
+    del.kind = Some(MessageKind::Delete);
+    del.ref_seq = Some(1);
+    del.body = String::new();
+    store.append(del).await.unwrap();
+    let h = store.after(&room, 0, 10).await.unwrap();
+    assert_eq!(h.messages[0].attachments, vec![att]);
+    assert_eq!(h.messages[1].kind, Some(MessageKind::Delete));
+    assert_eq!(h.messages[1].ref_seq, Some(1));
+    assert_eq!(h.messages[1].seq, 2);
+}
+
 async fn presence_per_device_with_expiry(store: &dyn PresenceStore) {
     // small_limits: ttl 10 s, 3 entries per room.
     let room = unique("room");
@@ -180,6 +265,8 @@ async fn memory_chat_conformance() {
     seqs_are_gap_free_and_idempotent(chat.as_ref()).await;
     concurrent_appends_get_distinct_consecutive_seqs(Arc::clone(&chat)).await;
     history_is_bounded_and_reports_gaps(chat.as_ref()).await;
+    receipts_are_monotonic_clamped_and_bounded(chat.as_ref()).await;
+    amendments_and_attachments_are_stored(chat.as_ref()).await;
     presence_per_device_with_expiry(&MemoryPresenceStore::new(&l)).await;
     notifications_sequenced_and_bounded(&MemoryNotificationStore::new(&l)).await;
 }
@@ -275,6 +362,8 @@ async fn redis_chat_conformance() {
     seqs_are_gap_free_and_idempotent(chat.as_ref()).await;
     concurrent_appends_get_distinct_consecutive_seqs(Arc::clone(&chat)).await;
     history_is_bounded_and_reports_gaps(chat.as_ref()).await;
+    receipts_are_monotonic_clamped_and_bounded(chat.as_ref()).await;
+    amendments_and_attachments_are_stored(chat.as_ref()).await;
     presence_per_device_with_expiry(&RedisPresenceStore::new(conn.clone(), &l)).await;
     notifications_sequenced_and_bounded(&RedisNotificationStore::new(conn, &l)).await;
 }

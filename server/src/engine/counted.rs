@@ -128,6 +128,23 @@ impl ChatStore for Counted<dyn ChatStore> {
     async fn after(&self, room: &str, after: u64, limit: usize) -> Result<History, EngineError> {
         self.count(self.inner.after(room, after, limit).await)
     }
+
+    async fn mark(
+        &self,
+        room: &str,
+        user: &str,
+        kind: waypost_protocol::ReceiptKind,
+        seq: u64,
+    ) -> Result<Option<waypost_protocol::ParticipantReceipts>, EngineError> {
+        self.count(self.inner.mark(room, user, kind, seq).await)
+    }
+
+    async fn receipts(
+        &self,
+        room: &str,
+    ) -> Result<Vec<waypost_protocol::ParticipantReceipts>, EngineError> {
+        self.count(self.inner.receipts(room).await)
+    }
 }
 
 #[async_trait]

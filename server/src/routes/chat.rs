@@ -5,10 +5,10 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use waypost_protocol::{ChatPost, MessagesResponse};
+use waypost_protocol::{ChatPost, MessageKind, MessagesResponse, Role};
 
 use crate::auth::Authed;
-use crate::chat::{authorize_room, ChatError};
+use crate::chat::{authorize_room, ChatError, Post};
 use crate::engine::chat::Appended;
 use crate::error::AppError;
 use crate::state::AppState;
@@ -44,10 +44,14 @@ pub async fn get_messages(
     let Query(q) = query.map_err(|e| AppError::bad("bad_query", e.body_text()))?;
     // HTTP refuses what the schema refuses; the WebSocket `sync` caps instead.
     let limit = checked_limit(q.limit, state.limits.chat_sync_limit)?;
-    let h = state.chat().history(&room, q.after_seq, limit).await?;
+    let chat = state.chat();
+    let h = chat.history(&room, q.after_seq, limit).await?;
+    let (receipts, unread) = chat.receipts_and_unread(&room, &claims.sub).await?;
     Ok(Json(MessagesResponse {
         more: h.more(),
         messages: h.messages,
+        receipts,
+        unread,
     }))
 }
 
@@ -81,10 +85,32 @@ pub async fn post_messages(
         });
     }
     let Json(post) = body.map_err(|e| AppError::bad("bad_json", e.body_text()))?;
-    let appended = state
-        .chat()
-        .post_message(&room, &claims.sub, post.client_id, post.body)
-        .await?;
+    let service = claims.role == Role::Service;
+    let chat = state.chat();
+    let appended = match (post.kind, post.ref_seq) {
+        (Some(MessageKind::Edit), Some(seq)) => {
+            chat.amend(&room, &claims.sub, service, seq, Some(post.body))
+                .await?
+        }
+        (Some(MessageKind::Delete), Some(seq)) => {
+            chat.amend(&room, &claims.sub, service, seq, None).await?
+        }
+        (kind @ (None | Some(MessageKind::System)), None) => {
+            let post = Post {
+                client_id: post.client_id,
+                body: post.body,
+                attachments: post.attachments,
+                kind,
+            };
+            chat.post_message(&room, &claims.sub, service, post).await?
+        }
+        _ => {
+            return Err(AppError::bad(
+                "bad_kind",
+                "ref_seq goes with kind edit or delete, and only with them",
+            ))
+        }
+    };
     let duplicate = matches!(appended, Appended::Duplicate(_));
     let m = appended.message();
     Ok(Json(PostReply {
@@ -106,6 +132,10 @@ impl From<ChatError> for AppError {
             ChatError::EmptyBody => AppError::bad("empty_body", e.to_string()),
             ChatError::TooLarge(m) => AppError::TooLarge(m),
             ChatError::Forbidden(m) => AppError::Forbidden(m),
+            ChatError::BadAttachment(m) => AppError::bad("bad_attachment", m),
+            ChatError::BadKind(m) => AppError::bad("bad_kind", m),
+            ChatError::UnknownSeq(_) => AppError::NotFound(e.to_string()),
+            ChatError::NotEditable(m) => AppError::Conflict(m),
             ChatError::Engine(e) => AppError::Engine(e),
         }
     }

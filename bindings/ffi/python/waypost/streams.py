@@ -193,6 +193,9 @@ class _ChatListener(_w.ChatListener):
             self._feed.fail(SubscriptionRefusedError(event.reference, event.code, event.message))
         elif not self._only_messages:
             self._feed.push(event)
+        elif self._only_messages == "receipts":
+            if event.is_receipt():
+                self._feed.push(event.update)
         elif event.is_message():
             self._feed.push(event.entry)
 
@@ -262,6 +265,12 @@ def chat_messages(self, room, maxsize=CHAT_BUFFER):
     return Stream(ref, _FAIL, maxsize, lambda s: self.join_chat(room, _ChatListener(s, ref, True)))
 
 
+def chat_receipts(self, room, maxsize=CHAT_BUFFER):
+    """One room's ``ReceiptUpdate``s: a participant delivered or read it up to a seq."""
+    ref = f"chat:{room}"
+    return Stream(ref, _FAIL, maxsize, lambda s: self.join_chat(room, _ChatListener(s, ref, "receipts")))
+
+
 def connection_states(self):
     """The connection state now, then every change (conflated)."""
     return Stream("connection", _CONFLATE, 1, lambda s: self.watch_connection_state(_StateListener(s)))
@@ -288,6 +297,7 @@ def install():
     _w.BuyerClient.driver_updates = driver_updates
     _w.BuyerClient.chat_events = chat_events
     _w.BuyerClient.chat_messages = chat_messages
+    _w.BuyerClient.chat_receipts = chat_receipts
     _w.BuyerClient.connection_states = connection_states
     _w.BuyerClient.order_updates = order_updates
     _w.Driver.events = events

@@ -240,6 +240,27 @@ public extension BuyerClient {
         }
     }
 
+    /// One room's receipts: a participant (this user's other devices
+    /// included) delivered or read it up to a seq (see `chatEvents(_:)`).
+    func chatReceipts(_ room: String) -> AsyncThrowingStream<ReceiptUpdate, Error> {
+        let events = chatEvents(room)
+        return AsyncThrowingStream { continuation in
+            let task = Task {
+                do {
+                    for try await event in events {
+                        if case let .receipt(update) = event {
+                            continuation.yield(update)
+                        }
+                    }
+                    continuation.finish()
+                } catch {
+                    continuation.finish(throwing: error)
+                }
+            }
+            continuation.onTermination = { _ in task.cancel() }
+        }
+    }
+
     /// One order's timeline and its driver's position. One iteration per
     /// order at a time: tracking an order again replaces the listener.
     func orderUpdates(_ orderId: String) -> AsyncThrowingStream<OrderUpdate, Error> {

@@ -1,16 +1,20 @@
 //! What the client asks for over the WebSocket: `subscribe` (the tracking
 //! replay here, chat rooms through [`Rooms`](super::rooms::Rooms)),
-//! `unsubscribe`, `send`, `sync`, `typing` and `ping`, each answered with
+//! `unsubscribe`, `send`, `edit`, `delete`, `receipt`, `sync`, `typing` and
+//! `ping`, each answered with
 //! frames or an `error` frame.
 
 use std::time::Instant;
 
 use axum::extract::ws::{Message, WebSocket};
-use waypost_protocol::{close_code, Channel, ChannelKind, ClientFrame, ServerFrame};
+use waypost_protocol::{
+    close_code, Channel, ChannelKind, ClientFrame, ReceiptKind, Role, ServerFrame,
+};
 
 use super::conn::{Conn, Next, MAX_RATE_VIOLATIONS};
 use crate::auth::may_subscribe;
-use crate::chat::{authorize_room, ChatError};
+use crate::chat::{authorize_room, ChatError, Post};
+use crate::engine::chat::Appended;
 use crate::error::AppError;
 use crate::now_ms;
 use crate::routes::orders::authorize_order_read;
@@ -138,7 +142,23 @@ impl Conn {
                 room,
                 client_id,
                 body,
-            } => self.send_message(socket, room, client_id, body).await?,
+                attachments,
+            } => {
+                let post = Post {
+                    client_id,
+                    body,
+                    attachments,
+                    kind: None,
+                };
+                self.send_message(socket, room, post).await?
+            }
+            ClientFrame::Edit { room, seq, body } => {
+                self.amend(socket, room, seq, Some(body)).await?
+            }
+            ClientFrame::Delete { room, seq } => self.amend(socket, room, seq, None).await?,
+            ClientFrame::Receipt { room, seq, kind } => {
+                self.receipt(socket, room, seq, kind).await?
+            }
             ClientFrame::Sync {
                 room,
                 after_seq,
@@ -305,17 +325,73 @@ impl Conn {
         &mut self,
         socket: &mut WebSocket,
         room: String,
-        client_id: String,
-        body: String,
+        post: Post,
     ) -> Result<(), ()> {
+        let client_id = post.client_id.clone();
         if let Err(e) = authorize_room(&self.claims, &room) {
             return self.op_error(socket, e, client_id).await;
         }
         let posted = self
             .state
             .chat()
-            .post_message(&room, &self.claims.sub, client_id.clone(), body)
+            .post_message(&room, &self.claims.sub, false, post)
             .await;
+        self.ack(socket, posted, client_id).await
+    }
+
+    /// `edit` (with a body) or `delete`: acked with `sent` (its `client_id`
+    /// made by the server), errors refer to the room.
+    async fn amend(
+        &mut self,
+        socket: &mut WebSocket,
+        room: String,
+        seq: u64,
+        body: Option<String>,
+    ) -> Result<(), ()> {
+        if let Err(e) = authorize_room(&self.claims, &room) {
+            return self.op_error(socket, e, room).await;
+        }
+        let service = self.claims.role == Role::Service;
+        let done = self
+            .state
+            .chat()
+            .amend(&room, &self.claims.sub, service, seq, body)
+            .await;
+        self.ack(socket, done, room).await
+    }
+
+    /// Moves this user's receipt marker; the `receipt` frame comes back
+    /// through the room (and the user's other devices). Errors refer to the
+    /// room.
+    async fn receipt(
+        &mut self,
+        socket: &mut WebSocket,
+        room: String,
+        seq: u64,
+        kind: ReceiptKind,
+    ) -> Result<(), ()> {
+        if let Err(e) = authorize_room(&self.claims, &room) {
+            return self.op_error(socket, e, room).await;
+        }
+        let marked = self
+            .state
+            .chat()
+            .receipt(&room, &self.claims.sub, kind, seq)
+            .await;
+        match marked {
+            Ok(_) => Ok(()),
+            Err(e) => self.op_error(socket, e, room).await,
+        }
+    }
+
+    /// Answers a stored message with `sent`, a failure with an `error`
+    /// frame referring to `reference`.
+    async fn ack(
+        &mut self,
+        socket: &mut WebSocket,
+        posted: Result<Appended, ChatError>,
+        reference: String,
+    ) -> Result<(), ()> {
         match posted {
             Ok(appended) => {
                 let m = appended.message();
@@ -327,7 +403,7 @@ impl Conn {
                 };
                 self.reply(socket, &ack).await
             }
-            Err(e) => self.op_error(socket, e, client_id).await,
+            Err(e) => self.op_error(socket, e, reference).await,
         }
     }
 

@@ -73,6 +73,12 @@ impl Rooms {
             frames.extend(history.messages.into_iter().map(ServerFrame::Message));
         }
         let chat = state.chat();
+        // Everyone's ticks as they stand, so a (re)connecting client draws
+        // them right; later changes come as live `receipt` frames.
+        match chat.receipt_frames(&room).await {
+            Ok(receipts) => frames.extend(receipts),
+            Err(e) => tracing::debug!(error = %e, room, "reading receipts failed"),
+        }
         chat.join_presence(&room, user, &self.presence_key).await;
         frames.extend(
             chat.online(&room)
@@ -207,6 +213,7 @@ mod tests {
                 client_id: cid.into(),
                 body: "b".into(),
                 ts: 0,
+                ..Default::default()
             })
             .await
             .unwrap();

@@ -37,6 +37,8 @@ data class BuyerUiState(
     /** The chat, oldest first: stored messages by seq, then own pending/failed ones. */
     val messages: List<ChatEntry> = emptyList(),
     val typing: String? = null,
+    /** Highest seq each other participant has read (read receipts). */
+    val readBy: Map<String, ULong> = emptyMap(),
     val lastError: String? = null,
 )
 
@@ -67,6 +69,8 @@ class BuyerSession private constructor(
 
     lateinit var client: BuyerClient
         private set
+    /** This user (its own devices' receipts are not shown as "read by"). */
+    private var me = ""
 
     private suspend fun start() {
         // Show what the local store already has (offline start).
@@ -98,6 +102,9 @@ class BuyerSession private constructor(
                         is ChatEvent.Outgoing -> onOutgoing(ev.entry)
                         is ChatEvent.Typing -> update { it.copy(typing = "${ev.update.user} is typing…") }
                         is ChatEvent.Presence -> {}
+                        is ChatEvent.Receipt -> if (ev.update.read && ev.update.user != me) {
+                            update { it.copy(readBy = it.readBy + (ev.update.user to maxOf(ev.update.seq, it.readBy[ev.update.user] ?: 0uL))) }
+                        }
                         is ChatEvent.Refused -> update { it.copy(lastError = "${ev.code}: ${ev.message} (${ev.reference})") }
                     }
                 }
@@ -195,6 +202,7 @@ class BuyerSession private constructor(
             onChange: (BuyerUiState) -> Unit = {},
         ): BuyerSession {
             val session = BuyerSession(platform, driverId, room, onChange)
+            session.me = config.userId
             session.client = BuyerClient.open(config, ClientErrors(WeakReference(session)), tokens, platform)
             session.start()
             return session

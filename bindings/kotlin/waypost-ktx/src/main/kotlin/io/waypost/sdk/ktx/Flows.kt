@@ -19,6 +19,7 @@ import io.waypost.sdk.types.DriverStatusUpdate
 import io.waypost.sdk.types.LocationUpdate
 import io.waypost.sdk.types.OrderEntry
 import io.waypost.sdk.types.PresenceUpdate
+import io.waypost.sdk.types.ReceiptUpdate
 import io.waypost.sdk.types.TrailUpdate
 import io.waypost.sdk.types.TypingUpdate
 import java.util.Collections
@@ -173,6 +174,14 @@ fun BuyerClient.chatEvents(room: String): Flow<ChatEvent> = callbackFlow {
 fun BuyerClient.chatMessages(room: String): Flow<ChatEntry> =
     chatEvents(room).filterIsInstance<ChatEvent.Message>().map { it.entry }
 
+/**
+ * One room's receipts: a participant (this user's other devices included)
+ * delivered or read it up to a seq (see [chatEvents]; `receipts(room)` has
+ * the current markers).
+ */
+fun BuyerClient.chatReceipts(room: String): Flow<ReceiptUpdate> =
+    chatEvents(room).filterIsInstance<ChatEvent.Receipt>().map { it.update }
+
 /** What [orderUpdates] emits. */
 sealed interface OrderUpdate {
     /** A timeline entry: once per seq, in order, from seq 1. */
@@ -295,4 +304,5 @@ open class BuyerListenerAdapter : BuyerListener {
     override fun onError(reference: String, code: String, message: String) {}
     override fun onTrail(trail: TrailUpdate) {}
     override fun onDriverStatus(status: DriverStatusUpdate) {}
+    override fun onReceipt(update: ReceiptUpdate) {}
 }

@@ -27,6 +27,7 @@ import io.waypost.sdk.staticToken
 import io.waypost.sdk.types.TypingUpdate
 import io.waypost.sdk.types.TrailUpdate
 import io.waypost.sdk.types.DriverStatusUpdate
+import io.waypost.sdk.types.ReceiptUpdate
 import io.waypost.sdk.types.WaypostException
 import io.waypost.sdk.nativeThreadName
 import io.waypost.sdk.sdkVersion
@@ -100,6 +101,7 @@ class BindingsTest {
         val threads = CopyOnWriteArrayList<Pair<Thread, String?>>()
         val messages = CopyOnWriteArrayList<ChatEntry>()
         val states = CopyOnWriteArrayList<ConnectionState>()
+        val receipts = CopyOnWriteArrayList<ReceiptUpdate>()
 
         private fun seen() {
             threads += Thread.currentThread() to nativeThreadName()
@@ -114,6 +116,7 @@ class BindingsTest {
         override fun onError(reference: String, code: String, message: String) { seen() }
         override fun onTrail(trail: TrailUpdate) { seen() }
         override fun onDriverStatus(status: DriverStatusUpdate) { seen() }
+        override fun onReceipt(update: ReceiptUpdate) { seen(); receipts += update }
     }
 
     @Test
@@ -210,6 +213,56 @@ class BindingsTest {
             vendor.close()
             driver.close()
             buyer.close()
+        }
+    }
+
+    @Test
+    fun `receipts, unread counts, edits and deletes`(): Unit = runBlocking {
+        val room = TestEnv.uniqueId("order")
+        val buyerId = TestEnv.uniqueId("b")
+        val vendorId = TestEnv.uniqueId("v")
+        suspend fun open(user: String) = BuyerClient.open(
+            BuyerConfig(baseUrl = TestEnv.url, userId = user, dbPath = TestEnv.tempDir().resolve("$user.db").toString()),
+            RecordingListener(),
+            staticToken(TestEnv.token(user, "buyer", listOf("chat:$room"))),
+            null,
+        )
+        val buyer = open(buyerId)
+        val vendor = open(vendorId)
+        val chats = listOf(buyer.joinChat(room), vendor.joinChat(room))
+        try {
+            TestEnv.await("both connected") {
+                buyer.connectionState() is ConnectionState.Connected && vendor.connectionState() is ConnectionState.Connected
+            }
+            vendor.sendMessage(room, "Your order is ready")
+            vendor.sendMessage(room, "Rider on the way")
+            TestEnv.await("the buyer stores both") { runBlocking { buyer.messages(room, 10u) }.size == 2 }
+            assertEquals(2uL, buyer.unreadCount(room))
+            val first = buyer.messages(room, 10u)[0]
+            buyer.markRead(room, first.seq!!)
+            assertEquals(1uL, buyer.unreadCount(room))
+            TestEnv.await("the vendor sees the read receipt") {
+                runBlocking { vendor.receipts(room) }.any { it.user == buyerId && it.read == first.seq && it.delivered >= first.seq!! }
+            }
+
+            val mine = vendor.messages(room, 10u).first { it.body == "Rider on the way" }
+            vendor.editMessage(room, mine.seq!!, "Rider arriving in 2 min")
+            TestEnv.await("the buyer sees the edit") {
+                runBlocking { buyer.messages(room, 10u) }.any { it.seq == mine.seq && it.edited && it.body == "Rider arriving in 2 min" }
+            }
+            vendor.deleteMessage(room, first.seq!!)
+            TestEnv.await("the buyer sees the delete") {
+                runBlocking { buyer.messages(room, 10u) }.any { it.seq == first.seq && it.deleted && it.body.isEmpty() }
+            }
+            assertEquals(listOf(first.seq, mine.seq), buyer.messages(room, 10u).map { it.seq })
+        } finally {
+            runBlocking {
+                buyer.shutdown()
+                vendor.shutdown()
+            }
+            chats.forEach { it.close() }
+            buyer.close()
+            vendor.close()
         }
     }
 

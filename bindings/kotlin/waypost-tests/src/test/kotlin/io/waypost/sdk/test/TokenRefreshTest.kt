@@ -11,6 +11,7 @@ import io.waypost.sdk.types.PresenceUpdate
 import io.waypost.sdk.types.TypingUpdate
 import io.waypost.sdk.types.TrailUpdate
 import io.waypost.sdk.types.DriverStatusUpdate
+import io.waypost.sdk.types.ReceiptUpdate
 import kotlinx.coroutines.Dispatchers
 import kotlinx.coroutines.runBlocking
 import kotlinx.coroutines.withContext
@@ -61,6 +62,7 @@ class TokenRefreshTest {
         override fun onTyping(update: TypingUpdate) {}
         override fun onTrail(trail: TrailUpdate) {}
         override fun onDriverStatus(status: DriverStatusUpdate) {}
+        override fun onReceipt(update: ReceiptUpdate) {}
         override fun onError(reference: String, code: String, message: String) { errors += reference to code }
     }
 
