@@ -56,11 +56,11 @@ pub trait NodeStats: Send + Sync + 'static {
 
 /// The reports in one Redis hash.
 pub struct RedisNodeStats {
-    conn: redis::aio::ConnectionManager,
+    conn: crate::engine::redis::RedisHandle,
 }
 
 impl RedisNodeStats {
-    pub fn new(conn: redis::aio::ConnectionManager) -> Self {
+    pub fn new(conn: crate::engine::redis::RedisHandle) -> Self {
         Self { conn }
     }
 }

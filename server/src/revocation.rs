@@ -378,13 +378,13 @@ impl RevocationStore for MemoryRevocationStore {
 /// Revocations in Redis: one key per user or token, `waypost:revoked:…`,
 /// holding the JSON revocation and expiring with it.
 pub struct RedisRevocationStore {
-    conn: redis::aio::ConnectionManager,
+    conn: crate::engine::redis::RedisHandle,
 }
 
 const REDIS_PREFIX: &str = "waypost:revoked:";
 
 impl RedisRevocationStore {
-    pub fn new(conn: redis::aio::ConnectionManager) -> Self {
+    pub fn new(conn: crate::engine::redis::RedisHandle) -> Self {
         Self { conn }
     }
 }

@@ -81,13 +81,19 @@ impl StoreConn {
 
     /// [`StoreConn::invoke`] for a write the caller acknowledges (waits for
     /// replicas when configured).
+    /// `id` is the hash tag of the keys the script writes (on a cluster
+    /// `WAIT` goes to their slot's primary).
     async fn invoke_acked<T: FromRedisValue>(
         &self,
+        id: &str,
         inv: &ScriptInvocation<'_>,
     ) -> Result<T, EngineError> {
         let mut conn = self.cmd.conn();
         let same = conn.clone();
-        self.cmd.run_acked(same, inv.invoke_async(&mut conn)).await
+        let slot_key = format!("{{{id}}}");
+        self.cmd
+            .run_acked(same, &slot_key, inv.invoke_async(&mut conn))
+            .await
     }
 }
 
@@ -115,7 +121,7 @@ pub fn store_conn(redis: &RedisConn) -> StoreConn {
 pub async fn connect(
     url: &str,
     opts: &RedisOptions,
-) -> Result<redis::aio::ConnectionManager, EngineError> {
+) -> Result<super::redis::RedisHandle, EngineError> {
     super::redis::connection_manager(url, opts).await
 }
 
@@ -255,6 +261,7 @@ impl ChatStore for RedisChatStore {
         let (fresh, stored): (u8, String) = self
             .conn
             .invoke_acked(
+                &room,
                 self.append
                     .key(k_seq)
                     .key(k_log)
@@ -548,6 +555,7 @@ impl NotificationStore for RedisNotificationStore {
         let stored: String = self
             .conn
             .invoke_acked(
+                vendor,
                 self.append
                     .key(k_seq)
                     .key(k_log)

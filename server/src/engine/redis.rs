@@ -37,7 +37,9 @@
 //! default window of 4,096 seqs.
 
 mod call;
+pub mod cluster_pubsub;
 mod commands;
+mod handle;
 mod options;
 mod pubsub;
 mod setup;
@@ -47,6 +49,7 @@ mod watchers;
 pub(crate) use commands::Commands;
 pub use options::{RedisOptions, RedisTls, SentinelConfig};
 pub(crate) use setup::{commands, connection_manager};
+pub use handle::{key_slot, RedisHandle};
 pub use target::client;
 pub(crate) use watchers::WatcherCounts;
 
@@ -78,9 +81,23 @@ const WATCH_PRELUDE: &str = include_str!("redis/watch_sum.lua");
 #[derive(Debug, Clone)]
 pub(crate) struct Keys {
     prefix: String,
+    /// On a Redis Cluster: channel and watcher names carry the channel id
+    /// as hash tag (`{id}`), the tag of the keys they go with (a driver's
+    /// `{driver}` keys, a room's `{room}` keys), so the ingest script and
+    /// its `SPUBLISH` stay on one slot. One Redis keeps the names of
+    /// earlier versions.
+    cluster: bool,
 }
 
 impl Keys {
+    /// The hash tag of `channel`'s names on a cluster (empty on one Redis).
+    fn tag(&self, channel: &Channel) -> String {
+        if self.cluster {
+            format!("{{{}}}:", channel.id)
+        } else {
+            String::new()
+        }
+    }
     fn driver(&self, driver_id: &str, part: &str) -> String {
         format!("{}:{{{driver_id}}}:{part}", self.prefix)
     }
@@ -95,10 +112,22 @@ impl Keys {
         format!("{}:watchers:", self.prefix)
     }
     pub(crate) fn watchers(&self, channel: &Channel) -> String {
-        format!("{}{channel}", self.watchers_prefix())
+        format!("{}{}{channel}", self.watchers_prefix(), self.tag(channel))
     }
-    fn channel(&self, channel: &Channel) -> String {
-        format!("{}{channel}", self.channel_prefix())
+    pub(crate) fn channel(&self, channel: &Channel) -> String {
+        format!("{}{}{channel}", self.channel_prefix(), self.tag(channel))
+    }
+    /// The channel a Redis channel name (from [`Keys::channel`]) is for.
+    pub(crate) fn parse_channel(&self, name: &str) -> Option<Channel> {
+        let rest = name.strip_prefix(self.channel_prefix().as_str())?;
+        if !self.cluster {
+            return Channel::from_name(rest);
+        }
+        // `{id}:kind:id`: the id may itself hold `}:`, so every split is
+        // tried and the one that names the channel back wins.
+        rest.match_indices("}:")
+            .filter_map(|(i, _)| Channel::from_name(&rest[i + 2..]))
+            .find(|ch| self.channel(ch) == name)
     }
     fn probe(&self, instance: &str) -> String {
         format!("{}:probe:{instance}", self.prefix)
@@ -139,6 +168,7 @@ impl RedisConn {
             cmd: Arc::new(cmd),
             keys: Keys {
                 prefix: opts.key_prefix.clone(),
+                cluster: opts.cluster,
             },
             instance: uuid::Uuid::new_v4().simple().to_string().into(),
             opts,
@@ -161,7 +191,7 @@ impl RedisConn {
         WatcherCounts::start(
             Arc::clone(&self.cmd),
             self.instance.to_string(),
-            self.keys.watchers_prefix(),
+            self.keys.clone(),
             self.opts.clone(),
             hub,
         )
@@ -251,7 +281,13 @@ impl TrackingStore for RedisTrackingStore {
             .arg(candidate.map_or(0, |(i, _)| i + 1))
             .arg(candidate.map_or_else(String::new, |(_, f)| {
                 Frame::location(driver_id, f, at.origin_us).to_envelope()
-            }));
+            }))
+            // Sharded pub/sub on a cluster (the channel shares the driver's slot).
+            .arg(if self.conn.keys.cluster {
+                "SPUBLISH"
+            } else {
+                "PUBLISH"
+            });
         for fix in fixes {
             let stored = StoredFixRef {
                 received_ms: now_ms,
@@ -264,6 +300,7 @@ impl TrackingStore for RedisTrackingStore {
         }
         let mut conn = self.conn.cmd.conn();
         let same = conn.clone();
+        let slot_key = self.conn.keys.driver(driver_id, "latest");
         let (accepted, latest_index, watchers, published, had_previous, previous_ts): (
             u32,
             usize,
@@ -274,7 +311,7 @@ impl TrackingStore for RedisTrackingStore {
         ) = self
             .conn
             .cmd
-            .run_acked(same, inv.invoke_async(&mut conn))
+            .run_acked(same, &slot_key, inv.invoke_async(&mut conn))
             .await?;
         let new_latest = latest_index
             .checked_sub(1)

@@ -13,7 +13,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use redis::aio::ConnectionManager;
+use crate::engine::redis::RedisHandle;
 
 use crate::engine::EngineError;
 use crate::webhooks::WebhookEvent;
@@ -118,13 +118,13 @@ const KEY: &str = "wp:drivers-online";
 const DARK_KEY: &str = "wp:drivers-dark";
 
 pub struct RedisDriverPresence {
-    conn: ConnectionManager,
+    conn: RedisHandle,
     seen: redis::Script,
     expire_one: redis::Script,
 }
 
 impl RedisDriverPresence {
-    pub fn new(conn: ConnectionManager) -> Self {
+    pub fn new(conn: RedisHandle) -> Self {
         Self {
             conn,
             // {0}: online already (GT: never moves a newer last-seen

@@ -5,7 +5,7 @@
 //! (hash id → attempts). Each operation is one Lua script.
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
+use crate::engine::redis::RedisHandle;
 use redis::Script;
 
 use super::queue::{Enqueued, Pending, WebhookQueue};
@@ -52,7 +52,7 @@ return 1
 "#;
 
 pub struct RedisWebhookQueue {
-    conn: ConnectionManager,
+    conn: RedisHandle,
     push: Script,
     claim: Script,
     done: Script,
@@ -60,7 +60,7 @@ pub struct RedisWebhookQueue {
 }
 
 impl RedisWebhookQueue {
-    pub fn new(conn: ConnectionManager) -> Self {
+    pub fn new(conn: RedisHandle) -> Self {
         Self {
             conn,
             push: Script::new(PUSH),
