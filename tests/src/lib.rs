@@ -35,6 +35,8 @@ pub const DEV_SECRET: &str = "dev-secret";
 pub enum EngineChoice {
     Memory,
     Redis(String),
+    /// `--engine redis-cluster` with these seed URLs (comma-separated).
+    RedisCluster(String),
 }
 
 impl EngineChoice {
@@ -42,6 +44,7 @@ impl EngineChoice {
         match self {
             EngineChoice::Memory => "memory",
             EngineChoice::Redis(_) => "redis",
+            EngineChoice::RedisCluster(_) => "redis-cluster",
         }
     }
 }
@@ -163,7 +166,7 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))
             .kill_on_drop(true);
-        if let EngineChoice::Redis(url) = &options.engine {
+        if let EngineChoice::Redis(url) | EngineChoice::RedisCluster(url) = &options.engine {
             cmd.arg("--redis-url").arg(url);
         }
         cmd.args(&options.args);
