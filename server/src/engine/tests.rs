@@ -1349,7 +1349,7 @@ mod redis_cluster_engine {
             rxs.push((ch, rx));
         }
         for (ch, _) in &rxs {
-            bus.publish(ch, format!("to {ch}").into()).await.unwrap();
+            bus.publish(ch, format!("to {ch}").as_str().into()).await.unwrap();
         }
         for (ch, rx) in &mut rxs {
             assert_eq!(recv_within(rx, "spread").await, format!("to {ch}"));
