@@ -207,6 +207,17 @@ mod tests {
         let conn = crate::engine::chat_redis::connect(&url, &Default::default())
             .await
             .expect("redis reachable");
+        reports_live_stale_and_forgotten(conn).await;
+    }
+
+    #[tokio::test]
+    async fn redis_cluster_reports_live_stale_and_forgotten() {
+        if let Some(conn) = crate::engine::redis::test_cluster().await {
+            reports_live_stale_and_forgotten(conn).await;
+        }
+    }
+
+    async fn reports_live_stale_and_forgotten(conn: crate::engine::redis::RedisHandle) {
         let stats = RedisNodeStats::new(conn.clone());
         // Other processes may report to a shared Redis: only ours count.
         let now = crate::now_ms();

@@ -57,6 +57,12 @@ impl StoreConn {
         Ok(Self::new(Arc::new(cmd), &opts.key_prefix))
     }
 
+    /// Whether this is a Redis Cluster connection (scripts then touch one
+    /// slot each).
+    pub(crate) fn is_cluster(&self) -> bool {
+        self.cmd.conn().is_cluster()
+    }
+
     /// `<prefix>:<kind>:{<id>}<suffix>`.
     pub(crate) fn key(&self, kind: &str, id: &str, suffix: &str) -> String {
         format!("{}:{kind}:{{{id}}}{suffix}", self.prefix)

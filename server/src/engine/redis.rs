@@ -492,3 +492,43 @@ impl Bus for RedisBus {
         self.watchers.shutdown().await;
     }
 }
+
+/// The Redis Cluster of the tests (`WAYPOST_TEST_REDIS_CLUSTER_URL`, seed
+/// URLs), `None` (the caller says it skips) when unset.
+#[cfg(test)]
+pub(crate) async fn test_cluster() -> Option<RedisHandle> {
+    let Some(url) = std::env::var("WAYPOST_TEST_REDIS_CLUSTER_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        eprintln!("skipped: WAYPOST_TEST_REDIS_CLUSTER_URL is not set (scripts/test sets it)");
+        return None;
+    };
+    let opts = RedisOptions {
+        cluster: true,
+        ..RedisOptions::default()
+    };
+    Some(
+        connection_manager(&url, &opts)
+            .await
+            .expect("cluster reachable"),
+    )
+}
+
+/// [`test_cluster`] as the stores' handle, with a fresh key prefix.
+#[cfg(test)]
+pub(crate) async fn test_cluster_store() -> Option<super::chat_redis::StoreConn> {
+    let url = std::env::var("WAYPOST_TEST_REDIS_CLUSTER_URL")
+        .ok()
+        .filter(|u| !u.is_empty())?;
+    let opts = RedisOptions {
+        cluster: true,
+        key_prefix: format!("wpt{}", uuid::Uuid::new_v4().simple()),
+        ..RedisOptions::default()
+    };
+    Some(
+        super::chat_redis::StoreConn::connect(&url, &opts)
+            .await
+            .expect("cluster reachable"),
+    )
+}
