@@ -106,6 +106,23 @@ async fn post(
     Ok(refused)
 }
 
+/// The value of the counter whose name ends with `name` on `server`'s
+/// `/metrics`.
+async fn counter(server: &Server, name: &str) -> Result<f64> {
+    let text = reqwest::get(server.http("/metrics"))
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (metric, value) = l.split_once(' ')?;
+            metric.ends_with(name).then(|| value.trim().parse().ok())?
+        })
+        .with_context(|| format!("no {name} in /metrics"))
+}
+
 /// A driver id (or room id) whose slot satisfies `fits`, from at most 20,000
 /// candidates.
 async fn id_in(
@@ -253,7 +270,12 @@ async fn cluster_primary_kill_and_reshard_keep_sockets_and_acknowledged_writes()
     let watcher = tokio::spawn(watch(ws, Arc::clone(&seen), stop_watching.clone()));
     let acked1: Shared<Vec<(u64, Instant)>> = Shared::default();
     let acked2: Shared<Vec<(u64, Instant)>> = Shared::default();
-    let posters = [(&d1, &acked1), (&d2, &acked2)].map(|(d, acked)| {
+    // Each driver stops on its own: d1 right after its first fix
+    // acknowledged after the kill, d2 right after the reshard, so their
+    // last fixes may have been published while server A's subscriptions
+    // were moving: they must arrive without "one more update".
+    let (stop1, stop2) = (stop.child_token(), stop.child_token());
+    let posters = [(&d1, &acked1, &stop1), (&d2, &acked2, &stop2)].map(|(d, acked, stop)| {
         tokio::spawn(post(
             b.http(&format!("/v1/drivers/{d}/locations")),
             d.clone(),
@@ -285,11 +307,24 @@ async fn cluster_primary_kill_and_reshard_keep_sockets_and_acknowledged_writes()
     cluster.restart(killed_port).await?;
     let rejoined = killed_at.elapsed();
     let (seq, acked_at) = first_acked_after(&acked1, killed_at + promoted).await?;
+    stop1.cancel();
     seen_within(&seen, RESUME_WITHIN, "fix of d1 after the kill", |s| {
         s.location.get(d1.as_str()).copied().unwrap_or(0) >= seq
     })
     .await?;
     let fix_a = acked_at.elapsed();
+    // Server A moved the subscriptions of the killed node and re-dispatched
+    // the newest items (crate::tail) once they were back.
+    let moves_after_kill = counter(&a, "redis_reconnects_total").await?;
+    anyhow::ensure!(
+        moves_after_kill >= 1.0,
+        "server A did not signal a resubscribe after the kill"
+    );
+    let redispatched = counter(&a, "tail_redispatched_total").await?;
+    anyhow::ensure!(
+        redispatched >= 1.0,
+        "the tail re-dispatch did not run after the kill"
+    );
     let (cid, _) = send_chat(&mut chatter, &r1, "after the kill").await?;
     seen_within(&seen, RESUME_WITHIN, "chat from B after the kill", |s| {
         s.messages.contains(&cid)
@@ -314,6 +349,7 @@ async fn cluster_primary_kill_and_reshard_keep_sockets_and_acknowledged_writes()
         );
     }
     let (seq, acked_at) = first_acked_after(&acked2, Instant::now()).await?;
+    stop2.cancel();
     seen_within(&seen, RESUME_WITHIN, "fix of d2 after the reshard", |s| {
         s.location.get(d2.as_str()).copied().unwrap_or(0) >= seq
     })
@@ -325,6 +361,11 @@ async fn cluster_primary_kill_and_reshard_keep_sockets_and_acknowledged_writes()
     })
     .await?;
     sent_chat.entry(r2.clone()).or_default().push(cid);
+    let moves_after_reshard = counter(&a, "redis_reconnects_total").await?;
+    anyhow::ensure!(
+        moves_after_reshard > moves_after_kill,
+        "server A did not move its subscriptions for the reshard"
+    );
     println!(
         "reshard of 500 slots {from_port} -> {to_port} took {resharded:?}; fix {seq} of d2 \
          reached the same socket {fix_b:?} after it was acknowledged"
@@ -366,7 +407,7 @@ async fn cluster_primary_kill_and_reshard_keep_sockets_and_acknowledged_writes()
     let http = reqwest::Client::new();
     for (d, acked) in [(&d1, &acked1), (&d2, &acked2)] {
         let trail: Value = http
-            .get(a.http(&format!("/v1/drivers/{d}/trail?limit=5000")))
+            .get(a.http(&format!("/v1/drivers/{d}/trail?limit=1000")))
             .bearer_auth(&buyer)
             .send()
             .await?
