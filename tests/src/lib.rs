@@ -185,8 +185,17 @@ impl Server {
         .map_err(|_| anyhow!("server did not start within 30 s"))
         .and_then(|r| r)
         .with_context(|| format!("server log:\n{}", tail(&log)))?;
-        // Keep draining stdout so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        // Keep draining stdout so the child never blocks on a full pipe;
+        // the logs (tracing writes to stdout) go to the log file too.
+        let mut log_out = std::fs::OpenOptions::new().append(true).open(&log).ok();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(f) = log_out.as_mut() {
+                    use std::io::Write;
+                    let _ = writeln!(f, "{line}");
+                }
+            }
+        });
         Ok(Self {
             child: Some(child),
             addr,

@@ -244,6 +244,25 @@ async fn cluster_primary_kill_and_reshard_keep_sockets_and_acknowledged_writes()
     };
     let a = start(engine.clone()).await?;
     let b = start(engine).await?;
+    let ids = [d1, r1, d2, r2];
+    let ports = (killed_port, from_port, to_port);
+    if let Err(e) = scenario(&mut cluster, &a, &b, ids, ports).await {
+        bail!(
+            "{e:#}\n--- server A log:\n{}\n--- server B log:\n{}",
+            a.log_tail(),
+            b.log_tail()
+        );
+    }
+    Ok(())
+}
+
+async fn scenario(
+    cluster: &mut RedisCluster,
+    a: &Server,
+    b: &Server,
+    [d1, r1, d2, r2]: [String; 4],
+    (killed_port, from_port, to_port): (u16, u16, u16),
+) -> Result<()> {
 
     let channels: Vec<String> = vec![
         format!("tracking:{d1}"),
@@ -315,12 +334,12 @@ async fn cluster_primary_kill_and_reshard_keep_sockets_and_acknowledged_writes()
     let fix_a = acked_at.elapsed();
     // Server A moved the subscriptions of the killed node and re-dispatched
     // the newest items (crate::tail) once they were back.
-    let moves_after_kill = counter(&a, "redis_reconnects_total").await?;
+    let moves_after_kill = counter(a, "redis_reconnects_total").await?;
     anyhow::ensure!(
         moves_after_kill >= 1.0,
         "server A did not signal a resubscribe after the kill"
     );
-    let redispatched = counter(&a, "tail_redispatched_total").await?;
+    let redispatched = counter(a, "tail_redispatched_total").await?;
     anyhow::ensure!(
         redispatched >= 1.0,
         "the tail re-dispatch did not run after the kill"
@@ -361,7 +380,7 @@ async fn cluster_primary_kill_and_reshard_keep_sockets_and_acknowledged_writes()
     })
     .await?;
     sent_chat.entry(r2.clone()).or_default().push(cid);
-    let moves_after_reshard = counter(&a, "redis_reconnects_total").await?;
+    let moves_after_reshard = counter(a, "redis_reconnects_total").await?;
     anyhow::ensure!(
         moves_after_reshard > moves_after_kill,
         "server A did not move its subscriptions for the reshard"
