@@ -73,6 +73,7 @@ impl RedisCluster {
         }
         let me = Self { nodes };
         me.wait_ok(Duration::from_secs(20)).await?;
+        me.wait_replicas_synced(Duration::from_secs(20)).await?;
         Ok(me)
     }
 
@@ -196,7 +197,36 @@ impl RedisCluster {
     pub async fn restart(&mut self, port: u16) -> Result<()> {
         let node = self.node_mut(port).context("no such node")?;
         node.restart_in_place().await?;
-        self.wait_ok(Duration::from_secs(20)).await
+        self.wait_ok(Duration::from_secs(20)).await?;
+        self.wait_replicas_synced(Duration::from_secs(20)).await
+    }
+
+    /// Waits until every running primary has an online replica and every
+    /// replica's link is up (until then `WAIT 1` cannot be met).
+    pub async fn wait_replicas_synced(&self, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut ok = true;
+            for port in self.live_ports() {
+                let info = query_text(port, &["INFO", "replication"])
+                    .await
+                    .unwrap_or_default();
+                let synced = if info.contains("role:master") {
+                    info.lines()
+                        .any(|l| l.starts_with("slave0:") && l.contains("state=online"))
+                } else {
+                    info.contains("master_link_status:up")
+                };
+                ok &= synced;
+            }
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("replicas not in sync within {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// A live `redis-cli --cluster reshard`: moves `count` slots (the lowest
