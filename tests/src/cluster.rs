@@ -39,8 +39,8 @@ impl RedisCluster {
         let mut nodes = Vec::new();
         for _ in 0..6 {
             let port = free_port()?;
-            let dir =
-                std::env::temp_dir().join(format!("waypost-cluster-{port}-{}", rand::random::<u32>()));
+            let dir = std::env::temp_dir()
+                .join(format!("waypost-cluster-{port}-{}", rand::random::<u32>()));
             std::fs::create_dir_all(&dir)?;
             let extra = vec![
                 "--cluster-enabled".into(),
@@ -112,7 +112,9 @@ impl RedisCluster {
             let mut ok = true;
             let mut maps = Vec::new();
             for port in self.live_ports() {
-                let info = query_text(port, &["CLUSTER", "INFO"]).await.unwrap_or_default();
+                let info = query_text(port, &["CLUSTER", "INFO"])
+                    .await
+                    .unwrap_or_default();
                 if !info.lines().any(|l| l.trim() == "cluster_state:ok") {
                     ok = false;
                 }
@@ -178,7 +180,10 @@ impl RedisCluster {
                 .await
                 .map(|m| {
                     m.iter().all(|r| r.primary_port != port)
-                        && m.iter().map(|r| u32::from(r.end - r.start) + 1).sum::<u32>() == 16384
+                        && m.iter()
+                            .map(|r| u32::from(r.end - r.start) + 1)
+                            .sum::<u32>()
+                            == 16384
                 })
                 .unwrap_or(false);
             if covered {
@@ -239,7 +244,12 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("reshard")
             .arg(format!("127.0.0.1:{from}"))
-            .args(["--cluster-from", from_id.trim(), "--cluster-to", to_id.trim()])
+            .args([
+                "--cluster-from",
+                from_id.trim(),
+                "--cluster-to",
+                to_id.trim(),
+            ])
             .args(["--cluster-slots", &count.to_string(), "--cluster-yes"])
             .args(["--cluster-pipeline", "100"])
             .output()

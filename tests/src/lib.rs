@@ -334,11 +334,9 @@ impl RedisServer {
             .arg("--dir")
             .arg(&dir)
             .args(&extra);
-        let child = spawn_until_ready(cmd, &format!("{bin} on port {port}"), || {
-            redis_ping(port)
-        })
-        .await
-        .context("install redis-server")?;
+        let child = spawn_until_ready(cmd, &format!("{bin} on port {port}"), || redis_ping(port))
+            .await
+            .context("install redis-server")?;
         Ok(Self {
             child: Some(child),
             port,

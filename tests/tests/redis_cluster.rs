@@ -97,7 +97,13 @@ async fn post(
     while !stop.is_cancelled() && seq < 4000 {
         seq += 1;
         let body = json!({"device_id": "dev", "fixes": [{"seq": seq, "ts": now_ms(), "lat": 52.5, "lon": 13.4}]});
-        match client.post(&url).bearer_auth(&dtok).json(&body).send().await {
+        match client
+            .post(&url)
+            .bearer_auth(&dtok)
+            .json(&body)
+            .send()
+            .await
+        {
             Ok(r) if r.status() == StatusCode::OK => lock(&acked).push((seq, Instant::now())),
             _ => refused += 1,
         }
@@ -125,11 +131,7 @@ async fn counter(server: &Server, name: &str) -> Result<f64> {
 
 /// A driver id (or room id) whose slot satisfies `fits`, from at most 20,000
 /// candidates.
-async fn id_in(
-    cluster: &RedisCluster,
-    prefix: &str,
-    fits: impl Fn(u16) -> bool,
-) -> Result<String> {
+async fn id_in(cluster: &RedisCluster, prefix: &str, fits: impl Fn(u16) -> bool) -> Result<String> {
     for _ in 0..20_000 {
         let id = unique(prefix);
         if fits(cluster.keyslot(&id).await?) {
@@ -263,7 +265,6 @@ async fn scenario(
     [d1, r1, d2, r2]: [String; 4],
     (killed_port, from_port, to_port): (u16, u16, u16),
 ) -> Result<()> {
-
     let channels: Vec<String> = vec![
         format!("tracking:{d1}"),
         format!("tracking:{d2}"),
@@ -314,7 +315,10 @@ async fn scenario(
     }
     for room in [&r1, &r2] {
         let (cid, _) = send_chat(&mut chatter, room, "before").await?;
-        seen_within(&seen, RESUME_WITHIN, "first message", |s| s.messages.contains(&cid)).await?;
+        seen_within(&seen, RESUME_WITHIN, "first message", |s| {
+            s.messages.contains(&cid)
+        })
+        .await?;
         sent_chat.entry(room.clone()).or_default().push(cid);
     }
 
@@ -405,14 +409,20 @@ async fn scenario(
     // message of each room arrive with nobody sending again.
     for (d, acked) in [(&d1, &acked1), (&d2, &acked2)] {
         let last = lock(acked).last().map_or(0, |a| a.0);
-        seen_within(&seen, RESUME_WITHIN, &format!("last fix {last} of {d}"), |s| {
-            s.location.get(d.as_str()).copied().unwrap_or(0) >= last
-        })
+        seen_within(
+            &seen,
+            RESUME_WITHIN,
+            &format!("last fix {last} of {d}"),
+            |s| s.location.get(d.as_str()).copied().unwrap_or(0) >= last,
+        )
         .await?;
     }
     for cids in sent_chat.values() {
         let last = cids.last().context("sent nothing")?.clone();
-        seen_within(&seen, RESUME_WITHIN, "last message", |s| s.messages.contains(&last)).await?;
+        seen_within(&seen, RESUME_WITHIN, "last message", |s| {
+            s.messages.contains(&last)
+        })
+        .await?;
     }
     stop_watching.cancel();
     watcher.await?;

@@ -598,3 +598,21 @@ mod tests {
         assert!(split_at_seq(r#"{"event":"x","seq":0}"#, "{\"seq\":").is_err());
     }
 }
+
+/// [`test_cluster`] as the stores' handle, with a fresh key prefix.
+#[cfg(test)]
+pub(crate) async fn test_cluster_store() -> Option<StoreConn> {
+    let url = std::env::var("WAYPOST_TEST_REDIS_CLUSTER_URL")
+        .ok()
+        .filter(|u| !u.is_empty())?;
+    let opts = super::redis::RedisOptions {
+        cluster: true,
+        key_prefix: format!("wpt{}", uuid::Uuid::new_v4().simple()),
+        ..super::redis::RedisOptions::default()
+    };
+    Some(
+        StoreConn::connect(&url, &opts)
+            .await
+            .expect("cluster reachable"),
+    )
+}

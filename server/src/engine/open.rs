@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use super::chat::ChatStores;
 use super::nats::{NatsBus, NatsOptions};
+use super::redis::cluster_pubsub::ClusterBus;
 use super::redis::{RedisBus, RedisTrackingStore};
 use super::redis::{RedisConn, RedisOptions};
-use super::redis::cluster_pubsub::ClusterBus;
 use super::{Bus, Engine, EngineError};
 use crate::config::Limits;
 use crate::hub::Hub;

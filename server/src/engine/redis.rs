@@ -40,6 +40,7 @@ mod call;
 pub mod cluster_pubsub;
 mod commands;
 mod handle;
+mod keys;
 mod options;
 mod pubsub;
 mod setup;
@@ -47,9 +48,10 @@ mod target;
 mod watchers;
 
 pub(crate) use commands::Commands;
+pub use handle::{key_slot, RedisHandle};
+pub(crate) use keys::Keys;
 pub use options::{RedisOptions, RedisTls, SentinelConfig};
 pub(crate) use setup::{commands, connection_manager};
-pub use handle::{key_slot, RedisHandle};
 pub use target::client;
 pub(crate) use watchers::WatcherCounts;
 
@@ -76,63 +78,6 @@ const MAX_DEVICES_PER_DRIVER: usize = 8;
 const REQUEST_QUEUE: usize = 4096;
 
 const WATCH_PRELUDE: &str = include_str!("redis/watch_sum.lua");
-
-/// Key and channel names.
-#[derive(Debug, Clone)]
-pub(crate) struct Keys {
-    prefix: String,
-    /// On a Redis Cluster: channel and watcher names carry the channel id
-    /// as hash tag (`{id}`), the tag of the keys they go with (a driver's
-    /// `{driver}` keys, a room's `{room}` keys), so the ingest script and
-    /// its `SPUBLISH` stay on one slot. One Redis keeps the names of
-    /// earlier versions.
-    cluster: bool,
-}
-
-impl Keys {
-    /// The hash tag of `channel`'s names on a cluster (empty on one Redis).
-    fn tag(&self, channel: &Channel) -> String {
-        if self.cluster {
-            format!("{{{}}}:", channel.id)
-        } else {
-            String::new()
-        }
-    }
-    fn driver(&self, driver_id: &str, part: &str) -> String {
-        format!("{}:{{{driver_id}}}:{part}", self.prefix)
-    }
-    fn channel_prefix(&self) -> String {
-        // `ch2`: payloads are frame envelopes (issue 16); versions that
-        // published bare frames (on `ch`) never see them, and mixed
-        // processes during a rolling update stay apart instead of
-        // forwarding payloads they cannot read.
-        format!("{}:ch2:", self.prefix)
-    }
-    pub(crate) fn watchers_prefix(&self) -> String {
-        format!("{}:watchers:", self.prefix)
-    }
-    pub(crate) fn watchers(&self, channel: &Channel) -> String {
-        format!("{}{}{channel}", self.watchers_prefix(), self.tag(channel))
-    }
-    pub(crate) fn channel(&self, channel: &Channel) -> String {
-        format!("{}{}{channel}", self.channel_prefix(), self.tag(channel))
-    }
-    /// The channel a Redis channel name (from [`Keys::channel`]) is for.
-    pub(crate) fn parse_channel(&self, name: &str) -> Option<Channel> {
-        let rest = name.strip_prefix(self.channel_prefix().as_str())?;
-        if !self.cluster {
-            return Channel::from_name(rest);
-        }
-        // `{id}:kind:id`: the id may itself hold `}:`, so every split is
-        // tried and the one that names the channel back wins.
-        rest.match_indices("}:")
-            .filter_map(|(i, _)| Channel::from_name(&rest[i + 2..]))
-            .find(|ch| self.channel(ch) == name)
-    }
-    fn probe(&self, instance: &str) -> String {
-        format!("{}:probe:{instance}", self.prefix)
-    }
-}
 
 /// The same JSON as [`StoredFix`], without copying the fix. `received_ms`
 /// comes first so that trail members with the same seq (possible only after
@@ -510,24 +455,6 @@ pub(crate) async fn test_cluster() -> Option<RedisHandle> {
     };
     Some(
         connection_manager(&url, &opts)
-            .await
-            .expect("cluster reachable"),
-    )
-}
-
-/// [`test_cluster`] as the stores' handle, with a fresh key prefix.
-#[cfg(test)]
-pub(crate) async fn test_cluster_store() -> Option<super::chat_redis::StoreConn> {
-    let url = std::env::var("WAYPOST_TEST_REDIS_CLUSTER_URL")
-        .ok()
-        .filter(|u| !u.is_empty())?;
-    let opts = RedisOptions {
-        cluster: true,
-        key_prefix: format!("wpt{}", uuid::Uuid::new_v4().simple()),
-        ..RedisOptions::default()
-    };
-    Some(
-        super::chat_redis::StoreConn::connect(&url, &opts)
             .await
             .expect("cluster reachable"),
     )

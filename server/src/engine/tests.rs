@@ -1355,7 +1355,9 @@ mod redis_cluster_engine {
             rxs.push((ch, rx));
         }
         for (ch, _) in &rxs {
-            bus.publish(ch, format!("to {ch}").as_str().into()).await.unwrap();
+            bus.publish(ch, format!("to {ch}").as_str().into())
+                .await
+                .unwrap();
         }
         for (ch, rx) in &mut rxs {
             assert_eq!(recv_within(rx, "spread").await, format!("to {ch}"));
@@ -1426,7 +1428,9 @@ mod redis_cluster_engine {
     #[tokio::test]
     async fn nats_bus_with_cluster_stores() {
         let Some(url) = url() else {
-            eprintln!("skipping nats_bus_with_cluster_stores: WAYPOST_TEST_REDIS_CLUSTER_URL is not set");
+            eprintln!(
+                "skipping nats_bus_with_cluster_stores: WAYPOST_TEST_REDIS_CLUSTER_URL is not set"
+            );
             return;
         };
         let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -11,9 +11,9 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use crate::engine::redis::RedisHandle;
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use crate::engine::redis::RedisHandle;
 
 use crate::engine::EngineError;
 use crate::webhooks::WebhookEvent;

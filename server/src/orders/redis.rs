@@ -15,8 +15,8 @@
 //! added, bounded) carries the driver's tag, so it is written after the
 //! order's commit, not inside it (see `Orders::sync_index`).
 
-use async_trait::async_trait;
 use crate::engine::redis::RedisHandle;
+use async_trait::async_trait;
 use redis::Script;
 use waypost_protocol::TimelineEntry;
 

@@ -31,8 +31,8 @@
 
 use std::time::Duration;
 
-use prometheus::{IntCounterVec, Opts, Registry};
 use crate::engine::redis::RedisHandle;
+use prometheus::{IntCounterVec, Opts, Registry};
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, Value};
 use tokio_util::sync::CancellationToken;

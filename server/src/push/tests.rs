@@ -372,7 +372,7 @@ async fn redis_device_store_conformance() {
 
 #[tokio::test]
 async fn redis_cluster_device_store_conformance() {
-    if let Some(conn) = crate::engine::redis::test_cluster_store().await {
+    if let Some(conn) = crate::engine::chat_redis::test_cluster_store().await {
         device_store_conformance(&devices::RedisDeviceStore::new(conn)).await;
     }
 }

@@ -4,8 +4,8 @@
 //! due ms), `wp:webhook:{ep}:body` (hash id → body), `wp:webhook:{ep}:att`
 //! (hash id → attempts). Each operation is one Lua script.
 
-use async_trait::async_trait;
 use crate::engine::redis::RedisHandle;
+use async_trait::async_trait;
 use redis::Script;
 
 use super::queue::{Enqueued, Pending, WebhookQueue};

@@ -42,7 +42,8 @@ use waypost_protocol::Channel;
 use super::call::{redis_err, with_timeout};
 use super::handle::key_slot;
 use super::pubsub::{self, SyncRequest};
-use super::{Keys, RedisConn, WatcherCounts};
+use super::keys::Keys;
+use super::{RedisConn, WatcherCounts};
 use crate::engine::{Bus, EngineError};
 use crate::frame::Frame;
 use crate::hub::Hub;
@@ -611,7 +612,12 @@ mod tests {
         };
         let reply = Value::Array(vec![
             Value::Array(vec![Value::Int(5461), Value::Int(10922), node("b", 2)]),
-            Value::Array(vec![Value::Int(0), Value::Int(5460), node("a", 1), node("r", 9)]),
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(5460),
+                node("a", 1),
+                node("r", 9),
+            ]),
             Value::Array(vec![Value::Int(10923), Value::Int(16383), node("c", 3)]),
         ]);
         let map = SlotMap::parse(&reply).unwrap();

@@ -123,9 +123,7 @@ impl Commands {
                 .arg(replicas)
                 .arg(timeout.as_millis() as u64)
                 .to_owned();
-            let got: u32 = self
-                .run(conn.query_on_slot_of(slot_key, &wait))
-                .await?;
+            let got: u32 = self.run(conn.query_on_slot_of(slot_key, &wait)).await?;
             if got < replicas {
                 return Err(EngineError::Redis(format!(
                     "write reached {got} of {replicas} replicas within {timeout:?}"

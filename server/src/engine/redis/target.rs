@@ -86,7 +86,9 @@ impl Target {
             .map(|s| s.into_connection_info().map_err(redis_err))
             .collect::<Result<Vec<_>, _>>()?;
         let Some(template) = seeds.first().cloned() else {
-            return Err(EngineError::Redis("--redis-url lists no cluster node".into()));
+            return Err(EngineError::Redis(
+                "--redis-url lists no cluster node".into(),
+            ));
         };
         let tcp = redis::io::tcp::TcpSettings::default().set_nodelay(true);
         let mut builder = redis::cluster::ClusterClientBuilder::new(seeds)
@@ -139,9 +141,9 @@ impl Target {
     pub async fn client(&self) -> Result<redis::Client, EngineError> {
         match self {
             Self::Direct(c) => Ok(c.clone()),
-            Self::Cluster { .. } => Err(EngineError::Redis(
-                "a cluster has no single primary".into(),
-            )),
+            Self::Cluster { .. } => {
+                Err(EngineError::Redis("a cluster has no single primary".into()))
+            }
             Self::Sentinel {
                 sentinels,
                 master,
