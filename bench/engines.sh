@@ -15,7 +15,8 @@
 # prints a summary table (bench/engines_table.py).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+# WAYPOST_BENCH_PROFILE=debug when no release build is at hand (say so).
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/${WAYPOST_BENCH_PROFILE:-release}"
 OUT="${1:-$ROOT/.work/bench-engines/$(date -u +%Y%m%d-%H%M%S)}"
 mkdir -p "$OUT"
 WORK="$OUT/data"
@@ -54,7 +55,7 @@ waypost() { # PORT ARGS... -> starts waypost serve, echoes its pid
 
 commandstats() { # PORT... -> "port calls" lines (all commands)
   for p in "$@"; do
-    echo "$p $(redis-cli -p "$p" info commandstats | sed -n 's/.*calls=\([0-9]*\).*/\1/p' | paste -sd+ | bc)"
+    echo "$p $(redis-cli -p "$p" info commandstats | sed -n 's/^cmdstat_[^:]*:calls=\([0-9]*\),.*/\1/p' | paste -sd+ | bc)"
   done
 }
 
@@ -83,13 +84,19 @@ run_engine() { # LABEL URL PIDS REDIS_PORTS
 
 echo "machine: $(nproc) cores, $(uname -r); load before: $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$OUT/machine.txt"
 
+# ONLY=label,... runs just those engines (redis, redis-replica, redis-cluster, nats-redis).
+want() { [ -z "${ONLY:-}" ] || [[ ",$ONLY," == *",$1,"* ]]; }
+
 # 1. One Redis.
+if want redis; then
 R=$(redis 7801)
 W=$(waypost 7811 --engine redis --redis-url redis://127.0.0.1:7801)
 run_engine redis http://127.0.0.1:7811 "$W,$R" 7801
 kill "$W" "$R"; sleep 1
+fi
 
 # 2. A primary and a replica, WAIT off and on.
+if want redis-replica; then
 P=$(redis 7821); Q=$(redis 7822 --replicaof 127.0.0.1 7821)
 sleep 1
 W=$(waypost 7831 --engine redis --redis-url redis://127.0.0.1:7821)
@@ -98,10 +105,12 @@ kill "$W"; sleep 1
 W=$(waypost 7832 --engine redis --redis-url redis://127.0.0.1:7821 --redis-wait-replicas 1)
 run_engine redis-replica-wait-on http://127.0.0.1:7832 "$W,$P,$Q" 7821
 kill "$W" "$P" "$Q"; sleep 1
+fi
 
 # 3. Redis Cluster: 3 primaries (no replicas: the primaries' share is what
 # is measured).
 C=()
+if want redis-cluster; then
 for p in 7841 7842 7843; do
   C+=("$(redis "$p" --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000)")
 done
@@ -114,15 +123,18 @@ W=$(waypost 7851 --engine redis-cluster \
   --redis-url redis://127.0.0.1:7841,redis://127.0.0.1:7842,redis://127.0.0.1:7843)
 run_engine redis-cluster http://127.0.0.1:7851 "$W,${C[0]},${C[1]},${C[2]}" "7841 7842 7843"
 kill "$W"; sleep 1
+fi
 
 # 4. NATS bus, stores on one Redis.
+if want nats-redis; then
 R=$(redis 7861)
 "${NICE[@]}" nats-server -a 127.0.0.1 -p 7862 >/dev/null 2>&1 &
 N=$!; PIDS+=("$N"); sleep 0.5
 W=$(waypost 7871 --engine redis --redis-url redis://127.0.0.1:7861 --bus nats --nats-url nats://127.0.0.1:7862)
 run_engine nats-redis http://127.0.0.1:7871 "$W,$R,$N" 7861
 kill "$W" "$R" "$N"; sleep 1
-kill "${C[@]}" 2>/dev/null || true
+fi
+[ ${#C[@]} -gt 0 ] && kill "${C[@]}" 2>/dev/null || true
 
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/machine.txt"
 python3 "$ROOT/bench/engines_table.py" "$OUT"
