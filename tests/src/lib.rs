@@ -6,6 +6,7 @@
 //! prints the tail of the server's log.
 
 pub mod chat;
+pub mod driver;
 pub mod proxy;
 pub mod push;
 pub mod sentinel;
