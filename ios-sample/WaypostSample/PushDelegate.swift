@@ -1,6 +1,7 @@
 import os
 import UIKit
 import UserNotifications
+import Waypost
 
 /// APNs for the buyer (issue 19): the server pushes what a backgrounded
 /// buyer missed (chat messages, order milestones, vendor notifications) as a
