@@ -26,7 +26,8 @@ pub use frames::{
 pub use http::{
     ChatPost, Claims, ErrorBody, ErrorDetail, IngestRequest, IngestResponse, LocationResponse,
     MessagesResponse, NotificationAccepted, NotificationPost, NotificationsResponse,
-    ParticipantReceipts, PolicyHint, PolicyMode, Role, TrailResponse, VendorNotification, MAX_BATCH_BYTES, MAX_BATCH_FIXES,
+    ParticipantReceipts, PolicyHint, PolicyMode, Role, TrailResponse, VendorNotification,
+    MAX_BATCH_BYTES, MAX_BATCH_FIXES,
 };
 pub use ids::{validate_id, IdError, MAX_ID_LEN};
 pub use order::{

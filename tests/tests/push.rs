@@ -369,12 +369,7 @@ async fn only_the_order_party_without_a_live_subscription_is_pushed(
     let mut ws = WsClient::connect(&server.ws_url(&atok)).await?;
     ws.subscribe(&och, Some(1)).await?;
     for (id, status) in [("e2", "accepted"), ("e3", "preparing")] {
-        post_order_event(
-            &server,
-            &order,
-            json!({"event_id": id, "status": status}),
-        )
-        .await?;
+        post_order_event(&server, &order, json!({"event_id": id, "status": status})).await?;
     }
     for want in [2, 3] {
         let f = ws.next_of_type("order", T).await?;
@@ -396,7 +391,12 @@ async fn only_the_order_party_without_a_live_subscription_is_pushed(
     // A closes the app: the next milestone reaches both.
     drop(ws);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    post_order_event(&server, &order, json!({"event_id": "e4", "status": "ready"})).await?;
+    post_order_event(
+        &server,
+        &order,
+        json!({"event_id": "e4", "status": "ready"}),
+    )
+    .await?;
     fakes.fcm.handle.wait_accepted(5, T).await;
     tokio::time::sleep(SETTLE).await;
     let all = fakes.fcm.handle.accepted();
@@ -492,7 +492,11 @@ async fn vendor_notifications_are_pushed_and_synced(engine: EngineChoice) -> Res
     let get = |tok: String, query: &str| {
         let url = server.http(&format!("/v1/vendors/{vendor}/notifications{query}"));
         async move {
-            let r = reqwest::Client::new().get(url).bearer_auth(tok).send().await?;
+            let r = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(tok)
+                .send()
+                .await?;
             anyhow::Ok((r.status(), r.json::<Value>().await?))
         }
     };
@@ -747,7 +751,12 @@ async fn two_processes_liveness_is_per_user() -> Result<()> {
     let mut ws = WsClient::connect(&pb.ws_url(&atok)).await?;
     ws.subscribe(&och, Some(1)).await?;
     post_order_event(&pa, &order, json!({"event_id": "e2", "status": "accepted"})).await?;
-    post_order_event(&pb, &order, json!({"event_id": "e3", "status": "preparing"})).await?;
+    post_order_event(
+        &pb,
+        &order,
+        json!({"event_id": "e3", "status": "preparing"}),
+    )
+    .await?;
     for want in [2, 3] {
         let f = ws.next_of_type("order", T).await?;
         assert_eq!(f["seq"], want);

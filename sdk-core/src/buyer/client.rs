@@ -1352,8 +1352,7 @@ impl Session for Core {
                         // A push for what tracking delivered fetches only
                         // what came after it.
                         if let Some(delivered) = self.orders.delivered(&ch.id) {
-                            if let Err(e) = advance_push_cursor(&self.store, &channel, delivered)
-                            {
+                            if let Err(e) = advance_push_cursor(&self.store, &channel, delivered) {
                                 tracing::debug!(error = %e, "storing the order cursor failed");
                             }
                         }

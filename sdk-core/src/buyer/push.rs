@@ -442,11 +442,13 @@ mod tests {
     #[tokio::test]
     async fn order_milestones_sync_exactly_the_gap() {
         let s = server(12, 1);
-        let (got, complete) = order_gap(&s, "http://x", "t", "o1", 3, 9)
-            .await
-            .unwrap();
+        let (got, complete) = order_gap(&s, "http://x", "t", "o1", 3, 9).await.unwrap();
         let seqs: Vec<u64> = got.iter().map(|e| e.seq).collect();
-        assert_eq!(seqs, [4, 5, 6, 7, 8, 9], "not 10..12: a later push covers them");
+        assert_eq!(
+            seqs,
+            [4, 5, 6, 7, 8, 9],
+            "not 10..12: a later push covers them"
+        );
         assert!(complete);
         assert!(got.iter().all(|e| e.order_id == "o1"));
         assert_eq!(

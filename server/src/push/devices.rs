@@ -119,7 +119,12 @@ pub trait DeviceStore: Send + Sync + 'static {
     }
 
     /// Removes process `node`'s mark of `(channel, user)`.
-    async fn unmark_live(&self, _channel: &str, _user: &str, _node: &str) -> Result<(), EngineError> {
+    async fn unmark_live(
+        &self,
+        _channel: &str,
+        _user: &str,
+        _node: &str,
+    ) -> Result<(), EngineError> {
         Ok(())
     }
 
