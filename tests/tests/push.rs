@@ -677,6 +677,24 @@ async fn two_processes_push_once_and_see_each_others_subscribers() -> Result<()>
         }
         tokio::time::sleep(SETTLE).await;
     }
+    // Under load the last round's pushes may still be on their way: wait
+    // (bounded) until both channels are covered, then a little longer for
+    // anything pushed twice.
+    let covered_now = |c: &str| {
+        fakes
+            .apns
+            .handle
+            .accepted()
+            .iter()
+            .filter(|p| p.channel() == c)
+            .map(Accepted::count)
+            .sum::<u64>()
+    };
+    let end = tokio::time::Instant::now() + T;
+    while (covered_now(&ch) < 6 || covered_now(&vch) < 6) && tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(SETTLE).await;
     let got = fakes.apns.handle.accepted();
     let mut keys: Vec<(String, u64)> = got.iter().map(|p| (p.channel(), p.seq())).collect();
     let n = keys.len();
@@ -761,7 +779,20 @@ async fn two_processes_liveness_is_per_user() -> Result<()> {
         let f = ws.next_of_type("order", T).await?;
         assert_eq!(f["seq"], want);
     }
-    tokio::time::sleep(SETTLE * 2).await;
+    // B's pushes (one per process that handled an event): wait for them,
+    // then a little longer for anything A should not get.
+    let covered = || {
+        fakes.fcm.handle.accepted()[2..]
+            .iter()
+            .filter(|p| p.token == b_fcm)
+            .map(Accepted::count)
+            .sum::<u64>()
+    };
+    let end = tokio::time::Instant::now() + T;
+    while covered() < 2 && tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(SETTLE).await;
     let all = fakes.fcm.handle.accepted();
     let later = &all[2..];
     assert!(

@@ -389,7 +389,10 @@ async fn live_channels_conformance(store: Arc<dyn DeviceStore>) {
     assert!(a.is_live(ch, "u1").await.unwrap());
     assert_eq!(b.is_live(ch, "u1").await.unwrap(), store.shares_live());
     assert!(!b.is_live(ch, "u2").await.unwrap(), "another user");
-    assert!(!b.is_live("order:o-2", "u1").await.unwrap(), "another channel");
+    assert!(
+        !b.is_live("order:o-2", "u1").await.unwrap(),
+        "another channel"
+    );
     // The first leave keeps it (a second subscription is open).
     assert!(!a.leave(ch, "u1"));
     assert_eq!(b.is_live(ch, "u1").await.unwrap(), store.shares_live());
@@ -403,7 +406,11 @@ async fn live_channels_conformance(store: Arc<dyn DeviceStore>) {
     b.join(ch, "u1").await;
     a.leave(ch, "u1");
     a.unmark(ch, "u1").await;
-    assert_eq!(a.is_live(ch, "u1").await.unwrap(), store.shares_live(), "live on b");
+    assert_eq!(
+        a.is_live(ch, "u1").await.unwrap(),
+        store.shares_live(),
+        "live on b"
+    );
     assert!(b.is_live(ch, "u1").await.unwrap());
     assert_eq!(a.local_len(), 0);
     assert_eq!(b.local_len(), 1);
