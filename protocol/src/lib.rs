@@ -25,8 +25,9 @@ pub use frames::{
 };
 pub use http::{
     ChatPost, Claims, ErrorBody, ErrorDetail, IngestRequest, IngestResponse, LocationResponse,
-    MessagesResponse, NotificationAccepted, NotificationPost, ParticipantReceipts, PolicyHint,
-    PolicyMode, Role, TrailResponse, MAX_BATCH_BYTES, MAX_BATCH_FIXES,
+    MessagesResponse, NotificationAccepted, NotificationPost, NotificationsResponse,
+    ParticipantReceipts, PolicyHint, PolicyMode, Role, TrailResponse, VendorNotification,
+    MAX_BATCH_BYTES, MAX_BATCH_FIXES,
 };
 pub use ids::{validate_id, IdError, MAX_ID_LEN};
 pub use order::{

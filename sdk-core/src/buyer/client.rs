@@ -754,6 +754,7 @@ impl BuyerClient {
             count: data.count,
             messages: Vec::new(),
             order_entries: Vec::new(),
+            notifications: Vec::new(),
             complete: true,
         };
         let Some(channel) = Channel::from_name(&data.channel) else {
@@ -786,12 +787,7 @@ impl BuyerClient {
             }
             (PushKind::Order, ChannelKind::Order) => {
                 check_id("order_id", &channel.id)?;
-                let key = format!("push_cursor:{}", data.channel);
-                let after = self
-                    .store
-                    .get(&key)?
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0);
+                let after = push_cursor(&self.store, &data.channel)?;
                 let auth = self.http_token().await?;
                 let (entries, complete) = push::order_gap(
                     &*self.transport,
@@ -803,9 +799,28 @@ impl BuyerClient {
                 )
                 .await?;
                 if let Some(last) = entries.last() {
-                    self.store.set(&key, &last.seq.to_string())?;
+                    advance_push_cursor(&self.store, &data.channel, last.seq)?;
                 }
                 out.order_entries = entries;
+                out.complete = complete;
+            }
+            (PushKind::Notification, ChannelKind::Vendor) => {
+                check_id("vendor_id", &channel.id)?;
+                let after = push_cursor(&self.store, &data.channel)?;
+                let auth = self.http_token().await?;
+                let (notifications, complete) = push::notification_gap(
+                    &*self.transport,
+                    self.base(),
+                    &auth,
+                    &channel.id,
+                    after,
+                    data.seq,
+                )
+                .await?;
+                if let Some(last) = notifications.last() {
+                    advance_push_cursor(&self.store, &data.channel, last.seq)?;
+                }
+                out.notifications = notifications;
                 out.complete = complete;
             }
             _ => {}
@@ -826,6 +841,23 @@ impl Drop for BuyerClient {
     fn drop(&mut self) {
         self.cancel.cancel();
     }
+}
+
+/// The last order entry or vendor notification this device has on
+/// `channel` (0: none).
+fn push_cursor(store: &Store, channel: &str) -> Result<u64, WaypostError> {
+    Ok(store
+        .get(&push::cursor_key(channel))?
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0))
+}
+
+/// Moves `channel`'s push cursor up to `seq` (never back).
+fn advance_push_cursor(store: &Store, channel: &str, seq: u64) -> Result<(), WaypostError> {
+    if seq > push_cursor(store, channel)? {
+        store.set(&push::cursor_key(channel), &seq.to_string())?;
+    }
+    Ok(())
 }
 
 fn check_id(what: &'static str, id: &str) -> Result<(), WaypostError> {
@@ -1317,6 +1349,13 @@ impl Session for Core {
                     if ch.kind == ChannelKind::Order {
                         let connected = self.connected;
                         self.orders.on_entry(&ch.id, seq, entry, connected, out);
+                        // A push for what tracking delivered fetches only
+                        // what came after it.
+                        if let Some(delivered) = self.orders.delivered(&ch.id) {
+                            if let Err(e) = advance_push_cursor(&self.store, &channel, delivered) {
+                                tracing::debug!(error = %e, "storing the order cursor failed");
+                            }
+                        }
                     }
                 }
             }

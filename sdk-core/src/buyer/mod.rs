@@ -35,7 +35,7 @@ pub mod types;
 mod tests;
 
 pub use client::{BuyerClient, BuyerConfig, BuyerDeps};
-pub use push::{PushPlatform, PushSync};
+pub use push::{PushPlatform, PushSync, VendorNotification};
 pub use transport::{TransportError, TungsteniteConnector, WsConnector, WsEvent, WsTransport};
 pub use types::{
     Attachment, BuyerListener, ChatEntry, ChatEvent, ChatListener, CloseReason, ConnectionState,
