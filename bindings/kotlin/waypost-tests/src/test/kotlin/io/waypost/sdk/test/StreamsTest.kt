@@ -200,6 +200,33 @@ class StreamsTest {
     }
 
     @Test
+    fun `events raised before the first collection are replayed to it, later collections start fresh`(): Unit = runBlocking {
+        val d = TestEnv.uniqueId("d")
+        val driver = openDriver(d)
+        try {
+            // The upload finishes before anything collects the events.
+            moveTo(driver, 44.0)
+            assertEquals(0u, driver.watcherCount())
+            val first = CopyOnWriteArrayList<DriverEvent>()
+            val job = launch(Dispatchers.Default) { driver.events.collect { first += it } }
+            TestEnv.await("the early Uploaded event is replayed") { first.any { it is DriverEvent.Uploaded } }
+            val second = CopyOnWriteArrayList<DriverEvent>()
+            val job2 = launch(Dispatchers.Default) { driver.events.collect { second += it } }
+            TestEnv.await("both collecting") { driver.watcherCount() == 2u }
+            assertTrue(second.none { it is DriverEvent.Uploaded }, "no replay for a later collection: $second")
+            moveTo(driver, 44.001)
+            TestEnv.await("both hear the next upload") {
+                first.count { it is DriverEvent.Uploaded } == 2 && second.count { it is DriverEvent.Uploaded } == 1
+            }
+            job.cancelAndJoin()
+            job2.cancelAndJoin()
+        } finally {
+            driver.shutdown()
+            driver.close()
+        }
+    }
+
+    @Test
     fun `a main-thread stand-in is never blocked while the store is busy`(): Unit = runBlocking {
         val d = TestEnv.uniqueId("d")
         val executor = Executors.newSingleThreadExecutor { Thread(it, "main-stand-in") }
