@@ -181,7 +181,7 @@ class PlatformHealthTest {
             job.cancel()
             job.join()
             val before = seen.size
-            TestEnv.await("the backlog is uploaded") { driver.stats().pending == 0uL }
+            TestEnv.await("the backlog is uploaded") { runBlocking { driver.stats() }.pending == 0uL }
             assertTrue(platform.setNetwork(NetworkType.OFFLINE))
             // Nothing waiting: offline alone is no issue.
             assertTrue(driver.health().ok, driver.health().summary)
