@@ -260,8 +260,11 @@ impl Driver {
     }
 
     /// Adds a listener of every event from now on, until the returned
-    /// subscription is cancelled or dropped (the listener given to `open`
-    /// also hears `BufferRecreated`, raised during the open).
+    /// subscription is cancelled or dropped. The first listener added also
+    /// gets, first, the events raised since `open` while there was none
+    /// (`BufferRecreated`, an upload that finished before the app
+    /// subscribed, ...; the newest 256): nothing raised before the first
+    /// watcher is lost.
     pub fn watch_events(
         &self,
         listener: Arc<dyn DriverListener>,

@@ -37,9 +37,33 @@ object TestEnv {
         return out.lines().last()
     }
 
+    /** A server of the test's own (e.g. with a short `--online-ttl`); [close] stops it. */
+    class OwnServer(val url: String, private val process: Process) : AutoCloseable {
+        override fun close() {
+            process.destroy()
+            if (!process.waitFor(10, TimeUnit.SECONDS)) process.destroyForcibly()
+        }
+    }
+
+    /** Starts `waypost serve --dev` on a free loopback port with [args] (same dev signing key as the shared one). */
+    fun startServer(vararg args: String): OwnServer {
+        val log = Files.createTempFile("waypost-server", ".log")
+        val cmd = listOf(bin, "serve", "--dev", "--listen", "127.0.0.1:0") + args
+        val p = ProcessBuilder(cmd).redirectErrorStream(true).redirectOutput(log.toFile()).start()
+        val deadline = System.nanoTime() + 20_000_000_000L
+        while (System.nanoTime() < deadline) {
+            val addr = Files.readAllLines(log).firstNotNullOfOrNull { Regex("^listening on (.+)$").find(it)?.groupValues?.get(1) }
+            if (addr != null) return OwnServer("http://$addr", p)
+            if (!p.isAlive) error("the server exited: ${Files.readString(log)}")
+            Thread.sleep(50)
+        }
+        p.destroyForcibly()
+        error("the server did not start within 20 s: ${Files.readString(log)}")
+    }
+
     /** GET with a service token; returns (status, body). */
-    fun get(path: String): Pair<Int, String> {
-        val req = HttpRequest.newBuilder(URI.create(url + path))
+    fun get(path: String, base: String = url): Pair<Int, String> {
+        val req = HttpRequest.newBuilder(URI.create(base + path))
             .header("Authorization", "Bearer ${token("kt-tests", "service")}")
             .GET().build()
         val resp = http.send(req, HttpResponse.BodyHandlers.ofString())
