@@ -347,6 +347,12 @@ class StreamsTest {
         assertFalse(gcUntilCleared(forgotten, 1_000), "a forgotten client is kept alive")
         close(forgotten)
         assertTrue(gcUntilCleared(forgotten, 10_000), "and freed once closed")
+        // shutdown() alone also breaks the cycle: the stopped client releases its listener,
+        // and the Cleaner frees the client with its last reference (no close()).
+        val shutDown = runBlocking { openOwnedClient(flows = false) }
+        assertFalse(gcUntilCleared(shutDown, 1_000), "kept alive while running")
+        runBlocking { shutDown.get()?.shutdown() }
+        assertTrue(gcUntilCleared(shutDown, 10_000), "freed after shutdown() without close()")
     }
 
     @Test
