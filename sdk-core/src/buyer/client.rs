@@ -1,5 +1,5 @@
 //! [`BuyerClient`]: the object a buyer app holds. It owns one background
-//! task that runs the connection manager with the buyer [`Core`] on top:
+//! task that runs the connection manager with the buyer `Core` on top:
 //! tracking state, chat rooms, the outbox and the local store. App calls
 //! become commands to that task (bounded queue), so all state changes and
 //! all listener calls happen on it, one at a time and in order.

@@ -819,7 +819,9 @@ async fn early_events_are_bounded_oldest_dropped_and_counted() {
     let first = Arc::new(Events::default());
     let _sub = d.watch_events(first.clone()).unwrap();
     let heard = first.0.lock().clone();
-    let expected: Vec<_> = (44..n).map(|count| DriverEvent::Evicted { count }).collect();
+    let expected: Vec<_> = (44..n)
+        .map(|count| DriverEvent::Evicted { count })
+        .collect();
     assert_eq!(heard, expected, "the newest are kept, oldest first");
     assert_eq!(d.early_events_dropped(), 44);
     // Once taken, nothing is kept any more for anybody.

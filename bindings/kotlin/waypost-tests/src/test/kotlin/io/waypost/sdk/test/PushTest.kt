@@ -101,7 +101,7 @@ class PushTest {
             buyer.shutdown()
             for (i in 1..3) vendor.sendMessage(room, "m$i")
             TestEnv.await("three more acknowledged") {
-                vendor.messages(room, 10u).count { it.seq != null && it.status == MessageStatus.SENT } >= 4
+                runBlocking { vendor.messages(room, 10u) }.count { it.seq != null && it.status == MessageStatus.SENT } >= 4
             }
             // RemoteMessage.data as FCM delivers it (every value a string).
             val data = mapOf("kind" to "message", "channel" to "chat:$room", "seq" to "4", "count" to "3")

@@ -17,6 +17,7 @@ import io.waypost.sdk.types.ChatEntry
 import io.waypost.sdk.types.ConnectionState
 import io.waypost.sdk.types.DriverEvent
 import io.waypost.sdk.types.LocationUpdate
+import io.waypost.sdk.LogLevel
 import io.waypost.sdk.types.RecordOutcome
 import java.lang.ref.WeakReference
 import java.util.concurrent.CopyOnWriteArrayList
@@ -346,6 +347,37 @@ class StreamsTest {
         assertFalse(gcUntilCleared(forgotten, 1_000), "a forgotten client is kept alive")
         close(forgotten)
         assertTrue(gcUntilCleared(forgotten, 10_000), "and freed once closed")
+        // shutdown() alone also breaks the cycle: the stopped client releases its listener,
+        // and the Cleaner frees the client with its last reference (no close()).
+        val shutDown = runBlocking { openOwnedClient(flows = false) }
+        assertFalse(gcUntilCleared(shutDown, 1_000), "kept alive while running")
+        runBlocking { shutDown.get()?.shutdown() }
+        assertTrue(gcUntilCleared(shutDown, 10_000), "freed after shutdown() without close()")
+    }
+
+    @Test
+    fun `a client released without shutdown is reported in the SDK's logs`() {
+        val logs = TestEnv.logs
+        val buyerId = TestEnv.uniqueId("b")
+        // A listener that does not reference the client: the Cleaner frees it with its last reference.
+        val forgotten = runBlocking {
+            val client = openBuyer(buyerId, listOf("tracking:d-leak"))
+            TestEnv.await("connected") { client.connectionState() is ConnectionState.Connected }
+            WeakReference(client)
+        }
+        assertTrue(gcUntilCleared(forgotten, 10_000), "a client without a cycle is collected even without close()")
+        TestEnv.await("the warning reaches the app's LogSink") {
+            logs.any { it.level == LogLevel.WARN && it.message.contains("user $buyerId was released without shutdown()") }
+        }
+        // A client shut down and closed as documented is not reported.
+        val tidyId = TestEnv.uniqueId("b")
+        runBlocking {
+            val client = openBuyer(tidyId, listOf("tracking:d-leak"))
+            client.shutdown()
+            client.close()
+        }
+        Thread.sleep(300)
+        assertTrue(logs.none { it.message.contains(tidyId) }, "${logs.filter { it.message.contains(tidyId) }}")
     }
 
     /** Foreign objects the native side still holds, per callback interface (reflection on the generated handle maps). */

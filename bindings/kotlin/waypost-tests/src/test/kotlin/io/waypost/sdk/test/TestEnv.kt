@@ -1,5 +1,8 @@
 package io.waypost.sdk.test
 
+import io.waypost.sdk.LogSink
+import io.waypost.sdk.initLogging
+import io.waypost.sdk.LogLevel
 import java.net.URI
 import java.net.http.HttpClient
 import java.net.http.HttpRequest
@@ -21,6 +24,30 @@ object TestEnv {
     private val bin: String = System.getenv("WAYPOST_BIN")
         ?: error("WAYPOST_BIN is not set: run scripts/test.d/40-bindings.sh")
     private val http: HttpClient = HttpClient.newHttpClient()
+
+    /** One SDK log line the tests' [LogSink] kept. */
+    data class LogLine(val level: LogLevel, val target: String, val message: String)
+
+    private val logLines = java.util.concurrent.ConcurrentLinkedQueue<LogLine>()
+
+    /**
+     * SDK warnings and errors of this JVM (newest 1,000), through the one
+     * `initLogging` a process may do; installed on first use.
+     */
+    val logs: List<LogLine> by lazy {
+        val installed = initLogging("warn", object : LogSink {
+            override fun log(level: LogLevel, target: String, message: String) {
+                logLines += LogLine(level, target, message)
+                while (logLines.size > 1_000) logLines.poll()
+            }
+        })
+        check(installed) { "another logger was installed first" }
+        object : AbstractList<LogLine>() {
+            override val size: Int get() = logLines.size
+            override fun get(index: Int): LogLine = logLines.toList()[index]
+            override fun iterator(): Iterator<LogLine> = logLines.toList().iterator()
+        }
+    }
 
     /** An id no other test (nor an earlier run against the same server) uses. */
     fun uniqueId(prefix: String): String = "$prefix-kt-${UUID.randomUUID().toString().take(8)}"
