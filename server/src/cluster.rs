@@ -56,11 +56,11 @@ pub trait NodeStats: Send + Sync + 'static {
 
 /// The reports in one Redis hash.
 pub struct RedisNodeStats {
-    conn: redis::aio::ConnectionManager,
+    conn: crate::engine::redis::RedisHandle,
 }
 
 impl RedisNodeStats {
-    pub fn new(conn: redis::aio::ConnectionManager) -> Self {
+    pub fn new(conn: crate::engine::redis::RedisHandle) -> Self {
         Self { conn }
     }
 }
@@ -207,6 +207,17 @@ mod tests {
         let conn = crate::engine::chat_redis::connect(&url, &Default::default())
             .await
             .expect("redis reachable");
+        reports_live_stale_and_forgotten(conn).await;
+    }
+
+    #[tokio::test]
+    async fn redis_cluster_reports_live_stale_and_forgotten() {
+        if let Some(conn) = crate::engine::redis::test_cluster().await {
+            reports_live_stale_and_forgotten(conn).await;
+        }
+    }
+
+    async fn reports_live_stale_and_forgotten(conn: crate::engine::redis::RedisHandle) {
         let stats = RedisNodeStats::new(conn.clone());
         // Other processes may report to a shared Redis: only ours count.
         let now = crate::now_ms();

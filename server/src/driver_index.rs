@@ -37,11 +37,11 @@ pub trait DriverIndex: Send + Sync + 'static {
 
 /// The index in Redis.
 pub struct RedisDriverIndex {
-    conn: redis::aio::ConnectionManager,
+    conn: crate::engine::redis::RedisHandle,
 }
 
 impl RedisDriverIndex {
-    pub fn new(conn: redis::aio::ConnectionManager) -> Self {
+    pub fn new(conn: crate::engine::redis::RedisHandle) -> Self {
         Self { conn }
     }
 }

@@ -48,6 +48,15 @@ struct Cli {
 enum EngineKind {
     Memory,
     Redis,
+    /// Redis Cluster: `--redis-url` lists seed nodes
+    /// (`redis://h1:p1,redis://h2:p2,...`); sharded pub/sub.
+    RedisCluster,
+}
+
+impl EngineKind {
+    fn is_redis(self) -> bool {
+        matches!(self, Self::Redis | Self::RedisCluster)
+    }
 }
 
 /// What fans out between processes.
@@ -142,7 +151,8 @@ struct ServeArgs {
         default_value = "nats://127.0.0.1:4222"
     )]
     nats_url: String,
-    /// Redis URL for `--engine redis`.
+    /// Redis URL for `--engine redis`; for `--engine redis-cluster`
+    /// comma-separated seed node URLs.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
     /// CA certificate (PEM) that signs the Redis server's certificate, for a
@@ -416,7 +426,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// engine is Redis (so it survives a restart), in memory otherwise.
 fn start_webhooks(
     args: &ServeArgs,
-    redis: Option<&redis::aio::ConnectionManager>,
+    redis: Option<&waypost_server::engine::redis::RedisHandle>,
     metrics: &Metrics,
 ) -> anyhow::Result<Option<Arc<Webhooks>>> {
     if args.webhook_urls.is_empty() {
@@ -542,6 +552,7 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
             addrs: args.redis_sentinel.clone(),
             master,
         }),
+        cluster: args.engine == EngineKind::RedisCluster,
         wait_replicas: args.redis_wait_replicas,
         wait_timeout: args.redis_wait_timeout,
         ..RedisOptions::default()
@@ -555,7 +566,7 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
     let config = EngineConfig {
         store: match args.engine {
             EngineKind::Memory => StoreConfig::Memory,
-            EngineKind::Redis => StoreConfig::Redis {
+            EngineKind::Redis | EngineKind::RedisCluster => StoreConfig::Redis {
                 url: args.redis_url.clone(),
                 opts: Box::new(redis_opts.clone()),
             },
@@ -584,14 +595,14 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
         })?;
     let (engine, stores) = (opened.engine, opened.stores);
     let store_conn = opened.redis.as_ref().map(chat_redis::store_conn);
-    if args.order_stream.is_some() && args.engine != EngineKind::Redis {
+    if args.order_stream.is_some() && !args.engine.is_redis() {
         anyhow::bail!("--order-stream needs --engine redis");
     }
     // Orders, webhooks and the order stream still take a plain connection
     // (set up like the engine's: TLS, the primary from Sentinel at connect).
     let redis_conn = match args.engine {
         EngineKind::Memory => None,
-        EngineKind::Redis => Some(
+        EngineKind::Redis | EngineKind::RedisCluster => Some(
             chat_redis::connect(&args.redis_url, &redis_opts)
                 .await
                 .with_context(redis_context)?,
@@ -676,13 +687,14 @@ async fn push_test(args: PushTestArgs) -> anyhow::Result<()> {
     init_logs(args.serve.log_format);
     let conn = match args.serve.engine {
         EngineKind::Memory => None,
-        EngineKind::Redis => {
+        EngineKind::Redis | EngineKind::RedisCluster => {
             let opts = RedisOptions {
                 tls: RedisTls {
                     ca: args.serve.redis_ca.clone(),
                     client_cert: args.serve.redis_client_cert.clone(),
                     client_key: args.serve.redis_client_key.clone(),
                 },
+                cluster: args.serve.engine == EngineKind::RedisCluster,
                 ..RedisOptions::default()
             };
             Some(

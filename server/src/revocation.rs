@@ -384,17 +384,27 @@ impl RevocationStore for MemoryRevocationStore {
     }
 }
 
-/// Revocations in Redis: one key per user or token, `waypost:revoked:…`,
-/// holding the JSON revocation and expiring with it.
+/// Revocations in Redis: one key per user or token, `waypost:revoked:…`
+/// (`waypost:{revoked}:…` on a Redis Cluster: one slot), holding the JSON
+/// revocation and expiring with it.
 pub struct RedisRevocationStore {
-    conn: redis::aio::ConnectionManager,
+    conn: crate::engine::redis::RedisHandle,
+    prefix: &'static str,
 }
 
 const REDIS_PREFIX: &str = "waypost:revoked:";
+/// On a Redis Cluster every revocation shares one hash tag, so `SCAN` on
+/// that slot's primary finds them all.
+const CLUSTER_PREFIX: &str = "waypost:{revoked}:";
 
 impl RedisRevocationStore {
-    pub fn new(conn: redis::aio::ConnectionManager) -> Self {
-        Self { conn }
+    pub fn new(conn: crate::engine::redis::RedisHandle) -> Self {
+        let prefix = if conn.is_cluster() {
+            CLUSTER_PREFIX
+        } else {
+            REDIS_PREFIX
+        };
+        Self { conn, prefix }
     }
 }
 
@@ -411,7 +421,7 @@ impl RevocationStore for RedisRevocationStore {
         let mut conn = self.conn.clone();
         let mut pipe = redis::pipe();
         if let Some(user) = &r.user {
-            let key = format!("{REDIS_PREFIX}user:{user}");
+            let key = format!("{}user:{user}", self.prefix);
             // Keep the later cut-off when two revocations race.
             let old: Option<String> = redis::cmd("GET")
                 .arg(&key)
@@ -431,7 +441,7 @@ impl RevocationStore for RedisRevocationStore {
             }
         }
         if let Some(jti) = &r.jti {
-            let key = format!("{REDIS_PREFIX}jti:{jti}");
+            let key = format!("{}jti:{jti}", self.prefix);
             pipe.cmd("SET")
                 .arg(&key)
                 .arg(&json)
@@ -447,13 +457,16 @@ impl RevocationStore for RedisRevocationStore {
         let mut cursor: u64 = 0;
         let mut keys: Vec<String> = Vec::new();
         loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            let scan = redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
-                .arg(format!("{REDIS_PREFIX}*"))
+                .arg(format!("{}*", self.prefix))
                 .arg("COUNT")
                 .arg(1000)
-                .query_async(&mut conn)
+                .to_owned();
+            // On a cluster: on the primary of the revocations' slot.
+            let (next, batch): (u64, Vec<String>) = conn
+                .query_on_slot_of(self.prefix, &scan)
                 .await
                 .map_err(redis_err)?;
             keys.extend(batch);
@@ -577,5 +590,43 @@ mod tests {
             2
         ));
         assert!(!r.is_revoked(&token("x", None, Some("t-0")), 2));
+    }
+
+    /// A user revocation and a token revocation saved together come back
+    /// from `load`, on one Redis and on a Redis Cluster (one slot for all).
+    async fn redis_store_round_trip(store: RedisRevocationStore) {
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        let r = Revocation {
+            user: Some(format!("u-{tag}")),
+            jti: Some(format!("t-{tag}")),
+            before_s: crate::now_s(),
+            until_s: crate::now_s() + 60,
+        };
+        store.save(&r).await.unwrap();
+        let loaded = store.load().await.unwrap();
+        let mine = loaded
+            .iter()
+            .filter(|l| l.user == r.user || l.jti == r.jti)
+            .count();
+        assert_eq!(mine, 2, "user key and jti key: {loaded:?}");
+    }
+
+    #[tokio::test]
+    async fn redis_revocations_round_trip() {
+        let Ok(url) = std::env::var("WAYPOST_TEST_REDIS_URL") else {
+            eprintln!("skipped: WAYPOST_TEST_REDIS_URL is not set (scripts/test sets it)");
+            return;
+        };
+        let conn = crate::engine::chat_redis::connect(&url, &Default::default())
+            .await
+            .expect("redis reachable");
+        redis_store_round_trip(RedisRevocationStore::new(conn)).await;
+    }
+
+    #[tokio::test]
+    async fn redis_cluster_revocations_round_trip() {
+        if let Some(conn) = crate::engine::redis::test_cluster().await {
+            redis_store_round_trip(RedisRevocationStore::new(conn)).await;
+        }
     }
 }

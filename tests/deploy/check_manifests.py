@@ -125,7 +125,8 @@ def main() -> int:
         check(services.get(name, {}).get("init") is True, f"{name} needs init: true for SIGTERM")
     check("redis" in services, "compose has no redis")
     # The other compose examples: every Waypost variable they set is read.
-    for extra in ("deploy/compose.sentinel.yaml", "deploy/compose.nats.yaml"):
+    for extra in ("deploy/compose.sentinel.yaml", "deploy/compose.nats.yaml",
+                  "deploy/compose.cluster.yaml"):
         other = yaml.safe_load((root / extra).read_text())
         for name, svc in other["services"].items():
             if not name.startswith("waypost"):
@@ -136,6 +137,11 @@ def main() -> int:
     check("nats" in nats, "compose.nats.yaml has no nats service")
     check(nats.get("waypost-1", {}).get("environment", {}).get("WAYPOST_BUS") == "nats",
           "compose.nats.yaml: waypost-1 must use WAYPOST_BUS=nats")
+    cluster = yaml.safe_load((root / "deploy/compose.cluster.yaml").read_text())["services"]
+    check(sum(1 for n in cluster if n.startswith("redis-") and n[6:].isdigit()) == 6,
+          "compose.cluster.yaml: 6 redis nodes (3 primaries, 3 replicas)")
+    check(cluster.get("waypost-1", {}).get("environment", {}).get("WAYPOST_ENGINE") == "redis-cluster",
+          "compose.cluster.yaml: waypost-1 must use WAYPOST_ENGINE=redis-cluster")
     vols = services.get("nginx", {}).get("volumes", [])
     check(any(v.startswith("./nginx.conf:/etc/nginx/nginx.conf") for v in vols), "nginx mounts nginx.conf")
 

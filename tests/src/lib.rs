@@ -6,6 +6,7 @@
 //! prints the tail of the server's log.
 
 pub mod chat;
+pub mod cluster;
 pub mod driver;
 pub mod proxy;
 pub mod push;
@@ -35,6 +36,8 @@ pub const DEV_SECRET: &str = "dev-secret";
 pub enum EngineChoice {
     Memory,
     Redis(String),
+    /// `--engine redis-cluster` with these seed URLs (comma-separated).
+    RedisCluster(String),
 }
 
 impl EngineChoice {
@@ -42,6 +45,7 @@ impl EngineChoice {
         match self {
             EngineChoice::Memory => "memory",
             EngineChoice::Redis(_) => "redis",
+            EngineChoice::RedisCluster(_) => "redis-cluster",
         }
     }
 }
@@ -163,7 +167,7 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))
             .kill_on_drop(true);
-        if let EngineChoice::Redis(url) = &options.engine {
+        if let EngineChoice::Redis(url) | EngineChoice::RedisCluster(url) = &options.engine {
             cmd.arg("--redis-url").arg(url);
         }
         cmd.args(&options.args);
@@ -182,8 +186,17 @@ impl Server {
         .map_err(|_| anyhow!("server did not start within 30 s"))
         .and_then(|r| r)
         .with_context(|| format!("server log:\n{}", tail(&log)))?;
-        // Keep draining stdout so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        // Keep draining stdout so the child never blocks on a full pipe;
+        // the logs (tracing writes to stdout) go to the log file too.
+        let mut log_out = std::fs::OpenOptions::new().append(true).open(&log).ok();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(f) = log_out.as_mut() {
+                    use std::io::Write;
+                    let _ = writeln!(f, "{line}");
+                }
+            }
+        });
         Ok(Self {
             child: Some(child),
             addr,
@@ -302,41 +315,53 @@ impl RedisServer {
     /// Starts redis-server on `port` (plain TCP, used for the readiness
     /// check) with `extra` arguments (e.g. a `--tls-port`).
     pub async fn start_with_args(port: u16, extra: Vec<String>) -> Result<Self> {
-        let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
         // Unique per start: `restart` drops the old handle (removing its
         // directory) after the new process runs, and a replica needs its
         // directory for the sync file.
         let dir =
             std::env::temp_dir().join(format!("waypost-redis-{port}-{}", rand::random::<u32>()));
         std::fs::create_dir_all(&dir)?;
-        let child = Command::new(&bin)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        Self::start_in(port, dir, extra).await
+    }
+
+    /// Starts redis-server on `port` with its data in `dir` (kept: a
+    /// cluster node restarted in the same directory rejoins as what its
+    /// `nodes.conf` says).
+    pub async fn start_in(port: u16, dir: PathBuf, extra: Vec<String>) -> Result<Self> {
+        let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&dir)
-            .args(&extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("spawning {bin} (install redis-server)"))?;
-        let me = Self {
+            .args(&extra);
+        let child = spawn_until_ready(cmd, &format!("{bin} on port {port}"), || redis_ping(port))
+            .await
+            .context("install redis-server")?;
+        Ok(Self {
             child: Some(child),
             port,
             dir,
             extra,
-        };
-        for _ in 0..100 {
-            if redis_ping(port).await {
-                return Ok(me);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        bail!("redis-server on port {port} did not answer")
+        })
+    }
+
+    /// Kills and starts again on the same port with the same data
+    /// directory.
+    pub async fn restart_in_place(&mut self) -> Result<()> {
+        self.kill().await?;
+        let dir = std::mem::take(&mut self.dir);
+        *self = Self::start_in(self.port, dir, self.extra.clone()).await?;
+        Ok(())
     }
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Whether the process was started and not killed since.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     pub async fn kill(&mut self) -> Result<()> {
@@ -365,7 +390,29 @@ impl Drop for RedisServer {
     }
 }
 
-async fn redis_ping(port: u16) -> bool {
+/// Spawns `cmd` (output discarded, killed on drop) and polls `ready` every
+/// 50 ms for up to 5 s: the one way every test server is started.
+pub async fn spawn_until_ready<F, Fut>(mut cmd: Command, what: &str, ready: F) -> Result<Child>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("spawning {what}"))?;
+    for _ in 0..100 {
+        if ready().await {
+            return Ok(child);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("{what} did not answer within 5 s")
+}
+
+pub(crate) async fn redis_ping(port: u16) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
         return false;
@@ -405,24 +452,15 @@ impl NatsServer {
 
     pub async fn start_on(port: u16) -> Result<Self> {
         let bin = Self::bin();
-        let child = Command::new(&bin)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("spawning {bin} (install nats-server)"))?;
-        let me = Self {
+        let mut cmd = Command::new(&bin);
+        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
+        let child = spawn_until_ready(cmd, &format!("{bin} on port {port}"), || nats_info(port))
+            .await
+            .context("install nats-server")?;
+        Ok(Self {
             child: Some(child),
             port,
-        };
-        for _ in 0..100 {
-            if nats_info(port).await {
-                return Ok(me);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        bail!("nats-server on port {port} did not answer")
+        })
     }
 
     pub fn url(&self) -> String {

@@ -57,6 +57,12 @@ impl StoreConn {
         Ok(Self::new(Arc::new(cmd), &opts.key_prefix))
     }
 
+    /// Whether this is a Redis Cluster connection (scripts then touch one
+    /// slot each).
+    pub(crate) fn is_cluster(&self) -> bool {
+        self.cmd.conn().is_cluster()
+    }
+
     /// `<prefix>:<kind>:{<id>}<suffix>`.
     pub(crate) fn key(&self, kind: &str, id: &str, suffix: &str) -> String {
         format!("{}:{kind}:{{{id}}}{suffix}", self.prefix)
@@ -81,13 +87,19 @@ impl StoreConn {
 
     /// [`StoreConn::invoke`] for a write the caller acknowledges (waits for
     /// replicas when configured).
+    /// `id` is the hash tag of the keys the script writes (on a cluster
+    /// `WAIT` goes to their slot's primary).
     async fn invoke_acked<T: FromRedisValue>(
         &self,
+        id: &str,
         inv: &ScriptInvocation<'_>,
     ) -> Result<T, EngineError> {
         let mut conn = self.cmd.conn();
         let same = conn.clone();
-        self.cmd.run_acked(same, inv.invoke_async(&mut conn)).await
+        let slot_key = format!("{{{id}}}");
+        self.cmd
+            .run_acked(same, &slot_key, inv.invoke_async(&mut conn))
+            .await
     }
 }
 
@@ -115,7 +127,7 @@ pub fn store_conn(redis: &RedisConn) -> StoreConn {
 pub async fn connect(
     url: &str,
     opts: &RedisOptions,
-) -> Result<redis::aio::ConnectionManager, EngineError> {
+) -> Result<super::redis::RedisHandle, EngineError> {
     super::redis::connection_manager(url, opts).await
 }
 
@@ -255,6 +267,7 @@ impl ChatStore for RedisChatStore {
         let (fresh, stored): (u8, String) = self
             .conn
             .invoke_acked(
+                &room,
                 self.append
                     .key(k_seq)
                     .key(k_log)
@@ -548,6 +561,7 @@ impl NotificationStore for RedisNotificationStore {
         let stored: String = self
             .conn
             .invoke_acked(
+                vendor,
                 self.append
                     .key(k_seq)
                     .key(k_log)
@@ -583,4 +597,22 @@ mod tests {
         assert_eq!(format!("{h}12{t}"), r#"{"seq":12,"event":"x"}"#);
         assert!(split_at_seq(r#"{"event":"x","seq":0}"#, "{\"seq\":").is_err());
     }
+}
+
+/// [`test_cluster`] as the stores' handle, with a fresh key prefix.
+#[cfg(test)]
+pub(crate) async fn test_cluster_store() -> Option<StoreConn> {
+    let url = std::env::var("WAYPOST_TEST_REDIS_CLUSTER_URL")
+        .ok()
+        .filter(|u| !u.is_empty())?;
+    let opts = super::redis::RedisOptions {
+        cluster: true,
+        key_prefix: format!("wpt{}", uuid::Uuid::new_v4().simple()),
+        ..super::redis::RedisOptions::default()
+    };
+    Some(
+        StoreConn::connect(&url, &opts)
+            .await
+            .expect("cluster reachable"),
+    )
 }

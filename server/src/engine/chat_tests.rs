@@ -367,3 +367,31 @@ async fn redis_chat_conformance() {
     presence_per_device_with_expiry(&RedisPresenceStore::new(conn.clone(), &l)).await;
     notifications_sequenced_and_bounded(&RedisNotificationStore::new(conn, &l)).await;
 }
+
+/// The chat, presence and notification stores on a Redis Cluster (seed URLs
+/// in `WAYPOST_TEST_REDIS_CLUSTER_URL`): every script touches one room's or
+/// vendor's slot.
+#[tokio::test]
+async fn redis_cluster_chat_conformance() {
+    let Ok(url) = std::env::var("WAYPOST_TEST_REDIS_CLUSTER_URL") else {
+        eprintln!("skipped: WAYPOST_TEST_REDIS_CLUSTER_URL is not set");
+        return;
+    };
+    let l = small_limits();
+    let opts = super::redis::RedisOptions {
+        key_prefix: format!("wpt{}", uuid::Uuid::new_v4().simple()),
+        cluster: true,
+        ..Default::default()
+    };
+    let conn = chat_redis::StoreConn::connect(&url, &opts)
+        .await
+        .expect("cluster reachable");
+    let chat: Arc<dyn ChatStore> = Arc::new(RedisChatStore::new(conn.clone(), &l));
+    seqs_are_gap_free_and_idempotent(chat.as_ref()).await;
+    concurrent_appends_get_distinct_consecutive_seqs(Arc::clone(&chat)).await;
+    history_is_bounded_and_reports_gaps(chat.as_ref()).await;
+    receipts_are_monotonic_clamped_and_bounded(chat.as_ref()).await;
+    amendments_and_attachments_are_stored(chat.as_ref()).await;
+    presence_per_device_with_expiry(&RedisPresenceStore::new(conn.clone(), &l)).await;
+    notifications_sequenced_and_bounded(&RedisNotificationStore::new(conn, &l)).await;
+}

@@ -228,6 +228,15 @@ impl Engine {
             let frame = Frame::location(driver_id, fix, at.origin_us);
             self.publish(&Channel::tracking(driver_id), frame).await?;
             outcome.published = true;
+        } else if outcome.accepted == 0 && outcome.duplicates > 0 && at.publish_live {
+            // A resent batch: its first attempt may have been stored but
+            // answered with an error before (or without) its live frame
+            // (`--redis-wait-replicas` not met during a failover). The
+            // latest position goes out again; receivers drop a seq they have.
+            if let Some(l) = self.tracking.latest(driver_id, at.now_ms).await? {
+                let frame = Frame::location(driver_id, &l.fix, at.origin_us);
+                self.publish(&Channel::tracking(driver_id), frame).await?;
+            }
         }
         Ok(outcome)
     }

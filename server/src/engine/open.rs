@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use super::chat::ChatStores;
 use super::nats::{NatsBus, NatsOptions};
+use super::redis::cluster_pubsub::ClusterBus;
 use super::redis::{RedisBus, RedisTrackingStore};
 use super::redis::{RedisConn, RedisOptions};
-use super::{Engine, EngineError};
+use super::{Bus, Engine, EngineError};
 use crate::config::Limits;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -88,8 +89,13 @@ pub async fn open(
             let bus = NatsBus::connect(nats_url, nats.clone(), &conn, hub).await?;
             // The script cannot publish on NATS: the engine publishes after it.
             let tracking = RedisTrackingStore::new(conn.clone(), limits.clone(), false);
+            let name = if opts.cluster {
+                "nats+redis-cluster"
+            } else {
+                "nats+redis"
+            };
             Ok(Opened {
-                engine: Engine::new("nats+redis", Arc::new(bus), Arc::new(tracking)),
+                engine: Engine::new(name, Arc::new(bus), Arc::new(tracking)),
                 stores: Some(super::chat_redis::stores(&conn, limits)),
                 redis: Some(conn),
             })
@@ -101,7 +107,8 @@ pub async fn open(
 }
 
 /// Redis stores and the Redis pub/sub bus on one connection setup (the
-/// tracking store publishes from its ingest script).
+/// tracking store publishes from its ingest script); on a cluster
+/// (`opts.cluster`) the sharded pub/sub bus.
 pub async fn redis(
     url: &str,
     hub: Arc<Hub>,
@@ -119,11 +126,18 @@ pub async fn redis_on(
     limits: Limits,
     metrics: Metrics,
 ) -> Result<(Engine, ChatStores), EngineError> {
-    let bus = RedisBus::start(conn.clone(), hub, metrics).await?;
+    let (bus, name): (Arc<dyn Bus>, _) = if conn.opts.cluster {
+        (
+            Arc::new(ClusterBus::start(conn.clone(), hub, metrics).await?),
+            "redis-cluster",
+        )
+    } else {
+        (
+            Arc::new(RedisBus::start(conn.clone(), hub, metrics).await?),
+            "redis",
+        )
+    };
     let tracking = RedisTrackingStore::new(conn.clone(), limits.clone(), true);
     let stores = super::chat_redis::stores(&conn, &limits);
-    Ok((
-        Engine::new("redis", Arc::new(bus), Arc::new(tracking)),
-        stores,
-    ))
+    Ok((Engine::new(name, bus, Arc::new(tracking)), stores))
 }

@@ -37,7 +37,10 @@
 //! default window of 4,096 seqs.
 
 mod call;
+pub mod cluster_pubsub;
 mod commands;
+mod handle;
+mod keys;
 mod options;
 mod pubsub;
 mod setup;
@@ -45,6 +48,8 @@ mod target;
 mod watchers;
 
 pub(crate) use commands::Commands;
+pub use handle::{key_slot, RedisHandle};
+pub(crate) use keys::Keys;
 pub use options::{RedisOptions, RedisTls, SentinelConfig};
 pub(crate) use setup::{commands, connection_manager};
 pub use target::client;
@@ -73,37 +78,6 @@ const MAX_DEVICES_PER_DRIVER: usize = 8;
 const REQUEST_QUEUE: usize = 4096;
 
 const WATCH_PRELUDE: &str = include_str!("redis/watch_sum.lua");
-
-/// Key and channel names.
-#[derive(Debug, Clone)]
-pub(crate) struct Keys {
-    prefix: String,
-}
-
-impl Keys {
-    fn driver(&self, driver_id: &str, part: &str) -> String {
-        format!("{}:{{{driver_id}}}:{part}", self.prefix)
-    }
-    fn channel_prefix(&self) -> String {
-        // `ch2`: payloads are frame envelopes (issue 16); versions that
-        // published bare frames (on `ch`) never see them, and mixed
-        // processes during a rolling update stay apart instead of
-        // forwarding payloads they cannot read.
-        format!("{}:ch2:", self.prefix)
-    }
-    pub(crate) fn watchers_prefix(&self) -> String {
-        format!("{}:watchers:", self.prefix)
-    }
-    pub(crate) fn watchers(&self, channel: &Channel) -> String {
-        format!("{}{channel}", self.watchers_prefix())
-    }
-    fn channel(&self, channel: &Channel) -> String {
-        format!("{}{channel}", self.channel_prefix())
-    }
-    fn probe(&self, instance: &str) -> String {
-        format!("{}:probe:{instance}", self.prefix)
-    }
-}
 
 /// The same JSON as [`StoredFix`], without copying the fix. `received_ms`
 /// comes first so that trail members with the same seq (possible only after
@@ -139,6 +113,7 @@ impl RedisConn {
             cmd: Arc::new(cmd),
             keys: Keys {
                 prefix: opts.key_prefix.clone(),
+                cluster: opts.cluster,
             },
             instance: uuid::Uuid::new_v4().simple().to_string().into(),
             opts,
@@ -161,7 +136,7 @@ impl RedisConn {
         WatcherCounts::start(
             Arc::clone(&self.cmd),
             self.instance.to_string(),
-            self.keys.watchers_prefix(),
+            self.keys.clone(),
             self.opts.clone(),
             hub,
         )
@@ -251,7 +226,13 @@ impl TrackingStore for RedisTrackingStore {
             .arg(candidate.map_or(0, |(i, _)| i + 1))
             .arg(candidate.map_or_else(String::new, |(_, f)| {
                 Frame::location(driver_id, f, at.origin_us).to_envelope()
-            }));
+            }))
+            // Sharded pub/sub on a cluster (the channel shares the driver's slot).
+            .arg(if self.conn.keys.cluster {
+                "SPUBLISH"
+            } else {
+                "PUBLISH"
+            });
         for fix in fixes {
             let stored = StoredFixRef {
                 received_ms: now_ms,
@@ -264,6 +245,7 @@ impl TrackingStore for RedisTrackingStore {
         }
         let mut conn = self.conn.cmd.conn();
         let same = conn.clone();
+        let slot_key = self.conn.keys.driver(driver_id, "latest");
         let (accepted, latest_index, watchers, published, had_previous, previous_ts): (
             u32,
             usize,
@@ -274,7 +256,7 @@ impl TrackingStore for RedisTrackingStore {
         ) = self
             .conn
             .cmd
-            .run_acked(same, inv.invoke_async(&mut conn))
+            .run_acked(same, &slot_key, inv.invoke_async(&mut conn))
             .await?;
         let new_latest = latest_index
             .checked_sub(1)
@@ -454,4 +436,26 @@ impl Bus for RedisBus {
         super::tasks::stop_tasks(tasks, self.conn.opts.op_timeout * 3, "redis bus").await;
         self.watchers.shutdown().await;
     }
+}
+
+/// The Redis Cluster of the tests (`WAYPOST_TEST_REDIS_CLUSTER_URL`, seed
+/// URLs), `None` (the caller says it skips) when unset.
+#[cfg(test)]
+pub(crate) async fn test_cluster() -> Option<RedisHandle> {
+    let Some(url) = std::env::var("WAYPOST_TEST_REDIS_CLUSTER_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        eprintln!("skipped: WAYPOST_TEST_REDIS_CLUSTER_URL is not set (scripts/test sets it)");
+        return None;
+    };
+    let opts = RedisOptions {
+        cluster: true,
+        ..RedisOptions::default()
+    };
+    Some(
+        connection_manager(&url, &opts)
+            .await
+            .expect("cluster reachable"),
+    )
 }

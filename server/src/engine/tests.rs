@@ -181,11 +181,17 @@ pub(crate) async fn engine_publishes_new_latest_once(engine: &Engine, hub: &Hub)
         got.contains(r#""type":"location""#) && got.contains(r#""seq":2"#),
         "{got}"
     );
-    // A duplicate batch publishes nothing; the next fix is the next frame.
-    engine
+    // A resent batch stores nothing and publishes the latest position
+    // again (its first attempt may have been stored without its frame:
+    // `WAIT` not met); receivers drop a seq they have. The next fix is
+    // the next new frame.
+    let again = engine
         .ingest(&d, "dev", &[fix(1, NOW), fix(2, NOW + 1)], NOW.into())
         .await
         .unwrap();
+    assert_eq!((again.accepted, again.duplicates), (0, 2));
+    let repeat = recv_within(&mut rx, "repeated location").await;
+    assert!(repeat.contains(r#""seq":2"#), "{repeat}");
     engine
         .ingest(&d, "dev", &[fix(3, NOW + 2)], NOW.into())
         .await
@@ -1056,7 +1062,7 @@ mod redis_engine {
     }
 }
 
-mod nats_bus {
+pub(crate) mod nats_bus {
     //! The NATS bus against a real `nats-server` (started here on a free
     //! port; `$NATS_SERVER_BIN`, else from PATH or /usr/sbin) with watcher
     //! counts in the Redis at `WAYPOST_TEST_REDIS_URL`: the bus conformance
@@ -1280,5 +1286,204 @@ mod nats_bus {
             got = recv_within(&mut rx, "after").await;
         }
         bus.shutdown().await;
+    }
+}
+
+mod redis_cluster_engine {
+    //! The Redis Cluster engine against a real cluster (3 primaries, 3
+    //! replicas; `scripts/lib.sh start_redis_cluster` or the tests crate
+    //! start one) whose seed URLs are in `WAYPOST_TEST_REDIS_CLUSTER_URL`
+    //! (`redis://h:p1,redis://h:p2,...`): the tracking store, bus and engine
+    //! conformance suites, two processes sharing fan-out and watcher counts
+    //! over sharded pub/sub, and the NATS bus with the stores on the cluster.
+
+    use std::time::Duration;
+
+    use super::*;
+    use crate::engine::nats::NatsOptions;
+    use crate::engine::redis::cluster_pubsub::ClusterBus;
+    use crate::engine::redis::{RedisConn, RedisOptions, RedisTrackingStore};
+
+    fn url() -> Option<String> {
+        let url = std::env::var("WAYPOST_TEST_REDIS_CLUSTER_URL").ok()?;
+        (!url.is_empty()).then_some(url)
+    }
+
+    pub(crate) fn opts() -> RedisOptions {
+        RedisOptions {
+            cluster: true,
+            watcher_scan: Duration::from_millis(100),
+            ..RedisOptions::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn cluster_conformance() {
+        let Some(url) = url() else {
+            eprintln!("skipping cluster_conformance: WAYPOST_TEST_REDIS_CLUSTER_URL is not set");
+            return;
+        };
+        let hub = Arc::new(Hub::new(Metrics::new()));
+        let conn = RedisConn::connect(&url, opts()).await.unwrap();
+        let store = RedisTrackingStore::new(conn.clone(), Limits::default(), false);
+        store.ready().await.expect("every slot is covered");
+        tracking_store_conformance(&store).await;
+        let bounded = RedisTrackingStore::new(conn.clone(), bounded_limits(), false);
+        windows_and_trail_are_bounded(&bounded).await;
+
+        let bus = Arc::new(
+            ClusterBus::start(conn.clone(), Arc::clone(&hub), Metrics::new())
+                .await
+                .unwrap(),
+        );
+        bus.ready().await.unwrap();
+        bus_conformance(bus.as_ref(), &hub).await;
+        // The store SPUBLISHing from its script, and the engine publishing
+        // after a store that does not.
+        for live_publish in [true, false] {
+            let store = RedisTrackingStore::new(conn.clone(), Limits::default(), live_publish);
+            let e = Engine::new("redis-cluster", bus.clone(), Arc::new(store));
+            engine_publishes_new_latest_once(&e, &hub).await;
+        }
+        // Many channels spread over every primary: each one delivers.
+        let mut rxs = Vec::new();
+        for i in 0..60 {
+            let ch = Channel::tracking(unique(&format!("spread{i}")));
+            let (h, rx) = connection(hub.next_conn_id(), 8);
+            hub.add(&ch, h);
+            bus.sync_subscription(&ch).await.unwrap();
+            rxs.push((ch, rx));
+        }
+        for (ch, _) in &rxs {
+            bus.publish(ch, format!("to {ch}").as_str().into())
+                .await
+                .unwrap();
+        }
+        for (ch, rx) in &mut rxs {
+            assert_eq!(recv_within(rx, "spread").await, format!("to {ch}"));
+        }
+        assert_eq!(*bus.resubscribed().borrow(), 0, "nothing moved");
+        bus.shutdown().await;
+        bus.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn cluster_two_processes_share_fanout_and_watchers() {
+        let Some(url) = url() else {
+            eprintln!("skipping cluster_two_processes: WAYPOST_TEST_REDIS_CLUSTER_URL is not set");
+            return;
+        };
+        let (hub_a, hub_b) = (
+            Arc::new(Hub::new(Metrics::new())),
+            Arc::new(Hub::new(Metrics::new())),
+        );
+        let conn_a = RedisConn::connect(&url, opts()).await.unwrap();
+        let conn_b = RedisConn::connect(&url, opts()).await.unwrap();
+        let a = ClusterBus::start(conn_a.clone(), Arc::clone(&hub_a), Metrics::new())
+            .await
+            .unwrap();
+        let b = ClusterBus::start(conn_b, Arc::clone(&hub_b), Metrics::new())
+            .await
+            .unwrap();
+        for ch in [Channel::chat(unique("r")), Channel::tracking(unique("d"))] {
+            let (ha, mut ra) = connection(hub_a.next_conn_id(), 8);
+            let (ha2, mut ra2) = connection(hub_a.next_conn_id(), 8);
+            let (hb, mut rb) = connection(hub_b.next_conn_id(), 8);
+            hub_a.add(&ch, ha.clone());
+            a.sync_subscription(&ch).await.unwrap();
+            hub_a.add(&ch, ha2.clone());
+            a.sync_subscription(&ch).await.unwrap();
+            hub_b.add(&ch, hb.clone());
+            b.sync_subscription(&ch).await.unwrap();
+            assert_eq!(a.watchers(&ch).await.unwrap(), 3);
+            b.publish(&ch, "from-b".into()).await.unwrap();
+            for rx in [&mut ra, &mut ra2, &mut rb] {
+                assert_eq!(recv_within(rx, "from-b").await, "from-b");
+            }
+            // Exactly once per local subscriber (one sharded subscription
+            // per channel per process).
+            a.publish(&ch, "from-a".into()).await.unwrap();
+            assert_eq!(recv_within(&mut ra, "from-a").await, "from-a");
+            assert_eq!(recv_within(&mut rb, "from-a").await, "from-a");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert!(ra.try_frame().is_none(), "delivered twice");
+            // The ingest script publishes from the driver's slot.
+            if ch.kind == waypost_protocol::ChannelKind::Tracking {
+                let store = RedisTrackingStore::new(conn_a.clone(), Limits::default(), true);
+                let out = store
+                    .ingest(&ch.id, "dev", &[fix(1, NOW)], NOW.into())
+                    .await
+                    .unwrap();
+                assert!(out.published);
+                assert_eq!(out.watchers, 3);
+                let got = recv_within(&mut rb, "live fix").await;
+                assert!(got.contains("\"location\""), "{got}");
+            }
+        }
+        a.shutdown().await;
+        b.shutdown().await;
+    }
+
+    /// `--bus nats` with the stores (and watcher counts) on the cluster.
+    #[tokio::test]
+    async fn nats_bus_with_cluster_stores() {
+        let Some(url) = url() else {
+            eprintln!(
+                "skipping nats_bus_with_cluster_stores: WAYPOST_TEST_REDIS_CLUSTER_URL is not set"
+            );
+            return;
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let Some(nats) = super::nats_bus::OwnNats::start(port).await else {
+            eprintln!("skipping nats_bus_with_cluster_stores: no nats-server");
+            return;
+        };
+        let hub = Arc::new(Hub::new(Metrics::new()));
+        let config = crate::engine::open::EngineConfig {
+            store: crate::engine::open::StoreConfig::Redis {
+                url,
+                opts: Box::new(opts()),
+            },
+            bus: crate::engine::open::BusConfig::Nats {
+                url: nats.url(),
+                opts: NatsOptions::default(),
+            },
+        };
+        let opened = crate::engine::open::open(
+            &config,
+            Arc::clone(&hub),
+            &Limits::default(),
+            &Metrics::new(),
+        )
+        .await
+        .unwrap();
+        let e = opened.engine;
+        assert_eq!(e.name(), "nats+redis-cluster");
+        e.ready().await.unwrap();
+        tracking_store_conformance(e.tracking.as_ref()).await;
+        bus_conformance(e.bus.as_ref(), &hub).await;
+        engine_publishes_new_latest_once(&e, &hub).await;
+        let stores = opened.stores.expect("stores on the cluster");
+        let sent = stores
+            .chat
+            .append(crate::engine::chat::NewMessage {
+                room: unique("room"),
+                from: "u1".into(),
+                client_id: "c1".into(),
+                body: "hi".into(),
+                ts: NOW,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(
+            matches!(sent, crate::engine::chat::Appended::New(ref m) if m.seq == 1),
+            "{sent:?}"
+        );
+        e.shutdown().await;
     }
 }

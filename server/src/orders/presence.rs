@@ -11,9 +11,9 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use crate::engine::redis::RedisHandle;
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use redis::aio::ConnectionManager;
 
 use crate::engine::EngineError;
 use crate::webhooks::WebhookEvent;
@@ -116,17 +116,29 @@ impl DriverPresence for MemoryDriverPresence {
 
 const KEY: &str = "wp:drivers-online";
 const DARK_KEY: &str = "wp:drivers-dark";
+/// On a Redis Cluster the two sets share a hash tag: the scripts touch both.
+const CLUSTER_KEY: &str = "wp:{drivers}:online";
+const CLUSTER_DARK_KEY: &str = "wp:{drivers}:dark";
 
 pub struct RedisDriverPresence {
-    conn: ConnectionManager,
+    conn: RedisHandle,
+    key: &'static str,
+    dark_key: &'static str,
     seen: redis::Script,
     expire_one: redis::Script,
 }
 
 impl RedisDriverPresence {
-    pub fn new(conn: ConnectionManager) -> Self {
+    pub fn new(conn: RedisHandle) -> Self {
+        let (key, dark_key) = if conn.is_cluster() {
+            (CLUSTER_KEY, CLUSTER_DARK_KEY)
+        } else {
+            (KEY, DARK_KEY)
+        };
         Self {
             conn,
+            key,
+            dark_key,
             // {0}: online already (GT: never moves a newer last-seen
             // back); {1}: new; {2, t}: back from dark, last seen at t.
             seen: redis::Script::new(
@@ -162,8 +174,8 @@ impl DriverPresence for RedisDriverPresence {
     async fn seen(&self, driver: &str, now_ms: i64) -> Result<Seen, EngineError> {
         let r: Vec<i64> = self
             .seen
-            .key(KEY)
-            .key(DARK_KEY)
+            .key(self.key)
+            .key(self.dark_key)
             .arg(driver)
             .arg(now_ms)
             .arg(DARK_RETAIN_MS)
@@ -183,7 +195,7 @@ impl DriverPresence for RedisDriverPresence {
         limit: usize,
     ) -> Result<Vec<(String, i64)>, EngineError> {
         let candidates: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-            .arg(KEY)
+            .arg(self.key)
             .arg("-inf")
             .arg(cutoff_ms)
             .arg("LIMIT")
@@ -196,8 +208,8 @@ impl DriverPresence for RedisDriverPresence {
         for d in candidates {
             let r: Vec<i64> = self
                 .expire_one
-                .key(KEY)
-                .key(DARK_KEY)
+                .key(self.key)
+                .key(self.dark_key)
                 .arg(&d)
                 .arg(cutoff_ms)
                 .arg(DARK_RETAIN_MS)
@@ -285,5 +297,12 @@ mod tests {
             .await
             .expect("redis");
         conformance(&RedisDriverPresence::new(conn)).await;
+    }
+
+    #[tokio::test]
+    async fn redis_cluster_presence() {
+        if let Some(conn) = crate::engine::redis::test_cluster().await {
+            conformance(&RedisDriverPresence::new(conn)).await;
+        }
     }
 }

@@ -15,8 +15,8 @@
 //! added, bounded) carries the driver's tag, so it is written after the
 //! order's commit, not inside it (see `Orders::sync_index`).
 
+use crate::engine::redis::RedisHandle;
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use redis::Script;
 use waypost_protocol::TimelineEntry;
 
@@ -90,7 +90,7 @@ return 1
 "#;
 
 pub struct RedisOrderStore {
-    conn: ConnectionManager,
+    conn: RedisHandle,
     load: Script,
     commit: Script,
     read: Script,
@@ -99,7 +99,7 @@ pub struct RedisOrderStore {
 }
 
 impl RedisOrderStore {
-    pub fn new(conn: ConnectionManager, limits: OrderLimits) -> Self {
+    pub fn new(conn: RedisHandle, limits: OrderLimits) -> Self {
         Self {
             conn,
             load: Script::new(LOAD),

@@ -31,8 +31,8 @@
 
 use std::time::Duration;
 
+use crate::engine::redis::RedisHandle;
 use prometheus::{IntCounterVec, Opts, Registry};
-use redis::aio::ConnectionManager;
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, Value};
 use tokio_util::sync::CancellationToken;
@@ -103,7 +103,7 @@ fn redis_err(e: redis::RedisError) -> EngineError {
 
 /// Creates the consumer group at the start of the stream (and the stream)
 /// unless it exists.
-pub async fn ensure_group(conn: &mut ConnectionManager, key: &str) -> Result<(), EngineError> {
+pub async fn ensure_group(conn: &mut RedisHandle, key: &str) -> Result<(), EngineError> {
     let r: Result<(), redis::RedisError> = conn.xgroup_create_mkstream(key, GROUP, "0").await;
     match r {
         Ok(()) => Ok(()),
@@ -140,7 +140,7 @@ fn lease_key(stream: &str) -> String {
 /// Runs the intake until `cancel`. Its own connection: a blocking read
 /// must not hold up other commands.
 pub async fn run(
-    mut conn: ConnectionManager,
+    mut conn: RedisHandle,
     cfg: StreamConfig,
     service: OrderService,
     metrics: StreamMetrics,
@@ -210,7 +210,7 @@ pub async fn run(
 /// consumer's pending entries, `>` for new ones (blocking). Returns how
 /// many it read.
 async fn read(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisHandle,
     cfg: &StreamConfig,
     service: &OrderService,
     metrics: &StreamMetrics,
@@ -248,7 +248,7 @@ async fn read(
 /// On taking the lease: moves every pending entry of the group (the
 /// previous leader's) to this consumer, without applying them yet (`read`
 /// with `0` then applies them in stream order). Bounded in pages.
-async fn claim_all(conn: &mut ConnectionManager, cfg: &StreamConfig) -> Result<(), EngineError> {
+async fn claim_all(conn: &mut RedisHandle, cfg: &StreamConfig) -> Result<(), EngineError> {
     let mut cursor = "0-0".to_owned();
     for _ in 0..10_000 {
         let reply: redis::streams::StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
@@ -276,7 +276,7 @@ async fn claim_all(conn: &mut ConnectionManager, cfg: &StreamConfig) -> Result<(
 
 /// Applies one entry and acknowledges it unless storage failed.
 async fn handle(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisHandle,
     cfg: &StreamConfig,
     service: &OrderService,
     metrics: &StreamMetrics,

@@ -348,6 +348,13 @@ async fn redis_order_conformance() {
     conformance(Arc::new(RedisOrderStore::new(conn, limits()))).await;
 }
 
+#[tokio::test]
+async fn redis_cluster_order_conformance() {
+    if let Some(conn) = crate::engine::redis::test_cluster().await {
+        conformance(Arc::new(RedisOrderStore::new(conn, limits()))).await;
+    }
+}
+
 #[test]
 fn event_data_must_be_an_object() {
     let mut e = ev("e-data", OrderStatus::Placed);

@@ -272,6 +272,7 @@ fn remove_where(
 pub struct RedisDeviceStore {
     conn: StoreConn,
     register: Script,
+    index_channel: Script,
     remove_token: Script,
     mark_live: Script,
     /// How long a channel's user index lives after its last registration.
@@ -299,6 +300,16 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 "#;
 
+/// REGISTER's channel part for one channel index (on a Redis Cluster each
+/// index lives in its channel's slot, apart from the user's hash).
+const INDEX_CHANNEL: &str = r#"
+if redis.call('SCARD', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('SADD', KEYS[1], ARGV[1])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"#;
+
 const REMOVE_TOKEN: &str = r#"
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then return 0 end
@@ -313,6 +324,7 @@ impl RedisDeviceStore {
         Self {
             conn,
             register: Script::new(REGISTER),
+            index_channel: Script::new(INDEX_CHANNEL),
             remove_token: Script::new(REMOVE_TOKEN),
             mark_live: Script::new(MARK_LIVE),
             index_ttl_ms: 30 * 24 * 3600 * 1000,
@@ -345,8 +357,13 @@ impl DeviceStore for RedisDeviceStore {
     ) -> Result<Registered, EngineError> {
         let json = serde_json::to_string(device).map_err(corrupt)?;
         let mut inv = self.register.key(self.user_key(&device.user));
-        for ch in &device.channels {
-            inv.key(self.channel_key(ch));
+        // One Redis: the user's hash and every channel index in one step.
+        // A cluster: the hash first (its slot), then each index in its own.
+        let cluster = self.conn.is_cluster();
+        if !cluster {
+            for ch in &device.channels {
+                inv.key(self.channel_key(ch));
+            }
         }
         inv.arg(&device.device_id)
             .arg(json)
@@ -355,6 +372,15 @@ impl DeviceStore for RedisDeviceStore {
             .arg(MAX_USERS_PER_CHANNEL)
             .arg(self.index_ttl_ms);
         let stored: i64 = self.conn.invoke(&inv).await?;
+        if cluster && stored == 1 {
+            for ch in &device.channels {
+                let mut idx = self.index_channel.key(self.channel_key(ch));
+                idx.arg(&device.user)
+                    .arg(MAX_USERS_PER_CHANNEL)
+                    .arg(self.index_ttl_ms);
+                let _: i64 = self.conn.invoke(&idx).await?;
+            }
+        }
         Ok(if stored == 1 {
             Registered::Stored
         } else {

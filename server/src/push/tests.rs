@@ -370,6 +370,13 @@ async fn redis_device_store_conformance() {
     device_store_conformance(&devices::RedisDeviceStore::new(conn)).await;
 }
 
+#[tokio::test]
+async fn redis_cluster_device_store_conformance() {
+    if let Some(conn) = crate::engine::chat_redis::test_cluster_store().await {
+        device_store_conformance(&devices::RedisDeviceStore::new(conn)).await;
+    }
+}
+
 #[test]
 fn reason_labels_are_bounded() {
     assert_eq!(reason_label("transport: connection refused"), "transport");

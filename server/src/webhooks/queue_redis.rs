@@ -4,8 +4,8 @@
 //! due ms), `wp:webhook:{ep}:body` (hash id → body), `wp:webhook:{ep}:att`
 //! (hash id → attempts). Each operation is one Lua script.
 
+use crate::engine::redis::RedisHandle;
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use redis::Script;
 
 use super::queue::{Enqueued, Pending, WebhookQueue};
@@ -52,7 +52,7 @@ return 1
 "#;
 
 pub struct RedisWebhookQueue {
-    conn: ConnectionManager,
+    conn: RedisHandle,
     push: Script,
     claim: Script,
     done: Script,
@@ -60,7 +60,7 @@ pub struct RedisWebhookQueue {
 }
 
 impl RedisWebhookQueue {
-    pub fn new(conn: ConnectionManager) -> Self {
+    pub fn new(conn: RedisHandle) -> Self {
         Self {
             conn,
             push: Script::new(PUSH),

@@ -151,6 +151,13 @@ async fn redis_queue_conformance() {
     }
 }
 
+#[tokio::test]
+async fn redis_cluster_queue_conformance() {
+    if let Some(conn) = crate::engine::redis::test_cluster().await {
+        queue_conformance(&RedisWebhookQueue::new(conn)).await;
+    }
+}
+
 /// A local receiver failing the first `fail_first` attempts of every
 /// idempotency key with 500.
 #[derive(Default)]

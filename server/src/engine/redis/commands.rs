@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use parking_lot::RwLock;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::handle::RedisHandle;
 use redis::{ErrorKind, RedisResult};
 
 use super::call::redis_err;
@@ -28,7 +30,7 @@ use crate::engine::EngineError;
 pub(super) const TIMEOUTS_BEFORE_REPLACING: u32 = 3;
 
 pub(crate) struct Commands {
-    current: RwLock<ConnectionManager>,
+    current: RwLock<RedisHandle>,
     target: Arc<Target>,
     config: ConnectionManagerConfig,
     /// `WAIT` after acknowledged writes: replicas and timeout.
@@ -55,8 +57,7 @@ impl Commands {
         op_timeout: Duration,
         wait: Option<(u32, Duration)>,
     ) -> Result<Self, EngineError> {
-        let client = target.client().await?;
-        let conn = open(&client, &config, op_timeout * 4).await?;
+        let conn = open_handle(&target, &config, op_timeout * 4).await?;
         Ok(Self {
             current: RwLock::new(conn),
             target,
@@ -69,7 +70,7 @@ impl Commands {
     }
 
     /// A handle on the current connection (cheap; multiplexed).
-    pub fn conn(&self) -> ConnectionManager {
+    pub fn conn(&self) -> RedisHandle {
         self.current.read().clone()
     }
 
@@ -107,22 +108,22 @@ impl Commands {
     /// `wait_replicas` set, then `WAIT`s on the same connection until that
     /// many replicas have it, failing when fewer do within the timeout.
     /// `conn` is a clone of the handle `call` was made on (clones share one
-    /// connection, and `WAIT` counts that connection's writes).
+    /// connection, and `WAIT` counts that connection's writes); on a
+    /// cluster `WAIT` goes to the primary of `slot_key`'s slot, the one the
+    /// write went to.
     pub async fn run_acked<T>(
         &self,
-        mut conn: ConnectionManager,
+        mut conn: RedisHandle,
+        slot_key: &str,
         call: impl Future<Output = RedisResult<T>>,
     ) -> Result<T, EngineError> {
         let v = self.run(call).await?;
         if let Some((replicas, timeout)) = self.wait {
-            let got: u32 = self
-                .run(
-                    redis::cmd("WAIT")
-                        .arg(replicas)
-                        .arg(timeout.as_millis() as u64)
-                        .query_async(&mut conn),
-                )
-                .await?;
+            let wait = redis::cmd("WAIT")
+                .arg(replicas)
+                .arg(timeout.as_millis() as u64)
+                .to_owned();
+            let got: u32 = self.run(conn.query_on_slot_of(slot_key, &wait)).await?;
             if got < replicas {
                 return Err(EngineError::Redis(format!(
                     "write reached {got} of {replicas} replicas within {timeout:?}"
@@ -137,6 +138,9 @@ impl Commands {
     /// node that is not the primary makes the connection re-resolve.
     pub async fn check_primary(&self) -> Result<(), EngineError> {
         let mut conn = self.conn();
+        if conn.is_cluster() {
+            return self.check_cluster(&mut conn).await;
+        }
         if !self.target.is_sentinel() {
             let pong: String = self.run(redis::cmd("PING").query_async(&mut conn)).await?;
             return if pong == "PONG" {
@@ -159,6 +163,21 @@ impl Commands {
         )))
     }
 
+    /// A cluster is ready when the node asked says `cluster_state:ok`
+    /// (every slot is served).
+    async fn check_cluster(&self, conn: &mut RedisHandle) -> Result<(), EngineError> {
+        let info: String = self
+            .run(redis::cmd("CLUSTER").arg("INFO").query_async(conn))
+            .await?;
+        if info.lines().any(|l| l.trim() == "cluster_state:ok") {
+            Ok(())
+        } else {
+            Err(EngineError::Redis(
+                "the cluster does not cover every slot (cluster_state is not ok)".into(),
+            ))
+        }
+    }
+
     async fn timed_out(&self) -> EngineError {
         let n = self.timeouts.fetch_add(1, Ordering::AcqRel) + 1;
         if n >= TIMEOUTS_BEFORE_REPLACING {
@@ -178,10 +197,7 @@ impl Commands {
             return;
         }
         let _reset = Replacing(&self.replacing);
-        let fresh = match self.target.client().await {
-            Ok(client) => open(&client, &self.config, self.op_timeout * 2).await,
-            Err(e) => Err(e),
-        };
+        let fresh = open_handle(&self.target, &self.config, self.op_timeout * 2).await;
         match fresh {
             Ok(fresh) => {
                 *self.current.write() = fresh;
@@ -191,6 +207,25 @@ impl Commands {
             Err(e) => tracing::warn!(error = %e, "replacing the redis command connection failed"),
         }
     }
+}
+
+/// A command connection to what `target` names: the primary, or the
+/// cluster.
+async fn open_handle(
+    target: &Target,
+    config: &ConnectionManagerConfig,
+    limit: Duration,
+) -> Result<RedisHandle, EngineError> {
+    if let Target::Cluster { client, .. } = target {
+        return match tokio::time::timeout(limit, client.get_async_connection()).await {
+            Ok(r) => r.map(RedisHandle::Cluster).map_err(redis_err),
+            Err(_) => Err(EngineError::Redis(format!(
+                "connecting to the cluster timed out after {limit:?}"
+            ))),
+        };
+    }
+    let client = target.client().await?;
+    open(&client, config, limit).await.map(RedisHandle::Single)
 }
 
 pub(super) async fn open(

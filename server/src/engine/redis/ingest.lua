@@ -15,7 +15,8 @@
 -- ARGV[4] trail length, ARGV[5] dedup window, ARGV[6] data ttl ms,
 -- ARGV[7] max devices per driver, ARGV[8] key prefix of per-device keys,
 -- ARGV[9] pub/sub channel of the driver, ARGV[10] index (1-based) of the fix
--- whose live frame ARGV[11] is (0: none),
+-- whose live frame ARGV[11] is (0: none), ARGV[12] the publish command
+-- (PUBLISH, or SPUBLISH on a cluster: the channel shares the driver's slot),
 -- then per fix (in seq order): ts, trail member.
 --
 -- The dedup window holds the last `dedup window` seqs (by seq order) like
@@ -40,7 +41,8 @@ local prefix = ARGV[8]
 local live_channel = ARGV[9]
 local live_index = tonumber(ARGV[10])
 local live_frame = ARGV[11]
-local FIRST = 12
+local publish = ARGV[12]
+local FIRST = 13
 
 if not redis.call('ZSCORE', KEYS[3], device) then
   local n = redis.call('ZCARD', KEYS[3])
@@ -233,7 +235,7 @@ if accepted > 0 then
     redis.call('SET', KEYS[2], string.sub(ARGV[newest + 1], 22), 'PX', ttl)
     new_latest = (newest - FIRST) / 2 + 1
     if new_latest == live_index then
-      redis.call('PUBLISH', live_channel, live_frame)
+      redis.call(publish, live_channel, live_frame)
       published = 1
     end
   end

@@ -30,6 +30,10 @@ pub struct RedisOptions {
     pub tls: RedisTls,
     /// Find the primary through Sentinel instead of the URL's host.
     pub sentinel: Option<SentinelConfig>,
+    /// The URL lists seed nodes of a Redis Cluster (`redis://h1:p1,redis://h2:p2`):
+    /// commands go to the primary of their key's slot, live frames over
+    /// sharded pub/sub (`--engine redis-cluster`).
+    pub cluster: bool,
     /// Acknowledged writes wait until this many replicas have them
     /// (`WAIT n timeout`); 0 = no waiting.
     pub wait_replicas: u32,
@@ -79,6 +83,7 @@ impl Default for RedisOptions {
             key_prefix: "waypost".into(),
             tls: RedisTls::default(),
             sentinel: None,
+            cluster: false,
             wait_replicas: 0,
             wait_timeout: Duration::from_millis(500),
         }

@@ -56,11 +56,12 @@ pub(crate) async fn commands(
     Ok((target, cmd))
 }
 
-/// One connection manager to the primary `url`/`opts` name now.
+/// One command connection to what `url`/`opts` name now (the primary, or
+/// the cluster).
 pub(crate) async fn connection_manager(
     url: &str,
     opts: &RedisOptions,
-) -> Result<redis::aio::ConnectionManager, EngineError> {
-    let client = Target::new(url, opts)?.client().await?;
-    super::commands::open(&client, &manager_config(opts), opts.op_timeout * 4).await
+) -> Result<super::handle::RedisHandle, EngineError> {
+    let (_, cmd) = commands(url, opts).await?;
+    Ok(cmd.conn())
 }

@@ -16,6 +16,14 @@ use crate::engine::EngineError;
 pub(crate) enum Target {
     /// One URL.
     Direct(redis::Client),
+    /// A Redis Cluster found from seed nodes; the cluster client follows
+    /// its slots. `template` (the first seed's scheme, credentials) and
+    /// `tls` make clients of single nodes (the sharded pub/sub).
+    Cluster {
+        client: redis::cluster::ClusterClient,
+        template: ConnectionInfo,
+        tls: RedisTls,
+    },
     /// Asked of the sentinels (in order, the first that knows wins) each time
     /// a connection is opened.
     Sentinel {
@@ -33,6 +41,9 @@ impl Target {
     /// From the options: Sentinel when `opts.sentinel` is set (then `url`
     /// only gives scheme, credentials and db), else `url`.
     pub fn new(url: &str, opts: &RedisOptions) -> Result<Self, EngineError> {
+        if opts.cluster {
+            return Self::cluster(url, opts);
+        }
         let Some(sentinel) = &opts.sentinel else {
             return Ok(Self::Direct(client(url, &opts.tls)?));
         };
@@ -61,6 +72,67 @@ impl Target {
         })
     }
 
+    /// `url`: comma-separated seed node URLs.
+    fn cluster(url: &str, opts: &RedisOptions) -> Result<Self, EngineError> {
+        if opts.sentinel.is_some() {
+            return Err(EngineError::Redis(
+                "--redis-sentinel and --engine redis-cluster exclude each other".into(),
+            ));
+        }
+        let seeds = url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| s.into_connection_info().map_err(redis_err))
+            .collect::<Result<Vec<_>, _>>()?;
+        let Some(template) = seeds.first().cloned() else {
+            return Err(EngineError::Redis(
+                "--redis-url lists no cluster node".into(),
+            ));
+        };
+        let tcp = redis::io::tcp::TcpSettings::default().set_nodelay(true);
+        let mut builder = redis::cluster::ClusterClientBuilder::new(seeds)
+            .connection_timeout(opts.op_timeout)
+            .response_timeout(opts.op_timeout)
+            .retries(6)
+            .min_retry_wait(50)
+            .max_retry_wait(1000)
+            .tcp_settings(tcp);
+        if matches!(template.addr, ConnectionAddr::TcpTls { .. }) {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            builder = builder.certs(certificates(&opts.tls)?);
+        } else if opts.tls.is_configured() {
+            return Err(EngineError::Redis(
+                "--redis-ca/--redis-client-cert/--redis-client-key need rediss:// URLs".into(),
+            ));
+        }
+        Ok(Self::Cluster {
+            client: builder.build().map_err(redis_err)?,
+            template,
+            tls: opts.tls.clone(),
+        })
+    }
+
+    /// A client of the cluster node at `host:port` (scheme, credentials and
+    /// TLS as the seeds'), speaking RESP3 (sharded pub/sub pushes).
+    pub fn node_client(&self, host: &str, port: u16) -> Result<redis::Client, EngineError> {
+        let Self::Cluster { template, tls, .. } = self else {
+            return Err(EngineError::Redis("not a cluster".into()));
+        };
+        let mut info = template.clone();
+        info.addr = match info.addr {
+            ConnectionAddr::TcpTls { insecure, .. } => ConnectionAddr::TcpTls {
+                host: host.to_owned(),
+                port,
+                insecure,
+                tls_params: None,
+            },
+            _ => ConnectionAddr::Tcp(host.to_owned(), port),
+        };
+        info.redis.protocol = redis::ProtocolVersion::RESP3;
+        client_for(info, tls)
+    }
+
     pub fn is_sentinel(&self) -> bool {
         matches!(self, Self::Sentinel { .. })
     }
@@ -69,6 +141,9 @@ impl Target {
     pub async fn client(&self) -> Result<redis::Client, EngineError> {
         match self {
             Self::Direct(c) => Ok(c.clone()),
+            Self::Cluster { .. } => {
+                Err(EngineError::Redis("a cluster has no single primary".into()))
+            }
             Self::Sentinel {
                 sentinels,
                 master,
@@ -142,6 +217,10 @@ fn client_for(info: ConnectionInfo, tls: &RedisTls) -> Result<redis::Client, Eng
     // redis's rustls has no crypto provider of its own; ring is the one
     // this build carries. Installing fails only when one is already set.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    redis::Client::build_with_tls(info, certificates(tls)?).map_err(redis_err)
+}
+
+fn certificates(tls: &RedisTls) -> Result<TlsCertificates, EngineError> {
     let client_tls = match (&tls.client_cert, &tls.client_key) {
         (Some(cert), Some(key)) => Some(ClientTlsConfig {
             client_cert: read_pem(cert)?,
@@ -155,14 +234,10 @@ fn client_for(info: ConnectionInfo, tls: &RedisTls) -> Result<redis::Client, Eng
         }
     };
     let root_cert = tls.ca.as_deref().map(read_pem).transpose()?;
-    redis::Client::build_with_tls(
-        info,
-        TlsCertificates {
-            client_tls,
-            root_cert,
-        },
-    )
-    .map_err(redis_err)
+    Ok(TlsCertificates {
+        client_tls,
+        root_cert,
+    })
 }
 
 fn read_pem(path: &Path) -> Result<Vec<u8>, EngineError> {

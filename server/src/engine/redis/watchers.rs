@@ -21,7 +21,9 @@ use tokio_util::sync::CancellationToken;
 use waypost_protocol::Channel;
 
 use super::commands::Commands;
+use super::handle::key_slot;
 use super::options::RedisOptions;
+use super::keys::Keys;
 use crate::engine::EngineError;
 use crate::hub::Hub;
 
@@ -38,7 +40,7 @@ const REQUEST_BATCH: usize = 1024;
 /// process's counts written by one task, the sums read by a script.
 pub(crate) struct WatcherCounts {
     cmd: Arc<Commands>,
-    key_prefix: String,
+    keys: Keys,
     opts: RedisOptions,
     sum_script: Script,
     requests: mpsc::Sender<WatchRequest>,
@@ -48,11 +50,11 @@ pub(crate) struct WatcherCounts {
 
 impl WatcherCounts {
     /// Starts the writer task for the counts of `hub`: `instance` names this
-    /// process's field in every hash under `key_prefix`.
+    /// process's field in every watcher hash (named by `keys`).
     pub fn start(
         cmd: Arc<Commands>,
         instance: String,
-        key_prefix: String,
+        keys: Keys,
         opts: RedisOptions,
         hub: Arc<Hub>,
     ) -> Self {
@@ -66,13 +68,13 @@ impl WatcherCounts {
                 include_str!("watch_set.lua")
             )),
             instance,
-            key_prefix: key_prefix.clone(),
+            keys: keys.clone(),
             opts: opts.clone(),
             cancel: cancel.clone(),
         };
         Self {
             cmd,
-            key_prefix,
+            keys,
             sum_script: Script::new(&format!(
                 "{WATCH_PRELUDE}\n{}",
                 include_str!("watchers.lua")
@@ -106,7 +108,7 @@ impl WatcherCounts {
     pub async fn count(&self, channel: &Channel) -> Result<u64, EngineError> {
         let mut conn = self.cmd.conn();
         let mut inv = self.sum_script.prepare_invoke();
-        inv.key(format!("{}{channel}", self.key_prefix));
+        inv.key(self.keys.watchers(channel));
         self.cmd.run(inv.invoke_async(&mut conn)).await
     }
 
@@ -142,8 +144,8 @@ struct Writer {
     pub hub: Arc<Hub>,
     pub script: Script,
     pub instance: String,
-    /// `waypost:watchers:`
-    pub key_prefix: String,
+    /// Names the watcher hashes.
+    pub keys: Keys,
     pub opts: RedisOptions,
     pub cancel: CancellationToken,
 }
@@ -231,10 +233,24 @@ impl Writer {
         changes: Vec<(Channel, u32)>,
     ) -> Result<(), EngineError> {
         let ttl_ms = self.opts.watcher_ttl.as_millis() as u64;
-        for chunk in changes.chunks(WRITE_CHUNK) {
+        // On a cluster one script call touches one slot: the changes go in
+        // groups of one slot each.
+        let groups: Vec<Vec<(Channel, u32)>> = if self.keys.cluster {
+            let mut by_slot: HashMap<u16, Vec<(Channel, u32)>> = HashMap::new();
+            for (ch, n) in changes {
+                by_slot
+                    .entry(key_slot(self.keys.watchers(&ch).as_bytes()))
+                    .or_default()
+                    .push((ch, n));
+            }
+            by_slot.into_values().collect()
+        } else {
+            vec![changes]
+        };
+        for chunk in groups.iter().flat_map(|g| g.chunks(WRITE_CHUNK)) {
             let mut inv = self.script.prepare_invoke();
             for (ch, _) in chunk {
-                inv.key(format!("{}{ch}", self.key_prefix));
+                inv.key(self.keys.watchers(ch));
             }
             inv.arg(&self.instance).arg(ttl_ms);
             for (_, n) in chunk {
