@@ -19,7 +19,9 @@
 use parking_lot::{Mutex, RwLock};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
 use tokio::sync::Notify;
 use waypost_protocol::{close_code, Channel, ChannelKind};
 
@@ -34,17 +36,39 @@ pub type ConnId = u64;
 #[derive(Debug, Clone)]
 pub struct Outbound(Arc<OutboundFrame>);
 
-/// What an [`Outbound`] carries: the frame (text and meta) and the kind of
-/// the channel it was dispatched on (the metric label).
+/// What an [`Outbound`] carries: the frame (text and meta), the kind of
+/// the channel it was dispatched on (the metric label) and its MessagePack
+/// form, built by the first `waypost.v1.msgpack` subscriber that writes it
+/// and shared by the others (never built when every subscriber speaks
+/// JSON).
 #[derive(Debug)]
 pub struct OutboundFrame {
     pub frame: Frame,
     pub kind: ChannelKind,
+    binary: OnceLock<Option<Bytes>>,
 }
 
 impl Outbound {
     pub fn new(frame: Frame, kind: ChannelKind) -> Self {
-        Self(Arc::new(OutboundFrame { frame, kind }))
+        Self(Arc::new(OutboundFrame {
+            frame,
+            kind,
+            binary: OnceLock::new(),
+        }))
+    }
+
+    /// The frame as MessagePack, transcoded from its text once per
+    /// dispatch; `None` when the text is not JSON (nothing a WebSocket
+    /// subscribes to: those are written as text).
+    pub fn binary(&self) -> Option<&Bytes> {
+        self.0
+            .binary
+            .get_or_init(|| {
+                waypost_protocol::msgpack::json_to_msgpack(&self.0.frame.text)
+                    .ok()
+                    .map(Bytes::from)
+            })
+            .as_ref()
     }
 }
 

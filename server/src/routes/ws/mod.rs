@@ -20,21 +20,27 @@
 //! - `rooms.rs`: the connection's chat rooms: per room the seq cursor that
 //!   turns live copies into in-order, exactly-once delivery, the typing
 //!   rate limit and this device's presence.
+//!
+//! A client that offers `Sec-WebSocket-Protocol: waypost.v1.msgpack` gets
+//! it back and speaks MessagePack both ways ([`Encoding`]); any other
+//! offer, or none, gets JSON text frames and no protocol header.
 
 use std::future::Future;
 use std::pin::Pin;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures_util::future::Either;
 use tokio_util::task::task_tracker::TrackedFuture;
-use waypost_protocol::{close_code, ServerFrame};
+use waypost_protocol::msgpack::json_to_msgpack;
+use waypost_protocol::{close_code, ServerFrame, MSGPACK_PROTOCOL};
 
 use crate::admission::{ConnectionPermit, Full};
 use crate::auth::token_from_parts;
+use crate::hub::Outbound;
 use crate::keys::Verified;
 use crate::state::AppState;
 
@@ -53,6 +59,46 @@ use conn::{close_message, CLOSE_TIMEOUT};
 /// `waypost-bench connections` (BENCHMARKS.md).
 const READ_BUFFER: usize = 512;
 const WRITE_BUFFER: usize = 4 * 1024;
+
+/// How a connection's frames are written and read: JSON text frames (the
+/// default) or, negotiated through `Sec-WebSocket-Protocol:
+/// waypost.v1.msgpack`, binary frames holding the same frames as
+/// MessagePack maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Encoding {
+    Json,
+    Msgpack,
+}
+
+impl Encoding {
+    /// A frame of this connection's own (a reply, a replayed or gap-filled
+    /// entry) in this encoding. JSON text that does not transcode (none of
+    /// the server's frames) goes out as text rather than not at all.
+    pub(super) fn message(self, text: Utf8Bytes) -> Message {
+        match self {
+            Encoding::Json => Message::Text(text),
+            Encoding::Msgpack => match json_to_msgpack(&text) {
+                Ok(binary) => Message::Binary(binary.into()),
+                Err(_) => Message::Text(text),
+            },
+        }
+    }
+
+    /// A frame for the delivery of the dispatched `out`: when `text` is
+    /// `out`'s own text, its MessagePack form is the one shared by every
+    /// subscriber (transcoded once per dispatch); other texts (entries a
+    /// gap fill fetched) are transcoded here. JSON is written as is.
+    pub(super) fn shared(self, out: &Outbound, text: Utf8Bytes) -> Message {
+        if self == Encoding::Json {
+            return Message::Text(text);
+        }
+        let own = text.as_str().as_ptr() == out.text.as_str().as_ptr() && text.len() == out.text.len();
+        match out.binary() {
+            Some(binary) if own => Message::Binary(binary.clone()),
+            _ => self.message(text),
+        }
+    }
+}
 
 /// Why a connection was refused before its loop started.
 enum Refusal {
@@ -89,12 +135,20 @@ pub async fn upgrade(State(state): State<AppState>, parts: Parts) -> Response {
             },
         },
     });
+    // Offered among others, MessagePack is chosen; offered alone, an
+    // unknown protocol gets JSON without a protocol header.
+    let ws = ws.protocols([MSGPACK_PROTOCOL]);
+    let encoding = if ws.selected_protocol().is_some() {
+        Encoding::Msgpack
+    } else {
+        Encoding::Json
+    };
     let ws = ws
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(state.limits.max_frame_bytes)
         .max_frame_size(state.limits.max_frame_bytes);
-    ws.on_upgrade(move |socket| connected(socket, state, verdict))
+    ws.on_upgrade(move |socket| connected(socket, state, verdict, encoding))
 }
 
 /// The task of an upgraded socket: the connection, or its refusal. A plain
@@ -105,20 +159,21 @@ fn connected(
     socket: WebSocket,
     state: AppState,
     verdict: Verdict,
+    encoding: Encoding,
 ) -> Either<Pin<Box<dyn Future<Output = ()> + Send>>, TrackedFuture<impl Future<Output = ()> + Send>>
 {
     match *verdict {
         Ok((token, permit)) => {
             let tasks = state.tasks.clone();
-            Either::Right(tasks.track_future(conn::run(socket, state, token, permit)))
+            Either::Right(tasks.track_future(conn::run(socket, state, token, permit, encoding)))
         }
         Err(refusal) => Either::Left(Box::pin(async move {
-            refuse(socket, refusal).await;
+            refuse(socket, refusal, encoding).await;
         })),
     }
 }
 
-async fn refuse(mut socket: WebSocket, refusal: Refusal) {
+async fn refuse(mut socket: WebSocket, refusal: Refusal, encoding: Encoding) {
     let (code, err, message) = match refusal {
         Refusal::Unauthorized(m) => (close_code::UNAUTHORIZED, "unauthorized", m),
         Refusal::Full(Full::User(max)) => (
@@ -136,7 +191,7 @@ async fn refuse(mut socket: WebSocket, refusal: Refusal) {
     };
     let frame = ServerFrame::error(err, message, None).to_json();
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-        let _ = socket.send(Message::Text(frame.into())).await;
+        let _ = socket.send(encoding.message(frame.into())).await;
         let _ = socket.send(close_message(code, err)).await;
     })
     .await;
