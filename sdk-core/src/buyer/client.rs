@@ -1417,6 +1417,7 @@ impl Session for Core {
                                     ts: entry.ts_ms,
                                     kind: amendment.map(|(kind, _)| kind),
                                     ref_seq: amendment.map(|(_, target)| target),
+                                    ..Default::default()
                                 },
                                 out,
                             );
