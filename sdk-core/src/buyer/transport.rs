@@ -241,3 +241,122 @@ impl WsTransport for TungsteniteTransport {
         let _ = self.stream.close(Some(frame)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::TcpListener;
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+
+    use super::*;
+
+    /// What the loopback server saw: per connection the offered protocols,
+    /// and the first data frame of the connection that stayed.
+    struct Seen {
+        offered: Vec<Option<String>>,
+        first: Option<Message>,
+    }
+
+    /// A loopback WebSocket server for up to `conns` connections that
+    /// selects MessagePack when `agree` and it is offered; on each it sends
+    /// a `pong` in the agreed encoding and waits for one frame.
+    async fn server(agree: bool, conns: usize) -> (String, tokio::task::JoinHandle<Seen>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/v1/ws?token=t", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let mut seen = Seen {
+                offered: Vec::new(),
+                first: None,
+            };
+            for _ in 0..conns {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let mut offered = None;
+                let mut selected = false;
+                let callback = |req: &Request, mut resp: Response| {
+                    offered = req
+                        .headers()
+                        .get("Sec-WebSocket-Protocol")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    if agree && offered.as_deref() == Some(MSGPACK_PROTOCOL) {
+                        selected = true;
+                        resp.headers_mut().insert(
+                            "Sec-WebSocket-Protocol",
+                            HeaderValue::from_static(MSGPACK_PROTOCOL),
+                        );
+                    }
+                    Ok(resp)
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await else {
+                    continue;
+                };
+                seen.offered.push(offered);
+                let pong = r#"{"type":"pong","id":1}"#;
+                let frame = if selected {
+                    Message::Binary(json_to_msgpack(pong).unwrap().into())
+                } else {
+                    Message::Text(pong.into())
+                };
+                if ws.send(frame).await.is_err() {
+                    continue;
+                }
+                let next = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
+                if let Ok(Some(Ok(m @ (Message::Text(_) | Message::Binary(_))))) = next {
+                    seen.first = Some(m);
+                    break;
+                }
+            }
+            seen
+        });
+        (url, task)
+    }
+
+    async fn exchange(connector: &TungsteniteConnector, url: &str) {
+        let mut ws = connector.connect(url).await.unwrap();
+        let got = ws.recv().await.unwrap();
+        let WsEvent::Text(text) = got else {
+            panic!("expected a frame, got {got:?}")
+        };
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v, serde_json::json!({"type":"pong","id":1}));
+        ws.send(r#"{"type":"ping","id":2}"#.into()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn speaks_msgpack_when_the_server_agrees() {
+        let (url, task) = server(true, 1).await;
+        let connector = TungsteniteConnector::default();
+        exchange(&connector, &url).await;
+        let seen = task.await.unwrap();
+        assert_eq!(seen.offered, [Some(MSGPACK_PROTOCOL.to_owned())]);
+        let Some(Message::Binary(b)) = seen.first else {
+            panic!("expected a binary frame, got {:?}", seen.first)
+        };
+        assert_eq!(
+            waypost_protocol::msgpack::msgpack_to_value(&b).unwrap(),
+            serde_json::json!({"type":"ping","id":2})
+        );
+    }
+
+    #[tokio::test]
+    async fn falls_back_to_json_when_the_server_does_not_agree() {
+        // The first handshake (offering MessagePack) fails on the client
+        // (no protocol in the response); the second asks for nothing.
+        let (url, task) = server(false, 2).await;
+        let connector = TungsteniteConnector::default();
+        exchange(&connector, &url).await;
+        let seen = task.await.unwrap();
+        assert_eq!(seen.offered, [Some(MSGPACK_PROTOCOL.to_owned()), None]);
+        assert_eq!(
+            seen.first,
+            Some(Message::Text(r#"{"type":"ping","id":2}"#.into()))
+        );
+        // Later connections of this connector go straight to JSON.
+        let (url, task) = server(false, 1).await;
+        exchange(&connector, &url).await;
+        assert_eq!(task.await.unwrap().offered, [None]);
+        // JSON by choice: no offer at all.
+        let (url, task) = server(true, 1).await;
+        exchange(&TungsteniteConnector::new(WireEncoding::Json), &url).await;
+        assert_eq!(task.await.unwrap().offered, [None]);
+    }
+}
