@@ -64,16 +64,18 @@ async fn msgpack_and_json_clients_receive_the_same_content(engine: EngineChoice)
     let driver = unique("d");
     let tracking = format!("tracking:{driver}");
     let grants = [chat.as_str(), tracking.as_str()];
+    // Users unique per test: user channels cross servers on a shared Redis.
+    let (b1, b2, v1) = (unique("b"), unique("b"), unique("v"));
     let (mut bin, selected) = WsClient::connect_offering(
-        &server.ws_url(&token("b-1", Role::Buyer, &grants)),
+        &server.ws_url(&token(&b1, Role::Buyer, &grants)),
         &format!("x-unknown, {MSGPACK_PROTOCOL}"),
     )
     .await?;
     assert_eq!(selected.as_deref(), Some(MSGPACK_PROTOCOL));
     assert!(bin.is_msgpack());
-    let mut text = WsClient::connect(&server.ws_url(&token("b-2", Role::Buyer, &grants))).await?;
+    let mut text = WsClient::connect(&server.ws_url(&token(&b2, Role::Buyer, &grants))).await?;
     let mut vendor =
-        WsClient::connect(&server.ws_url(&token("v-1", Role::Vendor, &[chat.as_str()]))).await?;
+        WsClient::connect(&server.ws_url(&token(&v1, Role::Vendor, &[chat.as_str()]))).await?;
     for ws in [&mut bin, &mut text] {
         ws.subscribe(&chat, None).await?;
         ws.subscribe(&tracking, None).await?;
@@ -108,9 +110,9 @@ async fn msgpack_and_json_clients_receive_the_same_content(engine: EngineChoice)
 
     // Tracking: a batch with every fix field.
     let now = now_ms();
-    let body = json!({"fixes":[
-        {"seq":1,"ts":now - 2000,"lat":52.520008,"lon":13.404954,"accuracy":4.5,"speed":8.25,"heading":271.0},
-        {"seq":2,"ts":now - 1000,"lat":52.520108,"lon":13.405054,"accuracy":5.0,"speed":8.5,"heading":270.5}
+    let body = json!({"device_id":"dev-1","fixes":[
+        {"seq":1,"ts":now - 2000,"lat":52.520008,"lon":13.404954,"accuracy_m":4.5,"speed_mps":8.25,"heading_deg":271.0,"battery":0.5,"charging":false},
+        {"seq":2,"ts":now - 1000,"lat":52.520108,"lon":13.405054,"accuracy_m":5.0,"speed_mps":8.5,"heading_deg":270.5,"altitude_m":35.25}
     ]});
     let resp = reqwest::Client::new()
         .post(server.http(&format!("/v1/drivers/{driver}/locations")))
@@ -118,7 +120,8 @@ async fn msgpack_and_json_clients_receive_the_same_content(engine: EngineChoice)
         .json(&body)
         .send()
         .await?;
-    assert!(resp.status().is_success(), "{}", resp.status());
+    let status = resp.status();
+    assert!(status.is_success(), "{status}: {}", resp.text().await?);
 
     let types = ["message", "receipt", "typing", "location"];
     // 4 messages, 1 receipt, 1 typing, at least 1 location.
@@ -146,7 +149,8 @@ async fn msgpack_and_json_clients_receive_the_same_content(engine: EngineChoice)
     }
     assert_eq!(lb, lt);
     assert_eq!(lb["fix"]["lat"], 52.520108);
-    assert_eq!(lb["fix"]["speed"], 8.5);
+    assert_eq!(lb["fix"]["speed_mps"], 8.5);
+    assert_eq!(lb["fix"]["altitude_m"], 35.25);
 
     // On the wire: binary frames for the MessagePack client, with the very
     // field names, smaller than the JSON text.
@@ -180,10 +184,11 @@ async fn every_client_frame_type_works_in_msgpack(engine: EngineChoice) -> Resul
     let chat = format!("chat:{room}");
     let driver = unique("d");
     let tracking = format!("tracking:{driver}");
-    let tok = token("b-1", Role::Buyer, &[chat.as_str(), tracking.as_str()]);
+    let (me, v1) = (unique("b"), unique("v"));
+    let tok = token(&me, Role::Buyer, &[chat.as_str(), tracking.as_str()]);
     let mut ws = WsClient::connect_msgpack(&server.ws_url(&tok)).await?;
     let mut peer =
-        WsClient::connect(&server.ws_url(&token("v-1", Role::Vendor, &[chat.as_str()]))).await?;
+        WsClient::connect(&server.ws_url(&token(&v1, Role::Vendor, &[chat.as_str()]))).await?;
     peer.subscribe(&chat, None).await?;
 
     // subscribe / subscribed (chat and tracking)
@@ -219,28 +224,26 @@ async fn every_client_frame_type_works_in_msgpack(engine: EngineChoice) -> Resul
         got.iter().map(|m| (m["seq"].clone(), m["kind"].clone())).collect::<Vec<_>>(),
         [(json!(2), json!("edit")), (json!(3), json!("delete"))]
     );
+    let later = peer.drain(Duration::from_millis(300)).await;
     assert!(
-        peer.drain(Duration::from_millis(300))
-            .await
-            .iter()
-            .all(|f| f["type"] != "message"),
-        "the resends were stored once"
+        later.iter().all(|f| f["type"] != "message"),
+        "the resends were stored once: {later:?}"
     );
     // receipt, seen by the peer
     ws.send_json(&json!({"type":"receipt","room":room,"seq":3,"kind":"read"}))
         .await?;
     let r = expect(&mut peer, "receipt").await?;
-    assert_eq!((r["user"].as_str(), r["seq"].as_u64()), (Some("b-1"), Some(3)));
+    assert_eq!((r["user"].as_str(), r["seq"].as_u64()), (Some(me.as_str()), Some(3)));
     // typing, seen by the peer
     ws.send_json(&json!({"type":"typing","room":room})).await?;
-    assert_eq!(expect(&mut peer, "typing").await?["user"], "b-1");
+    assert_eq!(expect(&mut peer, "typing").await?["user"], me.as_str());
     // sync / synced
     ws.send_json(&json!({"type":"sync","room":room,"after_seq":0}))
         .await?;
     let synced = expect(&mut ws, "synced").await?;
     assert_eq!(synced["messages"].as_array().map(Vec::len), Some(3));
     // refresh / refreshed
-    let fresh = token("b-1", Role::Buyer, &[chat.as_str(), tracking.as_str()]);
+    let fresh = token(&me, Role::Buyer, &[chat.as_str(), tracking.as_str()]);
     ws.send_json(&json!({"type":"refresh","token":fresh})).await?;
     expect(&mut ws, "refreshed").await?;
     // unsubscribe / unsubscribed
