@@ -284,9 +284,10 @@ pub async fn ws_connect_as(
             ),
         );
     }
-    let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(client_config()))
-        .await
-        .map_err(|e| anyhow::anyhow!("handshake: {e}"))?;
+    let (ws, _) =
+        tokio_tungstenite::client_async_with_config(request, stream, Some(client_config()))
+            .await
+            .map_err(|e| anyhow::anyhow!("handshake: {e}"))?;
     Ok(ws)
 }
 

@@ -306,13 +306,13 @@ impl SeqWindow {
 }
 
 /// A MessagePack frame read as the JSON text it stands for (the classifier
-/// reads text); other messages as they are.
-fn as_text(m: Message) -> Message {
-    match m {
-        Message::Binary(b) => match waypost_protocol::msgpack::msgpack_to_json(&b) {
+/// reads text); other messages and errors as they are.
+fn as_text<E>(read: Result<Message, E>) -> Result<Message, E> {
+    match read {
+        Ok(Message::Binary(b)) => Ok(match waypost_protocol::msgpack::msgpack_to_json(&b) {
             Ok(json) => Message::text(json),
             Err(_) => Message::Binary(b),
-        },
+        }),
         other => other,
     }
 }
@@ -342,7 +342,7 @@ async fn connect_and_subscribe(sh: &Shared, i: usize) -> Result<Ws, String> {
                 .map_err(|e| format!("send: {e}"))?;
         }
         loop {
-            match ws.next().await.map(|m| m.map(as_text)) {
+            match ws.next().await.map(as_text) {
                 Some(Ok(Message::Text(t))) => match classify(cfg.target, &t, &user, &driver) {
                     Frame::Subscribed => return Ok(ws),
                     Frame::Refused => return Err(format!("refused: {}", &t[..t.len().min(60)])),
@@ -379,7 +379,7 @@ async fn read_loop(sh: &Shared, i: usize, ws: &mut Ws, stop: &mut watch::Receive
         tokio::select! {
             msg = ws.next() => {
                 let now = mono_ns();
-                match msg.map(|m| m.map(as_text)) {
+                match msg.map(as_text) {
                     Some(Ok(Message::Text(t))) => match classify(cfg.target, &t, &user, &driver) {
                         Frame::Location { driver: d, seq } => {
                             sh.on_location(d, seq, my_driver, &mut seen, now);

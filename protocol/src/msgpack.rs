@@ -118,7 +118,10 @@ mod tests {
         let want: serde_json::Value = serde_json::from_str(json).unwrap();
         assert_eq!(back, want);
         let text = msgpack_to_json(&bin).unwrap();
-        assert_eq!(serde_json::from_str::<serde_json::Value>(&text).unwrap(), want);
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+            want
+        );
     }
 
     #[test]

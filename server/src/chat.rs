@@ -287,8 +287,7 @@ impl Chat<'_> {
     ) -> Result<Option<waypost_protocol::ChatMessage>, ChatError> {
         let mut deletion = None;
         self.scan_after(room, seq, |m| {
-            if deletion.is_none() && m.kind == Some(MessageKind::Delete) && m.ref_seq == Some(seq)
-            {
+            if deletion.is_none() && m.kind == Some(MessageKind::Delete) && m.ref_seq == Some(seq) {
                 deletion = Some(m.clone());
             }
         })

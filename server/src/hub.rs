@@ -433,6 +433,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_messagepack_form_is_built_once_and_shared() {
+        let fix: waypost_protocol::Fix =
+            serde_json::from_str(r#"{"seq":7,"ts":1,"lat":52.5,"lon":13.4,"speed_mps":3.25}"#)
+                .unwrap();
+        let out = Outbound::new(Frame::location("d-1", &fix, 1), ChannelKind::Tracking);
+        let copy = out.clone();
+        let first = out.binary().unwrap().clone();
+        let second = copy.binary().unwrap();
+        assert_eq!(
+            first.as_ptr(),
+            second.as_ptr(),
+            "one transcoding per dispatch"
+        );
+        let back = waypost_protocol::msgpack::msgpack_to_value(&first).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&out.text).unwrap();
+        assert_eq!(back, json);
+        assert!(first.len() < out.text.len());
+        // Not JSON (an SSE notification): no binary form, written as text.
+        let sse = Frame::notification(1, "id: 1\nevent: x\ndata: {}\n\n".into(), 0);
+        assert!(Outbound::new(sse, ChannelKind::Vendor).binary().is_none());
+    }
+
+    #[test]
     fn channels_of_lists_client_channels_per_connection_bounded() {
         let hub = Hub::new(Metrics::new());
         let (a, _ra) = connection(1, 4);

@@ -651,7 +651,8 @@ impl WsClient {
 
     /// A `waypost.v1.msgpack` connection (fails when not agreed).
     pub async fn connect_msgpack(url: &str) -> Result<Self> {
-        let (ws, selected) = Self::connect_offering(url, waypost_protocol::MSGPACK_PROTOCOL).await?;
+        let (ws, selected) =
+            Self::connect_offering(url, waypost_protocol::MSGPACK_PROTOCOL).await?;
         if !ws.msgpack {
             bail!("the server selected {selected:?}, not MessagePack");
         }

@@ -127,8 +127,12 @@ async fn msgpack_and_json_clients_receive_the_same_content(engine: EngineChoice)
     // 4 messages, 1 receipt, 1 typing, at least 1 location.
     let got_bin = collect(&mut bin, &types, 7).await?;
     let got_text = collect(&mut text, &types, 7).await?;
-    let chat_only =
-        |v: &[Value]| -> Vec<Value> { v.iter().filter(|f| f["type"] != "location").cloned().collect() };
+    let chat_only = |v: &[Value]| -> Vec<Value> {
+        v.iter()
+            .filter(|f| f["type"] != "location")
+            .cloned()
+            .collect()
+    };
     assert_eq!(chat_only(&got_bin), chat_only(&got_text));
     let chat_frames = chat_only(&got_bin);
     assert_eq!(chat_frames.len(), 6, "{chat_frames:?}");
@@ -221,7 +225,9 @@ async fn every_client_frame_type_works_in_msgpack(engine: EngineChoice) -> Resul
     assert_eq!(expect(&mut ws, "sent").await?, deleted);
     let got = peer.messages(&room, 2, T).await?;
     assert_eq!(
-        got.iter().map(|m| (m["seq"].clone(), m["kind"].clone())).collect::<Vec<_>>(),
+        got.iter()
+            .map(|m| (m["seq"].clone(), m["kind"].clone()))
+            .collect::<Vec<_>>(),
         [(json!(2), json!("edit")), (json!(3), json!("delete"))]
     );
     let later = peer.drain(Duration::from_millis(300)).await;
@@ -233,7 +239,10 @@ async fn every_client_frame_type_works_in_msgpack(engine: EngineChoice) -> Resul
     ws.send_json(&json!({"type":"receipt","room":room,"seq":3,"kind":"read"}))
         .await?;
     let r = expect(&mut peer, "receipt").await?;
-    assert_eq!((r["user"].as_str(), r["seq"].as_u64()), (Some(me.as_str()), Some(3)));
+    assert_eq!(
+        (r["user"].as_str(), r["seq"].as_u64()),
+        (Some(me.as_str()), Some(3))
+    );
     // typing, seen by the peer
     ws.send_json(&json!({"type":"typing","room":room})).await?;
     assert_eq!(expect(&mut peer, "typing").await?["user"], me.as_str());
@@ -244,7 +253,8 @@ async fn every_client_frame_type_works_in_msgpack(engine: EngineChoice) -> Resul
     assert_eq!(synced["messages"].as_array().map(Vec::len), Some(3));
     // refresh / refreshed
     let fresh = token(&me, Role::Buyer, &[chat.as_str(), tracking.as_str()]);
-    ws.send_json(&json!({"type":"refresh","token":fresh})).await?;
+    ws.send_json(&json!({"type":"refresh","token":fresh}))
+        .await?;
     expect(&mut ws, "refreshed").await?;
     // unsubscribe / unsubscribed
     ws.send_json(&json!({"type":"unsubscribe","channel":tracking}))
@@ -257,7 +267,10 @@ async fn every_client_frame_type_works_in_msgpack(engine: EngineChoice) -> Resul
         Message::Binary(b) => waypost_protocol::msgpack::msgpack_to_value(&b)?,
         other => bail!("expected a binary error frame, got {other:?}"),
     };
-    assert_eq!((err["type"].as_str(), err["code"].as_str()), (Some("error"), Some("empty_body")));
+    assert_eq!(
+        (err["type"].as_str(), err["code"].as_str()),
+        (Some("error"), Some("empty_body"))
+    );
     // JSON text is still read on a MessagePack connection.
     ws.send_raw(Message::Text(r#"{"type":"ping","id":9}"#.into()))
         .await?;
@@ -281,7 +294,10 @@ async fn every_client_frame_type_works_in_msgpack(engine: EngineChoice) -> Resul
         ))
         .await?;
     assert_eq!(expect(&mut plain, "error").await?["code"], "bad_frame");
-    assert!(matches!(plain.closed(T).await?, Closed::Code(close_code::BAD_FRAME, _)));
+    assert!(matches!(
+        plain.closed(T).await?,
+        Closed::Code(close_code::BAD_FRAME, _)
+    ));
     Ok(())
 }
 
@@ -330,12 +346,9 @@ async fn unknown_subprotocol_falls_back_to_json(engine: EngineChoice) -> Result<
             !head.contains("sec-websocket-protocol"),
             "no protocol chosen: {head}"
         );
-        let stream = WebSocketStream::from_raw_socket(
-            MaybeTlsStream::Plain(tcp),
-            WsRole::Client,
-            None,
-        )
-        .await;
+        let stream =
+            WebSocketStream::from_raw_socket(MaybeTlsStream::Plain(tcp), WsRole::Client, None)
+                .await;
         let mut ws = WsClient::from_stream(stream);
         ws.send_json(&json!({"type":"subscribe","channel":chat}))
             .await?;
@@ -348,8 +361,12 @@ async fn unknown_subprotocol_falls_back_to_json(engine: EngineChoice) -> Result<
         }
     }
     // Offered first among others, MessagePack is chosen.
-    let (head, tcp) = handshake(&server, &tok, Some(&format!("{MSGPACK_PROTOCOL}, x-other"))).await?;
-    assert!(head.contains(&format!("sec-websocket-protocol: {MSGPACK_PROTOCOL}")), "{head}");
+    let (head, tcp) =
+        handshake(&server, &tok, Some(&format!("{MSGPACK_PROTOCOL}, x-other"))).await?;
+    assert!(
+        head.contains(&format!("sec-websocket-protocol: {MSGPACK_PROTOCOL}")),
+        "{head}"
+    );
     let mut stream =
         WebSocketStream::from_raw_socket(MaybeTlsStream::Plain(tcp), WsRole::Client, None).await;
     stream

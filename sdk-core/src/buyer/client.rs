@@ -1023,7 +1023,8 @@ impl Core {
                     if let Err(e) = self.store.discard(&room, &self.me, &client_id) {
                         tracing::warn!(error = %e, "could not drop a failed edit");
                     }
-                    let (code, message) = ("send_failed", "the edit or delete was not acknowledged");
+                    let (code, message) =
+                        ("send_failed", "the edit or delete was not acknowledged");
                     self.listener.on_error(room, code.into(), message.into());
                     return;
                 }

@@ -329,12 +329,14 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        Ok(row.and_then(|(kind, ref_seq)| match (kind_from(kind.as_deref()), ref_seq) {
-            (Some(k @ (MessageKind::Edit | MessageKind::Delete)), Some(seq)) => {
-                Some((k, seq.max(0) as u64))
-            }
-            _ => None,
-        }))
+        Ok(row.and_then(
+            |(kind, ref_seq)| match (kind_from(kind.as_deref()), ref_seq) {
+                (Some(k @ (MessageKind::Edit | MessageKind::Delete)), Some(seq)) => {
+                    Some((k, seq.max(0) as u64))
+                }
+                _ => None,
+            },
+        ))
     }
 
     /// Drops an unsent entry (an edit or delete given up on).

@@ -1839,7 +1839,9 @@ async fn receipts_edits_and_deletes() {
     };
     assert_eq!((room.as_str(), seq), ("r", 1));
     // The ack applied the edit in the room's order.
-    assert!(h.rec.has(&Ev::Changed(1, "mine, fixed".into(), true, false)));
+    assert!(h
+        .rec
+        .has(&Ev::Changed(1, "mine, fixed".into(), true, false)));
     assert!(h.client.edit_message("r".into(), 5, String::new()).is_err());
 }
 
@@ -1965,7 +1967,10 @@ async fn edits_and_deletes_written_offline_go_out_once() {
         ]
     );
     let changes = |want: &Ev| h.rec.events.lock().iter().filter(|e| *e == want).count();
-    assert_eq!(changes(&Ev::Changed(1, "mine, fixed".into(), true, false)), 1);
+    assert_eq!(
+        changes(&Ev::Changed(1, "mine, fixed".into(), true, false)),
+        1
+    );
     assert_eq!(changes(&Ev::Changed(2, String::new(), false, true)), 1);
     // Nothing is left to send or resend (pings are answered by `next`).
     assert!(tokio::time::timeout(Duration::from_secs(30), s.next())

@@ -20,10 +20,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::error::{ProtocolError, SubProtocolError};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -271,6 +271,7 @@ mod tests {
                 let (tcp, _) = listener.accept().await.unwrap();
                 let mut offered = None;
                 let mut selected = false;
+                #[allow(clippy::result_large_err)] // tungstenite's callback type
                 let callback = |req: &Request, mut resp: Response| {
                     offered = req
                         .headers()

@@ -14,7 +14,7 @@ use waypost_protocol::{
 };
 
 use super::conn::{Conn, Next, MAX_RATE_VIOLATIONS};
-use super::Encoding;
+use super::encoding::Encoding;
 use crate::auth::may_subscribe;
 use crate::chat::{authorize_room, ChatError, Post};
 use crate::engine::chat::Appended;

@@ -11,9 +11,9 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
 use waypost_protocol::{close_code, Channel, ChannelKind, Claims, ServerFrame};
 
+use super::encoding::Encoding;
 use super::orders::OrderChannels;
 use super::rooms::Rooms;
-use super::Encoding;
 use crate::admission::{ConnectionPermit, TokenBucket};
 use crate::config::Limits;
 use crate::expiry::Expiry;

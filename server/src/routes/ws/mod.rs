@@ -28,29 +28,29 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures_util::future::Either;
 use tokio_util::task::task_tracker::TrackedFuture;
-use waypost_protocol::msgpack::json_to_msgpack;
 use waypost_protocol::{close_code, ServerFrame, MSGPACK_PROTOCOL};
 
 use crate::admission::{ConnectionPermit, Full};
 use crate::auth::token_from_parts;
-use crate::hub::Outbound;
 use crate::keys::Verified;
 use crate::state::AppState;
 
 mod client;
 mod conn;
+mod encoding;
 mod orders;
 mod rooms;
 mod session;
 
 use conn::{close_message, CLOSE_TIMEOUT};
+use encoding::Encoding;
 
 /// Small read/write buffers keep idle connections cheap; messages are small.
 /// tungstenite zero-fills the whole read buffer on every read, so its size is
@@ -59,46 +59,6 @@ use conn::{close_message, CLOSE_TIMEOUT};
 /// `waypost-bench connections` (BENCHMARKS.md).
 const READ_BUFFER: usize = 512;
 const WRITE_BUFFER: usize = 4 * 1024;
-
-/// How a connection's frames are written and read: JSON text frames (the
-/// default) or, negotiated through `Sec-WebSocket-Protocol:
-/// waypost.v1.msgpack`, binary frames holding the same frames as
-/// MessagePack maps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Encoding {
-    Json,
-    Msgpack,
-}
-
-impl Encoding {
-    /// A frame of this connection's own (a reply, a replayed or gap-filled
-    /// entry) in this encoding. JSON text that does not transcode (none of
-    /// the server's frames) goes out as text rather than not at all.
-    pub(super) fn message(self, text: Utf8Bytes) -> Message {
-        match self {
-            Encoding::Json => Message::Text(text),
-            Encoding::Msgpack => match json_to_msgpack(&text) {
-                Ok(binary) => Message::Binary(binary.into()),
-                Err(_) => Message::Text(text),
-            },
-        }
-    }
-
-    /// A frame for the delivery of the dispatched `out`: when `text` is
-    /// `out`'s own text, its MessagePack form is the one shared by every
-    /// subscriber (transcoded once per dispatch); other texts (entries a
-    /// gap fill fetched) are transcoded here. JSON is written as is.
-    pub(super) fn shared(self, out: &Outbound, text: Utf8Bytes) -> Message {
-        if self == Encoding::Json {
-            return Message::Text(text);
-        }
-        let own = text.as_str().as_ptr() == out.text.as_str().as_ptr() && text.len() == out.text.len();
-        match out.binary() {
-            Some(binary) if own => Message::Binary(binary.clone()),
-            _ => self.message(text),
-        }
-    }
-}
 
 /// Why a connection was refused before its loop started.
 enum Refusal {
