@@ -28,7 +28,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
