@@ -174,14 +174,17 @@ struct Sent {
     wall_ms: i64,
     bytes: usize,
     /// The same batch as a MessagePack body, plain and gzipped (what a
-    /// binary ingest would send; not sent).
+    /// binary ingest would send; not sent), and its JSON gzipped whatever
+    /// its size (the SDK gzips from 1 KiB only).
     msgpack_bytes: usize,
     msgpack_gzip_bytes: usize,
+    json_gzip_bytes: usize,
 }
 
 /// The request body's JSON (gunzipped when gzipped) as MessagePack: its
-/// size plain and gzipped (best of both, as the SDK does with JSON).
-fn msgpack_sizes(body: &[u8], gzipped: bool) -> (usize, usize) {
+/// size plain and gzipped (best of both), and the JSON gzipped (best of
+/// both).
+fn msgpack_sizes(body: &[u8], gzipped: bool) -> (usize, usize, usize) {
     use std::io::{Read, Write};
     let mut json = Vec::new();
     if gzipped {
@@ -189,7 +192,7 @@ fn msgpack_sizes(body: &[u8], gzipped: bool) -> (usize, usize) {
             .read_to_end(&mut json)
             .is_err()
         {
-            return (0, 0);
+            return (0, 0, 0);
         }
     } else {
         json.extend_from_slice(body);
@@ -198,14 +201,15 @@ fn msgpack_sizes(body: &[u8], gzipped: bool) -> (usize, usize) {
         .map_err(|_| ())
         .and_then(|j| waypost_protocol::msgpack::json_to_msgpack(j).map_err(|_| ()))
     else {
-        return (0, 0);
+        return (0, 0, 0);
     };
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    let zipped = gz
-        .write_all(&bin)
-        .and_then(|()| gz.finish())
-        .map_or(bin.len(), |z| z.len());
-    (bin.len(), zipped.min(bin.len()))
+    let gzip = |data: &[u8]| {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(data)
+            .and_then(|()| gz.finish())
+            .map_or(data.len(), |z| z.len().min(data.len()))
+    };
+    (bin.len(), gzip(&bin), gzip(&json))
 }
 
 /// Bytes on the wire of one WebSocket frame from the server (unmasked):
@@ -238,12 +242,14 @@ impl HttpTransport for RouterTransport {
         let gzipped = request.headers.iter().any(|h| {
             h.name.eq_ignore_ascii_case("content-encoding") && h.value.eq_ignore_ascii_case("gzip")
         });
-        let (msgpack_bytes, msgpack_gzip_bytes) = msgpack_sizes(&request.body, gzipped);
+        let (msgpack_bytes, msgpack_gzip_bytes, json_gzip_bytes) =
+            msgpack_sizes(&request.body, gzipped);
         self.log.lock().push(Sent {
             wall_ms: self.clock.now_ms(),
             bytes: request.body.len(),
             msgpack_bytes,
             msgpack_gzip_bytes,
+            json_gzip_bytes,
         });
         let mut builder = axum::http::Request::builder()
             .method(request.method.as_str())
@@ -346,6 +352,8 @@ pub struct Figures {
     /// The same uploads as MessagePack bodies (plain; gzipped when smaller).
     bytes_up_msgpack: usize,
     bytes_up_msgpack_gzip: usize,
+    /// The same uploads as JSON gzipped whatever their size.
+    bytes_up_json_gzip_all: usize,
     /// What the watcher's WebSocket carried for this driver (frames,
     /// bytes with frame headers) in JSON and in MessagePack.
     ws_frames_down: usize,
@@ -631,6 +639,7 @@ async fn simulate(args: &Args) -> anyhow::Result<Report> {
     sdk.bytes_up = sent.iter().map(|s| s.bytes).sum();
     sdk.bytes_up_msgpack = sent.iter().map(|s| s.msgpack_bytes).sum();
     sdk.bytes_up_msgpack_gzip = sent.iter().map(|s| s.msgpack_gzip_bytes).sum();
+    sdk.bytes_up_json_gzip_all = sent.iter().map(|s| s.json_gzip_bytes).sum();
     (
         sdk.ws_frames_down,
         sdk.ws_bytes_down_json,
@@ -898,6 +907,7 @@ mod tests {
             bytes: 200,
             msgpack_bytes: 0,
             msgpack_gzip_bytes: 0,
+            json_gzip_bytes: 0,
         }]);
         assert!((10.5..11.0).contains(&one), "{one}");
         let close: Vec<Sent> = (0..10)
@@ -906,6 +916,7 @@ mod tests {
                 bytes: 200,
                 msgpack_bytes: 0,
                 msgpack_gzip_bytes: 0,
+                json_gzip_bytes: 0,
             })
             .collect();
         let e = radio_energy_j(&close);
