@@ -36,7 +36,9 @@ mod tests;
 
 pub use client::{BuyerClient, BuyerConfig, BuyerDeps};
 pub use push::{PushPlatform, PushSync, VendorNotification};
-pub use transport::{TransportError, TungsteniteConnector, WsConnector, WsEvent, WsTransport};
+pub use transport::{
+    TransportError, TungsteniteConnector, WireEncoding, WsConnector, WsEvent, WsTransport,
+};
 pub use types::{
     Attachment, BuyerListener, ChatEntry, ChatEvent, ChatListener, CloseReason, ConnectionState,
     ConnectionStateListener, DriverStatusUpdate, LocationListener, LocationUpdate, MessageStatus,
