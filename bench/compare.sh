@@ -58,8 +58,13 @@ if [ -n "$SMOKE" ]; then
   else cargo build -q -p waypost-server -p waypost-bench; fi
 else
   PROFILE=release
-  log "building release binaries"
-  cargo build -q --release -p waypost-server -p waypost-bench
+  # BENCH_SKIP_BUILD=1: use the release binaries already built (e.g. when the
+  # target dir's waypost is another commit's build and WAYPOST_BIN points at a
+  # copy, or when the run itself is niced and the build should not be).
+  if [ -z "${BENCH_SKIP_BUILD:-}" ]; then
+    log "building release binaries"
+    cargo build -q --release -p waypost-server -p waypost-bench
+  fi
 fi
 # WAYPOST_BIN: another server binary (e.g. a build of an earlier commit, to
 # compare before and after a change back to back).
@@ -192,13 +197,24 @@ pids_csv() { local IFS=,; echo "${PIDS[*]}"; }
 want() { [[ ",$SCENARIOS," == *",$1,"* ]]; }
 want_loadgen() { [[ ",$LOADGENS," == *",$1,"* ]]; }
 
+# Host load at the start and end of every run (the host may be shared):
+# load average and CPU pressure, one line each into $OUT/load.txt.
+record_load() { # FILE start|end
+  local psi=""
+  [ -r /proc/pressure/cpu ] && psi="$(head -1 /proc/pressure/cpu)"
+  echo "$(date -u +%H:%M:%S) $1 $2 loadavg=$(cut -d' ' -f1-3 /proc/loadavg | tr ' ' ,) cpu_${psi:-pressure n/a}" \
+    >>"$OUT/load.txt"
+}
+
 bench() { # FILE SUBCOMMAND ARGS...   (skipped unless the scenario is wanted)
   local file="$1"; shift
   local scen="${file#*.}"; scen="${scen%.json}"; scen="${scen%%-*}"
   [ -n "$SMOKE" ] || want "$scen" || return 0
   log "$(basename "$file" .json): waypost-bench $*"
   local sub="$1"; shift
+  record_load "$file" start
   if "$BENCH" "$sub" --json "$@" >"$OUT/$file.tmp" 2>>"$OUT/logs/bench.log"; then
+    record_load "$file" end
     mv "$OUT/$file.tmp" "$OUT/$file"
   else
     echo "  failed (see $OUT/logs/bench.log)" >&2
@@ -241,7 +257,9 @@ node_bench() {
   log "$(basename "$file" .json): node loadgen/index.js ${args[*]}"
   local before after
   before="$(metric_sum waypost_fixes_superseded_total)"
+  record_load "$file" start
   if (cd "$PEERS" && timeout 600 node loadgen/index.js "${args[@]}") >"$OUT/$file.tmp" 2>>"$OUT/logs/node-loadgen.log"; then
+    record_load "$file" end
     after="$(metric_sum waypost_fixes_superseded_total)"
     python3 - "$OUT/$file.tmp" $((after - before)) <<'EOF'
 import json, sys
