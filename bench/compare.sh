@@ -66,10 +66,10 @@ else
     cargo build -q --release -p waypost-server -p waypost-bench
   fi
 fi
-# WAYPOST_BIN: another server binary (e.g. a build of an earlier commit, to
+# WAYPOST_BIN: another server binary (WAYPOST_BENCH_BIN: another waypost-bench) (e.g. a build of an earlier commit, to
 # compare before and after a change back to back).
 WAYPOST="${WAYPOST_BIN:-$TARGET_DIR/$PROFILE/waypost}"
-BENCH="$TARGET_DIR/$PROFILE/waypost-bench"
+BENCH="${WAYPOST_BENCH_BIN:-$TARGET_DIR/$PROFILE/waypost-bench}"
 STAMP="$(date -u +%Y%m%d-%H%M%S)"
 OUT="${OUT_DIR:-$WAYPOST_WORK/bench-results/$STAMP${SMOKE:+-smoke}}"
 mkdir -p "$OUT/logs"
