@@ -299,13 +299,16 @@ fan() {
   fi
 }
 
-# p99 < 50 ms, nothing lost, and the posts kept up (95 % of the scheduled rate).
+# p99 < 50 ms (PASS_P99_MS), nothing lost, and the posts kept up (95 % of the
+# scheduled rate). A host too small for any step to pass 50 ms (the broadcast
+# tail: one post = 10,000 writes in one burst) can still be laddered to its
+# saturation with e.g. PASS_P99_MS=500.
 passes() { # REPORT.json
-  python3 - "$1" <<'EOF'
+  python3 - "$1" "${PASS_P99_MS:-50}" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
 d = r["deliveries"]
-ok = (r["latency_ms"]["p99"] < 50 and d.get("lost_net", d["lost"]) == 0
+ok = (r["latency_ms"]["p99"] < float(sys.argv[2]) and d.get("lost_net", d["lost"]) == 0
       and r["updates"]["achieved_rate_per_s"] >= 0.95 * r["params"]["rate"])
 sys.exit(0 if ok else 1)
 EOF
