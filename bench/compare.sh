@@ -20,6 +20,8 @@
 #   bench/compare.sh --loadgens node   the fan-out scenarios with one load
 #                               generator only (rust = waypost-bench, node =
 #                               the peers' loadgen; default both)
+#   bench/prio.sh bench/compare.sh ...   on a shared host: the whole run at
+#                               high CPU priority (see bench/prio.sh)
 #
 # Starts its own Redis (port $BENCH_REDIS_PORT, default 6399), for
 # waypost-nats-x2 its own nats-server (port $BENCH_NATS_PORT, default 4299), the servers and
@@ -46,7 +48,7 @@ while [ $# -gt 0 ]; do
     --loadgens) LOADGENS="$2"; shift ;;
     --out) OUT_DIR="$2"; shift ;;
     --no-write) WRITE="" ;;
-    *) sed -n '2,27p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,29p' "$0" >&2; exit 2 ;;
   esac
   shift
 done
