@@ -48,7 +48,7 @@ while [ $# -gt 0 ]; do
     --loadgens) LOADGENS="$2"; shift ;;
     --out) OUT_DIR="$2"; shift ;;
     --no-write) WRITE="" ;;
-    *) sed -n '2,29p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,24p' "$0" >&2; exit 2 ;;
   esac
   shift
 done
