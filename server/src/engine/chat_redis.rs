@@ -587,18 +587,6 @@ impl NotificationStore for RedisNotificationStore {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn seq_splice_layout() {
-        let (h, t) = split_at_seq(r#"{"seq":0,"event":"x"}"#, "{\"seq\":").unwrap();
-        assert_eq!(format!("{h}12{t}"), r#"{"seq":12,"event":"x"}"#);
-        assert!(split_at_seq(r#"{"event":"x","seq":0}"#, "{\"seq\":").is_err());
-    }
-}
-
 /// [`test_cluster`] as the stores' handle, with a fresh key prefix.
 #[cfg(test)]
 pub(crate) async fn test_cluster_store() -> Option<StoreConn> {
@@ -615,4 +603,16 @@ pub(crate) async fn test_cluster_store() -> Option<StoreConn> {
             .await
             .expect("cluster reachable"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seq_splice_layout() {
+        let (h, t) = split_at_seq(r#"{"seq":0,"event":"x"}"#, "{\"seq\":").unwrap();
+        assert_eq!(format!("{h}12{t}"), r#"{"seq":12,"event":"x"}"#);
+        assert!(split_at_seq(r#"{"event":"x","seq":0}"#, "{\"seq\":").is_err());
+    }
 }

@@ -41,8 +41,8 @@ use waypost_protocol::Channel;
 
 use super::call::{redis_err, with_timeout};
 use super::handle::key_slot;
-use super::pubsub::{self, SyncRequest};
 use super::keys::Keys;
+use super::pubsub::{self, SyncRequest};
 use super::{RedisConn, WatcherCounts};
 use crate::engine::{Bus, EngineError};
 use crate::frame::Frame;

@@ -216,8 +216,8 @@ async fn open_handle(
     config: &ConnectionManagerConfig,
     limit: Duration,
 ) -> Result<RedisHandle, EngineError> {
-    if let Target::Cluster { client, .. } = target {
-        return match tokio::time::timeout(limit, client.get_async_connection()).await {
+    if let Target::Cluster(cluster) = target {
+        return match tokio::time::timeout(limit, cluster.client.get_async_connection()).await {
             Ok(r) => r.map(RedisHandle::Cluster).map_err(redis_err),
             Err(_) => Err(EngineError::Redis(format!(
                 "connecting to the cluster timed out after {limit:?}"

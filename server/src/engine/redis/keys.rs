@@ -58,4 +58,3 @@ impl Keys {
         format!("{}:probe:{instance}", self.prefix)
     }
 }
-

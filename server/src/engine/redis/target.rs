@@ -12,6 +12,13 @@ use super::call::{redis_err, with_timeout};
 use super::options::{RedisOptions, RedisTls};
 use crate::engine::EngineError;
 
+/// A Redis Cluster: its client and how to reach single nodes.
+pub(crate) struct ClusterTarget {
+    pub client: redis::cluster::ClusterClient,
+    template: ConnectionInfo,
+    tls: RedisTls,
+}
+
 /// Where the Redis primary is.
 pub(crate) enum Target {
     /// One URL.
@@ -19,11 +26,7 @@ pub(crate) enum Target {
     /// A Redis Cluster found from seed nodes; the cluster client follows
     /// its slots. `template` (the first seed's scheme, credentials) and
     /// `tls` make clients of single nodes (the sharded pub/sub).
-    Cluster {
-        client: redis::cluster::ClusterClient,
-        template: ConnectionInfo,
-        tls: RedisTls,
-    },
+    Cluster(Box<ClusterTarget>),
     /// Asked of the sentinels (in order, the first that knows wins) each time
     /// a connection is opened.
     Sentinel {
@@ -106,19 +109,20 @@ impl Target {
                 "--redis-ca/--redis-client-cert/--redis-client-key need rediss:// URLs".into(),
             ));
         }
-        Ok(Self::Cluster {
+        Ok(Self::Cluster(Box::new(ClusterTarget {
             client: builder.build().map_err(redis_err)?,
             template,
             tls: opts.tls.clone(),
-        })
+        })))
     }
 
     /// A client of the cluster node at `host:port` (scheme, credentials and
     /// TLS as the seeds'), speaking RESP3 (sharded pub/sub pushes).
     pub fn node_client(&self, host: &str, port: u16) -> Result<redis::Client, EngineError> {
-        let Self::Cluster { template, tls, .. } = self else {
+        let Self::Cluster(cluster) = self else {
             return Err(EngineError::Redis("not a cluster".into()));
         };
+        let (template, tls) = (&cluster.template, &cluster.tls);
         let mut info = template.clone();
         info.addr = match info.addr {
             ConnectionAddr::TcpTls { insecure, .. } => ConnectionAddr::TcpTls {

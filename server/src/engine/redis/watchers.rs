@@ -22,8 +22,8 @@ use waypost_protocol::Channel;
 
 use super::commands::Commands;
 use super::handle::key_slot;
-use super::options::RedisOptions;
 use super::keys::Keys;
+use super::options::RedisOptions;
 use crate::engine::EngineError;
 use crate::hub::Hub;
 
