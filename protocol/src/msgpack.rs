@@ -62,9 +62,25 @@ pub fn msgpack_to_value(bytes: &[u8]) -> Result<serde_json::Value, MsgpackError>
     Ok(value)
 }
 
-/// A MessagePack frame as JSON text (tools, logs, tests).
+/// A MessagePack frame as JSON text, keys in their order (SDKs, tools,
+/// load generators that read JSON). Transcoded directly, so more lenient
+/// than [`msgpack_to_value`]: integer keys become strings, binary values
+/// arrays of bytes.
 pub fn msgpack_to_json(bytes: &[u8]) -> Result<String, MsgpackError> {
-    Ok(serde_json::to_string(&msgpack_to_value(bytes)?)?)
+    let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(bytes));
+    de.set_max_depth(MAX_DEPTH);
+    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 2);
+    {
+        let mut ser = serde_json::Serializer::new(&mut out);
+        serde_transcode::transcode(&mut de, &mut ser)
+            .map_err(|e| MsgpackError::Decode(rmp_serde::decode::Error::Syntax(e.to_string())))?;
+    }
+    let read = usize::try_from(de.position()).unwrap_or(usize::MAX);
+    if read < bytes.len() {
+        return Err(MsgpackError::Trailing(bytes.len() - read));
+    }
+    String::from_utf8(out)
+        .map_err(|e| MsgpackError::Decode(rmp_serde::decode::Error::Syntax(e.to_string())))
 }
 
 impl ClientFrame {
