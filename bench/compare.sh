@@ -20,6 +20,8 @@
 #   bench/compare.sh --loadgens node   the fan-out scenarios with one load
 #                               generator only (rust = waypost-bench, node =
 #                               the peers' loadgen; default both)
+#   bench/prio.sh bench/compare.sh ...   on a shared host: the whole run at
+#                               high CPU priority (see bench/prio.sh)
 #
 # Starts its own Redis (port $BENCH_REDIS_PORT, default 6399), for
 # waypost-nats-x2 its own nats-server (port $BENCH_NATS_PORT, default 4299), the servers and
@@ -46,7 +48,7 @@ while [ $# -gt 0 ]; do
     --loadgens) LOADGENS="$2"; shift ;;
     --out) OUT_DIR="$2"; shift ;;
     --no-write) WRITE="" ;;
-    *) sed -n '2,27p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,24p' "$0" >&2; exit 2 ;;
   esac
   shift
 done
@@ -58,13 +60,18 @@ if [ -n "$SMOKE" ]; then
   else cargo build -q -p waypost-server -p waypost-bench; fi
 else
   PROFILE=release
-  log "building release binaries"
-  cargo build -q --release -p waypost-server -p waypost-bench
+  # BENCH_SKIP_BUILD=1: use the release binaries already built (e.g. when the
+  # target dir's waypost is another commit's build and WAYPOST_BIN points at a
+  # copy, or when the run itself is niced and the build should not be).
+  if [ -z "${BENCH_SKIP_BUILD:-}" ]; then
+    log "building release binaries"
+    cargo build -q --release -p waypost-server -p waypost-bench
+  fi
 fi
-# WAYPOST_BIN: another server binary (e.g. a build of an earlier commit, to
+# WAYPOST_BIN: another server binary (WAYPOST_BENCH_BIN: another waypost-bench) (e.g. a build of an earlier commit, to
 # compare before and after a change back to back).
 WAYPOST="${WAYPOST_BIN:-$TARGET_DIR/$PROFILE/waypost}"
-BENCH="$TARGET_DIR/$PROFILE/waypost-bench"
+BENCH="${WAYPOST_BENCH_BIN:-$TARGET_DIR/$PROFILE/waypost-bench}"
 STAMP="$(date -u +%Y%m%d-%H%M%S)"
 OUT="${OUT_DIR:-$WAYPOST_WORK/bench-results/$STAMP${SMOKE:+-smoke}}"
 mkdir -p "$OUT/logs"
@@ -192,13 +199,24 @@ pids_csv() { local IFS=,; echo "${PIDS[*]}"; }
 want() { [[ ",$SCENARIOS," == *",$1,"* ]]; }
 want_loadgen() { [[ ",$LOADGENS," == *",$1,"* ]]; }
 
+# Host load at the start and end of every run (the host may be shared):
+# load average and CPU pressure, one line each into $OUT/load.txt.
+record_load() { # FILE start|end
+  local psi=""
+  [ -r /proc/pressure/cpu ] && psi="$(head -1 /proc/pressure/cpu)"
+  echo "$(date -u +%H:%M:%S) $1 $2 loadavg=$(cut -d' ' -f1-3 /proc/loadavg | tr ' ' ,) cpu_${psi:-pressure n/a}" \
+    >>"$OUT/load.txt"
+}
+
 bench() { # FILE SUBCOMMAND ARGS...   (skipped unless the scenario is wanted)
   local file="$1"; shift
   local scen="${file#*.}"; scen="${scen%.json}"; scen="${scen%%-*}"
   [ -n "$SMOKE" ] || want "$scen" || return 0
   log "$(basename "$file" .json): waypost-bench $*"
   local sub="$1"; shift
+  record_load "$file" start
   if "$BENCH" "$sub" --json "$@" >"$OUT/$file.tmp" 2>>"$OUT/logs/bench.log"; then
+    record_load "$file" end
     mv "$OUT/$file.tmp" "$OUT/$file"
   else
     echo "  failed (see $OUT/logs/bench.log)" >&2
@@ -241,7 +259,9 @@ node_bench() {
   log "$(basename "$file" .json): node loadgen/index.js ${args[*]}"
   local before after
   before="$(metric_sum waypost_fixes_superseded_total)"
+  record_load "$file" start
   if (cd "$PEERS" && timeout 600 node loadgen/index.js "${args[@]}") >"$OUT/$file.tmp" 2>>"$OUT/logs/node-loadgen.log"; then
+    record_load "$file" end
     after="$(metric_sum waypost_fixes_superseded_total)"
     python3 - "$OUT/$file.tmp" $((after - before)) <<'EOF'
 import json, sys
@@ -281,13 +301,16 @@ fan() {
   fi
 }
 
-# p99 < 50 ms, nothing lost, and the posts kept up (95 % of the scheduled rate).
+# p99 < 50 ms (PASS_P99_MS), nothing lost, and the posts kept up (95 % of the
+# scheduled rate). A host too small for any step to pass 50 ms (the broadcast
+# tail: one post = 10,000 writes in one burst) can still be laddered to its
+# saturation with e.g. PASS_P99_MS=500.
 passes() { # REPORT.json
-  python3 - "$1" <<'EOF'
+  python3 - "$1" "${PASS_P99_MS:-50}" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
 d = r["deliveries"]
-ok = (r["latency_ms"]["p99"] < 50 and d.get("lost_net", d["lost"]) == 0
+ok = (r["latency_ms"]["p99"] < float(sys.argv[2]) and d.get("lost_net", d["lost"]) == 0
       and r["updates"]["achieved_rate_per_s"] >= 0.95 * r["params"]["rate"])
 sys.exit(0 if ok else 1)
 EOF

@@ -7,6 +7,13 @@ plugins {
     id("org.jetbrains.kotlin.android")
 }
 
+// Push (FCM): put your Firebase project's google-services.json next to this
+// file (Firebase console → Project settings → Your apps). Without it the app
+// builds and runs, only without push (Firebase is not initialised).
+if (file("google-services.json").exists()) {
+    apply(plugin = "com.google.gms.google-services")
+}
+
 android {
     namespace = "io.waypost.sample"
     compileSdk = 35
@@ -45,4 +52,8 @@ dependencies {
     implementation("androidx.lifecycle:lifecycle-process:2.8.7")
     // DrainWorker: uploads a shift's leftovers once a network is up, app open or not.
     implementation("androidx.work:work-runtime-ktx:2.10.0")
+    // Push: FirebaseMessagingService (WaypostMessagingService) and Task.await().
+    implementation(platform("com.google.firebase:firebase-bom:33.7.0"))
+    implementation("com.google.firebase:firebase-messaging")
+    implementation("org.jetbrains.kotlinx:kotlinx-coroutines-play-services:1.9.0")
 }

@@ -35,6 +35,39 @@ impl Target {
     }
 }
 
+/// The WebSocket encoding the subscribers ask for (Waypost only).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// JSON text frames (the default, what browsers speak).
+    #[default]
+    Json,
+    /// `Sec-WebSocket-Protocol: waypost.v1.msgpack`: MessagePack binary
+    /// frames both ways.
+    Msgpack,
+}
+
+impl Encoding {
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoding::Json => "json",
+            Encoding::Msgpack => "msgpack",
+        }
+    }
+
+    /// A client frame (JSON text) in this encoding.
+    pub fn message(self, text: String) -> tokio_tungstenite::tungstenite::Message {
+        use tokio_tungstenite::tungstenite::Message;
+        match self {
+            Encoding::Json => Message::text(text),
+            Encoding::Msgpack => match waypost_protocol::msgpack::json_to_msgpack(&text) {
+                Ok(b) => Message::binary(b),
+                Err(_) => Message::text(text),
+            },
+        }
+    }
+}
+
 /// Options every subcommand shares.
 #[derive(clap::Args, Debug, Clone)]
 pub struct CommonArgs {
@@ -57,6 +90,9 @@ pub struct CommonArgs {
     /// Free-form label copied into the report.
     #[arg(long, default_value = "")]
     pub label: String,
+    /// WebSocket encoding of the subscribers (`fanout`, `connections`).
+    #[arg(long, value_enum, default_value = "json")]
+    pub encoding: Encoding,
 }
 
 impl CommonArgs {
@@ -222,15 +258,36 @@ pub async fn ws_connect(
     source: Ipv4Addr,
     path_and_query: &str,
 ) -> anyhow::Result<Ws> {
+    ws_connect_as(server, source, path_and_query, Encoding::Json).await
+}
+
+/// [`ws_connect`] asking for `encoding` (MessagePack: the server must agree).
+pub async fn ws_connect_as(
+    server: &Server,
+    source: Ipv4Addr,
+    path_and_query: &str,
+    encoding: Encoding,
+) -> anyhow::Result<Ws> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let socket = TcpSocket::new_v4()?;
     defer_port_choice(&socket)?;
     socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
     let stream = socket.connect(server.addr).await?;
     stream.set_nodelay(true)?;
     let url = format!("{}{}", server.ws_base(), path_and_query);
-    let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(client_config()))
-        .await
-        .map_err(|e| anyhow::anyhow!("handshake: {e}"))?;
+    let mut request = url.into_client_request()?;
+    if encoding == Encoding::Msgpack {
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            tokio_tungstenite::tungstenite::http::HeaderValue::from_static(
+                waypost_protocol::MSGPACK_PROTOCOL,
+            ),
+        );
+    }
+    let (ws, _) =
+        tokio_tungstenite::client_async_with_config(request, stream, Some(client_config()))
+            .await
+            .map_err(|e| anyhow::anyhow!("handshake: {e}"))?;
     Ok(ws)
 }
 

@@ -86,7 +86,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "label": common.label,
         "servers": servers.iter().map(|s| s.base.clone()).collect::<Vec<_>>(),
         "server_processes": pids.len(),
-        "params": { "count": args.count, "drivers": args.drivers, "hold_s": args.hold },
+        "params": { "count": args.count, "drivers": args.drivers, "hold_s": args.hold, "encoding": common.encoding.name() },
         "connections": connected,
         "disconnects_while_held": disconnects,
         "rss_mb": {
@@ -114,9 +114,10 @@ fn print_report(common: &CommonArgs, r: &Value) {
     }
     let c = &r["connections"];
     println!(
-        "connections {} {}: {} asked over {} server(s)",
+        "connections {} {} ({}): {} asked over {} server(s)",
         r["target"],
         r["label"],
+        r["params"]["encoding"],
         r["params"]["count"],
         r["servers"].as_array().map_or(0, Vec::len)
     );

@@ -383,6 +383,7 @@ async fn measure(args: &Args) -> anyhow::Result<Value> {
             "subscribers": subscribers, "drivers": drivers, "rate": args.rate,
             "duration_s": args.duration, "warmup_s": args.warmup,
             "pub_connections": args.pub_connections,
+            "encoding": common.encoding.name(),
         },
         "connections": connected,
         "updates": {
@@ -452,9 +453,10 @@ fn print_report(common: &CommonArgs, r: &Value) {
     let l = &r["latency_ms"];
     let cpu = &r["cpu_pct_of_one_core"];
     println!(
-        "fanout {} {}: {} watchers / {} drivers / {} posts/s for {} s",
+        "fanout {} {} ({}): {} watchers / {} drivers / {} posts/s for {} s",
         r["target"],
         r["label"],
+        r["params"]["encoding"],
         r["params"]["subscribers"],
         r["params"]["drivers"],
         r["params"]["rate"],

@@ -173,6 +173,54 @@ pub(crate) fn parse_trace(path: &PathBuf) -> anyhow::Result<Vec<Row>> {
 struct Sent {
     wall_ms: i64,
     bytes: usize,
+    /// The same batch as a MessagePack body, plain and gzipped (what a
+    /// binary ingest would send; not sent), and its JSON gzipped whatever
+    /// its size (the SDK gzips from 1 KiB only).
+    msgpack_bytes: usize,
+    msgpack_gzip_bytes: usize,
+    json_gzip_bytes: usize,
+}
+
+/// The request body's JSON (gunzipped when gzipped) as MessagePack: its
+/// size plain and gzipped (best of both), and the JSON gzipped (best of
+/// both).
+fn msgpack_sizes(body: &[u8], gzipped: bool) -> (usize, usize, usize) {
+    use std::io::{Read, Write};
+    let mut json = Vec::new();
+    if gzipped {
+        if flate2::read::GzDecoder::new(body)
+            .read_to_end(&mut json)
+            .is_err()
+        {
+            return (0, 0, 0);
+        }
+    } else {
+        json.extend_from_slice(body);
+    }
+    let Ok(bin) = std::str::from_utf8(&json)
+        .map_err(|_| ())
+        .and_then(|j| waypost_protocol::msgpack::json_to_msgpack(j).map_err(|_| ()))
+    else {
+        return (0, 0, 0);
+    };
+    let gzip = |data: &[u8]| {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(data)
+            .and_then(|()| gz.finish())
+            .map_or(data.len(), |z| z.len().min(data.len()))
+    };
+    (bin.len(), gzip(&bin), gzip(&json))
+}
+
+/// Bytes on the wire of one WebSocket frame from the server (unmasked):
+/// payload plus the 2, 4 or 10 byte header.
+fn ws_frame_bytes(payload: usize) -> usize {
+    payload
+        + match payload {
+            0..=125 => 2,
+            126..=65_535 => 4,
+            _ => 10,
+        }
 }
 
 /// [`HttpTransport`] straight into the axum router.
@@ -191,9 +239,17 @@ impl HttpTransport for RouterTransport {
             .find("/v1/")
             .map(|i| request.url[i..].to_owned())
             .ok_or_else(|| invalid(format!("no /v1/ path in {}", request.url)))?;
+        let gzipped = request.headers.iter().any(|h| {
+            h.name.eq_ignore_ascii_case("content-encoding") && h.value.eq_ignore_ascii_case("gzip")
+        });
+        let (msgpack_bytes, msgpack_gzip_bytes, json_gzip_bytes) =
+            msgpack_sizes(&request.body, gzipped);
         self.log.lock().push(Sent {
             wall_ms: self.clock.now_ms(),
             bytes: request.body.len(),
+            msgpack_bytes,
+            msgpack_gzip_bytes,
+            json_gzip_bytes,
         });
         let mut builder = axum::http::Request::builder()
             .method(request.method.as_str())
@@ -293,6 +349,16 @@ pub struct Figures {
     position_age_p50_s: Option<f64>,
     position_age_p95_s: Option<f64>,
     bytes_up: usize,
+    /// The same uploads as MessagePack bodies (plain; gzipped when smaller).
+    bytes_up_msgpack: usize,
+    bytes_up_msgpack_gzip: usize,
+    /// The same uploads as JSON gzipped whatever their size.
+    bytes_up_json_gzip_all: usize,
+    /// What the watcher's WebSocket carried for this driver (frames,
+    /// bytes with frame headers) in JSON and in MessagePack.
+    ws_frames_down: usize,
+    ws_bytes_down_json: usize,
+    ws_bytes_down_msgpack: usize,
     radio_energy_j: f64,
     lost: usize,
     duplicated: usize,
@@ -438,6 +504,8 @@ async fn simulate(args: &Args) -> anyhow::Result<Report> {
         None
     };
     let mut watcher = _watcher;
+    // Frames, JSON bytes, MessagePack bytes delivered to the watcher.
+    let mut down = (0usize, 0usize, 0usize);
 
     static RUN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = std::env::temp_dir().join(format!(
@@ -529,7 +597,13 @@ async fn simulate(args: &Args) -> anyhow::Result<Report> {
             next_sample += 1_000;
         }
         if let Some(rx) = watcher.as_mut() {
-            while rx.try_frame().is_some() {}
+            while let Some(f) = rx.try_frame() {
+                if f.text.contains(&format!("\"driver_id\":\"{DRIVER}\"")) {
+                    down.0 += 1;
+                    down.1 += ws_frame_bytes(f.text.len());
+                    down.2 += ws_frame_bytes(f.binary().map_or(f.text.len(), |b| b.len()));
+                }
+            }
         }
         if next_row >= rows.len() && next_sample > end {
             break;
@@ -563,6 +637,14 @@ async fn simulate(args: &Args) -> anyhow::Result<Report> {
     sdk.uploads = sent.len();
     sdk.uploads_per_hour = sent.len() as f64 / duration_h;
     sdk.bytes_up = sent.iter().map(|s| s.bytes).sum();
+    sdk.bytes_up_msgpack = sent.iter().map(|s| s.msgpack_bytes).sum();
+    sdk.bytes_up_msgpack_gzip = sent.iter().map(|s| s.msgpack_gzip_bytes).sum();
+    sdk.bytes_up_json_gzip_all = sent.iter().map(|s| s.json_gzip_bytes).sum();
+    (
+        sdk.ws_frames_down,
+        sdk.ws_bytes_down_json,
+        sdk.ws_bytes_down_msgpack,
+    ) = down;
     sdk.radio_energy_j = radio_energy_j(&sent);
     sampler.finish(&mut sdk);
     driver.shutdown().await;
@@ -823,12 +905,18 @@ mod tests {
         let one = radio_energy_j(&[Sent {
             wall_ms: 0,
             bytes: 200,
+            msgpack_bytes: 0,
+            msgpack_gzip_bytes: 0,
+            json_gzip_bytes: 0,
         }]);
         assert!((10.5..11.0).contains(&one), "{one}");
         let close: Vec<Sent> = (0..10)
             .map(|i| Sent {
                 wall_ms: i * 5_000,
                 bytes: 200,
+                msgpack_bytes: 0,
+                msgpack_gzip_bytes: 0,
+                json_gzip_bytes: 0,
             })
             .collect();
         let e = radio_energy_j(&close);

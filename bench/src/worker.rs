@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::common::{
-    classify, mono_ns, on_open, subscribe_path, ws_connect, Frame, Histogram, HistogramSnapshot,
+    classify, mono_ns, on_open, subscribe_path, ws_connect_as, Frame, Histogram, HistogramSnapshot,
     Server, SubIdentity, Target, Ws,
 };
 
@@ -94,6 +94,7 @@ impl SpreadArgs {
                 max_updates: plan.max_updates,
                 measured_from: plan.measured_from,
                 reconnect: plan.reconnect,
+                encoding: plan.common.encoding,
             })
             .collect()
     }
@@ -171,6 +172,9 @@ pub struct Config {
     pub measured_from: usize,
     /// Storm mode: reconnect after a disconnect with this policy.
     pub reconnect: Option<Reconnect>,
+    /// WebSocket encoding.
+    #[serde(default)]
+    pub encoding: crate::common::Encoding,
 }
 
 struct Shared {
@@ -301,6 +305,18 @@ impl SeqWindow {
     }
 }
 
+/// A MessagePack frame read as the JSON text it stands for (the classifier
+/// reads text); other messages and errors as they are.
+fn as_text<E>(read: Result<Message, E>) -> Result<Message, E> {
+    match read {
+        Ok(Message::Binary(b)) => Ok(match waypost_protocol::msgpack::msgpack_to_json(&b) {
+            Ok(json) => Message::text(json),
+            Err(_) => Message::Binary(b),
+        }),
+        other => other,
+    }
+}
+
 /// Opens one subscriber connection and waits for the subscription ack.
 async fn connect_and_subscribe(sh: &Shared, i: usize) -> Result<Ws, String> {
     let cfg = &sh.cfg;
@@ -316,22 +332,22 @@ async fn connect_and_subscribe(sh: &Shared, i: usize) -> Result<Ws, String> {
     };
     let path = subscribe_path(cfg.target, &who);
     let attempt = async {
-        let mut ws = ws_connect(server, source, &path)
+        let mut ws = ws_connect_as(server, source, &path, cfg.encoding)
             .await
             .map_err(|e| format!("connect: {e}"))?;
         sh.connected.fetch_add(1, Ordering::Relaxed);
         if let Some(first) = on_open(cfg.target, &driver) {
-            ws.send(Message::text(first))
+            ws.send(cfg.encoding.message(first))
                 .await
                 .map_err(|e| format!("send: {e}"))?;
         }
         loop {
-            match ws.next().await {
+            match ws.next().await.map(as_text) {
                 Some(Ok(Message::Text(t))) => match classify(cfg.target, &t, &user, &driver) {
                     Frame::Subscribed => return Ok(ws),
                     Frame::Refused => return Err(format!("refused: {}", &t[..t.len().min(60)])),
                     Frame::Reply(r) => ws
-                        .send(Message::text(r))
+                        .send(cfg.encoding.message(r))
                         .await
                         .map_err(|e| format!("send: {e}"))?,
                     Frame::Location { .. } | Frame::Other => {}
@@ -363,13 +379,13 @@ async fn read_loop(sh: &Shared, i: usize, ws: &mut Ws, stop: &mut watch::Receive
         tokio::select! {
             msg = ws.next() => {
                 let now = mono_ns();
-                match msg {
+                match msg.map(as_text) {
                     Some(Ok(Message::Text(t))) => match classify(cfg.target, &t, &user, &driver) {
                         Frame::Location { driver: d, seq } => {
                             sh.on_location(d, seq, my_driver, &mut seen, now);
                         }
                         Frame::Reply(r) => {
-                            if ws.send(Message::text(r)).await.is_err() {
+                            if ws.send(cfg.encoding.message(r)).await.is_err() {
                                 return true;
                             }
                         }

@@ -68,6 +68,9 @@ final class BuyerModel: ObservableObject {
             return
         }
         self.client = client
+        // Push: register the APNs token for this buyer, and sync pushes
+        // through this client while it is open.
+        Task { await PushCoordinator.shared.buyerOpened(self) }
         for m in stored where byClientId[m.clientId]?.seq == nil { byClientId[m.clientId] = m }
         messages = sorted()
         // The client follows the PlatformState (offline → waits, back → reconnects) by itself.
@@ -108,6 +111,9 @@ final class BuyerModel: ObservableObject {
             }
         }
     }
+
+    /// The open client, for `PushCoordinator` (nil before open and after close).
+    var openClient: BuyerClient? { client }
 
     func userIsTyping() { try? client?.sendTyping(room: room) }
 
@@ -202,7 +208,9 @@ final class BuyerModel: ObservableObject {
         }
     }
 
-    nonisolated private static func dbURL() throws -> URL {
+    /// The chat store's file (also opened by `PushCoordinator` when a push
+    /// wakes the app with no buyer screen open).
+    nonisolated static func dbURL() throws -> URL {
         let dir = try FileManager.default.url(for: .applicationSupportDirectory, in: .userDomainMask,
                                               appropriateFor: nil, create: true)
         return dir.appendingPathComponent("waypost-chat.db")

@@ -5,6 +5,9 @@ import SwiftUI
 /// a buyer screen.
 @main
 struct WaypostSampleApp: App {
+    /// APNs: registerForRemoteNotifications, the device token → registerPushToken,
+    /// background pushes → handlePush (PushDelegate.swift).
+    @UIApplicationDelegateAdaptor(PushDelegate.self) private var pushDelegate
     @StateObject private var settings = Settings()
     private let platform = PlatformMonitor()
 

@@ -29,17 +29,24 @@ pub enum ClientFrame {
         attachments: Vec<Attachment>,
     },
     /// Replace the body of message `seq` (its sender, or `service`); stored
-    /// as a new `message` with `kind: "edit"` and `ref_seq`.
+    /// as a new `message` with `kind: "edit"` and `ref_seq`. An optional
+    /// `client_id` makes a resend idempotent (the stored entry takes it and
+    /// a repeat is acked with the original, as for `send`).
     Edit {
         room: String,
         seq: u64,
         body: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_id: Option<String>,
     },
     /// Delete message `seq` (its sender, or `service`); stored as a new
-    /// `message` with `kind: "delete"` and `ref_seq`.
+    /// `message` with `kind: "delete"` and `ref_seq`; `client_id` as for
+    /// `edit`.
     Delete {
         room: String,
         seq: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_id: Option<String>,
     },
     /// This user's devices delivered (or the user read) the room up to `seq`.
     Receipt {

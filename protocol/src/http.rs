@@ -115,6 +115,29 @@ pub struct NotificationAccepted {
     pub id: String,
 }
 
+/// One stored vendor notification, as
+/// `GET /v1/vendors/{vendor_id}/notifications` returns it (`id` is the SSE
+/// `id:`, the decimal form of `seq`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VendorNotification {
+    pub id: String,
+    pub seq: u64,
+    pub event: String,
+    #[serde(default)]
+    pub data: Value,
+    /// When it was stored, Unix ms.
+    pub ts: i64,
+}
+
+/// `GET /v1/vendors/{vendor_id}/notifications?after_seq=N&limit=M`:
+/// notifications with `seq > N`, lowest first; `more` when newer ones
+/// exist beyond this page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NotificationsResponse {
+    pub notifications: Vec<VendorNotification>,
+    pub more: bool,
+}
+
 /// `{"error":{"code":..,"message":..}}`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {

@@ -13,6 +13,7 @@ mod fix;
 mod frames;
 mod http;
 mod ids;
+pub mod msgpack;
 mod order;
 mod push;
 mod status;
@@ -25,10 +26,12 @@ pub use frames::{
 };
 pub use http::{
     ChatPost, Claims, ErrorBody, ErrorDetail, IngestRequest, IngestResponse, LocationResponse,
-    MessagesResponse, NotificationAccepted, NotificationPost, ParticipantReceipts, PolicyHint,
-    PolicyMode, Role, TrailResponse, MAX_BATCH_BYTES, MAX_BATCH_FIXES,
+    MessagesResponse, NotificationAccepted, NotificationPost, NotificationsResponse,
+    ParticipantReceipts, PolicyHint, PolicyMode, Role, TrailResponse, VendorNotification,
+    MAX_BATCH_BYTES, MAX_BATCH_FIXES,
 };
 pub use ids::{validate_id, IdError, MAX_ID_LEN};
+pub use msgpack::{MsgpackError, MSGPACK_PROTOCOL};
 pub use order::{
     ActiveOrder, Destination, EntryBody, FrameEntry, OrderEvent, OrderEventAccepted,
     OrderEventError, OrderFrame, OrderFrameType, OrderStatus, OrderView, TimelineEntry,

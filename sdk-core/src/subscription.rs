@@ -4,7 +4,7 @@
 //! dropping it) removes that listener at once and lets the client end the
 //! wire subscription when nothing else wants the channel.
 //!
-//! [`Listeners`] is the registry behind it: listeners by key (a driver id,
+//! `Listeners` is the registry behind it: listeners by key (a driver id,
 //! a room, or `""` for client-wide streams), bounded in number, read by
 //! the delivering task as a cloned list so that a callback may cancel its
 //! own subscription without deadlocking.

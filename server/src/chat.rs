@@ -207,6 +207,9 @@ impl Chat<'_> {
     /// as a new entry with `kind` and `ref_seq`. Only the original sender or
     /// `service` may do it; a deleted message, an edit or a delete cannot
     /// be edited or deleted. `moderator` is whether the caller is `service`.
+    /// With a `client_id` the entry is stored under it: a repeat (an SDK
+    /// resending from its outbox) is acked with the original, even a
+    /// delete whose message is deleted by then.
     pub async fn amend(
         &self,
         room: &str,
@@ -214,9 +217,13 @@ impl Chat<'_> {
         moderator: bool,
         seq: u64,
         body: Option<String>,
+        client_id: Option<String>,
     ) -> Result<Appended, ChatError> {
         if let Some(body) = &body {
             self.check_body(body)?;
+        }
+        if let Some(id) = &client_id {
+            validate_id("client_id", id)?;
         }
         let page = self
             .stores
@@ -239,16 +246,25 @@ impl Chat<'_> {
                 "only the sender of message {seq} (or service) may change it"
             )));
         }
-        if self.is_deleted(room, seq).await? {
+        if let Some(deletion) = self.deletion(room, seq).await? {
+            let repeat = body.is_none()
+                && client_id.is_some()
+                && deletion.from == from
+                && Some(&deletion.client_id) == client_id.as_ref();
+            if repeat {
+                return Ok(Appended::Duplicate(deletion));
+            }
             return Err(ChatError::NotEditable(format!("message {seq} is deleted")));
         }
-        let (kind, client_id) = match &body {
-            Some(_) => (
+        let (kind, client_id) = match (&body, client_id) {
+            (Some(_), Some(id)) => (MessageKind::Edit, id),
+            (Some(_), None) => (
                 MessageKind::Edit,
                 format!("edit-{seq}-{}", uuid::Uuid::new_v4().simple()),
             ),
+            (None, Some(id)) => (MessageKind::Delete, id),
             // Deterministic: a repeated delete is a duplicate of the first.
-            None => (MessageKind::Delete, format!("delete-{seq}")),
+            (None, None) => (MessageKind::Delete, format!("delete-{seq}")),
         };
         self.store_and_publish(NewMessage {
             room: room.to_owned(),
@@ -263,14 +279,20 @@ impl Chat<'_> {
         .await
     }
 
-    /// Whether a `delete` of `seq` is in the room's history.
-    async fn is_deleted(&self, room: &str, seq: u64) -> Result<bool, ChatError> {
-        let mut deleted = false;
+    /// The `delete` of `seq` in the room's history, if any.
+    async fn deletion(
+        &self,
+        room: &str,
+        seq: u64,
+    ) -> Result<Option<waypost_protocol::ChatMessage>, ChatError> {
+        let mut deletion = None;
         self.scan_after(room, seq, |m| {
-            deleted |= m.kind == Some(MessageKind::Delete) && m.ref_seq == Some(seq);
+            if deletion.is_none() && m.kind == Some(MessageKind::Delete) && m.ref_seq == Some(seq) {
+                deletion = Some(m.clone());
+            }
         })
         .await?;
-        Ok(deleted)
+        Ok(deletion)
     }
 
     /// Calls `f` on every message of `room` after `after`, read in pages

@@ -19,7 +19,9 @@
 use parking_lot::{Mutex, RwLock};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
 use tokio::sync::Notify;
 use waypost_protocol::{close_code, Channel, ChannelKind};
 
@@ -34,17 +36,39 @@ pub type ConnId = u64;
 #[derive(Debug, Clone)]
 pub struct Outbound(Arc<OutboundFrame>);
 
-/// What an [`Outbound`] carries: the frame (text and meta) and the kind of
-/// the channel it was dispatched on (the metric label).
+/// What an [`Outbound`] carries: the frame (text and meta), the kind of
+/// the channel it was dispatched on (the metric label) and its MessagePack
+/// form, built by the first `waypost.v1.msgpack` subscriber that writes it
+/// and shared by the others (never built when every subscriber speaks
+/// JSON).
 #[derive(Debug)]
 pub struct OutboundFrame {
     pub frame: Frame,
     pub kind: ChannelKind,
+    binary: OnceLock<Option<Bytes>>,
 }
 
 impl Outbound {
     pub fn new(frame: Frame, kind: ChannelKind) -> Self {
-        Self(Arc::new(OutboundFrame { frame, kind }))
+        Self(Arc::new(OutboundFrame {
+            frame,
+            kind,
+            binary: OnceLock::new(),
+        }))
+    }
+
+    /// The frame as MessagePack, transcoded from its text once per
+    /// dispatch; `None` when the text is not JSON (nothing a WebSocket
+    /// subscribes to: those are written as text).
+    pub fn binary(&self) -> Option<&Bytes> {
+        self.0
+            .binary
+            .get_or_init(|| {
+                waypost_protocol::msgpack::json_to_msgpack(&self.0.frame.text)
+                    .ok()
+                    .map(Bytes::from)
+            })
+            .as_ref()
     }
 }
 
@@ -407,6 +431,29 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_messagepack_form_is_built_once_and_shared() {
+        let fix: waypost_protocol::Fix =
+            serde_json::from_str(r#"{"seq":7,"ts":1,"lat":52.5,"lon":13.4,"speed_mps":3.25}"#)
+                .unwrap();
+        let out = Outbound::new(Frame::location("d-1", &fix, 1), ChannelKind::Tracking);
+        let copy = out.clone();
+        let first = out.binary().unwrap().clone();
+        let second = copy.binary().unwrap();
+        assert_eq!(
+            first.as_ptr(),
+            second.as_ptr(),
+            "one transcoding per dispatch"
+        );
+        let back = waypost_protocol::msgpack::msgpack_to_value(&first).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&out.text).unwrap();
+        assert_eq!(back, json);
+        assert!(first.len() < out.text.len());
+        // Not JSON (an SSE notification): no binary form, written as text.
+        let sse = Frame::notification(1, "id: 1\nevent: x\ndata: {}\n\n".into(), 0);
+        assert!(Outbound::new(sse, ChannelKind::Vendor).binary().is_none());
+    }
 
     #[test]
     fn channels_of_lists_client_channels_per_connection_bounded() {

@@ -219,6 +219,8 @@ impl Revocations {
 #[derive(Default)]
 pub struct UserConnections {
     by_user: parking_lot::Mutex<HashMap<String, HashMap<ConnId, Entry>>>,
+    /// The user of each listed connection (for per-user channel liveness).
+    by_conn: parking_lot::Mutex<HashMap<ConnId, String>>,
 }
 
 struct Entry {
@@ -255,6 +257,7 @@ impl Listed {
 
 impl Drop for Listed {
     fn drop(&mut self) {
+        self.registry.by_conn.lock().remove(&self.id);
         let mut map = self.registry.by_user.lock();
         if let Some(conns) = map.get_mut(&self.user) {
             conns.remove(&self.id);
@@ -285,11 +288,17 @@ impl UserConnections {
                 since_ms: crate::now_ms(),
             },
         );
+        self.by_conn.lock().insert(handle.id, user.clone());
         Listed {
             registry: std::sync::Arc::clone(self),
             user,
             id: handle.id,
         }
+    }
+
+    /// The user a listed connection runs for.
+    pub fn user_of(&self, id: ConnId) -> Option<String> {
+        self.by_conn.lock().get(&id).cloned()
     }
 
     /// Closes every connection of `user` with `code`; returns how many.

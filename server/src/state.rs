@@ -201,7 +201,7 @@ impl AppState {
     /// channel on any process.
     pub fn liveness(&self) -> Arc<dyn Liveness> {
         Arc::new(EngineLiveness {
-            engine: Arc::clone(&self.engine),
+            push: Arc::clone(&self.push),
             presence: Arc::clone(&self.stores.presence),
             max_presence: self.limits.max_presence_per_room,
         })
@@ -277,11 +277,12 @@ impl AppState {
     }
 }
 
-/// Liveness across processes: chat presence (per user, expiring) for
-/// rooms; for order and vendor channels, whether anyone subscribes to it on
-/// any process (the engine's watcher count, as `/v1/admin/channels` shows).
+/// Liveness across processes, per user: chat presence (expiring) for
+/// rooms; for order and vendor channels, whether this user has a live
+/// subscription to it on any process (`push::live`; someone else watching
+/// the same order does not count).
 struct EngineLiveness {
-    engine: Arc<Engine>,
+    push: Arc<Push>,
     presence: Arc<dyn PresenceStore>,
     max_presence: usize,
 }
@@ -296,7 +297,7 @@ impl Liveness for EngineLiveness {
                 .await?;
             Ok(online.iter().any(|u| u == user))
         } else {
-            Ok(self.engine.watchers(channel).await? > 0)
+            self.push.live.is_live(&channel.to_string(), user).await
         }
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod chat;
 pub mod cluster;
+pub mod driver;
 pub mod proxy;
 pub mod push;
 pub mod sentinel;
@@ -640,9 +641,12 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{:08x}", rand::random::<u32>())
 }
 
-/// A minimal JSON WebSocket client for tests.
+/// A minimal WebSocket client for tests: JSON text frames, or MessagePack
+/// binary frames when connected with [`WsClient::connect_msgpack`] (its
+/// `send_json`/`next_json` then transcode, so every helper works on both).
 pub struct WsClient {
     stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    msgpack: bool,
 }
 
 /// How a WebSocket ended, as seen by the client.
@@ -657,14 +661,82 @@ impl WsClient {
         let (stream, _) = tokio_tungstenite::connect_async(url)
             .await
             .with_context(|| format!("connecting {url}"))?;
-        Ok(Self { stream })
+        Ok(Self {
+            stream,
+            msgpack: false,
+        })
+    }
+
+    /// Connects offering `protocols` in `Sec-WebSocket-Protocol`; speaks
+    /// MessagePack when the server selected `waypost.v1.msgpack`. Returns
+    /// the selected protocol too.
+    pub async fn connect_offering(url: &str, protocols: &str) -> Result<(Self, Option<String>)> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = url.into_client_request()?;
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", protocols.parse()?);
+        let (stream, response) = tokio_tungstenite::connect_async(request)
+            .await
+            .with_context(|| format!("connecting {url}"))?;
+        let selected = response
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let msgpack = selected.as_deref() == Some(waypost_protocol::MSGPACK_PROTOCOL);
+        Ok((Self { stream, msgpack }, selected))
+    }
+
+    /// A `waypost.v1.msgpack` connection (fails when not agreed).
+    pub async fn connect_msgpack(url: &str) -> Result<Self> {
+        let (ws, selected) =
+            Self::connect_offering(url, waypost_protocol::MSGPACK_PROTOCOL).await?;
+        if !ws.msgpack {
+            bail!("the server selected {selected:?}, not MessagePack");
+        }
+        Ok(ws)
+    }
+
+    /// Wraps a socket whose handshake the caller did by hand.
+    pub fn from_stream(stream: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Self {
+        Self {
+            stream,
+            msgpack: false,
+        }
+    }
+
+    /// Whether this connection speaks MessagePack.
+    pub fn is_msgpack(&self) -> bool {
+        self.msgpack
     }
 
     pub async fn send_json(&mut self, v: &Value) -> Result<()> {
-        self.stream
-            .send(Message::Text(v.to_string().into()))
-            .await?;
+        let message = if self.msgpack {
+            Message::Binary(waypost_protocol::msgpack::json_to_msgpack(&v.to_string())?.into())
+        } else {
+            Message::Text(v.to_string().into())
+        };
+        self.stream.send(message).await?;
         Ok(())
+    }
+
+    /// Next data frame as it came: `Ok(Text)` or `Ok(Binary)` (pings and
+    /// pongs skipped).
+    pub async fn next_message(&mut self, within: Duration) -> Result<Message> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.stream.next())
+                .await
+                .map_err(|_| anyhow!("no frame within {within:?}"))?;
+            match msg {
+                Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => return Ok(m),
+                Some(Ok(Message::Close(f))) => bail!("closed: {f:?}"),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => bail!("websocket error: {e}"),
+                None => bail!("stream ended"),
+            }
+        }
     }
 
     pub async fn send_raw(&mut self, m: Message) -> Result<()> {
@@ -681,6 +753,9 @@ impl WsClient {
                 .map_err(|_| anyhow!("no frame within {within:?}"))?;
             match msg {
                 Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t)?),
+                Some(Ok(Message::Binary(b))) if self.msgpack => {
+                    return Ok(waypost_protocol::msgpack::msgpack_to_value(&b)?)
+                }
                 Some(Ok(Message::Close(f))) => bail!("closed: {f:?}"),
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => bail!("websocket error: {e}"),

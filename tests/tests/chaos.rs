@@ -48,13 +48,14 @@ use serde_json::{json, Value};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use waypost_e2e::chat::SseClient;
+use waypost_e2e::driver::{eager_driver_config, Eager};
 use waypost_e2e::proxy::{Fault, FaultProxy};
 use waypost_e2e::{
     free_port, now_ms, token, unique, EngineChoice, MintingTokens, Server, ServerOptions,
 };
 use waypost_protocol::{Role, TrailResponse};
 use waypost_sdk::env::ManualEnvironment;
-use waypost_sdk::{Driver, DriverConfig, Location, PolicyConfig, RecordOutcome};
+use waypost_sdk::{Driver, DriverConfig, Location, RecordOutcome};
 
 /// How long convergence may take once every fault healed.
 /// Lifetime of the SDKs' tokens: shorter than a schedule, so every token
@@ -297,21 +298,13 @@ impl Stack {
 }
 
 fn driver_config(url: &str, driver: &str, db: &str) -> DriverConfig {
-    let mut c = DriverConfig::new(url, driver, "phone-1", db);
-    let mut p = PolicyConfig::default();
-    for m in [&mut p.watched, &mut p.unwatched] {
-        m.sample_interval_ms = 0;
-        m.distance_base_m = 0.0;
-        m.distance_max_m = 0.0;
-        m.upload_interval_ms = 250;
-    }
-    p.follow_server_hint = false;
-    c.policy = p;
-    c.max_batch_fixes = 20;
-    c.request_timeout = Duration::from_millis(1500);
-    c.backoff.base = Duration::from_millis(50);
-    c.backoff.cap = Duration::from_millis(500);
-    c
+    let eager = Eager {
+        upload_interval_ms: 250,
+        max_batch_fixes: 20,
+        request_timeout: Duration::from_millis(1500),
+        backoff_cap: Duration::from_millis(500),
+    };
+    eager_driver_config(url, driver, "phone-1", db, eager)
 }
 
 /// The vendor's stream: reconnects (with `Last-Event-ID`) whenever it

@@ -10,28 +10,21 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use waypost_e2e::driver::{eager_driver_config, Eager};
 use waypost_e2e::proxy::{flap, random_schedule, Fault, FaultProxy};
 use waypost_e2e::{now_ms, token, unique, EngineChoice, Server};
 use waypost_protocol::{Role, TrailResponse};
 use waypost_sdk::env::{ManualEnvironment, NetworkType};
-use waypost_sdk::{Driver, DriverConfig, Location, PolicyConfig, RecordOutcome, StaticToken};
+use waypost_sdk::{Driver, DriverConfig, Location, RecordOutcome, StaticToken};
 
 fn config(url: &str, driver: &str, db: &str) -> DriverConfig {
-    let mut c = DriverConfig::new(url, driver, "phone-1", db);
-    let mut p = PolicyConfig::default();
-    for m in [&mut p.watched, &mut p.unwatched] {
-        m.sample_interval_ms = 0;
-        m.distance_base_m = 0.0;
-        m.distance_max_m = 0.0;
-        m.upload_interval_ms = 250;
-    }
-    p.follow_server_hint = false;
-    c.policy = p;
-    c.max_batch_fixes = 20;
-    c.request_timeout = Duration::from_millis(800);
-    c.backoff.base = Duration::from_millis(50);
-    c.backoff.cap = Duration::from_millis(400);
-    c
+    let eager = Eager {
+        upload_interval_ms: 250,
+        max_batch_fixes: 20,
+        request_timeout: Duration::from_millis(800),
+        backoff_cap: Duration::from_millis(400),
+    };
+    eager_driver_config(url, driver, "phone-1", db, eager)
 }
 
 async fn trail(server: &Server, driver: &str) -> Vec<(u64, i64)> {

@@ -29,6 +29,8 @@ waypost_e2e::on_both_engines!(
     order_milestones_are_pushed_and_synced,
     dead_tokens_are_removed,
     an_outage_still_delivers_every_push_once,
+    only_the_order_party_without_a_live_subscription_is_pushed,
+    vendor_notifications_are_pushed_and_synced,
 );
 
 struct Fakes {
@@ -323,6 +325,203 @@ async fn order_milestones_are_pushed_and_synced(engine: EngineChoice) -> Result<
     Ok(())
 }
 
+async fn post_order_event(server: &Server, order: &str, ev: Value) -> Result<()> {
+    reqwest::Client::new()
+        .post(server.http(&format!("/v1/orders/{order}/events")))
+        .bearer_auth(token("ops", Role::Service, &[]))
+        .json(&ev)
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(())
+}
+
+/// "Live" is per user: buyer A watching the order does not stop the push
+/// to buyer B, a party of the same order whose app is in the background;
+/// A gets none for what its socket delivered.
+async fn only_the_order_party_without_a_live_subscription_is_pushed(
+    engine: EngineChoice,
+) -> Result<()> {
+    let fakes = Fakes::start().await?;
+    let server = Server::start_with(fakes.options(engine)?).await?;
+    let order = unique("order");
+    let och = format!("order:{order}");
+    let (a, b) = (unique("buyer-a"), unique("buyer-b"));
+    let atok = token(&a, Role::Buyer, &[&och]);
+    let btok = token(&b, Role::Buyer, &[&och]);
+    let (_, a_fcm) = tokens();
+    let (_, b_fcm) = tokens();
+    register(&server, &atok, "a-phone", "fcm", &a_fcm).await?;
+    register(&server, &btok, "b-phone", "fcm", &b_fcm).await?;
+    post_order_event(
+        &server,
+        &order,
+        json!({"event_id": "e1", "status": "placed", "vendor_id": "v-1", "buyers": [a, b]}),
+    )
+    .await?;
+    // Nobody live yet: both are pushed.
+    fakes.fcm.handle.wait_accepted(2, T).await;
+    tokio::time::sleep(SETTLE).await;
+    let first = fakes.fcm.handle.accepted();
+    assert_eq!(first.len(), 2, "{first:?}");
+
+    // A opens the app and watches the order; B stays in the background.
+    let mut ws = WsClient::connect(&server.ws_url(&atok)).await?;
+    ws.subscribe(&och, Some(1)).await?;
+    for (id, status) in [("e2", "accepted"), ("e3", "preparing")] {
+        post_order_event(&server, &order, json!({"event_id": id, "status": status})).await?;
+    }
+    for want in [2, 3] {
+        let f = ws.next_of_type("order", T).await?;
+        assert_eq!(f["seq"], want, "A's socket delivers: {f}");
+    }
+    fakes.fcm.handle.wait_accepted(3, T).await;
+    tokio::time::sleep(SETTLE).await;
+    let all = fakes.fcm.handle.accepted();
+    let later: Vec<&Accepted> = all[2..].iter().collect();
+    assert_eq!(later.len(), 1, "one push, for B only: {all:?}");
+    assert_eq!(later[0].token, b_fcm, "B (not live) is pushed");
+    assert_eq!((later[0].seq(), later[0].count()), (3, 2));
+    assert_eq!(
+        all.iter().filter(|p| p.token == a_fcm).count(),
+        1,
+        "A (live) was pushed for what its socket delivered"
+    );
+
+    // A closes the app: the next milestone reaches both.
+    drop(ws);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    post_order_event(
+        &server,
+        &order,
+        json!({"event_id": "e4", "status": "ready"}),
+    )
+    .await?;
+    fakes.fcm.handle.wait_accepted(5, T).await;
+    tokio::time::sleep(SETTLE).await;
+    let all = fakes.fcm.handle.accepted();
+    assert_eq!(all.len(), 5, "{all:?}");
+    let mut last: Vec<&str> = all[3..].iter().map(|p| p.token.as_str()).collect();
+    last.sort();
+    let mut want = [a_fcm.as_str(), b_fcm.as_str()];
+    want.sort();
+    assert_eq!(last, want);
+    assert!(all[3..].iter().all(|p| p.seq() == 4 && p.count() == 1));
+    assert_eq!(fakes.violations(), Vec::<String>::new());
+    Ok(())
+}
+
+/// A vendor's notifications reach its devices while no stream of its own
+/// is open, and `handle_push` reads exactly the missed ones over
+/// `GET /v1/vendors/{id}/notifications`.
+async fn vendor_notifications_are_pushed_and_synced(engine: EngineChoice) -> Result<()> {
+    let fakes = Fakes::start().await?;
+    let server = Server::start_with(fakes.options(engine)?).await?;
+    let vendor = unique("vendor");
+    let vch = format!("vendor:{vendor}");
+    let vtok = token(&vendor, Role::Vendor, &[]);
+    let notify = |n: u32| {
+        let server = &server;
+        let vendor = &vendor;
+        async move {
+            for i in 0..n {
+                reqwest::Client::new()
+                    .post(server.http(&format!("/v1/vendors/{vendor}/notifications")))
+                    .bearer_auth(token("ops", Role::Service, &[]))
+                    .json(&json!({"event": "new-order", "data": {"i": i}}))
+                    .send()
+                    .await?
+                    .error_for_status()?;
+            }
+            anyhow::Ok(())
+        }
+    };
+    let sdk = Buyer::start(fast_config(server.http(""), &vendor), vtok.clone())?;
+    let (_, fcm_token) = tokens();
+    let channels = sdk
+        .client
+        .register_push_token(PushPlatform::Fcm, fcm_token.clone())
+        .await?;
+    assert_eq!(channels, std::slice::from_ref(&vch));
+
+    // The vendor's dashboard stream is open: no push.
+    let stream = reqwest::Client::new()
+        .get(server.http(&format!("/v1/vendors/{vendor}/notifications/stream")))
+        .bearer_auth(&vtok)
+        .send()
+        .await?
+        .error_for_status()?;
+    notify(2).await?;
+    tokio::time::sleep(SETTLE).await;
+    assert!(
+        fakes.fcm.handle.accepted().is_empty(),
+        "a vendor with an open stream was pushed"
+    );
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Closed: a burst of three is one push up to seq 5.
+    notify(3).await?;
+    let got = fakes.fcm.handle.wait_accepted(1, T).await;
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(fakes.fcm.handle.accepted().len(), 1);
+    assert_eq!(got[0].channel(), vch);
+    assert_eq!((got[0].seq(), got[0].count()), (5, 3));
+    assert_eq!(got[0].data["kind"], "notification");
+    let data = got[0].body["message"]["data"].to_string();
+    let synced = sdk.client.handle_push(data.clone()).await?;
+    // The device had none yet: everything retained up to the pushed seq.
+    let seqs: Vec<u64> = synced.notifications.iter().map(|n| n.seq).collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    assert!(synced.complete);
+    assert!(synced.notifications.iter().all(|n| n.event == "new-order"));
+    assert_eq!(synced.notifications[4].data_json, r#"{"i":2}"#);
+    // The same push again finds nothing missing.
+    assert!(sdk.client.handle_push(data).await?.notifications.is_empty());
+    // The next one: exactly the gap.
+    notify(2).await?;
+    let got = fakes.fcm.handle.wait_accepted(2, T).await;
+    let synced = sdk
+        .client
+        .handle_push(got[1].body["message"]["data"].to_string())
+        .await?;
+    let seqs: Vec<u64> = synced.notifications.iter().map(|n| n.seq).collect();
+    assert_eq!(seqs, [6, 7]);
+
+    // The history read: the stream's readers only, limits checked.
+    let get = |tok: String, query: &str| {
+        let url = server.http(&format!("/v1/vendors/{vendor}/notifications{query}"));
+        async move {
+            let r = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(tok)
+                .send()
+                .await?;
+            anyhow::Ok((r.status(), r.json::<Value>().await?))
+        }
+    };
+    let (status, page) = get(vtok.clone(), "?after_seq=5&limit=1").await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["more"], true);
+    assert_eq!(page["notifications"][0]["seq"], 6);
+    assert_eq!(page["notifications"][0]["id"], "6");
+    let (status, page) = get(token("ops", Role::Service, &[]), "").await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["notifications"].as_array().map(Vec::len), Some(7));
+    assert_eq!(page["more"], false);
+    let other = token(&unique("vendor"), Role::Vendor, &[]);
+    assert_eq!(get(other, "").await?.0, StatusCode::FORBIDDEN);
+    let buyer = token(&unique("buyer"), Role::Buyer, &[&vch]);
+    assert_eq!(get(buyer, "").await?.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        get(vtok.clone(), "?limit=0").await?.0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(fakes.violations(), Vec::<String>::new());
+    sdk.client.shutdown().await;
+    Ok(())
+}
+
 async fn dead_tokens_are_removed(engine: EngineChoice) -> Result<()> {
     let fakes = Fakes::start().await?;
     let server = Server::start_with(fakes.options(engine)?).await?;
@@ -478,6 +677,24 @@ async fn two_processes_push_once_and_see_each_others_subscribers() -> Result<()>
         }
         tokio::time::sleep(SETTLE).await;
     }
+    // Under load the last round's pushes may still be on their way: wait
+    // (bounded) until both channels are covered, then a little longer for
+    // anything pushed twice.
+    let covered_now = |c: &str| {
+        fakes
+            .apns
+            .handle
+            .accepted()
+            .iter()
+            .filter(|p| p.channel() == c)
+            .map(Accepted::count)
+            .sum::<u64>()
+    };
+    let end = tokio::time::Instant::now() + T;
+    while (covered_now(&ch) < 6 || covered_now(&vch) < 6) && tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(SETTLE).await;
     let got = fakes.apns.handle.accepted();
     let mut keys: Vec<(String, u64)> = got.iter().map(|p| (p.channel(), p.seq())).collect();
     let n = keys.len();
@@ -516,6 +733,76 @@ async fn two_processes_push_once_and_see_each_others_subscribers() -> Result<()>
     };
     assert_eq!(top(&ch), Some(8));
     assert_eq!(top(&vch), Some(6));
+    assert_eq!(fakes.violations(), Vec::<String>::new());
+    Ok(())
+}
+
+/// Two processes on one Redis: buyer A watching the order on process B
+/// counts as live for events handled by process A (and only A does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_liveness_is_per_user() -> Result<()> {
+    let Some((url, _guard)) = waypost_e2e::shared_redis().await else {
+        return Ok(());
+    };
+    let fakes = Fakes::start().await?;
+    let pa = Server::start_with(fakes.options(EngineChoice::Redis(url.clone()))?).await?;
+    let pb = Server::start_with(fakes.options(EngineChoice::Redis(url))?).await?;
+    let order = unique("order");
+    let och = format!("order:{order}");
+    let (a, b) = (unique("buyer-a"), unique("buyer-b"));
+    let atok = token(&a, Role::Buyer, &[&och]);
+    let btok = token(&b, Role::Buyer, &[&och]);
+    let (_, a_fcm) = tokens();
+    let (_, b_fcm) = tokens();
+    register(&pa, &atok, "a-phone", "fcm", &a_fcm).await?;
+    register(&pb, &btok, "b-phone", "fcm", &b_fcm).await?;
+    post_order_event(
+        &pa,
+        &order,
+        json!({"event_id": "e1", "status": "placed", "vendor_id": "v-1", "buyers": [a, b]}),
+    )
+    .await?;
+    fakes.fcm.handle.wait_accepted(2, T).await;
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(fakes.fcm.handle.accepted().len(), 2);
+
+    let mut ws = WsClient::connect(&pb.ws_url(&atok)).await?;
+    ws.subscribe(&och, Some(1)).await?;
+    post_order_event(&pa, &order, json!({"event_id": "e2", "status": "accepted"})).await?;
+    post_order_event(
+        &pb,
+        &order,
+        json!({"event_id": "e3", "status": "preparing"}),
+    )
+    .await?;
+    for want in [2, 3] {
+        let f = ws.next_of_type("order", T).await?;
+        assert_eq!(f["seq"], want);
+    }
+    // B's pushes (one per process that handled an event): wait for them,
+    // then a little longer for anything A should not get.
+    let covered = || {
+        fakes.fcm.handle.accepted()[2..]
+            .iter()
+            .filter(|p| p.token == b_fcm)
+            .map(Accepted::count)
+            .sum::<u64>()
+    };
+    let end = tokio::time::Instant::now() + T;
+    while covered() < 2 && tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(SETTLE).await;
+    let all = fakes.fcm.handle.accepted();
+    let later = &all[2..];
+    assert!(
+        later.iter().all(|p| p.token == b_fcm),
+        "A (live on process B) was pushed: {all:?}"
+    );
+    // B learns of both milestones, each counted once across processes.
+    assert_eq!(later.iter().map(Accepted::count).sum::<u64>(), 2, "{all:?}");
+    assert_eq!(later.iter().map(Accepted::seq).max(), Some(3));
+    drop(ws);
     assert_eq!(fakes.violations(), Vec::<String>::new());
     Ok(())
 }

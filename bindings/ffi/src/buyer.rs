@@ -15,6 +15,7 @@ use waypost_sdk::buyer::{
 };
 
 use crate::error::WaypostError;
+use crate::lifecycle::Lifecycle;
 use crate::platform::PlatformState;
 use crate::runtime;
 use crate::task_handle::Subscription;
@@ -289,6 +290,8 @@ impl sdk::OrderListener for OrderAdapter {
 #[derive(uniffi::Object)]
 pub struct BuyerClient {
     inner: Arc<sdk::BuyerClient>,
+    /// Warns when released without `shutdown()`.
+    lifecycle: Lifecycle,
 }
 
 #[uniffi::export]
@@ -306,6 +309,7 @@ impl BuyerClient {
         platform: Option<Arc<PlatformState>>,
     ) -> Result<Arc<Self>, WaypostError> {
         let handle = runtime::get()?.handle().clone();
+        let user_id = config.user_id.clone();
         let inner = runtime::run_blocking(move || {
             let _guard = handle.enter();
             let config: sdk::BuyerConfig = config.into();
@@ -321,7 +325,10 @@ impl BuyerClient {
             )
         })
         .await??;
-        Ok(Arc::new(Self { inner }))
+        Ok(Arc::new(Self {
+            inner,
+            lifecycle: Lifecycle::new("BuyerClient of user", user_id),
+        }))
     }
 
     /// Watches a driver until the returned subscription is cancelled or
@@ -544,6 +551,8 @@ impl BuyerClient {
     /// messages stay in the outbox for the next start (with a `db_path`).
     pub async fn shutdown(&self) -> Result<(), WaypostError> {
         let inner = Arc::clone(&self.inner);
-        runtime::run(async move { inner.shutdown().await }).await
+        runtime::run(async move { inner.shutdown().await }).await?;
+        self.lifecycle.shut_down();
+        Ok(())
     }
 }

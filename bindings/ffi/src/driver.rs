@@ -11,6 +11,7 @@ use waypost_sdk::{
 };
 
 use crate::error::WaypostError;
+use crate::lifecycle::Lifecycle;
 use crate::platform::PlatformState;
 use crate::runtime;
 use crate::task_handle::Subscription;
@@ -205,6 +206,8 @@ pub struct UploadResult {
 #[derive(uniffi::Object)]
 pub struct Driver {
     inner: Arc<sdk::Driver>,
+    /// Warns when released without `shutdown()`.
+    lifecycle: Lifecycle,
 }
 
 #[uniffi::export]
@@ -222,6 +225,7 @@ impl Driver {
     ) -> Result<Arc<Self>, WaypostError> {
         let listener =
             listener.map(|l| Arc::new(ListenerAdapter(l)) as Arc<dyn sdk::DriverListener>);
+        let driver_id = config.driver_id.clone();
         let inner = runtime::run_blocking(move || {
             sdk::Driver::open(
                 config.into(),
@@ -231,7 +235,10 @@ impl Driver {
             )
         })
         .await??;
-        Ok(Arc::new(Self { inner }))
+        Ok(Arc::new(Self {
+            inner,
+            lifecycle: Lifecycle::new("Driver", driver_id),
+        }))
     }
 
     /// Starts the background uploader (idempotent).
@@ -260,8 +267,11 @@ impl Driver {
     }
 
     /// Adds a listener of every event from now on, until the returned
-    /// subscription is cancelled or dropped (the listener given to `open`
-    /// also hears `BufferRecreated`, raised during the open).
+    /// subscription is cancelled or dropped. The first listener added also
+    /// gets, first, the events raised since `open` while there was none
+    /// (`BufferRecreated`, an upload that finished before the app
+    /// subscribed, ...; the newest 256): nothing raised before the first
+    /// watcher is lost.
     pub fn watch_events(
         &self,
         listener: Arc<dyn DriverListener>,
@@ -360,6 +370,8 @@ impl Driver {
     /// in the buffer for the next open.
     pub async fn shutdown(&self) -> Result<(), WaypostError> {
         let inner = Arc::clone(&self.inner);
-        runtime::run(async move { inner.shutdown().await }).await
+        runtime::run(async move { inner.shutdown().await }).await?;
+        self.lifecycle.shut_down();
+        Ok(())
     }
 }

@@ -24,6 +24,7 @@ pub mod buyer;
 pub mod diagnostics;
 pub mod driver;
 pub mod error;
+mod lifecycle;
 pub mod logging;
 pub mod platform;
 pub mod runtime;

@@ -4,7 +4,9 @@ token minting through `waypost token --dev`, trail reads, and polling."""
 
 import json
 import os
+import re
 import subprocess
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -65,6 +67,48 @@ class Server:
 
     def trail(self, driver_id):
         return self.get_json(f"/v1/drivers/{driver_id}/trail?limit=1000")["fixes"]
+
+
+class OwnServer(Server):
+    """`waypost serve --dev` of a test's own on a free loopback port, with
+    extra arguments (e.g. a short `--online-ttl`); same dev signing key as
+    the shared server. Use as a context manager: it is stopped on exit."""
+
+    def __init__(self, *args):
+        super().__init__()
+        self._log = tempfile.NamedTemporaryFile(prefix="waypost-server-", suffix=".log", delete=False)
+        self._proc = subprocess.Popen(
+            [self.bin, "serve", "--dev", "--listen", "127.0.0.1:0", *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            with open(self._log.name, encoding="utf-8", errors="replace") as f:
+                found = re.search(r"^listening on (\S+)$", f.read(), re.M)
+            if found:
+                self.url = f"http://{found.group(1)}"
+                return
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                with open(self._log.name, encoding="utf-8", errors="replace") as f:
+                    raise RuntimeError(f"the server did not start: {f.read()}")
+            time.sleep(0.05)
+
+    def close(self):
+        self._proc.terminate()
+        try:
+            self._proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(10)
+        self._log.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import gc
 import time
 
 import waypost
-from conftest import wait_for
+from conftest import OwnServer, wait_for
 from helpers import Platform, Recorder, Tokens, route, run
 
 
@@ -187,6 +187,115 @@ def test_driver_updates_yield_the_dead_zone_trail_before_the_position(server, un
     finally:
         run(driver.shutdown())
         run(buyer.shutdown())
+
+
+def test_driver_updates_yield_dark_and_online_status_then_the_trail(unique, tmp_path):
+    """A courier goes dark (no network, still recording) for longer than the
+    server's online TTL: the stream yields its position, `offline`, and when
+    it is back `online` (how long it was dark), the missed segment as one
+    trail and the newest position, in that order. On a server of the test's
+    own with a 2 s TTL, so `offline` comes within ~2.5 s."""
+    with OwnServer("--online-ttl", "2s") as server:
+        driver_id, buyer_id = unique("d"), unique("b")
+        buyer = run(waypost.BuyerClient.open(
+            waypost.BuyerConfig(base_url=server.url, user_id=buyer_id), Recorder(),
+            Tokens(server.token(buyer_id, "buyer", [f"tracking:{driver_id}"])), None))
+        platform = Platform()
+        driver = run(waypost.Driver.open(
+            waypost.DriverConfig(base_url=server.url, driver_id=driver_id, device_id="py-dz", buffer_path=str(tmp_path / "d.db")),
+            Tokens(server.token(driver_id, "driver")), None, platform))
+        try:
+            base = int(time.time() * 1000) - 120_000
+            fixes = [
+                waypost.Location(ts_ms=base + i * 6_000, lat=48.85 + i * 0.001, lon=2.35, accuracy_m=8.0, speed_mps=18.0)
+                for i in range(7)
+            ]
+            got = []
+
+            async def until_newest():
+                async for item in buyer.driver_updates(driver_id):
+                    got.append(item)
+                    if isinstance(item, waypost.LocationUpdate) and item.ts_ms == fixes[-1].ts_ms:
+                        return
+
+            task = asyncio.run_coroutine_threadsafe(until_newest(), _loop())
+            wait_for("subscribed", lambda: server.get_json(f"/v1/admin/channels/tracking:{driver_id}")["subscribers"] == 1)
+            assert run(driver.record(fixes[0])).is_recorded()
+            assert run(driver.upload_now()).pending == 0
+            wait_for("the first position", lambda: len(got) == 1)
+
+            # A garage: no network, the phone keeps recording.
+            assert platform.set_network(waypost.NetworkType.OFFLINE)
+            assert all(o.is_recorded() for o in run(driver.record_many(fixes[1:])))
+            assert run(driver.upload_now()).pending == 6, "nothing leaves while offline"
+            wait_for("watchers are told it went dark", lambda: any(
+                isinstance(i, waypost.DriverStatusUpdate) and not i.online for i in got))
+
+            # Out of the garage: the backlog goes up at once.
+            assert platform.set_network(waypost.NetworkType.WIFI)
+            assert run(driver.upload_now()).pending == 0
+            task.result(15)
+
+            def kind(i):
+                if isinstance(i, waypost.DriverStatusUpdate):
+                    return "online" if i.online else "offline"
+                return "trail" if isinstance(i, waypost.TrailUpdate) else "location"
+
+            assert [kind(i) for i in got] == ["location", "offline", "online", "trail", "location"], got
+            offline, online = got[1], got[2]
+            assert offline.driver_id == online.driver_id == driver_id
+            assert offline.last_seen_ms == online.last_seen_ms > 0, (offline, online)
+            assert online.dark_ms is not None and online.dark_ms >= 1_000, online
+            trail = got[3]
+            assert trail.driver_id == driver_id and trail.order_id is None
+            assert [f.ts_ms for f in trail.fixes] == [f.ts_ms for f in fixes[1:-1]], trail
+        finally:
+            run(driver.shutdown())
+            run(buyer.shutdown())
+
+
+def test_chat_events_carry_edits_and_deletes_once_in_order(server, unique, tmp_path):
+    """Edits and deletes reach a room's iterator as the changed entry
+    (`edited` / `deleted`, empty body), once each, after the originals and
+    in the order they were made."""
+    room, buyer_id, vendor_id = unique("room"), unique("b"), unique("v")
+    buyer = run(waypost.BuyerClient.open(
+        waypost.BuyerConfig(base_url=server.url, user_id=buyer_id, db_path=str(tmp_path / "b.db")), Recorder(),
+        Tokens(server.token(buyer_id, "buyer", [f"chat:{room}"])), None))
+    vendor = run(waypost.BuyerClient.open(
+        waypost.BuyerConfig(base_url=server.url, user_id=vendor_id, db_path=str(tmp_path / "v.db")), Recorder(),
+        Tokens(server.token(vendor_id, "buyer", [f"chat:{room}"])), None))
+    keep = vendor.join_chat(room)
+    try:
+        seen = []
+
+        async def collect(n):
+            async for entry in buyer.chat_messages(room):
+                seen.append(entry)
+                if len(seen) == n:
+                    return
+
+        task = asyncio.run_coroutine_threadsafe(collect(4), _loop())
+        wait_for("both in the room", lambda: server.get_json(f"/v1/admin/channels/chat:{room}")["subscribers"] == 2)
+        run(vendor.send_message(room, "one"))
+        run(vendor.send_message(room, "two"))
+        wait_for("both messages", lambda: len(seen) == 2)
+        one, two = seen
+        vendor.edit_message(room, two.seq, "two, fixed")
+        wait_for("the edit", lambda: len(seen) == 3)
+        vendor.delete_message(room, one.seq)
+        task.result(15)
+        assert [(e.seq, e.body, e.edited, e.deleted) for e in seen] == [
+            (one.seq, "one", False, False),
+            (two.seq, "two", False, False),
+            (two.seq, "two, fixed", True, False),
+            (one.seq, "", False, True),
+        ], seen
+        assert [(m.seq, m.deleted) for m in run(buyer.messages(room, 10))] == [(one.seq, True), (two.seq, False)]
+    finally:
+        keep.cancel()
+        run(buyer.shutdown())
+        run(vendor.shutdown())
 
 
 def test_health_updates_yield_the_current_report_then_changes(server, unique, tmp_path):

@@ -1,5 +1,5 @@
 //! [`BuyerClient`]: the object a buyer app holds. It owns one background
-//! task that runs the connection manager with the buyer [`Core`] on top:
+//! task that runs the connection manager with the buyer `Core` on top:
 //! tracking state, chat rooms, the outbox and the local store. App calls
 //! become commands to that task (bounded queue), so all state changes and
 //! all listener calls happen on it, one at a time and in order.
@@ -170,12 +170,8 @@ pub enum Command {
     Typing(String),
     /// This user read `room` up to a seq.
     MarkRead(String, u64),
-    /// Edit (with a body) or delete one of this user's messages.
-    Amend {
-        room: String,
-        seq: u64,
-        body: Option<String>,
-    },
+    /// An edit or delete of one of this user's messages is in the outbox.
+    Amended,
     EnvironmentChanged,
     Reconnect,
     /// A page of HTTP history for a room that could not be recovered.
@@ -622,9 +618,11 @@ impl BuyerClient {
         self.store.unread_count(&room, &self.config.user_id)
     }
 
-    /// Replaces the body of this user's message `seq` (needs a connection;
-    /// the result arrives as `on_message` with `edited`, or `on_error` with
-    /// the room as reference).
+    /// Replaces the body of this user's message `seq`. Queued in the
+    /// outbox like a message (works offline, sent once connected, exactly
+    /// once, in order with messages written before it); the result arrives
+    /// as `on_message` with `edited`, or `on_error` with the room as
+    /// reference.
     pub fn edit_message(&self, room: String, seq: u64, body: String) -> Result<(), WaypostError> {
         check_id("room", &room)?;
         if body.is_empty() || body.len() > MAX_BODY_BYTES {
@@ -632,22 +630,37 @@ impl BuyerClient {
                 details: format!("an edit needs a body of 1..={MAX_BODY_BYTES} bytes"),
             });
         }
-        self.send(Command::Amend {
-            room,
-            seq,
-            body: Some(body),
-        })
+        self.amend(room, seq, Some(body))
     }
 
-    /// Deletes this user's message `seq` (needs a connection; the result
-    /// arrives as `on_message` with `deleted`).
+    /// Deletes this user's message `seq`: queued like an edit; the result
+    /// arrives as `on_message` with `deleted`.
     pub fn delete_message(&self, room: String, seq: u64) -> Result<(), WaypostError> {
         check_id("room", &room)?;
-        self.send(Command::Amend {
-            room,
+        self.amend(room, seq, None)
+    }
+
+    fn amend(&self, room: String, seq: u64, body: Option<String>) -> Result<(), WaypostError> {
+        if self.cancel.is_cancelled() {
+            return Err(WaypostError::ShutDown);
+        }
+        if seq == 0 {
+            return Err(WaypostError::InvalidArgument {
+                details: "messages are numbered from 1".into(),
+            });
+        }
+        let client_id = uuid::Uuid::new_v4().to_string();
+        self.store.enqueue_amend(
+            &room,
+            &self.config.user_id,
+            &client_id,
             seq,
-            body: None,
-        })
+            body.as_deref(),
+            self.clock.now_ms(),
+        )?;
+        // The entry is durable; if the queue is full the next pump sends it.
+        let _ = self.send(Command::Amended);
+        Ok(())
     }
 
     /// The newest position seen for a driver, from its `tracking:` channel
@@ -754,6 +767,7 @@ impl BuyerClient {
             count: data.count,
             messages: Vec::new(),
             order_entries: Vec::new(),
+            notifications: Vec::new(),
             complete: true,
         };
         let Some(channel) = Channel::from_name(&data.channel) else {
@@ -786,12 +800,7 @@ impl BuyerClient {
             }
             (PushKind::Order, ChannelKind::Order) => {
                 check_id("order_id", &channel.id)?;
-                let key = format!("push_cursor:{}", data.channel);
-                let after = self
-                    .store
-                    .get(&key)?
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0);
+                let after = push_cursor(&self.store, &data.channel)?;
                 let auth = self.http_token().await?;
                 let (entries, complete) = push::order_gap(
                     &*self.transport,
@@ -803,9 +812,28 @@ impl BuyerClient {
                 )
                 .await?;
                 if let Some(last) = entries.last() {
-                    self.store.set(&key, &last.seq.to_string())?;
+                    advance_push_cursor(&self.store, &data.channel, last.seq)?;
                 }
                 out.order_entries = entries;
+                out.complete = complete;
+            }
+            (PushKind::Notification, ChannelKind::Vendor) => {
+                check_id("vendor_id", &channel.id)?;
+                let after = push_cursor(&self.store, &data.channel)?;
+                let auth = self.http_token().await?;
+                let (notifications, complete) = push::notification_gap(
+                    &*self.transport,
+                    self.base(),
+                    &auth,
+                    &channel.id,
+                    after,
+                    data.seq,
+                )
+                .await?;
+                if let Some(last) = notifications.last() {
+                    advance_push_cursor(&self.store, &data.channel, last.seq)?;
+                }
+                out.notifications = notifications;
                 out.complete = complete;
             }
             _ => {}
@@ -826,6 +854,23 @@ impl Drop for BuyerClient {
     fn drop(&mut self) {
         self.cancel.cancel();
     }
+}
+
+/// The last order entry or vendor notification this device has on
+/// `channel` (0: none).
+fn push_cursor(store: &Store, channel: &str) -> Result<u64, WaypostError> {
+    Ok(store
+        .get(&push::cursor_key(channel))?
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0))
+}
+
+/// Moves `channel`'s push cursor up to `seq` (never back).
+fn advance_push_cursor(store: &Store, channel: &str, seq: u64) -> Result<(), WaypostError> {
+    if seq > push_cursor(store, channel)? {
+        store.set(&push::cursor_key(channel), &seq.to_string())?;
+    }
+    Ok(())
 }
 
 fn check_id(what: &'static str, id: &str) -> Result<(), WaypostError> {
@@ -1003,6 +1048,21 @@ impl Core {
 
     fn verdict(&mut self, v: Option<Verdict>) {
         if let Some(Verdict::Fail { room, client_id }) = v {
+            // An edit or delete given up on is dropped (the app heard the
+            // refusal as `on_error` with the room, or hears it now).
+            match self.store.amendment(&room, &self.me, &client_id) {
+                Ok(Some(_)) => {
+                    if let Err(e) = self.store.discard(&room, &self.me, &client_id) {
+                        tracing::warn!(error = %e, "could not drop a failed edit");
+                    }
+                    let (code, message) =
+                        ("send_failed", "the edit or delete was not acknowledged");
+                    self.listener.on_error(room, code.into(), message.into());
+                    return;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "outbox read failed"),
+            }
             match self.store.fail(&room, &self.me, &client_id) {
                 Ok(Some(entry)) => self.outgoing(entry),
                 Ok(None) => {}
@@ -1317,6 +1377,13 @@ impl Session for Core {
                     if ch.kind == ChannelKind::Order {
                         let connected = self.connected;
                         self.orders.on_entry(&ch.id, seq, entry, connected, out);
+                        // A push for what tracking delivered fetches only
+                        // what came after it.
+                        if let Some(delivered) = self.orders.delivered(&ch.id) {
+                            if let Err(e) = advance_push_cursor(&self.store, &channel, delivered) {
+                                tracing::debug!(error = %e, "storing the order cursor failed");
+                            }
+                        }
                     }
                 }
             }
@@ -1364,9 +1431,20 @@ impl Session for Core {
                 id,
             } => {
                 self.outbox.on_ack(&client_id);
+                // A queued edit or delete: applied when its entry comes in
+                // the room's order (the room echo, or this ack's stand-in).
+                let amendment = self
+                    .store
+                    .amendment(&room, &self.me, &client_id)
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "outbox read failed");
+                        None
+                    });
                 match self.store.ack(&room, &self.me, &client_id, seq, &id) {
                     Ok(Some(entry)) => {
-                        self.outgoing(entry.clone());
+                        if amendment.is_none() {
+                            self.outgoing(entry.clone());
+                        }
                         if self.rooms.contains_key(&room) {
                             self.offer(
                                 ChatMessage {
@@ -1377,6 +1455,8 @@ impl Session for Core {
                                     client_id,
                                     body: entry.body,
                                     ts: entry.ts_ms,
+                                    kind: amendment.map(|(kind, _)| kind),
+                                    ref_seq: amendment.map(|(_, target)| target),
                                     ..Default::default()
                                 },
                                 out,
@@ -1594,18 +1674,8 @@ impl Session for Core {
                     *at = (*at).max(seq);
                 }
             }
-            Command::Amend { room, seq, body } => {
-                if !self.connected {
-                    let (code, message) = ("not_connected", "edits and deletes need a connection");
-                    self.refused(&room, code, message);
-                    self.listener.on_error(room, code.into(), message.into());
-                } else {
-                    out.push(match body {
-                        Some(body) => ClientFrame::Edit { room, seq, body },
-                        None => ClientFrame::Delete { room, seq },
-                    });
-                }
-            }
+            // Queued in the store by the app's call: send when connected.
+            Command::Amended => self.pump(out),
             Command::Typing(room) => {
                 let now = self.now();
                 let last = self.last_typing.get(&room).copied();

@@ -35,8 +35,10 @@ pub mod types;
 mod tests;
 
 pub use client::{BuyerClient, BuyerConfig, BuyerDeps};
-pub use push::{PushPlatform, PushSync};
-pub use transport::{TransportError, TungsteniteConnector, WsConnector, WsEvent, WsTransport};
+pub use push::{PushPlatform, PushSync, VendorNotification};
+pub use transport::{
+    TransportError, TungsteniteConnector, WireEncoding, WsConnector, WsEvent, WsTransport,
+};
 pub use types::{
     Attachment, BuyerListener, ChatEntry, ChatEvent, ChatListener, CloseReason, ConnectionState,
     ConnectionStateListener, DriverStatusUpdate, LocationListener, LocationUpdate, MessageStatus,

@@ -70,6 +70,11 @@ impl Orders {
         true
     }
 
+    /// The last entry delivered in order for a tracked order.
+    pub fn delivered(&self, order_id: &str) -> Option<u64> {
+        self.orders.get(order_id).map(|t| t.delivered)
+    }
+
     pub fn is_tracked(&self, order_id: &str) -> bool {
         self.orders.contains_key(order_id)
     }

@@ -6,8 +6,12 @@
 //! repeat with the original ack and stores nothing new. A message the
 //! server refuses for good, or that stays unanswered `max_attempts` times,
 //! becomes failed (the app may retry it).
+//!
+//! Edits and deletes written while offline queue here too, in order with
+//! the messages: they go out with a `client_id` of their own, so a resend
+//! is acked with the original entry and the change happens exactly once.
 
-use waypost_protocol::ClientFrame;
+use waypost_protocol::{ClientFrame, MessageKind};
 
 use super::store::{Outgoing, Store};
 use crate::error::WaypostError;
@@ -73,16 +77,31 @@ impl Outbox {
             client_id,
             body,
             attachments,
+            kind,
+            ref_seq,
             ..
         }) = store.outbox(1)?.into_iter().next()
         else {
             return Ok(());
         };
-        out.push(ClientFrame::Send {
-            room: room.clone(),
-            client_id: client_id.clone(),
-            body,
-            attachments,
+        out.push(match (kind, ref_seq) {
+            (Some(MessageKind::Edit), Some(seq)) => ClientFrame::Edit {
+                room: room.clone(),
+                seq,
+                body,
+                client_id: Some(client_id.clone()),
+            },
+            (Some(MessageKind::Delete), Some(seq)) => ClientFrame::Delete {
+                room: room.clone(),
+                seq,
+                client_id: Some(client_id.clone()),
+            },
+            _ => ClientFrame::Send {
+                room: room.clone(),
+                client_id: client_id.clone(),
+                body,
+                attachments,
+            },
         });
         self.in_flight = Some(InFlight {
             room,

@@ -6,14 +6,17 @@
 //! reads what this device does not have yet over HTTP: for a chat room,
 //! the messages after the store's last seq (stored like live ones, so the
 //! timeline and the next resume include them); for an order, the timeline
-//! entries after the last one a push sync returned (kept in the store).
-//! Vendor notifications are not fetched (their stream resumes with
-//! `Last-Event-ID`); the push data is returned as is.
+//! entries after the last one this device has (the newest of what live
+//! tracking delivered and what a push sync returned, kept in the store);
+//! for a vendor's notifications, those after the last one a push sync
+//! returned (`GET /v1/vendors/{id}/notifications?after_seq=`). Every read
+//! stops at the pushed seq: exactly the gap, nothing after it (a later
+//! push covers what came since).
 
 use serde::Deserialize;
 use waypost_protocol::{
-    ChatMessage, DeviceRegistered, FrameEntry, MessagesResponse, PushData, PushKind,
-    TimelineResponse,
+    ChatMessage, DeviceRegistered, FrameEntry, MessagesResponse, NotificationsResponse, PushData,
+    PushKind, TimelineResponse,
 };
 
 use super::types::{ChatEntry, OrderEntry};
@@ -54,14 +57,42 @@ pub struct PushSync {
     pub messages: Vec<ChatEntry>,
     /// Order timeline entries fetched (seq order).
     pub order_entries: Vec<OrderEntry>,
+    /// Vendor notifications fetched (seq order), for kind `notification`.
+    pub notifications: Vec<VendorNotification>,
     /// Whether everything up to `seq` was fetched.
     pub complete: bool,
 }
 
+/// A stored vendor notification, as a push sync fetched it.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+pub struct VendorNotification {
+    pub vendor_id: String,
+    /// Per vendor, gap-free from 1 (the SSE `id:`).
+    pub seq: u64,
+    /// The event name (e.g. `new-order`).
+    pub event: String,
+    /// The posted `data`, as JSON.
+    pub data_json: String,
+    /// When it was stored, Unix ms.
+    pub ts_ms: i64,
+}
+
 /// Most pages one push sync reads.
 pub const MAX_PUSH_PAGES: usize = 20;
-/// Page size of one timeline read.
-const TIMELINE_PAGE: usize = 100;
+/// Page size of one timeline or notification read.
+const TIMELINE_PAGE: u64 = 100;
+
+/// The store key of the last order entry or vendor notification this
+/// device has, per channel (`order:{id}`, `vendor:{id}`).
+pub(crate) fn cursor_key(channel: &str) -> String {
+    format!("push_cursor:{channel}")
+}
+
+/// The page size that reads at most up to `seq` after `after`.
+fn page_limit(after: u64, seq: u64) -> u64 {
+    seq.saturating_sub(after).clamp(1, TIMELINE_PAGE)
+}
 
 pub(crate) fn bearer(token: &str) -> HttpHeader {
     HttpHeader::new("authorization", format!("Bearer {token}"))
@@ -153,7 +184,7 @@ pub(crate) async fn chat_gap(
             return Ok((out, false));
         };
         after = last;
-        out.extend(page.messages);
+        out.extend(page.messages.into_iter().filter(|m| m.seq <= seq));
         if !page.more {
             return Ok((out, after >= seq));
         }
@@ -186,7 +217,8 @@ pub(crate) async fn order_gap(
             .send(HttpRequest {
                 method: "GET".into(),
                 url: format!(
-                    "{base}/v1/orders/{order_id}/timeline?after_seq={after}&limit={TIMELINE_PAGE}"
+                    "{base}/v1/orders/{order_id}/timeline?after_seq={after}&limit={}",
+                    page_limit(after, seq)
                 ),
                 headers: vec![bearer(token)],
                 body: Vec::new(),
@@ -197,7 +229,7 @@ pub(crate) async fn order_gap(
             return Ok((out, false));
         };
         after = last;
-        for e in page.entries {
+        for e in page.entries.into_iter().filter(|e| e.seq <= seq) {
             let v = serde_json::to_value(&e).map_err(|e| WaypostError::invalid(e.to_string()))?;
             let parsed: Entry =
                 serde_json::from_value(v).map_err(|e| WaypostError::invalid(e.to_string()))?;
@@ -208,4 +240,220 @@ pub(crate) async fn order_gap(
         }
     }
     Ok((out, after >= seq))
+}
+
+/// A vendor's notifications after `after` up to `seq`
+/// (`GET /v1/vendors/{vendor_id}/notifications`).
+pub(crate) async fn notification_gap(
+    transport: &dyn HttpTransport,
+    base: &str,
+    token: &str,
+    vendor_id: &str,
+    mut after: u64,
+    seq: u64,
+) -> Result<(Vec<VendorNotification>, bool), WaypostError> {
+    let mut out = Vec::new();
+    for _ in 0..MAX_PUSH_PAGES {
+        if after >= seq {
+            return Ok((out, true));
+        }
+        let response = transport
+            .send(HttpRequest {
+                method: "GET".into(),
+                url: format!(
+                    "{base}/v1/vendors/{vendor_id}/notifications?after_seq={after}&limit={}",
+                    page_limit(after, seq)
+                ),
+                headers: vec![bearer(token)],
+                body: Vec::new(),
+            })
+            .await?;
+        let page: NotificationsResponse = HttpError::json(&response)?;
+        let Some(last) = page.notifications.last().map(|n| n.seq) else {
+            // Trimmed or expired: nothing more to read.
+            return Ok((out, false));
+        };
+        after = last;
+        out.extend(
+            page.notifications
+                .into_iter()
+                .filter(|n| n.seq <= seq)
+                .map(|n| VendorNotification {
+                    vendor_id: vendor_id.to_owned(),
+                    seq: n.seq,
+                    event: n.event,
+                    data_json: n.data.to_string(),
+                    ts_ms: n.ts,
+                }),
+        );
+        if !page.more {
+            return Ok((out, after >= seq));
+        }
+    }
+    Ok((out, after >= seq))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::{HttpResponse, TransportError};
+    use async_trait::async_trait;
+    use parking_lot::Mutex;
+    use waypost_protocol::{EntryBody, OrderStatus, TimelineEntry, VendorNotification as Wire};
+
+    /// Serves an order timeline and a vendor's notifications with seqs
+    /// `1..=high`, honouring `after_seq` and `limit` like the server, and
+    /// records the URLs asked.
+    struct Server {
+        high: u64,
+        /// Oldest retained seq (older ones were trimmed).
+        oldest: u64,
+        urls: Mutex<Vec<String>>,
+    }
+
+    fn param(url: &str, name: &str) -> Option<u64> {
+        url.split(&format!("{name}="))
+            .nth(1)
+            .and_then(|r| r.split('&').next())
+            .and_then(|n| n.parse().ok())
+    }
+
+    #[async_trait]
+    impl HttpTransport for Server {
+        async fn send(&self, request: HttpRequest) -> Result<HttpResponse, TransportError> {
+            self.urls.lock().push(request.url.clone());
+            let after = param(&request.url, "after_seq").unwrap_or(0);
+            let limit = param(&request.url, "limit").unwrap_or(100);
+            let seqs: Vec<u64> = (after.max(self.oldest - 1) + 1..=self.high)
+                .take(limit as usize)
+                .collect();
+            let more = seqs.last().is_some_and(|&s| s < self.high);
+            let body = if request.url.contains("/timeline") {
+                serde_json::to_vec(&TimelineResponse {
+                    entries: seqs
+                        .iter()
+                        .map(|&seq| TimelineEntry {
+                            seq,
+                            body: EntryBody::Status {
+                                event_id: format!("e{seq}"),
+                                status: OrderStatus::Preparing,
+                                active: true,
+                                driver_id: None,
+                                vendor_id: None,
+                                destination: None,
+                                data: None,
+                            },
+                            ts: seq as i64,
+                        })
+                        .collect(),
+                    more,
+                })
+            } else {
+                serde_json::to_vec(&NotificationsResponse {
+                    notifications: seqs
+                        .iter()
+                        .map(|&seq| Wire {
+                            id: seq.to_string(),
+                            seq,
+                            event: "new-order".into(),
+                            data: serde_json::json!({"n": seq}),
+                            ts: seq as i64,
+                        })
+                        .collect(),
+                    more,
+                })
+            }
+            .map_err(|e| TransportError::Connect {
+                message: e.to_string(),
+            })?;
+            Ok(HttpResponse {
+                status: 200,
+                headers: Vec::new(),
+                body,
+            })
+        }
+    }
+
+    fn server(high: u64, oldest: u64) -> Server {
+        Server {
+            high,
+            oldest,
+            urls: Mutex::new(Vec::new()),
+        }
+    }
+
+    #[tokio::test]
+    async fn notifications_sync_exactly_the_gap() {
+        let s = server(300, 1);
+        let (got, complete) = notification_gap(&s, "http://x", "t", "v1", 4, 7)
+            .await
+            .unwrap();
+        let seqs: Vec<u64> = got.iter().map(|n| n.seq).collect();
+        assert_eq!(seqs, [5, 6, 7]);
+        assert!(complete);
+        assert_eq!(got[0].vendor_id, "v1");
+        assert_eq!(got[0].event, "new-order");
+        assert_eq!(got[0].data_json, r#"{"n":5}"#);
+        // One page, no more than the gap asked for.
+        assert_eq!(
+            *s.urls.lock(),
+            ["http://x/v1/vendors/v1/notifications?after_seq=4&limit=3"]
+        );
+
+        // A long gap reads page by page and still stops at the pushed seq.
+        let s = server(300, 1);
+        let (got, complete) = notification_gap(&s, "http://x", "t", "v1", 0, 250)
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 250);
+        assert!(got.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+        assert_eq!(got.last().map(|n| n.seq), Some(250));
+        assert!(complete);
+        assert_eq!(s.urls.lock().len(), 3);
+
+        // Nothing missing: no request at all.
+        let s = server(300, 1);
+        let (got, complete) = notification_gap(&s, "http://x", "t", "v1", 9, 9)
+            .await
+            .unwrap();
+        assert!(got.is_empty() && complete);
+        assert!(s.urls.lock().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_trimmed_history_is_reported_incomplete() {
+        // Only 6.. are retained; the push covers 8 and the device has 2.
+        let s = server(10, 6);
+        let (got, complete) = notification_gap(&s, "http://x", "t", "v1", 2, 8)
+            .await
+            .unwrap();
+        let seqs: Vec<u64> = got.iter().map(|n| n.seq).collect();
+        assert_eq!(seqs, [6, 7, 8]);
+        assert!(complete, "everything up to the pushed seq was read");
+        // Nothing retained after the cursor.
+        let s = server(10, 11);
+        let (got, complete) = notification_gap(&s, "http://x", "t", "v1", 2, 8)
+            .await
+            .unwrap();
+        assert!(got.is_empty());
+        assert!(!complete);
+    }
+
+    #[tokio::test]
+    async fn order_milestones_sync_exactly_the_gap() {
+        let s = server(12, 1);
+        let (got, complete) = order_gap(&s, "http://x", "t", "o1", 3, 9).await.unwrap();
+        let seqs: Vec<u64> = got.iter().map(|e| e.seq).collect();
+        assert_eq!(
+            seqs,
+            [4, 5, 6, 7, 8, 9],
+            "not 10..12: a later push covers them"
+        );
+        assert!(complete);
+        assert!(got.iter().all(|e| e.order_id == "o1"));
+        assert_eq!(
+            *s.urls.lock(),
+            ["http://x/v1/orders/o1/timeline?after_seq=3&limit=6"]
+        );
+    }
 }

@@ -45,7 +45,9 @@ fn attachments_from(json: Option<String>) -> Vec<waypost_protocol::Attachment> {
         .unwrap_or_default()
 }
 
-/// A message waiting in the outbox, oldest first.
+/// A message waiting in the outbox, oldest first: a new message, or an
+/// edit (`kind` edit, the new body) or delete of this user's message
+/// `ref_seq`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outgoing {
     pub room: String,
@@ -53,6 +55,8 @@ pub struct Outgoing {
     pub body: String,
     pub attachments: Vec<waypost_protocol::Attachment>,
     pub attempts: u32,
+    pub kind: Option<MessageKind>,
+    pub ref_seq: Option<u64>,
 }
 
 /// The store. Cheap to share behind an `Arc`.
@@ -261,11 +265,96 @@ impl Store {
         })
     }
 
+    /// Puts an edit (`body` is `Some`) or a delete of this user's message
+    /// `ref_seq` in the outbox, behind the messages written before it: it
+    /// goes out once connected, exactly once (the server keeps it under
+    /// `client_id` and acks a resend with the original). Not listed in
+    /// the timeline; the change shows when the server's entry arrives.
+    pub fn enqueue_amend(
+        &self,
+        room: &str,
+        me: &str,
+        client_id: &str,
+        ref_seq: u64,
+        body: Option<&str>,
+        ts: i64,
+    ) -> Result<(), WaypostError> {
+        let kind = if body.is_some() {
+            MessageKind::Edit
+        } else {
+            MessageKind::Delete
+        };
+        self.tx(|tx| {
+            let queued: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM messages WHERE status IN ('pending','failed')",
+                [],
+                |r| r.get(0),
+            )?;
+            if queued as usize >= MAX_OUTBOX {
+                return Ok(None);
+            }
+            tx.execute(
+                "INSERT INTO messages (room, sender, client_id, body, ts, status, kind, ref_seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7)",
+                params![
+                    room,
+                    me,
+                    client_id,
+                    body.unwrap_or_default(),
+                    ts,
+                    kind_str(kind),
+                    ref_seq as i64
+                ],
+            )?;
+            Ok(Some(()))
+        })?
+        .ok_or(WaypostError::Busy {
+            details: "too many queued requests".into(),
+        })
+    }
+
+    /// The kind and target of a queued edit or delete (`None` for a
+    /// message, or when nothing is stored under `client_id`).
+    pub fn amendment(
+        &self,
+        room: &str,
+        me: &str,
+        client_id: &str,
+    ) -> Result<Option<(MessageKind, u64)>, WaypostError> {
+        let conn = self.conn.lock();
+        let row: Option<(Option<String>, Option<i64>)> = conn
+            .query_row(
+                "SELECT kind, ref_seq FROM messages WHERE room = ?1 AND sender = ?2 AND client_id = ?3",
+                params![room, me, client_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        Ok(row.and_then(
+            |(kind, ref_seq)| match (kind_from(kind.as_deref()), ref_seq) {
+                (Some(k @ (MessageKind::Edit | MessageKind::Delete)), Some(seq)) => {
+                    Some((k, seq.max(0) as u64))
+                }
+                _ => None,
+            },
+        ))
+    }
+
+    /// Drops an unsent entry (an edit or delete given up on).
+    pub fn discard(&self, room: &str, me: &str, client_id: &str) -> Result<bool, WaypostError> {
+        self.tx(|tx| {
+            Ok(tx.execute(
+                "DELETE FROM messages WHERE room = ?1 AND sender = ?2 AND client_id = ?3
+                     AND status IN ('pending','failed')",
+                params![room, me, client_id],
+            )? > 0)
+        })
+    }
+
     /// Pending messages in the order they were written, at most `limit`.
     pub fn outbox(&self, limit: usize) -> Result<Vec<Outgoing>, WaypostError> {
         let conn = self.conn.lock();
         let mut stmt = conn.prepare_cached(
-            "SELECT room, client_id, body, attempts, attachments FROM messages
+            "SELECT room, client_id, body, attempts, attachments, kind, ref_seq FROM messages
              WHERE status = 'pending' ORDER BY pk LIMIT ?1",
         )?;
         let rows = stmt.query_map([limit as i64], |r| {
@@ -275,6 +364,8 @@ impl Store {
                 body: r.get(2)?,
                 attempts: r.get::<_, i64>(3)?.max(0) as u32,
                 attachments: attachments_from(r.get(4)?),
+                kind: kind_from(r.get::<_, Option<String>>(5)?.as_deref()),
+                ref_seq: r.get::<_, Option<i64>>(6)?.map(|s| s.max(0) as u64),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -485,7 +576,8 @@ impl Store {
             out.push(row?);
         }
         let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {ENTRY_COLUMNS} FROM messages WHERE room = ?1 AND seq IS NULL ORDER BY pk"
+            "SELECT {ENTRY_COLUMNS} FROM messages WHERE room = ?1 AND seq IS NULL
+                 AND (kind IS NULL OR kind = 'system') ORDER BY pk"
         ))?;
         for row in stmt.query_map([room], row_to_entry)? {
             out.push(row?);
@@ -539,6 +631,15 @@ impl Store {
             |r| r.get(0),
         )?;
         Ok(n.max(0) as u64)
+    }
+}
+
+fn kind_from(s: Option<&str>) -> Option<MessageKind> {
+    match s? {
+        "edit" => Some(MessageKind::Edit),
+        "delete" => Some(MessageKind::Delete),
+        "system" => Some(MessageKind::System),
+        _ => None,
     }
 }
 

@@ -1807,25 +1807,173 @@ async fn receipts_edits_and_deletes() {
         .iter()
         .any(|r| r.user == "vendor" && (r.delivered, r.read) == (4, 4)));
 
-    // Own edits and deletes go out as frames.
+    // Own edits and deletes go out through the outbox, one at a time,
+    // each with a client id of its own.
     h.client
-        .edit_message("r".into(), 5, "mine, fixed".into())
+        .edit_message("r".into(), 1, "mine, fixed".into())
         .unwrap();
-    assert_eq!(
-        s.next().await,
-        Some(ClientFrame::Edit {
-            room: "r".into(),
-            seq: 5,
-            body: "mine, fixed".into()
-        })
-    );
-    h.client.delete_message("r".into(), 5).unwrap();
-    assert_eq!(
-        s.next().await,
-        Some(ClientFrame::Delete {
-            room: "r".into(),
-            seq: 5
-        })
-    );
+    h.client.delete_message("r".into(), 1).unwrap();
+    let Some(ClientFrame::Edit {
+        room,
+        seq,
+        body,
+        client_id: Some(edit_id),
+    }) = s.next().await
+    else {
+        panic!("expected the edit")
+    };
+    assert_eq!((room.as_str(), seq, body.as_str()), ("r", 1, "mine, fixed"));
+    s.send(&ServerFrame::Sent {
+        client_id: edit_id,
+        room: "r".into(),
+        seq: 5,
+        id: "r-5".into(),
+    });
+    let Some(ClientFrame::Delete {
+        room,
+        seq,
+        client_id: Some(_),
+    }) = s.next().await
+    else {
+        panic!("expected the delete")
+    };
+    assert_eq!((room.as_str(), seq), ("r", 1));
+    // The ack applied the edit in the room's order.
+    assert!(h
+        .rec
+        .has(&Ev::Changed(1, "mine, fixed".into(), true, false)));
     assert!(h.client.edit_message("r".into(), 5, String::new()).is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn edits_and_deletes_written_offline_go_out_once() {
+    let mut h = Harness::new(|_| {});
+    h.client.join_chat("r".into()).unwrap();
+    h.plan(0);
+    let mut s = h.accept().await;
+    assert!(matches!(
+        s.next().await,
+        Some(ClientFrame::Subscribe { .. })
+    ));
+    s.send(&subscribed("chat:r", true));
+    s.send(&chat("r", 1, "buyer-1", "mine"));
+    s.send(&chat("r", 2, "buyer-1", "oops"));
+    settle().await;
+    h.env.set_network(NetworkType::Offline);
+    h.client.environment_changed().unwrap();
+    settle().await;
+    h.client
+        .edit_message("r".into(), 1, "mine, fixed".into())
+        .unwrap();
+    h.client.delete_message("r".into(), 2).unwrap();
+    settle().await;
+    let timeline = |h: &Harness| {
+        h.client
+            .messages("r".into(), 10)
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.seq, m.body, m.edited, m.deleted))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        timeline(&h),
+        [
+            (Some(1), "mine".to_owned(), false, false),
+            (Some(2), "oops".to_owned(), false, false)
+        ],
+        "queued changes are not listed as messages"
+    );
+
+    // Back online: the edit goes out; the connection drops before its ack
+    // and the same edit (same client id) goes again.
+    h.plan(0);
+    h.env.set_network(NetworkType::Wifi);
+    h.client.environment_changed().unwrap();
+    let mut s = h.accept().await;
+    assert_eq!(
+        s.next().await,
+        Some(ClientFrame::Subscribe {
+            channel: "chat:r".into(),
+            after: Some(2)
+        })
+    );
+    let Some(ClientFrame::Edit {
+        seq: 1,
+        client_id: Some(edit_id),
+        ..
+    }) = s.next().await
+    else {
+        panic!("expected the queued edit")
+    };
+    h.plan(0);
+    s.close(4100);
+    let mut s = h.accept().await;
+    assert!(matches!(
+        s.next().await,
+        Some(ClientFrame::Subscribe { .. })
+    ));
+    let Some(ClientFrame::Edit {
+        seq: 1,
+        client_id: Some(again),
+        ..
+    }) = s.next().await
+    else {
+        panic!("expected the resent edit")
+    };
+    assert_eq!(again, edit_id);
+    s.send(&subscribed("chat:r", true));
+    s.send(&ServerFrame::Sent {
+        client_id: edit_id.clone(),
+        room: "r".into(),
+        seq: 3,
+        id: "r-3".into(),
+    });
+    let Some(ClientFrame::Delete {
+        seq: 2,
+        client_id: Some(delete_id),
+        ..
+    }) = s.next().await
+    else {
+        panic!("expected the queued delete after the edit's ack")
+    };
+    // The room echoes both entries (the edit again, after its ack), then
+    // the delete's ack arrives last.
+    let mut edit = wire("r", 3);
+    edit.from = "buyer-1".into();
+    edit.client_id = edit_id;
+    edit.kind = Some(MessageKind::Edit);
+    edit.ref_seq = Some(1);
+    edit.body = "mine, fixed".into();
+    let mut del = wire("r", 4);
+    del.from = "buyer-1".into();
+    del.client_id = delete_id.clone();
+    del.kind = Some(MessageKind::Delete);
+    del.ref_seq = Some(2);
+    del.body = String::new();
+    s.send(&ServerFrame::Message(edit));
+    s.send(&ServerFrame::Message(del));
+    s.send(&ServerFrame::Sent {
+        client_id: delete_id,
+        room: "r".into(),
+        seq: 4,
+        id: "r-4".into(),
+    });
+    settle().await;
+    assert_eq!(
+        timeline(&h),
+        [
+            (Some(1), "mine, fixed".to_owned(), true, false),
+            (Some(2), String::new(), false, true)
+        ]
+    );
+    let changes = |want: &Ev| h.rec.events.lock().iter().filter(|e| *e == want).count();
+    assert_eq!(
+        changes(&Ev::Changed(1, "mine, fixed".into(), true, false)),
+        1
+    );
+    assert_eq!(changes(&Ev::Changed(2, String::new(), false, true)), 1);
+    // Nothing is left to send or resend (pings are answered by `next`).
+    assert!(tokio::time::timeout(Duration::from_secs(30), s.next())
+        .await
+        .is_err());
 }

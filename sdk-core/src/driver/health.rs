@@ -58,7 +58,9 @@ pub enum HealthReason {
         /// The limit, metres.
         max_accuracy_m: f64,
     },
-    /// The platform reports no network.
+    /// The platform reports no network and fixes are waiting in the
+    /// buffer (offline with an empty buffer is not an issue: nothing is
+    /// held back).
     Offline {
         /// Fixes waiting in the buffer.
         pending: u64,
@@ -266,7 +268,10 @@ pub fn assess(i: &HealthInputs) -> DriverHealth {
         ));
     }
     let offline = p.network == NetworkType::Offline;
-    if offline {
+    // Offline is a reason fixes are not reaching the server only when some
+    // are waiting: with an empty buffer nothing is held back (fixes
+    // recorded offline raise it with the first one).
+    if offline && i.pending > 0 {
         issues.push(issue(
             HealthReason::Offline { pending: i.pending },
             Warning,
@@ -482,6 +487,18 @@ mod tests {
         let h = assess(&i);
         assert_eq!(h.key(), ["offline"]);
         assert!(h.summary.contains("10 fixes are waiting"), "{}", h.summary);
+        // Offline with nothing waiting holds nothing back: no issue (and a
+        // stale upload failure is not reported either while offline).
+        i.pending = 0;
+        let h = assess(&i);
+        assert!(h.ok && h.issues.is_empty(), "{h:?}");
+        assert_eq!(h.summary, "Fixes are reaching the server.");
+        i.pending = 1;
+        assert_eq!(
+            assess(&i).issues[0].reason,
+            HealthReason::Offline { pending: 1 }
+        );
+        i.pending = 10;
         // A refused token is the real cause.
         i.platform.network = NetworkType::Wifi;
         i.auth_failure = Some("no token".into());

@@ -28,6 +28,7 @@ mod uploader;
 #[cfg(test)]
 mod tests;
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -87,8 +88,13 @@ pub(crate) struct Inner {
     requests: AtomicU64,
     uploads_ok: AtomicU64,
     bytes_sent: AtomicU64,
-    /// Listeners of [`Driver::watch_events`].
-    watchers: Mutex<Listeners<dyn DriverListener>>,
+    /// Listeners of [`Driver::watch_events`], and the events raised
+    /// before the first of them (replayed to it).
+    watchers: Mutex<Watchers>,
+    /// Serializes event delivery, and a first watcher's replay with it, so
+    /// every watcher sees events in the order they were raised (reentrant:
+    /// a listener may call back into the driver).
+    events_emit: parking_lot::ReentrantMutex<()>,
     health: Mutex<HealthState>,
     /// Serializes assess → compare → notify, so listeners see reports in
     /// the order they were made (reentrant: a listener may call back).
@@ -112,6 +118,31 @@ struct HealthState {
     last_key: Option<Vec<&'static str>>,
     listeners: Vec<(u64, Arc<dyn HealthListener>)>,
     next_listener: u64,
+}
+
+/// Events kept for the first [`Driver::watch_events`] listener while there
+/// has been none (the oldest are dropped beyond this, and counted).
+pub const EARLY_EVENTS: usize = 256;
+
+/// The event listeners, and what happened before the first one came.
+#[derive(Default)]
+struct Watchers {
+    listeners: Listeners<dyn DriverListener>,
+    /// Events raised before the first watcher, oldest first (at most
+    /// [`EARLY_EVENTS`]); `None` once a watcher took them.
+    early: Option<VecDeque<DriverEvent>>,
+    /// Early events dropped because more than [`EARLY_EVENTS`] were
+    /// waiting.
+    early_dropped: u64,
+}
+
+impl Watchers {
+    fn new() -> Self {
+        Self {
+            early: Some(VecDeque::new()),
+            ..Self::default()
+        }
+    }
 }
 
 /// Most health listeners per driver (each Flow/AsyncStream collector is
@@ -193,7 +224,8 @@ impl Driver {
             requests: AtomicU64::new(0),
             uploads_ok: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
-            watchers: Mutex::new(Listeners::default()),
+            watchers: Mutex::new(Watchers::new()),
+            events_emit: parking_lot::ReentrantMutex::new(()),
             health: Mutex::new(HealthState::default()),
             health_emit: parking_lot::ReentrantMutex::new(()),
             silence: Mutex::new(silence::SilenceTracker::default()),
@@ -310,18 +342,43 @@ impl Driver {
         self.inner.poll_uploads().await
     }
 
-    /// Adds a listener of every [`DriverEvent`] from now on (the listener
-    /// given to `open` also hears `BufferRecreated`, raised during the
-    /// open), until the returned [`Subscription`] is cancelled or dropped.
+    /// Adds a listener of every [`DriverEvent`] from now on, until the
+    /// returned [`Subscription`] is cancelled or dropped.
+    ///
+    /// Nothing raised before the first watcher is lost: the events raised
+    /// since `open` while no watcher had been added yet (`BufferRecreated`
+    /// during the open, an upload that finished before the app's Flow
+    /// subscribed, ...) are kept, the newest [`EARLY_EVENTS`], and the
+    /// first watcher gets them, oldest first, before any later event.
+    /// Later watchers start with the events raised after they were added.
     pub fn watch_events(
         &self,
         listener: Arc<dyn DriverListener>,
     ) -> Result<Subscription, WaypostError> {
-        let id = self.inner.watchers.lock().add("", listener)?;
+        // Held through the replay: an event raised meanwhile on another
+        // thread reaches this listener after the replayed ones.
+        let _in_order = self.inner.events_emit.lock();
+        let (id, early, dropped) = {
+            let mut w = self.inner.watchers.lock();
+            let id = w.listeners.add("", Arc::clone(&listener))?;
+            (id, w.early.take(), w.early_dropped)
+        };
+        if let Some(early) = early {
+            if dropped > 0 {
+                tracing::warn!(
+                    dropped,
+                    kept = early.len(),
+                    "driver: events raised before the first watcher overflowed; the oldest were dropped"
+                );
+            }
+            for event in early {
+                listener.on_event(event);
+            }
+        }
         let inner = Arc::downgrade(&self.inner);
         Ok(Subscription::new(move || {
             if let Some(inner) = inner.upgrade() {
-                inner.watchers.lock().remove(id);
+                inner.watchers.lock().listeners.remove(id);
             }
         }))
     }
@@ -329,7 +386,7 @@ impl Driver {
     /// Event listeners added with [`watch_events`](Self::watch_events)
     /// and not cancelled.
     pub fn watcher_count(&self) -> usize {
-        self.inner.watchers.lock().len()
+        self.inner.watchers.lock().listeners.len()
     }
 
     /// Stops the background task and waits for it (an upload in flight is
@@ -353,6 +410,13 @@ impl Driver {
         self.inner
             .policy
             .sampling(&self.inner.situation(&rec.motion, &platform))
+    }
+
+    /// Events raised before the first [`watch_events`](Self::watch_events)
+    /// listener that were dropped because more than [`EARLY_EVENTS`] were
+    /// waiting (the first watcher got the newest).
+    pub fn early_events_dropped(&self) -> u64 {
+        self.inner.watchers.lock().early_dropped
     }
 
     /// Counters.
@@ -390,14 +454,33 @@ impl Drop for Driver {
         // The task holds only `Inner`; cancelling lets it end on its own.
         self.cancel.cancel();
         // The app's listeners (foreign objects) go now, not with the task.
-        self.inner.watchers.lock().clear();
+        let mut w = self.inner.watchers.lock();
+        w.listeners.clear();
+        w.early = None;
     }
 }
 
 impl Inner {
     fn emit(&self, event: DriverEvent) {
         tracing::debug!(?event, "driver event");
-        let watchers = self.watchers.lock().get("");
+        let _in_order = self.events_emit.lock();
+        let watchers = {
+            let mut w = self.watchers.lock();
+            let Watchers {
+                listeners,
+                early,
+                early_dropped,
+            } = &mut *w;
+            if let Some(early) = early {
+                // No watcher yet: keep it for the first one.
+                if early.len() >= EARLY_EVENTS {
+                    early.pop_front();
+                    *early_dropped += 1;
+                }
+                early.push_back(event.clone());
+            }
+            listeners.get("")
+        };
         for w in watchers {
             w.on_event(event.clone());
         }

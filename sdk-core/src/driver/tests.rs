@@ -772,6 +772,94 @@ async fn watchers_hear_events_until_cancelled() {
     assert_eq!(Arc::strong_count(&again), 1, "released with the driver");
 }
 
+#[tokio::test]
+async fn the_first_watcher_gets_the_events_raised_before_it_subscribed() {
+    let sim = Sim::new(13);
+    let d = sim.open();
+    // An upload finishes before anybody watches (what an app's Flow that
+    // subscribes after `open` used to miss).
+    sim.drive(&d, 0, 30).await;
+    sim.settle(&d).await;
+    let before = sim.events.0.lock().clone();
+    assert!(
+        before
+            .iter()
+            .any(|e| matches!(e, DriverEvent::Uploaded { .. })),
+        "{before:?}"
+    );
+    let first = Arc::new(Events::default());
+    let _sub = d.watch_events(first.clone()).unwrap();
+    assert_eq!(
+        *first.0.lock(),
+        before,
+        "replayed to the first watcher at once, oldest first"
+    );
+    // Later events follow the replayed ones; a second watcher gets only
+    // what happens after it subscribed.
+    let second = Arc::new(Events::default());
+    let _sub2 = d.watch_events(second.clone()).unwrap();
+    assert!(second.0.lock().is_empty(), "no replay for later watchers");
+    sim.drive(&d, 30, 60).await;
+    sim.settle(&d).await;
+    let all = sim.events.0.lock().clone();
+    assert!(all.len() > before.len(), "more events happened");
+    assert_eq!(*first.0.lock(), all, "the first watcher heard everything");
+    assert_eq!(*second.0.lock(), all[before.len()..]);
+    assert_eq!(d.early_events_dropped(), 0);
+}
+
+#[tokio::test]
+async fn early_events_are_bounded_oldest_dropped_and_counted() {
+    let sim = Sim::new(14);
+    let d = sim.open();
+    let n = EARLY_EVENTS as u64 + 44;
+    for count in 0..n {
+        d.inner.emit(DriverEvent::Evicted { count });
+    }
+    let first = Arc::new(Events::default());
+    let _sub = d.watch_events(first.clone()).unwrap();
+    let heard = first.0.lock().clone();
+    let expected: Vec<_> = (44..n)
+        .map(|count| DriverEvent::Evicted { count })
+        .collect();
+    assert_eq!(heard, expected, "the newest are kept, oldest first");
+    assert_eq!(d.early_events_dropped(), 44);
+    // Once taken, nothing is kept any more for anybody.
+    drop(_sub);
+    d.inner.emit(DriverEvent::Evicted { count: n });
+    let late = Arc::new(Events::default());
+    let _sub = d.watch_events(late.clone()).unwrap();
+    assert!(late.0.lock().is_empty());
+}
+
+#[test]
+fn events_raised_while_the_first_watcher_subscribes_keep_their_order() {
+    // Another thread raises events while the first watcher is added: the
+    // watcher gets every one of them exactly once, in the order raised.
+    let sim = Sim::new(15);
+    let d = sim.open();
+    let n = 200u64;
+    let driver = Arc::clone(&d);
+    let raiser = std::thread::spawn(move || {
+        for count in 0..n {
+            driver.inner.emit(DriverEvent::Evicted { count });
+            if count % 16 == 0 {
+                std::thread::yield_now();
+            }
+        }
+    });
+    // Subscribe somewhere in the middle (or before/after: all must hold).
+    while sim.events.0.lock().len() < 50 && !raiser.is_finished() {
+        std::thread::yield_now();
+    }
+    let first = Arc::new(Events::default());
+    let _sub = d.watch_events(first.clone()).unwrap();
+    raiser.join().unwrap();
+    let expected: Vec<_> = (0..n).map(|count| DriverEvent::Evicted { count }).collect();
+    assert_eq!(*first.0.lock(), expected, "every event once, in order");
+    assert_eq!(d.early_events_dropped(), 0);
+}
+
 /// Collects health reports.
 #[derive(Default)]
 struct HealthLog(Mutex<Vec<DriverHealth>>);
@@ -824,9 +912,10 @@ async fn a_running_driver_follows_the_platform_state_without_being_told() {
         log.keys().last().is_some_and(|k| k.is_empty())
     })
     .await;
-    // Reported once per change of the set of issues: offline (on add),
-    // healthy again; not once per fix.
-    assert_eq!(log.keys(), vec![vec!["offline"], vec![]]);
+    // Reported once per change of the set of issues: nothing waiting (on
+    // add: offline with an empty buffer holds nothing back), offline (with
+    // the first fix recorded), healthy again; not once per fix.
+    assert_eq!(log.keys(), vec![vec![], vec!["offline"], vec![]]);
     // Denied permission: nothing requested, reported at once.
     sim.env
         .set_permission(crate::env::LocationPermission::Denied);
@@ -839,7 +928,7 @@ async fn a_running_driver_follows_the_platform_state_without_being_told() {
     sim.env
         .set_permission(crate::env::LocationPermission::Always);
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(log.keys().len(), 3, "no reports after removal");
+    assert_eq!(log.keys().len(), 4, "no reports after removal");
     tokio::time::timeout(Duration::from_secs(5), d.shutdown())
         .await
         .expect("shutdown finishes");

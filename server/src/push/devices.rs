@@ -99,6 +99,44 @@ pub trait DeviceStore: Send + Sync + 'static {
 
     /// Claims `key` for `ttl_ms`: true the first time (across processes).
     async fn claim(&self, key: &str, ttl_ms: u64) -> Result<bool, EngineError>;
+
+    /// Whether live marks are shared with other processes (the Redis
+    /// store); the memory store serves one process, whose own table
+    /// ([`super::live::LiveChannels`]) is the whole truth.
+    fn shares_live(&self) -> bool {
+        false
+    }
+
+    /// Marks each `(channel, user)` live on process `node` until
+    /// `until_ms`.
+    async fn mark_live(
+        &self,
+        _pairs: &[(String, String)],
+        _node: &str,
+        _until_ms: i64,
+    ) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    /// Removes process `node`'s mark of `(channel, user)`.
+    async fn unmark_live(
+        &self,
+        _channel: &str,
+        _user: &str,
+        _node: &str,
+    ) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    /// Whether any process marked `(channel, user)` live beyond `now_ms`.
+    async fn live_elsewhere(
+        &self,
+        _channel: &str,
+        _user: &str,
+        _now_ms: i64,
+    ) -> Result<bool, EngineError> {
+        Ok(false)
+    }
 }
 
 /// Most claims the memory store keeps (oldest dropped first).
@@ -228,12 +266,15 @@ fn remove_where(
 ///
 /// Keys (`<p>` = the engine's key prefix): `<p>:pushdev:{<user>}` a hash
 /// device id → device JSON; `<p>:pushch:{<channel>}` a set of users;
-/// `<p>:pushsent:{<key>}` a claim (SET NX PX).
+/// `<p>:pushsent:{<key>}` a claim (SET NX PX); `<p>:pushlive:{<channel>|<user>}`
+/// a hash process → expiry (Unix ms) of live subscriptions
+/// ([`super::live`]).
 pub struct RedisDeviceStore {
     conn: StoreConn,
     register: Script,
     index_channel: Script,
     remove_token: Script,
+    mark_live: Script,
     /// How long a channel's user index lives after its last registration.
     index_ttl_ms: u64,
 }
@@ -249,6 +290,13 @@ for i = 2, #KEYS do
   end
   redis.call('PEXPIRE', KEYS[i], ARGV[6])
 end
+return 1
+"#;
+
+/// `KEYS[1]` = the pair's hash; `ARGV` = node, expiry (Unix ms), TTL (ms).
+const MARK_LIVE: &str = r#"
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 "#;
 
@@ -278,6 +326,7 @@ impl RedisDeviceStore {
             register: Script::new(REGISTER),
             index_channel: Script::new(INDEX_CHANNEL),
             remove_token: Script::new(REMOVE_TOKEN),
+            mark_live: Script::new(MARK_LIVE),
             index_ttl_ms: 30 * 24 * 3600 * 1000,
         }
     }
@@ -288,6 +337,10 @@ impl RedisDeviceStore {
 
     fn channel_key(&self, channel: &str) -> String {
         self.conn.key("pushch", channel, "")
+    }
+
+    fn live_key(&self, channel: &str, user: &str) -> String {
+        self.conn.key("pushlive", &format!("{channel}|{user}"), "")
     }
 }
 
@@ -382,6 +435,47 @@ impl DeviceStore for RedisDeviceStore {
             .arg(ttl_ms.max(1));
         let set: Option<String> = self.conn.query(&cmd).await?;
         Ok(set.is_some())
+    }
+
+    fn shares_live(&self) -> bool {
+        true
+    }
+
+    async fn mark_live(
+        &self,
+        pairs: &[(String, String)],
+        node: &str,
+        until_ms: i64,
+    ) -> Result<(), EngineError> {
+        // One key per call: the pairs may live on different cluster slots.
+        let ttl_ms = (until_ms - crate::now_ms()).max(1) * 2;
+        for (channel, user) in pairs {
+            let mut inv = self.mark_live.key(self.live_key(channel, user));
+            inv.arg(node).arg(until_ms).arg(ttl_ms);
+            let _: i64 = self.conn.invoke(&inv).await?;
+        }
+        Ok(())
+    }
+
+    async fn unmark_live(&self, channel: &str, user: &str, node: &str) -> Result<(), EngineError> {
+        let mut cmd = redis::cmd("HDEL");
+        cmd.arg(self.live_key(channel, user)).arg(node);
+        let _: i64 = self.conn.query(&cmd).await?;
+        Ok(())
+    }
+
+    async fn live_elsewhere(
+        &self,
+        channel: &str,
+        user: &str,
+        now_ms: i64,
+    ) -> Result<bool, EngineError> {
+        let mut cmd = redis::cmd("HVALS");
+        cmd.arg(self.live_key(channel, user));
+        let until: Vec<String> = self.conn.query(&cmd).await?;
+        Ok(until
+            .iter()
+            .any(|u| u.parse::<i64>().is_ok_and(|u| u > now_ms)))
     }
 }
 

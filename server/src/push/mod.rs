@@ -10,8 +10,9 @@
 //! - **Who.** The users registered for the channel (a device records the
 //!   channels its owner's token granted, [`devices`]), except the sender,
 //!   and only while they have no live subscription to the channel on any
-//!   process ([`Liveness`]: chat presence for rooms, cross-process watcher
-//!   counts otherwise). A device can mute channels.
+//!   process ([`Liveness`]: chat presence for rooms, per-user channel
+//!   presence for orders and vendor streams, [`live`]). A device can mute
+//!   channels.
 //! - **Collapse.** Events of one channel within `collapse_window` become
 //!   one push per device carrying the highest seq and the count.
 //! - **Once.** Before a push is queued its `(channel, seq, device)` is
@@ -24,6 +25,7 @@
 
 pub mod cli;
 pub mod devices;
+pub mod live;
 pub mod providers;
 
 #[cfg(test)]
@@ -48,6 +50,7 @@ use crate::admission::KeyedLimiter;
 use crate::engine::EngineError;
 use crate::webhooks::{full_jitter, Jitter, RandJitter, SystemClock, WebhookClock};
 use devices::{Device, DeviceStore, Platform};
+use live::LiveChannels;
 use providers::{Provider, PushMessage, SendOutcome};
 
 /// Push configuration (every bound in one place).
@@ -257,6 +260,9 @@ impl Queue {
 pub struct Push {
     cfg: PushConfig,
     pub devices: Arc<dyn DeviceStore>,
+    /// Who is live on which order and vendor channel (per user, across
+    /// processes).
+    pub live: LiveChannels,
     apns: Option<Arc<dyn Provider>>,
     fcm: Option<Arc<dyn Provider>>,
     pending: Mutex<HashMap<Channel, Burst>>,
@@ -282,6 +288,7 @@ impl Push {
         let limiter = KeyedLimiter::new(cfg.user_rate_per_s, cfg.user_burst, MAX_RATE_KEYS);
         Self {
             cfg,
+            live: LiveChannels::new(Arc::clone(&devices)),
             devices,
             apns,
             fcm,
@@ -368,6 +375,25 @@ impl Push {
             let me = Arc::clone(self);
             let c = cancel.clone();
             tracker.spawn(async move { me.worker(c).await });
+        }
+        if self.devices.shares_live() {
+            let me = Arc::clone(self);
+            let c = cancel.clone();
+            tracker.spawn(async move { me.live_refresher(c).await });
+        }
+    }
+
+    /// Re-marks this process's live subscriptions before their shared
+    /// marks expire.
+    async fn live_refresher(&self, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(live::LIVE_REFRESH) => {}
+            }
+            if let Err(e) = self.live.refresh().await {
+                tracing::warn!(error = %e, "refreshing live marks failed");
+            }
         }
     }
 

@@ -69,7 +69,9 @@ impl PushMessage {
     }
 
     /// The APNs body: a localisable visible alert, the thread, and the
-    /// resume data under `waypost`.
+    /// resume data under `waypost`; `content-available` wakes the app in the
+    /// background (`didReceiveRemoteNotification:fetchCompletionHandler:`)
+    /// to read the gap before the user opens it.
     pub fn apns_body(&self) -> serde_json::Value {
         serde_json::json!({
             "aps": {
@@ -77,6 +79,7 @@ impl PushMessage {
                 "thread-id": self.data.channel,
                 "sound": "default",
                 "mutable-content": 1,
+                "content-available": 1,
             },
             "waypost": self.data,
         })

@@ -383,3 +383,79 @@ fn reason_labels_are_bounded() {
     assert_eq!(reason_label(""), "other");
     assert_eq!(reason_label(&"x".repeat(100)).len(), 40);
 }
+
+/// Two processes' live tables over one store: `b` sees `a`'s user live
+/// only while `a` holds a subscription (per user, not per channel).
+async fn live_channels_conformance(store: Arc<dyn DeviceStore>) {
+    let a = live::LiveChannels::new(Arc::clone(&store));
+    let b = live::LiveChannels::new(Arc::clone(&store));
+    let ch = "order:o-1";
+    assert!(!a.is_live(ch, "u1").await.unwrap());
+    a.join(ch, "u1").await;
+    a.join(ch, "u1").await;
+    assert!(a.is_live(ch, "u1").await.unwrap());
+    assert_eq!(b.is_live(ch, "u1").await.unwrap(), store.shares_live());
+    assert!(!b.is_live(ch, "u2").await.unwrap(), "another user");
+    assert!(
+        !b.is_live("order:o-2", "u1").await.unwrap(),
+        "another channel"
+    );
+    // The first leave keeps it (a second subscription is open).
+    assert!(!a.leave(ch, "u1"));
+    assert_eq!(b.is_live(ch, "u1").await.unwrap(), store.shares_live());
+    // The last one: unmarked for every process.
+    assert_eq!(a.leave(ch, "u1"), store.shares_live());
+    a.unmark(ch, "u1").await;
+    assert!(!a.is_live(ch, "u1").await.unwrap());
+    assert!(!b.is_live(ch, "u1").await.unwrap());
+    // Both processes live: one leaving leaves the other's mark.
+    a.join(ch, "u1").await;
+    b.join(ch, "u1").await;
+    a.leave(ch, "u1");
+    a.unmark(ch, "u1").await;
+    assert_eq!(
+        a.is_live(ch, "u1").await.unwrap(),
+        store.shares_live(),
+        "live on b"
+    );
+    assert!(b.is_live(ch, "u1").await.unwrap());
+    assert_eq!(a.local_len(), 0);
+    assert_eq!(b.local_len(), 1);
+    b.refresh().await.unwrap();
+    // A mark that expired (a process that died without unmarking) does
+    // not count.
+    if store.shares_live() {
+        let pairs = [(ch.to_owned(), "u3".to_owned())];
+        store
+            .mark_live(&pairs, "dead", crate::now_ms() - 1)
+            .await
+            .unwrap();
+        assert!(!a.is_live(ch, "u3").await.unwrap());
+        store
+            .mark_live(&pairs, "dead", crate::now_ms() + 60_000)
+            .await
+            .unwrap();
+        assert!(a.is_live(ch, "u3").await.unwrap());
+    }
+}
+
+#[tokio::test]
+async fn memory_live_channels_are_per_user() {
+    live_channels_conformance(Arc::new(MemoryDeviceStore::default())).await;
+}
+
+#[tokio::test]
+async fn redis_live_channels_are_per_user_across_processes() {
+    let Ok(url) = std::env::var("WAYPOST_TEST_REDIS_URL") else {
+        eprintln!("skipped: WAYPOST_TEST_REDIS_URL is not set (scripts/test sets it)");
+        return;
+    };
+    let opts = crate::engine::redis::RedisOptions {
+        key_prefix: format!("wpt{}", uuid::Uuid::new_v4().simple()),
+        ..Default::default()
+    };
+    let conn = crate::engine::chat_redis::StoreConn::connect(&url, &opts)
+        .await
+        .expect("redis reachable");
+    live_channels_conformance(Arc::new(devices::RedisDeviceStore::new(conn))).await;
+}

@@ -445,6 +445,18 @@ pub struct UserReply {
     /// The user revocation in force, if any (Unix s).
     #[serde(skip_serializing_if = "Option::is_none")]
     revoked_until_s: Option<u64>,
+    /// Registered push devices (issue 19), without their tokens.
+    devices: Vec<UserDevice>,
+}
+
+/// A push device as `GET /v1/admin/users/{user}` lists it.
+#[derive(Debug, Serialize)]
+pub struct UserDevice {
+    device_id: String,
+    platform: &'static str,
+    registered_ms: i64,
+    channels: Vec<String>,
+    muted: Vec<String>,
 }
 
 /// `GET /v1/admin/users/{user}`: the user's live connections (transport,
@@ -503,7 +515,23 @@ pub async fn get_user(
     }
     drop(pending);
     connections.sort_by(|a, b| (a.info.since_ms, &a.process).cmp(&(b.info.since_ms, &b.process)));
+    let devices = state
+        .push
+        .devices
+        .devices(&user)
+        .await
+        .inspect_err(|_| state.metrics.engine_errors.inc())?
+        .into_iter()
+        .map(|d| UserDevice {
+            device_id: d.device_id,
+            platform: d.platform.as_str(),
+            registered_ms: d.registered_ms,
+            channels: d.channels,
+            muted: d.muted,
+        })
+        .collect();
     Ok(Json(UserReply {
+        devices,
         revoked_until_s: state
             .keys
             .revocations()

@@ -89,11 +89,12 @@ pub async fn post_messages(
     let chat = state.chat();
     let appended = match (post.kind, post.ref_seq) {
         (Some(MessageKind::Edit), Some(seq)) => {
-            chat.amend(&room, &claims.sub, service, seq, Some(post.body))
+            chat.amend(&room, &claims.sub, service, seq, Some(post.body), None)
                 .await?
         }
         (Some(MessageKind::Delete), Some(seq)) => {
-            chat.amend(&room, &claims.sub, service, seq, None).await?
+            chat.amend(&room, &claims.sub, service, seq, None, None)
+                .await?
         }
         (kind @ (None | Some(MessageKind::System)), None) => {
             let post = Post {

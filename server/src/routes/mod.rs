@@ -37,7 +37,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/v1/vendors/{vendor_id}/notifications",
-            post(sse::post_notification),
+            get(sse::get_notifications).post(sse::post_notification),
         )
         .route(
             "/v1/vendors/{vendor_id}/notifications/stream",

@@ -1,6 +1,7 @@
 //! Server-Sent Events: vendor notifications
 //! (`GET /v1/vendors/{id}/notifications/stream`, posted with
-//! `POST /v1/vendors/{id}/notifications`) and a driver's position
+//! `POST /v1/vendors/{id}/notifications`, read back page by page with
+//! `GET /v1/vendors/{id}/notifications?after_seq=N`) and a driver's position
 //! (`GET /v1/drivers/{id}/location/stream`) for browsers that only watch.
 //!
 //! Each stream is one task tracked in `state.tasks`: it subscribes to its
@@ -21,7 +22,8 @@ use axum::Json;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use waypost_protocol::{
-    validate_id, Channel, Claims, NotificationAccepted, NotificationPost, Role,
+    validate_id, Channel, Claims, NotificationAccepted, NotificationPost, NotificationsResponse,
+    Role, VendorNotification,
 };
 
 use crate::auth::{authorize_tracking, Authed, AuthedToken};
@@ -99,6 +101,59 @@ pub async fn post_notification(
             id: n.seq.to_string(),
         }),
     ))
+}
+
+/// `?after_seq=N&limit=M` of the notification history.
+#[derive(Debug, Deserialize)]
+pub struct HistoryQuery {
+    #[serde(default)]
+    after_seq: u64,
+    limit: Option<u64>,
+}
+
+/// Longest page of `GET /v1/vendors/{vendor_id}/notifications`.
+pub const MAX_NOTIFICATION_PAGE: usize = 500;
+
+/// `GET /v1/vendors/{vendor_id}/notifications?after_seq=N&limit=M`: the
+/// stored notifications after `N` (what a stream would replay), for an app
+/// woken by a push (issue 19). Same readers as the stream.
+pub async fn get_notifications(
+    State(state): State<AppState>,
+    Path(vendor): Path<String>,
+    Authed(claims): Authed,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Json<NotificationsResponse>, AppError> {
+    validate_id("vendor_id", &vendor).map_err(|e| AppError::bad("bad_id", e.to_string()))?;
+    if !may_stream_vendor(&claims, &vendor) {
+        return Err(AppError::Forbidden(format!(
+            "a token for {:?} may not read the notifications of {vendor:?}",
+            claims.sub
+        )));
+    }
+    let Query(q) = query.map_err(|e| AppError::bad("bad_query", e.body_text()))?;
+    let limit = crate::routes::chat::checked_limit(q.limit, MAX_NOTIFICATION_PAGE)?
+        .unwrap_or(100)
+        .min(state.limits.notification_history_len.max(1));
+    let h = state
+        .stores
+        .notifications
+        .after(&vendor, q.after_seq, limit)
+        .await?;
+    let more = h.items.last().is_some_and(|n| n.seq < h.high_seq);
+    Ok(Json(NotificationsResponse {
+        notifications: h
+            .items
+            .into_iter()
+            .map(|n| VendorNotification {
+                id: n.seq.to_string(),
+                seq: n.seq,
+                event: n.event,
+                data: n.data,
+                ts: n.ts,
+            })
+            .collect(),
+        more,
+    }))
 }
 
 /// What a stream serves.

@@ -44,6 +44,9 @@ pub struct Subscription {
     channel: Channel,
     conn: ConnId,
     joined: bool,
+    /// The connection's user while it counts as live on the channel for
+    /// push (`crate::push::live`).
+    live_user: Option<String>,
 }
 
 impl Subscription {
@@ -68,14 +71,41 @@ impl Subscription {
         handle: &ConnHandle,
     ) -> (Self, Result<(), EngineError>) {
         state.hub.add(&channel, handle.clone());
-        let sub = Self {
+        // Push: this user is live on the channel from now on (listed users
+        // only; a connection is listed before it subscribes).
+        let live_user = (state.push.enabled() && crate::push::live::tracked(&channel))
+            .then(|| state.user_conns.user_of(handle.id))
+            .flatten();
+        let mut sub = Self {
             state: state.clone(),
             channel,
             conn: handle.id,
             joined: true,
+            live_user: None,
         };
+        if let Some(user) = live_user {
+            let name = sub.channel.to_string();
+            // Counted before the await: a drop while marking undoes it.
+            sub.live_user = Some(user.clone());
+            state.push.live.join(&name, &user).await;
+        }
         let synced = state.engine.sync_subscription(&sub.channel).await;
         (sub, synced)
+    }
+
+    /// Push: the connection's user no longer counts as live here (the
+    /// shared mark goes in a task tracked by `state.tasks`).
+    fn leave_live(&mut self) {
+        let Some(user) = self.live_user.take() else {
+            return;
+        };
+        let name = self.channel.to_string();
+        if self.state.push.live.leave(&name, &user) {
+            let push = std::sync::Arc::clone(&self.state.push);
+            self.state
+                .tasks
+                .spawn(async move { push.live.unmark(&name, &user).await });
+        }
     }
 
     pub fn channel(&self) -> &Channel {
@@ -85,6 +115,7 @@ impl Subscription {
     /// Leaves now and waits until the engine followed (the drop does the
     /// same in a background task).
     pub async fn leave(mut self) {
+        self.leave_live();
         self.joined = false;
         if self.state.hub.remove(&self.channel, self.conn) {
             if let Err(e) = self.state.engine.sync_subscription(&self.channel).await {
@@ -96,6 +127,7 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        self.leave_live();
         if !self.joined || !self.state.hub.remove(&self.channel, self.conn) {
             return;
         }

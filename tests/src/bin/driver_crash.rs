@@ -11,8 +11,9 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
+use waypost_e2e::driver::{eager_driver_config, Eager};
 use waypost_sdk::env::ManualEnvironment;
-use waypost_sdk::{Driver, DriverConfig, Location, PolicyConfig, RecordOutcome, StaticToken};
+use waypost_sdk::{Driver, Location, RecordOutcome, StaticToken};
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -29,22 +30,14 @@ async fn main() -> anyhow::Result<()> {
     };
     let total: u64 = total.parse()?;
     let interval = Duration::from_millis(interval_ms.parse()?);
-    let mut config =
-        DriverConfig::new(url.as_str(), driver_id.as_str(), "crash-phone", db.as_str());
     // Record everything, upload often.
-    let mut policy = PolicyConfig::default();
-    for mode in [&mut policy.watched, &mut policy.unwatched] {
-        mode.sample_interval_ms = 0;
-        mode.distance_base_m = 0.0;
-        mode.distance_max_m = 0.0;
-        mode.upload_interval_ms = 150;
-    }
-    policy.follow_server_hint = false;
-    config.policy = policy;
-    config.max_batch_fixes = 50;
-    config.request_timeout = Duration::from_secs(2);
-    config.backoff.base = Duration::from_millis(50);
-    config.backoff.cap = Duration::from_millis(500);
+    let eager = Eager {
+        upload_interval_ms: 150,
+        max_batch_fixes: 50,
+        request_timeout: Duration::from_secs(2),
+        backoff_cap: Duration::from_millis(500),
+    };
+    let config = eager_driver_config(url, driver_id, "crash-phone", db, eager);
     let driver = Driver::open(
         config,
         Arc::new(StaticToken(token.clone())),

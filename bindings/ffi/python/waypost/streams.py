@@ -13,7 +13,7 @@ conflated (the consumer sees the newest); chat events and order updates
 wait in a bounded buffer (``maxsize``, default 1,024) and an iterator that
 falls further behind raises :class:`StreamOverflowError` (nothing is
 dropped silently: re-read ``messages(room, limit)`` and iterate again);
-driver events keep the newest ``maxsize`` (default 64); driver updates
+driver events keep the newest ``maxsize`` (default 256); driver updates
 (positions, dead-zone trails, online/offline) wait like chat events
 (default 256); health reports are conflated.
 
@@ -30,7 +30,7 @@ __all__ = ["Stream", "StreamOverflowError", "SubscriptionRefusedError", "install
 
 CHAT_BUFFER = 1024
 ORDER_BUFFER = 256
-EVENT_BUFFER = 64
+EVENT_BUFFER = 256
 DRIVER_BUFFER = 256
 
 _CONFLATE = "conflate"
@@ -282,7 +282,10 @@ def order_updates(self, order_id, maxsize=ORDER_BUFFER):
 
 
 def events(self, maxsize=EVENT_BUFFER):
-    """The driver's ``DriverEvent``s from now on (the newest ``maxsize`` kept)."""
+    """The driver's ``DriverEvent``s from now on (the newest ``maxsize`` kept).
+
+    The first iterator of a driver also gets, first, the events raised since
+    ``Driver.open`` before it subscribed (the newest 256)."""
     return Stream("driver events", _DROP_OLDEST, maxsize, lambda s: self.watch_events(_DriverListener(s)))
 
 

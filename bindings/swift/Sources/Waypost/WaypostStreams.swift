@@ -22,7 +22,7 @@ import Foundation
 public enum WaypostStreams {
     public static let chatBuffer = 1_024
     public static let orderBuffer = 256
-    public static let eventBuffer = 64
+    public static let eventBuffer = 256
     public static let driverBuffer = 256
 }
 
@@ -291,9 +291,10 @@ public extension BuyerClient {
 
 public extension Driver {
     /// The driver's events from now on (upload results, sampling changes,
-    /// evictions, ...), the newest `WaypostStreams.eventBuffer` kept.
-    /// `bufferRecreated` is raised during `Driver.open` and reaches only
-    /// the listener given to `open`.
+    /// evictions, ...), the newest `WaypostStreams.eventBuffer` kept. The
+    /// first stream of a driver also gets, first, the events raised since
+    /// `Driver.open` before it subscribed (`bufferRecreated`, an upload
+    /// that finished first, ...; the newest 256).
     func events() -> AsyncStream<DriverEvent> {
         AsyncStream(bufferingPolicy: .bufferingNewest(WaypostStreams.eventBuffer)) { continuation in
             do {

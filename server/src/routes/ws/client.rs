@@ -6,12 +6,15 @@
 
 use std::time::Instant;
 
-use axum::extract::ws::{Message, WebSocket};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use bytes::Bytes;
+use waypost_protocol::msgpack::msgpack_to_value;
 use waypost_protocol::{
     close_code, Channel, ChannelKind, ClientFrame, ReceiptKind, Role, ServerFrame,
 };
 
 use super::conn::{Conn, Next, MAX_RATE_VIOLATIONS};
+use super::encoding::Encoding;
 use crate::auth::may_subscribe;
 use crate::chat::{authorize_room, ChatError, Post};
 use crate::engine::chat::Appended;
@@ -19,6 +22,12 @@ use crate::error::AppError;
 use crate::now_ms;
 use crate::routes::orders::authorize_order_read;
 use crate::routes::subscription::Subscription;
+
+/// A client frame's body before decoding.
+enum Incoming {
+    Json(Utf8Bytes),
+    Msgpack(Bytes),
+}
 
 /// Client frames.
 impl Conn {
@@ -28,7 +37,7 @@ impl Conn {
         frame: &ServerFrame,
     ) -> Result<(), ()> {
         socket
-            .send(Message::Text(frame.to_json().into()))
+            .send(self.encoding.message(frame.to_json().into()))
             .await
             .map_err(|_| ())
     }
@@ -68,8 +77,11 @@ impl Conn {
         socket: &mut WebSocket,
         msg: Message,
     ) -> Result<Next, ()> {
-        let text = match msg {
-            Message::Text(t) => t,
+        // A MessagePack connection sends binary frames (JSON text is read
+        // too); a JSON connection text only.
+        let body = match msg {
+            Message::Text(t) => Incoming::Json(t),
+            Message::Binary(b) if self.encoding == Encoding::Msgpack => Incoming::Msgpack(b),
             Message::Binary(_) => {
                 self.error(socket, "bad_frame", "binary frames are not supported", None)
                     .await?;
@@ -104,13 +116,23 @@ impl Conn {
             return Ok(Next::Continue);
         }
         self.rate_violations = 0;
-        let value: serde_json::Value = match serde_json::from_str(&text) {
-            Ok(v @ serde_json::Value::Object(_)) => v,
-            _ => {
-                self.error(socket, "bad_frame", "frames must be JSON objects", None)
-                    .await?;
-                return Ok(Next::Close(close_code::BAD_FRAME, "invalid JSON"));
-            }
+        let value = match body {
+            Incoming::Json(text) => match serde_json::from_str(&text) {
+                Ok(v @ serde_json::Value::Object(_)) => v,
+                _ => {
+                    self.error(socket, "bad_frame", "frames must be JSON objects", None)
+                        .await?;
+                    return Ok(Next::Close(close_code::BAD_FRAME, "invalid JSON"));
+                }
+            },
+            Incoming::Msgpack(bytes) => match msgpack_to_value(&bytes) {
+                Ok(v @ serde_json::Value::Object(_)) => v,
+                _ => {
+                    self.error(socket, "bad_frame", "frames must be MessagePack maps", None)
+                        .await?;
+                    return Ok(Next::Close(close_code::BAD_FRAME, "invalid MessagePack"));
+                }
+            },
         };
         let frame: ClientFrame = match serde_json::from_value(value) {
             Ok(f) => f,
@@ -152,10 +174,17 @@ impl Conn {
                 };
                 self.send_message(socket, room, post).await?
             }
-            ClientFrame::Edit { room, seq, body } => {
-                self.amend(socket, room, seq, Some(body)).await?
-            }
-            ClientFrame::Delete { room, seq } => self.amend(socket, room, seq, None).await?,
+            ClientFrame::Edit {
+                room,
+                seq,
+                body,
+                client_id,
+            } => self.amend(socket, room, seq, Some(body), client_id).await?,
+            ClientFrame::Delete {
+                room,
+                seq,
+                client_id,
+            } => self.amend(socket, room, seq, None, client_id).await?,
             ClientFrame::Receipt { room, seq, kind } => {
                 self.receipt(socket, room, seq, kind).await?
             }
@@ -277,7 +306,10 @@ impl Conn {
             return match joined {
                 Ok(frames) => {
                     for text in frames {
-                        socket.send(Message::Text(text)).await.map_err(|_| ())?;
+                        socket
+                            .send(self.encoding.message(text))
+                            .await
+                            .map_err(|_| ())?;
                     }
                     Ok(())
                 }
@@ -340,13 +372,14 @@ impl Conn {
     }
 
     /// `edit` (with a body) or `delete`: acked with `sent` (its `client_id`
-    /// made by the server), errors refer to the room.
+    /// the client's, or made by the server), errors refer to the room.
     async fn amend(
         &mut self,
         socket: &mut WebSocket,
         room: String,
         seq: u64,
         body: Option<String>,
+        client_id: Option<String>,
     ) -> Result<(), ()> {
         if let Err(e) = authorize_room(&self.claims, &room) {
             return self.op_error(socket, e, room).await;
@@ -355,7 +388,7 @@ impl Conn {
         let done = self
             .state
             .chat()
-            .amend(&room, &self.claims.sub, service, seq, body)
+            .amend(&room, &self.claims.sub, service, seq, body, client_id)
             .await;
         self.ack(socket, done, room).await
     }

@@ -11,6 +11,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
 use waypost_protocol::{close_code, Channel, ChannelKind, Claims, ServerFrame};
 
+use super::encoding::Encoding;
 use super::orders::OrderChannels;
 use super::rooms::Rooms;
 use crate::admission::{ConnectionPermit, TokenBucket};
@@ -112,6 +113,8 @@ pub(super) struct Conn {
     pub(super) expiry: Expiry,
     /// This connection in the user registry (revocations, disconnects).
     pub(super) listed: Listed,
+    /// JSON or MessagePack, both directions.
+    pub(super) encoding: Encoding,
 }
 
 /// What the reader asks the loop to do next.
@@ -127,6 +130,7 @@ pub(super) fn run(
     state: AppState,
     token: Verified,
     permit: ConnectionPermit,
+    encoding: Encoding,
 ) -> impl Future<Output = ()> + Send {
     let conn_id = state.hub.next_conn_id();
     let (handle, rx) = connection(conn_id, state.limits.ws_queue_frames);
@@ -143,7 +147,7 @@ pub(super) fn run(
         .watch(&handle, token.claims.exp, true, crate::now_s());
     let listed = state.user_conns.list(&token, &handle, "ws");
     let claims = token.claims;
-    tracing::debug!(conn_id, sub = %claims.sub, "websocket connected");
+    tracing::debug!(conn_id, sub = %claims.sub, ?encoding, "websocket connected");
     let rate = state.limits.ws_messages_per_s;
     let now = Instant::now();
     let mut conn = Conn {
@@ -162,6 +166,7 @@ pub(super) fn run(
         open: Some(open),
         expiry,
         listed,
+        encoding,
     };
     async move {
         conn.join_user_channel().await;
@@ -309,14 +314,17 @@ impl Conn {
                 if code == close_code::UNAUTHORIZED {
                     if let Some(exp) = self.expiry.unwritten_warning() {
                         let warning = ServerFrame::TokenExpiring { exp };
-                        let _ = socket.send(Message::Text(warning.to_json().into())).await;
+                        let warning = self.encoding.message(warning.to_json().into());
+                        let _ = socket.send(warning).await;
                     }
                     let frame = ServerFrame::error(
                         "token_expired",
                         "the token expired; reconnect with a new one or refresh in band",
                         None,
                     );
-                    let _ = socket.send(Message::Text(frame.to_json().into())).await;
+                    let _ = socket
+                        .send(self.encoding.message(frame.to_json().into()))
+                        .await;
                 }
                 socket.send(close_message(code, reason)).await
             })
@@ -375,7 +383,7 @@ impl Conn {
                     Vec::new()
                 });
                 for text in texts {
-                    socket.feed(Message::Text(text)).await?;
+                    socket.feed(self.encoding.shared(&out, text)).await?;
                     n += 1;
                 }
             } else if out.kind() == ChannelKind::Order {
@@ -386,11 +394,13 @@ impl Conn {
                     Vec::new()
                 });
                 for text in texts {
-                    socket.feed(Message::Text(text)).await?;
+                    socket.feed(self.encoding.shared(&out, text)).await?;
                     n += 1;
                 }
             } else {
-                socket.feed(Message::Text(out.text.clone())).await?;
+                socket
+                    .feed(self.encoding.shared(&out, out.text.clone()))
+                    .await?;
                 n += 1;
                 if let About::TokenExpiring { exp } = out.meta.about {
                     self.expiry.wrote_warning(exp);

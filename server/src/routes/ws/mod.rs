@@ -20,18 +20,22 @@
 //! - `rooms.rs`: the connection's chat rooms: per room the seq cursor that
 //!   turns live copies into in-order, exactly-once delivery, the typing
 //!   rate limit and this device's presence.
+//!
+//! A client that offers `Sec-WebSocket-Protocol: waypost.v1.msgpack` gets
+//! it back and speaks MessagePack both ways ([`Encoding`]); any other
+//! offer, or none, gets JSON text frames and no protocol header.
 
 use std::future::Future;
 use std::pin::Pin;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures_util::future::Either;
 use tokio_util::task::task_tracker::TrackedFuture;
-use waypost_protocol::{close_code, ServerFrame};
+use waypost_protocol::{close_code, ServerFrame, MSGPACK_PROTOCOL};
 
 use crate::admission::{ConnectionPermit, Full};
 use crate::auth::token_from_parts;
@@ -40,11 +44,13 @@ use crate::state::AppState;
 
 mod client;
 mod conn;
+mod encoding;
 mod orders;
 mod rooms;
 mod session;
 
 use conn::{close_message, CLOSE_TIMEOUT};
+use encoding::Encoding;
 
 /// Small read/write buffers keep idle connections cheap; messages are small.
 /// tungstenite zero-fills the whole read buffer on every read, so its size is
@@ -89,12 +95,20 @@ pub async fn upgrade(State(state): State<AppState>, parts: Parts) -> Response {
             },
         },
     });
+    // Offered among others, MessagePack is chosen; offered alone, an
+    // unknown protocol gets JSON without a protocol header.
+    let ws = ws.protocols([MSGPACK_PROTOCOL]);
+    let encoding = if ws.selected_protocol().is_some() {
+        Encoding::Msgpack
+    } else {
+        Encoding::Json
+    };
     let ws = ws
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(state.limits.max_frame_bytes)
         .max_frame_size(state.limits.max_frame_bytes);
-    ws.on_upgrade(move |socket| connected(socket, state, verdict))
+    ws.on_upgrade(move |socket| connected(socket, state, verdict, encoding))
 }
 
 /// The task of an upgraded socket: the connection, or its refusal. A plain
@@ -105,20 +119,21 @@ fn connected(
     socket: WebSocket,
     state: AppState,
     verdict: Verdict,
+    encoding: Encoding,
 ) -> Either<Pin<Box<dyn Future<Output = ()> + Send>>, TrackedFuture<impl Future<Output = ()> + Send>>
 {
     match *verdict {
         Ok((token, permit)) => {
             let tasks = state.tasks.clone();
-            Either::Right(tasks.track_future(conn::run(socket, state, token, permit)))
+            Either::Right(tasks.track_future(conn::run(socket, state, token, permit, encoding)))
         }
         Err(refusal) => Either::Left(Box::pin(async move {
-            refuse(socket, refusal).await;
+            refuse(socket, refusal, encoding).await;
         })),
     }
 }
 
-async fn refuse(mut socket: WebSocket, refusal: Refusal) {
+async fn refuse(mut socket: WebSocket, refusal: Refusal, encoding: Encoding) {
     let (code, err, message) = match refusal {
         Refusal::Unauthorized(m) => (close_code::UNAUTHORIZED, "unauthorized", m),
         Refusal::Full(Full::User(max)) => (
@@ -136,7 +151,7 @@ async fn refuse(mut socket: WebSocket, refusal: Refusal) {
     };
     let frame = ServerFrame::error(err, message, None).to_json();
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-        let _ = socket.send(Message::Text(frame.into())).await;
+        let _ = socket.send(encoding.message(frame.into())).await;
         let _ = socket.send(close_message(code, err)).await;
     })
     .await;

@@ -71,6 +71,20 @@ class BuyerActivity : AppCompatActivity() {
             }
             session = opened
             states.value = opened.state()
+            // Push: the messaging service syncs through this client while
+            // the screen is open, and through a short-lived one on the
+            // same store (with this login) when a push wakes the app.
+            waypostApp.activeBuyer = opened.client
+            val login = BuyerLogin(
+                url = intent.getStringExtra(EXTRA_URL).orEmpty(),
+                userId = userId,
+                token = token,
+                dbPath = dbPath,
+            )
+            waypostApp.scope.launch {
+                BuyerLogin.save(this@BuyerActivity.applicationContext, login)
+                WaypostMessagingService.registerCurrentToken(this@BuyerActivity.applicationContext)
+            }
         }
         lifecycleScope.launch {
             repeatOnLifecycle(Lifecycle.State.STARTED) {
@@ -117,6 +131,7 @@ class BuyerActivity : AppCompatActivity() {
         val s = session
         session = null
         if (s != null) {
+            if (waypostApp.activeBuyer === s.client) waypostApp.activeBuyer = null
             // Ends tracking and chat and closes the socket; outlives the activity.
             waypostApp.scope.launch {
                 s.stop()

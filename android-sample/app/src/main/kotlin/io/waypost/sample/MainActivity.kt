@@ -51,6 +51,7 @@ class MainActivity : AppCompatActivity() {
     override fun onCreate(savedInstanceState: Bundle?) {
         super.onCreate(savedInstanceState)
         setContentView(R.layout.activity_main)
+        if (savedInstanceState == null) syncTappedPush(intent)
         fields = mapOf(
             "url" to findViewById(R.id.server_url),
             "user" to findViewById(R.id.user_id),
@@ -91,6 +92,27 @@ class MainActivity : AppCompatActivity() {
         lifecycleScope.launch {
             repeatOnLifecycle(Lifecycle.State.STARTED) {
                 LocationService.status.collect { status.text = it }
+            }
+        }
+    }
+
+    override fun onNewIntent(intent: Intent) {
+        super.onNewIntent(intent)
+        syncTappedPush(intent)
+    }
+
+    /**
+     * A tapped Waypost notification (shown by Android while the app was in
+     * the background) opens this screen with the push's keys as extras:
+     * the SDK reads what it announced, off the main thread.
+     */
+    private fun syncTappedPush(intent: Intent?) {
+        val extras = intent?.extras ?: return
+        val app = waypostApp
+        app.scope.launch {
+            val synced = WaypostMessagingService.syncFromExtras(app, extras) ?: return@launch
+            withContext(Dispatchers.Main) {
+                Toast.makeText(app, io.waypost.sample.core.PushGlue.describe(synced), Toast.LENGTH_SHORT).show()
             }
         }
     }

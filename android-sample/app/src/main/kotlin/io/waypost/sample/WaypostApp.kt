@@ -7,6 +7,7 @@ import androidx.core.content.ContextCompat
 import androidx.lifecycle.DefaultLifecycleObserver
 import androidx.lifecycle.LifecycleOwner
 import androidx.lifecycle.ProcessLifecycleOwner
+import io.waypost.sdk.BuyerClient
 import io.waypost.sdk.LogLevel
 import io.waypost.sdk.LogSink
 import io.waypost.sdk.PlatformState
@@ -30,6 +31,12 @@ import kotlinx.coroutines.launch
 class WaypostApp : Application() {
     val platform = PlatformState()
     val scope = CoroutineScope(SupervisorJob() + Dispatchers.Default)
+    /**
+     * The buyer screen's open client, for [WaypostMessagingService] (one
+     * client per SQLite store); null while no buyer screen is open.
+     */
+    @Volatile
+    var activeBuyer: BuyerClient? = null
     lateinit var receivers: PlatformReceivers
         private set
 

@@ -66,7 +66,7 @@ import kotlinx.coroutines.flow.map
 object WaypostFlows {
     const val CHAT_BUFFER: Int = 1_024
     const val ORDER_BUFFER: Int = 256
-    const val EVENT_BUFFER: Int = 64
+    const val EVENT_BUFFER: Int = 256
     const val DRIVER_BUFFER: Int = 256
 }
 
@@ -260,8 +260,10 @@ val BuyerClient.connectionState: StateFlow<ConnectionState>
 /**
  * The driver's events from now on (upload results, sampling changes,
  * evictions, ...); the newest [WaypostFlows.EVENT_BUFFER] are kept per
- * collector. `BufferRecreated` is raised during `Driver.open` and only
- * reaches the listener given to `open`.
+ * collector. The first collection of a driver also gets, first, the events
+ * raised since `Driver.open` before it subscribed (`BufferRecreated`, an
+ * upload that finished before the collector started, ...; the newest 256):
+ * collect it right after `open` and nothing is missed.
  */
 val Driver.events: Flow<DriverEvent>
     get() = callbackFlow {

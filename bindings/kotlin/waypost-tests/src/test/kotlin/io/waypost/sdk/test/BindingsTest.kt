@@ -88,9 +88,11 @@ class BindingsTest {
             assertEquals(52.524, trail.last().second, 1e-9)
             val stats = session.stats()
             assertEquals(5uL, stats.ackedTotal)
-            // The Uploaded event is not asserted here: the session's events
-            // Flow subscribes after open, so an upload that completes first
-            // is not seen (a known race of watch_events, noted on issue 17).
+            // The session's events Flow subscribes after open, possibly after the
+            // upload finished: the SDK replays what was raised before the first
+            // watcher, so the Uploaded event is never missed.
+            TestEnv.await("the Uploaded event") { session.recentEvents().any { it.startsWith("uploaded") } }
+            assertTrue(session.statusText().contains("uploaded 5"), session.statusText())
         } finally {
             runBlocking { session.stop() }
             session.close()

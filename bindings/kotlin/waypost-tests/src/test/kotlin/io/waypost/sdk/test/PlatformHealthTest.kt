@@ -78,7 +78,13 @@ class PlatformHealthTest {
             TestEnv.await("the backlog reaches the server") { TestEnv.trail(driverId).size == 4 }
             TestEnv.await("health clears") { driver.health().ok }
             TestEnv.await("the listener heard it") { reports.codes().lastOrNull() == emptyList<String>() }
-            assertEquals(listOf(listOf("offline"), emptyList()), reports.codes(), "one report per change, not per fix")
+            // Offline with an empty buffer holds nothing back (no issue): the report
+            // on add is healthy, "offline" comes with the first waiting fix.
+            assertEquals(
+                listOf(emptyList(), listOf("offline"), emptyList()),
+                reports.codes(),
+                "one report per change, not per fix",
+            )
         } finally {
             sub.close()
             driver.shutdown()
@@ -161,6 +167,8 @@ class PlatformHealthTest {
         platform.setNetwork(NetworkType.OFFLINE)
         val driver = Driver.open(config(driverId), staticToken(TestEnv.token(driverId, "driver")), null, platform)
         driver.start()
+        // Fixes waiting while offline: that is what makes "offline" an issue.
+        assertTrue(driver.recordMany(route(2)).all { it is RecordOutcome.Recorded })
         val seen = CopyOnWriteArrayList<List<String>>()
         val job = launch(Dispatchers.Default, start = CoroutineStart.UNDISPATCHED) {
             driver.health.collect { h -> seen += h.issues.map { it.code } }
@@ -173,8 +181,12 @@ class PlatformHealthTest {
             job.cancel()
             job.join()
             val before = seen.size
+            TestEnv.await("the backlog is uploaded") { runBlocking { driver.stats() }.pending == 0uL }
             assertTrue(platform.setNetwork(NetworkType.OFFLINE))
-            TestEnv.await("the driver sees it") { driver.health().issues.any { it.code == "offline" } }
+            // Nothing waiting: offline alone is no issue.
+            assertTrue(driver.health().ok, driver.health().summary)
+            assertTrue(platform.setPermission(LocationPermission.DENIED))
+            TestEnv.await("the driver sees it") { driver.health().issues.any { it.code == "permission_denied" } }
             Thread.sleep(200)
             assertEquals(before, seen.size, "no reports after the collection is cancelled")
         } finally {

@@ -1,5 +1,8 @@
 package io.waypost.sdk.test
 
+import io.waypost.sdk.LogSink
+import io.waypost.sdk.initLogging
+import io.waypost.sdk.LogLevel
 import java.net.URI
 import java.net.http.HttpClient
 import java.net.http.HttpRequest
@@ -22,6 +25,30 @@ object TestEnv {
         ?: error("WAYPOST_BIN is not set: run scripts/test.d/40-bindings.sh")
     private val http: HttpClient = HttpClient.newHttpClient()
 
+    /** One SDK log line the tests' [LogSink] kept. */
+    data class LogLine(val level: LogLevel, val target: String, val message: String)
+
+    private val logLines = java.util.concurrent.ConcurrentLinkedQueue<LogLine>()
+
+    /**
+     * SDK warnings and errors of this JVM (newest 1,000), through the one
+     * `initLogging` a process may do; installed on first use.
+     */
+    val logs: List<LogLine> by lazy {
+        val installed = initLogging("warn", object : LogSink {
+            override fun log(level: LogLevel, target: String, message: String) {
+                logLines += LogLine(level, target, message)
+                while (logLines.size > 1_000) logLines.poll()
+            }
+        })
+        check(installed) { "another logger was installed first" }
+        object : AbstractList<LogLine>() {
+            override val size: Int get() = logLines.size
+            override fun get(index: Int): LogLine = logLines.toList()[index]
+            override fun iterator(): Iterator<LogLine> = logLines.toList().iterator()
+        }
+    }
+
     /** An id no other test (nor an earlier run against the same server) uses. */
     fun uniqueId(prefix: String): String = "$prefix-kt-${UUID.randomUUID().toString().take(8)}"
 
@@ -37,9 +64,33 @@ object TestEnv {
         return out.lines().last()
     }
 
+    /** A server of the test's own (e.g. with a short `--online-ttl`); [close] stops it. */
+    class OwnServer(val url: String, private val process: Process) : AutoCloseable {
+        override fun close() {
+            process.destroy()
+            if (!process.waitFor(10, TimeUnit.SECONDS)) process.destroyForcibly()
+        }
+    }
+
+    /** Starts `waypost serve --dev` on a free loopback port with [args] (same dev signing key as the shared one). */
+    fun startServer(vararg args: String): OwnServer {
+        val log = Files.createTempFile("waypost-server", ".log")
+        val cmd = listOf(bin, "serve", "--dev", "--listen", "127.0.0.1:0") + args
+        val p = ProcessBuilder(cmd).redirectErrorStream(true).redirectOutput(log.toFile()).start()
+        val deadline = System.nanoTime() + 20_000_000_000L
+        while (System.nanoTime() < deadline) {
+            val addr = Files.readAllLines(log).firstNotNullOfOrNull { Regex("^listening on (.+)$").find(it)?.groupValues?.get(1) }
+            if (addr != null) return OwnServer("http://$addr", p)
+            if (!p.isAlive) error("the server exited: ${Files.readString(log)}")
+            Thread.sleep(50)
+        }
+        p.destroyForcibly()
+        error("the server did not start within 20 s: ${Files.readString(log)}")
+    }
+
     /** GET with a service token; returns (status, body). */
-    fun get(path: String): Pair<Int, String> {
-        val req = HttpRequest.newBuilder(URI.create(url + path))
+    fun get(path: String, base: String = url): Pair<Int, String> {
+        val req = HttpRequest.newBuilder(URI.create(base + path))
             .header("Authorization", "Bearer ${token("kt-tests", "service")}")
             .GET().build()
         val resp = http.send(req, HttpResponse.BodyHandlers.ofString())
