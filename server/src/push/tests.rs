@@ -459,3 +459,10 @@ async fn redis_live_channels_are_per_user_across_processes() {
         .expect("redis reachable");
     live_channels_conformance(Arc::new(devices::RedisDeviceStore::new(conn))).await;
 }
+
+#[tokio::test]
+async fn redis_cluster_live_channels_are_per_user() {
+    if let Some(conn) = crate::engine::chat_redis::test_cluster_store().await {
+        live_channels_conformance(Arc::new(devices::RedisDeviceStore::new(conn))).await;
+    }
+}
