@@ -183,4 +183,39 @@ mod tests {
         // A JSON text is not MessagePack.
         assert!(ClientFrame::from_msgpack(br#"{"type":"ping"}"#).is_err());
     }
+
+    /// The cost of the shared binary form against the JSON text it is made
+    /// from (`cargo test --release -p waypost-protocol --lib transcode_cost
+    /// -- --ignored --nocapture`; BENCHMARKS.md, issue 22).
+    #[test]
+    #[ignore]
+    fn transcode_cost() {
+        let fix: crate::Fix = serde_json::from_str(
+            r#"{"seq":1234,"ts":1796645371772,"lat":52.09731239,"lon":6.64166476,"accuracy_m":4.5,"speed_mps":0.784,"altitude_m":6.8}"#,
+        )
+        .unwrap();
+        let frame = ServerFrame::Location {
+            channel: "tracking:d-7f3a9c21".into(),
+            driver_id: "d-7f3a9c21".into(),
+            fix,
+        };
+        let n = 200_000u32;
+        let t = std::time::Instant::now();
+        let mut len = 0;
+        for _ in 0..n {
+            len += std::hint::black_box(&frame).to_json().len();
+        }
+        let json_ns = t.elapsed().as_nanos() as f64 / f64::from(n);
+        let text = frame.to_json();
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            len += json_to_msgpack(std::hint::black_box(&text)).unwrap().len();
+        }
+        let msgpack_ns = t.elapsed().as_nanos() as f64 / f64::from(n);
+        println!(
+            "location frame: JSON serialize {json_ns:.0} ns, JSON→MessagePack {msgpack_ns:.0} ns ({} → {} bytes) [{len}]",
+            text.len(),
+            json_to_msgpack(&text).unwrap().len()
+        );
+    }
 }

@@ -483,14 +483,15 @@ impl BuyerClient {
         runtime::run_blocking(move || inner.unread_count(room)).await?
     }
 
-    /// Replaces the body of this user's message `seq` (needs a connection):
-    /// the message comes back through `on_message` with `edited`, or a
-    /// refusal through `on_error` with the room as reference.
+    /// Replaces the body of this user's message `seq`: queued in the
+    /// outbox like a message (works offline, sent exactly once when
+    /// connected); the message comes back through `on_message` with
+    /// `edited`, or a refusal through `on_error` with the room as reference.
     pub fn edit_message(&self, room: String, seq: u64, body: String) -> Result<(), WaypostError> {
         self.inner.edit_message(room, seq, body)
     }
 
-    /// Deletes this user's message `seq` (needs a connection): it comes
+    /// Deletes this user's message `seq` (queued like an edit): it comes
     /// back through `on_message` with `deleted` and an empty body.
     pub fn delete_message(&self, room: String, seq: u64) -> Result<(), WaypostError> {
         self.inner.delete_message(room, seq)
