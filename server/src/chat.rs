@@ -408,12 +408,12 @@ impl Chat<'_> {
         let room = msg.room.clone();
         let from = msg.from.clone();
         let appended = self.stores.chat.append(msg).await?;
-        // A repeat of a stored message is published again on the room:
-        // its first attempt may have been stored but answered with an error
-        // before publishing (`--redis-wait-replicas` not met during a
-        // failover), and room subscribers drop a seq they have. Only a new
+        // Behind `--redis-wait-replicas`, a repeat of a stored message is
+        // published again on the room: its first attempt may have been
+        // stored but answered with an error before publishing (`WAIT` not
+        // met during a failover), and room subscribers drop a seq they have. Only a new
         // message goes to the sender's `user:` channel and to push.
-        if let Appended::Duplicate(msg) = &appended {
+        if let (Appended::Duplicate(msg), true) = (&appended, self.engine.republishes_resends()) {
             let frame = Frame::message(msg, origin);
             if let Err(e) = self.engine.publish(&Channel::chat(&room), frame).await {
                 tracing::debug!(error = %e, %room, "publishing a repeated chat message failed");

@@ -38,11 +38,13 @@ impl<T: ?Sized> Counted<T> {
 /// The engine (its bus and tracking store) with its errors counted.
 pub fn engine(engine: Engine, metrics: &Metrics) -> Engine {
     let name = engine.name();
+    let republish = engine.republishes_resends();
     Engine::new(
         name,
         Arc::new(Counted::new(engine.bus, metrics.clone())),
         Arc::new(Counted::new(engine.tracking, metrics.clone())),
     )
+    .republishing_resends(republish)
 }
 
 /// The stores with their errors counted.

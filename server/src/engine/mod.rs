@@ -191,6 +191,10 @@ pub struct Engine {
     pub bus: Arc<dyn Bus>,
     pub tracking: Arc<dyn TrackingStore>,
     name: &'static str,
+    /// Whether a resent batch publishes the latest position again: only
+    /// behind `--redis-wait-replicas`, where a first attempt can be stored
+    /// and yet answered with an error before its live frame went out.
+    republish_resends: bool,
 }
 
 impl Engine {
@@ -200,7 +204,23 @@ impl Engine {
             bus,
             tracking,
             name,
+            republish_resends: false,
         }
+    }
+
+    /// Makes a resent batch (all duplicates) publish the driver's latest
+    /// position again, and a resent chat message its room frame: for
+    /// stores whose acknowledged writes wait for replicas, where a first
+    /// attempt may have been stored but refused (`WAIT` not met) before
+    /// its frame went out. Receivers drop a seq they already have.
+    pub fn republishing_resends(mut self, on: bool) -> Self {
+        self.republish_resends = on;
+        self
+    }
+
+    /// See [`Engine::republishing_resends`].
+    pub fn republishes_resends(&self) -> bool {
+        self.republish_resends
     }
 
     /// `"memory"`, `"redis"`, `"nats+redis"`, ...
@@ -228,7 +248,11 @@ impl Engine {
             let frame = Frame::location(driver_id, fix, at.origin_us);
             self.publish(&Channel::tracking(driver_id), frame).await?;
             outcome.published = true;
-        } else if outcome.accepted == 0 && outcome.duplicates > 0 && at.publish_live {
+        } else if self.republish_resends
+            && outcome.accepted == 0
+            && outcome.duplicates > 0
+            && at.publish_live
+        {
             // A resent batch: its first attempt may have been stored but
             // answered with an error before (or without) its live frame
             // (`--redis-wait-replicas` not met during a failover). The

@@ -95,7 +95,8 @@ pub async fn open(
                 "nats+redis"
             };
             Ok(Opened {
-                engine: Engine::new(name, Arc::new(bus), Arc::new(tracking)),
+                engine: Engine::new(name, Arc::new(bus), Arc::new(tracking))
+                    .republishing_resends(opts.wait_replicas > 0),
                 stores: Some(super::chat_redis::stores(&conn, limits)),
                 redis: Some(conn),
             })
@@ -139,5 +140,7 @@ pub async fn redis_on(
     };
     let tracking = RedisTrackingStore::new(conn.clone(), limits.clone(), true);
     let stores = super::chat_redis::stores(&conn, &limits);
-    Ok((Engine::new(name, bus, Arc::new(tracking)), stores))
+    let engine = Engine::new(name, bus, Arc::new(tracking))
+        .republishing_resends(conn.opts.wait_replicas > 0);
+    Ok((engine, stores))
 }

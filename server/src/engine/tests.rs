@@ -181,15 +181,20 @@ pub(crate) async fn engine_publishes_new_latest_once(engine: &Engine, hub: &Hub)
         got.contains(r#""type":"location""#) && got.contains(r#""seq":2"#),
         "{got}"
     );
-    // A resent batch stores nothing and publishes the latest position
-    // again (its first attempt may have been stored without its frame:
-    // `WAIT` not met); receivers drop a seq they have. The next fix is
-    // the next new frame.
+    // A duplicate batch publishes nothing (without `WAIT`: nothing can
+    // be stored without its frame); the next fix is the next frame.
     let again = engine
         .ingest(&d, "dev", &[fix(1, NOW), fix(2, NOW + 1)], NOW.into())
         .await
         .unwrap();
     assert_eq!((again.accepted, again.duplicates), (0, 2));
+    // Behind `WAIT` the resend publishes the latest position again (its
+    // first attempt may have been stored without its frame).
+    let waiting = engine.clone().republishing_resends(true);
+    waiting
+        .ingest(&d, "dev", &[fix(1, NOW), fix(2, NOW + 1)], NOW.into())
+        .await
+        .unwrap();
     let repeat = recv_within(&mut rx, "repeated location").await;
     assert!(repeat.contains(r#""seq":2"#), "{repeat}");
     engine
