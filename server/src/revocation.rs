@@ -17,7 +17,8 @@
 //! A process also reloads the store every [`RELOAD_EVERY`], so a message lost
 //! while its Redis subscription was down is applied late, not never.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -216,25 +217,98 @@ impl Revocations {
 /// Live connections (WebSockets, SSE streams, long polls) by user on this
 /// process, with the `iat`/`jti` of the token each runs on, so a revocation
 /// or disconnect can close them.
+///
+/// Sized for idle memory: one entry per connection in one flat map (the
+/// user's name shared with the per-user index), and a user with a single
+/// connection (the usual case) indexed without a map of their own.
 #[derive(Default)]
 pub struct UserConnections {
-    by_user: parking_lot::Mutex<HashMap<String, HashMap<ConnId, Entry>>>,
-    /// The user of each listed connection (for per-user channel liveness).
-    by_conn: parking_lot::Mutex<HashMap<ConnId, String>>,
+    inner: parking_lot::Mutex<Registry>,
+}
+
+#[derive(Default)]
+struct Registry {
+    conns: HashMap<ConnId, Entry>,
+    by_user: HashMap<Arc<str>, Ids>,
+}
+
+/// A user's connections on this process.
+enum Ids {
+    One(ConnId),
+    Many(HashSet<ConnId>),
+}
+
+impl Ids {
+    fn len(&self) -> usize {
+        match self {
+            Ids::One(_) => 1,
+            Ids::Many(set) => set.len(),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &ConnId> {
+        let (one, many) = match self {
+            Ids::One(id) => (Some(id), None),
+            Ids::Many(set) => (None, Some(set.iter())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+
+    fn insert(&mut self, id: ConnId) {
+        match self {
+            Ids::One(first) if *first != id => {
+                *self = Ids::Many(HashSet::from([*first, id]));
+            }
+            Ids::One(_) => {}
+            Ids::Many(set) => {
+                set.insert(id);
+            }
+        }
+    }
+
+    /// Removes `id`; true when none is left.
+    fn remove(&mut self, id: ConnId) -> bool {
+        match self {
+            Ids::One(only) => *only == id,
+            Ids::Many(set) => {
+                set.remove(&id);
+                match set.len() {
+                    0 => true,
+                    1 => {
+                        if let Some(&last) = set.iter().next() {
+                            *self = Ids::One(last);
+                        }
+                        false
+                    }
+                    _ => false,
+                }
+            }
+        }
+    }
 }
 
 struct Entry {
     handle: ConnHandle,
+    user: Arc<str>,
     iat: Option<u64>,
-    jti: Option<String>,
+    jti: Option<Box<str>>,
     transport: &'static str,
     since_ms: i64,
 }
 
+impl Registry {
+    fn of<'a>(&'a self, user: &str) -> impl Iterator<Item = (&'a ConnId, &'a Entry)> {
+        self.by_user
+            .get(user)
+            .into_iter()
+            .flat_map(Ids::iter)
+            .filter_map(|id| self.conns.get_key_value(id))
+    }
+}
+
 /// Keeps a connection listed until dropped.
 pub struct Listed {
-    registry: std::sync::Arc<UserConnections>,
-    user: String,
+    registry: Arc<UserConnections>,
     id: ConnId,
 }
 
@@ -242,27 +316,22 @@ impl Listed {
     /// The connection now runs on another token of the same user (an
     /// in-band refresh).
     pub fn update(&self, token: &Verified) {
-        if let Some(e) = self
-            .registry
-            .by_user
-            .lock()
-            .get_mut(&self.user)
-            .and_then(|c| c.get_mut(&self.id))
-        {
+        if let Some(e) = self.registry.inner.lock().conns.get_mut(&self.id) {
             e.iat = token.iat;
-            e.jti.clone_from(&token.jti);
+            e.jti = token.jti.as_deref().map(Box::from);
         }
     }
 }
 
 impl Drop for Listed {
     fn drop(&mut self) {
-        self.registry.by_conn.lock().remove(&self.id);
-        let mut map = self.registry.by_user.lock();
-        if let Some(conns) = map.get_mut(&self.user) {
-            conns.remove(&self.id);
-            if conns.is_empty() {
-                map.remove(&self.user);
+        let mut reg = self.registry.inner.lock();
+        let Some(entry) = reg.conns.remove(&self.id) else {
+            return;
+        };
+        if let Some(ids) = reg.by_user.get_mut(&entry.user) {
+            if ids.remove(self.id) {
+                reg.by_user.remove(&entry.user);
             }
         }
     }
@@ -272,57 +341,74 @@ impl UserConnections {
     /// Lists `handle` (a `transport` connection: `ws`, `sse`, `poll`) under
     /// the token's user until the guard drops.
     pub fn list(
-        self: &std::sync::Arc<Self>,
+        self: &Arc<Self>,
         token: &Verified,
         handle: &ConnHandle,
         transport: &'static str,
     ) -> Listed {
-        let user = token.claims.sub.clone();
-        self.by_user.lock().entry(user.clone()).or_default().insert(
+        let mut reg = self.inner.lock();
+        let user = match reg.by_user.get_mut(token.claims.sub.as_str()) {
+            Some(ids) => {
+                ids.insert(handle.id);
+                None
+            }
+            None => Some(Arc::<str>::from(token.claims.sub.as_str())),
+        };
+        let user = match user {
+            Some(user) => {
+                reg.by_user.insert(Arc::clone(&user), Ids::One(handle.id));
+                user
+            }
+            None => reg
+                .by_user
+                .get_key_value(token.claims.sub.as_str())
+                .map(|(k, _)| Arc::clone(k))
+                .unwrap_or_else(|| Arc::from(token.claims.sub.as_str())),
+        };
+        reg.conns.insert(
             handle.id,
             Entry {
                 handle: handle.clone(),
+                user,
                 iat: token.iat,
-                jti: token.jti.clone(),
+                jti: token.jti.as_deref().map(Box::from),
                 transport,
                 since_ms: crate::now_ms(),
             },
         );
-        self.by_conn.lock().insert(handle.id, user.clone());
+        drop(reg);
         Listed {
-            registry: std::sync::Arc::clone(self),
-            user,
+            registry: Arc::clone(self),
             id: handle.id,
         }
     }
 
     /// The user a listed connection runs for.
     pub fn user_of(&self, id: ConnId) -> Option<String> {
-        self.by_conn.lock().get(&id).cloned()
+        self.inner.lock().conns.get(&id).map(|e| e.user.to_string())
     }
 
     /// Closes every connection of `user` with `code`; returns how many.
     pub fn kill_user(&self, user: &str, code: u16) -> usize {
-        let map = self.by_user.lock();
-        let Some(conns) = map.get(user) else {
-            return 0;
-        };
-        for e in conns.values() {
+        let reg = self.inner.lock();
+        let mut n = 0;
+        for (_, e) in reg.of(user) {
             e.handle.kill(code);
+            n += 1;
         }
-        conns.len()
+        n
     }
 
     /// Closes the connections whose token `r` revokes; returns how many.
     pub fn kill_revoked(&self, r: &Revocation, code: u16) -> usize {
-        let map = self.by_user.lock();
+        let reg = self.inner.lock();
         let mut n = 0;
         let mut kill = |e: &Entry| {
             e.handle.kill(code);
             n += 1;
         };
         if let Some(user) = &r.user {
-            for e in map.get(user).into_iter().flat_map(HashMap::values) {
+            for (_, e) in reg.of(user) {
                 if e.iat.unwrap_or(0) <= r.before_s {
                     kill(e);
                 }
@@ -330,7 +416,7 @@ impl UserConnections {
         }
         if let Some(jti) = &r.jti {
             // Rare (an operator action): a scan of this process's list.
-            for e in map.values().flat_map(HashMap::values) {
+            for e in reg.conns.values() {
                 if e.jti.as_deref() == Some(jti.as_str()) {
                     kill(e);
                 }
@@ -342,14 +428,12 @@ impl UserConnections {
     /// `user`'s connections on this process as `(id, transport, opened
     /// ms)`, oldest first, at most `limit`.
     pub fn of_user(&self, user: &str, limit: usize) -> Vec<(ConnId, &'static str, i64)> {
-        let map = self.by_user.lock();
-        let mut out: Vec<_> = map
-            .get(user)
-            .into_iter()
-            .flat_map(HashMap::iter)
+        let reg = self.inner.lock();
+        let mut out: Vec<_> = reg
+            .of(user)
             .map(|(id, e)| (*id, e.transport, e.since_ms))
             .collect();
-        drop(map);
+        drop(reg);
         out.sort_by_key(|(id, _, since)| (*since, *id));
         out.truncate(limit);
         out
@@ -357,7 +441,7 @@ impl UserConnections {
 
     /// Connections of `user` on this process.
     pub fn count(&self, user: &str) -> usize {
-        self.by_user.lock().get(user).map_or(0, HashMap::len)
+        self.inner.lock().by_user.get(user).map_or(0, Ids::len)
     }
 }
 

@@ -168,10 +168,13 @@ pub(super) fn run(
         listed,
         encoding,
     };
+    // Joining and finishing are boxed: their futures (Redis calls, the
+    // close handshake under a timeout) only live at the two ends of the
+    // connection; inline they would size every idle connection's task.
     async move {
-        conn.join_user_channel().await;
+        Box::pin(conn.join_user_channel()).await;
         let close = conn.serve(&mut socket, &rx).await;
-        conn.finish(&mut socket, close).await;
+        Box::pin(conn.finish(&mut socket, close)).await;
     }
 }
 
