@@ -67,10 +67,12 @@ async fn receipts_reach_other_devices_and_participants(engine: EngineChoice) -> 
 
 async fn receipts_between(a: &Server, b: &Server) -> Result<()> {
     let room = unique("order");
+    let b1 = unique("b");
+    let v1 = unique("v");
     let ch = format!("chat:{room}");
-    let mut vendor = connect(b, "v-1", Role::Vendor, &room).await?;
-    let mut dev_a = connect(a, "b-1", Role::Buyer, &room).await?;
-    let mut dev_b = connect(b, "b-1", Role::Buyer, &room).await?;
+    let mut vendor = connect(b, &v1, Role::Vendor, &room).await?;
+    let mut dev_a = connect(a, &b1, Role::Buyer, &room).await?;
+    let mut dev_b = connect(b, &b1, Role::Buyer, &room).await?;
     vendor.subscribe(&ch, None).await?;
     dev_a.subscribe(&ch, None).await?;
     // Device B is not subscribed: it hears its user's receipts through
@@ -83,13 +85,13 @@ async fn receipts_between(a: &Server, b: &Server) -> Result<()> {
     dev_a
         .send_json(&json!({"type":"receipt","room":room,"seq":3,"kind":"delivered"}))
         .await?;
-    let want = json!({"type":"receipt","room":room,"user":"b-1","kind":"delivered","seq":3});
+    let want = json!({"type":"receipt","room":room,"user":&b1,"kind":"delivered","seq":3});
     assert_eq!(receipt(&mut vendor).await?, want);
     assert_eq!(receipt(&mut dev_b).await?, want);
     dev_a
         .send_json(&json!({"type":"receipt","room":room,"seq":2,"kind":"read"}))
         .await?;
-    let want = json!({"type":"receipt","room":room,"user":"b-1","kind":"read","seq":2});
+    let want = json!({"type":"receipt","room":room,"user":&b1,"kind":"read","seq":2});
     assert_eq!(receipt(&mut vendor).await?, want);
     assert_eq!(receipt(&mut dev_b).await?, want);
     // Backwards (from the other device) and beyond the room: nothing moves
@@ -105,13 +107,13 @@ async fn receipts_between(a: &Server, b: &Server) -> Result<()> {
         .collect();
     assert!(late.is_empty(), "a marker went back: {late:?}");
 
-    let page = history(a, &room, &chat_token("b-1", Role::Buyer, &room)).await?;
+    let page = history(a, &room, &chat_token(&b1, Role::Buyer, &room)).await?;
     assert_eq!(
         page["receipts"],
-        json!([{"user":"b-1","delivered":3,"read":2}])
+        json!([{"user":&b1,"delivered":3,"read":2}])
     );
     assert_eq!(page["unread"], 1, "message 3 is not read yet");
-    let page = history(b, &room, &chat_token("v-1", Role::Vendor, &room)).await?;
+    let page = history(b, &room, &chat_token(&v1, Role::Vendor, &room)).await?;
     assert_eq!(
         page["unread"], 0,
         "the vendor's own messages are not unread"
@@ -119,7 +121,7 @@ async fn receipts_between(a: &Server, b: &Server) -> Result<()> {
 
     // A reconnecting vendor draws the ticks from the frames after
     // `subscribed`.
-    let mut again = connect(a, "v-1", Role::Vendor, &room).await?;
+    let mut again = connect(a, &v1, Role::Vendor, &room).await?;
     again.subscribe(&ch, Some(3)).await?;
     let mut got = [receipt(&mut again).await?, receipt(&mut again).await?];
     got.sort_by_key(|v| v["kind"].as_str().map(str::to_owned));
@@ -154,9 +156,11 @@ async fn receipts_across_two_processes() -> Result<()> {
 async fn edit_and_delete_are_checked_and_resumed_once(engine: EngineChoice) -> Result<()> {
     let server = Server::start(engine).await?;
     let room = unique("order");
+    let b1 = unique("b");
+    let v1 = unique("v");
     let ch = format!("chat:{room}");
-    let mut buyer = connect(&server, "b-1", Role::Buyer, &room).await?;
-    let mut vendor = connect(&server, "v-1", Role::Vendor, &room).await?;
+    let mut buyer = connect(&server, &b1, Role::Buyer, &room).await?;
+    let mut vendor = connect(&server, &v1, Role::Vendor, &room).await?;
     vendor.subscribe(&ch, None).await?;
     buyer.send_chat(&room, "c-1", "one").await?;
     buyer.send_chat(&room, "c-2", "two").await?;
@@ -173,7 +177,7 @@ async fn edit_and_delete_are_checked_and_resumed_once(engine: EngineChoice) -> R
     assert_eq!(del["seq"], 4);
 
     // Refusals, each with a clear code and the room as `ref`.
-    let mut vendor = connect(&server, "v-1", Role::Vendor, &room).await?;
+    let mut vendor = connect(&server, &v1, Role::Vendor, &room).await?;
     for (frame, code) in [
         (
             json!({"type":"edit","room":room,"seq":1,"body":"not yours"}),
@@ -227,7 +231,7 @@ async fn edit_and_delete_are_checked_and_resumed_once(engine: EngineChoice) -> R
             &json!("edit"),
             &json!(1),
             &json!("one, fixed"),
-            &json!("b-1")
+            &json!(&b1)
         )
     );
     assert_eq!(
@@ -262,7 +266,7 @@ async fn edit_and_delete_are_checked_and_resumed_once(engine: EngineChoice) -> R
     // refused.
     let r = http
         .post(&url)
-        .bearer_auth(chat_token("v-1", Role::Vendor, &room))
+        .bearer_auth(chat_token(&v1, Role::Vendor, &room))
         .json(&json!({"client_id":"x","body":"","kind":"delete","ref_seq":1}))
         .send()
         .await?;
@@ -273,12 +277,12 @@ async fn edit_and_delete_are_checked_and_resumed_once(engine: EngineChoice) -> R
     );
     let r = http
         .post(&url)
-        .bearer_auth(chat_token("v-1", Role::Vendor, &room))
+        .bearer_auth(chat_token(&v1, Role::Vendor, &room))
         .json(&json!({"client_id":"x","body":"hi","ref_seq":1}))
         .send()
         .await?;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    let page = history(&server, &room, &chat_token("v-1", Role::Vendor, &room)).await?;
+    let page = history(&server, &room, &chat_token(&v1, Role::Vendor, &room)).await?;
     assert_eq!(
         seqs(page["messages"].as_array().map_or(&[][..], |v| v)),
         vec![1, 2, 3, 4, 5]
@@ -289,9 +293,11 @@ async fn edit_and_delete_are_checked_and_resumed_once(engine: EngineChoice) -> R
 async fn attachments_are_validated(engine: EngineChoice) -> Result<()> {
     let server = Server::start(engine).await?;
     let room = unique("order");
+    let b1 = unique("b");
+    let v1 = unique("v");
     let ch = format!("chat:{room}");
-    let mut buyer = connect(&server, "b-1", Role::Buyer, &room).await?;
-    let mut vendor = connect(&server, "v-1", Role::Vendor, &room).await?;
+    let mut buyer = connect(&server, &b1, Role::Buyer, &room).await?;
+    let mut vendor = connect(&server, &v1, Role::Vendor, &room).await?;
     vendor.subscribe(&ch, None).await?;
     let photo = json!({"url":"https://cdn.example/p/1.jpg","mime":"image/jpeg","size":48213,"width":1024,"height":768,"name":"door.jpg"});
     let ack = acked(
@@ -342,7 +348,7 @@ async fn attachments_are_validated(engine: EngineChoice) -> Result<()> {
     let url = server.http(&format!("/v1/chats/{room}/messages"));
     let post = |att: Value| {
         http.post(&url)
-            .bearer_auth(chat_token("b-1", Role::Buyer, &room))
+            .bearer_auth(chat_token(&b1, Role::Buyer, &room))
             .json(&json!({"client_id":"h-1","body":"x","attachments":[att]}))
             .send()
     };
@@ -360,8 +366,10 @@ async fn attachments_are_validated(engine: EngineChoice) -> Result<()> {
 async fn system_messages_come_from_service(engine: EngineChoice) -> Result<()> {
     let server = Server::start(engine).await?;
     let room = unique("order");
+    let b1 = unique("b");
+    let v1 = unique("v");
     let ch = format!("chat:{room}");
-    let mut buyer = connect(&server, "b-1", Role::Buyer, &room).await?;
+    let mut buyer = connect(&server, &b1, Role::Buyer, &room).await?;
     buyer.subscribe(&ch, None).await?;
     let http = reqwest::Client::new();
     let url = server.http(&format!("/v1/chats/{room}/messages"));
@@ -371,7 +379,7 @@ async fn system_messages_come_from_service(engine: EngineChoice) -> Result<()> {
             .json(&json!({"client_id":"s-1","body":"courier assigned","kind":"system"}))
             .send()
     };
-    let r = post(chat_token("v-1", Role::Vendor, &room)).await?;
+    let r = post(chat_token(&v1, Role::Vendor, &room)).await?;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let r = post(token("ops", Role::Service, &[])).await?;
     assert_eq!(r.status(), StatusCode::OK);
@@ -390,7 +398,7 @@ async fn system_messages_come_from_service(engine: EngineChoice) -> Result<()> {
             &json!("courier assigned")
         )
     );
-    let page = history(&server, &room, &chat_token("b-1", Role::Buyer, &room)).await?;
+    let page = history(&server, &room, &chat_token(&b1, Role::Buyer, &room)).await?;
     assert_eq!(page["unread"], 1, "system messages count as unread");
     Ok(())
 }
