@@ -227,12 +227,7 @@ async fn edit_and_delete_are_checked_and_resumed_once(engine: EngineChoice) -> R
             &got[0]["body"],
             &got[0]["from"]
         ),
-        (
-            &json!("edit"),
-            &json!(1),
-            &json!("one, fixed"),
-            &json!(&b1)
-        )
+        (&json!("edit"), &json!(1), &json!("one, fixed"), &json!(&b1))
     );
     assert_eq!(
         (&got[1]["kind"], &got[1]["ref_seq"]),
