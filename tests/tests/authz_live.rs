@@ -50,6 +50,25 @@ async fn read_to_end(url: String, tok: &str) -> Result<tokio::task::JoinHandle<i
 }
 
 /// Reads frames until `ty`, collecting the `fix.seq` of location frames.
+/// Subscribes to `channel` and returns the `token_expiring` frame when it
+/// came before `subscribed`: a token with less than 30 s left is warned at
+/// once (on the expiry wheel's next 200 ms step), which can be before the
+/// subscription is acknowledged, and [`WsClient::subscribe`] skips it.
+async fn subscribe_seeing_warning(ws: &mut WsClient, channel: &str) -> Result<Option<Value>> {
+    ws.send_json(&json!({"type": "subscribe", "channel": channel}))
+        .await?;
+    let mut warning = None;
+    loop {
+        let v = ws.next_json(T).await.context("waiting for subscribed")?;
+        match v["type"].as_str() {
+            Some("subscribed") if v["channel"] == channel => return Ok(warning),
+            Some("token_expiring") => warning = Some(v),
+            Some("error") => bail!("subscribe {channel} refused: {v}"),
+            _ => {}
+        }
+    }
+}
+
 async fn until_type(ws: &mut WsClient, ty: &str, seqs: &mut Vec<u64>) -> Result<Value> {
     loop {
         let v = ws
@@ -315,7 +334,7 @@ async fn expired_while_connected(engine: EngineChoice) -> Result<()> {
     let exp = now_s() + ttl;
 
     let mut ws = WsClient::connect(&server.ws_url(&tok)).await?;
-    ws.subscribe(&ch, None).await?;
+    let early_warning = subscribe_seeing_warning(&mut ws, &ch).await?;
     let sse = read_to_end(
         server.http(&format!("/v1/drivers/{d}/location/stream")),
         &tok,
@@ -336,7 +355,10 @@ async fn expired_while_connected(engine: EngineChoice) -> Result<()> {
         (r.map(|r| r.status()), now_ms())
     });
 
-    let warn = ws.next_of_type("token_expiring", T).await?;
+    let warn = match early_warning {
+        Some(w) => w,
+        None => ws.next_of_type("token_expiring", T).await?,
+    };
     assert_eq!(warn, json!({"type": "token_expiring", "exp": exp}));
     let err = ws.next_of_type("error", T).await?;
     assert_eq!(err["code"], "token_expired", "{err}");
@@ -386,9 +408,12 @@ async fn refreshed_in_band_keeps_every_frame(engine: EngineChoice) -> Result<()>
     let first_exp = now_s() + 20;
     let first = token_issued(&user, Role::Buyer, &[&ch], 20, &unique("j"));
     let mut ws = WsClient::connect(&server.ws_url(&first)).await?;
-    ws.subscribe(&ch, None).await?;
+    let early_warning = subscribe_seeing_warning(&mut ws, &ch).await?;
     let mut seqs = Vec::new();
-    let warn = until_type(&mut ws, "token_expiring", &mut seqs).await?;
+    let warn = match early_warning {
+        Some(w) => w,
+        None => until_type(&mut ws, "token_expiring", &mut seqs).await?,
+    };
     assert!(warn["exp"].as_u64().is_some());
 
     // Fixes flow while the client refreshes.
