@@ -16,7 +16,7 @@
 use serde::Deserialize;
 use waypost_protocol::{
     ChatMessage, DeviceRegistered, FrameEntry, MessagesResponse, NotificationsResponse, PushData,
-    PushKind, TimelineResponse,
+    PushKind, TimelineEntry, TimelineResponse,
 };
 
 use super::types::{ChatEntry, OrderEntry};
@@ -163,33 +163,77 @@ pub(crate) fn kind_name(kind: PushKind) -> String {
         .unwrap_or_default()
 }
 
+/// Reads a gap page by page: `fetch(after)` answers the page of items
+/// after `after` and whether more follow; `seq_of` is an item's seq.
+/// Returns the items up to `seq` in order and whether the gap is complete
+/// (false when the log was trimmed or expired, or after
+/// [`MAX_PUSH_PAGES`] pages).
+async fn read_gap<T, F, Fut>(
+    mut after: u64,
+    seq: u64,
+    seq_of: fn(&T) -> u64,
+    mut fetch: F,
+) -> Result<(Vec<T>, bool), WaypostError>
+where
+    F: FnMut(u64) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, bool), WaypostError>>,
+{
+    let mut out = Vec::new();
+    for _ in 0..MAX_PUSH_PAGES {
+        if after >= seq {
+            return Ok((out, true));
+        }
+        let (items, more) = fetch(after).await?;
+        let Some(last) = items.last().map(seq_of) else {
+            // Trimmed or expired: nothing more to read.
+            return Ok((out, false));
+        };
+        after = last;
+        out.extend(items.into_iter().filter(|i| seq_of(i) <= seq));
+        if !more {
+            return Ok((out, after >= seq));
+        }
+    }
+    Ok((out, after >= seq))
+}
+
+/// `GET {url}` with the bearer `token`, parsed as JSON.
+async fn get_json<T: serde::de::DeserializeOwned>(
+    transport: &dyn HttpTransport,
+    url: String,
+    token: &str,
+) -> Result<T, WaypostError> {
+    let response = transport
+        .send(HttpRequest {
+            method: "GET".into(),
+            url,
+            headers: vec![bearer(token)],
+            body: Vec::new(),
+        })
+        .await?;
+    Ok(HttpError::json(&response)?)
+}
+
 /// Chat messages after `after` up to `seq`, page by page.
 pub(crate) async fn chat_gap(
     transport: &dyn HttpTransport,
     base: &str,
     token: &str,
     room: &str,
-    mut after: u64,
+    after: u64,
     seq: u64,
 ) -> Result<(Vec<ChatMessage>, bool), WaypostError> {
-    let mut out = Vec::new();
-    for _ in 0..MAX_PUSH_PAGES {
-        if after >= seq {
-            return Ok((out, true));
-        }
-        let page: MessagesResponse =
-            super::chat::fetch_page(transport, base, token, room, after).await?;
-        let Some(last) = page.messages.last().map(|m| m.seq) else {
-            // Trimmed or expired: nothing more to read.
-            return Ok((out, false));
-        };
-        after = last;
-        out.extend(page.messages.into_iter().filter(|m| m.seq <= seq));
-        if !page.more {
-            return Ok((out, after >= seq));
-        }
-    }
-    Ok((out, after >= seq))
+    read_gap(
+        after,
+        seq,
+        |m: &ChatMessage| m.seq,
+        |after| async move {
+            let page: MessagesResponse =
+                super::chat::fetch_page(transport, base, token, room, after).await?;
+            Ok((page.messages, page.more))
+        },
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -205,41 +249,33 @@ pub(crate) async fn order_gap(
     base: &str,
     token: &str,
     order_id: &str,
-    mut after: u64,
+    after: u64,
     seq: u64,
 ) -> Result<(Vec<OrderEntry>, bool), WaypostError> {
-    let mut out = Vec::new();
-    for _ in 0..MAX_PUSH_PAGES {
-        if after >= seq {
-            return Ok((out, true));
-        }
-        let response = transport
-            .send(HttpRequest {
-                method: "GET".into(),
-                url: format!(
-                    "{base}/v1/orders/{order_id}/timeline?after_seq={after}&limit={}",
-                    page_limit(after, seq)
-                ),
-                headers: vec![bearer(token)],
-                body: Vec::new(),
-            })
-            .await?;
-        let page: TimelineResponse = HttpError::json(&response)?;
-        let Some(last) = page.entries.last().map(|e| e.seq) else {
-            return Ok((out, false));
-        };
-        after = last;
-        for e in page.entries.into_iter().filter(|e| e.seq <= seq) {
-            let v = serde_json::to_value(&e).map_err(|e| WaypostError::invalid(e.to_string()))?;
-            let parsed: Entry =
-                serde_json::from_value(v).map_err(|e| WaypostError::invalid(e.to_string()))?;
-            out.push(OrderEntry::from_wire(order_id, parsed.seq, parsed.entry));
-        }
-        if !page.more {
-            return Ok((out, after >= seq));
-        }
+    let (entries, complete) = read_gap(
+        after,
+        seq,
+        |e: &TimelineEntry| e.seq,
+        |after| {
+            let url = format!(
+                "{base}/v1/orders/{order_id}/timeline?after_seq={after}&limit={}",
+                page_limit(after, seq)
+            );
+            async move {
+                let page: TimelineResponse = get_json(transport, url, token).await?;
+                Ok((page.entries, page.more))
+            }
+        },
+    )
+    .await?;
+    let mut out = Vec::with_capacity(entries.len());
+    for e in entries {
+        let v = serde_json::to_value(&e).map_err(|e| WaypostError::invalid(e.to_string()))?;
+        let parsed: Entry =
+            serde_json::from_value(v).map_err(|e| WaypostError::invalid(e.to_string()))?;
+        out.push(OrderEntry::from_wire(order_id, parsed.seq, parsed.entry));
     }
-    Ok((out, after >= seq))
+    Ok((out, complete))
 }
 
 /// A vendor's notifications after `after` up to `seq`
@@ -249,48 +285,36 @@ pub(crate) async fn notification_gap(
     base: &str,
     token: &str,
     vendor_id: &str,
-    mut after: u64,
+    after: u64,
     seq: u64,
 ) -> Result<(Vec<VendorNotification>, bool), WaypostError> {
-    let mut out = Vec::new();
-    for _ in 0..MAX_PUSH_PAGES {
-        if after >= seq {
-            return Ok((out, true));
-        }
-        let response = transport
-            .send(HttpRequest {
-                method: "GET".into(),
-                url: format!(
-                    "{base}/v1/vendors/{vendor_id}/notifications?after_seq={after}&limit={}",
-                    page_limit(after, seq)
-                ),
-                headers: vec![bearer(token)],
-                body: Vec::new(),
-            })
-            .await?;
-        let page: NotificationsResponse = HttpError::json(&response)?;
-        let Some(last) = page.notifications.last().map(|n| n.seq) else {
-            // Trimmed or expired: nothing more to read.
-            return Ok((out, false));
-        };
-        after = last;
-        out.extend(
-            page.notifications
-                .into_iter()
-                .filter(|n| n.seq <= seq)
-                .map(|n| VendorNotification {
-                    vendor_id: vendor_id.to_owned(),
-                    seq: n.seq,
-                    event: n.event,
-                    data_json: n.data.to_string(),
-                    ts_ms: n.ts,
-                }),
-        );
-        if !page.more {
-            return Ok((out, after >= seq));
-        }
-    }
-    Ok((out, after >= seq))
+    let (notifications, complete) = read_gap(
+        after,
+        seq,
+        |n: &waypost_protocol::VendorNotification| n.seq,
+        |after| {
+            let url = format!(
+                "{base}/v1/vendors/{vendor_id}/notifications?after_seq={after}&limit={}",
+                page_limit(after, seq)
+            );
+            async move {
+                let page: NotificationsResponse = get_json(transport, url, token).await?;
+                Ok((page.notifications, page.more))
+            }
+        },
+    )
+    .await?;
+    let out = notifications
+        .into_iter()
+        .map(|n| VendorNotification {
+            vendor_id: vendor_id.to_owned(),
+            seq: n.seq,
+            event: n.event,
+            data_json: n.data.to_string(),
+            ts_ms: n.ts,
+        })
+        .collect();
+    Ok((out, complete))
 }
 
 #[cfg(test)]
