@@ -414,6 +414,7 @@ async fn measure(args: &Args) -> anyhow::Result<Value> {
         },
         "latency_ms": latency.summary_ms(),
         "pings_received": worker::merge_pings(&reports),
+        "location_bytes": worker::merge_location_bytes(&reports),
         "cpu_pct_of_one_core": {
             "server": server_cpu,
             "server_total": round1(server_cpu.iter().sum()),
@@ -489,6 +490,7 @@ fn print_report(common: &CommonArgs, r: &Value) {
         l["p50"], l["p90"], l["p99"], l["p999"], l["max"]
     );
     println!("  server pings received: {}", r["pings_received"]);
+    println!("  location frames received: {}", r["location_bytes"]);
     println!(
         "  CPU % of a core: server {} (total {}), client {}, host busy {} % of all cores",
         cpu["server"], cpu["server_total"], cpu["client"], cpu["host_busy_pct_of_all_cores"]

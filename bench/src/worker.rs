@@ -199,6 +199,10 @@ struct Shared {
     /// (at most [`MAX_PING_BUCKETS`] buckets): shows whether pings come in
     /// bursts.
     pings: Mutex<BTreeMap<u64, u32>>,
+    /// Location frames received and their WebSocket payload bytes (what
+    /// the encoding costs on the wire per delivery).
+    location_frames: AtomicU64,
+    location_payload_bytes: AtomicU64,
 }
 
 /// Width of a ping-arrival bucket.
@@ -379,9 +383,16 @@ async fn read_loop(sh: &Shared, i: usize, ws: &mut Ws, stop: &mut watch::Receive
         tokio::select! {
             msg = ws.next() => {
                 let now = mono_ns();
+                let payload = match &msg {
+                    Some(Ok(Message::Text(t))) => t.len(),
+                    Some(Ok(Message::Binary(b))) => b.len(),
+                    _ => 0,
+                };
                 match msg.map(as_text) {
                     Some(Ok(Message::Text(t))) => match classify(cfg.target, &t, &user, &driver) {
                         Frame::Location { driver: d, seq } => {
+                            sh.location_frames.fetch_add(1, Ordering::Relaxed);
+                            sh.location_payload_bytes.fetch_add(payload as u64, Ordering::Relaxed);
                             sh.on_location(d, seq, my_driver, &mut seen, now);
                         }
                         Frame::Reply(r) => {
@@ -496,6 +507,8 @@ pub async fn run(_args: Args) -> anyhow::Result<()> {
         errors: Mutex::new(BTreeMap::new()),
         resubscribed: Mutex::new(Vec::new()),
         pings: Mutex::new(BTreeMap::new()),
+        location_frames: AtomicU64::new(0),
+        location_payload_bytes: AtomicU64::new(0),
         cfg,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -616,6 +629,8 @@ fn report(sh: &Shared, failed: &std::collections::HashSet<usize>) -> Value {
         "errors": *sh.errors.lock(),
         "resubscribed": resub,
         "pings": sh.pings.lock().iter().map(|(b, n)| [*b, u64::from(*n)]).collect::<Vec<_>>(),
+        "location_frames": sh.location_frames.load(Ordering::Relaxed),
+        "location_payload_bytes": sh.location_payload_bytes.load(Ordering::Relaxed),
     })
 }
 
@@ -795,6 +810,41 @@ pub fn merge_errors(events: &[Value]) -> Value {
     json!(all)
 }
 
+/// Bytes of one server-to-client WebSocket frame with a payload of `len`
+/// bytes (RFC 6455: 2-byte header, plus 2 or 8 bytes of extended length;
+/// server frames are not masked).
+pub fn ws_frame_len(len: u64) -> u64 {
+    len + match len {
+        0..=125 => 2,
+        126..=65_535 => 4,
+        _ => 10,
+    }
+}
+
+/// Location frames received by all workers and their mean WebSocket
+/// payload and wire bytes (payload + frame header, assuming the frames
+/// of one run are all under or all over 125 bytes, as location frames are).
+pub fn merge_location_bytes(reports: &[Value]) -> Value {
+    let sum = |k: &str| {
+        reports
+            .iter()
+            .map(|r| r[k].as_u64().unwrap_or(0))
+            .sum::<u64>()
+    };
+    let frames = sum("location_frames");
+    let payload = sum("location_payload_bytes");
+    if frames == 0 {
+        return json!({ "frames": 0, "payload_bytes_per_frame": 0.0, "wire_bytes_per_frame": 0.0 });
+    }
+    let mean = payload as f64 / frames as f64;
+    let header = ws_frame_len(mean.round() as u64) - mean.round() as u64;
+    json!({
+        "frames": frames,
+        "payload_bytes_per_frame": (mean * 10.0).round() / 10.0,
+        "wire_bytes_per_frame": ((mean + header as f64) * 10.0).round() / 10.0,
+    })
+}
+
 /// Server pings received by all workers, by 10 ms of arrival: how many,
 /// over how many seconds, and the most in one 10 ms and in one 100 ms
 /// (a ticker that pings all its connections in a few slots shows as
@@ -841,6 +891,24 @@ pub fn merge_latency(reports: &[Value]) -> HistogramSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn location_bytes_add_the_frame_header() {
+        assert_eq!(ws_frame_len(0), 2);
+        assert_eq!(ws_frame_len(125), 127);
+        assert_eq!(ws_frame_len(126), 130);
+        assert_eq!(ws_frame_len(65_535), 65_539);
+        assert_eq!(ws_frame_len(65_536), 65_546);
+        let reports = [
+            json!({ "location_frames": 2, "location_payload_bytes": 300 }),
+            json!({ "location_frames": 2, "location_payload_bytes": 320 }),
+        ];
+        let m = merge_location_bytes(&reports);
+        assert_eq!(m["frames"], 4);
+        assert_eq!(m["payload_bytes_per_frame"], 155.0);
+        assert_eq!(m["wire_bytes_per_frame"], 159.0);
+        assert_eq!(merge_location_bytes(&[])["frames"], 0);
+    }
 
     #[test]
     fn seq_window_tells_late_frames_from_duplicates() {

@@ -184,6 +184,56 @@ mod tests {
         assert!(ClientFrame::from_msgpack(br#"{"type":"ping"}"#).is_err());
     }
 
+    /// The limits the fuzz target (`fuzz/fuzz_targets/msgpack_client_frame.rs`)
+    /// checks against its own reading of the spec, at their edges.
+    #[test]
+    fn limits_hold_at_their_edges() {
+        // 31 containers inside each other decode, 32 do not (the map of
+        // the frame counts).
+        let ping = |arrays: usize| {
+            let mut b = json_to_msgpack(r#"{"type":"ping","id":null}"#).unwrap();
+            b.pop();
+            [b, vec![0x91; arrays], vec![0xc0]].concat()
+        };
+        assert!(ClientFrame::from_msgpack(&ping(30)).is_ok());
+        assert!(matches!(
+            ClientFrame::from_msgpack(&ping(31)),
+            Err(MsgpackError::Decode(rmp_serde::decode::Error::DepthLimitExceeded))
+        ));
+        // ext, fixext and bin have no JSON form, inside a frame too.
+        for value in [
+            &[0xd4, 0x01, 0x00][..],
+            &[0xc7, 0x01, 0x05, 0x00],
+            &[0xc5, 0x00, 0x01, 0x00],
+        ] {
+            let mut b = json_to_msgpack(r#"{"type":"ping","id":null}"#).unwrap();
+            b.pop();
+            b.extend_from_slice(value);
+            assert!(ClientFrame::from_msgpack(&b).is_err(), "{value:02x?}");
+        }
+        // The reserved marker, strings and keys that are not UTF-8, a
+        // length longer than the input (no allocation of it).
+        assert!(msgpack_to_value(&[0xc1]).is_err());
+        assert!(msgpack_to_value(&[0xa1, 0xff]).is_err());
+        assert!(msgpack_to_value(&[0x81, 0xa1, 0xff, 0xc0]).is_err());
+        assert!(msgpack_to_value(&[0xdb, 0xff, 0xff, 0xff, 0xff, 0x61]).is_err());
+        assert!(msgpack_to_value(&[0xdd, 0xff, 0xff, 0xff, 0xff, 0xc0]).is_err());
+        // f32 values and str8 keys are ordinary values.
+        let mut f32_id = json_to_msgpack(r#"{"type":"ping","id":null}"#).unwrap();
+        f32_id.pop();
+        f32_id.extend_from_slice(&[0xca, 0x3f, 0xc0, 0x00, 0x00]);
+        assert_eq!(
+            ClientFrame::from_msgpack(&f32_id).unwrap(),
+            ClientFrame::Ping {
+                id: Some(serde_json::json!(1.5))
+            }
+        );
+        assert_eq!(
+            ClientFrame::from_msgpack(b"\x81\xd9\x04type\xa4ping").unwrap(),
+            ClientFrame::Ping { id: None }
+        );
+    }
+
     /// The cost of the shared binary form against the JSON text it is made
     /// from (`cargo test --release -p waypost-protocol --lib transcode_cost
     /// -- --ignored --nocapture`; BENCHMARKS.md, issue 22).
