@@ -3,9 +3,11 @@
 Markdown table: per round, scenario and entry the deliveries/s, latency,
 server CPU, server CPU µs per delivery, its multiple of the floor's in the
 same round and scenario, and the bytes of a delivered location frame;
-then the median per scenario and entry over the rounds.
+then the median per scenario and entry over the rounds. Runs in the order
+they were made; with several directories, rounds are named by directory
+(`<dir>:<round>`).
 
-    python3 bench/encodings_table.py .work/bench-results/encodings-<time>
+    python3 bench/encodings_table.py .work/bench-results/encodings-<time> [DIR...]
 """
 
 import glob
@@ -16,15 +18,18 @@ import statistics
 import sys
 
 
-def load(out):
+def load(dirs):
     runs = []
-    for path in sorted(glob.glob(os.path.join(out, "r*.json"))):
-        m = re.match(r"r(\d+)\.([a-z]+)\.(.+)\.json$", os.path.basename(path))
-        if not m:
-            continue
-        with open(path) as f:
-            r = json.load(f)
-        runs.append((int(m.group(1)), m.group(2), m.group(3), r))
+    for out in dirs:
+        paths = sorted(glob.glob(os.path.join(out, "r*.json")), key=os.path.getmtime)
+        for path in paths:
+            m = re.match(r"r(\d+)\.([a-z]+)\.(.+)\.json$", os.path.basename(path))
+            if not m:
+                continue
+            with open(path) as f:
+                r = json.load(f)
+            rd = m.group(1) if len(dirs) == 1 else f"{os.path.basename(os.path.normpath(out))}:{m.group(1)}"
+            runs.append((rd, m.group(2), m.group(3), r))
     return runs
 
 
@@ -38,10 +43,10 @@ def fmt(v, spec="{:.2f}"):
     return "–" if v is None else spec.format(v)
 
 
-def main(out):
-    runs = load(out)
+def main(dirs):
+    runs = load(dirs)
     if not runs:
-        print(f"no reports in {out}", file=sys.stderr)
+        print(f"no reports in {' '.join(dirs)}", file=sys.stderr)
         return 1
     floor = {(rd, sc): cpu_us_per_delivery(r) for rd, sc, e, r in runs if e == "floor"}
     order = {}
@@ -84,7 +89,7 @@ def main(out):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) < 2:
         print(__doc__, file=sys.stderr)
         sys.exit(2)
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(sys.argv[1:]))
