@@ -49,33 +49,36 @@ def main(dirs):
         print(f"no reports in {' '.join(dirs)}", file=sys.stderr)
         return 1
     floor = {(rd, sc): cpu_us_per_delivery(r) for rd, sc, e, r in runs if e == "floor"}
+    json_us = {(rd, sc): cpu_us_per_delivery(r) for rd, sc, e, r in runs if e == "waypost-json"}
     order = {}
     print("| round | scenario | entry | deliveries/s | lost | p50 ms | p99 ms | server CPU % | "
-          "CPU µs / delivery | × floor | payload / wire bytes per location frame | host busy % |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "CPU µs / delivery | × floor | × waypost-json | payload / wire bytes per location frame | host busy % |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     per_entry = {}
     for rd, sc, e, r in runs:
         us = cpu_us_per_delivery(r)
         f = floor.get((rd, sc))
         mult = us / f if us and f else None
+        j = json_us.get((rd, sc))
+        vs_json = us / j if us and j and e.startswith("waypost-") else None
         b = r.get("location_bytes", {})
         d = r["deliveries"]
         cpu = r["cpu_pct_of_one_core"]
         lost = d.get("lost_net", d["lost"])
         print(f"| {rd} | {sc} | {e} | {d['per_s']:,.0f} | {lost:,} | {r['latency_ms']['p50']:.2f} | "
-              f"{r['latency_ms']['p99']:.2f} | {cpu['server_total']:.1f} | {fmt(us)} | {fmt(mult)} | "
+              f"{r['latency_ms']['p99']:.2f} | {cpu['server_total']:.1f} | {fmt(us)} | {fmt(mult)} | {fmt(vs_json)} | "
               f"{fmt(b.get('payload_bytes_per_frame'), '{:.1f}')} / {fmt(b.get('wire_bytes_per_frame'), '{:.1f}')} | "
               f"{cpu['host_busy_pct_of_all_cores']:.0f} |")
         order.setdefault(sc, [])
         if e not in order[sc]:
             order[sc].append(e)
-        per_entry.setdefault((sc, e), []).append((us, mult, r["latency_ms"]["p99"]))
+        per_entry.setdefault((sc, e), []).append((us, mult, vs_json, r["latency_ms"]["p99"]))
     rounds = len({rd for rd, _, _, _ in runs})
     print()
     print(f"Median over {rounds} round(s):")
     print()
-    print("| scenario | entry | CPU µs / delivery | × floor | p99 ms |")
-    print("|---|---|---:|---:|---:|")
+    print("| scenario | entry | CPU µs / delivery | × floor | × waypost-json | p99 ms |")
+    print("|---|---|---:|---:|---:|---:|")
     for sc, entries in order.items():
         for e in entries:
             rows = per_entry[(sc, e)]
@@ -84,7 +87,7 @@ def main(dirs):
                 xs = [x[i] for x in rows if x[i] is not None]
                 return statistics.median(xs) if xs else None
 
-            print(f"| {sc} | {e} | {fmt(med(0))} | {fmt(med(1))} | {fmt(med(2))} |")
+            print(f"| {sc} | {e} | {fmt(med(0))} | {fmt(med(1))} | {fmt(med(2))} | {fmt(med(3))} |")
     return 0
 
 

@@ -56,7 +56,8 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(frame) = serde_json::from_value::<ClientFrame>(value) {
         let bin = frame.to_msgpack().expect("encodes");
         assert_eq!(ClientFrame::from_msgpack(&bin).expect("decodes"), frame);
-        if let ClientFrame::Subscribe { channel, .. } | ClientFrame::Unsubscribe { channel } = &frame
+        if let ClientFrame::Subscribe { channel, .. } | ClientFrame::Unsubscribe { channel } =
+            &frame
         {
             if let Ok(c) = Channel::parse(channel) {
                 assert_eq!(&c.to_string(), channel);

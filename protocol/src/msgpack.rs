@@ -198,7 +198,9 @@ mod tests {
         assert!(ClientFrame::from_msgpack(&ping(30)).is_ok());
         assert!(matches!(
             ClientFrame::from_msgpack(&ping(31)),
-            Err(MsgpackError::Decode(rmp_serde::decode::Error::DepthLimitExceeded))
+            Err(MsgpackError::Decode(
+                rmp_serde::decode::Error::DepthLimitExceeded
+            ))
         ));
         // ext, fixext and bin have no JSON form, inside a frame too.
         for value in [
