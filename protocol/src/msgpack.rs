@@ -184,6 +184,44 @@ mod tests {
         assert!(ClientFrame::from_msgpack(br#"{"type":"ping"}"#).is_err());
     }
 
+    /// Found by `fuzz/fuzz_targets/msgpack_client_frame.rs`: serde_json's
+    /// default float parser reads some numbers back one ulp off (e.g.
+    /// -9.943599874688561e303 as -9.94359987468856e303), so a MessagePack
+    /// frame transcoded from the JSON text could carry another number than
+    /// the JSON frame; serde_json's `float_roundtrip` feature (workspace
+    /// Cargo.toml) makes the parse exact.
+    #[test]
+    fn floats_keep_every_bit_through_the_json_text() {
+        for x in [
+            -9.943599874688561e303_f64,
+            52.520008,
+            -13.404954,
+            0.1 + 0.2,
+            2.0 / 3.0,
+            1e23,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            5e-324,
+        ] {
+            let json = serde_json::json!({ "type": "ping", "id": x }).to_string();
+            let bin = json_to_msgpack(&json).unwrap();
+            assert_eq!(
+                msgpack_to_value(&bin).unwrap()["id"].as_f64().map(f64::to_bits),
+                Some(x.to_bits()),
+                "{json}"
+            );
+            let frame = ServerFrame::Location {
+                channel: "tracking:d1".into(),
+                driver_id: "d1".into(),
+                fix: serde_json::from_value(
+                    serde_json::json!({ "seq": 1, "ts": 1, "lat": x, "lon": x }),
+                )
+                .unwrap(),
+            };
+            assert_eq!(ServerFrame::from_msgpack(&frame.to_msgpack()).unwrap(), frame);
+        }
+    }
+
     /// The limits the fuzz target (`fuzz/fuzz_targets/msgpack_client_frame.rs`)
     /// checks against its own reading of the spec, at their edges.
     #[test]
