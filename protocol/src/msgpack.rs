@@ -206,7 +206,9 @@ mod tests {
             let json = serde_json::json!({ "type": "ping", "id": x }).to_string();
             let bin = json_to_msgpack(&json).unwrap();
             assert_eq!(
-                msgpack_to_value(&bin).unwrap()["id"].as_f64().map(f64::to_bits),
+                msgpack_to_value(&bin).unwrap()["id"]
+                    .as_f64()
+                    .map(f64::to_bits),
                 Some(x.to_bits()),
                 "{json}"
             );
@@ -218,7 +220,10 @@ mod tests {
                 )
                 .unwrap(),
             };
-            assert_eq!(ServerFrame::from_msgpack(&frame.to_msgpack()).unwrap(), frame);
+            assert_eq!(
+                ServerFrame::from_msgpack(&frame.to_msgpack()).unwrap(),
+                frame
+            );
         }
     }
 
