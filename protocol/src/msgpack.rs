@@ -50,7 +50,9 @@ pub fn json_to_msgpack(json: &str) -> Result<Vec<u8>, MsgpackError> {
 /// One MessagePack value read back as the JSON value it stands for: the
 /// whole input, one value, no trailing bytes, string map keys only (binary,
 /// extension types and non-string keys have no JSON form and are refused;
-/// NaN and infinities read as `null`, as JSON has none).
+/// but a binary key holding UTF-8 after a map's first key reads as that
+/// string, as serde_json reads those keys as `String`, which takes UTF-8
+/// bytes; NaN and infinities read as `null`, as JSON has none).
 pub fn msgpack_to_value(bytes: &[u8]) -> Result<serde_json::Value, MsgpackError> {
     let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(bytes));
     de.set_max_depth(MAX_DEPTH);
@@ -277,6 +279,19 @@ mod tests {
             ClientFrame::from_msgpack(b"\x81\xd9\x04type\xa4ping").unwrap(),
             ClientFrame::Ping { id: None }
         );
+        // A binary key holding UTF-8 after the first key of a map reads as
+        // that string (serde_json reads the first key as a string, the
+        // others as `String`, which takes UTF-8 bytes: fuzz finding,
+        // harmless, pinned here); a first binary key or one that is not
+        // UTF-8 is refused.
+        assert_eq!(
+            ClientFrame::from_msgpack(b"\x82\xa4type\xa4ping\xc4\x02id\x01").unwrap(),
+            ClientFrame::Ping {
+                id: Some(serde_json::json!(1))
+            }
+        );
+        assert!(msgpack_to_value(b"\x81\xc4\x01a\x00").is_err());
+        assert!(msgpack_to_value(b"\x82\xa1a\x00\xc4\x01\xff\x00").is_err());
     }
 
     /// The cost of the shared binary form against the JSON text it is made
