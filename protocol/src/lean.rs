@@ -222,8 +222,8 @@ pub fn expand(lean: Value, held: Option<&Value>) -> Result<Value, LeanError> {
                     .as_i64()
                     .ok_or(LeanError::NotLocation("fix.*_e7 not an integer"))?;
                 let key = if k == "lat_e7" { "lat" } else { "lon" };
-                let deg = Number::from_f64(from_e7(e7))
-                    .ok_or(LeanError::NotLocation("fix.*_e7"))?;
+                let deg =
+                    Number::from_f64(from_e7(e7)).ok_or(LeanError::NotLocation("fix.*_e7"))?;
                 fix.insert(key.into(), Value::Number(deg));
             }
             _ if v.is_null() => {
@@ -264,7 +264,13 @@ mod tests {
         assert_eq!(to_e7(180.0), 1_800_000_000);
         assert_eq!(to_e7(-180.0), -1_800_000_000);
         // Seven decimals come back exactly.
-        for deg in [52.520_008_4, -13.404_954_2, 0.000_000_1, 89.999_999_9, 6.641_664_8] {
+        for deg in [
+            52.520_008_4,
+            -13.404_954_2,
+            0.000_000_1,
+            89.999_999_9,
+            6.641_664_8,
+        ] {
             assert_eq!(from_e7(to_e7(deg)), deg);
         }
         // More are rounded to within half a unit.
@@ -281,7 +287,9 @@ mod tests {
 
     #[test]
     fn whole_floats_are_written_as_integers() {
-        let f = frame(json!({"seq":1,"ts":5,"lat":1.5,"lon":2.5,"speed_mps":8.0,"accuracy_m":4.5,"altitude_m":-3.0,"battery":1.0}));
+        let f = frame(
+            json!({"seq":1,"ts":5,"lat":1.5,"lon":2.5,"speed_mps":8.0,"accuracy_m":4.5,"altitude_m":-3.0,"battery":1.0}),
+        );
         let bytes = encode(&f, None).unwrap();
         let v = msgpack_to_value(&bytes).unwrap();
         assert!(v["fix"]["speed_mps"].is_u64(), "{v}");
@@ -291,7 +299,12 @@ mod tests {
         assert!(v["fix"]["accuracy_m"].is_f64());
         // 8 as a positive fixint: one byte, where a float64 takes nine.
         let full = json_to_msgpack(&f.to_string()).unwrap();
-        assert!(bytes.len() + 3 * 8 <= full.len(), "{} vs {}", bytes.len(), full.len());
+        assert!(
+            bytes.len() + 3 * 8 <= full.len(),
+            "{} vs {}",
+            bytes.len(),
+            full.len()
+        );
         // And read back as the same numbers.
         let back = expand(v, None).unwrap();
         let want: crate::Fix = serde_json::from_value(f["fix"].clone()).unwrap();
@@ -301,8 +314,12 @@ mod tests {
 
     #[test]
     fn a_delta_omits_equal_fields_keeps_changed_ones_and_nils_removed_ones() {
-        let a = frame(json!({"seq":10,"ts":1000,"lat":52.5,"lon":13.4,"accuracy_m":4.5,"speed_mps":3.25,"heading_deg":90.0,"battery":0.8}));
-        let b = frame(json!({"seq":11,"ts":2000,"lat":52.5,"lon":13.4000001,"accuracy_m":4.5,"speed_mps":3.5,"battery":0.8,"charging":true}));
+        let a = frame(
+            json!({"seq":10,"ts":1000,"lat":52.5,"lon":13.4,"accuracy_m":4.5,"speed_mps":3.25,"heading_deg":90.0,"battery":0.8}),
+        );
+        let b = frame(
+            json!({"seq":11,"ts":2000,"lat":52.5,"lon":13.4000001,"accuracy_m":4.5,"speed_mps":3.5,"battery":0.8,"charging":true}),
+        );
         let d = lean(&b, Some(&a));
         assert_eq!(
             d,
