@@ -4,7 +4,8 @@
 //! decoded here by a small reference decoder, independent of the
 //! protocol crate's), for a sequence whose fields change, stay, appear and
 //! disappear; the lean frames are smaller, carry only what changed, and the
-//! first after a (re)subscribe is full; the server prefers lean to
+//! first after a (re)subscribe is full; the same on an order's channel;
+//! the server prefers lean to
 //! MessagePack; and the buyer SDK with its default encoding (lean) reports
 //! the same positions as one forced to JSON.
 
@@ -30,6 +31,7 @@ on_both_engines!(
     lean_msgpack_and_json_subscribers_get_the_same_fixes,
     the_first_lean_frame_after_a_subscribe_is_full,
     the_sdk_default_encoding_reports_the_same_fixes_as_json,
+    order_channel_locations_are_lean_too,
 );
 
 /// The driver's fixes: fields that change, stay the same, become whole,
@@ -372,5 +374,62 @@ async fn the_sdk_default_encoding_reports_the_same_fixes_as_json(
     for (client, _) in buyers {
         client.shutdown().await;
     }
+    Ok(())
+}
+
+async fn post_event(server: &Server, order: &str, ev: Value) -> Result<()> {
+    let resp = reqwest::Client::new()
+        .post(server.http(&format!("/v1/orders/{order}/events")))
+        .bearer_auth(token("backend", Role::Service, &[]))
+        .json(&ev)
+        .send()
+        .await?;
+    let status = resp.status();
+    ensure!(status.is_success(), "{status}: {}", resp.text().await?);
+    Ok(())
+}
+
+/// The driver's location frames on an order's channel: lean (full first,
+/// then deltas against the previous one on that channel), the same fixes
+/// as JSON; `order` frames plain MessagePack.
+async fn order_channel_locations_are_lean_too(engine: EngineChoice) -> Result<()> {
+    let server = Server::start(engine).await?;
+    let (o, d) = (unique("o"), unique("d"));
+    let ch = format!("order:{o}");
+    post_event(&server, &o, json!({"event_id":"e1","status":"placed"})).await?;
+    post_event(
+        &server,
+        &o,
+        json!({"event_id":"e2","status":"picked_up","driver_id":d,"destination":{"lat":52.0,"lon":13.0}}),
+    )
+    .await?;
+    let url = |user: &str| server.ws_url(&token(user, Role::Buyer, &[ch.as_str()]));
+    let (mut lean, selected) = WsClient::connect_offering(&url("b-lean"), LEAN_PROTOCOL).await?;
+    assert_eq!(selected.as_deref(), Some(LEAN_PROTOCOL));
+    let mut text = WsClient::connect(&url("b-json")).await?;
+    lean.subscribe(&ch, None).await?;
+    text.subscribe(&ch, None).await?;
+    let mut held = None;
+    for (i, fix) in fixes().iter().enumerate() {
+        post_fix(&server, &d, fix).await?;
+        let (l, _) = next_location(&mut lean).await?;
+        let (j, _) = next_location(&mut text).await?;
+        assert_eq!(l["channel"], ch);
+        if i == 0 {
+            assert!(l.get("base").is_none() && l["driver_id"] == d, "{l}");
+        } else {
+            assert_eq!(l["base"], i as u64, "{l}");
+            assert!(l.get("driver_id").is_none(), "{l}");
+        }
+        assert_same_fix(
+            &decode(&mut held, &l)?,
+            &serde_json::from_value(j["fix"].clone())?,
+        );
+    }
+    // Order frames are not lean: the JSON frame as MessagePack.
+    post_event(&server, &o, json!({"event_id":"e3","status":"delivered"})).await?;
+    let order = lean.next_of_type("order", T).await?;
+    assert_eq!(order["entry"]["status"], "delivered");
+    assert_eq!(order, text.next_of_type("order", T).await?);
     Ok(())
 }
