@@ -370,6 +370,29 @@ mod tests {
         assert_eq!(expand(d, Some(&b)).unwrap(), c);
     }
 
+    /// The example in docs/API-EXTENSIONS.md.
+    #[test]
+    fn the_documented_example() {
+        let a = json!({"type":"location","channel":"tracking:d-1","driver_id":"d-1","fix":{"seq":41,"ts":1_796_645_371_772_i64,"lat":52.0973124,"lon":6.6416648,"accuracy_m":4.5,"speed_mps":8.0,"heading_deg":271.5,"battery":0.5}});
+        let b = json!({"type":"location","channel":"tracking:d-1","driver_id":"d-1","fix":{"seq":42,"ts":1_796_645_372_772_i64,"lat":52.0973901,"lon":6.6417002,"accuracy_m":4.5,"speed_mps":7.25,"battery":0.5}});
+        assert_eq!(
+            lean(&a, None),
+            json!({"type":"location","channel":"tracking:d-1","driver_id":"d-1","fix":{"seq":41,"ts":1_796_645_371_772_i64,"lat_e7":520_973_124,"lon_e7":66_416_648,"accuracy_m":4.5,"speed_mps":8,"heading_deg":271.5,"battery":0.5}})
+        );
+        assert_eq!(
+            lean(&b, Some(&a)),
+            json!({"type":"location","channel":"tracking:d-1","base":41,"fix":{"seq":42,"ts":1_796_645_372_772_i64,"lat_e7":520_973_901,"lon_e7":66_417_002,"speed_mps":7.25,"heading_deg":null}})
+        );
+        // Read back: the same fixes (8 reads as the float 8.0).
+        let fix = |v: &Value| serde_json::from_value::<crate::Fix>(v["fix"].clone()).unwrap();
+        let full = expand(lean(&a, None), None).unwrap();
+        assert_eq!(fix(&full), fix(&a));
+        assert_eq!(full["driver_id"], "d-1");
+        let next = expand(lean(&b, Some(&a)), Some(&full)).unwrap();
+        assert_eq!(fix(&next), fix(&b));
+        assert_eq!(next["driver_id"], "d-1");
+    }
+
     #[test]
     fn other_frames_are_not_lean() {
         assert!(encode(&json!({"type":"pong","id":1}), None).is_err());
