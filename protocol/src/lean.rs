@@ -383,6 +383,9 @@ mod tests {
             lean(&b, Some(&a)),
             json!({"type":"location","channel":"tracking:d-1","base":41,"fix":{"seq":42,"ts":1_796_645_372_772_i64,"lat_e7":520_973_901,"lon_e7":66_417_002,"speed_mps":7.25,"heading_deg":null}})
         );
+        // The sizes bench/frame_sizes.py checks its encoder against.
+        assert_eq!(encode(&a, None).unwrap().len(), 165);
+        assert_eq!(encode(&b, Some(&a)).unwrap().len(), 120);
         // Read back: the same fixes (8 reads as the float 8.0).
         let fix = |v: &Value| serde_json::from_value::<crate::Fix>(v["fix"].clone()).unwrap();
         let full = expand(lean(&a, None), None).unwrap();
