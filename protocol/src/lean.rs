@@ -215,8 +215,11 @@ pub fn expand(lean: Value, held: Option<&Value>) -> Result<Value, LeanError> {
             frame.insert(k, v);
         }
     }
+    let has_lat = lean_fix.contains_key("lat_e7");
+    let has_lon = lean_fix.contains_key("lon_e7");
     for (k, v) in lean_fix {
         match k.as_str() {
+            "lat" | "lon" => return Err(LeanError::NotLocation("degrees in a lean frame")),
             "lat_e7" | "lon_e7" => {
                 let e7 = v
                     .as_i64()
@@ -234,7 +237,7 @@ pub fn expand(lean: Value, held: Option<&Value>) -> Result<Value, LeanError> {
             }
         }
     }
-    if !fix.contains_key("lat") || !fix.contains_key("lon") {
+    if !(has_lat && has_lon) {
         return Err(LeanError::NotLocation("no fix.lat_e7/lon_e7"));
     }
     frame.insert("fix".into(), Value::Object(fix));
@@ -401,5 +404,10 @@ mod tests {
         assert!(encode(&json!({"type":"pong","id":1}), None).is_err());
         assert!(encode(&json!({"type":"location","fix":{"seq":1}}), None).is_err());
         assert!(expand(json!({"type":"location","fix":{"seq":1,"lat":1.0}}), None).is_err());
+        // Degrees instead of e7, or one coordinate missing: not lean.
+        let f = json!({"type":"location","fix":{"seq":1,"lat":1.0,"lon":2.0}});
+        assert!(expand(f, None).is_err());
+        let f = json!({"type":"location","fix":{"seq":1,"lat_e7":1}});
+        assert!(expand(f, None).is_err());
     }
 }
