@@ -116,13 +116,16 @@ pub fn encode(frame: &Value, base: Option<&Value>) -> Result<Vec<u8>, LeanError>
         (bseq < seq).then_some((bseq, bobj, bfix))
     });
 
-    let mut out = Map::new();
-    out.insert("type".into(), obj["type"].clone());
+    // Keys in the order written: `type` first (readers sniff it), then
+    // `channel`, `base`, the rest, `fix` last; in `fix` `seq`, `ts`, the
+    // coordinates, the rest.
+    let mut out = Ordered::default();
+    out.insert("type", obj["type"].clone());
     if let Some(channel) = obj.get("channel") {
-        out.insert("channel".into(), channel.clone());
+        out.insert("channel", channel.clone());
     }
     if let Some((bseq, _, _)) = base {
-        out.insert("base".into(), Value::from(bseq));
+        out.insert("base", Value::from(bseq));
     }
     for (k, v) in obj {
         if FRAME_KEYS.contains(&k.as_str()) || k == "base" {
@@ -131,23 +134,23 @@ pub fn encode(frame: &Value, base: Option<&Value>) -> Result<Vec<u8>, LeanError>
         if base.is_some_and(|(_, b, _)| b.get(k) == Some(v)) {
             continue;
         }
-        out.insert(k.clone(), whole(v));
+        out.insert(k, whole(v));
     }
     if let Some((_, b, _)) = base {
         for k in b.keys() {
             if !FRAME_KEYS.contains(&k.as_str()) && k != "base" && !obj.contains_key(k) {
-                out.insert(k.clone(), Value::Null);
+                out.insert(k, Value::Null);
             }
         }
     }
 
-    let mut lean_fix = Map::new();
-    lean_fix.insert("seq".into(), Value::from(seq));
+    let mut lean_fix = Ordered::default();
+    lean_fix.insert("seq", Value::from(seq));
     if let Some(ts) = fix.get("ts") {
-        lean_fix.insert("ts".into(), whole(ts));
+        lean_fix.insert("ts", whole(ts));
     }
-    lean_fix.insert("lat_e7".into(), Value::from(to_e7(lat)));
-    lean_fix.insert("lon_e7".into(), Value::from(to_e7(lon)));
+    lean_fix.insert("lat_e7", Value::from(to_e7(lat)));
+    lean_fix.insert("lon_e7", Value::from(to_e7(lon)));
     for (k, v) in fix {
         if FIX_KEYS.contains(&k.as_str()) {
             continue;
@@ -155,17 +158,59 @@ pub fn encode(frame: &Value, base: Option<&Value>) -> Result<Vec<u8>, LeanError>
         if base.is_some_and(|(_, _, bf)| bf.get(k) == Some(v)) {
             continue;
         }
-        lean_fix.insert(k.clone(), whole(v));
+        lean_fix.insert(k, whole(v));
     }
     if let Some((_, _, bf)) = base {
         for k in bf.keys() {
             if !FIX_KEYS.contains(&k.as_str()) && !fix.contains_key(k) {
-                lean_fix.insert(k.clone(), Value::Null);
+                lean_fix.insert(k, Value::Null);
             }
         }
     }
-    out.insert("fix".into(), Value::Object(lean_fix));
-    Ok(rmp_serde::to_vec(&Value::Object(out))?)
+    let frame = Frame {
+        head: out,
+        fix: lean_fix,
+    };
+    Ok(rmp_serde::to_vec(&frame)?)
+}
+
+/// A map whose keys are written in insertion order.
+#[derive(Default)]
+struct Ordered<'a>(Vec<(&'a str, Value)>);
+
+impl<'a> Ordered<'a> {
+    fn insert(&mut self, k: &'a str, v: Value) {
+        self.0.push((k, v));
+    }
+}
+
+impl serde::Serialize for Ordered<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+/// A lean frame: its top-level fields, then `fix`.
+struct Frame<'a> {
+    head: Ordered<'a>,
+    fix: Ordered<'a>,
+}
+
+impl serde::Serialize for Frame<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.head.0.len() + 1))?;
+        for (k, v) in &self.head.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.serialize_entry("fix", &self.fix)?;
+        map.end()
+    }
 }
 
 /// The full location frame (its JSON value, `lat`/`lon` in degrees) that
@@ -300,6 +345,8 @@ mod tests {
         assert_eq!(v["fix"]["altitude_m"], -3);
         assert_eq!(v["fix"]["battery"], 1);
         assert!(v["fix"]["accuracy_m"].is_f64());
+        // A map whose first key is `type`, as in every frame.
+        assert_eq!(&bytes[1..6], b"\xa4type");
         // 8 as a positive fixint: one byte, where a float64 takes nine.
         let full = json_to_msgpack(&f.to_string()).unwrap();
         assert!(
