@@ -9,7 +9,7 @@ use waypost_protocol::Channel;
 
 use crate::admission::ConnectionPermit;
 use crate::engine::EngineError;
-use crate::hub::{ConnHandle, ConnId};
+use crate::hub::{ConnHandle, ConnId, Outbound};
 use crate::state::AppState;
 
 /// One open connection: its slots (per user, and e.g. per vendor) and its
@@ -47,6 +47,10 @@ pub struct Subscription {
     /// The connection's user while it counts as live on the channel for
     /// push (`crate::push::live`).
     live_user: Option<String>,
+    /// The last location frame written on the channel, for a
+    /// `waypost.v1.lean` WebSocket only (the base of the next one's delta;
+    /// `None` on every other connection, and after a (re)subscribe).
+    pub last_location: Option<Outbound>,
 }
 
 impl Subscription {
@@ -82,6 +86,7 @@ impl Subscription {
             conn: handle.id,
             joined: true,
             live_user: None,
+            last_location: None,
         };
         if let Some(user) = live_user {
             let name = sub.channel.to_string();

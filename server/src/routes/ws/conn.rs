@@ -113,7 +113,7 @@ pub(super) struct Conn {
     pub(super) expiry: Expiry,
     /// This connection in the user registry (revocations, disconnects).
     pub(super) listed: Listed,
-    /// JSON or MessagePack, both directions.
+    /// JSON, MessagePack or lean MessagePack, both directions.
     pub(super) encoding: Encoding,
 }
 
@@ -386,7 +386,7 @@ impl Conn {
                     Vec::new()
                 });
                 for text in texts {
-                    socket.feed(self.encoding.shared(&out, text)).await?;
+                    socket.feed(self.outgoing(&out, text)).await?;
                     n += 1;
                 }
             } else if out.kind() == ChannelKind::Order {
@@ -397,13 +397,11 @@ impl Conn {
                     Vec::new()
                 });
                 for text in texts {
-                    socket.feed(self.encoding.shared(&out, text)).await?;
+                    socket.feed(self.outgoing(&out, text)).await?;
                     n += 1;
                 }
             } else {
-                socket
-                    .feed(self.encoding.shared(&out, out.text.clone()))
-                    .await?;
+                socket.feed(self.outgoing(&out, out.text.clone())).await?;
                 n += 1;
                 if let About::TokenExpiring { exp } = out.meta.about {
                     self.expiry.wrote_warning(exp);
@@ -415,6 +413,39 @@ impl Conn {
         }
         self.state.metrics.delivered(counted.0.name(), counted.1);
         socket.flush().await
+    }
+}
+
+impl Conn {
+    /// The message for `text`, written for the delivery of `out` (its own
+    /// text, or an entry a gap fill fetched). On a `waypost.v1.lean`
+    /// connection `out`'s own location frame goes out lean: a delta against
+    /// the previous location frame written on its channel (kept in the
+    /// subscription), or full when there is none; and becomes the base of
+    /// the next. Everything else as [`Encoding::shared`].
+    pub(super) fn outgoing(&mut self, out: &Outbound, text: Utf8Bytes) -> Message {
+        if self.encoding == Encoding::Lean
+            && out.is_location()
+            && text.as_str().as_ptr() == out.text.as_str().as_ptr()
+        {
+            if let Some(lean) = out.lean() {
+                let sub = self.subscriptions.get_mut(&lean.channel);
+                // A frame still queued after an unsubscribe has no
+                // subscription (and no base): it goes out full.
+                let bytes = match sub {
+                    Some(sub) => {
+                        let bytes = out.lean_for(sub.last_location.as_ref());
+                        sub.last_location = Some(out.clone());
+                        bytes
+                    }
+                    None => out.lean_for(None),
+                };
+                if let Some(bytes) = bytes {
+                    return Message::Binary(bytes);
+                }
+            }
+        }
+        self.encoding.shared(out, text)
     }
 }
 
