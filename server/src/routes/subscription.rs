@@ -125,6 +125,61 @@ impl Subscription {
     }
 }
 
+/// A connection's subscriptions, one per channel, looked up by channel.
+///
+/// Sized for idle memory: a vector with no spare room (one element for the
+/// usual single subscription, not a hash table of at least four buckets
+/// plus a second copy of each channel as the key), searched linearly: a
+/// connection holds at most `max_channels_per_connection` (64 by default).
+#[derive(Default)]
+pub struct Subscriptions(Vec<Subscription>);
+
+impl Subscriptions {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn contains(&self, channel: &Channel) -> bool {
+        self.0.iter().any(|s| s.channel() == channel)
+    }
+
+    /// Adds `sub`, replacing (and returning) one on the same channel.
+    pub fn insert(&mut self, sub: Subscription) -> Option<Subscription> {
+        if let Some(old) = self.0.iter_mut().find(|s| s.channel() == sub.channel()) {
+            return Some(std::mem::replace(old, sub));
+        }
+        if self.0.is_empty() {
+            // Room for exactly one (a plain push reserves four).
+            self.0.reserve_exact(1);
+        }
+        self.0.push(sub);
+        None
+    }
+
+    pub fn remove(&mut self, channel: &Channel) -> Option<Subscription> {
+        let i = self.0.iter().position(|s| s.channel() == channel)?;
+        let sub = self.0.swap_remove(i);
+        if self.0.is_empty() {
+            self.0 = Vec::new();
+        }
+        Some(sub)
+    }
+
+    /// The subscribed channels, in no particular order.
+    pub fn channels(&self) -> impl Iterator<Item = &Channel> {
+        self.0.iter().map(Subscription::channel)
+    }
+
+    /// Removes and returns every subscription.
+    pub fn take_all(&mut self) -> Vec<Subscription> {
+        std::mem::take(&mut self.0)
+    }
+}
+
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.leave_live();

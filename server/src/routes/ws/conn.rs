@@ -3,7 +3,6 @@
 //! process-wide ticker that drives every connection's pings and presence
 //! heartbeats.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -21,7 +20,7 @@ use crate::frame::About;
 use crate::hub::{connection, ConnHandle, Event, Outbound, Receiver, TICK_SLOTS};
 use crate::keys::Verified;
 use crate::revocation::Listed;
-use crate::routes::subscription::{Open, Subscription};
+use crate::routes::subscription::{Open, Subscription, Subscriptions};
 use crate::state::AppState;
 
 /// How long a close handshake may take.
@@ -96,7 +95,7 @@ pub(super) struct Conn {
     pub(super) state: AppState,
     pub(super) claims: Claims,
     pub(super) handle: ConnHandle,
-    pub(super) subscriptions: HashMap<Channel, Subscription>,
+    pub(super) subscriptions: Subscriptions,
     /// `user:{sub}`: the user's own messages from any device (chat
     /// participants only).
     pub(super) user_channel: Option<Subscription>,
@@ -145,7 +144,9 @@ pub(super) fn run(
     let expiry = state
         .expiry
         .watch(&handle, token.claims.exp, true, crate::now_s());
-    let listed = state.user_conns.list(&token, &handle, "ws");
+    let listed = state
+        .user_conns
+        .list(&token, &handle, crate::revocation::Transport::Ws);
     let claims = token.claims;
     tracing::debug!(conn_id, sub = %claims.sub, ?encoding, "websocket connected");
     let rate = state.limits.ws_messages_per_s;
@@ -157,7 +158,7 @@ pub(super) fn run(
         state,
         claims,
         handle,
-        subscriptions: HashMap::new(),
+        subscriptions: Subscriptions::default(),
         user_channel: None,
         rate_violations: 0,
         last_seen: now,
@@ -303,7 +304,7 @@ impl Conn {
     async fn finish(&mut self, socket: &mut WebSocket, close: Option<(u16, &'static str)>) {
         let conn_id = self.handle.id;
         self.state.hub.unregister(conn_id);
-        for (_, sub) in std::mem::take(&mut self.subscriptions) {
+        for sub in self.subscriptions.take_all() {
             self.leave(sub).await;
         }
         if let Some(sub) = self.user_channel.take() {
