@@ -197,3 +197,61 @@ impl Drop for Subscription {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::auth::AuthKeys;
+    use crate::config::Limits;
+    use crate::engine::Engine;
+    use crate::hub::{connection, Hub};
+    use crate::metrics::Metrics;
+
+    fn state() -> AppState {
+        let metrics = Metrics::new();
+        let hub = Arc::new(Hub::new(metrics.clone()));
+        let engine = Engine::memory(Arc::clone(&hub), Limits::default());
+        AppState::new(engine, hub, AuthKeys::new(b"k"), Limits::default(), metrics)
+    }
+
+    fn ch(name: &str) -> Channel {
+        Channel::parse(name).unwrap()
+    }
+
+    /// One subscription per channel, found by channel; one element of room
+    /// for the usual single subscription, none once empty; leaving through
+    /// `remove`/`take_all` keeps the hub in step.
+    #[tokio::test]
+    async fn subscriptions_by_channel() {
+        let state = state();
+        let (h, _rx) = connection(1, 8);
+        let mut subs = Subscriptions::default();
+        assert!(subs.is_empty());
+        let a = ch("tracking:d1");
+        let b = ch("tracking:d2");
+        subs.insert(Subscription::join(&state, a.clone(), &h).await.unwrap());
+        assert_eq!(subs.0.capacity(), 1, "no spare room for one");
+        assert!(subs.contains(&a) && !subs.contains(&b));
+        let again = Subscription::join(&state, a.clone(), &h).await.unwrap();
+        assert!(subs.insert(again).is_some(), "same channel: replaced");
+        assert_eq!(subs.len(), 1);
+        subs.insert(Subscription::join(&state, b.clone(), &h).await.unwrap());
+        let mut names: Vec<String> = subs.channels().map(ToString::to_string).collect();
+        names.sort();
+        assert_eq!(names, ["tracking:d1", "tracking:d2"]);
+        assert_eq!(state.hub.local_count(&b), 1);
+        let sub_b = subs.remove(&b).unwrap();
+        sub_b.leave().await;
+        assert_eq!(state.hub.local_count(&b), 0);
+        assert!(subs.remove(&b).is_none());
+        assert_eq!(subs.len(), 1);
+        for sub in subs.take_all() {
+            sub.leave().await;
+        }
+        assert!(subs.is_empty());
+        assert_eq!(subs.0.capacity(), 0);
+        assert_eq!(state.hub.local_count(&a), 0);
+    }
+}

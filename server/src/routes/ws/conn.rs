@@ -153,7 +153,7 @@ pub(super) fn run(
     let now = Instant::now();
     let mut conn = Conn {
         bucket: TokenBucket::new(rate, rate.saturating_mul(2), now),
-        rooms: Rooms::new(format!("{}:{conn_id}", state.node_id)),
+        rooms: Rooms::new(conn_id),
         orders: OrderChannels::default(),
         state,
         claims,

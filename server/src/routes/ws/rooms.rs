@@ -19,17 +19,23 @@ use crate::state::AppState;
 pub(super) struct Rooms {
     cursors: HashMap<String, SeqCursor>,
     typing_at: HashMap<String, Instant>,
-    /// This connection in presence entries: `{node}:{conn}`.
-    presence_key: String,
+    /// This connection, in presence entries as `{node}:{conn}` (the key
+    /// is built when needed: most connections never join a room).
+    conn: ConnId,
 }
 
 impl Rooms {
-    pub fn new(presence_key: String) -> Self {
+    pub fn new(conn: ConnId) -> Self {
         Self {
             cursors: HashMap::new(),
             typing_at: HashMap::new(),
-            presence_key,
+            conn,
         }
+    }
+
+    /// This connection in presence entries: `{node}:{conn}`.
+    fn presence_key(&self, state: &AppState) -> String {
+        format!("{}:{}", state.node_id, self.conn)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -79,7 +85,8 @@ impl Rooms {
             Ok(receipts) => frames.extend(receipts),
             Err(e) => tracing::debug!(error = %e, room, "reading receipts failed"),
         }
-        chat.join_presence(&room, user, &self.presence_key).await;
+        chat.join_presence(&room, user, &self.presence_key(state))
+            .await;
         frames.extend(
             chat.online(&room)
                 .await
@@ -98,7 +105,7 @@ impl Rooms {
         if self.cursors.remove(room).is_some() {
             state
                 .chat()
-                .leave_presence(room, user, &self.presence_key)
+                .leave_presence(room, user, &self.presence_key(state))
                 .await;
         }
     }
@@ -107,8 +114,9 @@ impl Rooms {
     /// expired meanwhile are reported offline.
     pub async fn heartbeat(&self, state: &AppState, user: &str) {
         let chat = state.chat();
+        let key = self.presence_key(state);
         for room in self.cursors.keys() {
-            chat.join_presence(room, user, &self.presence_key).await;
+            chat.join_presence(room, user, &key).await;
         }
     }
 
