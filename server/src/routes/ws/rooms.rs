@@ -13,6 +13,7 @@ use waypost_protocol::ServerFrame;
 use crate::engine::chat::{SeqCursor, SeqStep};
 use crate::engine::EngineError;
 use crate::frame::{About, Frame};
+use crate::hub::ConnId;
 use crate::state::AppState;
 
 /// One connection's rooms.
