@@ -97,8 +97,8 @@ pub(super) struct Conn {
     pub(super) handle: ConnHandle,
     pub(super) subscriptions: Subscriptions,
     /// `user:{sub}`: the user's own messages from any device (chat
-    /// participants only).
-    pub(super) user_channel: Option<Subscription>,
+    /// participants only; boxed: most connections have none).
+    pub(super) user_channel: Option<Box<Subscription>>,
     pub(super) rooms: Rooms,
     pub(super) orders: OrderChannels,
     pub(super) bucket: TokenBucket,
@@ -218,7 +218,7 @@ impl Conn {
             // Only this user's cross-device copies are affected; rooms work.
             tracing::warn!(error = %e, "user channel subscribe failed");
         }
-        self.user_channel = Some(sub);
+        self.user_channel = Some(Box::new(sub));
     }
 
     /// Selects over the mailbox (kill, frames, ticks) and the socket until

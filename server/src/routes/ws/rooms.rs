@@ -4,12 +4,12 @@
 //! processes publishing) go out in order and once; the last `typing` per
 //! room, for its rate limit; and this device's presence key.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
 use waypost_protocol::ServerFrame;
 
+use super::lazy_map::LazyMap;
 use crate::engine::chat::{SeqCursor, SeqStep};
 use crate::engine::EngineError;
 use crate::frame::{About, Frame};
@@ -18,8 +18,8 @@ use crate::state::AppState;
 
 /// One connection's rooms.
 pub(super) struct Rooms {
-    cursors: HashMap<String, SeqCursor>,
-    typing_at: HashMap<String, Instant>,
+    cursors: LazyMap<String, SeqCursor>,
+    typing_at: LazyMap<String, Instant>,
     /// This connection, in presence entries as `{node}:{conn}` (the key
     /// is built when needed: most connections never join a room).
     conn: ConnId,
@@ -28,8 +28,8 @@ pub(super) struct Rooms {
 impl Rooms {
     pub fn new(conn: ConnId) -> Self {
         Self {
-            cursors: HashMap::new(),
-            typing_at: HashMap::new(),
+            cursors: LazyMap::default(),
+            typing_at: LazyMap::default(),
             conn,
         }
     }
@@ -245,7 +245,7 @@ mod tests {
     #[tokio::test]
     async fn writer_orders_fills_gaps_and_dedupes() {
         let state = state();
-        let mut c = Rooms::new("n:1".into());
+        let mut c = Rooms::new(1);
         let f1 = post(&state, "r", "a").await;
         let f2 = post(&state, "r", "b").await;
         let f3 = post(&state, "r", "c").await;
@@ -277,7 +277,7 @@ mod tests {
     #[tokio::test]
     async fn own_typing_is_not_echoed() {
         let state = state();
-        let mut c = Rooms::new("n:1".into());
+        let mut c = Rooms::new(1);
         let mine = Frame::typing("r", "me", 0);
         let theirs = Frame::typing("r", "you", 0);
         assert!(c.live(&state, "me", &mine).await.unwrap().is_empty());
