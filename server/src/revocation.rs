@@ -234,6 +234,7 @@ struct Registry {
 
 /// A user's connections on this process: the usual single one inline, a
 /// set (boxed, so the single case stays two words) for several.
+#[allow(clippy::box_collection)] // boxed on purpose: the usual `One` stays two words
 enum Ids {
     One(ConnId),
     Many(Box<HashSet<ConnId>>),

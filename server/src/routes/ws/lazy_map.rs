@@ -7,6 +7,7 @@ use std::hash::Hash;
 /// A `HashMap` behind an optional box: one word in the connection's task
 /// (an empty `HashMap` is six) for the state most connections never use
 /// (chat rooms, order timelines). Dropped again once empty.
+#[allow(clippy::box_collection)] // boxed on purpose: one word while empty
 pub(super) struct LazyMap<K, V>(Option<Box<HashMap<K, V>>>);
 
 impl<K, V> Default for LazyMap<K, V> {
