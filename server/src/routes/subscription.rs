@@ -147,6 +147,14 @@ impl Subscriptions {
         self.0.iter().any(|s| s.channel() == channel)
     }
 
+    pub fn get(&self, channel: &Channel) -> Option<&Subscription> {
+        self.0.iter().find(|s| s.channel() == channel)
+    }
+
+    pub fn get_mut(&mut self, channel: &Channel) -> Option<&mut Subscription> {
+        self.0.iter_mut().find(|s| s.channel() == channel)
+    }
+
     /// Adds `sub`, replacing (and returning) one on the same channel.
     pub fn insert(&mut self, sub: Subscription) -> Option<Subscription> {
         if let Some(old) = self.0.iter_mut().find(|s| s.channel() == sub.channel()) {
@@ -234,6 +242,12 @@ mod tests {
         subs.insert(Subscription::join(&state, a.clone(), &h).await.unwrap());
         assert_eq!(subs.0.capacity(), 1, "no spare room for one");
         assert!(subs.contains(&a) && !subs.contains(&b));
+        assert_eq!(subs.get(&a).map(Subscription::channel), Some(&a));
+        assert_eq!(
+            subs.get_mut(&a).map(|s| s.channel().clone()),
+            Some(a.clone())
+        );
+        assert!(subs.get(&b).is_none() && subs.get_mut(&b).is_none());
         let again = Subscription::join(&state, a.clone(), &h).await.unwrap();
         assert!(subs.insert(again).is_some(), "same channel: replaced");
         assert_eq!(subs.len(), 1);
