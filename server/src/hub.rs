@@ -193,6 +193,11 @@ struct MailboxState {
 struct Mailbox {
     state: Mutex<MailboxState>,
     notify: Notify,
+    /// The `exp` (Unix seconds) of the token the connection runs on, as
+    /// the expiry wheel knows it (0: not watched, or ended). Kept here
+    /// rather than in an `Arc` of its own: one allocation less per
+    /// connection.
+    token_exp: AtomicU64,
 }
 
 /// What [`ConnHandle::offer`] did with a frame.
@@ -245,6 +250,15 @@ impl ConnHandle {
             self.mailbox.notify.notify_one();
         }
         Offer::Queued
+    }
+
+    /// The token `exp` the expiry wheel holds for this connection.
+    pub(crate) fn token_exp(&self) -> u64 {
+        self.mailbox.token_exp.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_token_exp(&self, exp: u64) {
+        self.mailbox.token_exp.store(exp, Ordering::Relaxed);
     }
 
     fn tick(&self) {
@@ -338,6 +352,7 @@ pub fn connection(id: ConnId, queue: usize) -> (ConnHandle, Receiver) {
             tick: false,
         }),
         notify: Notify::new(),
+        token_exp: AtomicU64::new(0),
     });
     (
         ConnHandle {

@@ -252,7 +252,7 @@ impl Conn {
                 .await;
         }
         let max = self.state.limits.max_channels_per_connection;
-        if !self.subscriptions.contains_key(&channel) && self.subscriptions.len() >= max {
+        if !self.subscriptions.contains(&channel) && self.subscriptions.len() >= max {
             self.state
                 .metrics
                 .limit_hits
@@ -267,10 +267,10 @@ impl Conn {
                 )
                 .await;
         }
-        if !self.subscriptions.contains_key(&channel) {
+        if !self.subscriptions.contains(&channel) {
             match Subscription::join(&self.state, channel.clone(), &self.handle).await {
                 Ok(sub) => {
-                    self.subscriptions.insert(channel.clone(), sub);
+                    self.subscriptions.insert(sub);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, channel = %name, "subscribe failed");

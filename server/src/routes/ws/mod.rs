@@ -47,6 +47,7 @@ use crate::state::AppState;
 mod client;
 mod conn;
 mod encoding;
+mod lazy_map;
 mod orders;
 mod rooms;
 mod session;
