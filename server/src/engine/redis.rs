@@ -69,7 +69,7 @@ use crate::config::Limits;
 use crate::frame::Frame;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use bus_core::{BusCore, ManagerLinks};
+use bus_core::{BusConn, BusCore, ManagerLinks};
 
 /// Devices remembered per driver for de-duplication (oldest forgotten), as
 /// in the memory engine.
@@ -130,6 +130,16 @@ impl RedisConn {
 
     /// The watcher counts of `hub`'s channels on this connection, with
     /// their writer task (for any bus).
+    /// What [`BusCore`] needs of this setup.
+    fn bus_conn(&self) -> BusConn {
+        BusConn {
+            cmd: Arc::clone(&self.cmd),
+            keys: self.keys.clone(),
+            op_timeout: self.opts.op_timeout,
+            instance: Arc::clone(&self.instance),
+        }
+    }
+
     pub(crate) fn watcher_counts(&self, hub: Arc<Hub>) -> WatcherCounts {
         WatcherCounts::start(
             Arc::clone(&self.cmd),
@@ -354,8 +364,8 @@ impl RedisBus {
             move |requests| tokio::spawn(manager.run(requests))
         };
         let core = BusCore::start(
-            conn.clone(),
-            Arc::clone(&hub),
+            conn.bus_conn(),
+            conn.watcher_counts(Arc::clone(&hub)),
             "redis bus",
             "pub/sub connection did not come up",
             manager,

@@ -6,6 +6,7 @@
 //! command (`PUBLISH` / `SPUBLISH`) differ.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
@@ -13,11 +14,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use waypost_protocol::Channel;
 
+use super::commands::Commands;
+use super::keys::Keys;
 use super::pubsub::{self, SyncRequest};
-use super::{RedisConn, WatcherCounts};
+use super::watchers::WatcherCounts;
 use crate::engine::EngineError;
 use crate::frame::Frame;
-use crate::hub::Hub;
 
 /// Pending subscription requests per process before callers wait.
 const REQUEST_QUEUE: usize = 4096;
@@ -31,9 +33,19 @@ pub(super) struct ManagerLinks {
     pub cancel: CancellationToken,
 }
 
+/// The parts of the Redis connection setup a bus uses (taken apart so
+/// this module does not depend on its parent).
+pub(super) struct BusConn {
+    pub cmd: Arc<Commands>,
+    pub keys: Keys,
+    pub op_timeout: Duration,
+    /// This process's id (logs).
+    pub instance: Arc<str>,
+}
+
 /// The shared half of a Redis bus.
 pub(super) struct BusCore {
-    pub conn: RedisConn,
+    pub conn: BusConn,
     subs: mpsc::Sender<SyncRequest>,
     watchers: WatcherCounts,
     up: watch::Receiver<bool>,
@@ -45,12 +57,12 @@ pub(super) struct BusCore {
 }
 
 impl BusCore {
-    /// Starts the manager made by `manager` and the watcher counts on
-    /// `conn`; resolves once the manager says it is up, else fails with
-    /// `not_up` after twice the operation timeout.
+    /// Starts the manager made by `manager` beside `watchers` (this
+    /// process's watcher counts); resolves once the manager says it is up,
+    /// else fails with `not_up` after twice the operation timeout.
     pub async fn start<F>(
-        conn: RedisConn,
-        hub: Arc<Hub>,
+        conn: BusConn,
+        watchers: WatcherCounts,
         name: &'static str,
         not_up: &str,
         manager: impl FnOnce(ManagerLinks) -> F,
@@ -67,7 +79,6 @@ impl BusCore {
             resubscribed: resub_tx,
             cancel: cancel.clone(),
         });
-        let watchers = conn.watcher_counts(hub);
         let core = Self {
             subs,
             watchers,
@@ -78,8 +89,7 @@ impl BusCore {
             conn,
             name,
         };
-        let first =
-            tokio::time::timeout(core.conn.opts.op_timeout * 2, up_rx.wait_for(|up| *up)).await;
+        let first = tokio::time::timeout(core.conn.op_timeout * 2, up_rx.wait_for(|up| *up)).await;
         if !matches!(first, Ok(Ok(_))) {
             core.shutdown().await;
             return Err(EngineError::Redis(not_up.into()));
@@ -108,7 +118,7 @@ impl BusCore {
     /// Has the manager (un)subscribe `channel` as the hub's subscribers
     /// say, then records this process's watcher count.
     pub async fn sync_subscription(&self, channel: &Channel) -> Result<(), EngineError> {
-        pubsub::request(&self.subs, channel, self.conn.opts.op_timeout * 2).await?;
+        pubsub::request(&self.subs, channel, self.conn.op_timeout * 2).await?;
         self.watchers.record(channel).await;
         Ok(())
     }
@@ -130,7 +140,7 @@ impl BusCore {
     pub async fn shutdown(&self) {
         self.cancel.cancel();
         let tasks = std::mem::take(&mut *self.tasks.lock());
-        crate::engine::tasks::stop_tasks(tasks, self.conn.opts.op_timeout * 3, self.name).await;
+        crate::engine::tasks::stop_tasks(tasks, self.conn.op_timeout * 3, self.name).await;
         self.watchers.shutdown().await;
     }
 }

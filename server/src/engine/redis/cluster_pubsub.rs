@@ -513,8 +513,8 @@ impl ClusterBus {
             move |requests| tokio::spawn(manager.run(requests))
         };
         let core = BusCore::start(
-            conn.clone(),
-            Arc::clone(&hub),
+            conn.bus_conn(),
+            conn.watcher_counts(Arc::clone(&hub)),
             "redis cluster bus",
             "the cluster's slot map could not be read",
             manager,
