@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
 """Bytes per delivered frame, JSON vs MessagePack (vs per-message deflate
-without context takeover), for location frames built from a trace and for
-typical chat frames. The MessagePack encoder mirrors what the server sends
+without context takeover) vs lean (`waypost.v1.lean`: location frames with
+e7 integer coordinates, whole floats as integers, and as deltas against the
+previous frame), for location frames built from a trace and for typical
+chat frames (lean = MessagePack for those). The MessagePack encoder mirrors what the server sends
 (rmp-serde via serde-transcode from the JSON text: smallest int forms,
 float 64 for every non-integer, str/map/array with the shortest headers);
-`cargo test -p waypost-protocol msgpack` checks the Rust side.
+`cargo test -p waypost-protocol msgpack` checks the Rust side; the lean
+encoder mirrors `waypost_protocol::lean::encode` (its documented example is
+checked below against the sizes the Rust encoder produces).
 
     python3 bench/frame_sizes.py /work/shared/traces/bike-berkelland-1hz.csv
 """
@@ -101,6 +105,76 @@ def chat_frames():
     yield {"type": "typing", "room": "order-48213", "user": "courier-5512"}
 
 
+# Payload sizes of the documented lean example as the Rust encoder writes
+# them (protocol/src/lean.rs, `the_documented_example`).
+LEAN_FULL_BYTES = 165
+LEAN_DELTA_BYTES = 120
+
+
+def whole(v):
+    """A float whose value is whole as an integer (lean)."""
+    if isinstance(v, float) and v.is_integer() and abs(v) < 2**53:
+        return int(v)
+    return v
+
+
+def lean(frame, base=None):
+    """The lean form of a location frame, a delta when `base` (the previous
+    location frame on the channel) comes before it."""
+    fix = frame["fix"]
+    if base is not None and not base["fix"]["seq"] < fix["seq"]:
+        base = None
+    out = {"type": frame["type"], "channel": frame["channel"]}
+    if base is not None:
+        out["base"] = base["fix"]["seq"]
+    for k, v in frame.items():
+        if k in ("type", "channel", "fix") or (base is not None and base.get(k) == v):
+            continue
+        out[k] = whole(v)
+    if base is not None:
+        for k in base:
+            if k not in ("type", "channel", "fix") and k not in frame:
+                out[k] = None
+    lf = {"seq": fix["seq"], "ts": whole(fix["ts"]),
+          "lat_e7": round(fix["lat"] * 1e7), "lon_e7": round(fix["lon"] * 1e7)}
+    for k, v in fix.items():
+        if k in ("seq", "ts", "lat", "lon") or (base is not None and base["fix"].get(k) == v):
+            continue
+        lf[k] = whole(v)
+    if base is not None:
+        for k in base["fix"]:
+            if k not in ("seq", "ts", "lat", "lon") and k not in fix:
+                lf[k] = None
+    out["fix"] = lf
+    return out
+
+
+def lean_sizes(frames):
+    """Mean bytes per frame: every frame full lean, and every frame a delta
+    against the previous one (the first full)."""
+    n = tot_full = tot_delta = 0
+    prev = None
+    for fr in frames:
+        n += 1
+        tot_full += ws(len(mp(lean(fr))))
+        tot_delta += ws(len(mp(lean(fr, prev))))
+        prev = fr
+    return n, tot_full, tot_delta
+
+
+def self_check():
+    """The example of docs/API-EXTENSIONS.md: the Rust encoder writes 165
+    bytes full and 120 as a delta (`the_documented_example` test)."""
+    a = {"type": "location", "channel": "tracking:d-1", "driver_id": "d-1", "fix": {
+        "seq": 41, "ts": 1796645371772, "lat": 52.0973124, "lon": 6.6416648, "accuracy_m": 4.5,
+        "speed_mps": 8.0, "heading_deg": 271.5, "battery": 0.5}}
+    b = {"type": "location", "channel": "tracking:d-1", "driver_id": "d-1", "fix": {
+        "seq": 42, "ts": 1796645372772, "lat": 52.0973901, "lon": 6.6417002, "accuracy_m": 4.5,
+        "speed_mps": 7.25, "battery": 0.5}}
+    got = (len(mp(lean(a))), len(mp(lean(b, a))))
+    assert got == (LEAN_FULL_BYTES, LEAN_DELTA_BYTES), got
+
+
 def sizes(frames):
     n = tot_j = tot_m = tot_jd = tot_md = 0
     for fr in frames:
@@ -118,8 +192,11 @@ def main():
     trace = sys.argv[1] if len(sys.argv) > 1 else "/work/shared/traces/bike-berkelland-1hz.csv"
     out = {}
     n, j, m, jd, md = sizes(location_frames(trace))
+    self_check()
+    _, lf, ld = lean_sizes(location_frames(trace))
     out["location"] = {"frames": n, "json": round(j / n, 1), "msgpack": round(m / n, 1),
-                       "json_deflate": round(jd / n, 1), "msgpack_deflate": round(md / n, 1)}
+                       "json_deflate": round(jd / n, 1), "msgpack_deflate": round(md / n, 1),
+                       "lean_full": round(lf / n, 1), "lean_delta": round(ld / n, 1)}
     for name, fr in zip(["chat_short", "chat_long", "chat_attachment", "receipt", "typing"], chat_frames()):
         _, j, m, jd, md = sizes([fr])
         out[name] = {"json": j, "msgpack": m, "json_deflate": jd, "msgpack_deflate": md}

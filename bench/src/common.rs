@@ -45,6 +45,9 @@ pub enum Encoding {
     /// `Sec-WebSocket-Protocol: waypost.v1.msgpack`: MessagePack binary
     /// frames both ways.
     Msgpack,
+    /// `Sec-WebSocket-Protocol: waypost.v1.lean`: MessagePack with lean
+    /// location frames (e7 coordinates, deltas; no `driver_id` in deltas).
+    Lean,
 }
 
 impl Encoding {
@@ -52,6 +55,7 @@ impl Encoding {
         match self {
             Encoding::Json => "json",
             Encoding::Msgpack => "msgpack",
+            Encoding::Lean => "lean",
         }
     }
 
@@ -60,10 +64,12 @@ impl Encoding {
         use tokio_tungstenite::tungstenite::Message;
         match self {
             Encoding::Json => Message::text(text),
-            Encoding::Msgpack => match waypost_protocol::msgpack::json_to_msgpack(&text) {
-                Ok(b) => Message::binary(b),
-                Err(_) => Message::text(text),
-            },
+            Encoding::Msgpack | Encoding::Lean => {
+                match waypost_protocol::msgpack::json_to_msgpack(&text) {
+                    Ok(b) => Message::binary(b),
+                    Err(_) => Message::text(text),
+                }
+            }
         }
     }
 }
@@ -276,12 +282,15 @@ pub async fn ws_connect_as(
     stream.set_nodelay(true)?;
     let url = format!("{}{}", server.ws_base(), path_and_query);
     let mut request = url.into_client_request()?;
-    if encoding == Encoding::Msgpack {
+    let offer = match encoding {
+        Encoding::Json => None,
+        Encoding::Msgpack => Some(waypost_protocol::MSGPACK_PROTOCOL),
+        Encoding::Lean => Some(waypost_protocol::LEAN_PROTOCOL),
+    };
+    if let Some(offer) = offer {
         request.headers_mut().insert(
             "Sec-WebSocket-Protocol",
-            tokio_tungstenite::tungstenite::http::HeaderValue::from_static(
-                waypost_protocol::MSGPACK_PROTOCOL,
-            ),
+            tokio_tungstenite::tungstenite::http::HeaderValue::from_static(offer),
         );
     }
     let (ws, _) =
@@ -363,7 +372,8 @@ pub fn classify<'a>(target: Target, s: &'a str, user: &str, driver: &str) -> Fra
     match target {
         Target::Waypost => {
             if s.starts_with(r#"{"type":"location""#) {
-                return fast_location(s, "\"driver_id\":\"").unwrap_or(Frame::Other);
+                // By channel: a lean delta has no `driver_id`.
+                return fast_location(s, "\"channel\":\"tracking:").unwrap_or(Frame::Other);
             }
             if s.starts_with(r#"{"type":"subscribed""#) {
                 return Frame::Subscribed;
@@ -724,6 +734,15 @@ mod tests {
         let w = r#"{"type":"location","channel":"tracking:d7","driver_id":"d7","fix":{"seq":42,"ts":1,"lat":1.0,"lon":2.0}}"#;
         assert_eq!(
             classify(Target::Waypost, w, "u", "d7"),
+            Frame::Location {
+                driver: "d7",
+                seq: 42
+            }
+        );
+        // Lean (read as JSON text): a delta has no driver_id.
+        let lean = r#"{"type":"location","channel":"tracking:d7","base":41,"fix":{"seq":42,"ts":1,"lat_e7":1,"lon_e7":2}}"#;
+        assert_eq!(
+            classify(Target::Waypost, lean, "u", "d7"),
             Frame::Location {
                 driver: "d7",
                 seq: 42

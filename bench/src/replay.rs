@@ -355,10 +355,17 @@ pub struct Figures {
     /// The same uploads as JSON gzipped whatever their size.
     bytes_up_json_gzip_all: usize,
     /// What the watcher's WebSocket carried for this driver (frames,
-    /// bytes with frame headers) in JSON and in MessagePack.
+    /// bytes with frame headers) in JSON, in MessagePack and lean
+    /// (`waypost.v1.lean`: location frames as deltas against the previous).
     ws_frames_down: usize,
     ws_bytes_down_json: usize,
     ws_bytes_down_msgpack: usize,
+    ws_bytes_down_lean: usize,
+    /// Of those, the `location` frames (the only ones lean changes).
+    ws_location_frames_down: usize,
+    ws_location_bytes_down_json: usize,
+    ws_location_bytes_down_msgpack: usize,
+    ws_location_bytes_down_lean: usize,
     radio_energy_j: f64,
     lost: usize,
     duplicated: usize,
@@ -505,7 +512,11 @@ async fn simulate(args: &Args) -> anyhow::Result<Report> {
     };
     let mut watcher = _watcher;
     // Frames, JSON bytes, MessagePack bytes delivered to the watcher.
-    let mut down = (0usize, 0usize, 0usize);
+    let mut down = (0usize, 0usize, 0usize, 0usize);
+    // The watcher's previous location frame: the base of its lean delta.
+    let mut lean_base: Option<hub::Outbound> = None;
+    // The `location` frames among them (the others: `trail`, status).
+    let mut locations = (0usize, 0usize, 0usize, 0usize);
 
     static RUN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = std::env::temp_dir().join(format!(
@@ -601,7 +612,21 @@ async fn simulate(args: &Args) -> anyhow::Result<Report> {
                 if f.text.contains(&format!("\"driver_id\":\"{DRIVER}\"")) {
                     down.0 += 1;
                     down.1 += ws_frame_bytes(f.text.len());
-                    down.2 += ws_frame_bytes(f.binary().map_or(f.text.len(), |b| b.len()));
+                    let binary = f.binary().map_or(f.text.len(), |b| b.len());
+                    down.2 += ws_frame_bytes(binary);
+                    // Lean: what `Conn::outgoing` writes (the server's own
+                    // shared lean bytes); other frames as MessagePack.
+                    down.3 += ws_frame_bytes(match f.lean_for(lean_base.as_ref()) {
+                        Some(lean) => {
+                            lean_base = Some(f.clone());
+                            locations.0 += 1;
+                            locations.1 += ws_frame_bytes(f.text.len());
+                            locations.2 += ws_frame_bytes(binary);
+                            locations.3 += ws_frame_bytes(lean.len());
+                            lean.len()
+                        }
+                        None => binary,
+                    });
                 }
             }
         }
@@ -644,7 +669,14 @@ async fn simulate(args: &Args) -> anyhow::Result<Report> {
         sdk.ws_frames_down,
         sdk.ws_bytes_down_json,
         sdk.ws_bytes_down_msgpack,
+        sdk.ws_bytes_down_lean,
     ) = down;
+    (
+        sdk.ws_location_frames_down,
+        sdk.ws_location_bytes_down_json,
+        sdk.ws_location_bytes_down_msgpack,
+        sdk.ws_location_bytes_down_lean,
+    ) = locations;
     sdk.radio_energy_j = radio_energy_j(&sent);
     sampler.finish(&mut sdk);
     driver.shutdown().await;

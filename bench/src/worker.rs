@@ -892,6 +892,27 @@ pub fn merge_latency(reports: &[Value]) -> HistogramSnapshot {
 mod tests {
     use super::*;
 
+    /// `--encoding msgpack`: the server's binary frames are read as the JSON
+    /// they stand for, so the `subscribed` ack (and locations) classify as
+    /// with JSON text.
+    #[test]
+    fn msgpack_frames_classify_like_json() {
+        let json =
+            r#"{"type":"subscribed","channel":"tracking:d1","recovered":true,"high_seq":null}"#;
+        let bin = waypost_protocol::msgpack::json_to_msgpack(json).unwrap();
+        let read: Result<Message, ()> = Ok(Message::binary(bin));
+        let Ok(Message::Text(t)) = as_text(read) else {
+            panic!("binary frame not read as text");
+        };
+        let target = crate::common::Target::Waypost;
+        assert_eq!(
+            crate::common::classify(target, &t, "u1", "d1"),
+            crate::common::Frame::Subscribed
+        );
+        let msg = crate::common::Encoding::Msgpack.message(json.to_owned());
+        assert!(msg.is_binary(), "client frames go out as MessagePack");
+    }
+
     #[test]
     fn location_bytes_add_the_frame_header() {
         assert_eq!(ws_frame_len(0), 2);

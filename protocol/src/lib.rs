@@ -13,6 +13,7 @@ mod fix;
 mod frames;
 mod http;
 mod ids;
+pub mod lean;
 pub mod msgpack;
 mod order;
 mod push;
@@ -31,6 +32,7 @@ pub use http::{
     MAX_BATCH_BYTES, MAX_BATCH_FIXES,
 };
 pub use ids::{validate_id, IdError, MAX_ID_LEN};
+pub use lean::{LeanError, LEAN_PROTOCOL};
 pub use msgpack::{MsgpackError, MSGPACK_PROTOCOL};
 pub use order::{
     ActiveOrder, Destination, EntryBody, FrameEntry, OrderEvent, OrderEventAccepted,

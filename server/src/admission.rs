@@ -89,7 +89,8 @@ pub struct ConnectionCounter {
 
 #[derive(Debug, Default)]
 struct Counts {
-    by_user: HashMap<String, u32>,
+    /// The key is shared with the users' permits (one name per user).
+    by_user: HashMap<Arc<str>, u32>,
     total: usize,
 }
 
@@ -128,11 +129,15 @@ impl ConnectionCounter {
         if counts.by_user.get(user).copied().unwrap_or(0) >= max {
             return Err(Full::User(max));
         }
-        *counts.by_user.entry(user.to_owned()).or_insert(0) += 1;
+        let user = match counts.by_user.get_key_value(user) {
+            Some((name, _)) => Arc::clone(name),
+            None => Arc::from(user),
+        };
+        *counts.by_user.entry(Arc::clone(&user)).or_insert(0) += 1;
         counts.total += 1;
         Ok(ConnectionPermit {
             counter: Arc::clone(self),
-            user: user.to_owned(),
+            user,
         })
     }
 
@@ -150,7 +155,7 @@ impl ConnectionCounter {
 #[derive(Debug)]
 pub struct ConnectionPermit {
     counter: Arc<ConnectionCounter>,
-    user: String,
+    user: Arc<str>,
 }
 
 impl Drop for ConnectionPermit {

@@ -10,7 +10,6 @@
 //! they come due.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,21 +39,30 @@ pub fn warning(exp: u64) -> Outbound {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
+    /// Warn, then re-file as [`Kind::Expire`] at `exp`.
     Warn,
     Expire,
 }
 
+/// One entry per watched connection (sized for idle memory: the handle,
+/// the `exp` it was filed for, what to do). The connection's current `exp`
+/// lives in its mailbox ([`ConnHandle::token_exp`]); the entry is stale
+/// when that moved.
 struct Entry {
     handle: ConnHandle,
-    /// The connection's current `exp`; the entry is stale when it moved.
-    current: Arc<AtomicU64>,
     exp: u64,
     kind: Kind,
 }
 
-/// A connection's registration: its current `exp`. Dropping it (the
-/// connection ended) makes its entries stale; [`ExpiryWheel::sweep`] drops
-/// them.
+impl Entry {
+    fn stale(&self) -> bool {
+        self.handle.token_exp() != self.exp
+    }
+}
+
+/// A connection's registration; its current `exp` is kept in the
+/// connection's mailbox. Dropping it (the connection ended) makes its
+/// entry stale; [`ExpiryWheel::sweep`] drops it.
 ///
 /// The warning and the kill travel separately (the warning through the
 /// mailbox, the kill as its kill code, which drops queued frames), so when
@@ -65,7 +73,7 @@ struct Entry {
 /// before the 4001.
 #[derive(Debug)]
 pub struct Expiry {
-    current: Arc<AtomicU64>,
+    handle: ConnHandle,
     warn: bool,
     /// The `exp` of the last `token_expiring` written to the socket.
     warned: u64,
@@ -76,7 +84,7 @@ const ENDED: u64 = 0;
 
 impl Expiry {
     pub fn exp(&self) -> u64 {
-        self.current.load(Ordering::Relaxed)
+        self.handle.token_exp()
     }
 
     /// The connection wrote `token_expiring` for `exp`.
@@ -94,7 +102,7 @@ impl Expiry {
 
 impl Drop for Expiry {
     fn drop(&mut self) {
-        self.current.store(ENDED, Ordering::Relaxed);
+        self.handle.set_token_exp(ENDED);
     }
 }
 
@@ -112,37 +120,40 @@ impl ExpiryWheel {
     /// `warn`: it can take a `token_expiring` frame (WebSockets).
     pub fn watch(&self, handle: &ConnHandle, exp: u64, warn: bool, now_s: u64) -> Expiry {
         let expiry = Expiry {
-            current: Arc::new(AtomicU64::new(exp)),
+            handle: handle.clone(),
             warn,
             warned: ENDED,
         };
-        self.schedule(handle, &expiry, exp, now_s);
+        self.refresh(handle, &expiry, exp, now_s);
         expiry
     }
 
     /// The connection now runs on a token expiring at `exp`.
     pub fn refresh(&self, handle: &ConnHandle, expiry: &Expiry, exp: u64, now_s: u64) {
-        expiry.current.store(exp, Ordering::Relaxed);
-        self.schedule(handle, expiry, exp, now_s);
-    }
-
-    fn schedule(&self, handle: &ConnHandle, expiry: &Expiry, exp: u64, now_s: u64) {
-        let mut due = self.due.lock();
-        let mut add = |at: u64, kind| {
-            due.entry(at).or_default().push(Entry {
+        handle.set_token_exp(exp);
+        // One entry: the warning (which re-files itself as the expiry when
+        // it fires), or the expiry alone for streams.
+        let (at, kind) = if expiry.warn {
+            (exp.saturating_sub(WARN_BEFORE_S).max(now_s), Kind::Warn)
+        } else {
+            (exp, Kind::Expire)
+        };
+        self.file(
+            at,
+            Entry {
                 handle: handle.clone(),
-                current: Arc::clone(&expiry.current),
                 exp,
                 kind,
-            });
-        };
-        if expiry.warn {
-            add(exp.saturating_sub(WARN_BEFORE_S).max(now_s), Kind::Warn);
-        }
-        add(exp, Kind::Expire);
+            },
+        );
     }
 
-    /// Acts on every entry due at or before `now_s`; returns how many acted.
+    fn file(&self, at: u64, entry: Entry) {
+        self.due.lock().entry(at).or_default().push(entry);
+    }
+
+    /// Acts on every entry due at or before `now_s`; returns how many
+    /// warnings and expiries it acted on.
     pub fn fire(&self, now_s: u64) -> usize {
         let due: Vec<Entry> = {
             let mut map = self.due.lock();
@@ -153,16 +164,33 @@ impl ExpiryWheel {
                 .collect()
         };
         let mut acted = 0;
+        let mut refile = Vec::new();
         for e in due {
-            if e.current.load(Ordering::Relaxed) != e.exp {
-                continue; // refreshed since
+            if e.stale() {
+                continue; // refreshed or ended since
             }
             acted += 1;
             match e.kind {
                 Kind::Warn => {
                     e.handle.send(&warning(e.exp));
+                    if e.exp <= now_s {
+                        // The expiry is due in this round too.
+                        acted += 1;
+                        e.handle.kill(close_code::UNAUTHORIZED);
+                    } else {
+                        refile.push(Entry {
+                            kind: Kind::Expire,
+                            ..e
+                        });
+                    }
                 }
                 Kind::Expire => e.handle.kill(close_code::UNAUTHORIZED),
+            }
+        }
+        if !refile.is_empty() {
+            let mut map = self.due.lock();
+            for e in refile {
+                map.entry(e.exp).or_default().push(e);
             }
         }
         acted
@@ -172,7 +200,7 @@ impl ExpiryWheel {
     pub fn sweep(&self) {
         let mut map = self.due.lock();
         map.retain(|_, entries| {
-            entries.retain(|e| e.current.load(Ordering::Relaxed) == e.exp);
+            entries.retain(|e| !e.stale());
             !entries.is_empty()
         });
     }
@@ -292,7 +320,7 @@ mod tests {
         let e = wheel.watch(&h, 1000, true, 900);
         let (h2, _rx2) = connection(2, 8);
         let _e2 = wheel.watch(&h2, 1000, false, 900);
-        assert_eq!(wheel.len(), 3);
+        assert_eq!(wheel.len(), 2, "one entry per connection");
         drop(e);
         wheel.sweep();
         assert_eq!(wheel.len(), 1);

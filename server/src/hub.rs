@@ -19,13 +19,13 @@
 use parking_lot::{Mutex, RwLock};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
 use waypost_protocol::{close_code, Channel, ChannelKind};
 
-use crate::frame::Frame;
+use crate::frame::{About, Frame};
 use crate::metrics::Metrics;
 
 /// Identifies one client connection within this process.
@@ -41,11 +41,35 @@ pub struct Outbound(Arc<OutboundFrame>);
 /// form, built by the first `waypost.v1.msgpack` subscriber that writes it
 /// and shared by the others (never built when every subscriber speaks
 /// JSON).
+///
+/// A location frame also has its `waypost.v1.lean` forms, built on demand
+/// and shared the same way: the full lean frame (with the parsed frame the
+/// deltas are computed from), and the delta against one base frame, filled
+/// by the first lean subscriber that writes it and reused by every other
+/// whose previous location frame was the same (the common case: every
+/// watcher got the same previous frame).
 #[derive(Debug)]
 pub struct OutboundFrame {
     pub frame: Frame,
     pub kind: ChannelKind,
     binary: OnceLock<Option<Bytes>>,
+    lean: OnceLock<Option<Box<Lean>>>,
+    /// The delta and the base it was computed against. The `Weak` keeps the
+    /// base's allocation (not its contents) until this frame goes, so its
+    /// address cannot be reused by another frame while it is compared.
+    delta: OnceLock<(Weak<OutboundFrame>, Bytes)>,
+}
+
+/// A location frame's lean form.
+#[derive(Debug)]
+pub struct Lean {
+    /// The channel the frame is on (the key of the base a lean connection
+    /// keeps per subscription).
+    pub channel: Channel,
+    /// The frame's JSON value, what deltas are computed from.
+    value: serde_json::Value,
+    /// The full lean frame (no base).
+    full: Bytes,
 }
 
 impl Outbound {
@@ -54,7 +78,63 @@ impl Outbound {
             frame,
             kind,
             binary: OnceLock::new(),
+            lean: OnceLock::new(),
+            delta: OnceLock::new(),
         }))
+    }
+
+    /// Whether the frame is a `location` frame (of a driver's tracking
+    /// channel or of an order's).
+    pub fn is_location(&self) -> bool {
+        matches!(
+            self.0.frame.meta.about,
+            About::Location { .. } | About::OrderLocation { .. }
+        )
+    }
+
+    /// The lean form of a location frame, parsed and encoded once per
+    /// dispatch; `None` for other frames.
+    pub fn lean(&self) -> Option<&Lean> {
+        self.0
+            .lean
+            .get_or_init(|| {
+                if !self.is_location() {
+                    return None;
+                }
+                let value: serde_json::Value = serde_json::from_str(&self.0.frame.text).ok()?;
+                let channel = Channel::from_name(value.get("channel")?.as_str()?)?;
+                let full = waypost_protocol::lean::encode(&value, None).ok()?;
+                Some(Box::new(Lean {
+                    channel,
+                    value,
+                    full: Bytes::from(full),
+                }))
+            })
+            .as_deref()
+    }
+
+    /// What a lean subscriber writes for this location frame when the
+    /// previous location frame it wrote on the channel was `base`: the
+    /// delta against `base` (computed once per base and shared), or the
+    /// full lean frame without one. `None` for other frames.
+    pub fn lean_for(&self, base: Option<&Outbound>) -> Option<Bytes> {
+        let lean = self.lean()?;
+        let Some((base, base_lean)) = base.and_then(|b| Some((b, b.lean()?))) else {
+            return Some(lean.full.clone());
+        };
+        if let Some((of, delta)) = self.0.delta.get() {
+            if std::ptr::eq(of.as_ptr(), Arc::as_ptr(&base.0)) {
+                return Some(delta.clone());
+            }
+        }
+        let delta = match waypost_protocol::lean::encode(&lean.value, Some(&base_lean.value)) {
+            Ok(delta) => Bytes::from(delta),
+            Err(_) => return Some(lean.full.clone()),
+        };
+        // Another subscriber may have filled it meanwhile (maybe against
+        // another base): then this one's delta is just not shared.
+        let _ = self.0.delta.set((Arc::downgrade(&base.0), delta.clone()));
+        Some(delta)
     }
 
     /// The frame as MessagePack, transcoded from its text once per
@@ -113,6 +193,11 @@ struct MailboxState {
 struct Mailbox {
     state: Mutex<MailboxState>,
     notify: Notify,
+    /// The `exp` (Unix seconds) of the token the connection runs on, as
+    /// the expiry wheel knows it (0: not watched, or ended). Kept here
+    /// rather than in an `Arc` of its own: one allocation less per
+    /// connection.
+    token_exp: AtomicU64,
 }
 
 /// What [`ConnHandle::offer`] did with a frame.
@@ -165,6 +250,15 @@ impl ConnHandle {
             self.mailbox.notify.notify_one();
         }
         Offer::Queued
+    }
+
+    /// The token `exp` the expiry wheel holds for this connection.
+    pub(crate) fn token_exp(&self) -> u64 {
+        self.mailbox.token_exp.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_token_exp(&self, exp: u64) {
+        self.mailbox.token_exp.store(exp, Ordering::Relaxed);
     }
 
     fn tick(&self) {
@@ -258,6 +352,7 @@ pub fn connection(id: ConnId, queue: usize) -> (ConnHandle, Receiver) {
             tick: false,
         }),
         notify: Notify::new(),
+        token_exp: AtomicU64::new(0),
     });
     (
         ConnHandle {
@@ -453,6 +548,52 @@ mod tests {
         // Not JSON (an SSE notification): no binary form, written as text.
         let sse = Frame::notification(1, "id: 1\nevent: x\ndata: {}\n\n".into(), 0);
         assert!(Outbound::new(sse, ChannelKind::Vendor).binary().is_none());
+    }
+
+    #[test]
+    fn lean_forms_are_built_once_per_frame_and_base_and_shared() {
+        let fix = |seq: u64, speed: f64| -> waypost_protocol::Fix {
+            serde_json::from_value(serde_json::json!({
+                "seq": seq, "ts": 1_000 + seq, "lat": 52.5, "lon": 13.4, "speed_mps": speed,
+                "accuracy_m": 4.5
+            }))
+            .unwrap()
+        };
+        let out = |seq, speed| {
+            Outbound::new(
+                Frame::location("d-1", &fix(seq, speed), 1),
+                ChannelKind::Tracking,
+            )
+        };
+        let (a, b, c) = (out(1, 3.0), out(2, 3.0), out(3, 4.0));
+        // Full: shared by every subscriber without a base.
+        let full = b.lean_for(None).unwrap();
+        assert_eq!(full.as_ptr(), b.clone().lean_for(None).unwrap().as_ptr());
+        assert_eq!(b.lean().unwrap().channel, Channel::tracking("d-1"));
+        let v = waypost_protocol::msgpack::msgpack_to_value(&full).unwrap();
+        assert!(v.get("base").is_none());
+        assert_eq!(v["fix"]["lat_e7"], 525_000_000);
+        // Against `a`: one delta, shared by every subscriber whose base is `a`.
+        let d1 = b.lean_for(Some(&a)).unwrap();
+        let d2 = b.clone().lean_for(Some(&a.clone())).unwrap();
+        assert_eq!(d1.as_ptr(), d2.as_ptr(), "one delta per (frame, base)");
+        assert!(d1.len() < full.len());
+        let v = waypost_protocol::msgpack::msgpack_to_value(&d1).unwrap();
+        assert_eq!(v["base"], 1);
+        assert!(v.get("driver_id").is_none() && v["fix"].get("speed_mps").is_none());
+        // Another base: its own delta, correct, not the shared one.
+        let other = out(1, 9.0);
+        let d3 = b.lean_for(Some(&other)).unwrap();
+        let v = waypost_protocol::msgpack::msgpack_to_value(&d3).unwrap();
+        assert_eq!(v["fix"]["speed_mps"], 3);
+        assert_eq!(b.lean_for(Some(&a)).unwrap().as_ptr(), d1.as_ptr());
+        // A base that does not come before: full.
+        let v =
+            waypost_protocol::msgpack::msgpack_to_value(&a.lean_for(Some(&c)).unwrap()).unwrap();
+        assert!(v.get("base").is_none());
+        // Not a location frame: no lean form.
+        let chat = Outbound::new(Frame::from("{}"), ChannelKind::Chat);
+        assert!(!chat.is_location() && chat.lean_for(Some(&a)).is_none());
     }
 
     #[test]

@@ -232,10 +232,12 @@ struct Registry {
     by_user: HashMap<Arc<str>, Ids>,
 }
 
-/// A user's connections on this process.
+/// A user's connections on this process: the usual single one inline, a
+/// set (boxed, so the single case stays two words) for several.
+#[allow(clippy::box_collection)] // boxed on purpose: the usual `One` stays two words
 enum Ids {
     One(ConnId),
-    Many(HashSet<ConnId>),
+    Many(Box<HashSet<ConnId>>),
 }
 
 impl Ids {
@@ -257,7 +259,7 @@ impl Ids {
     fn insert(&mut self, id: ConnId) {
         match self {
             Ids::One(first) if *first != id => {
-                *self = Ids::Many(HashSet::from([*first, id]));
+                *self = Ids::Many(Box::new(HashSet::from([*first, id])));
             }
             Ids::One(_) => {}
             Ids::Many(set) => {
@@ -287,13 +289,34 @@ impl Ids {
     }
 }
 
+/// What kind of connection a listed one is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Ws,
+    Sse,
+    Poll,
+}
+
+impl Transport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Ws => "ws",
+            Transport::Sse => "sse",
+            Transport::Poll => "poll",
+        }
+    }
+}
+
+/// One listed connection (packed: one per connection on the process).
 struct Entry {
     handle: ConnHandle,
     user: Arc<str>,
-    iat: Option<u64>,
+    /// The token's `iat`; 0 without one (revoked by every user
+    /// revocation, as a token without `iat` is).
+    iat: u64,
     jti: Option<Box<str>>,
-    transport: &'static str,
     since_ms: i64,
+    transport: Transport,
 }
 
 impl Registry {
@@ -317,7 +340,7 @@ impl Listed {
     /// in-band refresh).
     pub fn update(&self, token: &Verified) {
         if let Some(e) = self.registry.inner.lock().conns.get_mut(&self.id) {
-            e.iat = token.iat;
+            e.iat = token.iat.unwrap_or(0);
             e.jti = token.jti.as_deref().map(Box::from);
         }
     }
@@ -338,13 +361,13 @@ impl Drop for Listed {
 }
 
 impl UserConnections {
-    /// Lists `handle` (a `transport` connection: `ws`, `sse`, `poll`) under
+    /// Lists `handle` (a `transport` connection) under
     /// the token's user until the guard drops.
     pub fn list(
         self: &Arc<Self>,
         token: &Verified,
         handle: &ConnHandle,
-        transport: &'static str,
+        transport: Transport,
     ) -> Listed {
         let mut reg = self.inner.lock();
         let user = match reg.by_user.get_mut(token.claims.sub.as_str()) {
@@ -370,7 +393,7 @@ impl UserConnections {
             Entry {
                 handle: handle.clone(),
                 user,
-                iat: token.iat,
+                iat: token.iat.unwrap_or(0),
                 jti: token.jti.as_deref().map(Box::from),
                 transport,
                 since_ms: crate::now_ms(),
@@ -409,7 +432,7 @@ impl UserConnections {
         };
         if let Some(user) = &r.user {
             for (_, e) in reg.of(user) {
-                if e.iat.unwrap_or(0) <= r.before_s {
+                if e.iat <= r.before_s {
                     kill(e);
                 }
             }
@@ -431,7 +454,7 @@ impl UserConnections {
         let reg = self.inner.lock();
         let mut out: Vec<_> = reg
             .of(user)
-            .map(|(id, e)| (*id, e.transport, e.since_ms))
+            .map(|(id, e)| (*id, e.transport.name(), e.since_ms))
             .collect();
         drop(reg);
         out.sort_by_key(|(id, _, since)| (*since, *id));

@@ -668,7 +668,8 @@ impl WsClient {
     }
 
     /// Connects offering `protocols` in `Sec-WebSocket-Protocol`; speaks
-    /// MessagePack when the server selected `waypost.v1.msgpack`. Returns
+    /// MessagePack when the server selected `waypost.v1.msgpack` or
+    /// `waypost.v1.lean`. Returns
     /// the selected protocol too.
     pub async fn connect_offering(url: &str, protocols: &str) -> Result<(Self, Option<String>)> {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -684,7 +685,12 @@ impl WsClient {
             .get("Sec-WebSocket-Protocol")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let msgpack = selected.as_deref() == Some(waypost_protocol::MSGPACK_PROTOCOL);
+        // Lean is MessagePack too (its location frames are read raw:
+        // `lat_e7`, `base`; tests/tests/lean.rs decodes them).
+        let msgpack = matches!(
+            selected.as_deref(),
+            Some(waypost_protocol::MSGPACK_PROTOCOL | waypost_protocol::LEAN_PROTOCOL)
+        );
         Ok((Self { stream, msgpack }, selected))
     }
 

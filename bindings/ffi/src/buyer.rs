@@ -487,14 +487,21 @@ impl BuyerClient {
     /// outbox like a message (works offline, sent exactly once when
     /// connected); the message comes back through `on_message` with
     /// `edited`, or a refusal through `on_error` with the room as reference.
-    pub fn edit_message(&self, room: String, seq: u64, body: String) -> Result<(), WaypostError> {
-        self.inner.edit_message(room, seq, body)
+    pub async fn edit_message(
+        &self,
+        room: String,
+        seq: u64,
+        body: String,
+    ) -> Result<(), WaypostError> {
+        let inner = Arc::clone(&self.inner);
+        runtime::run_blocking(move || inner.edit_message(room, seq, body)).await?
     }
 
     /// Deletes this user's message `seq` (queued like an edit): it comes
     /// back through `on_message` with `deleted` and an empty body.
-    pub fn delete_message(&self, room: String, seq: u64) -> Result<(), WaypostError> {
-        self.inner.delete_message(room, seq)
+    pub async fn delete_message(&self, room: String, seq: u64) -> Result<(), WaypostError> {
+        let inner = Arc::clone(&self.inner);
+        runtime::run_blocking(move || inner.delete_message(room, seq)).await?
     }
 
     /// The newest position seen for a driver, from `track_driver` or from a

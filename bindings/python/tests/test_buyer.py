@@ -219,14 +219,14 @@ def test_receipts_unread_and_edits(server, unique, tmp_path):
             r.room == room and r.user == buyer_id and r.read and r.seq == first.seq for r in vendor_l.receipts))
 
         mine = next(m for m in run(vendor.messages(room, 10)) if m.body == "Rider on the way")
-        vendor.edit_message(room, mine.seq, "Rider arriving in 2 min")
+        run(vendor.edit_message(room, mine.seq, "Rider arriving in 2 min"))
         wait_for("the buyer sees the edit", lambda: any(
             m.seq == mine.seq and m.edited and m.body == "Rider arriving in 2 min" for m in run(buyer.messages(room, 10))))
-        vendor.delete_message(room, first.seq)
+        run(vendor.delete_message(room, first.seq))
         wait_for("the buyer sees the delete", lambda: any(
             m.seq == first.seq and m.deleted and m.body == "" for m in run(buyer.messages(room, 10))))
         # Someone else's message cannot be edited: refused by the server.
-        buyer.edit_message(room, mine.seq, "not mine")
+        run(buyer.edit_message(room, mine.seq, "not mine"))
         wait_for("the refusal reaches the buyer", lambda: any(e[1] == "forbidden" for e in buyer_l.errors))
         assert [m.seq for m in run(buyer.messages(room, 10))] == [first.seq, mine.seq]
 

@@ -281,9 +281,9 @@ def test_chat_events_carry_edits_and_deletes_once_in_order(server, unique, tmp_p
         run(vendor.send_message(room, "two"))
         wait_for("both messages", lambda: len(seen) == 2)
         one, two = seen
-        vendor.edit_message(room, two.seq, "two, fixed")
+        run(vendor.edit_message(room, two.seq, "two, fixed"))
         wait_for("the edit", lambda: len(seen) == 3)
-        vendor.delete_message(room, one.seq)
+        run(vendor.delete_message(room, one.seq))
         task.result(15)
         assert [(e.seq, e.body, e.edited, e.deleted) for e in seen] == [
             (one.seq, "one", False, False),

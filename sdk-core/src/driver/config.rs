@@ -48,7 +48,7 @@ pub struct DriverConfig {
 
 impl DriverConfig {
     /// Defaults: balanced policy, 100k-fix / 7-day buffer, batches of up to
-    /// 500 fixes / 256 KiB, gzip from 1 KiB, backoff 1 s … 5 min.
+    /// 500 fixes / 256 KiB, gzip from 200 bytes, backoff 1 s … 5 min.
     pub fn new(
         base_url: impl Into<String>,
         driver_id: impl Into<String>,
@@ -66,7 +66,7 @@ impl DriverConfig {
             backoff: BackoffPolicy::default(),
             max_batch_fixes: 500,
             max_batch_bytes: 256 * 1024,
-            gzip_min_bytes: 1024,
+            gzip_min_bytes: 200,
             request_timeout: Duration::from_secs(30),
         }
     }

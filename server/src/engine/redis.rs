@@ -36,6 +36,7 @@
 //! 300 B (one run), and at worst (every other seq missing) about 500 KB at the
 //! default window of 4,096 seqs.
 
+mod bus_core;
 mod call;
 pub mod cluster_pubsub;
 mod commands;
@@ -58,12 +59,9 @@ pub(crate) use watchers::WatcherCounts;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use parking_lot::Mutex;
 use redis::Script;
 use serde::Serialize;
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::watch;
 use waypost_protocol::{Channel, Fix};
 
 use super::{Bus, EngineError, IngestOutcome, IngestTime, StoredFix, TrackingStore};
@@ -71,11 +69,11 @@ use crate::config::Limits;
 use crate::frame::Frame;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use bus_core::{BusConn, BusCore, ManagerLinks};
 
 /// Devices remembered per driver for de-duplication (oldest forgotten), as
 /// in the memory engine.
 const MAX_DEVICES_PER_DRIVER: usize = 8;
-const REQUEST_QUEUE: usize = 4096;
 
 const WATCH_PRELUDE: &str = include_str!("redis/watch_sum.lua");
 
@@ -132,6 +130,16 @@ impl RedisConn {
 
     /// The watcher counts of `hub`'s channels on this connection, with
     /// their writer task (for any bus).
+    /// What [`BusCore`] needs of this setup.
+    fn bus_conn(&self) -> BusConn {
+        BusConn {
+            cmd: Arc::clone(&self.cmd),
+            keys: self.keys.clone(),
+            op_timeout: self.opts.op_timeout,
+            instance: Arc::clone(&self.instance),
+        }
+    }
+
     pub(crate) fn watcher_counts(&self, hub: Arc<Hub>) -> WatcherCounts {
         WatcherCounts::start(
             Arc::clone(&self.cmd),
@@ -329,13 +337,7 @@ impl TrackingStore for RedisTrackingStore {
 /// Fan-out over Redis pub/sub: one pub/sub connection per process
 /// (`redis/pubsub.rs`) and the watcher counts (`redis/watchers.rs`).
 pub struct RedisBus {
-    conn: RedisConn,
-    subs: mpsc::Sender<pubsub::SyncRequest>,
-    watchers: WatcherCounts,
-    pubsub_up: watch::Receiver<bool>,
-    resubscribed: watch::Receiver<u64>,
-    cancel: CancellationToken,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    core: BusCore,
 }
 
 impl RedisBus {
@@ -346,48 +348,30 @@ impl RedisBus {
         hub: Arc<Hub>,
         metrics: Metrics,
     ) -> Result<Self, EngineError> {
-        let cancel = CancellationToken::new();
-        let (subs, subs_rx) = mpsc::channel(REQUEST_QUEUE);
-        let (up_tx, mut up_rx) = watch::channel(false);
-        let (resub_tx, resub_rx) = watch::channel(0u64);
-        let manager = pubsub::Manager {
-            target: Arc::clone(&conn.target),
-            cmd: Arc::clone(&conn.cmd),
-            hub: Arc::clone(&hub),
-            metrics,
-            opts: conn.opts.clone(),
-            channel_prefix: conn.keys.channel_prefix(),
-            probe_channel: conn.keys.probe(&conn.instance),
-            up: up_tx,
-            resubscribed: resub_tx,
-            cancel: cancel.clone(),
+        let manager = |links: ManagerLinks| {
+            let manager = pubsub::Manager {
+                target: Arc::clone(&conn.target),
+                cmd: Arc::clone(&conn.cmd),
+                hub: Arc::clone(&hub),
+                metrics,
+                opts: conn.opts.clone(),
+                channel_prefix: conn.keys.channel_prefix(),
+                probe_channel: conn.keys.probe(&conn.instance),
+                up: links.up,
+                resubscribed: links.resubscribed,
+                cancel: links.cancel,
+            };
+            move |requests| tokio::spawn(manager.run(requests))
         };
-        let watchers = conn.watcher_counts(hub);
-        let bus = Self {
-            subs,
-            watchers,
-            pubsub_up: up_rx.clone(),
-            resubscribed: resub_rx,
-            tasks: Mutex::new(vec![tokio::spawn(manager.run(subs_rx))]),
-            cancel,
-            conn,
-        };
-        let first =
-            tokio::time::timeout(bus.conn.opts.op_timeout * 2, up_rx.wait_for(|up| *up)).await;
-        if !matches!(first, Ok(Ok(_))) {
-            bus.shutdown().await;
-            return Err(EngineError::Redis(
-                "pub/sub connection did not come up".into(),
-            ));
-        }
-        tracing::info!(instance = %bus.conn.instance, "redis bus connected");
-        Ok(bus)
-    }
-}
-
-impl Drop for RedisBus {
-    fn drop(&mut self) {
-        self.cancel.cancel();
+        let core = BusCore::start(
+            conn.bus_conn(),
+            conn.watcher_counts(Arc::clone(&hub)),
+            "redis bus",
+            "pub/sub connection did not come up",
+            manager,
+        )
+        .await?;
+        Ok(Self { core })
     }
 }
 
@@ -398,28 +382,20 @@ impl Bus for RedisBus {
     }
 
     async fn publish(&self, channel: &Channel, frame: Frame) -> Result<(), EngineError> {
-        let mut conn = self.conn.cmd.conn();
-        let cmd = redis::cmd("PUBLISH")
-            .arg(self.conn.keys.channel(channel))
-            .arg(frame.to_envelope())
-            .to_owned();
-        self.conn.cmd.run(cmd.query_async::<u64>(&mut conn)).await?;
-        Ok(())
+        self.core.publish("PUBLISH", channel, frame).await
     }
 
     async fn sync_subscription(&self, channel: &Channel) -> Result<(), EngineError> {
-        pubsub::request(&self.subs, channel, self.conn.opts.op_timeout * 2).await?;
-        self.watchers.record(channel).await;
-        Ok(())
+        self.core.sync_subscription(channel).await
     }
 
     async fn watchers(&self, channel: &Channel) -> Result<u64, EngineError> {
-        self.watchers.count(channel).await
+        self.core.watchers(channel).await
     }
 
     /// Ready when the pub/sub connection is up.
     async fn ready(&self) -> Result<(), EngineError> {
-        if *self.pubsub_up.borrow() {
+        if self.core.is_up() {
             Ok(())
         } else {
             Err(EngineError::Redis("pub/sub connection is down".into()))
@@ -427,14 +403,11 @@ impl Bus for RedisBus {
     }
 
     fn resubscribed(&self) -> watch::Receiver<u64> {
-        self.resubscribed.clone()
+        self.core.resubscribed()
     }
 
     async fn shutdown(&self) {
-        self.cancel.cancel();
-        let tasks = std::mem::take(&mut *self.tasks.lock());
-        super::tasks::stop_tasks(tasks, self.conn.opts.op_timeout * 3, "redis bus").await;
-        self.watchers.shutdown().await;
+        self.core.shutdown().await;
     }
 }
 

@@ -81,7 +81,9 @@ where
         let _expiry = state
             .expiry
             .watch(&handle, token.claims.exp, false, crate::now_s());
-        let _listed = state.user_conns.list(token, &handle, "poll");
+        let _listed = state
+            .user_conns
+            .list(token, &handle, crate::revocation::Transport::Poll);
         let _sub = Subscription::join(&state, channel, &handle).await?;
         if let Some(found) = read().await? {
             return Ok(found);

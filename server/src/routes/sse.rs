@@ -262,7 +262,9 @@ async fn start<const N: usize>(
     let expiry = state
         .expiry
         .watch(&stream.handle, token.claims.exp, false, crate::now_s());
-    let listed = state.user_conns.list(token, &stream.handle, "sse");
+    let listed = state
+        .user_conns
+        .list(token, &stream.handle, crate::revocation::Transport::Sse);
     // On an error the subscription (if any) is left as it drops.
     let sub = Subscription::join(&state, stream.channel.clone(), &stream.handle).await?;
     let (replay, cursor) = stream.prepare(after).await?;

@@ -9,7 +9,7 @@ use waypost_protocol::Channel;
 
 use crate::admission::ConnectionPermit;
 use crate::engine::EngineError;
-use crate::hub::{ConnHandle, ConnId};
+use crate::hub::{ConnHandle, ConnId, Outbound};
 use crate::state::AppState;
 
 /// One open connection: its slots (per user, and e.g. per vendor) and its
@@ -47,6 +47,10 @@ pub struct Subscription {
     /// The connection's user while it counts as live on the channel for
     /// push (`crate::push::live`).
     live_user: Option<String>,
+    /// The last location frame written on the channel, for a
+    /// `waypost.v1.lean` WebSocket only (the base of the next one's delta;
+    /// `None` on every other connection, and after a (re)subscribe).
+    pub last_location: Option<Outbound>,
 }
 
 impl Subscription {
@@ -82,6 +86,7 @@ impl Subscription {
             conn: handle.id,
             joined: true,
             live_user: None,
+            last_location: None,
         };
         if let Some(user) = live_user {
             let name = sub.channel.to_string();
@@ -125,6 +130,69 @@ impl Subscription {
     }
 }
 
+/// A connection's subscriptions, one per channel, looked up by channel.
+///
+/// Sized for idle memory: a vector with no spare room (one element for the
+/// usual single subscription, not a hash table of at least four buckets
+/// plus a second copy of each channel as the key), searched linearly: a
+/// connection holds at most `max_channels_per_connection` (64 by default).
+#[derive(Default)]
+pub struct Subscriptions(Vec<Subscription>);
+
+impl Subscriptions {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn contains(&self, channel: &Channel) -> bool {
+        self.0.iter().any(|s| s.channel() == channel)
+    }
+
+    pub fn get(&self, channel: &Channel) -> Option<&Subscription> {
+        self.0.iter().find(|s| s.channel() == channel)
+    }
+
+    pub fn get_mut(&mut self, channel: &Channel) -> Option<&mut Subscription> {
+        self.0.iter_mut().find(|s| s.channel() == channel)
+    }
+
+    /// Adds `sub`, replacing (and returning) one on the same channel.
+    pub fn insert(&mut self, sub: Subscription) -> Option<Subscription> {
+        if let Some(old) = self.0.iter_mut().find(|s| s.channel() == sub.channel()) {
+            return Some(std::mem::replace(old, sub));
+        }
+        if self.0.is_empty() {
+            // Room for exactly one (a plain push reserves four).
+            self.0.reserve_exact(1);
+        }
+        self.0.push(sub);
+        None
+    }
+
+    pub fn remove(&mut self, channel: &Channel) -> Option<Subscription> {
+        let i = self.0.iter().position(|s| s.channel() == channel)?;
+        let sub = self.0.swap_remove(i);
+        if self.0.is_empty() {
+            self.0 = Vec::new();
+        }
+        Some(sub)
+    }
+
+    /// The subscribed channels, in no particular order.
+    pub fn channels(&self) -> impl Iterator<Item = &Channel> {
+        self.0.iter().map(Subscription::channel)
+    }
+
+    /// Removes and returns every subscription.
+    pub fn take_all(&mut self) -> Vec<Subscription> {
+        std::mem::take(&mut self.0)
+    }
+}
+
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.leave_live();
@@ -140,5 +208,69 @@ impl Drop for Subscription {
                 tracing::debug!(error = %e, %channel, "unsubscribe failed");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::auth::AuthKeys;
+    use crate::config::Limits;
+    use crate::engine::Engine;
+    use crate::hub::{connection, Hub};
+    use crate::metrics::Metrics;
+
+    fn state() -> AppState {
+        let metrics = Metrics::new();
+        let hub = Arc::new(Hub::new(metrics.clone()));
+        let engine = Engine::memory(Arc::clone(&hub), Limits::default());
+        AppState::new(engine, hub, AuthKeys::new(b"k"), Limits::default(), metrics)
+    }
+
+    fn ch(name: &str) -> Channel {
+        Channel::parse(name).unwrap()
+    }
+
+    /// One subscription per channel, found by channel; one element of room
+    /// for the usual single subscription, none once empty; leaving through
+    /// `remove`/`take_all` keeps the hub in step.
+    #[tokio::test]
+    async fn subscriptions_by_channel() {
+        let state = state();
+        let (h, _rx) = connection(1, 8);
+        let mut subs = Subscriptions::default();
+        assert!(subs.is_empty());
+        let a = ch("tracking:d1");
+        let b = ch("tracking:d2");
+        subs.insert(Subscription::join(&state, a.clone(), &h).await.unwrap());
+        assert_eq!(subs.0.capacity(), 1, "no spare room for one");
+        assert!(subs.contains(&a) && !subs.contains(&b));
+        assert_eq!(subs.get(&a).map(Subscription::channel), Some(&a));
+        assert_eq!(
+            subs.get_mut(&a).map(|s| s.channel().clone()),
+            Some(a.clone())
+        );
+        assert!(subs.get(&b).is_none() && subs.get_mut(&b).is_none());
+        let again = Subscription::join(&state, a.clone(), &h).await.unwrap();
+        assert!(subs.insert(again).is_some(), "same channel: replaced");
+        assert_eq!(subs.len(), 1);
+        subs.insert(Subscription::join(&state, b.clone(), &h).await.unwrap());
+        let mut names: Vec<String> = subs.channels().map(ToString::to_string).collect();
+        names.sort();
+        assert_eq!(names, ["tracking:d1", "tracking:d2"]);
+        assert_eq!(state.hub.local_count(&b), 1);
+        let sub_b = subs.remove(&b).unwrap();
+        sub_b.leave().await;
+        assert_eq!(state.hub.local_count(&b), 0);
+        assert!(subs.remove(&b).is_none());
+        assert_eq!(subs.len(), 1);
+        for sub in subs.take_all() {
+            sub.leave().await;
+        }
+        assert!(subs.is_empty());
+        assert_eq!(subs.0.capacity(), 0);
+        assert_eq!(state.hub.local_count(&a), 0);
     }
 }

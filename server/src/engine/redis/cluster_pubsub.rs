@@ -39,11 +39,12 @@ use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 use waypost_protocol::Channel;
 
+use super::bus_core::{BusCore, ManagerLinks};
 use super::call::{redis_err, with_timeout};
 use super::handle::key_slot;
 use super::keys::Keys;
-use super::pubsub::{self, SyncRequest};
-use super::{RedisConn, WatcherCounts};
+use super::pubsub::SyncRequest;
+use super::RedisConn;
 use crate::engine::{Bus, EngineError};
 use crate::frame::Frame;
 use crate::hub::Hub;
@@ -57,7 +58,6 @@ const SLOTS_EVERY: Duration = Duration::from_secs(1);
 const SUBSCRIBE_CHUNK: usize = 512;
 /// Most queued requests the manager takes per round.
 const REQUEST_BATCH: usize = 1024;
-const REQUEST_QUEUE: usize = 4096;
 
 type Addr = (String, u16);
 
@@ -485,13 +485,7 @@ async fn read(
 /// the slots, watcher counts as on one Redis (hash per channel, in the
 /// channel's slot).
 pub struct ClusterBus {
-    conn: RedisConn,
-    subs: mpsc::Sender<SyncRequest>,
-    watchers: WatcherCounts,
-    up: watch::Receiver<bool>,
-    resubscribed: watch::Receiver<u64>,
-    cancel: CancellationToken,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    core: BusCore,
 }
 
 impl ClusterBus {
@@ -507,44 +501,26 @@ impl ClusterBus {
                 "the cluster bus needs a cluster connection".into(),
             ));
         }
-        let cancel = CancellationToken::new();
-        let (subs, subs_rx) = mpsc::channel(REQUEST_QUEUE);
-        let (up_tx, mut up_rx) = watch::channel(false);
-        let (resub_tx, resub_rx) = watch::channel(0u64);
-        let manager = Manager {
-            conn: conn.clone(),
-            hub: Arc::clone(&hub),
-            metrics,
-            up: up_tx,
-            resubscribed: resub_tx,
-            cancel: cancel.clone(),
+        let manager = |links: ManagerLinks| {
+            let manager = Manager {
+                conn: conn.clone(),
+                hub: Arc::clone(&hub),
+                metrics,
+                up: links.up,
+                resubscribed: links.resubscribed,
+                cancel: links.cancel,
+            };
+            move |requests| tokio::spawn(manager.run(requests))
         };
-        let watchers = conn.watcher_counts(hub);
-        let bus = Self {
-            subs,
-            watchers,
-            up: up_rx.clone(),
-            resubscribed: resub_rx,
-            tasks: Mutex::new(vec![tokio::spawn(manager.run(subs_rx))]),
-            cancel,
-            conn,
-        };
-        let first =
-            tokio::time::timeout(bus.conn.opts.op_timeout * 2, up_rx.wait_for(|up| *up)).await;
-        if !matches!(first, Ok(Ok(_))) {
-            bus.shutdown().await;
-            return Err(EngineError::Redis(
-                "the cluster's slot map could not be read".into(),
-            ));
-        }
-        tracing::info!(instance = %bus.conn.instance, "redis cluster bus connected");
-        Ok(bus)
-    }
-}
-
-impl Drop for ClusterBus {
-    fn drop(&mut self) {
-        self.cancel.cancel();
+        let core = BusCore::start(
+            conn.bus_conn(),
+            conn.watcher_counts(Arc::clone(&hub)),
+            "redis cluster bus",
+            "the cluster's slot map could not be read",
+            manager,
+        )
+        .await?;
+        Ok(Self { core })
     }
 }
 
@@ -555,45 +531,33 @@ impl Bus for ClusterBus {
     }
 
     async fn publish(&self, channel: &Channel, frame: Frame) -> Result<(), EngineError> {
-        let mut conn = self.conn.cmd.conn();
-        let cmd = redis::cmd("SPUBLISH")
-            .arg(self.conn.keys.channel(channel))
-            .arg(frame.to_envelope())
-            .to_owned();
-        self.conn.cmd.run(cmd.query_async::<u64>(&mut conn)).await?;
-        Ok(())
+        self.core.publish("SPUBLISH", channel, frame).await
     }
 
     async fn sync_subscription(&self, channel: &Channel) -> Result<(), EngineError> {
-        pubsub::request(&self.subs, channel, self.conn.opts.op_timeout * 2).await?;
-        self.watchers.record(channel).await;
-        Ok(())
+        self.core.sync_subscription(channel).await
     }
 
     async fn watchers(&self, channel: &Channel) -> Result<u64, EngineError> {
-        self.watchers.count(channel).await
+        self.core.watchers(channel).await
     }
 
     /// Ready when the slot map is known and the cluster covers every slot.
     async fn ready(&self) -> Result<(), EngineError> {
-        if !*self.up.borrow() {
+        if !self.core.is_up() {
             return Err(EngineError::Redis(
                 "the cluster's slot map is unknown".into(),
             ));
         }
-        self.conn.cmd.check_primary().await
+        self.core.conn.cmd.check_primary().await
     }
 
     fn resubscribed(&self) -> watch::Receiver<u64> {
-        self.resubscribed.clone()
+        self.core.resubscribed()
     }
 
     async fn shutdown(&self) {
-        self.cancel.cancel();
-        let tasks = std::mem::take(&mut *self.tasks.lock());
-        crate::engine::tasks::stop_tasks(tasks, self.conn.opts.op_timeout * 3, "redis cluster bus")
-            .await;
-        self.watchers.shutdown().await;
+        self.core.shutdown().await;
     }
 }
 

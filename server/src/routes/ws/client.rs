@@ -19,6 +19,8 @@ use crate::auth::may_subscribe;
 use crate::chat::{authorize_room, ChatError, Post};
 use crate::engine::chat::Appended;
 use crate::error::AppError;
+use crate::frame::Frame;
+use crate::hub::Outbound;
 use crate::now_ms;
 use crate::routes::orders::authorize_order_read;
 use crate::routes::subscription::Subscription;
@@ -81,7 +83,7 @@ impl Conn {
         // too); a JSON connection text only.
         let body = match msg {
             Message::Text(t) => Incoming::Json(t),
-            Message::Binary(b) if self.encoding == Encoding::Msgpack => Incoming::Msgpack(b),
+            Message::Binary(b) if self.encoding != Encoding::Json => Incoming::Msgpack(b),
             Message::Binary(_) => {
                 self.error(socket, "bad_frame", "binary frames are not supported", None)
                     .await?;
@@ -250,7 +252,7 @@ impl Conn {
                 .await;
         }
         let max = self.state.limits.max_channels_per_connection;
-        if !self.subscriptions.contains_key(&channel) && self.subscriptions.len() >= max {
+        if !self.subscriptions.contains(&channel) && self.subscriptions.len() >= max {
             self.state
                 .metrics
                 .limit_hits
@@ -265,16 +267,21 @@ impl Conn {
                 )
                 .await;
         }
-        if !self.subscriptions.contains_key(&channel) {
+        if !self.subscriptions.contains(&channel) {
             match Subscription::join(&self.state, channel.clone(), &self.handle).await {
                 Ok(sub) => {
-                    self.subscriptions.insert(channel.clone(), sub);
+                    self.subscriptions.insert(sub);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, channel = %name, "subscribe failed");
                     return self.subscribe_failed(socket, name).await;
                 }
             }
+        }
+        // A (re)subscribe starts the channel's lean location frames over:
+        // the next one is full.
+        if let Some(sub) = self.subscriptions.get_mut(&channel) {
+            sub.last_location = None;
         }
         if channel.kind == ChannelKind::Chat {
             let sub = &self.claims.sub;
@@ -341,7 +348,14 @@ impl Conn {
         .await?;
         // Replay: the current position, unless the client already has it.
         if let Some(l) = latest {
-            if after.is_none_or(|a| l.fix.seq > a) {
+            if after.is_none_or(|a| l.fix.seq > a) && self.encoding == Encoding::Lean {
+                // Lean: written like a live frame, so that it is the base
+                // of the next one.
+                let frame = Frame::location(&channel.id, &l.fix, crate::frame::now_us());
+                let out = Outbound::new(frame, ChannelKind::Tracking);
+                let message = self.outgoing(&out, out.text.clone());
+                socket.send(message).await.map_err(|_| ())?;
+            } else if after.is_none_or(|a| l.fix.seq > a) {
                 let frame = ServerFrame::Location {
                     channel: name,
                     driver_id: channel.id,

@@ -3,7 +3,6 @@
 //! process-wide ticker that drives every connection's pings and presence
 //! heartbeats.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -21,7 +20,7 @@ use crate::frame::About;
 use crate::hub::{connection, ConnHandle, Event, Outbound, Receiver, TICK_SLOTS};
 use crate::keys::Verified;
 use crate::revocation::Listed;
-use crate::routes::subscription::{Open, Subscription};
+use crate::routes::subscription::{Open, Subscription, Subscriptions};
 use crate::state::AppState;
 
 /// How long a close handshake may take.
@@ -96,10 +95,10 @@ pub(super) struct Conn {
     pub(super) state: AppState,
     pub(super) claims: Claims,
     pub(super) handle: ConnHandle,
-    pub(super) subscriptions: HashMap<Channel, Subscription>,
+    pub(super) subscriptions: Subscriptions,
     /// `user:{sub}`: the user's own messages from any device (chat
-    /// participants only).
-    pub(super) user_channel: Option<Subscription>,
+    /// participants only; boxed: most connections have none).
+    pub(super) user_channel: Option<Box<Subscription>>,
     pub(super) rooms: Rooms,
     pub(super) orders: OrderChannels,
     pub(super) bucket: TokenBucket,
@@ -113,7 +112,7 @@ pub(super) struct Conn {
     pub(super) expiry: Expiry,
     /// This connection in the user registry (revocations, disconnects).
     pub(super) listed: Listed,
-    /// JSON or MessagePack, both directions.
+    /// JSON, MessagePack or lean MessagePack, both directions.
     pub(super) encoding: Encoding,
 }
 
@@ -145,19 +144,21 @@ pub(super) fn run(
     let expiry = state
         .expiry
         .watch(&handle, token.claims.exp, true, crate::now_s());
-    let listed = state.user_conns.list(&token, &handle, "ws");
+    let listed = state
+        .user_conns
+        .list(&token, &handle, crate::revocation::Transport::Ws);
     let claims = token.claims;
     tracing::debug!(conn_id, sub = %claims.sub, ?encoding, "websocket connected");
     let rate = state.limits.ws_messages_per_s;
     let now = Instant::now();
     let mut conn = Conn {
         bucket: TokenBucket::new(rate, rate.saturating_mul(2), now),
-        rooms: Rooms::new(format!("{}:{conn_id}", state.node_id)),
+        rooms: Rooms::new(conn_id),
         orders: OrderChannels::default(),
         state,
         claims,
         handle,
-        subscriptions: HashMap::new(),
+        subscriptions: Subscriptions::default(),
         user_channel: None,
         rate_violations: 0,
         last_seen: now,
@@ -217,7 +218,7 @@ impl Conn {
             // Only this user's cross-device copies are affected; rooms work.
             tracing::warn!(error = %e, "user channel subscribe failed");
         }
-        self.user_channel = Some(sub);
+        self.user_channel = Some(Box::new(sub));
     }
 
     /// Selects over the mailbox (kill, frames, ticks) and the socket until
@@ -303,7 +304,7 @@ impl Conn {
     async fn finish(&mut self, socket: &mut WebSocket, close: Option<(u16, &'static str)>) {
         let conn_id = self.handle.id;
         self.state.hub.unregister(conn_id);
-        for (_, sub) in std::mem::take(&mut self.subscriptions) {
+        for sub in self.subscriptions.take_all() {
             self.leave(sub).await;
         }
         if let Some(sub) = self.user_channel.take() {
@@ -386,7 +387,7 @@ impl Conn {
                     Vec::new()
                 });
                 for text in texts {
-                    socket.feed(self.encoding.shared(&out, text)).await?;
+                    socket.feed(self.outgoing(&out, text)).await?;
                     n += 1;
                 }
             } else if out.kind() == ChannelKind::Order {
@@ -397,13 +398,11 @@ impl Conn {
                     Vec::new()
                 });
                 for text in texts {
-                    socket.feed(self.encoding.shared(&out, text)).await?;
+                    socket.feed(self.outgoing(&out, text)).await?;
                     n += 1;
                 }
             } else {
-                socket
-                    .feed(self.encoding.shared(&out, out.text.clone()))
-                    .await?;
+                socket.feed(self.outgoing(&out, out.text.clone())).await?;
                 n += 1;
                 if let About::TokenExpiring { exp } = out.meta.about {
                     self.expiry.wrote_warning(exp);
@@ -415,6 +414,39 @@ impl Conn {
         }
         self.state.metrics.delivered(counted.0.name(), counted.1);
         socket.flush().await
+    }
+}
+
+impl Conn {
+    /// The message for `text`, written for the delivery of `out` (its own
+    /// text, or an entry a gap fill fetched). On a `waypost.v1.lean`
+    /// connection `out`'s own location frame goes out lean: a delta against
+    /// the previous location frame written on its channel (kept in the
+    /// subscription), or full when there is none; and becomes the base of
+    /// the next. Everything else as [`Encoding::shared`].
+    pub(super) fn outgoing(&mut self, out: &Outbound, text: Utf8Bytes) -> Message {
+        if self.encoding == Encoding::Lean
+            && out.is_location()
+            && text.as_str().as_ptr() == out.text.as_str().as_ptr()
+        {
+            if let Some(lean) = out.lean() {
+                let sub = self.subscriptions.get_mut(&lean.channel);
+                // A frame still queued after an unsubscribe has no
+                // subscription (and no base): it goes out full.
+                let bytes = match sub {
+                    Some(sub) => {
+                        let bytes = out.lean_for(sub.last_location.as_ref());
+                        sub.last_location = Some(out.clone());
+                        bytes
+                    }
+                    None => out.lean_for(None),
+                };
+                if let Some(bytes) = bytes {
+                    return Message::Binary(bytes);
+                }
+            }
+        }
+        self.encoding.shared(out, text)
     }
 }
 

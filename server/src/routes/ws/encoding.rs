@@ -1,5 +1,6 @@
-//! The encoding a WebSocket negotiated: JSON text frames, or MessagePack
-//! binary frames (`Sec-WebSocket-Protocol: waypost.v1.msgpack`).
+//! The encoding a WebSocket negotiated: JSON text frames, MessagePack
+//! binary frames (`Sec-WebSocket-Protocol: waypost.v1.msgpack`), or those
+//! with lean location frames (`waypost.v1.lean`: see `Conn::outgoing`).
 
 use axum::extract::ws::{Message, Utf8Bytes};
 use waypost_protocol::msgpack::json_to_msgpack;
@@ -14,6 +15,8 @@ use crate::hub::Outbound;
 pub(crate) enum Encoding {
     Json,
     Msgpack,
+    /// MessagePack, with location frames lean (e7 coordinates, deltas).
+    Lean,
 }
 
 impl Encoding {
@@ -23,7 +26,7 @@ impl Encoding {
     pub(crate) fn message(self, text: Utf8Bytes) -> Message {
         match self {
             Encoding::Json => Message::Text(text),
-            Encoding::Msgpack => match json_to_msgpack(&text) {
+            Encoding::Msgpack | Encoding::Lean => match json_to_msgpack(&text) {
                 Ok(binary) => Message::Binary(binary.into()),
                 Err(_) => Message::Text(text),
             },
@@ -33,7 +36,8 @@ impl Encoding {
     /// A frame for the delivery of the dispatched `out`: when `text` is
     /// `out`'s own text, its MessagePack form is the one shared by every
     /// subscriber (transcoded once per dispatch); other texts (entries a
-    /// gap fill fetched) are transcoded here. JSON is written as is.
+    /// gap fill fetched) are transcoded here. JSON is written as is. (Lean
+    /// location frames are written by `Conn::outgoing`, not here.)
     pub(crate) fn shared(self, out: &Outbound, text: Utf8Bytes) -> Message {
         if self == Encoding::Json {
             return Message::Text(text);

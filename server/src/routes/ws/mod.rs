@@ -22,8 +22,10 @@
 //!   rate limit and this device's presence.
 //!
 //! A client that offers `Sec-WebSocket-Protocol: waypost.v1.msgpack` gets
-//! it back and speaks MessagePack both ways ([`Encoding`]); any other
-//! offer, or none, gets JSON text frames and no protocol header.
+//! it back and speaks MessagePack both ways ([`Encoding`]); one that offers
+//! `waypost.v1.lean` (alone or with msgpack) gets that: MessagePack with
+//! lean location frames (`conn.rs`, `Conn::outgoing`). Any other offer, or
+//! none, gets JSON text frames and no protocol header.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -35,7 +37,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures_util::future::Either;
 use tokio_util::task::task_tracker::TrackedFuture;
-use waypost_protocol::{close_code, ServerFrame, MSGPACK_PROTOCOL};
+use waypost_protocol::{close_code, ServerFrame, LEAN_PROTOCOL, MSGPACK_PROTOCOL};
 
 use crate::admission::{ConnectionPermit, Full};
 use crate::auth::token_from_parts;
@@ -45,6 +47,7 @@ use crate::state::AppState;
 mod client;
 mod conn;
 mod encoding;
+mod lazy_map;
 mod orders;
 mod rooms;
 mod session;
@@ -95,13 +98,14 @@ pub async fn upgrade(State(state): State<AppState>, parts: Parts) -> Response {
             },
         },
     });
-    // Offered among others, MessagePack is chosen; offered alone, an
-    // unknown protocol gets JSON without a protocol header.
-    let ws = ws.protocols([MSGPACK_PROTOCOL]);
-    let encoding = if ws.selected_protocol().is_some() {
-        Encoding::Msgpack
-    } else {
-        Encoding::Json
+    // The server's preference among what the client offers: lean, then
+    // MessagePack; an unknown protocol offered alone gets JSON without a
+    // protocol header.
+    let ws = ws.protocols([LEAN_PROTOCOL, MSGPACK_PROTOCOL]);
+    let encoding = match ws.selected_protocol() {
+        Some(p) if p == LEAN_PROTOCOL => Encoding::Lean,
+        Some(_) => Encoding::Msgpack,
+        None => Encoding::Json,
     };
     let ws = ws
         .read_buffer_size(READ_BUFFER)

@@ -4,7 +4,7 @@
 //! whether the order ended, after which no `location` frame of its driver
 //! goes out (a location published by an ingest racing the final event).
 
-use std::collections::HashMap;
+use super::lazy_map::LazyMap;
 
 use axum::extract::ws::Utf8Bytes;
 use waypost_protocol::{OrderFrame, ServerFrame, TimelineEntry};
@@ -24,7 +24,7 @@ struct Cursor {
 /// One connection's orders.
 #[derive(Default)]
 pub(super) struct OrderChannels {
-    cursors: HashMap<String, Cursor>,
+    cursors: LazyMap<String, Cursor>,
 }
 
 fn entry_text(order_id: &str, e: &TimelineEntry) -> Utf8Bytes {

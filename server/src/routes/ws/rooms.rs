@@ -4,32 +4,39 @@
 //! processes publishing) go out in order and once; the last `typing` per
 //! room, for its rate limit; and this device's presence key.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
 use waypost_protocol::ServerFrame;
 
+use super::lazy_map::LazyMap;
 use crate::engine::chat::{SeqCursor, SeqStep};
 use crate::engine::EngineError;
 use crate::frame::{About, Frame};
+use crate::hub::ConnId;
 use crate::state::AppState;
 
 /// One connection's rooms.
 pub(super) struct Rooms {
-    cursors: HashMap<String, SeqCursor>,
-    typing_at: HashMap<String, Instant>,
-    /// This connection in presence entries: `{node}:{conn}`.
-    presence_key: String,
+    cursors: LazyMap<String, SeqCursor>,
+    typing_at: LazyMap<String, Instant>,
+    /// This connection, in presence entries as `{node}:{conn}` (the key
+    /// is built when needed: most connections never join a room).
+    conn: ConnId,
 }
 
 impl Rooms {
-    pub fn new(presence_key: String) -> Self {
+    pub fn new(conn: ConnId) -> Self {
         Self {
-            cursors: HashMap::new(),
-            typing_at: HashMap::new(),
-            presence_key,
+            cursors: LazyMap::default(),
+            typing_at: LazyMap::default(),
+            conn,
         }
+    }
+
+    /// This connection in presence entries: `{node}:{conn}`.
+    fn presence_key(&self, state: &AppState) -> String {
+        format!("{}:{}", state.node_id, self.conn)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -79,7 +86,8 @@ impl Rooms {
             Ok(receipts) => frames.extend(receipts),
             Err(e) => tracing::debug!(error = %e, room, "reading receipts failed"),
         }
-        chat.join_presence(&room, user, &self.presence_key).await;
+        chat.join_presence(&room, user, &self.presence_key(state))
+            .await;
         frames.extend(
             chat.online(&room)
                 .await
@@ -98,7 +106,7 @@ impl Rooms {
         if self.cursors.remove(room).is_some() {
             state
                 .chat()
-                .leave_presence(room, user, &self.presence_key)
+                .leave_presence(room, user, &self.presence_key(state))
                 .await;
         }
     }
@@ -107,8 +115,9 @@ impl Rooms {
     /// expired meanwhile are reported offline.
     pub async fn heartbeat(&self, state: &AppState, user: &str) {
         let chat = state.chat();
+        let key = self.presence_key(state);
         for room in self.cursors.keys() {
-            chat.join_presence(room, user, &self.presence_key).await;
+            chat.join_presence(room, user, &key).await;
         }
     }
 
@@ -236,7 +245,7 @@ mod tests {
     #[tokio::test]
     async fn writer_orders_fills_gaps_and_dedupes() {
         let state = state();
-        let mut c = Rooms::new("n:1".into());
+        let mut c = Rooms::new(1);
         let f1 = post(&state, "r", "a").await;
         let f2 = post(&state, "r", "b").await;
         let f3 = post(&state, "r", "c").await;
@@ -268,7 +277,7 @@ mod tests {
     #[tokio::test]
     async fn own_typing_is_not_echoed() {
         let state = state();
-        let mut c = Rooms::new("n:1".into());
+        let mut c = Rooms::new(1);
         let mine = Frame::typing("r", "me", 0);
         let theirs = Frame::typing("r", "you", 0);
         assert!(c.live(&state, "me", &mine).await.unwrap().is_empty());

@@ -46,7 +46,7 @@ impl Conn {
         self.claims = new.claims;
         self.reply(socket, &ServerFrame::Refreshed { exp }).await?;
         let mut lost: Vec<Channel> = Vec::new();
-        let current: Vec<Channel> = self.subscriptions.keys().cloned().collect();
+        let current: Vec<Channel> = self.subscriptions.channels().cloned().collect();
         for c in current {
             let allowed = if c.kind == ChannelKind::Order {
                 // As at subscribe: the claim order:{id}, service, or the
