@@ -293,6 +293,27 @@ struct Server {
     engine: Engine,
     hub: Arc<Hub>,
     keys: AuthKeys,
+    /// The server's ingest clock: the simulated clock of the phone being
+    /// replayed (the SDK's, then the baseline's), so ingest judges fixes
+    /// (dead zones, validation) in the trace's time as a live server would.
+    clock: Arc<ReplayClock>,
+}
+
+/// [`IngestClock`](waypost_server::IngestClock) that reads whichever
+/// simulated clock is current.
+#[derive(Debug)]
+struct ReplayClock(Mutex<ManualClock>);
+
+impl ReplayClock {
+    fn follow(&self, clock: &ManualClock) {
+        *self.0.lock() = clock.clone();
+    }
+}
+
+impl waypost_server::IngestClock for ReplayClock {
+    fn now_ms(&self) -> i64 {
+        self.0.lock().now_ms()
+    }
 }
 
 fn server() -> Server {
@@ -308,18 +329,23 @@ fn server() -> Server {
     let hub = Arc::new(Hub::new(metrics.clone()));
     let engine = Engine::memory(Arc::clone(&hub), limits.clone());
     let keys = AuthKeys::new(SECRET);
+    let clock = Arc::new(ReplayClock(Mutex::new(ManualClock::new(
+        waypost_server::now_ms(),
+    ))));
     let state = AppState::new(
         engine.clone(),
         Arc::clone(&hub),
         keys.clone(),
         limits,
         metrics,
-    );
+    )
+    .with_ingest_clock(Arc::clone(&clock) as Arc<dyn waypost_server::IngestClock>);
     Server {
         router: build_router(state),
         engine,
         hub,
         keys,
+        clock,
     }
 }
 
@@ -492,7 +518,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 /// Runs one replay (SDK and baseline) and returns the figures.
 async fn simulate(args: &Args) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let rows = parse_trace(&args.trace)?;
+    let mut rows = parse_trace(&args.trace)?;
+    // The trace moved to end a minute ago: its fixes are as recent as a
+    // live ride's to everything in the server that reads the real clock
+    // (online TTL), while ingest reads the simulated one.
+    let shift = waypost_server::now_ms() - 60_000 - rows[rows.len() - 1].ts;
+    for r in &mut rows {
+        r.ts += shift;
+    }
     let first = rows[0].ts;
     let last = rows[rows.len() - 1].ts;
     let duration_h = ((last - first) as f64 / 3_600_000.0).max(1.0 / 3600.0);
@@ -530,6 +563,7 @@ async fn simulate(args: &Args) -> anyhow::Result<Report> {
 
     // ---- the SDK ----
     let clock = ManualClock::new(first - 1_000);
+    srv.clock.follow(&clock);
     let wall0 = clock.now_ms();
     let env = ManualEnvironment::new(
         NetworkType::Cellular,
@@ -720,6 +754,7 @@ fn duplicates(trail: &[Fix]) -> usize {
 /// single-fix batch (no buffer, no batching, no retry).
 async fn baseline(srv: &Server, rows: &[Row]) -> anyhow::Result<Figures> {
     let clock = ManualClock::new(rows[0].ts);
+    srv.clock.follow(&clock);
     let transport = RouterTransport {
         router: srv.router.clone(),
         clock: clock.clone(),

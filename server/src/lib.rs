@@ -33,6 +33,25 @@ pub fn now_s() -> u64 {
     now_ms().max(0) as u64 / 1000
 }
 
+/// The wall clock location ingest judges fixes by: validation, the
+/// dead-zone (`trail`) decision and the time a fix was received. Production
+/// uses [`SystemClock`]; the driver SDK replay benchmark drives it in the
+/// trace's simulated time (`AppState::with_ingest_clock`).
+pub trait IngestClock: Send + Sync + std::fmt::Debug {
+    /// Unix epoch milliseconds.
+    fn now_ms(&self) -> i64;
+}
+
+/// [`now_ms`] as an [`IngestClock`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl IngestClock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        now_ms()
+    }
+}
+
 /// Wall clock in Unix epoch milliseconds.
 pub fn now_ms() -> i64 {
     use std::time::{SystemTime, UNIX_EPOCH};

@@ -98,6 +98,9 @@ pub struct Shared {
     pub lookups: Arc<Lookups>,
     /// Map tile URL template of the dashboard (`--dashboard-tiles`).
     pub dashboard_tiles: Option<Arc<str>>,
+    /// The clock of location ingest ([`crate::SystemClock`] but in the
+    /// SDK replay benchmark).
+    pub ingest_clock: Arc<dyn crate::IngestClock>,
     /// Push devices and delivery (memory store, no provider by default;
     /// `with_push` plugs in Redis and APNs/FCM).
     pub push: Arc<Push>,
@@ -168,6 +171,7 @@ impl AppState {
             lookups: Arc::default(),
             dashboard_tiles: None,
             push,
+            ingest_clock: Arc::new(crate::SystemClock),
         }))
     }
 }
@@ -178,6 +182,14 @@ impl AppState {
     pub fn with_stores(self, stores: ChatStores) -> Self {
         let mut shared = Arc::unwrap_or_clone(self.0);
         shared.stores = counted::stores(stores, &shared.metrics);
+        Self(Arc::new(shared))
+    }
+
+    /// Replaces the clock location ingest judges fixes by (the SDK replay
+    /// benchmark runs ingest in a trace's simulated time).
+    pub fn with_ingest_clock(self, clock: Arc<dyn crate::IngestClock>) -> Self {
+        let mut shared = Arc::unwrap_or_clone(self.0);
+        shared.ingest_clock = clock;
         Self(Arc::new(shared))
     }
 

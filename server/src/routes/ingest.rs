@@ -90,7 +90,7 @@ async fn ingest(
             AppError::bad("bad_body", e.body_text())
         }
     })?;
-    let now = now_ms();
+    let now = state.ingest_clock.now_ms();
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok());
@@ -393,5 +393,55 @@ mod tests {
             parse(None, bad_device).unwrap_err().status(),
             StatusCode::BAD_REQUEST
         );
+    }
+
+    /// Ingest judges fixes by `AppState::ingest_clock`: a fix an hour
+    /// ahead of the real clock is refused with the system clock and
+    /// accepted by a server whose ingest clock reads that hour.
+    #[tokio::test]
+    async fn ingest_judges_fixes_by_its_clock() {
+        use std::sync::Arc;
+        use tower::ServiceExt;
+
+        #[derive(Debug)]
+        struct Fixed(i64);
+        impl crate::IngestClock for Fixed {
+            fn now_ms(&self) -> i64 {
+                self.0
+            }
+        }
+        let ahead = now_ms() + 3_600_000;
+        let post = |state: AppState| async move {
+            let keys = state.keys.clone();
+            let router = crate::app::build_router(state);
+            let token = keys
+                .mint(&waypost_protocol::Claims {
+                    sub: "d-1".into(),
+                    role: waypost_protocol::Role::Driver,
+                    exp: 4_000_000_000,
+                    channels: None,
+                })
+                .unwrap();
+            let body = serde_json::json!({"device_id": "p",
+                "fixes": [{"seq": 1, "ts": ahead - 1_000, "lat": 52.5, "lon": 13.4}]});
+            let req = axum::http::Request::builder()
+                .method("POST")
+                .uri("/v1/drivers/d-1/locations")
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(axum::body::Body::from(body.to_string()))
+                .unwrap();
+            router.oneshot(req).await.unwrap().status()
+        };
+        let state = || {
+            let metrics = crate::metrics::Metrics::new();
+            let hub = Arc::new(crate::hub::Hub::new(metrics.clone()));
+            let engine = crate::engine::Engine::memory(Arc::clone(&hub), Limits::default());
+            let keys = crate::auth::AuthKeys::new(b"k");
+            AppState::new(engine, hub, keys, Limits::default(), metrics)
+        };
+        assert_eq!(post(state()).await, StatusCode::BAD_REQUEST);
+        let clocked = state().with_ingest_clock(Arc::new(Fixed(ahead)));
+        assert_eq!(post(clocked).await, StatusCode::OK);
     }
 }
