@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use waypost_protocol::Channel;
 
 use super::redis::{RedisConn, WatcherCounts};
-use super::tasks::stop_tasks;
+use super::tasks::{drain_batch, stop_tasks};
 use super::{Bus, EngineError};
 use crate::frame::Frame;
 use crate::hub::Hub;
@@ -268,13 +268,7 @@ impl Manager {
             tokio::select! {
                 () = self.cancel.cancelled() => break,
                 Some(first) = requests.recv() => {
-                    let mut batch = vec![first];
-                    while batch.len() < REQUEST_BATCH {
-                        match requests.try_recv() {
-                            Ok(r) => batch.push(r),
-                            Err(_) => break,
-                        }
-                    }
+                    let batch = drain_batch(first, &mut requests, REQUEST_BATCH);
                     let channels: HashSet<Channel> =
                         batch.iter().map(|r| r.channel.clone()).collect();
                     let result = self.apply(channels).await;

@@ -45,6 +45,7 @@ use super::handle::key_slot;
 use super::keys::Keys;
 use super::pubsub::SyncRequest;
 use super::RedisConn;
+use crate::engine::tasks::drain_batch;
 use crate::engine::{Bus, EngineError};
 use crate::frame::Frame;
 use crate::hub::Hub;
@@ -161,13 +162,7 @@ impl Manager {
             tokio::select! {
                 () = self.cancel.cancelled() => return,
                 Some(first) = requests.recv() => {
-                    let mut batch = vec![first];
-                    while batch.len() < REQUEST_BATCH {
-                        match requests.try_recv() {
-                            Ok(r) => batch.push(r),
-                            Err(_) => break,
-                        }
-                    }
+                    let batch = drain_batch(first, &mut requests, REQUEST_BATCH);
                     let channels: Vec<Channel> = batch
                         .iter()
                         .map(|r| r.channel.clone())

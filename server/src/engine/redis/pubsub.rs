@@ -31,6 +31,7 @@ use waypost_protocol::Channel;
 use super::call::{redis_err, with_timeout};
 use super::commands::Commands;
 use super::options::RedisOptions;
+use crate::engine::tasks::drain_batch;
 use crate::engine::EngineError;
 use crate::frame::Frame;
 use crate::hub::Hub;
@@ -259,13 +260,7 @@ impl Manager {
                 () = self.cancel.cancelled() => return End::Cancelled,
                 _ = &mut session.reader => return End::Lost("connection closed".into()),
                 Some(first) = requests.recv() => {
-                    let mut batch = vec![first];
-                    while batch.len() < REQUEST_BATCH {
-                        match requests.try_recv() {
-                            Ok(r) => batch.push(r),
-                            Err(_) => break,
-                        }
-                    }
+                    let batch = drain_batch(first, requests, REQUEST_BATCH);
                     if let Err(e) = self.handle(&mut session, batch).await {
                         return End::Lost(e.to_string());
                     }

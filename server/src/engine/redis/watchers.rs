@@ -24,6 +24,7 @@ use super::commands::Commands;
 use super::handle::key_slot;
 use super::keys::Keys;
 use super::options::RedisOptions;
+use crate::engine::tasks::drain_batch;
 use crate::engine::EngineError;
 use crate::hub::Hub;
 
@@ -161,13 +162,7 @@ impl Writer {
             tokio::select! {
                 () = self.cancel.cancelled() => break,
                 Some(first) = requests.recv() => {
-                    let mut batch = vec![first];
-                    while batch.len() < REQUEST_BATCH {
-                        match requests.try_recv() {
-                            Ok(r) => batch.push(r),
-                            Err(_) => break,
-                        }
-                    }
+                    let batch = drain_batch(first, &mut requests, REQUEST_BATCH);
                     let channels: HashSet<&Channel> = batch.iter().map(|r| &r.channel).collect();
                     let changes: Vec<(Channel, u32)> = channels
                         .into_iter()
