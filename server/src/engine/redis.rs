@@ -348,7 +348,7 @@ impl RedisBus {
         hub: Arc<Hub>,
         metrics: Metrics,
     ) -> Result<Self, EngineError> {
-        let manager = |links: ManagerLinks| {
+        let spawn = |links: ManagerLinks, requests| {
             let manager = pubsub::Manager {
                 target: Arc::clone(&conn.target),
                 cmd: Arc::clone(&conn.cmd),
@@ -361,14 +361,14 @@ impl RedisBus {
                 resubscribed: links.resubscribed,
                 cancel: links.cancel,
             };
-            move |requests| tokio::spawn(manager.run(requests))
+            tokio::spawn(manager.run(requests))
         };
         let core = BusCore::start(
             conn.bus_conn(),
             conn.watcher_counts(Arc::clone(&hub)),
             "redis bus",
             "pub/sub connection did not come up",
-            manager,
+            spawn,
         )
         .await?;
         Ok(Self { core })

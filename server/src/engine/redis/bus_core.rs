@@ -57,34 +57,32 @@ pub(super) struct BusCore {
 }
 
 impl BusCore {
-    /// Starts the manager made by `manager` beside `watchers` (this
-    /// process's watcher counts); resolves once the manager says it is up,
-    /// else fails with `not_up` after twice the operation timeout.
-    pub async fn start<F>(
+    /// Starts the manager task `spawn` makes from the links and the
+    /// request queue, beside `watchers` (this process's watcher counts);
+    /// resolves once the manager says it is up, else fails with `not_up`
+    /// after twice the operation timeout.
+    pub async fn start(
         conn: BusConn,
         watchers: WatcherCounts,
         name: &'static str,
         not_up: &str,
-        manager: impl FnOnce(ManagerLinks) -> F,
-    ) -> Result<Self, EngineError>
-    where
-        F: FnOnce(mpsc::Receiver<SyncRequest>) -> JoinHandle<()>,
-    {
+        spawn: impl FnOnce(ManagerLinks, mpsc::Receiver<SyncRequest>) -> JoinHandle<()>,
+    ) -> Result<Self, EngineError> {
         let cancel = CancellationToken::new();
         let (subs, subs_rx) = mpsc::channel(REQUEST_QUEUE);
         let (up_tx, mut up_rx) = watch::channel(false);
         let (resub_tx, resub_rx) = watch::channel(0u64);
-        let spawn = manager(ManagerLinks {
+        let links = ManagerLinks {
             up: up_tx,
             resubscribed: resub_tx,
             cancel: cancel.clone(),
-        });
+        };
         let core = Self {
             subs,
             watchers,
             up: up_rx.clone(),
             resubscribed: resub_rx,
-            tasks: Mutex::new(vec![spawn(subs_rx)]),
+            tasks: Mutex::new(vec![spawn(links, subs_rx)]),
             cancel,
             conn,
             name,

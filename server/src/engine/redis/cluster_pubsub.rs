@@ -496,7 +496,7 @@ impl ClusterBus {
                 "the cluster bus needs a cluster connection".into(),
             ));
         }
-        let manager = |links: ManagerLinks| {
+        let spawn = |links: ManagerLinks, requests| {
             let manager = Manager {
                 conn: conn.clone(),
                 hub: Arc::clone(&hub),
@@ -505,14 +505,14 @@ impl ClusterBus {
                 resubscribed: links.resubscribed,
                 cancel: links.cancel,
             };
-            move |requests| tokio::spawn(manager.run(requests))
+            tokio::spawn(manager.run(requests))
         };
         let core = BusCore::start(
             conn.bus_conn(),
             conn.watcher_counts(Arc::clone(&hub)),
             "redis cluster bus",
             "the cluster's slot map could not be read",
-            manager,
+            spawn,
         )
         .await?;
         Ok(Self { core })
