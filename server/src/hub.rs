@@ -83,6 +83,14 @@ impl Outbound {
         }))
     }
 
+    /// Whether `text` is this frame's own shared text (not an entry a gap
+    /// fill fetched for its delivery): only then are its shared binary and
+    /// lean forms the right bytes to write.
+    pub fn is_own_text(&self, text: &str) -> bool {
+        let own = self.0.frame.text.as_str();
+        text.as_ptr() == own.as_ptr() && text.len() == own.len()
+    }
+
     /// Whether the frame is a `location` frame (of a driver's tracking
     /// channel or of an order's).
     pub fn is_location(&self) -> bool {

@@ -425,10 +425,7 @@ impl Conn {
     /// subscription), or full when there is none; and becomes the base of
     /// the next. Everything else as [`Encoding::shared`].
     pub(super) fn outgoing(&mut self, out: &Outbound, text: Utf8Bytes) -> Message {
-        if self.encoding == Encoding::Lean
-            && out.is_location()
-            && text.as_str().as_ptr() == out.text.as_str().as_ptr()
-        {
+        if self.encoding == Encoding::Lean && out.is_location() && out.is_own_text(&text) {
             if let Some(lean) = out.lean() {
                 let sub = self.subscriptions.get_mut(&lean.channel);
                 // A frame still queued after an unsubscribe has no

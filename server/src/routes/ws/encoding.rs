@@ -42,10 +42,8 @@ impl Encoding {
         if self == Encoding::Json {
             return Message::Text(text);
         }
-        let own =
-            text.as_str().as_ptr() == out.text.as_str().as_ptr() && text.len() == out.text.len();
         match out.binary() {
-            Some(binary) if own => Message::Binary(binary.clone()),
+            Some(binary) if out.is_own_text(&text) => Message::Binary(binary.clone()),
             _ => self.message(text),
         }
     }
